@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian (bookworm) machine for thinfs: system packages, npm deps, build.
+# Idempotent: safe to run again. Needs root (apt-get, /dev/fuse).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  libfuse2 fuse3              # fuse-native links libfuse.so.2; fusermount3 for unmount
+  git tar gzip zstd xz-utils  # GNU tar is the correctness oracle
+  attr                        # getfattr/setfattr for xattr checks
+  docker-registry skopeo umoci   # real registry + reference image tools (docker2thin tests)
+  podman runc buildah            # real container runtime on the result
+  squashfs-tools squashfuse      # bench baseline
+  nginx                          # HTTP store backend tests
+  awscli                         # real S3 client (publisher tests)
+  fio hyperfine
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# podman on this cgroup-v1 host: runc, not crun, and no ulimit raising (no CAP_SYS_RESOURCE).
+mkdir -p /etc/containers
+if ! grep -q 'runtime = "runc"' /etc/containers/containers.conf 2>/dev/null; then
+  cat > /etc/containers/containers.conf <<'CONF'
+[containers]
+default_ulimits = []
+[engine]
+runtime = "runc"
+CONF
+fi
+[ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229
+modprobe overlay 2>/dev/null || true
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run build

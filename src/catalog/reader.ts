@@ -1,0 +1,122 @@
+import Database from 'better-sqlite3';
+import { DirentKind, FLAG_OPAQUE, OPAQUE_XATTR, ROOT_INO, type EntryType } from './schema.js';
+import { ThinfsError, EXIT } from '../util/errors.js';
+
+export interface Inode {
+  ino: number; type: EntryType; mode: number; uid: number; gid: number; uname: string | null; gname: string | null;
+  size: number; mtime: number; mtimeNs: number; rdevMajor: number; rdevMinor: number;
+  target: Buffer | null; inline: Buffer | null; nlink: number; flags: number;
+}
+export interface Dirent { name: Buffer; ino: number; kind: DirentKind; type: EntryType }
+export interface ChunkRef { offset: number; size: number; hash: string }
+export interface WalkEntry { seq: number; path: Buffer; parent: number; kind: DirentKind; inode: Inode }
+
+const INODE_COLS = `ino, type, mode, uid, gid, uname, gname, size, mtime, mtime_ns AS mtimeNs, rdev_major AS rdevMajor,
+  rdev_minor AS rdevMinor, target, inline, nlink, flags`;
+
+/**
+ * Read-only view of a layer catalog. Queries are synchronous (better-sqlite3) but hit a local,
+ * page-cached file through indexes: microseconds, cheaper than a thread hop.
+ */
+export class CatalogReader {
+  private readonly db: Database.Database;
+  private readonly st;
+  private readonly dirCache = new Map<number, Dirent[]>();
+
+  constructor(readonly path: string) {
+    try {
+      this.db = new Database(path, { readonly: true, fileMustExist: true });
+      this.db.pragma('query_only = ON');
+      const v = this.db.prepare(`SELECT value FROM props WHERE key='version'`).pluck().get();
+      if (v !== '1') throw new Error(`unsupported catalog version ${String(v)}`);
+    } catch (e) {
+      throw new ThinfsError(`catalog ${path}: ${(e as Error).message}`, EXIT.INTEGRITY);
+    }
+    this.st = {
+      inode: this.db.prepare(`SELECT ${INODE_COLS} FROM inodes WHERE ino=?`),
+      lookup: this.db.prepare(`SELECT d.ino AS ino, d.kind AS kind FROM dirents d WHERE d.parent=? AND d.name=? AND d.kind != 2`),
+      readdir: this.db.prepare(`SELECT d.name AS name, d.ino AS ino, d.kind AS kind, i.type AS type FROM dirents d JOIN inodes i ON i.ino=d.ino
+        WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
+      chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
+      xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
+      walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
+        i.mode AS mode, i.uid AS uid, i.gid AS gid, i.uname AS uname, i.gname AS gname, i.size AS size, i.mtime AS mtime,
+        i.mtime_ns AS mtimeNs, i.rdev_major AS rdevMajor, i.rdev_minor AS rdevMinor, i.target AS target, i.inline AS inline,
+        i.nlink AS nlink, i.flags AS flags
+        FROM dirents d JOIN inodes i ON i.ino=d.ino ORDER BY d.seq`),
+      props: this.db.prepare(`SELECT key, value FROM props`),
+      allHashes: this.db.prepare(`SELECT DISTINCT hash FROM chunks`).pluck(),
+    };
+  }
+
+  static open(path: string): CatalogReader { return new CatalogReader(path); }
+
+  getInode(ino: number): Inode | undefined { return this.st.inode.get(ino) as Inode | undefined; }
+  root(): Inode { return this.getInode(ROOT_INO)!; }
+
+  lookup(parent: number, name: Buffer): (Inode & { kind: DirentKind }) | undefined {
+    const d = this.st.lookup.get(parent, name) as { ino: number; kind: DirentKind } | undefined;
+    if (!d) return undefined;
+    const i = this.getInode(d.ino);
+    return i ? { ...i, kind: d.kind } : undefined;
+  }
+
+  /** Visible entries in byte order of name (opaque markers hidden); cached, since directories never change. */
+  readdir(ino: number): Dirent[] {
+    let r = this.dirCache.get(ino);
+    if (!r) { r = this.st.readdir.all(ino) as Dirent[]; this.dirCache.set(ino, r); }
+    return r;
+  }
+
+  chunks(ino: number): ChunkRef[] {
+    return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer }>).map((c) => ({ offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+  }
+
+  /** Stored xattrs plus the overlayfs opaque marker synthesized from an OCI `.wh..wh..opq`. */
+  xattrs(ino: number, flags?: number): Map<string, Buffer> {
+    const m = new Map<string, Buffer>();
+    for (const r of this.st.xattrs.all(ino) as Array<{ name: string; value: Buffer }>) m.set(r.name, r.value);
+    const f = flags ?? this.getInode(ino)?.flags ?? 0;
+    if (f & FLAG_OPAQUE && !m.has(OPAQUE_XATTR)) m.set(OPAQUE_XATTR, Buffer.from('y'));
+    return m;
+  }
+
+  /** Stored xattrs only (what the tar carried), for export. */
+  storedXattrs(ino: number): Map<string, Buffer> {
+    const m = new Map<string, Buffer>();
+    for (const r of this.st.xattrs.all(ino) as Array<{ name: string; value: Buffer }>) m.set(r.name, r.value);
+    return m;
+  }
+
+  /** Resolve a path without following symlinks (lstat semantics). */
+  resolve(path: string | Buffer): (Inode & { kind: DirentKind }) | undefined {
+    const parts = (typeof path === 'string' ? Buffer.from(path) : path).toString('latin1').split('/').filter((p) => p && p !== '.');
+    let cur: (Inode & { kind: DirentKind }) | undefined = { ...this.root(), kind: DirentKind.Normal };
+    for (const p of parts) {
+      if (!cur || cur.type !== 'dir') return undefined;
+      cur = this.lookup(cur.ino, Buffer.from(p, 'latin1'));
+    }
+    return cur;
+  }
+
+  /** Every dirent in source-tar order with its full path: the export and gc walk. */
+  *walk(): Generator<WalkEntry> {
+    const dirPath = new Map<number, Buffer>([[ROOT_INO, Buffer.alloc(0)]]);
+    for (const r of this.st.walk.iterate() as IterableIterator<Inode & { seq: number; parent: number; name: Buffer; kind: DirentKind }>) {
+      const pp = dirPath.get(r.parent);
+      if (!pp) throw new ThinfsError(`catalog ${this.path}: entry ${r.name.toString()} before its parent`, EXIT.INTEGRITY);
+      const path = pp.length ? Buffer.concat([pp, Buffer.from('/'), r.name]) : r.name;
+      if (r.type === 'dir') dirPath.set(r.ino, path);
+      const { seq, parent, name: _n, kind, ...inode } = r;
+      yield { seq, path, parent, kind, inode: inode as Inode };
+    }
+  }
+
+  allChunkHashes(): string[] { return (this.st.allHashes.all() as Buffer[]).map((b) => b.toString('hex')); }
+
+  props(): Record<string, string> {
+    return Object.fromEntries((this.st.props.all() as Array<{ key: string; value: string }>).map((r) => [r.key, r.value]));
+  }
+
+  close(): void { this.db.close(); }
+}

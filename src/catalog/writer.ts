@@ -1,0 +1,87 @@
+import Database from 'better-sqlite3';
+import { CATALOG_VERSION, INDEXES, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';
+
+export interface InodeRow {
+  type: EntryType; mode: number; uid: number; gid: number; uname?: string | null; gname?: string | null;
+  size: number; mtime: number; mtimeNs: number; rdevMajor?: number; rdevMinor?: number;
+  target?: Buffer | null; inline?: Buffer | null; flags?: number;
+}
+
+/** Bulk-builds one layer's catalog in a private temp file; durability comes from storing it as an object. */
+export class CatalogWriter {
+  private readonly db: Database.Database;
+  private nextIno = ROOT_INO;
+  private readonly st;
+  constructor(readonly path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = OFF');
+    this.db.pragma('synchronous = OFF');
+    this.db.pragma('page_size = 4096');
+    this.db.exec(SCHEMA);
+    this.st = {
+      inode: this.db.prepare(`INSERT INTO inodes (ino,type,mode,uid,gid,uname,gname,size,mtime,mtime_ns,rdev_major,rdev_minor,target,inline,nlink,flags)
+        VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)`),
+      update: this.db.prepare(`UPDATE inodes SET mode=?,uid=?,gid=?,uname=?,gname=?,mtime=?,mtime_ns=?,flags=? WHERE ino=?`),
+      setFlags: this.db.prepare(`UPDATE inodes SET flags = flags | ? WHERE ino=?`),
+      dirent: this.db.prepare(`INSERT INTO dirents (parent,name,ino,kind) VALUES (?,?,?,?)`),
+      unlink: this.db.prepare(`DELETE FROM dirents WHERE parent=? AND name=?`),
+      nlink: this.db.prepare(`UPDATE inodes SET nlink = nlink + ? WHERE ino=?`),
+      dropInode: this.db.prepare(`DELETE FROM inodes WHERE ino=? AND nlink <= 0`),
+      dropChunks: this.db.prepare(`DELETE FROM chunks WHERE ino=? AND NOT EXISTS (SELECT 1 FROM inodes WHERE ino=?)`),
+      chunk: this.db.prepare(`INSERT INTO chunks (ino,idx,offset,size,hash) VALUES (?,?,?,?,?)`),
+      xattr: this.db.prepare(`INSERT OR REPLACE INTO xattrs (ino,name,value) VALUES (?,?,?)`),
+      setSize: this.db.prepare(`UPDATE inodes SET size=? WHERE ino=?`),
+      prop: this.db.prepare(`INSERT OR REPLACE INTO props (key,value) VALUES (?,?)`),
+    };
+    this.db.exec('BEGIN');
+  }
+
+  addInode(r: InodeRow): number {
+    const ino = this.nextIno++;
+    this.st.inode.run(ino, r.type, (r.mode & 0o7777) | TYPE_BITS[r.type], r.uid, r.gid, r.uname ?? null, r.gname ?? null,
+      r.size, r.mtime, r.mtimeNs, r.rdevMajor ?? 0, r.rdevMinor ?? 0, r.target ?? null, r.inline ?? null, r.flags ?? 0);
+    return ino;
+  }
+
+  /** A directory listed again (or an implicit one finally listed): its metadata is replaced. */
+  updateDir(ino: number, r: InodeRow, flags: number): void {
+    this.st.update.run((r.mode & 0o7777) | TYPE_BITS.dir, r.uid, r.gid, r.uname ?? null, r.gname ?? null, r.mtime, r.mtimeNs, flags, ino);
+  }
+
+  setFlags(ino: number, flags: number): void { this.st.setFlags.run(flags, ino); }
+  setSize(ino: number, size: number): void { this.st.setSize.run(size, ino); }
+
+  link(parent: number, name: Buffer, ino: number, kind = DirentKind.Normal, isNewInode = true): void {
+    this.st.dirent.run(parent, name, ino, kind);
+    if (!isNewInode) this.st.nlink.run(1, ino);
+  }
+
+  /** Remove a name (a later tar entry replaces it); the inode goes when its last link does. */
+  unlink(parent: number, name: Buffer, ino: number): void {
+    this.st.unlink.run(parent, name);
+    this.st.nlink.run(-1, ino);
+    this.st.dropInode.run(ino);
+    this.st.dropChunks.run(ino, ino);
+  }
+
+  addChunk(ino: number, idx: number, offset: number, size: number, hash: Buffer): void {
+    this.st.chunk.run(ino, idx, offset, size, hash);
+  }
+
+  addXattr(ino: number, name: string, value: Buffer): void { this.st.xattr.run(ino, name, value); }
+
+  finish(props: Record<string, string | number>): void {
+    this.st.prop.run('version', String(CATALOG_VERSION));
+    for (const [k, v] of Object.entries(props)) this.st.prop.run(k, String(v));
+    this.db.exec('COMMIT');
+    this.db.exec(INDEXES);
+    this.db.exec('ANALYZE');
+    this.db.pragma('journal_mode = DELETE');
+    this.db.exec('VACUUM');
+    this.db.close();
+  }
+
+  abort(): void {
+    try { if (this.db.inTransaction) this.db.exec('ROLLBACK'); } finally { this.db.close(); }
+  }
+}

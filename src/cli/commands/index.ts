@@ -1,0 +1,7 @@
+import type { Command } from 'commander';
+import { registerStoreCommands } from './store.js';
+
+/** Registration list: each area adds its command module here. */
+export const commands: Array<(program: Command) => void> = [
+  registerStoreCommands,
+];

@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { commands } from './commands/index.js';
+
+// Every subcommand lives in its own module under commands/ and registers itself here.
+export function buildProgram(): Command {
+  const program = new Command('thinfs')
+    .description('Lazy, chunked, content-addressed container image filesystem for a whole cluster')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+  for (const register of commands) register(program);
+  return program;
+}
+
+/** One place maps failures to messages and exit codes: a user never sees only a stack trace. */
+export async function run(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return process.exitCode === undefined ? EXIT.OK : Number(process.exitCode);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
+      return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+    }
+    if (e instanceof ThinfsError) {
+      process.stderr.write(`thinfs: error: ${e.message}\n`);
+      return e.exitCode;
+    }
+    const code = (e as NodeJS.ErrnoException).code;
+    process.stderr.write(`thinfs: error: ${errorMessage(e)}\n`);
+    if (process.env.THINFS_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
+    return code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/cli/main.js')) {
+  run(process.argv).then((code) => { process.exitCode = code; });
+}

@@ -1,0 +1,51 @@
+import { BadInputError } from '../util/errors.js';
+
+export const THIN_IMAGE_MEDIA_TYPE = 'application/vnd.thinfs.image.v1+json';
+/** Annotation on the tiny OCI image that carries a descriptor (the CernVM-FS "thin image" idea). */
+export const THIN_ANNOTATION = 'org.thinfs.thin';
+
+export interface ThinLayer {
+  /** Registry blob digest (compressed), as in the original manifest. */
+  digest: string;
+  /** Uncompressed tar digest: the key of the published layer manifest (layers/<hex>.json). */
+  diffId: string;
+  size: number;
+  mediaType: string;
+  /** Catalog object hash (bare hex) recorded at conversion time. */
+  catalog: string;
+  /** Store-relative path of the layer manifest. */
+  manifest: string;
+}
+
+/** A thin image descriptor: names the layers of an image and where they live. Versioned JSON. */
+export interface ThinImage {
+  schemaVersion: 1;
+  mediaType: typeof THIN_IMAGE_MEDIA_TYPE;
+  /** Short name used under the mount's images/ directory, e.g. "busybox:latest". */
+  name: string;
+  /** Where it came from, e.g. "127.0.0.1:5000/library/busybox:latest". */
+  reference: string;
+  manifestDigest: string;
+  platform: { os: string; architecture: string; variant?: string };
+  /** Store location(s) the layers were published to (a path or http(s) URLs). */
+  store: string;
+  /** The original image config JSON (Entrypoint, Env, WorkingDir, User, rootfs.diff_ids ...). */
+  config: Record<string, unknown>;
+  configDigest: string;
+  /** Bottom layer first. */
+  layers: ThinLayer[];
+  created: string;
+}
+
+export function parseThinImage(raw: string | Buffer, what = 'thin image descriptor'): ThinImage {
+  let d: ThinImage;
+  try { d = JSON.parse(raw.toString()) as ThinImage; } catch (e) {
+    throw new BadInputError(`${what}: invalid JSON (${(e as Error).message})`);
+  }
+  if (d?.schemaVersion !== 1 || d.mediaType !== THIN_IMAGE_MEDIA_TYPE) throw new BadInputError(`${what}: not a thinfs v1 descriptor`);
+  if (!Array.isArray(d.layers) || typeof d.name !== 'string') throw new BadInputError(`${what}: missing name or layers`);
+  for (const l of d.layers) {
+    if (typeof l.diffId !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(l.diffId)) throw new BadInputError(`${what}: bad layer diffId ${l.diffId}`);
+  }
+  return d;
+}

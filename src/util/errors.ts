@@ -1,0 +1,34 @@
+// Exit codes are part of the CLI contract: scripts branch on them.
+export const EXIT = {
+  OK: 0,
+  FAILURE: 1,
+  USAGE: 2,
+  BAD_INPUT: 3,     // refused input: malformed/malicious tar, bad descriptor, unsupported media type
+  NOT_FOUND: 4,     // store, layer, image, path or object missing
+  INTEGRITY: 5,     // an object's content does not match its hash
+  AUTH: 6,          // registry/S3 credentials refused
+} as const;
+
+export class ThinfsError extends Error {
+  constructor(message: string, readonly exitCode: number = EXIT.FAILURE, readonly code = 'EFAILURE') {
+    super(message);
+    this.name = 'ThinfsError';
+  }
+}
+
+export class BadInputError extends ThinfsError {
+  constructor(message: string) { super(message, EXIT.BAD_INPUT, 'EBADINPUT'); }
+}
+
+export class NotFoundError extends ThinfsError {
+  constructor(message: string) { super(message, EXIT.NOT_FOUND, 'ENOENT'); }
+}
+
+// Raised instead of ever returning bytes that do not hash to their name.
+export class IntegrityError extends ThinfsError {
+  constructor(readonly object: string, message: string) { super(message, EXIT.INTEGRITY, 'EINTEGRITY'); }
+}
+
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
