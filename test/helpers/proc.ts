@@ -240,20 +240,21 @@ export async function treeListing(root: string, opts: { hash?: boolean } = {}): 
 
 /**
  * Extended attributes of every entry under root, from `getfattr -h -d -m - -R -e hex` (GNU attr: not our code),
- * normalised to "path\n  name=0xvalue..." blocks sorted by path so readdir order does not matter.
- * Paths are relative ('./x', octal-escaped by getfattr when not printable). Empty string when nothing has xattrs.
+ * normalised to one "path: name=0xvalue" line per attribute, sorted, so readdir order does not matter and a diff
+ * names the entry. Paths are relative ('./x', octal-escaped by getfattr when not printable). '' when nothing has xattrs.
  */
 export async function xattrDump(root: string): Promise<string> {
   const r = await run('getfattr', ['-h', '-d', '-m', '-', '-R', '--absolute-names', '-e', 'hex', '.'], { cwd: root });
   // getfattr exits 1 when some entry cannot carry xattrs (e.g. symlinks on some fs); its output is still complete.
   if (r.code !== 0 && r.code !== 1) throw new Error(`getfattr failed (${r.code}): ${r.stderr}`);
-  const blocks: string[] = [];
+  const lines: string[] = [];
   for (const block of r.stdout.split(/\n\n+/)) {
-    const lines = block.split('\n').filter((l) => l.length > 0);
-    if (lines.length < 2 || !lines[0]!.startsWith('# file: ')) continue;
-    blocks.push([lines[0]!.slice(8), ...lines.slice(1).sort().map((l) => `  ${l}`)].join('\n'));
+    const ls = block.split('\n').filter((l) => l.length > 0);
+    if (ls.length < 2 || !ls[0]!.startsWith('# file: ')) continue;
+    const file = ls[0]!.slice(8);
+    for (const l of ls.slice(1)) lines.push(`${file}: ${l}`);
   }
-  return blocks.sort().join('\n');
+  return lines.sort().join('\n');
 }
 
 /** Wait until fn() returns truthy, polling every intervalMs; throws after timeoutMs. */
