@@ -1,0 +1,101 @@
+/**
+ * Content-defined chunking (FastCDC with normalized chunking, gear rolling hash). Boundaries depend
+ * only on nearby content, so an insertion early in a large file changes one or two chunks, not
+ * all the ones after it: that is what lets two layers share the chunks of a modified big file.
+ *
+ * The gear table and masks are part of the store format: changing them changes every boundary and
+ * so every chunk hash. They are generated from a fixed seed rather than typed in.
+ */
+export interface ChunkParams { min: number; avg: number; max: number }
+
+// Sizes chosen by measurement (bench/chunking.ts, see ARCHITECTURE.md): 1 MiB average keeps a cold
+// read of a small part of a big file cheap while keeping object counts ~8x below 128 KiB chunks.
+export const DEFAULT_CHUNKING: ChunkParams = { min: 256 << 10, avg: 1 << 20, max: 4 << 20 };
+
+const GEAR = (() => {
+  const t = new Uint32Array(256);
+  let x = 0x9e3779b9; // xorshift32, fixed seed
+  for (let i = 0; i < 256; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    t[i] = x;
+  }
+  return t;
+})();
+
+/** Mask with `bits` ones spread over the top bits: with a 32-bit gear hash the top bits see the most bytes. */
+function topMask(bits: number): number {
+  return bits >= 32 ? 0xffffffff : (~((1 << (32 - bits)) - 1)) >>> 0;
+}
+
+export class Chunker {
+  private readonly maskS: number;
+  private readonly maskL: number;
+  private pending: Buffer[] = [];
+  private pendingLen = 0;
+  private h = 0;
+
+  constructor(readonly p: ChunkParams = DEFAULT_CHUNKING) {
+    const bits = Math.round(Math.log2(p.avg));
+    this.maskS = topMask(bits + 2); // harder to cut before avg
+    this.maskL = topMask(bits - 2); // easier after: sizes concentrate around avg
+  }
+
+  /** Feed bytes; returns the chunks completed by them (each a fresh contiguous Buffer). */
+  push(data: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    let start = 0;
+    while (start < data.length) {
+      const cut = this.scan(data, start);
+      if (cut < 0) {
+        this.pending.push(data.subarray(start));
+        this.pendingLen += data.length - start;
+        break;
+      }
+      this.pending.push(data.subarray(start, cut));
+      this.pendingLen += cut - start;
+      out.push(this.take());
+      start = cut;
+    }
+    return out;
+  }
+
+  /** The final chunk of the stream, if any bytes remain. */
+  flush(): Buffer | null {
+    return this.pendingLen ? this.take() : null;
+  }
+
+  private take(): Buffer {
+    const b = this.pending.length === 1 ? Buffer.from(this.pending[0]!) : Buffer.concat(this.pending, this.pendingLen);
+    this.pending = [];
+    this.pendingLen = 0;
+    this.h = 0;
+    return b;
+  }
+
+  /** Index in `data` where the current chunk ends, or -1 if it continues past `data`. */
+  private scan(data: Buffer, from: number): number {
+    const { min, avg, max } = this.p;
+    const base = this.pendingLen - from; // position in the chunk of data[i] is base + i
+    const n = data.length;
+    let i = from;
+    // Bytes before min can never end a chunk: skip them without hashing (FastCDC's cut-point skipping).
+    if (base + i < min) {
+      i = Math.min(n, min - base);
+      if (base + i < min) return -1;
+    }
+    let h = this.h;
+    const g = GEAR, maskS = this.maskS, maskL = this.maskL;
+    const normEnd = Math.min(n, avg - base);
+    for (; i < normEnd; i++) {
+      h = ((h << 1) + g[data[i]!]!) >>> 0;
+      if ((h & maskS) === 0) return i + 1;
+    }
+    const hardEnd = Math.min(n, max - base);
+    for (; i < hardEnd; i++) {
+      h = ((h << 1) + g[data[i]!]!) >>> 0;
+      if ((h & maskL) === 0) return i + 1;
+    }
+    this.h = h;
+    return base + i >= max ? i : -1;
+  }
+}

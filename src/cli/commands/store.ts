@@ -1,0 +1,176 @@
+import type { Command } from 'commander';
+import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { WritableStore, Store } from '../../store/store.js';
+import { parseCodec } from '../../store/codec.js';
+import { ingestTar } from '../../ingest/ingest.js';
+import { openLayerCatalog, resolveLayerId } from '../../catalog/open.js';
+import { exportLayer, fileContent } from '../../export/export.js';
+import { collectGarbage } from '../../store/gc.js';
+import { createLogger } from '../../util/log.js';
+import { fmtBytes } from '../../util/progress.js';
+import { NotFoundError, ThinfsError, EXIT } from '../../util/errors.js';
+import type { Inode } from '../../catalog/reader.js';
+
+const STORE_HELP = 'store directory (or http(s) URL for read commands)';
+
+function modeString(i: Inode): string {
+  const t = { file: '-', dir: 'd', symlink: 'l', chardev: 'c', blockdev: 'b', fifo: 'p' }[i.type];
+  const m = i.mode;
+  const bit = (b: number, c: string) => (m & b ? c : '-');
+  let s = t + bit(0o400, 'r') + bit(0o200, 'w') + (m & 0o4000 ? (m & 0o100 ? 's' : 'S') : bit(0o100, 'x'));
+  s += bit(0o40, 'r') + bit(0o20, 'w') + (m & 0o2000 ? (m & 0o10 ? 's' : 'S') : bit(0o10, 'x'));
+  s += bit(0o4, 'r') + bit(0o2, 'w') + (m & 0o1000 ? (m & 0o1 ? 't' : 'T') : bit(0o1, 'x'));
+  return s;
+}
+
+function inodeJson(path: string, i: Inode & { kind?: number }, xattrs: Map<string, Buffer>): Record<string, unknown> {
+  return {
+    path, type: i.type, mode: i.mode, modeOctal: (i.mode & 0o7777).toString(8).padStart(4, '0'), uid: i.uid, gid: i.gid,
+    uname: i.uname, gname: i.gname, size: i.size, mtime: i.mtime, mtimeNs: i.mtimeNs, nlink: i.nlink, ino: i.ino,
+    rdev: i.type === 'chardev' || i.type === 'blockdev' ? [i.rdevMajor, i.rdevMinor] : undefined,
+    target: i.target ? i.target.toString() : undefined, whiteout: i.kind === 1 ? true : undefined,
+    xattrs: xattrs.size ? Object.fromEntries([...xattrs].map(([k, v]) => [k, v.toString('base64')])) : undefined,
+  };
+}
+
+export function registerStoreCommands(program: Command): void {
+  program.command('init')
+    .description('create an empty store (idempotent)')
+    .argument('<dir>', 'store directory')
+    .option('--codec <codec>', 'object compression: zstd, deflate or none', 'zstd')
+    .action(async (dir: string, o: { codec: string }) => {
+      parseCodec(o.codec);
+      const s = await WritableStore.init(dir, o.codec);
+      process.stdout.write(`initialized thinfs store at ${s.root}\n`);
+    });
+
+  program.command('ingest')
+    .description('ingest a layer tarball (tar, tar.gz or tar.zst) into the store and publish it')
+    .argument('<layer>', 'layer tarball path, or - for standard input')
+    .requiredOption('-s, --store <dir>', 'store directory')
+    .option('--init', 'create the store if it does not exist')
+    .option('--codec <codec>', 'object compression: zstd, deflate or none', 'zstd')
+    .option('--blob-digest <digest>', 'refuse the input unless it hashes to this digest')
+    .option('--diff-id <digest>', 'refuse the layer unless its uncompressed tar hashes to this digest')
+    .option('--json', 'print the result as JSON on stdout')
+    .option('--no-progress', 'no progress bar')
+    .action(async (layer: string, o: { store: string; init?: boolean; codec: string; blobDigest?: string; diffId?: string; json?: boolean; progress: boolean }) => {
+      const codec = parseCodec(o.codec);
+      const store = o.init ? await WritableStore.init(o.store) : await WritableStore.openDir(o.store);
+      const log = createLogger('ingest', process.env.THINFS_LOG_LEVEL ?? 'warn');
+      const input = layer === '-' ? process.stdin : layer;
+      const r = await ingestTar(input, store, { codec, blobDigest: o.blobDigest, expectDiffId: o.diffId, source: layer, progress: o.progress, log });
+      const s = r.stats;
+      if (o.json) {
+        process.stdout.write(JSON.stringify({ diffId: r.manifest.diffId, blobDigest: r.manifest.blobDigest, catalog: r.manifest.catalog, published: r.published,
+          newObjects: s.newObjects, newBytes: s.newBytes, entries: s.entries, files: s.files, bytes: s.bytes, chunks: s.chunks, inlined: s.inlined,
+          tarBytes: s.tarBytes, blobBytes: s.blobBytes, seconds: s.seconds }) + '\n');
+      } else {
+        const dedup = s.bytes ? (1 - s.newBytes / Math.max(1, s.tarBytes)) * 100 : 0;
+        process.stdout.write(`${r.published ? 'published' : 'already published'} ${r.manifest.diffId}\n` +
+          `  ${s.entries} entries, ${s.files} files, ${fmtBytes(s.bytes)} of file data, ${s.chunks} chunks, ${s.inlined} inlined\n` +
+          `  ${s.newObjects} new objects (${fmtBytes(s.newBytes)} stored), ${dedup.toFixed(1)}% saved by dedup+compression\n` +
+          `  ${(s.tarBytes / 1e6 / Math.max(s.seconds, 1e-6)).toFixed(1)} MB/s (${s.seconds.toFixed(2)} s)\n`);
+      }
+    });
+
+  program.command('layers')
+    .description('list published layers')
+    .requiredOption('-s, --store <loc>', STORE_HELP)
+    .option('--json', 'print manifests as JSON lines')
+    .action(async (o: { store: string; json?: boolean }) => {
+      const store = await Store.open(o.store);
+      for (const id of await store.listLayers()) {
+        if (!o.json) { process.stdout.write(`${id}\n`); continue; }
+        process.stdout.write(JSON.stringify(await store.getLayer(id)) + '\n');
+      }
+    });
+
+  program.command('ls')
+    .description('list a directory of a layer')
+    .requiredOption('-s, --store <loc>', STORE_HELP)
+    .argument('<layer>', 'layer diff id (or unique hex prefix)')
+    .argument('[path]', 'directory inside the layer', '/')
+    .option('-l, --long', 'long listing')
+    .action(async (layer: string, path: string, o: { store: string; long?: boolean }) => {
+      const store = await Store.open(o.store);
+      const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
+      try {
+        const dir = catalog.resolve(path);
+        if (!dir) throw new NotFoundError(`${path}: no such file or directory in layer`);
+        const list = dir.type === 'dir' ? catalog.readdir(dir.ino).map((d) => ({ name: d.name, inode: catalog.getInode(d.ino)! })) : [{ name: Buffer.from(path), inode: dir as Inode }];
+        for (const { name, inode } of list) {
+          if (!o.long) { process.stdout.write(Buffer.concat([name, Buffer.from('\n')])); continue; }
+          const size = inode.type === 'chardev' || inode.type === 'blockdev' ? `${inode.rdevMajor},${inode.rdevMinor}` : String(inode.size);
+          const t = new Date(inode.mtime * 1000).toISOString().replace('T', ' ').slice(0, 19);
+          const tail = inode.type === 'symlink' ? Buffer.concat([Buffer.from(' -> '), inode.target!]) : Buffer.alloc(0);
+          process.stdout.write(Buffer.concat([Buffer.from(`${modeString(inode)} ${inode.nlink} ${inode.uid}/${inode.gid} ${size.padStart(10)} ${t} `), name, tail, Buffer.from('\n')]));
+        }
+      } finally { await close(); }
+    });
+
+  program.command('stat')
+    .description('print the metadata of a path in a layer as JSON')
+    .requiredOption('-s, --store <loc>', STORE_HELP)
+    .argument('<layer>', 'layer diff id (or unique hex prefix)')
+    .argument('<path>', 'path inside the layer')
+    .action(async (layer: string, path: string, o: { store: string }) => {
+      const store = await Store.open(o.store);
+      const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
+      try {
+        const i = catalog.resolve(path);
+        if (!i) throw new NotFoundError(`${path}: no such file or directory in layer`);
+        process.stdout.write(JSON.stringify(inodeJson(path, i, catalog.xattrs(i.ino, i.flags))) + '\n');
+      } finally { await close(); }
+    });
+
+  program.command('cat')
+    .description('write a file of a layer to stdout (every chunk hash-verified)')
+    .requiredOption('-s, --store <loc>', STORE_HELP)
+    .argument('<layer>', 'layer diff id (or unique hex prefix)')
+    .argument('<path>', 'file inside the layer')
+    .action(async (layer: string, path: string, o: { store: string }) => {
+      const store = await Store.open(o.store);
+      const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
+      try {
+        const i = catalog.resolve(path);
+        if (!i) throw new NotFoundError(`${path}: no such file or directory in layer`);
+        if (i.type !== 'file') throw new ThinfsError(`${path}: not a regular file (${i.type})`, EXIT.BAD_INPUT);
+        for await (const b of fileContent(store, catalog, i)) {
+          if (!process.stdout.write(b)) await once(process.stdout, 'drain');
+        }
+      } finally { await close(); }
+    });
+
+  program.command('export')
+    .description('write a layer back out as an OCI layer tar')
+    .requiredOption('-s, --store <loc>', STORE_HELP)
+    .argument('<layer>', 'layer diff id (or unique hex prefix)')
+    .requiredOption('-o, --output <file>', 'output tar file (- for stdout)')
+    .action(async (layer: string, o: { store: string; output: string }) => {
+      const store = await Store.open(o.store);
+      const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
+      const out = o.output === '-' ? process.stdout : createWriteStream(o.output);
+      try {
+        await exportLayer(store, catalog, out);
+        if (out !== process.stdout) { out.end(); await once(out, 'finish'); }
+      } finally { await close(); }
+    });
+
+  program.command('gc')
+    .description('remove objects no published layer references and staging left by failed or crashed ingests')
+    .requiredOption('-s, --store <dir>', 'store directory')
+    .option('--grace <seconds>', 'keep unreferenced objects younger than this (protects ingests in flight on other nodes)', '3600')
+    .option('--dry-run', 'report what would be removed')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { store: string; grace: string; dryRun?: boolean; json?: boolean }) => {
+      const grace = Number(o.grace);
+      if (!Number.isFinite(grace) || grace < 0) throw new ThinfsError(`--grace must be a number of seconds`, EXIT.USAGE);
+      const store = await WritableStore.openDir(o.store);
+      const r = await collectGarbage(store, { graceMs: grace * 1000, dryRun: o.dryRun });
+      if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      else process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
+        `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace)\n`);
+    });
+}

@@ -1,0 +1,27 @@
+// One place that knows the on-disk/over-HTTP layout, shared by the fs and HTTP backends and by gc.
+export const STORE_MARKER = 'thinfs-store.json';
+export const DATA_DIR = 'data';
+export const TXN_DIR = 'txn';
+export const LAYERS_DIR = 'layers';
+export const IMAGES_DIR = 'images';
+export const LOCKS_DIR = 'locks';
+
+/** data/<2 hex>/<62 hex>: 256-way fan-out keeps directories small on NFS/Lustre. */
+export function objectPath(hash: string): string {
+  return `${DATA_DIR}/${hash.slice(0, 2)}/${hash.slice(2)}`;
+}
+
+export function layerPath(diffIdHex: string): string {
+  return `${LAYERS_DIR}/${diffIdHex}.json`;
+}
+
+/** Image names contain '/' and ':'; encode them reversibly into one path component. */
+export function imageFileName(name: string): string {
+  return encodeURIComponent(name).replace(/\./g, '%2E') + '.json';
+}
+export function imageNameFromFile(file: string): string | null {
+  return file.endsWith('.json') ? decodeURIComponent(file.slice(0, -5)) : null;
+}
+export function imagePath(name: string): string {
+  return `${IMAGES_DIR}/${imageFileName(name)}`;
+}

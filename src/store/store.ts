@@ -1,0 +1,219 @@
+import { mkdir, stat, writeFile, rename, rm, readdir, readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Backend } from './backend.js';
+import { FsBackend } from './fs-backend.js';
+import { HttpBackend } from './http-backend.js';
+import { decodeObject, encodeObject, Codec } from './codec.js';
+import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
+import type { LayerManifest } from './types.js';
+import type { ThinImage } from '../image/descriptor.js';
+import { NotFoundError, ThinfsError, EXIT } from '../util/errors.js';
+import { atomicWrite, fsyncDir } from '../util/fsutil.js';
+import { digestHex } from '../util/hash.js';
+import { withLayerLock } from './lock.js';
+import type { ObjectWriterPool } from './writer-pool.js';
+
+const execFileP = promisify(execFile);
+export const TXN_OWNER = 'owner.json';
+
+export interface StoreInfo { version: 1; created: string; codec: string }
+
+/** A content-addressed store: verified objects, published layer manifests and thin image descriptors. */
+export class Store {
+  protected constructor(readonly backend: Backend) {}
+
+  static async open(location: string): Promise<Store> {
+    if (/^https?:\/\//.test(location)) {
+      const s = new Store(new HttpBackend(location.split(',')));
+      if (!(await s.backend.exists(STORE_MARKER))) throw new NotFoundError(`no thinfs store at ${location} (missing ${STORE_MARKER})`);
+      return s;
+    }
+    return WritableStore.openDir(location);
+  }
+
+  get location(): string { return this.backend.location; }
+
+  /** Raw framed bytes, unverified: for caches that verify on their own read path. */
+  async getRaw(hash: string): Promise<Buffer> {
+    const raw = await this.backend.read(objectPath(hash));
+    if (!raw) throw new NotFoundError(`object ${hash} not found in store ${this.location}`);
+    return raw;
+  }
+
+  /** Decompressed, hash-verified object content. */
+  async getObject(hash: string): Promise<Buffer> {
+    return decodeObject(hash, await this.getRaw(hash));
+  }
+
+  hasObject(hash: string): Promise<boolean> { return this.backend.exists(objectPath(hash)); }
+
+  async getLayer(diffId: string): Promise<LayerManifest | null> {
+    const raw = await this.backend.read(layerPath(digestHex(diffId)));
+    return raw ? parseJson<LayerManifest>(raw, `layer manifest ${diffId}`) : null;
+  }
+
+  async listLayers(): Promise<string[]> {
+    return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json')).map((n) => `sha256:${n.slice(0, -5)}`);
+  }
+
+  async getImage(name: string): Promise<ThinImage | null> {
+    const raw = await this.backend.read(imagePath(name));
+    return raw ? parseJson<ThinImage>(raw, `image ${name}`) : null;
+  }
+
+  async listImages(): Promise<string[]> {
+    return (await this.backend.list(IMAGES_DIR)).map(imageNameFromFile).filter((n): n is string => n !== null);
+  }
+}
+
+function parseJson<T>(raw: Buffer, what: string): T {
+  try { return JSON.parse(raw.toString('utf8')) as T; } catch (e) {
+    throw new ThinfsError(`${what}: invalid JSON (${(e as Error).message})`, EXIT.INTEGRITY);
+  }
+}
+
+/** A store on a POSIX filesystem, which this node may write to. */
+export class WritableStore extends Store {
+  private constructor(readonly root: string) { super(new FsBackend(root)); }
+
+  static async openDir(dir: string): Promise<WritableStore> {
+    const root = resolve(dir);
+    try { await stat(join(root, STORE_MARKER)); } catch {
+      throw new NotFoundError(`no thinfs store at ${root} (create one with: thinfs init ${dir})`);
+    }
+    return new WritableStore(root);
+  }
+
+  /** Create the layout (idempotent); fan-out directories up front so writers never race on mkdir. */
+  static async init(dir: string, codec = 'zstd'): Promise<WritableStore> {
+    const root = resolve(dir);
+    await mkdir(root, { recursive: true });
+    await Promise.all([TXN_DIR, LAYERS_DIR, IMAGES_DIR].map((d) => mkdir(join(root, d), { recursive: true })));
+    const fan = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+    await Promise.all(fan.map((f) => mkdir(join(root, DATA_DIR, f), { recursive: true })));
+    try { await stat(join(root, STORE_MARKER)); } catch {
+      const info: StoreInfo = { version: 1, created: new Date().toISOString(), codec };
+      await atomicWrite(join(root, STORE_MARKER), JSON.stringify(info, null, 2) + '\n');
+    }
+    return new WritableStore(root);
+  }
+
+  beginTxn(label = 'txn', codec: Codec = Codec.Zstd): Txn {
+    return new Txn(this, `${Date.now()}-${process.pid}-${label.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(4).toString('hex')}`, codec);
+  }
+
+  /** Thin image descriptors are small and replaced whole; last writer wins, never a torn file. */
+  async putImage(desc: ThinImage): Promise<void> {
+    await atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', join(this.root, TXN_DIR));
+  }
+
+  withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
+    return withLayerLock(this.root, `layer-${digestHex(diffId)}`, fn);
+  }
+}
+
+/** flush everything written so far on that filesystem in one call (syncfs), instead of one fsync per object. */
+async function syncFs(path: string): Promise<void> {
+  try { await execFileP('sync', ['-f', path]); } catch { await execFileP('sync'); }
+}
+
+/**
+ * A publishing transaction. New objects are staged under txn/<id>/ and only renamed into data/
+ * at commit, so a refused or crashed ingest leaves data/ exactly as it was; the manifest is
+ * written last, under the layer lock, so nobody ever sees a half-written layer.
+ */
+export class Txn {
+  readonly dir: string;
+  private readonly staged = new Set<string>();
+  private existing = new Set<string>();
+  private ready: Promise<void>;
+  newObjects = 0;
+  newBytes = 0;
+
+  /** Optional worker pool for compression + writing (ingest uses one; tiny transactions do not need it). */
+  pool: ObjectWriterPool | null = null;
+
+  constructor(readonly store: WritableStore, readonly id: string, readonly codec: Codec) {
+    this.dir = join(store.root, TXN_DIR, id);
+    // owner.json lets gc tell a live transaction from one whose process died (same host) or went silent.
+    this.ready = mkdir(this.dir, { recursive: true })
+      .then(() => writeFile(join(this.dir, TXN_OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() })));
+  }
+
+  /** Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. */
+  async put(hash: string, data: Uint8Array): Promise<boolean> {
+    if (this.staged.has(hash) || this.existing.has(hash)) return false;
+    if (await this.store.hasObject(hash)) { this.existing.add(hash); return false; }
+    if (this.staged.has(hash)) return false; // a concurrent put of the same chunk won the race
+    this.staged.add(hash);
+    await this.ready;
+    let size: number;
+    if (this.pool && data.length >= 4096) {
+      size = await this.pool.write(join(this.dir, hash), data, this.codec);
+    } else {
+      const framed = encodeObject(data, this.codec);
+      await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
+      size = framed.length;
+    }
+    this.newObjects++;
+    this.newBytes += size;
+    return true;
+  }
+
+  /**
+   * Make staged objects durable and visible, then publish the manifest. If another node published
+   * the same layer meanwhile, ours is discarded and theirs returned (exactly once).
+   */
+  async commit(manifest: LayerManifest): Promise<{ manifest: LayerManifest; published: boolean }> {
+    await this.ready;
+    const root = this.store.root;
+    return this.store.withLayerLock(manifest.diffId, async () => {
+      const existing = await this.store.getLayer(manifest.diffId);
+      if (existing) { await this.abort(); return { manifest: existing, published: false }; }
+      await syncFs(this.dir);
+      const touched = new Set<string>();
+      for (const hash of this.staged) {
+        await rename(join(this.dir, hash), join(root, objectPath(hash)));
+        touched.add(hash.slice(0, 2));
+      }
+      for (const d of touched) await fsyncDir(join(root, DATA_DIR, d));
+      // Every object the manifest names must be present before it becomes visible.
+      await this.verifyPresent(manifest);
+      await atomicWrite(join(root, layerPath(digestHex(manifest.diffId))), JSON.stringify(manifest, null, 2) + '\n', this.dir);
+      await rm(this.dir, { recursive: true, force: true });
+      return { manifest, published: true };
+    });
+  }
+
+  private async verifyPresent(m: LayerManifest): Promise<void> {
+    if (!(await this.store.hasObject(m.catalog))) throw new ThinfsError(`commit: catalog object ${m.catalog} missing`);
+  }
+
+  async abort(): Promise<void> {
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Transactions whose process is gone (crash, SIGKILL on this host) or silent for longer than the grace period. */
+export async function staleTxns(root: string, graceMs: number): Promise<string[]> {
+  const dir = join(root, TXN_DIR);
+  const out: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const path = join(dir, name);
+    const st = await stat(path).catch(() => null);
+    if (!st) continue;
+    let owner: { pid?: number; host?: string } = {};
+    try { owner = JSON.parse(await readFile(join(path, TXN_OWNER), 'utf8')); } catch { /* not yet written or damaged */ }
+    const deadHere = owner.host === hostname() && typeof owner.pid === 'number' && !isAlive(owner.pid);
+    if (deadHere || Date.now() - st.mtimeMs > graceMs) out.push(path);
+  }
+  return out;
+}
+
+function isAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}

@@ -1,0 +1,395 @@
+import { BadInputError } from '../util/errors.js';
+
+/**
+ * A strict streaming tar reader. Written here rather than using tar-stream because layer ingest
+ * needs what tar-stream does not give: names as raw bytes (Linux paths need not be UTF-8), GNU and
+ * PAX sparse maps, nanosecond mtimes, binary xattr values, and refusal (not repair) of damaged input.
+ */
+
+export type TarType = 'file' | 'hardlink' | 'symlink' | 'chardev' | 'blockdev' | 'dir' | 'fifo';
+
+export interface SparseSegment { offset: number; size: number }
+
+export interface TarEntry {
+  path: Buffer;
+  type: TarType;
+  mode: number;
+  uid: number;
+  gid: number;
+  uname: string;
+  gname: string;
+  /** Apparent file size (the real size of a sparse file). */
+  size: number;
+  /** Bytes of content stored in the archive for this entry (sum of segments for sparse files). */
+  dataSize: number;
+  mtime: number;
+  mtimeNs: number;
+  linkpath: Buffer | null;
+  devmajor: number;
+  devminor: number;
+  xattrs: Map<string, Buffer>;
+  /** Data segments of a sparse file, in order; the archive data is their concatenation. */
+  sparse: SparseSegment[] | null;
+  /** Byte offset of the header in the uncompressed stream (for error messages). */
+  offset: number;
+}
+
+const BLOCK = 512;
+
+/** Pulls exact byte counts out of an async stream of Buffers without copying more than needed. */
+class ByteReader {
+  private bufs: Buffer[] = [];
+  private avail = 0;
+  private done = false;
+  pos = 0;
+  constructor(private readonly it: AsyncIterator<Buffer>) {}
+
+  private async fill(n: number): Promise<boolean> {
+    while (this.avail < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) { this.done = true; break; }
+      const b = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value as Uint8Array);
+      if (b.length) { this.bufs.push(b); this.avail += b.length; }
+    }
+    return this.avail >= n;
+  }
+
+  /** Exactly n bytes, or null at a clean end of stream (0 bytes left); throws on a short read. */
+  async exact(n: number, what: string): Promise<Buffer | null> {
+    if (n === 0) return Buffer.alloc(0);
+    if (!(await this.fill(n))) {
+      if (this.avail === 0) return null;
+      throw new BadInputError(`truncated tar: ${what} at byte ${this.pos} needs ${n} bytes, only ${this.avail} left`);
+    }
+    return this.take(n);
+  }
+
+  private take(n: number): Buffer {
+    this.pos += n;
+    this.avail -= n;
+    const first = this.bufs[0]!;
+    if (first.length === n) { this.bufs.shift(); return first; }
+    if (first.length > n) { this.bufs[0] = first.subarray(n); return first.subarray(0, n); }
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const b = this.bufs[0]!;
+      const k = Math.min(b.length, n - off);
+      b.copy(out, off, 0, k);
+      off += k;
+      if (k === b.length) this.bufs.shift(); else this.bufs[0] = b.subarray(k);
+    }
+    return out;
+  }
+
+  /** Yield up to n bytes as they arrive, in pieces, for streaming file data. */
+  async *stream(n: number, what: string): AsyncGenerator<Buffer> {
+    let left = n;
+    while (left > 0) {
+      if (this.avail === 0 && !(await this.fill(1))) throw new BadInputError(`truncated tar: ${what} ends ${left} bytes early (size field larger than the data)`);
+      const b = this.bufs[0]!;
+      const k = Math.min(b.length, left);
+      yield this.take(k);
+      left -= k;
+    }
+  }
+
+  async skip(n: number, what: string): Promise<void> {
+    for await (const _ of this.stream(n, what)) { /* discard */ }
+  }
+
+  /** Whatever remains after the end-of-archive marker (ignored, like GNU tar, but drained). */
+  async drain(): Promise<void> {
+    while (await this.fill(this.avail + 1)) { this.pos += this.avail; this.bufs = []; this.avail = 0; }
+  }
+}
+
+function parseNumeric(buf: Buffer, off: number, len: number, field: string, at: number): number {
+  const f = buf.subarray(off, off + len);
+  if (f[0]! & 0x80) {
+    // GNU base-256: big-endian two's complement, high bit of first byte is the marker.
+    const neg = (f[0]! & 0x40) !== 0;
+    let v = BigInt(f[0]! & 0x3f) - (neg ? 0x40n : 0n);
+    for (let i = 1; i < f.length; i++) v = (v << 8n) | BigInt(f[i]!);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < -BigInt(Number.MAX_SAFE_INTEGER)) throw new BadInputError(`tar header at byte ${at}: ${field} out of range`);
+    return Number(v);
+  }
+  let s = f.toString('latin1');
+  const nul = s.indexOf('\0');
+  if (nul >= 0) s = s.slice(0, nul);
+  s = s.trim();
+  if (s === '') return 0;
+  if (!/^[0-7]+$/.test(s)) throw new BadInputError(`tar header at byte ${at}: ${field} is not octal: ${JSON.stringify(s)}`);
+  return parseInt(s, 8);
+}
+
+function cstr(buf: Buffer, off: number, len: number): Buffer {
+  const f = buf.subarray(off, off + len);
+  const nul = f.indexOf(0);
+  return nul >= 0 ? f.subarray(0, nul) : f;
+}
+
+function checksumOk(h: Buffer): boolean {
+  let unsigned = 0, signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const b = i >= 148 && i < 156 ? 0x20 : h[i]!;
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  const want = parseNumeric(h, 148, 8, 'checksum', 0);
+  return want === unsigned || want === signed;
+}
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/** PAX records "LEN KEY=VALUE\n"; values stay bytes (paths and xattr values need not be UTF-8). */
+export function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
+  const out: Array<[string, Buffer]> = [];
+  let p = 0;
+  while (p < data.length) {
+    if (data[p] === 0) break; // padding
+    const sp = data.indexOf(0x20, p);
+    if (sp < 0) throw new BadInputError(`bad pax header at byte ${at}: no length`);
+    const lenStr = data.toString('latin1', p, sp);
+    if (!/^\d+$/.test(lenStr)) throw new BadInputError(`bad pax header at byte ${at}: bad record length ${JSON.stringify(lenStr)}`);
+    const len = parseInt(lenStr, 10);
+    if (len <= sp - p + 1 || p + len > data.length || data[p + len - 1] !== 0x0a) throw new BadInputError(`bad pax header at byte ${at}: record overruns`);
+    const rec = data.subarray(sp + 1, p + len - 1);
+    const eq = rec.indexOf(0x3d);
+    if (eq < 0) throw new BadInputError(`bad pax header at byte ${at}: record without '='`);
+    out.push([rec.toString('utf8', 0, eq), rec.subarray(eq + 1)]);
+    p += len;
+  }
+  return out;
+}
+
+function parseTime(v: string, at: number): { sec: number; ns: number } {
+  const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(v);
+  if (!m) throw new BadInputError(`bad pax time at byte ${at}: ${v}`);
+  let sec = parseInt(m[2]!, 10);
+  let ns = m[3] ? parseInt((m[3] + '000000000').slice(0, 9), 10) : 0;
+  if (m[1] === '-') { sec = -sec; if (ns) { sec -= 1; ns = 1e9 - ns; } }
+  return { sec, ns };
+}
+
+function parseIntStrict(v: Buffer | string, what: string, at: number): number {
+  const s = v.toString();
+  if (!/^\d+$/.test(s)) throw new BadInputError(`tar entry at byte ${at}: ${what} is not a number: ${JSON.stringify(s)}`);
+  const n = Number(s);
+  if (!Number.isSafeInteger(n)) throw new BadInputError(`tar entry at byte ${at}: ${what} out of range`);
+  return n;
+}
+
+const MAX_META = 16 << 20; // a PAX or GNU long-name record larger than this is an attack, not a layer
+
+export interface TarRead { entry: TarEntry; data: AsyncIterable<Buffer> }
+
+/**
+ * Iterate the entries of a tar stream. The caller must consume (or abandon) `data` before asking
+ * for the next entry; abandoned data is skipped. Throws BadInputError on anything malformed,
+ * including a missing end-of-archive marker.
+ */
+export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarRead> {
+  const r = new ByteReader(source[Symbol.asyncIterator]());
+  let globalPax: Array<[string, Buffer]> = [];
+  let pax: Array<[string, Buffer]> | null = null;
+  let longName: Buffer | null = null;
+  let longLink: Buffer | null = null;
+
+  for (;;) {
+    const at = r.pos;
+    const h = await r.exact(BLOCK, 'header');
+    if (!h) throw new BadInputError(`truncated tar: no end-of-archive marker (stream ends at byte ${at})`);
+    if (isZero(h)) {
+      if (pax || longName || longLink) throw new BadInputError(`tar: extended header at byte ${at} not followed by an entry`);
+      await r.drain();
+      return;
+    }
+    if (!checksumOk(h)) throw new BadInputError(`tar header at byte ${at}: bad checksum (corrupt or not a tar)`);
+
+    const magic = h.toString('latin1', 257, 263);
+    const ustar = magic === 'ustar\0';
+    const gnu = magic === 'ustar ';
+    const flag = String.fromCharCode(h[156]!);
+    const hdrSize = parseNumeric(h, 124, 12, 'size', at);
+    if (hdrSize < 0) throw new BadInputError(`tar header at byte ${at}: negative size`);
+
+    // Extended headers: read their payload, remember it, go on to the entry they describe.
+    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+      if (hdrSize > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended header of ${hdrSize} bytes is too large`);
+      const payload = (await r.exact(hdrSize, 'extended header')) ?? Buffer.alloc(0);
+      if (payload.length < hdrSize) throw new BadInputError(`truncated tar in extended header at byte ${at}`);
+      await skipPad(r, hdrSize);
+      if (flag === 'x') pax = [...(pax ?? []), ...parsePax(payload, at)];
+      else if (flag === 'g') globalPax = [...globalPax, ...parsePax(payload, at)];
+      else if (flag === 'L') longName = cstr(payload, 0, payload.length);
+      else longLink = cstr(payload, 0, payload.length);
+      continue;
+    }
+
+    let type: TarType;
+    switch (flag) {
+      case '0': case '\0': case '7': type = 'file'; break;
+      case 'S': type = 'file'; break;
+      case '1': type = 'hardlink'; break;
+      case '2': type = 'symlink'; break;
+      case '3': type = 'chardev'; break;
+      case '4': type = 'blockdev'; break;
+      case '5': case 'D': type = 'dir'; break;
+      case '6': type = 'fifo'; break;
+      case 'V': // volume label: no file
+        await r.skip(hdrSize, 'volume label'); await skipPad(r, hdrSize); pax = null; continue;
+      default:
+        throw new BadInputError(`tar header at byte ${at}: unsupported entry type ${JSON.stringify(flag)}`);
+    }
+
+    let path = longName ?? cstr(h, 0, 100);
+    if (!longName && ustar && h[345] !== 0) path = Buffer.concat([cstr(h, 345, 155), Buffer.from('/'), path]);
+    let linkpath: Buffer | null = longLink ?? (h[157] !== 0 ? cstr(h, 157, 100) : null);
+    if (flag === '0' || flag === '\0') { if (!ustar && !gnu && path.length && path[path.length - 1] === 0x2f) type = 'dir'; }
+
+    const e: TarEntry = {
+      path, type, linkpath,
+      mode: parseNumeric(h, 100, 8, 'mode', at) & 0o7777,
+      uid: parseNumeric(h, 108, 8, 'uid', at),
+      gid: parseNumeric(h, 116, 8, 'gid', at),
+      uname: (ustar || gnu) ? cstr(h, 265, 32).toString('utf8') : '',
+      gname: (ustar || gnu) ? cstr(h, 297, 32).toString('utf8') : '',
+      size: hdrSize, dataSize: hdrSize,
+      mtime: parseNumeric(h, 136, 12, 'mtime', at), mtimeNs: 0,
+      devmajor: (ustar || gnu) ? parseNumeric(h, 329, 8, 'devmajor', at) : 0,
+      devminor: (ustar || gnu) ? parseNumeric(h, 337, 8, 'devminor', at) : 0,
+      xattrs: new Map(), sparse: null, offset: at,
+    };
+
+    // GNU old sparse ('S'): map in the header, continued in extension blocks.
+    if (flag === 'S') {
+      const segs: SparseSegment[] = [];
+      const addSegs = (b: Buffer, off: number, count: number) => {
+        for (let i = 0; i < count; i++) {
+          const o = off + i * 24;
+          if (b[o] === 0) continue;
+          segs.push({ offset: parseNumeric(b, o, 12, 'sparse offset', at), size: parseNumeric(b, o + 12, 12, 'sparse size', at) });
+        }
+      };
+      addSegs(h, 386, 4);
+      let ext = h[482] !== 0;
+      while (ext) {
+        const xb = await r.exact(BLOCK, 'sparse extension');
+        if (!xb) throw new BadInputError(`truncated tar in sparse header at byte ${at}`);
+        addSegs(xb, 0, 21);
+        ext = xb[504] !== 0;
+      }
+      e.sparse = segs;
+      e.size = parseNumeric(h, 483, 12, 'sparse real size', at);
+    }
+
+    const records = [...globalPax, ...(pax ?? [])];
+    let sparseMajor = -1;
+    const sp00: SparseSegment[] = [];
+    let spOff: number | null = null;
+    let sparseName: Buffer | null = null;
+    for (const [k, v] of records) {
+      switch (k) {
+        case 'path': path = v; e.path = v; break;
+        case 'linkpath': linkpath = v; e.linkpath = v; break;
+        case 'size': e.size = e.dataSize = parseIntStrict(v, 'pax size', at); break;
+        case 'uid': e.uid = parseIntStrict(v, 'pax uid', at); break;
+        case 'gid': e.gid = parseIntStrict(v, 'pax gid', at); break;
+        case 'uname': e.uname = v.toString('utf8'); break;
+        case 'gname': e.gname = v.toString('utf8'); break;
+        case 'mtime': { const t = parseTime(v.toString(), at); e.mtime = t.sec; e.mtimeNs = t.ns; break; }
+        case 'SCHILY.devmajor': e.devmajor = parseIntStrict(v, 'devmajor', at); break;
+        case 'SCHILY.devminor': e.devminor = parseIntStrict(v, 'devminor', at); break;
+        case 'GNU.sparse.major': sparseMajor = parseIntStrict(v, 'sparse major', at); break;
+        case 'GNU.sparse.name': sparseName = v; break;
+        case 'GNU.sparse.size': case 'GNU.sparse.realsize': e.size = parseIntStrict(v, 'sparse size', at); e.sparse ??= []; break;
+        case 'GNU.sparse.offset': spOff = parseIntStrict(v, 'sparse offset', at); break;
+        case 'GNU.sparse.numbytes':
+          if (spOff === null) throw new BadInputError(`tar entry at byte ${at}: sparse numbytes without offset`);
+          sp00.push({ offset: spOff, size: parseIntStrict(v, 'sparse numbytes', at) }); spOff = null; break;
+        case 'GNU.sparse.map': {
+          const n = v.toString().split(',').filter((x) => x !== '').map((x) => parseIntStrict(x, 'sparse map', at));
+          if (n.length % 2) throw new BadInputError(`tar entry at byte ${at}: odd sparse map`);
+          for (let i = 0; i < n.length; i += 2) sp00.push({ offset: n[i]!, size: n[i + 1]! });
+          break;
+        }
+        default:
+          if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice(13), v);
+          else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString(), 'base64'));
+      }
+    }
+    if (sp00.length) e.sparse = sp00;
+    if (sparseName) e.path = sparseName; // the header name of a sparse file is a placeholder
+    pax = null; longName = null; longLink = null;
+    if (e.type === 'hardlink' || e.type === 'symlink') {
+      if (!e.linkpath || e.linkpath.length === 0) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: ${e.type} without a target`);
+    }
+    if (e.path.length === 0) throw new BadInputError(`tar entry at byte ${at}: empty name`);
+
+    // Only regular files carry content; other types' data (if any) is skipped, as GNU tar does.
+    const hasData = e.type === 'file' || e.type === 'hardlink';
+    const archived = e.dataSize;
+    let dataLeft = archived;
+    if (hasData && sparseMajor === 1) {
+      // PAX sparse 1.0: the map is a decimal text prefix of the data, padded to a block.
+      const { segs, consumed } = await readSparse10(r, at, dataLeft);
+      e.sparse = segs;
+      dataLeft -= consumed;
+    }
+    if (e.sparse) {
+      const total = e.sparse.reduce((a, s) => a + s.size, 0);
+      let end = 0;
+      for (const s of e.sparse) {
+        if (s.offset < end || s.size < 0 || s.offset + s.size > e.size) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: invalid sparse map`);
+        end = s.offset + s.size;
+      }
+      if (total !== dataLeft) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: sparse map covers ${total} bytes, archive holds ${dataLeft}`);
+    }
+    if (e.type === 'file' && !e.sparse && e.size !== dataLeft) e.size = dataLeft;
+    e.dataSize = dataLeft;
+
+    let consumed = false;
+    const data: AsyncIterable<Buffer> = hasData ? {
+      [Symbol.asyncIterator]: () => { consumed = true; return r.stream(dataLeft, `data of ${e.path.toString()}`); },
+    } : (async function* () { /* no data */ })();
+    yield { entry: e, data };
+    if (!hasData || !consumed) await r.skip(dataLeft, `data of ${e.path.toString()}`);
+    await skipPad(r, archived);
+  }
+}
+
+async function skipPad(r: ByteReader, size: number): Promise<void> {
+  const pad = (BLOCK - (size % BLOCK)) % BLOCK;
+  if (pad) {
+    const b = await r.exact(pad, 'padding');
+    if (!b) throw new BadInputError(`truncated tar: missing padding at byte ${r.pos}`);
+  }
+}
+
+async function readSparse10(r: ByteReader, at: number, limit: number): Promise<{ segs: SparseSegment[]; consumed: number }> {
+  let text = '';
+  let consumed = 0;
+  const nums: number[] = [];
+  let want = -1;
+  while (want < 0 || nums.length < 1 + want * 2) {
+    if (consumed + BLOCK > limit) throw new BadInputError(`tar entry at byte ${at}: sparse map overruns the data`);
+    const b = await r.exact(BLOCK, 'sparse map');
+    if (!b) throw new BadInputError(`truncated tar in sparse map at byte ${at}`);
+    consumed += BLOCK;
+    text += b.toString('latin1');
+    const lines = text.split('\n');
+    text = lines.pop()!;
+    for (const l of lines) {
+      if (want >= 0 && nums.length >= 1 + want * 2) break;
+      nums.push(parseIntStrict(l, 'sparse map', at));
+      if (nums.length === 1) want = nums[0]!;
+    }
+  }
+  const segs: SparseSegment[] = [];
+  for (let i = 0; i < want; i++) segs.push({ offset: nums[1 + 2 * i]!, size: nums[2 + 2 * i]! });
+  return { segs, consumed };
+}
