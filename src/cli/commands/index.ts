@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
 import { registerStoreCommands } from './store.js';
+import { registerMountCommands } from './mount.js';
 
 /** Registration list: each area adds its command module here. */
 export const commands: Array<(program: Command) => void> = [
   registerStoreCommands,
+  registerMountCommands,
 ];

@@ -1,0 +1,255 @@
+import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import type { Store } from '../store/store.js';
+import { decodeObject } from '../store/codec.js';
+import { sha256hex } from '../util/hash.js';
+import type { Logger } from '../util/log.js';
+
+/**
+ * Node-local cache layout (shared safely by several mounts on one node):
+ *   <dir>/chunks/<2 hex>/<62 hex>   decoded chunk bytes; the name is their SHA-256, re-checked on every disk read
+ *   <dir>/catalogs/<hash>.sqlite    decoded layer catalogs (verified when fetched and when reopened)
+ *   <dir>/tmp/                      in-flight writes, renamed into place (readers see whole files or none)
+ * Chunks count against the quota and are evicted LRU; catalogs are pinned while a mount uses them.
+ */
+export interface CacheOptions {
+  dir: string;
+  /** Byte budget for chunks/ (LRU eviction beyond it). */
+  quota: number;
+  /** Byte budget for decoded hot chunks kept in memory (0 disables). */
+  memBytes: number;
+  store: Store;
+  log: Logger;
+}
+
+export interface CacheCounters {
+  /** Reads satisfied from the in-memory LRU. */
+  memHits: number;
+  /** Reads satisfied from the node-local cache directory. */
+  diskHits: number;
+  /** Objects fetched from the store (chunk misses + catalogs). */
+  fetches: number;
+  /** Framed (compressed) bytes fetched from the store. */
+  fetchedBytes: number;
+  /** Decoded bytes of fetched objects. */
+  fetchedDecodedBytes: number;
+  catalogFetches: number;
+  /** Requests that joined a fetch already in flight for the same chunk (single-flight). */
+  joined: number;
+  evictions: number;
+  /** Cached files dropped because their content no longer matched their name. */
+  corruptDropped: number;
+  /** Objects the store could not deliver intact (missing or failing verification). */
+  errors: number;
+}
+
+interface DiskEntry { size: number }
+
+export class ChunkCache {
+  readonly counters: CacheCounters = {
+    memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
+    joined: 0, evictions: 0, corruptDropped: 0, errors: 0,
+  };
+  private readonly disk: LRUCache<string, DiskEntry>;
+  private readonly mem: LRUCache<string, Buffer> | null;
+  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private readonly pendingWrites = new Set<Promise<void>>();
+  private diskBytes = 0;
+  private readonly chunksDir: string;
+  private readonly tmpDir: string;
+  private readonly catalogsDir: string;
+
+  private constructor(private readonly o: CacheOptions) {
+    this.chunksDir = join(o.dir, 'chunks');
+    this.tmpDir = join(o.dir, 'tmp');
+    this.catalogsDir = join(o.dir, 'catalogs');
+    this.disk = new LRUCache<string, DiskEntry>({
+      maxSize: Math.max(1, o.quota),
+      sizeCalculation: (v) => Math.max(1, v.size),
+      dispose: (v, hash, reason) => {
+        this.diskBytes -= v.size;
+        // Only evictions remove the file: 'delete' means we already know it is gone or bad.
+        if (reason === 'evict') {
+          this.counters.evictions++;
+          unlink(this.chunkPath(hash)).catch(() => { /* already evicted by another mount sharing the dir */ });
+        }
+      },
+    });
+    this.mem = o.memBytes > 0
+      ? new LRUCache<string, Buffer>({ maxSize: o.memBytes, sizeCalculation: (b) => Math.max(1, b.length) })
+      : null;
+  }
+
+  /** Open (creating) the cache directory and rebuild the index from what is already there: no refetch after a restart. */
+  static async open(o: CacheOptions): Promise<ChunkCache> {
+    const c = new ChunkCache(o);
+    await Promise.all([c.chunksDir, c.tmpDir, c.catalogsDir].map((d) => mkdir(d, { recursive: true })));
+    await c.cleanTmp();
+    await c.rebuildIndex();
+    return c;
+  }
+
+  get quota(): number { return this.o.quota; }
+  get usedBytes(): number { return this.diskBytes; }
+  get usedObjects(): number { return this.disk.size; }
+  get memBytes(): number { return this.mem?.calculatedSize ?? 0; }
+
+  chunkPath(hash: string): string { return join(this.chunksDir, hash.slice(0, 2), hash.slice(2)); }
+
+  private async rebuildIndex(): Promise<void> {
+    const found: Array<{ hash: string; size: number; t: number }> = [];
+    const fans = await readdir(this.chunksDir).catch(() => [] as string[]);
+    await Promise.all(fans.filter((f) => /^[0-9a-f]{2}$/.test(f)).map(async (fan) => {
+      const names = await readdir(join(this.chunksDir, fan)).catch(() => [] as string[]);
+      for (const n of names) {
+        if (!/^[0-9a-f]{62}$/.test(n)) continue;
+        const st = await stat(join(this.chunksDir, fan, n)).catch(() => null);
+        if (st) found.push({ hash: fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
+      }
+    }));
+    // Oldest first, so the LRU order after a restart approximates the order of last use.
+    found.sort((a, b) => a.t - b.t);
+    for (const f of found) this.indexAdd(f.hash, f.size);
+    this.o.log.info({ cacheDir: this.o.dir, objects: this.disk.size, bytes: this.diskBytes, quota: this.o.quota }, 'cache index rebuilt');
+  }
+
+  private async cleanTmp(): Promise<void> {
+    const cutoff = Date.now() - 10 * 60_000;
+    for (const n of await readdir(this.tmpDir).catch(() => [] as string[])) {
+      const p = join(this.tmpDir, n);
+      const st = await stat(p).catch(() => null);
+      if (st && st.mtimeMs < cutoff) await rm(p, { force: true, recursive: true });
+    }
+  }
+
+  private indexAdd(hash: string, size: number): boolean {
+    if (size > this.o.quota) return false;
+    const prev = this.disk.get(hash);
+    if (prev) return true;
+    this.diskBytes += size;
+    this.disk.set(hash, { size });
+    return true;
+  }
+
+  /**
+   * Verified bytes of a chunk: memory, then the cache directory (re-verified), then the store.
+   * Concurrent requests for one chunk share one fetch.
+   */
+  get(hash: string): Promise<Buffer> {
+    const m = this.mem?.get(hash);
+    if (m) { this.counters.memHits++; return Promise.resolve(m); }
+    const running = this.inflight.get(hash);
+    if (running) { this.counters.joined++; return running; }
+    const p = this.load(hash).finally(() => this.inflight.delete(hash));
+    this.inflight.set(hash, p);
+    return p;
+  }
+
+  /** True when a chunk is already local (memory or disk index): no store round trip needed. */
+  isLocal(hash: string): boolean { return !!this.mem?.has(hash) || this.disk.has(hash); }
+
+  private async load(hash: string): Promise<Buffer> {
+    const local = await this.readLocal(hash);
+    if (local) {
+      this.counters.diskHits++;
+      this.mem?.set(hash, local);
+      return local;
+    }
+    const data = await this.fetch(hash);
+    this.mem?.set(hash, data);
+    this.track(this.writeLocal(hash, data));
+    return data;
+  }
+
+  /** Also looks on disk for chunks this process has not indexed: another mount sharing the dir may have fetched them. */
+  private async readLocal(hash: string): Promise<Buffer | null> {
+    let buf: Buffer;
+    try { buf = await readFile(this.chunkPath(hash)); } catch {
+      if (this.disk.has(hash)) this.disk.delete(hash);
+      return null;
+    }
+    if (sha256hex(buf) !== hash) {
+      this.counters.corruptDropped++;
+      this.o.log.warn({ object: hash, file: this.chunkPath(hash) }, 'cached chunk is corrupt: dropped, refetching');
+      this.disk.delete(hash);
+      await unlink(this.chunkPath(hash)).catch(() => {});
+      return null;
+    }
+    if (!this.disk.has(hash)) this.indexAdd(hash, buf.length);
+    else this.disk.get(hash); // refresh recency
+    return buf;
+  }
+
+  private async fetch(hash: string): Promise<Buffer> {
+    let raw: Buffer;
+    try {
+      raw = await this.o.store.getRaw(hash);
+      this.counters.fetches++;
+      this.counters.fetchedBytes += raw.length;
+      const data = decodeObject(hash, raw);
+      this.counters.fetchedDecodedBytes += data.length;
+      return data;
+    } catch (e) {
+      this.counters.errors++;
+      throw e;
+    }
+  }
+
+  private async writeLocal(hash: string, data: Buffer): Promise<void> {
+    if (data.length > this.o.quota) return;
+    const tmp = join(this.tmpDir, `${hash}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    try {
+      await writeFile(tmp, data);
+      const dest = this.chunkPath(hash);
+      await mkdir(join(this.chunksDir, hash.slice(0, 2)), { recursive: true });
+      await rename(tmp, dest);
+      this.indexAdd(hash, data.length);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      this.o.log.warn({ object: hash, err: (e as Error).message }, 'cannot write chunk to the cache directory');
+    }
+  }
+
+  private track(p: Promise<void>): void {
+    this.pendingWrites.add(p);
+    p.finally(() => this.pendingWrites.delete(p));
+  }
+
+  /**
+   * Local path of a verified catalog database, fetched from the store the first time.
+   * A cached copy is re-hashed before use, so a damaged one is replaced instead of trusted.
+   */
+  async catalogFile(hash: string): Promise<string> {
+    const path = join(this.catalogsDir, `${hash}.sqlite`);
+    const have = await readFile(path).catch(() => null);
+    if (have && sha256hex(have) === hash) return path;
+    if (have) {
+      this.counters.corruptDropped++;
+      this.o.log.warn({ object: hash, file: path }, 'cached catalog is corrupt: refetching');
+    }
+    let raw: Buffer;
+    let data: Buffer;
+    try {
+      raw = await this.o.store.getRaw(hash);
+      this.counters.fetches++;
+      this.counters.catalogFetches++;
+      this.counters.fetchedBytes += raw.length;
+      data = decodeObject(hash, raw);
+      this.counters.fetchedDecodedBytes += data.length;
+    } catch (e) {
+      this.counters.errors++;
+      throw e;
+    }
+    const tmp = join(this.tmpDir, `${hash}.sqlite.${process.pid}.${randomBytes(4).toString('hex')}`);
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+    return path;
+  }
+
+  /** Wait for background cache writes (clean shutdown: the next start finds them). */
+  async flush(): Promise<void> {
+    while (this.pendingWrites.size) await Promise.allSettled([...this.pendingWrites]);
+  }
+}

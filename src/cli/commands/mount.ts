@@ -1,0 +1,79 @@
+import type { Command } from 'commander';
+import { resolve, join } from 'node:path';
+import { createLogger } from '../../util/log.js';
+import { parseSize } from '../../cache/size.js';
+import { ThinfsError, EXIT } from '../../util/errors.js';
+import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/daemon.js';
+
+interface MountCli {
+  cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
+  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; allowOther: boolean; debug?: boolean;
+}
+
+export function registerMountCommands(program: Command): void {
+  program.command('mount')
+    .description('mount a store read-only with FUSE: layers/<diff id hex>/ and images/<name>/rootfs/, fetched lazily and verified')
+    .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
+    .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
+    .option('--cache-dir <dir>', `node-local cache directory, shareable by several mounts (default ${defaultCacheDir()})`)
+    .option('--cache-quota <size>', 'byte budget for cached chunks, K/M/G suffixes (LRU eviction)', '10G')
+    .option('--mem-cache <size>', 'decoded hot chunks kept in memory', '128M')
+    .option('--stats-file <file>', 'JSON counters rewritten while mounted; also linked as <mountpoint>/.thinfs/stats (default <cache-dir>/stats/<pid>.json)')
+    .option('--metrics-port <port>', 'serve Prometheus /metrics and JSON /stats on 127.0.0.1:<port> (0 = any free port)')
+    .option('--ready-file <file>', 'write {"pid",...} JSON here once the mount is serving (removed at exit)')
+    .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
+    .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
+    .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
+    .option('--no-allow-other', 'only the mounting user may access the mount')
+    .option('--debug', 'libfuse debug output on stderr')
+    .addHelpText('after', `
+Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
+unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
+
+Examples:
+  thinfs mount /srv/store /mnt/thinfs --cache-dir /var/cache/thinfs --cache-quota 20G
+  thinfs mount http://mirror1/store,http://mirror2/store /mnt/thinfs --metrics-port 9400
+  ls /mnt/thinfs/layers/                      # one directory per published layer (diff id hex)
+  chroot /mnt/thinfs/images/busybox%3Alatest/rootfs /bin/sh`)
+    .action(async (storeLoc: string, mountpoint: string, o: MountCli) => {
+      // More libuv threads: cache reads and store reads of concurrent FUSE requests share this pool.
+      process.env.UV_THREADPOOL_SIZE ??= '16';
+      const log = createLogger('thinfs-mount');
+      const cacheDir = resolve(o.cacheDir ?? defaultCacheDir());
+      let metricsPort: number | null = null;
+      if (o.metricsPort !== undefined) {
+        metricsPort = Number(o.metricsPort);
+        if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) throw new ThinfsError(`--metrics-port: bad port "${o.metricsPort}"`, EXIT.USAGE);
+      }
+      const readahead = parseSize(o.readahead, '--readahead');
+      const code = await runMount({
+        store: /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc),
+        mountpoint,
+        cacheDir,
+        cacheQuota: parseSize(o.cacheQuota, '--cache-quota'),
+        memCache: parseSize(o.memCache, '--mem-cache'),
+        statsFile: resolve(o.statsFile ?? join(cacheDir, 'stats', `${process.pid}.json`)),
+        metricsPort,
+        readyFile: o.readyFile ? resolve(o.readyFile) : null,
+        prefetch: o.prefetch ? resolve(o.prefetch) : null,
+        maxRead: parseSize(o.maxRead, '--max-read'),
+        readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
+        allowOther: o.allowOther,
+        debug: !!o.debug,
+        log,
+      });
+      // Nothing else may keep a daemon alive after its filesystem is gone (fuse-native leaves its thread).
+      process.exit(code);
+    });
+
+  program.command('unmount')
+    .alias('umount')
+    .description('unmount a thinfs mount (fusermount -u, falling back to a lazy unmount); the daemon then exits')
+    .argument('<mountpoint>', 'mounted directory')
+    .action(async (mountpoint: string) => {
+      const mp = resolve(mountpoint);
+      if (!(await mountEntry(mp))) throw new ThinfsError(`${mp} is not mounted`, EXIT.NOT_FOUND);
+      await unmountPath(mp);
+      process.stdout.write(`thinfs: unmounted ${mp}\n`);
+    });
+}

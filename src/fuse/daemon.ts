@@ -1,0 +1,167 @@
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { Store } from '../store/store.js';
+import { ChunkCache } from '../cache/chunk-cache.js';
+import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { Namespace } from './namespace.js';
+import { ThinFs, ThinFuse } from './ops.js';
+import { StatsReporter } from './stats.js';
+
+const execFileP = promisify(execFile);
+
+export interface MountOptions {
+  store: string;
+  mountpoint: string;
+  cacheDir: string;
+  cacheQuota: number;
+  memCache: number;
+  statsFile: string | null;
+  metricsPort: number | null;
+  readyFile: string | null;
+  prefetch: string | null;
+  maxRead: number;
+  readaheadKb: number | null;
+  allowOther: boolean;
+  debug: boolean;
+  log: Logger;
+}
+
+/** /proc/self/mountinfo escapes space, tab, newline and backslash as octal. */
+function mountinfoEscape(p: string): string {
+  return p.replace(/[\\ \t\n]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
+}
+
+export async function mountEntry(mountpoint: string): Promise<{ fstype: string; source: string } | null> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const want = mountinfoEscape(resolve(mountpoint));
+  let found: { fstype: string; source: string } | null = null;
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    if (f[4] !== want) continue;
+    const dash = f.indexOf('-');
+    found = { fstype: f[dash + 1] ?? '', source: f[dash + 2] ?? '' };
+  }
+  return found;
+}
+
+/** fusermount -u, then lazy (-uz) when busy, then umount -l (root without fusermount's mtab entry). */
+export async function unmountPath(mountpoint: string, log?: Logger): Promise<void> {
+  const tries: Array<[string, string[]]> = [['fusermount', ['-u', mountpoint]], ['fusermount', ['-uz', mountpoint]], ['umount', ['-l', mountpoint]]];
+  let last = '';
+  for (const [cmd, args] of tries) {
+    try { await execFileP(cmd, args); log?.info({ cmd: `${cmd} ${args.join(' ')}` }, 'unmounted'); return; } catch (e) {
+      last = `${cmd} ${args.join(' ')}: ${((e as { stderr?: string }).stderr ?? errorMessage(e)).trim()}`;
+    }
+  }
+  throw new ThinfsError(`cannot unmount ${mountpoint}: ${last}`);
+}
+
+/**
+ * A previous daemon that died leaves its mountpoint answering ENOTCONN ("Transport endpoint is
+ * not connected"): detach it lazily so we can mount again. A live mount is refused instead.
+ */
+async function prepareMountpoint(mp: string, log: Logger): Promise<void> {
+  try {
+    const st = await stat(mp);
+    if (!st.isDirectory()) throw new ThinfsError(`mountpoint ${mp} is not a directory`, EXIT.USAGE);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
+      log.warn({ mountpoint: mp }, 'stale FUSE mountpoint (Transport endpoint is not connected): detaching it');
+      await unmountPath(mp, log);
+    } else if (code === 'ENOENT') {
+      await mkdir(mp, { recursive: true });
+    } else throw e;
+  }
+  const live = await mountEntry(mp);
+  if (live) throw new ThinfsError(`${mp} is already a mountpoint (${live.fstype} from ${live.source}); unmount it first (thinfs unmount ${mp})`);
+}
+
+/** Sets the kernel readahead of this FUSE mount's backing device (sequential reads ask for more per round trip). */
+async function setReadahead(mp: string, kb: number, log: Logger): Promise<void> {
+  try {
+    const st = await stat(mp);
+    const major = Math.floor(st.dev / 256) & 0xfff, minor = (st.dev & 0xff) | ((st.dev >> 12) & 0xfff00);
+    await writeFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, String(kb));
+  } catch (e) {
+    log.warn({ err: errorMessage(e) }, 'cannot set readahead');
+  }
+}
+
+/** Mount, serve until SIGTERM/SIGINT or an external unmount, then shut down cleanly. Resolves to the exit code. */
+export async function runMount(o: MountOptions): Promise<number> {
+  const log = o.log;
+  const mp = resolve(o.mountpoint);
+  const startedAt = Date.now();
+  const store = await Store.open(o.store);
+  const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
+  const ns = new Namespace(store, cache, log);
+  const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt });
+  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
+
+  await prepareMountpoint(mp, log);
+  const extra = ['use_ino', 'ro', 'negative_timeout=0', `max_readahead=${Math.max(o.maxRead, 131072)}`];
+  if (process.getuid?.() === 0) extra.push('suid', 'dev');
+  const fuse = new ThinFuse(mp, fs.ops(), {
+    // The content is immutable: keep the page cache across opens and cache names/attributes for a day.
+    kernelCache: true, attrTimeout: 86400, entryTimeout: 86400, maxRead: o.maxRead,
+    allowOther: o.allowOther, defaultPermissions: true, fsname: `thinfs`, subtype: 'thinfs',
+    debug: o.debug,
+    // A read waiting on a slow store must not be failed by fuse-native's 15 s default.
+    timeout: 300_000,
+  }, extra);
+  await new Promise<void>((res, rej) => fuse.mount((err) => (err ? rej(new ThinfsError(`cannot mount ${mp}: ${err.message}`)) : res())));
+  if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);
+
+  let metricsPort: number | null = null;
+  if (o.metricsPort !== null) metricsPort = await stats.listen(o.metricsPort);
+  stats.startFile();
+  await stats.writeFile();
+
+  log.info({ store: store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
+  process.stdout.write(`thinfs: mounted ${store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
+  if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+
+  if (o.prefetch) {
+    const list = (await readFile(o.prefetch, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    fs.prefetch(list).then((r) => log.info(r, 'prefetch done'), (e) => log.warn({ err: errorMessage(e) }, 'prefetch failed'));
+  }
+
+  return new Promise<number>((done) => {
+    let stopping = false;
+    const finish = async (why: string, needUnmount: boolean): Promise<void> => {
+      if (stopping) return;
+      stopping = true;
+      clearInterval(watch);
+      log.info({ why }, 'shutting down');
+      let code: number = EXIT.OK;
+      if (needUnmount) {
+        await new Promise<void>((r) => fuse.unmount((err) => {
+          if (err) log.warn({ err: err.message }, 'fuse-native unmount failed; trying fusermount/umount');
+          r();
+        }));
+        if (await mountEntry(mp)) {
+          try { await unmountPath(mp, log); } catch (e) { log.error({ err: errorMessage(e) }, 'unmount failed'); code = EXIT.FAILURE; }
+        }
+      }
+      await cache.flush();
+      await stats.close(false);
+      if (o.readyFile) await rm(o.readyFile, { force: true });
+      log.info({ code }, 'stopped');
+      done(code);
+    };
+    // Someone ran `thinfs unmount` / fusermount -u: the FUSE loop ended, so do we.
+    const watch = setInterval(() => {
+      mountEntry(mp).then((m) => { if (!m) void finish('mountpoint unmounted externally', false); }, () => {});
+    }, 1000);
+    process.once('SIGTERM', () => void finish('SIGTERM', true));
+    process.once('SIGINT', () => void finish('SIGINT', true));
+  });
+}
+
+export function defaultCacheDir(): string {
+  return process.getuid?.() === 0 ? '/var/cache/thinfs' : join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/tmp', '.cache'), 'thinfs');
+}

@@ -1,0 +1,262 @@
+import { LRUCache } from 'lru-cache';
+import type { Store } from '../store/store.js';
+import type { LayerManifest } from '../store/types.js';
+import { CatalogReader, type Inode } from '../catalog/reader.js';
+import { DirentKind, FLAG_OPAQUE, OPAQUE_XATTR, ROOT_INO } from '../catalog/schema.js';
+import type { ThinImage } from '../image/descriptor.js';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { Logger } from '../util/log.js';
+import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
+
+/** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
+export class Layer {
+  catalog: CatalogReader | null = null;
+  private loading: Promise<CatalogReader> | null = null;
+  constructor(readonly slot: number, readonly hex: string, readonly manifest: LayerManifest) {}
+
+  load(cache: ChunkCache): Promise<CatalogReader> {
+    if (this.catalog) return Promise.resolve(this.catalog);
+    if (!this.loading) {
+      this.loading = cache.catalogFile(this.manifest.catalog).then((file) => {
+        this.catalog = CatalogReader.open(file);
+        return this.catalog;
+      });
+      // A failed fetch must not poison the layer forever: the next touch retries.
+      this.loading.catch(() => { this.loading = null; });
+    }
+    return this.loading;
+  }
+}
+
+export class Image {
+  layers: Layer[] | null = null;
+  constructor(readonly idx: number, readonly name: string, readonly desc: ThinImage) {}
+}
+
+export type SynthKind = 'root' | 'layers' | 'images' | 'meta';
+export type Node =
+  | { k: 'synth'; what: SynthKind }
+  | { k: 'statsLink' }
+  | { k: 'imageDir'; image: Image }
+  /** An entry of one layer's tree; `inImage` when reached through images/ (overlay xattrs hidden there). */
+  | { k: 'entry'; layer: Layer; inode: Inode; inImage: Image | null }
+  /** A directory of a flattened image: the same directory in several layers, top layer first. */
+  | { k: 'merged'; image: Image; path: string; members: Array<{ layer: Layer; inode: Inode }> };
+
+export function isWhiteout(i: Inode): boolean {
+  return i.type === 'chardev' && i.rdevMajor === 0 && i.rdevMinor === 0;
+}
+
+/**
+ * The mount's namespace: /layers/<hex>/..., /images/<encoded name>/rootfs/..., /.thinfs/stats.
+ * Paths resolve through a cache of resolved nodes (the content is immutable, so entries never go stale).
+ */
+export class Namespace {
+  private readonly layers = new Map<string, Layer>();
+  private readonly images = new Map<string, Image>();
+  private readonly pending = new Map<string, Promise<Layer | null>>();
+  private readonly nodes = new LRUCache<string, Node>({ max: 300_000 });
+  private nextSlot = 1;
+  private nextImage = 1;
+  readonly root: Node = { k: 'synth', what: 'root' };
+  layersLoaded = 0;
+
+  constructor(private readonly store: Store, private readonly cache: ChunkCache, private readonly log: Logger) {}
+
+  knownLayers(): Layer[] { return [...this.layers.values()]; }
+
+  /** A layer by diff id hex, its manifest fetched on demand (a store over HTTP may not be listable). */
+  async layer(hex: string): Promise<Layer | null> {
+    const have = this.layers.get(hex);
+    if (have) return have;
+    let p = this.pending.get(hex);
+    if (!p) {
+      p = this.store.getLayer(`sha256:${hex}`).then((m) => {
+        if (!m) return null;
+        const l = this.layers.get(hex) ?? new Layer(this.nextSlot++, hex, m);
+        this.layers.set(hex, l);
+        return l;
+      }).finally(() => this.pending.delete(hex));
+      this.pending.set(hex, p);
+    }
+    return p;
+  }
+
+  async loadedLayer(hex: string): Promise<Layer | null> {
+    const l = await this.layer(hex);
+    if (!l) return null;
+    if (!l.catalog) {
+      await l.load(this.cache);
+      this.layersLoaded++;
+      this.log.info({ layer: l.hex, slot: l.slot, catalog: l.manifest.catalog }, 'layer catalog loaded');
+    }
+    return l;
+  }
+
+  async image(name: string): Promise<Image | null> {
+    const have = this.images.get(name);
+    if (have) return have;
+    const desc = await this.store.getImage(name);
+    if (!desc) return null;
+    const img = this.images.get(name) ?? new Image(this.nextImage++, name, desc);
+    this.images.set(name, img);
+    return img;
+  }
+
+  private async imageLayers(img: Image): Promise<Layer[]> {
+    if (img.layers) return img.layers;
+    const ls: Layer[] = [];
+    for (const d of img.desc.layers) {
+      const hex = parseLayerDirName(d.diffId);
+      const l = hex ? await this.loadedLayer(hex) : null;
+      if (!l) throw Object.assign(new Error(`image ${img.name}: layer ${d.diffId} is not published in the store`), { errno: 'EIO' });
+      ls.push(l);
+    }
+    img.layers = ls;
+    return ls;
+  }
+
+  async listLayerDirs(): Promise<string[]> {
+    const names = new Set<string>();
+    try {
+      for (const d of await this.store.listLayers()) { const h = parseLayerDirName(d); if (h) names.add(h); }
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'store layers/ is not listable; showing layers touched so far');
+    }
+    for (const h of this.layers.keys()) names.add(h);
+    return [...names].sort();
+  }
+
+  async listImageDirs(): Promise<string[]> {
+    const names = new Set<string>();
+    try { for (const n of await this.store.listImages()) names.add(n); } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'store images/ is not listable; showing images touched so far');
+    }
+    for (const n of this.images.keys()) names.add(n);
+    return [...names].sort().map(encodeImageDirName);
+  }
+
+  /** Cached node for a path, without any I/O: the fast path of getattr/read. */
+  cached(path: string): Node | undefined {
+    return path === '/' ? this.root : this.nodes.get(path);
+  }
+
+  async resolve(path: string): Promise<Node | null> {
+    const hit = this.cached(path);
+    if (hit) return hit;
+    const i = path.lastIndexOf('/');
+    if (i < 0) return null;
+    const parent = await this.resolve(i === 0 ? '/' : path.slice(0, i));
+    if (!parent) return null;
+    const n = await this.child(parent, path.slice(i + 1), path);
+    if (n) this.nodes.set(path, n);
+    return n;
+  }
+
+  private async child(parent: Node, name: string, path: string): Promise<Node | null> {
+    switch (parent.k) {
+      case 'synth':
+        if (parent.what === 'root') {
+          if (name === 'layers') return { k: 'synth', what: 'layers' };
+          if (name === 'images') return { k: 'synth', what: 'images' };
+          if (name === '.thinfs') return { k: 'synth', what: 'meta' };
+          return null;
+        }
+        if (parent.what === 'layers') {
+          const hex = parseLayerDirName(name);
+          const l = hex ? await this.loadedLayer(hex) : null;
+          return l ? { k: 'entry', layer: l, inode: l.catalog!.root(), inImage: null } : null;
+        }
+        if (parent.what === 'images') {
+          const n = decodeImageDirName(name);
+          const img = n ? await this.image(n) : null;
+          return img ? { k: 'imageDir', image: img } : null;
+        }
+        if (parent.what === 'meta') return name === 'stats' ? { k: 'statsLink' } : null;
+        return null;
+      case 'imageDir': {
+        if (name !== 'rootfs') return null;
+        const ls = await this.imageLayers(parent.image);
+        const members = ls.slice().reverse().map((l) => ({ layer: l, inode: l.catalog!.root() }));
+        return { k: 'merged', image: parent.image, path, members: this.cutAtOpaque(members) };
+      }
+      case 'entry': {
+        if (parent.inode.type !== 'dir') return null;
+        const e = this.lookupIn(parent.layer, parent.inode.ino, name);
+        return e ? { k: 'entry', layer: parent.layer, inode: e, inImage: parent.inImage } : null;
+      }
+      case 'merged':
+        return this.mergedLookup(parent, name, path);
+      default:
+        return null;
+    }
+  }
+
+  /** Catalog lookup by name; names arriving through fuse-native are UTF-8 strings, see lossyMatch. */
+  lookupIn(layer: Layer, dirIno: number, name: string): Inode | undefined {
+    const cat = layer.catalog!;
+    const e = cat.lookup(dirIno, Buffer.from(name, 'utf8'));
+    if (e) return e;
+    if (name.includes('\uFFFD')) {
+      // A non-UTF-8 name reached us with its invalid bytes replaced; find the entry whose lossy form matches.
+      const d = cat.readdir(dirIno).find((x) => x.name.toString('utf8') === name);
+      if (d) return cat.getInode(d.ino);
+    }
+    return undefined;
+  }
+
+  isOpaque(layer: Layer, i: Inode): boolean {
+    if (i.flags & FLAG_OPAQUE) return true;
+    return layer.catalog!.xattrs(i.ino, i.flags).get(OPAQUE_XATTR)?.toString() === 'y';
+  }
+
+  private cutAtOpaque(members: Array<{ layer: Layer; inode: Inode }>): Array<{ layer: Layer; inode: Inode }> {
+    const out: Array<{ layer: Layer; inode: Inode }> = [];
+    for (const m of members) {
+      out.push(m);
+      if (this.isOpaque(m.layer, m.inode)) break;
+    }
+    return out;
+  }
+
+  /** overlayfs lookup: the top layer that has the name wins; a whiteout hides everything below; dirs merge down to an opaque one. */
+  private mergedLookup(parent: Extract<Node, { k: 'merged' }>, name: string, path: string): Node | null {
+    const dirs: Array<{ layer: Layer; inode: Inode }> = [];
+    for (const m of parent.members) {
+      const e = this.lookupIn(m.layer, m.inode.ino, name);
+      if (!e) continue;
+      if (isWhiteout(e)) break;
+      if (e.type !== 'dir') {
+        if (dirs.length) break;
+        return { k: 'entry', layer: m.layer, inode: e, inImage: parent.image };
+      }
+      dirs.push({ layer: m.layer, inode: e });
+      if (this.isOpaque(m.layer, e)) break;
+    }
+    return dirs.length ? { k: 'merged', image: parent.image, path, members: dirs } : null;
+  }
+
+  /** Visible names of a merged directory: union top-down, upper names shadow lower, whiteouts hide. */
+  mergedReaddir(n: Extract<Node, { k: 'merged' }>): Buffer[] {
+    const seen = new Set<string>();
+    const out: Buffer[] = [];
+    for (const m of n.members) {
+      const cat = m.layer.catalog!;
+      for (const d of cat.readdir(m.inode.ino)) {
+        const key = d.name.toString('latin1');
+        if (seen.has(key)) continue;
+        seen.add(key);
+        if (d.kind === DirentKind.Whiteout) continue;
+        if (d.type === 'chardev') {
+          const i = cat.getInode(d.ino);
+          if (i && isWhiteout(i)) continue;
+        }
+        out.push(d.name);
+      }
+    }
+    return out.sort(Buffer.compare);
+  }
+
+  /** Root directory of a layer, for stats. */
+  static rootIno(): number { return ROOT_INO; }
+}

@@ -1,0 +1,112 @@
+import { createServer, type Server } from 'node:http';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { ThinFs } from './ops.js';
+import type { Logger } from '../util/log.js';
+
+export interface MountStats {
+  store: string; mountpoint: string; pid: number; uptimeSec: number;
+  layersLoaded: number;
+  cache: ChunkCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number };
+  ops: ThinFs['counters'];
+}
+
+/** One snapshot feeds the stats file, the /stats endpoint and the Prometheus collectors. */
+export class StatsReporter {
+  private server: Server | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private lastJson = '';
+  private writing: Promise<void> = Promise.resolve();
+  readonly registry = new Registry();
+
+  constructor(private readonly fs: ThinFs, private readonly cache: ChunkCache, private readonly o: {
+    store: string; mountpoint: string; cacheDir: string; statsFile: string | null; log: Logger; startedAt: number;
+  }) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_' });
+    const snap = () => this.snapshot();
+    // Counters are read from the live objects at scrape time (delta since the last scrape).
+    const counter = (name: string, help: string, get: (s: MountStats) => number) => {
+      let last = 0;
+      new Counter({ name, help, registers: [this.registry], collect() { const v = get(snap()); if (v > last) this.inc(v - last); last = v; } });
+    };
+    const gauge = (name: string, help: string, get: (s: MountStats) => number) => {
+      new Gauge({ name, help, registers: [this.registry], collect() { this.set(get(snap())); } });
+    };
+    counter('thinfs_store_fetches_total', 'Objects fetched from the store', (s) => s.cache.fetches);
+    counter('thinfs_store_fetched_bytes_total', 'Framed bytes fetched from the store', (s) => s.cache.fetchedBytes);
+    counter('thinfs_catalog_fetches_total', 'Layer catalogs fetched from the store', (s) => s.cache.catalogFetches);
+    counter('thinfs_cache_mem_hits_total', 'Chunk reads served from memory', (s) => s.cache.memHits);
+    counter('thinfs_cache_disk_hits_total', 'Chunk reads served from the node-local cache dir', (s) => s.cache.diskHits);
+    counter('thinfs_cache_singleflight_joins_total', 'Chunk requests that joined a fetch in flight', (s) => s.cache.joined);
+    counter('thinfs_cache_evictions_total', 'Chunks evicted from the cache dir', (s) => s.cache.evictions);
+    counter('thinfs_cache_corrupt_dropped_total', 'Cached files dropped after failing verification', (s) => s.cache.corruptDropped);
+    counter('thinfs_object_errors_total', 'Objects missing or failing verification in the store', (s) => s.cache.errors);
+    counter('thinfs_reads_total', 'FUSE read requests', (s) => s.ops.reads);
+    counter('thinfs_read_bytes_total', 'Bytes returned to readers', (s) => s.ops.readBytes);
+    counter('thinfs_read_eio_total', 'Reads failed with EIO', (s) => s.ops.eio);
+    counter('thinfs_lookups_total', 'Path resolutions', (s) => s.ops.lookups);
+    gauge('thinfs_cache_bytes', 'Bytes in the node-local chunk cache', (s) => s.cache.usedBytes);
+    gauge('thinfs_cache_objects', 'Chunks in the node-local cache', (s) => s.cache.usedObjects);
+    gauge('thinfs_cache_quota_bytes', 'Chunk cache quota', (s) => s.cache.quota);
+    gauge('thinfs_mem_cache_bytes', 'Decoded chunks held in memory', (s) => s.cache.memBytes);
+    gauge('thinfs_layers_loaded', 'Layer catalogs loaded by this mount', (s) => s.layersLoaded);
+  }
+
+  snapshot(): MountStats {
+    return {
+      store: this.o.store, mountpoint: this.o.mountpoint, pid: process.pid,
+      uptimeSec: Math.round((Date.now() - this.o.startedAt) / 1000),
+      layersLoaded: this.fs.ns.layersLoaded,
+      cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes },
+      ops: { ...this.fs.counters },
+    };
+  }
+
+  /** The stats file is rewritten (atomically) at most every 100 ms while counters move, and at exit. */
+  startFile(): void {
+    if (!this.o.statsFile) return;
+    this.timer = setInterval(() => { void this.writeFile(); }, 100);
+    this.timer.unref();
+  }
+
+  writeFile(): Promise<void> {
+    const file = this.o.statsFile;
+    if (!file) return Promise.resolve();
+    const { uptimeSec: _u, ...rest } = this.snapshot();
+    const json = JSON.stringify(rest);
+    if (json === this.lastJson) return this.writing;
+    this.lastJson = json;
+    this.writing = this.writing.then(async () => {
+      const tmp = `${file}.${process.pid}.tmp`;
+      await mkdir(dirname(file), { recursive: true });
+      await writeFile(tmp, JSON.stringify(this.snapshot(), null, 2) + '\n');
+      await rename(tmp, file);
+    }).catch((e) => this.o.log.warn({ err: (e as Error).message, file }, 'cannot write stats file'));
+    return this.writing;
+  }
+
+  async listen(port: number, host = '127.0.0.1'): Promise<number> {
+    this.server = createServer((req, res) => {
+      if (req.url === '/metrics') {
+        this.registry.metrics().then((body) => { res.writeHead(200, { 'content-type': this.registry.contentType }); res.end(body); },
+          (e) => { res.writeHead(500); res.end(String(e)); });
+      } else if (req.url === '/stats') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(this.snapshot(), null, 2) + '\n');
+      } else { res.writeHead(404); res.end('try /metrics or /stats\n'); }
+    });
+    await new Promise<void>((resolve, reject) => { this.server!.once('error', reject); this.server!.listen(port, host, resolve); });
+    const addr = this.server.address();
+    return typeof addr === 'object' && addr ? addr.port : port;
+  }
+
+  async close(removeFile: boolean): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.writeFile();
+    await this.writing;
+    if (removeFile && this.o.statsFile) await rm(this.o.statsFile, { force: true });
+    if (this.server) await new Promise<void>((r) => this.server!.close(() => r()));
+  }
+}
