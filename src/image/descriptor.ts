@@ -15,6 +15,10 @@ export interface ThinLayer {
   catalog: string;
   /** Store-relative path of the layer manifest. */
   manifest: string;
+  /** Uncompressed tar size in bytes, when known (not known before a publisher ingested an S3 upload). */
+  diffSize?: number;
+  /** Where the blob was uploaded for a publisher to ingest (docker2thin --s3-endpoint/--bucket). */
+  upload?: { endpoint: string; bucket: string; key: string };
 }
 
 /** A thin image descriptor: names the layers of an image and where they live. Versioned JSON. */
@@ -26,6 +30,10 @@ export interface ThinImage {
   /** Where it came from, e.g. "127.0.0.1:5000/library/busybox:latest". */
   reference: string;
   manifestDigest: string;
+  /** Media type of that manifest (Docker schema 2 or OCI). */
+  manifestMediaType?: string;
+  /** Digest of the multi-platform index (manifest list) the manifest was selected from, if any. */
+  indexDigest?: string;
   platform: { os: string; architecture: string; variant?: string };
   /** Store location(s) the layers were published to (a path or http(s) URLs). */
   store: string;

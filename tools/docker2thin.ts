@@ -1,0 +1,29 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { ThinfsError, EXIT, errorMessage } from '../src/util/errors.js';
+import { addConvertOptions, convertAction } from '../src/cli/commands/convert.js';
+
+/** `docker2thin SOURCE`: the same conversion as `thinfs convert`, as its own command. */
+export async function main(argv: string[]): Promise<number> {
+  const program = addConvertOptions(new Command('docker2thin')
+    .description('convert a container image (registry, OCI layout or docker-archive) into a thinfs thin image descriptor')
+    .version('0.1.0')
+    .showHelpAfterError()
+    .exitOverride())
+    .action(async (source: string, o) => { await convertAction(source, o); });
+  try {
+    await program.parseAsync(argv);
+    return EXIT.OK;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.OK : EXIT.USAGE;
+    if (e instanceof ThinfsError) {
+      process.stderr.write(`docker2thin: error: ${e.message}\n`);
+      return e.exitCode;
+    }
+    process.stderr.write(`docker2thin: error: ${errorMessage(e)}\n`);
+    if (process.env.THINFS_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
+  }
+}
+
+main(process.argv).then((code) => { process.exitCode = code; });
