@@ -9,6 +9,7 @@ PKGS=(
   git tar gzip zstd xz-utils  # GNU tar is the correctness oracle
   attr                        # getfattr/setfattr for xattr checks
   docker-registry skopeo umoci   # real registry + reference image tools (docker2thin tests)
+  apache2-utils                  # htpasswd (bcrypt) for the registry basic-auth test
   podman runc buildah            # real container runtime on the result
   squashfs-tools squashfuse      # bench baseline
   nginx                          # HTTP store backend tests
