@@ -1,5 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import { commands } from './commands/index.js';
 
@@ -36,6 +38,7 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/cli/main.js')) {
+// Run only as the entry point (also through an npm bin symlink), not when imported by tests or tools.
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   run(process.argv).then((code) => { process.exitCode = code; });
 }
