@@ -64,6 +64,7 @@ export class Namespace {
   constructor(private readonly store: Store, private readonly cache: ChunkCache, private readonly log: Logger) {}
 
   knownLayers(): Layer[] { return [...this.layers.values()]; }
+  knownLayer(hex: string): Layer | undefined { return this.layers.get(hex); }
 
   /** A layer by diff id hex, its manifest fetched on demand (a store over HTTP may not be listable). */
   async layer(hex: string): Promise<Layer | null> {
@@ -236,10 +237,10 @@ export class Namespace {
     return dirs.length ? { k: 'merged', image: parent.image, path, members: dirs } : null;
   }
 
-  /** Visible names of a merged directory: union top-down, upper names shadow lower, whiteouts hide. */
-  mergedReaddir(n: Extract<Node, { k: 'merged' }>): Buffer[] {
+  /** Visible entries of a merged directory: union top-down, upper names shadow lower, whiteouts hide. */
+  mergedReaddir(n: Extract<Node, { k: 'merged' }>): Array<{ name: Buffer; type: Inode['type']; ino: number; layer: Layer }> {
     const seen = new Set<string>();
-    const out: Buffer[] = [];
+    const out: Array<{ name: Buffer; type: Inode['type']; ino: number; layer: Layer }> = [];
     for (const m of n.members) {
       const cat = m.layer.catalog!;
       for (const d of cat.readdir(m.inode.ino)) {
@@ -251,10 +252,10 @@ export class Namespace {
           const i = cat.getInode(d.ino);
           if (i && isWhiteout(i)) continue;
         }
-        out.push(d.name);
+        out.push({ name: d.name, type: d.type, ino: d.ino, layer: m.layer });
       }
     }
-    return out.sort(Buffer.compare);
+    return out.sort((a, b) => Buffer.compare(a.name, b.name));
   }
 
   /** Root directory of a layer, for stats. */

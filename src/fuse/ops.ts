@@ -2,8 +2,9 @@ import Fuse, { type FuseOps, type FuseStat, type FuseStatfs } from 'fuse-native'
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
-import { ROOT_INO } from '../catalog/schema.js';
+import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
 import { Namespace, type Node, type Layer } from './namespace.js';
+import { encodeImageDirName } from './names.js';
 
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
@@ -59,11 +60,17 @@ export class ThinFs {
     switch (n.k) {
       case 'synth': return n.what === 'root' ? ROOT_INO : this.inos.get(`synth:${n.what}`);
       case 'statsLink': return this.inos.get('synth:stats');
-      case 'imageDir': return this.inos.get(`image:${n.image.idx}`);
+      case 'imageDir': return this.inos.get(`imagedir:${encodeImageDirName(n.image.name)}`);
       case 'entry': return this.inos.forEntry(n.layer.slot, n.inode.ino);
       case 'merged': return n.path.endsWith('/rootfs') && n.path.split('/').length === 4
         ? this.inos.get(`rootfs:${n.image.idx}`) : this.inos.get(`merged:${n.image.idx}:${n.path}`);
     }
+  }
+
+  /** A layer directory listed before its catalog is loaded still gets the number its root will have. */
+  private layerRootIno(hex: string): number {
+    const l = this.ns.knownLayer(hex);
+    return l ? this.inos.forEntry(l.slot, ROOT_INO) : this.inos.get(`layerdir:${hex}`);
   }
 
   private synthDir(ino: number): FuseStat {
@@ -128,6 +135,10 @@ export class ThinFs {
     return n;
   }
 
+  private dirent(mode: number, ino: number, t: number): FuseStat {
+    return { mode, ino, uid: 0, gid: 0, size: 0, nlink: 1, rdev: 0, atime: t, mtime: t, ctime: t };
+  }
+
   private readonly erofs = (...args: unknown[]): void => { (args[args.length - 1] as (c: number) => void)(Fuse.EROFS); };
 
   ops(): FuseOps {
@@ -150,9 +161,13 @@ export class ThinFs {
         self.counters.readdirs++;
         self.guard('readdir', path, async () => {
           const n = await self.need(path);
-          const names = await self.readdirNames(n);
-          return ['.', '..', ...names];
-        }, (c, v) => (c ? cb(c) : cb(0, v)));
+          const ents = await self.readdirEntries(n);
+          const t = self.synthMs;
+          const names = ['.', '..'];
+          const stats: FuseStat[] = [self.dirent(S_IFDIR, 0, t), self.dirent(S_IFDIR, 0, t)];
+          for (const e of ents) { names.push(e.name); stats.push(self.dirent(e.mode, e.ino, t)); }
+          return { names, stats };
+        }, (c, v) => (c ? cb(c) : cb(0, v!.names, v!.stats)));
       },
       readlink(path, cb) {
         self.guard('readlink', path, async () => {
@@ -192,18 +207,29 @@ export class ThinFs {
     };
   }
 
-  private async readdirNames(n: Node): Promise<string[]> {
+  /**
+   * Names with their types and inode numbers: libfuse turns the mode into d_type, which overlayfs
+   * needs to spot whiteouts (DT_CHR) in a lower layer without a lookup per name.
+   */
+  private async readdirEntries(n: Node): Promise<Array<{ name: string; mode: number; ino: number }>> {
+    const dir = (name: string, key: string) => ({ name, mode: S_IFDIR, ino: this.inos.get(key) });
     switch (n.k) {
       case 'synth':
-        if (n.what === 'root') return ['layers', 'images', '.thinfs'];
-        if (n.what === 'layers') return this.ns.listLayerDirs();
-        if (n.what === 'images') return this.ns.listImageDirs();
-        return ['stats'];
-      case 'imageDir': return ['rootfs'];
-      case 'entry':
+        if (n.what === 'root') return [dir('layers', 'synth:layers'), dir('images', 'synth:images'), dir('.thinfs', 'synth:meta')];
+        if (n.what === 'layers') return (await this.ns.listLayerDirs()).map((h) => ({ name: h, mode: S_IFDIR, ino: this.layerRootIno(h) }));
+        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => ({ name: h, mode: S_IFDIR, ino: this.inos.get(`imagedir:${h}`) }));
+        return [{ name: 'stats', mode: S_IFLNK, ino: this.inos.get('synth:stats') }];
+      case 'imageDir': return [{ name: 'rootfs', mode: S_IFDIR, ino: this.inos.get(`rootfs:${n.image.idx}`) }];
+      case 'entry': {
         if (n.inode.type !== 'dir') throw Object.assign(new Error('ENOTDIR'), { fuseErrno: Fuse.ENOTDIR });
-        return n.layer.catalog!.readdir(n.inode.ino).map((d) => d.name.toString('utf8'));
-      case 'merged': return this.ns.mergedReaddir(n).map((b) => b.toString('utf8'));
+        const slot = n.layer.slot;
+        return n.layer.catalog!.readdir(n.inode.ino).map((d) => ({ name: d.name.toString('utf8'), mode: TYPE_BITS[d.type], ino: this.inos.forEntry(slot, d.ino) }));
+      }
+      case 'merged':
+        return this.ns.mergedReaddir(n).map((e) => ({
+          name: e.name.toString('utf8'), mode: TYPE_BITS[e.type],
+          ino: e.type === 'dir' ? this.inos.get(`merged:${n.image.idx}:${n.path}/${e.name.toString('utf8')}`) : this.inos.forEntry(e.layer.slot, e.ino),
+        }));
       default: throw Object.assign(new Error('ENOTDIR'), { fuseErrno: Fuse.ENOTDIR });
     }
   }
