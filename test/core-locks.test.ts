@@ -1,0 +1,71 @@
+// Several writers on one shared store (the Wharf design): each layer published exactly once,
+// and a writer killed mid-ingest leaves nothing visible and nothing gc cannot reclaim.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfsOk, thinfsJson, storeSnapshot, countObjects } from './helpers/proc.js';
+
+after(cleanupTmpDirs);
+
+async function makeLayer(dir: string, name: string, srcs: string[]): Promise<string> {
+  const out = join(dir, name);
+  await runOk('tar', ['--numeric-owner', '-C', '/', '-cf', out, ...srcs]);
+  return out;
+}
+
+test('concurrent ingests of the same layer publish it exactly once', async () => {
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  const tar = await makeLayer(dir, 'l.tar', ['usr/share/perl5', 'usr/include/linux']);
+  const results = await Promise.all(Array.from({ length: 6 }, () => thinfsJson<{ diffId: string; published: boolean; newObjects: number }>(['ingest', tar, '--store', store, '--json'])));
+  assert.equal(new Set(results.map((r) => r.diffId)).size, 1, 'all writers computed the same diff id');
+  assert.equal(results.filter((r) => r.published).length, 1, 'exactly one writer published');
+  const winner = results.find((r) => r.published)!;
+  assert.ok(winner.newObjects > 0);
+  assert.equal(results.filter((r) => !r.published).reduce((a, r) => a + r.newObjects, 0), 0, 'losers report no new objects');
+  const snap = await storeSnapshot(store);
+  assert.equal(snap.layers.length, 1);
+  assert.equal(snap.data.length, winner.newObjects, 'one copy of each object: losers discarded their staging');
+  assert.deepEqual(await readdir(join(store, 'txn')), [], 'no staging left behind');
+  // The published layer reads back whole.
+  const listing = await thinfsOk(['ls', '--store', store, winner.diffId, '/usr/share/perl5']);
+  assert.ok(listing.split('\n').length > 10);
+});
+
+test('a writer killed mid-ingest publishes nothing; gc reclaims its staging; a rerun publishes', async () => {
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  const tar = await makeLayer(dir, 'big.tar', ['usr/lib/python3.11', 'usr/share/perl5', 'usr/include']);
+  const before = await storeSnapshot(store);
+  const child = spawn(process.execPath, [THINFS_MAIN, 'ingest', tar, '--store', store], { stdio: 'ignore' });
+  // Kill once staging has begun: objects exist under txn/ but no manifest.
+  for (let i = 0; i < 400; i++) {
+    const txns = await readdir(join(store, 'txn')).catch(() => []);
+    if (txns.length && (await readdir(join(store, 'txn', txns[0]!)).catch(() => [])).length > 20) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  const mid = await storeSnapshot(store);
+  assert.deepEqual(mid.layers, before.layers, 'no manifest was published');
+  assert.deepEqual(mid.data, before.data, 'data/ untouched by the killed ingest');
+  assert.ok((await readdir(join(store, 'txn'))).length >= 1, 'its staging dir is still there');
+
+  const gc = await thinfsJson<{ txnsRemoved: number }>(['gc', '--store', store, '--json']);
+  assert.equal(gc.txnsRemoved, 1, 'gc removes the dead writer\'s staging (owner pid is gone)');
+  assert.deepEqual(await readdir(join(store, 'txn')), []);
+
+  const r = await thinfsJson<{ published: boolean; diffId: string }>(['ingest', tar, '--store', store, '--json']);
+  assert.equal(r.published, true);
+  const m = JSON.parse(await readFile(join(store, 'layers', `${r.diffId.slice(7)}.json`), 'utf8'));
+  assert.equal(m.diffId, r.diffId);
+  // Every object the manifest's catalog names is present, and gc keeps all of them.
+  const n = await countObjects(store);
+  const gc2 = await thinfsJson<{ removed: number; referenced: number }>(['gc', '--store', store, '--grace', '0', '--json']);
+  assert.equal(gc2.removed, 0);
+  assert.equal(gc2.referenced, n);
+});
