@@ -1,0 +1,291 @@
+import Database from 'better-sqlite3';
+import { join } from 'node:path';
+
+/**
+ * The publisher's persistent queue: one row per object version (bucket + key + versionId/ETag),
+ * in SQLite WAL with synchronous=FULL so an event we answered 200 for survives a crash or power cut.
+ * Rows move queued -> ingesting -> published | failed; a crash leaves 'ingesting' rows that
+ * recovery puts back to 'queued'.
+ */
+
+export type UploadState = 'queued' | 'ingesting' | 'published' | 'failed';
+export const STATES: readonly UploadState[] = ['queued', 'ingesting', 'published', 'failed'];
+
+export interface ObjectEvent {
+  bucket: string;
+  key: string;
+  etag?: string;
+  versionId?: string;
+  size?: number;
+  sequencer?: string;
+  eventName: string;
+  origin: 'webhook' | 'reconcile' | 'api';
+}
+
+export interface UploadRow {
+  id: number;
+  bucket: string;
+  key: string;
+  version: string;
+  etag: string | null;
+  version_id: string | null;
+  size: number | null;
+  sequencer: string | null;
+  event_name: string;
+  origin: string;
+  events: number;
+  state: UploadState;
+  attempts: number;
+  crashes: number;
+  txn: string | null;
+  pid: number | null;
+  diff_id: string | null;
+  blob_digest: string | null;
+  already_published: number | null;
+  new_objects: number | null;
+  bytes: number | null;
+  seconds: number | null;
+  error: string | null;
+  not_before: number;
+  received_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  updated_at: string;
+}
+
+export interface EnqueueResult { id: number; duplicate: boolean; state: UploadState }
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS uploads (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  bucket TEXT NOT NULL,
+  key TEXT NOT NULL,
+  version TEXT NOT NULL,
+  etag TEXT,
+  version_id TEXT,
+  size INTEGER,
+  sequencer TEXT,
+  event_name TEXT NOT NULL,
+  origin TEXT NOT NULL,
+  events INTEGER NOT NULL DEFAULT 1,
+  state TEXT NOT NULL CHECK (state IN ('queued','ingesting','published','failed')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  crashes INTEGER NOT NULL DEFAULT 0,
+  txn TEXT,
+  pid INTEGER,
+  diff_id TEXT,
+  blob_digest TEXT,
+  already_published INTEGER,
+  new_objects INTEGER,
+  bytes INTEGER,
+  seconds REAL,
+  error TEXT,
+  not_before INTEGER NOT NULL DEFAULT 0,
+  received_at TEXT NOT NULL,
+  started_at TEXT,
+  finished_at TEXT,
+  updated_at TEXT NOT NULL,
+  UNIQUE (bucket, key, version)
+);
+CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, id);
+CREATE INDEX IF NOT EXISTS uploads_key ON uploads(bucket, key, etag);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+`;
+
+function now(): string { return new Date().toISOString(); }
+
+/** ETags are compared without quotes and case-insensitively (S3 returns lower-case hex, some proxies don't). */
+export function normEtag(e: string | undefined | null): string | undefined {
+  if (!e) return undefined;
+  const s = e.replace(/^(W\/)?"|"$/g, '').trim().toLowerCase();
+  return s || undefined;
+}
+
+/** Identity of one object version: the versionId when the bucket is versioned, else the ETag. */
+export function versionOf(ev: { etag?: string; versionId?: string; sequencer?: string }): string {
+  if (ev.versionId && ev.versionId !== 'null') return `v:${ev.versionId}`;
+  const e = normEtag(ev.etag);
+  if (e) return `e:${e}`;
+  return `s:${ev.sequencer ?? 'unknown'}`;
+}
+
+export interface ListFilter {
+  state?: UploadState;
+  bucket?: string;
+  prefix?: string;
+  /** Cursor: only ids greater (asc) or smaller (desc) than this. */
+  after?: number;
+  limit?: number;
+  order?: 'asc' | 'desc';
+}
+
+export class Queue {
+  readonly db: Database.Database;
+  readonly file: string;
+  private readonly stmts;
+
+  constructor(stateDir: string) {
+    this.file = join(stateDir, 'queue.sqlite');
+    this.db = new Database(this.file);
+    this.db.pragma('journal_mode = WAL');
+    // FULL: the WAL is fsynced at every commit, so a 200 answered after enqueue really is durable.
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(SCHEMA);
+    const d = this.db;
+    this.stmts = {
+      find: d.prepare('SELECT * FROM uploads WHERE bucket = ? AND key = ? AND version = ?'),
+      seenEtag: d.prepare('SELECT 1 FROM uploads WHERE bucket = ? AND key = ? AND etag = ? LIMIT 1'),
+      findEtag: d.prepare('SELECT * FROM uploads WHERE bucket = ? AND key = ? AND etag = ? ORDER BY id LIMIT 1'),
+      bumpEvents: d.prepare('UPDATE uploads SET events = events + 1, updated_at = ? WHERE id = ?'),
+      insert: d.prepare(`INSERT INTO uploads (bucket, key, version, etag, version_id, size, sequencer, event_name, origin, state, received_at, updated_at)
+        VALUES (@bucket, @key, @version, @etag, @version_id, @size, @sequencer, @event_name, @origin, 'queued', @now, @now)`),
+      byId: d.prepare('SELECT * FROM uploads WHERE id = ?'),
+      byKey: d.prepare('SELECT * FROM uploads WHERE key = ? AND (? IS NULL OR bucket = ?) ORDER BY id DESC LIMIT 50'),
+      next: d.prepare(`SELECT * FROM uploads WHERE state = 'queued' AND not_before <= ? ORDER BY id LIMIT 1`),
+      nextWake: d.prepare(`SELECT MIN(not_before) AS t FROM uploads WHERE state = 'queued'`),
+      claim: d.prepare(`UPDATE uploads SET state = 'ingesting', attempts = attempts + 1, txn = ?, pid = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE id = ? AND state = 'queued'`),
+      published: d.prepare(`UPDATE uploads SET state = 'published', diff_id = @diff_id, blob_digest = @blob_digest, already_published = @already,
+        new_objects = @new_objects, bytes = @bytes, seconds = @seconds, error = NULL, finished_at = @now, updated_at = @now WHERE id = @id`),
+      failed: d.prepare(`UPDATE uploads SET state = 'failed', error = @error, seconds = @seconds, finished_at = @now, updated_at = @now WHERE id = @id`),
+      retry: d.prepare(`UPDATE uploads SET state = 'queued', error = @error, not_before = @not_before, updated_at = @now WHERE id = @id`),
+      undoAttempt: d.prepare(`UPDATE uploads SET state = 'queued', attempts = MAX(attempts - 1, 0), error = @error, updated_at = @now WHERE id = @id`),
+      stuck: d.prepare(`SELECT * FROM uploads WHERE state = 'ingesting' ORDER BY id`),
+      crashRequeue: d.prepare(`UPDATE uploads SET state = 'queued', crashes = crashes + 1, error = @error, updated_at = @now WHERE id = @id`),
+      crashFail: d.prepare(`UPDATE uploads SET state = 'failed', crashes = crashes + 1, error = @error, finished_at = @now, updated_at = @now WHERE id = @id`),
+      requeueFailed: d.prepare(`UPDATE uploads SET state = 'queued', attempts = 0, crashes = 0, not_before = 0, error = NULL, updated_at = ? WHERE id = ? AND state = 'failed'`),
+      counts: d.prepare('SELECT state, COUNT(*) AS n FROM uploads GROUP BY state'),
+      position: d.prepare(`SELECT COUNT(*) AS n FROM uploads WHERE state = 'queued' AND id < ?`),
+      getMeta: d.prepare('SELECT value FROM meta WHERE name = ?'),
+      setMeta: d.prepare('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value'),
+    };
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  /** Add events atomically (all or none); an object version already known only bumps its event count. */
+  enqueueAll(evs: ObjectEvent[]): EnqueueResult[] {
+    return this.db.transaction((list: ObjectEvent[]) => list.map((ev) => this.enqueueOne(ev)))(evs);
+  }
+
+  private enqueueOne(ev: ObjectEvent): EnqueueResult {
+    const version = versionOf(ev);
+    const etag = normEtag(ev.etag);
+    // Same bytes under the same key are the same layer, whichever versionId or listing announced them.
+    const existing = (this.stmts.find.get(ev.bucket, ev.key, version) ?? (etag ? this.stmts.findEtag.get(ev.bucket, ev.key, etag) : undefined)) as UploadRow | undefined;
+    const t = now();
+    if (existing) {
+      this.stmts.bumpEvents.run(t, existing.id);
+      return { id: existing.id, duplicate: true, state: existing.state };
+    }
+    const info = this.stmts.insert.run({
+      bucket: ev.bucket, key: ev.key, version, etag: etag ?? null, version_id: ev.versionId ?? null,
+      size: ev.size ?? null, sequencer: ev.sequencer ?? null, event_name: ev.eventName, origin: ev.origin, now: t,
+    });
+    return { id: Number(info.lastInsertRowid), duplicate: false, state: 'queued' };
+  }
+
+  /** Has any version of bucket/key with this ETag been seen (from a webhook or an earlier listing)? */
+  seen(bucket: string, key: string, etag: string): boolean {
+    return this.stmts.seenEtag.get(bucket, key, normEtag(etag) ?? '') !== undefined;
+  }
+
+  /** Oldest queued row that is due, moved to 'ingesting' under a new transaction id; null when idle. */
+  claimNext(txnId: () => string, nowMs = Date.now()): UploadRow | null {
+    return this.db.transaction(() => {
+      const row = this.stmts.next.get(nowMs) as UploadRow | undefined;
+      if (!row) return null;
+      const t = now();
+      const txn = txnId();
+      this.stmts.claim.run(txn, process.pid, t, t, row.id);
+      return this.stmts.byId.get(row.id) as UploadRow;
+    })();
+  }
+
+  /** ms epoch of the next delayed row (retry backoff), or null. */
+  nextWakeAt(): number | null {
+    const r = this.stmts.nextWake.get() as { t: number | null };
+    return r.t;
+  }
+
+  markPublished(id: number, r: { diffId: string; blobDigest?: string; alreadyPublished: boolean; newObjects: number; bytes: number; seconds: number }): void {
+    this.stmts.published.run({ id, diff_id: r.diffId, blob_digest: r.blobDigest ?? null, already: r.alreadyPublished ? 1 : 0,
+      new_objects: r.newObjects, bytes: r.bytes, seconds: r.seconds, now: now() });
+  }
+
+  markFailed(id: number, error: string, seconds: number | null = null): void {
+    this.stmts.failed.run({ id, error, seconds, now: now() });
+  }
+
+  /** Back to the queue after a transient failure, not before notBefore (ms epoch). */
+  retryLater(id: number, error: string, notBefore: number): void {
+    this.stmts.retry.run({ id, error, not_before: notBefore, now: now() });
+  }
+
+  /** The attempt was cut short by our own shutdown: it does not count. */
+  requeueInterrupted(id: number, why: string): void {
+    this.stmts.undoAttempt.run({ id, error: why, now: now() });
+  }
+
+  /** Rows a dead publisher left in 'ingesting'. */
+  stuck(): UploadRow[] {
+    return this.stmts.stuck.all() as UploadRow[];
+  }
+
+  recoverCrashed(row: UploadRow, maxCrashes: number): 'requeued' | 'failed' {
+    const crashes = row.crashes + 1;
+    if (crashes >= maxCrashes) {
+      this.stmts.crashFail.run({ id: row.id, error: `the publisher died ${crashes} times while ingesting this object; giving up`, now: now() });
+      return 'failed';
+    }
+    this.stmts.crashRequeue.run({ id: row.id, error: `transaction ${row.txn} interrupted (publisher pid ${row.pid} died); rolled back and re-queued`, now: now() });
+    return 'requeued';
+  }
+
+  requeueFailed(id: number): boolean {
+    return this.stmts.requeueFailed.run(now(), id).changes === 1;
+  }
+
+  get(id: number): UploadRow | null {
+    return (this.stmts.byId.get(id) as UploadRow | undefined) ?? null;
+  }
+
+  /** Rows for a key, newest first. */
+  byKey(key: string, bucket?: string): UploadRow[] {
+    return this.stmts.byKey.all(key, bucket ?? null, bucket ?? null) as UploadRow[];
+  }
+
+  /** How many queued rows are ahead of this one. */
+  position(id: number): number {
+    return (this.stmts.position.get(id) as { n: number }).n;
+  }
+
+  counts(): Record<UploadState, number> {
+    const out: Record<UploadState, number> = { queued: 0, ingesting: 0, published: 0, failed: 0 };
+    for (const r of this.stmts.counts.all() as Array<{ state: UploadState; n: number }>) out[r.state] = r.n;
+    return out;
+  }
+
+  list(f: ListFilter): UploadRow[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    const order = f.order === 'desc' ? 'DESC' : 'ASC';
+    if (f.state) { where.push('state = ?'); args.push(f.state); }
+    if (f.bucket) { where.push('bucket = ?'); args.push(f.bucket); }
+    if (f.prefix) { where.push('substr(key, 1, ?) = ?'); args.push(f.prefix.length, f.prefix); }
+    if (f.after !== undefined) { where.push(order === 'ASC' ? 'id > ?' : 'id < ?'); args.push(f.after); }
+    const limit = Math.max(1, Math.min(f.limit ?? 100, 1000));
+    const sql = `SELECT * FROM uploads ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id ${order} LIMIT ${limit}`;
+    return this.db.prepare(sql).all(...args) as UploadRow[];
+  }
+
+  getMeta(name: string): string | null {
+    return (this.stmts.getMeta.get(name) as { value: string } | undefined)?.value ?? null;
+  }
+
+  setMeta(name: string, value: string): void {
+    this.stmts.setMeta.run(name, value);
+  }
+}

@@ -1,0 +1,227 @@
+import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { errorMessage } from '../src/util/errors.js';
+import { parseNotification, WebhookError } from './events.js';
+import { STATES, type UploadRow, type UploadState } from './queue.js';
+import type { Publisher } from './service.js';
+
+/**
+ * HTTP API of the publisher:
+ *   POST /webhook          S3/Minio event notifications (Bearer token)
+ *   HEAD /webhook          liveness probe some senders (Minio) make before delivering
+ *   GET  /status           listing: ?state=&bucket=&prefix=&limit=&after=&order=asc|desc
+ *   GET  /status/<id|key>  one upload (by queue id, or the newest version of an object key)
+ *   POST /retry/<id>       re-queue a failed upload (Bearer token)
+ *   GET  /healthz, GET /metrics
+ */
+
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) { super(message); }
+}
+
+function send(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
+  if (res.headersSent) { res.end(); return; }
+  const text = JSON.stringify(body, null, 1) + '\n';
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': String(Buffer.byteLength(text)), ...extra });
+  res.end(text);
+}
+
+function digest(s: string): Buffer { return createHash('sha256').update(s).digest(); }
+
+/** Constant-time check of "Authorization: Bearer <token>". */
+function authorized(req: IncomingMessage, token: string | undefined): boolean {
+  if (!token) return false;
+  const h = req.headers.authorization ?? '';
+  const m = /^Bearer\s+(.+)$/i.exec(h.trim());
+  if (!m) return false;
+  return timingSafeEqual(digest(m[1]!.trim()), digest(token));
+}
+
+/** Read at most limit bytes of body; 413 beyond (checked against Content-Length first, then as it streams). */
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) throw new HttpError(413, `body of ${declared} bytes exceeds the ${limit} byte limit`);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > limit) throw new HttpError(413, `body exceeds the ${limit} byte limit`);
+    chunks.push(c);
+  }
+  return Buffer.concat(chunks);
+}
+
+export function uploadJson(row: UploadRow, position?: number): Record<string, unknown> {
+  return {
+    id: row.id,
+    bucket: row.bucket,
+    key: row.key,
+    etag: row.etag,
+    versionId: row.version_id,
+    size: row.size,
+    state: row.state,
+    ...(row.state === 'queued' && position !== undefined ? { position } : {}),
+    diffId: row.diff_id,
+    blobDigest: row.blob_digest,
+    alreadyPublished: row.already_published === null ? null : row.already_published === 1,
+    newObjects: row.new_objects,
+    error: row.error,
+    attempts: row.attempts,
+    crashes: row.crashes,
+    txn: row.txn,
+    origin: row.origin,
+    eventName: row.event_name,
+    events: row.events,
+    bytes: row.bytes,
+    seconds: row.seconds,
+    receivedAt: row.received_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+function intParam(v: string | null, name: string, min: number, max: number): number | undefined {
+  if (v === null || v === '') return undefined;
+  if (!/^\d+$/.test(v)) throw new HttpError(400, `${name} must be an integer`);
+  const n = Number(v);
+  if (n < min || n > max) throw new HttpError(400, `${name} must be between ${min} and ${max}`);
+  return n;
+}
+
+export function createHttpServer(p: Publisher): Server {
+  const { opts } = p;
+  const buckets = new Set([opts.bucket]);
+
+  async function webhook(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (!opts.webhook) throw new HttpError(404, 'webhook disabled on this publisher (--no-webhook); it relies on bucket listing');
+    if (!authorized(req, opts.token)) {
+      p.metrics.webhookRequests.inc({ code: '401' });
+      req.resume();
+      send(res, 401, { error: 'missing or wrong bearer token' }, { 'WWW-Authenticate': 'Bearer realm="thinfs-publisher"', Connection: 'close' });
+      return;
+    }
+    let body: unknown;
+    try {
+      const raw = await readBody(req, opts.maxBodyBytes);
+      try { body = JSON.parse(raw.toString('utf8')); } catch (e) { throw new HttpError(400, `body is not valid JSON: ${errorMessage(e)}`); }
+    } catch (e) {
+      const status = e instanceof HttpError ? e.status : 400;
+      p.metrics.webhookRequests.inc({ code: String(status) });
+      if (status === 413) req.resume();
+      send(res, status, { error: errorMessage(e) }, { Connection: 'close' });
+      return;
+    }
+    let parsed;
+    try {
+      parsed = parseNotification(body, { buckets, prefix: opts.prefix });
+    } catch (e) {
+      if (!(e instanceof WebhookError)) throw e;
+      p.metrics.webhookRequests.inc({ code: '400' });
+      send(res, 400, { error: `malformed S3 event notification: ${e.message}` });
+      return;
+    }
+    if (p.isStopping) throw new HttpError(503, 'publisher is shutting down; deliver again later');
+    // Committed (WAL, fsynced) before we answer: a 200 means the event cannot be lost any more.
+    const results = parsed.events.length ? p.enqueue(parsed.events) : [];
+    const accepted = results.map((r, i) => ({ id: r.id, key: parsed.events[i]!.key, duplicate: r.duplicate, state: r.state }));
+    for (const r of results) p.metrics.events.inc({ result: r.duplicate ? 'duplicate' : 'accepted' });
+    if (parsed.ignored.length) p.metrics.events.inc({ result: 'ignored' }, parsed.ignored.length);
+    p.metrics.webhookRequests.inc({ code: '200' });
+    p.log.info({ format: parsed.format, accepted: accepted.filter((a) => !a.duplicate).length, duplicates: accepted.filter((a) => a.duplicate).length, ignored: parsed.ignored.length }, 'webhook');
+    send(res, 200, { accepted, ignored: parsed.ignored, test: parsed.test || undefined });
+  }
+
+  function status(url: URL, rest: string, res: ServerResponse): void {
+    if (rest === '') {
+      const q = url.searchParams;
+      const state = q.get('state');
+      if (state !== null && !STATES.includes(state as UploadState)) throw new HttpError(400, `state must be one of ${STATES.join(', ')}`);
+      const order = q.get('order') ?? 'asc';
+      if (order !== 'asc' && order !== 'desc') throw new HttpError(400, 'order must be asc or desc');
+      const limit = intParam(q.get('limit'), 'limit', 1, 1000) ?? 100;
+      const rows = p.queue.list({
+        state: (state as UploadState | null) ?? undefined, bucket: q.get('bucket') ?? undefined, prefix: q.get('prefix') ?? undefined,
+        after: intParam(q.get('after'), 'after', 0, Number.MAX_SAFE_INTEGER), limit, order,
+      });
+      const next = rows.length === limit ? rows[rows.length - 1]!.id : null;
+      send(res, 200, { counts: p.queue.counts(), items: rows.map((r) => uploadJson(r)), next });
+      return;
+    }
+    let ident: string;
+    try { ident = decodeURIComponent(rest); } catch { throw new HttpError(400, 'bad percent-encoding in the upload key'); }
+    const bucket = url.searchParams.get('bucket') ?? undefined;
+    let row: UploadRow | null = null;
+    let history: UploadRow[] = [];
+    if (/^\d+$/.test(ident)) row = p.queue.get(Number(ident));
+    if (!row) {
+      const rows = p.queue.byKey(ident, bucket);
+      row = rows[0] ?? null;
+      history = rows.slice(1);
+    }
+    if (!row) throw new HttpError(404, `no upload with id or key ${JSON.stringify(ident)}`);
+    send(res, 200, {
+      ...uploadJson(row, row.state === 'queued' ? p.queue.position(row.id) : undefined),
+      ...(history.length ? { history: history.map((h) => uploadJson(h)) } : {}),
+    });
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://publisher');
+    const path = url.pathname.replace(/\/+$/, '') || '/';
+    const method = req.method ?? 'GET';
+    if (path === '/webhook') {
+      if (method === 'POST') return webhook(req, res);
+      if (method === 'HEAD' || method === 'GET') { req.resume(); send(res, opts.webhook ? 200 : 404, { webhook: opts.webhook }); return; }
+      throw new HttpError(405, 'use POST');
+    }
+    if (path === '/healthz') {
+      const counts = p.queue.counts();
+      const ok = !p.isStopping;
+      send(res, ok ? 200 : 503, {
+        ok, stopping: p.isStopping, queue: counts, worker: p.workerState ?? 'idle', lastReconcile: p.lastReconcile,
+        webhook: opts.webhook, bucket: opts.bucket, store: opts.store.root,
+      });
+      return;
+    }
+    if (path === '/metrics') {
+      const text = await p.metrics.registry.metrics();
+      res.writeHead(200, { 'Content-Type': p.metrics.registry.contentType });
+      res.end(text);
+      return;
+    }
+    if (path === '/status' || url.pathname.startsWith('/status/')) {
+      if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, 'use GET');
+      // The key part keeps its trailing slash and inner slashes: keys may contain both.
+      const rest = path === '/status' ? '' : url.pathname.slice('/status/'.length);
+      status(url, rest, res);
+      return;
+    }
+    if (path.startsWith('/retry/')) {
+      if (method !== 'POST') throw new HttpError(405, 'use POST');
+      if (!authorized(req, opts.token)) { req.resume(); send(res, 401, { error: 'missing or wrong bearer token' }, { Connection: 'close' }); return; }
+      const id = intParam(path.slice('/retry/'.length), 'id', 1, Number.MAX_SAFE_INTEGER)!;
+      if (!p.queue.get(id)) throw new HttpError(404, `no upload ${id}`);
+      if (!p.queue.requeueFailed(id)) throw new HttpError(409, `upload ${id} is not failed`);
+      p.wake();
+      send(res, 200, uploadJson(p.queue.get(id)!, p.queue.position(id)));
+      return;
+    }
+    throw new HttpError(404, `no route for ${method} ${url.pathname}`);
+  }
+
+  const server = createServer({ requestTimeout: 60_000, headersTimeout: 30_000 }, (req, res) => {
+    handle(req, res).catch((e) => {
+      const status = e instanceof HttpError ? e.status : 500;
+      if (status === 500) p.log.error({ err: errorMessage(e), url: req.url }, 'request failed');
+      req.resume();
+      send(res, status, { error: errorMessage(e) });
+    });
+  });
+  // Garbage on the socket (not HTTP) gets a 400 and a closed connection, never an exception.
+  server.on('clientError', (err, socket) => {
+    if (socket.writable && !(err as NodeJS.ErrnoException).code?.startsWith('ECONN')) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+  return server;
+}

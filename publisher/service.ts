@@ -1,0 +1,362 @@
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Transform, pipeline, type Readable } from 'node:stream';
+import type { Server } from 'node:http';
+import type { WritableStore } from '../src/store/store.js';
+import { TXN_DIR } from '../src/store/layout.js';
+import { ingestTar } from '../src/ingest/ingest.js';
+import { S3Client, S3Error } from '../src/s3/client.js';
+import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../src/util/errors.js';
+import type { Logger } from '../src/util/log.js';
+import { Queue, normEtag, type ObjectEvent, type UploadRow } from './queue.js';
+import { PublisherMetrics, type FailureKind } from './metrics.js';
+import { createHttpServer } from './server.js';
+
+export interface PublisherOptions {
+  store: WritableStore;
+  stateDir: string;
+  s3: S3Client;
+  bucket: string;
+  prefix?: string;
+  /** Bearer token for POST /webhook (and /retry); required when the webhook is enabled. */
+  token?: string;
+  webhook: boolean;
+  /** 0 disables the bucket listing loop. */
+  reconcileIntervalMs: number;
+  /** Attempts per upload for transient errors (S3 unreachable, connection cut) before it is failed. */
+  maxAttempts: number;
+  /** Publisher deaths during one upload's transaction before it is failed (a poison object must not loop forever). */
+  maxCrashes: number;
+  retryBaseMs: number;
+  maxBodyBytes: number;
+  host: string;
+  port: number;
+  log: Logger;
+}
+
+/** A transaction's failure, classified: permanent ones fail the upload, transient ones are retried. */
+class TxnFailure extends Error {
+  constructor(readonly kind: FailureKind, readonly permanent: boolean, message: string) { super(message); }
+}
+
+export interface WorkerState { txn: string; upload: number; bucket: string; key: string; startedAt: string; fetchedBytes: number; contentLength: number | null }
+
+function newTxnId(): string {
+  return `t-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+}
+
+function isAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/**
+ * The publishing service of the CernVM-FS paper: S3 events in, one serialized transaction at a time
+ * per store (fetch -> ingest -> atomic publish -> record), status out.
+ */
+export class Publisher {
+  readonly queue: Queue;
+  readonly metrics: PublisherMetrics;
+  readonly log: Logger;
+  private server: Server | null = null;
+  private stopping = false;
+  private loopDone: Promise<void> | null = null;
+  private wakeUp: (() => void) | null = null;
+  private current: { row: UploadRow; ac: AbortController; state: WorkerState } | null = null;
+  private reconcileTimer: NodeJS.Timeout | null = null;
+  private reconcileRunning: Promise<void> | null = null;
+  private reconcileAbort = new AbortController();
+  lastReconcile: { at: string; listed: number; enqueued: number; error?: string } | null = null;
+  url = '';
+
+  private constructor(readonly opts: PublisherOptions, queue: Queue) {
+    this.queue = queue;
+    this.log = opts.log;
+    this.metrics = new PublisherMetrics(queue);
+  }
+
+  /** Open the state dir (refusing a second live publisher on it), recover, then serve. */
+  static async start(opts: PublisherOptions): Promise<Publisher> {
+    const stateDir = resolve(opts.stateDir);
+    await mkdir(stateDir, { recursive: true });
+    await takePidFile(stateDir);
+    // Ingest scratch (catalog builds) lives in the state dir, so a crash's leftovers are found and removed here.
+    const scratch = join(stateDir, 'scratch');
+    await rm(scratch, { recursive: true, force: true });
+    await mkdir(scratch, { recursive: true });
+    process.env.TMPDIR = scratch;
+    const queue = new Queue(stateDir);
+    const p = new Publisher({ ...opts, stateDir }, queue);
+    try {
+      queue.setMeta('store', opts.store.root);
+      queue.setMeta('bucket', opts.bucket);
+      await p.recover();
+      await p.listen();
+    } catch (e) {
+      queue.close();
+      await rm(join(stateDir, 'publisher.pid'), { force: true });
+      throw e;
+    }
+    p.loopDone = p.loop();
+    if (opts.reconcileIntervalMs > 0) p.scheduleReconcile(0);
+    p.log.info({ url: p.url, store: opts.store.root, bucket: opts.bucket, webhook: opts.webhook, reconcileIntervalMs: opts.reconcileIntervalMs, state: stateDir }, 'publisher started');
+    return p;
+  }
+
+  get workerState(): WorkerState | null { return this.current?.state ?? null; }
+  get isStopping(): boolean { return this.stopping; }
+
+  /**
+   * Rows a killed publisher left 'ingesting' are rolled back: their staging dirs in the store's txn/
+   * are removed (nothing of theirs reached layers/, the manifest being the last thing written) and
+   * they go back to the queue, to be redone from the start.
+   */
+  private async recover(): Promise<void> {
+    const txnRoot = join(this.opts.store.root, TXN_DIR);
+    const stuck = this.queue.stuck();
+    const deadPids = new Set(stuck.map((r) => r.pid).filter((p): p is number => !!p && p !== process.pid && !isAlive(p)));
+    let removed = 0;
+    if (deadPids.size) {
+      for (const name of await readdir(txnRoot).catch(() => [] as string[])) {
+        const pid = Number(name.split('-')[1]);
+        if (deadPids.has(pid)) { await rm(join(txnRoot, name), { recursive: true, force: true }); removed++; }
+      }
+    }
+    for (const row of stuck) {
+      const outcome = this.queue.recoverCrashed(row, this.opts.maxCrashes);
+      if (outcome === 'failed') this.metrics.failures.inc({ kind: 'crash' });
+      this.log.warn({ txn: row.txn, upload: row.id, bucket: row.bucket, key: row.key, deadPid: row.pid, outcome }, 'rolled back a transaction interrupted by a publisher crash');
+    }
+    if (stuck.length || removed) this.log.info({ rows: stuck.length, txnDirsRemoved: removed }, 'crash recovery done');
+  }
+
+  private async listen(): Promise<void> {
+    const server = createHttpServer(this);
+    await new Promise<void>((res, rej) => {
+      server.once('error', rej);
+      server.listen(this.opts.port, this.opts.host, () => { server.off('error', rej); res(); });
+    });
+    const a = server.address();
+    const port = typeof a === 'object' && a ? a.port : this.opts.port;
+    const host = this.opts.host.includes(':') ? `[${this.opts.host}]` : this.opts.host;
+    this.url = `http://${host}:${port}`;
+    this.server = server;
+  }
+
+  /** Commit events to the queue (durably) and poke the worker. */
+  enqueue(events: ObjectEvent[]): ReturnType<Queue['enqueueAll']> {
+    const res = this.queue.enqueueAll(events);
+    if (res.some((r) => !r.duplicate)) this.wake();
+    return res;
+  }
+
+  wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = null;
+    w?.();
+  }
+
+  private async idle(): Promise<void> {
+    const next = this.queue.nextWakeAt();
+    const ms = next === null ? 5_000 : Math.max(10, Math.min(5_000, next - Date.now()));
+    await new Promise<void>((res) => {
+      const t = setTimeout(() => { this.wakeUp = null; res(); }, ms);
+      this.wakeUp = () => { clearTimeout(t); res(); };
+    });
+  }
+
+  /** One transaction at a time, oldest first: the store sees publications in the order they were announced. */
+  private async loop(): Promise<void> {
+    while (!this.stopping) {
+      let row: UploadRow | null;
+      try {
+        row = this.queue.claimNext(newTxnId);
+      } catch (e) {
+        this.log.error({ err: errorMessage(e) }, 'queue read failed; retrying');
+        await this.idle();
+        continue;
+      }
+      if (!row) { await this.idle(); continue; }
+      await this.runTxn(row);
+    }
+  }
+
+  private async runTxn(row: UploadRow): Promise<void> {
+    const txn = row.txn!;
+    const log = this.log.child({ txn, upload: row.id, bucket: row.bucket, key: row.key });
+    const ac = new AbortController();
+    const state: WorkerState = { txn, upload: row.id, bucket: row.bucket, key: row.key, startedAt: new Date().toISOString(), fetchedBytes: 0, contentLength: null };
+    this.current = { row, ac, state };
+    const t0 = process.hrtime.bigint();
+    const elapsed = () => Number(process.hrtime.bigint() - t0) / 1e9;
+    let bodyError: Error | null = null;
+    log.info({ attempt: row.attempts, etag: row.etag, versionId: row.version_id, size: row.size }, 'transaction started');
+    try {
+      let obj;
+      try {
+        obj = await this.opts.s3.getObject(row.bucket, row.key, { versionId: row.version_id ?? undefined, signal: ac.signal });
+      } catch (e) {
+        throw classifyS3(e);
+      }
+      state.contentLength = obj.contentLength;
+      const got = normEtag(obj.etag);
+      if (!row.version_id && row.etag && got && got !== row.etag) {
+        obj.body.destroy();
+        throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
+      }
+      if (!row.etag && got) this.queue.db.prepare('UPDATE uploads SET etag = ? WHERE id = ?').run(got, row.id);
+      const metrics = this.metrics;
+      const counter = new Transform({
+        transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
+      });
+      obj.body.on('error', (e: Error) => { bodyError ??= e; });
+      pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
+      const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined });
+      const seconds = elapsed();
+      this.queue.markPublished(row.id, {
+        diffId: res.manifest.diffId, blobDigest: res.manifest.blobDigest, alreadyPublished: !res.published,
+        newObjects: res.stats.newObjects, bytes: state.fetchedBytes, seconds,
+      });
+      this.metrics.published.inc({ result: res.published ? 'new' : 'existing' });
+      this.metrics.ingestSeconds.observe({ outcome: 'published' }, seconds);
+      log.info({ diffId: res.manifest.diffId, published: res.published, newObjects: res.stats.newObjects, bytes: state.fetchedBytes, seconds }, res.published ? 'transaction committed: layer published' : 'transaction committed: layer was already published');
+    } catch (e) {
+      const seconds = elapsed();
+      if (this.stopping && ac.signal.aborted) {
+        this.queue.requeueInterrupted(row.id, 'interrupted by publisher shutdown; re-queued');
+        this.metrics.ingestSeconds.observe({ outcome: 'aborted' }, seconds);
+        log.warn({ seconds }, 'transaction aborted by shutdown and rolled back; re-queued');
+        return;
+      }
+      const f = classify(e, bodyError);
+      if (!f.permanent && row.attempts < this.opts.maxAttempts) {
+        const delay = Math.min(this.opts.retryBaseMs * 2 ** (row.attempts - 1), 60_000);
+        this.queue.retryLater(row.id, `attempt ${row.attempts} failed (${f.kind}): ${f.message}`, Date.now() + delay);
+        this.metrics.retries.inc();
+        this.metrics.ingestSeconds.observe({ outcome: 'retry' }, seconds);
+        log.warn({ kind: f.kind, err: f.message, retryInMs: delay, attempt: row.attempts }, 'transaction aborted and rolled back; will retry');
+      } else {
+        const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${row.attempts} attempts)`;
+        this.queue.markFailed(row.id, reason, seconds);
+        this.metrics.failures.inc({ kind: f.kind });
+        this.metrics.ingestSeconds.observe({ outcome: 'failed' }, seconds);
+        log.error({ kind: f.kind, err: f.message, seconds }, 'transaction aborted and rolled back; upload failed');
+      }
+    } finally {
+      this.current = null;
+    }
+  }
+
+  private scheduleReconcile(delayMs: number): void {
+    if (this.stopping) return;
+    this.reconcileTimer = setTimeout(() => {
+      this.reconcileTimer = null;
+      this.reconcileRunning = this.reconcileOnce().then(() => undefined, () => undefined).finally(() => {
+        this.reconcileRunning = null;
+        this.scheduleReconcile(this.opts.reconcileIntervalMs);
+      });
+    }, delayMs);
+  }
+
+  /** List the bucket and enqueue every object no event announced: a lost webhook only delays a layer. */
+  async reconcileOnce(): Promise<{ listed: number; enqueued: number }> {
+    const { s3, bucket, prefix } = this.opts;
+    let listed = 0, enqueued = 0;
+    let batch: ObjectEvent[] = [];
+    const flush = () => {
+      if (!batch.length) return;
+      const res = this.enqueue(batch);
+      const fresh = res.filter((r) => !r.duplicate).length;
+      enqueued += fresh;
+      this.metrics.reconcileEnqueued.inc(fresh);
+      batch = [];
+    };
+    try {
+      for await (const o of s3.listAll(bucket, { prefix, signal: this.reconcileAbort.signal })) {
+        if (this.stopping) break;
+        listed++;
+        if (o.key.endsWith('/')) continue;
+        if (o.etag && this.queue.seen(bucket, o.key, o.etag)) continue;
+        batch.push({ bucket, key: o.key, etag: o.etag || undefined, size: o.size, eventName: 'Reconcile', origin: 'reconcile' });
+        if (batch.length >= 500) flush();
+      }
+      flush();
+      this.lastReconcile = { at: new Date().toISOString(), listed, enqueued };
+      this.metrics.reconcileRuns.inc({ result: 'ok' });
+      this.metrics.lastReconcile.setToCurrentTime();
+      if (enqueued) this.log.info({ listed, enqueued }, 'reconcile: enqueued objects no event had announced');
+      else this.log.debug({ listed }, 'reconcile: nothing new');
+      return { listed, enqueued };
+    } catch (e) {
+      flush();
+      if (this.stopping) return { listed, enqueued };
+      this.lastReconcile = { at: new Date().toISOString(), listed, enqueued, error: errorMessage(e) };
+      this.metrics.reconcileRuns.inc({ result: 'error' });
+      this.log.warn({ err: errorMessage(e) }, 'reconcile: bucket listing failed; will try again next interval');
+      throw e;
+    }
+  }
+
+  /**
+   * Clean shutdown: stop taking events, abort the running transaction (rolled back by ingest, row
+   * re-queued) unless it is already committing, close the queue.
+   */
+  async stop(timeoutMs = 30_000): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.log.info({ running: this.current?.state.txn ?? null }, 'shutting down');
+    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
+    this.reconcileAbort.abort();
+    const closed = this.server ? new Promise<void>((res) => this.server!.close(() => res())) : Promise.resolve();
+    this.server?.closeIdleConnections();
+    this.current?.ac.abort(new ThinfsError('publisher shutting down'));
+    this.wake();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((res) => { timer = setTimeout(() => res('timeout'), timeoutMs); });
+    const r = await Promise.race([Promise.all([this.loopDone, this.reconcileRunning, closed]).then(() => 'ok' as const), timeout]);
+    clearTimeout(timer);
+    if (r === 'timeout') {
+      this.server?.closeAllConnections();
+      this.log.warn({ txn: this.current?.state.txn }, 'shutdown timeout: the running transaction is left to crash recovery at next start');
+    }
+    await this.opts.s3.close().catch(() => undefined);
+    this.queue.close();
+    await rm(join(this.opts.stateDir, 'publisher.pid'), { force: true });
+    this.log.info('publisher stopped');
+  }
+}
+
+/** One publisher per state dir: a second one would run transactions concurrently on the same rows. */
+async function takePidFile(stateDir: string): Promise<void> {
+  const file = join(stateDir, 'publisher.pid');
+  try {
+    await writeFile(file, `${process.pid}\n`, { flag: 'wx' });
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+  if (pid && pid !== process.pid && isAlive(pid)) {
+    throw new ThinfsError(`another publisher (pid ${pid}) is using state dir ${stateDir}`, EXIT.FAILURE);
+  }
+  await writeFile(file, `${process.pid}\n`);
+}
+
+function classifyS3(e: unknown): TxnFailure {
+  if (e instanceof S3Error) {
+    if (e.status === 404) return new TxnFailure('not_found', true, `object no longer exists in S3 (${e.message})`);
+    const transient = e.status >= 500 || e.status === 403 || e.status === 401 || e.status === 408 || e.status === 429;
+    return new TxnFailure('fetch', !transient, e.message);
+  }
+  return new TxnFailure('fetch', false, `S3 GET failed: ${errorMessage(e)}`);
+}
+
+function classify(e: unknown, bodyError: Error | null): TxnFailure {
+  if (e instanceof TxnFailure) return e;
+  // The connection broke mid-object: the bytes ingest saw were cut short, not the upload itself.
+  if (bodyError) return new TxnFailure('fetch', false, `S3 download interrupted: ${errorMessage(bodyError)}`);
+  if (e instanceof BadInputError) return new TxnFailure('bad_input', true, e.message);
+  if (e instanceof IntegrityError) return new TxnFailure('integrity', true, e.message);
+  if (e instanceof S3Error) return classifyS3(e);
+  return new TxnFailure('other', false, errorMessage(e));
+}
