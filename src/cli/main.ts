@@ -3,23 +3,23 @@ import { Command, CommanderError } from 'commander';
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
-import { commands } from './commands/index.js';
+import { loadCommands } from './commands/index.js';
 
 // Every subcommand lives in its own module under commands/ and registers itself here.
-export function buildProgram(): Command {
+export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
   const program = new Command('thinfs')
     .description('Lazy, chunked, content-addressed container image filesystem for a whole cluster')
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
-  for (const register of commands) register(program);
+  for (const register of await loadCommands(argv)) register(program);
   return program;
 }
 
 /** One place maps failures to messages and exit codes: a user never sees only a stack trace. */
 export async function run(argv: string[]): Promise<number> {
-  const program = buildProgram();
   try {
+    const program = await buildProgram(argv);
     await program.parseAsync(argv);
     return process.exitCode === undefined ? EXIT.OK : Number(process.exitCode);
   } catch (e) {

@@ -1,4 +1,4 @@
-import { Agent, request } from 'undici';
+import type { Agent } from 'undici';
 import type { Backend } from './backend.js';
 import { ThinfsError } from '../util/errors.js';
 
@@ -8,7 +8,12 @@ import { ThinfsError } from '../util/errors.js';
  * and a failed mirror is retried again after a cool-down.
  */
 export class HttpBackend implements Backend {
-  private readonly agent = new Agent({ connections: 16, keepAliveTimeout: 30_000, pipelining: 1 });
+  // undici is loaded on first use: most commands never talk HTTP, and it costs ~0.2 s to load.
+  private undici: Promise<{ agent: Agent; request: typeof import('undici').request }> | null = null;
+  private http() {
+    this.undici ??= import('undici').then((u) => ({ agent: new u.Agent({ connections: 16, keepAliveTimeout: 30_000, pipelining: 1 }), request: u.request }));
+    return this.undici;
+  }
   private readonly downUntil = new Map<string, number>();
   constructor(readonly bases: string[], private readonly retries = 3) {
     this.bases = bases.map((b) => b.replace(/\/+$/, ''));
@@ -26,7 +31,8 @@ export class HttpBackend implements Backend {
     for (let attempt = 0; attempt <= this.retries; attempt++) {
       for (const base of this.mirrors()) {
         try {
-          const res = await request(`${base}/${rel}`, { dispatcher: this.agent, headersTimeout: 30_000, bodyTimeout: 60_000 });
+          const { agent, request } = await this.http();
+          const res = await request(`${base}/${rel}`, { dispatcher: agent, headersTimeout: 30_000, bodyTimeout: 60_000 });
           if (res.statusCode === 404) { await res.body.dump(); return null; }
           if (res.statusCode !== 200) {
             await res.body.dump();
@@ -46,7 +52,8 @@ export class HttpBackend implements Backend {
   async exists(rel: string): Promise<boolean> {
     for (const base of this.mirrors()) {
       try {
-        const res = await request(`${base}/${rel}`, { method: 'HEAD', dispatcher: this.agent });
+        const { agent, request } = await this.http();
+        const res = await request(`${base}/${rel}`, { method: 'HEAD', dispatcher: agent });
         await res.body.dump();
         if (res.statusCode === 200) return true;
         if (res.statusCode === 404) return false;
@@ -67,5 +74,5 @@ export class HttpBackend implements Backend {
     }
   }
 
-  async close(): Promise<void> { await this.agent.close(); }
+  async close(): Promise<void> { if (this.undici) await (await this.undici).agent.close(); }
 }

@@ -147,18 +147,24 @@ export class Txn {
   /** Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. */
   async put(hash: string, data: Uint8Array): Promise<boolean> {
     if (this.staged.has(hash) || this.existing.has(hash)) return false;
-    if (await this.store.hasObject(hash)) { this.existing.add(hash); return false; }
-    if (this.staged.has(hash)) return false; // a concurrent put of the same chunk won the race
     this.staged.add(hash);
     await this.ready;
     let size: number;
-    if (this.pool && data.length >= 4096) {
-      size = await this.pool.write(join(this.dir, hash), data, this.codec);
-    } else {
-      const framed = encodeObject(data, this.codec);
-      await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
-      size = framed.length;
+    try {
+      if (this.pool) {
+        size = await this.pool.write(join(this.store.root, objectPath(hash)), join(this.dir, hash), data, this.codec);
+      } else if (await this.store.hasObject(hash)) {
+        size = -1;
+      } else {
+        const framed = encodeObject(data, this.codec);
+        await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
+        size = framed.length;
+      }
+    } catch (e) {
+      this.staged.delete(hash);
+      throw e;
     }
+    if (size < 0) { this.staged.delete(hash); this.existing.add(hash); return false; }
     this.newObjects++;
     this.newBytes += size;
     return true;

@@ -24,13 +24,14 @@ export class ObjectWriterPool {
     }
   }
 
-  write(path: string, data: Uint8Array, codec: Codec): Promise<number> {
+  /** Write `data` to `path` unless `existing` is already there; resolves to the stored size, or -1 if it existed. */
+  write(existing: string, path: string, data: Uint8Array, codec: Codec): Promise<number> {
     const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;
     slot.busy++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      slot.w.postMessage({ id, path, data, codec });
+      slot.w.postMessage({ id, existing, path, data, codec });
     });
   }
 

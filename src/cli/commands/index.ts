@@ -1,13 +1,20 @@
 import type { Command } from 'commander';
-import { registerStoreCommands } from './store.js';
-import { registerMountCommands } from './mount.js';
-import { registerConvertCommands } from './convert.js';
-import { registerPublisherCommands } from './publisher.js';
 
-/** Registration list: each area adds its command module here. */
-export const commands: Array<(program: Command) => void> = [
-  registerStoreCommands,
-  registerMountCommands,
-  registerConvertCommands,
-  registerPublisherCommands,
+type Register = (program: Command) => void;
+
+/**
+ * Command modules by the subcommands they define. Only the module of the invoked subcommand is
+ * loaded (FUSE, HTTP and metrics libraries cost ~1 s of start-up together); `--help` loads all.
+ */
+export const commandModules: Array<{ names: string[]; load: () => Promise<Register> }> = [
+  { names: ['init', 'ingest', 'layers', 'ls', 'stat', 'cat', 'export', 'gc'], load: async () => (await import('./store.js')).registerStoreCommands },
+  { names: ['mount', 'unmount'], load: async () => (await import('./mount.js')).registerMountCommands },
+  { names: ['convert', 'pull-thin'], load: async () => (await import('./convert.js')).registerConvertCommands },
+  { names: ['publisher'], load: async () => (await import('./publisher.js')).registerPublisherCommands },
 ];
+
+export async function loadCommands(argv: string[]): Promise<Register[]> {
+  const first = argv.slice(2).find((a) => !a.startsWith('-'));
+  const only = commandModules.filter((m) => first !== undefined && m.names.includes(first));
+  return Promise.all((only.length ? only : commandModules).map((m) => m.load()));
+}
