@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
 import type { Logger } from '../util/log.js';
 import { BadInputError, IntegrityError, NotFoundError } from '../util/errors.js';
 import { encodeEntry, padding, END_OF_ARCHIVE } from '../tar/writer.js';
@@ -82,37 +83,49 @@ export async function pushThinImage(desc: ThinImage, target: ImageReference, cli
 /** Read a thin image back: verify every digest and the annotation, extract and validate thin.json. */
 export async function pullThinImage(ref: ImageReference, client: RegistryClient, opts: { platform?: Platform } = {}): Promise<{ descriptor: ThinImage; raw: Buffer; manifestDigest: string; reference: string }> {
   const repo = ref.repository;
-  let got: { raw: Buffer; contentType?: string; digest: string };
-  let used = ref;
-  try {
-    got = await client.getManifest(repo, ref.digest ?? ref.tag!);
-  } catch (e) {
-    // "pull-thin REF" may name the original image: its thin image is REF-thin.
-    if (!(e instanceof NotFoundError) || !ref.tag || ref.tag.endsWith('-thin') || ref.digest) throw e;
-    used = { ...ref, tag: `${ref.tag}-thin` };
-    got = await client.getManifest(repo, used.tag!);
+  // "pull-thin REF" may name the original image: its thin image is REF-thin.
+  const candidates: ImageReference[] = [ref];
+  if (ref.tag && !ref.digest && !ref.tag.endsWith('-thin')) candidates.push({ ...ref, tag: `${ref.tag}-thin` });
+  for (const [i, used] of candidates.entries()) {
+    const last = i === candidates.length - 1;
+    const what = formatReference(used);
+    let got: { raw: Buffer; contentType?: string; digest: string };
+    try { got = await client.getManifest(repo, used.digest ?? used.tag!); } catch (e) {
+      if (e instanceof NotFoundError && !last) continue;
+      throw e;
+    }
+    let p = parseManifest(got.raw, got.contentType, what);
+    let manifestDigest = got.digest;
+    if (p.kind === 'index') {
+      const pick = selectPlatform(p.index.manifests, opts.platform ?? hostPlatform(), what);
+      const child = await client.getManifest(repo, pick.digest);
+      manifestDigest = child.digest;
+      p = parseManifest(child.raw, child.contentType ?? pick.mediaType, what);
+      if (p.kind !== 'manifest') throw new BadInputError(`${what}: nested index`);
+    }
+    if (p.manifest.annotations?.[THIN_ANNOTATION] !== 'true') {
+      if (!last) continue;
+      throw new BadInputError(`${what} is not a thin image (no ${THIN_ANNOTATION} annotation)${candidates.length > 1 ? ` and neither is ${formatReference(candidates[0]!)}` : ''}`);
+    }
+    return readThin(client, repo, p.manifest, manifestDigest, what);
   }
-  const what = formatReference(used);
-  let p = parseManifest(got.raw, got.contentType, what);
-  let manifestDigest = got.digest;
-  if (p.kind === 'index') {
-    const pick = selectPlatform(p.index.manifests, opts.platform ?? hostPlatform(), what);
-    const child = await client.getManifest(repo, pick.digest);
-    manifestDigest = child.digest;
-    p = parseManifest(child.raw, child.contentType ?? pick.mediaType, what);
-    if (p.kind !== 'manifest') throw new BadInputError(`${what}: nested index`);
-  }
-  const m: ImageManifest = p.manifest;
-  if (m.annotations?.[THIN_ANNOTATION] !== 'true') {
-    throw new BadInputError(`${what} is not a thin image (no ${THIN_ANNOTATION} annotation)${used.tag?.endsWith('-thin') ? '' : `; did you mean ${formatReference(used)}-thin?`}`);
-  }
+  throw new NotFoundError(`${formatReference(ref)}: no thin image`);
+}
+
+async function readThin(client: RegistryClient, repo: string, m: ImageManifest, manifestDigest: string, what: string): Promise<{ descriptor: ThinImage; raw: Buffer; manifestDigest: string; reference: string }> {
   if (m.layers.length !== 1) throw new BadInputError(`${what}: a thin image has exactly one layer, this one has ${m.layers.length}`);
   const l = m.layers[0]!;
-  if (l.mediaType !== MT.ociLayer && l.mediaType !== 'application/vnd.docker.image.rootfs.diff.tar') {
+  // A thin image copied by other tools (skopeo) may come back gzip-compressed.
+  const gz = l.mediaType === MT.ociLayerGzip || l.mediaType === MT.dockerLayerGzip;
+  if (l.mediaType !== MT.ociLayer && l.mediaType !== MT.dockerLayerTar && !gz) {
     throw new BadInputError(`${what}: unsupported thin layer media type "${l.mediaType}"`);
   }
   if (l.size > MAX_THIN) throw new BadInputError(`${what}: thin layer of ${l.size} bytes is implausibly large`);
-  const tar = await client.getBlobBuffer(repo, l.digest, MAX_THIN);
+  const blob = await client.getBlobBuffer(repo, l.digest, MAX_THIN);
+  let tar: Buffer;
+  try { tar = gz ? gunzipSync(blob, { maxOutputLength: MAX_THIN }) : blob; } catch (e) {
+    throw new BadInputError(`${what}: thin layer does not decompress (${(e as Error).message})`);
+  }
   let raw: Buffer | null = null;
   for await (const { entry, data } of readTar((async function* () { yield tar; })())) {
     const parts: Buffer[] = [];

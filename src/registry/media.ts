@@ -11,6 +11,8 @@ export const MT = {
   ociConfig: 'application/vnd.oci.image.config.v1+json',
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
   dockerForeignLayerGzip: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+  // not in Docker's spec, but containers/image writes it for uncompressed schema 2 layers
+  dockerLayerTar: 'application/vnd.docker.image.rootfs.diff.tar',
   ociLayer: 'application/vnd.oci.image.layer.v1.tar',
   ociLayerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
   ociLayerZstd: 'application/vnd.oci.image.layer.v1.tar+zstd',
@@ -27,6 +29,7 @@ export type Compression = 'none' | 'gzip' | 'zstd';
 const LAYER_TYPES: Record<string, Compression> = {
   [MT.dockerLayerGzip]: 'gzip',
   [MT.dockerForeignLayerGzip]: 'gzip',
+  [MT.dockerLayerTar]: 'none',
   [MT.ociLayer]: 'none',
   [MT.ociLayerGzip]: 'gzip',
   [MT.ociLayerZstd]: 'zstd',
