@@ -5,8 +5,9 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import {
-  cleanupTmpDirs, listFiles, storeSnapshot, thinfs, thinfsJson, thinfsOk, tmpDir, type RunResult,
+  cleanupTmpDirs, listFiles, sha256, sha256File, thinfsBuf, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, type RunResult,
 } from './helpers/proc.js';
 import { tarListing } from './helpers/oracle.js';
 import { makeBadTars, makeTreeTar, pseudoRandom, type BadTar } from './fixtures/tars.js';
@@ -183,5 +184,71 @@ describe('operational errors are clear', () => {
   it('unknown layer: exit 4', async () => {
     const r = await thinfs(['export', 'sha256:' + '0'.repeat(64), '-o', path.join(work, 'x.tar'), '--store', store]);
     assertCleanError(r, 'export of an unknown layer', 4, /0000000000/);
+  });
+});
+
+describe('interrupted ingests', () => {
+  let bigTar: string;
+  before(async () => {
+    const src = path.join(work, 'interrupt-src');
+    await fsp.mkdir(src);
+    await fsp.writeFile(path.join(src, 'a.bin'), pseudoRandom(40 * 1024 * 1024, 'interrupt-a'));
+    await fsp.writeFile(path.join(src, 'b.bin'), pseudoRandom(8 * 1024 * 1024, 'interrupt-b'));
+    bigTar = await makeTreeTar(src, path.join(work, 'interrupt.tar'));
+  });
+
+  /** Start `ingest -` and feed it the first `bytes` of the tar, keeping stdin open; resolves once it staged objects. */
+  async function startPartialIngest(bytes: number) {
+    const child = spawn(process.execPath, [THINFS_MAIN, 'ingest', '-', '--store', store, '--json', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
+    child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+    child.stdin.on('error', () => {});
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    const data = await fsp.readFile(bigTar);
+    child.stdin.write(data.subarray(0, bytes));
+    // Staged objects under txn/<id>/ besides the owner record show the ingest is mid-way.
+    await waitFor(async () => {
+      for (const t of await txnEntries(store)) {
+        if ((await listFiles(path.join(store, 'txn', t))).length >= 2) return true;
+      }
+      return false;
+    }, 60_000, 50, 'staged objects in txn/');
+    return { child, exited, rest: data.subarray(bytes), out: () => stdout, err: () => stderr };
+  }
+
+  it('a killed ingest publishes nothing and gc reclaims its staging', async () => {
+    const before = await storeSnapshot(store);
+    const p = await startPartialIngest(30 * 1024 * 1024);
+    p.child.kill('SIGKILL');
+    await p.exited;
+    assert.deepEqual(await storeSnapshot(store), before, 'nothing published or moved into data/');
+    assert.ok((await txnEntries(store)).length > 0, 'the crash left staging behind');
+    // Default grace: the dead owner process on this host marks its staging as garbage right away.
+    const gc = await thinfsJson<{ txnsRemoved: number }>(['gc', '--store', store, '--json']);
+    assert.ok(gc.txnsRemoved >= 1, `gc removed ${gc.txnsRemoved} txns`);
+    assert.deepEqual(await txnEntries(store), []);
+    assert.deepEqual(await storeSnapshot(store), before);
+  });
+
+  it('gc with the default grace leaves an ingest in flight alone; the ingest then completes', async () => {
+    const p = await startPartialIngest(20 * 1024 * 1024);
+    const staged = await txnEntries(store);
+    const gc = await thinfs(['gc', '--store', store]);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.deepEqual(await txnEntries(store), staged, 'live staging kept');
+    p.child.stdin.end(p.rest);
+    const code = await p.exited;
+    assert.equal(code, 0, p.err());
+    const res = JSON.parse(p.out()) as { diffId: string; published: boolean };
+    assert.equal(res.diffId, 'sha256:' + (await sha256File(bigTar)));
+    assert.equal(res.published, true);
+    const exported = path.join(work, 'interrupt.exported.tar');
+    await thinfsOk(['export', res.diffId, '-o', exported, '--store', store]);
+    assert.deepEqual(await tarListing(exported), await tarListing(bigTar));
+    const r = await thinfsBuf(['cat', '--store', store, res.diffId, 'a.bin']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(sha256(r.stdout), await sha256File(path.join(work, 'interrupt-src', 'a.bin')));
   });
 });
