@@ -129,14 +129,14 @@ function cstr(buf: Buffer, off: number, len: number): Buffer {
   return nul >= 0 ? f.subarray(0, nul) : f;
 }
 
-function checksumOk(h: Buffer): boolean {
+function checksumOk(h: Buffer, at: number): boolean {
   let unsigned = 0, signed = 0;
   for (let i = 0; i < BLOCK; i++) {
     const b = i >= 148 && i < 156 ? 0x20 : h[i]!;
     unsigned += b;
     signed += b > 127 ? b - 256 : b;
   }
-  const want = parseNumeric(h, 148, 8, 'checksum', 0);
+  const want = parseNumeric(h, 148, 8, 'checksum', at);
   return want === unsigned || want === signed;
 }
 
@@ -208,7 +208,7 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
       await r.drain();
       return;
     }
-    if (!checksumOk(h)) throw new BadInputError(`tar header at byte ${at}: bad checksum (corrupt or not a tar)`);
+    if (!checksumOk(h, at)) throw new BadInputError(`tar header at byte ${at}: bad checksum (corrupt or not a tar)`);
 
     const magic = h.toString('latin1', 257, 263);
     const ustar = magic === 'ustar\0';
