@@ -115,14 +115,14 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
   if (!!opts.store === !!opts.s3) throw new ThinfsError('give exactly one destination: --store DIR, or --s3-endpoint URL with --bucket NAME', EXIT.USAGE);
   const jobs = opts.jobs ?? 3;
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 64) throw new ThinfsError(`--jobs must be 1..64, got ${opts.jobs}`, EXIT.USAGE);
-  const store = opts.store ? await WritableStore.openDir(opts.store) : null;
-  const published = opts.publishedStore ? await Store.open(opts.publishedStore) : null;
-  const s3 = opts.s3 ? new S3Client({ endpoint: opts.s3.endpoint, region: opts.s3.region }) : null;
-  if (opts.push !== undefined && opts.push !== false && typeof opts.push === 'string') parseReference(opts.push);
-
+  if (typeof opts.push === 'string') parseReference(opts.push);
   const src: ImageSource = await openSource(opts.source, opts);
   const progress = new MultiProgress(process.stderr, opts.progress !== false);
+  let s3: S3Client | null = null;
   try {
+    const store = opts.store ? await WritableStore.openDir(opts.store) : null;
+    const published = opts.publishedStore ? await Store.open(opts.publishedStore) : null;
+    s3 = opts.s3 ? new S3Client({ endpoint: opts.s3.endpoint, region: opts.s3.region }) : null;
     const want = opts.platform ?? hostPlatform();
     const m = await src.resolve(want);
     log?.info({ reference: m.reference, manifest: m.manifestDigest, index: m.indexDigest, layers: m.layers.length }, 'resolved image');
