@@ -229,14 +229,16 @@ export class Publisher {
         return;
       }
       const f = classify(e, bodyError);
-      if (!f.permanent && row.attempts < this.opts.maxAttempts) {
-        const delay = Math.min(this.opts.retryBaseMs * 2 ** (row.attempts - 1), 60_000);
-        this.queue.retryLater(row.id, `attempt ${row.attempts} failed (${f.kind}): ${f.message}`, Date.now() + delay);
+      // Attempts cut short by a crash are counted apart (maxCrashes): only real transient failures use up maxAttempts.
+      const tries = row.attempts - row.crashes;
+      if (!f.permanent && tries < this.opts.maxAttempts) {
+        const delay = Math.min(this.opts.retryBaseMs * 2 ** (tries - 1), 60_000);
+        this.queue.retryLater(row.id, `attempt ${tries} failed (${f.kind}): ${f.message}`, Date.now() + delay);
         this.metrics.retries.inc();
         this.metrics.ingestSeconds.observe({ outcome: 'retry' }, seconds);
-        log.warn({ kind: f.kind, err: f.message, retryInMs: delay, attempt: row.attempts }, 'transaction aborted and rolled back; will retry');
+        log.warn({ kind: f.kind, err: f.message, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
       } else {
-        const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${row.attempts} attempts)`;
+        const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${tries} attempts)`;
         this.queue.markFailed(row.id, reason, seconds);
         this.metrics.failures.inc({ kind: f.kind });
         this.metrics.ingestSeconds.observe({ outcome: 'failed' }, seconds);
