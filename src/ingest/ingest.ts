@@ -49,7 +49,8 @@ export interface IngestStats {
   tarBytes: number; blobBytes: number; newObjects: number; newBytes: number; seconds: number;
 }
 
-export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats }
+// blobDigest is the digest of *this* input; manifest.blobDigest is whichever blob published the layer first.
+export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats; blobDigest: string }
 
 interface Node { ino: number; type: EntryType; kind: DirentKind; parent: number; name: Buffer }
 
@@ -329,7 +330,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     stats.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     progress?.finish();
     opts.log?.info({ diffId, published: res.published, ...stats }, res.published ? 'layer published' : 'layer was already published');
-    return { manifest: res.manifest, published: res.published, stats };
+    return { manifest: res.manifest, published: res.published, stats, blobDigest };
   } catch (e) {
     progress?.finish();
     await Promise.allSettled(inflight);

@@ -63,7 +63,7 @@ export function registerStoreCommands(program: Command): void {
       const r = await ingestTar(input, store, { codec, blobDigest: o.blobDigest, expectDiffId: o.diffId, source: layer, progress: o.progress, log });
       const s = r.stats;
       if (o.json) {
-        process.stdout.write(JSON.stringify({ diffId: r.manifest.diffId, blobDigest: r.manifest.blobDigest, catalog: r.manifest.catalog, published: r.published,
+        process.stdout.write(JSON.stringify({ diffId: r.manifest.diffId, blobDigest: r.blobDigest, catalog: r.manifest.catalog, published: r.published,
           newObjects: s.newObjects, newBytes: s.newBytes, entries: s.entries, files: s.files, bytes: s.bytes, chunks: s.chunks, inlined: s.inlined,
           tarBytes: s.tarBytes, blobBytes: s.blobBytes, seconds: s.seconds }) + '\n');
       } else {
