@@ -26,14 +26,15 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
-export async function startS3rver(dir: string, bucket = BUCKET): Promise<S3Server> {
-  const child = fork(path.join(HERE, 'publisher-s3rver.js'), [dir, bucket], {
+/** s3rver on 127.0.0.1 (a free port unless one is given, e.g. to restart it where clients expect it). */
+export async function startS3rver(dir: string, bucket = BUCKET, port = 0): Promise<S3Server> {
+  const child = fork(path.join(HERE, 'publisher-s3rver.js'), [dir, bucket, String(port)], {
     execArgv: ['--openssl-legacy-provider'],
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
   const listeners: Array<(e: any) => void> = [];
   const events: any[] = [];
-  const port = await new Promise<number>((res, rej) => {
+  const actualPort = await new Promise<number>((res, rej) => {
     child.once('error', rej);
     child.once('exit', (c) => rej(new Error(`s3rver exited early (${c})`)));
     child.on('message', (m: any) => {
@@ -43,7 +44,7 @@ export async function startS3rver(dir: string, bucket = BUCKET): Promise<S3Serve
   });
   child.removeAllListeners('exit');
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: `http://127.0.0.1:${actualPort}`,
     events,
     onEvent: (cb) => listeners.push(cb),
     stop: async () => {
