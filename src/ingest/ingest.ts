@@ -116,11 +116,14 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   }
   if (headLen === 0) throw new BadInputError('input is empty (not a tar)');
   const compression = sniff(Buffer.concat([...head, Buffer.alloc(6)]));
+  // An uncompressed input is its own tar: one hash serves as both blob digest and diff id.
+  const plain = compression === 'none';
   async function* counted(): AsyncGenerator<Buffer> {
-    for (const b of head) { blobHash.update(b); blobBytes += b.length; progress?.tick(b.length); yield b; }
+    for (const b of head) { if (!plain) blobHash.update(b); blobBytes += b.length; progress?.tick(b.length); yield b; }
     for (let r = await it.next(); !r.done; r = await it.next()) {
       const b = r.value as Buffer;
-      blobHash.update(b); blobBytes += b.length; progress?.tick(b.length);
+      if (!plain) blobHash.update(b);
+      blobBytes += b.length; progress?.tick(b.length);
       yield b;
     }
   }
@@ -303,7 +306,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     if (writeError) throw writeError;
 
     const diffId = `sha256:${diffHash.digest('hex')}`;
-    const blobDigest = `sha256:${blobHash.digest('hex')}`;
+    const blobDigest = plain ? diffId : `sha256:${blobHash.digest('hex')}`;
     if (opts.expectDiffId && opts.expectDiffId !== diffId) throw new IntegrityError(opts.expectDiffId, `layer content hashes to ${diffId}, expected diff id ${opts.expectDiffId}`);
     if (opts.blobDigest && opts.blobDigest !== blobDigest) throw new IntegrityError(opts.blobDigest, `layer blob hashes to ${blobDigest}, expected ${opts.blobDigest}`);
 
@@ -311,12 +314,13 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
       chunk_min: chunking.min, chunk_avg: chunking.avg, chunk_max: chunking.max, inline_max: INLINE_MAX, created: new Date().toISOString() });
     const catalogData = await readFile(catalogPath);
     const catalogHash = sha256hex(catalogData);
+    const catalogSize = catalogData.length; // put() may hand the buffer's memory to a worker
     await txn.put(catalogHash, catalogData);
     stats.tarBytes = tarBytes; stats.blobBytes = blobBytes;
     const manifest: LayerManifest = {
       schemaVersion: 1, mediaType: 'application/vnd.thinfs.layer.v1+json',
       diffId, blobDigest, ...(opts.blobMediaType ? { blobMediaType: opts.blobMediaType } : {}),
-      catalog: catalogHash, catalogSize: catalogData.length,
+      catalog: catalogHash, catalogSize,
       sizes: { tar: tarBytes, blob: blobBytes, files: stats.bytes, stored: txn.newBytes },
       counts: { entries: stats.entries, files: stats.files, chunks: stats.chunks, objects: txn.newObjects, inlined: stats.inlined },
       chunking: { ...chunking, inlineMax: INLINE_MAX },

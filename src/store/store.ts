@@ -116,6 +116,13 @@ export class WritableStore extends Store {
   }
 }
 
+async function parallel<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (i < items.length) await fn(items[i++]!);
+  }));
+}
+
 /** flush everything written so far on that filesystem in one call (syncfs), instead of one fsync per object. */
 async function syncFs(path: string): Promise<void> {
   try { await execFileP('sync', ['-f', path]); } catch { await execFileP('sync'); }
@@ -182,11 +189,13 @@ export class Txn {
       if (existing) { await this.abort(); return { manifest: existing, published: false }; }
       await syncFs(this.dir);
       const touched = new Set<string>();
-      for (const hash of this.staged) {
+      const hashes = [...this.staged];
+      // Renames are independent metadata operations: a few in parallel hide NFS round trips.
+      await parallel(hashes, 16, async (hash) => {
         await rename(join(this.dir, hash), join(root, objectPath(hash)));
         touched.add(hash.slice(0, 2));
-      }
-      for (const d of touched) await fsyncDir(join(root, DATA_DIR, d));
+      });
+      await parallel([...touched], 16, (d) => fsyncDir(join(root, DATA_DIR, d)));
       // Every object the manifest names must be present before it becomes visible.
       await this.verifyPresent(manifest);
       await atomicWrite(join(root, layerPath(digestHex(manifest.diffId))), JSON.stringify(manifest, null, 2) + '\n', this.dir);

@@ -31,7 +31,9 @@ export class ObjectWriterPool {
     slot.busy++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      slot.w.postMessage({ id, existing, path, data, codec });
+      // Hand over the chunk's memory instead of copying it when the chunk owns its whole ArrayBuffer.
+      const own = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+      slot.w.postMessage({ id, existing, path, data, codec }, own ? [data.buffer as ArrayBuffer] : []);
     });
   }
 
