@@ -1,6 +1,6 @@
-import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, webcrypto } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
 import { decodeObject } from '../store/codec.js';
@@ -137,12 +137,12 @@ export class ChunkCache {
    * Verified bytes of a chunk: memory, then the cache directory (re-verified), then the store.
    * Concurrent requests for one chunk share one fetch.
    */
-  get(hash: string): Promise<Buffer> {
+  get(hash: string, size?: number): Promise<Buffer> {
     const m = this.mem?.get(hash);
     if (m) { this.counters.memHits++; return Promise.resolve(m); }
     const running = this.inflight.get(hash);
     if (running) { this.counters.joined++; return running; }
-    const p = this.load(hash).finally(() => this.inflight.delete(hash));
+    const p = this.load(hash, size).finally(() => this.inflight.delete(hash));
     this.inflight.set(hash, p);
     return p;
   }
@@ -150,8 +150,8 @@ export class ChunkCache {
   /** True when a chunk is already local (memory or disk index): no store round trip needed. */
   isLocal(hash: string): boolean { return !!this.mem?.has(hash) || this.disk.has(hash); }
 
-  private async load(hash: string): Promise<Buffer> {
-    const local = await this.readLocal(hash);
+  private async load(hash: string, size?: number): Promise<Buffer> {
+    const local = await this.readLocal(hash, size);
     if (local) {
       this.counters.diskHits++;
       this.mem?.set(hash, local);
@@ -163,18 +163,38 @@ export class ChunkCache {
     return data;
   }
 
-  /** Also looks on disk for chunks this process has not indexed: another mount sharing the dir may have fetched them. */
-  private async readLocal(hash: string): Promise<Buffer | null> {
+  /**
+   * Also looks on disk for chunks this process has not indexed: another mount sharing the dir may have fetched them.
+   * One pread of the expected size (readFile would take several), and the hash is computed on the libuv
+   * threadpool (WebCrypto) so verification neither blocks FUSE requests nor serialises on the JS thread.
+   */
+  private async readLocal(hash: string, size?: number): Promise<Buffer | null> {
+    const file = this.chunkPath(hash);
     let buf: Buffer;
-    try { buf = await readFile(this.chunkPath(hash)); } catch {
+    try {
+      const fh = await open(file, 'r');
+      try {
+        const want = size ?? (await fh.stat()).size;
+        // One byte more than expected tells a longer (corrupt) file from a good one.
+        const b = Buffer.allocUnsafe(want + 1);
+        let got = 0;
+        for (;;) {
+          const { bytesRead } = await fh.read(b, got, b.length - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+          if (got === b.length) break;
+        }
+        buf = b.subarray(0, got);
+      } finally { await fh.close(); }
+    } catch {
       if (this.disk.has(hash)) this.disk.delete(hash);
       return null;
     }
-    if (sha256hex(buf) !== hash) {
+    if (Buffer.from(await webcrypto.subtle.digest('SHA-256', buf)).toString('hex') !== hash) {
       this.counters.corruptDropped++;
-      this.o.log.warn({ object: hash, file: this.chunkPath(hash) }, 'cached chunk is corrupt: dropped, refetching');
+      this.o.log.warn({ object: hash, file }, 'cached chunk is corrupt: dropped, refetching');
       this.disk.delete(hash);
-      await unlink(this.chunkPath(hash)).catch(() => {});
+      await unlink(file).catch(() => {});
       return null;
     }
     if (!this.disk.has(hash)) this.indexAdd(hash, buf.length);

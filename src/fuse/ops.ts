@@ -95,7 +95,16 @@ export class ThinFs {
     };
   }
 
+  /** Nodes are immutable and cached by path, so their stat is computed once. */
   statOf(n: Node): FuseStat {
+    const c = (n as { st?: FuseStat }).st;
+    if (c) return c;
+    const st = this.computeStat(n);
+    (n as { st?: FuseStat }).st = st;
+    return st;
+  }
+
+  private computeStat(n: Node): FuseStat {
     const ino = this.inoOf(n);
     switch (n.k) {
       case 'synth': case 'imageDir': return this.synthDir(ino);
@@ -284,7 +293,7 @@ export class ThinFs {
     for (let k = lo; k < chunks.length && chunks[k]!.offset < end; k++) span.push(chunks[k]!);
     let datas: Buffer[];
     try {
-      datas = await Promise.all(span.map((c) => this.cache.get(c.hash)));
+      datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
     } catch (e) {
       this.counters.eio++;
       this.log.error({ path, layer: h.node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
@@ -320,7 +329,7 @@ export class ThinFs {
       files++;
       const cs = n.layer.catalog!.chunks(n.inode.ino);
       chunks += cs.length;
-      await Promise.allSettled(cs.map((c) => this.cache.get(c.hash)));
+      await Promise.allSettled(cs.map((c) => this.cache.get(c.hash, c.size)));
     }
     return { files, chunks, missing };
   }

@@ -1,0 +1,194 @@
+// Read benchmark (issue 3, acceptance 7), all in one run on the same data: the native extracted tree, thinfs hot
+// (page cache), warm (node-local cache, page cache dropped, daemon restarted so its memory cache is empty) and cold
+// (empty cache), and squashfuse on a mksquashfs image of the same tree. Three workloads: sequential read of a large
+// file (MB/s), `find -printf '%s %m'` over the tree, and reading every file. Prints a table with ratios.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createCipheriv, createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const BIG_MB = Number(process.env.THINFS_BENCH_BIG_MB ?? 512);
+
+function sh(cmd: string, args: string[], opts: { quiet?: boolean } = {}): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((res, rej) => {
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    c.stdout.on('data', (b: Buffer) => { if (!opts.quiet) out += b.toString(); });
+    c.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+    c.on('error', rej);
+    c.on('close', (code) => res({ code, out, err }));
+  });
+}
+async function ok(cmd: string, args: string[], quiet = false): Promise<string> {
+  const r = await sh(cmd, args, { quiet });
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} -> ${r.code}: ${r.err}`);
+  return r.out;
+}
+
+function pseudoRandom(size: number, seed: string): Buffer {
+  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
+  const c = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
+  return Buffer.concat([c.update(Buffer.alloc(size)), c.final()]);
+}
+
+async function dropCaches(): Promise<void> {
+  await ok('sync', []);
+  await writeFile('/proc/sys/vm/drop_caches', '3');
+}
+
+/** Wall time of a shell pipeline, in seconds. */
+async function timed(script: string): Promise<number> {
+  const t0 = performance.now();
+  await ok('bash', ['-c', script], true);
+  return (performance.now() - t0) / 1000;
+}
+
+interface Row { seqMBs: number; findS: number; readAllS: number }
+
+async function measure(dir: string, bigRel: string, bigBytes: number, before: () => Promise<void>): Promise<Row> {
+  await before();
+  const seq = await timed(`dd if=${JSON.stringify(join(dir, bigRel))} of=/dev/null bs=1M status=none`);
+  await before();
+  const findS = await timed(`find ${JSON.stringify(dir)} -printf '%s %m\\n' > /dev/null`);
+  await before();
+  // cat through a pipe into wc: GNU tar and cat > /dev/null may skip reading entirely.
+  const readAllS = await timed(`cd ${JSON.stringify(dir)} && find . -type f -print0 | xargs -0 -n 200 cat | wc -c > /dev/null`);
+  return { seqMBs: bigBytes / 1e6 / seq, findS, readAllS };
+}
+
+class Mount {
+  child: ChildProcess | null = null;
+  constructor(readonly store: string, readonly mp: string, readonly cacheDir: string) {}
+  async start(): Promise<void> {
+    const ready = `${this.mp}.ready`;
+    await rm(ready, { force: true });
+    this.child = spawn(process.execPath, [MAIN, 'mount', this.store, this.mp, '--cache-dir', this.cacheDir, '--ready-file', ready,
+      '--cache-quota', '20G', '--mem-cache', '128M'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, THINFS_LOG_LEVEL: 'warn' } });
+    for (let i = 0; i < 400 && !existsSync(ready); i++) await new Promise((r) => setTimeout(r, 25));
+    if (!existsSync(ready)) throw new Error('mount did not become ready');
+  }
+  async stop(): Promise<void> {
+    if (!this.child) return;
+    const exited = new Promise((r) => this.child!.once('exit', r));
+    this.child.kill('SIGTERM');
+    await exited;
+    this.child = null;
+  }
+}
+
+export async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) { console.log('read bench: needs root (drop_caches, mounts); skipped'); return; }
+  const work = await mkdtemp(join(tmpdir(), 'thinfs-bench-read-'));
+  const mounts: Mount[] = [];
+  let sqMounted = '';
+  try {
+    // The tree: the python stdlib of this machine (many small files) plus one large incompressible file.
+    const py = (await readdir('/usr/lib')).filter((n) => /^python3\.\d+$/.test(n)).sort().pop();
+    const src = join(work, 'src');
+    await mkdir(join(src, 'big'), { recursive: true });
+    if (py) await ok('cp', ['-a', join('/usr/lib', py), join(src, 'pylib')]);
+    const bigRel = 'big/large.bin';
+    const bigBytes = BIG_MB * 1024 * 1024;
+    const fh = await import('node:fs/promises').then((m) => m.open(join(src, bigRel), 'w'));
+    for (let off = 0; off < bigBytes; off += 64 << 20) await fh.write(pseudoRandom(Math.min(64 << 20, bigBytes - off), `big${off}`));
+    await fh.close();
+    const tar = join(work, 'tree.tar');
+    await ok('tar', ['-cf', tar, '--numeric-owner', '--sort=name', '-C', src, '.']);
+    const native = join(work, 'native');
+    await mkdir(native);
+    await ok('tar', ['-xpf', tar, '--numeric-owner', '-C', native]);
+    await rm(src, { recursive: true });
+    const store = join(work, 'store');
+    await ok(process.execPath, [MAIN, 'ingest', tar, '--store', store, '--init', '--no-progress']);
+    const hex = (await readdir(join(store, 'layers'))).find((n) => n.endsWith('.json'))!.slice(0, -5);
+    const sqImg = join(work, 'tree.sqfs');
+    await ok('mksquashfs', [native, sqImg, '-noappend', '-comp', 'zstd', '-quiet', '-no-progress'], true);
+    await rm(tar);
+    const fileCount = (await ok('bash', ['-c', `find ${native} -type f | wc -l`])).trim();
+    console.log(`data: python stdlib (${fileCount} files incl. one ${BIG_MB} MiB incompressible file), store ${store}`);
+
+    const results: Array<[string, Row]> = [];
+    const noop = async () => {};
+    results.push(['native, page cache dropped', await measure(native, bigRel, bigBytes, dropCaches)]);
+    results.push(['native, hot', await measure(native, bigRel, bigBytes, noop)]);
+
+    const mp = join(work, 'mnt');
+    await mkdir(mp);
+    const layerDir = join(mp, 'layers', hex);
+    // cold: empty node-local cache and a fresh daemon before each workload
+    const coldRow: Row = { seqMBs: 0, findS: 0, readAllS: 0 };
+    let coldIdx = 0;
+    const cold = async () => {
+      for (const m of mounts.splice(0)) await m.stop();
+      const cacheDir = join(work, `cache-cold-${coldIdx++}`);
+      const m = new Mount(store, mp, cacheDir);
+      await m.start();
+      mounts.push(m);
+      await dropCaches();
+    };
+    Object.assign(coldRow, await measure(layerDir, bigRel, bigBytes, cold));
+    results.push(['thinfs cold (empty cache)', coldRow]);
+
+    // warm: everything in the node-local cache; daemon restarted (memory cache empty) and page cache dropped
+    const warmCache = join(work, 'cache-warm');
+    for (const m of mounts.splice(0)) await m.stop();
+    const filler = new Mount(store, mp, warmCache);
+    await filler.start();
+    await ok('bash', ['-c', `cd ${layerDir} && find . -type f -print0 | xargs -0 cat | wc -c`], true);
+    await filler.stop();
+    const warm = async () => {
+      for (const m of mounts.splice(0)) await m.stop();
+      const m = new Mount(store, mp, warmCache);
+      await m.start();
+      mounts.push(m);
+      await dropCaches();
+    };
+    results.push(['thinfs warm (local cache)', await measure(layerDir, bigRel, bigBytes, warm)]);
+    // hot: the same mount again, everything in the kernel page cache (kernel_cache keeps it across opens)
+    await ok('bash', ['-c', `cd ${layerDir} && find . -type f -print0 | xargs -0 cat | wc -c`], true);
+    results.push(['thinfs hot (page cache)', await measure(layerDir, bigRel, bigBytes, noop)]);
+    for (const m of mounts.splice(0)) await m.stop();
+
+    const sqMp = join(work, 'sq');
+    await mkdir(sqMp);
+    const sqRemount = async () => {
+      if (sqMounted) await sh('fusermount', ['-u', sqMp]);
+      await dropCaches();
+      await ok('squashfuse', [sqImg, sqMp]);
+      sqMounted = sqMp;
+    };
+    results.push(['squashfuse (page cache dropped)', await measure(sqMp, bigRel, bigBytes, sqRemount)]);
+    results.push(['squashfuse, hot', await measure(sqMp, bigRel, bigBytes, noop)]);
+    await sh('fusermount', ['-u', sqMp]);
+    sqMounted = '';
+
+    const base = (name: string) => results.find(([n]) => n === name)![1];
+    const nCold = base('native, page cache dropped'), nHot = base('native, hot');
+    const pad = (s: string, n: number) => s.padEnd(n);
+    const num = (x: number, d = 2) => x.toFixed(d);
+    console.log('');
+    console.log(`${pad('mode', 34)}${pad('seq MB/s', 11)}${pad('x native', 10)}${pad('find s', 9)}${pad('x native', 10)}${pad('read-all s', 12)}x native`);
+    for (const [name, r] of results) {
+      // Ratios against native in the same page-cache state: hot rows vs native hot, the rest vs native cold.
+      const b = name.includes('hot') ? nHot : nCold;
+      console.log(`${pad(name, 34)}${pad(num(r.seqMBs, 0), 11)}${pad(num(r.seqMBs / b.seqMBs), 10)}${pad(num(r.findS, 3), 9)}${pad(num(r.findS / b.findS), 10)}${pad(num(r.readAllS, 3), 12)}${num(r.readAllS / b.readAllS)}`);
+    }
+    const warmR = base('thinfs warm (local cache)'), hotR = base('thinfs hot (page cache)'), sqR = base('squashfuse (page cache dropped)');
+    console.log('');
+    console.log(`targets: hot seq >= 0.9x native hot: ${num(hotR.seqMBs / nHot.seqMBs)}x; warm seq >= 300 MB/s: ${num(warmR.seqMBs, 0)} MB/s; ` +
+      `warm seq vs squashfuse: ${num(warmR.seqMBs / sqR.seqMBs)}x; metadata scan <= 1.5x native: warm ${num(warmR.findS / nCold.findS)}x, hot ${num(hotR.findS / nHot.findS)}x`);
+  } finally {
+    for (const m of mounts) await m.stop().catch(() => {});
+    if (sqMounted) await sh('fusermount', ['-uz', sqMounted]);
+    await sh('fusermount', ['-uz', join(work, 'mnt')]);
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((e) => { console.error(e); process.exit(1); });
+}
