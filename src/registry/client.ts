@@ -204,7 +204,8 @@ export class RegistryClient {
       const ch = parseChallenges(res.headers['www-authenticate'])[0] ?? null;
       const { text } = await errorCodes(res);
       if (authTries > 0 || (ch?.scheme === 'basic' && this.basic)) {
-        throw new AuthError(`registry ${this.registry} refused ${this.creds ? `the credentials of "${this.creds.username}"` : 'anonymous access'} for ${method} ${new URL(url).pathname} (HTTP 401${text ? `: ${text}` : ''})`);
+        const hint = this.creds ? '' : '; pass --username/--password or add credentials to $REGISTRY_AUTH_FILE or ~/.docker/config.json';
+        throw new AuthError(`registry ${this.registry} refused ${this.creds ? `the credentials of "${this.creds.username}"` : 'anonymous access'} for ${method} ${new URL(url).pathname} (HTTP 401${text ? `: ${text}` : ''})${hint}`);
       }
       this.challenge = ch;
       await this.authenticate(ch, opts.repo, !!opts.push);
