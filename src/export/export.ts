@@ -55,13 +55,15 @@ export async function exportLayer(store: Store, catalog: CatalogReader, out: Wri
       type = 'file';
     }
     const full = Buffer.concat([prefix, path]);
-    const seen = inode.nlink > 1 && type === 'file' ? firstPath.get(inode.ino) : undefined;
+    // Any non-directory inode with several names (symlinks too: `ln -P`) is written once, then as hardlinks to it.
+    const linkable = inode.nlink > 1 && w.kind === DirentKind.Normal && type !== 'dir';
+    const seen = linkable ? firstPath.get(inode.ino) : undefined;
     if (seen) {
       await write(out, encodeEntry({ ...toOut(full, 'hardlink', inode, new Map()), linkpath: seen, size: 0 }));
       entries++;
       continue;
     }
-    if (inode.nlink > 1) firstPath.set(inode.ino, full);
+    if (linkable) firstPath.set(inode.ino, full);
     const isData = type === 'file' && w.kind === DirentKind.Normal;
     const e = toOut(full, type, { ...inode, size: isData ? inode.size : 0 }, catalog.storedXattrs(inode.ino));
     await write(out, encodeEntry(e));
