@@ -9,7 +9,7 @@ import {
   cleanupTmpDirs, countObjects, run, sha256, sha256File, thinfsBuf, thinfsJson, thinfsOk, tmpDir,
 } from './helpers/proc.js';
 import { compareTars, extractTar, tarListing } from './helpers/oracle.js';
-import { findPythonLib, makeEdgeCaseTar, makeLayoutTars, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
+import { findPythonLib, makeEdgeCaseTar, makeLayoutTars, makeOddHardlinkTar, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
 
 interface IngestJson {
   diffId: string; blobDigest: string; published: boolean; newObjects: number; newBytes: number;
@@ -219,6 +219,15 @@ describe('OCI whiteouts', () => {
     // A plain directory is not opaque.
     const etc = JSON.parse(await thinfsOk(['stat', '--store', store, res.diffId, 'etc']));
     assert.equal(etc.xattrs?.['trusted.overlay.opaque'], undefined);
+  });
+});
+
+describe('hardlinks to non-regular files', () => {
+  // GNU tar writes the second name of a hardlinked symlink/device/fifo as a hardlink ('h') entry; export must too,
+  // or an extraction gets two independent inodes (nlink 1) where the layer had one.
+  it('a hardlinked symlink, char device and fifo round-trip as hardlinks', async () => {
+    const tar = await makeOddHardlinkTar(path.join(work, 'odd'));
+    await roundTrip(tar, 'odd-hardlinks');
   });
 });
 
