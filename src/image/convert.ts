@@ -40,6 +40,8 @@ export interface ConvertOptions extends SourceOptions {
   pushChunkSize?: number;
   progress?: boolean;
   log?: Logger;
+  /** Abort (SIGINT/SIGTERM): in-flight ingests roll back, locks are released, nothing is published. */
+  signal?: AbortSignal;
 }
 
 export type LayerAction = 'present' | 'waited' | 'ingested' | 'uploaded' | 'uploaded-before';
@@ -228,11 +230,28 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       return { index: l.index, diffId, digest: l.digest ?? verifier.digest!, action: 'uploaded', bytes: verifier.bytes, newObjects: 0, key };
     };
 
-    const outcomes = await pool(m.layers, jobs, convertOne, (e) => {
-      log?.error({ err: errorMessage(e) }, 'layer failed; stopping the other downloads');
+    const stopAll = (why: string) => {
       aborter.abort();
-      for (const s of streams) s.destroy(new ThinfsError(`aborted: another layer failed (${errorMessage(e)})`));
-    });
+      for (const s of streams) s.destroy(new ThinfsError(why));
+    };
+    const onExternalAbort = () => { log?.warn('interrupted; rolling back in-flight layers'); stopAll('interrupted'); };
+    opts.signal?.addEventListener('abort', onExternalAbort, { once: true });
+    let outcomes: LayerOutcome[];
+    try {
+      outcomes = await pool(m.layers, jobs, async (l) => {
+        if (opts.signal?.aborted) throw new ThinfsError('interrupted', 130);
+        return convertOne(l);
+      }, (e) => {
+        log?.error({ err: errorMessage(e) }, 'layer failed; stopping the other downloads');
+        stopAll(`aborted: another layer failed (${errorMessage(e)})`);
+      });
+    } catch (e) {
+      if (opts.signal?.aborted) throw new ThinfsError('interrupted: nothing published for the layers in flight', 130);
+      throw e;
+    } finally {
+      opts.signal?.removeEventListener('abort', onExternalAbort);
+    }
+    if (opts.signal?.aborted) throw new ThinfsError('interrupted before the descriptor was published', 130);
     progress.end();
 
     if (store) await putLooseObject(store, configHex, configRaw);

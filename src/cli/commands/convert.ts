@@ -73,7 +73,14 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
   const log = createLogger('docker2thin', process.env.THINFS_LOG_LEVEL ?? (bars ? 'warn' : 'info'));
   if (o.s3Endpoint && !o.bucket) throw new ThinfsError('--s3-endpoint needs --bucket', EXIT.USAGE);
   if (o.bucket && !o.s3Endpoint) throw new ThinfsError('--bucket needs --s3-endpoint', EXIT.USAGE);
+  // Ctrl-C / SIGTERM: roll back in-flight ingests and release the layer locks instead of dying mid-write.
+  const ac = new AbortController();
+  // A second signal (or one before any layer work) does not wait for a clean rollback.
+  const onSignal = () => { if (ac.signal.aborted) process.exit(130); ac.abort(); process.once('SIGINT', onSignal); process.once('SIGTERM', onSignal); };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   const r = await convertImage({
+    signal: ac.signal,
     source,
     store: o.store ? resolve(o.store) : undefined,
     s3: o.s3Endpoint ? { endpoint: o.s3Endpoint, bucket: o.bucket!, prefix: o.s3Prefix, region: o.s3Region } : undefined,
@@ -88,7 +95,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
     retries: int(o.retries, '--retries', 0, 20),
     progress: o.progress,
     log,
-  });
+  }).finally(() => { process.off('SIGINT', onSignal); process.off('SIGTERM', onSignal); });
   const counts: Record<string, number> = {};
   for (const l of r.layers) counts[l.action] = (counts[l.action] ?? 0) + 1;
   const summary = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(', ');
