@@ -110,7 +110,7 @@ describe('dedup across layers', () => {
     const exported = path.join(work, 'B.exported.tar');
     await thinfsOk(['export', resB.diffId, '-o', exported, '--store', store]);
     const cmp = await compareTars(tarB, exported, await fsp.mkdtemp(path.join(work, 'cmpB-')));
-    assert.deepEqual(cmp, { listing: [], tree: [], xattrs: [] });
+    assert.deepEqual(cmp, { listing: [], names: [], tree: [], xattrs: [] });
     for (const f of ['app/big-overwrite.bin', 'app/big-insert.bin']) {
       for (const [res, tree] of [[resA, treeA], [resB, treeB]] as const) {
         const r = await thinfsBuf(['cat', '--store', store, res.diffId, f]);

@@ -3,10 +3,11 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { runBuf, runOk, treeListing, xattrDump, type TreeEntry } from './proc.js';
 
-/** `tar -tvf X --numeric-owner --full-time` lines (raw bytes as latin1, so non-UTF-8 names compare exactly). */
-export async function tarListing(tar: string): Promise<string[]> {
+/** `tar -tvf X --numeric-owner --full-time` lines (or with user/group names) (raw bytes as latin1, so non-UTF-8 names compare exactly). */
+export async function tarListing(tar: string, opts: { names?: boolean } = {}): Promise<string[]> {
   // LC_ALL=C: tar escapes every non-ASCII byte (\351), so the listing is locale-independent.
-  const r = await runBuf('tar', ['-tvf', tar, '--numeric-owner', '--full-time'], { env: { LC_ALL: 'C' } });
+  // names: show the archive's user/group names instead of numeric ids.
+  const r = await runBuf('tar', ['-tvf', tar, ...(opts.names ? [] : ['--numeric-owner']), '--full-time'], { env: { LC_ALL: 'C' } });
   if (r.code !== 0) throw new Error(`tar -tvf ${tar} exited ${r.code}: ${r.stderr}`);
   return r.stdout.toString('latin1').split('\n').filter((l) => l.length > 0);
 }
@@ -62,6 +63,8 @@ export function diffTrees(expected: TreeEntry[], actual: TreeEntry[], max = 25):
 
 export interface TarComparison {
   listing: string[];
+  /** Same listing with user/group names instead of ids. */
+  names: string[];
   tree: string[];
   xattrs: string[];
 }
@@ -75,6 +78,9 @@ export async function compareTars(expectedTar: string, actualTar: string, workDi
   let le = await tarListing(expectedTar);
   let la = await tarListing(actualTar);
   if (opts.sortListing) { le = [...le].sort(); la = [...la].sort(); }
+  let ne = await tarListing(expectedTar, { names: true });
+  let na = await tarListing(actualTar, { names: true });
+  if (opts.sortListing) { ne = [...ne].sort(); na = [...na].sort(); }
   const de = path.join(workDir, 'expected');
   const da = path.join(workDir, 'actual');
   await extractTar(expectedTar, de);
@@ -83,6 +89,7 @@ export async function compareTars(expectedTar: string, actualTar: string, workDi
   const [xe, xa] = await Promise.all([xattrDump(de), xattrDump(da)]);
   return {
     listing: diffLines(le, la),
+    names: diffLines(ne, na),
     tree: diffTrees(te, ta),
     xattrs: diffLines(xe.split('\n'), xa.split('\n')),
   };
