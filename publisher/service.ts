@@ -209,7 +209,12 @@ export class Publisher {
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
       });
-      obj.body.on('error', (e: Error) => { bodyError ??= e; });
+      // Only the network's own errors count as an interrupted download; when ingest refuses the tar it tears the
+      // pipeline down, and the premature-close/abort that causes on the body is a consequence, not a cause.
+      obj.body.on('error', (e: Error) => {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
+      });
       pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
       const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined });
       const seconds = elapsed();
@@ -338,7 +343,10 @@ async function takePidFile(stateDir: string): Promise<void> {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
   const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
-  if (pid && pid !== process.pid && isAlive(pid)) {
+  // A recycled pid (after a reboot) belongs to some other program: only a live publisher holds the dir.
+  const cmdline = pid ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => null) : null;
+  const isPublisher = cmdline === null ? isAlive(pid) : cmdline.includes('publisher');
+  if (pid && pid !== process.pid && isAlive(pid) && isPublisher) {
     throw new ThinfsError(`another publisher (pid ${pid}) is using state dir ${stateDir}`, EXIT.FAILURE);
   }
   await writeFile(file, `${process.pid}\n`);
