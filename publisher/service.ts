@@ -199,6 +199,12 @@ export class Publisher {
         throw classifyS3(e);
       }
       state.contentLength = obj.contentLength;
+      // Only the network's own errors count as an interrupted download; when ingest refuses the tar it tears the
+      // pipeline down, and the premature-close/abort that causes on the body is a consequence, not a cause.
+      obj.body.on('error', (e: Error) => {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
+      });
       const got = normEtag(obj.etag);
       if (!row.version_id && row.etag && got && got !== row.etag) {
         obj.body.destroy();
@@ -208,12 +214,6 @@ export class Publisher {
       const metrics = this.metrics;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
-      });
-      // Only the network's own errors count as an interrupted download; when ingest refuses the tar it tears the
-      // pipeline down, and the premature-close/abort that causes on the body is a consequence, not a cause.
-      obj.body.on('error', (e: Error) => {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
       });
       pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
       const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined });

@@ -202,6 +202,36 @@ test('Minio and AWS envelopes of real s3rver events; duplicates idempotent; othe
   assert.deepEqual(await txnLeftovers(store), []);
 });
 
+test('an object overwritten before its event is processed: that version fails as superseded, the new one publishes', async () => {
+  const dirs = await sourceDirs(6);
+  const v1 = await makeLayer(work, 'over-v1', [dirs[4]!]);
+  const v2 = await makeLayer(work, 'over-v2', [dirs[5]!]);
+  const e1 = await uploadAndCaptureEvent(v1.file, 'over/layer.tar');
+  const e2 = await uploadAndCaptureEvent(v2.file, 'over/layer.tar');
+  assert.notEqual(e1.Records[0].s3.object.eTag, e2.Records[0].s3.object.eTag);
+  const r1 = await postWebhook(pub.url, envelope(e1, 'aws'));
+  const r2 = await postWebhook(pub.url, envelope(e2, 'minio'));
+  assert.equal(r1.status, 200);
+  assert.equal(r2.status, 200);
+  assert.notEqual(r1.json.accepted[0].id, r2.json.accepted[0].id, 'two versions, two uploads');
+  const done = async (id: number) => waitFor(`upload ${id} settled`, async () => {
+    const r = await getJson(`${pub.url}/status/${id}`);
+    return (r.json.state === 'published' || r.json.state === 'failed') && r.json;
+  }, 60_000);
+  const old = await done(r1.json.accepted[0].id);
+  const cur = await done(r2.json.accepted[0].id);
+  assert.equal(old.state, 'failed');
+  assert.match(old.error, /^superseded: /);
+  assert.equal(cur.state, 'published');
+  assert.equal(cur.diffId, v2.diffId);
+  const byKey = await getJson(`${pub.url}/status/over/layer.tar`);
+  assert.equal(byKey.json.id, cur.id, 'the key resolves to its newest version');
+  assert.equal(byKey.json.history[0].id, old.id);
+  const published = await publishedLayers(store);
+  assert.ok(published.has(v2.diffId));
+  assert.ok(!published.has(v1.diffId), 'the overwritten version was never published');
+});
+
 test('SIGTERM: clean shutdown, exit 0, queue intact for the next start', async () => {
   await healthy();
   const code = await pub.stop();
@@ -216,7 +246,8 @@ test('SIGTERM: clean shutdown, exit 0, queue intact for the next start', async (
   pub = await startPublisher(['--store', store, '--s3-endpoint', s3.endpoint, '--bucket', BUCKET, '--token', TOKEN,
     '--state', path.join(work, 'state'), '--reconcile-interval', '0'], path.join(work, 'publisher2.log'));
   const c = await counts();
-  assert.equal(c.published, 3);
+  assert.equal(c.published, 4);
+  assert.equal(c.failed, 1);
   // A second publisher on the same state dir is refused.
   const second = await thinfs(['publisher', '--store', store, '--s3-endpoint', s3.endpoint, '--bucket', BUCKET, '--token', TOKEN,
     '--state', path.join(work, 'state'), '--port', '0'], { env: { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' }, timeoutMs: 20_000 });
