@@ -43,6 +43,8 @@ export interface CacheCounters {
   corruptDropped: number;
   /** Objects the store could not deliver intact (missing or failing verification). */
   errors: number;
+  /** Chunks loaded from the cache directory ahead of a sequential reader (never from the store). */
+  localReadahead: number;
 }
 
 interface DiskEntry { size: number }
@@ -50,7 +52,7 @@ interface DiskEntry { size: number }
 export class ChunkCache {
   readonly counters: CacheCounters = {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
-    joined: 0, evictions: 0, corruptDropped: 0, errors: 0,
+    joined: 0, evictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0,
   };
   private readonly disk: LRUCache<string, DiskEntry>;
   private readonly mem: LRUCache<string, Buffer> | null;
@@ -149,6 +151,16 @@ export class ChunkCache {
 
   /** True when a chunk is already local (memory or disk index): no store round trip needed. */
   isLocal(hash: string): boolean { return !!this.mem?.has(hash) || this.disk.has(hash); }
+
+  /**
+   * Load a chunk from the cache directory into memory ahead of a sequential reader. Never touches the store
+   * (speculative store fetches are what the prefetch list is for), and is a no-op without a memory cache.
+   */
+  warm(hash: string, size: number): void {
+    if (!this.mem || this.mem.has(hash) || this.inflight.has(hash) || !this.disk.has(hash)) return;
+    this.counters.localReadahead++;
+    this.get(hash, size).catch(() => { /* the reader will see the error itself, if it gets there */ });
+  }
 
   private async load(hash: string, size?: number): Promise<Buffer> {
     const local = await this.readLocal(hash, size);

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
@@ -24,6 +24,7 @@ export interface MountOptions {
   prefetch: string | null;
   maxRead: number;
   readaheadKb: number | null;
+  localReadahead: number;
   allowOther: boolean;
   debug: boolean;
   log: Logger;
@@ -77,7 +78,19 @@ async function prepareMountpoint(mp: string, log: Logger): Promise<void> {
     } else throw e;
   }
   const live = await mountEntry(mp);
-  if (live) throw new ThinfsError(`${mp} is already a mountpoint (${live.fstype} from ${live.source}); unmount it first (thinfs unmount ${mp})`);
+  if (live && live.fstype.startsWith('fuse') && (await probeDead(mp))) {
+    // stat() above may have been answered from cached attributes; a readdir always reaches the daemon.
+    log.warn({ mountpoint: mp }, 'stale FUSE mountpoint (Transport endpoint is not connected): detaching it');
+    await unmountPath(mp, log);
+  } else if (live) {
+    throw new ThinfsError(`${mp} is already a mountpoint (${live.fstype} from ${live.source}); unmount it first (thinfs unmount ${mp})`);
+  }
+}
+
+/** True when the FUSE daemon behind mp is gone (ENOTCONN/ECONNABORTED); a live or slow one counts as alive. */
+async function probeDead(mp: string): Promise<boolean> {
+  const probe = readdir(mp).then(() => false, (e: NodeJS.ErrnoException) => e.code === 'ENOTCONN' || e.code === 'ECONNABORTED');
+  return Promise.race([probe, new Promise<boolean>((r) => setTimeout(() => r(false), 5000).unref())]);
 }
 
 /** Sets the kernel readahead of this FUSE mount's backing device (sequential reads ask for more per round trip). */
@@ -99,7 +112,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   const store = await Store.open(o.store);
   const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
-  const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt });
+  const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
 
   await prepareMountpoint(mp, log);

@@ -41,9 +41,9 @@ function makedev(major: number, minor: number): number {
   return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
 }
 
-interface Handle { node: Extract<Node, { k: 'entry' }>; chunks: ChunkRef[] | null }
+interface Handle { node: Extract<Node, { k: 'entry' }>; chunks: ChunkRef[] | null; nextPos: number }
 
-export interface ThinFsOptions { statsFile: string | null; mountedAt: number }
+export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
 
 export class ThinFs {
   readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, opens: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0 };
@@ -195,7 +195,7 @@ export class ThinFs {
           if (n.inode.type === 'dir') throw Object.assign(new Error('EISDIR'), { fuseErrno: Fuse.EISDIR });
           const fh = self.nextFh;
           self.nextFh = (self.nextFh % 0xfffffff0) + 1;
-          self.handles.set(fh, { node: n, chunks: null });
+          self.handles.set(fh, { node: n, chunks: null, nextPos: 0 });
           return fh;
         }, (c, v) => (c ? cb(c) : cb(0, v)));
       },
@@ -273,7 +273,7 @@ export class ThinFs {
     if (!h) {
       const n = await this.need(path);
       if (n.k !== 'entry') return Fuse.EISDIR;
-      h = { node: n, chunks: null };
+      h = { node: n, chunks: null, nextPos: -1 };
     }
     const i = h.node.inode;
     if (pos >= i.size) return 0;
@@ -290,7 +290,14 @@ export class ThinFs {
     let lo = 0, hi = chunks.length;
     while (lo < hi) { const mid = (lo + hi) >> 1; const c = chunks[mid]!; if (c.offset + c.size <= pos) lo = mid + 1; else hi = mid; }
     const span: ChunkRef[] = [];
-    for (let k = lo; k < chunks.length && chunks[k]!.offset < end; k++) span.push(chunks[k]!);
+    let k = lo;
+    for (; k < chunks.length && chunks[k]!.offset < end; k++) span.push(chunks[k]!);
+    // A sequential reader waits on one chunk at a time (the kernel keeps only ~1.5 MiB of readahead in flight):
+    // load the next few from the local cache directory meanwhile, so disk latency overlaps. Never from the store.
+    if (pos === h.nextPos && this.opts.localReadahead > 0) {
+      for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
+    }
+    h.nextPos = end;
     let datas: Buffer[];
     try {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));

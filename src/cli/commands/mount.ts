@@ -7,7 +7,13 @@ import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/d
 
 interface MountCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; allowOther: boolean; debug?: boolean;
+  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; allowOther: boolean; debug?: boolean;
+}
+
+function parseCount(s: string, what: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 0) throw new ThinfsError(`${what}: expected a whole number, got "${s}"`, EXIT.USAGE);
+  return n;
 }
 
 export function registerMountCommands(program: Command): void {
@@ -24,6 +30,7 @@ export function registerMountCommands(program: Command): void {
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
+    .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '4')
     .option('--no-allow-other', 'only the mounting user may access the mount')
     .option('--debug', 'libfuse debug output on stderr')
     .addHelpText('after', `
@@ -58,6 +65,7 @@ Examples:
         prefetch: o.prefetch ? resolve(o.prefetch) : null,
         maxRead: parseSize(o.maxRead, '--max-read'),
         readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
+        localReadahead: parseCount(o.localReadahead, '--local-readahead'),
         allowOther: o.allowOther,
         debug: !!o.debug,
         log,

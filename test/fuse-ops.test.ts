@@ -1,0 +1,142 @@
+// Issue 3, operations: clean shutdown on SIGTERM/SIGINT, stale mountpoint (ENOTCONN) recovery at start,
+// `thinfs unmount` ending the daemon, a store served over HTTP (not listable), and a prefetch list.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import { createReadStream } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { cleanupTmpDirs, run, sha256, sha256File, thinfs, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { forceUnmount, isMounted, mountStore, type Mounted } from './fuse-mount-helper.js';
+
+let work: string;
+let store: string;
+let hex: string;
+const content = { 'a.txt': Buffer.from('alpha\n'), 'dir/b.bin': pseudoRandom(3 * 1024 * 1024 + 5, 'ops-b'), 'dir/c.bin': pseudoRandom(600 * 1024, 'ops-c') };
+const live: Mounted[] = [];
+const used = new Set<string>();
+let server: Server | null = null;
+
+before(async () => {
+  work = await tmpDir('thinfs-fuse-ops-');
+  store = path.join(work, 'store');
+  await thinfsOk(['init', store]);
+  const src = path.join(work, 'src');
+  for (const [rel, data] of Object.entries(content)) {
+    await fsp.mkdir(path.dirname(path.join(src, rel)), { recursive: true });
+    await fsp.writeFile(path.join(src, rel), data);
+  }
+  const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
+  hex = r.diffId.slice(7);
+});
+
+after(async () => {
+  for (const m of live) await m.stop();
+  for (const mp of used) await forceUnmount(mp);
+  if (server) await new Promise((r) => server!.close(r));
+  await cleanupTmpDirs();
+});
+
+async function mount(name: string, o: { store?: string; extra?: string[] } = {}): Promise<Mounted> {
+  const m = await mountStore(o.store ?? store, path.join(work, name), { cacheDir: path.join(work, `cache-${name}`), extra: o.extra });
+  live.push(m);
+  used.add(m.mp);
+  return m;
+}
+function forget(m: Mounted): void { live.splice(live.indexOf(m), 1); }
+const exitOf = (m: Mounted) => new Promise<number | null>((r) => (m.child.exitCode !== null ? r(m.child.exitCode) : m.child.once('exit', (c) => r(c))));
+
+describe('daemon lifecycle', () => {
+  it('SIGINT unmounts cleanly and exits 0', async () => {
+    const m = await mount('mnt-int');
+    assert.equal(await fsp.readFile(path.join(m.mp, 'layers', hex, 'a.txt'), 'utf8'), 'alpha\n');
+    m.child.kill('SIGINT');
+    assert.equal(await exitOf(m), 0);
+    forget(m);
+    assert.equal(await isMounted(m.mp), false);
+  });
+
+  it('a daemon killed with SIGKILL leaves ENOTCONN; the next mount detects and recovers it', async () => {
+    const m = await mount('mnt-stale');
+    await fsp.stat(path.join(m.mp, 'layers', hex));
+    m.child.kill('SIGKILL');
+    await exitOf(m);
+    forget(m);
+    await assert.rejects(fsp.readdir(m.mp), { code: 'ENOTCONN' }, 'the dead mount answers "Transport endpoint is not connected"');
+    const again = await mount('mnt-stale');
+    assert.equal(await sha256File(path.join(again.mp, 'layers', hex, 'dir/b.bin')), sha256(content['dir/b.bin']));
+    assert.match(again.stderr(), /stale FUSE mountpoint/);
+    assert.equal(await again.stop(), 0);
+    forget(again);
+  });
+
+  it('thinfs unmount ends the daemon (exit 0); unmounting again is a clear error', async () => {
+    const m = await mount('mnt-unmount');
+    await fsp.stat(path.join(m.mp, 'layers', hex));
+    const r = await thinfs(['unmount', m.mp]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await Promise.race([exitOf(m), new Promise((res) => setTimeout(() => res('timeout'), 10_000))]), 0);
+    forget(m);
+    assert.equal(await isMounted(m.mp), false);
+    const again = await thinfs(['unmount', m.mp]);
+    assert.equal(again.code, 4);
+    assert.match(again.stderr, /not mounted/);
+  });
+
+  it('a live mountpoint is refused; bad options fail with usage errors', async () => {
+    const m = await mount('mnt-busy');
+    const r = await thinfs(['mount', store, m.mp, '--cache-dir', path.join(work, 'cache-busy2')], { timeoutMs: 20_000 });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /already a mountpoint/);
+    assert.equal(await fsp.readFile(path.join(m.mp, 'layers', hex, 'a.txt'), 'utf8'), 'alpha\n', 'the first mount still serves');
+    const bad = await thinfs(['mount', store, path.join(work, 'x'), '--cache-quota', 'lots']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--cache-quota/);
+    const missing = await thinfs(['mount', path.join(work, 'no-store'), path.join(work, 'y')]);
+    assert.equal(missing.code, 4);
+    assert.match(missing.stderr, /no thinfs store/);
+  });
+});
+
+describe('stores and prefetch', () => {
+  it('mounts a store served over HTTP without a listing: layers are found by diff id on demand', async () => {
+    // A plain static file server (no directory listings), the way a web server or CDN would serve the store.
+    server = createServer((req, res) => {
+      const rel = decodeURIComponent((req.url ?? '/').split('?')[0]!);
+      const file = path.join(store, path.normalize(rel));
+      if (!file.startsWith(store + path.sep) || rel.endsWith('/')) { res.writeHead(404); res.end(); return; }
+      fsp.stat(file).then((st) => {
+        if (!st.isFile()) { res.writeHead(404); res.end(); return; }
+        res.writeHead(200, { 'content-length': st.size });
+        if (req.method === 'HEAD') res.end(); else createReadStream(file).pipe(res);
+      }, () => { res.writeHead(404); res.end(); });
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const m = await mount('mnt-http', { store: `http://127.0.0.1:${port}` });
+    assert.deepEqual(await fsp.readdir(path.join(m.mp, 'layers')), [], 'nothing listable');
+    for (const [rel, data] of Object.entries(content)) {
+      assert.equal(await sha256File(path.join(m.mp, 'layers', hex, rel)), sha256(data), rel);
+    }
+    assert.deepEqual(await fsp.readdir(path.join(m.mp, 'layers')), [hex], 'a touched layer is listed');
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
+  it('--prefetch fetches the listed files right after mounting, before any read', async () => {
+    const list = path.join(work, 'prefetch.txt');
+    await fsp.writeFile(list, `# warm these\nlayers/${hex}/dir/b.bin\nlayers/${hex}/missing\n`);
+    const m = await mount('mnt-prefetch', { extra: ['--prefetch', list] });
+    await waitFor(() => m.stderr().includes('prefetch done'), 15_000, 100, 'prefetch done');
+    const s = await m.stats();
+    assert.equal(s.ops.reads, 0, 'no reader yet');
+    assert.ok(s.cache.fetches >= 2, 'catalog and the chunks of dir/b.bin were fetched');
+    const before = s.cache.fetches;
+    assert.equal(await sha256File(path.join(m.mp, 'layers', hex, 'dir/b.bin')), sha256(content['dir/b.bin']));
+    assert.equal((await m.stats()).cache.fetches, before, 'the read needed no fetch');
+    assert.match(m.stderr(), /"missing":\["layers\/[0-9a-f]+\/missing"\]/, 'the missing path is reported');
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+});
