@@ -98,10 +98,10 @@ test('unknown image or tag: not found (exit 4), nothing published', async (t) =>
 
 test('unsupported media types: refused before any layer download (exit 3)', async (t) => {
   if (skip) return t.skip(skip);
-  const before = reg.blobGets('test/u').length;
+  const before = (await reg.gets('test/u')).length;
   await refused(['--insecure', `${reg.host}/test/u:badlayer`], EXIT.BAD_INPUT, /unsupported layer media type "application\/vnd\.example\.layer\.v1\.tar\+lz4"/);
   await refused(['--insecure', `${reg.host}/test/u:helm`], EXIT.BAD_INPUT, /unsupported config media type "application\/vnd\.cncf\.helm\.config\.v1\+json" \(not a container image\)/);
-  assert.equal(reg.blobGets('test/u').length, before, 'no blob was downloaded');
+  assert.equal((await reg.gets('test/u')).length, before, 'no blob was downloaded');
 });
 
 test('basic-auth registry: missing and wrong credentials refused (exit 6); right ones work', async (t) => {

@@ -98,7 +98,7 @@ let descB: any;
 test('convert an OCI image (gzip, zstd, plain layers; whiteouts, opaque dir) into the store', async (t) => {
   if (skip) return t.skip(skip);
   const out = path.join(work, 'a.thin.json');
-  const before = reg.blobGets('test/a');
+  const before = await reg.gets('test/a');
   const r = await convertJson(['--insecure', '--store', store, '-o', out, `${reg.host}/test/a:v1`]);
   descA = r.descriptor;
   const man = await registryManifest('test/a:v1');
@@ -127,7 +127,7 @@ test('convert an OCI image (gzip, zstd, plain layers; whiteouts, opaque dir) int
   }
   assert.deepEqual(r.layers.map((l: any) => l.action), ['ingested', 'ingested', 'ingested']);
   // every layer blob fetched exactly once, plus the config
-  const gets = delta(reg.blobGets('test/a'), before);
+  const gets = delta(await reg.gets('test/a'), before);
   assert.deepEqual([...gets].sort(), [...man.json.layers.map((l: any) => l.digest), man.json.config.digest].sort());
   // -o file and the store's images/ entry hold the same descriptor
   const fromFile = JSON.parse(await fsp.readFile(out, 'utf8'));
@@ -139,9 +139,9 @@ test('convert an OCI image (gzip, zstd, plain layers; whiteouts, opaque dir) int
 test('converting the same image again downloads no blob and writes no object', async (t) => {
   if (skip || !descA) return t.skip(skip || 'needs the first conversion');
   const snap = await storeSnapshot(store);
-  const before = reg.blobGets();
+  const before = await reg.gets();
   const r = await convertJson(['--insecure', '--store', store, `${reg.host}/test/a:v1`]);
-  assert.deepEqual(delta(reg.blobGets(), before), [], 'no blob GET on re-conversion (registry access log)');
+  assert.deepEqual(delta(await reg.gets(), before), [], 'no blob GET on re-conversion (registry access log)');
   assert.deepEqual(r.layers.map((l: any) => l.action), ['present', 'present', 'present']);
   assert.equal(r.configFromStore, true);
   const after = await storeSnapshot(store);
@@ -155,10 +155,10 @@ test('a second image (Docker schema 2) sharing the base layer downloads only its
   const man = await registryManifest('test/b:b1');
   assert.equal(man.json.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
   assert.equal(man.json.layers[0].mediaType, 'application/vnd.docker.image.rootfs.diff.tar.gzip');
-  const before = reg.blobGets('test/b');
+  const before = await reg.gets('test/b');
   const r = await convertJson(['--insecure', '--store', store, `${reg.host}/test/b:b1`]);
   descB = r.descriptor;
-  const gets = delta(reg.blobGets('test/b'), before);
+  const gets = delta(await reg.gets('test/b'), before);
   assert.deepEqual(gets.filter((d) => d !== man.json.config.digest), [man.json.layers[1].digest], 'only the new layer is downloaded');
   assert.deepEqual(r.layers.map((l: any) => l.action), ['present', 'ingested']);
   assert.equal(descB.manifestMediaType, 'application/vnd.docker.distribution.manifest.v2+json');
@@ -228,7 +228,7 @@ test('mounted images/<name>/rootfs equal skopeo + umoci reference root filesyste
 test('two converters sharing one store fetch every layer exactly once (per-layer lock)', async (t) => {
   if (skip || !descA) return t.skip(skip || 'needs the first conversion');
   const shared = await newStore('store-concurrent');
-  const before = reg.blobGets('test/a');
+  const before = await reg.gets('test/a');
   const spawnOne = () => new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
     const c = spawn(process.execPath, [D2T, '--insecure', '--store', shared, '--json', `${reg.host}/test/a:v1`], { env: { ...process.env, THINFS_NO_PROGRESS: '1' } });
     let out = '', err = '';
@@ -239,7 +239,7 @@ test('two converters sharing one store fetch every layer exactly once (per-layer
   const [r1, r2] = await Promise.all([spawnOne(), spawnOne()]);
   assert.equal(r1.code, 0, r1.err);
   assert.equal(r2.code, 0, r2.err);
-  const gets = delta(reg.blobGets('test/a'), before);
+  const gets = delta(await reg.gets('test/a'), before);
   for (const l of descA.layers) assert.equal(gets.filter((d) => d === l.digest).length, 1, `layer ${l.digest} fetched once, not ${gets.filter((d) => d === l.digest).length} times`);
   const actions = [...JSON.parse(r1.out).layers, ...JSON.parse(r2.out).layers].map((l: any) => l.action);
   assert.equal(actions.filter((a) => a === 'ingested').length, 3, `actions: ${actions}`);
@@ -324,10 +324,10 @@ test('S3 mode uploads verified layer blobs for the publisher, once', async (t) =
     const k0 = r.descriptor.layers[0].upload.key;
     const head = JSON.parse(await runOk(AWS, ['--endpoint-url', s3.endpoint, 's3api', 'head-object', '--bucket', 'thin-layers', '--key', k0], { env: S3_ENV }));
     assert.equal(head.Metadata['thinfs-diff-id'], r.descriptor.layers[0].diffId);
-    const before = reg.blobGets('test/a');
+    const before = await reg.gets('test/a');
     const again = await convertJson(args, S3_ENV);
     assert.deepEqual(again.layers.map((l: any) => l.action), ['uploaded-before', 'uploaded-before', 'uploaded-before']);
-    assert.deepEqual(delta(reg.blobGets('test/a'), before).filter((d) => d !== descA.configDigest), []);
+    assert.deepEqual(delta(await reg.gets('test/a'), before).filter((d) => d !== descA.configDigest), []);
     // with the publisher's store known, published layers are not even looked up in S3
     const pub = await convertJson([...args, '--published-store', store], S3_ENV);
     assert.deepEqual(pub.layers.map((l: any) => l.action), ['present', 'present', 'present']);

@@ -168,7 +168,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
      * never ran: hash the blob again (download only, no ingest) so a mismatch is reported as what it is.
      */
     const diagnose = async (e: unknown, l: LayerRef, v: DigestVerifier, label: string): Promise<unknown> => {
-      if (e instanceof IntegrityError || aborter.signal.aborted) return e;
+      if (e instanceof IntegrityError || opts.signal?.aborted) return e;
       if (v.mismatch || v.digest || !l.digest) return e;
       try {
         const h = createHash('sha256');
@@ -186,7 +186,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       return withLayerLock(store!.root, `fetch-${digestHex(diffId)}`, async () => {
         const again = await store!.getLayer(diffId);
         if (again) return { index: l.index, diffId, digest: l.digest ?? again.blobDigest ?? diffId, action: 'waited' as const, bytes: 0, newObjects: 0, manifest: again };
-        if (aborter.signal.aborted) throw new ThinfsError('aborted');
+        if (aborter.signal.aborted) throw new ThinfsError('aborted: another layer failed');
         const bar = progress.tty ? progress.add(label, l.size) : null;
         const { stream, verifier } = openVerified(l, label, bar);
         try {
@@ -242,8 +242,10 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
         if (opts.signal?.aborted) throw new ThinfsError('interrupted', 130);
         return convertOne(l);
       }, (e) => {
-        log?.error({ err: errorMessage(e) }, 'layer failed; stopping the other downloads');
-        stopAll(`aborted: another layer failed (${errorMessage(e)})`);
+        // No new layer starts; those in flight finish (each is verified on its own, so publishing it is
+        // safe and saves a re-download next time) rather than being torn down mid-ingest.
+        log?.error({ err: errorMessage(e) }, 'layer failed; no further layers will be started');
+        aborter.abort();
       });
     } catch (e) {
       if (opts.signal?.aborted) throw new ThinfsError('interrupted: nothing published for the layers in flight', 130);
