@@ -120,6 +120,9 @@ test('basic-auth registry: missing and wrong credentials refused (exit 6); right
   const ok = await docker2thin(['--insecure', '--store', store, '--username', 'alice', '--password', 's3cret-pass', '--json', `${authReg.host}/private/a:v1`], env);
   assert.equal(ok.code, 0, ok.stderr);
   assert.deepEqual(JSON.parse(ok.stdout).descriptor.layers.map((l: any) => l.diffId), [L.base.diffId, L.del.diffId, L.rep.diffId]);
+  // the password on stdin (not in the process list)
+  const viaStdin = await run(process.execPath, [D2T, '--insecure', '--store', store, '--username', 'alice', '--password-stdin', `${authReg.host}/private/a:v1`], { env: { THINFS_NO_PROGRESS: '1', ...env }, input: 's3cret-pass\n' });
+  assert.equal(viaStdin.code, 0, viaStdin.stderr);
   // credentials from a containers-auth.json file ($REGISTRY_AUTH_FILE), keyed by host/namespace
   const authFile = path.join(work, 'auth.json');
   await fsp.writeFile(authFile, JSON.stringify({ auths: { [`${authReg.host}/private`]: { auth: Buffer.from('alice:s3cret-pass').toString('base64') } } }));

@@ -8,7 +8,7 @@ import { BadInputError, NotFoundError, IntegrityError, ThinfsError, EXIT } from 
 import { RegistryClient } from '../registry/client.js';
 import { parseReference, formatReference, shortName, type ImageReference } from '../registry/reference.js';
 import { parseManifest, layerCompression, checkConfigType, MT, type Compression, type Descriptor } from '../registry/media.js';
-import { selectPlatform, formatPlatform, type Platform } from '../registry/platform.js';
+import { selectPlatform, type Platform } from '../registry/platform.js';
 import { TarIndex } from './tar-index.js';
 
 /** One layer as the source describes it; digest/size unknown only for compressed layers of a docker-archive. */
@@ -250,7 +250,8 @@ export class DockerArchiveSource implements ImageSource {
     } finally { await fh.close(); }
   }
 
-  async resolve(platform: Platform): Promise<ResolvedManifest> {
+  // A docker archive holds one platform: nothing to select.
+  async resolve(_platform: Platform): Promise<ResolvedManifest> {
     const what = `docker-archive:${this.file}`;
     if (!this.index.has('manifest.json')) throw new BadInputError(`${what}: no manifest.json (not a docker save archive)`);
     const manRaw = await this.readMember('manifest.json', MAX_MANIFEST);
@@ -297,7 +298,6 @@ export class DockerArchiveSource implements ImageSource {
       layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest ?? null, size: l.size })),
     };
     const ref = tagName ? parseReference(tagName.includes('/') ? tagName : `localhost/${tagName}`) : null;
-    void platform;
     return {
       reference: `docker-archive:${this.file}${tagName ? `:${tagName}` : ''}`,
       defaultName: ref ? shortName(ref) : `${basename(this.file).replace(/\.tar$/, '').toLowerCase()}:latest`,
@@ -327,4 +327,3 @@ export class DockerArchiveSource implements ImageSource {
   async close(): Promise<void> { /* nothing held open */ }
 }
 
-export { formatPlatform };

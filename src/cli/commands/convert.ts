@@ -11,7 +11,7 @@ import { parseReference } from '../../registry/reference.js';
 import { RegistryClient } from '../../registry/client.js';
 import { WritableStore } from '../../store/store.js';
 
-interface RegistryCli { insecure?: boolean; username?: string; password?: string; authfile?: string; retries: string; platform?: string }
+interface RegistryCli { insecure?: boolean; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string }
 interface ConvertCli extends RegistryCli {
   store?: string; s3Endpoint?: string; bucket?: string; s3Prefix?: string; s3Region?: string; publishedStore?: string;
   output?: string; name?: string; jobs: string; push?: boolean; pushTo?: string; pushChunkSize?: string; progress: boolean; json?: boolean;
@@ -24,12 +24,22 @@ function int(v: string, flag: string, min: number, max: number): number {
   return n;
 }
 
+/** --password-stdin: the whole of stdin, minus one trailing newline (as docker login does). */
+async function readPassword(o: RegistryCli): Promise<void> {
+  if (!o.passwordStdin) return;
+  if (o.password !== undefined) throw new ThinfsError('--password and --password-stdin are exclusive', EXIT.USAGE);
+  const parts: Buffer[] = [];
+  for await (const c of process.stdin) parts.push(c as Buffer);
+  o.password = Buffer.concat(parts).toString('utf8').replace(/\r?\n$/, '');
+}
+
 function registryOptions(cmd: Command): Command {
   return cmd
     .option('--platform <os/arch[/variant]>', `platform to pick from a multi-platform index (default: this machine, ${formatPlatform(hostPlatform())})`)
     .option('--insecure', 'plain HTTP registry (no TLS), e.g. a registry on loopback')
     .option('--username <user>', 'registry user (default: credentials from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json)')
-    .option('--password <password>', 'registry password (with --username)')
+    .option('--password <password>', 'registry password (with --username; visible in ps: prefer --password-stdin)')
+    .option('--password-stdin', 'read the registry password from stdin (with --username)')
     .option('--authfile <file>', 'read credentials only from this containers-auth.json / docker config.json file')
     .option('--retries <n>', 'retries per registry request on network errors, 429 and 5xx (exponential backoff)', '5');
 }
@@ -71,6 +81,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
   // Info lines would tear the progress bars apart on a terminal; warnings and errors still show.
   const bars = o.progress && process.stderr.isTTY && process.env.THINFS_NO_PROGRESS === undefined;
   const log = createLogger('docker2thin', process.env.THINFS_LOG_LEVEL ?? (bars ? 'warn' : 'info'));
+  await readPassword(o);
   if (o.s3Endpoint && !o.bucket) throw new ThinfsError('--s3-endpoint needs --bucket', EXIT.USAGE);
   if (o.bucket && !o.s3Endpoint) throw new ThinfsError('--bucket needs --s3-endpoint', EXIT.USAGE);
   // Ctrl-C / SIGTERM: roll back in-flight ingests and release the layer locks instead of dying mid-write.
@@ -107,6 +118,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
 
 async function pullThinAction(refText: string, o: PullThinCli): Promise<void> {
   const log = createLogger('thinfs-pull-thin');
+  await readPassword(o);
   const ref = parseReference(refText);
   const client = await RegistryClient.forReference(ref, { insecure: o.insecure, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), log });
   try {
@@ -136,7 +148,7 @@ export function registerConvertCommands(program: Command): void {
 
   registryOptions(program.command('pull-thin')
     .description('read a thin image (pushed by docker2thin --push) back from a registry: verify it, print or store its descriptor')
-    .argument('<ref>', 'thin image reference (REF-thin); a plain REF is tried as REF-thin when not found')
+    .argument('<ref>', 'thin image reference (REF-thin); a plain REF that is not itself a thin image is tried as REF-thin')
     .option('--store <dir>', 'store the descriptor in this store\'s images/ (so the mount shows it)')
     .option('-o, --output <file>', 'write the descriptor JSON to this file ("-" = stdout)')
     .option('--name <name>', 'store it under this image name instead of the one recorded in the descriptor')
