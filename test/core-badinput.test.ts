@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
+import { gzipSync } from 'node:zlib';
 import {
   cleanupTmpDirs, listFiles, sha256, sha256File, thinfsBuf, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, type RunResult,
 } from './helpers/proc.js';
@@ -179,6 +180,31 @@ describe('operational errors are clear', () => {
     const e = await thinfs(['export', res.diffId, '-o', path.join(work, 'c.out.tar'), '--store', s2]);
     assert.equal(e.code, 5, `export of a layer with a corrupt object fails: ${e.stderr}`);
     assert.match(e.stderr, /^thinfs: error: /m);
+  });
+
+  it('--diff-id / --blob-digest that do not match: refused, nothing published', async () => {
+    const before = await storeSnapshot(store);
+    const wrong = 'sha256:' + 'ab'.repeat(32);
+    const gz = path.join(work, 'good.tar.gz');
+    await fsp.writeFile(gz, gzipSync(await fsp.readFile(goodTar)));
+    // A fresh layer (the gzip of a new tar), so a refusal really has something it must not publish.
+    const src = path.join(work, 'digest-src');
+    await fsp.mkdir(src);
+    await fsp.writeFile(path.join(src, 'x.bin'), pseudoRandom(2 * 1024 * 1024, 'digest'));
+    const fresh = await makeTreeTar(src, path.join(work, 'digest.tar'));
+    for (const flag of ['--diff-id', '--blob-digest']) {
+      const r = await thinfs(['ingest', fresh, '--store', store, flag, wrong, '--no-progress']);
+      assert.notEqual(r.code, 0, `${flag} mismatch must fail`);
+      assertCleanError(r, `${flag} mismatch`, r.code ?? -1, /abababab/);
+      assert.deepEqual(await storeSnapshot(store), before, `${flag}: nothing published`);
+    }
+    // The right digests are accepted.
+    const ok = await thinfsJson<{ diffId: string; blobDigest: string }>(['ingest', gz, '--store', store, '--json', '--no-progress',
+      '--diff-id', goodDiffId, '--blob-digest', 'sha256:' + (await sha256File(gz))]);
+    assert.equal(ok.diffId, goodDiffId);
+    const gc = await thinfs(['gc', '--store', store, '--grace', '0']);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.deepEqual(await storeSnapshot(store), before);
   });
 
   it('unknown layer: exit 4', async () => {

@@ -115,6 +115,16 @@ describe('edge-case tar (PAX format, xattrs, PAX 1.0 sparse)', () => {
     assert.equal(await countObjects(store), before, 'no file added under data/');
   });
 
+  it('export is deterministic, to a file or to stdout', async () => {
+    const a = path.join(work, 'edge-det-a.tar');
+    await thinfsOk(['export', res.diffId, '-o', a, '--store', store]);
+    const r = await thinfsBuf(['export', res.diffId, '-o', '-', '--store', store]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(sha256(r.stdout), await sha256File(a), 'stdout export = file export, byte for byte');
+    assert.equal(await sha256File(a), await sha256File(path.join(work, 'edge-pax.exported.tar')), 'same bytes as the first export');
+    await fsp.rm(a);
+  });
+
   it('cat gives the bytes of every interesting file', async () => {
     const p = edge.paths;
     for (const f of [p.big, p.sparse, p.sparseTail, 'sparse/all-hole.img', p.empty, 'files/tiny.txt', 'files/medium.bin',
