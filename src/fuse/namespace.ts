@@ -14,6 +14,8 @@ export class Layer {
   private loading: Promise<CatalogReader> | null = null;
   constructor(readonly slot: number, readonly hex: string, readonly manifest: LayerManifest) {}
 
+  isLoading(): boolean { return this.loading !== null; }
+
   load(cache: ChunkCache): Promise<CatalogReader> {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
@@ -87,9 +89,12 @@ export class Namespace {
     const l = await this.layer(hex);
     if (!l) return null;
     if (!l.catalog) {
+      const first = !l.isLoading();
       await l.load(this.cache);
-      this.layersLoaded++;
-      this.log.info({ layer: l.hex, slot: l.slot, catalog: l.manifest.catalog }, 'layer catalog loaded');
+      if (first) {
+        this.layersLoaded++;
+        this.log.info({ layer: l.hex, slot: l.slot, catalog: l.manifest.catalog }, 'layer catalog loaded');
+      }
     }
     return l;
   }

@@ -10,6 +10,7 @@ const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 const O_ACCMODE = 3;
 const XATTR_HIDDEN_IN_IMAGES = 'trusted.overlay.';
+const SEQ_WINDOW = 8 << 20;
 
 export interface OpCounters {
   lookups: number; getattrs: number; readdirs: number; opens: number; reads: number; readBytes: number;
@@ -294,10 +295,11 @@ export class ThinFs {
     for (; k < chunks.length && chunks[k]!.offset < end; k++) span.push(chunks[k]!);
     // A sequential reader waits on one chunk at a time (the kernel keeps only ~1.5 MiB of readahead in flight):
     // load the next few from the local cache directory meanwhile, so disk latency overlaps. Never from the store.
-    if (pos === h.nextPos && this.opts.localReadahead > 0) {
+    // Readahead requests arrive out of order (several libfuse threads), so "sequential" means near the furthest end seen.
+    if (this.opts.localReadahead > 0 && h.nextPos >= 0 && pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW) {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
-    h.nextPos = end;
+    if (end > h.nextPos) h.nextPos = end;
     let datas: Buffer[];
     try {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));

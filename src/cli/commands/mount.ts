@@ -30,7 +30,7 @@ export function registerMountCommands(program: Command): void {
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
-    .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '4')
+    .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
     .option('--no-allow-other', 'only the mounting user may access the mount')
     .option('--debug', 'libfuse debug output on stderr')
     .addHelpText('after', `
