@@ -158,7 +158,12 @@ export class ThinFs {
       getattr(path, cb) {
         self.counters.getattrs++;
         const hit = self.ns.cached(path);
-        if (hit) { cb(0, self.statOf(hit)); return; }
+        if (hit) {
+          let st: FuseStat;
+          try { st = self.statOf(hit); } catch (e) { self.fail('getattr', path, e, cb); return; }
+          cb(0, st);
+          return;
+        }
         self.guard('getattr', path, async () => self.statOf(await self.need(path)), cb);
       },
       fgetattr(path, _fd, cb) { this.getattr!(path, cb); },
