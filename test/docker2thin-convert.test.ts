@@ -78,6 +78,7 @@ before(async () => {
   await pushLayout(layout, 'v1', reg, 'test/a');
   await pushLayout(layout, 'b1', reg, 'test/b', { format: 'v2s2' });
   await pushLayout(layout, 'multi', reg, 'test/multi', { all: true });
+  await pushLayout(layout, 'multi', reg, 'test/multi-docker', { all: true, format: 'v2s2' });
   store = await newStore('store');
 });
 
@@ -181,6 +182,16 @@ test('multi-arch index: default platform is this machine, --platform picks anoth
   assert.equal(arm.descriptor.name, 'multi:arm64');
   assert.deepEqual(arm.descriptor.layers.map((l: any) => l.diffId), [L.base.diffId, L.arm.diffId]);
   assert.deepEqual(arm.layers.map((l: any) => l.action), ['present', 'ingested']);
+  // the same index as a Docker manifest list (schema 2)
+  const list = await registryManifest('test/multi-docker:multi');
+  assert.equal(list.json.mediaType, 'application/vnd.docker.distribution.manifest.list.v2+json');
+  const armDocker = await convertJson(['--insecure', '--store', store, '--platform', 'linux/arm64/v8', '--name', 'multi-docker:arm64', `${reg.host}/test/multi-docker:multi`]);
+  assert.equal(armDocker.descriptor.manifestMediaType, 'application/vnd.docker.distribution.manifest.v2+json');
+  assert.deepEqual(armDocker.descriptor.layers.map((l: any) => l.diffId), [L.base.diffId, L.arm.diffId]);
+  // and straight from the OCI layout (index.json -> index -> manifest)
+  const armOci = await convertJson(['--store', store, '--platform', 'linux/arm64', '--name', 'multi-oci:arm64', `oci:${layout}:multi`]);
+  assert.deepEqual(armOci.descriptor.layers.map((l: any) => l.diffId), [L.base.diffId, L.arm.diffId]);
+  assert.deepEqual(armOci.layers.map((l: any) => l.action), ['present', 'present']);
   const none = await docker2thin(['--insecure', '--store', store, '--platform', 'linux/s390x', `${reg.host}/test/multi:multi`]);
   assert.equal(none.code, 4, none.stderr);
   assert.match(none.stderr, /no image for platform linux\/s390x \(available: linux\/amd64, linux\/arm64\/v8\)/);
