@@ -9,7 +9,7 @@ import {
   cleanupTmpDirs, countObjects, run, sha256, sha256File, thinfsBuf, thinfsJson, thinfsOk, tmpDir,
 } from './helpers/proc.js';
 import { compareTars, extractTar, tarListing } from './helpers/oracle.js';
-import { findPythonLib, makeEdgeCaseTar, makeLayoutTars, makeOddHardlinkTar, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
+import { findPythonLib, makeEdgeCaseTar, makeHandHardlinkTar, makeLayoutTars, makeOddHardlinkTar, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
 
 interface IngestJson {
   diffId: string; blobDigest: string; published: boolean; newObjects: number; newBytes: number;
@@ -235,11 +235,22 @@ describe('OCI whiteouts', () => {
 });
 
 describe('hardlinks to non-regular files', () => {
-  // GNU tar writes the second name of a hardlinked symlink/device/fifo as a hardlink ('h') entry; export must too,
-  // or an extraction gets two independent inodes (nlink 1) where the layer had one.
-  it('a hardlinked symlink, char device and fifo round-trip as hardlinks', async () => {
+  // A hardlink entry to a non-regular file must come back as a hardlink entry, or an extraction gets two
+  // independent inodes (nlink 1) where the layer had one.
+  it('GNU tar of a hardlinked symlink, char device and fifo round-trips', async () => {
     const tar = await makeOddHardlinkTar(path.join(work, 'odd'));
     await roundTrip(tar, 'odd-hardlinks');
+  });
+
+  it('hardlink entries to a char device, a fifo and a symlink round-trip as hardlinks', async () => {
+    const tar = await makeHandHardlinkTar(path.join(work, 'hand'));
+    const { res } = await roundTrip(tar, 'hand-hardlinks');
+    for (const p of ['dev/null-too', 'dev/pipe-too', 'dev/sym-too']) {
+      const a = JSON.parse(await thinfsOk(['stat', '--store', store, res.diffId, p]));
+      const b = JSON.parse(await thinfsOk(['stat', '--store', store, res.diffId, p.replace('-too', '')]));
+      assert.equal(a.ino, b.ino, `${p} is the same inode as its target`);
+      assert.equal(a.nlink, 2, `${p}: nlink`);
+    }
   });
 });
 
