@@ -15,7 +15,7 @@ import { diffTrees } from './helpers/oracle.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 import { startS3rver, S3_ENV, AWS, type S3Server } from './publisher-fixture.js';
 import {
-  makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs,
+  makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs, pushRaw, plainVariant, MT,
   type Layer, type RegistryServer,
 } from './fixtures/images.js';
 import { encodeImageDirName } from '../src/fuse/names.js';
@@ -165,6 +165,27 @@ test('a second image (Docker schema 2) sharing the base layer downloads only its
   assert.equal(descB.manifestMediaType, 'application/vnd.docker.distribution.manifest.v2+json');
   assert.deepEqual(descB.config.config.Cmd, ['image-b']);
   assert.deepEqual(descB.layers.map((l: any) => l.diffId), [L.base.diffId, L.b2.diffId]);
+});
+
+test('uncompressed layers from a registry are ingested as plain tars', async (t) => {
+  if (skip) return t.skip(skip);
+  const plain = [await plainVariant(L.base), await plainVariant(L.rep)];
+  await pushRaw(reg, 'test/plain', 'v1', plain, AMD64);
+  const man = await registryManifest('test/plain:v1');
+  assert.deepEqual(man.json.layers.map((l: any) => l.mediaType), [MT.tar, MT.tar]);
+  const fresh = await newStore('store-plain');
+  const r = await convertJson(['--insecure', '--store', fresh, `${reg.host}/test/plain:v1`]);
+  assert.deepEqual(r.layers.map((l: any) => l.action), ['ingested', 'ingested']);
+  assert.deepEqual(r.descriptor.layers.map((l: any) => l.digest), [L.base.diffId, L.rep.diffId], 'a plain layer\'s blob digest is its diff id');
+  for (const l of r.descriptor.layers) {
+    const lm = JSON.parse(await fsp.readFile(path.join(fresh, l.manifest), 'utf8'));
+    assert.equal(lm.sizes.blob, lm.sizes.tar);
+  }
+  // the main store already has both layers (ingested from gzip and plain blobs of other images)
+  if (descA) {
+    const again = await convertJson(['--insecure', '--store', store, `${reg.host}/test/plain:v1`]);
+    assert.deepEqual(again.layers.map((l: any) => l.action), ['present', 'present']);
+  }
 });
 
 test('multi-arch index: default platform is this machine, --platform picks another', async (t) => {
