@@ -9,7 +9,7 @@ import {
   cleanupTmpDirs, countObjects, run, sha256, sha256File, thinfsBuf, thinfsJson, thinfsOk, tmpDir,
 } from './helpers/proc.js';
 import { compareTars, extractTar, tarListing } from './helpers/oracle.js';
-import { findPythonLib, makeEdgeCaseTar, makeHandHardlinkTar, makeLayoutTars, makeOddHardlinkTar, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
+import { findPythonLib, makeEdgeCaseTar, makeFormatTars, makeHandHardlinkTar, makeLayoutTars, makeOddHardlinkTar, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
 
 interface IngestJson {
   diffId: string; blobDigest: string; published: boolean; newObjects: number; newBytes: number;
@@ -252,6 +252,15 @@ describe('hardlinks to non-regular files', () => {
       assert.equal(a.nlink, 2, `${p}: nlink`);
     }
   });
+});
+
+describe('older header formats', () => {
+  for (const f of ['ustar', 'v7', 'oldgnu'] as const) {
+    it(`${f} round-trips`, async () => {
+      const tars = await makeFormatTars(path.join(work, `formats-${f}`));
+      await roundTrip(tars[f], `format-${f}`);
+    });
+  }
 });
 
 describe('member layouts', () => {
