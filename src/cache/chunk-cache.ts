@@ -1,6 +1,6 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes, webcrypto } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
 import { decodeObject } from '../store/codec.js';
@@ -177,8 +177,8 @@ export class ChunkCache {
 
   /**
    * Also looks on disk for chunks this process has not indexed: another mount sharing the dir may have fetched them.
-   * One pread of the expected size (readFile would take several), and the hash is computed on the libuv
-   * threadpool (WebCrypto) so verification neither blocks FUSE requests nor serialises on the JS thread.
+   * One pread of the expected size (readFile would take several). Hashing stays on the JS thread: measured,
+   * WebCrypto's threadpool digest serialises under concurrency (150 MB/s at 8 loads in flight vs 290 MB/s sync).
    */
   private async readLocal(hash: string, size?: number): Promise<Buffer | null> {
     const file = this.chunkPath(hash);
@@ -202,7 +202,7 @@ export class ChunkCache {
       if (this.disk.has(hash)) this.disk.delete(hash);
       return null;
     }
-    if (Buffer.from(await webcrypto.subtle.digest('SHA-256', buf)).toString('hex') !== hash) {
+    if (sha256hex(buf) !== hash) {
       this.counters.corruptDropped++;
       this.o.log.warn({ object: hash, file }, 'cached chunk is corrupt: dropped, refetching');
       this.disk.delete(hash);
