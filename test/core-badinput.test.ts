@@ -68,7 +68,7 @@ describe('bad tarballs are refused and publish nothing', () => {
   // Built in before(); node:test needs the names now, so the list is fixed here and looked up at run time.
   const ids = ['truncated', 'truncated-gz', 'bad-checksum', 'dotdot', 'dotdot-inner', 'absolute', 'size-too-big',
     'size-too-small', 'symlink-escape-abs', 'symlink-escape-dotdot', 'symlink-through-internal', 'hardlink-missing',
-    'hardlink-escape', 'pax-bad-record', 'not-a-tar'];
+    'hardlink-escape', 'pax-bad-record', 'not-a-tar', 'symlink-replaces-dir', 'file-then-child', 'hardlink-self'];
   for (const id of ids) {
     it(id, async () => {
       const b = bad.find((x) => x.id === id);
