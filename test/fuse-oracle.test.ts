@@ -243,7 +243,7 @@ describe('namespace, errors and read-only behaviour', () => {
     assert.match(out, /^255 /);
     const target = await fsp.readlink(path.join(mnt.mp, '.thinfs', 'stats'));
     assert.ok(path.isAbsolute(target));
-    await new Promise((r) => setTimeout(r, 300));
+    await new Promise((r) => setTimeout(r, 600));
     const fileStats = JSON.parse(await fsp.readFile(path.join(mnt.mp, '.thinfs', 'stats'), 'utf8')) as { cache: { fetches: number } };
     assert.ok(fileStats.cache.fetches > 0);
     const metrics = await mnt.metrics();
