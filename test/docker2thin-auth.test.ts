@@ -8,7 +8,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { REPO_ROOT, run, runOk, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot, haveCommand } from './helpers/proc.js';
 import {
-  makeLayer, populateDelete, OciLayout, startRegistry, startTokenServer, pushLayout, type Layer, type RegistryServer,
+  makeLayer, populateDelete, OciLayout, startRegistry, startTokenServer, pushLayout, selfSignedCert, type Layer, type RegistryServer,
 } from './fixtures/images.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
@@ -99,4 +99,28 @@ test('bearer token auth: private repository needs credentials; wrong ones refuse
   const back = await thinfs(['pull-thin', '--insecure', '--username', 'bob', '--password', 'b0b-secret', '-o', '-', `${reg.host}/private/img:v1-thin`], { env });
   assert.equal(back.code, 0, back.stderr);
   assert.deepEqual(JSON.parse(back.stdout), out.descriptor);
+});
+
+test('TLS registry: untrusted certificate refused with a hint; --ca-file verifies it; --insecure skips verification', async (t) => {
+  if (skip) return t.skip(skip);
+  const tlsDir = path.join(work, 'tls');
+  await fsp.mkdir(tlsDir);
+  const cert = await selfSignedCert(tlsDir);
+  const tlsReg = await startRegistry(path.join(work, 'tls-registry'), { tls: cert });
+  try {
+    await pushLayout(path.join(work, 'layout'), 'v1', tlsReg, 'secure/img');
+    const store = await newStore('s-tls');
+    const refusedTls = await docker2thin(['--store', store, `${tlsReg.host}/secure/img:v1`]);
+    assert.notEqual(refusedTls.code, 0);
+    assert.match(refusedTls.stderr, /untrusted certificate: add its CA with --ca-file, or use --insecure/);
+    assert.deepEqual((await storeSnapshot(store)).images, []);
+    const verified = await docker2thin(['--store', store, '--ca-file', cert.cert, '--json', `${tlsReg.host}/secure/img:v1`]);
+    assert.equal(verified.code, 0, verified.stderr);
+    assert.equal(JSON.parse(verified.stdout).descriptor.layers[0].diffId, layer.diffId);
+    const insecure = await docker2thin(['--store', store, '--insecure', '--json', `${tlsReg.host}/secure/img:v1`]);
+    assert.equal(insecure.code, 0, insecure.stderr);
+    assert.deepEqual(JSON.parse(insecure.stdout).layers.map((l: any) => l.action), ['present', 'present']);
+  } finally {
+    await tlsReg.stop();
+  }
 });

@@ -290,7 +290,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       const target = typeof opts.push === 'string' ? parseReference(opts.push) : m.registryRef ? thinReference(m.registryRef) : null;
       if (!target) throw new ThinfsError('--push needs a registry source; for oci:/docker-archive: sources give the destination with --push-to REF', EXIT.USAGE);
       const client = src.client && src.client.registry === target.registry ? src.client
-        : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, retries: opts.retries, log });
+        : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log });
       try {
         const digest = await pushThinImage(descriptor, target, client, { chunkSize: opts.pushChunkSize, log });
         pushed = { reference: formatReference(target), digest };

@@ -53,6 +53,8 @@ export interface SourceOptions {
   username?: string;
   password?: string;
   authFile?: string;
+  /** PEM file of extra CA certificates for the registry's TLS certificate. */
+  caFile?: string;
   retries?: number;
   log?: Logger;
 }
@@ -75,7 +77,7 @@ export async function openSource(spec: string, opts: SourceOptions = {}): Promis
   const transport = /^(dir|containers-storage|docker-daemon|oci-archive|ostree|sif|tarball):/.exec(spec)?.[1];
   if (transport) throw new ThinfsError(`unsupported source transport "${transport}:" (use docker://REF, oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG])`, EXIT.USAGE);
   const ref = parseReference(spec);
-  const client = await RegistryClient.forReference(ref, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, retries: opts.retries, log: opts.log });
+  const client = await RegistryClient.forReference(ref, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log });
   return new RegistrySource(ref, client);
 }
 

@@ -1,6 +1,8 @@
 import { request, Agent, type Dispatcher } from 'undici';
 import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
+import { rootCertificates } from 'node:tls';
+import { readFile } from 'node:fs/promises';
 import type { Logger } from '../util/log.js';
 import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage } from '../util/errors.js';
 import { AuthError, RegistryError } from './errors.js';
@@ -10,8 +12,10 @@ import { MANIFEST_ACCEPT } from './media.js';
 import { backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, sleep } from './retry.js';
 
 export interface RegistryClientOptions {
-  /** Plain HTTP (and no TLS verification): for registries on loopback or a trusted LAN. */
+  /** Like docker's insecure registries: HTTPS without certificate verification, falling back to plain HTTP. */
   insecure?: boolean;
+  /** Extra CA certificates (PEM) trusted for this registry's TLS certificate. */
+  ca?: string | Buffer;
   credentials?: Credentials | null;
   /** Retries per request (network errors, 429, 5xx); default 5. */
   retries?: number;
@@ -28,6 +32,8 @@ export interface SendOptions {
   push?: boolean;
   /** Follow redirects (blob GETs are often redirected to object storage). */
   follow?: boolean;
+  /** Override the retry budget (the HTTPS probe of an insecure registry fails fast). */
+  retries?: number;
 }
 
 export interface ClientStats { requests: number; blobGets: number; blobBytes: number; retries: number; resumes: number }
@@ -67,7 +73,7 @@ async function errorCodes(res: Dispatcher.ResponseData): Promise<{ codes: string
  * WWW-Authenticate challenge, manifests, streamed and resumable blob reads, blob uploads and manifest pushes.
  */
 export class RegistryClient {
-  readonly base: string;
+  base: string;
   readonly stats: ClientStats = { requests: 0, blobGets: 0, blobBytes: 0, retries: 0, resumes: 0 };
   private readonly dispatcher: Agent;
   private readonly retries: number;
@@ -79,22 +85,30 @@ export class RegistryClient {
   private readonly tokens = new Map<string, { push: boolean; token: string }>();
   private anonymousToken: string | null = null;
   private pinged = false;
+  private readonly insecure: boolean;
 
   constructor(readonly registry: string, opts: RegistryClientOptions = {}) {
     const host = apiHost(registry);
-    this.base = `${opts.insecure ? 'http' : 'https'}://${host}`;
+    this.base = `https://${host}`;
+    this.insecure = !!opts.insecure;
     this.retries = opts.retries ?? 5;
     this.log = opts.log;
     this.creds = opts.credentials ?? null;
     const t = opts.timeoutMs ?? 120_000;
     this.dispatcher = new Agent({
       headersTimeout: t, bodyTimeout: t, connections: 16, keepAliveTimeout: 10_000,
-      connect: opts.insecure ? { rejectUnauthorized: false } : undefined,
+      // an extra CA adds to the system roots (a token service may still use a public certificate)
+      connect: opts.insecure ? { rejectUnauthorized: false } : opts.ca ? { ca: [...rootCertificates, opts.ca.toString()] } : undefined,
     });
   }
 
   /** A client for ref's registry with credentials from flags or the usual auth files. */
-  static async forReference(ref: ImageReference, opts: RegistryClientOptions & { username?: string; password?: string; authFile?: string }): Promise<RegistryClient> {
+  static async forReference(ref: ImageReference, opts: RegistryClientOptions & { username?: string; password?: string; authFile?: string; caFile?: string }): Promise<RegistryClient> {
+    if (opts.caFile && !opts.ca) {
+      try { opts = { ...opts, ca: await readFile(opts.caFile) }; } catch (e) {
+        throw new ThinfsError(`cannot read --ca-file ${opts.caFile}: ${(e as Error).message}`, EXIT.NOT_FOUND);
+      }
+    }
     let creds: Credentials | null = null;
     if (opts.username !== undefined || opts.password !== undefined) {
       if (!opts.username || opts.password === undefined) throw new ThinfsError('--username and --password go together', EXIT.USAGE);
@@ -153,13 +167,14 @@ export class RegistryClient {
   private async roundTrip(method: Dispatcher.HttpMethod, url: string, opts: SendOptions): Promise<Dispatcher.ResponseData> {
     let target = url;
     let headers = { ...(opts.headers ?? {}) };
+    const retries = opts.retries ?? this.retries;
     for (let attempt = 0, hops = 0; ; attempt++) {
       let res: Dispatcher.ResponseData;
       try {
         this.stats.requests++;
         res = await request(target, { method, headers, body: opts.body, dispatcher: this.dispatcher });
       } catch (e) {
-        if (attempt < this.retries && isRetryableNetworkError(e)) {
+        if (attempt < retries && isRetryableNetworkError(e)) {
           this.stats.retries++;
           const wait = backoffMs(attempt);
           this.log?.warn({ url: target, err: errorMessage(e), attempt: attempt + 1, wait }, 'registry request failed, retrying');
@@ -167,7 +182,9 @@ export class RegistryClient {
           continue;
         }
         const code = (e as NodeJS.ErrnoException).code ?? '';
-        const hint = /EPROTO|SSL|TLS|wrong version/i.test(`${code} ${errorMessage(e)}`) ? ' (plain HTTP registry? use --insecure)' : '';
+        const text = `${code} ${errorMessage(e)}`;
+        const hint = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT/i.test(text) ? ' (untrusted certificate: add its CA with --ca-file, or use --insecure)'
+          : /EPROTO|SSL|TLS|wrong version/i.test(text) ? ' (plain HTTP registry? use --insecure)' : '';
         throw new ThinfsError(`cannot reach registry ${this.registry} (${method} ${target}): ${errorMessage(e)}${code ? ` [${code}]` : ''}${hint}`, EXIT.FAILURE);
       }
       if (opts.follow && [301, 302, 303, 307, 308].includes(res.statusCode) && res.headers.location && hops < 5) {
@@ -180,7 +197,7 @@ export class RegistryClient {
         attempt--;
         continue;
       }
-      if (isRetryableStatus(res.statusCode) && attempt < this.retries) {
+      if (isRetryableStatus(res.statusCode) && attempt < retries) {
         await res.body.dump().catch(() => undefined);
         this.stats.retries++;
         const wait = retryAfterMs(res.headers['retry-after'], backoffMs(attempt));
@@ -215,7 +232,19 @@ export class RegistryClient {
   /** GET /v2/: checks the API version and learns the auth scheme before real work. */
   async ping(): Promise<void> {
     if (this.pinged) return;
-    const res = await this.roundTrip('GET', `${this.base}/v2/`, { headers: { 'User-Agent': USER_AGENT }, follow: true });
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.roundTrip('GET', `${this.base}/v2/`, { headers: { 'User-Agent': USER_AGENT }, follow: true, retries: this.insecure ? 0 : undefined });
+    } catch (e) {
+      // An insecure registry may speak plain HTTP: the TLS handshake fails on a protocol error.
+      if (!this.insecure || !this.base.startsWith('https:')) throw e;
+      if (/EPROTO|wrong version|packet length|ECONNRESET|socket hang up|other side closed/i.test(errorMessage(e))) {
+        this.log?.debug({ registry: this.registry }, 'no TLS on this registry; using plain HTTP (--insecure)');
+        this.base = this.base.replace(/^https:/, 'http:');
+      }
+      // otherwise (refused, timeout ...) the probe's error says nothing about TLS: try again patiently
+      res = await this.roundTrip('GET', `${this.base}/v2/`, { headers: { 'User-Agent': USER_AGENT }, follow: true });
+    }
     await res.body.dump();
     if (res.statusCode === 401) {
       this.challenge = parseChallenges(res.headers['www-authenticate'])[0] ?? null;

@@ -11,7 +11,7 @@ import { parseReference } from '../../registry/reference.js';
 import { RegistryClient } from '../../registry/client.js';
 import { WritableStore } from '../../store/store.js';
 
-interface RegistryCli { insecure?: boolean; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string }
+interface RegistryCli { insecure?: boolean; caFile?: string; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string }
 interface ConvertCli extends RegistryCli {
   store?: string; s3Endpoint?: string; bucket?: string; s3Prefix?: string; s3Region?: string; publishedStore?: string;
   output?: string; name?: string; jobs: string; push?: boolean; pushTo?: string; pushChunkSize?: string; progress: boolean; json?: boolean;
@@ -36,7 +36,8 @@ async function readPassword(o: RegistryCli): Promise<void> {
 function registryOptions(cmd: Command): Command {
   return cmd
     .option('--platform <os/arch[/variant]>', `platform to pick from a multi-platform index (default: this machine, ${formatPlatform(hostPlatform())})`)
-    .option('--insecure', 'plain HTTP registry (no TLS), e.g. a registry on loopback')
+    .option('--insecure', 'registry without a trusted certificate: HTTPS unverified, or plain HTTP (e.g. on loopback)')
+    .option('--ca-file <pem>', 'extra CA certificate(s) trusted for the registry\'s TLS certificate')
     .option('--username <user>', 'registry user (default: credentials from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json)')
     .option('--password <password>', 'registry password (with --username; visible in ps: prefer --password-stdin)')
     .option('--password-stdin', 'read the registry password from stdin (with --username)')
@@ -102,7 +103,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
     output: o.output,
     push: o.pushTo ?? (o.push ? true : undefined),
     pushChunkSize: o.pushChunkSize ? int(o.pushChunkSize, '--push-chunk-size', 1, 1 << 30) : undefined,
-    insecure: o.insecure, username: o.username, password: o.password, authFile: o.authfile,
+    insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile,
     retries: int(o.retries, '--retries', 0, 20),
     progress: o.progress,
     log,
@@ -120,7 +121,7 @@ async function pullThinAction(refText: string, o: PullThinCli): Promise<void> {
   const log = createLogger('thinfs-pull-thin');
   await readPassword(o);
   const ref = parseReference(refText);
-  const client = await RegistryClient.forReference(ref, { insecure: o.insecure, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), log });
+  const client = await RegistryClient.forReference(ref, { insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), log });
   try {
     const got = await pullThinImage(ref, client, { platform: o.platform ? parsePlatform(o.platform) : undefined });
     const desc = o.name ? { ...got.descriptor, name: o.name } : got.descriptor;
