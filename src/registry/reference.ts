@@ -42,6 +42,7 @@ export function parseReference(input: string): ImageReference {
   if (s.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost')) {
     registry = first;
     s = s.slice(first.length + 1);
+    if (!/^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/.test(registry)) bad(`invalid registry host "${registry}"`);
   }
   if (registry === DOCKER_HUB && !s.includes('/')) s = `library/${s}`;
   if (!REPO_RE.test(s)) bad(`invalid repository name "${s}"`);
