@@ -2,6 +2,8 @@
 // (page cache), warm (node-local cache, page cache dropped, daemon restarted so its memory cache is empty) and cold
 // (empty cache), and squashfuse on a mksquashfs image of the same tree. Three workloads: sequential read of a large
 // file (MB/s), `find -printf '%s %m'` over the tree, and reading every file. Prints a table with ratios.
+// Needs root (drop_caches, mounts), squashfs-tools and squashfuse. THINFS_BENCH_BIG_MB sets the large file (512).
+// Run alone: `node dist/bench/read.js` (numbers from a machine busy with other work are not comparable).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
