@@ -37,18 +37,28 @@ function authorized(req: IncomingMessage, token: string | undefined): boolean {
   return timingSafeEqual(digest(m[1]!.trim()), digest(token));
 }
 
-/** Read at most limit bytes of body; 413 beyond (checked against Content-Length first, then as it streams). */
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * Read at most limit bytes of body; 413 beyond. An oversized body is drained before we answer, so the
+ * sender reads our 413 instead of a connection reset; past a bound (16x the limit) the socket is dropped.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const bound = limit * 16 + (1 << 20);
   const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > limit) throw new HttpError(413, `body of ${declared} bytes exceeds the ${limit} byte limit`);
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > limit) throw new HttpError(413, `body exceeds the ${limit} byte limit`);
-    chunks.push(c);
-  }
-  return Buffer.concat(chunks);
+  if (declared !== undefined && Number(declared) > bound) return Promise.reject(new HttpError(413, `body of ${declared} bytes exceeds the ${limit} byte limit`));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    let over = false;
+    const tooBig = () => new HttpError(413, `body of ${declared ?? `${n}+`} bytes exceeds the ${limit} byte limit`);
+    req.on('data', (c: Buffer) => {
+      n += c.length;
+      if (n > bound) { reject(tooBig()); req.destroy(); return; }
+      if (n > limit) { over = true; chunks.length = 0; return; }
+      chunks.push(c);
+    });
+    req.on('end', () => (over ? reject(tooBig()) : resolve(Buffer.concat(chunks))));
+    req.on('error', (e) => reject(new HttpError(400, `reading the body failed: ${e.message}`)));
+  });
 }
 
 export function uploadJson(row: UploadRow, position?: number): Record<string, unknown> {
@@ -97,8 +107,9 @@ export function createHttpServer(p: Publisher): Server {
     if (!opts.webhook) throw new HttpError(404, 'webhook disabled on this publisher (--no-webhook); it relies on bucket listing');
     if (!authorized(req, opts.token)) {
       p.metrics.webhookRequests.inc({ code: '401' });
-      req.resume();
-      send(res, 401, { error: 'missing or wrong bearer token' }, { 'WWW-Authenticate': 'Bearer realm="thinfs-publisher"', Connection: 'close' });
+      // Drain (bounded) before answering, as for 413: the sender then reads the 401, not a reset.
+      await readBody(req, opts.maxBodyBytes).catch(() => undefined);
+      send(res, 401, { error: 'missing or wrong bearer token' }, { 'WWW-Authenticate': 'Bearer realm="thinfs-publisher"' });
       return;
     }
     let body: unknown;
@@ -108,8 +119,7 @@ export function createHttpServer(p: Publisher): Server {
     } catch (e) {
       const status = e instanceof HttpError ? e.status : 400;
       p.metrics.webhookRequests.inc({ code: String(status) });
-      if (status === 413) req.resume();
-      send(res, status, { error: errorMessage(e) }, { Connection: 'close' });
+      send(res, status, { error: errorMessage(e) }, req.complete ? {} : { Connection: 'close' });
       return;
     }
     let parsed;

@@ -102,6 +102,7 @@ test('unauthenticated, malformed and oversized webhook calls are refused, nothin
   // 413: bigger than --max-body (64 KiB), declared and streamed (chunked, no Content-Length).
   const big = JSON.stringify({ Records: [rec], pad: 'x'.repeat(200_000) });
   assert.equal((await postWebhook(pub.url, null, TOKEN, big)).status, 413);
+  assert.equal((await postWebhook(pub.url, null, null, big)).status, 401, 'auth is checked before size');
   const chunked = await fetch(`${pub.url}/webhook`, {
     method: 'POST', headers: { Authorization: `Bearer ${TOKEN}` }, duplex: 'half',
     body: new ReadableStream({ start(c) { for (let i = 0; i < 20; i++) c.enqueue(new TextEncoder().encode('x'.repeat(10_000))); c.close(); } }),
@@ -230,6 +231,21 @@ test('an object overwritten before its event is processed: that version fails as
   const published = await publishedLayers(store);
   assert.ok(published.has(v2.diffId));
   assert.ok(!published.has(v1.diffId), 'the overwritten version was never published');
+
+  // POST /retry/<id>: token required, only failed uploads, and the retry runs the transaction again.
+  assert.equal((await fetch(`${pub.url}/retry/${old.id}`, { method: 'POST' })).status, 401);
+  const auth = { Authorization: `Bearer ${TOKEN}` };
+  assert.equal((await fetch(`${pub.url}/retry/${cur.id}`, { method: 'POST', headers: auth })).status, 409);
+  assert.equal((await fetch(`${pub.url}/retry/999999`, { method: 'POST', headers: auth })).status, 404);
+  const retried = await fetch(`${pub.url}/retry/${old.id}`, { method: 'POST', headers: auth });
+  assert.equal(retried.status, 200);
+  assert.equal(((await retried.json()) as any).state, 'queued');
+  const again = await waitFor('retried upload settled', async () => {
+    const r = await getJson(`${pub.url}/status/${old.id}`);
+    return r.json.state === 'failed' && r.json.finishedAt !== old.finishedAt && r.json;
+  }, 60_000);
+  assert.match(again.error, /^superseded: /);
+  assert.equal(again.attempts, 1, 'a retry starts the attempt count afresh');
 });
 
 test('SIGTERM: clean shutdown, exit 0, queue intact for the next start', async () => {
