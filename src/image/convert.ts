@@ -168,7 +168,8 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
      * never ran: hash the blob again (download only, no ingest) so a mismatch is reported as what it is.
      */
     const diagnose = async (e: unknown, l: LayerRef, v: DigestVerifier, label: string): Promise<unknown> => {
-      if (e instanceof IntegrityError || opts.signal?.aborted) return e;
+      // Only a refused (undecodable) stream can hide a digest mismatch; not-found, auth, network errors cannot.
+      if (!(e instanceof BadInputError) || opts.signal?.aborted) return e;
       if (v.mismatch || v.digest || !l.digest) return e;
       try {
         const h = createHash('sha256');
