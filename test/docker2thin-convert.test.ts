@@ -13,7 +13,7 @@ import {
 } from './helpers/proc.js';
 import { diffTrees } from './helpers/oracle.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { startS3rver, S3_ENV, AWS, type S3Server } from './publisher-fixture.js';
+import { startS3rver, startPublisher, waitFor as pubWaitFor, S3_ENV, AWS, type S3Server, type PublisherProc } from './publisher-fixture.js';
 import {
   makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs, pushRaw, plainVariant, MT,
   type Layer, type RegistryServer,
@@ -334,10 +334,11 @@ test('OCI layout and docker-archive sources: same layers, dedup across sources',
   assert.deepEqual(again.layers.map((l: any) => l.action), ['present', 'present']);
 });
 
-test('S3 mode uploads verified layer blobs for the publisher, once', async (t) => {
+test('S3 mode uploads verified layer blobs once; the publisher ingests them', async (t) => {
   if (skip || !descA) return t.skip(skip || 'needs the first conversion');
   if (!(await haveCommand(AWS))) return t.skip('aws CLI not installed');
   let s3: S3Server | null = null;
+  let pub: PublisherProc | null = null;
   try {
     s3 = await startS3rver(path.join(work, 's3'), 'thin-layers');
     const args = ['--insecure', '--s3-endpoint', s3.endpoint, '--bucket', 'thin-layers', '--s3-prefix', 'incoming/', `${reg.host}/test/a:v1`];
@@ -360,10 +361,29 @@ test('S3 mode uploads verified layer blobs for the publisher, once', async (t) =
     const again = await convertJson(args, S3_ENV);
     assert.deepEqual(again.layers.map((l: any) => l.action), ['uploaded-before', 'uploaded-before', 'uploaded-before']);
     assert.deepEqual(delta(await reg.gets('test/a'), before).filter((d) => d !== descA.configDigest), []);
+    // the publisher (a real `thinfs publisher`, reconcile loop only) ingests the uploads into its store
+    const pubStore = path.join(work, 'store-published');
+    pub = await startPublisher(['--store', pubStore, '--init', '--s3-endpoint', s3.endpoint, '--bucket', 'thin-layers', '--prefix', 'incoming/',
+      '--no-webhook', '--reconcile-interval', '1', '--state', path.join(work, 'pub-state')], path.join(work, 'publisher.log'));
+    await pubWaitFor('the publisher to publish the 3 uploaded layers', async () => {
+      const got = await fsp.readdir(path.join(pubStore, 'layers')).catch(() => [] as string[]);
+      return got.filter((f) => f.endsWith('.json')).length === 3;
+    }, 120_000, 250);
+    for (const l of r.descriptor.layers) {
+      const lm = JSON.parse(await fsp.readFile(path.join(pubStore, l.manifest), 'utf8'));
+      assert.equal(lm.diffId, l.diffId);
+      assert.equal(lm.blobDigest, l.digest);
+    }
     // with the publisher's store known, published layers are not even looked up in S3
-    const pub = await convertJson([...args, '--published-store', store], S3_ENV);
-    assert.deepEqual(pub.layers.map((l: any) => l.action), ['present', 'present', 'present']);
+    const viaStore = await convertJson([...args, '--published-store', pubStore], S3_ENV);
+    assert.deepEqual(viaStore.layers.map((l: any) => l.action), ['present', 'present', 'present']);
+    // before publication the descriptor cannot name catalogs; once published it does
+    assert.deepEqual(r.descriptor.layers.map((l: any) => l.catalog), ['', '', '']);
+    for (const l of viaStore.descriptor.layers) {
+      assert.equal(l.catalog, JSON.parse(await fsp.readFile(path.join(pubStore, l.manifest), 'utf8')).catalog);
+    }
   } finally {
+    if (pub) assert.equal(await pub.stop(), 0);
     await s3?.stop();
   }
 });
