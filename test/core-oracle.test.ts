@@ -224,7 +224,7 @@ describe('OCI whiteouts', () => {
       }
       // The .wh. name itself is not an entry of the layer's tree.
       const r = await thinfsBuf(['stat', '--store', store, res.diffId, wh]);
-      assert.equal(r.code, 4, `${wh} is not visible as such (exit ${r.code})`);
+      assert.equal(r.code, 4, `${wh} is not visible as such (exit ${r.code}: ${r.stderr})`);
     }
     const root = (await thinfsOk(['ls', '--store', store, res.diffId])).split('\n').filter(Boolean);
     assert.deepEqual(root, ['etc', 'opaque', 'removed-top', 'usr']);
