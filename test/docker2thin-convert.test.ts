@@ -13,7 +13,7 @@ import {
 } from './helpers/proc.js';
 import { diffTrees } from './helpers/oracle.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { startS3rver, startPublisher, waitFor as pubWaitFor, S3_ENV, AWS, type S3Server, type PublisherProc } from './publisher-fixture.js';
+import { startS3rver, startPublisher, S3_ENV, AWS, type S3Server, type PublisherProc } from './publisher-fixture.js';
 import {
   makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs, pushRaw, plainVariant, MT,
   type Layer, type RegistryServer,
@@ -365,15 +365,17 @@ test('S3 mode uploads verified layer blobs once; the publisher ingests them', as
     const pubStore = path.join(work, 'store-published');
     pub = await startPublisher(['--store', pubStore, '--init', '--s3-endpoint', s3.endpoint, '--bucket', 'thin-layers', '--prefix', 'incoming/',
       '--no-webhook', '--reconcile-interval', '1', '--state', path.join(work, 'pub-state')], path.join(work, 'publisher.log'));
-    await pubWaitFor('the publisher to publish the 3 uploaded layers', async () => {
-      const got = await fsp.readdir(path.join(pubStore, 'layers')).catch(() => [] as string[]);
-      return got.filter((f) => f.endsWith('.json')).length === 3;
-    }, 120_000, 250);
-    for (const l of r.descriptor.layers) {
+    // docker2thin --wait: polls the publisher's store, then stores the descriptor there (catalogs named)
+    const waited = await convertJson([...args, '--published-store', pubStore, '--wait', '120', '--name', 'a-from-s3:v1'], S3_ENV);
+    // (the publisher may already have published some layers when docker2thin looks)
+    for (const l of waited.layers) assert.ok(['uploaded-before', 'present'].includes(l.action), l.action);
+    for (const l of waited.descriptor.layers) {
       const lm = JSON.parse(await fsp.readFile(path.join(pubStore, l.manifest), 'utf8'));
       assert.equal(lm.diffId, l.diffId);
       assert.equal(lm.blobDigest, l.digest);
+      assert.equal(l.catalog, lm.catalog);
     }
+    assert.deepEqual(JSON.parse(await fsp.readFile(path.join(pubStore, 'images', 'a-from-s3%3Av1.json'), 'utf8')), waited.descriptor);
     // with the publisher's store known, published layers are not even looked up in S3
     const viaStore = await convertJson([...args, '--published-store', pubStore], S3_ENV);
     assert.deepEqual(viaStore.layers.map((l: any) => l.action), ['present', 'present', 'present']);

@@ -31,6 +31,8 @@ export interface ConvertOptions extends SourceOptions {
   s3?: S3Target;
   /** With s3: where the publisher publishes (dir or http URL): skip layers already there, recorded in the descriptor. */
   publishedStore?: string;
+  /** With s3 + publishedStore: wait up to this many seconds for the publisher to publish every layer. */
+  waitSeconds?: number;
   name?: string;
   platform?: Platform;
   jobs?: number;
@@ -259,6 +261,27 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
 
     if (store) await putLooseObject(store, configHex, configRaw);
 
+    // S3 mode: the publisher ingests asynchronously; optionally wait until it has published every layer,
+    // so the descriptor can name the catalogs and be stored where the mount will find it.
+    if (s3 && published && opts.waitSeconds) {
+      const deadline = Date.now() + opts.waitSeconds * 1000;
+      for (;;) {
+        const missing: LayerOutcome[] = [];
+        for (const o of outcomes) {
+          if (o.manifest) continue;
+          const lm = await published.getLayer(o.diffId);
+          if (lm) o.manifest = lm; else missing.push(o);
+        }
+        if (!missing.length) break;
+        if (opts.signal?.aborted) throw new ThinfsError('interrupted while waiting for the publisher', 130);
+        if (Date.now() > deadline) {
+          throw new ThinfsError(`the publisher has not published ${missing.length} layer(s) after ${opts.waitSeconds} s: ${missing.map((o) => o.diffId).join(', ')} (uploads are in s3://${opts.s3!.bucket}/; check the publisher's /status)`, EXIT.FAILURE);
+        }
+        log?.info({ missing: missing.length }, 'waiting for the publisher');
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+
     const layers: ThinLayer[] = outcomes.map((o) => {
       const l = m.layers[o.index]!;
       const t: ThinLayer = {
@@ -302,6 +325,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
 
     // The descriptor is published last: the image appears only when every layer it names is there.
     if (store) await store.putImage(descriptor);
+    else if (published instanceof WritableStore && outcomes.every((o) => o.manifest)) await published.putImage(descriptor);
     if (opts.output) {
       const text = JSON.stringify(descriptor, null, 2) + '\n';
       if (opts.output === '-') process.stdout.write(text);

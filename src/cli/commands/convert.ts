@@ -14,7 +14,7 @@ import { WritableStore } from '../../store/store.js';
 interface RegistryCli { insecure?: boolean; caFile?: string; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string }
 interface ConvertCli extends RegistryCli {
   store?: string; s3Endpoint?: string; bucket?: string; s3Prefix?: string; s3Region?: string; publishedStore?: string;
-  output?: string; name?: string; jobs: string; push?: boolean; pushTo?: string; pushChunkSize?: string; progress: boolean; json?: boolean;
+  output?: string; name?: string; jobs: string; wait?: string | boolean; push?: boolean; pushTo?: string; pushChunkSize?: string; progress: boolean; json?: boolean;
 }
 interface PullThinCli extends RegistryCli { store?: string; output?: string; name?: string; json?: boolean }
 
@@ -54,7 +54,8 @@ export function addConvertOptions(cmd: Command): Command {
     .option('--bucket <name>', 'S3 bucket (with --s3-endpoint)')
     .option('--s3-prefix <prefix>', 'key prefix for uploaded layers', '')
     .option('--s3-region <region>', 'S3 region (default $AWS_REGION or us-east-1)')
-    .option('--published-store <location>', 'with S3: the store the publisher publishes to (dir or http URL): layers already there are skipped')
+    .option('--published-store <location>', 'with S3: the store the publisher publishes to (dir or http URL): layers already there are skipped; a directory also gets the descriptor once every layer is published')
+    .option('--wait [seconds]', 'with S3 and --published-store: wait for the publisher to publish every layer (default 600 s)')
     .option('-o, --output <file>', 'also write the descriptor JSON to this file ("-" = stdout)')
     .option('--name <name>', 'image name under the mount\'s images/ (default: last repository component:tag, e.g. busybox:latest)')
     .option('-j, --jobs <n>', 'layers downloaded in parallel', '3')
@@ -85,6 +86,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
   await readPassword(o);
   if (o.s3Endpoint && !o.bucket) throw new ThinfsError('--s3-endpoint needs --bucket', EXIT.USAGE);
   if (o.bucket && !o.s3Endpoint) throw new ThinfsError('--bucket needs --s3-endpoint', EXIT.USAGE);
+  if (o.wait !== undefined && !(o.s3Endpoint && o.publishedStore)) throw new ThinfsError('--wait needs --s3-endpoint and --published-store', EXIT.USAGE);
   // Ctrl-C / SIGTERM: roll back in-flight ingests and release the layer locks instead of dying mid-write.
   const ac = new AbortController();
   // A second signal (or one before any layer work) does not wait for a clean rollback.
@@ -97,6 +99,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
     store: o.store ? resolve(o.store) : undefined,
     s3: o.s3Endpoint ? { endpoint: o.s3Endpoint, bucket: o.bucket!, prefix: o.s3Prefix, region: o.s3Region } : undefined,
     publishedStore: o.publishedStore,
+    waitSeconds: o.wait === undefined ? undefined : o.wait === true ? 600 : int(String(o.wait), '--wait', 1, 86_400),
     name: o.name,
     platform: o.platform ? parsePlatform(o.platform) : undefined,
     jobs: int(o.jobs, '--jobs', 1, 64),
