@@ -100,8 +100,16 @@ test(`SIGKILL during ingest (>= ${KILLS} times): every layer published exactly o
       if (all.length === layers.length && all.every((u) => u.state === 'published')) return 'drained';
       return null;
     }, 120_000, 20);
-    if (running === 'drained') break;
-    await new Promise((r) => setTimeout(r, 50 + Math.floor(random() * 4000)));
+    if (running === 'drained') {
+      // Every layer made it between kills: bring one more (distinct) layer, the kills must land mid-ingest.
+      assert.ok(layers.length < 12, `layers kept getting published before ${KILLS} kills landed mid-ingest`);
+      const extra = await bigLayer(`k${layers.length}`, dirs[(layers.length * 5) % dirs.length]!, 24 + 4 * (layers.length % 6));
+      layers.push(extra);
+      expected.add(extra.diffId);
+      await upload(extra);
+      continue;
+    }
+    await new Promise((r) => setTimeout(r, 50 + Math.floor(random() * 3000)));
     const h = await getJson(`${p.url}/healthz`);
     await p.kill();
     if (h.json.worker !== 'idle') { kills++; killedTxns.push(`${h.json.worker.txn} (${h.json.worker.fetchedBytes}/${h.json.worker.contentLength} bytes)`); }
