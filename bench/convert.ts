@@ -81,7 +81,6 @@ export async function main(): Promise<void> {
     const layout = join(dir, 'layout');
     const lay = await new OciLayout(layout).init();
     await lay.tag(await lay.image(layers, { os: 'linux', architecture: 'amd64' }), 'v1');
-    await rm(lw, { recursive: true, force: true });
     await pushLayout(layout, 'v1', reg, 'bench/img');
     await rm(layout, { recursive: true, force: true });
     const ref = `${reg.host}/bench/img:v1`;
@@ -102,11 +101,20 @@ export async function main(): Promise<void> {
       if (jobs === 3) rows.push(['docker2thin again (all layers present)', await timed(process.execPath, [D2T, '--insecure', '--store', store, ref])]);
       await rm(store, { recursive: true, force: true });
     }
+    // the core's own ingest of the same blobs from local files, one after another: what docker2thin adds on top
+    const ingestStore = join(dir, 'store-ingest');
+    await timed(process.execPath, [THINFS, 'init', ingestStore]);
+    let ingestSum = 0;
+    for (const l of layers) ingestSum += await timed(process.execPath, [THINFS, 'ingest', l.file, '--store', ingestStore]);
+    rows.push(['thinfs ingest of the same blobs (local files)', ingestSum]);
+    await rm(ingestStore, { recursive: true, force: true });
+    await rm(lw, { recursive: true, force: true });
     const mb = tarBytes / 1e6;
     for (const [name, s] of rows) console.log(`  ${name.padEnd(42)} ${s.toFixed(2).padStart(7)} s ${(mb / s).toFixed(1).padStart(8)} MB/s (uncompressed)`);
     const conv = rows[1]![1];
     console.log(`  ratio docker2thin/skopeo time: ${(conv / sk).toFixed(2)}x (docker2thin also unpacks, chunks, compresses and indexes every file)`);
     console.log(`  re-conversion: ${(rows[2]![1]).toFixed(2)} s, ${((rows[2]![1] / sk) * 100).toFixed(0)}% of a skopeo copy`);
+    console.log(`  docker2thin --jobs 1 / local ingest of the same blobs: ${(rows[3]![1] / ingestSum).toFixed(2)}x (registry fetch + verification overhead)`);
   } finally {
     await reg.stop();
     await rm(dir, { recursive: true, force: true });
