@@ -11,7 +11,7 @@ export interface MountStats {
     memHits: number; diskHits: number; fetches: number; fetchedBytes: number; fetchedDecodedBytes: number; catalogFetches: number;
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
   };
-  ops: { reads: number; readBytes: number; eio: number; opens: number };
+  ops: { reads: number; readBytes: number; eio: number };
   layersLoaded: number;
 }
 

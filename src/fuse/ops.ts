@@ -8,12 +8,11 @@ import { encodeImageDirName } from './names.js';
 
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
-const O_ACCMODE = 3;
 const XATTR_HIDDEN_IN_IMAGES = 'trusted.overlay.';
 const SEQ_WINDOW = 8 << 20;
 
 export interface OpCounters {
-  lookups: number; getattrs: number; readdirs: number; opens: number; reads: number; readBytes: number;
+  lookups: number; getattrs: number; readdirs: number; reads: number; readBytes: number;
   /** Reads answered with EIO because a chunk was missing or corrupt. */
   eio: number;
   /** Slowest read seen, ms (includes fetches). */
@@ -42,15 +41,15 @@ function makedev(major: number, minor: number): number {
   return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
 }
 
-interface Handle { node: Extract<Node, { k: 'entry' }>; chunks: ChunkRef[] | null; nextPos: number }
+/** Per-file read state, kept with the (immutable, path-cached) node: chunk map and how far a sequential reader got. */
+interface ReadState { chunks: ChunkRef[] | null; nextPos: number }
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
 
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, opens: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0 };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0 };
   private readonly inos = new InoTable();
-  private readonly handles = new Map<number, Handle>();
-  private nextFh = 1;
+  private readonly readState = new WeakMap<Node, ReadState>();
   private readonly synthMs: number;
 
   constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
@@ -192,21 +191,10 @@ export class ThinFs {
           return (n.inode.target ?? Buffer.alloc(0)).toString('utf8');
         }, (c, v) => (c ? cb(c) : cb(0, v)));
       },
-      open(path, flags, cb) {
-        self.counters.opens++;
-        if ((flags & O_ACCMODE) !== 0) { cb(Fuse.EROFS); return; }
-        self.guard('open', path, async () => {
-          const n = await self.need(path);
-          if (n.k !== 'entry') throw Object.assign(new Error('EISDIR'), { fuseErrno: n.k === 'statsLink' ? Fuse.EINVAL : Fuse.EISDIR });
-          if (n.inode.type === 'dir') throw Object.assign(new Error('EISDIR'), { fuseErrno: Fuse.EISDIR });
-          const fh = self.nextFh;
-          self.nextFh = (self.nextFh % 0xfffffff0) + 1;
-          self.handles.set(fh, { node: n, chunks: null, nextPos: 0 });
-          return fh;
-        }, (c, v) => (c ? cb(c) : cb(0, v)));
-      },
-      release(_path, fd, cb) { self.handles.delete(fd); cb(0); },
-      read(path, fd, buf, len, pos, cb) { self.read(path, fd, buf, len, pos).then(cb, (e) => self.fail('read', path, e, cb)); },
+      // No open/release handlers: each would cost a round trip to this thread per file. The mount is `ro`, so
+      // the kernel refuses write opens itself, libfuse still sets keep_cache (kernel_cache), and reads come with
+      // their path, whose node is already cached from the lookup.
+      read(path, _fd, buf, len, pos, cb) { self.read(path, buf, len, pos).then(cb, (e) => self.fail('read', path, e, cb)); },
       getxattr(path, name, _pos, cb) {
         self.guard('getxattr', path, async () => (await self.xattrs(path)).get(name) ?? null, (c, v) => (c ? cb(c) : cb(0, v)));
       },
@@ -272,16 +260,14 @@ export class ThinFs {
   }
 
   /** Serve a read by slicing verified chunks; the chunks a read spans are fetched concurrently; holes read as zeros. */
-  async read(path: string, fd: number, buf: Buffer, len: number, pos: number): Promise<number> {
+  async read(path: string, buf: Buffer, len: number, pos: number): Promise<number> {
     const t0 = performance.now();
     this.counters.reads++;
-    let h = this.handles.get(fd);
-    if (!h) {
-      const n = await this.need(path);
-      if (n.k !== 'entry') return Fuse.EISDIR;
-      h = { node: n, chunks: null, nextPos: -1 };
-    }
-    const i = h.node.inode;
+    const node = this.ns.cached(path) ?? (await this.need(path));
+    if (node.k !== 'entry') return Fuse.EISDIR;
+    let h = this.readState.get(node);
+    if (!h) { h = { chunks: null, nextPos: 0 }; this.readState.set(node, h); }
+    const i = node.inode;
     if (pos >= i.size) return 0;
     const end = Math.min(i.size, pos + len);
     const n = end - pos;
@@ -291,7 +277,7 @@ export class ThinFs {
       this.counters.readBytes += n;
       return n;
     }
-    const chunks = h.chunks ??= h.node.layer.catalog!.chunks(i.ino);
+    const chunks = h.chunks ??= node.layer.catalog!.chunks(i.ino);
     // First chunk ending after pos (chunks are sorted by offset and do not overlap).
     let lo = 0, hi = chunks.length;
     while (lo < hi) { const mid = (lo + hi) >> 1; const c = chunks[mid]!; if (c.offset + c.size <= pos) lo = mid + 1; else hi = mid; }
@@ -301,7 +287,7 @@ export class ThinFs {
     // A sequential reader waits on one chunk at a time (the kernel keeps only ~1.5 MiB of readahead in flight):
     // load the next few from the local cache directory meanwhile, so disk latency overlaps. Never from the store.
     // Readahead requests arrive out of order (several libfuse threads), so "sequential" means near the furthest end seen.
-    if (this.opts.localReadahead > 0 && h.nextPos >= 0 && pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW) {
+    if (this.opts.localReadahead > 0 && pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW) {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
     if (end > h.nextPos) h.nextPos = end;
@@ -310,7 +296,7 @@ export class ThinFs {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
     } catch (e) {
       this.counters.eio++;
-      this.log.error({ path, layer: h.node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
+      this.log.error({ path, layer: node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
       return Fuse.EIO;
     }
     let filled = pos;
