@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
@@ -61,7 +61,7 @@ export function addConvertOptions(cmd: Command): Command {
     .option('-j, --jobs <n>', 'layers downloaded in parallel', '3')
     .option('--push', 'push the thin image (one layer carrying thin.json) next to the source as REF-thin')
     .option('--push-to <ref>', 'push the thin image to this reference instead (needed for oci:/docker-archive: sources)')
-    .addOption(new Option('--push-chunk-size <bytes>', 'upload thin image blobs in PATCH chunks of this size (default: one monolithic PUT)').hideHelp(false))
+    .option('--push-chunk-size <bytes>', 'upload thin image blobs in PATCH chunks of this size (default: one monolithic PUT)')
     .option('--no-progress', 'no progress bars even on a terminal')
     .option('--json', 'print a JSON summary (descriptor, per-layer actions, stats) on stdout'));
   return cmd.addHelpText('after', `
@@ -76,7 +76,12 @@ Examples:
   docker2thin --insecure --store /srv/store 127.0.0.1:5000/library/busybox:latest
   docker2thin --store /srv/store --platform linux/arm64 registry.example.org/app:1.2 --push
   docker2thin --store /srv/store oci:/tmp/layout:v1 -o busybox.thin.json
-  docker2thin --s3-endpoint http://127.0.0.1:9000 --bucket layers docker-archive:app.tar`);
+  docker2thin --s3-endpoint http://127.0.0.1:9000 --bucket layers docker-archive:app.tar
+  docker2thin --s3-endpoint http://s3:9000 --bucket layers --published-store /srv/store --wait app:1.2
+
+The descriptor (JSON, schemaVersion 1) names the image, its manifest digest, platform, original config
+and its layers (blob digest, diff id, size, catalog, layer manifest path); with --push it also travels as
+a one-layer OCI image REF-thin whose thin.json any node reads back with: thinfs pull-thin REF --store DIR`);
 }
 
 export async function convertAction(source: string, o: ConvertCli): Promise<ConvertResult> {
