@@ -69,3 +69,14 @@ test('a writer killed mid-ingest publishes nothing; gc reclaims its staging; a r
   assert.equal(gc2.removed, 0);
   assert.equal(gc2.referenced, n);
 });
+
+test('the same layer gives the same catalog object in every store, whatever its compression', async () => {
+  const dir = await tmpDir();
+  const tar = await makeLayer(dir, 'l.tar', ['usr/share/perl5']);
+  await runOk('gzip', ['-k', '-n', tar]);
+  const a = await thinfsJson<{ catalog: string; diffId: string }>(['ingest', tar, '--store', join(dir, 'a'), '--init', '--json']);
+  await new Promise((r) => setTimeout(r, 1100)); // a timestamp in the catalog would now differ
+  const b = await thinfsJson<{ catalog: string; diffId: string }>(['ingest', `${tar}.gz`, '--store', join(dir, 'b'), '--init', '--json']);
+  assert.equal(b.diffId, a.diffId);
+  assert.equal(b.catalog, a.catalog, 'nodes publishing the same layer write byte-identical catalogs');
+});

@@ -310,8 +310,9 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     if (opts.expectDiffId && opts.expectDiffId !== diffId) throw new IntegrityError(opts.expectDiffId, `layer content hashes to ${diffId}, expected diff id ${opts.expectDiffId}`);
     if (opts.blobDigest && opts.blobDigest !== blobDigest) throw new IntegrityError(opts.blobDigest, `layer blob hashes to ${blobDigest}, expected ${opts.blobDigest}`);
 
-    cat.finish({ diff_id: diffId, blob_digest: blobDigest, name_prefix: namePrefix ?? '', root_explicit: rootFlags & FLAG_IMPLICIT ? 0 : 1,
-      chunk_min: chunking.min, chunk_avg: chunking.avg, chunk_max: chunking.max, inline_max: INLINE_MAX, created: new Date().toISOString() });
+    // No timestamps or blob digests in the catalog: the same layer gives the same catalog object on every node.
+    cat.finish({ diff_id: diffId, name_prefix: namePrefix ?? '', root_explicit: rootFlags & FLAG_IMPLICIT ? 0 : 1,
+      chunk_min: chunking.min, chunk_avg: chunking.avg, chunk_max: chunking.max, inline_max: INLINE_MAX });
     const catalogData = await readFile(catalogPath);
     const catalogHash = sha256hex(catalogData);
     const catalogSize = catalogData.length; // put() may hand the buffer's memory to a worker
