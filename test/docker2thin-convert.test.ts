@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import {
   REPO_ROOT, run, runOk, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot, treeListing, xattrDump, haveCommand, sha256File,
 } from './helpers/proc.js';
@@ -185,6 +187,45 @@ test('uncompressed layers from a registry are ingested as plain tars', async (t)
   if (descA) {
     const again = await convertJson(['--insecure', '--store', store, `${reg.host}/test/plain:v1`]);
     assert.deepEqual(again.layers.map((l: any) => l.action), ['present', 'present']);
+  }
+});
+
+test('foreign (non-distributable) layer: fetched from its URL when the registry does not hold it, verified', async (t) => {
+  if (skip) return t.skip(skip);
+  let hits = 0;
+  let corrupt = false;
+  const server = http.createServer(async (req, res) => {
+    hits++;
+    if (req.url !== `/foreign/${L.b2.digest}`) { res.writeHead(404); res.end(); return; }
+    const data = await fsp.readFile(L.b2.file);
+    if (corrupt) data[data.length >> 1] ^= 0xff;
+    res.writeHead(200, { 'Content-Length': String(data.length) });
+    res.end(data);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const freg = await startRegistry(path.join(work, 'registry-foreign'), { allowUrls: '^http://127\\.0\\.0\\.1' });
+  try {
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/foreign/${L.b2.digest}`;
+    const foreign = { ...L.b2, mediaType: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip', urls: [url] };
+    await pushRaw(freg, 'test/foreign', 'v1', [L.base, foreign], AMD64);
+    const man = JSON.parse(await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${freg.host}/test/foreign:v1`]));
+    assert.deepEqual(man.layers[1].urls, [url]);
+    const s1 = await newStore('store-foreign');
+    const r = await convertJson(['--insecure', '--store', s1, `${freg.host}/test/foreign:v1`]);
+    assert.deepEqual(r.descriptor.layers.map((l: any) => l.diffId), [L.base.diffId, L.b2.diffId]);
+    assert.equal(r.descriptor.layers[1].mediaType, 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip');
+    assert.equal(hits, 1, 'the foreign layer came from its URL');
+    // a corrupted foreign layer is refused like any blob
+    corrupt = true;
+    const s2 = await newStore('store-foreign-bad');
+    const bad = await docker2thin(['--insecure', '--store', s2, `${freg.host}/test/foreign:v1`]);
+    assert.equal(bad.code, 5, bad.stderr);
+    assert.match(bad.stderr, /digest mismatch/);
+    assert.deepEqual((await storeSnapshot(s2)).images, []);
+  } finally {
+    await freg.stop();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
   }
 });
 

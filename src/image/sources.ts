@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { basename, join, resolve as resolvePath } from 'node:path';
 import { createHash } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { Logger } from '../util/log.js';
 import { BadInputError, NotFoundError, IntegrityError, ThinfsError, EXIT } from '../util/errors.js';
 import { RegistryClient } from '../registry/client.js';
@@ -18,6 +18,8 @@ export interface LayerRef {
   size?: number;
   mediaType: string;
   compression: Compression;
+  /** Where a foreign (non-distributable) layer may be fetched when the registry does not hold it. */
+  urls?: string[];
 }
 
 /** The platform-specific image manifest a source resolved to, before any layer is read. */
@@ -110,7 +112,10 @@ async function resolveTree(fetch: Fetch, first: { raw: Buffer; contentType?: str
 
 function toLayers(layers: Descriptor[], what: string): LayerRef[] {
   return layers.map((l, index) => {
-    try { return { index, digest: l.digest, size: l.size, mediaType: l.mediaType, compression: layerCompression(l.mediaType) }; } catch (e) {
+    try {
+      const urls = l.urls?.filter((u) => typeof u === 'string' && /^https?:\/\//.test(u));
+      return { index, digest: l.digest, size: l.size, mediaType: l.mediaType, compression: layerCompression(l.mediaType), ...(urls?.length ? { urls } : {}) };
+    } catch (e) {
       throw new BadInputError(`${what}: layer ${index + 1} (${l.digest}): ${(e as Error).message}`);
     }
   });
@@ -138,7 +143,31 @@ export class RegistrySource implements ImageSource {
   }
 
   openLayer(layer: LayerRef): Readable {
-    return this.client.openBlob(this.ref.repository, layer.digest!, layer.size);
+    const blob = this.client.openBlob(this.ref.repository, layer.digest!, layer.size);
+    if (!layer.urls) return blob;
+    // Foreign layers: the registry first (it may mirror them), then each URL of the descriptor.
+    const client = this.client;
+    return Readable.from((async function* () {
+      let started = false;
+      let last: unknown;
+      try {
+        for await (const c of blob) { started = true; yield c as Buffer; }
+        return;
+      } catch (e) {
+        if (started || !(e instanceof NotFoundError)) throw e;
+        last = e;
+      }
+      for (const url of layer.urls!) {
+        try {
+          for await (const c of client.openUrl(url, layer.digest!, layer.size)) { started = true; yield c as Buffer; }
+          return;
+        } catch (e) {
+          if (started) throw e;
+          last = e;
+        }
+      }
+      throw last;
+    })(), { objectMode: false, highWaterMark: 1 << 20 });
   }
 
   close(): Promise<void> { return this.client.close(); }

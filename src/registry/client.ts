@@ -303,54 +303,72 @@ export class RegistryClient {
    * what already went downstream and never duplicates bytes.
    */
   openBlob(repo: string, digest: string, expectedSize?: number): Readable {
-    const self = this;
-    async function* gen(): AsyncGenerator<Buffer> {
-      await self.ping();
-      let offset = 0;
-      for (let attempt = 0; ; attempt++) {
-        const headers: Record<string, string> = {};
-        if (offset > 0) headers.Range = `bytes=${offset}-`;
-        self.stats.blobGets++;
-        const res = await self.send('GET', `/v2/${repo}/blobs/${digest}`, { repo, headers, follow: true });
-        if (res.statusCode !== 200 && res.statusCode !== 206) await self.fail(res, `blob ${digest} of ${self.registry}/${repo}`);
-        // A server that ignores Range restarts from byte 0: skip what we already passed on.
-        let skip = res.statusCode === 200 ? offset : 0;
-        if (res.statusCode === 200 && offset > 0) self.log?.debug({ digest }, 'registry ignored Range; skipping already-received bytes');
-        const body = res.body as unknown as Readable;
-        try {
-          for await (const chunk of body) {
-            let c = chunk as Buffer;
-            if (skip > 0) {
-              if (c.length <= skip) { skip -= c.length; continue; }
-              c = c.subarray(skip);
-              skip = 0;
-            }
-            offset += c.length;
-            self.stats.blobBytes += c.length;
-            yield c;
+    return Readable.from(this.resumable(async (headers) => {
+      await this.ping();
+      this.stats.blobGets++;
+      const res = await this.send('GET', `/v2/${repo}/blobs/${digest}`, { repo, headers, follow: true });
+      if (res.statusCode !== 200 && res.statusCode !== 206) await this.fail(res, `blob ${digest} of ${this.registry}/${repo}`);
+      return res;
+    }, digest, expectedSize), { objectMode: false, highWaterMark: 1 << 20 });
+  }
+
+  /**
+   * A foreign (non-distributable) layer from one of its descriptor's URLs: no registry credentials are
+   * sent there; resumed like a registry blob; verified by the caller like any blob.
+   */
+  openUrl(url: string, digest: string, expectedSize?: number): Readable {
+    return Readable.from(this.resumable(async (headers) => {
+      this.stats.blobGets++;
+      const res = await this.roundTrip('GET', url, { headers: { 'User-Agent': USER_AGENT, ...headers }, follow: true });
+      if (res.statusCode === 404) { await res.body.dump(); throw new NotFoundError(`layer ${digest}: not found at ${url}`); }
+      if (res.statusCode !== 200 && res.statusCode !== 206) { await res.body.dump(); throw new RegistryError(`layer ${digest}: ${url} answered HTTP ${res.statusCode}`, res.statusCode); }
+      return res;
+    }, digest, expectedSize), { objectMode: false, highWaterMark: 1 << 20 });
+  }
+
+  /** Stream a body, re-requesting from the last byte received (Range) when the connection breaks. */
+  private async *resumable(open: (headers: Record<string, string>) => Promise<Dispatcher.ResponseData>, digest: string, expectedSize?: number): AsyncGenerator<Buffer> {
+    let offset = 0;
+    for (let attempt = 0; ; attempt++) {
+      const headers: Record<string, string> = {};
+      if (offset > 0) headers.Range = `bytes=${offset}-`;
+      const res = await open(headers);
+      // A server that ignores Range restarts from byte 0: skip what we already passed on.
+      let skip = res.statusCode === 200 ? offset : 0;
+      if (res.statusCode === 200 && offset > 0) this.log?.debug({ digest }, 'server ignored Range; skipping already-received bytes');
+      const body = res.body as unknown as Readable;
+      try {
+        for await (const chunk of body) {
+          let c = chunk as Buffer;
+          if (skip > 0) {
+            if (c.length <= skip) { skip -= c.length; continue; }
+            c = c.subarray(skip);
+            skip = 0;
           }
-          if (expectedSize !== undefined && offset < expectedSize) {
-            const e = new Error(`blob ${digest}: connection ended after ${offset} of ${expectedSize} bytes`) as NodeJS.ErrnoException;
-            e.code = 'ECONNRESET';
-            throw e;
-          }
-          return;
-        } catch (e) {
-          body.destroy();
-          if (attempt < self.retries && isRetryableNetworkError(e)) {
-            self.stats.resumes++;
-            const wait = backoffMs(attempt);
-            self.log?.warn({ digest, offset, err: errorMessage(e), wait }, 'blob download interrupted, resuming');
-            await sleep(wait);
-            continue;
-          }
-          throw e;
-        } finally {
-          if (!body.destroyed) body.destroy();
+          offset += c.length;
+          this.stats.blobBytes += c.length;
+          yield c;
         }
+        if (expectedSize !== undefined && offset < expectedSize) {
+          const e = new Error(`blob ${digest}: connection ended after ${offset} of ${expectedSize} bytes`) as NodeJS.ErrnoException;
+          e.code = 'ECONNRESET';
+          throw e;
+        }
+        return;
+      } catch (e) {
+        body.destroy();
+        if (attempt < this.retries && isRetryableNetworkError(e)) {
+          this.stats.resumes++;
+          const wait = backoffMs(attempt);
+          this.log?.warn({ digest, offset, err: errorMessage(e), wait }, 'blob download interrupted, resuming');
+          await sleep(wait);
+          continue;
+        }
+        throw e;
+      } finally {
+        if (!body.destroyed) body.destroy();
       }
     }
-    return Readable.from(gen(), { objectMode: false, highWaterMark: 1 << 20 });
   }
 
   async blobExists(repo: string, digest: string, push = false): Promise<boolean> {
