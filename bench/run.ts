@@ -2,6 +2,8 @@
 const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   ingest: () => import('./ingest.js'),
   chunking: () => import('./chunking.js'),
+  read: () => import('./read.js'),
+  convert: () => import('./convert.js'),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -132,6 +132,9 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   if (compression !== 'none') {
     const d = compression === 'gzip' ? createGunzip({ chunkSize: 1 << 18 }) : new zstd.DecompressStream();
     src.on('error', (e) => (d as unknown as Readable).destroy(e));
+    // Until the tar loop iterates it, an error would have no listener and kill the process; the
+    // stream keeps it (readable.errored) and the iterator rethrows it as a refusal.
+    (d as unknown as Readable).on('error', () => undefined);
     decoded = src.pipe(d as unknown as NodeJS.WritableStream) as unknown as NodeJS.ReadableStream;
   }
   async function* hashed(): AsyncGenerator<Buffer> {

@@ -27,6 +27,11 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
     } finally { await close(); }
     res.layers++;
   }
+  // Image configs are kept as objects (docker2thin re-uses them instead of downloading again).
+  for (const name of await store.listImages()) {
+    const img = await store.getImage(name).catch(() => null);
+    if (img?.configDigest?.startsWith('sha256:')) live.add(img.configDigest.slice(7));
+  }
   res.referenced = live.size;
   const now = Date.now();
   for (const fan of await readdir(join(store.root, DATA_DIR))) {
