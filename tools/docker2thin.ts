@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
-import { ThinfsError, EXIT, errorMessage } from '../src/util/errors.js';
+import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../src/util/errors.js';
 import { addConvertOptions, convertAction } from '../src/cli/commands/convert.js';
 
 /** `docker2thin SOURCE`: the same conversion as `thinfs convert`, as its own command. */
@@ -26,4 +26,5 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+exitQuietlyOnEpipe();
 main(process.argv).then((code) => { process.exitCode = code; });

@@ -2,7 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../util/errors.js';
 import { loadCommands } from './commands/index.js';
 
 // Every subcommand lives in its own module under commands/ and registers itself here.
@@ -40,5 +40,6 @@ export async function run(argv: string[]): Promise<number> {
 
 // Run only as the entry point (also through an npm bin symlink), not when imported by tests or tools.
 if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
+  exitQuietlyOnEpipe();
   run(process.argv).then((code) => { process.exitCode = code; });
 }

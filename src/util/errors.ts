@@ -32,3 +32,10 @@ export class IntegrityError extends ThinfsError {
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/** `thinfs ls | head`: a reader that goes away is not an error worth a stack trace. */
+export function exitQuietlyOnEpipe(): void {
+  for (const s of [process.stdout, process.stderr]) {
+    s.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0); else throw e; });
+  }
+}
