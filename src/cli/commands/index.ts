@@ -8,7 +8,7 @@ type Register = (program: Command) => void;
  */
 export const commandModules: Array<{ names: string[]; load: () => Promise<Register> }> = [
   { names: ['init', 'ingest', 'layers', 'ls', 'stat', 'cat', 'export', 'gc'], load: async () => (await import('./store.js')).registerStoreCommands },
-  { names: ['mount', 'unmount'], load: async () => (await import('./mount.js')).registerMountCommands },
+  { names: ['mount', 'unmount', 'umount'], load: async () => (await import('./mount.js')).registerMountCommands },
   { names: ['convert', 'pull-thin'], load: async () => (await import('./convert.js')).registerConvertCommands },
   { names: ['publisher'], load: async () => (await import('./publisher.js')).registerPublisherCommands },
 ];

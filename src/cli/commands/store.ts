@@ -10,9 +10,33 @@ import { collectGarbage } from '../../store/gc.js';
 import { createLogger } from '../../util/log.js';
 import { fmtBytes } from '../../util/progress.js';
 import { NotFoundError, ThinfsError, EXIT } from '../../util/errors.js';
-import type { Inode } from '../../catalog/reader.js';
+import type { Inode, CatalogReader } from '../../catalog/reader.js';
 
 const STORE_HELP = 'store directory (or http(s) URL for read commands)';
+const PATH_HELP = 'path inside the layer (bytes that are not UTF-8 as \\NNN octal escapes, as `tar -tv` prints them)';
+
+/** Command-line arguments arrive as UTF-8 strings; octal escapes reach names that are not UTF-8. */
+export function pathArg(p: string): Buffer {
+  const parts: Buffer[] = [];
+  let last = 0;
+  for (const m of p.matchAll(/\\([0-7]{3})|\\\\/g)) {
+    parts.push(Buffer.from(p.slice(last, m.index)), Buffer.from([m[1] ? parseInt(m[1], 8) : 0x5c]));
+    last = m.index! + m[0].length;
+  }
+  parts.push(Buffer.from(p.slice(last)));
+  return Buffer.concat(parts);
+}
+
+/** Open a layer's catalog, resolve a path in it, run fn, always release the catalog. */
+async function withPath<T>(storeLoc: string, layer: string, path: string, fn: (store: Store, catalog: CatalogReader, inode: Inode & { kind: number }) => Promise<T>): Promise<T> {
+  const store = await Store.open(storeLoc);
+  const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
+  try {
+    const inode = catalog.resolve(pathArg(path));
+    if (!inode) throw new NotFoundError(`${path}: no such file or directory in layer`);
+    return await fn(store, catalog, inode);
+  } finally { await close(); }
+}
 
 function modeString(i: Inode): string {
   const t = { file: '-', dir: 'd', symlink: 'l', chardev: 'c', blockdev: 'b', fifo: 'p' }[i.type];
@@ -91,13 +115,13 @@ export function registerStoreCommands(program: Command): void {
     .description('list a directory of a layer')
     .requiredOption('-s, --store <loc>', STORE_HELP)
     .argument('<layer>', 'layer diff id (or unique hex prefix)')
-    .argument('[path]', 'directory inside the layer', '/')
+    .argument('[path]', PATH_HELP, '/')
     .option('-l, --long', 'long listing')
     .action(async (layer: string, path: string, o: { store: string; long?: boolean }) => {
       const store = await Store.open(o.store);
       const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
       try {
-        const dir = catalog.resolve(path);
+        const dir = catalog.resolve(pathArg(path));
         if (!dir) throw new NotFoundError(`${path}: no such file or directory in layer`);
         const list = dir.type === 'dir' ? catalog.readdir(dir.ino).map((d) => ({ name: d.name, inode: catalog.getInode(d.ino)! })) : [{ name: Buffer.from(path), inode: dir as Inode }];
         for (const { name, inode } of list) {
@@ -114,33 +138,25 @@ export function registerStoreCommands(program: Command): void {
     .description('print the metadata of a path in a layer as JSON')
     .requiredOption('-s, --store <loc>', STORE_HELP)
     .argument('<layer>', 'layer diff id (or unique hex prefix)')
-    .argument('<path>', 'path inside the layer')
+    .argument('<path>', PATH_HELP)
     .action(async (layer: string, path: string, o: { store: string }) => {
-      const store = await Store.open(o.store);
-      const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
-      try {
-        const i = catalog.resolve(path);
-        if (!i) throw new NotFoundError(`${path}: no such file or directory in layer`);
+      await withPath(o.store, layer, path, async (_s, catalog, i) => {
         process.stdout.write(JSON.stringify(inodeJson(path, i, catalog.xattrs(i.ino, i.flags))) + '\n');
-      } finally { await close(); }
+      });
     });
 
   program.command('cat')
     .description('write a file of a layer to stdout (every chunk hash-verified)')
     .requiredOption('-s, --store <loc>', STORE_HELP)
     .argument('<layer>', 'layer diff id (or unique hex prefix)')
-    .argument('<path>', 'file inside the layer')
+    .argument('<path>', PATH_HELP)
     .action(async (layer: string, path: string, o: { store: string }) => {
-      const store = await Store.open(o.store);
-      const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
-      try {
-        const i = catalog.resolve(path);
-        if (!i) throw new NotFoundError(`${path}: no such file or directory in layer`);
+      await withPath(o.store, layer, path, async (store, catalog, i) => {
         if (i.type !== 'file') throw new ThinfsError(`${path}: not a regular file (${i.type})`, EXIT.BAD_INPUT);
         for await (const b of fileContent(store, catalog, i)) {
           if (!process.stdout.write(b)) await once(process.stdout, 'drain');
         }
-      } finally { await close(); }
+      });
     });
 
   program.command('export')

@@ -1,0 +1,48 @@
+// CLI contract: --help everywhere, octal escapes reach non-UTF-8 names, a closed pipe is not an error.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { REPO_ROOT, run, runOk, thinfs, thinfsOk, thinfsJson, tmpDir, cleanupTmpDirs } from './helpers/proc.js';
+
+after(cleanupTmpDirs);
+
+test('every command answers --help with its usage and exit 0', async () => {
+  const top = await thinfsOk(['--help']);
+  const cmds = [...top.matchAll(/^ {2}([a-z][a-z-]+)(?:\|[a-z-]+)?(?: |$)/gm)].map((m) => m[1]!).filter((c) => c !== 'help');
+  for (const want of ['init', 'ingest', 'layers', 'ls', 'stat', 'cat', 'export', 'gc', 'mount', 'unmount', 'convert', 'pull-thin', 'publisher']) {
+    assert.ok(cmds.includes(want), `thinfs --help lists ${want}`);
+  }
+  for (const c of cmds) {
+    const r = await thinfs([c, '--help']);
+    assert.equal(r.code, 0, `thinfs ${c} --help`);
+    assert.match(r.stdout, new RegExp(`^Usage: thinfs ${c}[| ]`), `usage of ${c}`);
+  }
+  const d = await run(process.execPath, [join(REPO_ROOT, 'dist/tools/docker2thin.js'), '--help']);
+  assert.equal(d.code, 0);
+  assert.match(d.stdout, /^Usage: docker2thin /);
+  const bad = await thinfs(['no-such-command']);
+  assert.equal(bad.code, 2, 'unknown command is a usage error');
+});
+
+test('non-UTF-8 names are reachable with the octal escapes tar prints', async () => {
+  const dir = await tmpDir();
+  const src = join(dir, 'src');
+  await mkdir(src);
+  const name = Buffer.concat([Buffer.from('caf'), Buffer.from([0xe9]), Buffer.from('.txt')]);
+  await writeFile(Buffer.concat([Buffer.from(src + '/'), name]), 'latin-1 name\n');
+  await runOk('tar', ['-C', src, '-cf', join(dir, 'l.tar'), '.']);
+  const listed = await runOk('tar', ['-tf', join(dir, 'l.tar')]);
+  assert.match(listed, /caf\\351\.txt/, 'GNU tar prints the byte as \\351');
+  const { diffId } = await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'l.tar'), '--store', join(dir, 's'), '--init', '--json']);
+  const cat = await thinfsOk(['cat', '--store', join(dir, 's'), diffId, 'caf\\351.txt']);
+  assert.equal(cat, 'latin-1 name\n');
+  const st = JSON.parse(await thinfsOk(['stat', '--store', join(dir, 's'), diffId, './caf\\351.txt']));
+  assert.equal(st.size, 13);
+});
+
+test('a reader closing the pipe early ends the command quietly', async () => {
+  const r = await run('bash', ['-c', `node ${join(REPO_ROOT, 'dist/src/cli/main.js')} --help | head -1; echo "rc=\${PIPESTATUS[0]}"`]);
+  assert.doesNotMatch(r.stderr, /EPIPE|at /, 'no stack trace');
+  assert.match(r.stdout, /rc=0/);
+});
