@@ -7,7 +7,8 @@ import { ChunkCache } from '../cache/chunk-cache.js';
 import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
-import { ThinFs, ThinFuse } from './ops.js';
+import { ThinFs } from './ops.js';
+import { native, OP, E } from './kernel.js';
 import { StatsReporter } from './stats.js';
 
 const execFileP = promisify(execFile);
@@ -134,17 +135,49 @@ export async function runMount(o: MountOptions): Promise<number> {
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
 
   await prepareMountpoint(mp, log);
-  const extra = ['use_ino', 'ro', 'negative_timeout=0', `max_readahead=${Math.max(o.maxRead, 131072)}`];
-  if (process.getuid?.() === 0) extra.push('suid', 'dev');
-  const fuse = new ThinFuse(mp, fs.ops(), {
-    // The content is immutable: keep the page cache across opens and cache names/attributes for a day.
-    kernelCache: true, attrTimeout: 86400, entryTimeout: 86400, maxRead: o.maxRead,
-    allowOther: o.allowOther, defaultPermissions: true, fsname: `thinfs`, subtype: 'thinfs',
-    debug: o.debug,
-    // A read waiting on a slow store must not be failed by fuse-native's 15 s default.
-    timeout: 300_000,
-  }, extra);
-  await new Promise<void>((res, rej) => fuse.mount((err) => (err ? rej(new ThinfsError(`cannot mount ${mp}: ${err.message}`)) : res())));
+  const k = native();
+  // ro: writes fail with EROFS in the VFS; default_permissions: the kernel checks modes from our attributes;
+  // suid/dev (root only): a rootfs keeps its setuid binaries and device nodes usable.
+  const mopts = ['ro', 'default_permissions', `max_read=${o.maxRead}`];
+  if (o.allowOther) mopts.push('allow_other');
+  if (process.getuid?.() === 0) mopts.push('suid', 'dev');
+  let initDone: (v: { maxReadahead: number; maxPages: number; kernelMinor: number }) => void = () => {};
+  const inited = new Promise<{ maxReadahead: number; maxPages: number; kernelMinor: number }>((r) => { initDone = r; });
+  let closedDone: (errno: number) => void = () => {};
+  const closed = new Promise<number>((r) => { closedDone = r; });
+  const reply = (unique: number, errno: number, data?: Buffer | Buffer[]): void => {
+    const r = k.reply(session, unique, errno, data);
+    if (r < 0) log.warn({ errno: -r, unique }, 'FUSE reply refused by the kernel');
+  };
+  let session: ReturnType<typeof k.mount>;
+  try {
+    session = k.mount(mp, 'thinfs', mopts.join(','), {
+      maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
+    }, (op, unique, nodeid, body) => {
+      if (o.debug) log.info({ op, unique, nodeid }, 'request');
+      switch (op) {
+        case OP.CLOSED: closedDone(body as number); return;
+        case OP.INIT: {
+          const b = body as Buffer;
+          initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8) });
+          return;
+        }
+        case OP.FORGET: fs.forget(nodeid, Number((body as Buffer).readBigUInt64LE(0))); return;
+        case OP.BATCH_FORGET: {
+          const b = body as Buffer;
+          const count = b.readUInt32LE(0);
+          for (let i = 0; i < count; i++) fs.forget(Number(b.readBigUInt64LE(8 + i * 16)), Number(b.readBigUInt64LE(16 + i * 16)));
+          return;
+        }
+        default: fs.handle(op, unique, nodeid, body as Buffer | null, reply);
+      }
+    });
+  } catch (e) {
+    throw new ThinfsError(`cannot mount ${mp}: ${errorMessage(e)}`);
+  }
+  const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
+  if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
+  log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');
   if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);
 
   let metricsPort: number | null = null;
@@ -166,17 +199,16 @@ export async function runMount(o: MountOptions): Promise<number> {
     const finish = async (why: string, needUnmount: boolean): Promise<void> => {
       if (stopping) return;
       stopping = true;
-      clearInterval(watch);
       log.info({ why }, 'shutting down');
       let code: number = EXIT.OK;
       if (needUnmount) {
-        await new Promise<void>((r) => fuse.unmount((err) => {
-          if (err) log.warn({ err: err.message }, 'fuse-native unmount failed; trying fusermount/umount');
-          r();
-        }));
-        if (await mountEntry(mp)) {
+        // Lazy detach: the name goes at once; the connection ends when the last user lets go (then CLOSED arrives).
+        const r = process.getuid?.() === 0 ? k.unmount(mp) : -E.EPERM;
+        if (r < 0) {
           try { await unmountPath(mp, log); } catch (e) { log.error({ err: errorMessage(e) }, 'unmount failed'); code = EXIT.FAILURE; }
         }
+        const gone = await Promise.race([closed.then(() => true), new Promise<boolean>((r2) => setTimeout(() => r2(false), 2000).unref())]);
+        if (!gone) log.warn({ mountpoint: mp }, 'mount still in use after detach; exiting, its users will see ENOTCONN');
       }
       await cache.flush();
       await stats.close(false);
@@ -184,10 +216,8 @@ export async function runMount(o: MountOptions): Promise<number> {
       log.info({ code }, 'stopped');
       done(code);
     };
-    // Someone ran `thinfs unmount` / fusermount -u: the FUSE loop ended, so do we.
-    const watch = setInterval(() => {
-      mountEntry(mp).then((m) => { if (!m) void finish('mountpoint unmounted externally', false); }, () => {});
-    }, 2000);
+    // Someone ran `thinfs unmount` / fusermount -u: the kernel ended the connection, so do we.
+    void closed.then((errno) => finish(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
     process.once('SIGTERM', () => void finish('SIGTERM', true));
     process.once('SIGINT', () => void finish('SIGINT', true));
   });

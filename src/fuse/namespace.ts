@@ -1,4 +1,3 @@
-import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
@@ -42,8 +41,13 @@ export type Node =
   | { k: 'imageDir'; image: Image }
   /** An entry of one layer's tree; `inImage` when reached through images/ (overlay xattrs hidden there). */
   | { k: 'entry'; layer: Layer; inode: Inode; inImage: Image | null }
-  /** A directory of a flattened image: the same directory in several layers, top layer first. */
-  | { k: 'merged'; image: Image; path: string; members: Array<{ layer: Layer; inode: Inode }> };
+  /** A directory of a flattened image: the same directory in several layers, top layer first; `key` names it in the image. */
+  | { k: 'merged'; image: Image; key: string; members: Array<{ layer: Layer; inode: Inode }> };
+
+/** Names a merged directory within its image (bytes kept exactly, as latin1). */
+export function mergedChildKey(parentKey: string, name: Buffer): string {
+  return `${parentKey}/${name.toString('latin1')}`;
+}
 
 export function isWhiteout(i: Inode): boolean {
   return i.type === 'chardev' && i.rdevMajor === 0 && i.rdevMinor === 0;
@@ -51,13 +55,12 @@ export function isWhiteout(i: Inode): boolean {
 
 /**
  * The mount's namespace: /layers/<hex>/..., /images/<encoded name>/rootfs/..., /.thinfs/stats.
- * Paths resolve through a cache of resolved nodes (the content is immutable, so entries never go stale).
+ * Names are bytes (Linux names are not UTF-8); the kernel keeps the resolved nodes (by node id), so no path cache here.
  */
 export class Namespace {
   private readonly layers = new Map<string, Layer>();
   private readonly images = new Map<string, Image>();
   private readonly pending = new Map<string, Promise<Layer | null>>();
-  private readonly nodes = new LRUCache<string, Node>({ max: 300_000 });
   private nextSlot = 1;
   private nextImage = 1;
   readonly root: Node = { k: 'synth', what: 'root' };
@@ -142,24 +145,20 @@ export class Namespace {
     return [...names].sort().map(encodeImageDirName);
   }
 
-  /** Cached node for a path, without any I/O: the fast path of getattr/read. */
-  cached(path: string): Node | undefined {
-    return path === '/' ? this.root : this.nodes.get(path);
-  }
-
+  /** A path from the mount's root (prefetch lists): walked one name at a time, as the kernel does. */
   async resolve(path: string): Promise<Node | null> {
-    const hit = this.cached(path);
-    if (hit) return hit;
-    const i = path.lastIndexOf('/');
-    if (i < 0) return null;
-    const parent = await this.resolve(i === 0 ? '/' : path.slice(0, i));
-    if (!parent) return null;
-    const n = await this.child(parent, path.slice(i + 1), path);
-    if (n) this.nodes.set(path, n);
+    let n: Node | null = this.root;
+    for (const part of path.split('/')) {
+      if (!part) continue;
+      n = await this.child(n, Buffer.from(part, 'utf8'));
+      if (!n) return null;
+    }
     return n;
   }
 
-  private async child(parent: Node, name: string, path: string): Promise<Node | null> {
+  /** One name in a directory node: the lookup the kernel sends. */
+  async child(parent: Node, nameBytes: Buffer): Promise<Node | null> {
+    const name = nameBytes.toString('utf8');
     switch (parent.k) {
       case 'synth':
         if (parent.what === 'root') {
@@ -184,31 +183,18 @@ export class Namespace {
         if (name !== 'rootfs') return null;
         const ls = await this.imageLayers(parent.image);
         const members = ls.slice().reverse().map((l) => ({ layer: l, inode: l.catalog!.root() }));
-        return { k: 'merged', image: parent.image, path, members: this.cutAtOpaque(members) };
+        return { k: 'merged', image: parent.image, key: '', members: this.cutAtOpaque(members) };
       }
       case 'entry': {
         if (parent.inode.type !== 'dir') return null;
-        const e = this.lookupIn(parent.layer, parent.inode.ino, name);
+        const e = parent.layer.catalog!.lookup(parent.inode.ino, nameBytes);
         return e ? { k: 'entry', layer: parent.layer, inode: e, inImage: parent.inImage } : null;
       }
       case 'merged':
-        return this.mergedLookup(parent, name, path);
+        return this.mergedLookup(parent, nameBytes);
       default:
         return null;
     }
-  }
-
-  /** Catalog lookup by name; names arriving through fuse-native are UTF-8 strings, see lossyMatch. */
-  lookupIn(layer: Layer, dirIno: number, name: string): Inode | undefined {
-    const cat = layer.catalog!;
-    const e = cat.lookup(dirIno, Buffer.from(name, 'utf8'));
-    if (e) return e;
-    if (name.includes('\uFFFD')) {
-      // A non-UTF-8 name reached us with its invalid bytes replaced; find the entry whose lossy form matches.
-      const d = cat.readdir(dirIno).find((x) => x.name.toString('utf8') === name);
-      if (d) return cat.getInode(d.ino);
-    }
-    return undefined;
   }
 
   isOpaque(layer: Layer, i: Inode): boolean {
@@ -226,10 +212,10 @@ export class Namespace {
   }
 
   /** overlayfs lookup: the top layer that has the name wins; a whiteout hides everything below; dirs merge down to an opaque one. */
-  private mergedLookup(parent: Extract<Node, { k: 'merged' }>, name: string, path: string): Node | null {
+  private mergedLookup(parent: Extract<Node, { k: 'merged' }>, name: Buffer): Node | null {
     const dirs: Array<{ layer: Layer; inode: Inode }> = [];
     for (const m of parent.members) {
-      const e = this.lookupIn(m.layer, m.inode.ino, name);
+      const e = m.layer.catalog!.lookup(m.inode.ino, name);
       if (!e) continue;
       if (isWhiteout(e)) break;
       if (e.type !== 'dir') {
@@ -239,7 +225,7 @@ export class Namespace {
       dirs.push({ layer: m.layer, inode: e });
       if (this.isOpaque(m.layer, e)) break;
     }
-    return dirs.length ? { k: 'merged', image: parent.image, path, members: dirs } : null;
+    return dirs.length ? { k: 'merged', image: parent.image, key: mergedChildKey(parent.key, name), members: dirs } : null;
   }
 
   /** Visible entries of a merged directory: union top-down, upper names shadow lower, whiteouts hide. */

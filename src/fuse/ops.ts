@@ -1,15 +1,23 @@
-import Fuse, { type FuseOps, type FuseStat, type FuseStatfs } from 'fuse-native';
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
-import { Namespace, type Node, type Layer } from './namespace.js';
+import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
 import { encodeImageDirName } from './names.js';
+import {
+  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, encodeDev, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
+  parseReadIn, parseName, statfsOut, xattrSizeOut, type Attr,
+} from './kernel.js';
 
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 const XATTR_HIDDEN_IN_IMAGES = 'trusted.overlay.';
 const SEQ_WINDOW = 8 << 20;
+/** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
+const TTL = 86400;
+/** The synthetic directories (layers/, images/) gain entries as layers are published. */
+const DYNAMIC_TTL = 1;
+const FIXED: Record<string, number> = { root: 1, layers: 2, images: 3, meta: 4 };
 
 export interface OpCounters {
   lookups: number; getattrs: number; readdirs: number; reads: number; readBytes: number;
@@ -17,70 +25,105 @@ export interface OpCounters {
   eio: number;
   /** Slowest read seen, ms (includes fetches). */
   maxReadMs: number;
+  /** Nodes the kernel currently holds a reference to. */
+  liveNodes: number;
 }
 
-/**
- * libfuse2's high-level API hands us paths; the kernel gets our st_ino only with `use_ino`, and
- * fuse-native carries 32 bits of it. Numbers are therefore handed out densely, once per
- * (layer slot, catalog inode) — hardlinks share a catalog inode, so they share st_ino — and
- * stay stable for the life of the mount. Merged image directories get their own numbers.
- */
-class InoTable {
-  private readonly map = new Map<number | string, number>();
-  private next = 2;
-  forEntry(slot: number, ino: number): number { return this.get(slot * 2 ** 32 + ino); }
-  get(key: number | string): number {
-    let v = this.map.get(key);
-    if (v === undefined) { v = this.next++ >>> 0; this.map.set(key, v); }
-    return v;
-  }
-}
+/** What a request handler answers: an errno, or the reply's buffers (written with one writev, no copy). */
+type Answer = number | Buffer | Buffer[];
+export type Reply = (unique: number, errno: number, data?: Buffer | Buffer[]) => void;
 
-/** Linux dev_t as glibc's makedev builds it, limited to the 32 bits fuse-native carries. */
-function makedev(major: number, minor: number): number {
-  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
-}
-
-/** Per-file read state, kept with the (immutable, path-cached) node: chunk map and how far a sequential reader got. */
+/** A node the kernel holds, with its lookup count (FORGET lowers it; at 0 the node is dropped). */
+interface Held { node: Node; nlookup: number }
+/** Immutable per-node facts computed once: the encoded attributes and, for directories, the listing. */
+interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
+interface Child { name: Buffer; dtype: number; ino: number; make: () => Promise<Node | null> }
+/** Per-file read state: chunk map and how far a sequential reader got. */
 interface ReadState { chunks: ChunkRef[] | null; nextPos: number }
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
 
+class Fail extends Error { constructor(readonly errno: number) { super(`errno ${errno}`); } }
+
+/**
+ * The filesystem behind the kernel's low-level protocol. Node ids are the st_ino numbers too: handed out densely per
+ * view and (layer slot, catalog inode), so hardlinks share one, and stable for the life of the mount even after the
+ * kernel forgets a node. Names and symlink targets are bytes; times carry nanoseconds.
+ */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0 };
-  private readonly inos = new InoTable();
-  private readonly readState = new WeakMap<Node, ReadState>();
-  private readonly synthMs: number;
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0 };
+  private readonly ids = new Map<number | string, number>();
+  private nextId = DYNAMIC_NODEID_LIMIT;
+  private readonly held = new Map<number, Held>();
+  private readonly memo = new WeakMap<Node, NodeMemo>();
+  private readonly synthSec: number;
+  private readonly synth: Record<string, Node>;
 
   constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
-    this.synthMs = opts.mountedAt;
+    this.synthSec = Math.floor(opts.mountedAt / 1000);
+    this.synth = {
+      root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },
+    };
+    for (const [what, id] of Object.entries(FIXED)) this.held.set(id, { node: this.synth[what]!, nlookup: Infinity });
   }
 
-  private inoOf(n: Node): number {
+  // ---- node ids ----
+
+  private idFor(key: number | string): number {
+    let v = this.ids.get(key);
+    if (v === undefined) { v = this.nextId++; this.ids.set(key, v); }
+    return v;
+  }
+
+  private entryKey(view: number, slot: number, ino: number): number | string {
+    return view ? `${view}:${slot}:${ino}` : slot * 2 ** 32 + ino;
+  }
+
+  idOf(n: Node): number {
     switch (n.k) {
-      case 'synth': return n.what === 'root' ? ROOT_INO : this.inos.get(`synth:${n.what}`);
-      case 'statsLink': return this.inos.get('synth:stats');
-      case 'imageDir': return this.inos.get(`imagedir:${encodeImageDirName(n.image.name)}`);
-      case 'entry': return this.inos.forEntry(n.layer.slot, n.inode.ino);
-      case 'merged': return n.path.endsWith('/rootfs') && n.path.split('/').length === 4
-        ? this.inos.get(`rootfs:${n.image.idx}`) : this.inos.get(`merged:${n.image.idx}:${n.path}`);
+      case 'synth': return FIXED[n.what]!;
+      case 'statsLink': return this.idFor('stats');
+      case 'imageDir': return this.idFor(`imagedir:${encodeImageDirName(n.image.name)}`);
+      case 'entry': return this.idFor(this.entryKey(n.inImage?.idx ?? 0, n.layer.slot, n.inode.ino));
+      case 'merged': return this.idFor(`merged:${n.image.idx}:${n.key}`);
     }
   }
 
-  /** A layer directory listed before its catalog is loaded still gets the number its root will have. */
-  private layerRootIno(hex: string): number {
-    const l = this.ns.knownLayer(hex);
-    return l ? this.inos.forEntry(l.slot, ROOT_INO) : this.inos.get(`layerdir:${hex}`);
+  /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. */
+  private hold(n: Node): number {
+    const id = this.idOf(n);
+    const h = this.held.get(id);
+    if (h) h.nlookup++;
+    else { this.held.set(id, { node: n, nlookup: 1 }); this.counters.liveNodes++; }
+    return id;
   }
 
-  private synthDir(ino: number): FuseStat {
-    const t = this.synthMs;
-    return { mode: S_IFDIR | 0o755, uid: 0, gid: 0, size: 4096, nlink: 2, ino, rdev: 0, blksize: 4096, blocks: 8, atime: t, mtime: t, ctime: t };
+  forget(id: number, n: number): void {
+    const h = this.held.get(id);
+    if (!h || h.nlookup === Infinity) return;
+    h.nlookup -= n;
+    if (h.nlookup <= 0) { this.held.delete(id); this.counters.liveNodes--; }
   }
 
-  private inodeStat(i: Inode, ino: number, layer: Layer | null): FuseStat {
-    // fuse-native carries milliseconds: the nanosecond remainder is lost (see native-notes/fuse-native.md).
-    const ms = Math.max(0, i.mtime * 1000 + Math.floor(i.mtimeNs / 1e6));
+  private node(id: number): Node {
+    const h = this.held.get(id);
+    if (!h) throw new Fail(E.ESTALE);
+    return h.node;
+  }
+
+  // ---- attributes ----
+
+  private attrOf(n: Node): Buffer {
+    let m = this.memo.get(n);
+    if (!m) { m = {}; this.memo.set(n, m); }
+    return (m.attr ??= encodeAttr(this.computeAttr(n)));
+  }
+
+  private synthDir(ino: number): Attr {
+    return { ino, size: 4096, blocks: 8, mtime: this.synthSec, mtimeNs: 0, mode: S_IFDIR | 0o755, nlink: 2, uid: 0, gid: 0, rdev: 0, blksize: 4096 };
+  }
+
+  private inodeAttr(i: Inode, ino: number, layer: Layer | null): Attr {
     let size = i.size;
     let nlink = i.nlink;
     if (i.type === 'symlink') size = i.target?.length ?? size;
@@ -90,155 +133,159 @@ export class ThinFs {
       nlink = layer ? 2 + layer.catalog!.readdir(i.ino).filter((d) => d.type === 'dir').length : 1;
     }
     return {
-      mode: i.mode, uid: i.uid, gid: i.gid, size, nlink, ino, rdev: makedev(i.rdevMajor, i.rdevMinor),
-      blksize: 4096, blocks: Math.ceil(size / 512), atime: ms, mtime: ms, ctime: ms,
+      ino, size, blocks: Math.ceil(size / 512), mtime: i.mtime, mtimeNs: i.mtimeNs, mode: i.mode, nlink,
+      uid: i.uid, gid: i.gid, rdev: encodeDev(i.rdevMajor, i.rdevMinor), blksize: 4096,
     };
   }
 
-  /** Nodes are immutable and cached by path, so their stat is computed once. */
-  statOf(n: Node): FuseStat {
-    const c = (n as { st?: FuseStat }).st;
-    if (c) return c;
-    const st = this.computeStat(n);
-    (n as { st?: FuseStat }).st = st;
-    return st;
-  }
-
-  private computeStat(n: Node): FuseStat {
-    const ino = this.inoOf(n);
+  private computeAttr(n: Node): Attr {
+    const ino = this.idOf(n);
     switch (n.k) {
       case 'synth': case 'imageDir': return this.synthDir(ino);
       case 'statsLink': {
         const size = Buffer.byteLength(this.opts.statsFile ?? '');
-        const t = this.synthMs;
-        return { mode: S_IFLNK | 0o777, uid: 0, gid: 0, size, nlink: 1, ino, rdev: 0, atime: t, mtime: t, ctime: t };
+        return { ...this.synthDir(ino), mode: S_IFLNK | 0o777, size, blocks: 0, nlink: 1 };
       }
-      case 'entry': return this.inodeStat(n.inode, ino, n.layer);
-      case 'merged': {
-        const top = n.members[0]!;
-        const st = this.inodeStat(top.inode, ino, null);
-        return st;
-      }
+      case 'entry': return this.inodeAttr(n.inode, ino, n.layer);
+      case 'merged': return this.inodeAttr(n.members[0]!.inode, ino, null);
     }
   }
 
-  /** Runs an async op and maps failures to errnos (EIO for anything unexpected, logged). */
-  private guard<T>(op: string, path: string, fn: () => Promise<T> | T, reply: (code: number, v?: T) => void): void {
-    let r: Promise<T> | T;
-    try { r = fn(); } catch (e) { this.fail(op, path, e, reply); return; }
-    if (r instanceof Promise) r.then((v) => reply(0, v), (e) => this.fail(op, path, e, reply));
-    else reply(0, r);
+  private ttlOf(n: Node): number { return n.k === 'synth' ? DYNAMIC_TTL : TTL; }
+
+  // ---- dispatch ----
+
+  /** One request from the kernel; every path ends in exactly one reply (FORGET has none). */
+  handle(op: number, unique: number, nodeid: number, body: Buffer | null, reply: Reply): void {
+    let r: Promise<Answer> | Answer;
+    try {
+      switch (op) {
+        case OP.LOOKUP: r = this.lookup(nodeid, parseName(body!)); break;
+        case OP.GETATTR: this.counters.getattrs++; { const n = this.node(nodeid); r = attrOut(this.ttlOf(n), this.attrOf(n)); } break;
+        case OP.READLINK: r = this.readlink(nodeid); break;
+        case OP.READ: r = this.read(nodeid, parseReadIn(body!)); break;
+        case OP.READDIR: case OP.READDIRPLUS: r = this.readdir(nodeid, parseReadIn(body!), op === OP.READDIRPLUS); break;
+        case OP.GETXATTR: r = this.getxattr(nodeid, body!.readUInt32LE(0), parseName(body!, 8).toString('latin1')); break;
+        case OP.LISTXATTR: r = this.listxattr(nodeid, body!.readUInt32LE(0)); break;
+        case OP.STATFS: r = this.statfs(); break;
+        default: r = E.ENOSYS;
+      }
+    } catch (e) { r = this.failed(op, nodeid, e); }
+    const send = (a: Answer) => (typeof a === 'number' ? reply(unique, a) : reply(unique, 0, a));
+    if (r instanceof Promise) r.then(send, (e) => send(this.failed(op, nodeid, e)));
+    else send(r);
   }
 
-  private fail(op: string, path: string, e: unknown, reply: (code: number) => void): void {
-    const errno = (e as { fuseErrno?: number }).fuseErrno;
-    if (typeof errno === 'number') { reply(errno); return; }
-    this.log.error({ op, path, err: (e as Error).message, object: (e as { object?: string }).object }, 'operation failed: EIO');
-    reply(Fuse.EIO);
+  private failed(op: number, nodeid: number, e: unknown): number {
+    if (e instanceof Fail) return e.errno;
+    this.log.error({ op, nodeid, err: (e as Error).message, object: (e as { object?: string }).object }, 'operation failed: EIO');
+    return E.EIO;
   }
 
-  private async need(path: string): Promise<Node> {
+  // ---- operations ----
+
+  private async lookup(parentId: number, name: Buffer): Promise<Answer> {
     this.counters.lookups++;
-    const n = await this.ns.resolve(path);
-    if (!n) throw Object.assign(new Error('ENOENT'), { fuseErrno: Fuse.ENOENT });
-    return n;
+    const parent = this.node(parentId);
+    const n = await this.ns.child(parent, name);
+    if (!n) {
+      // Inside a layer or an image nothing ever appears: the kernel may remember the miss (PATH and import probes).
+      // Under the synthetic directories a layer published later must show up at the next lookup.
+      return parent.k === 'synth' || parent.k === 'imageDir' ? E.ENOENT : entryOut(0, TTL, 0, null);
+    }
+    const ttl = this.ttlOf(n);
+    return entryOut(this.hold(n), ttl, ttl, this.attrOf(n));
   }
 
-  private dirent(mode: number, ino: number, t: number): FuseStat {
-    return { mode, ino, uid: 0, gid: 0, size: 0, nlink: 1, rdev: 0, atime: t, mtime: t, ctime: t };
-  }
-
-  private readonly erofs = (...args: unknown[]): void => { (args[args.length - 1] as (c: number) => void)(Fuse.EROFS); };
-
-  ops(): FuseOps {
-    const self = this;
-    return {
-      init(cb) { cb(0); },
-      getattr(path, cb) {
-        self.counters.getattrs++;
-        const hit = self.ns.cached(path);
-        if (hit) {
-          let st: FuseStat;
-          try { st = self.statOf(hit); } catch (e) { self.fail('getattr', path, e, cb); return; }
-          cb(0, st);
-          return;
-        }
-        self.guard('getattr', path, async () => self.statOf(await self.need(path)), cb);
-      },
-      fgetattr(path, _fd, cb) { this.getattr!(path, cb); },
-      access(path, mode, cb) {
-        // W_OK on a read-only filesystem; everything else is decided by default_permissions in the kernel.
-        if (mode & 2) { cb(Fuse.EROFS); return; }
-        self.guard('access', path, async () => { await self.need(path); }, (c) => cb(c));
-      },
-      readdir(path, cb) {
-        self.counters.readdirs++;
-        self.guard('readdir', path, async () => {
-          const n = await self.need(path);
-          const ents = await self.readdirEntries(n);
-          const t = self.synthMs;
-          const names = ['.', '..'];
-          const stats: FuseStat[] = [self.dirent(S_IFDIR, 0, t), self.dirent(S_IFDIR, 0, t)];
-          for (const e of ents) { names.push(e.name); stats.push(self.dirent(e.mode, e.ino, t)); }
-          return { names, stats };
-        }, (c, v) => (c ? cb(c) : cb(0, v!.names, v!.stats)));
-      },
-      readlink(path, cb) {
-        self.guard('readlink', path, async () => {
-          const n = await self.need(path);
-          if (n.k === 'statsLink') return self.opts.statsFile ?? '';
-          if (n.k !== 'entry' || n.inode.type !== 'symlink') throw Object.assign(new Error('EINVAL'), { fuseErrno: Fuse.EINVAL });
-          return (n.inode.target ?? Buffer.alloc(0)).toString('utf8');
-        }, (c, v) => (c ? cb(c) : cb(0, v)));
-      },
-      // No open/release handlers: each would cost a round trip to this thread per file. The mount is `ro`, so
-      // the kernel refuses write opens itself, libfuse still sets keep_cache (kernel_cache), and reads come with
-      // their path, whose node is already cached from the lookup.
-      read(path, _fd, buf, len, pos, cb) { self.read(path, buf, len, pos).then(cb, (e) => self.fail('read', path, e, cb)); },
-      getxattr(path, name, _pos, cb) {
-        self.guard('getxattr', path, async () => (await self.xattrs(path)).get(name) ?? null, (c, v) => (c ? cb(c) : cb(0, v)));
-      },
-      listxattr(path, cb) {
-        self.guard('listxattr', path, async () => [...(await self.xattrs(path)).keys()], (c, v) => (c ? cb(c) : cb(0, v)));
-      },
-      statfs(_path, cb) { cb(0, self.statfs()); },
-      // Read-only filesystem: every modification fails with EROFS (the mount is also `ro`).
-      write: (_p, _fd, _b, _l, _pos, cb) => cb(Fuse.EROFS),
-      create: this.erofs, truncate: this.erofs, ftruncate: this.erofs, utimens: this.erofs, chown: this.erofs,
-      chmod: this.erofs, mknod: this.erofs, setxattr: this.erofs, removexattr: this.erofs, unlink: this.erofs,
-      rename: this.erofs, link: this.erofs, symlink: this.erofs, mkdir: this.erofs, rmdir: this.erofs,
-    };
+  private readlink(id: number): Answer {
+    const n = this.node(id);
+    if (n.k === 'statsLink') return Buffer.from(this.opts.statsFile ?? '');
+    if (n.k !== 'entry' || n.inode.type !== 'symlink') return E.EINVAL;
+    return n.inode.target ?? Buffer.alloc(0);
   }
 
   /**
-   * Names with their types and inode numbers: libfuse turns the mode into d_type, which overlayfs
-   * needs to spot whiteouts (DT_CHR) in a lower layer without a lookup per name.
+   * A directory's entries with their d_type (overlayfs spots whiteouts in a lower layer by DT_CHR without a lookup per
+   * name) and inode numbers, computed once per node: directories never change, except the synthetic ones.
    */
-  private async readdirEntries(n: Node): Promise<Array<{ name: string; mode: number; ino: number }>> {
-    const dir = (name: string, key: string) => ({ name, mode: S_IFDIR, ino: this.inos.get(key) });
+  private async children(n: Node): Promise<Child[]> {
+    const memo = this.memo.get(n) ?? {};
+    this.memo.set(n, memo);
+    if (memo.ents) return memo.ents;
+    const dt = (mode: number) => (mode >>> 12) & 0xf;
+    const fixed = (name: string, node: Node): Child => ({ name: Buffer.from(name), dtype: 4, ino: this.idOf(node), make: async () => node });
+    const byName = (name: Buffer, dtype: number, ino: number): Child => ({ name, dtype, ino, make: () => this.ns.child(n, name) });
+    let out: Child[];
     switch (n.k) {
       case 'synth':
-        if (n.what === 'root') return [dir('layers', 'synth:layers'), dir('images', 'synth:images'), dir('.thinfs', 'synth:meta')];
-        if (n.what === 'layers') return (await this.ns.listLayerDirs()).map((h) => ({ name: h, mode: S_IFDIR, ino: this.layerRootIno(h) }));
-        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => ({ name: h, mode: S_IFDIR, ino: this.inos.get(`imagedir:${h}`) }));
-        return [{ name: 'stats', mode: S_IFLNK, ino: this.inos.get('synth:stats') }];
-      case 'imageDir': return [{ name: 'rootfs', mode: S_IFDIR, ino: this.inos.get(`rootfs:${n.image.idx}`) }];
+        if (n.what === 'root') return [fixed('layers', this.synth.layers!), fixed('images', this.synth.images!), fixed('.thinfs', this.synth.meta!)];
+        if (n.what === 'layers') {
+          return (await this.ns.listLayerDirs()).map((h) => {
+            const l = this.ns.knownLayer(h);
+            const ino = l ? this.idFor(this.entryKey(0, l.slot, ROOT_INO)) : this.idFor(`layerdir:${h}`);
+            return byName(Buffer.from(h), 4, ino);
+          });
+        }
+        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.idFor(`imagedir:${h}`)));
+        out = [byName(Buffer.from('stats'), 10, this.idFor('stats'))];
+        break;
+      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.idFor(`merged:${n.image.idx}:`))]; break;
       case 'entry': {
-        if (n.inode.type !== 'dir') throw Object.assign(new Error('ENOTDIR'), { fuseErrno: Fuse.ENOTDIR });
-        const slot = n.layer.slot;
-        return n.layer.catalog!.readdir(n.inode.ino).map((d) => ({ name: d.name.toString('utf8'), mode: TYPE_BITS[d.type], ino: this.inos.forEntry(slot, d.ino) }));
+        if (n.inode.type !== 'dir') throw new Fail(E.ENOTDIR);
+        const view = n.inImage?.idx ?? 0, slot = n.layer.slot;
+        out = n.layer.catalog!.readdir(n.inode.ino).map((d) => byName(d.name, dt(TYPE_BITS[d.type]), this.idFor(this.entryKey(view, slot, d.ino))));
+        break;
       }
       case 'merged':
-        return this.ns.mergedReaddir(n).map((e) => ({
-          name: e.name.toString('utf8'), mode: TYPE_BITS[e.type],
-          ino: e.type === 'dir' ? this.inos.get(`merged:${n.image.idx}:${n.path}/${e.name.toString('utf8')}`) : this.inos.forEntry(e.layer.slot, e.ino),
-        }));
-      default: throw Object.assign(new Error('ENOTDIR'), { fuseErrno: Fuse.ENOTDIR });
+        out = this.ns.mergedReaddir(n).map((e) => byName(e.name, dt(TYPE_BITS[e.type]), e.type === 'dir'
+          ? this.idFor(`merged:${n.image.idx}:${mergedChildKey(n.key, e.name)}`)
+          : this.idFor(this.entryKey(n.image.idx, e.layer.slot, e.ino))));
+        break;
+      default: throw new Fail(E.ENOTDIR);
     }
+    memo.ents = out;
+    return out;
   }
 
-  private async xattrs(path: string): Promise<Map<string, Buffer>> {
-    const n = await this.need(path);
+  /**
+   * READDIR / READDIRPLUS: entries from offset on, as many as fit. "." and ".." come first (offsets 1 and 2).
+   * With plus, each entry carries its full lookup answer, so a scan costs one round trip per page of names instead of
+   * one per name; the kernel takes a reference to each such node.
+   */
+  private async readdir(id: number, rin: { offset: number; size: number }, plus: boolean): Promise<Answer> {
+    this.counters.readdirs++;
+    const n = this.node(id);
+    const ents = await this.children(n);
+    const out = Buffer.alloc(rin.size);
+    let off = 0;
+    const self = this.idOf(n);
+    for (let i = rin.offset; i < ents.length + 2; i++) {
+      const dot = i < 2;
+      const c = dot ? null : ents[i - 2]!;
+      const name = dot ? Buffer.from(i === 0 ? '.' : '..') : c!.name;
+      const need = direntSize(name.length, plus);
+      if (off + need > out.length) break;
+      if (plus) {
+        // Not under the synthetic directories: listing layers/ must not load every layer's catalog.
+        let child: Node | null = null;
+        if (!dot && n.k !== 'synth') child = await c!.make();
+        if (child) {
+          const ttl = this.ttlOf(child);
+          writeEntryHeader(out, off, this.hold(child), ttl, ttl);
+          this.attrOf(child).copy(out, off + 40);
+        } else {
+          // No lookup answer: the kernel makes no dentry for it ("." and "..", or an entry that vanished).
+          out.fill(0, off, off + 40 + ATTR_SIZE);
+        }
+        off += 40 + ATTR_SIZE;
+      }
+      off = writeDirent(out, off, dot ? (i === 0 ? self : 1) : c!.ino, i + 1, name, dot ? 4 : c!.dtype);
+    }
+    return out.subarray(0, off);
+  }
+
+  private async xattrs(id: number): Promise<Map<string, Buffer>> {
+    const n = this.node(id);
     let m: Map<string, Buffer>;
     if (n.k === 'entry') m = n.layer.catalog!.xattrs(n.inode.ino, n.inode.flags);
     else if (n.k === 'merged') m = n.members[0]!.layer.catalog!.xattrs(n.members[0]!.inode.ino, n.members[0]!.inode.flags);
@@ -250,32 +297,45 @@ export class ThinFs {
     return m;
   }
 
-  private statfs(): FuseStatfs {
-    let bytes = 0;
-    let files = 0;
-    for (const l of this.ns.knownLayers()) { bytes += l.manifest.sizes?.files ?? 0; files += l.manifest.counts?.entries ?? 0; }
-    const bsize = 4096;
-    const blocks = Math.min(0xffffffff, Math.ceil(bytes / bsize));
-    return { bsize, frsize: bsize, blocks, bfree: 0, bavail: 0, files: Math.min(0xffffffff, files), ffree: 0, favail: 0, fsid: 0x7468696e, flag: 1, namemax: 255 };
+  /** size 0 is a probe for the length; a value longer than size is ERANGE; a missing name is ENODATA. */
+  private async getxattr(id: number, size: number, name: string): Promise<Answer> {
+    const v = (await this.xattrs(id)).get(name);
+    if (!v) return E.ENODATA;
+    if (size === 0) return xattrSizeOut(v.length);
+    return v.length > size ? E.ERANGE : v;
   }
 
-  /** Serve a read by slicing verified chunks; the chunks a read spans are fetched concurrently; holes read as zeros. */
-  async read(path: string, buf: Buffer, len: number, pos: number): Promise<number> {
+  private async listxattr(id: number, size: number): Promise<Answer> {
+    const packed = Buffer.concat([...(await this.xattrs(id)).keys()].map((k) => Buffer.from(k + '\0', 'latin1')));
+    if (size === 0) return xattrSizeOut(packed.length);
+    return packed.length > size ? E.ERANGE : packed;
+  }
+
+  private statfs(): Answer {
+    let bytes = 0, files = 0;
+    for (const l of this.ns.knownLayers()) { bytes += l.manifest.sizes?.files ?? 0; files += l.manifest.counts?.entries ?? 0; }
+    return statfsOut({ blocks: Math.ceil(bytes / 4096), files, bsize: 4096, namelen: 255 });
+  }
+
+  /** Serve a read with slices of verified chunks (no copy); the chunks a read spans are fetched concurrently; holes read as zeros. */
+  private async read(id: number, rin: { offset: number; size: number }): Promise<Answer> {
     const t0 = performance.now();
     this.counters.reads++;
-    const node = this.ns.cached(path) ?? (await this.need(path));
-    if (node.k !== 'entry') return Fuse.EISDIR;
-    let h = this.readState.get(node);
-    if (!h) { h = { chunks: null, nextPos: 0 }; this.readState.set(node, h); }
+    const node = this.node(id);
+    if (node.k !== 'entry' || node.inode.type !== 'file') return E.EISDIR;
+    const memo = this.memo.get(node) ?? {};
+    this.memo.set(node, memo);
+    const h = (memo.read ??= { chunks: null, nextPos: 0 });
     const i = node.inode;
-    if (pos >= i.size) return 0;
-    const end = Math.min(i.size, pos + len);
-    const n = end - pos;
+    const pos = rin.offset;
+    if (pos >= i.size) return [];
+    const end = Math.min(i.size, pos + rin.size);
+    const parts: Buffer[] = [];
     if (i.inline) {
-      i.inline.copy(buf, 0, pos, end);
-      if (end > i.inline.length) buf.fill(0, Math.max(0, i.inline.length - pos), n);
-      this.counters.readBytes += n;
-      return n;
+      parts.push(i.inline.subarray(pos, Math.min(end, i.inline.length)));
+      if (end > i.inline.length) parts.push(Buffer.alloc(end - Math.max(pos, i.inline.length)));
+      this.counters.readBytes += end - pos;
+      return parts;
     }
     const chunks = h.chunks ??= node.layer.catalog!.chunks(i.ino);
     // First chunk ending after pos (chunks are sorted by offset and do not overlap).
@@ -284,9 +344,9 @@ export class ThinFs {
     const span: ChunkRef[] = [];
     let k = lo;
     for (; k < chunks.length && chunks[k]!.offset < end; k++) span.push(chunks[k]!);
-    // A sequential reader waits on one chunk at a time (the kernel keeps only ~1.5 MiB of readahead in flight):
-    // load the next few from the local cache directory meanwhile, so disk latency overlaps. Never from the store.
-    // Readahead requests arrive out of order (several libfuse threads), so "sequential" means near the furthest end seen.
+    // A sequential reader waits on one chunk at a time: load the next few from the local cache directory meanwhile,
+    // so disk latency overlaps. Never from the store. Readahead requests arrive out of order, so "sequential" means
+    // near the furthest end seen.
     if (this.opts.localReadahead > 0 && pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW) {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
@@ -296,27 +356,27 @@ export class ThinFs {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
     } catch (e) {
       this.counters.eio++;
-      this.log.error({ path, layer: node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
-      return Fuse.EIO;
+      this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
+      return E.EIO;
     }
     let filled = pos;
-    for (let k = 0; k < span.length; k++) {
-      const c = span[k]!, d = datas[k]!;
+    for (let j = 0; j < span.length; j++) {
+      const c = span[j]!, d = datas[j]!;
       if (d.length !== c.size) {
         this.counters.eio++;
-        this.log.error({ path, object: c.hash, want: c.size, got: d.length }, 'chunk size does not match the catalog: EIO');
-        return Fuse.EIO;
+        this.log.error({ nodeid: id, object: c.hash, want: c.size, got: d.length }, 'chunk size does not match the catalog: EIO');
+        return E.EIO;
       }
-      if (c.offset > filled) buf.fill(0, filled - pos, c.offset - pos);
+      if (c.offset > filled) parts.push(Buffer.alloc(c.offset - filled));
       const from = Math.max(pos, c.offset), to = Math.min(end, c.offset + c.size);
-      d.copy(buf, from - pos, from - c.offset, to - c.offset);
+      parts.push(d.subarray(from - c.offset, to - c.offset));
       filled = to;
     }
-    if (filled < end) buf.fill(0, filled - pos, n);
-    this.counters.readBytes += n;
+    if (filled < end) parts.push(Buffer.alloc(end - filled));
+    this.counters.readBytes += end - pos;
     const ms = performance.now() - t0;
     if (ms > this.counters.maxReadMs) this.counters.maxReadMs = ms;
-    return n;
+    return parts;
   }
 
   /** Fetch every chunk of the named files now (a prefetch list), without blocking readers. */
@@ -324,7 +384,7 @@ export class ThinFs {
     let files = 0, chunks = 0;
     const missing: string[] = [];
     for (const p of paths) {
-      const n = await this.ns.resolve(p.startsWith('/') ? p : `/${p}`).catch(() => null);
+      const n = await this.ns.resolve(p).catch(() => null);
       if (!n || n.k !== 'entry' || n.inode.type !== 'file') { missing.push(p); continue; }
       files++;
       const cs = n.layer.catalog!.chunks(n.inode.ino);
@@ -334,42 +394,3 @@ export class ThinFs {
     return { files, chunks, missing };
   }
 }
-
-/**
- * fuse-native with the options it cannot express (use_ino, ro, negative_timeout, suid/dev) and
- * correct xattr size probes: its own getxattr copies into a too-small buffer instead of ERANGE,
- * and its listxattr pads the probe answer.
- */
-export class ThinFuse extends Fuse {
-  constructor(mnt: string, ops: FuseOps, opts: ConstructorParameters<typeof Fuse>[2], private readonly extra: string[]) {
-    super(mnt, ops, opts);
-  }
-
-  protected override _fuseOptions(): string {
-    const base = super._fuseOptions();
-    return (base ? base + ',' : '-o') + this.extra.join(',');
-  }
-}
-
-type Signal = (code: number, ...rest: unknown[]) => void;
-const proto = ThinFuse.prototype as unknown as Record<string, unknown>;
-proto._op_getxattr = function (this: { ops: FuseOps }, signal: Signal, path: string, name: string, valueBuf: Buffer) {
-  this.ops.getxattr!(path, name, 0, (err, value) => {
-    if (err) return signal(err, valueBuf.buffer);
-    if (!value) return signal(Fuse.ENODATA, valueBuf.buffer);
-    if (valueBuf.length === 0) return signal(value.length, valueBuf.buffer);
-    if (valueBuf.length < value.length) return signal(Fuse.ERANGE, valueBuf.buffer);
-    value.copy(valueBuf);
-    return signal(value.length, valueBuf.buffer);
-  });
-};
-proto._op_listxattr = function (this: { ops: FuseOps }, signal: Signal, path: string, listBuf: Buffer) {
-  this.ops.listxattr!(path, (err, list) => {
-    if (err) return signal(err, listBuf.buffer);
-    const packed = Buffer.concat((list ?? []).map((n) => Buffer.from(n + '\0', 'utf8')));
-    if (listBuf.length === 0) return signal(packed.length, listBuf.buffer);
-    if (listBuf.length < packed.length) return signal(Fuse.ERANGE, listBuf.buffer);
-    packed.copy(listBuf);
-    return signal(packed.length, listBuf.buffer);
-  });
-};

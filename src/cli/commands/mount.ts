@@ -32,7 +32,7 @@ export function registerMountCommands(program: Command): void {
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
     .option('--no-allow-other', 'only the mounting user may access the mount')
-    .option('--debug', 'libfuse debug output on stderr')
+    .option('--debug', 'log every FUSE request (op, unique, node id)')
     .addHelpText('after', `
 Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
 unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
@@ -70,7 +70,7 @@ Examples:
         debug: !!o.debug,
         log,
       });
-      // Nothing else may keep a daemon alive after its filesystem is gone (fuse-native leaves its thread).
+      // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
       process.exit(code);
     });
 

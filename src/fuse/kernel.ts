@@ -1,0 +1,140 @@
+// The FUSE kernel protocol as thinfs speaks it: the native transport (src/fuse/native/thinfuse.c, built by node-gyp)
+// and the wire structures of the requests JS answers (linux/fuse.h, protocol 7.x, little-endian).
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+
+export const OP = {
+  CLOSED: 0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
+  INIT: 26, READDIR: 28, BATCH_FORGET: 42, READDIRPLUS: 44,
+} as const;
+
+export const E = constants.errno;
+
+/** Node ids below this are dynamic directories: the transport lets the kernel cache every other listing. */
+export const DYNAMIC_NODEID_LIMIT = 16;
+
+export type Handler = (op: number, unique: number, nodeid: number, body: Buffer | null | number) => void;
+export interface Session { readonly __session: unique symbol }
+interface Binding {
+  mount(mountpoint: string, fsname: string, opts: string, limits: { maxReadahead: number; maxPages: number; maxBackground: number }, h: Handler): Session;
+  reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
+  unmount(mountpoint: string): number;
+}
+
+let binding: Binding | null = null;
+/** Loaded on first mount, so commands that never mount do not need the addon. */
+export function native(): Binding {
+  if (!binding) {
+    const require = createRequire(import.meta.url);
+    // dist/src/fuse/kernel.js -> build/Release at the package root.
+    binding = require(new URL('../../../build/Release/thinfuse.node', import.meta.url).pathname) as Binding;
+  }
+  return binding;
+}
+
+/** What the catalog knows of an entry, in the units the kernel wants. */
+export interface Attr {
+  ino: number; size: number; blocks: number; mtime: number; mtimeNs: number;
+  mode: number; nlink: number; uid: number; gid: number; rdev: number; blksize: number;
+}
+
+export const ATTR_SIZE = 88;
+export const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
+const DIRENT_BASE = 24;
+
+/** struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. */
+export function encodeAttr(a: Attr): Buffer {
+  const b = Buffer.alloc(ATTR_SIZE);
+  const sec = BigInt(Math.trunc(a.mtime));
+  b.writeBigUInt64LE(BigInt(a.ino), 0);
+  b.writeBigUInt64LE(BigInt(a.size), 8);
+  b.writeBigUInt64LE(BigInt(a.blocks), 16);
+  b.writeBigInt64LE(sec, 24);
+  b.writeBigInt64LE(sec, 32);
+  b.writeBigInt64LE(sec, 40);
+  b.writeUInt32LE(a.mtimeNs, 48);
+  b.writeUInt32LE(a.mtimeNs, 52);
+  b.writeUInt32LE(a.mtimeNs, 56);
+  b.writeUInt32LE(a.mode >>> 0, 60);
+  b.writeUInt32LE(a.nlink >>> 0, 64);
+  b.writeUInt32LE(a.uid >>> 0, 68);
+  b.writeUInt32LE(a.gid >>> 0, 72);
+  b.writeUInt32LE(a.rdev >>> 0, 76);
+  b.writeUInt32LE(a.blksize, 80);
+  return b;
+}
+
+/** The kernel's new_encode_dev: 12-bit major, 20-bit minor in 32 bits. */
+export function encodeDev(major: number, minor: number): number {
+  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
+}
+
+/** struct fuse_entry_out header (40 bytes) into b at off; the attr follows. nodeid 0 = cached negative entry. */
+export function writeEntryHeader(b: Buffer, off: number, nodeid: number, entryTtl: number, attrTtl: number): void {
+  b.writeBigUInt64LE(BigInt(nodeid), off);
+  b.writeBigUInt64LE(0n, off + 8);
+  b.writeBigUInt64LE(BigInt(entryTtl), off + 16);
+  b.writeBigUInt64LE(BigInt(attrTtl), off + 24);
+  b.writeUInt32LE(0, off + 32);
+  b.writeUInt32LE(0, off + 36);
+}
+
+export function entryOut(nodeid: number, entryTtl: number, attrTtl: number, attr: Buffer | null): Buffer[] {
+  const h = Buffer.alloc(40);
+  writeEntryHeader(h, 0, nodeid, entryTtl, attrTtl);
+  return [h, attr ?? Buffer.alloc(ATTR_SIZE)];
+}
+
+export function attrOut(ttl: number, attr: Buffer): Buffer[] {
+  const h = Buffer.alloc(16);
+  h.writeBigUInt64LE(BigInt(ttl), 0);
+  return [h, attr];
+}
+
+/** Bytes one dirent takes (plus: with its fuse_entry_out in front), 8-byte aligned. */
+export function direntSize(nameLen: number, plus: boolean): number {
+  return (((plus ? ENTRY_OUT_SIZE : 0) + DIRENT_BASE + nameLen + 7) & ~7);
+}
+
+/** struct fuse_dirent at off: ino, offset of the next entry, name length, d_type, name. Returns the new offset. */
+export function writeDirent(b: Buffer, off: number, ino: number, next: number, name: Buffer, dtype: number): number {
+  b.writeBigUInt64LE(BigInt(ino), off);
+  b.writeBigUInt64LE(BigInt(next), off + 8);
+  b.writeUInt32LE(name.length, off + 16);
+  b.writeUInt32LE(dtype, off + 20);
+  name.copy(b, off + DIRENT_BASE);
+  const end = off + DIRENT_BASE + name.length;
+  const aligned = (end + 7) & ~7;
+  b.fill(0, end, aligned);
+  return aligned;
+}
+
+export interface ReadIn { offset: number; size: number }
+/** struct fuse_read_in: fh, offset, size (the rest is unused by a read-only filesystem). */
+export function parseReadIn(b: Buffer): ReadIn {
+  return { offset: Number(b.readBigUInt64LE(8)), size: b.readUInt32LE(16) };
+}
+
+/** LOOKUP carries the name, NUL-terminated: the raw bytes (Linux names are bytes, not UTF-8). */
+export function parseName(b: Buffer, off = 0): Buffer {
+  const z = b.indexOf(0, off);
+  return b.subarray(off, z < 0 ? b.length : z);
+}
+
+/** struct fuse_kstatfs. */
+export function statfsOut(s: { blocks: number; files: number; bsize: number; namelen: number }): Buffer {
+  const b = Buffer.alloc(80);
+  b.writeBigUInt64LE(BigInt(s.blocks), 0);
+  b.writeBigUInt64LE(BigInt(s.files), 24);
+  b.writeUInt32LE(s.bsize, 40);
+  b.writeUInt32LE(s.namelen, 44);
+  b.writeUInt32LE(s.bsize, 48);
+  return b;
+}
+
+/** The 8-byte answer to a size probe (getxattr/listxattr with size 0). */
+export function xattrSizeOut(n: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeUInt32LE(n, 0);
+  return b;
+}

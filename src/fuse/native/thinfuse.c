@@ -1,0 +1,476 @@
+// thinfuse: thinfs's own FUSE transport, the kernel's low-level protocol spoken over /dev/fuse.
+//
+// Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
+// and inode numbers in 32 bits, cannot negotiate 1 MiB reads, readdirplus or kernel directory caching, and costs a
+// JS round trip for every open/release. Here a reader thread answers the bookkeeping requests itself (INIT, OPEN,
+// OPENDIR, RELEASE, FLUSH, writes with EROFS) and hands only the requests that need the catalog or the store to the
+// JS thread, raw, through a thread-safe function; JS answers with reply(), a writev of its buffers (zero copy).
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#define OUR_MINOR 38
+// Node ids below this are the mount's synthetic directories (/, layers/, images/, .thinfs/): their listings change
+// as layers are published, so the kernel must not cache them. Every other directory is immutable and cached.
+#define DYNAMIC_NODEID_LIMIT 16
+#define BUF_SIZE (1u << 20) + 4096u
+// Pseudo opcodes sent to JS for events that are not requests.
+#define EV_CLOSED 0
+
+typedef struct {
+  int fd;
+  napi_threadsafe_function tsfn;
+  pthread_t thread;
+  int thread_started;
+  uint32_t max_readahead;
+  uint32_t max_pages;
+  uint32_t max_background;
+} session_t;
+
+typedef struct {
+  uint32_t opcode;
+  double unique;
+  double nodeid;
+  uint32_t uid, gid, pid;
+  size_t len;
+  char *body;  // malloc'd, handed to a Buffer
+  int err;     // for EV_CLOSED: the errno that ended the loop (ENODEV = unmounted)
+} request_t;
+
+#define CHECK(call)                                                               \
+  do {                                                                            \
+    napi_status s_ = (call);                                                      \
+    if (s_ != napi_ok) {                                                          \
+      napi_throw_error(env, NULL, "thinfuse: N-API call failed: " #call);         \
+      return NULL;                                                                \
+    }                                                                             \
+  } while (0)
+
+static int write_reply(int fd, uint64_t unique, const struct iovec *data, int ndata) {
+  struct iovec iov[64];
+  struct fuse_out_header oh;
+  size_t len = sizeof(oh);
+  if (ndata > 63) return -E2BIG;
+  iov[0].iov_base = &oh;
+  iov[0].iov_len = sizeof(oh);
+  for (int i = 0; i < ndata; i++) {
+    iov[i + 1] = data[i];
+    len += data[i].iov_len;
+  }
+  oh.len = (uint32_t)len;
+  oh.error = 0;
+  oh.unique = unique;
+  ssize_t w;
+  do w = writev(fd, iov, ndata + 1);
+  while (w < 0 && errno == EINTR);
+  // ENOENT: the request was interrupted and the kernel no longer waits for it; not an error of ours.
+  return w < 0 && errno != ENOENT ? -errno : 0;
+}
+
+static int reply_err(int fd, uint64_t unique, int error) {
+  struct fuse_out_header oh = {.len = sizeof(oh), .error = -error, .unique = unique};
+  ssize_t w;
+  do w = write(fd, &oh, sizeof(oh));
+  while (w < 0 && errno == EINTR);
+  return w < 0 && errno != ENOENT ? -errno : 0;
+}
+
+static int reply_buf(int fd, uint64_t unique, const void *p, size_t n) {
+  struct iovec v = {.iov_base = (void *)p, .iov_len = n};
+  return write_reply(fd, unique, &v, 1);
+}
+
+static void handle_init(session_t *s, const struct fuse_in_header *ih, const char *body) {
+  const struct fuse_init_in *in = (const struct fuse_init_in *)body;
+  struct fuse_init_out out;
+  memset(&out, 0, sizeof(out));
+  out.major = FUSE_KERNEL_VERSION;
+  if (in->major != FUSE_KERNEL_VERSION) {
+    // A newer major: answer ours and wait for the kernel to retry; an older one cannot be served.
+    if (in->major < FUSE_KERNEL_VERSION) { reply_err(s->fd, ih->unique, EPROTO); return; }
+    reply_buf(s->fd, ih->unique, &out, 8);
+    return;
+  }
+  out.minor = in->minor < OUR_MINOR ? in->minor : OUR_MINOR;
+  uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
+                  FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS;
+  out.flags = in->flags & want;
+  out.max_readahead = in->max_readahead < s->max_readahead ? in->max_readahead : s->max_readahead;
+  out.max_background = (uint16_t)s->max_background;
+  out.congestion_threshold = (uint16_t)(s->max_background * 3 / 4);
+  out.max_write = 128 * 1024;
+  out.time_gran = 1;  // nanosecond timestamps
+  out.max_pages = (uint16_t)s->max_pages;
+  size_t n = out.minor < 5 ? 8 : out.minor < 23 ? 24 : sizeof(out);
+  reply_buf(s->fd, ih->unique, &out, n);
+  s->max_readahead = out.max_readahead;
+  if (!(out.flags & FUSE_MAX_PAGES)) s->max_pages = 32;
+}
+
+// Requests the reader thread answers itself: nothing in them needs the catalog or the store.
+static int handle_locally(session_t *s, const struct fuse_in_header *ih, const char *body) {
+  int fd = s->fd;
+  switch (ih->opcode) {
+    case FUSE_INIT:
+      handle_init(s, ih, body);
+      return 0;  // JS also hears of it (negotiated limits, mount ready)
+    case FUSE_OPEN:
+    case FUSE_OPENDIR: {
+      // Everything served is immutable: keep the page cache across opens, let the kernel cache listings, and
+      // skip the FLUSH round trip on close. Synthetic directories (layers/, images/) change and are not cached.
+      struct fuse_open_out o = {0};
+      const struct fuse_open_in *in = (const struct fuse_open_in *)body;
+      if (ih->opcode == FUSE_OPEN && (in->flags & O_ACCMODE) != O_RDONLY) { reply_err(fd, ih->unique, EROFS); return 1; }
+      if (ih->nodeid >= DYNAMIC_NODEID_LIMIT) o.open_flags = FOPEN_KEEP_CACHE | (ih->opcode == FUSE_OPENDIR ? FOPEN_CACHE_DIR : 0);
+      o.open_flags |= FOPEN_NOFLUSH;
+      reply_buf(fd, ih->unique, &o, sizeof(o));
+      return 1;
+    }
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+    case FUSE_FLUSH:
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR:
+    case FUSE_SYNCFS:
+      reply_err(fd, ih->unique, 0);
+      return 1;
+    case FUSE_INTERRUPT:
+      return 1;  // replies are quick; an interrupted one is dropped by the kernel (ENOENT on write)
+    case FUSE_SETATTR:
+    case FUSE_SYMLINK:
+    case FUSE_MKNOD:
+    case FUSE_MKDIR:
+    case FUSE_UNLINK:
+    case FUSE_RMDIR:
+    case FUSE_RENAME:
+    case FUSE_RENAME2:
+    case FUSE_LINK:
+    case FUSE_WRITE:
+    case FUSE_SETXATTR:
+    case FUSE_REMOVEXATTR:
+    case FUSE_CREATE:
+    case FUSE_TMPFILE:
+    case FUSE_FALLOCATE:
+    case FUSE_COPY_FILE_RANGE:
+      reply_err(fd, ih->unique, EROFS);
+      return 1;
+    case FUSE_LOOKUP:
+    case FUSE_FORGET:
+    case FUSE_BATCH_FORGET:
+    case FUSE_GETATTR:
+    case FUSE_READLINK:
+    case FUSE_READ:
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS:
+    case FUSE_GETXATTR:
+    case FUSE_LISTXATTR:
+    case FUSE_STATFS:
+      return 0;
+    case FUSE_DESTROY:
+      reply_err(fd, ih->unique, 0);
+      return 1;
+    default:
+      // ACCESS (default_permissions decides), locks (kept by the kernel), ioctl, poll, bmap, lseek...
+      reply_err(fd, ih->unique, ENOSYS);
+      return 1;
+  }
+}
+
+static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  request_t *r = (request_t *)data;
+  (void)context;
+  if (env == NULL || js_cb == NULL) {
+    free(r->body);
+    free(r);
+    return;
+  }
+  napi_value argv[4], undef, buf;
+  napi_create_uint32(env, r->opcode, &argv[0]);
+  napi_create_double(env, r->unique, &argv[1]);
+  napi_create_double(env, r->nodeid, &argv[2]);
+  if (r->opcode == EV_CLOSED) {
+    napi_create_int32(env, r->err, &argv[3]);
+  } else if (r->len > 0) {
+    void *dst;
+    napi_create_buffer_copy(env, r->len, r->body, &dst, &buf);
+    argv[3] = buf;
+  } else {
+    napi_get_null(env, &argv[3]);
+  }
+  free(r->body);
+  free(r);
+  napi_get_undefined(env, &undef);
+  napi_call_function(env, undef, js_cb, 4, argv, NULL);
+}
+
+static void post(session_t *s, request_t *r) {
+  if (napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_blocking) != napi_ok) {
+    free(r->body);
+    free(r);
+  }
+}
+
+static void *reader(void *arg) {
+  session_t *s = (session_t *)arg;
+  char *buf = malloc(BUF_SIZE);
+  int err = 0;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);  // signals belong to the JS thread
+  while (buf) {
+    ssize_t n = read(s->fd, buf, BUF_SIZE);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;  // ENOENT: request interrupted
+      err = errno;  // ENODEV: unmounted
+      break;
+    }
+    if ((size_t)n < sizeof(struct fuse_in_header)) { err = EIO; break; }
+    const struct fuse_in_header *ih = (const struct fuse_in_header *)buf;
+    const char *body = buf + sizeof(*ih);
+    size_t blen = (size_t)n - sizeof(*ih);
+    if (handle_locally(s, ih, body)) continue;
+    request_t *r = malloc(sizeof(*r));
+    if (!r) { reply_err(s->fd, ih->unique, ENOMEM); continue; }
+    r->opcode = ih->opcode;
+    r->unique = (double)ih->unique;
+    r->nodeid = (double)ih->nodeid;
+    r->uid = ih->uid;
+    r->gid = ih->gid;
+    r->pid = ih->pid;
+    r->err = 0;
+    if (ih->opcode == FUSE_INIT) {
+      // Tell JS what was negotiated: max_readahead, max_pages, and the kernel's protocol minor.
+      uint32_t info[3] = {s->max_readahead, s->max_pages, ((const struct fuse_init_in *)body)->minor};
+      blen = sizeof(info);
+      body = (const char *)info;
+      r->body = malloc(blen);
+      if (r->body) memcpy(r->body, body, blen);
+    } else {
+      r->body = blen ? malloc(blen) : NULL;
+      if (blen && r->body) memcpy(r->body, body, blen);
+    }
+    r->len = r->body ? blen : 0;
+    post(s, r);
+  }
+  free(buf);
+  request_t *r = calloc(1, sizeof(*r));
+  if (r) {
+    r->opcode = EV_CLOSED;
+    r->err = err;
+    post(s, r);
+  }
+  napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+// Receives the /dev/fuse descriptor fusermount3 opened for us (unprivileged mounts).
+static int receive_fd(int sock) {
+  char ccmsg[CMSG_SPACE(sizeof(int))];
+  char c;
+  struct iovec iov = {.iov_base = &c, .iov_len = 1};
+  struct msghdr msg = {0};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ccmsg;
+  msg.msg_controllen = sizeof(ccmsg);
+  ssize_t rv;
+  do rv = recvmsg(sock, &msg, 0);
+  while (rv < 0 && errno == EINTR);
+  if (rv <= 0) return -1;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+  if (!cm || cm->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(cm), sizeof(fd));
+  return fd;
+}
+
+static int mount_fusermount(const char *mnt, const char *opts, char *why, size_t whylen) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { snprintf(why, whylen, "socketpair: %s", strerror(errno)); return -1; }
+  pid_t pid = fork();
+  if (pid < 0) { snprintf(why, whylen, "fork: %s", strerror(errno)); close(sv[0]); close(sv[1]); return -1; }
+  if (pid == 0) {
+    char env[32];
+    close(sv[0]);
+    fcntl(sv[1], F_SETFD, 0);
+    snprintf(env, sizeof(env), "%d", sv[1]);
+    setenv("_FUSE_COMMFD", env, 1);
+    execlp("fusermount3", "fusermount3", "-o", opts, "--", mnt, (char *)NULL);
+    execlp("fusermount", "fusermount", "-o", opts, "--", mnt, (char *)NULL);
+    _exit(127);
+  }
+  close(sv[1]);
+  int fd = receive_fd(sv[0]);
+  close(sv[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (fd < 0) snprintf(why, whylen, "fusermount3 failed (exit %d)", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+  return fd;
+}
+
+// mount(mountpoint, fsname, subtype, flags{ro,suid,dev}, extraOpts, limits{maxReadahead,maxPages,maxBackground}, handler)
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) { napi_throw_type_error(env, NULL, "mount(mountpoint, options, mountOpts, limits, handler)"); return NULL; }
+  char mnt[4096], fsname[256], opts[1024];
+  size_t l;
+  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
+  CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
+  CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
+  uint32_t lim[3] = {1 << 20, 256, 64};
+  const char *names[3] = {"maxReadahead", "maxPages", "maxBackground"};
+  for (int i = 0; i < 3; i++) {
+    napi_value v;
+    bool has = false;
+    CHECK(napi_has_named_property(env, argv[3], names[i], &has));
+    if (has) {
+      CHECK(napi_get_named_property(env, argv[3], names[i], &v));
+      CHECK(napi_get_value_uint32(env, v, &lim[i]));
+    }
+  }
+  session_t *s = calloc(1, sizeof(*s));
+  if (!s) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  s->max_readahead = lim[0];
+  s->max_pages = lim[1] < 1 ? 1 : lim[1] > 256 ? 256 : lim[1];
+  s->max_background = lim[2] < 1 ? 1 : lim[2] > 1024 ? 1024 : lim[2];
+
+  char why[512] = "";
+  int fd = -1;
+  int rdonly = 0, suid = 0, dev = 0;
+  char data[1536], extra[1024] = "";
+  {
+    // JS passes a comma list: the flags we turn into MS_* bits, the rest goes to the kernel as data.
+    char tmp[1024];
+    snprintf(tmp, sizeof(tmp), "%s", opts);
+    for (char *save = NULL, *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+      if (!strcmp(t, "ro")) rdonly = 1;
+      else if (!strcmp(t, "suid")) suid = 1;
+      else if (!strcmp(t, "dev")) dev = 1;
+      else if (*t) {
+        if (*extra) strncat(extra, ",", sizeof(extra) - strlen(extra) - 1);
+        strncat(extra, t, sizeof(extra) - strlen(extra) - 1);
+      }
+    }
+  }
+  if (geteuid() == 0) {
+    fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+      snprintf(why, sizeof(why), "open /dev/fuse: %s", strerror(errno));
+    } else {
+      struct stat st;
+      if (stat(mnt, &st) < 0) st.st_mode = S_IFDIR;
+      snprintf(data, sizeof(data), "fd=%d,rootmode=%o,user_id=%u,group_id=%u%s%s", fd, st.st_mode & S_IFMT, getuid(), getgid(),
+               *extra ? "," : "", extra);
+      unsigned long flags = MS_NOATIME | (rdonly ? MS_RDONLY : 0) | (suid ? 0 : MS_NOSUID) | (dev ? 0 : MS_NODEV);
+      char type[300];
+      snprintf(type, sizeof(type), "fuse.%s", fsname);
+      if (mount(fsname, mnt, type, flags, data) < 0) {
+        snprintf(why, sizeof(why), "mount(2): %s", strerror(errno));
+        close(fd);
+        fd = -1;
+      }
+    }
+  } else {
+    char fo[1536];
+    snprintf(fo, sizeof(fo), "%sfsname=%s,subtype=%s%s%s", rdonly ? "ro," : "", fsname, fsname, *extra ? "," : "", extra);
+    fd = mount_fusermount(mnt, fo, why, sizeof(why));
+    if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  if (fd < 0) {
+    free(s);
+    napi_throw_error(env, "EMOUNT", why);
+    return NULL;
+  }
+  s->fd = fd;
+  napi_value name;
+  CHECK(napi_create_string_utf8(env, "thinfuse", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_threadsafe_function(env, argv[4], NULL, name, 0, 1, NULL, NULL, s, call_js, &s->tsfn));
+  if (pthread_create(&s->thread, NULL, reader, s) != 0) {
+    napi_throw_error(env, "ETHREAD", "cannot start the FUSE reader thread");
+    return NULL;
+  }
+  s->thread_started = 1;
+  pthread_detach(s->thread);
+  napi_value ext;
+  CHECK(napi_create_external(env, s, NULL, NULL, &ext));
+  return ext;
+}
+
+// reply(session, unique, errno, buffers?) -> 0 or -errno of the write
+static napi_value js_reply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], ret;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s;
+  double unique;
+  int32_t error;
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &unique));
+  CHECK(napi_get_value_int32(env, argv[2], &error));
+  struct iovec iov[63];
+  int n = 0;
+  if (!error && argc > 3) {
+    bool isArr = false, isBuf = false;
+    napi_is_array(env, argv[3], &isArr);
+    napi_is_buffer(env, argv[3], &isBuf);
+    if (isBuf) {
+      CHECK(napi_get_buffer_info(env, argv[3], &iov[0].iov_base, &iov[0].iov_len));
+      n = 1;
+    } else if (isArr) {
+      uint32_t len;
+      CHECK(napi_get_array_length(env, argv[3], &len));
+      if (len > 63) { napi_throw_range_error(env, NULL, "reply: at most 63 buffers"); return NULL; }
+      for (uint32_t i = 0; i < len; i++) {
+        napi_value el;
+        CHECK(napi_get_element(env, argv[3], i, &el));
+        CHECK(napi_get_buffer_info(env, el, &iov[n].iov_base, &iov[n].iov_len));
+        n++;
+      }
+    }
+  }
+  int r = error ? reply_err(s->fd, (uint64_t)unique, error) : write_reply(s->fd, (uint64_t)unique, iov, n);
+  CHECK(napi_create_int32(env, r, &ret));
+  return ret;
+}
+
+// unmount(mountpoint): lazy detach as root; the reader thread then sees ENODEV once the last user is gone.
+static napi_value js_unmount(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  char mnt[4096];
+  size_t l;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
+  int r = umount2(mnt, MNT_DETACH) < 0 ? -errno : 0;
+  CHECK(napi_create_int32(env, r, &ret));
+  return ret;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
+      {"reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL},
+      {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
