@@ -4,7 +4,7 @@ FROM node:20-bookworm AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY tsconfig.json ./
+COPY tsconfig.json binding.gyp ./
 COPY src ./src
 COPY publisher ./publisher
 COPY tools ./tools
@@ -13,11 +13,12 @@ COPY bench ./bench
 RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends libfuse2 fuse3 ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends fuse3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/thinfs
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+COPY --from=build /src/build/Release/thinfuse.node ./build/Release/thinfuse.node
 COPY package.json ./
 RUN ln -s /opt/thinfs/dist/src/cli/main.js /usr/local/bin/thinfs \
     && ln -s /opt/thinfs/dist/tools/docker2thin.js /usr/local/bin/docker2thin \

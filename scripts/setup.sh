@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(
-  libfuse2 fuse3              # fuse-native links libfuse.so.2; fusermount3 for unmount
+  fuse3                       # fusermount3: unmount, and mounts by non-root users
   git tar gzip zstd xz-utils  # GNU tar is the correctness oracle
   attr                        # getfattr/setfattr for xattr checks
   docker-registry skopeo umoci   # real registry + reference image tools (docker2thin tests)
