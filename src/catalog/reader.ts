@@ -8,11 +8,15 @@ export interface Inode {
   target: Buffer | null; inline: Buffer | null; nlink: number; flags: number;
 }
 export interface Dirent { name: Buffer; ino: number; kind: DirentKind; type: EntryType }
+/** A dirent with its whole inode; `subdirs` counts a directory's visible subdirectories (its st_nlink is 2 + that). */
+export interface FullDirent { name: Buffer; kind: DirentKind; inode: Inode & { subdirs: number } }
 export interface ChunkRef { offset: number; size: number; hash: string }
 export interface WalkEntry { seq: number; path: Buffer; parent: number; kind: DirentKind; inode: Inode }
 
-const INODE_COLS = `ino, type, mode, uid, gid, uname, gname, size, mtime, mtime_ns AS mtimeNs, rdev_major AS rdevMajor,
-  rdev_minor AS rdevMinor, target, inline, nlink, flags`;
+const inodeCols = (t: string) => `${t}ino AS ino, ${t}type AS type, ${t}mode AS mode, ${t}uid AS uid, ${t}gid AS gid,
+  ${t}uname AS uname, ${t}gname AS gname, ${t}size AS size, ${t}mtime AS mtime, ${t}mtime_ns AS mtimeNs, ${t}rdev_major AS rdevMajor,
+  ${t}rdev_minor AS rdevMinor, ${t}target AS target, ${t}inline AS inline, ${t}nlink AS nlink, ${t}flags AS flags`;
+const INODE_COLS = inodeCols('');
 
 /**
  * Read-only view of a layer catalog. Queries are synchronous (better-sqlite3) but hit a local,
@@ -40,6 +44,10 @@ export class CatalogReader {
       lookup: this.db.prepare(`SELECT d.ino AS ino, d.kind AS kind FROM dirents d WHERE d.parent=? AND d.name=? AND d.kind != 2`),
       readdir: this.db.prepare(`SELECT d.name AS name, d.ino AS ino, d.kind AS kind, i.type AS type FROM dirents d JOIN inodes i ON i.ino=d.ino
         WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
+      readdirFull: this.db.prepare(`SELECT d.name AS name, d.kind AS kind, ${inodeCols('i.')},
+        CASE WHEN i.type = 'dir' THEN (SELECT count(*) FROM dirents d2 JOIN inodes i2 ON i2.ino = d2.ino
+          WHERE d2.parent = i.ino AND d2.kind != 2 AND i2.type = 'dir') ELSE 0 END AS subdirs
+        FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
       chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
@@ -70,6 +78,17 @@ export class CatalogReader {
     if (!r) { r = this.st.readdir.all(ino) as Dirent[]; this.dirCache.set(ino, r); }
     return r;
   }
+
+  /** A directory's visible entries with their inodes, in one query: what a READDIRPLUS answers. Not cached. */
+  readdirFull(ino: number): FullDirent[] {
+    return (this.st.readdirFull.all(ino) as Array<Inode & { name: Buffer; kind: DirentKind; subdirs: number }>).map((r) => {
+      const { name, kind, ...inode } = r;
+      return { name, kind, inode };
+    });
+  }
+
+  /** Visible subdirectories of a directory (st_nlink = 2 + this). */
+  subdirCount(ino: number): number { return this.readdir(ino).filter((d) => d.type === 'dir').length; }
 
   chunks(ino: number): ChunkRef[] {
     return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer }>).map((c) => ({ offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));

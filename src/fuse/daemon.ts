@@ -153,7 +153,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   try {
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
-    }, (op, unique, nodeid, body) => {
+    }, (op, unique, nodeid, body, tNs) => {
       if (o.debug) log.info({ op, unique, nodeid }, 'request');
       switch (op) {
         case OP.CLOSED: closedDone(body as number); return;
@@ -169,7 +169,7 @@ export async function runMount(o: MountOptions): Promise<number> {
           for (let i = 0; i < count; i++) fs.forget(Number(b.readBigUInt64LE(8 + i * 16)), Number(b.readBigUInt64LE(16 + i * 16)));
           return;
         }
-        default: fs.handle(op, unique, nodeid, body as Buffer | null, reply);
+        default: fs.handle(op, unique, nodeid, body as Buffer | null, reply, tNs);
       }
     });
   } catch (e) {

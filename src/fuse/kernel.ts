@@ -13,7 +13,8 @@ export const E = constants.errno;
 /** Node ids below this are dynamic directories: the transport lets the kernel cache every other listing. */
 export const DYNAMIC_NODEID_LIMIT = 16;
 
-export type Handler = (op: number, unique: number, nodeid: number, body: Buffer | null | number) => void;
+/** tNs: CLOCK_MONOTONIC (process.hrtime's clock) when the reader thread took the request from the kernel. */
+export type Handler = (op: number, unique: number, nodeid: number, body: Buffer | null | number, tNs: number) => void;
 export interface Session { readonly __session: unique symbol }
 interface Binding {
   mount(mountpoint: string, fsname: string, opts: string, limits: { maxReadahead: number; maxPages: number; maxBackground: number }, h: Handler): Session;

@@ -27,7 +27,11 @@ export interface OpCounters {
   maxReadMs: number;
   /** Nodes the kernel currently holds a reference to. */
   liveNodes: number;
+  /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
+  requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
+
+const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(OP).map(([k, v]) => [v, k.toLowerCase()]));
 
 /** What a request handler answers: an errno, or the reply's buffers (written with one writev, no copy). */
 type Answer = number | Buffer | Buffer[];
@@ -37,7 +41,7 @@ export type Reply = (unique: number, errno: number, data?: Buffer | Buffer[]) =>
 interface Held { node: Node; nlookup: number }
 /** Immutable per-node facts computed once: the encoded attributes and, for directories, the listing. */
 interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
-interface Child { name: Buffer; dtype: number; ino: number; make: () => Promise<Node | null> }
+interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | null | Promise<Node | null> }
 /** Per-file read state: chunk map and how far a sequential reader got. */
 interface ReadState { chunks: ChunkRef[] | null; nextPos: number }
 
@@ -51,7 +55,7 @@ class Fail extends Error { constructor(readonly errno: number) { super(`errno ${
  * kernel forgets a node. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0 };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, requests: {} };
   private readonly ids = new Map<number | string, number>();
   private nextId = DYNAMIC_NODEID_LIMIT;
   private readonly held = new Map<number, Held>();
@@ -89,13 +93,14 @@ export class ThinFs {
     }
   }
 
-  /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. */
-  private hold(n: Node): number {
+  /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. The node already held wins. */
+  private hold(n: Node): { id: number; node: Node } {
     const id = this.idOf(n);
     const h = this.held.get(id);
-    if (h) h.nlookup++;
-    else { this.held.set(id, { node: n, nlookup: 1 }); this.counters.liveNodes++; }
-    return id;
+    if (h) { h.nlookup++; return { id, node: h.node }; }
+    this.held.set(id, { node: n, nlookup: 1 });
+    this.counters.liveNodes++;
+    return { id, node: n };
   }
 
   forget(id: number, n: number): void {
@@ -130,7 +135,8 @@ export class ThinFs {
     if (i.type === 'dir') {
       if (!size) size = 4096;
       // 2 + subdirectories, as on a disk filesystem (find's leaf optimisation relies on it).
-      nlink = layer ? 2 + layer.catalog!.readdir(i.ino).filter((d) => d.type === 'dir').length : 1;
+      const sub = (i as { subdirs?: number }).subdirs;
+      nlink = layer ? 2 + (sub ?? layer.catalog!.subdirCount(i.ino)) : 1;
     }
     return {
       ino, size, blocks: Math.ceil(size / 512), mtime: i.mtime, mtimeNs: i.mtimeNs, mode: i.mode, nlink,
@@ -156,7 +162,11 @@ export class ThinFs {
   // ---- dispatch ----
 
   /** One request from the kernel; every path ends in exactly one reply (FORGET has none). */
-  handle(op: number, unique: number, nodeid: number, body: Buffer | null, reply: Reply): void {
+  handle(op: number, unique: number, nodeid: number, body: Buffer | null, reply: Reply, tNs: number): void {
+    const name = OP_NAMES[op] ?? String(op);
+    const st = (this.counters.requests[name] ??= { n: 0, queueSec: 0, totalSec: 0, maxSec: 0 });
+    st.n++;
+    st.queueSec += (Number(process.hrtime.bigint()) - tNs) / 1e9;
     let r: Promise<Answer> | Answer;
     try {
       switch (op) {
@@ -171,7 +181,12 @@ export class ThinFs {
         default: r = E.ENOSYS;
       }
     } catch (e) { r = this.failed(op, nodeid, e); }
-    const send = (a: Answer) => (typeof a === 'number' ? reply(unique, a) : reply(unique, 0, a));
+    const send = (a: Answer) => {
+      if (typeof a === 'number') reply(unique, a); else reply(unique, 0, a);
+      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
+      st.totalSec += sec;
+      if (sec > st.maxSec) st.maxSec = sec;
+    };
     if (r instanceof Promise) r.then(send, (e) => send(this.failed(op, nodeid, e)));
     else send(r);
   }
@@ -194,7 +209,8 @@ export class ThinFs {
       return parent.k === 'synth' || parent.k === 'imageDir' ? E.ENOENT : entryOut(0, TTL, 0, null);
     }
     const ttl = this.ttlOf(n);
-    return entryOut(this.hold(n), ttl, ttl, this.attrOf(n));
+    const h = this.hold(n);
+    return entryOut(h.id, ttl, ttl, this.attrOf(h.node));
   }
 
   private readlink(id: number): Answer {
@@ -232,8 +248,12 @@ export class ThinFs {
       case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.idFor(`merged:${n.image.idx}:`))]; break;
       case 'entry': {
         if (n.inode.type !== 'dir') throw new Fail(E.ENOTDIR);
-        const view = n.inImage?.idx ?? 0, slot = n.layer.slot;
-        out = n.layer.catalog!.readdir(n.inode.ino).map((d) => byName(d.name, dt(TYPE_BITS[d.type]), this.idFor(this.entryKey(view, slot, d.ino))));
+        // One query gives every entry with its inode: the children are built without a lookup each.
+        const view = n.inImage?.idx ?? 0, slot = n.layer.slot, layer = n.layer, inImage = n.inImage;
+        out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
+          name: d.name, dtype: dt(d.inode.mode), ino: this.idFor(this.entryKey(view, slot, d.inode.ino)),
+          make: () => ({ k: 'entry', layer, inode: d.inode, inImage }),
+        }));
         break;
       }
       case 'merged':
@@ -267,12 +287,14 @@ export class ThinFs {
       if (off + need > out.length) break;
       if (plus) {
         // Not under the synthetic directories: listing layers/ must not load every layer's catalog.
-        let child: Node | null = null;
-        if (!dot && n.k !== 'synth') child = await c!.make();
+        let child: Node | null | Promise<Node | null> = null;
+        if (!dot && n.k !== 'synth') child = c!.make();
+        if (child instanceof Promise) child = await child;
         if (child) {
           const ttl = this.ttlOf(child);
-          writeEntryHeader(out, off, this.hold(child), ttl, ttl);
-          this.attrOf(child).copy(out, off + 40);
+          const h = this.hold(child);
+          writeEntryHeader(out, off, h.id, ttl, ttl);
+          this.attrOf(h.node).copy(out, off + 40);
         } else {
           // No lookup answer: the kernel makes no dentry for it ("." and "..", or an entry that vanished).
           out.fill(0, off, off + 40 + ATTR_SIZE);

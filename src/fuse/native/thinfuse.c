@@ -21,6 +21,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -50,6 +51,7 @@ typedef struct {
   size_t len;
   char *body;  // malloc'd, handed to a Buffer
   int err;     // for EV_CLOSED: the errno that ended the loop (ENODEV = unmounted)
+  double t_ns; // CLOCK_MONOTONIC when read from the kernel (process.hrtime's clock): queueing delay metrics
 } request_t;
 
 #define CHECK(call)                                                               \
@@ -199,7 +201,7 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
     free(r);
     return;
   }
-  napi_value argv[4], undef, buf;
+  napi_value argv[5], undef, buf;
   napi_create_uint32(env, r->opcode, &argv[0]);
   napi_create_double(env, r->unique, &argv[1]);
   napi_create_double(env, r->nodeid, &argv[2]);
@@ -212,10 +214,11 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   } else {
     napi_get_null(env, &argv[3]);
   }
+  napi_create_double(env, r->t_ns, &argv[4]);
   free(r->body);
   free(r);
   napi_get_undefined(env, &undef);
-  napi_call_function(env, undef, js_cb, 4, argv, NULL);
+  napi_call_function(env, undef, js_cb, 5, argv, NULL);
 }
 
 static void post(session_t *s, request_t *r) {
@@ -253,6 +256,9 @@ static void *reader(void *arg) {
     r->gid = ih->gid;
     r->pid = ih->pid;
     r->err = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    r->t_ns = (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
     if (ih->opcode == FUSE_INIT) {
       // Tell JS what was negotiated: max_readahead, max_pages, and the kernel's protocol minor.
       uint32_t info[3] = {s->max_readahead, s->max_pages, ((const struct fuse_init_in *)body)->minor};
