@@ -18,7 +18,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends fuse3 ca-certif
 WORKDIR /opt/thinfs
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-COPY --from=build /src/build/Release/thinfuse.node ./build/Release/thinfuse.node
+COPY --from=build /src/build/Release/thinfs_native.node ./build/Release/thinfs_native.node
 COPY package.json ./
 RUN ln -s /opt/thinfs/dist/src/cli/main.js /usr/local/bin/thinfs \
     && ln -s /opt/thinfs/dist/tools/docker2thin.js /usr/local/bin/docker2thin \

@@ -1,8 +1,8 @@
 {
   "targets": [
     {
-      "target_name": "thinfuse",
-      "sources": ["src/fuse/native/thinfuse.c"],
+      "target_name": "thinfs_native",
+      "sources": ["src/fuse/native/thinfuse.c", "src/cache/native/readverify.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     }
   ]

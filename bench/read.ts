@@ -69,7 +69,7 @@ class Mount {
     const ready = `${this.mp}.ready`;
     await rm(ready, { force: true });
     this.child = spawn(process.execPath, [MAIN, 'mount', this.store, this.mp, '--cache-dir', this.cacheDir, '--ready-file', ready,
-      '--cache-quota', '20G', '--mem-cache', '128M'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, THINFS_LOG_LEVEL: 'warn' } });
+      '--cache-quota', '20G'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, THINFS_LOG_LEVEL: 'warn' } });
     for (let i = 0; i < 400 && !existsSync(ready); i++) await new Promise((r) => setTimeout(r, 25));
     if (!existsSync(ready)) throw new Error('mount did not become ready');
   }

@@ -8,8 +8,11 @@ export interface Inode {
   target: Buffer | null; inline: Buffer | null; nlink: number; flags: number;
 }
 export interface Dirent { name: Buffer; ino: number; kind: DirentKind; type: EntryType }
-/** A dirent with its whole inode; `subdirs` counts a directory's visible subdirectories (its st_nlink is 2 + that). */
-export interface FullDirent { name: Buffer; kind: DirentKind; inode: Inode & { subdirs: number } }
+/**
+ * A dirent with its inode; `subdirs` counts a directory's visible subdirectories (its st_nlink is 2 + that).
+ * `inline` is left out (null, with `hasInline` set): a listing should not carry every small file's bytes.
+ */
+export type FullDirent = Inode & { name: Buffer; kind: DirentKind; subdirs: number; hasInline: number };
 export interface ChunkRef { offset: number; size: number; hash: string }
 export interface WalkEntry { seq: number; path: Buffer; parent: number; kind: DirentKind; inode: Inode }
 
@@ -44,7 +47,7 @@ export class CatalogReader {
       lookup: this.db.prepare(`SELECT d.ino AS ino, d.kind AS kind FROM dirents d WHERE d.parent=? AND d.name=? AND d.kind != 2`),
       readdir: this.db.prepare(`SELECT d.name AS name, d.ino AS ino, d.kind AS kind, i.type AS type FROM dirents d JOIN inodes i ON i.ino=d.ino
         WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
-      readdirFull: this.db.prepare(`SELECT d.name AS name, d.kind AS kind, ${inodeCols('i.')},
+      readdirFull: this.db.prepare(`SELECT d.name AS name, d.kind AS kind, ${inodeCols('i.').replace('i.inline AS inline', 'NULL AS inline, i.inline IS NOT NULL AS hasInline')},
         CASE WHEN i.type = 'dir' THEN (SELECT count(*) FROM dirents d2 JOIN inodes i2 ON i2.ino = d2.ino
           WHERE d2.parent = i.ino AND d2.kind != 2 AND i2.type = 'dir') ELSE 0 END AS subdirs
         FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
@@ -81,10 +84,8 @@ export class CatalogReader {
 
   /** A directory's visible entries with their inodes, in one query: what a READDIRPLUS answers. Not cached. */
   readdirFull(ino: number): FullDirent[] {
-    return (this.st.readdirFull.all(ino) as Array<Inode & { name: Buffer; kind: DirentKind; subdirs: number }>).map((r) => {
-      const { name, kind, ...inode } = r;
-      return { name, kind, inode };
-    });
+    // Rows are used as they come (no per-row copy): a scan of a big tree is allocation-bound.
+    return this.st.readdirFull.all(ino) as FullDirent[];
   }
 
   /** Visible subdirectories of a directory (st_nlink = 2 + this). */

@@ -175,6 +175,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   } catch (e) {
     throw new ThinfsError(`cannot mount ${mp}: ${errorMessage(e)}`);
   }
+  fs.dirEof = (id, off) => k.dirEof(session, id, off);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');

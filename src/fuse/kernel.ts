@@ -1,7 +1,7 @@
 // The FUSE kernel protocol as thinfs speaks it: the native transport (src/fuse/native/thinfuse.c, built by node-gyp)
 // and the wire structures of the requests JS answers (linux/fuse.h, protocol 7.x, little-endian).
-import { createRequire } from 'node:module';
 import { constants } from 'node:os';
+import { loadNative } from '../util/native.js';
 
 export const OP = {
   CLOSED: 0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
@@ -20,18 +20,11 @@ interface Binding {
   mount(mountpoint: string, fsname: string, opts: string, limits: { maxReadahead: number; maxPages: number; maxBackground: number }, h: Handler): Session;
   reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
   unmount(mountpoint: string): number;
+  /** The listing of an immutable directory ends at offset: the transport answers reads past it itself. */
+  dirEof(s: Session, nodeid: number, offset: number): void;
 }
 
-let binding: Binding | null = null;
-/** Loaded on first mount, so commands that never mount do not need the addon. */
-export function native(): Binding {
-  if (!binding) {
-    const require = createRequire(import.meta.url);
-    // dist/src/fuse/kernel.js -> build/Release at the package root.
-    binding = require(new URL('../../../build/Release/thinfuse.node', import.meta.url).pathname) as Binding;
-  }
-  return binding;
-}
+export function native(): Binding { return loadNative<Binding>(); }
 
 /** What the catalog knows of an entry, in the units the kernel wants. */
 export interface Attr {
@@ -43,16 +36,23 @@ export const ATTR_SIZE = 88;
 export const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
 const DIRENT_BASE = 24;
 
+/** A 64-bit little-endian integer from a JS number (exact below 2^53; negative = two's complement), without BigInt. */
+export function writeU64(b: Buffer, v: number, off: number): void {
+  const hi = Math.floor(v / 4294967296);
+  b.writeUInt32LE((v - hi * 4294967296) >>> 0, off);
+  b.writeUInt32LE(hi >>> 0, off + 4);
+}
+
 /** struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. */
 export function encodeAttr(a: Attr): Buffer {
   const b = Buffer.alloc(ATTR_SIZE);
-  const sec = BigInt(Math.trunc(a.mtime));
-  b.writeBigUInt64LE(BigInt(a.ino), 0);
-  b.writeBigUInt64LE(BigInt(a.size), 8);
-  b.writeBigUInt64LE(BigInt(a.blocks), 16);
-  b.writeBigInt64LE(sec, 24);
-  b.writeBigInt64LE(sec, 32);
-  b.writeBigInt64LE(sec, 40);
+  const sec = Math.trunc(a.mtime);
+  writeU64(b, a.ino, 0);
+  writeU64(b, a.size, 8);
+  writeU64(b, a.blocks, 16);
+  writeU64(b, sec, 24);
+  writeU64(b, sec, 32);
+  writeU64(b, sec, 40);
   b.writeUInt32LE(a.mtimeNs, 48);
   b.writeUInt32LE(a.mtimeNs, 52);
   b.writeUInt32LE(a.mtimeNs, 56);
@@ -72,10 +72,10 @@ export function encodeDev(major: number, minor: number): number {
 
 /** struct fuse_entry_out header (40 bytes) into b at off; the attr follows. nodeid 0 = cached negative entry. */
 export function writeEntryHeader(b: Buffer, off: number, nodeid: number, entryTtl: number, attrTtl: number): void {
-  b.writeBigUInt64LE(BigInt(nodeid), off);
-  b.writeBigUInt64LE(0n, off + 8);
-  b.writeBigUInt64LE(BigInt(entryTtl), off + 16);
-  b.writeBigUInt64LE(BigInt(attrTtl), off + 24);
+  writeU64(b, nodeid, off);
+  writeU64(b, 0, off + 8);
+  writeU64(b, entryTtl, off + 16);
+  writeU64(b, attrTtl, off + 24);
   b.writeUInt32LE(0, off + 32);
   b.writeUInt32LE(0, off + 36);
 }
@@ -88,7 +88,7 @@ export function entryOut(nodeid: number, entryTtl: number, attrTtl: number, attr
 
 export function attrOut(ttl: number, attr: Buffer): Buffer[] {
   const h = Buffer.alloc(16);
-  h.writeBigUInt64LE(BigInt(ttl), 0);
+  writeU64(h, ttl, 0);
   return [h, attr];
 }
 
@@ -99,8 +99,8 @@ export function direntSize(nameLen: number, plus: boolean): number {
 
 /** struct fuse_dirent at off: ino, offset of the next entry, name length, d_type, name. Returns the new offset. */
 export function writeDirent(b: Buffer, off: number, ino: number, next: number, name: Buffer, dtype: number): number {
-  b.writeBigUInt64LE(BigInt(ino), off);
-  b.writeBigUInt64LE(BigInt(next), off + 8);
+  writeU64(b, ino, off);
+  writeU64(b, next, off + 8);
   b.writeUInt32LE(name.length, off + 16);
   b.writeUInt32LE(dtype, off + 20);
   name.copy(b, off + DIRENT_BASE);
@@ -113,7 +113,11 @@ export function writeDirent(b: Buffer, off: number, ino: number, next: number, n
 export interface ReadIn { offset: number; size: number }
 /** struct fuse_read_in: fh, offset, size (the rest is unused by a read-only filesystem). */
 export function parseReadIn(b: Buffer): ReadIn {
-  return { offset: Number(b.readBigUInt64LE(8)), size: b.readUInt32LE(16) };
+  return { offset: readU64(b, 8), size: b.readUInt32LE(16) };
+}
+
+export function readU64(b: Buffer, off: number): number {
+  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 4294967296;
 }
 
 /** LOOKUP carries the name, NUL-terminated: the raw bytes (Linux names are bytes, not UTF-8). */
@@ -125,8 +129,8 @@ export function parseName(b: Buffer, off = 0): Buffer {
 /** struct fuse_kstatfs. */
 export function statfsOut(s: { blocks: number; files: number; bsize: number; namelen: number }): Buffer {
   const b = Buffer.alloc(80);
-  b.writeBigUInt64LE(BigInt(s.blocks), 0);
-  b.writeBigUInt64LE(BigInt(s.files), 24);
+  writeU64(b, s.blocks, 0);
+  writeU64(b, s.files, 24);
   b.writeUInt32LE(s.bsize, 40);
   b.writeUInt32LE(s.namelen, 44);
   b.writeUInt32LE(s.bsize, 48);

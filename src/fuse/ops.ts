@@ -62,6 +62,8 @@ export class ThinFs {
   private readonly memo = new WeakMap<Node, NodeMemo>();
   private readonly synthSec: number;
   private readonly synth: Record<string, Node>;
+  /** Set by the daemon: tells the transport where an immutable directory's listing ends. */
+  dirEof: (nodeid: number, offset: number) => void = () => {};
 
   constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
@@ -251,8 +253,8 @@ export class ThinFs {
         // One query gives every entry with its inode: the children are built without a lookup each.
         const view = n.inImage?.idx ?? 0, slot = n.layer.slot, layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
-          name: d.name, dtype: dt(d.inode.mode), ino: this.idFor(this.entryKey(view, slot, d.inode.ino)),
-          make: () => ({ k: 'entry', layer, inode: d.inode, inImage }),
+          name: d.name, dtype: dt(d.mode), ino: this.idFor(this.entryKey(view, slot, d.ino)),
+          make: () => ({ k: 'entry', layer, inode: d, inImage }),
         }));
         break;
       }
@@ -276,10 +278,11 @@ export class ThinFs {
     this.counters.readdirs++;
     const n = this.node(id);
     const ents = await this.children(n);
-    const out = Buffer.alloc(rin.size);
+    const out = Buffer.allocUnsafe(rin.size); // every byte returned is written below
     let off = 0;
     const self = this.idOf(n);
-    for (let i = rin.offset; i < ents.length + 2; i++) {
+    let i = rin.offset;
+    for (; i < ents.length + 2; i++) {
       const dot = i < 2;
       const c = dot ? null : ents[i - 2]!;
       const name = dot ? Buffer.from(i === 0 ? '.' : '..') : c!.name;
@@ -303,6 +306,7 @@ export class ThinFs {
       }
       off = writeDirent(out, off, dot ? (i === 0 ? self : 1) : c!.ino, i + 1, name, dot ? 4 : c!.dtype);
     }
+    if (i >= ents.length + 2 && n.k !== 'synth') this.dirEof(self, ents.length + 2);
     return out.subarray(0, off);
   }
 
@@ -348,7 +352,9 @@ export class ThinFs {
     const memo = this.memo.get(node) ?? {};
     this.memo.set(node, memo);
     const h = (memo.read ??= { chunks: null, nextPos: 0 });
-    const i = node.inode;
+    let i = node.inode;
+    // A node made from a listing left its inline bytes in the catalog.
+    if ((i as { hasInline?: number }).hasInline && !i.inline) i = node.inode = node.layer.catalog!.getInode(i.ino) ?? i;
     const pos = rin.offset;
     if (pos >= i.size) return [];
     const end = Math.min(i.size, pos + rin.size);

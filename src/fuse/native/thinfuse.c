@@ -33,8 +33,15 @@
 // Pseudo opcodes sent to JS for events that are not requests.
 #define EV_CLOSED 0
 
+// Where each immutable directory's listing ends, as JS reported it: the READDIR that asks past the end (every
+// listing ends with one) is answered here, without a trip to JS. Direct-mapped: a collision only costs that trip.
+#define EOF_SLOTS 65536
+typedef struct { uint64_t nodeid; uint64_t eof; } dir_eof_t;
+
 typedef struct {
   int fd;
+  dir_eof_t *eofs;
+  pthread_mutex_t eof_lock;
   napi_threadsafe_function tsfn;
   pthread_t thread;
   int thread_started;
@@ -171,14 +178,26 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
     case FUSE_COPY_FILE_RANGE:
       reply_err(fd, ih->unique, EROFS);
       return 1;
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS: {
+      const struct fuse_read_in *in = (const struct fuse_read_in *)body;
+      int at_end = 0;
+      if (ih->nodeid >= DYNAMIC_NODEID_LIMIT && s->eofs) {
+        pthread_mutex_lock(&s->eof_lock);
+        dir_eof_t *e = &s->eofs[ih->nodeid % EOF_SLOTS];
+        at_end = e->nodeid == ih->nodeid && in->offset >= e->eof;
+        pthread_mutex_unlock(&s->eof_lock);
+      }
+      if (!at_end) return 0;
+      reply_buf(fd, ih->unique, NULL, 0);
+      return 1;
+    }
     case FUSE_LOOKUP:
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_GETATTR:
     case FUSE_READLINK:
     case FUSE_READ:
-    case FUSE_READDIR:
-    case FUSE_READDIRPLUS:
     case FUSE_GETXATTR:
     case FUSE_LISTXATTR:
     case FUSE_STATFS:
@@ -353,6 +372,8 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   }
   session_t *s = calloc(1, sizeof(*s));
   if (!s) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  s->eofs = calloc(EOF_SLOTS, sizeof(dir_eof_t));
+  pthread_mutex_init(&s->eof_lock, NULL);
   s->max_readahead = lim[0];
   s->max_pages = lim[1] < 1 ? 1 : lim[1] > 256 ? 256 : lim[1];
   s->max_background = lim[2] < 1 ? 1 : lim[2] > 1024 ? 1024 : lim[2];
@@ -456,6 +477,26 @@ static napi_value js_reply(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+// dirEof(session, nodeid, offset): the listing of this immutable directory ends at offset.
+static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  session_t *s;
+  double nodeid, off;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_value_double(env, argv[2], &off));
+  if (s->eofs && nodeid >= DYNAMIC_NODEID_LIMIT) {
+    pthread_mutex_lock(&s->eof_lock);
+    dir_eof_t *e = &s->eofs[(uint64_t)nodeid % EOF_SLOTS];
+    e->nodeid = (uint64_t)nodeid;
+    e->eof = (uint64_t)off;
+    pthread_mutex_unlock(&s->eof_lock);
+  }
+  return NULL;
+}
+
 // unmount(mountpoint): lazy detach as root; the reader thread then sees ENODEV once the last user is gone.
 static napi_value js_unmount(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -469,11 +510,15 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+void readverify_init(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
+  readverify_init(env, exports);
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
       {"reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL},
       {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
+      {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

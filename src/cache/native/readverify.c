@@ -1,0 +1,120 @@
+// readVerified: read a cached chunk and check its SHA-256 on the libuv threadpool. The warm read path used to hash
+// on the JS thread, which also answers every FUSE request: at ~1.6 GB/s that was a third of each warm 1 MiB read.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <node_api.h>
+#include <openssl/evp.h>
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  char *path;
+  size_t size;
+  unsigned char want[32];
+  unsigned char *data;
+  int result;  // 0 ok, else -errno (-EBADMSG: size or hash mismatch)
+} rv_job_t;
+
+static void rv_execute(napi_env env, void *arg) {
+  rv_job_t *j = (rv_job_t *)arg;
+  (void)env;
+  int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) { j->result = -errno; return; }
+  struct stat st;
+  if (fstat(fd, &st) < 0) { j->result = -errno; close(fd); return; }
+  if ((size_t)st.st_size != j->size) { j->result = -EBADMSG; close(fd); return; }
+  j->data = malloc(j->size ? j->size : 1);
+  if (!j->data) { j->result = -ENOMEM; close(fd); return; }
+  size_t got = 0;
+  while (got < j->size) {
+    ssize_t n = pread(fd, j->data + got, j->size - got, (off_t)got);
+    if (n < 0) { if (errno == EINTR) continue; j->result = -errno; break; }
+    if (n == 0) { j->result = -EBADMSG; break; }
+    got += (size_t)n;
+  }
+  close(fd);
+  if (j->result) return;
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  if (!EVP_Digest(j->data, j->size, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32) { j->result = -EIO; return; }
+  if (memcmp(md, j->want, 32) != 0) j->result = -EBADMSG;
+}
+
+static void rv_free_data(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  free(data);
+}
+
+static void rv_complete(napi_env env, napi_status status, void *arg) {
+  rv_job_t *j = (rv_job_t *)arg;
+  napi_value v;
+  if (status == napi_ok && j->result == 0) {
+    if (napi_create_external_buffer(env, j->size, j->data, rv_free_data, NULL, &v) == napi_ok) j->data = NULL;
+    else napi_create_int32(env, -ENOMEM, &v);
+  } else {
+    napi_create_int32(env, j->result ? j->result : -EIO, &v);
+  }
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_async_work(env, j->work);
+  free(j->data);
+  free(j->path);
+  free(j);
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// readVerified(path, size, sha256hex) -> Promise<Buffer | -errno>
+static napi_value js_read_verified(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], promise, name;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
+    napi_throw_type_error(env, NULL, "readVerified(path, size, sha256hex)");
+    return NULL;
+  }
+  rv_job_t *j = calloc(1, sizeof(*j));
+  size_t plen = 0;
+  char hex[65];
+  double size;
+  size_t hlen = 0;
+  napi_get_value_string_utf8(env, argv[0], NULL, 0, &plen);
+  j->path = malloc(plen + 1);
+  napi_get_value_string_utf8(env, argv[0], j->path, plen + 1, &plen);
+  napi_get_value_double(env, argv[1], &size);
+  napi_get_value_string_utf8(env, argv[2], hex, sizeof(hex), &hlen);
+  if (hlen != 64 || size < 0) {
+    free(j->path); free(j);
+    napi_throw_range_error(env, NULL, "readVerified: bad size or hash");
+    return NULL;
+  }
+  for (int i = 0; i < 32; i++) {
+    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) { free(j->path); free(j); napi_throw_range_error(env, NULL, "readVerified: hash is not lowercase hex"); return NULL; }
+    j->want[i] = (unsigned char)(hi << 4 | lo);
+  }
+  j->size = (size_t)size;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "thinfs.readVerified", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, rv_execute, rv_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
+void readverify_init(napi_env env, napi_value exports) {
+  // Chunk buffers (0.25-4 MiB) come from the heap and go back to it, instead of a fresh mmap each: first-touch page
+  // faults cost more than the SHA-256 of the chunk on this kind of VM (measured: 800 -> 380 MB/s when every chunk
+  // buffer was new memory).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  napi_property_descriptor p = {"readVerified", NULL, js_read_verified, NULL, NULL, NULL, napi_default, NULL};
+  napi_define_properties(env, exports, 1, &p);
+}
