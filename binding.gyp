@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "thinfs_native",
-      "sources": ["src/fuse/native/thinfuse.c", "src/cache/native/readverify.c"],
+      "sources": ["src/fuse/native/thinfuse.c", "src/cache/native/readverify.c", "src/chunker/native/gear.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
     }
   ]

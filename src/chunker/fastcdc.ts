@@ -6,6 +6,8 @@
  * The gear table and masks are part of the store format: changing them changes every boundary and
  * so every chunk hash. They are generated from a fixed seed rather than typed in.
  */
+import { tryNative } from '../util/native.js';
+
 export interface ChunkParams { min: number; avg: number; max: number }
 
 // Sizes chosen by measurement (bench/chunking.ts, see ARCHITECTURE.md): 1 MiB average keeps a cold
@@ -20,6 +22,14 @@ const GEAR = (() => {
     t[i] = x;
   }
   return t;
+})();
+
+/** The same scan in C (src/chunker/native/gear.c), when the addon is built: ~4x the JS loop. */
+interface GearNative { setGear(t: Uint32Array): void; gearScan(b: Buffer, from: number, normEnd: number, hardEnd: number, h: number, maskS: number, maskL: number): number }
+const NATIVE = (() => {
+  const n = process.env.THINFS_JS_CHUNKER ? null : tryNative<GearNative>();
+  n?.setGear(GEAR);
+  return n;
 })();
 
 /** Mask with `bits` ones spread over the top bits: with a 32-bit gear hash the top bits see the most bytes. */
@@ -82,6 +92,12 @@ export class Chunker {
     if (base + i < min) {
       i = Math.min(n, min - base);
       if (base + i < min) return -1;
+    }
+    if (NATIVE) {
+      const r = NATIVE.gearScan(data, i, Math.max(i, avg - base), Math.min(n, max - base), this.h, this.maskS, this.maskL);
+      if (r >= 0) return r;
+      this.h = -1 - r;
+      return base + Math.min(n, max - base) >= max ? Math.min(n, max - base) : -1;
     }
     let h = this.h;
     const g = GEAR, maskS = this.maskS, maskL = this.maskL;
