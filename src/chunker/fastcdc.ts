@@ -44,7 +44,11 @@ export class Chunker {
   private pendingLen = 0;
   private h = 0;
 
-  constructor(readonly p: ChunkParams = DEFAULT_CHUNKING) {
+  private readonly native: GearNative | null;
+
+  /** `js` forces the JavaScript scan (tests compare the two; the store format must not depend on which ran). */
+  constructor(readonly p: ChunkParams = DEFAULT_CHUNKING, opts: { js?: boolean } = {}) {
+    this.native = opts.js ? null : NATIVE;
     const bits = Math.round(Math.log2(p.avg));
     this.maskS = topMask(bits + 2); // harder to cut before avg
     this.maskL = topMask(bits - 2); // easier after: sizes concentrate around avg
@@ -93,8 +97,8 @@ export class Chunker {
       i = Math.min(n, min - base);
       if (base + i < min) return -1;
     }
-    if (NATIVE) {
-      const r = NATIVE.gearScan(data, i, Math.max(i, avg - base), Math.min(n, max - base), this.h, this.maskS, this.maskL);
+    if (this.native) {
+      const r = this.native.gearScan(data, i, Math.max(i, avg - base), Math.min(n, max - base), this.h, this.maskS, this.maskL);
       if (r >= 0) return r;
       this.h = -1 - r;
       return base + Math.min(n, max - base) >= max ? Math.min(n, max - base) : -1;
