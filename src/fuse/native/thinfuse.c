@@ -44,7 +44,6 @@ typedef struct {
   pthread_mutex_t eof_lock;
   napi_threadsafe_function tsfn;
   pthread_t thread;
-  int thread_started;
   uint32_t max_readahead;
   uint32_t max_pages;
   uint32_t max_background;
@@ -433,7 +432,6 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ETHREAD", "cannot start the FUSE reader thread");
     return NULL;
   }
-  s->thread_started = 1;
   pthread_detach(s->thread);
   napi_value ext;
   CHECK(napi_create_external(env, s, NULL, NULL, &ext));
