@@ -11,7 +11,10 @@ export interface MountStats {
     memHits: number; diskHits: number; fetches: number; fetchedBytes: number; fetchedDecodedBytes: number; catalogFetches: number;
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
   };
-  ops: { reads: number; readBytes: number; eio: number };
+  ops: {
+    reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;
+    requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
+  };
   layersLoaded: number;
 }
 

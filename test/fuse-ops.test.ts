@@ -140,3 +140,54 @@ describe('stores and prefetch', () => {
     forget(m);
   });
 });
+
+// What the own FUSE transport promises the kernel and the kernel gives back (native-notes/fuse.md).
+describe('kernel protocol', () => {
+  it('forgotten nodes are dropped and found again with the same inode numbers', async () => {
+    const m = await mount('mnt-forget');
+    const root = path.join(m.mp, 'layers', hex);
+    const inos = new Map<string, bigint>();
+    for (const rel of Object.keys(content)) inos.set(rel, (await fsp.stat(path.join(root, rel), { bigint: true })).ino);
+    const held = (await m.stats()).ops.liveNodes;
+    assert.ok(held >= Object.keys(content).length, `the kernel holds the nodes it looked up (${held})`);
+    // Drop dentries and inodes: the kernel sends FORGET for every node it let go.
+    await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
+    await waitFor(async () => (await m.stats()).ops.liveNodes < held, 10_000, 100, 'FORGET lowers the live node count');
+    for (const [rel, ino] of inos) {
+      assert.equal((await fsp.stat(path.join(root, rel), { bigint: true })).ino, ino, `${rel}: same inode number after FORGET`);
+      assert.equal(await sha256File(path.join(root, rel)), sha256(content[rel as keyof typeof content]));
+    }
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
+  it('misses inside a layer and its listings are cached by the kernel; misses under layers/ are not', async () => {
+    const m = await mount('mnt-negative');
+    const root = path.join(m.mp, 'layers', hex);
+    await fsp.stat(root);
+    const lookups = async () => (await m.stats()).ops.lookups;
+    const absent = async (p: string) => assert.equal(await fsp.stat(p).then(() => 'found', (e: NodeJS.ErrnoException) => e.code), 'ENOENT');
+    let before = await lookups();
+    await absent(path.join(root, 'no-such-file'));
+    await absent(path.join(root, 'no-such-file'));
+    assert.equal(await lookups(), before + 1, 'the second miss inside the layer is answered by a cached negative entry');
+    before = await lookups();
+    await absent(path.join(m.mp, 'layers', 'f'.repeat(64)));
+    await absent(path.join(m.mp, 'layers', 'f'.repeat(64)));
+    assert.equal(await lookups(), before + 2, 'a layer may be published later: misses under layers/ always ask');
+    const readdirs = async () => (await m.stats()).ops.readdirs;
+    const names = (await fsp.readdir(path.join(root, 'dir'))).sort();
+    assert.deepEqual(names, ['b.bin', 'c.bin']);
+    const r1 = await readdirs();
+    assert.deepEqual((await fsp.readdir(path.join(root, 'dir'))).sort(), names);
+    assert.equal(await readdirs(), r1, 'the second listing comes from the kernel cache');
+    const req = (await m.stats()).ops.requests;
+    assert.ok(req.lookup && req.lookup.n >= 3 && req.lookup.totalSec > 0, 'per-request counters are kept');
+    const metrics = await m.metrics();
+    assert.match(metrics, /thinfs_fuse_requests_total\{op="lookup"\} [1-9]/);
+    assert.match(metrics, /thinfs_fuse_request_seconds_total\{op="readdirplus"\} /);
+    assert.match(metrics, /thinfs_fuse_live_nodes [1-9]/);
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+});

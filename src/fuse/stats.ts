@@ -47,6 +47,21 @@ export class StatsReporter {
     counter('thinfs_read_bytes_total', 'Bytes returned to readers', (s) => s.ops.readBytes);
     counter('thinfs_read_eio_total', 'Reads failed with EIO', (s) => s.ops.eio);
     counter('thinfs_lookups_total', 'Path resolutions', (s) => s.ops.lookups);
+    // Per FUSE request kind (lookup, read, readdirplus...): how many, and where their time went.
+    const perOp = (name: string, help: string, get: (r: MountStats['ops']['requests'][string]) => number) => {
+      const last = new Map<string, number>();
+      new Counter({ name, help, labelNames: ['op'], registers: [this.registry], collect() {
+        for (const [op, r] of Object.entries(snap().ops.requests)) {
+          const v = get(r), was = last.get(op) ?? 0;
+          if (v > was) this.inc({ op }, v - was);
+          last.set(op, v);
+        }
+      } });
+    };
+    perOp('thinfs_fuse_requests_total', 'FUSE requests answered by the JS thread, by kind', (r) => r.n);
+    perOp('thinfs_fuse_request_seconds_total', 'Time from the kernel to our reply, summed, by kind', (r) => r.totalSec);
+    perOp('thinfs_fuse_queue_seconds_total', 'Time waiting for the JS thread, summed, by kind', (r) => r.queueSec);
+    gauge('thinfs_fuse_live_nodes', 'Nodes the kernel holds a reference to (lookups not yet forgotten)', (s) => s.ops.liveNodes);
     gauge('thinfs_cache_bytes', 'Bytes in the node-local chunk cache', (s) => s.cache.usedBytes);
     gauge('thinfs_cache_objects', 'Chunks in the node-local cache', (s) => s.cache.usedObjects);
     gauge('thinfs_cache_quota_bytes', 'Chunk cache quota', (s) => s.cache.quota);
@@ -60,7 +75,7 @@ export class StatsReporter {
       uptimeSec: Math.round((Date.now() - this.o.startedAt) / 1000),
       layersLoaded: this.fs.ns.layersLoaded,
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes },
-      ops: { ...this.fs.counters },
+      ops: { ...this.fs.counters, requests: structuredClone(this.fs.counters.requests) },
     };
   }
 
