@@ -146,8 +146,11 @@ export async function runMount(o: MountOptions): Promise<number> {
   let closedDone: (errno: number) => void = () => {};
   const closed = new Promise<number>((r) => { closedDone = r; });
   const reply = (unique: number, errno: number, data?: Buffer | Buffer[]): void => {
+    // One writev takes at most 63 buffers; a read over many small sparse regions can have more slices.
+    if (Array.isArray(data) && data.length > 32) data = Buffer.concat(data);
     const r = k.reply(session, unique, errno, data);
-    if (r < 0) log.warn({ errno: -r, unique }, 'FUSE reply refused by the kernel');
+    // ENODEV: the connection is gone (unmounted while this request was being served).
+    if (r < 0 && r !== -E.ENODEV) log.warn({ errno: -r, unique }, 'FUSE reply refused by the kernel');
   };
   let session: ReturnType<typeof k.mount>;
   try {

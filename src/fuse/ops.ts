@@ -177,7 +177,7 @@ export class ThinFs {
         case OP.READLINK: r = this.readlink(nodeid); break;
         case OP.READ: r = this.read(nodeid, parseReadIn(body!)); break;
         case OP.READDIR: case OP.READDIRPLUS: r = this.readdir(nodeid, parseReadIn(body!), op === OP.READDIRPLUS); break;
-        case OP.GETXATTR: r = this.getxattr(nodeid, body!.readUInt32LE(0), parseName(body!, 8).toString('latin1')); break;
+        case OP.GETXATTR: r = this.getxattr(nodeid, body!.readUInt32LE(0), parseName(body!, 8).toString('utf8')); break;
         case OP.LISTXATTR: r = this.listxattr(nodeid, body!.readUInt32LE(0)); break;
         case OP.STATFS: r = this.statfs(); break;
         default: r = E.ENOSYS;
@@ -332,7 +332,7 @@ export class ThinFs {
   }
 
   private async listxattr(id: number, size: number): Promise<Answer> {
-    const packed = Buffer.concat([...(await this.xattrs(id)).keys()].map((k) => Buffer.from(k + '\0', 'latin1')));
+    const packed = Buffer.concat([...(await this.xattrs(id)).keys()].map((k) => Buffer.from(k + '\0', 'utf8')));
     if (size === 0) return xattrSizeOut(packed.length);
     return packed.length > size ? E.ERANGE : packed;
   }

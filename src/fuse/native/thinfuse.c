@@ -29,7 +29,7 @@
 // Node ids below this are the mount's synthetic directories (/, layers/, images/, .thinfs/): their listings change
 // as layers are published, so the kernel must not cache them. Every other directory is immutable and cached.
 #define DYNAMIC_NODEID_LIMIT 16
-#define BUF_SIZE (1u << 20) + 4096u
+#define BUF_SIZE ((1u << 20) + 4096u)
 // Pseudo opcodes sent to JS for events that are not requests.
 #define EV_CLOSED 0
 
