@@ -10,9 +10,11 @@ export interface MountStats {
   cache: {
     memHits: number; diskHits: number; fetches: number; fetchedBytes: number; fetchedDecodedBytes: number; catalogFetches: number;
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
+    filesAssembled: number; assembling: number;
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;
+    opensPassthrough: number; opensServed: number;
     requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
   };
   layersLoaded: number;

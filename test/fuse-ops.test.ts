@@ -13,7 +13,10 @@ import { forceUnmount, isMounted, mountStore, type Mounted } from './fuse-mount-
 let work: string;
 let store: string;
 let hex: string;
-const content = { 'a.txt': Buffer.from('alpha\n'), 'dir/b.bin': pseudoRandom(3 * 1024 * 1024 + 5, 'ops-b'), 'dir/c.bin': pseudoRandom(600 * 1024, 'ops-c') };
+const content = {
+  'a.txt': Buffer.from('alpha\n'), 'dir/b.bin': pseudoRandom(3 * 1024 * 1024 + 5, 'ops-b'), 'dir/c.bin': pseudoRandom(600 * 1024, 'ops-c'),
+  'e.bin': pseudoRandom(100 * 1024, 'ops-e'), // below the minimum chunk size: one chunk, the whole file
+};
 const live: Mounted[] = [];
 const used = new Set<string>();
 let server: Server | null = null;
@@ -187,6 +190,50 @@ describe('kernel protocol', () => {
     assert.match(metrics, /thinfs_fuse_requests_total\{op="lookup"\} [1-9]/);
     assert.match(metrics, /thinfs_fuse_request_seconds_total\{op="readdirplus"\} /);
     assert.match(metrics, /thinfs_fuse_live_nodes [1-9]/);
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+});
+
+describe('FUSE passthrough', () => {
+  const sha = (rel: keyof typeof content) => sha256(content[rel]);
+  const mmapSha = async (p: string) => (await run('python3', ['-c',
+    'import hashlib, mmap, sys\nf = open(sys.argv[1], "rb")\nm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\nprint(hashlib.sha256(m).hexdigest())', p])).stdout.trim();
+
+  it('a file read to the end gets a whole-file copy; its next open is passed through: no READ reaches thinfs', async (t) => {
+    const m = await mount('mnt-pt');
+    const f = path.join(m.mp, 'layers', hex, 'dir/b.bin');
+    assert.equal(await sha256File(f), sha('dir/b.bin'));
+    const s0 = await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0 ? s : null; },
+      15_000, 100, 'the whole-file copy of dir/b.bin') as Awaited<ReturnType<Mounted['stats']>>;
+    if (!m.stderr().includes('"passthrough":true')) { await m.stop(); forget(m); return t.skip('kernel without FUSE passthrough'); }
+    assert.equal(await sha256File(f), sha('dir/b.bin'), 'passed-through bytes are right');
+    assert.equal(await mmapSha(f), sha('dir/b.bin'), 'mmap of a passed-through file');
+    const s1 = await m.stats();
+    assert.ok(s1.ops.opensPassthrough > s0.ops.opensPassthrough, 'the open was passed through');
+    assert.equal(s1.ops.reads, s0.ops.reads, 'the kernel read the local copy itself');
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
+  it('a one-chunk file passes through to its cached chunk, re-verified at open: a corrupted one is refetched', async () => {
+    const cacheName = 'mnt-pt-verify';
+    let m = await mount(cacheName);
+    const f = path.join(m.mp, 'layers', hex, 'e.bin');
+    assert.equal(await sha256File(f), sha('e.bin'));
+    assert.equal(await m.stop(), 0);
+    forget(m);
+    // Flip a byte of the cached chunk: the next daemon must not hand that file to the kernel.
+    const chunk = path.join(work, `cache-${cacheName}`, 'chunks', sha('e.bin').slice(0, 2), sha('e.bin').slice(2));
+    const bytes = await fsp.readFile(chunk);
+    bytes[1234] ^= 0xff;
+    await fsp.writeFile(chunk, bytes);
+    m = await mount(cacheName);
+    assert.equal(await sha256File(f), sha('e.bin'), 'right bytes despite the corrupted cache file');
+    assert.equal(await mmapSha(f), sha('e.bin'));
+    const s = await m.stats();
+    assert.equal(s.cache.corruptDropped, 1, 'the corrupted chunk was detected and dropped');
+    assert.ok(s.cache.fetches >= 1, 'and fetched again from the store');
     assert.equal(await m.stop(), 0);
     forget(m);
   });

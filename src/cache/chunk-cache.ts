@@ -15,6 +15,8 @@ const ENOENT = 2, EBADMSG = 74;
 /**
  * Node-local cache layout (shared safely by several mounts on one node):
  *   <dir>/chunks/<2 hex>/<62 hex>   decoded chunk bytes; the name is their SHA-256, re-checked on every disk read
+ *   <dir>/files/<2 hex>/<62 hex>    whole files assembled from verified chunks, for FUSE passthrough; named by
+ *                                   the SHA-256 of the file's chunk map (same layout, same file, in any layer)
  *   <dir>/catalogs/<hash>.sqlite    decoded layer catalogs (verified when fetched and when reopened)
  *   <dir>/tmp/                      in-flight writes, renamed into place (readers see whole files or none)
  * Chunks count against the quota and are evicted LRU; catalogs are pinned while a mount uses them.
@@ -50,6 +52,8 @@ export interface CacheCounters {
   errors: number;
   /** Chunks loaded from the cache directory ahead of a sequential reader (never from the store). */
   localReadahead: number;
+  /** Whole files assembled from cached chunks (for passthrough). */
+  filesAssembled: number;
 }
 
 interface DiskEntry { size: number }
@@ -57,19 +61,23 @@ interface DiskEntry { size: number }
 export class ChunkCache {
   readonly counters: CacheCounters = {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
-    joined: 0, evictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0,
+    joined: 0, evictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
   };
+  private readonly assembling = new Map<string, Promise<void>>();
+  private closing = false;
   private readonly disk: LRUCache<string, DiskEntry>;
   private readonly mem: LRUCache<string, Buffer> | null;
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly pendingWrites = new Set<Promise<void>>();
   private diskBytes = 0;
   private readonly chunksDir: string;
+  private readonly filesDir: string;
   private readonly tmpDir: string;
   private readonly catalogsDir: string;
 
   private constructor(private readonly o: CacheOptions) {
     this.chunksDir = join(o.dir, 'chunks');
+    this.filesDir = join(o.dir, 'files');
     this.tmpDir = join(o.dir, 'tmp');
     this.catalogsDir = join(o.dir, 'catalogs');
     this.disk = new LRUCache<string, DiskEntry>({
@@ -80,7 +88,7 @@ export class ChunkCache {
         // Only evictions remove the file: 'delete' means we already know it is gone or bad.
         if (reason === 'evict') {
           this.counters.evictions++;
-          unlink(this.chunkPath(hash)).catch(() => { /* already evicted by another mount sharing the dir */ });
+          unlink(this.pathOf(hash)).catch(() => { /* already evicted by another mount sharing the dir */ });
         }
       },
     });
@@ -92,7 +100,7 @@ export class ChunkCache {
   /** Open (creating) the cache directory and rebuild the index from what is already there: no refetch after a restart. */
   static async open(o: CacheOptions): Promise<ChunkCache> {
     const c = new ChunkCache(o);
-    await Promise.all([c.chunksDir, c.tmpDir, c.catalogsDir].map((d) => mkdir(d, { recursive: true })));
+    await Promise.all([c.chunksDir, c.filesDir, c.tmpDir, c.catalogsDir].map((d) => mkdir(d, { recursive: true })));
     await c.cleanTmp();
     await c.rebuildIndex();
     return c;
@@ -102,20 +110,28 @@ export class ChunkCache {
   get usedBytes(): number { return this.diskBytes; }
   get usedObjects(): number { return this.disk.size; }
   get memBytes(): number { return this.mem?.calculatedSize ?? 0; }
+  /** Whole-file copies being built now. */
+  get assemblingFiles(): number { return this.assembling.size; }
 
   chunkPath(hash: string): string { return join(this.chunksDir, hash.slice(0, 2), hash.slice(2)); }
+  /** Index keys: a chunk's hash, or `f:` + a whole file's id. */
+  private pathOf(key: string): string {
+    return key.startsWith('f:') ? join(this.filesDir, key.slice(2, 4), key.slice(4)) : this.chunkPath(key);
+  }
 
   private async rebuildIndex(): Promise<void> {
     const found: Array<{ hash: string; size: number; t: number }> = [];
-    const fans = await readdir(this.chunksDir).catch(() => [] as string[]);
-    await Promise.all(fans.filter((f) => /^[0-9a-f]{2}$/.test(f)).map(async (fan) => {
-      const names = await readdir(join(this.chunksDir, fan)).catch(() => [] as string[]);
-      for (const n of names) {
-        if (!/^[0-9a-f]{62}$/.test(n)) continue;
-        const st = await stat(join(this.chunksDir, fan, n)).catch(() => null);
-        if (st) found.push({ hash: fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
-      }
-    }));
+    for (const [dir, prefix] of [[this.chunksDir, ''], [this.filesDir, 'f:']] as const) {
+      const fans = await readdir(dir).catch(() => [] as string[]);
+      await Promise.all(fans.filter((f) => /^[0-9a-f]{2}$/.test(f)).map(async (fan) => {
+        const names = await readdir(join(dir, fan)).catch(() => [] as string[]);
+        for (const n of names) {
+          if (!/^[0-9a-f]{62}$/.test(n)) continue;
+          const st = await stat(join(dir, fan, n)).catch(() => null);
+          if (st) found.push({ hash: prefix + fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
+        }
+      }));
+    }
     // Oldest first, so the LRU order after a restart approximates the order of last use.
     found.sort((a, b) => a.t - b.t);
     for (const f of found) this.indexAdd(f.hash, f.size);
@@ -226,6 +242,56 @@ export class ChunkCache {
     return buf;
   }
 
+  /**
+   * A local file holding exactly these bytes, for the kernel to read directly (passthrough): the cached chunk itself,
+   * re-verified now (the read also warms the page cache the kernel will read from). Null when not cached or corrupt.
+   */
+  async verifiedChunkFile(hash: string, size: number): Promise<string | null> {
+    if (!this.disk.has(hash)) return null;
+    return (await this.readLocal(hash, size)) ? this.chunkPath(hash) : null;
+  }
+
+  /** The assembled copy of a file (see assemble), or null. */
+  wholeFile(fileId: string): string | null {
+    return this.disk.get(`f:${fileId}`) ? this.pathOf(`f:${fileId}`) : null;
+  }
+
+  /**
+   * Build the whole-file copy of a file whose chunks are all local, in the background: every chunk is read and
+   * verified again, written at its offset (holes stay holes), fsynced, renamed into place. It counts against the
+   * quota like chunks. Not the memory cache: a big file would flush the chunks readers are using.
+   */
+  assemble(fileId: string, chunks: Array<{ offset: number; size: number; hash: string }>, size: number): void {
+    const key = `f:${fileId}`;
+    if (this.disk.has(key) || this.assembling.has(fileId) || size > this.o.quota / 4) return;
+    const p = (async () => {
+      const tmp = join(this.tmpDir, `file-${fileId}.${process.pid}.${randomBytes(4).toString('hex')}`);
+      const fh = await open(tmp, 'w');
+      let ok = false;
+      try {
+        await fh.truncate(size);
+        for (const c of chunks) {
+          if (this.closing) return; // shutting down: leave it for a later run
+          const d = await this.readLocal(c.hash, c.size);
+          if (!d) return; // evicted or corrupt meanwhile: the next complete read tries again
+          await fh.write(d, 0, d.length, c.offset);
+        }
+        await fh.sync();
+        ok = true;
+      } finally {
+        await fh.close();
+        if (!ok) await rm(tmp, { force: true });
+      }
+      await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true });
+      await rename(tmp, this.pathOf(key));
+      this.indexAdd(key, size);
+      this.counters.filesAssembled++;
+    })().catch((e) => this.o.log.warn({ file: fileId, err: (e as Error).message }, 'cannot assemble a whole-file copy'))
+      .finally(() => this.assembling.delete(fileId));
+    this.assembling.set(fileId, p);
+    this.track(p);
+  }
+
   private async dropCorrupt(hash: string, file: string): Promise<null> {
     this.counters.corruptDropped++;
     this.o.log.warn({ object: hash, file }, 'cached chunk is corrupt: dropped, refetching');
@@ -302,6 +368,7 @@ export class ChunkCache {
 
   /** Wait for background cache writes (clean shutdown: the next start finds them). */
   async flush(): Promise<void> {
+    this.closing = true;
     while (this.pendingWrites.size) await Promise.allSettled([...this.pendingWrites]);
   }
 }

@@ -26,6 +26,8 @@ export interface MountOptions {
   maxRead: number;
   readaheadKb: number | null;
   localReadahead: number;
+  /** FUSE passthrough of files whose bytes are all local (kernel >= 6.9, root). */
+  passthrough: boolean;
   allowOther: boolean;
   debug: boolean;
   log: Logger;
@@ -141,8 +143,9 @@ export async function runMount(o: MountOptions): Promise<number> {
   const mopts = ['ro', 'default_permissions', `max_read=${o.maxRead}`];
   if (o.allowOther) mopts.push('allow_other');
   if (process.getuid?.() === 0) mopts.push('suid', 'dev');
-  let initDone: (v: { maxReadahead: number; maxPages: number; kernelMinor: number }) => void = () => {};
-  const inited = new Promise<{ maxReadahead: number; maxPages: number; kernelMinor: number }>((r) => { initDone = r; });
+  type Init = { maxReadahead: number; maxPages: number; kernelMinor: number; passthrough: boolean };
+  let initDone: (v: Init) => void = () => {};
+  const inited = new Promise<Init>((r) => { initDone = r; });
   let closedDone: (errno: number) => void = () => {};
   const closed = new Promise<number>((r) => { closedDone = r; });
   const reply = (unique: number, errno: number, data?: Buffer | Buffer[]): void => {
@@ -156,13 +159,14 @@ export async function runMount(o: MountOptions): Promise<number> {
   try {
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
+      passthrough: o.passthrough ? 1 : 0,
     }, (op, unique, nodeid, body, tNs) => {
       if (o.debug) log.info({ op, unique, nodeid }, 'request');
       switch (op) {
         case OP.CLOSED: closedDone(body as number); return;
         case OP.INIT: {
           const b = body as Buffer;
-          initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8) });
+          initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: b.readUInt32LE(20) === 1 });
           return;
         }
         case OP.FORGET: fs.forget(nodeid, Number((body as Buffer).readBigUInt64LE(0))); return;
@@ -179,9 +183,12 @@ export async function runMount(o: MountOptions): Promise<number> {
     throw new ThinfsError(`cannot mount ${mp}: ${errorMessage(e)}`);
   }
   fs.dirEof = (id, off) => k.dirEof(session, id, off);
+  fs.dropped = (id) => k.forgetNode(session, id);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');
+  if (init.passthrough) fs.openReply = (unique, id, fd) => k.openReply(session, unique, id, fd);
+  else if (o.passthrough) log.info('FUSE passthrough not available (needs kernel >= 6.9 and root): every read is served by thinfs');
   if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);
 
   let metricsPort: number | null = null;

@@ -4,7 +4,7 @@ import { constants } from 'node:os';
 import { loadNative } from '../util/native.js';
 
 export const OP = {
-  CLOSED: 0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
+  CLOSED: 0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
   INIT: 26, READDIR: 28, BATCH_FORGET: 42, READDIRPLUS: 44,
 } as const;
 
@@ -17,11 +17,19 @@ export const DYNAMIC_NODEID_LIMIT = 16;
 export type Handler = (op: number, unique: number, nodeid: number, body: Buffer | null | number, tNs: number) => void;
 export interface Session { readonly __session: unique symbol }
 interface Binding {
-  mount(mountpoint: string, fsname: string, opts: string, limits: { maxReadahead: number; maxPages: number; maxBackground: number }, h: Handler): Session;
+  mount(mountpoint: string, fsname: string, opts: string,
+    limits: { maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number }, h: Handler): Session;
   reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
   unmount(mountpoint: string): number;
   /** The listing of an immutable directory ends at offset: the transport answers reads past it itself. */
   dirEof(s: Session, nodeid: number, offset: number): void;
+  /**
+   * Answer the first OPEN of a node (later ones the transport answers alike): fd >= 0 passes reads through to that
+   * file, -1 serves them here. Returns the backing id, 0, or -errno when the kernel refused the file.
+   */
+  openReply(s: Session, unique: number, nodeid: number, fd: number): number;
+  /** The kernel forgot the node: its backing file is released once the last open is. */
+  forgetNode(s: Session, nodeid: number): void;
 }
 
 export function native(): Binding { return loadNative<Binding>(); }

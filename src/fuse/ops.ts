@@ -1,4 +1,6 @@
+import { open as openFile } from 'node:fs/promises';
 import type { Inode, ChunkRef } from '../catalog/reader.js';
+import { sha256hex } from '../util/hash.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
@@ -27,6 +29,8 @@ export interface OpCounters {
   maxReadMs: number;
   /** Nodes the kernel currently holds a reference to. */
   liveNodes: number;
+  /** First opens of a file answered with passthrough to a local file / served by our READ replies. */
+  opensPassthrough: number; opensServed: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
   requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
@@ -42,8 +46,8 @@ interface Held { node: Node; nlookup: number }
 /** Immutable per-node facts computed once: the encoded attributes and, for directories, the listing. */
 interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
 interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | null | Promise<Node | null> }
-/** Per-file read state: chunk map and how far a sequential reader got. */
-interface ReadState { chunks: ChunkRef[] | null; nextPos: number }
+/** Per-file read state: chunk map, how far a sequential reader got, the whole-file id (passthrough copies). */
+interface ReadState { chunks: ChunkRef[] | null; nextPos: number; fileId?: string }
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
 
@@ -55,7 +59,7 @@ class Fail extends Error { constructor(readonly errno: number) { super(`errno ${
  * kernel forgets a node. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, requests: {} };
   private readonly ids = new Map<number | string, number>();
   private nextId = DYNAMIC_NODEID_LIMIT;
   private readonly held = new Map<number, Held>();
@@ -64,6 +68,10 @@ export class ThinFs {
   private readonly synth: Record<string, Node>;
   /** Set by the daemon: tells the transport where an immutable directory's listing ends. */
   dirEof: (nodeid: number, offset: number) => void = () => {};
+  /** Set by the daemon when the kernel took FUSE passthrough: answers a first OPEN (fd -1 = serve reads here). */
+  openReply: ((unique: number, nodeid: number, fd: number) => number) | null = null;
+  /** Set by the daemon: the kernel forgot a node entirely. */
+  dropped: (nodeid: number) => void = () => {};
 
   constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
@@ -109,7 +117,7 @@ export class ThinFs {
     const h = this.held.get(id);
     if (!h || h.nlookup === Infinity) return;
     h.nlookup -= n;
-    if (h.nlookup <= 0) { this.held.delete(id); this.counters.liveNodes--; }
+    if (h.nlookup <= 0) { this.held.delete(id); this.counters.liveNodes--; this.dropped(id); }
   }
 
   private node(id: number): Node {
@@ -175,6 +183,7 @@ export class ThinFs {
         case OP.LOOKUP: r = this.lookup(nodeid, parseName(body!)); break;
         case OP.GETATTR: this.counters.getattrs++; { const n = this.node(nodeid); r = attrOut(this.ttlOf(n), this.attrOf(n)); } break;
         case OP.READLINK: r = this.readlink(nodeid); break;
+        case OP.OPEN: this.open(unique, nodeid).catch((e) => reply(unique, this.failed(op, nodeid, e))); return;
         case OP.READ: r = this.read(nodeid, parseReadIn(body!)); break;
         case OP.READDIR: case OP.READDIRPLUS: r = this.readdir(nodeid, parseReadIn(body!), op === OP.READDIRPLUS); break;
         case OP.GETXATTR: r = this.getxattr(nodeid, body!.readUInt32LE(0), parseName(body!, 8).toString('utf8')); break;
@@ -349,9 +358,7 @@ export class ThinFs {
     this.counters.reads++;
     const node = this.node(id);
     if (node.k !== 'entry' || node.inode.type !== 'file') return E.EISDIR;
-    const memo = this.memo.get(node) ?? {};
-    this.memo.set(node, memo);
-    const h = (memo.read ??= { chunks: null, nextPos: 0 });
+    const h = this.readState(node);
     let i = node.inode;
     // A node made from a listing left its inline bytes in the catalog.
     if ((i as { hasInline?: number }).hasInline && !i.inline) i = node.inode = node.layer.catalog!.getInode(i.ino) ?? i;
@@ -402,9 +409,54 @@ export class ThinFs {
     }
     if (filled < end) parts.push(Buffer.alloc(end - filled));
     this.counters.readBytes += end - pos;
+    // A reader reached the end of a multi-chunk file whose chunks are all local: build its whole-file copy, so the
+    // next open of it can be passed through to the kernel.
+    if (end === i.size && this.openReply && chunks.length > 1 && chunks.every((c) => this.cache.isLocal(c.hash))) {
+      this.cache.assemble(this.fileId(node, h), chunks, i.size);
+    }
     const ms = performance.now() - t0;
     if (ms > this.counters.maxReadMs) this.counters.maxReadMs = ms;
     return parts;
+  }
+
+  private readState(node: Node): ReadState {
+    const memo = this.memo.get(node) ?? {};
+    this.memo.set(node, memo);
+    return (memo.read ??= { chunks: null, nextPos: 0 });
+  }
+
+  /**
+   * The first OPEN of a file (with passthrough on): if its exact bytes are in a local file, the kernel reads that file
+   * itself from then on, page cache and mmap included, never asking us. A file that is one chunk is its cached chunk
+   * (re-verified now); a bigger one needs its assembled copy. Otherwise our READ replies serve it, and a later open,
+   * once the bytes are local, may pass through.
+   */
+  private async open(unique: number, id: number): Promise<void> {
+    const n = this.node(id);
+    let path: string | null = null;
+    if (n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline) {
+      const h = this.readState(n);
+      const chunks = h.chunks ??= n.layer.catalog!.chunks(n.inode.ino);
+      const c = chunks[0];
+      if (chunks.length === 1 && c && c.offset === 0 && c.size === n.inode.size) path = await this.cache.verifiedChunkFile(c.hash, c.size);
+      else path = this.cache.wholeFile(this.fileId(n, h));
+    }
+    let fd = -1;
+    const fh = path ? await openFile(path, 'r').catch(() => null) : null;
+    if (fh) fd = fh.fd;
+    try {
+      const r = this.openReply!(unique, id, fd);
+      if (r > 0) this.counters.opensPassthrough++;
+      else this.counters.opensServed++;
+      if (r < 0) this.log.warn({ nodeid: id, file: path, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
+    } finally { await fh?.close(); }
+  }
+
+  /** Names a file's bytes by its chunk map: the same layout in any layer is the same whole-file copy. */
+  private fileId(n: Extract<Node, { k: 'entry' }>, h: ReadState): string {
+    if (h.fileId) return h.fileId;
+    const chunks = h.chunks ??= n.layer.catalog!.chunks(n.inode.ino);
+    return (h.fileId = sha256hex(Buffer.from(`${n.inode.size}\n${chunks.map((c) => `${c.offset} ${c.size} ${c.hash}`).join('\n')}`)));
   }
 
   /** Fetch every chunk of the named files now (a prefetch list), without blocking readers. */

@@ -9,7 +9,7 @@ import type { Logger } from '../util/log.js';
 export interface MountStats {
   store: string; mountpoint: string; pid: number; uptimeSec: number;
   layersLoaded: number;
-  cache: ChunkCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number };
+  cache: ChunkCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
   ops: ThinFs['counters'];
 }
 
@@ -61,6 +61,9 @@ export class StatsReporter {
     perOp('thinfs_fuse_requests_total', 'FUSE requests answered by the JS thread, by kind', (r) => r.n);
     perOp('thinfs_fuse_request_seconds_total', 'Time from the kernel to our reply, summed, by kind', (r) => r.totalSec);
     perOp('thinfs_fuse_queue_seconds_total', 'Time waiting for the JS thread, summed, by kind', (r) => r.queueSec);
+    counter('thinfs_files_assembled_total', 'Whole-file copies built from cached chunks for passthrough', (s) => s.cache.filesAssembled);
+    counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
+    counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
     gauge('thinfs_fuse_live_nodes', 'Nodes the kernel holds a reference to (lookups not yet forgotten)', (s) => s.ops.liveNodes);
     gauge('thinfs_cache_bytes', 'Bytes in the node-local chunk cache', (s) => s.cache.usedBytes);
     gauge('thinfs_cache_objects', 'Chunks in the node-local cache', (s) => s.cache.usedObjects);
@@ -74,7 +77,7 @@ export class StatsReporter {
       store: this.o.store, mountpoint: this.o.mountpoint, pid: process.pid,
       uptimeSec: Math.round((Date.now() - this.o.startedAt) / 1000),
       layersLoaded: this.fs.ns.layersLoaded,
-      cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes },
+      cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
       ops: { ...this.fs.counters, requests: structuredClone(this.fs.counters.requests) },
     };
   }

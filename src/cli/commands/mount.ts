@@ -7,7 +7,7 @@ import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/d
 
 interface MountCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; allowOther: boolean; debug?: boolean;
+  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean; debug?: boolean;
 }
 
 function parseCount(s: string, what: string): number {
@@ -31,6 +31,7 @@ export function registerMountCommands(program: Command): void {
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
+    .option('--no-passthrough', 'serve every read through thinfs, never letting the kernel read a verified local copy directly (FUSE passthrough)')
     .option('--no-allow-other', 'only the mounting user may access the mount')
     .option('--debug', 'log every FUSE request (op, unique, node id)')
     .addHelpText('after', `
@@ -66,6 +67,7 @@ Examples:
         maxRead: parseSize(o.maxRead, '--max-read'),
         readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
+        passthrough: o.passthrough,
         allowOther: o.allowOther,
         debug: !!o.debug,
         log,

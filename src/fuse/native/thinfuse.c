@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -26,6 +27,15 @@
 #include <node_api.h>
 
 #define OUR_MINOR 38
+// FUSE passthrough (kernel >= 6.9, protocol 7.40): reads of an open file go straight to a backing file of ours.
+// Defined here because the build machine's headers may predate it.
+#define OUR_MINOR_PASSTHROUGH 40
+#define INIT_EXT (1u << 30)
+#define INIT2_PASSTHROUGH (1u << 5)  // FUSE_PASSTHROUGH is bit 37: bit 5 of flags2
+#define OPEN_PASSTHROUGH (1u << 7)   // FOPEN_PASSTHROUGH
+struct backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
+#define IOC_BACKING_OPEN _IOW(229, 1, struct backing_map)
+#define IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
 // Node ids below this are the mount's synthetic directories (/, layers/, images/, .thinfs/): their listings change
 // as layers are published, so the kernel must not cache them. Every other directory is immutable and cached.
 #define DYNAMIC_NODEID_LIMIT 16
@@ -38,8 +48,24 @@
 #define EOF_SLOTS 65536
 typedef struct { uint64_t nodeid; uint64_t eof; } dir_eof_t;
 
+// How a node's file is being opened: through our READ replies (backing_id 0) or passed through to a backing file.
+// The kernel forbids mixing the two on one inode, so an entry lives while the node has opens; a passthrough entry
+// lives on until the kernel forgets the node (its next opens reuse the backing file without asking JS).
+#define OPEN_BUCKETS 65536
+typedef struct open_entry {
+  uint64_t nodeid;
+  int32_t backing_id;
+  int32_t opens;
+  int forgotten;
+  struct open_entry *next;
+} open_entry_t;
+
 typedef struct {
   int fd;
+  int passthrough_wanted;
+  int passthrough;  // negotiated
+  open_entry_t **opens;
+  pthread_mutex_t open_lock;
   dir_eof_t *eofs;
   pthread_mutex_t eof_lock;
   napi_threadsafe_function tsfn;
@@ -114,7 +140,10 @@ static void handle_init(session_t *s, const struct fuse_in_header *ih, const cha
     reply_buf(s->fd, ih->unique, &out, 8);
     return;
   }
-  out.minor = in->minor < OUR_MINOR ? in->minor : OUR_MINOR;
+  int pt = s->passthrough_wanted && (in->flags & INIT_EXT) && (in->flags2 & INIT2_PASSTHROUGH);
+  uint32_t ours = pt ? OUR_MINOR_PASSTHROUGH : OUR_MINOR;
+  out.minor = in->minor < ours ? in->minor : ours;
+  if (out.minor < OUR_MINOR_PASSTHROUGH) pt = 0;
   uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
                   FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS;
   out.flags = in->flags & want;
@@ -124,10 +153,42 @@ static void handle_init(session_t *s, const struct fuse_in_header *ih, const cha
   out.max_write = 128 * 1024;
   out.time_gran = 1;  // nanosecond timestamps
   out.max_pages = (uint16_t)s->max_pages;
+  if (pt) {
+    // Backing files live on a plain local filesystem (the cache dir): one level of stacking is enough, and it leaves
+    // room for an overlayfs on top of the mount (podman, chroot with an upper dir).
+    out.flags |= INIT_EXT;
+    out.flags2 = INIT2_PASSTHROUGH;
+    out.unused[0] = 1;  // max_stack_depth
+  }
+  s->passthrough = pt;
   size_t n = out.minor < 5 ? 8 : out.minor < 23 ? 24 : sizeof(out);
   reply_buf(s->fd, ih->unique, &out, n);
   s->max_readahead = out.max_readahead;
   if (!(out.flags & FUSE_MAX_PAGES)) s->max_pages = 32;
+}
+
+static open_entry_t *open_find(session_t *s, uint64_t nodeid) {
+  for (open_entry_t *e = s->opens[nodeid % OPEN_BUCKETS]; e; e = e->next)
+    if (e->nodeid == nodeid) return e;
+  return NULL;
+}
+
+// Unlink and free an entry (lock held); a passthrough entry's backing file is released to the kernel.
+static void open_drop(session_t *s, open_entry_t *e) {
+  open_entry_t **pp = &s->opens[e->nodeid % OPEN_BUCKETS];
+  while (*pp != e) pp = &(*pp)->next;
+  *pp = e->next;
+  if (e->backing_id > 0) {
+    uint32_t id = (uint32_t)e->backing_id;
+    ioctl(s->fd, IOC_BACKING_CLOSE, &id);
+  }
+  free(e);
+}
+
+static void reply_open(int fd, uint64_t unique, int32_t backing_id) {
+  struct { uint64_t fh; uint32_t open_flags; int32_t backing_id; } o = {0, FOPEN_KEEP_CACHE | FOPEN_NOFLUSH, 0};
+  if (backing_id > 0) { o.open_flags = OPEN_PASSTHROUGH | FOPEN_NOFLUSH; o.backing_id = backing_id; }
+  reply_buf(fd, unique, &o, sizeof(o));
 }
 
 // Requests the reader thread answers itself: nothing in them needs the catalog or the store.
@@ -138,6 +199,22 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       handle_init(s, ih, body);
       return 0;  // JS also hears of it (negotiated limits, mount ready)
     case FUSE_OPEN:
+      if (s->passthrough && ih->nodeid >= DYNAMIC_NODEID_LIMIT) {
+        const struct fuse_open_in *in = (const struct fuse_open_in *)body;
+        if ((in->flags & O_ACCMODE) != O_RDONLY) { reply_err(fd, ih->unique, EROFS); return 1; }
+        int done = 0;
+        pthread_mutex_lock(&s->open_lock);
+        open_entry_t *e = open_find(s, ih->nodeid);
+        if (e) {
+          e->opens++;
+          e->forgotten = 0;
+          reply_open(fd, ih->unique, e->backing_id);
+          done = 1;
+        }
+        pthread_mutex_unlock(&s->open_lock);
+        return done;  // first open of this node: JS decides (openReply)
+      }
+      /* fall through */
     case FUSE_OPENDIR: {
       // Everything served is immutable: keep the page cache across opens, let the kernel cache listings, and
       // skip the FLUSH round trip on close. Synthetic directories (layers/, images/) change and are not cached.
@@ -150,6 +227,14 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       return 1;
     }
     case FUSE_RELEASE:
+      if (s->passthrough) {
+        pthread_mutex_lock(&s->open_lock);
+        open_entry_t *e = open_find(s, ih->nodeid);
+        if (e && --e->opens <= 0 && (e->backing_id == 0 || e->forgotten)) open_drop(s, e);
+        pthread_mutex_unlock(&s->open_lock);
+      }
+      reply_err(fd, ih->unique, 0);
+      return 1;
     case FUSE_RELEASEDIR:
     case FUSE_FLUSH:
     case FUSE_FSYNC:
@@ -279,7 +364,8 @@ static void *reader(void *arg) {
     r->t_ns = (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
     if (ih->opcode == FUSE_INIT) {
       // Tell JS what was negotiated: max_readahead, max_pages, and the kernel's protocol minor.
-      uint32_t info[3] = {s->max_readahead, s->max_pages, ((const struct fuse_init_in *)body)->minor};
+      const struct fuse_init_in *ii = (const struct fuse_init_in *)body;
+      uint32_t info[6] = {s->max_readahead, s->max_pages, ii->minor, ii->flags, ii->flags2, (uint32_t)s->passthrough};
       blen = sizeof(info);
       body = (const char *)info;
       r->body = malloc(blen);
@@ -358,9 +444,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
   CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
   CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
-  uint32_t lim[3] = {1 << 20, 256, 64};
-  const char *names[3] = {"maxReadahead", "maxPages", "maxBackground"};
-  for (int i = 0; i < 3; i++) {
+  uint32_t lim[4] = {1 << 20, 256, 64, 0};
+  const char *names[4] = {"maxReadahead", "maxPages", "maxBackground", "passthrough"};
+  for (int i = 0; i < 4; i++) {
     napi_value v;
     bool has = false;
     CHECK(napi_has_named_property(env, argv[3], names[i], &has));
@@ -372,8 +458,11 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   session_t *s = calloc(1, sizeof(*s));
   if (!s) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   s->eofs = calloc(EOF_SLOTS, sizeof(dir_eof_t));
+  s->opens = calloc(OPEN_BUCKETS, sizeof(open_entry_t *));
+  pthread_mutex_init(&s->open_lock, NULL);
   pthread_mutex_init(&s->eof_lock, NULL);
   s->max_readahead = lim[0];
+  s->passthrough_wanted = lim[3] != 0 && geteuid() == 0;  // opening backing files needs CAP_SYS_ADMIN
   s->max_pages = lim[1] < 1 ? 1 : lim[1] > 256 ? 256 : lim[1];
   s->max_background = lim[2] < 1 ? 1 : lim[2] > 1024 ? 1024 : lim[2];
 
@@ -475,6 +564,71 @@ static napi_value js_reply(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+// openReply(session, unique, nodeid, fd): answer the first OPEN of a node. fd >= 0: pass reads through to that file
+// (the kernel takes its own reference; the caller closes fd); -1: serve reads ourselves. Another OPEN of the node
+// may have been answered meanwhile: its decision stands. Returns the backing id, 0 (not passed through) or -errno
+// of the kernel's refusal to take the backing file (then the open is served by us).
+static napi_value js_open_reply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], ret;
+  session_t *s;
+  double unique, nodeid;
+  int32_t bfd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &unique));
+  CHECK(napi_get_value_double(env, argv[2], &nodeid));
+  CHECK(napi_get_value_int32(env, argv[3], &bfd));
+  int32_t result = 0;
+  pthread_mutex_lock(&s->open_lock);
+  open_entry_t *e = open_find(s, (uint64_t)nodeid);
+  if (!e) {
+    e = calloc(1, sizeof(*e));
+    if (e) {
+      e->nodeid = (uint64_t)nodeid;
+      if (bfd >= 0) {
+        struct backing_map m = {bfd, 0, 0};
+        int id = ioctl(s->fd, IOC_BACKING_OPEN, &m);
+        e->backing_id = id > 0 ? id : 0;
+        result = id > 0 ? id : -errno;
+      }
+      e->next = s->opens[e->nodeid % OPEN_BUCKETS];
+      s->opens[e->nodeid % OPEN_BUCKETS] = e;
+    }
+  } else {
+    result = e->backing_id;
+  }
+  if (e) {
+    e->opens++;
+    e->forgotten = 0;
+    reply_open(s->fd, (uint64_t)unique, e->backing_id);
+  } else {
+    reply_err(s->fd, (uint64_t)unique, ENOMEM);
+  }
+  pthread_mutex_unlock(&s->open_lock);
+  CHECK(napi_create_int32(env, result, &ret));
+  return ret;
+}
+
+// forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
+static napi_value js_forget_node(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  session_t *s;
+  double nodeid;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  pthread_mutex_lock(&s->open_lock);
+  open_entry_t *e = open_find(s, (uint64_t)nodeid);
+  if (e) {
+    if (e->opens <= 0) open_drop(s, e);
+    else e->forgotten = 1;
+  }
+  pthread_mutex_unlock(&s->open_lock);
+  return NULL;
+}
+
 // dirEof(session, nodeid, offset): the listing of this immutable directory ends at offset.
 static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -519,6 +673,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL},
       {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
       {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
+      {"openReply", NULL, js_open_reply, NULL, NULL, NULL, napi_default, NULL},
+      {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
