@@ -1,6 +1,7 @@
 // Read benchmark (issue 3, acceptance 7), all in one run on the same data: the native extracted tree, thinfs hot
 // (page cache), warm (node-local cache, page cache dropped, daemon restarted so its memory cache is empty) and cold
-// (empty cache), and squashfuse on a mksquashfs image of the same tree. Three workloads: sequential read of a large
+// (empty cache), warm and hot again with --no-passthrough (every read served by thinfs), and squashfuse on a
+// mksquashfs image of the same tree. Three workloads: sequential read of a large
 // file (MB/s), `find -printf '%s %m'` over the tree, and reading every file. Prints a table with ratios.
 // Needs root (drop_caches, mounts), squashfs-tools and squashfuse. THINFS_BENCH_BIG_MB sets the large file (512).
 // Run alone: `node dist/bench/read.js` (numbers from a machine busy with other work are not comparable).
