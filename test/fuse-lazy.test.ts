@@ -38,7 +38,7 @@ async function makeLayer(label: string, files: Array<{ rel: string; data: Buffer
   return { hex: r.diffId.slice(7), files: files.map((f) => ({ rel: f.rel, size: f.data.length, sha: sha256(f.data) })) };
 }
 
-async function mount(name: string, cache: string, extra: Partial<{ quota: string; memCache: string }> = {}): Promise<Mounted> {
+async function mount(name: string, cache: string, extra: Partial<{ quota: string; memCache: string; extra: string[] }> = {}): Promise<Mounted> {
   const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, cache), ...extra });
   mounts.push(m);
   return m;
@@ -171,7 +171,9 @@ describe('integrity', () => {
     const b = await fsp.readFile(cached);
     b[7]! ^= 0xff;
     await fsp.writeFile(cached, b);
-    const m2 = await mount('mnt-cc2', 'cache-cc');
+    // Served reads (not passthrough): the first daemon built a whole-file copy, which a passed-through open would use
+    // instead of the damaged chunk (test/fuse-ops.test.ts covers a damaged chunk under passthrough).
+    const m2 = await mount('mnt-cc2', 'cache-cc', { extra: ['--no-passthrough'] });
     assert.equal(await sha256File(path.join(m2.mp, 'layers', small.hex, rel)), small.files[0]!.sha);
     const s = await m2.stats();
     assert.equal(s.cache.corruptDropped, 1);
@@ -184,7 +186,8 @@ describe('node-local cache', () => {
   it('quota at 1/3 of the working set: full read correct, cache under quota, restart reuses cached chunks', async () => {
     const quota = Math.floor(big.bytes / 3);
     const cacheDir = path.join(work, 'cache-quota');
-    const m1 = await mount('mnt-q1', 'cache-quota', { quota: String(quota), memCache: '8M' });
+    // Chunk-level accounting, so every read is served (no whole-file copies for passthrough in this test).
+    const m1 = await mount('mnt-q1', 'cache-quota', { quota: String(quota), memCache: '8M', extra: ['--no-passthrough'] });
     const root1 = path.join(m1.mp, 'layers', big.hex);
     for (const f of big.files) assert.equal(await sha256File(path.join(root1, f.rel)), f.sha, f.rel);
     const s1 = await m1.stats();
@@ -196,7 +199,7 @@ describe('node-local cache', () => {
     assert.ok(onDisk >= quota * 0.5, `the cache is actually used (${onDisk} bytes)`);
 
     // Restart: the index is rebuilt from the directory; the most recently read file is served without the store.
-    const m2 = await mount('mnt-q2', 'cache-quota', { quota: String(quota), memCache: '8M' });
+    const m2 = await mount('mnt-q2', 'cache-quota', { quota: String(quota), memCache: '8M', extra: ['--no-passthrough'] });
     const s2a = await m2.stats();
     assert.equal(s2a.cache.usedBytes, onDisk, 'index rebuilt from what is on disk');
     const last = big.files.filter((f) => f.rel.startsWith('data/')).at(-1)!;

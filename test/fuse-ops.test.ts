@@ -216,6 +216,19 @@ describe('FUSE passthrough', () => {
     forget(m);
   });
 
+  it('whole-file copies count against the quota; a file above a quarter of it gets none', async () => {
+    const quota = 8 * 1024 * 1024; // dir/b.bin (3 MiB) is above a quarter of it
+    const m = await mount('mnt-pt-quota', { extra: ['--cache-quota', String(quota)] });
+    const root = path.join(m.mp, 'layers', hex);
+    for (const rel of Object.keys(content)) assert.equal(await sha256File(path.join(root, rel)), sha(rel as keyof typeof content));
+    await new Promise((r) => setTimeout(r, 500));
+    const s = await m.stats();
+    assert.equal(s.cache.filesAssembled, 0, 'no copy of a file bigger than quota/4');
+    assert.ok(s.cache.usedBytes <= quota);
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
   it('a one-chunk file passes through to its cached chunk, re-verified at open: a corrupted one is refetched', async () => {
     const cacheName = 'mnt-pt-verify';
     let m = await mount(cacheName);
