@@ -58,12 +58,19 @@ export interface CacheCounters {
 
 interface DiskEntry { size: number }
 
+/** Whole-file copies are built only after readers have been quiet this long. */
+const IDLE_MS = 500;
+
 export class ChunkCache {
   readonly counters: CacheCounters = {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
     joined: 0, evictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
   };
-  private readonly assembling = new Map<string, Promise<void>>();
+  private readonly assembling = new Set<string>();
+  private readonly assembleQueue: Array<{ fileId: string; chunks: Array<{ offset: number; size: number; hash: string }>; size: number }> = [];
+  private assembleRunning = false;
+  /** When a reader last asked for a chunk: whole-file copies wait for quiet. */
+  private lastUse = 0;
   private closing = false;
   private readonly disk: LRUCache<string, DiskEntry>;
   private readonly mem: LRUCache<string, Buffer> | null;
@@ -161,6 +168,7 @@ export class ChunkCache {
    * Concurrent requests for one chunk share one fetch.
    */
   get(hash: string, size?: number): Promise<Buffer> {
+    this.lastUse = Date.now();
     const m = this.mem?.get(hash);
     if (m) { this.counters.memHits++; return Promise.resolve(m); }
     const running = this.inflight.get(hash);
@@ -257,39 +265,65 @@ export class ChunkCache {
   }
 
   /**
-   * Build the whole-file copy of a file whose chunks are all local, in the background: every chunk is read and
-   * verified again, written at its offset (holes stay holes), fsynced, renamed into place. It counts against the
-   * quota like chunks. Not the memory cache: a big file would flush the chunks readers are using.
+   * Queue the whole-file copy of a file whose chunks are all local. Copies are built one at a time and only while no
+   * reader has asked for a chunk for IDLE_MS: a copy is a full read and write of the file, which must not compete with
+   * the reads that are starting containers. Every chunk is read and verified again, written at its offset (holes stay
+   * holes), the file fsynced and renamed into place; it counts against the quota like chunks. The memory cache is not
+   * used: a big file would flush the chunks readers are using.
    */
   assemble(fileId: string, chunks: Array<{ offset: number; size: number; hash: string }>, size: number): void {
-    const key = `f:${fileId}`;
-    if (this.disk.has(key) || this.assembling.has(fileId) || size > this.o.quota / 4) return;
-    const p = (async () => {
-      const tmp = join(this.tmpDir, `file-${fileId}.${process.pid}.${randomBytes(4).toString('hex')}`);
-      const fh = await open(tmp, 'w');
-      let ok = false;
-      try {
-        await fh.truncate(size);
-        for (const c of chunks) {
-          if (this.closing) return; // shutting down: leave it for a later run
-          const d = await this.readLocal(c.hash, c.size);
-          if (!d) return; // evicted or corrupt meanwhile: the next complete read tries again
-          await fh.write(d, 0, d.length, c.offset);
-        }
-        await fh.sync();
-        ok = true;
-      } finally {
-        await fh.close();
-        if (!ok) await rm(tmp, { force: true });
+    if (this.disk.has(`f:${fileId}`) || this.assembling.has(fileId) || size > this.o.quota / 4 || this.closing) return;
+    this.assembling.add(fileId);
+    this.assembleQueue.push({ fileId, chunks, size });
+    if (!this.assembleRunning) this.track(this.runAssembly());
+  }
+
+  private async runAssembly(): Promise<void> {
+    this.assembleRunning = true;
+    try {
+      while (this.assembleQueue.length && !this.closing) {
+        const job = this.assembleQueue.shift()!;
+        try {
+          await this.assembleOne(job.fileId, job.chunks, job.size);
+        } catch (e) {
+          this.o.log.warn({ file: job.fileId, err: (e as Error).message }, 'cannot assemble a whole-file copy');
+        } finally { this.assembling.delete(job.fileId); }
       }
-      await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true });
-      await rename(tmp, this.pathOf(key));
-      this.indexAdd(key, size);
-      this.counters.filesAssembled++;
-    })().catch((e) => this.o.log.warn({ file: fileId, err: (e as Error).message }, 'cannot assemble a whole-file copy'))
-      .finally(() => this.assembling.delete(fileId));
-    this.assembling.set(fileId, p);
-    this.track(p);
+    } finally {
+      this.assembleRunning = false;
+      for (const j of this.assembleQueue.splice(0)) this.assembling.delete(j.fileId);
+    }
+  }
+
+  /** Resolves once readers have left the cache alone for IDLE_MS (or at shutdown). */
+  private async idle(): Promise<void> {
+    for (let wait; !this.closing && (wait = this.lastUse + IDLE_MS - Date.now()) > 0;) await new Promise((r) => setTimeout(r, wait));
+  }
+
+  private async assembleOne(fileId: string, chunks: Array<{ offset: number; size: number; hash: string }>, size: number): Promise<void> {
+    const key = `f:${fileId}`;
+    const tmp = join(this.tmpDir, `file-${fileId}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    const fh = await open(tmp, 'w');
+    let ok = false;
+    try {
+      await fh.truncate(size);
+      for (const c of chunks) {
+        await this.idle();
+        if (this.closing) return; // shutting down: a later complete read queues it again
+        const d = await this.readLocal(c.hash, c.size);
+        if (!d) return; // evicted or corrupt meanwhile: likewise
+        await fh.write(d, 0, d.length, c.offset);
+      }
+      await fh.sync();
+      ok = true;
+    } finally {
+      await fh.close();
+      if (!ok) await rm(tmp, { force: true });
+    }
+    await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true });
+    await rename(tmp, this.pathOf(key));
+    this.indexAdd(key, size);
+    this.counters.filesAssembled++;
   }
 
   private async dropCorrupt(hash: string, file: string): Promise<null> {
