@@ -166,7 +166,10 @@ export async function runMount(o: MountOptions): Promise<number> {
         case OP.CLOSED: closedDone(body as number); return;
         case OP.INIT: {
           const b = body as Buffer;
-          initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: b.readUInt32LE(20) === 1 });
+          const pt = b.readUInt32LE(20) === 1;
+          // Before any OPEN can reach us: the transport forwards first opens from the INIT on.
+          if (pt) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
+          initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
           return;
         }
         case OP.FORGET: fs.forget(nodeid, Number((body as Buffer).readBigUInt64LE(0))); return;
@@ -187,8 +190,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');
-  if (init.passthrough) fs.openReply = (unique, id, fd) => k.openReply(session, unique, id, fd);
-  else if (o.passthrough) log.info('FUSE passthrough not available (needs kernel >= 6.9 and root): every read is served by thinfs');
+  if (!init.passthrough && o.passthrough) log.info('FUSE passthrough not available (needs kernel >= 6.9 and root): every read is served by thinfs');
   if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);
 
   let metricsPort: number | null = null;
