@@ -126,11 +126,16 @@ export class ThinFs {
     return h.node;
   }
 
+  private memoOf(n: Node): NodeMemo {
+    let m = this.memo.get(n);
+    if (!m) { m = {}; this.memo.set(n, m); }
+    return m;
+  }
+
   // ---- attributes ----
 
   private attrOf(n: Node): Buffer {
-    let m = this.memo.get(n);
-    if (!m) { m = {}; this.memo.set(n, m); }
+    const m = this.memoOf(n);
     return (m.attr ??= encodeAttr(this.computeAttr(n)));
   }
 
@@ -236,8 +241,7 @@ export class ThinFs {
    * name) and inode numbers, computed once per node: directories never change, except the synthetic ones.
    */
   private async children(n: Node): Promise<Child[]> {
-    const memo = this.memo.get(n) ?? {};
-    this.memo.set(n, memo);
+    const memo = this.memoOf(n);
     if (memo.ents) return memo.ents;
     const dt = (mode: number) => (mode >>> 12) & 0xf;
     const fixed = (name: string, node: Node): Child => ({ name: Buffer.from(name), dtype: 4, ino: this.idOf(node), make: async () => node });
@@ -420,9 +424,7 @@ export class ThinFs {
   }
 
   private readState(node: Node): ReadState {
-    const memo = this.memo.get(node) ?? {};
-    this.memo.set(node, memo);
-    return (memo.read ??= { chunks: null, nextPos: 0 });
+    return (this.memoOf(node).read ??= { chunks: null, nextPos: 0 });
   }
 
   /**
