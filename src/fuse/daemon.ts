@@ -230,9 +230,14 @@ export async function runMount(o: MountOptions): Promise<number> {
       done(code);
     };
     // Someone ran `thinfs unmount` / fusermount -u: the kernel ended the connection, so do we.
-    void closed.then((errno) => finish(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
-    process.once('SIGTERM', () => void finish('SIGTERM', true));
-    process.once('SIGINT', () => void finish('SIGINT', true));
+    // A failure while shutting down (flushing the cache index, the stats file) still ends the daemon, with code 1.
+    const end = (why: string, needUnmount: boolean) => finish(why, needUnmount).catch((e) => {
+      log.error({ err: errorMessage(e) }, 'shutdown failed');
+      done(EXIT.FAILURE);
+    });
+    void closed.then((errno) => end(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
+    process.once('SIGTERM', () => void end('SIGTERM', true));
+    process.once('SIGINT', () => void end('SIGINT', true));
   });
 }
 

@@ -182,13 +182,28 @@ export class ThinFs {
     const st = (this.counters.requests[name] ??= { n: 0, queueSec: 0, totalSec: 0, maxSec: 0 });
     st.n++;
     st.queueSec += (Number(process.hrtime.bigint()) - tNs) / 1e9;
+    const send = (a: Answer) => {
+      try {
+        if (typeof a === 'number') reply(unique, a); else reply(unique, 0, a);
+      } catch (e) {
+        // A reply the transport could not take (never expected): logged, the daemon stays up.
+        this.log.error({ op, nodeid, err: (e as Error).message }, 'cannot send a FUSE reply');
+      }
+      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
+      st.totalSec += sec;
+      if (sec > st.maxSec) st.maxSec = sec;
+    };
     let r: Promise<Answer> | Answer;
     try {
       switch (op) {
         case OP.LOOKUP: r = this.lookup(nodeid, parseName(body!)); break;
         case OP.GETATTR: this.counters.getattrs++; { const n = this.node(nodeid); r = attrOut(this.ttlOf(n), this.attrOf(n)); } break;
         case OP.READLINK: r = this.readlink(nodeid); break;
-        case OP.OPEN: this.open(unique, nodeid).catch((e) => reply(unique, this.failed(op, nodeid, e))); return;
+        case OP.OPEN: {
+          const replied = { done: false };
+          this.open(unique, nodeid, replied).catch((e) => { if (!replied.done) send(this.failed(op, nodeid, e)); });
+          return;
+        }
         case OP.READ: r = this.read(nodeid, parseReadIn(body!)); break;
         case OP.READDIR: case OP.READDIRPLUS: r = this.readdir(nodeid, parseReadIn(body!), op === OP.READDIRPLUS); break;
         case OP.GETXATTR: r = this.getxattr(nodeid, body!.readUInt32LE(0), parseName(body!, 8).toString('utf8')); break;
@@ -197,12 +212,6 @@ export class ThinFs {
         default: r = E.ENOSYS;
       }
     } catch (e) { r = this.failed(op, nodeid, e); }
-    const send = (a: Answer) => {
-      if (typeof a === 'number') reply(unique, a); else reply(unique, 0, a);
-      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
-      st.totalSec += sec;
-      if (sec > st.maxSec) st.maxSec = sec;
-    };
     if (r instanceof Promise) r.then(send, (e) => send(this.failed(op, nodeid, e)));
     else send(r);
   }
@@ -225,8 +234,8 @@ export class ThinFs {
       return parent.k === 'synth' || parent.k === 'imageDir' ? E.ENOENT : entryOut(0, TTL, 0, null);
     }
     const ttl = this.ttlOf(n);
-    const h = this.hold(n);
-    return entryOut(h.id, ttl, ttl, this.attrOf(h.node));
+    const attr = this.attrOf(n); // may throw: hold only once the reply is sure, or the count would never reach 0
+    return entryOut(this.hold(n).id, ttl, ttl, attr);
   }
 
   private readlink(id: number): Answer {
@@ -294,6 +303,8 @@ export class ThinFs {
     const out = Buffer.allocUnsafe(rin.size); // every byte returned is written below
     let off = 0;
     const self = this.idOf(n);
+    // The kernel takes a reference to every entry of the reply: counted once nothing can fail any more.
+    const held: Node[] = [];
     let i = rin.offset;
     for (; i < ents.length + 2; i++) {
       const dot = i < 2;
@@ -308,9 +319,9 @@ export class ThinFs {
         if (child instanceof Promise) child = await child;
         if (child) {
           const ttl = this.ttlOf(child);
-          const h = this.hold(child);
-          writeEntryHeader(out, off, h.id, ttl, ttl);
-          this.attrOf(h.node).copy(out, off + 40);
+          writeEntryHeader(out, off, this.idOf(child), ttl, ttl);
+          this.attrOf(child).copy(out, off + 40);
+          held.push(child);
         } else {
           // No lookup answer: the kernel makes no dentry for it ("." and "..", or an entry that vanished).
           out.fill(0, off, off + 40 + ATTR_SIZE);
@@ -320,6 +331,7 @@ export class ThinFs {
       off = writeDirent(out, off, dot ? (i === 0 ? self : 1) : c!.ino, i + 1, name, dot ? 4 : c!.dtype);
     }
     if (i >= ents.length + 2 && n.k !== 'synth') this.dirEof(self, ents.length + 2);
+    for (const c of held) this.hold(c);
     return out.subarray(0, off);
   }
 
@@ -433,7 +445,7 @@ export class ThinFs {
    * (re-verified now); a bigger one needs its assembled copy. Otherwise our READ replies serve it, and a later open,
    * once the bytes are local, may pass through.
    */
-  private async open(unique: number, id: number): Promise<void> {
+  private async open(unique: number, id: number, replied: { done: boolean }): Promise<void> {
     const n = this.node(id);
     let path: string | null = null;
     if (n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline) {
@@ -444,9 +456,16 @@ export class ThinFs {
       else path = this.cache.wholeFile(this.fileId(n, h));
     }
     let fd = -1;
-    const fh = path ? await openFile(path, 'r').catch(() => null) : null;
+    let fh = path ? await openFile(path, 'r').catch(() => null) : null;
+    // A whole-file copy is trusted once built; at least its length must still be right.
+    if (fh && (await fh.stat()).size !== (n as { inode: Inode }).inode.size) {
+      this.log.warn({ nodeid: id, file: path }, 'local copy has the wrong size: serving reads instead');
+      await fh.close();
+      fh = null;
+    }
     if (fh) fd = fh.fd;
     try {
+      replied.done = true;
       const r = this.openReply!(unique, id, fd);
       if (r > 0) this.counters.opensPassthrough++;
       else this.counters.opensServed++;

@@ -83,13 +83,16 @@ static napi_value js_read_verified(napi_env env, napi_callback_info info) {
   }
   rv_job_t *j = calloc(1, sizeof(*j));
   size_t plen = 0;
-  char hex[65];
+  char hex[66];
   double size;
   size_t hlen = 0;
+  if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   napi_get_value_string_utf8(env, argv[0], NULL, 0, &plen);
   j->path = malloc(plen + 1);
+  if (!j->path) { free(j); napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   napi_get_value_string_utf8(env, argv[0], j->path, plen + 1, &plen);
   napi_get_value_double(env, argv[1], &size);
+  // One byte more than a hash: a longer string is refused, not cut to 64.
   napi_get_value_string_utf8(env, argv[2], hex, sizeof(hex), &hlen);
   if (hlen != 64 || size < 0) {
     free(j->path); free(j);

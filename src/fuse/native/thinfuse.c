@@ -243,7 +243,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       reply_err(fd, ih->unique, 0);
       return 1;
     case FUSE_INTERRUPT:
-      return 1;  // replies are quick; an interrupted one is dropped by the kernel (ENOENT on write)
+      return 1;  // the request is still answered when its work is done (a reply the kernel no longer wants gets ENOENT)
     case FUSE_SETATTR:
     case FUSE_SYMLINK:
     case FUSE_MKNOD:
@@ -409,21 +409,32 @@ static int receive_fd(int sock) {
   return fd;
 }
 
+extern char **environ;
+
 static int mount_fusermount(const char *mnt, const char *opts, char *why, size_t whylen) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) { snprintf(why, whylen, "socketpair: %s", strerror(errno)); return -1; }
+  // The child's environment is built before fork: only async-signal-safe calls may follow it in a threaded process.
+  char commfd[40];
+  snprintf(commfd, sizeof(commfd), "_FUSE_COMMFD=%d", sv[1]);
+  size_t n = 0;
+  while (environ[n]) n++;
+  char **envp = calloc(n + 2, sizeof(char *));
+  if (!envp) { snprintf(why, whylen, "out of memory"); close(sv[0]); close(sv[1]); return -1; }
+  for (size_t i = 0; i < n; i++) envp[i] = environ[i];
+  envp[n] = commfd;
+  char *const argv3[] = {"fusermount3", "-o", (char *)opts, "--", (char *)mnt, NULL};
+  char *const argv2[] = {"fusermount", "-o", (char *)opts, "--", (char *)mnt, NULL};
   pid_t pid = fork();
-  if (pid < 0) { snprintf(why, whylen, "fork: %s", strerror(errno)); close(sv[0]); close(sv[1]); return -1; }
+  if (pid < 0) { snprintf(why, whylen, "fork: %s", strerror(errno)); free(envp); close(sv[0]); close(sv[1]); return -1; }
   if (pid == 0) {
-    char env[32];
     close(sv[0]);
     fcntl(sv[1], F_SETFD, 0);
-    snprintf(env, sizeof(env), "%d", sv[1]);
-    setenv("_FUSE_COMMFD", env, 1);
-    execlp("fusermount3", "fusermount3", "-o", opts, "--", mnt, (char *)NULL);
-    execlp("fusermount", "fusermount", "-o", opts, "--", mnt, (char *)NULL);
+    execvpe("fusermount3", argv3, envp);
+    execvpe("fusermount", argv2, envp);
     _exit(127);
   }
+  free(envp);
   close(sv[1]);
   int fd = receive_fd(sv[0]);
   close(sv[0]);
@@ -509,6 +520,8 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
   }
   if (fd < 0) {
+    free(s->eofs);
+    free(s->opens);
     free(s);
     napi_throw_error(env, "EMOUNT", why);
     return NULL;
