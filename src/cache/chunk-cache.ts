@@ -1,8 +1,10 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:os';
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
+import type { ChunkRef } from '../catalog/reader.js';
 import { decodeObject } from '../store/codec.js';
 import { sha256hex } from '../util/hash.js';
 import type { Logger } from '../util/log.js';
@@ -10,7 +12,7 @@ import { tryNative } from '../util/native.js';
 
 /** Threadpool read + SHA-256 (src/cache/native/readverify.c): a Buffer, or -errno (-EBADMSG: wrong size or hash). */
 interface ReadVerify { readVerified(path: string, size: number, sha256hex: string): Promise<Buffer | number> }
-const ENOENT = 2, EBADMSG = 74;
+const { errno } = constants;
 
 /**
  * Node-local cache layout (shared safely by several mounts on one node):
@@ -67,7 +69,7 @@ export class ChunkCache {
     joined: 0, evictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
   };
   private readonly assembling = new Set<string>();
-  private readonly assembleQueue: Array<{ fileId: string; chunks: Array<{ offset: number; size: number; hash: string }>; size: number }> = [];
+  private readonly assembleQueue: Array<{ fileId: string; chunks: ChunkRef[]; size: number }> = [];
   private assembleRunning = false;
   /** When a reader last asked for a chunk: whole-file copies wait for quiet. */
   private lastUse = 0;
@@ -211,18 +213,26 @@ export class ChunkCache {
    */
   private async readLocal(hash: string, size?: number): Promise<Buffer | null> {
     const file = this.chunkPath(hash);
+    const got = await this.readChunkFile(file, hash, size);
+    if (got === 'corrupt') return this.dropCorrupt(hash, file);
+    if (got === 'missing') {
+      if (this.disk.has(hash)) this.disk.delete(hash);
+      return null;
+    }
+    if (!this.disk.has(hash)) this.indexAdd(hash, got.length);
+    else this.disk.get(hash); // refresh recency
+    return got;
+  }
+
+  /** The verified bytes of a cached chunk file: natively on the threadpool when the size is known, else here. */
+  private async readChunkFile(file: string, hash: string, size?: number): Promise<Buffer | 'missing' | 'corrupt'> {
     const nat = size !== undefined ? tryNative<ReadVerify>() : null;
     if (nat) {
       const r = await nat.readVerified(file, size!, hash);
-      if (typeof r !== 'number') {
-        if (!this.disk.has(hash)) this.indexAdd(hash, r.length);
-        else this.disk.get(hash); // refresh recency
-        return r;
-      }
-      if (r === -EBADMSG) return this.dropCorrupt(hash, file);
-      if (r !== -ENOENT) this.o.log.warn({ object: hash, file, errno: -r }, 'cannot read cached chunk: refetching');
-      if (this.disk.has(hash)) this.disk.delete(hash);
-      return null;
+      if (typeof r !== 'number') return r;
+      if (r === -errno.EBADMSG) return 'corrupt';
+      if (r !== -errno.ENOENT) this.o.log.warn({ object: hash, file, errno: -r }, 'cannot read cached chunk: refetching');
+      return 'missing';
     }
     let buf: Buffer;
     try {
@@ -241,13 +251,9 @@ export class ChunkCache {
         buf = b.subarray(0, got);
       } finally { await fh.close(); }
     } catch {
-      if (this.disk.has(hash)) this.disk.delete(hash);
-      return null;
+      return 'missing';
     }
-    if (sha256hex(buf) !== hash) return this.dropCorrupt(hash, file);
-    if (!this.disk.has(hash)) this.indexAdd(hash, buf.length);
-    else this.disk.get(hash); // refresh recency
-    return buf;
+    return sha256hex(buf) === hash ? buf : 'corrupt';
   }
 
   /**
@@ -271,7 +277,7 @@ export class ChunkCache {
    * holes), the file fsynced and renamed into place; it counts against the quota like chunks. The memory cache is not
    * used: a big file would flush the chunks readers are using.
    */
-  assemble(fileId: string, chunks: Array<{ offset: number; size: number; hash: string }>, size: number): void {
+  assemble(fileId: string, chunks: ChunkRef[], size: number): void {
     if (this.disk.has(`f:${fileId}`) || this.assembling.has(fileId) || size > this.o.quota / 4 || this.closing) return;
     this.assembling.add(fileId);
     this.assembleQueue.push({ fileId, chunks, size });
@@ -300,7 +306,7 @@ export class ChunkCache {
     for (let wait; !this.closing && (wait = this.lastUse + IDLE_MS - Date.now()) > 0;) await new Promise((r) => setTimeout(r, wait));
   }
 
-  private async assembleOne(fileId: string, chunks: Array<{ offset: number; size: number; hash: string }>, size: number): Promise<void> {
+  private async assembleOne(fileId: string, chunks: ChunkRef[], size: number): Promise<void> {
     const key = `f:${fileId}`;
     const tmp = join(this.tmpDir, `file-${fileId}.${process.pid}.${randomBytes(4).toString('hex')}`);
     const fh = await open(tmp, 'w');

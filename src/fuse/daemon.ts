@@ -8,7 +8,7 @@ import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
 import { ThinFs } from './ops.js';
-import { native, OP, E } from './kernel.js';
+import { native, readU64, OP, E } from './kernel.js';
 import { StatsReporter } from './stats.js';
 
 const execFileP = promisify(execFile);
@@ -172,11 +172,11 @@ export async function runMount(o: MountOptions): Promise<number> {
           initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
           return;
         }
-        case OP.FORGET: fs.forget(nodeid, Number((body as Buffer).readBigUInt64LE(0))); return;
+        case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
         case OP.BATCH_FORGET: {
           const b = body as Buffer;
           const count = b.readUInt32LE(0);
-          for (let i = 0; i < count; i++) fs.forget(Number(b.readBigUInt64LE(8 + i * 16)), Number(b.readBigUInt64LE(16 + i * 16)));
+          for (let i = 0; i < count; i++) fs.forget(readU64(b, 8 + i * 16), readU64(b, 16 + i * 16));
           return;
         }
         default: fs.handle(op, unique, nodeid, body as Buffer | null, reply, tNs);

@@ -103,14 +103,13 @@ export class ThinFs {
     }
   }
 
-  /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. The node already held wins. */
-  private hold(n: Node): { id: number; node: Node } {
+  /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. The node already held stays. */
+  private hold(n: Node): number {
     const id = this.idOf(n);
     const h = this.held.get(id);
-    if (h) { h.nlookup++; return { id, node: h.node }; }
-    this.held.set(id, { node: n, nlookup: 1 });
-    this.counters.liveNodes++;
-    return { id, node: n };
+    if (h) h.nlookup++;
+    else { this.held.set(id, { node: n, nlookup: 1 }); this.counters.liveNodes++; }
+    return id;
   }
 
   forget(id: number, n: number): void {
@@ -235,7 +234,7 @@ export class ThinFs {
     }
     const ttl = this.ttlOf(n);
     const attr = this.attrOf(n); // may throw: hold only once the reply is sure, or the count would never reach 0
-    return entryOut(this.hold(n).id, ttl, ttl, attr);
+    return entryOut(this.hold(n), ttl, ttl, attr);
   }
 
   private readlink(id: number): Answer {
@@ -388,7 +387,7 @@ export class ThinFs {
       this.counters.readBytes += end - pos;
       return parts;
     }
-    const chunks = h.chunks ??= node.layer.catalog!.chunks(i.ino);
+    const chunks = this.chunksOf(node, h);
     // First chunk ending after pos (chunks are sorted by offset and do not overlap).
     let lo = 0, hi = chunks.length;
     while (lo < hi) { const mid = (lo + hi) >> 1; const c = chunks[mid]!; if (c.offset + c.size <= pos) lo = mid + 1; else hi = mid; }
@@ -439,6 +438,11 @@ export class ThinFs {
     return (this.memoOf(node).read ??= { chunks: null, nextPos: 0 });
   }
 
+  /** A file's chunk map, queried once per node. */
+  private chunksOf(n: Extract<Node, { k: 'entry' }>, h: ReadState): ChunkRef[] {
+    return (h.chunks ??= n.layer.catalog!.chunks(n.inode.ino));
+  }
+
   /**
    * The first OPEN of a file (with passthrough on): if its exact bytes are in a local file, the kernel reads that file
    * itself from then on, page cache and mmap included, never asking us. A file that is one chunk is its cached chunk
@@ -447,18 +451,20 @@ export class ThinFs {
    */
   private async open(unique: number, id: number, replied: { done: boolean }): Promise<void> {
     const n = this.node(id);
+    // Inline files (tiny) have no local file of their own: we serve them.
+    const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
     let path: string | null = null;
-    if (n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline) {
-      const h = this.readState(n);
-      const chunks = h.chunks ??= n.layer.catalog!.chunks(n.inode.ino);
+    if (file) {
+      const h = this.readState(file);
+      const chunks = this.chunksOf(file, h);
       const c = chunks[0];
-      if (chunks.length === 1 && c && c.offset === 0 && c.size === n.inode.size) path = await this.cache.verifiedChunkFile(c.hash, c.size);
-      else path = this.cache.wholeFile(this.fileId(n, h));
+      if (chunks.length === 1 && c && c.offset === 0 && c.size === file.inode.size) path = await this.cache.verifiedChunkFile(c.hash, c.size);
+      else path = this.cache.wholeFile(this.fileId(file, h));
     }
     let fd = -1;
     let fh = path ? await openFile(path, 'r').catch(() => null) : null;
     // A whole-file copy is trusted once built; at least its length must still be right.
-    if (fh && (await fh.stat()).size !== (n as { inode: Inode }).inode.size) {
+    if (fh && (await fh.stat()).size !== file!.inode.size) {
       this.log.warn({ nodeid: id, file: path }, 'local copy has the wrong size: serving reads instead');
       await fh.close();
       fh = null;
@@ -476,7 +482,7 @@ export class ThinFs {
   /** Names a file's bytes by its chunk map: the same layout in any layer is the same whole-file copy. */
   private fileId(n: Extract<Node, { k: 'entry' }>, h: ReadState): string {
     if (h.fileId) return h.fileId;
-    const chunks = h.chunks ??= n.layer.catalog!.chunks(n.inode.ino);
+    const chunks = this.chunksOf(n, h);
     return (h.fileId = sha256hex(Buffer.from(`${n.inode.size}\n${chunks.map((c) => `${c.offset} ${c.size} ${c.hash}`).join('\n')}`)));
   }
 

@@ -199,9 +199,8 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       handle_init(s, ih, body);
       return 0;  // JS also hears of it (negotiated limits, mount ready)
     case FUSE_OPEN:
+      if ((((const struct fuse_open_in *)body)->flags & O_ACCMODE) != O_RDONLY) { reply_err(fd, ih->unique, EROFS); return 1; }
       if (s->passthrough && ih->nodeid >= DYNAMIC_NODEID_LIMIT) {
-        const struct fuse_open_in *in = (const struct fuse_open_in *)body;
-        if ((in->flags & O_ACCMODE) != O_RDONLY) { reply_err(fd, ih->unique, EROFS); return 1; }
         int done = 0;
         pthread_mutex_lock(&s->open_lock);
         open_entry_t *e = open_find(s, ih->nodeid);
@@ -219,8 +218,6 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       // Everything served is immutable: keep the page cache across opens, let the kernel cache listings, and
       // skip the FLUSH round trip on close. Synthetic directories (layers/, images/) change and are not cached.
       struct fuse_open_out o = {0};
-      const struct fuse_open_in *in = (const struct fuse_open_in *)body;
-      if (ih->opcode == FUSE_OPEN && (in->flags & O_ACCMODE) != O_RDONLY) { reply_err(fd, ih->unique, EROFS); return 1; }
       if (ih->nodeid >= DYNAMIC_NODEID_LIMIT) o.open_flags = FOPEN_KEEP_CACHE | (ih->opcode == FUSE_OPENDIR ? FOPEN_CACHE_DIR : 0);
       o.open_flags |= FOPEN_NOFLUSH;
       reply_buf(fd, ih->unique, &o, sizeof(o));
