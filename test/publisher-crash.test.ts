@@ -109,8 +109,15 @@ test(`SIGKILL during ingest (>= ${KILLS} times): every layer published exactly o
       await upload(extra);
       continue;
     }
-    await new Promise((r) => setTimeout(r, 50 + Math.floor(random() * 3000)));
-    const h = await getJson(`${p.url}/healthz`);
+    // A random point of the transaction by progress, not by time (ingest speed varies by machine and version):
+    // kill once that fraction of the tarball has been fetched and ingested, or when the transaction ends first.
+    const at = random();
+    let h = await getJson(`${p.url}/healthz`);
+    for (const t0 = Date.now(); h.json.worker !== 'idle' && Date.now() - t0 < 60_000; h = await getJson(`${p.url}/healthz`)) {
+      const w = h.json.worker;
+      if (w.contentLength && w.fetchedBytes >= at * w.contentLength) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
     await p.kill();
     if (h.json.worker !== 'idle') { kills++; killedTxns.push(`${h.json.worker.txn} (${h.json.worker.fetchedBytes}/${h.json.worker.contentLength} bytes)`); }
     pub = null;
