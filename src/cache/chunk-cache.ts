@@ -379,11 +379,12 @@ export class ChunkCache {
    * Local path of a verified catalog database, fetched from the store the first time.
    * A cached copy is re-hashed before use, so a damaged one is replaced instead of trusted.
    */
-  async catalogFile(hash: string): Promise<string> {
+  async catalogFile(hash: string, size?: number): Promise<string> {
     const path = join(this.catalogsDir, `${hash}.sqlite`);
-    const have = await readFile(path).catch(() => null);
-    if (have && sha256hex(have) === hash) return path;
-    if (have) {
+    // Re-verified at every load (the first touch of a layer after a start), read and hashed off the JS thread.
+    const have = await this.readChunkFile(path, hash, size);
+    if (typeof have !== 'string') return path;
+    if (have === 'corrupt') {
       this.counters.corruptDropped++;
       this.o.log.warn({ object: hash, file: path }, 'cached catalog is corrupt: refetching');
     }

@@ -29,6 +29,10 @@ export class CatalogReader {
   private readonly db: Database.Database;
   private readonly st;
   private readonly dirCache = new Map<number, Dirent[]>();
+  /** Catalogs written before listings were pre-encoded (src/catalog/dirblocks.ts) have no dirblocks table. */
+  readonly hasDirBlocks: boolean;
+  /** The highest inode number: a mount reserves that many node ids for the layer. */
+  readonly maxIno: number;
 
   constructor(readonly path: string) {
     try {
@@ -39,6 +43,8 @@ export class CatalogReader {
       this.db.pragma('locking_mode = EXCLUSIVE');
       const v = this.db.prepare(`SELECT value FROM props WHERE key='version'`).pluck().get();
       if (v !== '1') throw new Error(`unsupported catalog version ${String(v)}`);
+      this.hasDirBlocks = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type='table' AND name='dirblocks'`).get() !== undefined;
+      this.maxIno = (this.db.prepare(`SELECT max(ino) FROM inodes`).pluck().get() as number | null) ?? ROOT_INO;
     } catch (e) {
       throw new ThinfsError(`catalog ${path}: ${(e as Error).message}`, EXIT.INTEGRITY);
     }
@@ -60,10 +66,23 @@ export class CatalogReader {
         FROM dirents d JOIN inodes i ON i.ino=d.ino ORDER BY d.seq`),
       props: this.db.prepare(`SELECT key, value FROM props`),
       allHashes: this.db.prepare(`SELECT DISTINCT hash FROM chunks`).pluck(),
+      dirBlock: this.hasDirBlocks ? this.db.prepare(`SELECT ents FROM dirblocks WHERE dir=?`).pluck() : null,
+      subdirInos: this.db.prepare(`SELECT d.ino FROM dirents d JOIN inodes i ON i.ino = d.ino
+        WHERE d.parent = ? AND d.kind != 2 AND i.type = 'dir' ORDER BY d.name`).pluck(),
     };
   }
 
   static open(path: string): CatalogReader { return new CatalogReader(path); }
+
+  /**
+   * Load SQLite now (better-sqlite3 loads its addon at the first open: ~10 ms of dlopen and initialisation, measured)
+   * so that a daemon pays it at start, not inside the first lookup of the first container.
+   */
+  static preload(): void {
+    const db = new Database(':memory:');
+    db.prepare('SELECT 1').get();
+    db.close();
+  }
 
   getInode(ino: number): Inode | undefined { return this.st.inode.get(ino) as Inode | undefined; }
   root(): Inode { return this.getInode(ROOT_INO)!; }
@@ -87,6 +106,14 @@ export class CatalogReader {
     // Rows are used as they come (no per-row copy): a scan of a big tree is allocation-bound.
     return this.st.readdirFull.all(ino) as FullDirent[];
   }
+
+  /** A directory's pre-encoded READDIRPLUS listing (src/catalog/dirblocks.ts); undefined in older catalogs. */
+  dirBlock(ino: number): Buffer | undefined {
+    return this.st.dirBlock?.get(ino) as Buffer | undefined;
+  }
+
+  /** A directory's visible subdirectories' inode numbers, in name order. */
+  subdirInos(ino: number): number[] { return this.st.subdirInos.all(ino) as number[]; }
 
   /** Visible subdirectories of a directory (st_nlink = 2 + this). */
   subdirCount(ino: number): number { return this.readdir(ino).filter((d) => d.type === 'dir').length; }

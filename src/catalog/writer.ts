@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { buildDirBlocks } from './dirblocks.js';
 import { CATALOG_VERSION, INDEXES, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';
 
 export interface InodeRow {
@@ -75,6 +76,7 @@ export class CatalogWriter {
     for (const [k, v] of Object.entries(props)) this.st.prop.run(k, String(v));
     this.db.exec('COMMIT');
     this.db.exec(INDEXES);
+    this.db.transaction(() => buildDirBlocks(this.db))();
     this.db.exec('ANALYZE');
     this.db.pragma('journal_mode = DELETE');
     this.db.exec('VACUUM');

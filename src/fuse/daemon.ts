@@ -7,7 +7,8 @@ import { ChunkCache } from '../cache/chunk-cache.js';
 import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
-import { ThinFs } from './ops.js';
+import { CatalogReader } from '../catalog/reader.js';
+import { ThinFs, ENTRY_TTL } from './ops.js';
 import { native, readU64, OP, E } from './kernel.js';
 import { StatsReporter } from './stats.js';
 
@@ -130,6 +131,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   const log = o.log;
   const mp = resolve(o.mountpoint);
   const startedAt = Date.now();
+  CatalogReader.preload();
   const store = await Store.open(o.store);
   const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
@@ -159,7 +161,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   try {
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
-      passthrough: o.passthrough ? 1 : 0,
+      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL,
     }, (op, unique, nodeid, body, tNs) => {
       if (o.debug) log.info({ op, unique, nodeid }, 'request');
       switch (op) {
@@ -172,6 +174,7 @@ export async function runMount(o: MountOptions): Promise<number> {
           initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
           return;
         }
+        case OP.DIR_LISTED: fs.listedAhead(nodeid); return;
         case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
         case OP.BATCH_FORGET: {
           const b = body as Buffer;
@@ -187,6 +190,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   }
   fs.dirEof = (id, off) => k.dirEof(session, id, off);
   fs.dropped = (id) => k.forgetNode(session, id);
+  fs.handAhead = (id, block, base) => k.dirAhead(session, id, block, base);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');

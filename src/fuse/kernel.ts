@@ -2,9 +2,10 @@
 // and the wire structures of the requests JS answers (linux/fuse.h, protocol 7.x, little-endian).
 import { constants } from 'node:os';
 import { loadNative } from '../util/native.js';
+import type { Inode } from '../catalog/reader.js';
 
 export const OP = {
-  CLOSED: 0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
+  CLOSED: 0, /** pseudo: a listing handed over with dirAhead was first served by the transport */ DIR_LISTED: 0xfff0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
   INIT: 26, READDIR: 28, BATCH_FORGET: 42, READDIRPLUS: 44,
 } as const;
 
@@ -18,7 +19,7 @@ export type Handler = (op: number, unique: number, nodeid: number, body: Buffer 
 export interface Session { readonly __session: unique symbol }
 interface Binding {
   mount(mountpoint: string, fsname: string, opts: string,
-    limits: { maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number }, h: Handler): Session;
+    limits: { maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number; ttl: number }, h: Handler): Session;
   reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
   unmount(mountpoint: string): number;
   /** The listing of an immutable directory ends at offset: the transport answers reads past it itself. */
@@ -30,6 +31,14 @@ interface Binding {
   openReply(s: Session, unique: number, nodeid: number, fd: number): number;
   /** The kernel forgot the node: its backing file is released once the last open is. */
   forgetNode(s: Session, nodeid: number): void;
+  /**
+   * A page of a pre-encoded listing (src/catalog/dirblocks.ts) from a readdir cookie on: "." and ".." (self, 1), then
+   * READDIRPLUS records with ids moved up by base and lifetimes of ttl seconds, or plain dirents, as many as fit in out.
+   * [bytes written, position reached in the block]; undefined when the block is malformed.
+   */
+  dirPage(block: Buffer, cookie: number, out: Buffer, plus: boolean, base: number, ttl: number, self: number): [number, number] | undefined;
+  /** Hand a listing to the transport before the kernel asks: it answers it without JS (once; a byte budget bounds them). */
+  dirAhead(s: Session, nodeid: number, block: Buffer, base: number): void;
 }
 
 export function native(): Binding { return loadNative<Binding>(); }
@@ -49,6 +58,25 @@ export function writeU64(b: Buffer, v: number, off: number): void {
   const hi = Math.floor(v / 4294967296);
   b.writeUInt32LE((v - hi * 4294967296) >>> 0, off);
   b.writeUInt32LE(hi >>> 0, off + 4);
+}
+
+/**
+ * A catalog inode's attributes as the kernel sees them: the one definition for live replies and for the listings the
+ * catalog pre-encodes. Directories get st_nlink 2 + subdirectories (find's leaf optimisation relies on it), or 1 where
+ * that count is unknown (merged image directories); symlinks their target's length.
+ */
+export function inodeAttr(i: Inode, ino: number, subdirs: number | null): Attr {
+  let size = i.size;
+  let nlink = i.nlink;
+  if (i.type === 'symlink') size = i.target?.length ?? size;
+  if (i.type === 'dir') {
+    if (!size) size = 4096;
+    nlink = subdirs === null ? 1 : 2 + subdirs;
+  }
+  return {
+    ino, size, blocks: Math.ceil(size / 512), mtime: i.mtime, mtimeNs: i.mtimeNs, mode: i.mode, nlink,
+    uid: i.uid, gid: i.gid, rdev: encodeDev(i.rdevMajor, i.rdevMinor), blksize: 4096,
+  };
 }
 
 /** struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. */

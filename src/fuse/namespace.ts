@@ -10,6 +10,8 @@ import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './nam
 /** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
 export class Layer {
   catalog: CatalogReader | null = null;
+  /** First node id of this layer's range in the mount (ThinFs sets it once the catalog is loaded). */
+  base: number | undefined = undefined;
   private loading: Promise<CatalogReader> | null = null;
   constructor(readonly slot: number, readonly hex: string, readonly manifest: LayerManifest) {}
 
@@ -18,7 +20,7 @@ export class Layer {
   load(cache: ChunkCache): Promise<CatalogReader> {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
-      this.loading = cache.catalogFile(this.manifest.catalog).then((file) => {
+      this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
         this.catalog = CatalogReader.open(file);
         return this.catalog;
       });

@@ -4,10 +4,12 @@ import { sha256hex } from '../util/hash.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
+import { DIRBLOCK_OFFSET_BASE } from '../catalog/dirblocks.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
 import { encodeImageDirName } from './names.js';
+import { ListingAhead } from './listing-ahead.js';
 import {
-  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, encodeDev, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
+  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, inodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
   parseReadIn, parseName, statfsOut, xattrSizeOut, type Attr,
 } from './kernel.js';
 
@@ -16,7 +18,8 @@ const S_IFLNK = 0o120000;
 const XATTR_HIDDEN_IN_IMAGES = 'trusted.overlay.';
 const SEQ_WINDOW = 8 << 20;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
-const TTL = 86400;
+export const ENTRY_TTL = 86400;
+const TTL = ENTRY_TTL;
 /** The synthetic directories (layers/, images/) gain entries as layers are published. */
 const DYNAMIC_TTL = 1;
 const FIXED: Record<string, number> = { root: 1, layers: 2, images: 3, meta: 4 };
@@ -27,10 +30,12 @@ export interface OpCounters {
   eio: number;
   /** Slowest read seen, ms (includes fetches). */
   maxReadMs: number;
-  /** Nodes the kernel currently holds a reference to. */
+  /** Nodes with state in the daemon: the kernel holds them, or asked about them and has not forgotten them. */
   liveNodes: number;
   /** First opens of a file answered with passthrough to a local file / served by our READ replies. */
   opensPassthrough: number; opensServed: number;
+  /** Listings answered by the transport from blocks handed to it ahead of the kernel's request. */
+  listingsAhead: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
   requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
@@ -41,8 +46,12 @@ const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(OP).m
 type Answer = number | Buffer | Buffer[];
 export type Reply = (unique: number, errno: number, data?: Buffer | Buffer[]) => void;
 
-/** A node the kernel holds, with its lookup count (FORGET lowers it; at 0 the node is dropped). */
+/**
+ * A node the kernel holds, with its lookup count (FORGET lowers it; at 0 the node is dropped). Layer-tree nodes are not
+ * counted (UNTRACKED): their ids say what they are, so they are made again on demand, and the first FORGET drops them.
+ */
 interface Held { node: Node; nlookup: number }
+const UNTRACKED = -1;
 /** Immutable per-node facts computed once: the encoded attributes and, for directories, the listing. */
 interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
 interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | null | Promise<Node | null> }
@@ -54,24 +63,34 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
 class Fail extends Error { constructor(readonly errno: number) { super(`errno ${errno}`); } }
 
 /**
- * The filesystem behind the kernel's low-level protocol. Node ids are the st_ino numbers too: handed out densely per
- * view and (layer slot, catalog inode), so hardlinks share one, and stable for the life of the mount even after the
- * kernel forgets a node. Names and symlink targets are bytes; times carry nanoseconds.
+ * The filesystem behind the kernel's low-level protocol. Node ids are the st_ino numbers too, small and stable for the
+ * life of the mount even after the kernel forgets a node. Under layers/ each layer gets a range when its catalog loads:
+ * id = base + catalog inode number, so hardlinks share one, a listing pre-encoded in the catalog needs only the base
+ * added, and an id the kernel sends back resolves without any table. Elsewhere (images/, synthetic directories) ids
+ * are handed out densely per (view, layer, inode). Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, requests: {} };
   private readonly ids = new Map<number | string, number>();
   private nextId = DYNAMIC_NODEID_LIMIT;
+  /** Layers with an id range, in order of base. */
+  private readonly ranges: Layer[] = [];
+  /** The listing block served last (a big directory is read in several pages). */
+  private lastBlock: { id: number; block: Buffer } | null = null;
+  private readonly ahead = new WeakMap<Layer, ListingAhead>();
   private readonly held = new Map<number, Held>();
   private readonly memo = new WeakMap<Node, NodeMemo>();
   private readonly synthSec: number;
   private readonly synth: Record<string, Node>;
+  private readonly k = native();
   /** Set by the daemon: tells the transport where an immutable directory's listing ends. */
   dirEof: (nodeid: number, offset: number) => void = () => {};
   /** Set by the daemon when the kernel took FUSE passthrough: answers a first OPEN (fd -1 = serve reads here). */
   openReply: ((unique: number, nodeid: number, fd: number) => number) | null = null;
   /** Set by the daemon: the kernel forgot a node entirely. */
   dropped: (nodeid: number) => void = () => {};
+  /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
+  handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
 
   constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
@@ -89,8 +108,29 @@ export class ThinFs {
     return v;
   }
 
-  private entryKey(view: number, slot: number, ino: number): number | string {
-    return view ? `${view}:${slot}:${ino}` : slot * 2 ** 32 + ino;
+  /** The first id of a layer's range: reserved when first needed, after its catalog loaded (its size is known). */
+  private baseOf(l: Layer): number {
+    if (l.base === undefined) {
+      l.base = this.nextId;
+      this.nextId += l.catalog!.maxIno + 1;
+      this.ranges.push(l);
+    }
+    return l.base;
+  }
+
+  /** An entry's id in a view: 0 = layers/ (base + inode), else an image (dense). */
+  private entryId(view: number, layer: Layer, ino: number): number {
+    return view ? this.idFor(`${view}:${layer.slot}:${ino}`) : this.baseOf(layer) + ino;
+  }
+
+  /** The layer-tree node an id names (its layer's range, then the catalog), or null. */
+  private derive(id: number): Node | null {
+    let lo = 0, hi = this.ranges.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (this.ranges[mid]!.base! <= id) lo = mid + 1; else hi = mid; }
+    const layer = this.ranges[lo - 1];
+    if (!layer || id - layer.base! > layer.catalog!.maxIno) return null;
+    const inode = layer.catalog!.getInode(id - layer.base!);
+    return inode ? { k: 'entry', layer, inode, inImage: null } : null;
   }
 
   idOf(n: Node): number {
@@ -98,7 +138,7 @@ export class ThinFs {
       case 'synth': return FIXED[n.what]!;
       case 'statsLink': return this.idFor('stats');
       case 'imageDir': return this.idFor(`imagedir:${encodeImageDirName(n.image.name)}`);
-      case 'entry': return this.idFor(this.entryKey(n.inImage?.idx ?? 0, n.layer.slot, n.inode.ino));
+      case 'entry': return this.entryId(n.inImage?.idx ?? 0, n.layer, n.inode.ino);
       case 'merged': return this.idFor(`merged:${n.image.idx}:${n.key}`);
     }
   }
@@ -107,22 +147,31 @@ export class ThinFs {
   private hold(n: Node): number {
     const id = this.idOf(n);
     const h = this.held.get(id);
-    if (h) h.nlookup++;
-    else { this.held.set(id, { node: n, nlookup: 1 }); this.counters.liveNodes++; }
+    if (h) { if (h.nlookup !== UNTRACKED) h.nlookup++; } else {
+      this.held.set(id, { node: n, nlookup: n.k === 'entry' && !n.inImage ? UNTRACKED : 1 });
+      this.counters.liveNodes++;
+    }
     return id;
   }
 
   forget(id: number, n: number): void {
     const h = this.held.get(id);
     if (!h || h.nlookup === Infinity) return;
-    h.nlookup -= n;
-    if (h.nlookup <= 0) { this.held.delete(id); this.counters.liveNodes--; this.dropped(id); }
+    if (h.nlookup !== UNTRACKED && (h.nlookup -= n) > 0) return;
+    this.held.delete(id);
+    this.counters.liveNodes--;
+    this.dropped(id);
   }
 
   private node(id: number): Node {
     const h = this.held.get(id);
-    if (!h) throw new Fail(E.ESTALE);
-    return h.node;
+    if (h) return h.node;
+    // A layer-tree node the kernel got from a pre-encoded listing, or one dropped at a FORGET: made again from its id.
+    const n = this.derive(id);
+    if (!n) throw new Fail(E.ESTALE);
+    this.held.set(id, { node: n, nlookup: UNTRACKED });
+    this.counters.liveNodes++;
+    return n;
   }
 
   private memoOf(n: Node): NodeMemo {
@@ -142,22 +191,6 @@ export class ThinFs {
     return { ino, size: 4096, blocks: 8, mtime: this.synthSec, mtimeNs: 0, mode: S_IFDIR | 0o755, nlink: 2, uid: 0, gid: 0, rdev: 0, blksize: 4096 };
   }
 
-  private inodeAttr(i: Inode, ino: number, layer: Layer | null): Attr {
-    let size = i.size;
-    let nlink = i.nlink;
-    if (i.type === 'symlink') size = i.target?.length ?? size;
-    if (i.type === 'dir') {
-      if (!size) size = 4096;
-      // 2 + subdirectories, as on a disk filesystem (find's leaf optimisation relies on it).
-      const sub = (i as { subdirs?: number }).subdirs;
-      nlink = layer ? 2 + (sub ?? layer.catalog!.subdirCount(i.ino)) : 1;
-    }
-    return {
-      ino, size, blocks: Math.ceil(size / 512), mtime: i.mtime, mtimeNs: i.mtimeNs, mode: i.mode, nlink,
-      uid: i.uid, gid: i.gid, rdev: encodeDev(i.rdevMajor, i.rdevMinor), blksize: 4096,
-    };
-  }
-
   private computeAttr(n: Node): Attr {
     const ino = this.idOf(n);
     switch (n.k) {
@@ -166,8 +199,11 @@ export class ThinFs {
         const size = Buffer.byteLength(this.opts.statsFile ?? '');
         return { ...this.synthDir(ino), mode: S_IFLNK | 0o777, size, blocks: 0, nlink: 1 };
       }
-      case 'entry': return this.inodeAttr(n.inode, ino, n.layer);
-      case 'merged': return this.inodeAttr(n.members[0]!.inode, ino, null);
+      case 'entry': {
+        const i = n.inode;
+        return inodeAttr(i, ino, i.type === 'dir' ? (i as { subdirs?: number }).subdirs ?? n.layer.catalog!.subdirCount(i.ino) : null);
+      }
+      case 'merged': return inodeAttr(n.members[0]!.inode, ino, null);
     }
   }
 
@@ -261,7 +297,7 @@ export class ThinFs {
         if (n.what === 'layers') {
           return (await this.ns.listLayerDirs()).map((h) => {
             const l = this.ns.knownLayer(h);
-            const ino = l ? this.idFor(this.entryKey(0, l.slot, ROOT_INO)) : this.idFor(`layerdir:${h}`);
+            const ino = l?.catalog ? this.entryId(0, l, ROOT_INO) : this.idFor(`layerdir:${h}`);
             return byName(Buffer.from(h), 4, ino);
           });
         }
@@ -272,9 +308,9 @@ export class ThinFs {
       case 'entry': {
         if (n.inode.type !== 'dir') throw new Fail(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
-        const view = n.inImage?.idx ?? 0, slot = n.layer.slot, layer = n.layer, inImage = n.inImage;
+        const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
-          name: d.name, dtype: dt(d.mode), ino: this.idFor(this.entryKey(view, slot, d.ino)),
+          name: d.name, dtype: dt(d.mode), ino: this.entryId(view, layer, d.ino),
           make: () => ({ k: 'entry', layer, inode: d, inImage }),
         }));
         break;
@@ -282,7 +318,7 @@ export class ThinFs {
       case 'merged':
         out = this.ns.mergedReaddir(n).map((e) => byName(e.name, dt(TYPE_BITS[e.type]), e.type === 'dir'
           ? this.idFor(`merged:${n.image.idx}:${mergedChildKey(n.key, e.name)}`)
-          : this.idFor(this.entryKey(n.image.idx, e.layer.slot, e.ino))));
+          : this.entryId(n.image.idx, e.layer, e.ino)));
         break;
       default: throw new Fail(E.ENOTDIR);
     }
@@ -298,6 +334,7 @@ export class ThinFs {
   private async readdir(id: number, rin: { offset: number; size: number }, plus: boolean): Promise<Answer> {
     this.counters.readdirs++;
     const n = this.node(id);
+    if (n.k === 'entry' && !n.inImage && n.layer.catalog!.hasDirBlocks) return this.readdirBlock(n, id, rin, plus);
     const ents = await this.children(n);
     const out = Buffer.allocUnsafe(rin.size); // every byte returned is written below
     let off = 0;
@@ -332,6 +369,52 @@ export class ThinFs {
     if (i >= ents.length + 2 && n.k !== 'synth') this.dirEof(self, ents.length + 2);
     for (const c of held) this.hold(c);
     return out.subarray(0, off);
+  }
+
+  /**
+   * A layer-tree listing from the catalog's pre-encoded block (src/catalog/dirblocks.ts): "." and "..", then records
+   * copied natively with this layer's base added. Offsets are byte positions in the block, so READDIR and READDIRPLUS
+   * pages (the kernel mixes them) continue each other. The kernel takes no reference for an entry until it uses it:
+   * nothing is held here, an id comes back resolvable by derive().
+   */
+  private readdirBlock(n: Extract<Node, { k: 'entry' }>, id: number, rin: { offset: number; size: number }, plus: boolean): Answer {
+    if (n.inode.type !== 'dir') return E.ENOTDIR;
+    let block = this.lastBlock?.id === id ? this.lastBlock.block : null;
+    if (!block) {
+      block = n.layer.catalog!.dirBlock(n.inode.ino) ?? null;
+      if (!block) throw new Error(`catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
+      this.lastBlock = { id, block };
+    }
+    const base = this.baseOf(n.layer);
+    const out = Buffer.allocUnsafe(rin.size);
+    const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
+    if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
+    if (r[1] >= block.length) {
+      this.dirEof(id, DIRBLOCK_OFFSET_BASE + block.length);
+      this.lastBlock = null;
+    }
+    // Once this reply is written: the listings a scan reads next.
+    if (rin.offset === 0) { const a = this.aheadOf(n.layer), ino = n.inode.ino; if (a) setImmediate(() => a.listed(ino)); }
+    return out.subarray(0, r[0]);
+  }
+
+  /** The layer's listing readahead (none without a transport to hand listings to, or in older catalogs). */
+  private aheadOf(layer: Layer): ListingAhead | null {
+    if (!this.handAhead || !layer.catalog!.hasDirBlocks) return null;
+    let a = this.ahead.get(layer);
+    if (!a) {
+      const base = this.baseOf(layer), hand = this.handAhead;
+      a = new ListingAhead(layer.catalog!, (ino, block) => hand(base + ino, block, base));
+      this.ahead.set(layer, a);
+    }
+    return a;
+  }
+
+  /** The transport answered a listing it was handed (its first page). */
+  listedAhead(id: number): void {
+    this.counters.listingsAhead++;
+    const n = this.derive(id);
+    if (n?.k === 'entry') this.aheadOf(n.layer)?.served();
   }
 
   private async xattrs(id: number): Promise<Map<string, Buffer>> {

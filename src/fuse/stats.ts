@@ -64,7 +64,8 @@ export class StatsReporter {
     counter('thinfs_files_assembled_total', 'Whole-file copies built from cached chunks for passthrough', (s) => s.cache.filesAssembled);
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
-    gauge('thinfs_fuse_live_nodes', 'Nodes the kernel holds a reference to (lookups not yet forgotten)', (s) => s.ops.liveNodes);
+    counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
+    gauge('thinfs_fuse_live_nodes', 'Nodes with state in the daemon (lookups or requests the kernel has not forgotten)', (s) => s.ops.liveNodes);
     gauge('thinfs_cache_bytes', 'Bytes in the node-local chunk cache', (s) => s.cache.usedBytes);
     gauge('thinfs_cache_objects', 'Chunks in the node-local cache', (s) => s.cache.usedObjects);
     gauge('thinfs_cache_quota_bytes', 'Chunk cache quota', (s) => s.cache.quota);

@@ -42,11 +42,91 @@ struct backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
 #define BUF_SIZE ((1u << 20) + 4096u)
 // Pseudo opcodes sent to JS for events that are not requests.
 #define EV_CLOSED 0
+// A handed-over listing was first served by the reader thread: JS hands over that directory's subdirectories next.
+#define EV_DIR_LISTED 0xfff0
 
 // Where each immutable directory's listing ends, as JS reported it: the READDIR that asks past the end (every
 // listing ends with one) is answered here, without a trip to JS. Direct-mapped: a collision only costs that trip.
 #define EOF_SLOTS 65536
 typedef struct { uint64_t nodeid; uint64_t eof; } dir_eof_t;
+
+// ---- pre-encoded listings (src/catalog/dirblocks.ts) ----
+// A block is struct fuse_direntplus records in name order, with catalog inode numbers for node ids and st_ino, zero
+// lifetimes, and d_off = 2 + the byte offset of the next record; "." and ".." are cookies 0 and 1.
+#define DP_ENTRY 128u  // sizeof(struct fuse_entry_out)
+#define DP_DIRENT 24u  // sizeof(struct fuse_dirent) without the name
+static inline uint64_t ld64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void st64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline void st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline size_t align8(size_t n) { return (n + 7u) & ~(size_t)7u; }
+
+// One page of a listing from cookie on, into out: "." and ".." first, then whole records while they fit, as READDIRPLUS
+// records (node ids and inode numbers moved into the mount's range for the layer: + base; lifetimes set) or plain
+// READDIR dirents. A cookie inside a record (a seekdir to a made-up offset) resumes at the next one. Returns the bytes
+// written and sets *next to the block position reached; -1 when the block is malformed.
+static long dp_page(const uint8_t *blk, size_t blen, uint64_t cookie, uint8_t *out, size_t olen, int plus, uint64_t base,
+                    uint64_t ttl, uint64_t self, size_t *next) {
+  size_t o = 0, p = 0;
+  for (uint64_t c = cookie; c < 2; c++) {
+    size_t nl = c == 0 ? 1 : 2, need = (plus ? DP_ENTRY : 0) + align8(DP_DIRENT + nl);
+    if (need > olen - o) { *next = 0; return (long)o; }
+    memset(out + o, 0, need);  // no entry_out: the kernel makes no dentry for "." and ".."
+    uint8_t *d = out + o + (plus ? DP_ENTRY : 0);
+    st64(d, c == 0 ? self : 1);
+    st64(d + 8, c + 1);
+    st32(d + 16, (uint32_t)nl);
+    st32(d + 20, 4);  // DT_DIR
+    memcpy(d + DP_DIRENT, "..", nl);
+    o += need;
+  }
+  size_t want = cookie > 2 ? (size_t)(cookie - 2) : 0;
+  for (;;) {  // the first record at or after want, every header checked on the way
+    if (p >= blen) break;
+    if (blen - p < DP_ENTRY + DP_DIRENT) return -1;
+    size_t n = align8(DP_ENTRY + DP_DIRENT + ld32(blk + p + DP_ENTRY + 16));
+    if (n > blen - p) return -1;
+    if (p >= want) break;
+    p += n;
+  }
+  while (p < blen) {
+    if (blen - p < DP_ENTRY + DP_DIRENT) return -1;
+    const uint8_t *r = blk + p;
+    uint32_t namelen = ld32(r + DP_ENTRY + 16);
+    size_t n = align8(DP_ENTRY + DP_DIRENT + namelen);
+    if (n > blen - p) return -1;
+    size_t need = plus ? n : align8(DP_DIRENT + namelen);
+    if (need > olen - o) break;
+    uint8_t *w = out + o;
+    if (plus) {
+      memcpy(w, r, n);
+      st64(w, ld64(r) + base);                        // nodeid
+      st64(w + 16, ttl);                              // entry_valid
+      st64(w + 24, ttl);                              // attr_valid
+      st64(w + 40, ld64(r + 40) + base);              // attr.ino
+      st64(w + DP_ENTRY, ld64(r + DP_ENTRY) + base);  // dirent.ino
+    } else {
+      memcpy(w, r + DP_ENTRY, need);
+      st64(w, ld64(r + DP_ENTRY) + base);
+    }
+    o += need;
+    p += n;
+  }
+  *next = p;
+  return (long)o;
+}
+
+// Listings handed over by JS before the kernel asks (the subdirectories of a directory just listed: a scan reads them
+// next). The reader thread answers READDIR/READDIRPLUS for them itself; one is dropped once served to its end (the
+// kernel keeps the listing from then on) or, oldest first, when the byte budget is exceeded.
+#define DIRC_BUCKETS 4096
+#define DIRC_BUDGET ((size_t)16 << 20)
+typedef struct dirc_entry {
+  uint64_t nodeid, base;
+  uint8_t *blk;
+  size_t len;
+  struct dirc_entry *chain, *older, *newer;
+} dirc_entry_t;
 
 // How a node's file is being opened: through our READ replies (backing_id 0) or passed through to a backing file.
 // The kernel forbids mixing the two on one inode, so an entry lives while the node has opens; a passthrough entry
@@ -68,11 +148,17 @@ typedef struct {
   pthread_mutex_t open_lock;
   dir_eof_t *eofs;
   pthread_mutex_t eof_lock;
+  dirc_entry_t **dirc;
+  dirc_entry_t *dirc_oldest, *dirc_newest;
+  size_t dirc_bytes;
+  pthread_mutex_t dirc_lock;
+  uint8_t *dirc_out;  // the reader thread's reply buffer for listings it answers
   napi_threadsafe_function tsfn;
   pthread_t thread;
   uint32_t max_readahead;
   uint32_t max_pages;
   uint32_t max_background;
+  uint32_t ttl;  // entry and attribute lifetime of immutable nodes, seconds
 } session_t;
 
 typedef struct {
@@ -144,8 +230,10 @@ static void handle_init(session_t *s, const struct fuse_in_header *ih, const cha
   uint32_t ours = pt ? OUR_MINOR_PASSTHROUGH : OUR_MINOR;
   out.minor = in->minor < ours ? in->minor : ours;
   if (out.minor < OUR_MINOR_PASSTHROUGH) pt = 0;
-  uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO |
-                  FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES | FUSE_CACHE_SYMLINKS;
+  // READDIRPLUS for every page, not only the first (no READDIRPLUS_AUTO): a listing's attributes are pre-encoded in
+  // the catalog, and a scan that got a page without them would send a LOOKUP per name.
+  uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
+                  FUSE_CACHE_SYMLINKS;
   out.flags = in->flags & want;
   out.max_readahead = in->max_readahead < s->max_readahead ? in->max_readahead : s->max_readahead;
   out.max_background = (uint16_t)s->max_background;
@@ -192,6 +280,60 @@ static void reply_open(int fd, uint64_t unique, int32_t backing_id) {
 }
 
 // Requests the reader thread answers itself: nothing in them needs the catalog or the store.
+static void set_eof(session_t *s, uint64_t nodeid, uint64_t off) {
+  if (!s->eofs || nodeid < DYNAMIC_NODEID_LIMIT) return;
+  pthread_mutex_lock(&s->eof_lock);
+  dir_eof_t *e = &s->eofs[nodeid % EOF_SLOTS];
+  e->nodeid = nodeid;
+  e->eof = off;
+  pthread_mutex_unlock(&s->eof_lock);
+}
+
+// Callers hold dirc_lock.
+static dirc_entry_t *dirc_find(session_t *s, uint64_t nodeid) {
+  dirc_entry_t *e = s->dirc[nodeid % DIRC_BUCKETS];
+  while (e && e->nodeid != nodeid) e = e->chain;
+  return e;
+}
+
+static void dirc_drop(session_t *s, dirc_entry_t *e) {
+  dirc_entry_t **pp = &s->dirc[e->nodeid % DIRC_BUCKETS];
+  while (*pp != e) pp = &(*pp)->chain;
+  *pp = e->chain;
+  if (e->older) e->older->newer = e->newer; else s->dirc_oldest = e->newer;
+  if (e->newer) e->newer->older = e->older; else s->dirc_newest = e->older;
+  s->dirc_bytes -= e->len;
+  free(e->blk);
+  free(e);
+}
+
+static void post(session_t *s, request_t *r);
+
+// READDIR/READDIRPLUS of a handed-over listing: answered here. Returns 1 when answered.
+static int dirc_serve(session_t *s, const struct fuse_in_header *ih, const struct fuse_read_in *in) {
+  if (!s->dirc || !s->dirc_out) return 0;
+  pthread_mutex_lock(&s->dirc_lock);
+  dirc_entry_t *e = dirc_find(s, ih->nodeid);
+  if (!e) { pthread_mutex_unlock(&s->dirc_lock); return 0; }
+  size_t next = 0, olen = in->size < BUF_SIZE ? in->size : BUF_SIZE, blen = e->len;
+  long n = dp_page(e->blk, blen, in->offset, s->dirc_out, olen, ih->opcode == FUSE_READDIRPLUS, e->base, s->ttl, ih->nodeid, &next);
+  int done = n >= 0 && next >= blen;
+  if (n < 0 || done) dirc_drop(s, e);  // malformed: JS answers (and reports) it
+  pthread_mutex_unlock(&s->dirc_lock);
+  if (n < 0) return 0;
+  if (done) set_eof(s, ih->nodeid, 2 + blen);
+  reply_buf(s->fd, ih->unique, s->dirc_out, (size_t)n);
+  if (in->offset == 0) {
+    request_t *r = calloc(1, sizeof(*r));
+    if (r) {
+      r->opcode = EV_DIR_LISTED;
+      r->nodeid = (double)ih->nodeid;
+      post(s, r);
+    }
+  }
+  return 1;
+}
+
 static int handle_locally(session_t *s, const struct fuse_in_header *ih, const char *body) {
   int fd = s->fd;
   switch (ih->opcode) {
@@ -269,7 +411,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
         at_end = e->nodeid == ih->nodeid && in->offset >= e->eof;
         pthread_mutex_unlock(&s->eof_lock);
       }
-      if (!at_end) return 0;
+      if (!at_end) return ih->nodeid >= DYNAMIC_NODEID_LIMIT ? dirc_serve(s, ih, in) : 0;
       reply_buf(fd, ih->unique, NULL, 0);
       return 1;
     }
@@ -452,9 +594,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
   CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
   CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
-  uint32_t lim[4] = {1 << 20, 256, 64, 0};
-  const char *names[4] = {"maxReadahead", "maxPages", "maxBackground", "passthrough"};
-  for (int i = 0; i < 4; i++) {
+  uint32_t lim[5] = {1 << 20, 256, 64, 0, 1};
+  const char *names[5] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl"};
+  for (int i = 0; i < 5; i++) {
     napi_value v;
     bool has = false;
     CHECK(napi_has_named_property(env, argv[3], names[i], &has));
@@ -467,12 +609,16 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   if (!s) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   s->eofs = calloc(EOF_SLOTS, sizeof(dir_eof_t));
   s->opens = calloc(OPEN_BUCKETS, sizeof(open_entry_t *));
+  s->dirc = calloc(DIRC_BUCKETS, sizeof(dirc_entry_t *));
+  s->dirc_out = malloc(BUF_SIZE);
   pthread_mutex_init(&s->open_lock, NULL);
   pthread_mutex_init(&s->eof_lock, NULL);
+  pthread_mutex_init(&s->dirc_lock, NULL);
   s->max_readahead = lim[0];
   s->passthrough_wanted = lim[3] != 0 && geteuid() == 0;  // opening backing files needs CAP_SYS_ADMIN
   s->max_pages = lim[1] < 1 ? 1 : lim[1] > 256 ? 256 : lim[1];
   s->max_background = lim[2] < 1 ? 1 : lim[2] > 1024 ? 1024 : lim[2];
+  s->ttl = lim[4];
 
   char why[512] = "";
   int fd = -1;
@@ -519,6 +665,8 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   if (fd < 0) {
     free(s->eofs);
     free(s->opens);
+    free(s->dirc);
+    free(s->dirc_out);
     free(s);
     napi_throw_error(env, "EMOUNT", why);
     return NULL;
@@ -649,13 +797,7 @@ static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_value_double(env, argv[2], &off));
-  if (s->eofs && nodeid >= DYNAMIC_NODEID_LIMIT) {
-    pthread_mutex_lock(&s->eof_lock);
-    dir_eof_t *e = &s->eofs[(uint64_t)nodeid % EOF_SLOTS];
-    e->nodeid = (uint64_t)nodeid;
-    e->eof = (uint64_t)off;
-    pthread_mutex_unlock(&s->eof_lock);
-  }
+  set_eof(s, (uint64_t)nodeid, (uint64_t)off);
   return NULL;
 }
 
@@ -672,6 +814,73 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+// dirPage(block, cookie, out, plus, base, ttl, self) -> [bytes written, next block position] | undefined (malformed):
+// a page of a pre-encoded listing that JS answers itself (see dp_page).
+static napi_value js_dir_page(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7], ret, v;
+  uint8_t *blk, *out;
+  size_t blen, olen, next = 0;
+  double cookie, base, ttl, self;
+  bool plus;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_buffer_info(env, argv[0], (void **)&blk, &blen));
+  CHECK(napi_get_value_double(env, argv[1], &cookie));
+  CHECK(napi_get_buffer_info(env, argv[2], (void **)&out, &olen));
+  CHECK(napi_get_value_bool(env, argv[3], &plus));
+  CHECK(napi_get_value_double(env, argv[4], &base));
+  CHECK(napi_get_value_double(env, argv[5], &ttl));
+  CHECK(napi_get_value_double(env, argv[6], &self));
+  long n = dp_page(blk, blen, cookie > 0 ? (uint64_t)cookie : 0, out, olen, plus, (uint64_t)base, (uint64_t)ttl, (uint64_t)self, &next);
+  if (n < 0) return NULL;
+  CHECK(napi_create_array_with_length(env, 2, &ret));
+  CHECK(napi_create_double(env, (double)n, &v));
+  CHECK(napi_set_element(env, ret, 0, v));
+  CHECK(napi_create_double(env, (double)next, &v));
+  CHECK(napi_set_element(env, ret, 1, v));
+  return ret;
+}
+
+// dirAhead(session, nodeid, block, base): hand a listing to the reader thread before the kernel asks for it (copied).
+static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  session_t *s;
+  uint8_t *blk;
+  size_t blen;
+  double nodeid, base;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
+  CHECK(napi_get_value_double(env, argv[3], &base));
+  if (!s->dirc || nodeid < DYNAMIC_NODEID_LIMIT || blen > DIRC_BUDGET / 4) return NULL;
+  dirc_entry_t *e = calloc(1, sizeof(*e));
+  uint8_t *copy = malloc(blen ? blen : 1);
+  if (!e || !copy) { free(e); free(copy); return NULL; }
+  memcpy(copy, blk, blen);
+  e->nodeid = (uint64_t)nodeid;
+  e->base = (uint64_t)base;
+  e->blk = copy;
+  e->len = blen;
+  pthread_mutex_lock(&s->dirc_lock);
+  if (dirc_find(s, e->nodeid)) {
+    pthread_mutex_unlock(&s->dirc_lock);
+    free(copy);
+    free(e);
+    return NULL;
+  }
+  e->chain = s->dirc[e->nodeid % DIRC_BUCKETS];
+  s->dirc[e->nodeid % DIRC_BUCKETS] = e;
+  e->older = s->dirc_newest;
+  if (s->dirc_newest) s->dirc_newest->newer = e; else s->dirc_oldest = e;
+  s->dirc_newest = e;
+  s->dirc_bytes += blen;
+  while (s->dirc_bytes > DIRC_BUDGET && s->dirc_oldest != e) dirc_drop(s, s->dirc_oldest);
+  pthread_mutex_unlock(&s->dirc_lock);
+  return NULL;
+}
+
 void readverify_init(napi_env env, napi_value exports);
 void gear_init(napi_env env, napi_value exports);
 
@@ -685,6 +894,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
       {"openReply", NULL, js_open_reply, NULL, NULL, NULL, napi_default, NULL},
       {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
+      {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
