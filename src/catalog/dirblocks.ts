@@ -1,19 +1,23 @@
-// Every directory's listing, encoded once at ingest in the kernel's READDIRPLUS format, so that a mount answers a
-// listing with one indexed read and a native copy (thinfuse.c dirPage): no per-entry work on its JS thread, which is
-// what a metadata scan of a freshly started daemon spends its time on.
+// Every directory's listing, encoded once at ingest with each entry's attributes as the kernel sees them, so that a mount
+// answers a listing with one indexed read and a native expansion into READDIRPLUS records (thinfuse.c dp_page): no
+// per-entry work on its JS thread, which is what a metadata scan of a freshly started daemon spent its time on.
 import type Database from 'better-sqlite3';
-import { ATTR_SIZE, direntSize, encodeAttr, inodeAttr, writeDirent, writeEntryHeader } from '../fuse/kernel.js';
+import { inodeAttr, writeU64 } from '../fuse/kernel.js';
 import { DirentKind } from './schema.js';
 import type { Inode } from './reader.js';
 
 /**
- * One row per directory: struct fuse_direntplus records of its visible entries (opaque markers hidden) in byte order of
- * name. Node ids and st_ino are catalog inode numbers (a mount adds its base for the layer), lifetimes are zero (a
- * mount sets its own), d_off is 2 + the byte offset of the next record ("." and ".." are offsets 0 and 1).
+ * One row per directory: its visible entries (opaque markers hidden) in byte order of name, each a packed little-endian
+ * record, 50 bytes + the name:
+ *   u64 ino | u64 size | i64 mtime s | u32 mtime ns | u32 mode | u32 uid | u32 gid | u32 nlink | u32 rdev | u16 namelen | name
+ * ino is the catalog inode number (a mount adds its base for the layer); size, nlink and rdev are already what stat
+ * shows (symlink target length, 2 + subdirectories, kernel device encoding). A record's readdir cookie is 2 + the byte
+ * offset of the record after it ("." and ".." are cookies 0 and 1). Empty directories have an empty block.
  */
 export const DIRBLOCKS_TABLE = `CREATE TABLE IF NOT EXISTS dirblocks (dir INTEGER PRIMARY KEY, ents BLOB NOT NULL)`;
 
-/** d_off of the record ending at byte end of a block; a mount serves "." and ".." before it. */
+export const DIRBLOCK_HEADER = 50;
+/** Cookie of the first record of a block; a mount serves "." and ".." before it. */
 export const DIRBLOCK_OFFSET_BASE = 2;
 
 /** Fill the dirblocks table from a finished catalog's dirents and inodes. Deterministic: same catalog, same bytes. */
@@ -32,18 +36,26 @@ export function buildDirBlocks(db: Database.Database): number {
   // One directory at a time (a connection cannot write while it iterates): memory stays one listing, not the layer.
   const dirs = db.prepare(`SELECT ino FROM inodes WHERE type = 'dir' ORDER BY ino`).pluck().all() as number[];
   for (const dir of dirs) {
-    const parts: Buffer[] = [];
-    let len = 0;
-    for (const r of list.all(dir) as Array<Inode & { name: Buffer }>) {
-      const rec = Buffer.alloc(direntSize(r.name.length, true));
-      writeEntryHeader(rec, 0, r.ino, 0, 0);
-      encodeAttr(inodeAttr(r, r.ino, r.type === 'dir' ? subdirs.get(r.ino) ?? 0 : null)).copy(rec, 40);
-      len += rec.length;
-      writeDirent(rec, 40 + ATTR_SIZE, r.ino, DIRBLOCK_OFFSET_BASE + len, r.name, (r.mode >>> 12) & 0xf);
-      parts.push(rec);
+    const rows = list.all(dir) as Array<Inode & { name: Buffer }>;
+    const block = Buffer.alloc(rows.reduce((n, r) => n + DIRBLOCK_HEADER + r.name.length, 0));
+    let off = 0;
+    for (const r of rows) {
+      if (r.name.length > 0xffff) throw new Error(`name of ${r.name.length} bytes`);
+      const a = inodeAttr(r, r.ino, r.type === 'dir' ? subdirs.get(r.ino) ?? 0 : null);
+      writeU64(block, a.ino, off);
+      writeU64(block, a.size, off + 8);
+      writeU64(block, Math.trunc(a.mtime), off + 16);
+      block.writeUInt32LE(a.mtimeNs >>> 0, off + 24);
+      block.writeUInt32LE(a.mode >>> 0, off + 28);
+      block.writeUInt32LE(a.uid >>> 0, off + 32);
+      block.writeUInt32LE(a.gid >>> 0, off + 36);
+      block.writeUInt32LE(a.nlink >>> 0, off + 40);
+      block.writeUInt32LE(a.rdev >>> 0, off + 44);
+      block.writeUInt16LE(r.name.length, off + 48);
+      r.name.copy(block, off + DIRBLOCK_HEADER);
+      off += DIRBLOCK_HEADER + r.name.length;
     }
-    // Empty directories get an empty block: every listing is one indexed read.
-    insert.run(dir, Buffer.concat(parts, len));
+    insert.run(dir, block);
   }
   return dirs.length;
 }

@@ -33,8 +33,8 @@ interface Binding {
   forgetNode(s: Session, nodeid: number): void;
   /**
    * A page of a pre-encoded listing (src/catalog/dirblocks.ts) from a readdir cookie on: "." and ".." (self, 1), then
-   * READDIRPLUS records with ids moved up by base and lifetimes of ttl seconds, or plain dirents, as many as fit in out.
-   * [bytes written, position reached in the block]; undefined when the block is malformed.
+   * its entries as READDIRPLUS records (ids = base + catalog inode, lifetimes of ttl seconds) or plain dirents, as many
+   * as fit in out. [bytes written, position reached in the block]; undefined when the block is malformed.
    */
   dirPage(block: Buffer, cookie: number, out: Buffer, plus: boolean, base: number, ttl: number, self: number): [number, number] | undefined;
   /** Hand a listing to the transport before the kernel asks: it answers it without JS (once; a byte budget bounds them). */
@@ -79,7 +79,10 @@ export function inodeAttr(i: Inode, ino: number, subdirs: number | null): Attr {
   };
 }
 
-/** struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. */
+/**
+ * struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. (thinfuse.c dp_page
+ * builds the same attributes from a pre-encoded listing.)
+ */
 export function encodeAttr(a: Attr): Buffer {
   const b = Buffer.alloc(ATTR_SIZE);
   const sec = Math.trunc(a.mtime);

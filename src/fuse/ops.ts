@@ -372,10 +372,10 @@ export class ThinFs {
   }
 
   /**
-   * A layer-tree listing from the catalog's pre-encoded block (src/catalog/dirblocks.ts): "." and "..", then records
-   * copied natively with this layer's base added. Offsets are byte positions in the block, so READDIR and READDIRPLUS
-   * pages (the kernel mixes them) continue each other. The kernel takes no reference for an entry until it uses it:
-   * nothing is held here, an id comes back resolvable by derive().
+   * A layer-tree listing from the catalog's pre-encoded block (src/catalog/dirblocks.ts), expanded natively: "." and
+   * "..", then the entries with this layer's base added to their inode numbers. Cookies are byte positions in the block,
+   * so READDIR and READDIRPLUS pages continue each other. The kernel counts a lookup for every entry; layer-tree nodes
+   * keep no count here (UNTRACKED): one is made when the kernel first asks about its id (derive()).
    */
   private readdirBlock(n: Extract<Node, { k: 'entry' }>, id: number, rin: { offset: number; size: number }, plus: boolean): Answer {
     if (n.inode.type !== 'dir') return E.ENOTDIR;

@@ -1,0 +1,181 @@
+// Issue 3, directory listings: the catalog's pre-encoded listings (src/catalog/dirblocks.ts) expanded by the transport,
+// listings handed ahead of a scan (src/fuse/listing-ahead.ts), listings longer than one READDIRPLUS page, seekdir
+// cookies, and catalogs written before listings were pre-encoded (served by the JS path, same answers).
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import Database from 'better-sqlite3';
+import { cleanupTmpDirs, runOk, sha256, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { makeTreeTar } from './fixtures/tars.js';
+import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { decodeObject, encodeObject } from '../src/store/codec.js';
+import { layerPath, objectPath } from '../src/store/layout.js';
+
+let work: string;
+let store: string;
+let src: string;
+let hex: string;
+const BIG = 3000;
+const DEPTH = 4, FANOUT = 3;
+const live: Mounted[] = [];
+
+before(async () => {
+  work = await tmpDir('thinfs-fuse-listings-');
+  store = path.join(work, 'store');
+  src = path.join(work, 'src');
+  await thinfsOk(['init', store]);
+  // A directory far longer than one READDIRPLUS page, names of every length up to 255 bytes, some not UTF-8.
+  const big = path.join(src, 'big');
+  await fsp.mkdir(big, { recursive: true });
+  for (let i = 0; i < BIG; i++) {
+    const stem = Buffer.from(`f${i}-`);
+    const pad = Buffer.alloc(i % 250, i % 3 === 0 ? 0xe9 : 0x61); // 0xe9 alone is not UTF-8
+    await fsp.writeFile(Buffer.from(path.join(big, '/') + Buffer.concat([stem, pad]).toString('latin1'), 'latin1'), `${i}\n`);
+  }
+  // A tree for a depth-first scan: every directory has a few files and FANOUT subdirectories.
+  const grow = async (dir: string, depth: number): Promise<void> => {
+    await fsp.mkdir(dir, { recursive: true });
+    for (let f = 0; f < 3; f++) await fsp.writeFile(path.join(dir, `file${f}.txt`), `${dir} ${f}\n`.repeat(depth + 1));
+    if (depth < DEPTH) for (let d = 0; d < FANOUT; d++) await grow(path.join(dir, `sub${d}`), depth + 1);
+  };
+  await grow(path.join(src, 'tree'), 0);
+  await fsp.mkdir(path.join(src, 'empty'));
+  await fsp.writeFile(path.join(src, 'hard1'), 'linked\n');
+  await fsp.link(path.join(src, 'hard1'), path.join(src, 'hard2'));
+  await fsp.symlink('tree/sub0/file0.txt', path.join(src, 'link'));
+  await runOk('mkfifo', [path.join(src, 'fifo')]);
+  const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
+  hex = r.diffId.slice(7);
+});
+
+after(async () => {
+  for (const m of live) await m.stop();
+  for (const name of ['mnt-scan', 'mnt-ahead', 'mnt-seek', 'mnt-new', 'mnt-old']) await forceUnmount(path.join(work, name));
+  await cleanupTmpDirs();
+});
+
+async function mount(name: string): Promise<Mounted> {
+  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, `cache-${name}`) });
+  live.push(m);
+  return m;
+}
+async function stop(m: Mounted): Promise<void> {
+  assert.equal(await m.stop(), 0);
+  live.splice(live.indexOf(m), 1);
+}
+
+/** Every entry with what stat shows (inode numbers apart), sorted: the same listing from any filesystem. */
+async function scan(root: string): Promise<string> {
+  const out = await runOk('find', ['.', '-mindepth', '1', '-printf', '%P\\0%y %m %s %n %U %G %T@ %l\\n'], { cwd: root });
+  return out.split('\n').filter(Boolean).sort().join('\n');
+}
+
+/** Per entry: d_ino from the listing, st_ino from lstat, and the names sharing an inode (hardlinks). Python, bytes names. */
+async function inodes(dir: string): Promise<{ mismatched: string[]; byIno: Record<string, string[]> }> {
+  const py = `
+import os, sys, json
+bad, by = [], {}
+for e in os.scandir(os.fsencode(sys.argv[1])):
+    st = os.lstat(e.path)
+    if e.inode() != st.st_ino: bad.append(e.name.decode('latin1'))
+    by.setdefault(str(st.st_ino), []).append(e.name.decode('latin1'))
+print(json.dumps({'mismatched': bad, 'byIno': by}))`;
+  return JSON.parse(await runOk('python3', ['-c', py, dir])) as { mismatched: string[]; byIno: Record<string, string[]> };
+}
+
+/** The names of a directory read twice with perl: straight through, and again after seekdir to a cookie from telldir. */
+async function seekdirCheck(dir: string, after: number): Promise<{ all: number; rest: number; again: number; same: boolean }> {
+  const pl = `
+opendir(my $d, $ARGV[0]) or die "$!";
+my @all; my $pos; my $i = 0;
+while (defined(my $n = readdir($d))) { push @all, $n; $pos = telldir($d) if ++$i == $ARGV[1]; }
+seekdir($d, $pos);
+my @again; while (defined(my $n = readdir($d))) { push @again, $n; }
+my @rest = @all[$ARGV[1] .. $#all];
+print scalar(@all), " ", scalar(@rest), " ", scalar(@again), " ", (join("\\0", @rest) eq join("\\0", @again) ? 1 : 0), "\\n";`;
+  const [all, rest, again, same] = (await runOk('perl', ['-e', pl, dir, String(after)])).trim().split(' ').map(Number);
+  return { all: all!, rest: rest!, again: again!, same: same === 1 };
+}
+
+describe('directory listings', () => {
+  it('a scan sees what GNU tar extracted, with d_ino = st_ino, hardlinks sharing one, and long listings complete', async () => {
+    const m = await mount('mnt-scan');
+    const root = path.join(m.mp, 'layers', hex);
+    const extracted = path.join(work, 'extracted');
+    await fsp.mkdir(extracted);
+    await runOk('tar', ['-xpf', path.join(work, 'l.tar'), '--numeric-owner', '-C', extracted]);
+    const want = await scan(extracted), got = await scan(root);
+    // Directory sizes are the filesystem's own (ext4 block multiples; thinfs: 4096): compared apart from them.
+    const noDirSize = (s: string) => s.replace(/^([^\0]*\0d \d+) \d+ /gm, '$1 - ');
+    assert.equal(noDirSize(got), noDirSize(want));
+    // 7 names at the top, the long directory's, and the tree's 120 directories and 363 files below it.
+    assert.equal(got.split('\n').length, 7 + BIG + 483, 'every entry listed once');
+
+    const top = await inodes(root);
+    assert.deepEqual(top.mismatched, [], 'the listing carries the inode numbers stat shows');
+    assert.ok(Object.values(top.byIno).some((names) => names.sort().join() === 'hard1,hard2'), 'hardlinks share an inode number');
+    const big = await inodes(path.join(root, 'big'));
+    assert.deepEqual(big.mismatched, []);
+    assert.equal(Object.keys(big.byIno).length, BIG, 'one inode per file of the long listing');
+    await stop(m);
+  });
+
+  it('a depth-first scan is answered from listings handed ahead, not one JS round trip per directory', async () => {
+    const m = await mount('mnt-ahead');
+    const tree = path.join(m.mp, 'layers', hex, 'tree');
+    const dirs = Number((await runOk('find', [tree, '-type', 'd', '-printf', 'x'])).length);
+    assert.equal(dirs, 121); // 1 + 3 + 9 + 27 + 81
+    const s = await m.stats();
+    const viaJs = s.ops.requests.readdirplus?.n ?? 0;
+    assert.ok(s.ops.listingsAhead >= dirs / 2, `most listings answered by the transport (${s.ops.listingsAhead} of ${dirs}; ${viaJs} by JS)`);
+    assert.ok(viaJs < dirs / 2, `few listings needed the JS thread (${viaJs})`);
+    assert.ok(s.ops.lookups < 20, `a scan needs no lookup per name (${s.ops.lookups} lookups)`);
+    assert.match(await m.metrics(), /thinfs_fuse_listings_ahead_total [1-9]/);
+    await stop(m);
+  });
+
+  it('seekdir to a telldir cookie resumes a long listing where it was, in the middle of a page too', async () => {
+    const m = await mount('mnt-seek');
+    for (const at of [1, 2, 3, 777, BIG]) {
+      const r = await seekdirCheck(path.join(m.mp, 'layers', hex, 'big'), at);
+      assert.equal(r.all, BIG + 2, 'every name and . and ..');
+      assert.equal(r.again, r.rest, `after seekdir to entry ${at}: as many names as were left`);
+      assert.ok(r.same, `after seekdir to entry ${at}: the same names`);
+    }
+    await stop(m);
+  });
+
+  it('a catalog without pre-encoded listings (older thinfs) gives the same answers', async () => {
+    // Rewrite the layer's catalog without its dirblocks table, as earlier versions wrote it.
+    const manifestFile = path.join(store, layerPath(hex));
+    const manifest = JSON.parse(await fsp.readFile(manifestFile, 'utf8')) as { catalog: string; catalogSize: number };
+    const file = path.join(work, 'old.sqlite');
+    await fsp.writeFile(file, decodeObject(manifest.catalog, await fsp.readFile(path.join(store, objectPath(manifest.catalog)))));
+    const db = new Database(file);
+    db.exec('DROP TABLE dirblocks');
+    db.exec('VACUUM');
+    db.close();
+    const data = await fsp.readFile(file);
+    const hash = sha256(data);
+    await fsp.mkdir(path.dirname(path.join(store, objectPath(hash))), { recursive: true });
+    await fsp.writeFile(path.join(store, objectPath(hash)), encodeObject(data));
+    const m0 = await mount('mnt-new');
+    const withBlocks = await scan(path.join(m0.mp, 'layers', hex));
+    await stop(m0);
+    await fsp.writeFile(manifestFile, JSON.stringify({ ...manifest, catalog: hash, catalogSize: data.length }, null, 2));
+    try {
+      const m = await mount('mnt-old');
+      const root = path.join(m.mp, 'layers', hex);
+      assert.equal(await scan(root), withBlocks);
+      assert.deepEqual((await inodes(root)).mismatched, []);
+      const r = await seekdirCheck(path.join(root, 'big'), 777);
+      assert.ok(r.same && r.again === r.rest);
+      const s = await m.stats();
+      assert.equal(s.ops.listingsAhead, 0, 'nothing to hand ahead without pre-encoded listings');
+      await stop(m);
+    } finally {
+      await fsp.writeFile(manifestFile, JSON.stringify(manifest, null, 2));
+    }
+  });
+});
