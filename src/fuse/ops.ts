@@ -183,6 +183,12 @@ export class ThinFs {
   // ---- attributes ----
 
   private attrOf(n: Node): Buffer {
+    // layers/ and images/ gain entries as layers are published: each refresh of their attributes (1 s) reports the
+    // time as their mtime, which makes the kernel drop a listing it cached of them (directories open without OPENDIR).
+    if (n.k === 'synth' && (n.what === 'layers' || n.what === 'images')) {
+      const now = Date.now();
+      return encodeAttr({ ...this.synthDir(this.idOf(n)), mtime: Math.floor(now / 1000), mtimeNs: (now % 1000) * 1e6 });
+    }
     const m = this.memoOf(n);
     return (m.attr ??= encodeAttr(this.computeAttr(n)));
   }

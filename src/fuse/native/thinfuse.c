@@ -166,6 +166,7 @@ typedef struct {
   int fd;
   int passthrough_wanted;
   int passthrough;  // negotiated
+  int no_opendir;   // the kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT, Linux >= 5.1)
   open_entry_t **opens;
   pthread_mutex_t open_lock;
   dir_eof_t *eofs;
@@ -271,6 +272,7 @@ static void handle_init(session_t *s, const struct fuse_in_header *ih, const cha
     out.unused[0] = 1;  // max_stack_depth
   }
   s->passthrough = pt;
+  s->no_opendir = (in->flags & FUSE_NO_OPENDIR_SUPPORT) != 0;
   size_t n = out.minor < 5 ? 8 : out.minor < 23 ? 24 : sizeof(out);
   reply_buf(s->fd, ih->unique, &out, n);
   s->max_readahead = out.max_readahead;
@@ -379,6 +381,11 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       }
       /* fall through */
     case FUSE_OPENDIR: {
+      // ENOSYS once and the kernel stops sending OPENDIR and RELEASEDIR: every directory then opens with
+      // FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, two round trips fewer per directory read. The synthetic directories,
+      // whose listings change, then rely on their mtime: JS reports a fresh one whenever their 1 s attributes are
+      // refreshed, and the kernel drops a cached listing whose directory's mtime changed.
+      if (ih->opcode == FUSE_OPENDIR && s->no_opendir) { reply_err(fd, ih->unique, ENOSYS); return 1; }
       // Everything served is immutable: keep the page cache across opens, let the kernel cache listings, and
       // skip the FLUSH round trip on close. Synthetic directories (layers/, images/) change and are not cached.
       struct fuse_open_out o = {0};
