@@ -231,6 +231,26 @@ describe('FUSE passthrough', () => {
     forget(m);
   });
 
+  it('a backing file the cache evicts is let go: the next open of that file is decided again, not passed through to it', async (t) => {
+    const quota = 2 * 1024 * 1024; // below dir/b.bin (3 MiB): reading it evicts e.bin's chunk
+    const m = await mount('mnt-pt-evict', { extra: ['--cache-quota', String(quota)] });
+    const e = path.join(m.mp, 'layers', hex, 'e.bin');
+    assert.equal(await sha256File(e), sha('e.bin'));
+    assert.equal(await sha256File(e), sha('e.bin'));
+    const s0 = await m.stats();
+    if (!s0.ops.opensPassthrough) { await m.stop(); forget(m); return t.skip('kernel without FUSE passthrough'); }
+    assert.equal(await sha256File(path.join(m.mp, 'layers', hex, 'dir/b.bin')), sha('dir/b.bin'));
+    const s1 = await m.stats();
+    assert.ok(s1.cache.evictions > s0.cache.evictions, 'reading dir/b.bin evicted chunks');
+    assert.equal(await sha256File(e), sha('e.bin'), 'right bytes after its chunk was evicted');
+    const s2 = await m.stats();
+    // Held by the transport, the evicted chunk would have been handed to the kernel again, with no word to JS.
+    assert.equal(s2.ops.opensServed + s2.ops.opensPassthrough, s1.ops.opensServed + s1.ops.opensPassthrough + 1, 'the open was decided again');
+    assert.ok(s2.cache.usedBytes <= quota);
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
   it('a one-chunk file passes through to its cached chunk, re-verified at open: a corrupted one is refetched', async () => {
     const cacheName = 'mnt-pt-verify';
     let m = await mount(cacheName);

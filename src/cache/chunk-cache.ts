@@ -84,6 +84,9 @@ export class ChunkCache {
   private readonly tmpDir: string;
   private readonly catalogsDir: string;
 
+  /** Told of each key the LRU evicts (a file the kernel may still hold as a passthrough backing file). */
+  onEvict: ((key: string) => void) | null = null;
+
   private constructor(private readonly o: CacheOptions) {
     this.chunksDir = join(o.dir, 'chunks');
     this.filesDir = join(o.dir, 'files');
@@ -98,6 +101,7 @@ export class ChunkCache {
         if (reason === 'evict') {
           this.counters.evictions++;
           unlink(this.pathOf(hash)).catch(() => { /* already evicted by another mount sharing the dir */ });
+          this.onEvict?.(hash);
         }
       },
     });

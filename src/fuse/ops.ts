@@ -78,6 +78,9 @@ export class ThinFs {
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
   private readonly ahead = new WeakMap<Layer, ListingAhead>();
+  /** Passed-through nodes by the cache key of their backing file, and back: an evicted file must not stay pinned. */
+  private readonly backedBy = new Map<string, Set<number>>();
+  private readonly backingOf = new Map<number, string>();
   private readonly held = new Map<number, Held>();
   private readonly memo = new WeakMap<Node, NodeMemo>();
   private readonly synthSec: number;
@@ -98,6 +101,7 @@ export class ThinFs {
       root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },
     };
     for (const [what, id] of Object.entries(FIXED)) this.held.set(id, { node: this.synth[what]!, nlookup: Infinity });
+    cache.onEvict = (key) => this.evicted(key);
   }
 
   // ---- node ids ----
@@ -160,7 +164,28 @@ export class ThinFs {
     if (h.nlookup !== UNTRACKED && (h.nlookup -= n) > 0) return;
     this.held.delete(id);
     this.counters.liveNodes--;
+    this.unbacked(id);
     this.dropped(id);
+  }
+
+  /**
+   * The cache evicted a file some nodes were passed through to: the transport lets go of it (at once, or at the last
+   * release of an open), so its disk space is freed, and the next open of those nodes is decided again.
+   */
+  private evicted(key: string): void {
+    const ids = this.backedBy.get(key);
+    if (!ids) return;
+    this.backedBy.delete(key);
+    for (const id of ids) { this.backingOf.delete(id); this.dropped(id); }
+  }
+
+  private unbacked(id: number): void {
+    const key = this.backingOf.get(id);
+    if (key === undefined) return;
+    this.backingOf.delete(id);
+    const ids = this.backedBy.get(key);
+    ids?.delete(id);
+    if (ids && !ids.size) this.backedBy.delete(key);
   }
 
   private node(id: number): Node {
@@ -543,12 +568,18 @@ export class ThinFs {
     // Inline files (tiny) have no local file of their own: we serve them.
     const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
     let path: string | null = null;
+    let key = '';
     if (file) {
       const h = this.readState(file);
       const chunks = this.chunksOf(file, h);
       const c = chunks[0];
-      if (chunks.length === 1 && c && c.offset === 0 && c.size === file.inode.size) path = await this.cache.verifiedChunkFile(c.hash, c.size);
-      else path = this.cache.wholeFile(this.fileId(file, h));
+      if (chunks.length === 1 && c && c.offset === 0 && c.size === file.inode.size) {
+        key = c.hash;
+        path = await this.cache.verifiedChunkFile(c.hash, c.size);
+      } else {
+        key = `f:${this.fileId(file, h)}`;
+        path = this.cache.wholeFile(this.fileId(file, h));
+      }
     }
     let fd = -1;
     let fh = path ? await openFile(path, 'r').catch(() => null) : null;
@@ -562,8 +593,15 @@ export class ThinFs {
     try {
       replied.done = true;
       const r = this.openReply!(unique, id, fd);
-      if (r > 0) this.counters.opensPassthrough++;
-      else this.counters.opensServed++;
+      if (r > 0) {
+        this.counters.opensPassthrough++;
+        if (!this.backingOf.has(id)) {
+          this.backingOf.set(id, key);
+          let ids = this.backedBy.get(key);
+          if (!ids) this.backedBy.set(key, (ids = new Set()));
+          ids.add(id);
+        }
+      } else this.counters.opensServed++;
       if (r < 0) this.log.warn({ nodeid: id, file: path, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
     } finally { await fh?.close(); }
   }
