@@ -20,6 +20,26 @@ export const DIRBLOCK_HEADER = 50;
 /** Cookie of the first record of a block; a mount serves "." and ".." before it. */
 export const DIRBLOCK_OFFSET_BASE = 2;
 
+const PAGE = 4096;
+
+function encodeRecord(r: Inode & { name: Buffer }, subdirs: Map<number, number>): Buffer {
+  if (r.name.length > 0xffff) throw new Error(`name of ${r.name.length} bytes`);
+  const a = inodeAttr(r, r.ino, r.type === 'dir' ? subdirs.get(r.ino) ?? 0 : null);
+  const b = Buffer.allocUnsafe(DIRBLOCK_HEADER + r.name.length);
+  writeU64(b, a.ino, 0);
+  writeU64(b, a.size, 8);
+  writeU64(b, Math.trunc(a.mtime), 16);
+  b.writeUInt32LE(a.mtimeNs >>> 0, 24);
+  b.writeUInt32LE(a.mode >>> 0, 28);
+  b.writeUInt32LE(a.uid >>> 0, 32);
+  b.writeUInt32LE(a.gid >>> 0, 36);
+  b.writeUInt32LE(a.nlink >>> 0, 40);
+  b.writeUInt32LE(a.rdev >>> 0, 44);
+  b.writeUInt16LE(r.name.length, 48);
+  r.name.copy(b, DIRBLOCK_HEADER);
+  return b;
+}
+
 /** Fill the dirblocks table from a finished catalog's dirents and inodes. Deterministic: same catalog, same bytes. */
 export function buildDirBlocks(db: Database.Database): number {
   db.exec(DIRBLOCKS_TABLE);
@@ -29,33 +49,37 @@ export function buildDirBlocks(db: Database.Database): number {
     subdirs.set(r.parent, r.n);
   }
   const insert = db.prepare(`INSERT INTO dirblocks (dir, ents) VALUES (?, ?)`);
-  const list = db.prepare(`SELECT d.name AS name, i.ino AS ino, i.type AS type, i.mode AS mode, i.uid AS uid,
-      i.gid AS gid, i.size AS size, i.mtime AS mtime, i.mtime_ns AS mtimeNs, i.rdev_major AS rdevMajor, i.rdev_minor AS rdevMinor,
-      i.target AS target, i.nlink AS nlink
-    FROM dirents d JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.kind != ${DirentKind.OpaqueMarker} ORDER BY d.name`);
-  // One directory at a time (a connection cannot write while it iterates): memory stays one listing, not the layer.
-  const dirs = db.prepare(`SELECT ino FROM inodes WHERE type = 'dir' ORDER BY ino`).pluck().all() as number[];
-  for (const dir of dirs) {
-    const rows = list.all(dir) as Array<Inode & { name: Buffer }>;
-    const block = Buffer.alloc(rows.reduce((n, r) => n + DIRBLOCK_HEADER + r.name.length, 0));
-    let off = 0;
+  // One pass over the (parent, name) index, in pages (a connection cannot write while it iterates): memory stays a
+  // page of rows plus the directory being encoded.
+  const cols = `d.parent AS parent, d.name AS name, i.ino AS ino, i.type AS type, i.mode AS mode, i.uid AS uid, i.gid AS gid,
+    i.size AS size, i.mtime AS mtime, i.mtime_ns AS mtimeNs, i.rdev_major AS rdevMajor, i.rdev_minor AS rdevMinor,
+    i.target AS target, i.nlink AS nlink`;
+  const visible = `d.kind != ${DirentKind.OpaqueMarker}`;
+  const first = db.prepare(`SELECT ${cols} FROM dirents d JOIN inodes i ON i.ino = d.ino WHERE ${visible}
+    ORDER BY d.parent, d.name LIMIT ${PAGE}`);
+  const next = db.prepare(`SELECT ${cols} FROM dirents d JOIN inodes i ON i.ino = d.ino WHERE ${visible} AND (d.parent, d.name) > (?, ?)
+    ORDER BY d.parent, d.name LIMIT ${PAGE}`);
+  const done = new Set<number>();
+  let dir = -1;
+  let recs: Buffer[] = [];
+  const flush = () => {
+    if (dir < 0) return;
+    insert.run(dir, Buffer.concat(recs));
+    done.add(dir);
+    recs = [];
+  };
+  let rows = first.all() as Array<Inode & { parent: number; name: Buffer }>;
+  while (rows.length) {
     for (const r of rows) {
-      if (r.name.length > 0xffff) throw new Error(`name of ${r.name.length} bytes`);
-      const a = inodeAttr(r, r.ino, r.type === 'dir' ? subdirs.get(r.ino) ?? 0 : null);
-      writeU64(block, a.ino, off);
-      writeU64(block, a.size, off + 8);
-      writeU64(block, Math.trunc(a.mtime), off + 16);
-      block.writeUInt32LE(a.mtimeNs >>> 0, off + 24);
-      block.writeUInt32LE(a.mode >>> 0, off + 28);
-      block.writeUInt32LE(a.uid >>> 0, off + 32);
-      block.writeUInt32LE(a.gid >>> 0, off + 36);
-      block.writeUInt32LE(a.nlink >>> 0, off + 40);
-      block.writeUInt32LE(a.rdev >>> 0, off + 44);
-      block.writeUInt16LE(r.name.length, off + 48);
-      r.name.copy(block, off + DIRBLOCK_HEADER);
-      off += DIRBLOCK_HEADER + r.name.length;
+      if (r.parent !== dir) { flush(); dir = r.parent; }
+      recs.push(encodeRecord(r, subdirs));
     }
-    insert.run(dir, block);
+    const last = rows[rows.length - 1]!;
+    rows = rows.length < PAGE ? [] : next.all(last.parent, last.name) as typeof rows;
   }
+  flush();
+  // Empty directories get an empty block: every listing is one indexed read.
+  const dirs = db.prepare(`SELECT ino FROM inodes WHERE type = 'dir'`).pluck().all() as number[];
+  for (const d of dirs) if (!done.has(d)) insert.run(d, Buffer.alloc(0));
   return dirs.length;
 }
