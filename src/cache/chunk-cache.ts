@@ -1,5 +1,7 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { close as closeCb, fstat as fstatCb, open as openCb } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:os';
 import { LRUCache } from 'lru-cache';
@@ -11,8 +13,23 @@ import type { Logger } from '../util/log.js';
 import { tryNative } from '../util/native.js';
 
 /** Threadpool read + SHA-256 (src/cache/native/readverify.c): a Buffer, or -errno (-EBADMSG: wrong size or hash). */
-interface ReadVerify { readVerified(path: string, size: number, sha256hex: string): Promise<Buffer | number> }
+interface ReadVerify {
+  readVerified(path: string, size: number, sha256hex: string): Promise<Buffer | number>;
+  /** The file opened after the checks (sha256hex '' = its size only): fd, or -errno (-EBADMSG: wrong size or bytes). */
+  openVerified(path: string, size: number, sha256hex: string): Promise<number>;
+}
 const { errno } = constants;
+const fdOpen = promisify(openCb), fdStat = promisify(fstatCb);
+/** Close a descriptor this module handed out (after the kernel took its own reference). */
+export const fdClose = promisify(closeCb);
+
+/** Open for reading (JS fallback of openVerified): the fd, -EBADMSG when the size is not the expected one, or null. */
+async function openFd(file: string, size?: number): Promise<number | null> {
+  const fd = await fdOpen(file, 'r').catch(() => null);
+  if (fd === null) return null;
+  if (size !== undefined && (await fdStat(fd)).size !== size) { await fdClose(fd); return -errno.EBADMSG; }
+  return fd;
+}
 
 /**
  * Node-local cache layout (shared safely by several mounts on one node):
@@ -261,17 +278,37 @@ export class ChunkCache {
   }
 
   /**
-   * A local file holding exactly these bytes, for the kernel to read directly (passthrough): the cached chunk itself,
-   * re-verified now (the read also warms the page cache the kernel will read from). Null when not cached or corrupt.
+   * An open descriptor of a local file holding exactly these bytes, for the kernel to read directly (passthrough): the
+   * cached chunk itself, re-verified now on the threadpool (which also warms the page cache the kernel will read from).
+   * Null when not cached or corrupt (then dropped). The caller closes the descriptor.
    */
-  async verifiedChunkFile(hash: string, size: number): Promise<string | null> {
+  async openVerifiedChunk(hash: string, size: number): Promise<number | null> {
     if (!this.disk.has(hash)) return null;
-    return (await this.readLocal(hash, size)) ? this.chunkPath(hash) : null;
+    const file = this.chunkPath(hash);
+    const nat = tryNative<ReadVerify>();
+    if (!nat) return (await this.readLocal(hash, size)) ? openFd(file) : null;
+    const r = await nat.openVerified(file, size, hash);
+    if (r >= 0) { this.disk.get(hash); return r; } // refresh recency
+    if (r === -errno.EBADMSG) return this.dropCorrupt(hash, file);
+    this.disk.delete(hash);
+    return null;
   }
 
-  /** The assembled copy of a file (see assemble), or null. */
-  wholeFile(fileId: string): string | null {
-    return this.disk.get(`f:${fileId}`) ? this.pathOf(`f:${fileId}`) : null;
+  /**
+   * An open descriptor of the assembled copy of a file (see assemble), or null. Copies are trusted once built (like
+   * CernVM-FS's cache); their size is checked.
+   */
+  async openWholeFile(fileId: string, size: number): Promise<number | null> {
+    const key = `f:${fileId}`;
+    if (!this.disk.get(key)) return null;
+    const file = this.pathOf(key);
+    const nat = tryNative<ReadVerify>();
+    const r = nat ? await nat.openVerified(file, size, '') : await openFd(file, size);
+    if (r !== null && r >= 0) return r;
+    this.o.log.warn({ file, errno: r === null ? undefined : -r }, 'whole-file copy missing or of the wrong size: dropped');
+    this.disk.delete(key);
+    await unlink(file).catch(() => {});
+    return null;
   }
 
   /**

@@ -1,7 +1,6 @@
-import { open as openFile } from 'node:fs/promises';
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
 import { DIRBLOCK_OFFSET_BASE } from '../catalog/dirblocks.js';
@@ -567,7 +566,7 @@ export class ThinFs {
     const n = this.node(id);
     // Inline files (tiny) have no local file of their own: we serve them.
     const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
-    let path: string | null = null;
+    let fd: number | null = null;
     let key = '';
     if (file) {
       const h = this.readState(file);
@@ -575,24 +574,15 @@ export class ThinFs {
       const c = chunks[0];
       if (chunks.length === 1 && c && c.offset === 0 && c.size === file.inode.size) {
         key = c.hash;
-        path = await this.cache.verifiedChunkFile(c.hash, c.size);
+        fd = await this.cache.openVerifiedChunk(c.hash, c.size);
       } else {
         key = `f:${this.fileId(file, h)}`;
-        path = this.cache.wholeFile(this.fileId(file, h));
+        fd = await this.cache.openWholeFile(this.fileId(file, h), file.inode.size);
       }
     }
-    let fd = -1;
-    let fh = path ? await openFile(path, 'r').catch(() => null) : null;
-    // A whole-file copy is trusted once built; at least its length must still be right.
-    if (fh && (await fh.stat()).size !== file!.inode.size) {
-      this.log.warn({ nodeid: id, file: path }, 'local copy has the wrong size: serving reads instead');
-      await fh.close();
-      fh = null;
-    }
-    if (fh) fd = fh.fd;
     try {
       replied.done = true;
-      const r = this.openReply!(unique, id, fd);
+      const r = this.openReply!(unique, id, fd ?? -1);
       if (r > 0) {
         this.counters.opensPassthrough++;
         if (!this.backingOf.has(id)) {
@@ -602,8 +592,11 @@ export class ThinFs {
           ids.add(id);
         }
       } else this.counters.opensServed++;
-      if (r < 0) this.log.warn({ nodeid: id, file: path, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
-    } finally { await fh?.close(); }
+      if (r < 0) this.log.warn({ nodeid: id, backing: key, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
+    } finally {
+      // The kernel took its own reference to the backing file (or none was needed).
+      if (fd !== null) await fdClose(fd).catch(() => {});
+    }
   }
 
   /** Names a file's bytes by its chunk map: the same layout in any layer is the same whole-file copy. */
