@@ -107,7 +107,7 @@ export class CatalogReader {
     return this.st.readdirFull.all(ino) as FullDirent[];
   }
 
-  /** A directory's pre-encoded READDIRPLUS listing (src/catalog/dirblocks.ts); undefined in older catalogs. */
+  /** A directory's pre-encoded listing (packed records, src/catalog/dirblocks.ts); undefined in older catalogs. */
   dirBlock(ino: number): Buffer | undefined {
     return this.st.dirBlock?.get(ino) as Buffer | undefined;
   }

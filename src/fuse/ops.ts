@@ -576,8 +576,9 @@ export class ThinFs {
         key = c.hash;
         fd = await this.cache.openVerifiedChunk(c.hash, c.size);
       } else {
-        key = `f:${this.fileId(file, h)}`;
-        fd = await this.cache.openWholeFile(this.fileId(file, h), file.inode.size);
+        const fileId = this.fileId(file, h);
+        key = `f:${fileId}`;
+        fd = await this.cache.openWholeFile(fileId, file.inode.size);
       }
     }
     try {
