@@ -1,5 +1,5 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { close as closeCb, fstat as fstatCb, open as openCb } from 'node:fs';
+import { close as closeCb, fstat as fstatCb, open as openCb, read as readCb } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -17,9 +17,11 @@ interface ReadVerify {
   readVerified(path: string, size: number, sha256hex: string): Promise<Buffer | number>;
   /** The file opened after the checks (sha256hex '' = its size only): fd, or -errno (-EBADMSG: wrong size or bytes). */
   openVerified(path: string, size: number, sha256hex: string): Promise<number>;
+  /** Bytes [start, end) of an open file against packed chunk records (offset u64le, size u64le, SHA-256): 0 or -errno. */
+  verifyRanges(fd: number, start: number, end: number, ranges: Buffer): Promise<number>;
 }
 const { errno } = constants;
-const fdOpen = promisify(openCb), fdStat = promisify(fstatCb);
+const fdOpen = promisify(openCb), fdStat = promisify(fstatCb), fdRead = promisify(readCb);
 /** Close a descriptor this module handed out (after the kernel took its own reference). */
 export const fdClose = promisify(closeCb);
 
@@ -29,6 +31,56 @@ async function openFd(file: string, size?: number): Promise<number | null> {
   if (fd === null) return null;
   if (size !== undefined && (await fdStat(fd)).size !== size) { await fdClose(fd); return -errno.EBADMSG; }
   return fd;
+}
+
+/** Whole-file copies at least this big are verified by two threadpool jobs at once (the machine kind has 2 cores). */
+const SPLIT_VERIFY = 8 << 20;
+
+/**
+ * A file's bytes against its chunk map: each chunk's range hashes to its name, the rest reads as zeros. 0, or
+ * -EBADMSG on a mismatch, or -errno. Native (threadpool, split at a chunk boundary near the middle) or, without
+ * the addon, here.
+ */
+async function verifyRanges(fd: number, chunks: ChunkRef[], size: number): Promise<number> {
+  const nat = tryNative<ReadVerify>();
+  if (!nat) return verifyRangesJs(fd, chunks, size);
+  const pack = (cs: ChunkRef[]) => {
+    const b = Buffer.alloc(cs.length * 48);
+    cs.forEach((c, i) => { b.writeBigUInt64LE(BigInt(c.offset), i * 48); b.writeBigUInt64LE(BigInt(c.size), i * 48 + 8); b.write(c.hash, i * 48 + 16, 32, 'hex'); });
+    return b;
+  };
+  let cut = 0;
+  if (size >= SPLIT_VERIFY) while (cut < chunks.length - 1 && chunks[cut]!.offset + chunks[cut]!.size <= size / 2) cut++;
+  if (cut === 0) return nat.verifyRanges(fd, 0, size, pack(chunks));
+  const mid = chunks[cut]!.offset;
+  const rs = await Promise.all([nat.verifyRanges(fd, 0, mid, pack(chunks.slice(0, cut))), nat.verifyRanges(fd, mid, size, pack(chunks.slice(cut)))]);
+  return rs.find((r) => r !== 0) ?? 0;
+}
+
+async function verifyRangesJs(fd: number, chunks: ChunkRef[], size: number): Promise<number> {
+  const read = async (off: number, len: number) => {
+    const b = Buffer.allocUnsafe(len);
+    for (let got = 0; got < len;) {
+      const { bytesRead } = await fdRead(fd, b, got, len - got, off + got);
+      if (bytesRead === 0) return null;
+      got += bytesRead;
+    }
+    return b;
+  };
+  let pos = 0;
+  for (const c of [...chunks, { offset: size, size: 0, hash: '' }]) {
+    if (c.offset < pos || c.offset + c.size > size) return -errno.EINVAL;
+    // Holes are read in pieces: a sparse gap may be large.
+    for (; pos < c.offset; pos += Math.min(1 << 20, c.offset - pos)) {
+      const z = await read(pos, Math.min(1 << 20, c.offset - pos));
+      if (!z || z.some((x) => x !== 0)) return -errno.EBADMSG;
+    }
+    if (!c.size) continue;
+    const d = await read(c.offset, c.size);
+    if (!d || sha256hex(d) !== c.hash) return -errno.EBADMSG;
+    pos = c.offset + c.size;
+  }
+  return 0;
 }
 
 /**
@@ -96,6 +148,9 @@ export class ChunkCache {
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly pendingWrites = new Set<Promise<void>>();
   private diskBytes = 0;
+  /** Whole-file copies verified (or built) by this process: passed to the kernel without hashing them again. */
+  private readonly verifiedFiles = new Set<string>();
+  private readonly verifying = new Map<string, Promise<boolean>>();
   private readonly chunksDir: string;
   private readonly filesDir: string;
   private readonly tmpDir: string;
@@ -114,6 +169,7 @@ export class ChunkCache {
       sizeCalculation: (v) => Math.max(1, v.size),
       dispose: (v, hash, reason) => {
         this.diskBytes -= v.size;
+        this.verifiedFiles.delete(hash);
         // Only evictions remove the file: 'delete' means we already know it is gone or bad.
         if (reason === 'evict') {
           this.counters.evictions++;
@@ -295,13 +351,23 @@ export class ChunkCache {
   }
 
   /**
-   * An open descriptor of the assembled copy of a file (see assemble), or null. Copies are trusted once built (like
-   * CernVM-FS's cache); their size is checked.
+   * An open descriptor of the assembled copy of a file (see assemble), or null (then reads are served from verified
+   * chunks). A copy is verified against the file's chunk map at its first open after the daemon starts (each chunk's
+   * range hashes to the chunk's name, holes are zeros: the same promise as a served read), on the threadpool; the
+   * verified state lives as long as this process or until the copy leaves the index. A copy that fails is dropped.
    */
-  async openWholeFile(fileId: string, size: number): Promise<number | null> {
+  async openWholeFile(fileId: string, chunks: ChunkRef[], size: number): Promise<number | null> {
     const key = `f:${fileId}`;
     if (!this.disk.get(key)) return null;
     const file = this.pathOf(key);
+    if (!this.verifiedFiles.has(key)) {
+      let running = this.verifying.get(key);
+      if (!running) {
+        running = this.verifyWholeFile(key, file, chunks, size).finally(() => this.verifying.delete(key));
+        this.verifying.set(key, running);
+      }
+      if (!(await running)) return null;
+    }
     const nat = tryNative<ReadVerify>();
     const r = nat ? await nat.openVerified(file, size, '') : await openFd(file, size);
     if (r !== null && r >= 0) return r;
@@ -414,6 +480,31 @@ export class ChunkCache {
   private track(p: Promise<void>): void {
     this.pendingWrites.add(p);
     p.finally(() => this.pendingWrites.delete(p));
+  }
+
+  /** Check a whole-file copy against its chunk map (see openWholeFile); false when it is gone or was dropped. */
+  private async verifyWholeFile(key: string, file: string, chunks: ChunkRef[], size: number): Promise<boolean> {
+    let fd: number;
+    try { fd = await fdOpen(file, 'r'); } catch { this.disk.delete(key); return false; }
+    let bad: string | null = null;
+    try {
+      if ((await fdStat(fd)).size !== size) bad = 'wrong size';
+      else {
+        const r = await verifyRanges(fd, chunks, size);
+        if (r === -errno.EBADMSG) bad = 'bytes do not match the chunk map';
+        else if (r < 0) bad = `cannot verify (errno ${-r})`;
+      }
+    } finally { await fdClose(fd).catch(() => {}); }
+    if (bad === null) {
+      // Still the indexed copy (not evicted while it was being read): remember it.
+      if (this.disk.has(key)) this.verifiedFiles.add(key);
+      return true;
+    }
+    this.counters.corruptDropped++;
+    this.o.log.warn({ file, reason: bad }, 'whole-file copy failed verification: dropped, serving verified chunks');
+    this.disk.delete(key);
+    await unlink(file).catch(() => {});
+    return false;
   }
 
   /**
