@@ -1,9 +1,10 @@
-// Issue 10, node-local cache: a corrupted whole-file copy (passthrough) is never served (item 2).
+// Issue 10, node-local cache: a corrupted whole-file copy (passthrough) is never served (item 2), and the cache is
+// private to the daemon: 0700 directories, 0600 files, an existing 0755 cache repaired at start (item 7).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, listFiles, sha256, sha256File, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { cleanupTmpDirs, listFiles, run, sha256, sha256File, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
 import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 
@@ -99,6 +100,67 @@ describe('whole-file copies are verified before the kernel is handed them', () =
     assert.equal(s.ops.opensPassthrough, 1, 'passed through to the verified copy');
     assert.equal(s.ops.opensServed, 0);
     assert.equal(s.ops.reads, 0, 'no read reached thinfs');
+    await stop(m);
+  });
+});
+
+describe('the cache is private to the daemon', () => {
+  /** Every directory and file under the cache that is group- or world-accessible. */
+  async function exposed(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    const st = await fsp.stat(dir);
+    if (st.mode & 0o077) out.push(`${dir} ${(st.mode & 0o777).toString(8)}`);
+    for (const sub of ['chunks', 'files', 'catalogs', 'tmp']) {
+      for (const e of await fsp.readdir(path.join(dir, sub), { recursive: true })) {
+        const p = path.join(dir, sub, e);
+        const m = (await fsp.lstat(p)).mode & 0o777;
+        if (m & 0o077) out.push(`${path.relative(dir, p)} ${m.toString(8)}`);
+      }
+    }
+    return out;
+  }
+  /** Read a file as user nobody. */
+  const asNobody = (p: string) => run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'cat', p]);
+
+  async function fill(m: Mounted): Promise<void> {
+    const root = path.join(m.mp, 'layers', hex);
+    assert.equal(await sha256File(path.join(root, 'secret.bin')), sha256(secret));
+    assert.equal(await sha256File(path.join(root, 'big.bin')), sha256(big));
+    assert.equal(await fsp.readFile(path.join(root, 'small-secret.txt'), 'utf8'), 'the password is swordfish\n');
+    await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0; },
+      15_000, 100, 'the whole-file copy of big.bin');
+  }
+
+  it('a fresh cache is created 0700 with 0600 files; user nobody cannot read a cached chunk or catalog', async () => {
+    const m = await mount('mnt-priv');
+    await fill(m);
+    assert.equal((await fsp.stat(m.cacheDir)).mode & 0o777, 0o700);
+    assert.deepEqual(await exposed(m.cacheDir), []);
+    const chunk = path.join(m.cacheDir, 'chunks', sha256(secret).slice(0, 2), sha256(secret).slice(2));
+    assert.equal(await sha256File(chunk), sha256(secret), 'the 0600 file\'s content is in the cache');
+    const r = await asNobody(chunk);
+    assert.notEqual(r.code, 0, 'nobody read a cached chunk');
+    assert.match(r.stderr, /Permission denied/);
+    const [catalog] = await fsp.readdir(path.join(m.cacheDir, 'catalogs'));
+    assert.notEqual((await asNobody(path.join(m.cacheDir, 'catalogs', catalog!))).code, 0, 'nobody read a cached catalog (inline files)');
+    await stop(m);
+  });
+
+  it('an existing world-readable cache (0755 dirs, 0644 files) is made private at start', async () => {
+    let m = await mount('mnt-repair');
+    await fill(m);
+    await stop(m);
+    // What older versions left behind.
+    await run('chmod', ['-R', 'u=rwX,go=rX', m.cacheDir]);
+    assert.notDeepEqual(await exposed(m.cacheDir), []);
+    const chunk = path.join(m.cacheDir, 'chunks', sha256(secret).slice(0, 2), sha256(secret).slice(2));
+    assert.equal((await asNobody(chunk)).code, 0, 'the old cache was readable by anyone (the check is meaningful)');
+    m = await mount('mnt-repair');
+    assert.deepEqual(await exposed(m.cacheDir), [], 'every directory and file repaired');
+    assert.notEqual((await asNobody(chunk)).code, 0);
+    // The repaired cache still serves, with no refetch.
+    assert.equal(await sha256File(path.join(m.mp, 'layers', hex, 'secret.bin')), sha256(secret));
+    assert.equal((await m.stats()).cache.fetches, 0);
     await stop(m);
   });
 });

@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { close as closeCb, fstat as fstatCb, open as openCb, read as readCb } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +11,7 @@ import { decodeObject } from '../store/codec.js';
 import { sha256hex } from '../util/hash.js';
 import type { Logger } from '../util/log.js';
 import { tryNative } from '../util/native.js';
+import { ThinfsError } from '../util/errors.js';
 
 /** Threadpool read + SHA-256 (src/cache/native/readverify.c): a Buffer, or -errno (-EBADMSG: wrong size or hash). */
 interface ReadVerify {
@@ -31,6 +32,18 @@ async function openFd(file: string, size?: number): Promise<number | null> {
   if (fd === null) return null;
   if (size !== undefined && (await fdStat(fd)).size !== size) { await fdClose(fd); return -errno.EBADMSG; }
   return fd;
+}
+
+/**
+ * The cache holds the content of every file read through the mount, whatever its mode in the image (a 0600 file's
+ * chunks, small files inlined in catalogs): only the daemon's user may enter it, as on a multi-user node anyone could
+ * otherwise read what the mount's permissions keep from them.
+ */
+const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
+
+/** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
+async function makePrivate(p: string, mode: number): Promise<void> {
+  await chmod(p, mode).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
 }
 
 /** Whole-file copies at least this big are verified by two threadpool jobs at once (the machine kind has 2 cores). */
@@ -186,7 +199,14 @@ export class ChunkCache {
   /** Open (creating) the cache directory and rebuild the index from what is already there: no refetch after a restart. */
   static async open(o: CacheOptions): Promise<ChunkCache> {
     const c = new ChunkCache(o);
-    await Promise.all([c.chunksDir, c.filesDir, c.tmpDir, c.catalogsDir].map((d) => mkdir(d, { recursive: true })));
+    // Private to the daemon (see PRIVATE_DIR); an existing cache is repaired, since older versions made it 0755.
+    await mkdir(o.dir, { recursive: true, mode: PRIVATE_DIR });
+    for (const d of [o.dir, c.chunksDir, c.filesDir, c.tmpDir, c.catalogsDir]) {
+      await mkdir(d, { recursive: true, mode: PRIVATE_DIR });
+      await chmod(d, PRIVATE_DIR).catch((e: NodeJS.ErrnoException) => {
+        throw new ThinfsError(`cache directory ${d}: cannot make it private (${e.code ?? e.message}); use a --cache-dir this user owns`);
+      });
+    }
     await c.cleanTmp();
     await c.rebuildIndex();
     return c;
@@ -210,14 +230,18 @@ export class ChunkCache {
     for (const [dir, prefix] of [[this.chunksDir, ''], [this.filesDir, 'f:']] as const) {
       const fans = await readdir(dir).catch(() => [] as string[]);
       await Promise.all(fans.filter((f) => /^[0-9a-f]{2}$/.test(f)).map(async (fan) => {
+        await makePrivate(join(dir, fan), PRIVATE_DIR);
         const names = await readdir(join(dir, fan)).catch(() => [] as string[]);
         for (const n of names) {
           if (!/^[0-9a-f]{62}$/.test(n)) continue;
           const st = await stat(join(dir, fan, n)).catch(() => null);
-          if (st) found.push({ hash: prefix + fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
+          if (!st) continue;
+          if (st.mode & 0o077) await makePrivate(join(dir, fan, n), PRIVATE_FILE);
+          found.push({ hash: prefix + fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
         }
       }));
     }
+    for (const n of await readdir(this.catalogsDir).catch(() => [] as string[])) await makePrivate(join(this.catalogsDir, n), PRIVATE_FILE);
     // Oldest first, so the LRU order after a restart approximates the order of last use.
     found.sort((a, b) => a.t - b.t);
     for (const f of found) this.indexAdd(f.hash, f.size);
@@ -230,6 +254,7 @@ export class ChunkCache {
       const p = join(this.tmpDir, n);
       const st = await stat(p).catch(() => null);
       if (st && st.mtimeMs < cutoff) await rm(p, { force: true, recursive: true });
+      else if (st) await makePrivate(p, st.isDirectory() ? PRIVATE_DIR : PRIVATE_FILE);
     }
   }
 
@@ -377,6 +402,31 @@ export class ChunkCache {
     return null;
   }
 
+  /** Check a whole-file copy against its chunk map (see openWholeFile); false when it is gone or was dropped. */
+  private async verifyWholeFile(key: string, file: string, chunks: ChunkRef[], size: number): Promise<boolean> {
+    let fd: number;
+    try { fd = await fdOpen(file, 'r'); } catch { this.disk.delete(key); return false; }
+    let bad: string | null = null;
+    try {
+      if ((await fdStat(fd)).size !== size) bad = 'wrong size';
+      else {
+        const r = await verifyRanges(fd, chunks, size);
+        if (r === -errno.EBADMSG) bad = 'bytes do not match the chunk map';
+        else if (r < 0) bad = `cannot verify (errno ${-r})`;
+      }
+    } finally { await fdClose(fd).catch(() => {}); }
+    if (bad === null) {
+      // Still the indexed copy (not evicted while it was being read): remember it.
+      if (this.disk.has(key)) this.verifiedFiles.add(key);
+      return true;
+    }
+    this.counters.corruptDropped++;
+    this.o.log.warn({ file, reason: bad }, 'whole-file copy failed verification: dropped, serving verified chunks');
+    this.disk.delete(key);
+    await unlink(file).catch(() => {});
+    return false;
+  }
+
   /**
    * Queue the whole-file copy of a file whose chunks are all local. Copies are built one at a time and only while no
    * reader has asked for a chunk for IDLE_MS: a copy is a full read and write of the file, which must not compete with
@@ -416,7 +466,7 @@ export class ChunkCache {
   private async assembleOne(fileId: string, chunks: ChunkRef[], size: number): Promise<void> {
     const key = `f:${fileId}`;
     const tmp = join(this.tmpDir, `file-${fileId}.${process.pid}.${randomBytes(4).toString('hex')}`);
-    const fh = await open(tmp, 'w');
+    const fh = await open(tmp, 'w', PRIVATE_FILE);
     let ok = false;
     try {
       await fh.truncate(size);
@@ -433,9 +483,10 @@ export class ChunkCache {
       await fh.close();
       if (!ok) await rm(tmp, { force: true });
     }
-    await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true });
+    await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true, mode: PRIVATE_DIR });
     await rename(tmp, this.pathOf(key));
-    this.indexAdd(key, size);
+    // Written from chunks verified just now: this process trusts it without reading it back.
+    if (this.indexAdd(key, size)) this.verifiedFiles.add(key);
     this.counters.filesAssembled++;
   }
 
@@ -466,9 +517,9 @@ export class ChunkCache {
     if (data.length > this.o.quota) return;
     const tmp = join(this.tmpDir, `${hash}.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
-      await writeFile(tmp, data);
+      await writeFile(tmp, data, { mode: PRIVATE_FILE });
       const dest = this.chunkPath(hash);
-      await mkdir(join(this.chunksDir, hash.slice(0, 2)), { recursive: true });
+      await mkdir(join(this.chunksDir, hash.slice(0, 2)), { recursive: true, mode: PRIVATE_DIR });
       await rename(tmp, dest);
       this.indexAdd(hash, data.length);
     } catch (e) {
@@ -480,31 +531,6 @@ export class ChunkCache {
   private track(p: Promise<void>): void {
     this.pendingWrites.add(p);
     p.finally(() => this.pendingWrites.delete(p));
-  }
-
-  /** Check a whole-file copy against its chunk map (see openWholeFile); false when it is gone or was dropped. */
-  private async verifyWholeFile(key: string, file: string, chunks: ChunkRef[], size: number): Promise<boolean> {
-    let fd: number;
-    try { fd = await fdOpen(file, 'r'); } catch { this.disk.delete(key); return false; }
-    let bad: string | null = null;
-    try {
-      if ((await fdStat(fd)).size !== size) bad = 'wrong size';
-      else {
-        const r = await verifyRanges(fd, chunks, size);
-        if (r === -errno.EBADMSG) bad = 'bytes do not match the chunk map';
-        else if (r < 0) bad = `cannot verify (errno ${-r})`;
-      }
-    } finally { await fdClose(fd).catch(() => {}); }
-    if (bad === null) {
-      // Still the indexed copy (not evicted while it was being read): remember it.
-      if (this.disk.has(key)) this.verifiedFiles.add(key);
-      return true;
-    }
-    this.counters.corruptDropped++;
-    this.o.log.warn({ file, reason: bad }, 'whole-file copy failed verification: dropped, serving verified chunks');
-    this.disk.delete(key);
-    await unlink(file).catch(() => {});
-    return false;
   }
 
   /**
@@ -534,7 +560,7 @@ export class ChunkCache {
       throw e;
     }
     const tmp = join(this.tmpDir, `${hash}.sqlite.${process.pid}.${randomBytes(4).toString('hex')}`);
-    await writeFile(tmp, data);
+    await writeFile(tmp, data, { mode: PRIVATE_FILE });
     await rename(tmp, path);
     return path;
   }
