@@ -3,7 +3,7 @@ import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/pro
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
-import { ChunkCache } from '../cache/chunk-cache.js';
+import { NodeCache } from '../cache/node-cache.js';
 import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
@@ -133,7 +133,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   const startedAt = Date.now();
   CatalogReader.preload();
   const store = await Store.open(o.store);
-  const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
+  const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
