@@ -27,10 +27,10 @@ export interface CacheOptions {
 
 export class NodeCache {
   readonly counters: CacheCounters = newCounters();
-  readonly index: CacheIndex;
-  readonly fetcher: ChunkFetcher;
-  readonly files: WholeFileBuilder;
-  readonly catalogs: CatalogCache;
+  private readonly index: CacheIndex;
+  private readonly fetcher: ChunkFetcher;
+  private readonly files: WholeFileBuilder;
+  private readonly catalogs: CatalogCache;
   private readonly dir: CacheDir;
   private readonly pending = new Set<Promise<void>>();
 

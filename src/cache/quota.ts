@@ -78,7 +78,7 @@ export class CacheIndex {
     this.evictOver();
   }
 
-  isPinned(key: CacheKey): boolean { return this.pins.has(key); }
+  private isPinned(key: CacheKey): boolean { return this.pins.has(key); }
 
   /** Least recently used first, while over quota; pinned entries and `keep` (the entry just added) stay. */
   private evictOver(keep?: CacheKey): void {
