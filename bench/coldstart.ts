@@ -192,11 +192,11 @@ async function plot(rows: Row[]): Promise<void> {
   const have = await run('sh', ['-c', 'command -v gnuplot']);
   if (have.code !== 0) { console.log('gnuplot not installed: no chart (bash scripts/setup.sh installs it)'); return; }
   const paths = ['podman pull + run', 'thinfs cold', 'podman warm', 'thinfs warm', 'podman hot', 'thinfs hot'];
-  const groups = [...new Set(rows.map((r) => `${r.workload} @${r.rtt}ms`))];
+  const groups = [...new Set(rows.map((r) => `${r.workload}, ${r.rtt} ms`))];
   const data = join(OUT, 'coldstart.dat');
   await writeFile(data, `group ${paths.map((p) => `"${p}"`).join(' ')}\n`);
   for (const g of groups) {
-    const vals = paths.map((p) => rows.find((r) => `${r.workload} @${r.rtt}ms` === g && r.path === p && r.nodes === 1)?.seconds ?? 0);
+    const vals = paths.map((p) => rows.find((r) => `${r.workload}, ${r.rtt} ms` === g && r.path === p && r.nodes === 1)?.seconds ?? 0);
     await appendFile(data, `"${g}" ${vals.map((v) => v.toFixed(3)).join(' ')}\n`);
   }
   const script = `set terminal pngcairo size 1000,500
