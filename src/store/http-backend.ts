@@ -187,6 +187,8 @@ export class HttpBackend implements Backend {
       throw isRetryableNetworkError(e) ? new TransientError(`GET ${url}: ${(e as Error).message}`) : e;
     }
     const body = res.body as unknown as Readable;
+    // Destroying a body emits 'error' (aborted): nobody else listens, and an unheard one ends the process.
+    body.on('error', () => {});
     const status = res.statusCode;
     if (status === 304 && etag) { body.destroy(); this.counters.notModified++; return { data: null, etag, notModified: true }; }
     if (status === 404) { body.destroy(); throw new NotFoundAnswer(); }
@@ -209,11 +211,7 @@ export class HttpBackend implements Backend {
 
   async exists(rel: string): Promise<boolean> {
     // A GET bounded to a small size: HEAD answers are not verified anyway, and some caches handle GET better.
-    try {
-      return (await this.read(rel, { maxBytes: this.o.maxUnknownBytes })) !== null;
-    } catch (e) {
-      throw new ThinfsError(`HTTP store ${this.location}: cannot check ${rel}: ${(e as Error).message}`);
-    }
+    return (await this.read(rel, { maxBytes: this.o.maxUnknownBytes })) !== null;
   }
 
   /** Directory listing needs an index the web server generates (nginx `autoindex_format json`). */
