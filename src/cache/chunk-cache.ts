@@ -7,7 +7,6 @@ import { constants } from 'node:os';
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
 import type { ChunkRef } from '../catalog/reader.js';
-import { decodeObject } from '../store/codec.js';
 import { sha256hex } from '../util/hash.js';
 import type { Logger } from '../util/log.js';
 import { tryNative } from '../util/native.js';
@@ -221,7 +220,7 @@ export class ChunkCache {
       this.mem?.set(hash, local);
       return local;
     }
-    const data = await this.fetch(hash);
+    const data = await this.fetch(hash, size);
     this.mem?.set(hash, data);
     this.track(this.writeLocal(hash, data));
     return data;
@@ -381,13 +380,11 @@ export class ChunkCache {
     return null;
   }
 
-  private async fetch(hash: string): Promise<Buffer> {
-    let raw: Buffer;
+  private async fetch(hash: string, size?: number): Promise<Buffer> {
     try {
-      raw = await this.o.store.getRaw(hash);
+      const { data, rawBytes } = await this.o.store.fetchObject(hash, size);
       this.counters.fetches++;
-      this.counters.fetchedBytes += raw.length;
-      const data = decodeObject(hash, raw);
+      this.counters.fetchedBytes += rawBytes;
       this.counters.fetchedDecodedBytes += data.length;
       return data;
     } catch (e) {
@@ -429,14 +426,13 @@ export class ChunkCache {
       this.counters.corruptDropped++;
       this.o.log.warn({ object: hash, file: path }, 'cached catalog is corrupt: refetching');
     }
-    let raw: Buffer;
     let data: Buffer;
     try {
-      raw = await this.o.store.getRaw(hash);
+      const got = await this.o.store.fetchObject(hash, size);
+      data = got.data;
       this.counters.fetches++;
       this.counters.catalogFetches++;
-      this.counters.fetchedBytes += raw.length;
-      data = decodeObject(hash, raw);
+      this.counters.fetchedBytes += got.rawBytes;
       this.counters.fetchedDecodedBytes += data.length;
     } catch (e) {
       this.counters.errors++;

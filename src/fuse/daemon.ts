@@ -3,6 +3,7 @@ import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/pro
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
+import type { HttpOptions } from '../store/http-backend.js';
 import { ChunkCache } from '../cache/chunk-cache.js';
 import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -31,6 +32,8 @@ export interface MountOptions {
   passthrough: boolean;
   allowOther: boolean;
   debug: boolean;
+  /** Mirrors' timeouts and proxies, for an HTTP store. */
+  http?: HttpOptions;
   log: Logger;
 }
 
@@ -132,7 +135,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   const mp = resolve(o.mountpoint);
   const startedAt = Date.now();
   CatalogReader.preload();
-  const store = await Store.open(o.store);
+  const store = await Store.open(o.store, { http: o.http });
   const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });

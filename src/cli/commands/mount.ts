@@ -4,8 +4,9 @@ import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
 import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/daemon.js';
+import { addHttpOptions, httpOptionsFrom, type HttpCli } from '../http-options.js';
 
-interface MountCli {
+interface MountCli extends HttpCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
   readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean; debug?: boolean;
 }
@@ -17,7 +18,7 @@ function parseCount(s: string, what: string): number {
 }
 
 export function registerMountCommands(program: Command): void {
-  program.command('mount')
+  addHttpOptions(program.command('mount'))
     .description('mount a store read-only with FUSE: layers/<diff id hex>/ and images/<name>/rootfs/, fetched lazily and verified')
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
@@ -70,6 +71,7 @@ Examples:
         passthrough: o.passthrough,
         allowOther: o.allowOther,
         debug: !!o.debug,
+        http: httpOptionsFrom(o),
         log,
       });
       // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
