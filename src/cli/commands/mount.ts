@@ -3,7 +3,7 @@ import { resolve, join } from 'node:path';
 import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
-import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/daemon.js';
+import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../mount/daemon.js';
 
 interface MountCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;

@@ -9,7 +9,7 @@ import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
 import { CatalogReader } from '../catalog/reader.js';
 import { ThinFs, ENTRY_TTL } from './ops.js';
-import { native, readU64, OP, E } from './kernel.js';
+import { native, readU64, OP, E } from '../fuse/kernel.js';
 import { StatsReporter } from './stats.js';
 
 const execFileP = promisify(execFile);

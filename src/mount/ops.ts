@@ -10,7 +10,7 @@ import { ListingAhead } from './listing-ahead.js';
 import {
   OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, inodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
   parseReadIn, parseName, statfsOut, xattrSizeOut, type Attr,
-} from './kernel.js';
+} from '../fuse/kernel.js';
 
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
