@@ -4,12 +4,13 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
 import { ChunkCache } from '../cache/chunk-cache.js';
-import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { ThinfsError, UsageError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
 import { CatalogReader } from '../catalog/reader.js';
 import { ThinFs, ENTRY_TTL } from './ops.js';
-import { native, readU64, OP, E } from '../fuse/kernel.js';
+import { native, OP, E } from '../fuse/kernel.js';
+import { readU64 } from '../format/listing.js';
 import { StatsReporter } from './stats.js';
 
 const execFileP = promisify(execFile);
@@ -139,7 +140,7 @@ async function setReadahead(mp: string, kb: number, log: Logger): Promise<void> 
 export function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSuid' | 'allowDev'>): string[] {
   if ((o.allowSuid || o.allowDev) && process.getuid?.() !== 0) {
     // fusermount3 would drop them with a warning: say so before mounting instead.
-    throw new ThinfsError(`${o.allowSuid ? '--allow-suid' : '--allow-dev'} needs root: fusermount3 mounts every user's FUSE filesystem nosuid,nodev`, EXIT.USAGE);
+    throw new UsageError(`${o.allowSuid ? '--allow-suid' : '--allow-dev'} needs root: fusermount3 mounts every user's FUSE filesystem nosuid,nodev`);
   }
   const mopts = ['ro', o.allowSuid ? 'suid' : 'nosuid', o.allowDev ? 'dev' : 'nodev', 'default_permissions', `max_read=${o.maxRead}`];
   if (o.allowOther) mopts.push('allow_other');
