@@ -575,7 +575,7 @@ export class ThinFs {
       } else {
         const fileId = this.fileId(file, h);
         key = `f:${fileId}`;
-        fd = await this.cache.openWholeFile(fileId, file.inode.size);
+        fd = await this.cache.openWholeFile(fileId, chunks, file.inode.size);
       }
     }
     try {
