@@ -15,6 +15,7 @@ PKGS=(
   nginx                          # HTTP store backend tests
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
+  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
 )
 missing=()
 for p in "${PKGS[@]}"; do
