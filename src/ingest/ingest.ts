@@ -48,8 +48,9 @@ export interface IngestResult { manifest: LayerManifest; published: boolean; sta
 
 interface Node { ino: number; type: EntryType; kind: DirentKind; parent: number; name: Buffer }
 
+/** A name for an error message: escaped (no raw control bytes to a terminal), long ones cut. */
 function printable(b: Buffer): string {
-  return JSON.stringify(b.toString('utf8'));
+  return b.length > 200 ? JSON.stringify(b.subarray(0, 200).toString('utf8')) + `... (${b.length} bytes)` : JSON.stringify(b.toString('utf8'));
 }
 
 /** "./a//b/" -> "a/b"; refuses absolute paths and any ".." so nothing can land outside the layer. */
@@ -59,6 +60,25 @@ function normalize(raw: Buffer, what: string): string {
   const parts = s.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) throw new BadInputError(`${what} ${printable(raw)} contains ".." (escapes the layer root)`);
   return parts.join('/');
+}
+
+/** Linux limits (limits.h): a name component of NAME_MAX bytes, a symlink target under PATH_MAX with its NUL. */
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+/** uid_t/gid_t are 32 bits and (uid_t)-1 means "no id": a larger id would be cut to its low bits when served. */
+const ID_MAX = 0xfffffffe;
+
+/** What the kernel cannot represent is refused here, not stored to be served wrong (EIO, truncated, id 0). */
+function checkLimits(e: TarEntry): void {
+  for (const part of e.path.toString('latin1').split('/')) {
+    if (part.length > NAME_MAX) throw new BadInputError(`member ${printable(e.path)}: a name component is ${part.length} bytes (the limit is ${NAME_MAX})`);
+  }
+  if (e.type === 'symlink' && e.linkpath!.length >= PATH_MAX) {
+    throw new BadInputError(`symlink ${printable(e.path)}: target of ${e.linkpath!.length} bytes (the limit is ${PATH_MAX - 1})`);
+  }
+  for (const [what, id] of [['uid', e.uid], ['gid', e.gid]] as const) {
+    if (!(id >= 0 && id <= ID_MAX)) throw new BadInputError(`member ${printable(e.path)}: ${what} ${id} is not a valid Linux id (0..${ID_MAX})`);
+  }
 }
 
 /**
@@ -122,6 +142,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
       stats.entries++;
       if (namePrefix === null) namePrefix = e.path.toString('latin1').startsWith('./') ? './' : '';
       let path = normalize(e.path, 'member');
+      checkLimits(e);
       const base = path.slice(path.lastIndexOf('/') + 1);
       let kind = DirentKind.Normal;
       let type: EntryType = e.type === 'hardlink' ? 'file' : e.type;
@@ -137,6 +158,8 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
         kind = DirentKind.OpaqueMarker;
       } else if (base.startsWith('.wh.')) {
         if (e.type !== 'file' || base.length === 4) throw new BadInputError(`whiteout ${printable(e.path)} is not a plain empty file`);
+        // ".wh.." and ".wh..." would hide "." or "..": not names a directory can hold.
+        if (base === '.wh..' || base === '.wh...') throw new BadInputError(`whiteout ${printable(e.path)} names ${JSON.stringify(base.slice(4))}, which cannot be deleted`);
         kind = DirentKind.Whiteout;
         path = path.slice(0, path.length - base.length) + base.slice(4);
         type = 'chardev'; rdev = [0, 0];
