@@ -171,3 +171,26 @@ describe('ids a Linux uid_t cannot hold (issue 10 item 16)', () => {
     assert.equal(st.uid, 4294967294);
   });
 });
+
+describe('digest flags are checked before any input is read (issue 10 item 17)', () => {
+  for (const [flag, value] of [['--diff-id', 'md5:abc'], ['--blob-digest', 'sha256:XYZ'], ['--diff-id', 'sha256:' + 'A'.repeat(64)]]) {
+    it(`${flag} ${value}: usage error (exit 2) while stdin is still open`, async () => {
+      // stdin never ends: only a check made before reading can answer.
+      const child = spawn(process.execPath, [THINFS_MAIN, 'ingest', '-', '--store', store, flag!, value!, '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+      child.stdin.on('error', () => {});
+      child.stdin.write(tarMember({ name: 'a.txt' }, Buffer.from('a\n')));
+      try {
+        const code = await new Promise<number | null>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error(`still running after 15 s (reading its input?) stderr: ${stderr}`)), 15_000);
+          child.on('exit', (c) => { clearTimeout(t); resolve(c); });
+        });
+        assert.equal(code, 2, stderr);
+        assert.match(stderr, new RegExp(`^thinfs: error: ${flag}.*not a sha256 digest`, 'm'));
+      } finally {
+        child.kill('SIGKILL');
+      }
+    });
+  }
+});

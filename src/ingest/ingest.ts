@@ -12,7 +12,7 @@ import type { LayerManifest } from '../store/types.js';
 import { BadInputError, IntegrityError, NotFoundError, ThinfsError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
 import type { Logger } from '../util/log.js';
-import { sha256hex } from '../util/hash.js';
+import { isDigest, sha256hex } from '../util/hash.js';
 import { openLayerSource } from './source.js';
 
 
@@ -89,6 +89,9 @@ function checkLimits(e: TarEntry): void {
 export async function ingestTar(input: string | NodeJS.ReadableStream, store: WritableStore, opts: IngestOptions = {}): Promise<IngestResult> {
   const t0 = process.hrtime.bigint();
   const chunking = opts.chunking ?? DEFAULT_CHUNKING;
+  for (const [what, v] of [['diff id', opts.expectDiffId], ['blob digest', opts.blobDigest]] as const) {
+    if (v !== undefined && !isDigest(v)) throw new BadInputError(`expected ${what} ${JSON.stringify(v)} is not a sha256 digest`);
+  }
   const bar: { p: Progress | null } = { p: null };
   const source = await openLayerSource(input, (size) => (bar.p = opts.progress
     ? new Progress(`ingest ${opts.source ?? (typeof input === 'string' ? input : 'layer')}`, size ?? opts.totalBytes) : null));
