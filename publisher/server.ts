@@ -128,6 +128,7 @@ export function createHttpServer(p: Publisher): Server {
     } catch (e) {
       if (!(e instanceof WebhookError)) throw e;
       p.metrics.webhookRequests.inc({ code: '400' });
+      p.log.warn({ err: e.message }, 'webhook refused: malformed or unsafe S3 event notification; nothing queued');
       send(res, 400, { error: `malformed S3 event notification: ${e.message}` });
       return;
     }

@@ -7,6 +7,7 @@ import type { WritableStore } from '../src/store/store.js';
 import { TXN_DIR } from '../src/store/layout.js';
 import { ingestTar } from '../src/ingest/ingest.js';
 import { S3Client, S3Error } from '../src/s3/client.js';
+import { unsafeKeyReason } from '../src/s3/keys.js';
 import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../src/util/errors.js';
 import type { Logger } from '../src/util/log.js';
 import { Queue, normEtag, type ObjectEvent, type UploadRow } from './queue.js';
@@ -66,7 +67,7 @@ export class Publisher {
   private reconcileTimer: NodeJS.Timeout | null = null;
   private reconcileRunning: Promise<void> | null = null;
   private reconcileAbort = new AbortController();
-  lastReconcile: { at: string; listed: number; enqueued: number; error?: string } | null = null;
+  lastReconcile: { at: string; listed: number; enqueued: number; refused?: number; error?: string } | null = null;
   url = '';
 
   private constructor(readonly opts: PublisherOptions, queue: Queue) {
@@ -192,6 +193,9 @@ export class Publisher {
     let bodyError: Error | null = null;
     log.info({ attempt: row.attempts, etag: row.etag, versionId: row.version_id, size: row.size }, 'transaction started');
     try {
+      // Rows queued by an older publisher were not checked on the way in.
+      const unsafe = unsafeKeyReason(row.key);
+      if (unsafe) throw new TxnFailure('bad_input', true, `refusing key ${JSON.stringify(row.key)}: ${unsafe}`);
       let obj;
       try {
         obj = await this.opts.s3.getObject(row.bucket, row.key, { versionId: row.version_id ?? undefined, signal: ac.signal });
@@ -268,7 +272,7 @@ export class Publisher {
   /** List the bucket and enqueue every object no event announced: a lost webhook only delays a layer. */
   async reconcileOnce(): Promise<{ listed: number; enqueued: number }> {
     const { s3, bucket, prefix } = this.opts;
-    let listed = 0, enqueued = 0;
+    let listed = 0, enqueued = 0, refused = 0;
     let batch: ObjectEvent[] = [];
     const flush = () => {
       if (!batch.length) return;
@@ -282,13 +286,21 @@ export class Publisher {
       for await (const o of s3.listAll(bucket, { prefix, signal: this.reconcileAbort.signal })) {
         if (this.stopping) break;
         listed++;
+        // The listing is input like a webhook: a key that would leave the bucket or the prefix once fetched is refused.
+        const unsafe = unsafeKeyReason(o.key) ?? (prefix && !o.key.startsWith(prefix) ? `outside the configured prefix ${JSON.stringify(prefix)}` : null);
+        if (unsafe) {
+          refused++;
+          this.metrics.events.inc({ result: 'refused' });
+          this.log.warn({ bucket, key: o.key, reason: unsafe }, 'reconcile: refusing a listed key; not queued');
+          continue;
+        }
         if (o.key.endsWith('/')) continue;
         if (o.etag && this.queue.seen(bucket, o.key, o.etag)) continue;
         batch.push({ bucket, key: o.key, etag: o.etag || undefined, size: o.size, eventName: 'Reconcile', origin: 'reconcile' });
         if (batch.length >= 500) flush();
       }
       flush();
-      this.lastReconcile = { at: new Date().toISOString(), listed, enqueued };
+      this.lastReconcile = { at: new Date().toISOString(), listed, enqueued, ...(refused ? { refused } : {}) };
       this.metrics.reconcileRuns.inc({ result: 'ok' });
       this.metrics.lastReconcile.setToCurrentTime();
       if (enqueued) this.log.info({ listed, enqueued }, 'reconcile: enqueued objects no event had announced');
@@ -353,6 +365,7 @@ async function takePidFile(stateDir: string): Promise<void> {
 }
 
 function classifyS3(e: unknown): TxnFailure {
+  if (e instanceof BadInputError) return new TxnFailure('bad_input', true, e.message);
   if (e instanceof S3Error) {
     if (e.status === 404) return new TxnFailure('not_found', true, `object no longer exists in S3 (${e.message})`);
     const transient = e.status >= 500 || e.status === 403 || e.status === 401 || e.status === 408 || e.status === 429;
