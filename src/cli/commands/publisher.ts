@@ -6,7 +6,7 @@ import { S3Client, credentialsFromEnv } from '../../s3/client.js';
 import { unsafeBucketReason, unsafeKeyReason } from '../../s3/keys.js';
 import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
-import { Publisher } from '../../../publisher/service.js';
+import { Publisher } from '../../publisher/service.js';
 
 interface PublisherCliOptions {
   store: string;

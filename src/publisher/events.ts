@@ -1,5 +1,5 @@
 import type { ObjectEvent } from './queue.js';
-import { MAX_KEY_BYTES, unsafeKeyReason } from '../src/s3/keys.js';
+import { MAX_KEY_BYTES, unsafeKeyReason } from '../s3/keys.js';
 
 /**
  * S3 event notification parsing, for both senders the publisher meets:

@@ -3,16 +3,16 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Transform, pipeline, type Readable } from 'node:stream';
 import type { Server } from 'node:http';
-import type { WritableStore } from '../src/store/store.js';
-import { TXN_DIR } from '../src/store/layout.js';
-import { ingestTar } from '../src/ingest/ingest.js';
-import { S3Client, S3Error } from '../src/s3/client.js';
-import { unsafeKeyReason } from '../src/s3/keys.js';
-import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../src/util/errors.js';
-import type { Logger } from '../src/util/log.js';
-import { Queue, normEtag, type ObjectEvent, type UploadRow } from './queue.js';
+import type { WritableStore } from '../store/store.js';
+import { TXN_DIR } from '../store/layout.js';
+import { ingestTar } from '../ingest/ingest.js';
+import { S3Client, S3Error } from '../s3/client.js';
+import { unsafeKeyReason } from '../s3/keys.js';
+import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { Queue, normEtag, type EnqueueResult, type ObjectEvent, type UploadRow } from './queue.js';
 import { PublisherMetrics, type FailureKind } from './metrics.js';
-import { createHttpServer } from './server.js';
+import { createHttpServer, type PublisherApi } from './server.js';
 
 export interface PublisherOptions {
   store: WritableStore;
@@ -55,7 +55,7 @@ function isAlive(pid: number): boolean {
  * The publishing service of the CernVM-FS paper: S3 events in, one serialized transaction at a time
  * per store (fetch -> ingest -> atomic publish -> record), status out.
  */
-export class Publisher {
+export class Publisher implements PublisherApi {
   readonly queue: Queue;
   readonly metrics: PublisherMetrics;
   readonly log: Logger;
@@ -70,8 +70,12 @@ export class Publisher {
   lastReconcile: { at: string; listed: number; enqueued: number; refused?: number; error?: string } | null = null;
   url = '';
 
+  /** Ingest scratch (catalog builds) in the state dir, so a crash's leftovers are found and removed at the next start. */
+  private readonly scratch: string;
+
   private constructor(readonly opts: PublisherOptions, queue: Queue) {
     this.queue = queue;
+    this.scratch = join(opts.stateDir, 'scratch');
     this.log = opts.log;
     this.metrics = new PublisherMetrics(queue);
   }
@@ -81,11 +85,9 @@ export class Publisher {
     const stateDir = resolve(opts.stateDir);
     await mkdir(stateDir, { recursive: true });
     await takePidFile(stateDir);
-    // Ingest scratch (catalog builds) lives in the state dir, so a crash's leftovers are found and removed here.
     const scratch = join(stateDir, 'scratch');
     await rm(scratch, { recursive: true, force: true });
     await mkdir(scratch, { recursive: true });
-    process.env.TMPDIR = scratch;
     const queue = new Queue(stateDir);
     const p = new Publisher({ ...opts, stateDir }, queue);
     try {
@@ -145,7 +147,7 @@ export class Publisher {
   }
 
   /** Commit events to the queue (durably) and poke the worker. */
-  enqueue(events: ObjectEvent[]): ReturnType<Queue['enqueueAll']> {
+  enqueue(events: ObjectEvent[]): EnqueueResult[] {
     const res = this.queue.enqueueAll(events);
     if (res.some((r) => !r.duplicate)) this.wake();
     return res;
@@ -214,13 +216,13 @@ export class Publisher {
         obj.body.destroy();
         throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
       }
-      if (!row.etag && got) this.queue.db.prepare('UPDATE uploads SET etag = ? WHERE id = ?').run(got, row.id);
+      if (!row.etag && got) this.queue.recordEtag(row.id, got);
       const metrics = this.metrics;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
       });
       pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
-      const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined });
+      const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined, scratchDir: this.scratch });
       const seconds = elapsed();
       this.queue.markPublished(row.id, {
         diffId: res.manifest.diffId, blobDigest: res.manifest.blobDigest, alreadyPublished: !res.published,
