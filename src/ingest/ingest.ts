@@ -34,6 +34,8 @@ export interface IngestOptions {
   log?: Logger;
   codec?: Codec;
   chunking?: ChunkParams;
+  /** Where the catalog is built before it becomes an object (default: the OS temp dir). */
+  scratchDir?: string;
   /** Called after the catalog is built, before commit: test hook for crash-safety checks. */
   beforeCommit?: () => Promise<void>;
 }
@@ -99,7 +101,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
   const pool = new ObjectWriterPool();
   txn.pool = pool;
-  const tmp = await mkdtemp(join(tmpdir(), 'thinfs-catalog-'));
+  const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   const catalogPath = join(tmp, 'catalog.db');
   const cat = new CatalogWriter(catalogPath);
   const stats: IngestStats = { entries: 0, files: 0, bytes: 0, chunks: 0, inlined: 0, tarBytes: 0, blobBytes: 0, newObjects: 0, newBytes: 0, seconds: 0 };
