@@ -1,6 +1,7 @@
 // Keeps a generated podman image store current while a node runs: new descriptors (and layers a
 // publisher finishes later) become podman images within one poll, with nothing restarted. Polling,
 // not inotify: the store is often on NFS or behind HTTP, where no change events arrive.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { generatePodmanStore, type PodmanStoreOptions, type PodmanStoreResult } from './image-store.js';
 import { errorMessage } from '../util/errors.js';
 
@@ -34,9 +35,6 @@ export async function watchPodmanStore(o: WatchOptions): Promise<void> {
       pending = true;
       o.log?.warn({ err: errorMessage(e) }, 'podman image store refresh failed; retrying');
     }
-    await new Promise<void>((r) => {
-      const t = setTimeout(r, o.intervalMs);
-      o.signal.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true });
-    });
+    await sleep(o.intervalMs, undefined, { signal: o.signal }).catch(() => undefined);
   }
 }
