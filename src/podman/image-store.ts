@@ -74,12 +74,18 @@ export function bigDataFileName(key: string): string {
   return /^[0-9a-z.]*$/.test(key) ? key : `=${Buffer.from(key).toString('base64')}`;
 }
 
-/** A name podman can match a `podman run REF` against: the descriptor's reference, when it carries a tag. */
+/**
+ * The names podman matches `podman run REF` against: a registry reference as given (qualified as podman
+ * qualifies it); an image from an OCI layout or archive gets localhost/<name>, as `podman import` names one.
+ */
 function imageNames(desc: ThinImage): string[] {
   const ref = desc.reference ?? '';
-  if (!ref || ref.includes('@')) return [];
-  const lastSlash = ref.lastIndexOf('/');
-  const tail = ref.slice(lastSlash + 1);
+  if (/^(oci|docker-archive|oci-archive|dir):/.test(ref) || !ref) {
+    const n = desc.name.includes(':') ? desc.name : `${desc.name}:latest`;
+    return /^[a-z0-9][a-z0-9._\/-]*:[\w][\w.-]{0,127}$/.test(n) ? [`localhost/${n}`] : [];
+  }
+  if (ref.includes('@')) return [];
+  const tail = ref.slice(ref.lastIndexOf('/') + 1);
   const withTag = tail.includes(':') ? ref : `${ref}:latest`;
   // An unqualified reference (no registry host) is what docker.io serves.
   const first = withTag.split('/')[0]!;
