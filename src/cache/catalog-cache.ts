@@ -38,7 +38,7 @@ export class CatalogCache {
         if (!this.p.index.touch(key)) this.p.index.add(key, have);
         return path;
       }
-      const data = await this.p.fetcher.fetchObject(hash, 'catalog');
+      const data = await this.p.fetcher.fetchObject(hash, size, 'catalog');
       await this.p.dir.write(key, data);
       this.p.index.add(key, data.length);
       return path;

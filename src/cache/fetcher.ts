@@ -3,7 +3,6 @@
 // (single-flight), and store fetches of any object (catalogs too) go through here.
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
-import { decodeObject } from '../store/codec.js';
 import type { Logger } from '../util/log.js';
 import type { CacheDir } from './cache-dir.js';
 import type { CacheCounters } from './counters.js';
@@ -69,7 +68,7 @@ export class ChunkFetcher {
       this.mem?.set(hash, local);
       return local;
     }
-    const data = await this.fetchObject(hash);
+    const data = await this.fetchObject(hash, size);
     this.mem?.set(hash, data);
     this.p.track(this.writeLocal(hash, data));
     return data;
@@ -105,23 +104,25 @@ export class ChunkFetcher {
     return null;
   }
 
-  /** Decoded, verified bytes of any object from the store (chunks and catalogs); concurrent requests share one fetch. */
-  fetchObject(hash: string, what: 'chunk' | 'catalog' = 'chunk'): Promise<Buffer> {
+  /**
+   * Decoded, verified bytes of any object from the store (chunks and catalogs), no more than `size` (what the catalog
+   * or manifest says) read when known; concurrent requests share one fetch.
+   */
+  fetchObject(hash: string, size?: number, what: 'chunk' | 'catalog' = 'chunk'): Promise<Buffer> {
     const running = this.fetching.get(hash);
     if (running) { this.p.counters.joined++; return running; }
-    const p = this.fetchNow(hash, what).finally(() => this.fetching.delete(hash));
+    const p = this.fetchNow(hash, size, what).finally(() => this.fetching.delete(hash));
     this.fetching.set(hash, p);
     return p;
   }
 
-  private async fetchNow(hash: string, what: 'chunk' | 'catalog'): Promise<Buffer> {
+  private async fetchNow(hash: string, size: number | undefined, what: 'chunk' | 'catalog'): Promise<Buffer> {
     const c = this.p.counters;
     try {
-      const raw = await this.p.store.getRaw(hash);
+      const { data, rawBytes } = await this.p.store.fetchObject(hash, size);
       c.fetches++;
       if (what === 'catalog') c.catalogFetches++;
-      c.fetchedBytes += raw.length;
-      const data = decodeObject(hash, raw);
+      c.fetchedBytes += rawBytes;
       c.fetchedDecodedBytes += data.length;
       return data;
     } catch (e) {
