@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
@@ -224,7 +224,12 @@ export async function runMount(o: MountOptions): Promise<number> {
 
   log.info({ store: store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
   process.stdout.write(`thinfs: mounted ${store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
-  if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+  if (o.readyFile) {
+    // Renamed into place: a waiter that sees the file must never read it half-written (benches did, under load).
+    const tmp = `${o.readyFile}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+    await rename(tmp, o.readyFile);
+  }
 
   if (o.prefetch) {
     const list = (await readFile(o.prefetch, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
