@@ -13,11 +13,11 @@ import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
 after(cleanupTmpDirs);
 
 /** Files a-000.. (shared part) and optionally z-000.. (new part), pseudo-random so every file is its own object. */
-async function makeTar(dir: string, name: string, shared: number, fresh: number): Promise<string> {
+async function makeTar(dir: string, name: string, shared: number, fresh: number, seed = ''): Promise<string> {
   const src = path.join(dir, `${name}-src`);
   await fsp.mkdir(src, { recursive: true });
   for (let i = 0; i < shared; i++) await fsp.writeFile(path.join(src, `a-${String(i).padStart(3, '0')}`), pseudoRandom(48 * 1024, `a${i}`));
-  for (let i = 0; i < fresh; i++) await fsp.writeFile(path.join(src, `z-${String(i).padStart(3, '0')}`), pseudoRandom(4096, `z${i}`));
+  for (let i = 0; i < fresh; i++) await fsp.writeFile(path.join(src, `z-${String(i).padStart(3, '0')}`), pseudoRandom(4096, `z${seed}${i}`));
   return makeTreeTar(src, path.join(dir, `${name}.tar`));
 }
 
@@ -119,7 +119,7 @@ test('a layer whose catalog is missing: gc --dry-run reports it and goes on; a r
   const good = await thinfsJson<{ diffId: string; catalog: string }>(['ingest', await makeTar(dir, 'good', 5, 0), '--store', store, '--json']);
   const bad = await thinfsJson<{ diffId: string; catalog: string }>(['ingest', await makeTar(dir, 'bad', 0, 7), '--store', store, '--json']);
   // Garbage: an unreferenced old object that gc would normally remove.
-  const orphan = await thinfsJson<{ diffId: string }>(['ingest', await makeTar(dir, 'orphan', 0, 0), '--store', store, '--json']);
+  const orphan = await thinfsJson<{ diffId: string }>(['ingest', await makeTar(dir, 'orphan', 0, 3, 'orphan'), '--store', store, '--json']);
   await fsp.rm(path.join(store, 'layers', `${orphan.diffId.slice(7)}.json`));
   await fsp.rm(path.join(store, 'data', bad.catalog.slice(0, 2), bad.catalog.slice(2)));
   await ageObjects(store);
