@@ -8,8 +8,7 @@ import { atomicWrite } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { Store, WritableStore } from '../store/store.js';
 import { withLayerLock } from '../store/lock.js';
-import { encodeObject } from '../store/codec.js';
-import { layerPath, objectPath, TXN_DIR } from '../store/layout.js';
+import { layerPath } from '../store/layout.js';
 import type { LayerManifest } from '../store/types.js';
 import { ingestTar } from '../ingest/ingest.js';
 import { S3Client } from '../s3/client.js';
@@ -93,13 +92,6 @@ function parseConfig(raw: Buffer, m: ResolvedManifest): { config: Record<string,
     throw new BadInputError(`${m.reference}: manifest lists ${m.layers.length} layers but the config has ${ids.length} diff ids`);
   }
   return { config: c as Record<string, unknown>, diffIds: ids as string[] };
-}
-
-/** Store a small blob (the image config) as a store object, so a re-conversion needs no download. */
-async function putLooseObject(store: WritableStore, hex: string, data: Buffer): Promise<boolean> {
-  if (await store.hasObject(hex)) return false;
-  await atomicWrite(join(store.root, objectPath(hex)), encodeObject(data), join(store.root, TXN_DIR));
-  return true;
 }
 
 function s3Key(prefix: string, diffId: string, l: LayerRef): string {
@@ -259,7 +251,6 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     if (opts.signal?.aborted) throw new ThinfsError('interrupted before the descriptor was published', 130);
     progress.end();
 
-    if (store) await putLooseObject(store, configHex, configRaw);
 
     // S3 mode: the publisher ingests asynchronously; optionally wait until it has published every layer,
     // so the descriptor can name the catalogs and be stored where the mount will find it.
@@ -324,7 +315,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     }
 
     // The descriptor is published last: the image appears only when every layer it names is there.
-    if (store) await store.putImage(descriptor);
+    if (store) await store.putImage(descriptor, { hex: configHex, data: configRaw });
     else if (published instanceof WritableStore && outcomes.every((o) => o.manifest)) await published.putImage(descriptor);
     if (opts.output) {
       const text = JSON.stringify(descriptor, null, 2) + '\n';
