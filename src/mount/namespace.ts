@@ -2,7 +2,7 @@ import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
 import { ROOT_INO } from '../catalog/schema.js';
-import type { ThinImage } from '../image/descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
