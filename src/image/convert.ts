@@ -12,7 +12,7 @@ import { layerPath } from '../store/layout.js';
 import type { LayerManifest } from '../store/types.js';
 import { ingestTar } from '../ingest/ingest.js';
 import { S3Client } from '../s3/client.js';
-import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from './descriptor.js';
+import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
 import { openSource, type ImageSource, type LayerRef, type ResolvedManifest, type SourceOptions } from './sources.js';
 import { hostPlatform, formatPlatform, type Platform } from '../registry/platform.js';
