@@ -37,6 +37,8 @@ export interface IngestOptions {
   /** Where the catalog is built before it becomes an object (default: the OS temp dir). */
   scratchDir?: string;
   /** Called after the catalog is built, before commit: test hook for crash-safety checks. */
+  /** fsck --repair: the layer may be published already; write back the objects it is missing (same catalog required). */
+  repair?: boolean;
   beforeCommit?: () => Promise<void>;
 }
 
@@ -46,7 +48,7 @@ export interface IngestStats {
 }
 
 // blobDigest is the digest of *this* input; manifest.blobDigest is whichever blob published the layer first.
-export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats; blobDigest: string }
+export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats; blobDigest: string; /** Objects written back by a repair ingest. */ restored: number }
 
 interface Node { ino: number; type: EntryType; kind: DirentKind; parent: number; name: Buffer }
 
@@ -319,13 +321,13 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
       ...(opts.source ? { source: opts.source } : {}),
     };
     if (opts.beforeCommit) await opts.beforeCommit();
-    const res = await txn.commit(manifest);
+    const res = await txn.commit(manifest, { repair: opts.repair });
     stats.newObjects = res.published ? txn.newObjects : 0;
     stats.newBytes = res.published ? txn.newBytes : 0;
     stats.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
     bar.p?.finish();
     opts.log?.info({ diffId, published: res.published, ...stats }, res.published ? 'layer published' : 'layer was already published');
-    return { manifest: res.manifest, published: res.published, stats, blobDigest };
+    return { manifest: res.manifest, published: res.published, stats, blobDigest, restored: res.restored };
   } catch (e) {
     bar.p?.finish();
     await Promise.allSettled(inflight);

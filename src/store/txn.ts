@@ -179,17 +179,28 @@ export class Txn {
    * Make staged and pinned objects durable and visible, then publish the manifest. If another node published
    * the same layer meanwhile, ours is discarded and theirs returned (exactly once).
    */
-  async commit(manifest: LayerManifest): Promise<{ manifest: LayerManifest; published: boolean }> {
+  async commit(manifest: LayerManifest, opts: { repair?: boolean } = {}): Promise<{ manifest: LayerManifest; published: boolean; restored: number }> {
     await this.ready;
     if (!this.has(manifest.catalog)) throw new ThinfsError(`commit: catalog object ${manifest.catalog} was not put in this transaction`);
     const root = this.store.root;
     return this.store.withLayerLock(manifest.diffId, async () => {
       const existing = await this.store.getLayer(manifest.diffId);
-      if (existing) { await this.abort(); return { manifest: existing, published: false }; }
+      if (existing && opts.repair) {
+        // fsck --repair re-ingested a published layer: the same layer gives the same catalog, so the objects
+        // regenerated (staged because they were missing) are exactly the ones the published manifest names.
+        if (existing.catalog !== manifest.catalog) {
+          await this.abort();
+          throw new IntegrityError(existing.catalog, `repair of ${manifest.diffId}: re-ingest gives catalog ${manifest.catalog}, the published manifest names ${existing.catalog} (different chunking?); nothing restored`);
+        }
+        const restored = this.newObjects;
+        await this.publish(async () => {});
+        return { manifest: existing, published: false, restored };
+      }
+      if (existing) { await this.abort(); return { manifest: existing, published: false, restored: 0 }; }
       await this.publish(async () => {
         await atomicWrite(join(root, layerPath(digestHex(manifest.diffId))), JSON.stringify(manifest, null, 2) + '\n', this.dir);
       });
-      return { manifest, published: true };
+      return { manifest, published: true, restored: 0 };
     });
   }
 
