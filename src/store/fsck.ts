@@ -11,7 +11,7 @@ import { DATA_DIR, TXN_DIR, objectPath } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
 import { errorMessage } from '../util/errors.js';
 
-export const QUARANTINE_DIR = 'quarantine';
+const QUARANTINE_DIR = 'quarantine';
 
 export interface NeededBy { layers: string[]; images: string[] }
 export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null }

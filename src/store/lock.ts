@@ -9,7 +9,7 @@ import { ThinfsError } from '../util/errors.js';
 import { currentOwner, isOwnerAlive } from './owner.js';
 
 /** A holder that stops refreshing its lock for this long is presumed dead and its lock taken over. */
-export function lockStaleMs(): number {
+function lockStaleMs(): number {
   const env = Number(process.env.THINFS_LOCK_STALE_MS);
   // proper-lockfile refuses less than 2 s; tests shorten it to exercise takeover.
   return Number.isFinite(env) && env >= 2000 ? env : 30_000;

@@ -5,7 +5,7 @@ import { encodeObject, type Codec } from './codec.js';
 
 /** put() outcome codes shared with the writer worker. */
 export const PUT_PINNED = -1;
-export const PUT_EXISTING_UNPINNED = -2;
+const PUT_EXISTING_UNPINNED = -2;
 
 /**
  * Deduplicate against data/<hash> by hard-linking it into the staging dir (a pin: the inode stays ours even

@@ -20,9 +20,9 @@ import { digestHex } from '../util/hash.js';
 const execFileP = promisify(execFile);
 export const TXN_OWNER = 'owner.json';
 /** The owner record's mtime is refreshed this often while the transaction lives (its heartbeat). */
-export const TXN_HEARTBEAT_MS = 10_000;
+const TXN_HEARTBEAT_MS = 10_000;
 /** A transaction owned elsewhere is presumed dead only after this long without a heartbeat, whatever the grace. */
-export const TXN_SILENT_MIN_MS = 60_000;
+const TXN_SILENT_MIN_MS = 60_000;
 
 /**
  * - live: owner on this host, its process still running
