@@ -7,7 +7,6 @@ import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { Store, WritableStore } from '../store/store.js';
-import { withLayerLock } from '../store/lock.js';
 import { layerPath } from '../store/layout.js';
 import type { LayerManifest } from '../store/types.js';
 import { ingestTar } from '../ingest/ingest.js';
@@ -178,7 +177,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       const have = await store!.getLayer(diffId);
       if (have) return { index: l.index, diffId, digest: l.digest ?? have.blobDigest ?? diffId, action: 'present', bytes: 0, newObjects: 0, manifest: have };
       // One fetcher per layer across every node sharing the store; the others wait, then find it published.
-      return withLayerLock(store!.root, `fetch-${digestHex(diffId)}`, async () => {
+      return store!.withFetchLock(diffId, async () => {
         const again = await store!.getLayer(diffId);
         if (again) return { index: l.index, diffId, digest: l.digest ?? again.blobDigest ?? diffId, action: 'waited' as const, bytes: 0, newObjects: 0, manifest: again };
         if (aborter.signal.aborted) throw new ThinfsError('aborted: another layer failed');

@@ -15,6 +15,8 @@ const PUT_EXISTING_UNPINNED = -2;
 export async function stageObject(existing: string, staged: string, data: Uint8Array, codec: Codec): Promise<number> {
   try { await link(existing, staged); return PUT_PINNED; } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
+    // Staged names are unique per transaction: EEXIST is our own link, answered twice (an NFS retransmission).
+    if (code === 'EEXIST') return PUT_PINNED;
     if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK' || code === 'EXDEV') {
       try { await access(existing); return PUT_EXISTING_UNPINNED; } catch { /* absent: write it */ }
     } else if (code !== 'ENOENT') throw e;

@@ -155,8 +155,14 @@ export class WritableStore extends Store {
   /** Crash recovery: remove the staging of every transaction whose owner died on this host. */
   removeDeadTxns(): Promise<TxnInfo[]> { return removeDeadTxns(this.root); }
 
+  /** Held while a layer is committed (txn.ts): one publication per layer across every node. */
   withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
     return withLayerLock(this.root, `layer-${digestHex(diffId)}`, fn);
+  }
+
+  /** Held by a converter from before downloading a layer until it is published: one download per layer (Wharf). */
+  withFetchLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
+    return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn);
   }
 }
 
