@@ -132,6 +132,20 @@ test('fsck --repair from another store copies the missing objects, verified', as
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.deepEqual([...JSON.parse(r.stdout).repair.restored].sort(), chunks);
   for (const h of chunks) await (await Store.open(a)).getObject(h);
+  // A layer manifest lost altogether: the image names an unpublished layer; it comes back whole from b.
+  const manifest = path.join(a, 'layers', `${base.diffId.slice(7)}.json`);
+  await fsp.rm(manifest);
+  for (const h of chunks) await fsp.rm(objFile(a, h));
+  const lost = await thinfs(['fsck', '--store', a, '--json']);
+  assert.equal(lost.code, 5);
+  assert.deepEqual(JSON.parse(lost.stdout).brokenImages.map((x: any) => x.unpublished), [base.diffId]);
+  const r2 = await thinfs(['fsck', '--store', a, '--json', '--repair', '--from', b]);
+  assert.equal(r2.code, 0, r2.stdout + r2.stderr);
+  assert.deepEqual(JSON.parse(r2.stdout).repair.layers, [base.diffId]);
+  await fsp.access(manifest);
+  const out = path.join(work, 'a-base.out.tar');
+  await thinfsOk(['export', base.diffId, '-o', out, '--store', a]);
+  assert.deepEqual((await compareTars(base.file.replace(/\.gz$/, ''), out, path.join(work, 'cmp-a-base'))).tree, []);
   // Usage errors are exit 2, a missing store 4.
   assert.equal((await thinfs(['fsck', '--store', a, '--repair'])).code, 2);
   assert.equal((await thinfs(['fsck', '--store', path.join(work, 'nope')])).code, 4);

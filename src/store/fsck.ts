@@ -27,7 +27,7 @@ export interface FsckReport {
   /** Layers whose manifest or catalog cannot be read (their chunks are then unknown), with the images using them. */
   brokenLayers: Array<{ diffId: string; error: string; images: string[] }>;
   /** Images whose descriptor cannot be read or that name a layer not published. */
-  brokenImages: Array<{ name: string; error: string }>;
+  brokenImages: Array<{ name: string; error: string; unpublished?: string }>;
   /** Staging of dead or long-silent transactions removed (ids), and stray temp files. */
   txnsRemoved: string[];
   tmpRemoved: number;
@@ -126,7 +126,7 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
       if (!img) continue;
       for (const l of img.layers) {
         layerImages.set(l.diffId, [...(layerImages.get(l.diffId) ?? []), name]);
-        if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published` });
+        if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published`, unpublished: l.diffId });
       }
       if (img.configDigest?.startsWith('sha256:')) { const c = img.configDigest.slice(7); configRefs.set(c, [...(configRefs.get(c) ?? []), name]); }
     } catch (e) {
@@ -169,25 +169,41 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   return rep;
 }
 
-/** What a repair needs: the objects to bring back and the layers whose blobs would regenerate them. */
-export function repairTargets(rep: FsckReport): { objects: string[]; layers: string[] } {
+/** What a repair needs: the objects to bring back, the layers whose blobs would regenerate them, and layers to publish again. */
+export function repairTargets(rep: FsckReport): { objects: string[]; layers: string[]; unpublished: string[] } {
   const objects = new Set(rep.missing.map((m) => m.hash));
-  const layers = new Set<string>([...rep.missing.flatMap((m) => m.layers), ...rep.brokenLayers.map((b) => b.diffId)]);
-  return { objects: [...objects].sort(), layers: [...layers].sort() };
+  const unpublished = new Set(rep.brokenImages.map((b) => b.unpublished).filter((d): d is string => !!d));
+  const layers = new Set<string>([...rep.missing.flatMap((m) => m.layers), ...rep.brokenLayers.map((b) => b.diffId), ...unpublished]);
+  return { objects: [...objects].sort(), layers: [...layers].sort(), unpublished: [...unpublished].sort() };
 }
 
 /**
- * Copy missing objects from another store (a directory or HTTP mirror), each verified against its hash by the
- * source's read path, published through one transaction. Returns the hashes restored and the errors by hash.
+ * Copy from another store (a directory or HTTP mirror), every object verified against its hash by the
+ * source's read path: missing objects through one transaction, and each layer an image names but this store
+ * lacks as a whole (catalog, chunks, then its manifest, in one transaction: never published half).
  */
-export async function repairFromStore(store: WritableStore, source: Store, hashes: string[]): Promise<{ restored: string[]; failed: Array<{ hash: string; error: string }> }> {
-  const restored: string[] = [], failed: Array<{ hash: string; error: string }> = [];
+export async function repairFromStore(store: WritableStore, source: Store, hashes: string[], unpublished: string[] = []): Promise<{ restored: string[]; layers: string[]; failed: Array<{ hash: string; error: string }> }> {
+  const restored: string[] = [], layers: string[] = [], failed: Array<{ hash: string; error: string }> = [];
   const txn = store.beginTxn('fsck-repair');
   try {
     for (const h of hashes) {
-      try { await txn.put(h, await source.getObject(h)); restored.push(h); } catch (e) { failed.push({ hash: h, error: errorMessage(e) }); }
+      try { if (await txn.put(h, await source.getObject(h))) restored.push(h); } catch (e) { failed.push({ hash: h, error: errorMessage(e) }); }
     }
     await txn.commitObjects();
   } catch (e) { await txn.abort(); throw e; }
-  return { restored, failed };
+  for (const diffId of unpublished) {
+    const t = store.beginTxn('fsck-repair-layer');
+    try {
+      const m = await source.getLayer(diffId);
+      if (!m) throw new Error(`layer ${diffId} is not published in ${source.location} either`);
+      const { catalog, close } = await openLayerCatalog(source, diffId);
+      try { for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h); } finally { await close(); }
+      if (await t.put(m.catalog, await source.getObject(m.catalog))) restored.push(m.catalog);
+      if ((await t.commit(m)).published) layers.push(diffId);
+    } catch (e) {
+      await t.abort();
+      failed.push({ hash: diffId, error: errorMessage(e) });
+    }
+  }
+  return { restored, layers, failed };
 }
