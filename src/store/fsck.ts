@@ -119,6 +119,8 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   const layerImages = new Map<string, string[]>();
   const configRefs = new Map<string, string[]>(); // config object -> images
   const published = new Set(await store.listLayers());
+  const named: Array<{ image: string; diffId: string; catalog: string }> = [];
+  const catalogs = new Map<string, string>(); // layer -> catalog its manifest names
   for (const name of await store.listImages()) {
     rep.images++;
     try {
@@ -126,6 +128,7 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
       if (!img) continue;
       for (const l of img.layers) {
         layerImages.set(l.diffId, [...(layerImages.get(l.diffId) ?? []), name]);
+        if (l.catalog) named.push({ image: name, diffId: l.diffId, catalog: l.catalog });
         if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published`, unpublished: l.diffId });
       }
       if (img.configDigest?.startsWith('sha256:')) { const c = img.configDigest.slice(7); configRefs.set(c, [...(configRefs.get(c) ?? []), name]); }
@@ -141,6 +144,7 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
       continue;
     }
     if (!manifest) continue;
+    catalogs.set(id, manifest.catalog);
     need(manifest.catalog, id);
     if (!present.has(manifest.catalog)) {
       rep.brokenLayers.push({ diffId: id, error: `catalog object ${manifest.catalog} is ${bad.has(manifest.catalog) ? 'corrupt' : 'missing'}: its chunks are unknown`, images: layerImages.get(id) ?? [] });
@@ -154,6 +158,11 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     }
   }
 
+  // A descriptor records the catalog its layer had at conversion: a different one now means one of them is wrong.
+  for (const n of named) {
+    const c = catalogs.get(n.diffId);
+    if (c && c !== n.catalog) rep.brokenImages.push({ name: n.image, error: `descriptor names catalog ${n.catalog} for layer ${n.diffId}, its published manifest names ${c}` });
+  }
   const neededBy = (h: string): NeededBy => {
     const layers = [...(refs.get(h) ?? [])].sort();
     const images = new Set<string>(configRefs.get(h) ?? []);
