@@ -34,6 +34,10 @@ export interface MountOptions {
   debug: boolean;
   /** Mirrors' timeouts and proxies, for an HTTP store. */
   http?: HttpOptions;
+  /** Ed25519 public keys: serve only what the store's signed repository manifest names. */
+  publicKeys?: string[];
+  /** How often the signed manifest is polled for a new revision (ms). */
+  refreshMs?: number;
   log: Logger;
 }
 
@@ -135,7 +139,9 @@ export async function runMount(o: MountOptions): Promise<number> {
   const mp = resolve(o.mountpoint);
   const startedAt = Date.now();
   CatalogReader.preload();
-  const store = await Store.open(o.store, { http: o.http });
+  // The highest manifest revision seen lives with the cache: replay protection across restarts.
+  const store = await Store.open(o.store, { http: o.http, publicKeys: o.publicKeys, trustDir: join(o.cacheDir, 'trust') });
+  if (store.trust) log.info({ revision: store.trust.current!.revision, expires: store.trust.current!.expires }, 'signed repository manifest trusted');
   const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
@@ -209,6 +215,14 @@ export async function runMount(o: MountOptions): Promise<number> {
   process.stdout.write(`thinfs: mounted ${store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
   if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
 
+  // New layers and images appear when a new signed revision does; nodes already handed out keep theirs.
+  const refresh = store.trust ? setInterval(() => {
+    store.refreshManifest().then((changed) => {
+      if (changed) log.info({ revision: store.trust!.current!.revision }, 'new repository manifest revision');
+    }, (e: unknown) => log.warn({ err: e }, 'repository manifest refresh refused; keeping the current revision'));
+  }, o.refreshMs ?? 60_000) : null;
+  refresh?.unref();
+
   if (o.prefetch) {
     const list = (await readFile(o.prefetch, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
     fs.prefetch(list).then((r) => log.info(r, 'prefetch done'), (e) => log.warn({ err: errorMessage(e) }, 'prefetch failed'));
@@ -220,6 +234,7 @@ export async function runMount(o: MountOptions): Promise<number> {
       if (stopping) return;
       stopping = true;
       log.info({ why }, 'shutting down');
+      if (refresh) clearInterval(refresh);
       let code: number = EXIT.OK;
       if (needUnmount) {
         // Lazy detach: the name goes at once; the connection ends when the last user lets go (then CLOSED arrives).

@@ -33,6 +33,8 @@ export class Layer {
 
 export class Image {
   layers: Layer[] | null = null;
+  /** The descriptor's hash in the signed manifest it was fetched under (null without one). */
+  tag: string | null = null;
   constructor(readonly idx: number, readonly name: string, readonly desc: ThinImage) {}
 }
 
@@ -105,11 +107,16 @@ export class Namespace {
   }
 
   async image(name: string): Promise<Image | null> {
+    // A new signed revision may name another descriptor: new lookups get it, nodes already handed out keep theirs.
+    const tag = this.store.imageTag(name);
     const have = this.images.get(name);
-    if (have) return have;
+    if (have && have.tag === tag) return have;
     const desc = await this.store.getImage(name);
     if (!desc) return null;
-    const img = this.images.get(name) ?? new Image(this.nextImage++, name, desc);
+    const again = this.images.get(name);
+    if (again && again.tag === tag) return again;
+    const img = new Image(this.nextImage++, name, desc);
+    img.tag = tag;
     this.images.set(name, img);
     return img;
   }

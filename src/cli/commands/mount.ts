@@ -4,11 +4,18 @@ import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
 import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/daemon.js';
-import { addHttpOptions, httpOptionsFrom, type HttpCli } from '../http-options.js';
+import { addHttpOptions, httpOptionsFrom, publicKeysFrom, type HttpCli } from '../http-options.js';
 
 interface MountCli extends HttpCli {
+  refresh: string;
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
   readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean; debug?: boolean;
+}
+
+function refreshMs(s: string): number {
+  const n = Number(s);
+  if (!Number.isFinite(n) || n <= 0) throw new ThinfsError(`--refresh: expected a positive number of seconds, got "${s}"`, EXIT.USAGE);
+  return Math.round(n * 1000);
 }
 
 function parseCount(s: string, what: string): number {
@@ -19,6 +26,8 @@ function parseCount(s: string, what: string): number {
 
 export function registerMountCommands(program: Command): void {
   addHttpOptions(program.command('mount'))
+    .option('--public-key <files>', 'serve only what the store\'s repository manifest, signed by one of these Ed25519 public keys (PEM, comma-separated), names by hash')
+    .option('--refresh <sec>', 'with --public-key: poll the signed manifest this often; new layers and images appear without remount', '60')
     .description('mount a store read-only with FUSE: layers/<diff id hex>/ and images/<name>/rootfs/, fetched lazily and verified')
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
@@ -72,6 +81,8 @@ Examples:
         allowOther: o.allowOther,
         debug: !!o.debug,
         http: httpOptionsFrom(o),
+        publicKeys: publicKeysFrom(o),
+        refreshMs: refreshMs(o.refresh),
         log,
       });
       // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
