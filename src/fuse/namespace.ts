@@ -154,6 +154,14 @@ export class Namespace {
     return [...names].sort().map(encodeImageDirName);
   }
 
+  /**
+   * The node key of an image's directory: its name, plus the descriptor's signed hash, so a new revision of an
+   * image is a new node (lookups move to it) while the old one stays valid for whoever holds it.
+   */
+  imageDirKey(dirName: string, tag: string | null = this.store.imageTag(decodeImageDirName(dirName) ?? '')): string {
+    return tag ? `imagedir:${dirName}@${tag}` : `imagedir:${dirName}`;
+  }
+
   /** A path from the mount's root (prefetch lists): walked one name at a time, as the kernel does. */
   async resolve(path: string): Promise<Node | null> {
     let n: Node | null = this.root;

@@ -140,7 +140,7 @@ export class ThinFs {
     switch (n.k) {
       case 'synth': return FIXED[n.what]!;
       case 'statsLink': return this.idFor('stats');
-      case 'imageDir': return this.idFor(`imagedir:${encodeImageDirName(n.image.name)}`);
+      case 'imageDir': return this.idFor(this.ns.imageDirKey(encodeImageDirName(n.image.name), n.image.tag));
       case 'entry': return this.entryId(n.inImage?.idx ?? 0, n.layer, n.inode.ino);
       case 'merged': return this.idFor(`merged:${n.image.idx}:${n.key}`);
     }
@@ -237,7 +237,8 @@ export class ThinFs {
     }
   }
 
-  private ttlOf(n: Node): number { return n.k === 'synth' ? DYNAMIC_TTL : TTL; }
+  // An image's directory is looked up again after a short time: a new signed revision may name another descriptor.
+  private ttlOf(n: Node): number { return n.k === 'synth' || n.k === 'imageDir' ? DYNAMIC_TTL : TTL; }
 
   // ---- dispatch ----
 
@@ -331,7 +332,7 @@ export class ThinFs {
             return byName(Buffer.from(h), 4, ino);
           });
         }
-        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.idFor(`imagedir:${h}`)));
+        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.idFor(this.ns.imageDirKey(h))));
         out = [byName(Buffer.from('stats'), 10, this.idFor('stats'))];
         break;
       case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.idFor(`merged:${n.image.idx}:`))]; break;

@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { Backend, ReadOptions } from './backend.js';
-import { IntegrityError, NotFoundError, ThinfsError } from '../util/errors.js';
+import { IntegrityError, ThinfsError, EXIT } from '../util/errors.js';
 import { TransientError, backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
 
 /**
@@ -143,7 +143,8 @@ export class HttpBackend implements Backend {
               if (signal.aborted && !(e instanceof ThinfsError)) throw signal.reason;
               lastErr = e;
               if (e instanceof ProxyFault && proxy) { this.counters.proxyFailures++; this.fail(proxy); continue; }
-              if (e instanceof IntegrityError) integrity = e;
+              // Wrong bytes (an object's hash, a manifest's signature or named hash): this mirror's failure.
+              if (e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) integrity = e;
               this.counters.hostFailures++;
               this.fail(host);
               break;
@@ -161,7 +162,7 @@ export class HttpBackend implements Backend {
         capMs: 2000,
       });
     } catch (e) {
-      if (e instanceof IntegrityError || e instanceof NotFoundError) throw e;
+      if (e instanceof ThinfsError && !(e instanceof TransientError) && !(e instanceof RetryDeadlineError) && e.exitCode !== EXIT.FAILURE) throw e;
       const why = e instanceof RetryDeadlineError && e.cause ? `${e.message}` : (e as Error)?.message ?? String(e);
       throw new ThinfsError(`HTTP store ${this.location}: cannot read ${rel}: ${why}`);
     }
