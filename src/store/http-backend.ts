@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { Backend, ReadOptions } from './backend.js';
 import { IntegrityError, ThinfsError, EXIT } from '../util/errors.js';
-import { TransientError, backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
+import { TransientError, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
 
 /**
  * A store served as static files by any web server, through any HTTP caches (the CernVM-FS Stratum-1
@@ -105,9 +105,14 @@ export class HttpBackend implements Backend {
     return [...up, ...down];
   }
 
+  /**
+   * A failed host or proxy is avoided for 1 s, 2 s, 4 s ... (each with up to half of it as jitter, so nodes that saw
+   * one outage do not return together), never longer than hostResetMs: then the preferred one is tried again.
+   */
   private fail(p: Peer): void {
     p.failures++;
-    p.avoidUntil = Date.now() + Math.min(this.o.hostResetMs, backoffMs(p.failures - 1, 1000, this.o.hostResetMs));
+    const step = Math.min(this.o.hostResetMs, 1000 * 2 ** Math.min(p.failures - 1, 20));
+    p.avoidUntil = Date.now() + step / 2 + Math.random() * (step / 2);
   }
 
   async read(rel: string, opts: ReadOptions = {}): Promise<Buffer | null> {
