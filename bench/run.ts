@@ -5,6 +5,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   read: () => import('./read.js'),
   convert: () => import('./convert.js'),
   sitecache: () => import('./sitecache.js'),
+  coldstart: () => import('./coldstart.js'),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

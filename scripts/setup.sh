@@ -16,6 +16,8 @@ PKGS=(
   squid                          # site cache (forward proxy) for the HTTP store tests and the sitecache bench
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
+  debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
+  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
 )
 missing=()
 for p in "${PKGS[@]}"; do
