@@ -10,7 +10,7 @@ import { startNginx, startNginxCache, startSquid, type WebServer } from './helpe
 import { putTestImage } from './helpers/descriptor.js';
 import { makePythonLayerTars } from './fixtures/python.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 const NAMES = [
   'local/python:3.12',

@@ -12,7 +12,7 @@ import { startNginx, type WebServer } from './helpers/web.js';
 import { putTestImage, testDescriptor } from './helpers/descriptor.js';
 import { pseudoRandom } from './fixtures/tars.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 import { imagePath } from '../src/store/layout.js';
 
 let dir = '';
