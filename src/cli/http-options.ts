@@ -48,7 +48,7 @@ export function httpOptionsFrom(o: HttpCli): HttpOptions {
 }
 
 /** --public-key: the store is read through its signed manifest only; several keys (comma-separated) during a rotation. */
-export function addTrustOptions(cmd: Command, trustDirHelp = 'keep the highest manifest revision seen here (replay protection across runs)'): Command {
+function addTrustOptions(cmd: Command, trustDirHelp = 'keep the highest manifest revision seen here (replay protection across runs)'): Command {
   return cmd
     .option('--public-key <files>', 'trust only what the repository manifest signed by one of these Ed25519 public keys (PEM, comma-separated) names')
     .option('--trust-dir <dir>', trustDirHelp);

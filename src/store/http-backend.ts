@@ -42,12 +42,12 @@ export const HTTP_DEFAULTS: Required<Omit<HttpOptions, 'proxies'>> = {
 };
 
 /** RFC 3986 unreserved characters only: every other byte of a segment is percent-encoded (':', '%', '@', spaces, non-ASCII). */
-export function encodePathSegment(s: string): string {
+function encodePathSegment(s: string): string {
   return encodeURIComponent(s).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
 }
 
 /** Store-relative path to URL path: each segment encoded, '/' kept between them. */
-export function encodeStorePath(rel: string): string {
+function encodeStorePath(rel: string): string {
   return rel.split('/').map(encodePathSegment).join('/');
 }
 

@@ -22,10 +22,10 @@ import type { Logger } from '../util/log.js';
 export const DEFAULT_VALIDITY_MS = 30 * 24 * 3600_000;
 /** Where writers find the private key (a path), and the validity in seconds. */
 export const SIGNING_KEY_ENV = 'THINFS_SIGNING_KEY';
-export const VALIDITY_ENV = 'THINFS_MANIFEST_VALIDITY';
+const VALIDITY_ENV = 'THINFS_MANIFEST_VALIDITY';
 
 /** A key's id: the first 16 hex digits of the SHA-256 of its public key (SubjectPublicKeyInfo DER). */
-export function keyIdOf(key: KeyObject): string {
+function keyIdOf(key: KeyObject): string {
   const pub = key.type === 'private' ? createPublicKey(key) : key;
   return sha256hex(pub.export({ type: 'spki', format: 'der' })).slice(0, 16);
 }
@@ -62,13 +62,13 @@ export async function loadPublicKeys(files: string[]): Promise<Map<string, KeyOb
   return out;
 }
 
-export function signedManifestFile(m: RepoManifest, key: KeyObject | null): Buffer {
+function signedManifestFile(m: RepoManifest, key: KeyObject | null): Buffer {
   const payload = encodeRepoManifest(m);
   return encodeManifestFile(payload, key ? { algorithm: 'ed25519', keyId: keyIdOf(key), signature: sign(null, payload, key) } : null);
 }
 
 /** Check a manifest file's signature against the trusted keys and its expiry; returns the manifest and the key id. */
-export function verifyManifestFile(file: Buffer, keys: Map<string, KeyObject>, now = Date.now()): { manifest: RepoManifest; keyId: string } {
+function verifyManifestFile(file: Buffer, keys: Map<string, KeyObject>, now = Date.now()): { manifest: RepoManifest; keyId: string } {
   const { payload, signature } = decodeManifestFile(file);
   if (!signature) throw new TrustError('unsigned', 'the repository manifest is not signed');
   const key = keys.get(signature.keyId);
