@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
+import { freePort } from './helpers/web.js';
 import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256 } from './helpers/proc.js';
 import { startHostileServer, type HostileMode, type HostileServer } from './helpers/hostile-server.js';
 import { pseudoRandom } from './fixtures/tars.js';
@@ -142,8 +142,7 @@ test('hostile only mirror: EIO within a bounded time, memory bounded, other file
 });
 
 test('ordered proxies: a dead proxy moves on to the next; a failed preferred mirror is asked again after --host-reset', async () => {
-  const deadPort = await new Promise<number>((res) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => res(p)); }); });
-  const dead = `http://127.0.0.1:${deadPort}`;
+  const dead = `http://127.0.0.1:${await freePort()}`;
   // The hostile server answers absolute-form proxy requests too: here it is a healthy forward proxy.
   const proxy = await startHostileServer(store);
   try {

@@ -217,4 +217,7 @@ test('published while mounted: new layers and images appear within the refresh t
     assert.equal(sha256(all), sha256(want));
   } finally { await fh.close(); }
   assert.match(m.stderr(), /new repository manifest revision/);
+  // Polls between publications are conditional GETs that nginx answers 304 Not Modified.
+  await new Promise((r) => setTimeout(r, 2500));
+  assert.ok((await web.accessLog()).some((l) => l.startsWith('GET /thinfs-published 304')), 'conditional GETs of the manifest');
 });
