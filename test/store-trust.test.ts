@@ -221,3 +221,15 @@ test('published while mounted: new layers and images appear within the refresh t
   await new Promise((r) => setTimeout(r, 2500));
   assert.ok((await web.accessLog()).some((l) => l.startsWith('GET /thinfs-published 304')), 'conditional GETs of the manifest');
 });
+
+test('concurrent writers serialize manifest updates: every layer named, one revision each, still signed', async () => {
+  const before = JSON.parse((await readFile(join(store, MANIFEST), 'utf8')).split('\n--\n')[0]!) as { revision: number };
+  const ids = await Promise.all([0, 1, 2, 3].map((i) => layerWith(`c${i}`, { [`c${i}.bin`]: pseudoRandom(50_000 + i, `c${i}`) }, signed())));
+  const [payload] = (await readFile(join(store, MANIFEST), 'utf8')).split('\n--\n');
+  const m = JSON.parse(payload!) as { revision: number; layers: Record<string, unknown> };
+  for (const id of ids) assert.ok(m.layers[id], `layer ${id} named`);
+  assert.equal(m.revision, before.revision + 4);
+  const r = await readSigned();
+  assert.equal(r.code, 0, r.err);
+  for (const id of ids) assert.match(r.out, new RegExp(id));
+});
