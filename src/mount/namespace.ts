@@ -10,8 +10,6 @@ import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './nam
 /** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
 export class Layer {
   catalog: CatalogReader | null = null;
-  /** First node id of this layer's range in the mount (ThinFs sets it once the catalog is loaded). */
-  base: number | undefined = undefined;
   private loading: Promise<CatalogReader> | null = null;
   constructor(readonly slot: number, readonly hex: string, readonly manifest: LayerManifest) {}
 
