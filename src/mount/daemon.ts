@@ -12,6 +12,7 @@ import { ThinFs, ENTRY_TTL } from './ops.js';
 import { native, OP, E } from '../fuse/kernel.js';
 import { readU64 } from '../format/listing.js';
 import { StatsReporter } from './stats.js';
+import { UNCACHED_BELOW } from './node-ids.js';
 
 const execFileP = promisify(execFile);
 
@@ -178,7 +179,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   try {
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
-      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL,
+      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL, uncachedBelow: UNCACHED_BELOW,
     }, (op, unique, nodeid, body, tNs) => {
       if (o.debug) log.info({ op, unique, nodeid }, 'request');
       switch (op) {
