@@ -3,6 +3,7 @@ import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/pro
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
+import type { HttpOptions } from '../store/http-backend.js';
 import { ChunkCache } from '../cache/chunk-cache.js';
 import { ThinfsError, UsageError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -37,6 +38,8 @@ export interface MountOptions {
   /** Let device nodes of served files be opened as devices (root only; default nodev). */
   allowDev: boolean;
   debug: boolean;
+  /** Mirrors' timeouts and proxies, for an HTTP store. */
+  http?: HttpOptions;
   log: Logger;
 }
 
@@ -155,7 +158,7 @@ export async function runMount(o: MountOptions): Promise<number> {
   const startedAt = Date.now();
   const mopts = mountOptions(o);
   CatalogReader.preload();
-  const store = await Store.open(o.store);
+  const store = await Store.open(o.store, { http: o.http });
   const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
