@@ -15,7 +15,7 @@ export const E = constants.errno;
 /** tNs: CLOCK_MONOTONIC (process.hrtime's clock) when the reader thread took the request from the kernel. */
 export type Handler = (op: number, unique: number, nodeid: number, body: Buffer | null | number, tNs: number) => void;
 export interface Session { readonly __session: unique symbol }
-interface Binding {
+export interface Binding {
   mount(mountpoint: string, fsname: string, opts: string,
     limits: {
       maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number; ttl: number;

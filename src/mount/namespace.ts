@@ -1,3 +1,5 @@
+// The mount's namespace: layers/<hex>/, images/<name>/rootfs/ and .thinfs/stats as nodes, the layers and images this
+// mount has seen (catalogs loaded on first touch), and name lookups; the overlay rules of images are merge.ts's.
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
@@ -127,7 +129,7 @@ export class Namespace {
     try {
       for (const d of await this.store.listLayers()) { const h = parseLayerDirName(d); if (h) names.add(h); }
     } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'store layers/ is not listable; showing layers touched so far');
+      this.log.warn({ err: e }, 'store layers/ is not listable; showing layers touched so far');
     }
     for (const h of this.layers.keys()) names.add(h);
     return [...names].sort();
@@ -136,7 +138,7 @@ export class Namespace {
   async listImageDirs(): Promise<string[]> {
     const names = new Set<string>();
     try { for (const n of await this.store.listImages()) names.add(n); } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'store images/ is not listable; showing images touched so far');
+      this.log.warn({ err: e }, 'store images/ is not listable; showing images touched so far');
     }
     for (const n of this.images.keys()) names.add(n);
     return [...names].sort().map(encodeImageDirName);

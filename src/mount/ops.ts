@@ -1,3 +1,7 @@
+// The mount's FUSE operations: the nodes the kernel holds (with their lookup counts), attributes, lookups, listings
+// (pre-encoded ones expanded natively, the rest built here), reads of verified chunks, xattrs, statfs, and the choice
+// at first open between serving reads and passing them through to a local copy. Node ids come from node-ids.ts,
+// passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
 import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
@@ -196,7 +200,7 @@ export class ThinFs {
         if (typeof a === 'number') reply(unique, a); else reply(unique, 0, a);
       } catch (e) {
         // A reply the transport could not take (never expected): logged, the daemon stays up.
-        this.log.error({ op, nodeid, err: (e as Error).message }, 'cannot send a FUSE reply');
+        this.log.error({ op, nodeid, err: e }, 'cannot send a FUSE reply');
       }
       const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
       st.totalSec += sec;
@@ -227,7 +231,8 @@ export class ThinFs {
 
   private failed(op: number, nodeid: number, e: unknown): number {
     if (e instanceof Fail) return e.errno;
-    this.log.error({ op, nodeid, err: (e as Error).message, object: (e as { object?: string }).object }, 'operation failed: EIO');
+    // Unexpected (a damaged catalog, a bug): the kernel gets EIO, the log gets the error with its stack.
+    this.log.error({ op: OP_NAMES[op] ?? op, nodeid, err: e, object: (e as { object?: string }).object }, 'operation failed: EIO');
     return E.EIO;
   }
 
@@ -455,7 +460,7 @@ export class ThinFs {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
     } catch (e) {
       this.counters.eio++;
-      this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
+      this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: e }, 'read failed: object missing or corrupt, returning EIO');
       return E.EIO;
     }
     let filled = pos;
