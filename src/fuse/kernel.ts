@@ -46,7 +46,7 @@ export interface Binding {
 export function native(): Binding { return loadNative<Binding>(); }
 
 export const ATTR_SIZE = 88;
-export const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
+const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
 const DIRENT_BASE = 24;
 
 /**

@@ -143,7 +143,7 @@ async function setReadahead(mp: string, kb: number, log: Logger): Promise<void> 
  * binary or a device node in a layer must not give a local user root or raw devices. Containers lose nothing: overlayfs
  * and podman decide setuid and devices by their own mount, as CernVM-FS (nosuid by default) users do.
  */
-export function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSuid' | 'allowDev'>): string[] {
+function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSuid' | 'allowDev'>): string[] {
   if ((o.allowSuid || o.allowDev) && process.getuid?.() !== 0) {
     // fusermount3 would drop them with a warning: say so before mounting instead.
     throw new UsageError(`${o.allowSuid ? '--allow-suid' : '--allow-dev'} needs root: fusermount3 mounts every user's FUSE filesystem nosuid,nodev`);
