@@ -3,14 +3,13 @@
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
-import { ROOT_INO } from '../catalog/schema.js';
 import type { ThinImage } from '../image/descriptor.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
 import * as merge from '../mount/merge.js';
 
-/** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
+/** A published layer as seen by this mount: a slot number (its name in node ids of images) and its catalog, loaded on first touch. */
 export class Layer {
   catalog: CatalogReader | null = null;
   private loading: Promise<CatalogReader> | null = null;
@@ -219,7 +218,4 @@ export class Namespace {
     // img.layers is set: the entry was reached through the image's root.
     return merge.visibleNlink(merge.rootMembers(img.layers), n.layer, n.inode);
   }
-
-  /** Root directory of a layer, for stats. */
-  static rootIno(): number { return ROOT_INO; }
 }

@@ -71,7 +71,7 @@ class Fail extends Error { constructor(readonly errno: number) { super(`errno ${
  */
 export class ThinFs {
   readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, requests: {} };
-  readonly ids = new NodeIds();
+  private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
   private readonly ahead = new WeakMap<Layer, ListingAhead>();
@@ -101,7 +101,7 @@ export class ThinFs {
 
   // ---- nodes the kernel holds ----
 
-  idOf(n: Node): number { return this.ids.idOf(n); }
+  private idOf(n: Node): number { return this.ids.idOf(n); }
 
   /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. The node already held stays. */
   private hold(n: Node): number {

@@ -123,6 +123,7 @@ static void reply_open(int fd, uint64_t unique, int32_t backing_id) {
   reply_buf(fd, unique, &o, sizeof(o));
 }
 
+// The listing of this immutable directory ends at off: a read from there on is answered here.
 void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off) {
   if (!s->eofs || nodeid < s->uncached_below) return;
   pthread_mutex_lock(&s->eof_lock);
