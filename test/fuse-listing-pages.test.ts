@@ -132,7 +132,9 @@ describe('listing pages', () => {
     const { blk, recs } = block(names);
     const at = recs[10]!.at;
     assert.deepEqual(page(blk, LISTING_FIRST_COOKIE + at, 1 << 20, false).ents[0]!.name, recs[10]!.name);
-    assert.deepEqual(page(blk, LISTING_FIRST_COOKIE + at + 3, 1 << 20, false).ents[0]!.name, recs[11]!.name);
+    for (const d of [1, 3, LISTING_RECORD_HEADER, recs[11]!.at - at - 1]) {
+      assert.deepEqual(page(blk, LISTING_FIRST_COOKIE + at + d, 1 << 20, false).ents[0]!.name, recs[11]!.name, `${d} bytes into a record`);
+    }
     assert.equal(page(blk, 1, 1 << 20, false).ents[0]!.name.toString(), '..', 'cookie 1: ".." next');
     assert.deepEqual(page(blk, LISTING_FIRST_COOKIE, 1 << 20, false).ents[0]!.name, recs[0]!.name);
     const end = page(blk, LISTING_FIRST_COOKIE + blk.length, 1 << 20, true);
