@@ -162,11 +162,17 @@ async function emptyXattrs(name: string, tree: TreeEntry[]): Promise<string[]> {
 
 /** Entry by entry: the mounted rootfs equals umoci's; xattrs too (empty values checked against GNU tar's). */
 async function compareWithUmoci(name: string): Promise<{ thin: string; ref: string }> {
+  const unpackStart = BigInt(Date.now() - 1000) * 1_000_000n;
   const ref = await umociRootfs(name);
   const thin = await thinRootfs(name);
   const want = await treeListing(ref);
   const got = await treeListing(thin);
   assert.ok(want.length >= 2, `umoci unpacked ${name}`);
+  // umoci leaves a directory it applied a same-layer whiteout in with the time of the unpack as its mtime (no layer
+  // holds that time): such mtimes are not compared. Only directories may have one.
+  const stamped = new Set(want.filter((e) => BigInt(e.mtimeNs) >= unpackStart).map((e) => e.path));
+  for (const e of want) if (stamped.has(e.path)) { assert.equal(e.type, 'dir', `${e.path}: umoci gave a non-directory the unpack time`); e.mtimeNs = 'unpack time'; }
+  for (const e of got) if (stamped.has(e.path)) e.mtimeNs = 'unpack time';
   assert.deepEqual(diffTrees(want, got), [], `${name}: mounted rootfs differs from umoci's`);
   const [xr, xt] = [await dump(ref), await dump(thin)];
   assert.deepEqual(xr.filter(isEmptyValue), [], 'umoci sets no empty value (if it does now, compare them directly)');
@@ -219,9 +225,10 @@ test('layers with a whiteout and an entry of the same name export back as they c
   if (skip) return t.skip(skip);
   for (const l of [images.get('whiteouts')![1]!, images.get('dir-then-whiteout')![1]!]) {
     const out = path.join(work, `${l.name}.exported.tar`);
-    const r = await thinfs(['export', l.diffId, '-o', out, '--store', store]);
-    if (r.code !== 0 && /not found|no such layer/i.test(r.stderr)) return t.skip('needs the conversions above');
-    assert.equal(r.code, 0, r.stderr);
+    // (published already when the tests above ran: then this ingest finds it)
+    const i = await thinfs(['ingest', l.file, '--store', store, '--no-progress']);
+    assert.equal(i.code, 0, i.stderr);
+    await thinfsOk(['export', l.diffId, '-o', out, '--store', store]);
     assert.deepEqual(diffLines(await tarListing(l.file), await tarListing(out)), [], `${l.name}: export lists what the layer held, in order`);
   }
 });
