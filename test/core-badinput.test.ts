@@ -11,7 +11,8 @@ import {
   cleanupTmpDirs, listFiles, sha256, sha256File, thinfsBuf, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, type RunResult,
 } from './helpers/proc.js';
 import { tarListing } from './helpers/oracle.js';
-import { makeBadTars, makeTreeTar, pseudoRandom, type BadTar } from './fixtures/tars.js';
+import { makeBadTars, makeTreeTar, type BadTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 
 let work: string;
 let store: string;
