@@ -21,7 +21,7 @@ import {
   type Layer, type RegistryServer,
 } from './fixtures/images.js';
 import { makeLayer } from './helpers/layers.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 const AMD64 = { os: 'linux', architecture: 'amd64' };

@@ -10,7 +10,7 @@ import { findPythonLib } from './fixtures/tars.js';
 import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
 import { makeLayer } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 let work = '';
 let reg: RegistryServer | null = null;

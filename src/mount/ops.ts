@@ -3,15 +3,15 @@ import { sha256hex } from '../util/hash.js';
 import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
-import { DIRBLOCK_OFFSET_BASE } from '../catalog/dirblocks.js';
+import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
 import { encodeImageDirName } from './names.js';
 import { ListingAhead } from './listing-ahead.js';
-import * as imageMerge from '../mount/merge.js';
+import * as imageMerge from './merge.js';
 import {
-  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, inodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
-  parseReadIn, parseName, statfsOut, xattrSizeOut, type Attr,
-} from './kernel.js';
+  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
+  parseReadIn, parseName, statfsOut, xattrSizeOut,
+} from '../fuse/kernel.js';
 
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
@@ -423,7 +423,7 @@ export class ThinFs {
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
     if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
-      this.dirEof(id, DIRBLOCK_OFFSET_BASE + block.length);
+      this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;
     }
     // Once this reply is written: the listings a scan reads next.
@@ -575,7 +575,7 @@ export class ThinFs {
       } else {
         const fileId = this.fileId(file, h);
         key = `f:${fileId}`;
-        fd = await this.cache.openWholeFile(fileId, file.inode.size);
+        fd = await this.cache.openWholeFile(fileId, chunks, file.inode.size);
       }
     }
     try {

@@ -6,7 +6,7 @@ import type { ThinImage } from '../image/descriptor.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
-import * as merge from '../mount/merge.js';
+import * as merge from './merge.js';
 
 /** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
 export class Layer {
