@@ -87,6 +87,11 @@ echo new > ws/new; echo new > wf; echo new > op/new`,
     // the directory and its new child BEFORE the whiteout of its name, in one layer
     await layer('dirwh', 2, `mkdir -p wd; echo new > wd/new; touch .wh.wd; setfattr -n user.top -v 2 wd`, ['wd', 'wd/new', '.wh.wd']),
   ]);
+  images.set('whiteout-then-child', [
+    await layer('whchild', 1, `mkdir -p wi; echo old > wi/old`, ['wi', 'wi/old']),
+    // the whiteout, then a path under its name with no entry for the directory itself
+    await layer('whchild', 2, `mkdir -p wi; echo a > wi/a; touch .wh.wi`, ['.wh.wi', 'wi/a']),
+  ]);
   images.set('implicit', [
     await layer('implicit', 1, `mkdir -p imp/deep; chmod 0750 imp; chown 1000:1000 imp; setfattr -n user.i -v 1 imp; echo o > imp/deep/old`,
       ['imp', 'imp/deep', 'imp/deep/old']),
@@ -213,6 +218,12 @@ test('whiteouts: a directory BEFORE the whiteout of its name in one layer is acc
   if (skip) return t.skip(skip);
   const { thin } = await compareWithUmoci('dir-then-whiteout');
   assert.deepEqual((await fsp.readdir(path.join(thin, 'wd'))).sort(), ['new']);
+});
+
+test('whiteouts: a path under a whited-out name in the same layer makes that directory afresh', async (t) => {
+  if (skip) return t.skip(skip);
+  const { thin } = await compareWithUmoci('whiteout-then-child');
+  assert.deepEqual((await fsp.readdir(path.join(thin, 'wi'))).sort(), ['a']);
 });
 
 test('directories an upper layer only implies keep the lower directory\'s mode, owner, mtime and xattrs', async (t) => {
