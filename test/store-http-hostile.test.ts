@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { freePort } from './helpers/web.js';
 import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256 } from './helpers/proc.js';
 import { startHostileServer, type HostileMode, type HostileServer } from './helpers/hostile-server.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 
 const MODES: HostileMode[] = ['wrong', '500', 'hang', 'endless', 'oversized', 'trickle'];

@@ -12,7 +12,7 @@ import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
-import * as imageMerge from '../mount/merge.js';
+import * as imageMerge from './merge.js';
 import {
   OP, E, ATTR_SIZE, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
   parseReadIn, parseName, statfsOut, xattrSizeOut,
