@@ -195,8 +195,9 @@ describe('node-local cache', () => {
     assert.ok(s1.cache.evictions > 0, 'the quota forced evictions');
     assert.ok(s1.cache.usedBytes <= quota, `index says ${s1.cache.usedBytes} <= ${quota}`);
     await stop(m1);
-    const onDisk = await duBytes(path.join(cacheDir, 'chunks'));
-    assert.ok(onDisk <= quota, `chunks on disk ${onDisk} <= quota ${quota}`);
+    // The quota covers the catalog too.
+    const onDisk = await duBytes(path.join(cacheDir, 'chunks')) + await duBytes(path.join(cacheDir, 'catalogs'));
+    assert.ok(onDisk <= quota, `chunks and catalog on disk ${onDisk} <= quota ${quota}`);
     assert.ok(onDisk >= quota * 0.5, `the cache is actually used (${onDisk} bytes)`);
 
     // Restart: the index is rebuilt from the directory; the most recently read file is served without the store.

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256, waitFor } from './helpers/proc.js';
 import { startNginx, type WebServer } from './helpers/web.js';
 import { putTestImage, testDescriptor } from './helpers/descriptor.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 import { imagePath } from '../src/store/layout.js';

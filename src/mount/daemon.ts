@@ -1,12 +1,12 @@
 // The mount daemon: mount options, mountpoint preparation (stale FUSE mounts detached), start-up in named stages
 // (open the view, connect the transport, announce, prefetch) and serving until a signal or an unmount ends it.
 import { execFile } from 'node:child_process';
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
 import type { HttpOptions } from '../store/http-backend.js';
-import { ChunkCache } from '../cache/chunk-cache.js';
+import { NodeCache } from '../cache/node-cache.js';
 import { ThinfsError, UsageError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
@@ -158,7 +158,7 @@ function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSui
 }
 
 /** What a mount serves, opened before anything is mounted: the store, the cache, the view's operations, the stats. */
-interface View { store: Store; cache: ChunkCache; fs: ThinFs; stats: StatsReporter }
+interface View { store: Store; cache: NodeCache; fs: ThinFs; stats: StatsReporter }
 
 async function openView(o: MountOptions, mp: string, startedAt: number): Promise<View> {
   const log = o.log;
@@ -166,7 +166,7 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   // The highest manifest revision seen lives with the cache: replay protection across restarts.
   const store = await Store.open(o.store, { http: o.http, publicKeys: o.publicKeys, trustDir: join(o.cacheDir, 'trust') });
   if (store.trust) log.info({ revision: store.trust.current!.revision, expires: store.trust.current!.expires }, 'signed repository manifest trusted');
-  const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
+  const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
@@ -243,7 +243,12 @@ async function announce(o: MountOptions, mp: string, v: View): Promise<void> {
   await v.stats.writeFile();
   o.log.info({ store: v.store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
   process.stdout.write(`thinfs: mounted ${v.store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
-  if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+  if (o.readyFile) {
+    // Renamed into place: a waiter that sees the file must never read it half-written (benches did, under load).
+    const tmp = `${o.readyFile}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+    await rename(tmp, o.readyFile);
+  }
 }
 
 /** Polls the signed repository manifest: new layers and images appear with a new revision; nodes handed out keep theirs. */

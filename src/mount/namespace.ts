@@ -4,7 +4,7 @@ import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
 import type { ThinImage } from '../image/descriptor.js';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
 import * as merge from './merge.js';
@@ -18,7 +18,7 @@ export class Layer {
 
   isLoading(): boolean { return this.loading !== null; }
 
-  load(cache: ChunkCache): Promise<CatalogReader> {
+  load(cache: NodeCache): Promise<CatalogReader> {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
       this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
@@ -67,7 +67,7 @@ export class Namespace {
   readonly root: Node = { k: 'synth', what: 'root' };
   layersLoaded = 0;
 
-  constructor(private readonly store: Store, private readonly cache: ChunkCache, private readonly log: Logger) {}
+  constructor(private readonly store: Store, private readonly cache: NodeCache, private readonly log: Logger) {}
 
   knownLayers(): Layer[] { return [...this.layers.values()]; }
   knownLayer(hex: string): Layer | undefined { return this.layers.get(hex); }

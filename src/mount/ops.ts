@@ -4,7 +4,7 @@
 // passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
-import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
+import { fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
@@ -90,7 +90,7 @@ export class ThinFs {
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
 
-  constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
+  constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
     this.synth = {
       root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },

@@ -36,7 +36,7 @@ export function registerMountCommands(program: Command): void {
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
     .option('--cache-dir <dir>', `node-local cache directory, shareable by several mounts (default ${defaultCacheDir()})`)
-    .option('--cache-quota <size>', 'byte budget for cached chunks, K/M/G suffixes (LRU eviction)', '10G')
+    .option('--cache-quota <size>', 'byte budget for the node-local cache (chunks, whole-file copies, catalogs), K/M/G suffixes (LRU eviction)', '10G')
     .option('--mem-cache <size>', 'decoded chunks kept in memory (requests straddling chunks, local readahead); the kernel page cache holds file data', '32M')
     .option('--stats-file <file>', 'JSON counters rewritten while mounted; also linked as <mountpoint>/.thinfs/stats (default <cache-dir>/stats/<pid>.json)')
     .option('--metrics-port <port>', 'serve Prometheus /metrics and JSON /stats on 127.0.0.1:<port> (0 = any free port)')
