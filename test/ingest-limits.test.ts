@@ -194,3 +194,69 @@ describe('digest flags are checked before any input is read (issue 10 item 17)',
     });
   }
 });
+
+describe('thinfs ls quotes names as GNU ls does (issue 10 item 13)', () => {
+  // Names a hostile layer may carry: newlines, terminal escapes, C1 controls, invalid UTF-8, shell specials.
+  const names: Buffer[] = [
+    'a\nb', '\nstart', 'end\n', '\x1b[31mred', '\x1b]0;title\x07', '\x01ctl', 'tab\there', 'cr\r', 'bell\x07', '\x7fdel',
+    "it's", "it's\nnl", "it's ok", "it's$x", 'sp ace', 'q"uote', 'star*', 'a?', 'back\\slash', 'a=b', '#hash', 'x#y',
+    '~tilde', 'x~', '{', '}', 'a{b}', ']x', '!bang', 'pct%', 'a,b', 'x:y', '@at', 'plus+', '-dash', 'plain', 'café', 'emoji\u{1f600}',
+  ].map((s) => Buffer.from(s));
+  names.push(Buffer.from([0x62, 0x61, 0x64, 0xe9]), Buffer.from([0xc2, 0x9b, 0x63, 0x73, 0x69])); // invalid UTF-8; C1 CSI
+  let src: string;
+  let id: string;
+
+  before(async () => {
+    src = path.join(work, 'names');
+    await fsp.mkdir(src);
+    for (const n of names) await fsp.writeFile(Buffer.concat([Buffer.from(src + '/'), n]), 'x');
+    await fsp.symlink(Buffer.from('\x1b[2Jtarget\n') as unknown as string, path.join(src, 'link'));
+    const tar = path.join(work, 'names.tar');
+    await run('tar', ['-C', src, '--format=pax', '-cf', tar, '.']);
+    id = await accepted(tar);
+  });
+
+  /** Output lines sorted by bytes (thinfs lists in catalog order; GNU ls in C.UTF-8 sorts by code point). */
+  const lines = (b: Buffer) => b.toString('latin1').split('\n').filter((l) => l !== '').sort();
+
+  const gnu: Record<string, string[]> = {
+    'shell-escape': [], 'shell-escape-always': [], c: [], escape: [],
+    // GNU prints these raw unless -q (its default on a terminal); thinfs always behaves as with -q.
+    shell: ['-q'], 'shell-always': ['-q'], literal: ['-q'],
+  };
+  for (const [style, extra] of Object.entries(gnu)) {
+    it(`--quoting-style=${style} matches GNU ls ${extra.join(' ')} --quoting-style=${style}`, async () => {
+      const ours = await run(process.execPath, [THINFS_MAIN, 'ls', '--store', store, id, '--quoting-style', style]);
+      assert.equal(ours.code, 0, ours.stderr);
+      const theirs = await run('ls', ['-1A', ...extra, `--quoting-style=${style}`, src], { env: { LC_ALL: 'C.UTF-8' } });
+      assert.equal(theirs.code, 0, theirs.stderr);
+      assert.deepEqual(lines(Buffer.from(ours.stdout)), lines(Buffer.from(theirs.stdout)));
+    });
+  }
+
+  it('the default (and every style) writes no raw control bytes, in short and long listings', async () => {
+    for (const args of [[], ['-l'], ...Object.keys(gnu).map((s) => ['-l', '--quoting-style', s])]) {
+      const r = await run(process.execPath, [THINFS_MAIN, 'ls', '--store', store, id, ...args]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.split('\n').length - 1, names.length + 1, `one line per entry (${args.join(' ')})`);
+      // Decoded as a UTF-8 terminal would: no C0/C1 control character but the line ends, no invalid sequence.
+      assert.doesNotMatch(r.stdout.replace(/\n/g, ''), /[\p{Cc}\ufffd]/u, `no control characters with ${args.join(' ') || 'defaults'}`);
+    }
+    // The default is GNU's terminal default, shell-escape.
+    const def = await thinfsOk(['ls', '--store', store, id]);
+    assert.ok(def.includes("'a'$'\\n''b'") && def.includes("''$'\\033''[31mred'"), def);
+    const long = await thinfsOk(['ls', '-l', '--store', store, id]);
+    assert.match(long, / link -> ''\$'\\033''\[2Jtarget'\$'\\n'$/m, 'symlink targets are quoted too');
+  });
+
+  it('--json keeps the exact bytes (not UTF-8 as \\NNN, as path arguments take them)', async () => {
+    const out = await thinfsOk(['ls', '--json', '--store', store, id]);
+    const got = out.trim().split('\n').map((l) => (JSON.parse(l) as { name: string }).name);
+    const decode = (s: string) => Buffer.concat(s.split(/(\\[0-7]{3}|\\\\)/).map((p) => /^\\[0-7]{3}$/.test(p) ? Buffer.from([parseInt(p.slice(1), 8)]) : p === '\\\\' ? Buffer.from('\\') : Buffer.from(p)));
+    assert.deepEqual(got.map(decode).map((b) => b.toString('hex')).sort(), [...names, Buffer.from('link')].map((b) => b.toString('hex')).sort());
+    // And a name printed that way reaches the file.
+    const bad = got.find((n) => n.startsWith('bad'))!;
+    assert.equal(bad, 'bad\\351');
+    assert.equal(await thinfsOk(['cat', '--store', store, id, bad]), 'x');
+  });
+});
