@@ -34,6 +34,8 @@ export interface IngestOptions {
   log?: Logger;
   codec?: Codec;
   chunking?: ChunkParams;
+  /** Where the catalog is built before it becomes an object (default: the OS temp dir). */
+  scratchDir?: string;
   /** Called after the catalog is built, before commit: test hook for crash-safety checks. */
   beforeCommit?: () => Promise<void>;
 }
@@ -99,7 +101,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
   const pool = new ObjectWriterPool();
   txn.pool = pool;
-  const tmp = await mkdtemp(join(tmpdir(), 'thinfs-catalog-'));
+  const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   const catalogPath = join(tmp, 'catalog.db');
   const cat = new CatalogWriter(catalogPath);
   const stats: IngestStats = { entries: 0, files: 0, bytes: 0, chunks: 0, inlined: 0, tarBytes: 0, blobBytes: 0, newObjects: 0, newBytes: 0, seconds: 0 };
@@ -122,6 +124,8 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     nodes.set('', { ino: ROOT_INO, type: 'dir', kind: DirentKind.Normal, parent: 0, name: Buffer.alloc(0) });
     let rootFlags = FLAG_IMPLICIT;
     let namePrefix: string | null = null;
+    /** Hidden whiteouts (see hideWhiteout) by parent and name. */
+    const hiddenWhiteouts = new Map<string, number>();
 
     /** Parent directory of `path`, created implicitly if the tar never listed it; refuses paths through symlinks. */
     const parentOf = (path: string, raw: Buffer): number => {
@@ -188,7 +192,15 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
         cat.updateDir(existing.ino, { ...meta(e), type: 'dir' }, 0);
         continue;
       }
-      replace(path, parent, name);
+      // OCI: a whiteout applies to lower layers only (umoci applies it so). After an entry of its own layer with the
+      // same name it leaves that entry visible; a directory becomes opaque (only its lower contents go). The whiteout
+      // itself is kept as a hidden dirent so that export writes it back.
+      if (kind === DirentKind.Whiteout && existing?.kind === DirentKind.Normal) {
+        if (existing.type === 'dir') cat.setFlags(existing.ino, FLAG_OPAQUE);
+        hideWhiteout(parent, name, cat.addInode({ ...meta(e), type: 'chardev' }), true);
+        continue;
+      }
+      const afterWhiteout = replace(path, parent, name);
 
       let inline: Buffer | null = null;
       const isFile = type === 'file' && kind === DirentKind.Normal;
@@ -207,6 +219,8 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
       });
       cat.link(parent, kind === DirentKind.OpaqueMarker ? Buffer.from('.wh..wh..opq') : name, ino, kind);
       if (kind === DirentKind.OpaqueMarker) cat.setFlags(parent, FLAG_OPAQUE);
+      // A directory after a whiteout of its name in the same layer: fresh, nothing of the lower ones shows through.
+      if (afterWhiteout && type === 'dir') cat.setFlags(ino, FLAG_OPAQUE);
       for (const [k, v] of e.xattrs) cat.addXattr(ino, k, v);
       if (kind !== DirentKind.OpaqueMarker) nodes.set(path, { ino, type, kind, parent, name });
       if (isFile) {
@@ -217,12 +231,33 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     }
     if (opts.log) opts.log.debug({ entries: stats.entries }, 'tar read');
 
-    function replace(path: string, parent: number, name: Buffer): void {
+    /** An earlier entry of this layer with this path gives way to a new one; true when it was a whiteout (kept hidden). */
+    function replace(path: string, parent: number, name: Buffer): boolean {
       const old = nodes.get(path);
-      if (!old) return;
+      if (!old) return false;
       if (old.type === 'dir' && old.kind === DirentKind.Normal) throw new BadInputError(`member ${JSON.stringify(path)} replaces a directory with a non-directory`);
-      cat.unlink(parent, name, old.ino);
       nodes.delete(path);
+      if (old.kind === DirentKind.Whiteout) {
+        // Still deletes the name from lower layers: moved to a hidden dirent before its own name is unlinked.
+        hideWhiteout(parent, name, old.ino, false);
+        cat.unlink(parent, name, old.ino);
+        return true;
+      }
+      cat.unlink(parent, name, old.ino);
+      return false;
+    }
+
+    /**
+     * A whiteout sharing its name with an entry of its own layer, stored as a hidden dirent (`.wh.NAME`, kind 2: never
+     * listed or looked up, written back as is by export). A repeated one replaces the previous.
+     */
+    function hideWhiteout(parent: number, name: Buffer, ino: number, isNewInode: boolean): void {
+      const hidden = Buffer.concat([Buffer.from('.wh.'), name]);
+      const key = `${parent}/${hidden.toString('latin1')}`;
+      const prev = hiddenWhiteouts.get(key);
+      if (prev !== undefined) cat.unlink(parent, hidden, prev);
+      cat.link(parent, hidden, ino, DirentKind.OpaqueMarker, isNewInode);
+      hiddenWhiteouts.set(key, ino);
     }
 
     async function chunkFile(ino: number, e: TarEntry, data: AsyncIterable<Buffer>): Promise<void> {
