@@ -13,7 +13,7 @@ import { diffLines, diffTrees, extractTar, tarListing } from './helpers/oracle.j
 import { makeLayer, type LayerTar } from './helpers/layers.js';
 import { OciLayout } from './fixtures/images.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 const AMD64 = { os: 'linux', architecture: 'amd64' };

@@ -3,12 +3,15 @@ import { resolve, join } from 'node:path';
 import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
+import { Store } from '../../store/store.js';
+import { watchPodmanStore } from '../../podman/watch.js';
+import { generatePodmanStore } from '../../podman/image-store.js';
 import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../mount/daemon.js';
 import { addHttpOptions, httpOptionsFrom, type HttpCli } from '../http-options.js';
 
 interface MountCli extends HttpCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
+  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
   allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
 }
 
@@ -29,6 +32,7 @@ export function registerMountCommands(program: Command): void {
     .option('--stats-file <file>', 'JSON counters rewritten while mounted; also linked as <mountpoint>/.thinfs/stats (default <cache-dir>/stats/<pid>.json)')
     .option('--metrics-port <port>', 'serve Prometheus /metrics and JSON /stats on 127.0.0.1:<port> (0 = any free port)')
     .option('--ready-file <file>', 'write {"pid",...} JSON here once the mount is serving (removed at exit)')
+    .option('--podman-store <dir>', 'also keep a podman image store over this mount in <dir> (as `thinfs podman-store --watch`); see `thinfs podman-conf`')
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
@@ -63,8 +67,17 @@ Examples:
         if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) throw new ThinfsError(`--metrics-port: bad port "${o.metricsPort}"`, EXIT.USAGE);
       }
       const readahead = parseSize(o.readahead, '--readahead');
+      const storeLocation = /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc);
+      // The podman image store is written from the store alone (never through this process's own mount).
+      const podmanStop = new AbortController();
+      if (o.podmanStore) {
+        const ps = { store: await Store.open(storeLocation), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
+        // a first pass before the mount reports ready, so a unit ordered after it finds the images
+        await generatePodmanStore(ps);
+        void watchPodmanStore({ ...ps, intervalMs: 2000, signal: podmanStop.signal });
+      }
       const code = await runMount({
-        store: /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc),
+        store: storeLocation,
         mountpoint,
         cacheDir,
         cacheQuota: parseSize(o.cacheQuota, '--cache-quota'),
@@ -84,6 +97,7 @@ Examples:
         http: httpOptionsFrom(o),
         log,
       });
+      podmanStop.abort();
       // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
       process.exit(code);
     });
