@@ -1,3 +1,4 @@
+// The store CLI commands: init, ingest, layers, ls, stat, cat, export, gc (argument checks and output formats).
 import type { Command } from 'commander';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
