@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { cleanupTmpDirs, run, sha256File, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir } from './helpers/proc.js';
 import { fixChecksum, tarHeader, tarMember, tarPad, TAR_EOF } from './fixtures/tars.js';
 
@@ -258,5 +260,83 @@ describe('thinfs ls quotes names as GNU ls does (issue 10 item 13)', () => {
     const bad = got.find((n) => n.startsWith('bad'))!;
     assert.equal(bad, 'bad\\351');
     assert.equal(await thinfsOk(['cat', '--store', store, id, bad]), 'x');
+  });
+});
+
+describe('decoders: child processes (igzip, zstd) and in-process agree, and refuse the same inputs (issue 15)', () => {
+  let tar: Buffer;
+  before(async () => {
+    const big = Buffer.alloc(3 << 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    tar = Buffer.concat([tarMember({ name: 'd/', type: '5' }), tarMember({ name: 'd/big' }, big), tarMember({ name: 'd/small' }, Buffer.from('s\n')), TAR_EOF]);
+  });
+  const compress = async (format: 'gzip' | 'zstd', data: Buffer): Promise<Buffer> => {
+    if (format === 'gzip') return gzipSync(data);
+    const file = path.join(work, `dec-${Date.now()}.tar`);
+    await fsp.writeFile(file, data);
+    const r = await run('zstd', ['-q', '-f', '-3', file, '-o', file + '.zst']);
+    assert.equal(r.code, 0, r.stderr);
+    return fsp.readFile(file + '.zst');
+  };
+  const ingestWith = async (decoder: 'child' | 'node', data: Buffer) => {
+    const dir = path.join(work, `dec-store-${decoder}-${Date.now()}`);
+    await thinfsOk(['init', dir]);
+    const r = await thinfs(['ingest', '-', '--store', dir, '--json', '--no-progress'], { input: data, env: { THINFS_DECODER: decoder === 'node' ? 'node' : undefined } });
+    return { r, dir };
+  };
+
+  for (const format of ['gzip', 'zstd'] as const) {
+    it(`${format}: the same layer gives the same diff id, blob digest and catalog either way`, async () => {
+      const blob = await compress(format, tar);
+      const a = await ingestWith('child', blob);
+      const b = await ingestWith('node', blob);
+      assert.equal(a.r.code, 0, a.r.stderr);
+      assert.equal(b.r.code, 0, b.r.stderr);
+      const ja = JSON.parse(a.r.stdout), jb = JSON.parse(b.r.stdout);
+      assert.equal(ja.diffId, 'sha256:' + (await import('node:crypto')).createHash('sha256').update(tar).digest('hex'));
+      for (const k of ['diffId', 'blobDigest', 'catalog', 'tarBytes', 'blobBytes']) assert.equal(ja[k], jb[k], k);
+    });
+    it(`${format}: truncated and corrupted streams are refused either way, nothing published`, async () => {
+      const blob = await compress(format, tar);
+      const corrupt = Buffer.from(blob);
+      corrupt[Math.floor(corrupt.length / 2)] ^= 0xff;
+      for (const [what, data] of [['truncated', blob.subarray(0, Math.floor(blob.length * 0.7))], ['corrupted', corrupt]] as const) {
+        for (const decoder of ['child', 'node'] as const) {
+          const { r, dir } = await ingestWith(decoder, data);
+          assert.equal(r.code, 3, `${what} ${decoder}: ${r.stderr}`);
+          assert.match(r.stderr, /corrupt|truncat|tar/i);
+          assert.deepEqual((await storeSnapshot(dir)).layers, [], `${what} ${decoder}: no layer published`);
+        }
+      }
+    });
+  }
+
+  it('a refused layer stops its decoder child at once (no decompressing the rest, no process left behind)', async () => {
+    const { ingestTar } = await import('../src/ingest/ingest.js');
+    const { WritableStore } = await import('../src/store/store.js');
+    const st = await WritableStore.openDir(store);
+    // A bad first header, then 8 GiB of zeros compressed on the fly: only an early stop finishes quickly.
+    const bad = Buffer.from(tarMember({ name: 'x' }, Buffer.from('x')));
+    bad[0] ^= 0x01; // checksum now wrong
+    const gen = spawn('bash', ['-c', 'cat; head -c 8G /dev/zero'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    gen.stdin.end(bad);
+    const gz = spawn('gzip', ['-1', '-c'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    gen.stdout.pipe(gz.stdin);
+    gz.stdin.on('error', () => {});
+    const t0 = Date.now();
+    try {
+      await assert.rejects(ingestTar(Readable.from(gz.stdout), st, {}), /checksum/);
+      assert.ok(Date.now() - t0 < 30_000, `refused after ${Date.now() - t0} ms`);
+      const kids = async () => {
+        const out: string[] = [];
+        for (const t of await fsp.readdir('/proc/self/task')) out.push(...(await fsp.readFile(`/proc/self/task/${t}/children`, 'utf8')).split(' ').filter((x) => x.trim()));
+        const names = await Promise.all(out.map(async (pid) => (await fsp.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim()));
+        return names.filter((n) => n === 'igzip' || n === 'pigz' || n === 'zstd');
+      };
+      for (let i = 0; i < 50 && (await kids()).length; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(await kids(), [], 'decoder child gone');
+    } finally {
+      gen.kill('SIGKILL'); gz.kill('SIGKILL');
+    }
   });
 });
