@@ -21,7 +21,7 @@ export type Compression = 'gzip' | 'zstd' | 'none';
 /** Output piece size of the decompressors: large enough to amortise calls, small enough to bound memory. */
 const OUT_CHUNK = 1 << 18;
 
-export function sniff(head: Buffer): Compression {
+function sniff(head: Buffer): Compression {
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
   if (head.subarray(0, 3).toString('latin1') === 'BZh') throw new BadInputError('bzip2-compressed layers are not supported (use gzip, zstd or plain tar)');
@@ -29,7 +29,7 @@ export function sniff(head: Buffer): Compression {
   return 'none';
 }
 
-export async function openInput(input: string | NodeJS.ReadableStream): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
+async function openInput(input: string | NodeJS.ReadableStream): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
   if (typeof input !== 'string') return { stream: input };
   let st;
   try { st = await stat(input); } catch (e) {
@@ -49,7 +49,7 @@ export async function openInput(input: string | NodeJS.ReadableStream): Promise<
  * OUT_CHUNK, never its decoded size. (zstd-napi's DecompressStream pushes a whole input chunk's
  * output at once, ignoring backpressure.)
  */
-export async function* zstdDecode(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+async function* zstdDecode(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   const dctx = new zstdBinding.DCtx();
   let inFrame = false;
   for await (const chunk of src) {
@@ -102,7 +102,7 @@ function onPath(cmd: string): string | null {
 
 const found = new Map<string, [string, string[]] | null>();
 /** The child decoder for a format, or null to decode in-process. */
-export function childDecoder(format: 'gzip' | 'zstd'): [string, string[]] | null {
+function childDecoder(format: 'gzip' | 'zstd'): [string, string[]] | null {
   if (process.env.THINFS_DECODER === 'node') return null;
   if (!found.has(format)) {
     let pick: [string, string[]] | null = null;

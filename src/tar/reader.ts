@@ -167,7 +167,7 @@ function isZero(b: Buffer): boolean {
 }
 
 /** PAX records "LEN KEY=VALUE\n"; values stay bytes (paths and xattr values need not be UTF-8). */
-export function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
+function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
   const out: Array<[string, Buffer]> = [];
   let p = 0;
   while (p < data.length) {
