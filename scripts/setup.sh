@@ -18,6 +18,7 @@ PKGS=(
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
   time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
+  isal pigz                      # igzip (fastest gzip decoder here), pigz (fallback): layer decompression off the main thread
 )
 missing=()
 for p in "${PKGS[@]}"; do
