@@ -9,8 +9,8 @@ import * as path from 'node:path';
 import { hostname } from 'node:os';
 import { cleanupTmpDirs, run, REPO_ROOT, thinfs, thinfsOk, tmpDir } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { makeLayer, OciLayout, startRegistry, pushLayout, type Layer, type RegistryServer } from './fixtures/images.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
+import { pseudoRandom, makeLayer as makeLayerTar, type LayerTar } from './helpers/layers.js';
 import { Store } from '../src/store/store.js';
 import { openLayerCatalog } from '../src/store/layer-catalog.js';
 
@@ -18,17 +18,17 @@ const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 const AMD64 = { os: 'linux', architecture: 'amd64' };
 let work: string;
 let reg: RegistryServer;
-let base: Layer, top: Layer;
+let base: LayerTar, top: LayerTar;
 
 before(async () => {
   work = await tmpDir();
-  base = await makeLayer(work, 'base', async (d) => {
+  base = await makeLayerTar(work, 'base', async (d) => {
     for (let i = 0; i < 12; i++) await fsp.writeFile(path.join(d, `base-${i}.bin`), pseudoRandom(40_000 + i, `base${i}`));
-  }, 'gzip');
-  top = await makeLayer(work, 'top', async (d) => {
+  }, { compression: 'gzip' });
+  top = await makeLayerTar(work, 'top', async (d) => {
     await fsp.mkdir(path.join(d, 'app'));
     for (let i = 0; i < 8; i++) await fsp.writeFile(path.join(d, 'app', `top-${i}.bin`), pseudoRandom(30_000 + i, `top${i}`));
-  }, 'zstd');
+  }, { compression: 'zstd' });
   const lay = await new OciLayout(path.join(work, 'layout')).init();
   await lay.tag(await lay.image([base, top], AMD64), 'full');
   await lay.tag(await lay.image([base], AMD64), 'slim');

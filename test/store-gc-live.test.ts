@@ -8,9 +8,9 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, listFiles, run, REPO_ROOT, thinfs, thinfsOk, tmpDir } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { makeLayer as makeImageLayer, OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
-import { pseudoRandom } from './fixtures/tars.js';
-import { startS3rver, startPublisher, awsCp, makeLayer as makeTarLayer, sourceDirs, publishedLayers, BUCKET, TOKEN, type S3Server, type PublisherProc } from './publisher-fixture.js';
+import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
+import { pseudoRandom, makeLayer as makeLayerTar } from './helpers/layers.js';
+import { startS3rver, startPublisher, awsCp, realTreeLayer, sourceDirs, publishedLayers, BUCKET, TOKEN, type S3Server, type PublisherProc } from './publisher-fixture.js';
 
 let reg: RegistryServer | undefined;
 let s3: S3Server | undefined;
@@ -22,21 +22,21 @@ const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 test('gc running repeatedly during 3 conversions and the publisher: every published layer reads back equal to its tar', async () => {
   const work = await tmpDir();
   const AMD64 = { os: 'linux', architecture: 'amd64' };
-  const base = await makeImageLayer(work, 'base', async (d) => {
+  const base = await makeLayerTar(work, 'base', async (d) => {
     for (let i = 0; i < 30; i++) await fsp.writeFile(path.join(d, `b${i}.bin`), pseudoRandom(20_000 + i * 997, `base${i}`));
-  }, 'gzip');
-  const tops = await Promise.all([0, 1, 2].map((k) => makeImageLayer(work, `top${k}`, async (d) => {
+  }, { compression: 'gzip' });
+  const tops = await Promise.all([0, 1, 2].map((k) => makeLayerTar(work, `top${k}`, async (d) => {
     for (let i = 0; i < 20; i++) await fsp.writeFile(path.join(d, `t${k}-${i}.bin`), pseudoRandom(15_000 + i * 991, `top${k}-${i}`));
     // Shared with the base layer: deduplicated against during the conversion.
     await fsp.writeFile(path.join(d, 'copy-of-b0.bin'), pseudoRandom(20_000, 'base0'));
-  }, 'zstd')));
+  }, { compression: 'zstd' })));
   const lay = await new OciLayout(path.join(work, 'layout')).init();
   for (let k = 0; k < 3; k++) await lay.tag(await lay.image([base, tops[k]!], AMD64), `i${k}`);
   reg = await startRegistry(path.join(work, 'registry'));
   for (let k = 0; k < 3; k++) await pushLayout(path.join(work, 'layout'), `i${k}`, reg, `test/i${k}`);
   const dirs = await sourceDirs(6);
   const upl = [];
-  for (let k = 0; k < 3; k++) upl.push(await makeTarLayer(work, `u${k}`, dirs.slice(k * 2, k * 2 + 2)));
+  for (let k = 0; k < 3; k++) upl.push(await realTreeLayer(work, `u${k}`, dirs.slice(k * 2, k * 2 + 2)));
 
   const store = path.join(work, 'store');
   await thinfsOk(['init', store]);

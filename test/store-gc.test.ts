@@ -8,7 +8,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, listFiles, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, storeSnapshot } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { makeTreeTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 
 after(cleanupTmpDirs);
 

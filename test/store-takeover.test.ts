@@ -8,8 +8,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, listFiles, run, REPO_ROOT, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { makeLayer, OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
+import { pseudoRandom, makeLayer as makeLayerTar } from './helpers/layers.js';
 
 let reg: RegistryServer | undefined;
 after(async () => { await reg?.stop(); await cleanupTmpDirs(); });
@@ -19,9 +19,9 @@ const ENV = { THINFS_NO_PROGRESS: '1', THINFS_LOCK_STALE_MS: '3000' };
 
 test('a SIGKILLed lock holder mid-ingest is taken over after its lock goes stale; the layer is published once', async () => {
   const work = await tmpDir();
-  const big = await makeLayer(work, 'big', async (d) => {
+  const big = await makeLayerTar(work, 'big', async (d) => {
     for (let i = 0; i < 40; i++) await fsp.writeFile(path.join(d, `f${i}.bin`), pseudoRandom(1_500_000, `big${i}`));
-  }, 'gzip');
+  }, { compression: 'gzip' });
   const lay = await new OciLayout(path.join(work, 'layout')).init();
   await lay.tag(await lay.image([big], { os: 'linux', architecture: 'amd64' }), 'v1');
   reg = await startRegistry(path.join(work, 'registry'));

@@ -12,6 +12,8 @@ import { DATA_DIR, TXN_DIR, layerPath, objectPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ObjectWriterPool } from './writer-pool.js';
 import { withCommitLock } from './lock.js';
+import { republishManifest, writerSigningOptions } from './trust.js';
+import { createLogger } from '../util/log.js';
 import { currentOwner, isOwnerAlive, type Owner } from './owner.js';
 import { IntegrityError, ThinfsError } from '../util/errors.js';
 import { atomicWrite, fsyncDir } from '../util/fsutil.js';
@@ -112,6 +114,8 @@ async function syncFs(path: string): Promise<void> {
   try { await execFileP('sync', ['-f', path]); } catch { await execFileP('sync'); }
 }
 
+const writerLog = createLogger('thinfs-store');
+
 export interface TxnStore { readonly root: string; getLayer(diffId: string): Promise<LayerManifest | null>; withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> }
 
 /**
@@ -183,7 +187,9 @@ export class Txn {
     await this.ready;
     if (!this.has(manifest.catalog)) throw new ThinfsError(`commit: catalog object ${manifest.catalog} was not put in this transaction`);
     const root = this.store.root;
-    return this.store.withLayerLock(manifest.diffId, async () => {
+    // The signing key is loaded first: a bad key refuses the commit before anything is published.
+    const signing = await writerSigningOptions();
+    const res = await this.store.withLayerLock(manifest.diffId, async () => {
       const existing = await this.store.getLayer(manifest.diffId);
       if (existing && opts.repair) {
         // fsck --repair re-ingested a published layer: the same layer gives the same catalog, so the objects
@@ -202,6 +208,9 @@ export class Txn {
       });
       return { manifest, published: true, restored: 0 };
     });
+    // The repository manifest names the new layer (its own lock serializes writers).
+    if (res.published) await republishManifest(root, { ...signing, log: writerLog });
+    return res;
   }
 
   /** Commit objects only, then run `then` (e.g. write an image descriptor) while gc is still held off. */
