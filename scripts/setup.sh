@@ -13,6 +13,7 @@ PKGS=(
   podman runc buildah            # real container runtime on the result
   squashfs-tools squashfuse      # bench baseline
   nginx                          # HTTP store backend tests
+  squid                          # site cache (forward proxy) for the HTTP store tests and the sitecache bench
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart

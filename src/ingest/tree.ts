@@ -168,11 +168,13 @@ export class TreeBuilder {
     if (n) {
       if (n.type === 'dir' && n.kind === DirentKind.Normal) return n.ino;
       if (n.type === 'symlink') throw new BadInputError(`entry ${printable(raw)} would be written through symlink ${JSON.stringify(pp)}`);
-      throw new BadInputError(`entry ${printable(raw)}: parent ${JSON.stringify(pp)} is not a directory`);
+      // `.wh.x` then `x/a` in one layer: x is made afresh below, as after `.wh.x` then `x/` (see replace()).
+      if (n.kind !== DirentKind.Whiteout) throw new BadInputError(`entry ${printable(raw)}: parent ${JSON.stringify(pp)} is not a directory`);
     }
     const gp = this.parentOf(pp, raw);
     const name = Buffer.from(pp.slice(pp.lastIndexOf('/') + 1), 'latin1');
-    const ino = this.cat.addInode({ type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, mtimeNs: 0, flags: FLAG_IMPLICIT });
+    const afterWhiteout = n ? this.replace(pp, gp, name) : false;
+    const ino = this.cat.addInode({ type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, mtimeNs: 0, flags: FLAG_IMPLICIT | (afterWhiteout ? FLAG_OPAQUE : 0) });
     this.cat.link(gp, name, ino);
     this.nodes.set(pp, { ino, type: 'dir', kind: DirentKind.Normal, parent: gp, name });
     return ino;

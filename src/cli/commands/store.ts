@@ -14,6 +14,7 @@ import { NotFoundError, ThinfsError, UsageError, EXIT } from '../../util/errors.
 import { isDigest } from '../../util/hash.js';
 import { QUOTING_STYLES, quoteName, type QuotingStyle } from '../quote.js';
 import type { Inode, CatalogReader } from '../../catalog/reader.js';
+import { addStoreReadOptions } from '../http-options.js';
 
 const STORE_HELP = 'store directory (or http(s) URL for read commands)';
 const PATH_HELP = 'path inside the layer (bytes that are not UTF-8 as \\NNN octal escapes, as `tar -tv` prints them)';
@@ -219,4 +220,6 @@ export function registerStoreCommands(program: Command): void {
       else process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
         `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace)\n`);
     });
+  // Read commands take the HTTP (mirrors, proxies, timeouts) and trust (--public-key) options.
+  for (const c of program.commands) if (['layers', 'ls', 'stat', 'cat', 'export'].includes(c.name())) addStoreReadOptions(c);
 }
