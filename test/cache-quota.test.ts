@@ -11,7 +11,8 @@ import { Store } from '../src/store/store.js';
 import { CatalogReader } from '../src/catalog/reader.js';
 import { createLogger } from '../src/util/log.js';
 import { cleanupTmpDirs, sha256, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
-import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { makeTreeTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 
 after(cleanupTmpDirs);
 

@@ -1,3 +1,5 @@
+// A mount's counters: one snapshot feeds the stats file (<mountpoint>/.thinfs/stats), the JSON /stats endpoint and the
+// Prometheus /metrics collectors.
 import { createServer, type Server } from 'node:http';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -103,7 +105,7 @@ export class StatsReporter {
       await mkdir(dirname(file), { recursive: true });
       await writeFile(tmp, JSON.stringify(snap, null, 2) + '\n');
       await rename(tmp, file);
-    }).catch((e) => this.o.log.warn({ err: (e as Error).message, file }, 'cannot write stats file'));
+    }).catch((e) => this.o.log.warn({ err: e, file }, 'cannot write stats file'));
     return this.writing;
   }
 
