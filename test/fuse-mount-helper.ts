@@ -11,6 +11,7 @@ export interface MountStats {
     memHits: number; diskHits: number; fetches: number; fetchedBytes: number; fetchedDecodedBytes: number; catalogFetches: number;
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
     filesAssembled: number; assembling: number; catalogEvictions: number;
+    filesVerifiedAtOpen: number; filesTrustedAtOpen: number; filesReverified: number;
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;

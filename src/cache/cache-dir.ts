@@ -3,9 +3,10 @@
 //   <dir>/chunks/<2 hex>/<62 hex>   decoded chunk bytes; the name is their SHA-256, re-checked on every disk read
 //   <dir>/files/<2 hex>/<62 hex>    whole files assembled from verified chunks, for FUSE passthrough; named by
 //                                   the SHA-256 of the file's chunk map (same layout, same file, in any layer)
+//   <dir>/trust/<2 hex>/<62 hex>    the verified identity of a whole-file copy of the same name (trust.ts)
 //   <dir>/catalogs/<hash>.sqlite    decoded layer catalogs (verified when fetched and when reopened)
 //   <dir>/tmp/                      in-flight writes, renamed into place (readers see whole files or none)
-import { chmod, mkdir, readdir, rename, rm, stat, unlink, writeFile, open, type FileHandle } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile, open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinfsError, UsageError } from '../util/errors.js';
@@ -19,7 +20,7 @@ import type { CacheKey } from './quota.js';
 const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
 
 /** What a cache directory may hold (stats/: the mount's default stats file). */
-const OWN_ENTRIES = new Set(['chunks', 'files', 'catalogs', 'tmp', 'stats']);
+const OWN_ENTRIES = new Set(['chunks', 'files', 'trust', 'catalogs', 'tmp', 'stats']);
 
 /** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
 async function makePrivate(p: string, mode: number): Promise<void> {
@@ -31,18 +32,21 @@ export interface FoundEntry { key: CacheKey; size: number; lastUsedMs: number }
 export class CacheDir {
   readonly chunks: string;
   readonly files: string;
+  readonly trust: string;
   readonly catalogs: string;
   readonly tmp: string;
 
   constructor(readonly root: string) {
     this.chunks = join(root, 'chunks');
     this.files = join(root, 'files');
+    this.trust = join(root, 'trust');
     this.catalogs = join(root, 'catalogs');
     this.tmp = join(root, 'tmp');
   }
 
   chunkPath(hash: string): string { return join(this.chunks, hash.slice(0, 2), hash.slice(2)); }
   filePath(fileId: string): string { return join(this.files, fileId.slice(0, 2), fileId.slice(2)); }
+  trustPath(fileId: string): string { return join(this.trust, fileId.slice(0, 2), fileId.slice(2)); }
   catalogPath(hash: string): string { return join(this.catalogs, `${hash}.sqlite`); }
   /** The file of an index key (see CacheKey). */
   pathOf(key: CacheKey): string {
@@ -59,7 +63,7 @@ export class CacheDir {
       throw new UsageError(`cache directory ${this.root} holds files thinfs did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): give --cache-dir a directory of its own`);
     }
     await mkdir(this.root, { recursive: true, mode: PRIVATE_DIR });
-    for (const d of [this.root, this.chunks, this.files, this.tmp, this.catalogs]) {
+    for (const d of [this.root, this.chunks, this.files, this.trust, this.tmp, this.catalogs]) {
       await mkdir(d, { recursive: true, mode: PRIVATE_DIR });
       await chmod(d, PRIVATE_DIR).catch((e: NodeJS.ErrnoException) => {
         throw new ThinfsError(`cache directory ${d}: cannot make it private (${e.code ?? e.message}); use a --cache-dir this user owns`);
@@ -85,6 +89,15 @@ export class CacheDir {
           if (/^[0-9a-f]{62}$/.test(n)) await add(join(dir, fan, n), prefix + fan + n);
         }
       }));
+    }
+    // Trust records: private like the rest; one whose copy is gone is removed (a crash between the two unlinks).
+    for (const fan of (await readdir(this.trust).catch(() => [] as string[])).filter((f) => /^[0-9a-f]{2}$/.test(f))) {
+      await makePrivate(join(this.trust, fan), PRIVATE_DIR);
+      for (const n of await readdir(join(this.trust, fan)).catch(() => [] as string[])) {
+        const p = join(this.trust, fan, n);
+        if (!/^[0-9a-f]{62}$/.test(n) || !(await stat(this.filePath(fan + n)).catch(() => null))) await unlink(p).catch(() => {});
+        else await makePrivate(p, PRIVATE_FILE);
+      }
     }
     for (const n of await readdir(this.catalogs).catch(() => [] as string[])) {
       const m = /^([0-9a-f]{64})\.sqlite$/.exec(n);
@@ -133,6 +146,34 @@ export class CacheDir {
 
   async discard(tmp: string): Promise<void> { await rm(tmp, { force: true }); }
 
-  /** Remove a key's file (already gone is fine: another mount sharing the directory may have evicted it). */
-  async remove(key: CacheKey): Promise<void> { await unlink(this.pathOf(key)).catch(() => {}); }
+  /**
+   * Remove a key's file (already gone is fine: another mount sharing the directory may have evicted it), and a
+   * whole-file copy's trust record with it (first: a record never outlives its copy's verified bytes).
+   */
+  async remove(key: CacheKey): Promise<void> {
+    if (key.startsWith('f:')) await this.removeTrust(key.slice(2));
+    await unlink(this.pathOf(key)).catch(() => {});
+  }
+
+  /** Write a whole-file copy's trust record atomically and durably (tmp, fsync, rename): a crash leaves the old one or the new. */
+  async writeTrust(fileId: string, data: Buffer): Promise<void> {
+    const { path: tmp, fh } = await this.createTmp(`trust-${fileId}`);
+    try {
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally { await fh.close(); }
+      const dest = this.trustPath(fileId);
+      await mkdir(join(dest, '..'), { recursive: true, mode: PRIVATE_DIR });
+      await rename(tmp, dest);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  /** A whole-file copy's trust record, or null. */
+  async readTrust(fileId: string): Promise<Buffer | null> { return readFile(this.trustPath(fileId)).catch(() => null); }
+
+  async removeTrust(fileId: string): Promise<void> { await unlink(this.trustPath(fileId)).catch(() => {}); }
 }

@@ -26,11 +26,18 @@ export interface CacheCounters {
   localReadahead: number;
   /** Whole files assembled from cached chunks (for passthrough). */
   filesAssembled: number;
+  /** Whole-file copies verified (hashed) on the open path: no trust record matched their identity. */
+  filesVerifiedAtOpen: number;
+  /** Whole-file copies passed through at open on their trust record (identity unchanged since verified). */
+  filesTrustedAtOpen: number;
+  /** Whole-file copies trusted by record that the background pass re-verified intact. */
+  filesReverified: number;
 }
 
 export function newCounters(): CacheCounters {
   return {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
     joined: 0, evictions: 0, catalogEvictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
+    filesVerifiedAtOpen: 0, filesTrustedAtOpen: 0, filesReverified: 0,
   };
 }

@@ -50,7 +50,8 @@ export class NodeCache {
       this.onEvict?.(key);
     });
     this.fetcher = new ChunkFetcher({ dir, index: this.index, store: o.store, memBytes: o.memBytes, counters, log: o.log, track });
-    this.files = new WholeFileBuilder({ dir, index: this.index, fetcher: this.fetcher, counters, log, track });
+    this.files = new WholeFileBuilder({ dir, index: this.index, fetcher: this.fetcher, counters, log, track,
+      dropped: (key) => this.onEvict?.(key) });
     this.catalogs = new CatalogCache({ dir, index: this.index, fetcher: this.fetcher, counters, log });
   }
 
@@ -59,8 +60,11 @@ export class NodeCache {
     const c = new NodeCache(o);
     await c.dir.create();
     // Oldest first, so the LRU order after a restart approximates the order of last use.
-    for (const f of await c.dir.scan()) c.index.add(f.key, f.size);
+    const found = await c.dir.scan();
+    for (const f of found) c.index.add(f.key, f.size);
     o.log.info({ cacheDir: o.dir, objects: c.index.count, bytes: c.index.usedBytes, quota: o.quota }, 'cache index rebuilt');
+    // Copies trusted by record are passed through at once; their bytes are re-read in the background (most recent first).
+    c.files.reverifyAll(found.filter((f) => f.key.startsWith('f:') && c.index.has(f.key)).map((f) => f.key).reverse());
     return c;
   }
 

@@ -89,12 +89,7 @@ export async function openVerified(file: string, size: number, hash: string): Pr
  */
 export async function verifyRanges(fd: number, chunks: ChunkRef[], size: number): Promise<number> {
   const nat = tryNative<ReadVerify>();
-  if (!nat) return verifyRangesJs(fd, chunks, size);
-  const pack = (cs: ChunkRef[]) => {
-    const b = Buffer.alloc(cs.length * 48);
-    cs.forEach((c, i) => { b.writeBigUInt64LE(BigInt(c.offset), i * 48); b.writeBigUInt64LE(BigInt(c.size), i * 48 + 8); b.write(c.hash, i * 48 + 16, 32, 'hex'); });
-    return b;
-  };
+  if (!nat) return verifyRangesJs(fd, chunks, 0, size);
   // Parts cut at chunk boundaries, about size / VERIFY_JOBS bytes each; every part checks its holes too.
   const jobs: Promise<number>[] = [];
   const parts = size >= SPLIT_VERIFY ? VERIFY_JOBS : 1;
@@ -113,7 +108,23 @@ export async function verifyRanges(fd: number, chunks: ChunkRef[], size: number)
   return rs.find((r) => r !== 0) ?? 0;
 }
 
-async function verifyRangesJs(fd: number, chunks: ChunkRef[], size: number): Promise<number> {
+/** Chunk records packed for the native job: offset u64le, size u64le, SHA-256. */
+function pack(cs: ChunkRef[]): Buffer {
+  const b = Buffer.alloc(cs.length * 48);
+  cs.forEach((c, i) => { b.writeBigUInt64LE(BigInt(c.offset), i * 48); b.writeBigUInt64LE(BigInt(c.size), i * 48 + 8); b.write(c.hash, i * 48 + 16, 32, 'hex'); });
+  return b;
+}
+
+/**
+ * Bytes [start, end) of a file against the chunks inside that range (sorted), the rest of the range zeros: one
+ * threadpool job (the background re-verification goes piece by piece, one job at a time, so readers keep the cores).
+ */
+export async function verifyPart(fd: number, chunks: ChunkRef[], start: number, end: number): Promise<number> {
+  const nat = tryNative<ReadVerify>();
+  return nat ? nat.verifyRanges(fd, start, end, pack(chunks)) : verifyRangesJs(fd, chunks, start, end);
+}
+
+async function verifyRangesJs(fd: number, chunks: ChunkRef[], start: number, size: number): Promise<number> {
   const read = async (off: number, len: number) => {
     const b = Buffer.allocUnsafe(len);
     for (let got = 0; got < len;) {
@@ -123,7 +134,7 @@ async function verifyRangesJs(fd: number, chunks: ChunkRef[], size: number): Pro
     }
     return b;
   };
-  let pos = 0;
+  let pos = start;
   for (const c of [...chunks, { offset: size, size: 0, hash: '' }]) {
     if (c.offset < pos || c.offset + c.size > size) return -errno.EINVAL;
     // Holes are read in pieces: a sparse gap may be large.

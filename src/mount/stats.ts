@@ -64,6 +64,9 @@ export class StatsReporter {
     perOp('thinfs_fuse_request_seconds_total', 'Time from the kernel to our reply, summed, by kind', (r) => r.totalSec);
     perOp('thinfs_fuse_queue_seconds_total', 'Time waiting for the JS thread, summed, by kind', (r) => r.queueSec);
     counter('thinfs_files_assembled_total', 'Whole-file copies built from cached chunks for passthrough', (s) => s.cache.filesAssembled);
+    counter('thinfs_files_verified_at_open_total', 'Whole-file copies hashed on the open path (no trust record matched)', (s) => s.cache.filesVerifiedAtOpen);
+    counter('thinfs_files_trusted_at_open_total', 'Whole-file copies passed through on their trust record', (s) => s.cache.filesTrustedAtOpen);
+    counter('thinfs_files_reverified_total', 'Whole-file copies re-verified intact in the background', (s) => s.cache.filesReverified);
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
     counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
