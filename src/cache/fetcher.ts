@@ -96,6 +96,8 @@ export class ChunkFetcher {
    * cached or corrupt (then dropped). The caller closes the descriptor.
    */
   async openVerifiedChunk(hash: string, size: number): Promise<number | null> {
+    // An open is a reader too, though its reads go to the kernel: background work (copies, re-verification) waits.
+    this.lastUse = Date.now();
     if (!this.p.index.has(hash)) return null;
     const r = await openVerified(this.p.dir.chunkPath(hash), size, hash);
     if (r >= 0) { this.p.index.touch(hash); return r; }
