@@ -4,7 +4,7 @@
 // passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
-import { fdClose, type NodeCache } from '../cache/node-cache.js';
+import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
@@ -541,7 +541,7 @@ export class ThinFs {
   private fileId(n: Extract<Node, { k: 'entry' }>, h: ReadState): string {
     if (h.fileId) return h.fileId;
     const chunks = this.chunksOf(n, h);
-    return (h.fileId = sha256hex(Buffer.from(`${n.inode.size}\n${chunks.map((c) => `${c.offset} ${c.size} ${c.hash}`).join('\n')}`)));
+    return (h.fileId = sha256hex(Buffer.from(chunkMapText(n.inode.size, chunks))));
   }
 
   /** Fetch every chunk of the named files now (a prefetch list), without blocking readers. */
