@@ -1,7 +1,7 @@
 // The mount daemon: mount options, mountpoint preparation (stale FUSE mounts detached), start-up in named stages
 // (open the view, connect the transport, announce, prefetch) and serving until a signal or an unmount ends it.
 import { execFile } from 'node:child_process';
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
@@ -237,7 +237,12 @@ async function announce(o: MountOptions, mp: string, v: View): Promise<void> {
   await v.stats.writeFile();
   o.log.info({ store: v.store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
   process.stdout.write(`thinfs: mounted ${v.store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
-  if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+  if (o.readyFile) {
+    // Renamed into place: whoever waits for the file to appear reads it whole.
+    const tmp = `${o.readyFile}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+    await rename(tmp, o.readyFile);
+  }
 }
 
 /** Fetches the files of a prefetch list in the background (readers are not held up). */
