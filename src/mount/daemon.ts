@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
 import type { HttpOptions } from '../store/http-backend.js';
-import { ChunkCache } from '../cache/chunk-cache.js';
+import { NodeCache } from '../cache/node-cache.js';
 import { ThinfsError, UsageError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
@@ -42,6 +42,10 @@ export interface MountOptions {
   debug: boolean;
   /** Mirrors' timeouts and proxies, for an HTTP store. */
   http?: HttpOptions;
+  /** Ed25519 public keys: serve only what the store's signed repository manifest names. */
+  publicKeys?: string[];
+  /** How often the signed manifest is polled for a new revision (ms). */
+  refreshMs?: number;
   log: Logger;
 }
 
@@ -154,13 +158,15 @@ function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSui
 }
 
 /** What a mount serves, opened before anything is mounted: the store, the cache, the view's operations, the stats. */
-interface View { store: Store; cache: ChunkCache; fs: ThinFs; stats: StatsReporter }
+interface View { store: Store; cache: NodeCache; fs: ThinFs; stats: StatsReporter }
 
 async function openView(o: MountOptions, mp: string, startedAt: number): Promise<View> {
   const log = o.log;
   CatalogReader.preload();
-  const store = await Store.open(o.store, { http: o.http });
-  const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
+  // The highest manifest revision seen lives with the cache: replay protection across restarts.
+  const store = await Store.open(o.store, { http: o.http, publicKeys: o.publicKeys, trustDir: join(o.cacheDir, 'trust') });
+  if (store.trust) log.info({ revision: store.trust.current!.revision, expires: store.trust.current!.expires }, 'signed repository manifest trusted');
+  const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
@@ -238,11 +244,23 @@ async function announce(o: MountOptions, mp: string, v: View): Promise<void> {
   o.log.info({ store: v.store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
   process.stdout.write(`thinfs: mounted ${v.store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
   if (o.readyFile) {
-    // Renamed into place: whoever waits for the file to appear reads it whole.
+    // Renamed into place: a waiter that sees the file must never read it half-written (benches did, under load).
     const tmp = `${o.readyFile}.${process.pid}.tmp`;
     await writeFile(tmp, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
     await rename(tmp, o.readyFile);
   }
+}
+
+/** Polls the signed repository manifest: new layers and images appear with a new revision; nodes handed out keep theirs. */
+function startRefresh(o: MountOptions, store: Store): NodeJS.Timeout | null {
+  if (!store.trust) return null;
+  const t = setInterval(() => {
+    store.refreshManifest().then((changed) => {
+      if (changed) o.log.info({ revision: store.trust!.current!.revision }, 'new repository manifest revision');
+    }, (e: unknown) => o.log.warn({ err: e }, 'repository manifest refresh refused; keeping the current revision'));
+  }, o.refreshMs ?? 60_000);
+  t.unref();
+  return t;
 }
 
 /** Fetches the files of a prefetch list in the background (readers are not held up). */
@@ -255,7 +273,7 @@ async function startPrefetch(listFile: string, fs: ThinFs, log: Logger): Promise
  * Serves until SIGTERM/SIGINT (then detaches the mount) or until the kernel ends the connection (someone ran
  * `thinfs unmount` / fusermount -u), then flushes the cache index and stats. Resolves to the exit code.
  */
-function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection): Promise<number> {
+function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, refresh: NodeJS.Timeout | null): Promise<number> {
   const log = o.log;
   return new Promise<number>((done) => {
     let stopping = false;
@@ -263,6 +281,7 @@ function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection):
       if (stopping) return;
       stopping = true;
       log.info({ why }, 'shutting down');
+      if (refresh) clearInterval(refresh);
       let code: number = EXIT.OK;
       if (needUnmount) {
         // Lazy detach: the name goes at once; the connection ends when the last user lets go (then CLOSED arrives).
@@ -299,8 +318,9 @@ export async function runMount(o: MountOptions): Promise<number> {
   await prepareMountpoint(mp, o.log);
   const conn = await connect(o, mp, mopts, view.fs);
   await announce(o, mp, view);
+  const refresh = startRefresh(o, view.store);
   if (o.prefetch) await startPrefetch(o.prefetch, view.fs, o.log);
-  return serveUntilStopped(o, mp, view, conn);
+  return serveUntilStopped(o, mp, view, conn, refresh);
 }
 
 export function defaultCacheDir(): string {

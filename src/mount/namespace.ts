@@ -4,10 +4,11 @@ import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
 import type { ThinImage } from '../image/descriptor.js';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
-import * as merge from '../mount/merge.js';
+import * as merge from './merge.js';
+import { imageDirKey } from './node-ids.js';
 
 /** A published layer as seen by this mount: a slot number (its name in node ids of images) and its catalog, loaded on first touch. */
 export class Layer {
@@ -17,7 +18,7 @@ export class Layer {
 
   isLoading(): boolean { return this.loading !== null; }
 
-  load(cache: ChunkCache): Promise<CatalogReader> {
+  load(cache: NodeCache): Promise<CatalogReader> {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
       this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
@@ -33,6 +34,8 @@ export class Layer {
 
 export class Image {
   layers: Layer[] | null = null;
+  /** The descriptor's hash in the signed manifest it was fetched under (null without one). */
+  tag: string | null = null;
   constructor(readonly idx: number, readonly name: string, readonly desc: ThinImage) {}
 }
 
@@ -64,7 +67,7 @@ export class Namespace {
   readonly root: Node = { k: 'synth', what: 'root' };
   layersLoaded = 0;
 
-  constructor(private readonly store: Store, private readonly cache: ChunkCache, private readonly log: Logger) {}
+  constructor(private readonly store: Store, private readonly cache: NodeCache, private readonly log: Logger) {}
 
   knownLayers(): Layer[] { return [...this.layers.values()]; }
   knownLayer(hex: string): Layer | undefined { return this.layers.get(hex); }
@@ -101,11 +104,16 @@ export class Namespace {
   }
 
   async image(name: string): Promise<Image | null> {
+    // A new signed revision may name another descriptor: new lookups get it, nodes already handed out keep theirs.
+    const tag = this.store.imageTag(name);
     const have = this.images.get(name);
-    if (have) return have;
+    if (have && have.tag === tag) return have;
     const desc = await this.store.getImage(name);
     if (!desc) return null;
-    const img = this.images.get(name) ?? new Image(this.nextImage++, name, desc);
+    const again = this.images.get(name);
+    if (again && again.tag === tag) return again;
+    const img = new Image(this.nextImage++, name, desc);
+    img.tag = tag;
     this.images.set(name, img);
     return img;
   }
@@ -141,6 +149,11 @@ export class Namespace {
     }
     for (const n of this.images.keys()) names.add(n);
     return [...names].sort().map(encodeImageDirName);
+  }
+
+  /** The node key of an image's directory as the store's current revision names it (node-ids.ts: imageDirKey). */
+  imageDirKey(dirName: string): string {
+    return imageDirKey(dirName, this.store.imageTag(decodeImageDirName(dirName) ?? ''));
   }
 
   /** A path from the mount's root (prefetch lists): walked one name at a time, as the kernel does. */

@@ -5,6 +5,14 @@ import { ROOT_INO } from '../catalog/schema.js';
 import type { Layer, Node } from './namespace.js';
 import { encodeImageDirName } from './names.js';
 
+/**
+ * The key of an image's directory: its name, plus the descriptor's signed hash when the store is signed, so a new
+ * revision of an image is a new node (lookups move to it) while the old one stays valid for whoever holds it.
+ */
+export function imageDirKey(encodedName: string, tag: string | null): string {
+  return tag ? `imagedir:${encodedName}@${tag}` : `imagedir:${encodedName}`;
+}
+
 /** The synthetic directories' fixed ids. */
 export const FIXED_IDS = { root: 1, layers: 2, images: 3, meta: 4 } as const;
 
@@ -55,8 +63,8 @@ export class NodeIds {
     return layer?.catalog ? this.entryId(0, layer, ROOT_INO) : this.dense(`layerdir:${hex}`);
   }
 
-  /** An images/<encoded name> directory. */
-  imageDirId(encoded: string): number { return this.dense(`imagedir:${encoded}`); }
+  /** An images/<encoded name> directory, by its key (imageDirKey: name and signed descriptor hash). */
+  imageDirId(key: string): number { return this.dense(key); }
 
   /** A directory of an image's merged rootfs, by its key in the image ('' = rootfs itself). */
   mergedId(imageIdx: number, key: string): number { return this.dense(`merged:${imageIdx}:${key}`); }
@@ -67,7 +75,7 @@ export class NodeIds {
     switch (n.k) {
       case 'synth': return FIXED_IDS[n.what];
       case 'statsLink': return this.statsId();
-      case 'imageDir': return this.imageDirId(encodeImageDirName(n.image.name));
+      case 'imageDir': return this.imageDirId(imageDirKey(encodeImageDirName(n.image.name), n.image.tag));
       case 'entry': return this.entryId(n.inImage?.idx ?? 0, n.layer, n.inode.ino);
       case 'merged': return this.mergedId(n.image.idx, n.key);
     }

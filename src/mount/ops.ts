@@ -4,7 +4,7 @@
 // passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
-import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
+import { fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
@@ -12,7 +12,7 @@ import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
-import * as imageMerge from '../mount/merge.js';
+import * as imageMerge from './merge.js';
 import {
   OP, E, ATTR_SIZE, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
   parseReadIn, parseName, statfsOut, xattrSizeOut,
@@ -90,7 +90,7 @@ export class ThinFs {
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
 
-  constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
+  constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
     this.synth = {
       root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },
@@ -185,7 +185,8 @@ export class ThinFs {
     }
   }
 
-  private ttlOf(n: Node): number { return n.k === 'synth' ? DYNAMIC_TTL : TTL; }
+  // An image's directory is looked up again after a short time: a new signed revision may name another descriptor.
+  private ttlOf(n: Node): number { return n.k === 'synth' || n.k === 'imageDir' ? DYNAMIC_TTL : TTL; }
 
   // ---- dispatch ----
 
@@ -278,7 +279,7 @@ export class ThinFs {
             return byName(Buffer.from(h), 4, this.ids.layerDirId(h, this.ns.knownLayer(h)));
           });
         }
-        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.ids.imageDirId(h)));
+        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.ids.imageDirId(this.ns.imageDirKey(h))));
         out = [byName(Buffer.from('stats'), 10, this.ids.statsId())];
         break;
       case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;

@@ -4,14 +4,14 @@ import { createServer, type Server } from 'node:http';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinFs } from './ops.js';
 import type { Logger } from '../util/log.js';
 
 export interface MountStats {
   store: string; mountpoint: string; pid: number; uptimeSec: number;
   layersLoaded: number;
-  cache: ChunkCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
+  cache: NodeCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
   ops: ThinFs['counters'];
 }
 
@@ -23,7 +23,7 @@ export class StatsReporter {
   private writing: Promise<void> = Promise.resolve();
   readonly registry = new Registry();
 
-  constructor(private readonly fs: ThinFs, private readonly cache: ChunkCache, private readonly o: {
+  constructor(private readonly fs: ThinFs, private readonly cache: NodeCache, private readonly o: {
     store: string; mountpoint: string; cacheDir: string; statsFile: string | null; log: Logger; startedAt: number;
   }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_' });
