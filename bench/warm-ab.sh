@@ -35,8 +35,11 @@ start() { # build cache
 }
 stop() { kill "${pids[0]}"; wait "${pids[0]}" || true; pids=(); }
 secs() { local t0 t1; t0=$(date +%s.%N); bash -c "$1" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
-assembling() { local port; port=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).metricsPort)' "$work/ready")
-  curl -s "http://127.0.0.1:$port/stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).cache.assembling))'; }
+stat() { local port; port=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).metricsPort)' "$work/ready")
+  curl -s "http://127.0.0.1:$port/stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log(eval(process.argv[1]))})' "$1"; }
+assembling() { stat 'j.cache.assembling'; }
+# How the big file was opened (the counters that exist in this build).
+opened() { stat '`passthrough ${j.ops.opensPassthrough}, hashed at open ${j.cache.filesVerifiedAtOpen ?? "-"}, trusted ${j.cache.filesTrustedAtOpen ?? "-"}, re-verified ${j.cache.filesReverified ?? "-"}`'; }
 
 for nb in "$@"; do # fill each build's warm cache: a full read, then wait for the whole-file copies
   start "${nb#*=}" "$work/cache-${nb%%=*}"
@@ -52,12 +55,12 @@ for r in $(seq "$rounds"); do
   for nb in "${builds[@]}"; do
     n=${nb%%=*} b=${nb#*=}
     start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches
-    t=$(secs "dd if='$layer/big/large.bin' of=/dev/null bs=1M status=none"); stop
+    t=$(secs "dd if='$layer/big/large.bin' of=/dev/null bs=1M status=none"); how=$(opened); stop
     start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches
     a=$(secs "cd '$layer' && find . -type f -print0 | xargs -0 -n 200 cat | wc -c"); stop
     mbs=$(echo "536.870912 / $t" | bc -l)
     dd[$n]+="$(printf '%.0f' "$mbs") "; ra[$n]+="$(printf '%.2f' "$a") "
-    printf 'round %d %-10s dd %6.0f MB/s  read-all %5.2f s  (load %s)\n' "$r" "$n" "$mbs" "$a" "$(cut -d' ' -f1 /proc/loadavg)"
+    printf 'round %d %-10s dd %6.0f MB/s  read-all %5.2f s  (load %s; dd: %s)\n' "$r" "$n" "$mbs" "$a" "$(cut -d' ' -f1 /proc/loadavg)" "$how"
   done
 done
 med() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }

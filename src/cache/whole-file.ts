@@ -12,10 +12,17 @@ import type { CacheIndex } from './quota.js';
 import { decodeRecord, encodeRecord, identityOf, sameIdentity, type Identity } from './trust.js';
 import { errno, fdClose, openVerified, verifyPart, verifyRanges } from './verify.js';
 
-/** Whole-file copies are built, and re-verified, only after readers have been quiet this long. */
+/** Whole-file copies are built only after readers have been quiet this long. */
 const IDLE_MS = 500;
-/** The background re-verification hashes this much at a time, then waits for readers to be idle again. */
+/**
+ * The background re-verification waits longer (since the last open or chunk read, and since the start): reads of
+ * passed-through files never reach the daemon, so a quiet daemon may still have readers (a container starting).
+ */
+const REVERIFY_IDLE_MS = 2000;
+/** It hashes this much at a time, then waits for quiet again ... */
 const REVERIFY_STEP = 8 << 20;
+/** ... and reads at most this fast (bytes per ms: 64 MiB/s), so a reader it overlaps keeps the disk and the cores. */
+const REVERIFY_BYTES_PER_MS = (64 << 20) / 1000;
 
 export interface BuilderParts {
   dir: CacheDir;
@@ -128,17 +135,18 @@ export class WholeFileBuilder {
 
   /**
    * Re-verify, in the background, every indexed copy whose identity matches its trust record (found at start): one
-   * copy at a time, REVERIFY_STEP bytes per threadpool job, each step only once readers have been idle for IDLE_MS,
-   * so media corruption that leaves the identity alone is found too. A copy that fails is dropped and the kernel told
-   * to let it go; later opens are served from verified chunks.
+   * copy at a time, REVERIFY_STEP bytes per threadpool job, each step only once readers have been quiet for
+   * REVERIFY_IDLE_MS, at most REVERIFY_BYTES_PER_MS, so media corruption that leaves the identity alone is found too.
+   * A copy that fails is dropped and the kernel told to let it go; later opens are served from verified chunks.
    */
   reverifyAll(keys: string[]): void {
     if (!keys.length) return;
+    const startedAt = Date.now();
     this.p.track((async () => {
       for (const key of keys) {
         if (this.closing) return;
         try {
-          await this.reverify(key);
+          await this.reverify(key, startedAt);
         } catch (e) {
           this.p.log.warn({ object: key, err: e }, 'cannot re-verify a whole-file copy');
         }
@@ -146,9 +154,10 @@ export class WholeFileBuilder {
     })());
   }
 
-  private async reverify(key: string): Promise<void> {
+  private async reverify(key: string, startedAt: number): Promise<void> {
     const fileId = key.slice(2);
-    await this.idle();
+    const quiet = () => this.idle(REVERIFY_IDLE_MS, startedAt);
+    await quiet();
     if (this.closing || !this.p.index.has(key) || this.hashed.has(key)) return;
     const raw = await this.p.dir.readTrust(fileId);
     const rec = raw ? decodeRecord(fileId, raw) : null;
@@ -162,12 +171,15 @@ export class WholeFileBuilder {
       if (!sameIdentity(id, rec.identity)) return; // changed since recorded: the open path verifies it
       const cs = rec.chunks;
       for (let k = 0, start = 0; k < cs.length || start < rec.size;) {
-        await this.idle();
+        await quiet();
         if (this.closing || !this.p.index.has(key)) return;
         let to = k;
         while (to < cs.length && (to === k || cs[to]!.offset + cs[to]!.size - start <= REVERIFY_STEP)) to++;
         const end = to < cs.length ? cs[to]!.offset : rec.size;
+        const t0 = Date.now();
         const r = await verifyPart(fd, cs.slice(k, to), start, end);
+        const pause = (end - start) / REVERIFY_BYTES_PER_MS - (Date.now() - t0);
+        if (pause > 0) await new Promise((res) => setTimeout(res, pause));
         if (r !== 0) { bad = r === -errno.EBADMSG ? 'bytes do not match the chunk map' : `cannot verify (errno ${-r})`; break; }
         k = to;
         start = end;
@@ -224,9 +236,11 @@ export class WholeFileBuilder {
     }
   }
 
-  /** Resolves once readers have left the cache alone for IDLE_MS (or at shutdown). */
-  private async idle(): Promise<void> {
-    for (let wait; !this.closing && (wait = this.p.fetcher.lastUse + IDLE_MS - Date.now()) > 0;) await new Promise((r) => setTimeout(r, wait));
+  /** Resolves once readers have left the cache alone for quietMs (and quietMs have passed since `since`), or at shutdown. */
+  private async idle(quietMs = IDLE_MS, since = 0): Promise<void> {
+    for (let wait; !this.closing && (wait = Math.max(this.p.fetcher.lastUse, since) + quietMs - Date.now()) > 0;) {
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 
   private async build(fileId: string, chunks: ChunkRef[], size: number): Promise<void> {
