@@ -141,8 +141,10 @@ describe('whole-file copies are verified before the kernel is handed them', () =
 
     m = await mount('mnt-wf-bg');
     // Nothing opens the file: the background pass alone finds it, within a bound.
-    await waitFor(async () => (await m.stats()).cache.corruptDropped === 1, 20_000, 100, 'the background pass to drop the copy');
-    assert.match(m.stderr(), /whole-file copy failed background re-verification/);
+    // The counter moves first, then the log line and the unlinks: wait for all three.
+    const gone = async (p: string) => !(await fsp.stat(p).catch(() => null));
+    await waitFor(async () => (await m.stats()).cache.corruptDropped === 1 && /whole-file copy failed background re-verification/.test(m.stderr()) &&
+      (await gone(copy)) && (await gone(trustOf(m, name!))), 20_000, 100, 'the background pass to drop the copy');
     await assert.rejects(fsp.stat(copy), { code: 'ENOENT' }, 'the bad copy is gone');
     await assert.rejects(fsp.stat(trustOf(m, name!)), { code: 'ENOENT' }, 'its record too');
     assert.equal(await sha256File(f), sha256(big), 'right bytes, from verified chunks');
