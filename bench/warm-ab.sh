@@ -60,9 +60,18 @@ for r in $(seq "$rounds"); do
     a=$(secs "cd '$layer' && find . -type f -print0 | xargs -0 -n 200 cat | wc -c"); stop
     mbs=$(echo "536.870912 / $t" | bc -l)
     dd[$n]+="$(printf '%.0f' "$mbs") "; ra[$n]+="$(printf '%.2f' "$a") "
-    printf 'round %d %-10s dd %6.0f MB/s  read-all %5.2f s  (load %s; dd: %s)\n' "$r" "$n" "$mbs" "$a" "$(cut -d' ' -f1 /proc/loadavg)" "$how"
+    printf 'round %d %-10s dd %6.0f MB/s  read-all %5.2f s  (load %s; dd: %s)\n' "$r" "$n" "$mbs" "$a" "$(cut -d' ' -f1 /proc/loadavg)" "$how" | tee -a "$work/rows"
   done
 done
 med() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 for nb in "$@"; do n=${nb%%=*}; echo "median $n: dd $(echo "${dd[$n]}" | med) MB/s  read-all $(echo "${ra[$n]}" | med) s  [dd: ${dd[$n]}| read-all: ${ra[$n]}]"; done
+# The steadier figure on a loaded machine: the median of each round's ratio to the first build (same minute).
+node -e '
+  const rows = {}; for (const l of require("fs").readFileSync(process.argv[1], "utf8").split("\n")) {
+    const m = /^round (\d+) (\S+)\s+dd\s+(\d+) MB\/s\s+read-all\s+([\d.]+)/.exec(l); if (m) (rows[m[1]] ??= {})[m[2]] = [+m[3], +m[4]]; }
+  const med = (xs) => { xs = xs.slice().sort((a, b) => a - b); const h = xs.length >> 1; return xs.length % 2 ? xs[h] : (xs[h - 1] + xs[h]) / 2; };
+  const [base, ...rest] = process.argv.slice(2);
+  for (const n of rest) { const rs = Object.values(rows).filter((r) => r[n] && r[base]);
+    console.log(`paired ${n}/${base}: dd x${med(rs.map((r) => r[n][0] / r[base][0])).toFixed(2)}, read-all time x${med(rs.map((r) => r[n][1] / r[base][1])).toFixed(2)} (${rs.length} rounds)`); }
+' "$work/rows" "${@%%=*}"
 grep -c 'failed' "$work/daemon.log" | sed 's/^/daemon log lines with "failed": /' || true
