@@ -6,6 +6,8 @@
 # (python stdlib + that file). Prints every sample and the medians. On a machine loaded by other work only
 # neighbouring runs compare, hence the alternation.
 # Usage (root): bench/warm-ab.sh ROUNDS NAME=BUILD_DIR [NAME=BUILD_DIR...]   (BUILD_DIR: a built checkout)
+# WARM_AB_DELAY=S waits S seconds after the restart before each workload (e.g. 3: a reader arriving while the
+# background re-verification of whole-file copies is under way).
 set -euo pipefail
 rounds=$1; shift
 work=$(mktemp -d /tmp/thinfs-warm-ab-XXXXXX)
@@ -54,9 +56,9 @@ for r in $(seq "$rounds"); do
   builds=("$@"); k=$(( (r - 1) % $# )); builds=("${builds[@]:k}" "${builds[@]:0:k}")
   for nb in "${builds[@]}"; do
     n=${nb%%=*} b=${nb#*=}
-    start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches
+    start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
     t=$(secs "dd if='$layer/big/large.bin' of=/dev/null bs=1M status=none"); how=$(opened); stop
-    start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches
+    start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
     a=$(secs "cd '$layer' && find . -type f -print0 | xargs -0 -n 200 cat | wc -c"); stop
     mbs=$(echo "536.870912 / $t" | bc -l)
     dd[$n]+="$(printf '%.0f' "$mbs") "; ra[$n]+="$(printf '%.2f' "$a") "
