@@ -46,7 +46,13 @@ opened() { stat '`passthrough ${j.ops.opensPassthrough}, hashed at open ${j.cach
 for nb in "$@"; do # fill each build's warm cache: a full read, then wait for the whole-file copies
   start "${nb#*=}" "$work/cache-${nb%%=*}"
   (cd "$layer" && find . -type f -print0 | xargs -0 cat | wc -c >/dev/null)
-  for _ in $(seq 600); do [ "$(assembling)" = 0 ] && break; sleep 0.1; done
+  # A copy is queued by a read reaching the end with every chunk local: the first read's last chunks may still be
+  # being written, so read the big file again until its copy exists.
+  for _ in $(seq 20); do
+    for _ in $(seq 600); do [ "$(assembling)" = 0 ] && break; sleep 0.1; done
+    [ "$(stat 'j.cache.filesAssembled')" -ge 1 ] && break
+    cat "$layer/big/large.bin" >/dev/null; sleep 1
+  done
   stop
 done
 
