@@ -1,4 +1,5 @@
 import { BadInputError } from '../util/errors.js';
+import type { TraceRef } from '../format/trace.js';
 
 export const THIN_IMAGE_MEDIA_TYPE = 'application/vnd.thinfs.image.v1+json';
 /** Annotation on the tiny OCI image that carries a descriptor (the CernVM-FS "thin image" idea). */
@@ -43,6 +44,8 @@ export interface ThinImage {
   /** Bottom layer first. */
   layers: ThinLayer[];
   created: string;
+  /** Optional prefetch trace (src/format/trace.ts): the chunks a recorded start-up read, replayed ahead of a process. */
+  trace?: TraceRef;
 }
 
 export function parseThinImage(raw: string | Buffer, what = 'thin image descriptor'): ThinImage {

@@ -66,6 +66,8 @@ export class Namespace {
   private nextImage = 1;
   readonly root: Node = { k: 'synth', what: 'root' };
   layersLoaded = 0;
+  /** Told of each image the first time this mount touches it (the daemon replays its prefetch trace). */
+  onImage: ((img: Image) => void) | null = null;
 
   constructor(private readonly store: Store, private readonly cache: NodeCache, private readonly log: Logger) {}
 
@@ -115,6 +117,7 @@ export class Namespace {
     const img = new Image(this.nextImage++, name, desc);
     img.tag = tag;
     this.images.set(name, img);
+    this.onImage?.(img);
     return img;
   }
 

@@ -12,6 +12,7 @@ import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
+import type { Prefetcher } from './prefetch.js';
 import * as imageMerge from './merge.js';
 import {
   OP, E, ATTR_SIZE, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
@@ -89,6 +90,8 @@ export class ThinFs {
   dropped: (nodeid: number) => void = () => {};
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
+  prefetcher: Prefetcher | null = null;
 
   constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
@@ -456,6 +459,10 @@ export class ThinFs {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
     if (end > h.nextPos) h.nextPos = end;
+    const pf = this.prefetcher;
+    const waits = pf?.reading(node.layer.hex, span) ?? false;
+    // Read from its start: the rest of the file is fetched now, in parallel, not one kernel request at a time.
+    if (pf && pos === 0 && k < chunks.length) pf.fileFromStart(chunks.slice(k));
     let datas: Buffer[];
     try {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
@@ -463,6 +470,8 @@ export class ThinFs {
       this.counters.eio++;
       this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: e }, 'read failed: object missing or corrupt, returning EIO');
       return E.EIO;
+    } finally {
+      if (waits) pf!.foregroundDone();
     }
     let filled = pos;
     for (let j = 0; j < span.length; j++) {

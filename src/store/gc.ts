@@ -9,7 +9,7 @@ export interface GcResult { layers: number; referenced: number; scanned: number;
 
 /**
  * Mark and sweep: every object named by a published layer (its catalog and the catalog's chunks) is
- * live; other objects older than the grace period go, as do staging dirs of dead transactions. The
+ * live, as are image configs and prefetch traces; other objects older than the grace period go, as do staging dirs of dead transactions. The
  * grace period protects objects an ingest on another node has just renamed in but not yet published.
  */
 export async function collectGarbage(store: WritableStore, opts: { graceMs: number; dryRun?: boolean }): Promise<GcResult> {
@@ -31,6 +31,8 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
   for (const name of await store.listImages()) {
     const img = await store.getImage(name).catch(() => null);
     if (img?.configDigest?.startsWith('sha256:')) live.add(img.configDigest.slice(7));
+    // A prefetch trace lives as long as a descriptor names it.
+    if (typeof img?.trace?.sha256 === 'string') live.add(img.trace.sha256);
   }
   res.referenced = live.size;
   const now = Date.now();

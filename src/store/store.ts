@@ -14,7 +14,7 @@ import type { ThinImage } from '../image/descriptor.js';
 import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { atomicWrite, fsyncDir } from '../util/fsutil.js';
-import { digestHex } from '../util/hash.js';
+import { digestHex, sha256hex } from '../util/hash.js';
 import { withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
 import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
@@ -210,6 +210,16 @@ export class WritableStore extends Store {
     const signing = await writerSigningOptions();
     await atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', join(this.root, TXN_DIR));
     await republishManifest(this.root, { ...signing, log: writerLog });
+  }
+
+  /**
+   * One small object outside any layer (a prefetch trace): written whole, synced and renamed into data/ before anything
+   * names it. Returns its name (hash of the decoded bytes).
+   */
+  async putObject(data: Uint8Array, codec: Codec = Codec.Zstd): Promise<string> {
+    const hash = sha256hex(data);
+    if (!(await this.hasObject(hash))) await atomicWrite(join(this.root, objectPath(hash)), encodeObject(data, codec), join(this.root, TXN_DIR));
+    return hash;
   }
 
   withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
