@@ -538,6 +538,8 @@ export class ThinFs {
       if (r > 0) {
         this.counters.opensPassthrough++;
         this.backing.record(id, key);
+        // The kernel reads this file's bytes itself from now on: recorded (and counted as prefetch hits) here.
+        if (file) this.prefetcher?.reading(file.layer.hex, this.chunksOf(file, this.readState(file)), true);
       } else this.counters.opensServed++;
       if (r < 0) this.log.warn({ nodeid: id, backing: key, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
     } finally {

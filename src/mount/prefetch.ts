@@ -40,6 +40,7 @@ export class Prefetcher {
   /** Chunks prefetch brought that no reader has asked for yet. */
   private readonly brought = new Set<string>();
   private fgWaiting = 0;
+  private readonly replayed = new Set<string>();
   private readonly recorded: TraceChunk[] | null;
   /** Chunks readers have asked for: never prefetched again, and told apart from what prefetch brought. */
   private readonly asked = new Set<string>();
@@ -50,17 +51,18 @@ export class Prefetcher {
 
   /**
    * A reader asked for these chunks (through `layer`): recorded in first-read order when recording, counted as hits
-   * when prefetch brought them. Returns whether the read must wait on the store (then call foregroundDone after).
+   * when prefetch brought them. A file opened with passthrough is read by the kernel from its local copy, never asking
+   * us: all its chunks count as read at that open. Returns whether the read must wait on the store (then call foregroundDone after).
    */
-  reading(layer: string, chunks: Array<{ hash: string; size: number }>): boolean {
+  reading(layer: string, chunks: Array<{ hash: string; size: number }>, passthrough = false): boolean {
     let cold = false;
     for (const c of chunks) {
       if (!this.asked.has(c.hash)) { this.asked.add(c.hash); this.recorded?.push({ layer, hash: c.hash, size: c.size }); }
       if (this.brought.delete(c.hash)) { this.counters.hits++; this.counters.waste--; }
       if (!cold && !this.cache.isLocal(c.hash)) cold = true;
     }
-    if (cold) this.fgWaiting++;
-    return cold;
+    if (cold && !passthrough) this.fgWaiting++;
+    return cold && !passthrough;
   }
 
   foregroundDone(): void { this.fgWaiting--; this.pump(); }
@@ -83,6 +85,10 @@ export class Prefetcher {
    */
   async replay(desc: ThinImage): Promise<void> {
     if (desc.trace === undefined) return;
+    // Concurrent first lookups may both make the image: its trace is replayed once.
+    const key = `${desc.name}@${JSON.stringify(desc.trace)}`;
+    if (this.replayed.has(key)) return;
+    this.replayed.add(key);
     let chunks: TraceChunk[];
     try {
       const ref = parseTraceRef(desc.trace, `image ${desc.name}: trace`)!;
