@@ -17,12 +17,13 @@ import { parseTrace } from '../src/format/trace.js';
 const IMAGE = 'app:v1';
 let work: string;
 let store: string;
+let layerHex: string;
 const files: Array<{ rel: string; sha: string }> = [];
 /** Files the workload reads (the rest of the layer is never read). */
 const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'bin/tool', 'share/big.dat'];
 const mounts: Mounted[] = [];
 
-interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number }
+interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number; fileChunks: number; inflight: number; queued: number }
 type Stats = Awaited<ReturnType<Mounted['stats']>> & { prefetch: PrefetchStats };
 
 async function mount(name: string, extra: string[] = []): Promise<Mounted> {
@@ -72,7 +73,8 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
       await add('share/unused.dat', pseudoRandom(2 << 20, 'unused'));
     });
     const r = await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', store, '--json', '--no-progress']);
-    await putTestImage(store, IMAGE, [r.diffId.slice(7)]);
+    layerHex = r.diffId.slice(7);
+    await putTestImage(store, IMAGE, [layerHex]);
   });
   after(async () => {
     for (const m of mounts.splice(0)) { await m.stop().catch(() => {}); await forceUnmount(m.mp); }
@@ -121,6 +123,33 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     assert.equal((await stats(plain)).cache.fetches - b0, t.chunks.length, 'without a trace every chunk is fetched when read');
     await stop(plain);
     await thinfsOk(['trace', 'attach', '-s', store, IMAGE, traceFile]);
+  });
+
+  it('a file read from its start has the rest of its chunks fetched ahead, in parallel (file-ahead)', async () => {
+    const chunksOf = async (m: Mounted) => (await m.stats()).cache.fetches;
+    const big = files.find((f) => f.rel === 'share/big.dat')!;
+    const readHead = async (m: Mounted) => {
+      const fh = await fsp.open(path.join(m.mp, 'layers', layerHex, 'share/big.dat'), 'r');
+      try { await fh.read(Buffer.alloc(4096), 0, 4096, 0); } finally { await fh.close(); }
+    };
+    // Control: without file-ahead, reading the head of the file fetches only the chunks the kernel asked for.
+    const off = await mount('noahead', ['--no-file-ahead']);
+    await readHead(off);
+    await new Promise((r) => setTimeout(r, 500));
+    const offFetches = (await chunksOf(off)) - 1; // minus the catalog
+    await stop(off);
+    const on = await mount('ahead');
+    await readHead(on);
+    const s = (await waitFor(async () => { const x = await stats(on); return x.prefetch.fileChunks > 0 && x.prefetch.inflight === 0 && x.prefetch.queued === 0 ? x : undefined; }, 30_000, 50, 'file-ahead done'))!;
+    assert.ok(s.prefetch.fetched > 0 && s.cache.fetches - 1 > offFetches, `file-ahead fetched the rest (${s.cache.fetches - 1} vs ${offFetches} chunks)`);
+    assert.equal(s.prefetch.waste, s.prefetch.fetched, 'not read yet: waste so far');
+    const before = s.cache.fetches;
+    assert.equal(sha256(await fsp.readFile(path.join(on.mp, 'layers', layerHex, 'share/big.dat'))), big.sha);
+    const after2 = await stats(on);
+    assert.equal(after2.cache.fetches, before, 'the rest of the file was already local');
+    assert.equal(after2.prefetch.hits, s.prefetch.fetched);
+    assert.equal(after2.prefetch.waste, 0);
+    await stop(on);
   });
 
   for (const damage of ['corrupt', 'missing'] as const) {
