@@ -22,7 +22,7 @@ export class Layer {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
       this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
-        this.catalog = CatalogReader.open(file);
+        this.catalog = CatalogReader.open(file, { listings: true });
         return this.catalog;
       });
       // A failed fetch must not poison the layer forever: the next touch retries.

@@ -263,18 +263,18 @@ export class Txn {
   }
 
   /** Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. */
-  async put(hash: string, data: Uint8Array): Promise<boolean> {
+  async put(hash: string, data: Uint8Array, level?: number): Promise<boolean> {
     if (this.staged.has(hash) || this.existing.has(hash)) return false;
     this.staged.add(hash);
     await this.ready;
     let size: number;
     try {
-      if (this.pool) {
+      if (this.pool && level === undefined) {
         size = await this.pool.write(join(this.store.root, objectPath(hash)), join(this.dir, hash), data, this.codec);
       } else if (await this.store.hasObject(hash)) {
         size = -1;
       } else {
-        const framed = encodeObject(data, this.codec);
+        const framed = encodeObject(data, this.codec, level);
         await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
         size = framed.length;
       }
