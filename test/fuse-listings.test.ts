@@ -11,7 +11,7 @@ import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { rewriteLayerCatalog } from './helpers/catalog.js';
 import { ROOT_INO } from '../src/catalog/schema.js';
 import { buildDirBlocks } from '../src/catalog/dirblocks.js';
-import { openLayerCatalog } from '../src/catalog/open.js';
+import { openLayerCatalog } from '../src/store/layer-catalog.js';
 import { Store } from '../src/store/store.js';
 
 let work: string;

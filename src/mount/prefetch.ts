@@ -3,7 +3,7 @@
 // Every speculative fetch goes through one bounded queue; foreground reads never queue here, and while one waits on the
 // store the queue runs at half width, so prefetch cannot take the link from the process it is meant to help.
 import type { NodeCache } from '../cache/node-cache.js';
-import type { ThinImage } from '../image/descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import { encodeTrace, parseTrace, parseTraceRef, type TraceChunk } from '../format/trace.js';
 import type { Logger } from '../util/log.js';
 

@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { WritableStore } from '../../store/store.js';
 import { encodeTrace, parseTrace } from '../../format/trace.js';
 import { NotFoundError } from '../../util/errors.js';
+import { sha256hex } from '../../util/hash.js';
 
 export function registerTraceCommands(program: Command): void {
   const trace = program.command('trace').description('prefetch traces: the chunks an image\'s start-up reads, replayed on first touch');
@@ -23,9 +24,9 @@ export function registerTraceCommands(program: Command): void {
       const layers = new Set(desc.layers.map((l) => l.diffId.replace(/^sha256:/, '')));
       const chunks = t.chunks.filter((c) => layers.has(c.layer));
       const bytes = encodeTrace(chunks);
-      const sha256 = await store.putObject(bytes);
+      const sha256 = sha256hex(bytes);
       desc.trace = { sha256, size: bytes.length };
-      await store.putImage(desc);
+      await store.putImage(desc, undefined, [{ hex: sha256, data: bytes }]);
       const r = { image: name, trace: desc.trace, chunks: chunks.length, dropped: t.chunks.length - chunks.length, bytes: chunks.reduce((a, c) => a + c.size, 0) };
       process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `attached trace ${sha256} to ${name}: ${r.chunks} chunks, ${r.bytes} bytes${r.dropped ? ` (${r.dropped} from other layers dropped)` : ''}\n`);
     });

@@ -1,5 +1,7 @@
+// Owns the thin image descriptor schema (images/<name>.json, and the payload of a thin OCI image) and its
+// validation: L1, shared by the store (reads/writes descriptors), image conversion, the mount and podman.
 import { BadInputError } from '../util/errors.js';
-import type { TraceRef } from '../format/trace.js';
+import type { TraceRef } from './trace.js';
 
 export const THIN_IMAGE_MEDIA_TYPE = 'application/vnd.thinfs.image.v1+json';
 /** Annotation on the tiny OCI image that carries a descriptor (the CernVM-FS "thin image" idea). */
