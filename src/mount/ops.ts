@@ -60,7 +60,11 @@ const UNTRACKED = -1;
 interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
 interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | null | Promise<Node | null> }
 /** Per-file read state: chunk map, how far a sequential reader got, the whole-file id (passthrough copies). */
-interface ReadState { chunks: ChunkRef[] | null; nextPos: number; fileId?: string }
+interface ReadState {
+  chunks: ChunkRef[] | null; nextPos: number; fileId?: string;
+  /** End of the reads that ran contiguously from offset 0 (-1: none yet); the rest is fetched ahead once it grows. */
+  fromStart?: number;
+}
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
 
@@ -461,8 +465,13 @@ export class ThinFs {
     if (end > h.nextPos) h.nextPos = end;
     const pf = this.prefetcher;
     const waits = pf?.reading(node.layer.hex, span) ?? false;
-    // Read from its start: the rest of the file is fetched now, in parallel, not one kernel request at a time.
-    if (pf && pos === 0 && k < chunks.length) pf.fileFromStart(chunks.slice(k));
+    // Read from its start and on sequentially (a copy, a whole-file read): the rest of the file is fetched now, in
+    // parallel, not one kernel request at a time. A read at 0 alone (an ELF header before mmap) is not enough.
+    if (pos === 0) h.fromStart = Math.max(h.fromStart ?? 0, end);
+    else if (h.fromStart !== undefined && h.fromStart >= 0 && pos <= h.fromStart) {
+      h.fromStart = -1; // once per file
+      if (pf && k < chunks.length) pf.fileFromStart(chunks.slice(k));
+    }
     let datas: Buffer[];
     try {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
