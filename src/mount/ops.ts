@@ -22,6 +22,8 @@ import {
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 const SEQ_WINDOW = 8 << 20;
+/** File-ahead fetches at most this many chunks (~64 MB at the default chunking): a huge file must not flush the cache. */
+const FILE_AHEAD_CHUNKS = 64;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
@@ -470,7 +472,7 @@ export class ThinFs {
     if (pos === 0) h.fromStart = Math.max(h.fromStart ?? 0, end);
     else if (h.fromStart !== undefined && h.fromStart >= 0 && pos <= h.fromStart) {
       h.fromStart = -1; // once per file
-      if (pf && k < chunks.length) pf.fileFromStart(chunks.slice(k));
+      if (pf && k < chunks.length) pf.fileFromStart(chunks.slice(k, k + FILE_AHEAD_CHUNKS));
     }
     let datas: Buffer[];
     try {
