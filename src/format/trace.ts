@@ -2,11 +2,11 @@
 // `thinfs mount --record` and stored as a content-addressed object an image descriptor names (`trace`).
 import { BadInputError } from '../util/errors.js';
 
-export const TRACE_MEDIA_TYPE = 'application/vnd.thinfs.trace.v1+json';
+const TRACE_MEDIA_TYPE = 'application/vnd.thinfs.trace.v1+json';
 /** A trace names chunks only; far more than any start-up reads, still a bound on what a node replays. */
-export const TRACE_MAX_CHUNKS = 1_000_000;
+const TRACE_MAX_CHUNKS = 1_000_000;
 /** Bytes of a trace object a node accepts (the descriptor also names its size). */
-export const TRACE_MAX_BYTES = 128 << 20;
+const TRACE_MAX_BYTES = 128 << 20;
 
 /** One chunk read: the layer it was read through (diff id hex), the chunk's hash and decoded size. */
 export interface TraceChunk { layer: string; hash: string; size: number }
