@@ -6,6 +6,7 @@ import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinImage } from '../format/descriptor.js';
 import { encodeTrace, parseTrace, parseTraceRef, type TraceChunk } from '../format/trace.js';
 import type { Logger } from '../util/log.js';
+import { LRUCache } from 'lru-cache';
 
 export interface PrefetchCounters {
   /** Images whose trace was replayed / whose trace was ignored (missing, corrupt, malformed). */
@@ -42,8 +43,12 @@ export class Prefetcher {
   private fgWaiting = 0;
   private readonly replayed = new Set<string>();
   private readonly recorded: TraceChunk[] | null;
-  /** Chunks readers have asked for: never prefetched again, and told apart from what prefetch brought. */
-  private readonly asked = new Set<string>();
+  /**
+   * Chunks readers have asked for lately: not prefetched again, and told apart from what prefetch brought. Bounded
+   * (a daemon reads for months); the chunks a recording saw are kept apart, in full.
+   */
+  private readonly asked = new LRUCache<string, true>({ max: 1 << 16 });
+  private readonly seen = new Set<string>();
 
   constructor(private readonly cache: NodeCache, private readonly log: Logger, private readonly o: PrefetchOptions & { record: boolean }) {
     this.recorded = o.record ? [] : null;
@@ -57,7 +62,8 @@ export class Prefetcher {
   reading(layer: string, chunks: Array<{ hash: string; size: number }>, passthrough = false): boolean {
     let cold = false;
     for (const c of chunks) {
-      if (!this.asked.has(c.hash)) { this.asked.add(c.hash); this.recorded?.push({ layer, hash: c.hash, size: c.size }); }
+      this.asked.set(c.hash, true);
+      if (this.recorded && !this.seen.has(c.hash)) { this.seen.add(c.hash); this.recorded.push({ layer, hash: c.hash, size: c.size }); }
       if (this.brought.delete(c.hash)) { this.counters.hits++; this.counters.waste--; }
       if (!cold && !this.cache.isLocal(c.hash)) cold = true;
     }
