@@ -123,13 +123,13 @@ export class Namespace {
 
   private async imageLayers(img: Image): Promise<Layer[]> {
     if (img.layers) return img.layers;
-    const ls: Layer[] = [];
-    for (const d of img.desc.layers) {
+    // Every layer's manifest and catalog at once: a cold start waits one round trip chain, not one per layer.
+    const ls = await Promise.all(img.desc.layers.map(async (d) => {
       const hex = parseLayerDirName(d.diffId);
       const l = hex ? await this.loadedLayer(hex) : null;
       if (!l) throw Object.assign(new Error(`image ${img.name}: layer ${d.diffId} is not published in the store`), { errno: 'EIO' });
-      ls.push(l);
-    }
+      return l;
+    }));
     img.layers = ls;
     return ls;
   }
