@@ -3,11 +3,16 @@ import { resolve, join } from 'node:path';
 import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
-import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/daemon.js';
+import { Store } from '../../store/store.js';
+import { watchPodmanStore } from '../../podman/watch.js';
+import { generatePodmanStore } from '../../podman/image-store.js';
+import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../mount/daemon.js';
+import { addHttpOptions, httpOptionsFrom, type HttpCli } from '../http-options.js';
 
-interface MountCli {
+interface MountCli extends HttpCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean; debug?: boolean;
+  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
+  allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
 }
 
 function parseCount(s: string, what: string): number {
@@ -17,7 +22,7 @@ function parseCount(s: string, what: string): number {
 }
 
 export function registerMountCommands(program: Command): void {
-  program.command('mount')
+  addHttpOptions(program.command('mount'))
     .description('mount a store read-only with FUSE: layers/<diff id hex>/ and images/<name>/rootfs/, fetched lazily and verified')
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
@@ -27,16 +32,24 @@ export function registerMountCommands(program: Command): void {
     .option('--stats-file <file>', 'JSON counters rewritten while mounted; also linked as <mountpoint>/.thinfs/stats (default <cache-dir>/stats/<pid>.json)')
     .option('--metrics-port <port>', 'serve Prometheus /metrics and JSON /stats on 127.0.0.1:<port> (0 = any free port)')
     .option('--ready-file <file>', 'write {"pid",...} JSON here once the mount is serving (removed at exit)')
+    .option('--podman-store <dir>', 'also keep a podman image store over this mount in <dir> (as `thinfs podman-store --watch`); see `thinfs podman-conf`')
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
     .option('--no-passthrough', 'serve every read through thinfs, never letting the kernel read a verified local copy directly (FUSE passthrough)')
     .option('--no-allow-other', 'only the mounting user may access the mount')
+    .option('--allow-suid', 'honour setuid/setgid bits of served files (root only; the mount is nosuid by default)')
+    .option('--allow-dev', 'let device nodes of served files open their devices (root only; the mount is nodev by default)')
     .option('--debug', 'log every FUSE request (op, unique, node id)')
     .addHelpText('after', `
 Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
 unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
+
+The mount is ro,nosuid,nodev,default_permissions (and allow_other unless --no-allow-other): a
+setuid-root binary or a device node in an image must not give local users root or raw devices.
+Containers do not need more: overlayfs/podman decide setuid and devices by their own mount (as
+CernVM-FS, nosuid by default, is used). --allow-suid / --allow-dev lift this, as root only.
 
 Examples:
   thinfs mount /srv/store /mnt/thinfs --cache-dir /var/cache/thinfs --cache-quota 20G
@@ -54,8 +67,17 @@ Examples:
         if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) throw new ThinfsError(`--metrics-port: bad port "${o.metricsPort}"`, EXIT.USAGE);
       }
       const readahead = parseSize(o.readahead, '--readahead');
+      const storeLocation = /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc);
+      // The podman image store is written from the store alone (never through this process's own mount).
+      const podmanStop = new AbortController();
+      if (o.podmanStore) {
+        const ps = { store: await Store.open(storeLocation), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
+        // a first pass before the mount reports ready, so a unit ordered after it finds the images
+        await generatePodmanStore(ps);
+        void watchPodmanStore({ ...ps, intervalMs: 2000, signal: podmanStop.signal });
+      }
       const code = await runMount({
-        store: /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc),
+        store: storeLocation,
         mountpoint,
         cacheDir,
         cacheQuota: parseSize(o.cacheQuota, '--cache-quota'),
@@ -69,9 +91,13 @@ Examples:
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
         passthrough: o.passthrough,
         allowOther: o.allowOther,
+        allowSuid: !!o.allowSuid,
+        allowDev: !!o.allowDev,
         debug: !!o.debug,
+        http: httpOptionsFrom(o),
         log,
       });
+      podmanStop.abort();
       // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
       process.exit(code);
     });

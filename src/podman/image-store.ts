@@ -1,0 +1,265 @@
+// The podman image store generated over a thinfs mount: a read-only containers/storage tree (overlay
+// driver layout, as podman's `additionalimagestores` reads it) whose layer `diff` directories are
+// symlinks to the mount's layers/<diff id hex>/. Owns only that tree: the store is read, the mount is
+// never touched (symlink targets need not be reachable while the tree is written).
+//
+// Layout written under DIR (what c/storage 1.43 reads from an additional image store):
+//   overlay/<layer id>/diff -> MNT/layers/<hex>   overlay/<layer id>/link (short name)
+//   overlay/<layer id>/lower ("l/<parent link>:...")  overlay/l/<short name> -> ../<layer id>/diff
+//   overlay-layers/layers.json + layers.lock     overlay-images/images.json + images.lock
+//   overlay-images/<image id>/<big data>         (config under its digest, manifest)
+import { mkdir, readFile, readdir, rename, rm, symlink, writeFile, readlink, lstat } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import type { Store } from '../store/store.js';
+import type { LayerManifest } from '../store/types.js';
+import type { ThinImage } from '../image/descriptor.js';
+import type { Logger } from '../util/log.js';
+import { atomicWrite } from '../util/fsutil.js';
+import { digestHex, sha256hex } from '../util/hash.js';
+import { errorMessage } from '../util/errors.js';
+
+export const DRIVER = 'overlay';
+
+export interface PodmanStoreOptions {
+  store: Store;
+  /** Where the thinfs mount is (or will be): the layer symlinks point into MNT/layers/. */
+  mountpoint: string;
+  /** The generated image store (what storage.conf's additionalimagestores names). */
+  dir: string;
+  log?: Logger;
+}
+
+export interface PodmanStoreResult {
+  images: Array<{ name: string; id: string; names: string[] }>;
+  layers: number;
+  /** Descriptors not (yet) runnable, with why (a layer the publisher has not published yet, bad JSON ...). */
+  skipped: Array<{ name: string; reason: string }>;
+  /** Whether images.json or layers.json changed on disk. */
+  changed: boolean;
+}
+
+/** containers/storage's archive.Compression values, as layers.json records them. */
+function compressionCode(mediaType: string): number {
+  if (/gzip/.test(mediaType)) return 2;
+  if (/zstd/.test(mediaType)) return 4;
+  return 0;
+}
+
+/** Layer ids as podman derives them when it pulls (c/image storage destination): the chain of diff ids. */
+export function layerIds(diffIds: string[]): string[] {
+  const ids: string[] = [];
+  for (const d of diffIds) {
+    const hex = digestHex(d);
+    ids.push(ids.length ? sha256hex(Buffer.from(`${ids[ids.length - 1]}+${hex}`)) : hex);
+  }
+  return ids;
+}
+
+/** The short name c/storage keeps under overlay/l/ (26 upper-case base32 characters), derived from the id so reruns agree. */
+function linkName(id: string): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  const h = createHash('sha256').update(`thinfs-link:${id}`).digest();
+  let bits = 0; let acc = 0; let out = '';
+  for (const b of h) {
+    acc = (acc << 8) | b; bits += 8;
+    while (bits >= 5 && out.length < 26) { out += alphabet[(acc >> (bits - 5)) & 31]; bits -= 5; }
+    if (out.length === 26) break;
+  }
+  return out;
+}
+
+/** c/storage's file name for a big-data key: kept when made of [0-9a-z.], else "=" + base64 of the key. */
+export function bigDataFileName(key: string): string {
+  return /^[0-9a-z.]*$/.test(key) ? key : `=${Buffer.from(key).toString('base64')}`;
+}
+
+/**
+ * The names podman matches `podman run REF` against: a registry reference as given (qualified as podman
+ * qualifies it); an image from an OCI layout or archive gets localhost/<name>, as `podman import` names one.
+ */
+function imageNames(desc: ThinImage): string[] {
+  const ref = desc.reference ?? '';
+  if (/^(oci|docker-archive|oci-archive|dir):/.test(ref) || !ref) {
+    const n = desc.name.includes(':') ? desc.name : `${desc.name}:latest`;
+    return /^[a-z0-9][a-z0-9._\/-]*:[\w][\w.-]{0,127}$/.test(n) ? [`localhost/${n}`] : [];
+  }
+  if (ref.includes('@')) return [];
+  const tail = ref.slice(ref.lastIndexOf('/') + 1);
+  const withTag = tail.includes(':') ? ref : `${ref}:latest`;
+  // An unqualified reference (no registry host) is what docker.io serves.
+  const first = withTag.split('/')[0]!;
+  const qualified = withTag.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost') ? withTag
+    : `docker.io/${withTag.includes('/') ? '' : 'library/'}${withTag}`;
+  return [qualified];
+}
+
+/** An image manifest podman can read back: the registry's layers and config, in the descriptor's media types. */
+function synthManifest(desc: ThinImage, config: { digest: string; size: number }): Buffer {
+  const docker = desc.manifestMediaType === 'application/vnd.docker.distribution.manifest.v2+json';
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: docker ? desc.manifestMediaType : 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: docker ? 'application/vnd.docker.container.image.v1+json' : 'application/vnd.oci.image.config.v1+json', digest: config.digest, size: config.size },
+    layers: desc.layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+  }));
+}
+
+interface LayerEntry {
+  id: string; parent?: string; created: string;
+  'compressed-diff-digest'?: string; 'compressed-size'?: number;
+  'diff-digest': string; 'diff-size': number; compression: number;
+}
+interface ImageEntry {
+  id: string; digest: string; names: string[]; layer: string; metadata: string;
+  'big-data-names': string[]; 'big-data-sizes': Record<string, number>; 'big-data-digests': Record<string, string>;
+  created: string;
+}
+
+/**
+ * Bring DIR in line with the store's published images: every descriptor whose layers are all published
+ * becomes a podman image (id = config digest, named by its reference). Idempotent; layer directories are
+ * written before the JSON that names them and the JSON files are replaced atomically, so a podman reading
+ * concurrently sees the old set or the new one. Layers and image data no image names any more are removed.
+ */
+export async function generatePodmanStore(o: PodmanStoreOptions): Promise<PodmanStoreResult> {
+  const dir = resolve(o.dir);
+  const mnt = resolve(o.mountpoint);
+  const ovl = join(dir, DRIVER);
+  const layersDir = join(dir, `${DRIVER}-layers`);
+  const imagesDir = join(dir, `${DRIVER}-images`);
+  for (const d of [join(ovl, 'l'), layersDir, imagesDir]) await mkdir(d, { recursive: true, mode: 0o755 });
+  for (const f of [join(layersDir, 'layers.lock'), join(imagesDir, 'images.lock')]) {
+    await writeFile(f, '', { flag: 'a', mode: 0o644 });
+  }
+
+  const result: PodmanStoreResult = { images: [], layers: 0, skipped: [], changed: false };
+  const layers = new Map<string, LayerEntry>();
+  const images = new Map<string, ImageEntry>();
+  const bigData = new Map<string, Map<string, Buffer>>();
+
+  for (const name of (await o.store.listImages()).sort()) {
+    try {
+      const desc = await o.store.getImage(name);
+      if (!desc) continue;
+      if (!Array.isArray(desc.layers) || !desc.layers.length) throw new Error('descriptor names no layers');
+      const manifests: LayerManifest[] = [];
+      for (const l of desc.layers) {
+        const lm = await o.store.getLayer(l.diffId);
+        if (!lm) throw new Error(`layer ${l.diffId} is not published in the store yet`);
+        manifests.push(lm);
+      }
+      // The config bytes podman hashes: the original (kept by docker2thin as a store object) when present;
+      // else the descriptor's copy, serialised (a different image id, same content).
+      let config: Buffer;
+      try { config = await o.store.getObject(digestHex(desc.configDigest)); } catch {
+        config = Buffer.from(JSON.stringify(desc.config));
+      }
+      const configDigest = `sha256:${sha256hex(config)}`;
+      const imageId = configDigest.slice(7);
+      const ids = layerIds(desc.layers.map((l) => l.diffId));
+      desc.layers.forEach((l, i) => {
+        const lm = manifests[i]!;
+        layers.set(ids[i]!, {
+          id: ids[i]!, ...(i ? { parent: ids[i - 1]! } : {}), created: lm.created ?? desc.created,
+          ...(l.digest ? { 'compressed-diff-digest': l.digest, 'compressed-size': l.size } : {}),
+          'diff-digest': l.diffId, 'diff-size': lm.sizes.tar, compression: compressionCode(l.mediaType ?? ''),
+        });
+      });
+      const manifest = synthManifest(desc, { digest: configDigest, size: config.length });
+      const manifestDigest = `sha256:${sha256hex(manifest)}`;
+      const data = bigData.get(imageId) ?? new Map<string, Buffer>();
+      data.set(configDigest, config);
+      data.set(`manifest-${manifestDigest}`, manifest);
+      data.set('manifest', manifest);
+      // Also under the registry's manifest digest, so `podman run REF@<that digest>` finds the image.
+      if (desc.manifestDigest && desc.manifestDigest !== manifestDigest) data.set(`manifest-${desc.manifestDigest}`, manifest);
+      bigData.set(imageId, data);
+      const prev = images.get(imageId);
+      const names = [...new Set([...(prev?.names ?? []), ...imageNames(desc)])];
+      const digests: Record<string, string> = {};
+      for (const k of data.keys()) digests[k] = k === 'manifest' || k === `manifest-${manifestDigest}` ? manifestDigest : k.startsWith('manifest-') ? k.slice(9) : k;
+      images.set(imageId, {
+        id: imageId, digest: desc.manifestDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
+        'big-data-names': [...data.keys()],
+        'big-data-sizes': Object.fromEntries([...data].map(([k, v]) => [k, v.length])),
+        'big-data-digests': digests,
+        created: desc.created,
+      });
+    } catch (e) {
+      result.skipped.push({ name, reason: errorMessage(e) });
+      o.log?.warn({ image: name, err: errorMessage(e) }, 'image not added to the podman store');
+    }
+  }
+
+  // Layer directories first (each made in a temporary directory and renamed into place).
+  const diffOf = new Map<string, string>();
+  for (const l of layers.values()) diffOf.set(l.id, join(mnt, 'layers', digestHex(l['diff-digest'])));
+  for (const l of layers.values()) {
+    const chain: string[] = [];
+    for (let p = l.parent; p; p = layers.get(p)?.parent) chain.push(`l/${linkName(p)}`);
+    await writeLayerDir(ovl, l.id, diffOf.get(l.id)!, linkName(l.id), chain.join(':'));
+  }
+  for (const [id, data] of bigData) {
+    const d = join(imagesDir, id);
+    await mkdir(d, { recursive: true, mode: 0o755 });
+    for (const [k, v] of data) {
+      const f = join(d, bigDataFileName(k));
+      const have = await readFile(f).catch(() => null);
+      if (!have || !have.equals(v)) await atomicWrite(f, v);
+    }
+  }
+
+  const layersJson = JSON.stringify([...layers.values()].sort((a, b) => a.id.localeCompare(b.id)));
+  const imagesJson = JSON.stringify([...images.values()].sort((a, b) => a.id.localeCompare(b.id)));
+  if (await replaceIfChanged(join(layersDir, 'layers.json'), layersJson)) { result.changed = true; await touchLock(join(layersDir, 'layers.lock')); }
+  if (await replaceIfChanged(join(imagesDir, 'images.json'), imagesJson)) { result.changed = true; await touchLock(join(imagesDir, 'images.lock')); }
+
+  // Only now that the JSON no longer names them: what no image uses any more.
+  for (const e of await readdir(ovl)) {
+    if (e === 'l' || layers.has(e) || e.startsWith('.')) continue;
+    await rm(join(ovl, e), { recursive: true, force: true });
+  }
+  const links = new Set([...layers.keys()].map(linkName));
+  for (const e of await readdir(join(ovl, 'l'))) if (!links.has(e)) await rm(join(ovl, 'l', e), { force: true });
+  for (const e of await readdir(imagesDir, { withFileTypes: true })) {
+    if (e.isDirectory() && !images.has(e.name)) await rm(join(imagesDir, e.name), { recursive: true, force: true });
+  }
+
+  result.layers = layers.size;
+  result.images = [...images.values()].map((i) => ({ name: i.names[0] ?? i.id, id: i.id, names: i.names }));
+  return result;
+}
+
+async function writeLayerDir(ovl: string, id: string, target: string, link: string, lower: string): Promise<void> {
+  const d = join(ovl, id);
+  const ok = await readlink(join(d, 'diff')).then((t) => t === target, () => false)
+    && await readFile(join(d, 'link'), 'utf8').then((t) => t === link, () => false)
+    && await readFile(join(d, 'lower'), 'utf8').then((t) => t === lower, () => lower === '');
+  if (!ok) {
+    const tmp = join(ovl, `.${id}.${randomBytes(4).toString('hex')}`);
+    await mkdir(tmp, { mode: 0o755 });
+    await symlink(target, join(tmp, 'diff'));
+    await writeFile(join(tmp, 'link'), link, { mode: 0o644 });
+    if (lower) await writeFile(join(tmp, 'lower'), lower, { mode: 0o644 });
+    await rm(d, { recursive: true, force: true });
+    await rename(tmp, d);
+  }
+  const l = join(ovl, 'l', link);
+  const want = `../${id}/diff`;
+  if (await readlink(l).catch(() => null) !== want) {
+    await lstat(l).then(() => rm(l, { force: true }), () => undefined);
+    await symlink(want, l);
+  }
+}
+
+async function replaceIfChanged(file: string, text: string): Promise<boolean> {
+  if ((await readFile(file, 'utf8').catch(() => null)) === text) return false;
+  await atomicWrite(file, text);
+  return true;
+}
+
+/** c/storage notices a writer by new bytes in the lock file (its "last writer" id): long-lived readers reload. */
+async function touchLock(file: string): Promise<void> {
+  await writeFile(file, randomBytes(32).toString('hex'), { mode: 0o644 });
+}

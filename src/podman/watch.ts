@@ -1,0 +1,40 @@
+// Keeps a generated podman image store current while a node runs: new descriptors (and layers a
+// publisher finishes later) become podman images within one poll, with nothing restarted. Polling,
+// not inotify: the store is often on NFS or behind HTTP, where no change events arrive.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { generatePodmanStore, type PodmanStoreOptions, type PodmanStoreResult } from './image-store.js';
+import { errorMessage } from '../util/errors.js';
+
+export interface WatchOptions extends PodmanStoreOptions {
+  intervalMs: number;
+  /** A full pass even when the listing looks unchanged (a descriptor replaced under the same name). */
+  fullEveryMs?: number;
+  signal: AbortSignal;
+  onPass?: (r: PodmanStoreResult) => void | Promise<void>;
+}
+
+/** Generate once, then re-generate whenever the store's image listing changes, until the signal aborts. */
+export async function watchPodmanStore(o: WatchOptions): Promise<void> {
+  let lastListing = '';
+  let lastFull = 0;
+  let pending = true;
+  const fullEvery = o.fullEveryMs ?? 60_000;
+  while (!o.signal.aborted) {
+    try {
+      const listing = (await o.store.listImages()).sort().join('\n');
+      if (pending || listing !== lastListing || Date.now() - lastFull >= fullEvery) {
+        const r = await generatePodmanStore(o);
+        lastListing = listing;
+        lastFull = Date.now();
+        // An image waiting for its layers (a publisher still ingesting) is retried at the next poll.
+        pending = r.skipped.length > 0;
+        if (r.changed) o.log?.info({ images: r.images.length, layers: r.layers, skipped: r.skipped.length }, 'podman image store updated');
+        await o.onPass?.(r);
+      }
+    } catch (e) {
+      pending = true;
+      o.log?.warn({ err: errorMessage(e) }, 'podman image store refresh failed; retrying');
+    }
+    await sleep(o.intervalMs, undefined, { signal: o.signal }).catch(() => undefined);
+  }
+}
