@@ -10,7 +10,6 @@ import { WritableStore } from '../store/store.js';
 import { layerLockHeld, withLayerLock } from '../store/lock.js';
 import { encodeObject } from '../store/codec.js';
 import { objectPath, TXN_DIR } from '../store/layout.js';
-import { ingestTar } from '../ingest/ingest.js';
 import type { ThinImage } from './descriptor.js';
 import type { LayerOutcome, LayerSink, SinkLayer, VerifiedBlob } from './sink.js';
 
@@ -67,6 +66,8 @@ export class StoreSink implements LayerSink {
       if (again) return { index: l.ref.index, diffId: l.diffId, digest: l.ref.digest ?? again.blobDigest ?? l.diffId, action: 'waited' as const, bytes: 0, newObjects: 0, manifest: again };
       if (signal.aborted) throw new ThinfsError('aborted: another layer failed');
       const { stream, verifier } = open();
+      // Loaded on first use: a re-conversion (every layer present) starts faster without ingest's native modules.
+      const { ingestTar } = await import('../ingest/ingest.js');
       const r = await ingestTar(stream, this.store, {
         blobDigest: l.ref.digest, blobMediaType: l.ref.mediaType, expectDiffId: l.diffId,
         source: l.source, progress: false, log: this.log,
