@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { startRegistry, type RegistryServer } from '../../test/fixtures/images.js';
 
-export const BENCH_CACHE = process.env.THINFS_BENCH_CACHE ?? '/var/cache/thinfs-bench';
+const BENCH_CACHE = process.env.THINFS_BENCH_CACHE ?? '/var/cache/thinfs-bench';
 export const IMAGE_TAG = 'python';
 
 export interface RealisticImage {
