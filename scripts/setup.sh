@@ -16,7 +16,8 @@ PKGS=(
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
-  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
+  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests); CPU time in the convert bench
+  nfs-kernel-server              # NFS over loopback for the many-converters test (needs a kernel with nfsd/nfs)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -25,7 +25,7 @@ async function running(name: string): Promise<boolean> {
 export async function nfsLoopback(exportDir: string, mountDir: string): Promise<{ mount: NfsMount } | { skip: string }> {
   const undo: Array<() => Promise<unknown>> = [];
   const cleanup = async () => { for (const u of undo.splice(0).reverse()) await u().catch(() => undefined); };
-  const fail = async (step: string, out: string) => { await cleanup(); return { skip: `NFS over loopback unavailable: \`${step}\`: ${out} (native-notes/nfs.md)` }; };
+  const fail = async (step: string, out: string) => { await cleanup(); return { skip: `NFS over loopback unavailable: \`${step}\`: ${out.split('\n')[0]} (native-notes/nfs.md)` }; };
 
   for (const tool of ['exportfs', 'rpc.nfsd', 'rpc.mountd', 'rpcbind']) {
     if (!(await sh('sh', ['-c', `command -v ${tool}`])).ok) return { skip: `${tool} not installed (nfs-kernel-server; scripts/setup.sh)` };
