@@ -77,7 +77,7 @@ export async function main(): Promise<void> {
       if (i < RUNS - 1) await rm(store, { recursive: true, force: true });
     }
     // The core's own ingest of the same blobs from local files: one after another, then both at once.
-    const one: Run[] = [], par: Run[] = [];
+    const one: Run[] = [], par: Run[] = [], oneNode: Run[] = [];
     for (let i = 0; i < Math.min(RUNS, 2); i++) {
       const s1 = join(dir, `ingest-seq-${i}`), s2 = join(dir, `ingest-par-${i}`);
       await timed(process.execPath, [THINFS, 'init', s1]);
@@ -88,8 +88,13 @@ export async function main(): Promise<void> {
       const t = process.hrtime.bigint();
       const both = await Promise.all(blobs.map((b) => timed(process.execPath, [THINFS, 'ingest', b, '--store', s2])));
       par.push({ s: Number(process.hrtime.bigint() - t) / 1e9, cpu: both.reduce((a, r) => a + r.cpu, 0) });
-      await rm(s1, { recursive: true, force: true });
-      await rm(s2, { recursive: true, force: true });
+      // The same with the in-process decoder (Node zlib), the path before the child decoders: paired in this run.
+      const s3 = join(dir, `ingest-node-${i}`);
+      await timed(process.execPath, [THINFS, 'init', s3]);
+      const nodeRuns: Run[] = [];
+      for (const b of blobs) nodeRuns.push(await timed(process.execPath, [THINFS, 'ingest', b, '--store', s3], { THINFS_DECODER: 'node' }));
+      oneNode.push({ s: nodeRuns.reduce((a, r) => a + r.s, 0), cpu: nodeRuns.reduce((a, r) => a + r.cpu, 0) });
+      for (const d of [s1, s2, s3]) await rm(d, { recursive: true, force: true });
     }
     const mb = tarBytes / 1e6;
     const rate = (xs: Run[]) => `${(mb / wall(xs)).toFixed(0).padStart(5)} MB/s`;
@@ -97,6 +102,7 @@ export async function main(): Promise<void> {
     console.log(`  ${'docker2thin (new store)'.padEnd(44)} ${fmt(d2t)} ${rate(d2t)}`);
     console.log(`  ${'docker2thin again (every layer present)'.padEnd(44)} ${fmt(again)}`);
     console.log(`  ${'thinfs ingest of the blobs, one by one'.padEnd(44)} ${fmt(one)} ${rate(one)}`);
+    console.log(`  ${'  same, in-process decoder (THINFS_DECODER=node)'.padEnd(44)} ${fmt(oneNode)} ${rate(oneNode)}`);
     console.log(`  ${'thinfs ingest of the blobs, all at once'.padEnd(44)} ${fmt(par)} ${rate(par)}`);
     console.log(`  (rates over ${mb.toFixed(0)} MB uncompressed; the image is cached in ${img.layout})`);
     console.log(`  ratio docker2thin/skopeo: ${(wall(d2t) / wall(sk)).toFixed(2)}x wall (goal <= 2x)`);

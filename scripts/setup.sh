@@ -13,10 +13,12 @@ PKGS=(
   podman runc buildah            # real container runtime on the result
   squashfs-tools squashfuse      # bench baseline
   nginx                          # HTTP store backend tests
+  squid                          # site cache (forward proxy) for the HTTP store tests and the sitecache bench
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
   time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests); CPU time in the convert bench
+  isal pigz                      # igzip (fastest gzip decoder here), pigz (fallback): layer decompression off the main thread
   nfs-kernel-server              # NFS over loopback for the many-converters test (needs a kernel with nfsd/nfs)
 )
 missing=()
