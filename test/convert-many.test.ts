@@ -16,9 +16,9 @@ import { REPO_ROOT, runOk, thinfsOk, tmpDir, cleanupTmpDirs, storeSnapshot, tree
 import { diffTrees, compareTars } from './helpers/oracle.js';
 import { nfsLoopback } from './helpers/nfs.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { makeLayer, pseudoRandom } from './helpers/layers.js';
 import {
-  makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs,
+  populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs,
   type Layer, type RegistryServer,
 } from './fixtures/images.js';
 import { encodeImageDirName } from '../src/mount/names.js';
@@ -47,12 +47,12 @@ before(async () => {
   const lw = path.join(work, 'layers');
   await fsp.mkdir(lw);
   L = {
-    base: await makeLayer(lw, 'base', async (d) => { await populateBase(d); await bulk(d, 'base', 12); }, 'gzip'),
-    mid: await makeLayer(lw, 'mid', async (d) => { await populateDelete(d); await bulk(d, 'mid', 8); }, 'zstd'),
-    a: await makeLayer(lw, 'a', async (d) => { await populateReplace(d); await bulk(d, 'a', 6); }, 'gzip'),
-    b: await makeLayer(lw, 'b', async (d) => { await bulk(d, 'b', 6); await fsp.writeFile(path.join(d, 'srv/only-b.txt'), 'b\n'); }, 'gzip'),
-    c: await makeLayer(lw, 'c', async (d) => { await populateDelete(d); await bulk(d, 'c', 6); }, 'zstd'),
-    big: await makeLayer(lw, 'big', async (d) => { await bulk(d, 'big', 24); }, 'gzip'),
+    base: await makeLayer(lw, 'base', async (d) => { await populateBase(d); await bulk(d, 'base', 12); }, { compression: 'gzip' }),
+    mid: await makeLayer(lw, 'mid', async (d) => { await populateDelete(d); await bulk(d, 'mid', 8); }, { compression: 'zstd' }),
+    a: await makeLayer(lw, 'a', async (d) => { await populateReplace(d); await bulk(d, 'a', 6); }, { compression: 'gzip' }),
+    b: await makeLayer(lw, 'b', async (d) => { await bulk(d, 'b', 6); await fsp.writeFile(path.join(d, 'srv/only-b.txt'), 'b\n'); }, { compression: 'gzip' }),
+    c: await makeLayer(lw, 'c', async (d) => { await populateDelete(d); await bulk(d, 'c', 6); }, { compression: 'zstd' }),
+    big: await makeLayer(lw, 'big', async (d) => { await bulk(d, 'big', 24); }, { compression: 'gzip' }),
   };
   const layout = path.join(work, 'layout');
   const lay = await new OciLayout(layout).init();
