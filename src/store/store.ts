@@ -112,6 +112,8 @@ export class Store {
         m = parseJson<LayerManifest>(b, `layer manifest ${diffId}`);
         if (m?.diffId !== diffId) throw new IntegrityError(diffId, `layer manifest ${diffId}: names layer ${String(m?.diffId)}: refused`);
         if (typeof m.catalog !== 'string' || !/^[0-9a-f]{64}$/.test(m.catalog)) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog hash`);
+        // The catalog's size bounds its download: a manifest claiming an absurd one is refused, not believed.
+        if (!Number.isSafeInteger(m.catalogSize) || m.catalogSize < 0 || m.catalogSize > CATALOG_MAX) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog size ${String(m.catalogSize)}`);
       },
     });
     if (!raw && named) throw new TrustError('not-named', `layer ${diffId} is named by the signed manifest but missing from store ${this.location}`);
@@ -154,6 +156,8 @@ export class Store {
 
 /** Layer manifests and descriptors are small: a mirror answering more is refused. */
 const META_MAX = 16 << 20;
+/** ~10 million entries: far beyond any real layer, still a bound on what a mirror can make a node hold. */
+const CATALOG_MAX = 2 ** 31;
 
 export interface StoreOpenOptions {
   http?: HttpOptions;
