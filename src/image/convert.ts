@@ -10,7 +10,7 @@ import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { layerPath } from '../store/layout.js';
-import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from './descriptor.js';
+import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
 import { openSource, type ImageSource, type LayerRef, type ResolvedManifest, type SourceOptions } from './sources.js';
 import { hostPlatform, formatPlatform, type Platform } from '../registry/platform.js';

@@ -6,7 +6,7 @@ import { BadInputError, ThinfsError, EXIT } from '../util/errors.js';
 import { digestHex } from '../util/hash.js';
 import { Store, WritableStore } from '../store/store.js';
 import { S3Client } from '../s3/client.js';
-import type { ThinImage } from './descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import type { LayerRef } from './sources.js';
 import type { LayerOutcome, LayerSink, SinkLayer, VerifiedBlob } from './sink.js';
 

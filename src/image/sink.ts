@@ -4,7 +4,7 @@
 // verification, parallelism and progress; a sink knows where layers go and how to tell they are there.
 import type { Readable } from 'node:stream';
 import type { LayerManifest } from '../store/types.js';
-import type { ThinImage } from './descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import type { DigestVerifier } from './verify.js';
 import type { LayerRef } from './sources.js';
 

@@ -1,19 +1,17 @@
 // Owns conversion into a writable store (a LayerSink): each layer is fetched once across every process and
 // node sharing the store, under the per-layer fetch lock (Wharf), and ingested; the config is kept as an
 // object so a re-conversion downloads nothing; descriptors are published into the store's images/.
-import { join } from 'node:path';
 import type { Logger } from '../util/log.js';
 import { ThinfsError, errorMessage } from '../util/errors.js';
-import { atomicWrite } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { WritableStore } from '../store/store.js';
-import { layerLockHeld, withLayerLock } from '../store/lock.js';
-import { encodeObject } from '../store/codec.js';
-import { objectPath, TXN_DIR } from '../store/layout.js';
-import type { ThinImage } from './descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import type { LayerOutcome, LayerSink, SinkLayer, VerifiedBlob } from './sink.js';
 
 export class StoreSink implements LayerSink {
+  /** The config this conversion uses, kept or fetched. */
+  private imageConfig: { hex: string; data: Buffer } | null = null;
+
   private constructor(readonly store: WritableStore, private readonly log?: Logger) {}
 
   static async open(dir: string, log?: Logger): Promise<StoreSink> {
@@ -34,17 +32,22 @@ export class StoreSink implements LayerSink {
   async config(digest: string, fetch: () => Promise<Buffer>): Promise<{ raw: Buffer; kept: boolean }> {
     const hex = digestHex(digest);
     const kept = await this.keptConfig(hex);
-    if (kept) return { raw: kept, kept: true };
-    // Like a layer: fetched by one process of all those sharing the store, kept for the others and for re-conversions.
-    return withLayerLock(this.store.root, `config-${hex}`, async () => {
+    if (kept) { this.imageConfig = { hex, data: kept }; return { raw: kept, kept: true }; }
+    // Like a layer: fetched by one process of all those sharing the store (under the fetch lock of its
+    // digest), kept through a store transaction for the others and for re-conversions.
+    return this.store.withFetchLock(digest, async () => {
       const again = await this.keptConfig(hex);
-      if (again) return { raw: again, kept: true };
+      if (again) { this.imageConfig = { hex, data: again }; return { raw: again, kept: true }; }
       const raw = await fetch();
+      const txn = this.store.beginTxn('config');
       try {
-        await atomicWrite(join(this.store.root, objectPath(hex)), encodeObject(raw), join(this.store.root, TXN_DIR));
+        await txn.put(hex, raw);
+        await txn.commitObjects();
       } catch (e) {
+        await txn.abort().catch(() => undefined);
         throw new ThinfsError(`cannot keep the image config in the store: ${errorMessage(e)}`);
       }
+      this.imageConfig = { hex, data: raw };
       return { raw, kept: false };
     });
   }
@@ -56,12 +59,12 @@ export class StoreSink implements LayerSink {
   }
 
   busy(l: SinkLayer): Promise<boolean> {
-    return layerLockHeld(this.store.root, `fetch-${digestHex(l.diffId)}`);
+    return this.store.fetchLockHeld(l.diffId);
   }
 
   write(l: SinkLayer, open: () => VerifiedBlob, signal: AbortSignal): Promise<LayerOutcome> {
     // One fetcher per layer across every node sharing the store; the others wait, then find it published.
-    return withLayerLock(this.store.root, `fetch-${digestHex(l.diffId)}`, async () => {
+    return this.store.withFetchLock(l.diffId, async () => {
       const again = await this.store.getLayer(l.diffId);
       if (again) return { index: l.ref.index, diffId: l.diffId, digest: l.ref.digest ?? again.blobDigest ?? l.diffId, action: 'waited' as const, bytes: 0, newObjects: 0, manifest: again };
       if (signal.aborted) throw new ThinfsError('aborted: another layer failed');
@@ -82,8 +85,9 @@ export class StoreSink implements LayerSink {
   /** Layers are published by write() itself. */
   async settle(): Promise<void> { /* nothing asynchronous to wait for */ }
 
+  /** The config goes with the descriptor again (same transaction): a gc sweep cannot take it in between. */
   async publishImage(d: ThinImage): Promise<void> {
-    await this.store.putImage(d);
+    await this.store.putImage(d, this.imageConfig ?? undefined);
   }
 
   async close(): Promise<void> { /* nothing held between calls */ }
