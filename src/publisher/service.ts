@@ -113,6 +113,9 @@ export class Publisher implements PublisherApi {
   private async recover(): Promise<void> {
     const stuck = this.queue.stuck();
     const removed = await this.opts.store.removeDeadTxns();
+    // A transaction killed before it wrote its owner record is known by the dead publisher's pid alone.
+    const deadPids = new Set(stuck.map((r) => r.pid).filter((p): p is number => !!p && p !== process.pid && !isPidAlive(p)));
+    for (const pid of deadPids) removed.push(...await this.opts.store.removeTxnsOfDeadPid(pid));
     for (const row of stuck) {
       const outcome = this.queue.recoverCrashed(row, this.opts.maxCrashes);
       if (outcome === 'failed') this.metrics.failures.inc({ kind: 'crash' });

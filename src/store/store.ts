@@ -7,7 +7,7 @@ import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
 import { decodeObject, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
-import { Txn, listTxns, removeDeadTxns, removeTxn, type TxnInfo } from './txn.js';
+import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
 import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
@@ -222,6 +222,8 @@ export class WritableStore extends Store {
   removeTxn(id: string): Promise<void> { return removeTxn(this.root, id); }
   /** Crash recovery: remove the staging of every transaction whose owner died on this host. */
   removeDeadTxns(): Promise<TxnInfo[]> { return removeDeadTxns(this.root); }
+  /** Crash recovery of a caller that knows `pid` ran on this host (the publisher's queue): its dead transactions' staging. */
+  removeTxnsOfDeadPid(pid: number): Promise<TxnInfo[]> { return removeTxnsOfDeadPid(this.root, pid); }
 
   /** Held while a layer is committed (txn.ts): one publication per layer across every node. */
   withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
