@@ -9,18 +9,19 @@ ARG RUN_BASE=docker.io/library/node:20-bookworm-slim
 FROM ${BUILD_BASE} AS build
 RUN if ! command -v g++ >/dev/null || ! command -v make >/dev/null || ! command -v python3 >/dev/null; then \
       apt-get update && apt-get install -y --no-install-recommends g++ make python3 && rm -rf /var/lib/apt/lists/*; fi
-# node-gyp takes the headers of the node it runs under when they are installed (no download)
-RUN if [ -f /usr/include/node/node_version.h ]; then npm config set nodedir /usr --location=global; fi
+# node-gyp takes the headers installed with the node it runs under (no download from nodejs.org)
+RUN d=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")"); \
+    if [ -f "$d/include/node/node_version.h" ]; then echo "$d" > /etc/thinfs-nodedir; fi
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN if [ -f /etc/thinfs-nodedir ]; then export npm_config_nodedir=$(cat /etc/thinfs-nodedir); fi; npm ci --no-audit --no-fund
 COPY tsconfig.json binding.gyp ./
 COPY src ./src
 COPY publisher ./publisher
 COPY tools ./tools
 COPY test ./test
 COPY bench ./bench
-RUN npm run build && npm prune --omit=dev
+RUN if [ -f /etc/thinfs-nodedir ]; then export npm_config_nodedir=$(cat /etc/thinfs-nodedir); fi; npm run build && npm prune --omit=dev
 
 FROM ${RUN_BASE}
 RUN apt-get update && apt-get install -y --no-install-recommends fuse3 ca-certificates \
