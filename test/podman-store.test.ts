@@ -100,6 +100,12 @@ test('podman run REF from the thin image store: same output as the image pulled 
   const plainArgs = await plain!.podmanOk(['run', '--rm', '--network=none', ref, 'echo "override:$0:$(id -u)"', 'a1', 'a2']);
   assert.equal(thinRun.stdout, plainRun, 'same output as the normally pulled image');
   assert.equal(thinArgs, plainArgs);
+  // The registry's manifest, byte for byte: the same digest as a pull, and digest references resolve.
+  const fmt = ['image', 'inspect', '--format', '{{.Digest}}', ref];
+  const digest = (await plain!.podmanOk(fmt)).trim();
+  assert.equal((await thin!.podmanOk(fmt)).trim(), digest);
+  const byDigest = await thin!.podman(['run', '--rm', '--network=none', `${ref.replace(/:v1$/, '')}@${digest}`, 'echo by-digest']);
+  assert.equal(byDigest.stdout, 'by-digest\n', byDigest.stderr);
   // The oracle agrees with what the layers say (not two equally wrong runs).
   assert.match(plainRun, /^# replaced by layer 3$/m);
   assert.match(plainRun, /No such file or directory/);

@@ -5,7 +5,7 @@ import type { Logger } from '../util/log.js';
 import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
-import { digestHex } from '../util/hash.js';
+import { digestHex, sha256hex } from '../util/hash.js';
 import { Store, WritableStore } from '../store/store.js';
 import { withLayerLock } from '../store/lock.js';
 import { encodeObject } from '../store/codec.js';
@@ -260,6 +260,8 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     progress.end();
 
     if (store) await putLooseObject(store, configHex, configRaw);
+    // The manifest too, when its bytes are known to hash to its digest: podman's image store serves it as is.
+    if (store && m.manifestRaw && sha256hex(m.manifestRaw) === digestHex(m.manifestDigest)) await putLooseObject(store, digestHex(m.manifestDigest), m.manifestRaw);
 
     // S3 mode: the publisher ingests asynchronously; optionally wait until it has published every layer,
     // so the descriptor can name the catalogs and be stored where the mount will find it.

@@ -152,10 +152,16 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       // The config bytes podman hashes: the original (kept by docker2thin as a store object) when present;
       // else the descriptor's copy, serialised (a different image id, same content).
       let config: Buffer;
+      let original = true;
       try { config = await o.store.getObject(digestHex(desc.configDigest)); } catch {
         config = Buffer.from(JSON.stringify(desc.config));
+        original = false;
       }
       const configDigest = `sha256:${sha256hex(config)}`;
+      // The registry's manifest as docker2thin kept it (verified by its hash); written anew when absent.
+      let manifest: Buffer | null = null;
+      if (original && desc.manifestDigest) manifest = await o.store.getObject(digestHex(desc.manifestDigest)).catch(() => null);
+      manifest ??= synthManifest(desc, { digest: configDigest, size: config.length });
       const imageId = configDigest.slice(7);
       const ids = layerIds(desc.layers.map((l) => l.diffId));
       desc.layers.forEach((l, i) => {
@@ -166,7 +172,6 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
           'diff-digest': l.diffId, 'diff-size': lm.sizes.tar, compression: compressionCode(l.mediaType ?? ''),
         });
       });
-      const manifest = synthManifest(desc, { digest: configDigest, size: config.length });
       const manifestDigest = `sha256:${sha256hex(manifest)}`;
       const data = bigData.get(imageId) ?? new Map<string, Buffer>();
       data.set(configDigest, config);

@@ -47,8 +47,12 @@ export async function importBookworm(p: TestPodman, name = 'localhost/thinfs-boo
   return name;
 }
 
-/** localhost/thinfs-node-base: the bookworm base plus this machine's node 20, npm and node headers. */
-export async function nodeBase(p: TestPodman, work: string, name = 'localhost/thinfs-node-base:latest'): Promise<string | { missing: string }> {
+/**
+ * localhost/thinfs-node-base: the bookworm base plus this machine's node 20, npm and node headers, and
+ * this machine's CA bundle (its egress to the npm registry may be through a TLS-inspecting proxy that
+ * only the host's trust store knows), so `npm ci` inside a build reaches what the host reaches.
+ */
+export async function nodeBase(p: TestPodman, work: string, name = 'localhost/thinfs-node-base:2'): Promise<string | { missing: string }> {
   if ((await p.podman(['image', 'exists', name])).code === 0) return name;
   const base = await importBookworm(p);
   if (typeof base !== 'string') return base;
@@ -61,7 +65,9 @@ export async function nodeBase(p: TestPodman, work: string, name = 'localhost/th
   await runOk('cp', ['-a', '/usr/include/node', path.join(ctx, 'usr/include/')]);
   await fsp.symlink('../lib/node_modules/npm/bin/npm-cli.js', path.join(ctx, 'usr/bin/npm'));
   await fsp.symlink('../lib/node_modules/npm/bin/npx-cli.js', path.join(ctx, 'usr/bin/npx'));
-  await fsp.writeFile(path.join(ctx, 'Containerfile'), `FROM ${base}\nCOPY usr /usr\nRUN node -v && npm -v\n`);
+  await fsp.mkdir(path.join(ctx, 'usr/local/share'), { recursive: true });
+  await fsp.copyFile('/etc/ssl/certs/ca-certificates.crt', path.join(ctx, 'usr/local/share/host-ca-bundle.crt'));
+  await fsp.writeFile(path.join(ctx, 'Containerfile'), `FROM ${base}\nCOPY usr /usr\nENV NODE_EXTRA_CA_CERTS=/usr/local/share/host-ca-bundle.crt\nRUN node -v && npm -v\n`);
   await p.podmanOk(['build', '--quiet', '--network', 'host', '-t', name, ctx], 600_000);
   return name;
 }
