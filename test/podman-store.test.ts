@@ -167,3 +167,23 @@ test('podman-conf prints the storage.conf fragment and merges into an existing f
   assert.equal(p.code, 0, p.stderr);
   assert.match(p.stdout, /podman-store/);
 });
+
+test('thinfs mount --podman-store: the image store is ready with the mount and follows the store', async (t) => {
+  if (skip) { t.skip(skip); return; }
+  const dir = path.join(work, 'podman-store-2');
+  const m2 = await mountStore(store, path.join(work, 'mnt2'), { cacheDir: path.join(work, 'cache2'), extra: ['--podman-store', dir] });
+  try {
+    // ready file written => first pass done: both converted images are there
+    const imgs = JSON.parse(await fsp.readFile(path.join(dir, 'overlay-images/images.json'), 'utf8')) as Array<{ names: string[] }>;
+    assert.deepEqual(imgs.flatMap((i) => i.names).sort(), [ref, `${reg!.host}/e2e/thin:v2`].sort());
+    const conf = path.join(work, 'node2.conf');
+    await thinfsOk(['podman-conf', dir, '--graphroot', path.join(work, 'node2/graph'), '--runroot', path.join(work, 'node2/run'), '-o', conf]);
+    const p2 = await testPodman(path.join(work, 'node2'), { storageConf: conf });
+    try {
+      assert.match(await p2.podmanOk(['run', '--rm', '--network=none', ref, 'cat /usr/lib/pyjson/__init__.py']), /^# replaced by layer 3$/m);
+      // the layers are the second mount's
+      const target = await fsp.readlink(path.join(dir, 'overlay', layers[0]!.diffId.slice(7), 'diff'));
+      assert.equal(target, path.join(m2.mp, 'layers', layers[0]!.diffId.slice(7)));
+    } finally { await p2.cleanup(); }
+  } finally { await m2.stop(); await forceUnmount(m2.mp); }
+});
