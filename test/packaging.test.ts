@@ -59,10 +59,12 @@ test('the publisher image answers /healthz', async (t) => {
   const store = path.join(work, 'pub-store');
   await fsp.mkdir(store);
   const port = await freePort();
-  const id = (await p!.podmanOk(['run', '-d', '--network', 'host', '-v', `${store}:/store`, IMAGE, 'publisher', '--store', '/store', '--init',
-    '--s3-endpoint', 'http://127.0.0.1:9', '--bucket', 'layers', '--token', 'secret', '--no-webhook', '--reconcile-interval', '0', '--port', String(port)])).trim();
+  const id = (await p!.podmanOk(['run', '-d', '--network', 'host', '-e', 'AWS_ACCESS_KEY_ID=suite', '-e', 'AWS_SECRET_ACCESS_KEY=suite', '-v', `${store}:/store`, IMAGE, 'publisher', '--store', '/store', '--init',
+    '--s3-endpoint', 'http://127.0.0.1:9', '--bucket', 'layers', '--token', 'secret', '--reconcile-interval', '0', '--port', String(port)])).trim();
   started.push(id);
   const res = await waitFor(async () => {
+    const state = (await p!.podmanOk(['inspect', '--format', '{{.State.Status}}', id])).trim();
+    if (state === 'exited') throw new Error(`publisher exited:\n${(await p!.podman(['logs', id])).stderr}`);
     try { const r = await fetch(`http://127.0.0.1:${port}/healthz`); await r.arrayBuffer(); return r.status; } catch { return null; }
   }, 60_000, 200, 'publisher /healthz');
   assert.equal(res, 200);
@@ -107,5 +109,6 @@ test('the systemd unit passes systemd-analyze verify and has the ready file, res
   assert.equal(r.stderr.trim(), '', 'no warnings');
   // the options the unit passes are ones `thinfs mount` accepts
   const help = await thinfsOk(['mount', '--help']);
-  for (const opt of unit.match(/--[a-z-]+/g)!) assert.ok(help.includes(opt), `thinfs mount has ${opt}`);
+  const exec = /^ExecStart=(.*)$/m.exec(unit)![1]!;
+  for (const opt of exec.match(/--[a-z-]+/g)!) assert.ok(help.includes(opt), `thinfs mount has ${opt}`);
 });
