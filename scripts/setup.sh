@@ -18,6 +18,8 @@ PKGS=(
   nginx                          # HTTP store backend tests
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
+  debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
+  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
 )
 missing=()
 for p in "${PKGS[@]}"; do

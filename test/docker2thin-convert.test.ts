@@ -20,7 +20,7 @@ import {
   makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs, pushRaw, plainVariant, MT,
   type Layer, type RegistryServer,
 } from './fixtures/images.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 const AMD64 = { os: 'linux', architecture: 'amd64' };

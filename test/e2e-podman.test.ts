@@ -9,7 +9,7 @@ import { REPO_ROOT, run, runOk, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand } 
 import { findPythonLib } from './fixtures/tars.js';
 import { makeLayer, OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 let work = '';
 let reg: RegistryServer | null = null;

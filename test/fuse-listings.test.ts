@@ -1,5 +1,5 @@
 // Issue 3, directory listings: the catalog's pre-encoded listings (src/catalog/dirblocks.ts) expanded by the transport,
-// listings handed ahead of a scan (src/fuse/listing-ahead.ts), listings longer than one READDIRPLUS page, seekdir
+// listings handed ahead of a scan (src/mount/listing-ahead.ts), listings longer than one READDIRPLUS page, seekdir
 // cookies, and catalogs written before listings were pre-encoded (served by the JS path, same answers).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

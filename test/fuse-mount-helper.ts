@@ -36,6 +36,8 @@ export interface MountOpts {
   quota?: string;
   memCache?: string;
   extra?: string[];
+  /** A command line that execs the daemon's own (appended) for it: another user, a mount namespace. */
+  wrap?: string[];
 }
 
 export async function isMounted(mp: string): Promise<boolean> {
@@ -48,7 +50,8 @@ export async function mountStore(store: string, mp: string, o: MountOpts): Promi
   const ready = path.join(path.dirname(o.cacheDir), `ready-${path.basename(mp)}-${Date.now()}.json`);
   const args = [THINFS_MAIN, 'mount', store, mp, '--cache-dir', o.cacheDir, '--ready-file', ready, '--metrics-port', '0',
     '--cache-quota', o.quota ?? '10G', '--mem-cache', o.memCache ?? '64M', ...(o.extra ?? [])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...(o.wrap ?? []), process.execPath, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
   child.stdout!.on('data', () => {});

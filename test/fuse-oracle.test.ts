@@ -11,7 +11,7 @@ import { canBuildEdgeCases, findPythonLib, makeEdgeCaseTar, makeTreeTar, type Ed
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { WritableStore } from '../src/store/store.js';
 import { THIN_IMAGE_MEDIA_TYPE, type ThinImage } from '../src/image/descriptor.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 interface IngestJson { diffId: string; catalog: string; blobDigest: string }
 

@@ -10,7 +10,7 @@ import { findPythonLib, makeTreeTar } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { WritableStore } from '../src/store/store.js';
 import { THIN_IMAGE_MEDIA_TYPE } from '../src/image/descriptor.js';
-import { encodeImageDirName } from '../src/fuse/names.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 let work: string;
 let store: string;

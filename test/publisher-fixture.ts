@@ -26,9 +26,9 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
-/** s3rver on 127.0.0.1 (a free port unless one is given, e.g. to restart it where clients expect it). */
-export async function startS3rver(dir: string, bucket = BUCKET, port = 0): Promise<S3Server> {
-  const child = fork(path.join(HERE, 'publisher-s3rver.js'), [dir, bucket, String(port)], {
+/** s3rver on 127.0.0.1 with these buckets (a free port unless one is given, e.g. to restart it where clients expect it). */
+export async function startS3rver(dir: string, buckets: string | string[] = BUCKET, port = 0): Promise<S3Server> {
+  const child = fork(path.join(HERE, 'publisher-s3rver.js'), [dir, ([] as string[]).concat(buckets).join(','), String(port)], {
     execArgv: ['--openssl-legacy-provider'],
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });

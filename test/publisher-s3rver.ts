@@ -11,12 +11,12 @@ const S3rver = require('s3rver') as new (opts: Record<string, unknown>) => {
   close(): Promise<void>;
 };
 
-const [directory, bucket, portArg] = process.argv.slice(2);
-if (!directory || !bucket || !process.send) {
-  process.stderr.write('usage: (forked) publisher-s3rver.js DIR BUCKET [PORT]\n');
+const [directory, buckets, portArg] = process.argv.slice(2);
+if (!directory || !buckets || !process.send) {
+  process.stderr.write('usage: (forked) publisher-s3rver.js DIR BUCKET[,BUCKET...] [PORT]\n');
   process.exit(2);
 }
-const srv = new S3rver({ port: Number(portArg ?? 0), address: '127.0.0.1', silent: true, directory, configureBuckets: [{ name: bucket }] });
+const srv = new S3rver({ port: Number(portArg ?? 0), address: '127.0.0.1', silent: true, directory, configureBuckets: buckets.split(',').map((name) => ({ name })) });
 srv.on('event', (event) => process.send!({ type: 'event', event }));
 const addr = await srv.run();
 process.send({ type: 'ready', port: addr.port });

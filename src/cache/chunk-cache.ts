@@ -1,5 +1,5 @@
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
-import { close as closeCb, fstat as fstatCb, open as openCb } from 'node:fs';
+import { chmod, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { close as closeCb, fstat as fstatCb, open as openCb, read as readCb } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -7,19 +7,21 @@ import { constants } from 'node:os';
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
 import type { ChunkRef } from '../catalog/reader.js';
-import { decodeObject } from '../store/codec.js';
 import { sha256hex } from '../util/hash.js';
 import type { Logger } from '../util/log.js';
 import { tryNative } from '../util/native.js';
+import { ThinfsError } from '../util/errors.js';
 
 /** Threadpool read + SHA-256 (src/cache/native/readverify.c): a Buffer, or -errno (-EBADMSG: wrong size or hash). */
 interface ReadVerify {
   readVerified(path: string, size: number, sha256hex: string): Promise<Buffer | number>;
   /** The file opened after the checks (sha256hex '' = its size only): fd, or -errno (-EBADMSG: wrong size or bytes). */
   openVerified(path: string, size: number, sha256hex: string): Promise<number>;
+  /** Bytes [start, end) of an open file against packed chunk records (offset u64le, size u64le, SHA-256): 0 or -errno. */
+  verifyRanges(fd: number, start: number, end: number, ranges: Buffer): Promise<number>;
 }
 const { errno } = constants;
-const fdOpen = promisify(openCb), fdStat = promisify(fstatCb);
+const fdOpen = promisify(openCb), fdStat = promisify(fstatCb), fdRead = promisify(readCb);
 /** Close a descriptor this module handed out (after the kernel took its own reference). */
 export const fdClose = promisify(closeCb);
 
@@ -29,6 +31,68 @@ async function openFd(file: string, size?: number): Promise<number | null> {
   if (fd === null) return null;
   if (size !== undefined && (await fdStat(fd)).size !== size) { await fdClose(fd); return -errno.EBADMSG; }
   return fd;
+}
+
+/**
+ * The cache holds the content of every file read through the mount, whatever its mode in the image (a 0600 file's
+ * chunks, small files inlined in catalogs): only the daemon's user may enter it, as on a multi-user node anyone could
+ * otherwise read what the mount's permissions keep from them.
+ */
+const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
+
+/** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
+async function makePrivate(p: string, mode: number): Promise<void> {
+  await chmod(p, mode).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
+}
+
+/** Whole-file copies at least this big are verified by two threadpool jobs at once (the machine kind has 2 cores). */
+const SPLIT_VERIFY = 8 << 20;
+
+/**
+ * A file's bytes against its chunk map: each chunk's range hashes to its name, the rest reads as zeros. 0, or
+ * -EBADMSG on a mismatch, or -errno. Native (threadpool, split at a chunk boundary near the middle) or, without
+ * the addon, here.
+ */
+async function verifyRanges(fd: number, chunks: ChunkRef[], size: number): Promise<number> {
+  const nat = tryNative<ReadVerify>();
+  if (!nat) return verifyRangesJs(fd, chunks, size);
+  const pack = (cs: ChunkRef[]) => {
+    const b = Buffer.alloc(cs.length * 48);
+    cs.forEach((c, i) => { b.writeBigUInt64LE(BigInt(c.offset), i * 48); b.writeBigUInt64LE(BigInt(c.size), i * 48 + 8); b.write(c.hash, i * 48 + 16, 32, 'hex'); });
+    return b;
+  };
+  let cut = 0;
+  if (size >= SPLIT_VERIFY) while (cut < chunks.length - 1 && chunks[cut]!.offset + chunks[cut]!.size <= size / 2) cut++;
+  if (cut === 0) return nat.verifyRanges(fd, 0, size, pack(chunks));
+  const mid = chunks[cut]!.offset;
+  const rs = await Promise.all([nat.verifyRanges(fd, 0, mid, pack(chunks.slice(0, cut))), nat.verifyRanges(fd, mid, size, pack(chunks.slice(cut)))]);
+  return rs.find((r) => r !== 0) ?? 0;
+}
+
+async function verifyRangesJs(fd: number, chunks: ChunkRef[], size: number): Promise<number> {
+  const read = async (off: number, len: number) => {
+    const b = Buffer.allocUnsafe(len);
+    for (let got = 0; got < len;) {
+      const { bytesRead } = await fdRead(fd, b, got, len - got, off + got);
+      if (bytesRead === 0) return null;
+      got += bytesRead;
+    }
+    return b;
+  };
+  let pos = 0;
+  for (const c of [...chunks, { offset: size, size: 0, hash: '' }]) {
+    if (c.offset < pos || c.offset + c.size > size) return -errno.EINVAL;
+    // Holes are read in pieces: a sparse gap may be large.
+    for (; pos < c.offset; pos += Math.min(1 << 20, c.offset - pos)) {
+      const z = await read(pos, Math.min(1 << 20, c.offset - pos));
+      if (!z || z.some((x) => x !== 0)) return -errno.EBADMSG;
+    }
+    if (!c.size) continue;
+    const d = await read(c.offset, c.size);
+    if (!d || sha256hex(d) !== c.hash) return -errno.EBADMSG;
+    pos = c.offset + c.size;
+  }
+  return 0;
 }
 
 /**
@@ -96,6 +160,9 @@ export class ChunkCache {
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly pendingWrites = new Set<Promise<void>>();
   private diskBytes = 0;
+  /** Whole-file copies verified (or built) by this process: passed to the kernel without hashing them again. */
+  private readonly verifiedFiles = new Set<string>();
+  private readonly verifying = new Map<string, Promise<boolean>>();
   private readonly chunksDir: string;
   private readonly filesDir: string;
   private readonly tmpDir: string;
@@ -114,6 +181,7 @@ export class ChunkCache {
       sizeCalculation: (v) => Math.max(1, v.size),
       dispose: (v, hash, reason) => {
         this.diskBytes -= v.size;
+        this.verifiedFiles.delete(hash);
         // Only evictions remove the file: 'delete' means we already know it is gone or bad.
         if (reason === 'evict') {
           this.counters.evictions++;
@@ -130,7 +198,14 @@ export class ChunkCache {
   /** Open (creating) the cache directory and rebuild the index from what is already there: no refetch after a restart. */
   static async open(o: CacheOptions): Promise<ChunkCache> {
     const c = new ChunkCache(o);
-    await Promise.all([c.chunksDir, c.filesDir, c.tmpDir, c.catalogsDir].map((d) => mkdir(d, { recursive: true })));
+    // Private to the daemon (see PRIVATE_DIR); an existing cache is repaired, since older versions made it 0755.
+    await mkdir(o.dir, { recursive: true, mode: PRIVATE_DIR });
+    for (const d of [o.dir, c.chunksDir, c.filesDir, c.tmpDir, c.catalogsDir]) {
+      await mkdir(d, { recursive: true, mode: PRIVATE_DIR });
+      await chmod(d, PRIVATE_DIR).catch((e: NodeJS.ErrnoException) => {
+        throw new ThinfsError(`cache directory ${d}: cannot make it private (${e.code ?? e.message}); use a --cache-dir this user owns`);
+      });
+    }
     await c.cleanTmp();
     await c.rebuildIndex();
     return c;
@@ -154,14 +229,18 @@ export class ChunkCache {
     for (const [dir, prefix] of [[this.chunksDir, ''], [this.filesDir, 'f:']] as const) {
       const fans = await readdir(dir).catch(() => [] as string[]);
       await Promise.all(fans.filter((f) => /^[0-9a-f]{2}$/.test(f)).map(async (fan) => {
+        await makePrivate(join(dir, fan), PRIVATE_DIR);
         const names = await readdir(join(dir, fan)).catch(() => [] as string[]);
         for (const n of names) {
           if (!/^[0-9a-f]{62}$/.test(n)) continue;
           const st = await stat(join(dir, fan, n)).catch(() => null);
-          if (st) found.push({ hash: prefix + fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
+          if (!st) continue;
+          if (st.mode & 0o077) await makePrivate(join(dir, fan, n), PRIVATE_FILE);
+          found.push({ hash: prefix + fan + n, size: st.size, t: Math.max(st.atimeMs, st.mtimeMs) });
         }
       }));
     }
+    for (const n of await readdir(this.catalogsDir).catch(() => [] as string[])) await makePrivate(join(this.catalogsDir, n), PRIVATE_FILE);
     // Oldest first, so the LRU order after a restart approximates the order of last use.
     found.sort((a, b) => a.t - b.t);
     for (const f of found) this.indexAdd(f.hash, f.size);
@@ -174,6 +253,7 @@ export class ChunkCache {
       const p = join(this.tmpDir, n);
       const st = await stat(p).catch(() => null);
       if (st && st.mtimeMs < cutoff) await rm(p, { force: true, recursive: true });
+      else if (st) await makePrivate(p, st.isDirectory() ? PRIVATE_DIR : PRIVATE_FILE);
     }
   }
 
@@ -221,7 +301,7 @@ export class ChunkCache {
       this.mem?.set(hash, local);
       return local;
     }
-    const data = await this.fetch(hash);
+    const data = await this.fetch(hash, size);
     this.mem?.set(hash, data);
     this.track(this.writeLocal(hash, data));
     return data;
@@ -295,13 +375,23 @@ export class ChunkCache {
   }
 
   /**
-   * An open descriptor of the assembled copy of a file (see assemble), or null. Copies are trusted once built (like
-   * CernVM-FS's cache); their size is checked.
+   * An open descriptor of the assembled copy of a file (see assemble), or null (then reads are served from verified
+   * chunks). A copy is verified against the file's chunk map at its first open after the daemon starts (each chunk's
+   * range hashes to the chunk's name, holes are zeros: the same promise as a served read), on the threadpool; the
+   * verified state lives as long as this process or until the copy leaves the index. A copy that fails is dropped.
    */
-  async openWholeFile(fileId: string, size: number): Promise<number | null> {
+  async openWholeFile(fileId: string, chunks: ChunkRef[], size: number): Promise<number | null> {
     const key = `f:${fileId}`;
     if (!this.disk.get(key)) return null;
     const file = this.pathOf(key);
+    if (!this.verifiedFiles.has(key)) {
+      let running = this.verifying.get(key);
+      if (!running) {
+        running = this.verifyWholeFile(key, file, chunks, size).finally(() => this.verifying.delete(key));
+        this.verifying.set(key, running);
+      }
+      if (!(await running)) return null;
+    }
     const nat = tryNative<ReadVerify>();
     const r = nat ? await nat.openVerified(file, size, '') : await openFd(file, size);
     if (r !== null && r >= 0) return r;
@@ -309,6 +399,31 @@ export class ChunkCache {
     this.disk.delete(key);
     await unlink(file).catch(() => {});
     return null;
+  }
+
+  /** Check a whole-file copy against its chunk map (see openWholeFile); false when it is gone or was dropped. */
+  private async verifyWholeFile(key: string, file: string, chunks: ChunkRef[], size: number): Promise<boolean> {
+    let fd: number;
+    try { fd = await fdOpen(file, 'r'); } catch { this.disk.delete(key); return false; }
+    let bad: string | null = null;
+    try {
+      if ((await fdStat(fd)).size !== size) bad = 'wrong size';
+      else {
+        const r = await verifyRanges(fd, chunks, size);
+        if (r === -errno.EBADMSG) bad = 'bytes do not match the chunk map';
+        else if (r < 0) bad = `cannot verify (errno ${-r})`;
+      }
+    } finally { await fdClose(fd).catch(() => {}); }
+    if (bad === null) {
+      // Still the indexed copy (not evicted while it was being read): remember it.
+      if (this.disk.has(key)) this.verifiedFiles.add(key);
+      return true;
+    }
+    this.counters.corruptDropped++;
+    this.o.log.warn({ file, reason: bad }, 'whole-file copy failed verification: dropped, serving verified chunks');
+    this.disk.delete(key);
+    await unlink(file).catch(() => {});
+    return false;
   }
 
   /**
@@ -350,7 +465,7 @@ export class ChunkCache {
   private async assembleOne(fileId: string, chunks: ChunkRef[], size: number): Promise<void> {
     const key = `f:${fileId}`;
     const tmp = join(this.tmpDir, `file-${fileId}.${process.pid}.${randomBytes(4).toString('hex')}`);
-    const fh = await open(tmp, 'w');
+    const fh = await open(tmp, 'w', PRIVATE_FILE);
     let ok = false;
     try {
       await fh.truncate(size);
@@ -367,9 +482,10 @@ export class ChunkCache {
       await fh.close();
       if (!ok) await rm(tmp, { force: true });
     }
-    await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true });
+    await mkdir(join(this.filesDir, fileId.slice(0, 2)), { recursive: true, mode: PRIVATE_DIR });
     await rename(tmp, this.pathOf(key));
-    this.indexAdd(key, size);
+    // Written from chunks verified just now: this process trusts it without reading it back.
+    if (this.indexAdd(key, size)) this.verifiedFiles.add(key);
     this.counters.filesAssembled++;
   }
 
@@ -381,13 +497,11 @@ export class ChunkCache {
     return null;
   }
 
-  private async fetch(hash: string): Promise<Buffer> {
-    let raw: Buffer;
+  private async fetch(hash: string, size?: number): Promise<Buffer> {
     try {
-      raw = await this.o.store.getRaw(hash);
+      const { data, rawBytes } = await this.o.store.fetchObject(hash, size);
       this.counters.fetches++;
-      this.counters.fetchedBytes += raw.length;
-      const data = decodeObject(hash, raw);
+      this.counters.fetchedBytes += rawBytes;
       this.counters.fetchedDecodedBytes += data.length;
       return data;
     } catch (e) {
@@ -400,9 +514,9 @@ export class ChunkCache {
     if (data.length > this.o.quota) return;
     const tmp = join(this.tmpDir, `${hash}.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
-      await writeFile(tmp, data);
+      await writeFile(tmp, data, { mode: PRIVATE_FILE });
       const dest = this.chunkPath(hash);
-      await mkdir(join(this.chunksDir, hash.slice(0, 2)), { recursive: true });
+      await mkdir(join(this.chunksDir, hash.slice(0, 2)), { recursive: true, mode: PRIVATE_DIR });
       await rename(tmp, dest);
       this.indexAdd(hash, data.length);
     } catch (e) {
@@ -429,21 +543,20 @@ export class ChunkCache {
       this.counters.corruptDropped++;
       this.o.log.warn({ object: hash, file: path }, 'cached catalog is corrupt: refetching');
     }
-    let raw: Buffer;
     let data: Buffer;
     try {
-      raw = await this.o.store.getRaw(hash);
+      const got = await this.o.store.fetchObject(hash, size);
+      data = got.data;
       this.counters.fetches++;
       this.counters.catalogFetches++;
-      this.counters.fetchedBytes += raw.length;
-      data = decodeObject(hash, raw);
+      this.counters.fetchedBytes += got.rawBytes;
       this.counters.fetchedDecodedBytes += data.length;
     } catch (e) {
       this.counters.errors++;
       throw e;
     }
     const tmp = join(this.tmpDir, `${hash}.sqlite.${process.pid}.${randomBytes(4).toString('hex')}`);
-    await writeFile(tmp, data);
+    await writeFile(tmp, data, { mode: PRIVATE_FILE });
     await rename(tmp, path);
     return path;
   }

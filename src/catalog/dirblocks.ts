@@ -1,24 +1,14 @@
-// Every directory's listing, encoded once at ingest with each entry's attributes as the kernel sees them, so that a mount
-// answers a listing with one indexed read and a native expansion into READDIRPLUS records (thinfuse.c dp_page): no
-// per-entry work on its JS thread, which is what a metadata scan of a freshly started daemon spent its time on.
+// The catalog's dirblocks table: every directory's listing (src/format/listing.ts), encoded once at ingest with each
+// entry's attributes as the kernel sees them, so that a mount answers a listing with one indexed read and a native
+// expansion into READDIRPLUS records (src/fuse/native/listing.c): no per-entry work on its JS thread, which is what a
+// metadata scan of a freshly started daemon spent its time on.
 import type Database from 'better-sqlite3';
-import { inodeAttr, writeU64 } from '../fuse/kernel.js';
+import { encodeListingRecord, inodeAttr, LISTING_RECORD_HEADER } from '../format/listing.js';
 import { DirentKind } from './schema.js';
 import type { Inode } from './reader.js';
 
-/**
- * One row per directory: its visible entries (opaque markers hidden) in byte order of name, each a packed little-endian
- * record, 50 bytes + the name:
- *   u64 ino | u64 size | i64 mtime s | u32 mtime ns | u32 mode | u32 uid | u32 gid | u32 nlink | u32 rdev | u16 namelen | name
- * ino is the catalog inode number (a mount adds its base for the layer); size, nlink and rdev are already what stat
- * shows (symlink target length, 2 + subdirectories, kernel device encoding). A record's readdir cookie is 2 + the byte
- * offset of the record after it ("." and ".." are cookies 0 and 1). Empty directories have an empty block.
- */
+/** One row per directory: its listing (src/format/listing.ts), opaque markers hidden. Empty directories have an empty block. */
 export const DIRBLOCKS_TABLE = `CREATE TABLE IF NOT EXISTS dirblocks (dir INTEGER PRIMARY KEY, ents BLOB NOT NULL)`;
-
-export const DIRBLOCK_HEADER = 50;
-/** Cookie of the first record of a block; a mount serves "." and ".." before it. */
-export const DIRBLOCK_OFFSET_BASE = 2;
 
 const PAGE = 4096;
 // Columns of the rows read, in this order (raw rows: arrays are cheaper than objects at a million entries).
@@ -29,21 +19,9 @@ type Row = [number, Buffer, number, Inode['type'], number, number, number, numbe
 /** Appends one entry's record to out at off (out has room); returns the new end. */
 function encodeRecord(r: Row, subdirs: Map<number, number>, out: Buffer, off: number): number {
   const [, name, ino, type, mode, uid, gid, size, mtime, mtimeNs, rdevMajor, rdevMinor, target, nlink] = r;
-  if (name.length > 0xffff) throw new Error(`name of ${name.length} bytes`);
-  const a = inodeAttr({ type, size, nlink, target, mtime, mtimeNs, mode, uid, gid, rdevMajor, rdevMinor } as Inode, ino,
+  const a = inodeAttr({ type, size, nlink, target, mtime, mtimeNs, mode, uid, gid, rdevMajor, rdevMinor }, ino,
     type === 'dir' ? subdirs.get(ino) ?? 0 : null);
-  writeU64(out, a.ino, off);
-  writeU64(out, a.size, off + 8);
-  writeU64(out, Math.trunc(a.mtime), off + 16);
-  out.writeUInt32LE(a.mtimeNs >>> 0, off + 24);
-  out.writeUInt32LE(a.mode >>> 0, off + 28);
-  out.writeUInt32LE(a.uid >>> 0, off + 32);
-  out.writeUInt32LE(a.gid >>> 0, off + 36);
-  out.writeUInt32LE(a.nlink >>> 0, off + 40);
-  out.writeUInt32LE(a.rdev >>> 0, off + 44);
-  out.writeUInt16LE(name.length, off + 48);
-  name.copy(out, off + DIRBLOCK_HEADER);
-  return off + DIRBLOCK_HEADER + name.length;
+  return encodeListingRecord(a, name, out, off);
 }
 
 /** Fill the dirblocks table from a finished catalog's dirents and inodes. Deterministic: same catalog, same bytes. */
@@ -74,7 +52,7 @@ export function buildDirBlocks(db: Database.Database): number {
   while (rows.length) {
     for (const r of rows) {
       if (r[0] !== dir) { flush(); dir = r[0]; }
-      const need = len + DIRBLOCK_HEADER + r[1].length;
+      const need = len + LISTING_RECORD_HEADER + r[1].length;
       if (need > buf.length) { const b = Buffer.allocUnsafe(Math.max(need, buf.length * 2)); buf.copy(b, 0, 0, len); buf = b; }
       len = encodeRecord(r, subdirs, buf, len);
     }

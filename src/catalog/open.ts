@@ -11,7 +11,7 @@ export async function openLayerCatalog(store: Store, diffId: string): Promise<{ 
   const id = diffId.startsWith('sha256:') ? diffId : `sha256:${diffId}`;
   const manifest = await store.getLayer(id);
   if (!manifest) throw new NotFoundError(`layer ${id} is not published in store ${store.location}`);
-  const data = await store.getObject(manifest.catalog);
+  const data = await store.getObject(manifest.catalog, manifest.catalogSize);
   const dir = await mkdtemp(join(tmpdir(), 'thinfs-cat-'));
   const file = join(dir, 'catalog.db');
   await writeFile(file, data);

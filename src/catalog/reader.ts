@@ -59,6 +59,7 @@ export class CatalogReader {
         FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
       chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
+      links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
         i.mode AS mode, i.uid AS uid, i.gid AS gid, i.uname AS uname, i.gname AS gname, i.size AS size, i.mtime AS mtime,
         i.mtime_ns AS mtimeNs, i.rdev_major AS rdevMajor, i.rdev_minor AS rdevMinor, i.target AS target, i.inline AS inline,
@@ -117,6 +118,11 @@ export class CatalogReader {
 
   /** Visible subdirectories of a directory (st_nlink = 2 + this). */
   subdirCount(ino: number): number { return this.readdir(ino).filter((d) => d.type === 'dir').length; }
+
+  /** Every visible name of an inode as (parent, name): a hard-linked file has several, a directory one, the root none. */
+  links(ino: number): Array<{ parent: number; name: Buffer }> {
+    return this.st.links.all(ino) as Array<{ parent: number; name: Buffer }>;
+  }
 
   chunks(ino: number): ChunkRef[] {
     return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer }>).map((c) => ({ offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));

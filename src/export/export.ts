@@ -12,11 +12,11 @@ export async function* fileContent(store: Store, catalog: CatalogReader, inode: 
   let pos = 0;
   const chunks = catalog.chunks(inode.ino);
   // Fetch one chunk ahead so store latency overlaps with writing.
-  let next = chunks.length ? store.getObject(chunks[0]!.hash) : null;
+  let next = chunks.length ? store.getObject(chunks[0]!.hash, chunks[0]!.size) : null;
   for (let i = 0; i < chunks.length; i++) {
     const c = chunks[i]!;
     const data = await next!;
-    next = i + 1 < chunks.length ? store.getObject(chunks[i + 1]!.hash) : null;
+    next = i + 1 < chunks.length ? store.getObject(chunks[i + 1]!.hash, chunks[i + 1]!.size) : null;
     for (; pos < c.offset;) { const n = Math.min(1 << 20, c.offset - pos); yield Buffer.alloc(n); pos += n; }
     yield data;
     pos += data.length;

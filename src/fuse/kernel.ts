@@ -2,7 +2,7 @@
 // and the wire structures of the requests JS answers (linux/fuse.h, protocol 7.x, little-endian).
 import { constants } from 'node:os';
 import { loadNative } from '../util/native.js';
-import type { Inode } from '../catalog/reader.js';
+import { readU64, writeU64, type Attr } from '../format/listing.js';
 
 export const OP = {
   CLOSED: 0, /** pseudo: a listing handed over with dirAhead was first served by the transport */ DIR_LISTED: 0xfff0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
@@ -43,44 +43,12 @@ interface Binding {
 
 export function native(): Binding { return loadNative<Binding>(); }
 
-/** What the catalog knows of an entry, in the units the kernel wants. */
-export interface Attr {
-  ino: number; size: number; blocks: number; mtime: number; mtimeNs: number;
-  mode: number; nlink: number; uid: number; gid: number; rdev: number; blksize: number;
-}
-
 export const ATTR_SIZE = 88;
 export const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
 const DIRENT_BASE = 24;
 
-/** A 64-bit little-endian integer from a JS number (exact below 2^53; negative = two's complement), without BigInt. */
-export function writeU64(b: Buffer, v: number, off: number): void {
-  const hi = Math.floor(v / 4294967296);
-  b.writeUInt32LE((v - hi * 4294967296) >>> 0, off);
-  b.writeUInt32LE(hi >>> 0, off + 4);
-}
-
 /**
- * A catalog inode's attributes as the kernel sees them: the one definition for live replies and for the listings the
- * catalog pre-encodes. Directories get st_nlink 2 + subdirectories (find's leaf optimisation relies on it), or 1 where
- * that count is unknown (merged image directories); symlinks their target's length.
- */
-export function inodeAttr(i: Inode, ino: number, subdirs: number | null): Attr {
-  let size = i.size;
-  let nlink = i.nlink;
-  if (i.type === 'symlink') size = i.target?.length ?? size;
-  if (i.type === 'dir') {
-    if (!size) size = 4096;
-    nlink = subdirs === null ? 1 : 2 + subdirs;
-  }
-  return {
-    ino, size, blocks: Math.ceil(size / 512), mtime: i.mtime, mtimeNs: i.mtimeNs, mode: i.mode, nlink,
-    uid: i.uid, gid: i.gid, rdev: encodeDev(i.rdevMajor, i.rdevMinor), blksize: 4096,
-  };
-}
-
-/**
- * struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. (thinfuse.c dp_page
+ * struct fuse_attr. atime and ctime are reported equal to mtime: layers carry no other times. (native/listing.c
  * builds the same attributes from a pre-encoded listing.)
  */
 export function encodeAttr(a: Attr): Buffer {
@@ -102,11 +70,6 @@ export function encodeAttr(a: Attr): Buffer {
   b.writeUInt32LE(a.rdev >>> 0, 76);
   b.writeUInt32LE(a.blksize, 80);
   return b;
-}
-
-/** The kernel's new_encode_dev: 12-bit major, 20-bit minor in 32 bits. */
-export function encodeDev(major: number, minor: number): number {
-  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
 }
 
 /** struct fuse_entry_out header (40 bytes) into b at off; the attr follows. nodeid 0 = cached negative entry. */
@@ -153,10 +116,6 @@ export interface ReadIn { offset: number; size: number }
 /** struct fuse_read_in: fh, offset, size (the rest is unused by a read-only filesystem). */
 export function parseReadIn(b: Buffer): ReadIn {
   return { offset: readU64(b, 8), size: b.readUInt32LE(16) };
-}
-
-export function readU64(b: Buffer, off: number): number {
-  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 4294967296;
 }
 
 /** LOOKUP carries the name, NUL-terminated: the raw bytes (Linux names are bytes, not UTF-8). */

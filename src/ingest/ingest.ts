@@ -1,11 +1,6 @@
-import { createReadStream } from 'node:fs';
-import { stat, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
-import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { readTar, type TarEntry } from '../tar/reader.js';
 import { Chunker, DEFAULT_CHUNKING, type ChunkParams } from '../chunker/fastcdc.js';
 import { CatalogWriter } from '../catalog/writer.js';
@@ -17,10 +12,9 @@ import type { LayerManifest } from '../store/types.js';
 import { BadInputError, IntegrityError, NotFoundError, ThinfsError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
 import type { Logger } from '../util/log.js';
-import { sha256hex } from '../util/hash.js';
+import { isDigest, sha256hex } from '../util/hash.js';
+import { openLayerSource } from './source.js';
 
-const require = createRequire(import.meta.url);
-const zstd: { DecompressStream: new () => NodeJS.ReadWriteStream } = require('zstd-napi');
 
 /** Files up to this size live inside the catalog: no object, no extra round trip on first read. */
 export const INLINE_MAX = 1024;
@@ -40,6 +34,8 @@ export interface IngestOptions {
   log?: Logger;
   codec?: Codec;
   chunking?: ChunkParams;
+  /** Where the catalog is built before it becomes an object (default: the OS temp dir). */
+  scratchDir?: string;
   /** Called after the catalog is built, before commit: test hook for crash-safety checks. */
   beforeCommit?: () => Promise<void>;
 }
@@ -54,18 +50,9 @@ export interface IngestResult { manifest: LayerManifest; published: boolean; sta
 
 interface Node { ino: number; type: EntryType; kind: DirentKind; parent: number; name: Buffer }
 
-type Compression = 'gzip' | 'zstd' | 'none';
-
-function sniff(head: Buffer): Compression {
-  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
-  if (head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
-  if (head.subarray(0, 3).toString('latin1') === 'BZh') throw new BadInputError('bzip2-compressed layers are not supported (use gzip, zstd or plain tar)');
-  if (head.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) throw new BadInputError('xz-compressed layers are not supported (use gzip, zstd or plain tar)');
-  return 'none';
-}
-
+/** A name for an error message: escaped (no raw control bytes to a terminal), long ones cut. */
 function printable(b: Buffer): string {
-  return JSON.stringify(b.toString('utf8'));
+  return b.length > 200 ? JSON.stringify(b.subarray(0, 200).toString('utf8')) + `... (${b.length} bytes)` : JSON.stringify(b.toString('utf8'));
 }
 
 /** "./a//b/" -> "a/b"; refuses absolute paths and any ".." so nothing can land outside the layer. */
@@ -77,18 +64,23 @@ function normalize(raw: Buffer, what: string): string {
   return parts.join('/');
 }
 
-async function openInput(input: string | NodeJS.ReadableStream): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
-  if (typeof input !== 'string') return { stream: input };
-  let st;
-  try { st = await stat(input); } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new NotFoundError(`input ${input} does not exist`);
-    throw new ThinfsError(`cannot read ${input}: ${(e as Error).message}`);
+/** Linux limits (limits.h): a name component of NAME_MAX bytes, a symlink target under PATH_MAX with its NUL. */
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+/** uid_t/gid_t are 32 bits and (uid_t)-1 means "no id": a larger id would be cut to its low bits when served. */
+const ID_MAX = 0xfffffffe;
+
+/** What the kernel cannot represent is refused here, not stored to be served wrong (EIO, truncated, id 0). */
+function checkLimits(e: TarEntry): void {
+  for (const part of e.path.toString('latin1').split('/')) {
+    if (part.length > NAME_MAX) throw new BadInputError(`member ${printable(e.path)}: a name component is ${part.length} bytes (the limit is ${NAME_MAX})`);
   }
-  if (!st.isFile()) throw new BadInputError(`input ${input} is not a regular file`);
-  const stream = createReadStream(input, { highWaterMark: 1 << 20 });
-  await new Promise<void>((res, rej) => { stream.once('open', () => res()); stream.once('error', (e) => rej(new ThinfsError(`cannot read ${input}: ${e.message}`))); });
-  return { stream, size: st.size };
+  if (e.type === 'symlink' && e.linkpath!.length >= PATH_MAX) {
+    throw new BadInputError(`symlink ${printable(e.path)}: target of ${e.linkpath!.length} bytes (the limit is ${PATH_MAX - 1})`);
+  }
+  for (const [what, id] of [['uid', e.uid], ['gid', e.gid]] as const) {
+    if (!(id >= 0 && id <= ID_MAX)) throw new BadInputError(`member ${printable(e.path)}: ${what} ${id} is not a valid Linux id (0..${ID_MAX})`);
+  }
 }
 
 /**
@@ -98,58 +90,18 @@ async function openInput(input: string | NodeJS.ReadableStream): Promise<{ strea
  */
 export async function ingestTar(input: string | NodeJS.ReadableStream, store: WritableStore, opts: IngestOptions = {}): Promise<IngestResult> {
   const t0 = process.hrtime.bigint();
-  const { stream: rawStream, size } = await openInput(input);
   const chunking = opts.chunking ?? DEFAULT_CHUNKING;
-  const progress = opts.progress ? new Progress(`ingest ${opts.source ?? (typeof input === 'string' ? input : 'layer')}`, size ?? opts.totalBytes) : null;
-  const blobHash = createHash('sha256');
-  const diffHash = createHash('sha256');
-  let blobBytes = 0, tarBytes = 0;
-
-  // Peek the first bytes to pick a decompressor, then replay them.
-  const it = (rawStream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
-  const head: Buffer[] = [];
-  let headLen = 0;
-  while (headLen < 6) {
-    const r = await it.next();
-    if (r.done) break;
-    head.push(r.value); headLen += r.value.length;
+  for (const [what, v] of [['diff id', opts.expectDiffId], ['blob digest', opts.blobDigest]] as const) {
+    if (v !== undefined && !isDigest(v)) throw new BadInputError(`expected ${what} ${JSON.stringify(v)} is not a sha256 digest`);
   }
-  if (headLen === 0) throw new BadInputError('input is empty (not a tar)');
-  const compression = sniff(Buffer.concat([...head, Buffer.alloc(6)]));
-  // An uncompressed input is its own tar: one hash serves as both blob digest and diff id.
-  const plain = compression === 'none';
-  async function* counted(): AsyncGenerator<Buffer> {
-    for (const b of head) { if (!plain) blobHash.update(b); blobBytes += b.length; progress?.tick(b.length); yield b; }
-    for (let r = await it.next(); !r.done; r = await it.next()) {
-      const b = r.value as Buffer;
-      if (!plain) blobHash.update(b);
-      blobBytes += b.length; progress?.tick(b.length);
-      yield b;
-    }
-  }
-  const src = Readable.from(counted(), { objectMode: false });
-  let decoded: NodeJS.ReadableStream = src;
-  if (compression !== 'none') {
-    const d = compression === 'gzip' ? createGunzip({ chunkSize: 1 << 18 }) : new zstd.DecompressStream();
-    src.on('error', (e) => (d as unknown as Readable).destroy(e));
-    // Until the tar loop iterates it, an error would have no listener and kill the process; the
-    // stream keeps it (readable.errored) and the iterator rethrows it as a refusal.
-    (d as unknown as Readable).on('error', () => undefined);
-    decoded = src.pipe(d as unknown as NodeJS.WritableStream) as unknown as NodeJS.ReadableStream;
-  }
-  async function* hashed(): AsyncGenerator<Buffer> {
-    try {
-      for await (const b of decoded as AsyncIterable<Buffer>) { diffHash.update(b); tarBytes += b.length; yield b; }
-    } catch (e) {
-      if (e instanceof ThinfsError) throw e;
-      throw new BadInputError(`corrupt or truncated ${compression} stream: ${(e as Error).message}`);
-    }
-  }
+  const bar: { p: Progress | null } = { p: null };
+  const source = await openLayerSource(input, (size) => (bar.p = opts.progress
+    ? new Progress(`ingest ${opts.source ?? (typeof input === 'string' ? input : 'layer')}`, size ?? opts.totalBytes) : null));
 
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
   const pool = new ObjectWriterPool();
   txn.pool = pool;
-  const tmp = await mkdtemp(join(tmpdir(), 'thinfs-catalog-'));
+  const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   const catalogPath = join(tmp, 'catalog.db');
   const cat = new CatalogWriter(catalogPath);
   const stats: IngestStats = { entries: 0, files: 0, bytes: 0, chunks: 0, inlined: 0, tarBytes: 0, blobBytes: 0, newObjects: 0, newBytes: 0, seconds: 0 };
@@ -172,6 +124,8 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     nodes.set('', { ino: ROOT_INO, type: 'dir', kind: DirentKind.Normal, parent: 0, name: Buffer.alloc(0) });
     let rootFlags = FLAG_IMPLICIT;
     let namePrefix: string | null = null;
+    /** Hidden whiteouts (see hideWhiteout) by parent and name. */
+    const hiddenWhiteouts = new Map<string, number>();
 
     /** Parent directory of `path`, created implicitly if the tar never listed it; refuses paths through symlinks. */
     const parentOf = (path: string, raw: Buffer): number => {
@@ -191,10 +145,11 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
       return ino;
     };
 
-    for await (const { entry: e, data } of readTar(hashed())) {
+    for await (const { entry: e, data } of readTar(source.tar)) {
       stats.entries++;
       if (namePrefix === null) namePrefix = e.path.toString('latin1').startsWith('./') ? './' : '';
       let path = normalize(e.path, 'member');
+      checkLimits(e);
       const base = path.slice(path.lastIndexOf('/') + 1);
       let kind = DirentKind.Normal;
       let type: EntryType = e.type === 'hardlink' ? 'file' : e.type;
@@ -210,6 +165,8 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
         kind = DirentKind.OpaqueMarker;
       } else if (base.startsWith('.wh.')) {
         if (e.type !== 'file' || base.length === 4) throw new BadInputError(`whiteout ${printable(e.path)} is not a plain empty file`);
+        // ".wh.." and ".wh..." would hide "." or "..": not names a directory can hold.
+        if (base === '.wh..' || base === '.wh...') throw new BadInputError(`whiteout ${printable(e.path)} names ${JSON.stringify(base.slice(4))}, which cannot be deleted`);
         kind = DirentKind.Whiteout;
         path = path.slice(0, path.length - base.length) + base.slice(4);
         type = 'chardev'; rdev = [0, 0];
@@ -235,7 +192,15 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
         cat.updateDir(existing.ino, { ...meta(e), type: 'dir' }, 0);
         continue;
       }
-      replace(path, parent, name);
+      // OCI: a whiteout applies to lower layers only (umoci applies it so). After an entry of its own layer with the
+      // same name it leaves that entry visible; a directory becomes opaque (only its lower contents go). The whiteout
+      // itself is kept as a hidden dirent so that export writes it back.
+      if (kind === DirentKind.Whiteout && existing?.kind === DirentKind.Normal) {
+        if (existing.type === 'dir') cat.setFlags(existing.ino, FLAG_OPAQUE);
+        hideWhiteout(parent, name, cat.addInode({ ...meta(e), type: 'chardev' }), true);
+        continue;
+      }
+      const afterWhiteout = replace(path, parent, name);
 
       let inline: Buffer | null = null;
       const isFile = type === 'file' && kind === DirentKind.Normal;
@@ -254,6 +219,8 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
       });
       cat.link(parent, kind === DirentKind.OpaqueMarker ? Buffer.from('.wh..wh..opq') : name, ino, kind);
       if (kind === DirentKind.OpaqueMarker) cat.setFlags(parent, FLAG_OPAQUE);
+      // A directory after a whiteout of its name in the same layer: fresh, nothing of the lower ones shows through.
+      if (afterWhiteout && type === 'dir') cat.setFlags(ino, FLAG_OPAQUE);
       for (const [k, v] of e.xattrs) cat.addXattr(ino, k, v);
       if (kind !== DirentKind.OpaqueMarker) nodes.set(path, { ino, type, kind, parent, name });
       if (isFile) {
@@ -264,12 +231,33 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     }
     if (opts.log) opts.log.debug({ entries: stats.entries }, 'tar read');
 
-    function replace(path: string, parent: number, name: Buffer): void {
+    /** An earlier entry of this layer with this path gives way to a new one; true when it was a whiteout (kept hidden). */
+    function replace(path: string, parent: number, name: Buffer): boolean {
       const old = nodes.get(path);
-      if (!old) return;
+      if (!old) return false;
       if (old.type === 'dir' && old.kind === DirentKind.Normal) throw new BadInputError(`member ${JSON.stringify(path)} replaces a directory with a non-directory`);
-      cat.unlink(parent, name, old.ino);
       nodes.delete(path);
+      if (old.kind === DirentKind.Whiteout) {
+        // Still deletes the name from lower layers: moved to a hidden dirent before its own name is unlinked.
+        hideWhiteout(parent, name, old.ino, false);
+        cat.unlink(parent, name, old.ino);
+        return true;
+      }
+      cat.unlink(parent, name, old.ino);
+      return false;
+    }
+
+    /**
+     * A whiteout sharing its name with an entry of its own layer, stored as a hidden dirent (`.wh.NAME`, kind 2: never
+     * listed or looked up, written back as is by export). A repeated one replaces the previous.
+     */
+    function hideWhiteout(parent: number, name: Buffer, ino: number, isNewInode: boolean): void {
+      const hidden = Buffer.concat([Buffer.from('.wh.'), name]);
+      const key = `${parent}/${hidden.toString('latin1')}`;
+      const prev = hiddenWhiteouts.get(key);
+      if (prev !== undefined) cat.unlink(parent, hidden, prev);
+      cat.link(parent, hidden, ino, DirentKind.OpaqueMarker, isNewInode);
+      hiddenWhiteouts.set(key, ino);
     }
 
     async function chunkFile(ino: number, e: TarEntry, data: AsyncIterable<Buffer>): Promise<void> {
@@ -308,8 +296,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     await Promise.all(inflight);
     if (writeError) throw writeError;
 
-    const diffId = `sha256:${diffHash.digest('hex')}`;
-    const blobDigest = plain ? diffId : `sha256:${blobHash.digest('hex')}`;
+    const { diffId, blobDigest, tarBytes, blobBytes } = source.digests();
     if (opts.expectDiffId && opts.expectDiffId !== diffId) throw new IntegrityError(opts.expectDiffId, `layer content hashes to ${diffId}, expected diff id ${opts.expectDiffId}`);
     if (opts.blobDigest && opts.blobDigest !== blobDigest) throw new IntegrityError(opts.blobDigest, `layer blob hashes to ${blobDigest}, expected ${opts.blobDigest}`);
 
@@ -336,15 +323,15 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     stats.newObjects = res.published ? txn.newObjects : 0;
     stats.newBytes = res.published ? txn.newBytes : 0;
     stats.seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    progress?.finish();
+    bar.p?.finish();
     opts.log?.info({ diffId, published: res.published, ...stats }, res.published ? 'layer published' : 'layer was already published');
     return { manifest: res.manifest, published: res.published, stats, blobDigest };
   } catch (e) {
-    progress?.finish();
+    bar.p?.finish();
     await Promise.allSettled(inflight);
     try { cat.abort(); } catch { /* already closed */ }
     await txn.abort();
-    (rawStream as Readable).destroy?.();
+    source.destroy();
     throw e;
   } finally {
     await pool.close();

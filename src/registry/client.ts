@@ -9,7 +9,7 @@ import { AuthError, RegistryError } from './errors.js';
 import { parseChallenges, basicHeader, findCredentials, type Credentials, type Challenge } from './auth.js';
 import { apiHost, type ImageReference } from './reference.js';
 import { MANIFEST_ACCEPT } from './media.js';
-import { backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, sleep } from './retry.js';
+import { backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, sleep } from '../util/retry.js';
 
 export interface RegistryClientOptions {
   /** Like docker's insecure registries: HTTPS without certificate verification, falling back to plain HTTP. */

@@ -4,6 +4,7 @@ import { Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { ThinfsError, BadInputError, EXIT } from '../util/errors.js';
+import { encodeKey, unsafeBucketReason, unsafeKeyReason } from './keys.js';
 
 /**
  * A small S3 client: SigV4 (aws4) over undici, streaming bodies both ways, so layer tarballs of any
@@ -74,11 +75,6 @@ export class S3Error extends ThinfsError {
   }
 }
 
-/** Encode one S3 key for a request path: every byte but unreserved chars and '/', as SigV4 wants. */
-export function encodeKey(key: string): string {
-  return key.split('/').map((seg) => encodeURIComponent(seg).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase())).join('/');
-}
-
 function unquote(etag: string | undefined | null): string {
   return (etag ?? '').replace(/^(W\/)?"|"$/g, '').replace(/&quot;/g, '');
 }
@@ -133,9 +129,16 @@ export class S3Client {
   /** Release pooled connections. */
   async close(): Promise<void> { await this.dispatcher.close(); }
 
+  /** Host and path of bucket/key; a bucket or key that would change the path once parsed is refused before any request. */
   private target(bucket: string, key?: string): { host: string; path: string } {
+    const badBucket = unsafeBucketReason(bucket);
+    if (badBucket) throw new BadInputError(`refusing S3 bucket name ${JSON.stringify(bucket)}: ${badBucket}`);
+    if (key !== undefined) {
+      const badKey = unsafeKeyReason(key);
+      if (badKey) throw new BadInputError(`refusing S3 key ${JSON.stringify(key)} in bucket ${bucket}: ${badKey}`);
+    }
     const k = key === undefined ? '' : encodeKey(key);
-    if (this.pathStyle) return { host: this.endpoint.host, path: `/${encodeURIComponent(bucket)}${key === undefined ? '' : '/' + k}` };
+    if (this.pathStyle) return { host: this.endpoint.host, path: `/${bucket}${key === undefined ? '' : '/' + k}` };
     return { host: `${bucket}.${this.endpoint.host}`, path: `/${k}` };
   }
 

@@ -1,65 +1,217 @@
-import type { Agent } from 'undici';
-import type { Backend } from './backend.js';
-import { ThinfsError } from '../util/errors.js';
+import type { Dispatcher } from 'undici';
+import type { Readable } from 'node:stream';
+import type { Backend, ReadOptions } from './backend.js';
+import { IntegrityError, NotFoundError, ThinfsError } from '../util/errors.js';
+import { TransientError, backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
 
 /**
- * A store served as static files by any web server, through any HTTP caches (the CernVM-FS
- * Stratum-1 model). Several base URLs give ordered failover: the first healthy mirror wins,
- * and a failed mirror is retried again after a cool-down.
+ * A store served as static files by any web server, through any HTTP caches (the CernVM-FS Stratum-1
+ * model): ordered mirrors, optional forward proxies (site caches), per-host and per-proxy backoff,
+ * and every transfer bounded in size and time. Owns the URL encoding of store paths and the
+ * classification of a failure as the mirror's or the proxy's.
  */
+export interface HttpOptions {
+  /** Forward proxies tried in order ('DIRECT' = no proxy). Default: none (direct). */
+  proxies?: string[];
+  /** TCP connect deadline per request (ms). */
+  connectTimeoutMs?: number;
+  /** Deadline for a response's headers (ms): a server that never answers is left after this. */
+  headersTimeoutMs?: number;
+  /** Low-speed cutoff: a transfer slower than lowSpeedBytes per lowSpeedMs is cut and the next mirror tried. */
+  lowSpeedBytes?: number;
+  lowSpeedMs?: number;
+  /** Deadline of one read across all mirrors, proxies and retries (ms): then EIO. */
+  readTimeoutMs?: number;
+  /** Rounds over all mirrors after the first. */
+  retries?: number;
+  /** A failed host or proxy is avoided for a jittered backoff that grows with its failures up to this (ms); then the preferred one is tried again. */
+  hostResetMs?: number;
+  /** Size cap for answers whose size nobody announced (listings, descriptors of an unsigned store). */
+  maxUnknownBytes?: number;
+}
+
+export const HTTP_DEFAULTS: Required<Omit<HttpOptions, 'proxies'>> = {
+  connectTimeoutMs: 5_000,
+  headersTimeoutMs: 15_000,
+  lowSpeedBytes: 1024,
+  lowSpeedMs: 10_000,
+  readTimeoutMs: 60_000,
+  retries: 2,
+  hostResetMs: 300_000,
+  maxUnknownBytes: 64 << 20,
+};
+
+/** RFC 3986 unreserved characters only: every other byte of a segment is percent-encoded (':', '%', '@', spaces, non-ASCII). */
+export function encodePathSegment(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
+}
+
+/** Store-relative path to URL path: each segment encoded, '/' kept between them. */
+export function encodeStorePath(rel: string): string {
+  return rel.split('/').map(encodePathSegment).join('/');
+}
+
+/** Paths whose content changes in place: caches must revalidate them (objects and layer manifests never change). */
+function isMutable(rel: string): boolean {
+  return rel.startsWith('images/') || rel.endsWith('/') || !rel.includes('/');
+}
+
+/** A mirror or proxy with its failure state. */
+interface Peer { url: string; failures: number; avoidUntil: number }
+
+class NotFoundAnswer extends Error {}
+/** A failure to blame on the proxy (cannot reach it, or it refused us), not the host behind it. */
+class ProxyFault extends TransientError {}
+
+export interface HttpCounters { requests: number; failovers: number; hostFailures: number; proxyFailures: number; notModified: number }
+
+export interface ConditionalResult { data: Buffer | null; etag: string | null; notModified: boolean }
+
 export class HttpBackend implements Backend {
   // undici is loaded on first use: most commands never talk HTTP, and it costs ~0.2 s to load.
-  private undici: Promise<{ agent: Agent; request: typeof import('undici').request }> | null = null;
-  private http() {
-    this.undici ??= import('undici').then((u) => ({ agent: new u.Agent({ connections: 16, keepAliveTimeout: 30_000, pipelining: 1 }), request: u.request }));
-    return this.undici;
+  private undici: Promise<{ direct: Dispatcher; viaProxy: Map<string, Dispatcher>; request: typeof import('undici').request }> | null = null;
+  private readonly hosts: Peer[];
+  private readonly proxies: Array<Peer | null>;
+  readonly o: Required<Omit<HttpOptions, 'proxies'>>;
+  readonly counters: HttpCounters = { requests: 0, failovers: 0, hostFailures: 0, proxyFailures: 0, notModified: 0 };
+
+  constructor(bases: string[], opts: HttpOptions = {}) {
+    this.hosts = bases.map((b) => ({ url: b.replace(/\/+$/, ''), failures: 0, avoidUntil: 0 }));
+    const px = (opts.proxies ?? []).filter(Boolean);
+    this.proxies = px.length ? px.map((p) => (p.toUpperCase() === 'DIRECT' ? null : { url: p.replace(/\/+$/, ''), failures: 0, avoidUntil: 0 })) : [null];
+    const o = { ...HTTP_DEFAULTS };
+    for (const [k, v] of Object.entries(opts)) if (v !== undefined && k !== 'proxies') (o as Record<string, unknown>)[k] = v;
+    this.o = o;
   }
-  private readonly downUntil = new Map<string, number>();
-  constructor(readonly bases: string[], private readonly retries = 3) {
-    this.bases = bases.map((b) => b.replace(/\/+$/, ''));
-  }
+
+  get bases(): string[] { return this.hosts.map((h) => h.url); }
   get location(): string { return this.bases.join(','); }
 
-  private mirrors(): string[] {
-    const now = Date.now();
-    const up = this.bases.filter((b) => (this.downUntil.get(b) ?? 0) <= now);
-    return up.length ? up : this.bases;
+  private http() {
+    this.undici ??= import('undici').then((u) => {
+      const common = { connections: 32, keepAliveTimeout: 30_000, pipelining: 1, connect: { timeout: this.o.connectTimeoutMs } };
+      const viaProxy = new Map<string, Dispatcher>();
+      for (const p of this.proxies) if (p) viaProxy.set(p.url, new u.ProxyAgent({ uri: p.url, proxyTunnel: false, ...common }));
+      return { direct: new u.Agent(common), viaProxy, request: u.request };
+    });
+    return this.undici;
   }
 
-  async read(rel: string): Promise<Buffer | null> {
-    let lastErr: unknown;
-    for (let attempt = 0; attempt <= this.retries; attempt++) {
-      for (const base of this.mirrors()) {
-        try {
-          const { agent, request } = await this.http();
-          const res = await request(`${base}/${rel}`, { dispatcher: agent, headersTimeout: 30_000, bodyTimeout: 60_000 });
-          if (res.statusCode === 404) { await res.body.dump(); return null; }
-          if (res.statusCode !== 200) {
-            await res.body.dump();
-            throw new ThinfsError(`GET ${base}/${rel}: HTTP ${res.statusCode}`);
+  /** Preferred order: healthy peers in configured order, then the ones backing off (soonest back first). */
+  private static order<T extends Peer | null>(peers: T[]): T[] {
+    const now = Date.now();
+    const up = peers.filter((p) => !p || p.avoidUntil <= now);
+    const down = peers.filter((p) => p && p.avoidUntil > now).sort((a, b) => a!.avoidUntil - b!.avoidUntil);
+    return [...up, ...down];
+  }
+
+  private fail(p: Peer): void {
+    p.failures++;
+    p.avoidUntil = Date.now() + Math.min(this.o.hostResetMs, backoffMs(p.failures - 1, 1000, this.o.hostResetMs));
+  }
+
+  async read(rel: string, opts: ReadOptions = {}): Promise<Buffer | null> {
+    return (await this.get(rel, opts, null)).data;
+  }
+
+  /** A GET that may answer "unchanged" (If-None-Match): how the repository manifest is polled. */
+  readConditional(rel: string, etag: string | null, opts: ReadOptions = {}): Promise<ConditionalResult> {
+    return this.get(rel, opts, etag);
+  }
+
+  private async get(rel: string, opts: ReadOptions, etag: string | null): Promise<ConditionalResult> {
+    const path = encodeStorePath(rel);
+    const max = opts.maxBytes ?? this.o.maxUnknownBytes;
+    try {
+      return await withRetry(async ({ signal }) => {
+        let notFound = 0;
+        let tried = 0;
+        let lastErr: unknown = null;
+        let integrity: unknown = null;
+        for (const host of HttpBackend.order(this.hosts)) {
+          for (const proxy of HttpBackend.order(this.proxies)) {
+            if (signal.aborted) throw signal.reason;
+            if (tried++ > 0) this.counters.failovers++;
+            try {
+              const r = await this.once(host.url, proxy, path, rel, max, etag, signal);
+              if (r.data && opts.verify) opts.verify(r.data);
+              host.failures = 0; host.avoidUntil = 0;
+              if (proxy) { proxy.failures = 0; proxy.avoidUntil = 0; }
+              return r;
+            } catch (e) {
+              if (e instanceof NotFoundAnswer) { notFound++; break; }
+              if (signal.aborted && !(e instanceof ThinfsError)) throw signal.reason;
+              lastErr = e;
+              if (e instanceof ProxyFault && proxy) { this.counters.proxyFailures++; this.fail(proxy); continue; }
+              if (e instanceof IntegrityError) integrity = e;
+              this.counters.hostFailures++;
+              this.fail(host);
+              break;
+            }
           }
-          return Buffer.from(await res.body.arrayBuffer());
-        } catch (e) {
-          lastErr = e;
-          this.downUntil.set(base, Date.now() + 30_000);
         }
-      }
-      await new Promise((r) => setTimeout(r, 100 * 2 ** attempt));
+        if (!lastErr && notFound) return { data: null, etag: null, notModified: false };
+        // Wrong or oversized bytes from every mirror that answered: an integrity failure, not worth another round.
+        if (integrity && !(lastErr instanceof TransientError) && !isRetryableNetworkError(lastErr)) throw integrity;
+        throw lastErr ?? new ThinfsError(`no mirror answered for ${rel}`);
+      }, {
+        retries: this.o.retries,
+        totalTimeoutMs: this.o.readTimeoutMs,
+        baseMs: 200,
+        capMs: 2000,
+      });
+    } catch (e) {
+      if (e instanceof IntegrityError || e instanceof NotFoundError) throw e;
+      const why = e instanceof RetryDeadlineError && e.cause ? `${e.message}` : (e as Error)?.message ?? String(e);
+      throw new ThinfsError(`HTTP store ${this.location}: cannot read ${rel}: ${why}`);
     }
-    throw new ThinfsError(`HTTP store ${this.location}: cannot read ${rel}: ${(lastErr as Error)?.message ?? lastErr}`);
+  }
+
+  /** One request to one host (through one proxy or none), its body bounded in size and speed. */
+  private async once(base: string, proxy: Peer | null, path: string, rel: string, max: number, etag: string | null, signal: AbortSignal): Promise<ConditionalResult> {
+    const { direct, viaProxy, request } = await this.http();
+    const url = `${base}/${path}`;
+    const headers: Record<string, string> = {};
+    if (isMutable(rel)) headers['cache-control'] = 'no-cache';
+    if (etag) headers['if-none-match'] = etag;
+    this.counters.requests++;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, {
+        dispatcher: proxy ? viaProxy.get(proxy.url)! : direct,
+        headers, signal, headersTimeout: this.o.headersTimeoutMs, bodyTimeout: this.o.lowSpeedMs,
+      });
+    } catch (e) {
+      // Not reaching the proxy (or it dropping us before answering) is the proxy's failure.
+      if (proxy && isRetryableNetworkError(e)) throw new ProxyFault(`proxy ${proxy.url}: ${(e as Error).message}`);
+      throw isRetryableNetworkError(e) ? new TransientError(`GET ${url}: ${(e as Error).message}`) : e;
+    }
+    const body = res.body as unknown as Readable;
+    // Destroying a body emits 'error' (aborted): nobody else listens, and an unheard one ends the process.
+    body.on('error', () => {});
+    const status = res.statusCode;
+    if (status === 304 && etag) { body.destroy(); this.counters.notModified++; return { data: null, etag, notModified: true }; }
+    if (status === 404) { body.destroy(); throw new NotFoundAnswer(); }
+    if (status !== 200) {
+      body.destroy();
+      if (proxy && (status === 407 || status === 403)) throw new ProxyFault(`proxy ${proxy.url} refused GET ${url}: HTTP ${status}`);
+      if (isRetryableStatus(status)) throw new TransientError(`GET ${url}: HTTP ${status}`, status === 429 || status === 503 ? retryAfterMs(res.headers['retry-after'], 0) || undefined : undefined);
+      throw new TransientError(`GET ${url}: HTTP ${status}`);
+    }
+    const lenHeader = res.headers['content-length'];
+    const declared = lenHeader === undefined ? null : Number(Array.isArray(lenHeader) ? lenHeader[0] : lenHeader);
+    if (declared !== null && (!Number.isFinite(declared) || declared > max)) {
+      body.destroy();
+      throw new IntegrityError(rel, `GET ${url}: Content-Length ${lenHeader} is more than the ${max} bytes expected: refused`);
+    }
+    const data = await readBounded(body, max, declared, this.o.lowSpeedBytes, this.o.lowSpeedMs, url, rel);
+    const tag = res.headers.etag;
+    return { data, etag: (Array.isArray(tag) ? tag[0] : tag) ?? null, notModified: false };
   }
 
   async exists(rel: string): Promise<boolean> {
-    for (const base of this.mirrors()) {
-      try {
-        const { agent, request } = await this.http();
-        const res = await request(`${base}/${rel}`, { method: 'HEAD', dispatcher: agent });
-        await res.body.dump();
-        if (res.statusCode === 200) return true;
-        if (res.statusCode === 404) return false;
-      } catch { this.downUntil.set(base, Date.now() + 30_000); }
-    }
-    throw new ThinfsError(`HTTP store ${this.location}: cannot check ${rel}`);
+    // A GET bounded to a small size: HEAD answers are not verified anyway, and some caches handle GET better.
+    return (await this.read(rel, { maxBytes: this.o.maxUnknownBytes })) !== null;
   }
 
   /** Directory listing needs an index the web server generates (nginx `autoindex_format json`). */
@@ -74,5 +226,44 @@ export class HttpBackend implements Backend {
     }
   }
 
-  async close(): Promise<void> { if (this.undici) await (await this.undici).agent.close(); }
+  async close(): Promise<void> {
+    if (!this.undici) return;
+    const u = await this.undici;
+    await Promise.all([u.direct.close(), ...[...u.viaProxy.values()].map((d) => d.close())]);
+  }
+}
+
+/**
+ * A response body read into one buffer, never more than `max` bytes (a longer body is cut at max + 1 and
+ * refused), and abandoned when fewer than lowSpeedBytes arrive in any lowSpeedMs window (curl's low-speed limit).
+ */
+async function readBounded(body: Readable, max: number, declared: number | null, lowSpeedBytes: number, lowSpeedMs: number, url: string, rel: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  let windowBytes = 0;
+  let slow = false;
+  const timer = setInterval(() => {
+    if (windowBytes < lowSpeedBytes) { slow = true; body.destroy(new TransientError(`GET ${url}: slower than ${lowSpeedBytes} bytes per ${lowSpeedMs} ms: cut`)); }
+    windowBytes = 0;
+  }, lowSpeedMs);
+  try {
+    for await (const chunk of body) {
+      const b = chunk as Buffer;
+      n += b.length;
+      windowBytes += b.length;
+      if (n > max) {
+        body.destroy();
+        throw new IntegrityError(rel, `GET ${url}: body longer than the ${max} bytes expected: refused`);
+      }
+      parts.push(b);
+    }
+  } catch (e) {
+    if (e instanceof ThinfsError) throw e;
+    if (slow) throw new TransientError(`GET ${url}: slower than ${lowSpeedBytes} bytes per ${lowSpeedMs} ms: cut`);
+    throw new TransientError(`GET ${url}: ${(e as Error).message}`);
+  } finally {
+    clearInterval(timer);
+  }
+  if (declared !== null && n !== declared) throw new TransientError(`GET ${url}: body of ${n} bytes, Content-Length said ${declared}`);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
 }

@@ -6,12 +6,12 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
-import { HttpBackend } from './http-backend.js';
-import { decodeObject, encodeObject, Codec } from './codec.js';
+import { HttpBackend, type HttpOptions } from './http-backend.js';
+import { decodeObject, encodeObject, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../image/descriptor.js';
-import { NotFoundError, ThinfsError, EXIT } from '../util/errors.js';
+import { IntegrityError, NotFoundError, ThinfsError, EXIT } from '../util/errors.js';
 import { atomicWrite, fsyncDir } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { withLayerLock } from './lock.js';
@@ -26,9 +26,9 @@ export interface StoreInfo { version: 1; created: string; codec: string }
 export class Store {
   protected constructor(readonly backend: Backend) {}
 
-  static async open(location: string): Promise<Store> {
+  static async open(location: string, opts: StoreOpenOptions = {}): Promise<Store> {
     if (/^https?:\/\//.test(location)) {
-      const s = new Store(new HttpBackend(location.split(',')));
+      const s = new Store(new HttpBackend(location.split(','), opts.http));
       if (!(await s.backend.exists(STORE_MARKER))) throw new NotFoundError(`no thinfs store at ${location} (missing ${STORE_MARKER})`);
       return s;
     }
@@ -37,38 +37,72 @@ export class Store {
 
   get location(): string { return this.backend.location; }
 
-  /** Raw framed bytes, unverified: for caches that verify on their own read path. */
-  async getRaw(hash: string): Promise<Buffer> {
-    const raw = await this.backend.read(objectPath(hash));
+  /**
+   * Decompressed, hash-verified object content, and the framed size moved. With its size known (catalog,
+   * manifest), no more than size + frame header is ever read. Verified inside the backend's read, so a
+   * mirror serving wrong bytes counts as a failed mirror and the next one is asked.
+   */
+  async fetchObject(hash: string, size?: number): Promise<{ data: Buffer; rawBytes: number }> {
+    let data: Buffer | null = null;
+    const raw = await this.backend.read(objectPath(hash), {
+      maxBytes: size === undefined ? undefined : size + HEADER_LEN,
+      verify: (b) => {
+        data = decodeObject(hash, b);
+        if (size !== undefined && data.length !== size) throw new IntegrityError(hash, `object ${hash}: ${data.length} bytes, the catalog says ${size}`);
+      },
+    });
     if (!raw) throw new NotFoundError(`object ${hash} not found in store ${this.location}`);
-    return raw;
+    return { data: data!, rawBytes: raw.length };
   }
 
   /** Decompressed, hash-verified object content. */
-  async getObject(hash: string): Promise<Buffer> {
-    return decodeObject(hash, await this.getRaw(hash));
+  async getObject(hash: string, size?: number): Promise<Buffer> {
+    return (await this.fetchObject(hash, size)).data;
   }
 
   hasObject(hash: string): Promise<boolean> { return this.backend.exists(objectPath(hash)); }
 
+  /** A layer manifest, refused unless it is the one asked for (a mirror may serve another layer's under this name). */
   async getLayer(diffId: string): Promise<LayerManifest | null> {
-    const raw = await this.backend.read(layerPath(digestHex(diffId)));
-    return raw ? parseJson<LayerManifest>(raw, `layer manifest ${diffId}`) : null;
+    let m: LayerManifest | null = null;
+    const raw = await this.backend.read(layerPath(digestHex(diffId)), {
+      maxBytes: META_MAX,
+      verify: (b) => {
+        m = parseJson<LayerManifest>(b, `layer manifest ${diffId}`);
+        if (m?.diffId !== diffId) throw new IntegrityError(diffId, `layer manifest ${diffId}: names layer ${String(m?.diffId)}: refused`);
+        if (typeof m.catalog !== 'string' || !/^[0-9a-f]{64}$/.test(m.catalog)) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog hash`);
+      },
+    });
+    return raw ? m : null;
   }
 
   async listLayers(): Promise<string[]> {
     return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json')).map((n) => `sha256:${n.slice(0, -5)}`);
   }
 
+  /** An image descriptor, refused unless it describes the image asked for. */
   async getImage(name: string): Promise<ThinImage | null> {
-    const raw = await this.backend.read(imagePath(name));
-    return raw ? parseJson<ThinImage>(raw, `image ${name}`) : null;
+    let d: ThinImage | null = null;
+    const raw = await this.backend.read(imagePath(name), {
+      maxBytes: META_MAX,
+      verify: (b) => {
+        d = parseJson<ThinImage>(b, `image ${name}`);
+        if (d?.name !== name) throw new IntegrityError(name, `image descriptor ${name}: describes image ${JSON.stringify(d?.name)}: refused`);
+        if (!Array.isArray(d.layers)) throw new IntegrityError(name, `image descriptor ${name}: no layer list`);
+      },
+    });
+    return raw ? d : null;
   }
 
   async listImages(): Promise<string[]> {
     return (await this.backend.list(IMAGES_DIR)).map(imageNameFromFile).filter((n): n is string => n !== null);
   }
 }
+
+/** Layer manifests and descriptors are small: a mirror answering more is refused. */
+const META_MAX = 16 << 20;
+
+export interface StoreOpenOptions { http?: HttpOptions }
 
 function parseJson<T>(raw: Buffer, what: string): T {
   try { return JSON.parse(raw.toString('utf8')) as T; } catch (e) {

@@ -129,6 +129,23 @@ function cstr(buf: Buffer, off: number, len: number): Buffer {
   return nul >= 0 ? f.subarray(0, nul) : f;
 }
 
+/**
+ * Names can hold any byte but NUL: the kernel would cut the name there (the mount shows something
+ * else than the tar says), so a NUL inside an extended name is refused, not stored.
+ */
+function noNul(v: Buffer, what: string, at: number): Buffer {
+  const nul = v.indexOf(0);
+  if (nul >= 0) throw new BadInputError(`tar entry at byte ${at}: ${what} contains a NUL byte at position ${nul}`);
+  return v;
+}
+
+/** A GNU long name/link payload: the name, then NUL padding; a NUL followed by more name is refused. */
+function longString(payload: Buffer, what: string, at: number): Buffer {
+  let end = payload.length;
+  while (end > 0 && payload[end - 1] === 0) end--;
+  return noNul(payload.subarray(0, end), what, at);
+}
+
 function checksumOk(h: Buffer, at: number): boolean {
   let unsigned = 0, signed = 0;
   for (let i = 0; i < BLOCK; i++) {
@@ -225,8 +242,8 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
       await skipPad(r, hdrSize);
       if (flag === 'x') pax = [...(pax ?? []), ...parsePax(payload, at)];
       else if (flag === 'g') globalPax = [...globalPax, ...parsePax(payload, at)];
-      else if (flag === 'L') longName = cstr(payload, 0, payload.length);
-      else longLink = cstr(payload, 0, payload.length);
+      else if (flag === 'L') longName = longString(payload, 'GNU long name', at);
+      else longLink = longString(payload, 'GNU long link target', at);
       continue;
     }
 
@@ -294,8 +311,8 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     let sparseName: Buffer | null = null;
     for (const [k, v] of records) {
       switch (k) {
-        case 'path': path = v; e.path = v; break;
-        case 'linkpath': linkpath = v; e.linkpath = v; break;
+        case 'path': path = noNul(v, 'pax path', at); e.path = path; break;
+        case 'linkpath': linkpath = noNul(v, 'pax linkpath', at); e.linkpath = linkpath; break;
         case 'size': e.size = e.dataSize = parseIntStrict(v, 'pax size', at); break;
         case 'uid': e.uid = parseIntStrict(v, 'pax uid', at); break;
         case 'gid': e.gid = parseIntStrict(v, 'pax gid', at); break;
@@ -305,7 +322,7 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
         case 'SCHILY.devmajor': e.devmajor = parseIntStrict(v, 'devmajor', at); break;
         case 'SCHILY.devminor': e.devminor = parseIntStrict(v, 'devminor', at); break;
         case 'GNU.sparse.major': sparseMajor = parseIntStrict(v, 'sparse major', at); break;
-        case 'GNU.sparse.name': sparseName = v; break;
+        case 'GNU.sparse.name': sparseName = noNul(v, 'pax sparse name', at); break;
         case 'GNU.sparse.size': case 'GNU.sparse.realsize': e.size = parseIntStrict(v, 'sparse size', at); e.sparse ??= []; break;
         case 'GNU.sparse.offset': spOff = parseIntStrict(v, 'sparse offset', at); break;
         case 'GNU.sparse.numbytes':

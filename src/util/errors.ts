@@ -7,6 +7,7 @@ export const EXIT = {
   NOT_FOUND: 4,     // store, layer, image, path or object missing
   INTEGRITY: 5,     // an object's content does not match its hash
   AUTH: 6,          // registry/S3 credentials refused
+  INTERRUPTED: 130, // SIGINT/SIGTERM during long work: nothing half-published (128 + SIGINT, as shells report)
 } as const;
 
 export class ThinfsError extends Error {
@@ -18,6 +19,16 @@ export class ThinfsError extends Error {
 
 export class BadInputError extends ThinfsError {
   constructor(message: string) { super(message, EXIT.BAD_INPUT, 'EBADINPUT'); }
+}
+
+/** Bad flags or arguments, found before any input is read: exit 2, like commander's own errors. */
+export class UsageError extends ThinfsError {
+  constructor(message: string) { super(message, EXIT.USAGE, 'EUSAGE'); this.name = 'UsageError'; }
+}
+
+/** Long work stopped by a signal; whatever was in flight was left unpublished. */
+export class InterruptedError extends ThinfsError {
+  constructor(message = 'interrupted') { super(message, EXIT.INTERRUPTED, 'EINTERRUPTED'); this.name = 'InterruptedError'; }
 }
 
 export class NotFoundError extends ThinfsError {

@@ -6,11 +6,13 @@ import { ThinfsError, EXIT } from '../../util/errors.js';
 import { Store } from '../../store/store.js';
 import { watchPodmanStore } from '../../podman/watch.js';
 import { generatePodmanStore } from '../../podman/image-store.js';
-import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../fuse/daemon.js';
+import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../mount/daemon.js';
+import { addHttpOptions, httpOptionsFrom, type HttpCli } from '../http-options.js';
 
-interface MountCli {
+interface MountCli extends HttpCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean; debug?: boolean;
+  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
+  allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
 }
 
 function parseCount(s: string, what: string): number {
@@ -20,7 +22,7 @@ function parseCount(s: string, what: string): number {
 }
 
 export function registerMountCommands(program: Command): void {
-  program.command('mount')
+  addHttpOptions(program.command('mount'))
     .description('mount a store read-only with FUSE: layers/<diff id hex>/ and images/<name>/rootfs/, fetched lazily and verified')
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
@@ -37,10 +39,17 @@ export function registerMountCommands(program: Command): void {
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
     .option('--no-passthrough', 'serve every read through thinfs, never letting the kernel read a verified local copy directly (FUSE passthrough)')
     .option('--no-allow-other', 'only the mounting user may access the mount')
+    .option('--allow-suid', 'honour setuid/setgid bits of served files (root only; the mount is nosuid by default)')
+    .option('--allow-dev', 'let device nodes of served files open their devices (root only; the mount is nodev by default)')
     .option('--debug', 'log every FUSE request (op, unique, node id)')
     .addHelpText('after', `
 Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
 unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
+
+The mount is ro,nosuid,nodev,default_permissions (and allow_other unless --no-allow-other): a
+setuid-root binary or a device node in an image must not give local users root or raw devices.
+Containers do not need more: overlayfs/podman decide setuid and devices by their own mount (as
+CernVM-FS, nosuid by default, is used). --allow-suid / --allow-dev lift this, as root only.
 
 Examples:
   thinfs mount /srv/store /mnt/thinfs --cache-dir /var/cache/thinfs --cache-quota 20G
@@ -82,7 +91,10 @@ Examples:
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
         passthrough: o.passthrough,
         allowOther: o.allowOther,
+        allowSuid: !!o.allowSuid,
+        allowDev: !!o.allowDev,
         debug: !!o.debug,
+        http: httpOptionsFrom(o),
         log,
       });
       podmanStop.abort();

@@ -3,9 +3,10 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { WritableStore } from '../../store/store.js';
 import { S3Client, credentialsFromEnv } from '../../s3/client.js';
+import { unsafeBucketReason, unsafeKeyReason } from '../../s3/keys.js';
 import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
-import { Publisher } from '../../../publisher/service.js';
+import { Publisher } from '../../publisher/service.js';
 
 interface PublisherCliOptions {
   store: string;
@@ -71,6 +72,10 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
       let token = o.token ?? process.env.THINFS_PUBLISHER_TOKEN;
       if (o.tokenFile) token = (await readFile(o.tokenFile, 'utf8')).trim();
       if (o.webhook && !token) throw new ThinfsError('the webhook needs a bearer token: --token, --token-file or $THINFS_PUBLISHER_TOKEN (or --no-webhook)', EXIT.USAGE);
+      const badBucket = unsafeBucketReason(o.bucket);
+      if (badBucket) throw new ThinfsError(`--bucket ${JSON.stringify(o.bucket)}: ${badBucket}`, EXIT.USAGE);
+      const badPrefix = o.prefix === undefined ? null : unsafeKeyReason(o.prefix);
+      if (badPrefix) throw new ThinfsError(`--prefix ${JSON.stringify(o.prefix)}: ${badPrefix}`, EXIT.USAGE);
       const reconcileS = num(o.reconcileInterval, 'reconcile-interval', 0);
       if (!o.webhook && reconcileS === 0) throw new ThinfsError('--no-webhook with --reconcile-interval 0 would never see an upload', EXIT.USAGE);
       const env = credentialsFromEnv();

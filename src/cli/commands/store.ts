@@ -9,7 +9,8 @@ import { exportLayer, fileContent } from '../../export/export.js';
 import { collectGarbage } from '../../store/gc.js';
 import { createLogger } from '../../util/log.js';
 import { fmtBytes } from '../../util/progress.js';
-import { NotFoundError, ThinfsError, EXIT } from '../../util/errors.js';
+import { NotFoundError, ThinfsError, UsageError, EXIT } from '../../util/errors.js';
+import { isDigest } from '../../util/hash.js';
 import type { Inode, CatalogReader } from '../../catalog/reader.js';
 
 const STORE_HELP = 'store directory (or http(s) URL for read commands)';
@@ -81,6 +82,10 @@ export function registerStoreCommands(program: Command): void {
     .option('--no-progress', 'no progress bar')
     .action(async (layer: string, o: { store: string; init?: boolean; codec: string; blobDigest?: string; diffId?: string; json?: boolean; progress: boolean }) => {
       const codec = parseCodec(o.codec);
+      // Checked before the store is opened or a byte is read: a typo must not cost a whole download.
+      for (const [flag, v] of [['--diff-id', o.diffId], ['--blob-digest', o.blobDigest]] as const) {
+        if (v !== undefined && !isDigest(v)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a sha256 digest (sha256:<64 lowercase hex digits>)`);
+      }
       const store = o.init ? await WritableStore.init(o.store) : await WritableStore.openDir(o.store);
       const log = createLogger('ingest', process.env.THINFS_LOG_LEVEL ?? 'warn');
       const input = layer === '-' ? process.stdin : layer;

@@ -612,7 +612,8 @@ static int mount_fusermount(const char *mnt, const char *opts, char *why, size_t
   return fd;
 }
 
-// mount(mountpoint, fsname, subtype, flags{ro,suid,dev}, extraOpts, limits{maxReadahead,maxPages,maxBackground}, handler)
+// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl}, handler). options is a
+// comma list: ro, suid/nosuid and dev/nodev become MS_* flags (nosuid,nodev unless asked otherwise), the rest is data.
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -660,7 +661,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     for (char *save = NULL, *t = strtok_r(tmp, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
       if (!strcmp(t, "ro")) rdonly = 1;
       else if (!strcmp(t, "suid")) suid = 1;
+      else if (!strcmp(t, "nosuid")) suid = 0;
       else if (!strcmp(t, "dev")) dev = 1;
+      else if (!strcmp(t, "nodev")) dev = 0;
       else if (*t) {
         if (*extra) strncat(extra, ",", sizeof(extra) - strlen(extra) - 1);
         strncat(extra, t, sizeof(extra) - strlen(extra) - 1);
@@ -687,7 +690,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     }
   } else {
     char fo[1536];
-    snprintf(fo, sizeof(fo), "%sfsname=%s,subtype=%s%s%s", rdonly ? "ro," : "", fsname, fsname, *extra ? "," : "", extra);
+    // fusermount3 forces nosuid,nodev on users other than root anyway; they are passed so the request says what it wants.
+    snprintf(fo, sizeof(fo), "%s%s,%s,fsname=%s,subtype=%s%s%s", rdonly ? "ro," : "", suid ? "suid" : "nosuid", dev ? "dev" : "nodev",
+             fsname, fsname, *extra ? "," : "", extra);
     fd = mount_fusermount(mnt, fo, why, sizeof(why));
     if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
   }

@@ -1,11 +1,12 @@
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
-import { DirentKind, FLAG_OPAQUE, OPAQUE_XATTR, ROOT_INO } from '../catalog/schema.js';
+import { ROOT_INO } from '../catalog/schema.js';
 import type { ThinImage } from '../image/descriptor.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
+import * as merge from '../mount/merge.js';
 
 /** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
 export class Layer {
@@ -49,10 +50,6 @@ export type Node =
 /** Names a merged directory within its image (bytes kept exactly, as latin1). */
 export function mergedChildKey(parentKey: string, name: Buffer): string {
   return `${parentKey}/${name.toString('latin1')}`;
-}
-
-export function isWhiteout(i: Inode): boolean {
-  return i.type === 'chardev' && i.rdevMajor === 0 && i.rdevMinor === 0;
 }
 
 /**
@@ -183,9 +180,7 @@ export class Namespace {
         return null;
       case 'imageDir': {
         if (name !== 'rootfs') return null;
-        const ls = await this.imageLayers(parent.image);
-        const members = ls.slice().reverse().map((l) => ({ layer: l, inode: l.catalog!.root() }));
-        return { k: 'merged', image: parent.image, key: '', members: this.cutAtOpaque(members) };
+        return { k: 'merged', image: parent.image, key: '', members: await this.imageRoot(parent.image) };
       }
       case 'entry': {
         if (parent.inode.type !== 'dir') return null;
@@ -199,56 +194,30 @@ export class Namespace {
     }
   }
 
-  isOpaque(layer: Layer, i: Inode): boolean {
-    if (i.flags & FLAG_OPAQUE) return true;
-    return layer.catalog!.xattrs(i.ino, i.flags).get(OPAQUE_XATTR)?.toString() === 'y';
+  /** The image's merged root directory: its layers' roots, top first, down to an opaque one (src/mount/merge.ts rules). */
+  private async imageRoot(img: Image): Promise<Array<{ layer: Layer; inode: Inode }>> {
+    return merge.rootMembers(await this.imageLayers(img));
   }
 
-  private cutAtOpaque(members: Array<{ layer: Layer; inode: Inode }>): Array<{ layer: Layer; inode: Inode }> {
-    const out: Array<{ layer: Layer; inode: Inode }> = [];
-    for (const m of members) {
-      out.push(m);
-      if (this.isOpaque(m.layer, m.inode)) break;
-    }
-    return out;
-  }
-
-  /** overlayfs lookup: the top layer that has the name wins; a whiteout hides everything below; dirs merge down to an opaque one. */
+  /** overlayfs lookup in a merged directory (src/mount/merge.ts). */
   private mergedLookup(parent: Extract<Node, { k: 'merged' }>, name: Buffer): Node | null {
-    const dirs: Array<{ layer: Layer; inode: Inode }> = [];
-    for (const m of parent.members) {
-      const e = m.layer.catalog!.lookup(m.inode.ino, name);
-      if (!e) continue;
-      if (isWhiteout(e)) break;
-      if (e.type !== 'dir') {
-        if (dirs.length) break;
-        return { k: 'entry', layer: m.layer, inode: e, inImage: parent.image };
-      }
-      dirs.push({ layer: m.layer, inode: e });
-      if (this.isOpaque(m.layer, e)) break;
-    }
-    return dirs.length ? { k: 'merged', image: parent.image, key: mergedChildKey(parent.key, name), members: dirs } : null;
+    const f = merge.lookup(parent.members, name);
+    if (!f) return null;
+    return f.k === 'entry'
+      ? { k: 'entry', layer: f.layer, inode: f.inode, inImage: parent.image }
+      : { k: 'merged', image: parent.image, key: mergedChildKey(parent.key, name), members: f.members };
   }
 
   /** Visible entries of a merged directory: union top-down, upper names shadow lower, whiteouts hide. */
-  mergedReaddir(n: Extract<Node, { k: 'merged' }>): Array<{ name: Buffer; type: Inode['type']; ino: number; layer: Layer }> {
-    const seen = new Set<string>();
-    const out: Array<{ name: Buffer; type: Inode['type']; ino: number; layer: Layer }> = [];
-    for (const m of n.members) {
-      const cat = m.layer.catalog!;
-      for (const d of cat.readdir(m.inode.ino)) {
-        const key = d.name.toString('latin1');
-        if (seen.has(key)) continue;
-        seen.add(key);
-        if (d.kind === DirentKind.Whiteout) continue;
-        if (d.type === 'chardev') {
-          const i = cat.getInode(d.ino);
-          if (i && isWhiteout(i)) continue;
-        }
-        out.push({ name: d.name, type: d.type, ino: d.ino, layer: m.layer });
-      }
-    }
-    return out.sort((a, b) => Buffer.compare(a.name, b.name));
+  mergedReaddir(n: Extract<Node, { k: 'merged' }>): Array<merge.MergedDirent<Layer>> {
+    return merge.readdir(n.members);
+  }
+
+  /** st_nlink of an image's non-directory: only the names of it the image still shows count (merge.visibleNlink). */
+  imageNlink(n: Extract<Node, { k: 'entry' }>, img: Image): number {
+    if (n.inode.type === 'dir' || n.inode.nlink <= 1 || !img.layers) return n.inode.nlink;
+    // img.layers is set: the entry was reached through the image's root.
+    return merge.visibleNlink(merge.rootMembers(img.layers), n.layer, n.inode);
   }
 
   /** Root directory of a layer, for stats. */

@@ -2,10 +2,20 @@ import Database from 'better-sqlite3';
 import { join } from 'node:path';
 
 /**
- * The publisher's persistent queue: one row per object version (bucket + key + versionId/ETag),
- * in SQLite WAL with synchronous=FULL so an event we answered 200 for survives a crash or power cut.
- * Rows move queued -> ingesting -> published | failed; a crash leaves 'ingesting' rows that
- * recovery puts back to 'queued'.
+ * Owns the publisher's persistent queue (its SQLite database is private to this module): one row per
+ * object version (bucket + key + versionId/ETag), in WAL with synchronous=FULL so an event we answered
+ * 200 for survives a crash or power cut.
+ *
+ * State transitions (every other one is refused with QueueStateError, a bug in the caller):
+ *   (new)     -> queued      enqueueAll
+ *   queued    -> ingesting   claimNext (attempts + 1, transaction id and pid recorded)
+ *   ingesting -> published   markPublished
+ *   ingesting -> failed      markFailed (permanent error, or attempts used up)
+ *   ingesting -> queued      retryLater (transient error, not before a time), requeueInterrupted
+ *                            (our own shutdown: the attempt does not count), recoverCrashed (the
+ *                            publisher died: crashes + 1)
+ *   ingesting -> failed      recoverCrashed, at maxCrashes
+ *   failed    -> queued      requeueFailed (POST /retry: counters reset)
  */
 
 export type UploadState = 'queued' | 'ingesting' | 'published' | 'failed';
@@ -119,8 +129,13 @@ export interface ListFilter {
   order?: 'asc' | 'desc';
 }
 
+/** A transition the state machine above does not allow: the caller holds a stale row. */
+export class QueueStateError extends Error {
+  constructor(message: string) { super(message); this.name = 'QueueStateError'; }
+}
+
 export class Queue {
-  readonly db: Database.Database;
+  private readonly db: Database.Database;
   readonly file: string;
   private readonly stmts;
 
@@ -146,16 +161,17 @@ export class Queue {
       nextWake: d.prepare(`SELECT MIN(not_before) AS t FROM uploads WHERE state = 'queued'`),
       claim: d.prepare(`UPDATE uploads SET state = 'ingesting', attempts = attempts + 1, txn = ?, pid = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE id = ? AND state = 'queued'`),
       published: d.prepare(`UPDATE uploads SET state = 'published', diff_id = @diff_id, blob_digest = @blob_digest, already_published = @already,
-        new_objects = @new_objects, bytes = @bytes, seconds = @seconds, error = NULL, finished_at = @now, updated_at = @now WHERE id = @id`),
-      failed: d.prepare(`UPDATE uploads SET state = 'failed', error = @error, seconds = @seconds, finished_at = @now, updated_at = @now WHERE id = @id`),
-      retry: d.prepare(`UPDATE uploads SET state = 'queued', error = @error, not_before = @not_before, updated_at = @now WHERE id = @id`),
-      undoAttempt: d.prepare(`UPDATE uploads SET state = 'queued', attempts = MAX(attempts - 1, 0), error = @error, updated_at = @now WHERE id = @id`),
+        new_objects = @new_objects, bytes = @bytes, seconds = @seconds, error = NULL, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+      failed: d.prepare(`UPDATE uploads SET state = 'failed', error = @error, seconds = @seconds, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+      retry: d.prepare(`UPDATE uploads SET state = 'queued', error = @error, not_before = @not_before, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+      undoAttempt: d.prepare(`UPDATE uploads SET state = 'queued', attempts = MAX(attempts - 1, 0), error = @error, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
       stuck: d.prepare(`SELECT * FROM uploads WHERE state = 'ingesting' ORDER BY id`),
-      crashRequeue: d.prepare(`UPDATE uploads SET state = 'queued', crashes = crashes + 1, error = @error, updated_at = @now WHERE id = @id`),
-      crashFail: d.prepare(`UPDATE uploads SET state = 'failed', crashes = crashes + 1, error = @error, finished_at = @now, updated_at = @now WHERE id = @id`),
+      crashRequeue: d.prepare(`UPDATE uploads SET state = 'queued', crashes = crashes + 1, error = @error, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+      crashFail: d.prepare(`UPDATE uploads SET state = 'failed', crashes = crashes + 1, error = @error, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
       requeueFailed: d.prepare(`UPDATE uploads SET state = 'queued', attempts = 0, crashes = 0, not_before = 0, error = NULL, updated_at = ? WHERE id = ? AND state = 'failed'`),
       counts: d.prepare('SELECT state, COUNT(*) AS n FROM uploads GROUP BY state'),
       position: d.prepare(`SELECT COUNT(*) AS n FROM uploads WHERE state = 'queued' AND id < ?`),
+      setEtag: d.prepare(`UPDATE uploads SET etag = ?, updated_at = ? WHERE id = ? AND etag IS NULL`),
       getMeta: d.prepare('SELECT value FROM meta WHERE name = ?'),
       setMeta: d.prepare('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value'),
     };
@@ -187,6 +203,12 @@ export class Queue {
     return { id: Number(info.lastInsertRowid), duplicate: false, state: 'queued' };
   }
 
+  /** The ETag S3 answered the GET with, for a row whose event carried none (so a later listing finds it seen). */
+  recordEtag(id: number, etag: string): void {
+    const e = normEtag(etag);
+    if (e) this.stmts.setEtag.run(e, now(), id);
+  }
+
   /** Has any version of bucket/key with this ETag been seen (from a webhook or an earlier listing)? */
   seen(bucket: string, key: string, etag: string): boolean {
     return this.stmts.seenEtag.get(bucket, key, normEtag(etag) ?? '') !== undefined;
@@ -210,23 +232,30 @@ export class Queue {
     return r.t;
   }
 
+  /** Refuse a transition that changed no row (the row is not in the state it must leave). */
+  private moved(info: Database.RunResult, id: number, what: string): void {
+    if (info.changes === 1) return;
+    const row = this.get(id);
+    throw new QueueStateError(`upload ${id}: cannot ${what} from state ${row ? row.state : '(no such upload)'}`);
+  }
+
   markPublished(id: number, r: { diffId: string; blobDigest?: string; alreadyPublished: boolean; newObjects: number; bytes: number; seconds: number }): void {
-    this.stmts.published.run({ id, diff_id: r.diffId, blob_digest: r.blobDigest ?? null, already: r.alreadyPublished ? 1 : 0,
-      new_objects: r.newObjects, bytes: r.bytes, seconds: r.seconds, now: now() });
+    this.moved(this.stmts.published.run({ id, diff_id: r.diffId, blob_digest: r.blobDigest ?? null, already: r.alreadyPublished ? 1 : 0,
+      new_objects: r.newObjects, bytes: r.bytes, seconds: r.seconds, now: now() }), id, 'mark published');
   }
 
   markFailed(id: number, error: string, seconds: number | null = null): void {
-    this.stmts.failed.run({ id, error, seconds, now: now() });
+    this.moved(this.stmts.failed.run({ id, error, seconds, now: now() }), id, 'mark failed');
   }
 
   /** Back to the queue after a transient failure, not before notBefore (ms epoch). */
   retryLater(id: number, error: string, notBefore: number): void {
-    this.stmts.retry.run({ id, error, not_before: notBefore, now: now() });
+    this.moved(this.stmts.retry.run({ id, error, not_before: notBefore, now: now() }), id, 'retry');
   }
 
   /** The attempt was cut short by our own shutdown: it does not count. */
   requeueInterrupted(id: number, why: string): void {
-    this.stmts.undoAttempt.run({ id, error: why, now: now() });
+    this.moved(this.stmts.undoAttempt.run({ id, error: why, now: now() }), id, 're-queue after shutdown');
   }
 
   /** Rows a dead publisher left in 'ingesting'. */
@@ -237,10 +266,10 @@ export class Queue {
   recoverCrashed(row: UploadRow, maxCrashes: number): 'requeued' | 'failed' {
     const crashes = row.crashes + 1;
     if (crashes >= maxCrashes) {
-      this.stmts.crashFail.run({ id: row.id, error: `the publisher died ${crashes} times while ingesting this object; giving up`, now: now() });
+      this.moved(this.stmts.crashFail.run({ id: row.id, error: `the publisher died ${crashes} times while ingesting this object; giving up`, now: now() }), row.id, 'fail after crashes');
       return 'failed';
     }
-    this.stmts.crashRequeue.run({ id: row.id, error: `transaction ${row.txn} interrupted (publisher pid ${row.pid} died); rolled back and re-queued`, now: now() });
+    this.moved(this.stmts.crashRequeue.run({ id: row.id, error: `transaction ${row.txn} interrupted (publisher pid ${row.pid} died); rolled back and re-queued`, now: now() }), row.id, 're-queue after a crash');
     return 'requeued';
   }
 

@@ -1,4 +1,5 @@
 import type { ObjectEvent } from './queue.js';
+import { MAX_KEY_BYTES, unsafeKeyReason } from '../s3/keys.js';
 
 /**
  * S3 event notification parsing, for both senders the publisher meets:
@@ -7,7 +8,8 @@ import type { ObjectEvent } from './queue.js';
  *  - Minio webhooks: `{ "EventName": "s3:ObjectCreated:Put", "Key": "bucket/key", "Records": [ ...same, with
  *    "s3:" prefixed event names ] }`, keys query-escaped.
  * A body that is not one of these is refused as a whole (400), so a half-understood batch never
- * enqueues part of itself.
+ * enqueues part of itself. So is an ObjectCreated record for our bucket whose key has '.', '..' or empty
+ * segments: fetched, such a key would name another bucket or prefix (src/s3/keys.ts).
  */
 
 export class WebhookError extends Error {
@@ -24,7 +26,6 @@ export interface ParsedNotification {
   format: 'aws' | 'minio' | 'test';
 }
 
-const MAX_KEY_BYTES = 1024;
 const MAX_RECORDS = 10_000;
 
 function isObj(v: unknown): v is Record<string, unknown> {
@@ -90,6 +91,8 @@ export function parseNotification(body: unknown, opts: ParseOptions): ParsedNoti
     const skip = (why: string) => out.ignored.push({ eventName, bucket: bucket.name as string, key, why });
     if (!name.startsWith('ObjectCreated:')) return skip('not an ObjectCreated event');
     if (!opts.buckets.has(bucket.name)) return skip('another bucket');
+    const unsafe = unsafeKeyReason(key);
+    if (unsafe) throw new WebhookError(`${owhere}.key ${JSON.stringify(key)} refused: ${unsafe}`);
     if (key.endsWith('/')) return skip('directory marker');
     if (opts.prefix && !key.startsWith(opts.prefix)) return skip('outside the configured prefix');
     out.events.push({ bucket: bucket.name, key, etag, versionId, size, sequencer, eventName: name, origin: 'webhook' });

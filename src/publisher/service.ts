@@ -3,15 +3,16 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Transform, pipeline, type Readable } from 'node:stream';
 import type { Server } from 'node:http';
-import type { WritableStore } from '../src/store/store.js';
-import { TXN_DIR } from '../src/store/layout.js';
-import { ingestTar } from '../src/ingest/ingest.js';
-import { S3Client, S3Error } from '../src/s3/client.js';
-import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../src/util/errors.js';
-import type { Logger } from '../src/util/log.js';
-import { Queue, normEtag, type ObjectEvent, type UploadRow } from './queue.js';
+import type { WritableStore } from '../store/store.js';
+import { TXN_DIR } from '../store/layout.js';
+import { ingestTar } from '../ingest/ingest.js';
+import { S3Client, S3Error } from '../s3/client.js';
+import { unsafeKeyReason } from '../s3/keys.js';
+import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { Queue, normEtag, type EnqueueResult, type ObjectEvent, type UploadRow } from './queue.js';
 import { PublisherMetrics, type FailureKind } from './metrics.js';
-import { createHttpServer } from './server.js';
+import { createHttpServer, type PublisherApi } from './server.js';
 
 export interface PublisherOptions {
   store: WritableStore;
@@ -54,7 +55,7 @@ function isAlive(pid: number): boolean {
  * The publishing service of the CernVM-FS paper: S3 events in, one serialized transaction at a time
  * per store (fetch -> ingest -> atomic publish -> record), status out.
  */
-export class Publisher {
+export class Publisher implements PublisherApi {
   readonly queue: Queue;
   readonly metrics: PublisherMetrics;
   readonly log: Logger;
@@ -66,11 +67,15 @@ export class Publisher {
   private reconcileTimer: NodeJS.Timeout | null = null;
   private reconcileRunning: Promise<void> | null = null;
   private reconcileAbort = new AbortController();
-  lastReconcile: { at: string; listed: number; enqueued: number; error?: string } | null = null;
+  lastReconcile: { at: string; listed: number; enqueued: number; refused?: number; error?: string } | null = null;
   url = '';
+
+  /** Ingest scratch (catalog builds) in the state dir, so a crash's leftovers are found and removed at the next start. */
+  private readonly scratch: string;
 
   private constructor(readonly opts: PublisherOptions, queue: Queue) {
     this.queue = queue;
+    this.scratch = join(opts.stateDir, 'scratch');
     this.log = opts.log;
     this.metrics = new PublisherMetrics(queue);
   }
@@ -80,11 +85,9 @@ export class Publisher {
     const stateDir = resolve(opts.stateDir);
     await mkdir(stateDir, { recursive: true });
     await takePidFile(stateDir);
-    // Ingest scratch (catalog builds) lives in the state dir, so a crash's leftovers are found and removed here.
     const scratch = join(stateDir, 'scratch');
     await rm(scratch, { recursive: true, force: true });
     await mkdir(scratch, { recursive: true });
-    process.env.TMPDIR = scratch;
     const queue = new Queue(stateDir);
     const p = new Publisher({ ...opts, stateDir }, queue);
     try {
@@ -144,7 +147,7 @@ export class Publisher {
   }
 
   /** Commit events to the queue (durably) and poke the worker. */
-  enqueue(events: ObjectEvent[]): ReturnType<Queue['enqueueAll']> {
+  enqueue(events: ObjectEvent[]): EnqueueResult[] {
     const res = this.queue.enqueueAll(events);
     if (res.some((r) => !r.duplicate)) this.wake();
     return res;
@@ -192,6 +195,9 @@ export class Publisher {
     let bodyError: Error | null = null;
     log.info({ attempt: row.attempts, etag: row.etag, versionId: row.version_id, size: row.size }, 'transaction started');
     try {
+      // Rows queued by an older publisher were not checked on the way in.
+      const unsafe = unsafeKeyReason(row.key);
+      if (unsafe) throw new TxnFailure('bad_input', true, `refusing key ${JSON.stringify(row.key)}: ${unsafe}`);
       let obj;
       try {
         obj = await this.opts.s3.getObject(row.bucket, row.key, { versionId: row.version_id ?? undefined, signal: ac.signal });
@@ -210,13 +216,13 @@ export class Publisher {
         obj.body.destroy();
         throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
       }
-      if (!row.etag && got) this.queue.db.prepare('UPDATE uploads SET etag = ? WHERE id = ?').run(got, row.id);
+      if (!row.etag && got) this.queue.recordEtag(row.id, got);
       const metrics = this.metrics;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
       });
       pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
-      const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined });
+      const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined, scratchDir: this.scratch });
       const seconds = elapsed();
       this.queue.markPublished(row.id, {
         diffId: res.manifest.diffId, blobDigest: res.manifest.blobDigest, alreadyPublished: !res.published,
@@ -268,7 +274,7 @@ export class Publisher {
   /** List the bucket and enqueue every object no event announced: a lost webhook only delays a layer. */
   async reconcileOnce(): Promise<{ listed: number; enqueued: number }> {
     const { s3, bucket, prefix } = this.opts;
-    let listed = 0, enqueued = 0;
+    let listed = 0, enqueued = 0, refused = 0;
     let batch: ObjectEvent[] = [];
     const flush = () => {
       if (!batch.length) return;
@@ -282,13 +288,21 @@ export class Publisher {
       for await (const o of s3.listAll(bucket, { prefix, signal: this.reconcileAbort.signal })) {
         if (this.stopping) break;
         listed++;
+        // The listing is input like a webhook: a key that would leave the bucket or the prefix once fetched is refused.
+        const unsafe = unsafeKeyReason(o.key) ?? (prefix && !o.key.startsWith(prefix) ? `outside the configured prefix ${JSON.stringify(prefix)}` : null);
+        if (unsafe) {
+          refused++;
+          this.metrics.events.inc({ result: 'refused' });
+          this.log.warn({ bucket, key: o.key, reason: unsafe }, 'reconcile: refusing a listed key; not queued');
+          continue;
+        }
         if (o.key.endsWith('/')) continue;
         if (o.etag && this.queue.seen(bucket, o.key, o.etag)) continue;
         batch.push({ bucket, key: o.key, etag: o.etag || undefined, size: o.size, eventName: 'Reconcile', origin: 'reconcile' });
         if (batch.length >= 500) flush();
       }
       flush();
-      this.lastReconcile = { at: new Date().toISOString(), listed, enqueued };
+      this.lastReconcile = { at: new Date().toISOString(), listed, enqueued, ...(refused ? { refused } : {}) };
       this.metrics.reconcileRuns.inc({ result: 'ok' });
       this.metrics.lastReconcile.setToCurrentTime();
       if (enqueued) this.log.info({ listed, enqueued }, 'reconcile: enqueued objects no event had announced');
@@ -353,6 +367,7 @@ async function takePidFile(stateDir: string): Promise<void> {
 }
 
 function classifyS3(e: unknown): TxnFailure {
+  if (e instanceof BadInputError) return new TxnFailure('bad_input', true, e.message);
   if (e instanceof S3Error) {
     if (e.status === 404) return new TxnFailure('not_found', true, `object no longer exists in S3 (${e.message})`);
     const transient = e.status >= 500 || e.status === 403 || e.status === 401 || e.status === 408 || e.status === 429;

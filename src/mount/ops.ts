@@ -3,18 +3,18 @@ import { sha256hex } from '../util/hash.js';
 import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
 import type { Logger } from '../util/log.js';
 import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
-import { DIRBLOCK_OFFSET_BASE } from '../catalog/dirblocks.js';
+import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
 import { encodeImageDirName } from './names.js';
 import { ListingAhead } from './listing-ahead.js';
+import * as imageMerge from '../mount/merge.js';
 import {
-  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, inodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
-  parseReadIn, parseName, statfsOut, xattrSizeOut, type Attr,
-} from './kernel.js';
+  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
+  parseReadIn, parseName, statfsOut, xattrSizeOut,
+} from '../fuse/kernel.js';
 
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
-const XATTR_HIDDEN_IN_IMAGES = 'trusted.overlay.';
 const SEQ_WINDOW = 8 << 20;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
@@ -231,9 +231,12 @@ export class ThinFs {
       }
       case 'entry': {
         const i = n.inode;
-        return inodeAttr(i, ino, i.type === 'dir' ? (i as { subdirs?: number }).subdirs ?? n.layer.catalog!.subdirCount(i.ino) : null);
+        const a = inodeAttr(i, ino, i.type === 'dir' ? (i as { subdirs?: number }).subdirs ?? n.layer.catalog!.subdirCount(i.ino) : null);
+        // In an image, names of a hard-linked file hidden by upper layers are not links any more.
+        if (n.inImage && i.type !== 'dir' && i.nlink > 1) a.nlink = this.ns.imageNlink(n, n.inImage);
+        return a;
       }
-      case 'merged': return inodeAttr(n.members[0]!.inode, ino, null);
+      case 'merged': return inodeAttr(imageMerge.attrMember(n.members).inode, ino, null);
     }
   }
 
@@ -420,7 +423,7 @@ export class ThinFs {
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
     if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
-      this.dirEof(id, DIRBLOCK_OFFSET_BASE + block.length);
+      this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;
     }
     // Once this reply is written: the listings a scan reads next.
@@ -449,21 +452,15 @@ export class ThinFs {
 
   private async xattrs(id: number): Promise<Map<string, Buffer>> {
     const n = this.node(id);
-    let m: Map<string, Buffer>;
-    if (n.k === 'entry') m = n.layer.catalog!.xattrs(n.inode.ino, n.inode.flags);
-    else if (n.k === 'merged') m = n.members[0]!.layer.catalog!.xattrs(n.members[0]!.inode.ino, n.members[0]!.inode.flags);
-    else return new Map();
-    // overlayfs hides its own trusted.overlay.* attributes in a merged view; so do we in images/.
-    if ((n.k === 'entry' && n.inImage) || n.k === 'merged') {
-      for (const k of [...m.keys()]) if (k.startsWith(XATTR_HIDDEN_IN_IMAGES)) m.delete(k);
-    }
-    return m;
+    if (n.k === 'entry') return n.inImage ? imageMerge.imageXattrs(n.layer.catalog!, n.inode) : n.layer.catalog!.xattrs(n.inode.ino, n.inode.flags);
+    if (n.k === 'merged') { const m = imageMerge.attrMember(n.members); return imageMerge.imageXattrs(m.layer.catalog!, m.inode); }
+    return new Map();
   }
 
   /** size 0 is a probe for the length; a value longer than size is ERANGE; a missing name is ENODATA. */
   private async getxattr(id: number, size: number, name: string): Promise<Answer> {
     const v = (await this.xattrs(id)).get(name);
-    if (!v) return E.ENODATA;
+    if (v === undefined) return E.ENODATA; // an empty value is a value
     if (size === 0) return xattrSizeOut(v.length);
     return v.length > size ? E.ERANGE : v;
   }
@@ -578,7 +575,7 @@ export class ThinFs {
       } else {
         const fileId = this.fileId(file, h);
         key = `f:${fileId}`;
-        fd = await this.cache.openWholeFile(fileId, file.inode.size);
+        fd = await this.cache.openWholeFile(fileId, chunks, file.inode.size);
       }
     }
     try {

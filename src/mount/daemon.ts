@@ -3,13 +3,15 @@ import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/pro
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
+import type { HttpOptions } from '../store/http-backend.js';
 import { ChunkCache } from '../cache/chunk-cache.js';
-import { ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { ThinfsError, UsageError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
 import { CatalogReader } from '../catalog/reader.js';
 import { ThinFs, ENTRY_TTL } from './ops.js';
-import { native, readU64, OP, E } from './kernel.js';
+import { native, OP, E } from '../fuse/kernel.js';
+import { readU64 } from '../format/listing.js';
 import { StatsReporter } from './stats.js';
 
 const execFileP = promisify(execFile);
@@ -30,7 +32,13 @@ export interface MountOptions {
   /** FUSE passthrough of files whose bytes are all local (kernel >= 6.9, root). */
   passthrough: boolean;
   allowOther: boolean;
+  /** Honour setuid/setgid bits of served files (root only; default nosuid). */
+  allowSuid: boolean;
+  /** Let device nodes of served files be opened as devices (root only; default nodev). */
+  allowDev: boolean;
   debug: boolean;
+  /** Mirrors' timeouts and proxies, for an HTTP store. */
+  http?: HttpOptions;
   log: Logger;
 }
 
@@ -126,13 +134,30 @@ async function setReadahead(mp: string, kb: number, log: Logger): Promise<void> 
   }
 }
 
+/**
+ * The kernel mount options. ro: writes fail with EROFS in the VFS; default_permissions: the kernel checks modes from
+ * our attributes. nosuid,nodev unless asked otherwise: the images come from whoever published them, and a setuid-root
+ * binary or a device node in a layer must not give a local user root or raw devices. Containers lose nothing: overlayfs
+ * and podman decide setuid and devices by their own mount, as CernVM-FS (nosuid by default) users do.
+ */
+export function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSuid' | 'allowDev'>): string[] {
+  if ((o.allowSuid || o.allowDev) && process.getuid?.() !== 0) {
+    // fusermount3 would drop them with a warning: say so before mounting instead.
+    throw new UsageError(`${o.allowSuid ? '--allow-suid' : '--allow-dev'} needs root: fusermount3 mounts every user's FUSE filesystem nosuid,nodev`);
+  }
+  const mopts = ['ro', o.allowSuid ? 'suid' : 'nosuid', o.allowDev ? 'dev' : 'nodev', 'default_permissions', `max_read=${o.maxRead}`];
+  if (o.allowOther) mopts.push('allow_other');
+  return mopts;
+}
+
 /** Mount, serve until SIGTERM/SIGINT or an external unmount, then shut down cleanly. Resolves to the exit code. */
 export async function runMount(o: MountOptions): Promise<number> {
   const log = o.log;
   const mp = resolve(o.mountpoint);
   const startedAt = Date.now();
+  const mopts = mountOptions(o);
   CatalogReader.preload();
-  const store = await Store.open(o.store);
+  const store = await Store.open(o.store, { http: o.http });
   const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
@@ -140,11 +165,6 @@ export async function runMount(o: MountOptions): Promise<number> {
 
   await prepareMountpoint(mp, log);
   const k = native();
-  // ro: writes fail with EROFS in the VFS; default_permissions: the kernel checks modes from our attributes;
-  // suid/dev (root only): a rootfs keeps its setuid binaries and device nodes usable.
-  const mopts = ['ro', 'default_permissions', `max_read=${o.maxRead}`];
-  if (o.allowOther) mopts.push('allow_other');
-  if (process.getuid?.() === 0) mopts.push('suid', 'dev');
   type Init = { maxReadahead: number; maxPages: number; kernelMinor: number; passthrough: boolean };
   let initDone: (v: Init) => void = () => {};
   const inited = new Promise<Init>((r) => { initDone = r; });

@@ -1,9 +1,10 @@
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { errorMessage } from '../src/util/errors.js';
+import { errorMessage } from '../util/errors.js';
 import { parseNotification, WebhookError } from './events.js';
-import { STATES, type UploadRow, type UploadState } from './queue.js';
-import type { Publisher } from './service.js';
+import { STATES, type Queue, type EnqueueResult, type ObjectEvent, type UploadRow, type UploadState } from './queue.js';
+import type { PublisherMetrics } from './metrics.js';
+import type { Logger } from '../util/log.js';
 
 /**
  * HTTP API of the publisher:
@@ -14,6 +15,22 @@ import type { Publisher } from './service.js';
  *   POST /retry/<id>       re-queue a failed upload (Bearer token)
  *   GET  /healthz, GET /metrics
  */
+
+/**
+ * What the HTTP API needs of the service. The service implements it and builds the server; the server
+ * never imports the service (one direction: service -> server).
+ */
+export interface PublisherApi {
+  readonly opts: { webhook: boolean; token?: string; bucket: string; prefix?: string; maxBodyBytes: number; store: { root: string } };
+  readonly queue: Queue;
+  readonly metrics: PublisherMetrics;
+  readonly log: Logger;
+  readonly isStopping: boolean;
+  readonly workerState: unknown;
+  readonly lastReconcile: unknown;
+  enqueue(events: ObjectEvent[]): EnqueueResult[];
+  wake(): void;
+}
 
 class HttpError extends Error {
   constructor(readonly status: number, message: string) { super(message); }
@@ -99,7 +116,7 @@ function intParam(v: string | null, name: string, min: number, max: number): num
   return n;
 }
 
-export function createHttpServer(p: Publisher): Server {
+export function createHttpServer(p: PublisherApi): Server {
   const { opts } = p;
   const buckets = new Set([opts.bucket]);
 
@@ -128,6 +145,7 @@ export function createHttpServer(p: Publisher): Server {
     } catch (e) {
       if (!(e instanceof WebhookError)) throw e;
       p.metrics.webhookRequests.inc({ code: '400' });
+      p.log.warn({ err: e.message }, 'webhook refused: malformed or unsafe S3 event notification; nothing queued');
       send(res, 400, { error: `malformed S3 event notification: ${e.message}` });
       return;
     }

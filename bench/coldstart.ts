@@ -1,0 +1,215 @@
+// The headline benchmark: starting a container from a realistic image (Debian minbase + python3,
+// bench/lib/realistic-image.ts) over an emulated shared link (bench/lib/netem.ts: one bandwidth cap
+// for every simulated node, added round-trip time), podman pull + run against thinfs.
+// Both sides cross the same link: the registry (for podman) and the store's nginx (for thinfs) sit
+// behind delaying proxies whose outgoing traffic shares one htb class.
+// For each RTT and workload it reports, per path: wall time, bytes moved, HTTP requests; then N = 1,
+// 2, 4, 8 nodes starting at once. Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
+//
+// Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8").
+import { mkdir, readFile, rm, writeFile, appendFile, stat } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { realisticImage } from './lib/realistic-image.js';
+import { shapeLoopback, startDelayProxy, type DelayProxy } from './lib/netem.js';
+import { startRegistry, freePort, type RegistryServer } from '../test/fixtures/images.js';
+import { mountStore, type Mounted } from '../test/fuse-mount-helper.js';
+import { run, runOk } from '../test/helpers/proc.js';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '..', '..', '..');
+const D2T = join(ROOT, 'dist', 'tools', 'docker2thin.js');
+const THINFS = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const OUT = join(ROOT, 'bench', 'out');
+const RTTS = (process.env.BENCH_RTTS ?? '0,20').split(',').map(Number);
+const MBIT = Number(process.env.BENCH_MBIT ?? 100);
+const NODES = (process.env.BENCH_NODES ?? '1,2,4,8').split(',').map(Number);
+const IMAGE = 'python';     // thin image name and registry repository
+const TAG = 'v1';
+
+const WORKLOADS: Record<string, string[]> = {
+  true: ['/bin/true'],
+  python: ['/usr/bin/python3', '-c', 'import json,email,http.client,asyncio,decimal,sqlite3'],
+};
+
+interface Row { rtt: number; workload: string; path: string; nodes: number; seconds: number; bytes: number; requests: number }
+
+function now(): number { return Number(process.hrtime.bigint()) / 1e9; }
+
+async function dropCaches(): Promise<void> {
+  await run('sync', []);
+  await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {});
+}
+
+/** nginx serving the store as static files, with an access log to count requests. */
+async function startNginx(dir: string, store: string): Promise<{ port: number; requests(): Promise<number>; stop(): void }> {
+  const port = await freePort();
+  const conf = join(dir, 'nginx.conf');
+  const log = join(dir, 'access.log');
+  await writeFile(conf, `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log; worker_processes 2;
+events { worker_connections 1024; }
+http { access_log ${log}; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:${port}; root ${store}; } }
+`);
+  await writeFile(log, '');
+  const p: ChildProcess = spawn('nginx', ['-c', conf, '-e', join(dir, 'error.log')], { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    try { const r = await fetch(`http://127.0.0.1:${port}/thinfs-store.json`); await r.arrayBuffer(); break; } catch { await new Promise((r) => setTimeout(r, 50)); }
+  }
+  return {
+    port,
+    requests: async () => (await readFile(log, 'utf8')).split('\n').filter(Boolean).length,
+    stop: () => { p.kill('SIGTERM'); },
+  };
+}
+
+class Podman {
+  constructor(readonly dir: string) {}
+  args(): string[] { return ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
+  async pullRun(ref: string, cmd: string[]): Promise<void> {
+    await runOk('podman', [...this.args(), 'pull', '--quiet', '--tls-verify=false', ref], { timeoutMs: 900_000 });
+    await this.run(ref, cmd);
+  }
+  async run(ref: string, cmd: string[]): Promise<void> {
+    await runOk('podman', [...this.args(), 'run', '--rm', '--network=none', '--entrypoint', cmd[0]!, ref, ...cmd.slice(1)], { timeoutMs: 600_000 });
+  }
+  async rootfsRun(rootfs: string, cmd: string[]): Promise<void> {
+    await runOk('podman', [...this.args(), 'run', '--rm', '--network=none', '--rootfs', `${rootfs}:O`, ...cmd], { timeoutMs: 600_000 });
+  }
+  async reset(): Promise<void> {
+    await run('podman', [...this.args(), 'system', 'reset', '--force']);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+export async function main(): Promise<void> {
+  const image = await realisticImage();
+  const work = join(tmpdir(), `tcs-${process.pid}`); // podman refuses a runroot path over 50 characters
+  await mkdir(work, { recursive: true });
+  await mkdir(OUT, { recursive: true });
+  const rows: Row[] = [];
+  let reg: RegistryServer | null = null;
+  let nginx: Awaited<ReturnType<typeof startNginx>> | null = null;
+  const proxies: DelayProxy[] = [];
+  let unshape: (() => void) | null = null;
+  const mounts: Mounted[] = [];
+  try {
+    reg = await startRegistry(join(work, 'registry'));
+    await runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', image.ociRef, `docker://${reg.host}/${IMAGE}:${TAG}`], { timeoutMs: 600_000 });
+    const store = join(work, 'store');
+    await runOk(process.execPath, [THINFS, 'init', store]);
+    await runOk(process.execPath, [D2T, '--insecure', '--no-progress', '--store', store, '--name', IMAGE, `${reg.host}/${IMAGE}:${TAG}`], { timeoutMs: 900_000 });
+    nginx = await startNginx(work, store);
+    console.log(`image: ${image.layers} layers, ${(image.compressedBytes / 1e6).toFixed(1)} MB compressed; link ${MBIT} Mbit/s shared by all nodes`);
+
+    for (const rtt of RTTS) {
+      const regProxy = await startDelayProxy(reg.port, rtt);
+      const storeProxy = await startDelayProxy(nginx.port, rtt);
+      proxies.push(regProxy, storeProxy);
+      unshape = shapeLoopback([regProxy.port, storeProxy.port], MBIT);
+      const regRef = `127.0.0.1:${regProxy.port}/${IMAGE}:${TAG}`;
+      const storeUrl = `http://127.0.0.1:${storeProxy.port}`;
+      const regRequests = () => reg!.log().split('\n').filter((l) => /"(GET|HEAD) \/v2\//.test(l)).length;
+
+      for (const [wname, cmd] of Object.entries(WORKLOADS)) {
+        for (const n of NODES) {
+          // podman pull + run, n nodes at once, each with its own empty store.
+          const pods = Array.from({ length: n }, (_, i) => new Podman(join(work, `p${rtt}${wname[0]}${n}-${i}`)));
+          let b0 = regProxy.stats().bytesDown; let q0 = regRequests(); let t0 = now();
+          await Promise.all(pods.map((p) => p.pullRun(regRef, cmd)));
+          rows.push({ rtt, workload: wname, path: 'podman pull + run', nodes: n, seconds: now() - t0, bytes: regProxy.stats().bytesDown - b0, requests: regRequests() - q0 });
+          if (n === 1) {
+            await dropCaches();
+            t0 = now(); await pods[0]!.run(regRef, cmd);
+            rows.push({ rtt, workload: wname, path: 'podman warm', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+            t0 = now(); await pods[0]!.run(regRef, cmd);
+            rows.push({ rtt, workload: wname, path: 'podman hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+          }
+
+          // thinfs: n mounts with empty caches (one per simulated node), the container started from the mount.
+          const ms: Mounted[] = [];
+          for (let i = 0; i < n; i++) {
+            const base = join(work, `thinfs-${rtt}-${wname}-${n}-${i}`);
+            await mkdir(base, { recursive: true });
+            const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+            ms.push(m); mounts.push(m);
+          }
+          const rootfs = (m: Mounted) => join(m.mp, 'images', encodeURIComponent(IMAGE), 'rootfs');
+          b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+          await Promise.all(ms.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
+          rows.push({ rtt, workload: wname, path: 'thinfs cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+          if (n === 1) {
+            // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
+            const m0 = ms[0]!;
+            await m0.stop();
+            const again = await mountStore(storeUrl, m0.mp, { cacheDir: m0.cacheDir });
+            mounts.push(again); ms[0] = again;
+            await dropCaches();
+            b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            await pods[0]!.rootfsRun(rootfs(again), cmd);
+            rows.push({ rtt, workload: wname, path: 'thinfs warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            t0 = now(); await pods[0]!.rootfsRun(rootfs(again), cmd);
+            rows.push({ rtt, workload: wname, path: 'thinfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+          }
+          for (const m of ms) await m.stop();
+          for (const p of pods) await p.reset();
+        }
+      }
+      unshape(); unshape = null;
+      await regProxy.close(); await storeProxy.close();
+    }
+  } finally {
+    unshape?.();
+    for (const m of mounts) await m.stop().catch(() => {});
+    for (const p of proxies) await p.close().catch(() => {});
+    nginx?.stop();
+    await reg?.stop();
+    await rm(work, { recursive: true, force: true }).catch(() => {});
+  }
+  await report(rows, image.compressedBytes);
+}
+
+async function report(rows: Row[], imageBytes: number): Promise<void> {
+  const lines = [
+    `| RTT | workload | path | nodes | time (s) | vs pull+run | bytes (MB) | % of image | requests |`,
+    `|---|---|---|---|---|---|---|---|---|`,
+  ];
+  for (const r of rows) {
+    const base = rows.find((b) => b.rtt === r.rtt && b.workload === r.workload && b.nodes === r.nodes && b.path === 'podman pull + run');
+    const ratio = base && r !== base ? `${(base.seconds / r.seconds).toFixed(1)}x faster` : '';
+    lines.push(`| ${r.rtt} ms | ${r.workload} | ${r.path} | ${r.nodes} | ${r.seconds.toFixed(2)} | ${ratio} | ${(r.bytes / 1e6).toFixed(1)} | ${r.bytes ? ((100 * r.bytes) / imageBytes / r.nodes).toFixed(1) + '%' : ''} | ${r.requests || ''} |`);
+  }
+  const md = lines.join('\n') + '\n';
+  console.log(md);
+  await writeFile(join(OUT, 'coldstart.md'), md);
+  await plot(rows);
+}
+
+/** One bar group per (RTT, workload): time of each path with one node. gnuplot renders the PNG. */
+async function plot(rows: Row[]): Promise<void> {
+  const have = await run('sh', ['-c', 'command -v gnuplot']);
+  if (have.code !== 0) { console.log('gnuplot not installed: no chart (bash scripts/setup.sh installs it)'); return; }
+  const paths = ['podman pull + run', 'thinfs cold', 'podman warm', 'thinfs warm', 'podman hot', 'thinfs hot'];
+  const groups = [...new Set(rows.map((r) => `${r.workload}, ${r.rtt} ms`))];
+  const data = join(OUT, 'coldstart.dat');
+  await writeFile(data, `group ${paths.map((p) => `"${p}"`).join(' ')}\n`);
+  for (const g of groups) {
+    const vals = paths.map((p) => rows.find((r) => `${r.workload}, ${r.rtt} ms` === g && r.path === p && r.nodes === 1)?.seconds ?? 0);
+    await appendFile(data, `"${g}" ${vals.map((v) => v.toFixed(3)).join(' ')}\n`);
+  }
+  const script = `set terminal pngcairo size 1000,500
+set output '${join(OUT, 'coldstart.png')}'
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set ylabel 'seconds (1 node)'
+set key outside right
+set title 'container start, ${MBIT} Mbit/s shared link'
+plot for [i=2:${paths.length + 1}] '${data}' using i:xtic(1) title columnhead
+`;
+  const r = await run('gnuplot', ['-e', script.replace(/\n/g, '; ')]);
+  if (r.code !== 0) console.log(`gnuplot failed: ${r.stderr}`);
+  else console.log(`chart: ${join(OUT, 'coldstart.png')} (${(await stat(join(OUT, 'coldstart.png'))).size} bytes)`);
+}

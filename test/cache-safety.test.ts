@@ -1,0 +1,166 @@
+// Issue 10, node-local cache: a corrupted whole-file copy (passthrough) is never served (item 2), and the cache is
+// private to the daemon: 0700 directories, 0600 files, an existing 0755 cache repaired at start (item 7).
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { cleanupTmpDirs, listFiles, run, sha256, sha256File, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+
+let work: string;
+let store: string;
+let hex: string;
+const big = pseudoRandom(3 * 1024 * 1024 + 77, 'cache-safety-big'); // several chunks: gets a whole-file copy
+const secret = pseudoRandom(200 * 1024, 'cache-safety-secret'); // one chunk, mode 0600 in the image
+const live: Mounted[] = [];
+const used = new Set<string>();
+
+before(async () => {
+  work = await tmpDir('thinfs-cache-safety-');
+  // Traversable by anyone, like a real cache's parent (/var/cache): only the cache's own modes may protect it.
+  await fsp.chmod(work, 0o755);
+  store = path.join(work, 'store');
+  await thinfsOk(['init', store]);
+  const src = path.join(work, 'src');
+  await fsp.mkdir(src);
+  await fsp.writeFile(path.join(src, 'big.bin'), big);
+  await fsp.writeFile(path.join(src, 'secret.bin'), secret, { mode: 0o600 });
+  await fsp.writeFile(path.join(src, 'small-secret.txt'), 'the password is swordfish\n', { mode: 0o600 });
+  const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
+  hex = r.diffId.slice(7);
+});
+
+after(async () => {
+  for (const m of live) await m.stop();
+  for (const mp of used) await forceUnmount(mp);
+  await cleanupTmpDirs();
+});
+
+async function mount(name: string, cache = `cache-${name}`): Promise<Mounted> {
+  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, cache) });
+  live.push(m);
+  used.add(m.mp);
+  return m;
+}
+async function stop(m: Mounted): Promise<void> {
+  assert.equal(await m.stop(), 0);
+  live.splice(live.indexOf(m), 1);
+}
+const passthrough = (m: Mounted) => m.stderr().includes('"passthrough":true');
+
+describe('whole-file copies are verified before the kernel is handed them', () => {
+  it('a corrupted byte in a whole-file copy: right bytes after a restart, a log line, the copy dropped', async (t) => {
+    let m = await mount('mnt-wf');
+    const f = path.join(m.mp, 'layers', hex, 'big.bin');
+    assert.equal(await sha256File(f), sha256(big));
+    await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0; },
+      15_000, 100, 'the whole-file copy of big.bin');
+    if (!passthrough(m)) { await stop(m); return t.skip('kernel without FUSE passthrough'); }
+    await stop(m);
+    const copies = await listFiles(path.join(m.cacheDir, 'files'));
+    assert.equal(copies.length, 1, 'one whole-file copy');
+    const copy = path.join(m.cacheDir, 'files', copies[0]!);
+    const bytes = await fsp.readFile(copy);
+    assert.equal(sha256(bytes), sha256(big), 'the copy holds the file');
+    bytes[2 * 1024 * 1024 + 5] ^= 0x01; // in a chunk past the first: every chunk is checked, not only the start
+    await fsp.writeFile(copy, bytes);
+
+    m = await mount('mnt-wf');
+    assert.equal(await sha256File(f), sha256(big), 'right bytes, never the corrupted copy');
+    const s = await m.stats();
+    assert.equal(s.cache.corruptDropped, 1, 'the copy failed verification');
+    assert.equal(s.ops.eio, 0);
+    assert.match(m.stderr(), /whole-file copy failed verification/);
+    await assert.rejects(fsp.stat(copy), { code: 'ENOENT' }, 'the bad copy is gone');
+    // Read to the end again, the file gets a fresh copy (built from verified chunks), and its next open passes through.
+    await waitFor(async () => { const x = await m.stats(); return x.cache.filesAssembled >= 1 && x.cache.assembling === 0; },
+      15_000, 100, 'a new whole-file copy');
+    const s0 = await m.stats();
+    assert.equal(await sha256File(f), sha256(big));
+    const s1 = await m.stats();
+    assert.ok(s1.ops.opensPassthrough > s0.ops.opensPassthrough, 'the rebuilt copy is passed through');
+    assert.equal(sha256(await fsp.readFile(copy)), sha256(big));
+    await stop(m);
+  });
+
+  it('an intact copy is verified once per daemon and passed through', async (t) => {
+    let m = await mount('mnt-wf-ok');
+    const f = path.join(m.mp, 'layers', hex, 'big.bin');
+    assert.equal(await sha256File(f), sha256(big));
+    await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0; },
+      15_000, 100, 'the whole-file copy of big.bin');
+    if (!passthrough(m)) { await stop(m); return t.skip('kernel without FUSE passthrough'); }
+    await stop(m);
+    m = await mount('mnt-wf-ok');
+    for (let i = 0; i < 2; i++) assert.equal(await sha256File(f), sha256(big));
+    const s = await m.stats();
+    assert.equal(s.cache.corruptDropped, 0);
+    // The transport answers later opens of a node it holds a backing file for without asking JS.
+    assert.equal(s.ops.opensPassthrough, 1, 'passed through to the verified copy');
+    assert.equal(s.ops.opensServed, 0);
+    assert.equal(s.ops.reads, 0, 'no read reached thinfs');
+    await stop(m);
+  });
+});
+
+describe('the cache is private to the daemon', () => {
+  /** Every directory and file under the cache that is group- or world-accessible. */
+  async function exposed(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    const st = await fsp.stat(dir);
+    if (st.mode & 0o077) out.push(`${dir} ${(st.mode & 0o777).toString(8)}`);
+    for (const sub of ['chunks', 'files', 'catalogs', 'tmp']) {
+      for (const e of await fsp.readdir(path.join(dir, sub), { recursive: true })) {
+        const p = path.join(dir, sub, e);
+        const m = (await fsp.lstat(p)).mode & 0o777;
+        if (m & 0o077) out.push(`${path.relative(dir, p)} ${m.toString(8)}`);
+      }
+    }
+    return out;
+  }
+  /** Read a file as user nobody. */
+  const asNobody = (p: string) => run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'cat', p]);
+
+  async function fill(m: Mounted): Promise<void> {
+    const root = path.join(m.mp, 'layers', hex);
+    assert.equal(await sha256File(path.join(root, 'secret.bin')), sha256(secret));
+    assert.equal(await sha256File(path.join(root, 'big.bin')), sha256(big));
+    assert.equal(await fsp.readFile(path.join(root, 'small-secret.txt'), 'utf8'), 'the password is swordfish\n');
+    await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0; },
+      15_000, 100, 'the whole-file copy of big.bin');
+  }
+
+  it('a fresh cache is created 0700 with 0600 files; user nobody cannot read a cached chunk or catalog', async () => {
+    const m = await mount('mnt-priv');
+    await fill(m);
+    assert.equal((await fsp.stat(m.cacheDir)).mode & 0o777, 0o700);
+    assert.deepEqual(await exposed(m.cacheDir), []);
+    const chunk = path.join(m.cacheDir, 'chunks', sha256(secret).slice(0, 2), sha256(secret).slice(2));
+    assert.equal(await sha256File(chunk), sha256(secret), 'the 0600 file\'s content is in the cache');
+    const r = await asNobody(chunk);
+    assert.notEqual(r.code, 0, 'nobody read a cached chunk');
+    assert.match(r.stderr, /Permission denied/);
+    const [catalog] = await fsp.readdir(path.join(m.cacheDir, 'catalogs'));
+    assert.notEqual((await asNobody(path.join(m.cacheDir, 'catalogs', catalog!))).code, 0, 'nobody read a cached catalog (inline files)');
+    await stop(m);
+  });
+
+  it('an existing world-readable cache (0755 dirs, 0644 files) is made private at start', async () => {
+    let m = await mount('mnt-repair');
+    await fill(m);
+    await stop(m);
+    // What older versions left behind.
+    await run('chmod', ['-R', 'u=rwX,go=rX', m.cacheDir]);
+    assert.notDeepEqual(await exposed(m.cacheDir), []);
+    const chunk = path.join(m.cacheDir, 'chunks', sha256(secret).slice(0, 2), sha256(secret).slice(2));
+    assert.equal((await asNobody(chunk)).code, 0, 'the old cache was readable by anyone (the check is meaningful)');
+    m = await mount('mnt-repair');
+    assert.deepEqual(await exposed(m.cacheDir), [], 'every directory and file repaired');
+    assert.notEqual((await asNobody(chunk)).code, 0);
+    // The repaired cache still serves, with no refetch.
+    assert.equal(await sha256File(path.join(m.mp, 'layers', hex, 'secret.bin')), sha256(secret));
+    assert.equal((await m.stats()).cache.fetches, 0);
+    await stop(m);
+  });
+});

@@ -1,0 +1,196 @@
+// Issue 10 (items 4, 12-17): inputs at and past the limits of what a layer may hold. zstd bombs and
+// multi-GB files stream in bounded memory; names, link targets and ids the kernel cannot represent
+// are refused at ingest (not stored and served wrong); `thinfs ls` never writes raw control bytes.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { cleanupTmpDirs, run, sha256File, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir } from './helpers/proc.js';
+import { fixChecksum, tarHeader, tarMember, tarPad, TAR_EOF } from './fixtures/tars.js';
+
+let work: string;
+let store: string;
+
+before(async () => {
+  work = await tmpDir('thinfs-limits-');
+  store = path.join(work, 'store');
+  await thinfsOk(['init', store]);
+});
+
+after(async () => {
+  await cleanupTmpDirs();
+});
+
+/** Run a shell pipeline ending in `thinfs ingest -` under /usr/bin/time; returns its result and the ingest's peak RSS. */
+async function ingestPipe(producer: string, timeoutMs = 300_000): Promise<{ code: number | null; stdout: string; stderr: string; peakMiB: number }> {
+  const timeFile = path.join(work, `time-${Date.now()}`);
+  const script = `set -o pipefail; ${producer} | /usr/bin/time -f %M -o ${timeFile} ${process.execPath} ${THINFS_MAIN} ingest - --store ${store} --json --no-progress`;
+  const r = await run('bash', ['-c', script], { timeoutMs });
+  assert.equal(r.timedOut, false, 'pipeline timed out');
+  const kb = Number((await fsp.readFile(timeFile, 'utf8')).trim().split('\n').pop());
+  assert.ok(kb > 0, `peak RSS measured (${kb})`);
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr, peakMiB: kb / 1024 };
+}
+
+describe('zstd layers stream (issue 10 item 4)', () => {
+  // The old path decoded a whole input chunk at once: 3 GiB of zeros took >3 GiB of memory.
+  it('a zstd stream of 3 GiB of zeros made on the fly stays in bounded memory', async () => {
+    const r = await ingestPipe('head -c 3G /dev/zero | zstd -q -1 -c');
+    assert.ok(r.peakMiB < 400, `peak RSS ${r.peakMiB.toFixed(0)} MiB (bounded; was the decoded size)`);
+    // All zeros is an end-of-archive marker followed by padding: GNU tar reads it as an empty archive, and so do we.
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).entries, 0);
+  });
+
+  it('a valid zstd layer holding a 2.1 GiB file ingests in bounded memory and reads back exactly', async () => {
+    const src = path.join(work, 'bigsrc');
+    await fsp.mkdir(src);
+    const big = path.join(src, 'big.bin');
+    // Sparse-made (cheap on disk), archived without --sparse so the tar really carries 2.1 GiB of data.
+    await fsp.writeFile(big, Buffer.from('head of the big file\n'));
+    await fsp.truncate(big, 2200 * 1024 * 1024);
+    await fsp.appendFile(big, Buffer.from('tail of the big file\n'));
+    const r = await ingestPipe(`tar -C ${src} -cf - big.bin | zstd -q -1 -c`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.peakMiB < 400, `peak RSS ${r.peakMiB.toFixed(0)} MiB`);
+    const res = JSON.parse(r.stdout) as { diffId: string; bytes: number };
+    const size = (await fsp.stat(big)).size;
+    assert.equal(res.bytes, size);
+    const sum = await run('bash', ['-c', `set -o pipefail; ${process.execPath} ${THINFS_MAIN} cat --store ${store} ${res.diffId} big.bin | sha256sum`], { timeoutMs: 300_000 });
+    assert.equal(sum.code, 0, sum.stderr);
+    assert.equal(sum.stdout.split(' ')[0], await sha256File(big), 'content read back equals the file');
+    await fsp.rm(src, { recursive: true });
+  });
+});
+
+/** One PAX record "LEN key=value\n" (LEN counts itself). */
+function paxRecord(key: string, value: Buffer | string): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`), Buffer.from(value), Buffer.from('\n')]);
+  let len = body.length + 1;
+  while (String(len).length + body.length !== len) len++;
+  return Buffer.concat([Buffer.from(String(len)), body]);
+}
+
+function paxMember(records: Buffer[], h: Parameters<typeof tarMember>[0], data?: Buffer): Buffer {
+  return Buffer.concat([tarMember({ name: 'PaxHeaders/x', type: 'x' }, Buffer.concat(records)), tarMember(h, data)]);
+}
+
+/** A layer that starts valid (so the refusal comes mid-stream), then the member under test. */
+async function layer(id: string, ...members: Buffer[]): Promise<string> {
+  const file = path.join(work, `${id}.tar`);
+  await fsp.writeFile(file, Buffer.concat([tarMember({ name: 'ok/', type: '5' }), tarMember({ name: 'ok/a.txt' }, Buffer.from('a\n')), ...members, TAR_EOF]));
+  return file;
+}
+
+/** The input is refused with exit 3, a message naming the problem, and the store's published state unchanged. */
+async function refused(file: string, expect: RegExp): Promise<void> {
+  const before = await storeSnapshot(store);
+  const r = await thinfs(['ingest', file, '--store', store, '--no-progress']);
+  assert.equal(r.code, 3, `exit 3 (${r.stderr})`);
+  assert.match(r.stderr, /^thinfs: error: /m);
+  assert.match(r.stderr, expect);
+  assert.equal(r.stdout, '');
+  assert.deepEqual(await storeSnapshot(store), before, 'nothing published');
+}
+
+async function accepted(file: string): Promise<string> {
+  return (await thinfsJson<{ diffId: string }>(['ingest', file, '--store', store, '--json', '--no-progress'])).diffId;
+}
+
+describe('whiteouts of "." and ".." (issue 10 item 12)', () => {
+  it('.wh... (whiteout of "..") is refused', async () => {
+    await refused(await layer('wh-dotdot', tarMember({ name: 'ok/.wh...' })), /whiteout.*"\.\."/);
+  });
+  it('.wh.. (whiteout of ".") is refused', async () => {
+    await refused(await layer('wh-dot', tarMember({ name: '.wh..' })), /whiteout.*"\."/);
+  });
+  it('a whiteout of a name starting with dots is still accepted', async () => {
+    const id = await accepted(await layer('wh-dots-ok', tarMember({ name: 'ok/.wh....x' })));
+    const ls = await thinfsOk(['ls', '--store', store, id, 'ok']);
+    assert.deepEqual(ls.trim().split('\n').sort(), ['...x', 'a.txt']);
+  });
+});
+
+describe('NUL bytes inside names (issue 10 item 14)', () => {
+  it('a PAX path with a NUL is refused', async () => {
+    await refused(await layer('pax-nul-path', paxMember([paxRecord('path', Buffer.from('ok/evil\0.txt'))], { name: 'placeholder' }, Buffer.from('x'))), /path.*NUL/);
+  });
+  it('a PAX linkpath with a NUL is refused', async () => {
+    await refused(await layer('pax-nul-link', paxMember([paxRecord('linkpath', Buffer.from('ok/a.txt\0/etc/passwd'))], { name: 'ln', type: '2', linkname: 'x' })), /linkpath.*NUL/);
+  });
+  it('a GNU long name with a NUL inside is refused', async () => {
+    const name = Buffer.concat([Buffer.from('ok/' + 'n'.repeat(120)), Buffer.from([0]), Buffer.from('hidden'), Buffer.from([0])]);
+    const file = await layer('gnu-nul-name', tarMember({ name: '././@LongLink', type: 'L' }, name), tarMember({ name: 'ok/short' }, Buffer.from('x')));
+    await refused(file, /long name.*NUL/);
+  });
+  it('a GNU long name ending in NUL padding (as GNU tar writes it) is accepted', async () => {
+    const long = 'ok/' + 'n'.repeat(150);
+    const file = await layer('gnu-long-ok', tarMember({ name: '././@LongLink', type: 'L' }, Buffer.from(long + '\0\0\0')), tarMember({ name: 'ok/short' }, Buffer.from('x')));
+    const id = await accepted(file);
+    assert.match(await thinfsOk(['ls', '--store', store, id, 'ok']), new RegExp(`^n{150}$`, 'm'));
+  });
+});
+
+describe('names and link targets the kernel cannot hold (issue 10 item 15)', () => {
+  it('an 8000-byte symlink target is refused', async () => {
+    await refused(await layer('long-target', paxMember([paxRecord('linkpath', 't/'.repeat(4000))], { name: 'ok/ln', type: '2', linkname: 'x' })), /target of 8000 bytes/);
+  });
+  it('a 4096-byte target (no room for the NUL) is refused; 4095 bytes is accepted and kept', async () => {
+    await refused(await layer('target-4096', paxMember([paxRecord('linkpath', 'x'.repeat(4096))], { name: 'ok/ln', type: '2', linkname: 'x' })), /target of 4096 bytes/);
+    const id = await accepted(await layer('target-4095', paxMember([paxRecord('linkpath', 'y'.repeat(4095))], { name: 'ok/ln', type: '2', linkname: 'x' })));
+    const st = JSON.parse(await thinfsOk(['stat', '--store', store, id, 'ok/ln'])) as { target: string };
+    assert.equal(st.target, 'y'.repeat(4095));
+  });
+  it('a 256-byte name component is refused; 255 bytes is accepted', async () => {
+    await refused(await layer('name-256', paxMember([paxRecord('path', 'ok/' + 'n'.repeat(256))], { name: 'p' }, Buffer.from('x'))), /256 bytes/);
+    const id = await accepted(await layer('name-255', paxMember([paxRecord('path', 'ok/' + 'm'.repeat(255))], { name: 'p' }, Buffer.from('x'))));
+    assert.match(await thinfsOk(['ls', '--store', store, id, 'ok']), /^m{255}$/m);
+  });
+});
+
+describe('ids a Linux uid_t cannot hold (issue 10 item 16)', () => {
+  // Refused rather than mapped to the overflow id: a layer that says 2^40 is broken, and 65534 would
+  // silently give the file to "nobody".
+  it('PAX uid 2^40 is refused', async () => {
+    await refused(await layer('uid-2p40', paxMember([paxRecord('uid', String(2 ** 40))], { name: 'ok/u' }, Buffer.from('x'))), /uid 1099511627776/);
+  });
+  it('PAX gid 2^32 is refused', async () => {
+    await refused(await layer('gid-2p32', paxMember([paxRecord('gid', String(2 ** 32))], { name: 'ok/g' }, Buffer.from('x'))), /gid 4294967296/);
+  });
+  it('a base-256 uid of 2^40 in the header is refused', async () => {
+    const h = tarHeader({ name: 'ok/b', size: 1 });
+    h.fill(0, 108, 116);
+    h[108] = 0x80; h[110] = 0x01; // 2^40 big-endian in the 8-byte field, top bit marks base-256
+    fixChecksum(h);
+    await refused(await layer('uid-b256', h, tarPad(Buffer.from('x'))), /uid 1099511627776/);
+  });
+  it('uid 4294967294 (the largest valid id) is kept exactly', async () => {
+    const id = await accepted(await layer('uid-max', paxMember([paxRecord('uid', '4294967294')], { name: 'ok/m' }, Buffer.from('x'))));
+    const st = JSON.parse(await thinfsOk(['stat', '--store', store, id, 'ok/m'])) as { uid: number };
+    assert.equal(st.uid, 4294967294);
+  });
+});
+
+describe('digest flags are checked before any input is read (issue 10 item 17)', () => {
+  for (const [flag, value] of [['--diff-id', 'md5:abc'], ['--blob-digest', 'sha256:XYZ'], ['--diff-id', 'sha256:' + 'A'.repeat(64)]]) {
+    it(`${flag} ${value}: usage error (exit 2) while stdin is still open`, async () => {
+      // stdin never ends: only a check made before reading can answer.
+      const child = spawn(process.execPath, [THINFS_MAIN, 'ingest', '-', '--store', store, flag!, value!, '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+      child.stdin.on('error', () => {});
+      child.stdin.write(tarMember({ name: 'a.txt' }, Buffer.from('a\n')));
+      try {
+        const code = await new Promise<number | null>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error(`still running after 15 s (reading its input?) stderr: ${stderr}`)), 15_000);
+          child.on('exit', (c) => { clearTimeout(t); resolve(c); });
+        });
+        assert.equal(code, 2, stderr);
+        assert.match(stderr, new RegExp(`^thinfs: error: ${flag}.*not a sha256 digest`, 'm'));
+      } finally {
+        child.kill('SIGKILL');
+      }
+    });
+  }
+});
