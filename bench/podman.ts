@@ -4,20 +4,23 @@
 // ~25 standard modules). Warm: page cache dropped before each start, thinfs chunk cache filled. Hot: page
 // cache kept. Also `true` as the command (the container start alone) to show where the time goes, and
 // the mount's FUSE request counts of one warm start. Median of RUNS starts, the two paths alternated.
-// Needs root (drop_caches, mounts), podman, runc, docker-registry, debootstrap (cached base).
+// Needs root (drop_caches, mounts), podman, runc, docker-registry, skopeo; the image from
+// bench/lib/realistic-image.ts (debootstrap + umoci, built once and cached).
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { testPodman, type TestPodman } from '../test/helpers/podman.js';
-import { CACHE_DIR } from '../test/helpers/offline-base.js';
 import { startRegistry } from '../test/fixtures/images.js';
 import { mountStore, type Mounted } from '../test/fuse-mount-helper.js';
-import { pushPythonImage } from './lib/python-image.js';
+import { realisticImage } from './lib/realistic-image.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const D2T = fileURLToPath(new URL('../tools/docker2thin.js', import.meta.url));
 const RUNS = Number(process.env.THINFS_BENCH_PODMAN_RUNS ?? 5);
+/** Imports many standard-library modules (hundreds of files stat'ed and read): the start-up a python job pays. */
+const PY_IMPORTS = 'import json, email.parser, http.client, xml.etree.ElementTree, sqlite3, asyncio, decimal, argparse, logging, unittest, urllib.request, csv, zipfile, tarfile, shutil, subprocess, ssl, hashlib, multiprocessing, concurrent.futures, dataclasses, typing, pathlib, pydoc';
+const WORKLOAD = ['/usr/bin/python3', '-c', PY_IMPORTS];
 
 function sh(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((res, rej) => {
@@ -56,9 +59,10 @@ export async function main(): Promise<void> {
   let mnt: Mounted | null = null;
   const podmans: TestPodman[] = [];
   try {
-    // The image is built in the cached build podman (its base import is reused between runs).
-    const build = await testPodman(path.join(CACHE_DIR, 'podman-build'));
-    const ref = await pushPythonImage(build, reg, work);
+    // The realistic image (debootstrap minbase + python3 layer, cached by bench/lib/realistic-image.ts).
+    const img = await realisticImage();
+    const ref = `${reg.host}/bench/python:1`;
+    await ok('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', img.ociRef, `docker://${ref}`]);
 
     const store = path.join(work, 'store');
     await ok(process.execPath, [MAIN, 'init', store]);
@@ -80,13 +84,13 @@ export async function main(): Promise<void> {
     const pullS = (performance.now() - t0) / 1000;
     // cold thinfs: empty chunk cache, page cache dropped (fills the cache for the warm runs)
     await dropCaches();
-    const coldThin = await start(thin, ref, []);
+    const coldThin = await start(thin, ref, WORKLOAD);
     await dropCaches();
-    const coldOwn = await start(own, ref, []);
+    const coldOwn = await start(own, ref, WORKLOAD);
 
     const rows: Array<[string, number, number]> = [];
     for (const [label, cmd, warm] of [
-      ['warm start, python imports', [], true], ['hot start, python imports', [], false],
+      ['warm start, python imports', WORKLOAD, true], ['hot start, python imports', WORKLOAD, false],
       ['warm start, `true` (container only)', ['/usr/bin/true'], true], ['hot start, `true` (container only)', ['/usr/bin/true'], false],
     ] as Array<[string, string[], boolean]>) {
       const a: number[] = []; const b: number[] = [];
@@ -102,14 +106,14 @@ export async function main(): Promise<void> {
     // Where a warm thinfs start spends its FUSE time.
     const before = await mnt.stats();
     await dropCaches();
-    await start(thin, ref, []);
+    await start(thin, ref, WORKLOAD);
     const after = await mnt.stats();
     const req = Object.entries(after.ops.requests).map(([k, v]) => {
       const b0 = before.ops.requests[k] ?? { n: 0, totalSec: 0 };
       return { op: k, n: v.n - b0.n, ms: (v.totalSec - b0.totalSec) * 1000 };
     }).filter((r) => r.n > 0).sort((x, y) => y.ms - x.ms);
 
-    console.log(`image ${ref}; docker2thin ${convertS.toFixed(1)} s; podman pull ${pullS.toFixed(1)} s; ${RUNS} starts per row (median)`);
+    console.log(`image ${ref}: ${img.layers} layers, ${(img.compressedBytes / 1e6).toFixed(0)} MB compressed; docker2thin ${convertS.toFixed(1)} s; podman pull ${pullS.toFixed(1)} s; ${RUNS} starts per row (median)`);
     console.log(`cold start (caches empty, page cache dropped): thinfs ${coldThin.toFixed(2)} s, podman own store ${coldOwn.toFixed(2)} s (+ pull ${pullS.toFixed(1)} s)`);
     console.log('| start | thinfs image store | podman own store | ratio |');
     console.log('|---|---|---|---|');
