@@ -109,8 +109,8 @@ export async function main(): Promise<void> {
     await start(thin, ref, WORKLOAD);
     const after = await mnt.stats();
     const req = Object.entries(after.ops.requests).map(([k, v]) => {
-      const b0 = before.ops.requests[k] ?? { n: 0, totalSec: 0 };
-      return { op: k, n: v.n - b0.n, ms: (v.totalSec - b0.totalSec) * 1000 };
+      const b0 = before.ops.requests[k] ?? { n: 0, totalSec: 0, queueSec: 0 };
+      return { op: k, n: v.n - b0.n, ms: (v.totalSec - b0.totalSec) * 1000, queueMs: (v.queueSec - b0.queueSec) * 1000 };
     }).filter((r) => r.n > 0).sort((x, y) => y.ms - x.ms);
 
     console.log(`image ${ref}: ${img.layers} layers, ${(img.compressedBytes / 1e6).toFixed(0)} MB compressed; docker2thin ${convertS.toFixed(1)} s; podman pull ${pullS.toFixed(1)} s; ${RUNS} starts per row (median)`);
@@ -118,7 +118,7 @@ export async function main(): Promise<void> {
     console.log('| start | thinfs image store | podman own store | ratio |');
     console.log('|---|---|---|---|');
     for (const [l, a, b] of rows) console.log(`| ${l} | ${a.toFixed(3)} s | ${b.toFixed(3)} s | ${(a / b).toFixed(2)}x |`);
-    console.log(`FUSE requests of one warm thinfs start: ${req.map((r) => `${r.op} ${r.n} (${r.ms.toFixed(0)} ms)`).join(', ')}`);
+    console.log(`FUSE requests of one warm thinfs start (count, time to reply, of which queued for the JS thread): ${req.map((r) => `${r.op} ${r.n} (${r.ms.toFixed(0)} ms, ${r.queueMs.toFixed(0)} queued)`).join(', ')}`);
     console.log(`passthrough opens ${after.ops.opensPassthrough - before.ops.opensPassthrough}, served opens ${after.ops.opensServed - before.ops.opensServed}, chunk fetches from the store ${after.cache.fetches - before.cache.fetches}`);
   } finally {
     for (const p of podmans) await p.cleanup().catch(() => undefined);
