@@ -187,3 +187,22 @@ test('thinfs mount --podman-store: the image store is ready with the mount and f
     } finally { await p2.cleanup(); }
   } finally { await m2.stop(); await forceUnmount(m2.mp); }
 });
+
+test('a damaged descriptor or one whose layers are not published yet is skipped with the reason; the rest is served', async (t) => {
+  if (skip) { t.skip(skip); return; }
+  const s2 = path.join(work, 'store-bad');
+  await runOk('cp', ['-a', store, s2]);
+  await fsp.writeFile(path.join(s2, 'images', 'broken%3A1.json'), '{"schemaVersion": 1, "layers": [');
+  const good = JSON.parse(await fsp.readFile(path.join(s2, 'images', 'thin%3Av1.json'), 'utf8')) as { name: string; reference: string; layers: Array<{ diffId: string }> };
+  const pending = { ...good, name: 'pending:1', reference: `${reg!.host}/e2e/pending:1`, layers: [...good.layers, { ...good.layers[0]!, diffId: `sha256:${'ab'.repeat(32)}` }] };
+  await fsp.writeFile(path.join(s2, 'images', 'pending%3A1.json'), JSON.stringify(pending));
+  const dir = path.join(work, 'podman-store-bad');
+  const r = await run(process.execPath, [THINFS_MAIN, 'podman-store', s2, mnt!.mp, dir, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const res = JSON.parse(r.stdout) as { images: Array<{ names: string[] }>; skipped: Array<{ name: string; reason: string }> };
+  assert.deepEqual(res.images.flatMap((i) => i.names).sort(), [ref, `${reg!.host}/e2e/thin:v2`].sort());
+  assert.deepEqual(res.skipped.map((x) => x.name).sort(), ['broken:1', 'pending:1']);
+  assert.match(res.skipped.find((x) => x.name === 'pending:1')!.reason, /not published/);
+  assert.match(res.skipped.find((x) => x.name === 'broken:1')!.reason, /JSON/);
+  assert.match(r.stderr, /skipped pending:1/);
+});
