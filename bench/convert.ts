@@ -108,6 +108,12 @@ export async function main(): Promise<void> {
     for (const l of layers) ingestSum += await timed(process.execPath, [THINFS, 'ingest', l.file, '--store', ingestStore]);
     rows.push(['thinfs ingest of the same blobs (local files)', ingestSum]);
     await rm(ingestStore, { recursive: true, force: true });
+    // The same with the in-process decoder (Node zlib), the pre-child-decoder path: paired in this run.
+    await timed(process.execPath, [THINFS, 'init', ingestStore]);
+    let ingestNode = 0;
+    for (const l of layers) ingestNode += await timed(process.execPath, [THINFS, 'ingest', l.file, '--store', ingestStore], { THINFS_DECODER: 'node' });
+    rows.push(['  same, in-process decoder (THINFS_DECODER=node)', ingestNode]);
+    await rm(ingestStore, { recursive: true, force: true });
     await rm(lw, { recursive: true, force: true });
     const mb = tarBytes / 1e6;
     for (const [name, s] of rows) console.log(`  ${name.padEnd(42)} ${s.toFixed(2).padStart(7)} s ${(mb / s).toFixed(1).padStart(8)} MB/s (uncompressed)`);

@@ -7,12 +7,12 @@
 // Needs root (drop_caches, mounts), squashfs-tools and squashfuse. THINFS_BENCH_BIG_MB sets the large file (512).
 // Run alone: `node dist/bench/read.js` (numbers from a machine busy with other work are not comparable).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createCipheriv, createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pseudoRandom } from '../test/helpers/layers.js';
 
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const BIG_MB = Number(process.env.THINFS_BENCH_BIG_MB ?? 512);
@@ -33,12 +33,6 @@ async function ok(cmd: string, args: string[], quiet = false): Promise<string> {
   const r = await sh(cmd, args, { quiet });
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} -> ${r.code}: ${r.err}`);
   return r.out;
-}
-
-function pseudoRandom(size: number, seed: string): Buffer {
-  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
-  const c = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
-  return Buffer.concat([c.update(Buffer.alloc(size)), c.final()]);
 }
 
 async function dropCaches(): Promise<void> {

@@ -4,6 +4,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   chunking: () => import('./chunking.js'),
   read: () => import('./read.js'),
   convert: () => import('./convert.js'),
+  sitecache: () => import('./sitecache.js'),
   coldstart: () => import('./coldstart.js'),
   podman: () => import('./podman.js'),
 };

@@ -16,10 +16,12 @@ PKGS=(
   systemd                        # systemd-analyze verify of deploy/thinfs-mount.service
   squashfs-tools squashfuse      # bench baseline
   nginx                          # HTTP store backend tests
+  squid                          # site cache (forward proxy) for the HTTP store tests and the sitecache bench
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
   time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
+  isal pigz                      # igzip (fastest gzip decoder here), pigz (fallback): layer decompression off the main thread
 )
 missing=()
 for p in "${PKGS[@]}"; do

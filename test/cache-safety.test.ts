@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, listFiles, run, sha256, sha256File, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
-import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { makeTreeTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 
 let work: string;

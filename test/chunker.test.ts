@@ -2,15 +2,10 @@
 // the input's split into buffers, and local: an insertion changes the chunks near it, not the ones after.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createCipheriv, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { Chunker, DEFAULT_CHUNKING } from '../src/chunker/fastcdc.js';
 import { tryNative } from '../src/util/native.js';
-
-function pseudoRandom(size: number, seed: string): Buffer {
-  const key = createHash('sha256').update(seed).digest().subarray(0, 16);
-  const c = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
-  return Buffer.concat([c.update(Buffer.alloc(size)), c.final()]);
-}
+import { pseudoRandom } from './helpers/layers.js';
 
 /** Chunk lengths and hashes of data fed in pieces of the given sizes (cycled). */
 function chunk(data: Buffer, pieces: number[], js: boolean): Array<[number, string]> {

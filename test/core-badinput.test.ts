@@ -11,7 +11,8 @@ import {
   cleanupTmpDirs, listFiles, sha256, sha256File, thinfsBuf, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, type RunResult,
 } from './helpers/proc.js';
 import { tarListing } from './helpers/oracle.js';
-import { makeBadTars, makeTreeTar, pseudoRandom, type BadTar } from './fixtures/tars.js';
+import { makeBadTars, makeTreeTar, type BadTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 
 let work: string;
 let store: string;
@@ -78,8 +79,10 @@ describe('bad tarballs are refused and publish nothing', () => {
       const r = await thinfs(['ingest', b.file, '--store', store, '--json', '--no-progress'], { timeoutMs: 120_000 });
       assertCleanError(r, `${id} (${b.what})`, 3, b.expect);
       if (b.offset !== undefined) {
+        // A fixture with one faulty header: the message must say where it is, and say it right.
         const m = /at (?:byte|offset) (\d+)/i.exec(r.stderr);
-        if (m) assert.equal(Number(m[1]), b.offset, `${id}: the offset quoted in "${r.stderr.trim()}" is where the bad header is`);
+        assert.ok(m, `${id}: the message quotes the offset of the bad header: "${r.stderr.trim()}"`);
+        assert.equal(Number(m[1]), b.offset, `${id}: the offset quoted in "${r.stderr.trim()}" is where the bad header is`);
       }
       assert.deepEqual(await storeSnapshot(store), before, `${id}: data/, layers/ and images/ unchanged`);
       assert.equal(await thinfsOk(['layers', '--store', store]), layersBefore, `${id}: published layers unchanged`);

@@ -9,7 +9,8 @@ import {
   cleanupTmpDirs, countObjects, runOk, sha256, sha256File, thinfsBuf, thinfsJson, thinfsOk, tmpDir,
 } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { makeTreeTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 
 interface IngestJson {
   diffId: string; blobDigest: string; published: boolean; newObjects: number; newBytes: number;

@@ -5,21 +5,19 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { makeLayer } from './helpers/layers.js';
 import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfsOk, thinfsJson, storeSnapshot, countObjects } from './helpers/proc.js';
 
 after(cleanupTmpDirs);
 
-async function makeLayer(dir: string, name: string, srcs: string[]): Promise<string> {
-  const out = join(dir, name);
-  await runOk('tar', ['--numeric-owner', '-C', '/', '-cf', out, ...srcs]);
-  return out;
-}
+/** Real trees of this machine, archived from / as they are (usr/share/perl5/...). */
+const systemTrees = (srcs: string[]) => ({ include: srcs.map((s): [string, string] => ['/', s]), keepTimes: true });
 
 test('concurrent ingests of the same layer publish it exactly once', async () => {
   const dir = await tmpDir();
   const store = join(dir, 'store');
   await thinfsOk(['init', store]);
-  const tar = await makeLayer(dir, 'l.tar', ['usr/share/perl5', 'usr/include/linux']);
+  const tar = (await makeLayer(dir, 'l', null, systemTrees(['usr/share/perl5', 'usr/include/linux']))).file;
   const results = await Promise.all(Array.from({ length: 6 }, () => thinfsJson<{ diffId: string; published: boolean; newObjects: number }>(['ingest', tar, '--store', store, '--json'])));
   assert.equal(new Set(results.map((r) => r.diffId)).size, 1, 'all writers computed the same diff id');
   assert.equal(results.filter((r) => r.published).length, 1, 'exactly one writer published');
@@ -39,7 +37,7 @@ test('a writer killed mid-ingest publishes nothing; gc reclaims its staging; a r
   const dir = await tmpDir();
   const store = join(dir, 'store');
   await thinfsOk(['init', store]);
-  const tar = await makeLayer(dir, 'big.tar', ['usr/lib/python3.11', 'usr/share/perl5', 'usr/include']);
+  const tar = (await makeLayer(dir, 'big', null, systemTrees(['usr/lib/python3.11', 'usr/share/perl5', 'usr/include']))).file;
   const before = await storeSnapshot(store);
   const child = spawn(process.execPath, [THINFS_MAIN, 'ingest', tar, '--store', store], { stdio: 'ignore' });
   // Kill once staging has begun: objects exist under txn/ but no manifest.
@@ -72,7 +70,7 @@ test('a writer killed mid-ingest publishes nothing; gc reclaims its staging; a r
 
 test('the same layer gives the same catalog object in every store, whatever its compression', async () => {
   const dir = await tmpDir();
-  const tar = await makeLayer(dir, 'l.tar', ['usr/share/perl5']);
+  const tar = (await makeLayer(dir, 'l', null, systemTrees(['usr/share/perl5']))).file;
   await runOk('gzip', ['-k', '-n', tar]);
   const a = await thinfsJson<{ catalog: string; diffId: string }>(['ingest', tar, '--store', join(dir, 'a'), '--init', '--json']);
   await new Promise((r) => setTimeout(r, 1100)); // a timestamp in the catalog would now differ

@@ -10,7 +10,8 @@ import {
   cleanupTmpDirs, countObjects, listFiles, sha256File, thinfs, thinfsBuf, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir,
 } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { makeTreeTar, pseudoRandom, tarHeader, TAR_EOF } from './fixtures/tars.js';
+import { makeTreeTar, tarHeader, TAR_EOF } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { Store } from '../src/store/store.js';
 import { openLayerCatalog } from '../src/catalog/open.js';
 

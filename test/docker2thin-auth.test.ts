@@ -8,8 +8,9 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { REPO_ROOT, run, runOk, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot, haveCommand } from './helpers/proc.js';
 import {
-  makeLayer, populateDelete, OciLayout, startRegistry, startTokenServer, pushLayout, selfSignedCert, type Layer, type RegistryServer,
+  populateDelete, OciLayout, startRegistry, startTokenServer, pushLayout, selfSignedCert, type Layer, type RegistryServer,
 } from './fixtures/images.js';
+import { makeLayer } from './helpers/layers.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 const AMD64 = { os: 'linux', architecture: 'amd64' };
@@ -41,8 +42,8 @@ before(async () => {
   layer = await makeLayer(work, 'small', async (d) => {
     await fsp.mkdir(path.join(d, 'etc'));
     await fsp.copyFile('/etc/os-release', path.join(d, 'etc/os-release'));
-  }, 'gzip');
-  const del = await makeLayer(work, 'del', populateDelete, 'zstd');
+  }, { compression: 'gzip' });
+  const del = await makeLayer(work, 'del', populateDelete, { compression: 'zstd' });
   const layout = path.join(work, 'layout');
   const lay = await new OciLayout(layout).init();
   await lay.tag(await lay.image([layer, del], AMD64), 'v1');

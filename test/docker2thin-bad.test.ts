@@ -8,9 +8,10 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { REPO_ROOT, run, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot, haveCommand } from './helpers/proc.js';
 import {
-  makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, startFlipProxy, makeHtpasswd,
+  populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, startFlipProxy, makeHtpasswd,
   type Layer, type RegistryServer,
 } from './fixtures/images.js';
+import { makeLayer } from './helpers/layers.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
 const AMD64 = { os: 'linux', architecture: 'amd64' };
@@ -61,9 +62,9 @@ before(async () => {
   const lw = path.join(work, 'layers');
   await fsp.mkdir(lw);
   L = {
-    base: await makeLayer(lw, 'base', populateBase, 'gzip'),
-    del: await makeLayer(lw, 'del', populateDelete, 'zstd'),
-    rep: await makeLayer(lw, 'rep', populateReplace, 'none'),
+    base: await makeLayer(lw, 'base', populateBase, { compression: 'gzip' }),
+    del: await makeLayer(lw, 'del', populateDelete, { compression: 'zstd' }),
+    rep: await makeLayer(lw, 'rep', populateReplace, { compression: 'none' }),
   };
   const layout = path.join(work, 'layout');
   const lay = await new OciLayout(layout).init();

@@ -17,9 +17,10 @@ import { diffTrees } from './helpers/oracle.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 import { startS3rver, startPublisher, S3_ENV, AWS, type S3Server, type PublisherProc } from './publisher-fixture.js';
 import {
-  makeLayer, populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs, pushRaw, plainVariant, MT,
+  populateBase, populateDelete, populateReplace, OciLayout, startRegistry, pushLayout, referenceRootfs, pushRaw, plainVariant, MT,
   type Layer, type RegistryServer,
 } from './fixtures/images.js';
+import { makeLayer } from './helpers/layers.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
@@ -58,16 +59,16 @@ before(async () => {
   const lw = path.join(work, 'layers');
   await fsp.mkdir(lw);
   L = {
-    base: await makeLayer(lw, 'base', populateBase, 'gzip'),
-    del: await makeLayer(lw, 'del', populateDelete, 'zstd'),
-    rep: await makeLayer(lw, 'rep', populateReplace, 'none'),
+    base: await makeLayer(lw, 'base', populateBase, { compression: 'gzip' }),
+    del: await makeLayer(lw, 'del', populateDelete, { compression: 'zstd' }),
+    rep: await makeLayer(lw, 'rep', populateReplace, { compression: 'none' }),
     b2: await makeLayer(lw, 'b2', async (d) => {
       await fsp.mkdir(path.join(d, 'srv/b'), { recursive: true });
       await fsp.copyFile('/etc/os-release', path.join(d, 'srv/b/os-release'));
       await fsp.writeFile(path.join(d, 'srv/b/only-in-b.txt'), 'image b\n');
-    }, 'gzip'),
-    amd: await makeLayer(lw, 'amd', async (d) => { await fsp.writeFile(path.join(d, 'arch.txt'), 'amd64\n'); }, 'gzip'),
-    arm: await makeLayer(lw, 'arm', async (d) => { await fsp.writeFile(path.join(d, 'arch.txt'), 'arm64\n'); }, 'gzip'),
+    }, { compression: 'gzip' }),
+    amd: await makeLayer(lw, 'amd', async (d) => { await fsp.writeFile(path.join(d, 'arch.txt'), 'amd64\n'); }, { compression: 'gzip' }),
+    arm: await makeLayer(lw, 'arm', async (d) => { await fsp.writeFile(path.join(d, 'arch.txt'), 'arm64\n'); }, { compression: 'gzip' }),
   };
   layout = path.join(work, 'layout');
   const lay = await new OciLayout(layout).init();

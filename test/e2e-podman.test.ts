@@ -7,7 +7,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { REPO_ROOT, run, runOk, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand } from './helpers/proc.js';
 import { findPythonLib } from './fixtures/tars.js';
-import { makeLayer, OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
+import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
+import { makeLayer } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 
@@ -37,14 +38,14 @@ before(async () => {
     for (const x of ['tmp', 'proc', 'sys', 'dev', 'etc', 'data']) await fsp.mkdir(path.join(d, x), { recursive: true });
     await fsp.chmod(path.join(d, 'tmp'), 0o1777);
     await fsp.writeFile(path.join(d, 'data/greeting.txt'), 'hello from a thin image\n');
-  }, 'gzip');
+  }, { compression: 'gzip' });
   const stdlib = await makeLayer(work, 'stdlib', async (d) => {
     await fsp.mkdir(path.join(d, 'usr/lib'), { recursive: true });
     await runOk('cp', ['-a', py, path.join(d, 'usr/lib/')]);
     for (const x of ['test', 'idlelib', 'tkinter', 'turtledemo', 'ensurepip', 'lib2to3', 'site-packages', 'dist-packages']) {
       await fsp.rm(path.join(d, 'usr/lib', path.basename(py), x), { recursive: true, force: true });
     }
-  }, 'zstd');
+  }, { compression: 'zstd' });
   const layout = path.join(work, 'layout');
   const lay = await new OciLayout(layout).init();
   const script = "import json,os; print(json.dumps({'greeting': open('/data/greeting.txt').read().strip(), 'env': os.environ.get('THINFS_TEST'), 'cwd': os.getcwd()})); open('/data/written.txt','w').write('w'); os.remove('/data/greeting.txt')";

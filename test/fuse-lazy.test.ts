@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, run, sha256, sha256File, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
-import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { makeLayer, pseudoRandom } from './helpers/layers.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { Store } from '../src/store/store.js';
 import { CatalogReader } from '../src/catalog/reader.js';
@@ -25,16 +25,17 @@ let big: { hex: string; files: FileInfo[]; bytes: number; catalogFramed: number 
 let small: { hex: string; files: FileInfo[] };
 const mounts: Mounted[] = [];
 
-async function makeLayer(label: string, files: Array<{ rel: string; data: Buffer }>): Promise<{ hex: string; files: FileInfo[] }> {
-  const dir = path.join(work, label);
-  for (const f of files) {
-    await fsp.mkdir(path.dirname(path.join(dir, f.rel)), { recursive: true });
-    await fsp.writeFile(path.join(dir, f.rel), f.data);
-  }
-  const tar = await makeTreeTar(dir, path.join(work, `${label}.tar`));
-  const r = await thinfsJson<IngestJson>(['ingest', tar, '--store', store, '--json', '--no-progress']);
-  await fsp.rm(tar);
-  await fsp.rm(dir, { recursive: true });
+/** A layer of these files (test/helpers/layers.ts makeLayer), ingested into the store; its tree and tar removed after. */
+async function ingestFiles(label: string, files: Array<{ rel: string; data: Buffer }>): Promise<{ hex: string; files: FileInfo[] }> {
+  const l = await makeLayer(work, label, async (dir) => {
+    for (const f of files) {
+      await fsp.mkdir(path.dirname(path.join(dir, f.rel)), { recursive: true });
+      await fsp.writeFile(path.join(dir, f.rel), f.data);
+    }
+  });
+  const r = await thinfsJson<IngestJson>(['ingest', l.file, '--store', store, '--json', '--no-progress']);
+  await fsp.rm(l.file);
+  await fsp.rm(path.join(work, `${label}.d`), { recursive: true });
   return { hex: r.diffId.slice(7), files: files.map((f) => ({ rel: f.rel, size: f.data.length, sha: sha256(f.data) })) };
 }
 
@@ -77,11 +78,11 @@ before(async () => {
   for (let i = 0; i < BIG_FILES; i++) files.push({ rel: `data/big-${String(i).padStart(2, '0')}.bin`, data: pseudoRandom(BIG_SIZE, `big${i}`) });
   for (let i = 0; i < 40; i++) files.push({ rel: `small/s-${i}.bin`, data: pseudoRandom(1024 + i * 1500, `s${i}`) });
   files.push({ rel: 'small/one-kib.txt', data: pseudoRandom(1024, 'kib') });
-  const b = await makeLayer('big', files);
+  const b = await ingestFiles('big', files);
   const manifest = JSON.parse(await fsp.readFile(path.join(store, 'layers', `${b.hex}.json`), 'utf8')) as { catalog: string };
   const catalogFramed = (await fsp.stat(path.join(store, objectPath(manifest.catalog)))).size;
   big = { ...b, bytes: files.reduce((n, f) => n + f.data.length, 0), catalogFramed };
-  small = await makeLayer('small', [0, 1, 2].map((i) => ({ rel: `f${i}.bin`, data: pseudoRandom(3 * MiB + i, `c${i}`) })));
+  small = await ingestFiles('small', [0, 1, 2].map((i) => ({ rel: `f${i}.bin`, data: pseudoRandom(3 * MiB + i, `c${i}`) })));
 });
 
 after(async () => {
@@ -194,8 +195,9 @@ describe('node-local cache', () => {
     assert.ok(s1.cache.evictions > 0, 'the quota forced evictions');
     assert.ok(s1.cache.usedBytes <= quota, `index says ${s1.cache.usedBytes} <= ${quota}`);
     await stop(m1);
-    const onDisk = await duBytes(path.join(cacheDir, 'chunks'));
-    assert.ok(onDisk <= quota, `chunks on disk ${onDisk} <= quota ${quota}`);
+    // The quota covers the catalog too.
+    const onDisk = await duBytes(path.join(cacheDir, 'chunks')) + await duBytes(path.join(cacheDir, 'catalogs'));
+    assert.ok(onDisk <= quota, `chunks and catalog on disk ${onDisk} <= quota ${quota}`);
     assert.ok(onDisk >= quota * 0.5, `the cache is actually used (${onDisk} bytes)`);
 
     // Restart: the index is rebuilt from the directory; the most recently read file is served without the store.

@@ -5,12 +5,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import Database from 'better-sqlite3';
-import { cleanupTmpDirs, runOk, sha256, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { cleanupTmpDirs, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
-import { decodeObject, encodeObject } from '../src/store/codec.js';
-import { layerPath, objectPath } from '../src/store/layout.js';
+import { rewriteLayerCatalog } from './helpers/catalog.js';
+import { ROOT_INO } from '../src/catalog/schema.js';
 
 let work: string;
 let store: string;
@@ -51,7 +50,7 @@ before(async () => {
 
 after(async () => {
   for (const m of live) await m.stop();
-  for (const name of ['mnt-scan', 'mnt-ahead', 'mnt-seek', 'mnt-new', 'mnt-old']) await forceUnmount(path.join(work, name));
+  for (const name of ['mnt-scan', 'mnt-ahead', 'mnt-seek', 'mnt-new', 'mnt-old', 'mnt-damaged']) await forceUnmount(path.join(work, name));
   await cleanupTmpDirs();
 });
 
@@ -147,23 +146,11 @@ describe('directory listings', () => {
   });
 
   it('a catalog without pre-encoded listings (older thinfs) gives the same answers', async () => {
-    // Rewrite the layer's catalog without its dirblocks table, as earlier versions wrote it.
-    const manifestFile = path.join(store, layerPath(hex));
-    const manifest = JSON.parse(await fsp.readFile(manifestFile, 'utf8')) as { catalog: string; catalogSize: number };
-    const file = path.join(work, 'old.sqlite');
-    await fsp.writeFile(file, decodeObject(manifest.catalog, await fsp.readFile(path.join(store, objectPath(manifest.catalog)))));
-    const db = new Database(file);
-    db.exec('DROP TABLE dirblocks');
-    db.exec('VACUUM');
-    db.close();
-    const data = await fsp.readFile(file);
-    const hash = sha256(data);
-    await fsp.mkdir(path.dirname(path.join(store, objectPath(hash))), { recursive: true });
-    await fsp.writeFile(path.join(store, objectPath(hash)), encodeObject(data));
     const m0 = await mount('mnt-new');
     const withBlocks = await scan(path.join(m0.mp, 'layers', hex));
     await stop(m0);
-    await fsp.writeFile(manifestFile, JSON.stringify({ ...manifest, catalog: hash, catalogSize: data.length }, null, 2));
+    // The layer's catalog without its dirblocks table, as earlier versions wrote it.
+    const restore = await rewriteLayerCatalog(store, hex, work, (db) => { db.exec('DROP TABLE dirblocks'); db.exec('VACUUM'); });
     try {
       const m = await mount('mnt-old');
       const root = path.join(m.mp, 'layers', hex);
@@ -175,7 +162,28 @@ describe('directory listings', () => {
       assert.equal(s.ops.listingsAhead, 0, 'nothing to hand ahead without pre-encoded listings');
       await stop(m);
     } finally {
-      await fsp.writeFile(manifestFile, JSON.stringify(manifest, null, 2));
+      await restore();
+    }
+  });
+
+  it('a damaged listing in a catalog gives EIO, and the log line carries the error with its stack', async () => {
+    // A well-formed object whose catalog holds a listing cut short: the handler throws, unexpectedly.
+    const restore = await rewriteLayerCatalog(store, hex, work, (db) => {
+      db.prepare('UPDATE dirblocks SET ents = ? WHERE dir = ?').run(Buffer.alloc(10, 7), ROOT_INO);
+    });
+    try {
+      const m = await mount('mnt-damaged');
+      await assert.rejects(fsp.readdir(path.join(m.mp, 'layers', hex)), { code: 'EIO' });
+      assert.equal((await fsp.readFile(path.join(m.mp, 'layers', hex, 'hard1'), 'utf8')), 'linked\n', 'the rest of the layer is served');
+      await stop(m);
+      const lines = m.stderr().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; op?: string; err?: { message?: string; stack?: string } });
+      const failed = lines.find((l) => l.msg === 'operation failed: EIO');
+      assert.ok(failed, `a log line for the failed operation:\n${m.stderr()}`);
+      assert.equal(failed.op, 'readdirplus');
+      assert.match(failed.err?.message ?? '', /malformed listing for directory inode 1/);
+      assert.match(failed.err?.stack ?? '', /\n\s+at .*readdirBlock/, 'the stack is kept');
+    } finally {
+      await restore();
     }
   });
 });

@@ -10,7 +10,7 @@ export interface MountStats {
   cache: {
     memHits: number; diskHits: number; fetches: number; fetchedBytes: number; fetchedDecodedBytes: number; catalogFetches: number;
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
-    filesAssembled: number; assembling: number;
+    filesAssembled: number; assembling: number; catalogEvictions: number;
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;

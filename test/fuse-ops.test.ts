@@ -7,7 +7,8 @@ import { createReadStream } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, run, sha256, sha256File, thinfs, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
-import { makeTreeTar, pseudoRandom } from './fixtures/tars.js';
+import { makeTreeTar } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { forceUnmount, isMounted, mountStore, type Mounted } from './fuse-mount-helper.js';
 
 let work: string;

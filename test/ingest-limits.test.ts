@@ -6,7 +6,9 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { cleanupTmpDirs, run, sha256File, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir } from './helpers/proc.js';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import { cleanupTmpDirs, pathTextBytes, run, sha256File, storeSnapshot, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir } from './helpers/proc.js';
 import { fixChecksum, tarHeader, tarMember, tarPad, TAR_EOF } from './fixtures/tars.js';
 
 let work: string;
@@ -23,10 +25,10 @@ after(async () => {
 });
 
 /** Run a shell pipeline ending in `thinfs ingest -` under /usr/bin/time; returns its result and the ingest's peak RSS. */
-async function ingestPipe(producer: string, timeoutMs = 300_000): Promise<{ code: number | null; stdout: string; stderr: string; peakMiB: number }> {
+async function ingestPipe(producer: string, env: Record<string, string> = {}, timeoutMs = 300_000): Promise<{ code: number | null; stdout: string; stderr: string; peakMiB: number }> {
   const timeFile = path.join(work, `time-${Date.now()}`);
   const script = `set -o pipefail; ${producer} | /usr/bin/time -f %M -o ${timeFile} ${process.execPath} ${THINFS_MAIN} ingest - --store ${store} --json --no-progress`;
-  const r = await run('bash', ['-c', script], { timeoutMs });
+  const r = await run('bash', ['-c', script], { timeoutMs, env });
   assert.equal(r.timedOut, false, 'pipeline timed out');
   const kb = Number((await fsp.readFile(timeFile, 'utf8')).trim().split('\n').pop());
   assert.ok(kb > 0, `peak RSS measured (${kb})`);
@@ -35,13 +37,15 @@ async function ingestPipe(producer: string, timeoutMs = 300_000): Promise<{ code
 
 describe('zstd layers stream (issue 10 item 4)', () => {
   // The old path decoded a whole input chunk at once: 3 GiB of zeros took >3 GiB of memory.
-  it('a zstd stream of 3 GiB of zeros made on the fly stays in bounded memory', async () => {
-    const r = await ingestPipe('head -c 3G /dev/zero | zstd -q -1 -c');
+  for (const decoder of ['child', 'node'] as const) {
+  it(`a zstd stream of 3 GiB of zeros made on the fly stays in bounded memory (${decoder} decoder)`, async () => {
+    const r = await ingestPipe('head -c 3G /dev/zero | zstd -q -1 -c', decoder === 'node' ? { THINFS_DECODER: 'node' } : {});
     assert.ok(r.peakMiB < 400, `peak RSS ${r.peakMiB.toFixed(0)} MiB (bounded; was the decoded size)`);
     // All zeros is an end-of-archive marker followed by padding: GNU tar reads it as an empty archive, and so do we.
     assert.equal(r.code, 0, r.stderr);
     assert.equal(JSON.parse(r.stdout).entries, 0);
   });
+  }
 
   it('a valid zstd layer holding a 2.1 GiB file ingests in bounded memory and reads back exactly', async () => {
     const src = path.join(work, 'bigsrc');
@@ -193,4 +197,147 @@ describe('digest flags are checked before any input is read (issue 10 item 17)',
       }
     });
   }
+});
+
+describe('thinfs ls quotes names as GNU ls does (issue 10 item 13)', () => {
+  // Names a hostile layer may carry: newlines, terminal escapes, C1 controls, invalid UTF-8, shell specials.
+  const names: Buffer[] = [
+    'a\nb', '\nstart', 'end\n', '\x1b[31mred', '\x1b]0;title\x07', '\x01ctl', 'tab\there', 'cr\r', 'bell\x07', '\x7fdel',
+    "it's", "it's\nnl", "it's ok", "it's$x", 'sp ace', 'q"uote', 'star*', 'a?', 'back\\slash', 'a=b', '#hash', 'x#y',
+    '~tilde', 'x~', '{', '}', 'a{b}', ']x', '!bang', 'pct%', 'a,b', 'x:y', '@at', 'plus+', '-dash', 'plain', 'café', 'emoji\u{1f600}',
+  ].map((s) => Buffer.from(s));
+  names.push(Buffer.from([0x62, 0x61, 0x64, 0xe9]), Buffer.from([0xc2, 0x9b, 0x63, 0x73, 0x69])); // invalid UTF-8; C1 CSI
+  let src: string;
+  let id: string;
+
+  before(async () => {
+    src = path.join(work, 'names');
+    await fsp.mkdir(src);
+    for (const n of names) await fsp.writeFile(Buffer.concat([Buffer.from(src + '/'), n]), 'x');
+    await fsp.symlink(Buffer.from('\x1b[2Jtarget\n') as unknown as string, path.join(src, 'link'));
+    const tar = path.join(work, 'names.tar');
+    await run('tar', ['-C', src, '--format=pax', '-cf', tar, '.']);
+    id = await accepted(tar);
+  });
+
+  /** Output lines sorted by bytes (thinfs lists in catalog order; GNU ls in C.UTF-8 sorts by code point). */
+  const lines = (b: Buffer) => b.toString('latin1').split('\n').filter((l) => l !== '').sort();
+
+  const gnu: Record<string, string[]> = {
+    'shell-escape': [], 'shell-escape-always': [], c: [], escape: [],
+    // GNU prints these raw unless -q (its default on a terminal); thinfs always behaves as with -q.
+    shell: ['-q'], 'shell-always': ['-q'], literal: ['-q'],
+  };
+  for (const [style, extra] of Object.entries(gnu)) {
+    it(`--quoting-style=${style} matches GNU ls ${extra.join(' ')} --quoting-style=${style}`, async () => {
+      const ours = await run(process.execPath, [THINFS_MAIN, 'ls', '--store', store, id, '--quoting-style', style]);
+      assert.equal(ours.code, 0, ours.stderr);
+      const theirs = await run('ls', ['-1A', ...extra, `--quoting-style=${style}`, src], { env: { LC_ALL: 'C.UTF-8' } });
+      assert.equal(theirs.code, 0, theirs.stderr);
+      assert.deepEqual(lines(Buffer.from(ours.stdout)), lines(Buffer.from(theirs.stdout)));
+    });
+  }
+
+  it('the default (and every style) writes no raw control bytes, in short and long listings', async () => {
+    for (const args of [[], ['-l'], ...Object.keys(gnu).map((s) => ['-l', '--quoting-style', s])]) {
+      const r = await run(process.execPath, [THINFS_MAIN, 'ls', '--store', store, id, ...args]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.split('\n').length - 1, names.length + 1, `one line per entry (${args.join(' ')})`);
+      // Decoded as a UTF-8 terminal would: no C0/C1 control character but the line ends, no invalid sequence.
+      assert.doesNotMatch(r.stdout.replace(/\n/g, ''), /[\p{Cc}\ufffd]/u, `no control characters with ${args.join(' ') || 'defaults'}`);
+    }
+    // The default is GNU's terminal default, shell-escape.
+    const def = await thinfsOk(['ls', '--store', store, id]);
+    assert.ok(def.includes("'a'$'\\n''b'") && def.includes("''$'\\033''[31mred'"), def);
+    const long = await thinfsOk(['ls', '-l', '--store', store, id]);
+    assert.match(long, / link -> ''\$'\\033''\[2Jtarget'\$'\\n'$/m, 'symlink targets are quoted too');
+  });
+
+  it('--json keeps the exact bytes (not UTF-8 as \\NNN, as path arguments take them)', async () => {
+    const out = await thinfsOk(['ls', '--json', '--store', store, id]);
+    const got = out.trim().split('\n').map((l) => (JSON.parse(l) as { name: string }).name);
+    assert.deepEqual(got.map(pathTextBytes).map((b) => b.toString('hex')).sort(), [...names, Buffer.from('link')].map((b) => b.toString('hex')).sort());
+    // And a name printed that way reaches the file.
+    const bad = got.find((n) => n.startsWith('bad'))!;
+    assert.equal(bad, 'bad\\351');
+    assert.equal(await thinfsOk(['cat', '--store', store, id, bad]), 'x');
+  });
+});
+
+describe('decoders: child processes (igzip, zstd) and in-process agree, and refuse the same inputs (issue 15)', () => {
+  let tar: Buffer;
+  before(async () => {
+    const big = Buffer.alloc(3 << 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+    tar = Buffer.concat([tarMember({ name: 'd/', type: '5' }), tarMember({ name: 'd/big' }, big), tarMember({ name: 'd/small' }, Buffer.from('s\n')), TAR_EOF]);
+  });
+  const compress = async (format: 'gzip' | 'zstd', data: Buffer): Promise<Buffer> => {
+    if (format === 'gzip') return gzipSync(data);
+    const file = path.join(work, `dec-${Date.now()}.tar`);
+    await fsp.writeFile(file, data);
+    const r = await run('zstd', ['-q', '-f', '-3', file, '-o', file + '.zst']);
+    assert.equal(r.code, 0, r.stderr);
+    return fsp.readFile(file + '.zst');
+  };
+  const ingestWith = async (decoder: 'child' | 'node', data: Buffer) => {
+    const dir = path.join(work, `dec-store-${decoder}-${Date.now()}`);
+    await thinfsOk(['init', dir]);
+    const r = await thinfs(['ingest', '-', '--store', dir, '--json', '--no-progress'], { input: data, env: { THINFS_DECODER: decoder === 'node' ? 'node' : undefined } });
+    return { r, dir };
+  };
+
+  for (const format of ['gzip', 'zstd'] as const) {
+    it(`${format}: the same layer gives the same diff id, blob digest and catalog either way`, async () => {
+      const blob = await compress(format, tar);
+      const a = await ingestWith('child', blob);
+      const b = await ingestWith('node', blob);
+      assert.equal(a.r.code, 0, a.r.stderr);
+      assert.equal(b.r.code, 0, b.r.stderr);
+      const ja = JSON.parse(a.r.stdout), jb = JSON.parse(b.r.stdout);
+      assert.equal(ja.diffId, 'sha256:' + (await import('node:crypto')).createHash('sha256').update(tar).digest('hex'));
+      for (const k of ['diffId', 'blobDigest', 'catalog', 'tarBytes', 'blobBytes']) assert.equal(ja[k], jb[k], k);
+    });
+    it(`${format}: truncated and corrupted streams are refused either way, nothing published`, async () => {
+      const blob = await compress(format, tar);
+      const corrupt = Buffer.from(blob);
+      corrupt[Math.floor(corrupt.length / 2)] ^= 0xff;
+      for (const [what, data] of [['truncated', blob.subarray(0, Math.floor(blob.length * 0.7))], ['corrupted', corrupt]] as const) {
+        for (const decoder of ['child', 'node'] as const) {
+          const { r, dir } = await ingestWith(decoder, data);
+          assert.equal(r.code, 3, `${what} ${decoder}: ${r.stderr}`);
+          assert.match(r.stderr, /corrupt|truncat|tar/i);
+          assert.deepEqual((await storeSnapshot(dir)).layers, [], `${what} ${decoder}: no layer published`);
+        }
+      }
+    });
+  }
+
+  it('a refused layer stops its decoder child at once (no decompressing the rest, no process left behind)', async () => {
+    const { ingestTar } = await import('../src/ingest/ingest.js');
+    const { WritableStore } = await import('../src/store/store.js');
+    const st = await WritableStore.openDir(store);
+    // A bad first header, then 8 GiB of zeros compressed on the fly: only an early stop finishes quickly.
+    const bad = Buffer.from(tarMember({ name: 'x' }, Buffer.from('x')));
+    bad[0] ^= 0x01; // checksum now wrong
+    const gen = spawn('bash', ['-c', 'cat; head -c 8G /dev/zero'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    gen.stdin.end(bad);
+    const gz = spawn('gzip', ['-1', '-c'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    gen.stdout.pipe(gz.stdin);
+    gz.stdin.on('error', () => {});
+    const t0 = Date.now();
+    try {
+      await assert.rejects(ingestTar(Readable.from(gz.stdout), st, {}), /checksum/);
+      assert.ok(Date.now() - t0 < 30_000, `refused after ${Date.now() - t0} ms`);
+      const kids = async () => {
+        const out: string[] = [];
+        for (const t of await fsp.readdir('/proc/self/task')) out.push(...(await fsp.readFile(`/proc/self/task/${t}/children`, 'utf8')).split(' ').filter((x) => x.trim()));
+        const names = await Promise.all(out.map(async (pid) => (await fsp.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim()));
+        return names.filter((n) => n === 'igzip' || n === 'pigz' || n === 'zstd');
+      };
+      for (let i = 0; i < 50 && (await kids()).length; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(await kids(), [], 'decoder child gone');
+    } finally {
+      gen.kill('SIGKILL'); gz.kill('SIGKILL');
+    }
+  });
 });

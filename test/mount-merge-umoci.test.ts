@@ -87,6 +87,11 @@ echo new > ws/new; echo new > wf; echo new > op/new`,
     // the directory and its new child BEFORE the whiteout of its name, in one layer
     await layer('dirwh', 2, `mkdir -p wd; echo new > wd/new; touch .wh.wd; setfattr -n user.top -v 2 wd`, ['wd', 'wd/new', '.wh.wd']),
   ]);
+  images.set('whiteout-then-child', [
+    await layer('whchild', 1, `mkdir -p wi; echo old > wi/old`, ['wi', 'wi/old']),
+    // the whiteout, then a path under its name with no entry for the directory itself
+    await layer('whchild', 2, `mkdir -p wi; echo a > wi/a; touch .wh.wi`, ['.wh.wi', 'wi/a']),
+  ]);
   images.set('implicit', [
     await layer('implicit', 1, `mkdir -p imp/deep; chmod 0750 imp; chown 1000:1000 imp; setfattr -n user.i -v 1 imp; echo o > imp/deep/old`,
       ['imp', 'imp/deep', 'imp/deep/old']),
@@ -162,11 +167,17 @@ async function emptyXattrs(name: string, tree: TreeEntry[]): Promise<string[]> {
 
 /** Entry by entry: the mounted rootfs equals umoci's; xattrs too (empty values checked against GNU tar's). */
 async function compareWithUmoci(name: string): Promise<{ thin: string; ref: string }> {
+  const unpackStart = BigInt(Date.now() - 1000) * 1_000_000n;
   const ref = await umociRootfs(name);
   const thin = await thinRootfs(name);
   const want = await treeListing(ref);
   const got = await treeListing(thin);
   assert.ok(want.length >= 2, `umoci unpacked ${name}`);
+  // umoci leaves a directory it applied a same-layer whiteout in with the time of the unpack as its mtime (no layer
+  // holds that time): such mtimes are not compared. Only directories may have one.
+  const stamped = new Set(want.filter((e) => BigInt(e.mtimeNs) >= unpackStart).map((e) => e.path));
+  for (const e of want) if (stamped.has(e.path)) { assert.equal(e.type, 'dir', `${e.path}: umoci gave a non-directory the unpack time`); e.mtimeNs = 'unpack time'; }
+  for (const e of got) if (stamped.has(e.path)) e.mtimeNs = 'unpack time';
   assert.deepEqual(diffTrees(want, got), [], `${name}: mounted rootfs differs from umoci's`);
   const [xr, xt] = [await dump(ref), await dump(thin)];
   assert.deepEqual(xr.filter(isEmptyValue), [], 'umoci sets no empty value (if it does now, compare them directly)');
@@ -209,6 +220,12 @@ test('whiteouts: a directory BEFORE the whiteout of its name in one layer is acc
   assert.deepEqual((await fsp.readdir(path.join(thin, 'wd'))).sort(), ['new']);
 });
 
+test('whiteouts: a path under a whited-out name in the same layer makes that directory afresh', async (t) => {
+  if (skip) return t.skip(skip);
+  const { thin } = await compareWithUmoci('whiteout-then-child');
+  assert.deepEqual((await fsp.readdir(path.join(thin, 'wi'))).sort(), ['a']);
+});
+
 test('directories an upper layer only implies keep the lower directory\'s mode, owner, mtime and xattrs', async (t) => {
   if (skip) return t.skip(skip);
   const { thin } = await compareWithUmoci('implicit');
@@ -219,9 +236,10 @@ test('layers with a whiteout and an entry of the same name export back as they c
   if (skip) return t.skip(skip);
   for (const l of [images.get('whiteouts')![1]!, images.get('dir-then-whiteout')![1]!]) {
     const out = path.join(work, `${l.name}.exported.tar`);
-    const r = await thinfs(['export', l.diffId, '-o', out, '--store', store]);
-    if (r.code !== 0 && /not found|no such layer/i.test(r.stderr)) return t.skip('needs the conversions above');
-    assert.equal(r.code, 0, r.stderr);
+    // (published already when the tests above ran: then this ingest finds it)
+    const i = await thinfs(['ingest', l.file, '--store', store, '--no-progress']);
+    assert.equal(i.code, 0, i.stderr);
+    await thinfsOk(['export', l.diffId, '-o', out, '--store', store]);
     assert.deepEqual(diffLines(await tarListing(l.file), await tarListing(out)), [], `${l.name}: export lists what the layer held, in order`);
   }
 });

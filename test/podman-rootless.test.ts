@@ -10,7 +10,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { REPO_ROOT, THINFS_MAIN, run, runOk, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, waitFor } from './helpers/proc.js';
 import { copyHostTools } from './helpers/host-tools.js';
-import { makeLayer, OciLayout, populateBase, populateReplace } from './fixtures/images.js';
+import { OciLayout, populateBase, populateReplace } from './fixtures/images.js';
+import { makeLayer } from './helpers/layers.js';
 import { isMounted, forceUnmount } from './fuse-mount-helper.js';
 
 const USER = `thinfs-rl${process.pid % 10000}`;
@@ -48,8 +49,8 @@ before(async () => {
     await fsp.chmod(path.join(d, 'tmp'), 0o1777);
     await fsp.symlink('../proc/self/mounts', path.join(d, 'etc/mtab'));
     await fsp.writeFile(path.join(d, 'etc/group'), 'root:x:0:\nuser:x:1000:\n');
-  }, 'gzip');
-  const top = await makeLayer(work, 'replace', populateReplace, 'gzip');
+  }, { compression: 'gzip' });
+  const top = await makeLayer(work, 'replace', populateReplace, { compression: 'gzip' });
   const lay = await new OciLayout(path.join(work, 'layout')).init();
   await lay.tag(await lay.image([base, top], { os: 'linux', architecture: 'amd64' }, { configExtra: { Entrypoint: ['/usr/bin/sh', '-c'], Cmd: ['id -u; cat /usr/lib/pyjson/__init__.py; ls /var/lib/data'], User: '0:0' } }), 'v1');
   const store = path.join(work, 'store');

@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import { REPO_ROOT, THINFS_MAIN, run, runOk, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, storeSnapshot, waitFor } from './helpers/proc.js';
 import { copyHostTools } from './helpers/host-tools.js';
 import { testPodman, type TestPodman } from './helpers/podman.js';
-import { makeLayer, OciLayout, startRegistry, pushLayout, populateBase, populateDelete, populateReplace, type Layer, type RegistryServer } from './fixtures/images.js';
+import { OciLayout, startRegistry, pushLayout, populateBase, populateDelete, populateReplace, type Layer, type RegistryServer } from './fixtures/images.js';
+import { makeLayer } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 
 let work = '';
@@ -45,13 +46,13 @@ before(async () => {
     for (const x of ['tmp', 'proc', 'sys', 'dev']) await fsp.mkdir(path.join(d, x), { recursive: true });
     await fsp.chmod(path.join(d, 'tmp'), 0o1777);
     await runOk('setfattr', ['-n', 'user.thinfs.note', '-v', 'kept-by-thinfs', path.join(d, 'etc/os-release')]);
-  }, 'gzip');
-  layers = [base, await makeLayer(work, 'delete', populateDelete, 'gzip'), await makeLayer(work, 'replace', populateReplace, 'zstd')];
+  }, { compression: 'gzip' });
+  layers = [base, await makeLayer(work, 'delete', populateDelete, { compression: 'gzip' }), await makeLayer(work, 'replace', populateReplace, { compression: 'zstd' })];
   const lay = await new OciLayout(path.join(work, 'layout')).init();
   const cfg = { Entrypoint: ['/usr/bin/sh', '-c'], Cmd: [SCRIPT], Env: ['PATH=/usr/bin', 'THINFS_TEST=1', 'GREETING=hello thin'] };
   await lay.tag(await lay.image(layers, { os: 'linux', architecture: 'amd64' }, { configExtra: cfg }), 'v1');
   // v2: one more layer on the same three, published while the node runs
-  const extra = await makeLayer(work, 'extra', async (d) => { await fsp.mkdir(path.join(d, 'opt/app'), { recursive: true }); await fsp.writeFile(path.join(d, 'opt/app/v2.txt'), 'version 2\n'); }, 'gzip');
+  const extra = await makeLayer(work, 'extra', async (d) => { await fsp.mkdir(path.join(d, 'opt/app'), { recursive: true }); await fsp.writeFile(path.join(d, 'opt/app/v2.txt'), 'version 2\n'); }, { compression: 'gzip' });
   await lay.tag(await lay.image([...layers, extra], { os: 'linux', architecture: 'amd64' }, { configExtra: { ...cfg, Cmd: ['cat /opt/app/v2.txt'] } }), 'v2');
   reg = await startRegistry(path.join(work, 'registry'));
   await pushLayout(path.join(work, 'layout'), 'v1', reg, 'e2e/thin');

@@ -10,11 +10,11 @@ import * as path from 'node:path';
 import * as fsp from 'node:fs/promises';
 import { tmpDir, cleanupTmpDirs, thinfsOk } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { WritableStore } from '../src/store/store.js';
 import { openLayerCatalog } from '../src/catalog/open.js';
 import {
-  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, makeLayer, sourceDirs,
+  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, realTreeLayer, sourceDirs,
   publishedLayers, txnLeftovers, type Layer, type S3Server, type PublisherProc,
 } from './publisher-fixture.js';
 
@@ -36,7 +36,7 @@ async function bigLayer(name: string, dir: string, mb: number): Promise<Layer> {
   const extra = path.join(work, `${name}.payload`);
   await fsp.mkdir(extra, { recursive: true });
   await fsp.writeFile(path.join(extra, 'payload.bin'), pseudoRandom(mb << 20, name));
-  return makeLayer(work, name, [dir, extra]);
+  return realTreeLayer(work, name, [dir, extra]);
 }
 
 /** What a reader of the store may see at any moment: only whole layers, each naming only present, intact objects. */

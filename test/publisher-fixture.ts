@@ -7,7 +7,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
-import { THINFS_MAIN, run, runOk, sha256File } from './helpers/proc.js';
+import { THINFS_MAIN, run, runOk } from './helpers/proc.js';
+import { makeLayer, type LayerTar } from './helpers/layers.js';
 
 export const BUCKET = 'layers';
 export const TOKEN = 'test-token-0123456789';
@@ -158,28 +159,16 @@ export async function allUploads(url: string, pageSize = 7): Promise<any[]> {
   return out;
 }
 
-export interface Layer { name: string; file: string; diffId: string; size: number }
+export type { LayerTar as Layer } from './helpers/layers.js';
 
 /**
- * A layer tarball of a real directory of this machine (GNU tar), with one small generated file so every
- * layer differs even when two come from the same tree. diffId = sha256 of the uncompressed tar.
+ * A layer of real directories of this machine (test/helpers/layers.ts makeLayer), plus one small file naming the layer
+ * so every layer differs even when two come from the same tree.
  */
-export async function makeLayer(workDir: string, name: string, srcDirs: string[], opts: { gzip?: boolean } = {}): Promise<Layer> {
-  const stage = path.join(workDir, `${name}.extra`);
-  await fsp.mkdir(stage, { recursive: true });
-  await fsp.writeFile(path.join(stage, `layer-${name}.txt`), `layer ${name}\n`);
-  const tar = path.join(workDir, `${name}.tar`);
-  const args = ['-c', '-f', tar, '--format=pax', '--numeric-owner', '--sort=name', '--ignore-failed-read'];
-  for (const d of srcDirs) args.push('-C', path.dirname(d), path.basename(d));
-  args.push('-C', stage, `layer-${name}.txt`);
-  await runOk('tar', args);
-  const diffId = `sha256:${await sha256File(tar)}`;
-  let file = tar;
-  if (opts.gzip) {
-    await runOk('gzip', ['-1', '-k', tar]);
-    file = `${tar}.gz`;
-  }
-  return { name, file, diffId, size: (await fsp.stat(file)).size };
+export function realTreeLayer(workDir: string, name: string, srcDirs: string[], opts: { gzip?: boolean } = {}): Promise<LayerTar> {
+  return makeLayer(workDir, name, (d) => fsp.writeFile(path.join(d, `layer-${name}.txt`), `layer ${name}\n`), {
+    include: srcDirs.map((d) => [path.dirname(d), path.basename(d)]), keepTimes: true, compression: opts.gzip ? 'gzip' : 'none',
+  });
 }
 
 /** Real directories to build varied layers from (each layer gets different ones). */

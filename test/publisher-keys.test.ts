@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import { tmpDir, cleanupTmpDirs, thinfsOk, thinfs } from './helpers/proc.js';
 import {
-  BUCKET, TOKEN, S3_ENV, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, makeLayer, sourceDirs,
+  BUCKET, TOKEN, S3_ENV, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, realTreeLayer, sourceDirs,
   publishedLayers, allUploads, type S3Server, type PublisherProc, type Layer,
 } from './publisher-fixture.js';
 import { S3Client } from '../src/s3/client.js';
@@ -31,14 +31,14 @@ before(async () => {
   work = await tmpDir('thinfs-pub-keys-');
   s3 = await startS3rver(path.join(work, 's3'), [BUCKET, PRIVATE]);
   const dirs = await sourceDirs(4);
-  secret = await makeLayer(work, 'secret', [dirs[0]!]);
+  secret = await realTreeLayer(work, 'secret', [dirs[0]!]);
   await awsCp(s3.endpoint, secret.file, PRIVATE, 'secret.tar');
   const c = new S3Client({ endpoint: s3.endpoint, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
   secretEtag = (await c.headObject(PRIVATE, 'secret.tar'))!.etag;
   await c.close();
   // A real event record of s3rver's, to be re-keyed by the tests.
   const n = s3.events.length;
-  const probe = await makeLayer(work, 'probe', [dirs[1]!]);
+  const probe = await realTreeLayer(work, 'probe', [dirs[1]!]);
   await awsCp(s3.endpoint, probe.file, BUCKET, 'probe/probe.tar');
   template = await waitFor('s3rver event', async () => s3.events.slice(n).find((e) => e.Records[0].s3.object.key === 'probe/probe.tar'), 10_000, 50);
 });
@@ -171,10 +171,10 @@ async function listingProxy(target: string, inject: string[]): Promise<{ url: st
 
 test('--prefix: traversal out of the prefix refused by the webhook and in the reconcile listing', async () => {
   const dirs = await sourceDirs(4);
-  const good = await makeLayer(work, 'good', [dirs[2]!]);
+  const good = await realTreeLayer(work, 'good', [dirs[2]!]);
   await awsCp(s3.endpoint, good.file, BUCKET, 'uploads/good.tar');
   // A legitimate key whose name holds an encoded dot-dot: it must be fetched from `layers` as is, not decoded into a path.
-  const pct = await makeLayer(work, 'pct', [dirs[3]!]);
+  const pct = await realTreeLayer(work, 'pct', [dirs[3]!]);
   await awsCp(s3.endpoint, pct.file, BUCKET, 'uploads/%2e%2e/%2e%2e/private/secret.tar');
   const injected = ['uploads/../../private/secret.tar', 'uploads/./../../private/secret.tar', 'uploads//x.tar', 'elsewhere/x.tar'];
   const proxy = await listingProxy(s3.endpoint, injected);

@@ -10,7 +10,7 @@ import { createServer } from 'node:http';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { tmpDir, cleanupTmpDirs, run, runOk, sha256File } from './helpers/proc.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { S3Client, S3Error } from '../src/s3/client.js';
 import { encodeKey } from '../src/s3/keys.js';
 import { AWS, BUCKET, S3_ENV, startS3rver, type S3Server } from './publisher-fixture.js';

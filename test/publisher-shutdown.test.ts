@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import * as fsp from 'node:fs/promises';
 import { tmpDir, cleanupTmpDirs, thinfsOk, storeSnapshot } from './helpers/proc.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import {
-  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, makeLayer, sourceDirs,
+  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, realTreeLayer, sourceDirs,
   publishedLayers, txnLeftovers, type Layer, type S3Server, type PublisherProc,
 } from './publisher-fixture.js';
 
@@ -27,7 +27,7 @@ async function bigLayer(name: string, dir: string, mb: number): Promise<Layer> {
   const extra = path.join(work, `${name}.payload`);
   await fsp.mkdir(extra, { recursive: true });
   await fsp.writeFile(path.join(extra, 'payload.bin'), pseudoRandom(mb << 20, name));
-  return makeLayer(work, name, [dir, extra]);
+  return realTreeLayer(work, name, [dir, extra]);
 }
 
 test('SIGTERM during a transaction: rolled back, re-queued, exit 0; published after restart', async () => {
@@ -78,7 +78,7 @@ test('S3 unreachable: transaction aborted with the store untouched, retried unti
   const port = Number(new URL(s3.endpoint).port);
   const store = path.join(work, 'store-b');
   await thinfsOk(['init', store]);
-  const layer = await makeLayer(work, 'outage', [dirs[1]!]);
+  const layer = await realTreeLayer(work, 'outage', [dirs[1]!]);
   await awsCp(s3.endpoint, layer.file, BUCKET, 'outage/layer.tar');
   const ev = s3.events[0];
   await s3.stop();

@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises';
 import { tmpDir, cleanupTmpDirs, thinfsOk } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
 import {
-  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, makeLayer, sourceDirs,
+  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, realTreeLayer, sourceDirs,
   publishedLayers, txnLeftovers, type Layer, type S3Server, type PublisherProc,
 } from './publisher-fixture.js';
 
@@ -70,9 +70,9 @@ test('20 uploads by webhook: good layers published exactly once, bad ones failed
 
   // 15 distinct good layers (some gzipped) from distinct real directories.
   const good: Layer[] = [];
-  for (let i = 0; i < 15; i++) good.push(await makeLayer(work, `g${i}`, [dirs[i]!], { gzip: i % 4 === 1 }));
+  for (let i = 0; i < 15; i++) good.push(await realTreeLayer(work, `g${i}`, [dirs[i]!], { gzip: i % 4 === 1 }));
   // A layer whose full tarball is never uploaded: only a truncated copy of it is.
-  const cutFrom = await makeLayer(work, 'cut', [dirs[15]!, dirs[0]!]);
+  const cutFrom = await realTreeLayer(work, 'cut', [dirs[15]!, dirs[0]!]);
   const cut = await truncated(cutFrom.file, path.join(work, 'cut-truncated.tar'), Math.floor(cutFrom.size * 0.6) + 100);
   const notTar = path.join(work, 'not-a-tar.tar');
   await fsp.writeFile(notTar, Buffer.from('PK\x03\x04 this is a zip header, then text, not a tar archive\n'.repeat(200)));
@@ -145,7 +145,7 @@ test('webhooks disabled: the reconcile loop alone publishes every upload', async
   await thinfsOk(['init', store]);
   // Some uploads land before the publisher even runs, others while it runs.
   const layers: Layer[] = [];
-  for (let i = 0; i < 5; i++) layers.push(await makeLayer(work, `r${i}`, [dirs[dirs.length - 1 - i]!], { gzip: i === 2 }));
+  for (let i = 0; i < 5; i++) layers.push(await realTreeLayer(work, `r${i}`, [dirs[dirs.length - 1 - i]!], { gzip: i === 2 }));
   const notTar = path.join(work, 'reconcile-not-a-tar');
   await fsp.writeFile(notTar, 'plain text\n'.repeat(1000));
   await awsCp(s3.endpoint, layers[0]!.file, BUCKET, 'early/r0.tar');

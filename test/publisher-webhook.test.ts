@@ -9,7 +9,7 @@ import * as fsp from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpDir, cleanupTmpDirs, thinfsOk, thinfs } from './helpers/proc.js';
 import {
-  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, makeLayer, sourceDirs,
+  BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, realTreeLayer, sourceDirs,
   publishedLayers, txnLeftovers, type S3Server, type PublisherProc,
 } from './publisher-fixture.js';
 
@@ -57,7 +57,7 @@ async function uploadAndCaptureEvent(file: string, key: string): Promise<any> {
 
 test('unauthenticated, malformed and oversized webhook calls are refused, nothing is queued, service keeps serving', async () => {
   const dirs = await sourceDirs(2);
-  const layer = await makeLayer(work, 'auth', [dirs[0]!]);
+  const layer = await realTreeLayer(work, 'auth', [dirs[0]!]);
   const ev = await uploadAndCaptureEvent(layer.file, 'auth/layer.tar');
   const good = envelope(ev, 'aws');
 
@@ -141,8 +141,8 @@ test('unauthenticated, malformed and oversized webhook calls are refused, nothin
 
 test('Minio and AWS envelopes of real s3rver events; duplicates idempotent; other events and buckets ignored', async () => {
   const dirs = await sourceDirs(4);
-  const a = await makeLayer(work, 'env-a', [dirs[1]!]);
-  const b = await makeLayer(work, 'env-b', [dirs[2]!], { gzip: true });
+  const a = await realTreeLayer(work, 'env-a', [dirs[1]!]);
+  const b = await realTreeLayer(work, 'env-b', [dirs[2]!], { gzip: true });
   const evA = await uploadAndCaptureEvent(a.file, 'env/a layer+1.tar');
   const evB = await uploadAndCaptureEvent(b.file, 'env/b.tar.gz');
 
@@ -205,8 +205,8 @@ test('Minio and AWS envelopes of real s3rver events; duplicates idempotent; othe
 
 test('an object overwritten before its event is processed: that version fails as superseded, the new one publishes', async () => {
   const dirs = await sourceDirs(6);
-  const v1 = await makeLayer(work, 'over-v1', [dirs[4]!]);
-  const v2 = await makeLayer(work, 'over-v2', [dirs[5]!]);
+  const v1 = await realTreeLayer(work, 'over-v1', [dirs[4]!]);
+  const v2 = await realTreeLayer(work, 'over-v2', [dirs[5]!]);
   const e1 = await uploadAndCaptureEvent(v1.file, 'over/layer.tar');
   const e2 = await uploadAndCaptureEvent(v2.file, 'over/layer.tar');
   assert.notEqual(e1.Records[0].s3.object.eTag, e2.Records[0].s3.object.eTag);

@@ -5,9 +5,10 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { freePort } from './helpers/web.js';
 import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256 } from './helpers/proc.js';
 import { startHostileServer, type HostileMode, type HostileServer } from './helpers/hostile-server.js';
-import { pseudoRandom } from './fixtures/tars.js';
+import { pseudoRandom } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 
 const MODES: HostileMode[] = ['wrong', '500', 'hang', 'endless', 'oversized', 'trickle'];
@@ -138,4 +139,36 @@ test('hostile only mirror: EIO within a bounded time, memory bounded, other file
     const r = await timed(readdir(join(m.mp, 'layers', layerB)));
     assert.ok(r.err, `layer ${layerB} must not show layer A's files: ${r.value?.join(',')}`);
   } finally { hostile.mode = 'ok'; }
+});
+
+test('ordered proxies: a dead proxy moves on to the next; a failed preferred mirror is asked again after --host-reset', async () => {
+  const dead = `http://127.0.0.1:${await freePort()}`;
+  // The hostile server answers absolute-form proxy requests too: here it is a healthy forward proxy.
+  const proxy = await startHostileServer(store);
+  try {
+    const seen = proxy.requests.length;
+    const out = await thinfsOk(['ls', '--store', healthy.url, '--proxy', `${dead},${proxy.url}`, layerA, '/']);
+    assert.match(out, /other2/);
+    assert.ok(proxy.requests.length > seen, 'the second proxy carried the requests');
+  } finally { await proxy.close(); }
+
+  // Preferred mirror failing (500 on everything): reads go to the second; once it recovers and the reset time has
+  // passed, the preferred one gets the requests again.
+  const m = await mountStore(`${hostile.url},${healthy.url}`, join(dir, 'mnt-reset'), { cacheDir: join(dir, 'cache-reset'), extra: [...HTTP_FLAGS.filter((_, i, a) => a[i] !== '--host-reset' && a[i - 1] !== '--host-reset'), '--host-reset', '2'] });
+  mounts.push(m);
+  try {
+    hostile.mode = '500';
+    hostile.match = (rel) => rel.startsWith('data/');
+    const a = content.get('a/other')!;
+    assert.equal(sha256(await readFile(join(m.mp, 'layers', layerA, 'other'))), sha256(a));
+    hostile.mode = 'ok';
+    // Within the backoff, the failed mirror is skipped.
+    const before = hostile.requests.length;
+    assert.equal(sha256(await readFile(join(m.mp, 'layers', layerA, 'other2'))), sha256(content.get('a/other2')!));
+    assert.equal(hostile.requests.length, before, 'the failed mirror was avoided right after failing');
+    await new Promise((r) => setTimeout(r, 2500));
+    const before2 = hostile.requests.length;
+    assert.equal(sha256(await readFile(join(m.mp, 'layers', layerA, 'miss-wrong'))), sha256(content.get('a/miss-wrong')!));
+    assert.ok(hostile.requests.length > before2, 'after the reset time the preferred mirror is asked again');
+  } finally { hostile.mode = 'ok'; await m.stop(); }
 });

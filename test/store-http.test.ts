@@ -1,21 +1,16 @@
 // The store served as static files by a real web server (nginx), read with mirror failover.
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFile, readFile, readdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { startNginx, freePort, type WebServer } from './helpers/web.js';
 import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsOk, thinfsBuf, thinfsJson, sha256 } from './helpers/proc.js';
 
-let nginx: ChildProcess | null = null;
+let nginx: WebServer | null = null;
 let dir = '';
 let store = '';
 let url = '';
 let diffId = '';
-
-async function freePort(): Promise<number> {
-  return new Promise((res) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => res(p)); }); });
-}
 
 before(async () => {
   dir = await tmpDir();
@@ -23,23 +18,12 @@ before(async () => {
   await thinfsOk(['init', store]);
   await runOk('tar', ['--numeric-owner', '-C', '/', '-cf', join(dir, 'l.tar'), 'usr/share/perl5', 'usr/include/linux']);
   diffId = (await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'l.tar'), '--store', store, '--json'])).diffId;
-  const port = await freePort();
-  url = `http://127.0.0.1:${port}`;
-  const conf = join(dir, 'nginx.conf');
-  await writeFile(conf, `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log; worker_processes 1;
-events { worker_connections 256; }
-http { access_log ${dir}/access.log; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
-  server { listen 127.0.0.1:${port}; root ${store}; autoindex on; autoindex_format json; } }
-`);
-  nginx = spawn('nginx', ['-c', conf, '-e', join(dir, 'error.log')], { stdio: 'inherit' });
-  for (let i = 0; i < 100; i++) {
-    try { const r = await fetch(`${url}/thinfs-store.json`); if (r.ok) break; } catch { /* not up yet */ }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  nginx = await startNginx(store, join(dir, 'nginx'));
+  url = nginx.url;
 });
 
 after(async () => {
-  nginx?.kill('SIGTERM');
+  await nginx?.stop();
   await cleanupTmpDirs();
 });
 

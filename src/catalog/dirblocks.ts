@@ -8,7 +8,7 @@ import { DirentKind } from './schema.js';
 import type { Inode } from './reader.js';
 
 /** One row per directory: its listing (src/format/listing.ts), opaque markers hidden. Empty directories have an empty block. */
-export const DIRBLOCKS_TABLE = `CREATE TABLE IF NOT EXISTS dirblocks (dir INTEGER PRIMARY KEY, ents BLOB NOT NULL)`;
+const DIRBLOCKS_TABLE = `CREATE TABLE IF NOT EXISTS dirblocks (dir INTEGER PRIMARY KEY, ents BLOB NOT NULL)`;
 
 const PAGE = 4096;
 // Columns of the rows read, in this order (raw rows: arrays are cheaper than objects at a million entries).

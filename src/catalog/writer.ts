@@ -1,3 +1,5 @@
+// Catalog building: owns writing one layer's SQLite catalog (inodes, dirents, chunks, xattrs,
+// props) in a private temp file, then sealing it (indexes, pre-encoded listings, VACUUM) for storing.
 import Database from 'better-sqlite3';
 import { buildDirBlocks } from './dirblocks.js';
 import { CATALOG_VERSION, INDEXES, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';

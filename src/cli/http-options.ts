@@ -1,9 +1,12 @@
 // The command-line options of every command that reads a store over HTTP: mirrors' timeouts, proxies, trust.
 import type { Command } from 'commander';
 import { HTTP_DEFAULTS, type HttpOptions } from '../store/http-backend.js';
+import { Store, type StoreOpenOptions } from '../store/store.js';
+import { resolve } from 'node:path';
 import { ThinfsError, EXIT } from '../util/errors.js';
 
 export interface HttpCli {
+  publicKey?: string; trustDir?: string;
   proxy?: string; httpTimeout?: string; connectTimeout?: string; headersTimeout?: string;
   lowSpeedLimit?: string; lowSpeedTime?: string; hostReset?: string; httpRetries?: string;
 }
@@ -42,4 +45,28 @@ export function httpOptionsFrom(o: HttpCli): HttpOptions {
     hostResetMs: seconds(o.hostReset, '--host-reset'),
     retries,
   };
+}
+
+/** --public-key: the store is read through its signed manifest only; several keys (comma-separated) during a rotation. */
+function addTrustOptions(cmd: Command, trustDirHelp = 'keep the highest manifest revision seen here (replay protection across runs)'): Command {
+  return cmd
+    .option('--public-key <files>', 'trust only what the repository manifest signed by one of these Ed25519 public keys (PEM, comma-separated) names')
+    .option('--trust-dir <dir>', trustDirHelp);
+}
+
+export function publicKeysFrom(o: HttpCli): string[] | undefined {
+  return o.publicKey ? o.publicKey.split(',').map((s) => resolve(s.trim())).filter(Boolean) : undefined;
+}
+
+/**
+ * For the store's read commands (layers, ls, stat, cat, export, images): HTTP and trust options on each, applied
+ * to every Store.open of the command through Store.openDefaults before its action runs.
+ */
+export function addStoreReadOptions(cmd: Command): void {
+  addTrustOptions(addHttpOptions(cmd));
+  cmd.hook('preAction', (c) => {
+    const o = c.opts() as HttpCli;
+    const opts: StoreOpenOptions = { http: httpOptionsFrom(o), publicKeys: publicKeysFrom(o), trustDir: o.trustDir ? resolve(o.trustDir) : null };
+    Store.openDefaults = opts;
+  });
 }

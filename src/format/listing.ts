@@ -37,7 +37,7 @@ export function inodeAttr(i: AttrSource, ino: number, subdirs: number | null): A
 }
 
 /** The kernel's new_encode_dev: 12-bit major, 20-bit minor in 32 bits. */
-export function encodeDev(major: number, minor: number): number {
+function encodeDev(major: number, minor: number): number {
   return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
 }
 
@@ -64,7 +64,7 @@ export function readU64(b: Buffer, off: number): number {
 export const LISTING_RECORD_HEADER = 50;
 /** Cookie of the first record of a listing; "." and ".." come before it. */
 export const LISTING_FIRST_COOKIE = 2;
-export const LISTING_MAX_NAME = 0xffff;
+const LISTING_MAX_NAME = 0xffff;
 
 /** Appends one entry's record to out at off (out has room: LISTING_RECORD_HEADER + name.length); returns the new end. */
 export function encodeListingRecord(a: Attr, name: Buffer, out: Buffer, off: number): number {

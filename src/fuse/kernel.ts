@@ -1,5 +1,5 @@
-// The FUSE kernel protocol as thinfs speaks it: the native transport (src/fuse/native/thinfuse.c, built by node-gyp)
-// and the wire structures of the requests JS answers (linux/fuse.h, protocol 7.x, little-endian).
+// The FUSE kernel protocol as thinfs speaks it: the binding of the native transport (src/fuse/native/, built by node-gyp)
+// and the wire structures of the requests JS answers (linux/fuse.h, protocol 7.x, little-endian). Knows nothing of layers.
 import { constants } from 'node:os';
 import { loadNative } from '../util/native.js';
 import { readU64, writeU64, type Attr } from '../format/listing.js';
@@ -11,15 +11,17 @@ export const OP = {
 
 export const E = constants.errno;
 
-/** Node ids below this are dynamic directories: the transport lets the kernel cache every other listing. */
-export const DYNAMIC_NODEID_LIMIT = 16;
 
 /** tNs: CLOCK_MONOTONIC (process.hrtime's clock) when the reader thread took the request from the kernel. */
 export type Handler = (op: number, unique: number, nodeid: number, body: Buffer | null | number, tNs: number) => void;
 export interface Session { readonly __session: unique symbol }
-interface Binding {
+export interface Binding {
   mount(mountpoint: string, fsname: string, opts: string,
-    limits: { maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number; ttl: number }, h: Handler): Session;
+    limits: {
+      maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number; ttl: number;
+      /** Node ids below this name directories whose listings change: never cached by the kernel nor answered natively. */
+      uncachedBelow: number;
+    }, h: Handler): Session;
   reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
   unmount(mountpoint: string): number;
   /** The listing of an immutable directory ends at offset: the transport answers reads past it itself. */
@@ -32,7 +34,7 @@ interface Binding {
   /** The kernel forgot the node: its backing file is released once the last open is. */
   forgetNode(s: Session, nodeid: number): void;
   /**
-   * A page of a pre-encoded listing (src/catalog/dirblocks.ts) from a readdir cookie on: "." and ".." (self, 1), then
+   * A page of a pre-encoded listing (src/format/listing.ts) from a readdir cookie on: "." and ".." (self, 1), then
    * its entries as READDIRPLUS records (ids = base + catalog inode, lifetimes of ttl seconds) or plain dirents, as many
    * as fit in out. [bytes written, position reached in the block]; undefined when the block is malformed.
    */
@@ -44,7 +46,7 @@ interface Binding {
 export function native(): Binding { return loadNative<Binding>(); }
 
 export const ATTR_SIZE = 88;
-export const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
+const ENTRY_OUT_SIZE = 40 + ATTR_SIZE;
 const DIRENT_BASE = 24;
 
 /**

@@ -1,7 +1,9 @@
 // Ingest stage 1, the layer source: opens the input (file or stream), recognises its compression,
 // decompresses it as a bounded stream and hashes it (blob digest of the input, diff id of the tar).
 // Everything downstream pulls tar bytes from here; nothing here knows what a tar entry is.
-import { createReadStream } from 'node:fs';
+import { accessSync, constants, createReadStream } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { delimiter, join } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -19,7 +21,7 @@ export type Compression = 'gzip' | 'zstd' | 'none';
 /** Output piece size of the decompressors: large enough to amortise calls, small enough to bound memory. */
 const OUT_CHUNK = 1 << 18;
 
-export function sniff(head: Buffer): Compression {
+function sniff(head: Buffer): Compression {
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
   if (head.subarray(0, 3).toString('latin1') === 'BZh') throw new BadInputError('bzip2-compressed layers are not supported (use gzip, zstd or plain tar)');
@@ -27,7 +29,7 @@ export function sniff(head: Buffer): Compression {
   return 'none';
 }
 
-export async function openInput(input: string | NodeJS.ReadableStream): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
+async function openInput(input: string | NodeJS.ReadableStream): Promise<{ stream: NodeJS.ReadableStream; size?: number }> {
   if (typeof input !== 'string') return { stream: input };
   let st;
   try { st = await stat(input); } catch (e) {
@@ -47,7 +49,7 @@ export async function openInput(input: string | NodeJS.ReadableStream): Promise<
  * OUT_CHUNK, never its decoded size. (zstd-napi's DecompressStream pushes a whole input chunk's
  * output at once, ignoring backpressure.)
  */
-export async function* zstdDecode(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+async function* zstdDecode(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   const dctx = new zstdBinding.DCtx();
   let inFrame = false;
   for await (const chunk of src) {
@@ -77,6 +79,96 @@ async function* gunzip(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     s.destroy();
     d.destroy();
   }
+}
+
+/**
+ * Decoders run as child processes where installed: on another core, in parallel with tar parsing,
+ * hashing and chunking on this thread, and cheaper per byte (measured on a 229 MB layer, CPU
+ * seconds: igzip 0.25, pigz 0.8, Node zlib 0.6, GNU gzip 1.15; zstd CLI 0.3-0.36, zstd-napi
+ * 0.44-0.6). THINFS_DECODER=node forces the in-process decoders.
+ */
+const CHILD_DECODERS: Record<'gzip' | 'zstd', Array<[string, string[]]>> = {
+  gzip: [['igzip', ['-d', '-c']], ['pigz', ['-d', '-c']]],
+  zstd: [['zstd', ['-d', '-c', '-q']]],
+};
+
+function onPath(cmd: string): string | null {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
+    const p = join(dir, cmd);
+    try { accessSync(p, constants.X_OK); return p; } catch { /* next */ }
+  }
+  return null;
+}
+
+const found = new Map<string, [string, string[]] | null>();
+/** The child decoder for a format, or null to decode in-process. */
+function childDecoder(format: 'gzip' | 'zstd'): [string, string[]] | null {
+  if (process.env.THINFS_DECODER === 'node') return null;
+  if (!found.has(format)) {
+    let pick: [string, string[]] | null = null;
+    for (const [cmd, args] of CHILD_DECODERS[format]) {
+      const p = onPath(cmd);
+      if (p) { pick = [p, args]; break; }
+    }
+    found.set(format, pick);
+  }
+  return found.get(format)!;
+}
+
+/**
+ * Decode through a child process: input written to its stdin with backpressure, its stdout
+ * yielded; a non-zero exit (corrupt or truncated input) is an error once its output is read.
+ * The child is killed if the consumer stops early.
+ */
+async function* childDecode(src: AsyncIterable<Buffer>, cmd: string, args: string[]): AsyncGenerator<Buffer> {
+  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let spawnError: Error | null = null;
+  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
+    child.once('error', (e) => { spawnError = e; res({ code: null, signal: null }); });
+    child.once('close', (code, signal) => res({ code, signal }));
+  });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => { if (stderr.length < 4096) stderr += b.toString(); });
+  // A decoder that quits early (bad input) closes its stdin: its exit status says why, not EPIPE.
+  child.stdin.on('error', () => undefined);
+  let stop = false;
+  let pumpError: unknown = null;
+  const pump = (async () => {
+    try {
+      for await (const b of src) {
+        if (stop || child.stdin.destroyed) break;
+        if (!child.stdin.write(b)) {
+          await new Promise<void>((res) => {
+            const done = () => { child.stdin.off('drain', done); child.stdin.off('close', done); res(); };
+            child.stdin.on('drain', done); child.stdin.on('close', done);
+          });
+        }
+      }
+      child.stdin.end();
+    } catch (e) {
+      pumpError = e;
+      child.kill('SIGKILL');
+    }
+  })();
+  try {
+    for await (const b of child.stdout as AsyncIterable<Buffer>) yield b;
+    await pump;
+    const { code, signal } = await closed;
+    if (pumpError) throw pumpError;
+    if (spawnError) throw new Error(`cannot run ${cmd}: ${(spawnError as Error).message}`);
+    if (code !== 0) throw new Error(`${cmd.split('/').pop()}: ${stderr.trim() || `exit ${code ?? signal}`}`);
+  } finally {
+    stop = true;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    child.stdin.destroy();
+  }
+}
+
+/** Decompress with the fastest decoder available here for the format. */
+function decode(format: 'gzip' | 'zstd', src: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+  const child = childDecoder(format);
+  if (child) return childDecode(src, child[0], child[1]);
+  return format === 'gzip' ? gunzip(src) : zstdDecode(src);
 }
 
 export interface LayerSource {
@@ -121,7 +213,7 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
       yield b;
     }
   }
-  const decoded = compression === 'gzip' ? gunzip(raw()) : compression === 'zstd' ? zstdDecode(raw()) : raw();
+  const decoded = compression === 'none' ? raw() : decode(compression, raw());
   async function* tar(): AsyncGenerator<Buffer> {
     try {
       for await (const b of decoded) { diffHash.update(b); tarBytes += b.length; yield b; }

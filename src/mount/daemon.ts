@@ -1,18 +1,21 @@
+// The mount daemon: mount options, mountpoint preparation (stale FUSE mounts detached), start-up in named stages
+// (open the view, connect the transport, announce, prefetch) and serving until a signal or an unmount ends it.
 import { execFile } from 'node:child_process';
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Store } from '../store/store.js';
 import type { HttpOptions } from '../store/http-backend.js';
-import { ChunkCache } from '../cache/chunk-cache.js';
+import { NodeCache } from '../cache/node-cache.js';
 import { ThinfsError, UsageError, EXIT, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Namespace } from './namespace.js';
 import { CatalogReader } from '../catalog/reader.js';
 import { ThinFs, ENTRY_TTL } from './ops.js';
-import { native, OP, E } from '../fuse/kernel.js';
+import { native, OP, E, type Binding, type Handler, type Session } from '../fuse/kernel.js';
 import { readU64 } from '../format/listing.js';
 import { StatsReporter } from './stats.js';
+import { UNCACHED_BELOW } from './node-ids.js';
 
 const execFileP = promisify(execFile);
 
@@ -39,6 +42,10 @@ export interface MountOptions {
   debug: boolean;
   /** Mirrors' timeouts and proxies, for an HTTP store. */
   http?: HttpOptions;
+  /** Ed25519 public keys: serve only what the store's signed repository manifest names. */
+  publicKeys?: string[];
+  /** How often the signed manifest is polled for a new revision (ms). */
+  refreshMs?: number;
   log: Logger;
 }
 
@@ -130,7 +137,7 @@ async function setReadahead(mp: string, kb: number, log: Logger): Promise<void> 
     const major = Math.floor(st.dev / 256) & 0xfff, minor = (st.dev & 0xff) | ((st.dev >> 12) & 0xfff00);
     await writeFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, String(kb));
   } catch (e) {
-    log.warn({ err: errorMessage(e) }, 'cannot set readahead');
+    log.warn({ err: e }, 'cannot set readahead');
   }
 }
 
@@ -140,7 +147,7 @@ async function setReadahead(mp: string, kb: number, log: Logger): Promise<void> 
  * binary or a device node in a layer must not give a local user root or raw devices. Containers lose nothing: overlayfs
  * and podman decide setuid and devices by their own mount, as CernVM-FS (nosuid by default) users do.
  */
-export function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSuid' | 'allowDev'>): string[] {
+function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSuid' | 'allowDev'>): string[] {
   if ((o.allowSuid || o.allowDev) && process.getuid?.() !== 0) {
     // fusermount3 would drop them with a warning: say so before mounting instead.
     throw new UsageError(`${o.allowSuid ? '--allow-suid' : '--allow-dev'} needs root: fusermount3 mounts every user's FUSE filesystem nosuid,nodev`);
@@ -150,22 +157,30 @@ export function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'a
   return mopts;
 }
 
-/** Mount, serve until SIGTERM/SIGINT or an external unmount, then shut down cleanly. Resolves to the exit code. */
-export async function runMount(o: MountOptions): Promise<number> {
+/** What a mount serves, opened before anything is mounted: the store, the cache, the view's operations, the stats. */
+interface View { store: Store; cache: NodeCache; fs: ThinFs; stats: StatsReporter }
+
+async function openView(o: MountOptions, mp: string, startedAt: number): Promise<View> {
   const log = o.log;
-  const mp = resolve(o.mountpoint);
-  const startedAt = Date.now();
-  const mopts = mountOptions(o);
   CatalogReader.preload();
-  const store = await Store.open(o.store, { http: o.http });
-  const cache = await ChunkCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
+  // The highest manifest revision seen lives with the cache: replay protection across restarts.
+  const store = await Store.open(o.store, { http: o.http, publicKeys: o.publicKeys, trustDir: join(o.cacheDir, 'trust') });
+  if (store.trust) log.info({ revision: store.trust.current!.revision, expires: store.trust.current!.expires }, 'signed repository manifest trusted');
+  const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
+  return { store, cache, fs, stats };
+}
 
-  await prepareMountpoint(mp, log);
+type Init = { maxReadahead: number; maxPages: number; kernelMinor: number; passthrough: boolean };
+/** A live FUSE connection: the transport, what INIT negotiated, and the errno that will end it (ENODEV: unmounted). */
+interface Connection { k: Binding; session: Session; init: Init; closed: Promise<number> }
+
+/** Mounts, routes the transport's events to the view, and waits for the kernel's INIT (the mount is usable after it). */
+async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs): Promise<Connection> {
+  const log = o.log;
   const k = native();
-  type Init = { maxReadahead: number; maxPages: number; kernelMinor: number; passthrough: boolean };
   let initDone: (v: Init) => void = () => {};
   const inited = new Promise<Init>((r) => { initDone = r; });
   let closedDone: (errno: number) => void = () => {};
@@ -177,34 +192,35 @@ export async function runMount(o: MountOptions): Promise<number> {
     // ENODEV: the connection is gone (unmounted while this request was being served).
     if (r < 0 && r !== -E.ENODEV) log.warn({ errno: -r, unique }, 'FUSE reply refused by the kernel');
   };
-  let session: ReturnType<typeof k.mount>;
+  const onEvent: Handler = (op, unique, nodeid, body, tNs) => {
+    if (o.debug) log.info({ op, unique, nodeid }, 'request');
+    switch (op) {
+      case OP.CLOSED: closedDone(body as number); return;
+      case OP.INIT: {
+        const b = body as Buffer;
+        const pt = b.readUInt32LE(20) === 1;
+        // Before any OPEN can reach us: the transport forwards first opens from the INIT on.
+        if (pt) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
+        initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
+        return;
+      }
+      case OP.DIR_LISTED: fs.listedAhead(nodeid); return;
+      case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
+      case OP.BATCH_FORGET: {
+        const b = body as Buffer;
+        const count = b.readUInt32LE(0);
+        for (let i = 0; i < count; i++) fs.forget(readU64(b, 8 + i * 16), readU64(b, 16 + i * 16));
+        return;
+      }
+      default: fs.handle(op, unique, nodeid, body as Buffer | null, reply, tNs);
+    }
+  };
+  let session: Session;
   try {
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
-      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL,
-    }, (op, unique, nodeid, body, tNs) => {
-      if (o.debug) log.info({ op, unique, nodeid }, 'request');
-      switch (op) {
-        case OP.CLOSED: closedDone(body as number); return;
-        case OP.INIT: {
-          const b = body as Buffer;
-          const pt = b.readUInt32LE(20) === 1;
-          // Before any OPEN can reach us: the transport forwards first opens from the INIT on.
-          if (pt) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
-          initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
-          return;
-        }
-        case OP.DIR_LISTED: fs.listedAhead(nodeid); return;
-        case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
-        case OP.BATCH_FORGET: {
-          const b = body as Buffer;
-          const count = b.readUInt32LE(0);
-          for (let i = 0; i < count; i++) fs.forget(readU64(b, 8 + i * 16), readU64(b, 16 + i * 16));
-          return;
-        }
-        default: fs.handle(op, unique, nodeid, body as Buffer | null, reply, tNs);
-      }
-    });
+      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL, uncachedBelow: UNCACHED_BELOW,
+    }, onEvent);
   } catch (e) {
     throw new ThinfsError(`cannot mount ${mp}: ${errorMessage(e)}`);
   }
@@ -216,53 +232,95 @@ export async function runMount(o: MountOptions): Promise<number> {
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');
   if (!init.passthrough && o.passthrough) log.info('FUSE passthrough not available (needs kernel >= 6.9 and root): every read is served by thinfs');
   if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);
+  return { k, session, init, closed };
+}
 
+/** The mount is serving: metrics endpoint, stats file, the "mounted" line, the ready file (last: it means ready). */
+async function announce(o: MountOptions, mp: string, v: View): Promise<void> {
   let metricsPort: number | null = null;
-  if (o.metricsPort !== null) metricsPort = await stats.listen(o.metricsPort);
-  stats.startFile();
-  await stats.writeFile();
-
-  log.info({ store: store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
-  process.stdout.write(`thinfs: mounted ${store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
-  if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
-
-  if (o.prefetch) {
-    const list = (await readFile(o.prefetch, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-    fs.prefetch(list).then((r) => log.info(r, 'prefetch done'), (e) => log.warn({ err: errorMessage(e) }, 'prefetch failed'));
+  if (o.metricsPort !== null) metricsPort = await v.stats.listen(o.metricsPort);
+  v.stats.startFile();
+  await v.stats.writeFile();
+  o.log.info({ store: v.store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
+  process.stdout.write(`thinfs: mounted ${v.store.location} at ${mp}${metricsPort !== null ? ` (metrics on http://127.0.0.1:${metricsPort}/metrics)` : ''}\n`);
+  if (o.readyFile) {
+    // Renamed into place: a waiter that sees the file must never read it half-written (benches did, under load).
+    const tmp = `${o.readyFile}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, mountpoint: mp, metricsPort, statsFile: o.statsFile }) + '\n');
+    await rename(tmp, o.readyFile);
   }
+}
 
+/** Polls the signed repository manifest: new layers and images appear with a new revision; nodes handed out keep theirs. */
+function startRefresh(o: MountOptions, store: Store): NodeJS.Timeout | null {
+  if (!store.trust) return null;
+  const t = setInterval(() => {
+    store.refreshManifest().then((changed) => {
+      if (changed) o.log.info({ revision: store.trust!.current!.revision }, 'new repository manifest revision');
+    }, (e: unknown) => o.log.warn({ err: e }, 'repository manifest refresh refused; keeping the current revision'));
+  }, o.refreshMs ?? 60_000);
+  t.unref();
+  return t;
+}
+
+/** Fetches the files of a prefetch list in the background (readers are not held up). */
+async function startPrefetch(listFile: string, fs: ThinFs, log: Logger): Promise<void> {
+  const list = (await readFile(listFile, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  fs.prefetch(list).then((r) => log.info(r, 'prefetch done'), (e) => log.warn({ err: e }, 'prefetch failed'));
+}
+
+/**
+ * Serves until SIGTERM/SIGINT (then detaches the mount) or until the kernel ends the connection (someone ran
+ * `thinfs unmount` / fusermount -u), then flushes the cache index and stats. Resolves to the exit code.
+ */
+function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, refresh: NodeJS.Timeout | null): Promise<number> {
+  const log = o.log;
   return new Promise<number>((done) => {
     let stopping = false;
     const finish = async (why: string, needUnmount: boolean): Promise<void> => {
       if (stopping) return;
       stopping = true;
       log.info({ why }, 'shutting down');
+      if (refresh) clearInterval(refresh);
       let code: number = EXIT.OK;
       if (needUnmount) {
         // Lazy detach: the name goes at once; the connection ends when the last user lets go (then CLOSED arrives).
-        const r = process.getuid?.() === 0 ? k.unmount(mp) : -E.EPERM;
+        const r = process.getuid?.() === 0 ? c.k.unmount(mp) : -E.EPERM;
         if (r < 0) {
-          try { await unmountPath(mp, log); } catch (e) { log.error({ err: errorMessage(e) }, 'unmount failed'); code = EXIT.FAILURE; }
+          try { await unmountPath(mp, log); } catch (e) { log.error({ err: e }, 'unmount failed'); code = EXIT.FAILURE; }
         }
-        const gone = await Promise.race([closed.then(() => true), new Promise<boolean>((r2) => setTimeout(() => r2(false), 2000).unref())]);
+        const gone = await Promise.race([c.closed.then(() => true), new Promise<boolean>((r2) => setTimeout(() => r2(false), 2000).unref())]);
         if (!gone) log.warn({ mountpoint: mp }, 'mount still in use after detach; exiting, its users will see ENOTCONN');
       }
-      await cache.flush();
-      await stats.close(false);
+      await v.cache.flush();
+      await v.stats.close(false);
       if (o.readyFile) await rm(o.readyFile, { force: true });
       log.info({ code }, 'stopped');
       done(code);
     };
-    // Someone ran `thinfs unmount` / fusermount -u: the kernel ended the connection, so do we.
     // A failure while shutting down (flushing the cache index, the stats file) still ends the daemon, with code 1.
     const end = (why: string, needUnmount: boolean) => finish(why, needUnmount).catch((e) => {
-      log.error({ err: errorMessage(e) }, 'shutdown failed');
+      log.error({ err: e }, 'shutdown failed');
       done(EXIT.FAILURE);
     });
-    void closed.then((errno) => end(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
+    void c.closed.then((errno) => end(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
     process.once('SIGTERM', () => void end('SIGTERM', true));
     process.once('SIGINT', () => void end('SIGINT', true));
   });
+}
+
+/** Mount, serve until SIGTERM/SIGINT or an external unmount, then shut down cleanly. Resolves to the exit code. */
+export async function runMount(o: MountOptions): Promise<number> {
+  const mp = resolve(o.mountpoint);
+  const startedAt = Date.now();
+  const mopts = mountOptions(o);
+  const view = await openView(o, mp, startedAt);
+  await prepareMountpoint(mp, o.log);
+  const conn = await connect(o, mp, mopts, view.fs);
+  await announce(o, mp, view);
+  const refresh = startRefresh(o, view.store);
+  if (o.prefetch) await startPrefetch(o.prefetch, view.fs, o.log);
+  return serveUntilStopped(o, mp, view, conn, refresh);
 }
 
 export function defaultCacheDir(): string {

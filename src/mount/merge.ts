@@ -31,12 +31,12 @@ const HIDDEN_XATTR_PREFIX = 'trusted.overlay.';
 const tree = (l: MergeLayer): LayerTree => l.catalog!;
 
 /** The overlayfs whiteout: a 0/0 character device (ingest stores OCI `.wh.NAME` this way). */
-export function isWhiteout(i: Pick<Inode, 'type' | 'rdevMajor' | 'rdevMinor'>): boolean {
+function isWhiteout(i: Pick<Inode, 'type' | 'rdevMajor' | 'rdevMinor'>): boolean {
   return i.type === 'chardev' && i.rdevMajor === 0 && i.rdevMinor === 0;
 }
 
 /** A directory that hides the same directory of every lower layer (OCI `.wh..wh..opq`, or a whiteout of its own name). */
-export function isOpaque(t: LayerTree, dir: Inode): boolean {
+function isOpaque(t: LayerTree, dir: Inode): boolean {
   if (dir.flags & FLAG_OPAQUE) return true;
   return t.xattrs(dir.ino, dir.flags).get(OPAQUE_XATTR)?.toString() === 'y';
 }

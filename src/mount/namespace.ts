@@ -1,24 +1,24 @@
+// The mount's namespace: layers/<hex>/, images/<name>/rootfs/ and .thinfs/stats as nodes, the layers and images this
+// mount has seen (catalogs loaded on first touch), and name lookups; the overlay rules of images are merge.ts's.
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
-import { ROOT_INO } from '../catalog/schema.js';
 import type { ThinImage } from '../image/descriptor.js';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
-import * as merge from '../mount/merge.js';
+import * as merge from './merge.js';
+import { imageDirKey } from './node-ids.js';
 
-/** A published layer as seen by this mount: a slot number (for inode numbers) and its catalog, loaded on first touch. */
+/** A published layer as seen by this mount: a slot number (its name in node ids of images) and its catalog, loaded on first touch. */
 export class Layer {
   catalog: CatalogReader | null = null;
-  /** First node id of this layer's range in the mount (ThinFs sets it once the catalog is loaded). */
-  base: number | undefined = undefined;
   private loading: Promise<CatalogReader> | null = null;
   constructor(readonly slot: number, readonly hex: string, readonly manifest: LayerManifest) {}
 
   isLoading(): boolean { return this.loading !== null; }
 
-  load(cache: ChunkCache): Promise<CatalogReader> {
+  load(cache: NodeCache): Promise<CatalogReader> {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
       this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
@@ -34,6 +34,8 @@ export class Layer {
 
 export class Image {
   layers: Layer[] | null = null;
+  /** The descriptor's hash in the signed manifest it was fetched under (null without one). */
+  tag: string | null = null;
   constructor(readonly idx: number, readonly name: string, readonly desc: ThinImage) {}
 }
 
@@ -65,7 +67,7 @@ export class Namespace {
   readonly root: Node = { k: 'synth', what: 'root' };
   layersLoaded = 0;
 
-  constructor(private readonly store: Store, private readonly cache: ChunkCache, private readonly log: Logger) {}
+  constructor(private readonly store: Store, private readonly cache: NodeCache, private readonly log: Logger) {}
 
   knownLayers(): Layer[] { return [...this.layers.values()]; }
   knownLayer(hex: string): Layer | undefined { return this.layers.get(hex); }
@@ -102,11 +104,16 @@ export class Namespace {
   }
 
   async image(name: string): Promise<Image | null> {
+    // A new signed revision may name another descriptor: new lookups get it, nodes already handed out keep theirs.
+    const tag = this.store.imageTag(name);
     const have = this.images.get(name);
-    if (have) return have;
+    if (have && have.tag === tag) return have;
     const desc = await this.store.getImage(name);
     if (!desc) return null;
-    const img = this.images.get(name) ?? new Image(this.nextImage++, name, desc);
+    const again = this.images.get(name);
+    if (again && again.tag === tag) return again;
+    const img = new Image(this.nextImage++, name, desc);
+    img.tag = tag;
     this.images.set(name, img);
     return img;
   }
@@ -129,7 +136,7 @@ export class Namespace {
     try {
       for (const d of await this.store.listLayers()) { const h = parseLayerDirName(d); if (h) names.add(h); }
     } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'store layers/ is not listable; showing layers touched so far');
+      this.log.warn({ err: e }, 'store layers/ is not listable; showing layers touched so far');
     }
     for (const h of this.layers.keys()) names.add(h);
     return [...names].sort();
@@ -138,10 +145,15 @@ export class Namespace {
   async listImageDirs(): Promise<string[]> {
     const names = new Set<string>();
     try { for (const n of await this.store.listImages()) names.add(n); } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'store images/ is not listable; showing images touched so far');
+      this.log.warn({ err: e }, 'store images/ is not listable; showing images touched so far');
     }
     for (const n of this.images.keys()) names.add(n);
     return [...names].sort().map(encodeImageDirName);
+  }
+
+  /** The node key of an image's directory as the store's current revision names it (node-ids.ts: imageDirKey). */
+  imageDirKey(dirName: string): string {
+    return imageDirKey(dirName, this.store.imageTag(decodeImageDirName(dirName) ?? ''));
   }
 
   /** A path from the mount's root (prefetch lists): walked one name at a time, as the kernel does. */
@@ -219,7 +231,4 @@ export class Namespace {
     // img.layers is set: the entry was reached through the image's root.
     return merge.visibleNlink(merge.rootMembers(img.layers), n.layer, n.inode);
   }
-
-  /** Root directory of a layer, for stats. */
-  static rootIno(): number { return ROOT_INO; }
 }

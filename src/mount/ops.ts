@@ -1,15 +1,20 @@
+// The mount's FUSE operations: the nodes the kernel holds (with their lookup counts), attributes, lookups, listings
+// (pre-encoded ones expanded natively, the rest built here), reads of verified chunks, xattrs, statfs, and the choice
+// at first open between serving reads and passing them through to a local copy. Node ids come from node-ids.ts,
+// passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
-import { fdClose, type ChunkCache } from '../cache/chunk-cache.js';
+import { fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
-import { ROOT_INO, TYPE_BITS } from '../catalog/schema.js';
+import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
-import { encodeImageDirName } from './names.js';
+import { FIXED_IDS, NodeIds } from './node-ids.js';
+import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
-import * as imageMerge from '../mount/merge.js';
+import * as imageMerge from './merge.js';
 import {
-  OP, E, ATTR_SIZE, DYNAMIC_NODEID_LIMIT, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
+  OP, E, ATTR_SIZE, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
   parseReadIn, parseName, statfsOut, xattrSizeOut,
 } from '../fuse/kernel.js';
 
@@ -21,7 +26,6 @@ export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
 /** The synthetic directories (layers/, images/) gain entries as layers are published. */
 const DYNAMIC_TTL = 1;
-const FIXED: Record<string, number> = { root: 1, layers: 2, images: 3, meta: 4 };
 
 export interface OpCounters {
   lookups: number; getattrs: number; readdirs: number; reads: number; readBytes: number;
@@ -62,24 +66,16 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
 class Fail extends Error { constructor(readonly errno: number) { super(`errno ${errno}`); } }
 
 /**
- * The filesystem behind the kernel's low-level protocol. Node ids are the st_ino numbers too, small and stable for the
- * life of the mount even after the kernel forgets a node. Under layers/ each layer gets a range when its catalog loads:
- * id = base + catalog inode number, so hardlinks share one, a listing pre-encoded in the catalog needs only the base
- * added, and an id the kernel sends back resolves without any table. Elsewhere (images/, synthetic directories) ids
- * are handed out densely per (view, layer, inode). Names and symlink targets are bytes; times carry nanoseconds.
+ * The filesystem behind the kernel's low-level protocol: the nodes the kernel holds (ids from NodeIds), and the answer
+ * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
   readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, requests: {} };
-  private readonly ids = new Map<number | string, number>();
-  private nextId = DYNAMIC_NODEID_LIMIT;
-  /** Layers with an id range, in order of base. */
-  private readonly ranges: Layer[] = [];
+  private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
   private readonly ahead = new WeakMap<Layer, ListingAhead>();
-  /** Passed-through nodes by the cache key of their backing file, and back: an evicted file must not stay pinned. */
-  private readonly backedBy = new Map<string, Set<number>>();
-  private readonly backingOf = new Map<number, string>();
+  private readonly backing = new BackingFiles();
   private readonly held = new Map<number, Held>();
   private readonly memo = new WeakMap<Node, NodeMemo>();
   private readonly synthSec: number;
@@ -94,57 +90,18 @@ export class ThinFs {
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
 
-  constructor(readonly ns: Namespace, private readonly cache: ChunkCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
+  constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
     this.synth = {
       root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },
     };
-    for (const [what, id] of Object.entries(FIXED)) this.held.set(id, { node: this.synth[what]!, nlookup: Infinity });
+    for (const [what, id] of Object.entries(FIXED_IDS)) this.held.set(id, { node: this.synth[what]!, nlookup: Infinity });
     cache.onEvict = (key) => this.evicted(key);
   }
 
-  // ---- node ids ----
+  // ---- nodes the kernel holds ----
 
-  private idFor(key: number | string): number {
-    let v = this.ids.get(key);
-    if (v === undefined) { v = this.nextId++; this.ids.set(key, v); }
-    return v;
-  }
-
-  /** The first id of a layer's range: reserved when first needed, after its catalog loaded (its size is known). */
-  private baseOf(l: Layer): number {
-    if (l.base === undefined) {
-      l.base = this.nextId;
-      this.nextId += l.catalog!.maxIno + 1;
-      this.ranges.push(l);
-    }
-    return l.base;
-  }
-
-  /** An entry's id in a view: 0 = layers/ (base + inode), else an image (dense). */
-  private entryId(view: number, layer: Layer, ino: number): number {
-    return view ? this.idFor(`${view}:${layer.slot}:${ino}`) : this.baseOf(layer) + ino;
-  }
-
-  /** The layer-tree node an id names (its layer's range, then the catalog), or null. */
-  private derive(id: number): Node | null {
-    let lo = 0, hi = this.ranges.length;
-    while (lo < hi) { const mid = (lo + hi) >> 1; if (this.ranges[mid]!.base! <= id) lo = mid + 1; else hi = mid; }
-    const layer = this.ranges[lo - 1];
-    if (!layer || id - layer.base! > layer.catalog!.maxIno) return null;
-    const inode = layer.catalog!.getInode(id - layer.base!);
-    return inode ? { k: 'entry', layer, inode, inImage: null } : null;
-  }
-
-  idOf(n: Node): number {
-    switch (n.k) {
-      case 'synth': return FIXED[n.what]!;
-      case 'statsLink': return this.idFor('stats');
-      case 'imageDir': return this.idFor(`imagedir:${encodeImageDirName(n.image.name)}`);
-      case 'entry': return this.entryId(n.inImage?.idx ?? 0, n.layer, n.inode.ino);
-      case 'merged': return this.idFor(`merged:${n.image.idx}:${n.key}`);
-    }
-  }
+  private idOf(n: Node): number { return this.ids.idOf(n); }
 
   /** The kernel got this node in a reply (lookup, readdirplus): it holds one more reference. The node already held stays. */
   private hold(n: Node): number {
@@ -163,7 +120,7 @@ export class ThinFs {
     if (h.nlookup !== UNTRACKED && (h.nlookup -= n) > 0) return;
     this.held.delete(id);
     this.counters.liveNodes--;
-    this.unbacked(id);
+    this.backing.forget(id);
     this.dropped(id);
   }
 
@@ -172,26 +129,14 @@ export class ThinFs {
    * release of an open), so its disk space is freed, and the next open of those nodes is decided again.
    */
   private evicted(key: string): void {
-    const ids = this.backedBy.get(key);
-    if (!ids) return;
-    this.backedBy.delete(key);
-    for (const id of ids) { this.backingOf.delete(id); this.dropped(id); }
-  }
-
-  private unbacked(id: number): void {
-    const key = this.backingOf.get(id);
-    if (key === undefined) return;
-    this.backingOf.delete(id);
-    const ids = this.backedBy.get(key);
-    ids?.delete(id);
-    if (ids && !ids.size) this.backedBy.delete(key);
+    for (const id of this.backing.evicted(key)) this.dropped(id);
   }
 
   private node(id: number): Node {
     const h = this.held.get(id);
     if (h) return h.node;
     // A layer-tree node the kernel got from a pre-encoded listing, or one dropped at a FORGET: made again from its id.
-    const n = this.derive(id);
+    const n = this.ids.derive(id);
     if (!n) throw new Fail(E.ESTALE);
     this.held.set(id, { node: n, nlookup: UNTRACKED });
     this.counters.liveNodes++;
@@ -240,7 +185,8 @@ export class ThinFs {
     }
   }
 
-  private ttlOf(n: Node): number { return n.k === 'synth' ? DYNAMIC_TTL : TTL; }
+  // An image's directory is looked up again after a short time: a new signed revision may name another descriptor.
+  private ttlOf(n: Node): number { return n.k === 'synth' || n.k === 'imageDir' ? DYNAMIC_TTL : TTL; }
 
   // ---- dispatch ----
 
@@ -255,7 +201,7 @@ export class ThinFs {
         if (typeof a === 'number') reply(unique, a); else reply(unique, 0, a);
       } catch (e) {
         // A reply the transport could not take (never expected): logged, the daemon stays up.
-        this.log.error({ op, nodeid, err: (e as Error).message }, 'cannot send a FUSE reply');
+        this.log.error({ op, nodeid, err: e }, 'cannot send a FUSE reply');
       }
       const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
       st.totalSec += sec;
@@ -286,7 +232,8 @@ export class ThinFs {
 
   private failed(op: number, nodeid: number, e: unknown): number {
     if (e instanceof Fail) return e.errno;
-    this.log.error({ op, nodeid, err: (e as Error).message, object: (e as { object?: string }).object }, 'operation failed: EIO');
+    // Unexpected (a damaged catalog, a bug): the kernel gets EIO, the log gets the error with its stack.
+    this.log.error({ op: OP_NAMES[op] ?? op, nodeid, err: e, object: (e as { object?: string }).object }, 'operation failed: EIO');
     return E.EIO;
   }
 
@@ -329,29 +276,27 @@ export class ThinFs {
         if (n.what === 'root') return [fixed('layers', this.synth.layers!), fixed('images', this.synth.images!), fixed('.thinfs', this.synth.meta!)];
         if (n.what === 'layers') {
           return (await this.ns.listLayerDirs()).map((h) => {
-            const l = this.ns.knownLayer(h);
-            const ino = l?.catalog ? this.entryId(0, l, ROOT_INO) : this.idFor(`layerdir:${h}`);
-            return byName(Buffer.from(h), 4, ino);
+            return byName(Buffer.from(h), 4, this.ids.layerDirId(h, this.ns.knownLayer(h)));
           });
         }
-        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.idFor(`imagedir:${h}`)));
-        out = [byName(Buffer.from('stats'), 10, this.idFor('stats'))];
+        if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.ids.imageDirId(this.ns.imageDirKey(h))));
+        out = [byName(Buffer.from('stats'), 10, this.ids.statsId())];
         break;
-      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.idFor(`merged:${n.image.idx}:`))]; break;
+      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;
       case 'entry': {
         if (n.inode.type !== 'dir') throw new Fail(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
         const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
-          name: d.name, dtype: dt(d.mode), ino: this.entryId(view, layer, d.ino),
+          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(view, layer, d.ino),
           make: () => ({ k: 'entry', layer, inode: d, inImage }),
         }));
         break;
       }
       case 'merged':
         out = this.ns.mergedReaddir(n).map((e) => byName(e.name, dt(TYPE_BITS[e.type]), e.type === 'dir'
-          ? this.idFor(`merged:${n.image.idx}:${mergedChildKey(n.key, e.name)}`)
-          : this.entryId(n.image.idx, e.layer, e.ino)));
+          ? this.ids.mergedId(n.image.idx, mergedChildKey(n.key, e.name))
+          : this.ids.entryId(n.image.idx, e.layer, e.ino)));
         break;
       default: throw new Fail(E.ENOTDIR);
     }
@@ -418,7 +363,7 @@ export class ThinFs {
       if (!block) throw new Error(`catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
       this.lastBlock = { id, block };
     }
-    const base = this.baseOf(n.layer);
+    const base = this.ids.baseOf(n.layer);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
     if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
@@ -436,7 +381,7 @@ export class ThinFs {
     if (!this.handAhead || !layer.catalog!.hasDirBlocks) return null;
     let a = this.ahead.get(layer);
     if (!a) {
-      const base = this.baseOf(layer), hand = this.handAhead;
+      const base = this.ids.baseOf(layer), hand = this.handAhead;
       a = new ListingAhead(layer.catalog!, (ino, block) => hand(base + ino, block, base));
       this.ahead.set(layer, a);
     }
@@ -446,7 +391,7 @@ export class ThinFs {
   /** The transport answered a listing it was handed (its first page). */
   listedAhead(id: number): void {
     this.counters.listingsAhead++;
-    const n = this.derive(id);
+    const n = this.ids.derive(id);
     if (n?.k === 'entry') this.aheadOf(n.layer)?.served();
   }
 
@@ -516,7 +461,7 @@ export class ThinFs {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
     } catch (e) {
       this.counters.eio++;
-      this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: (e as Error).message }, 'read failed: object missing or corrupt, returning EIO');
+      this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: e }, 'read failed: object missing or corrupt, returning EIO');
       return E.EIO;
     }
     let filled = pos;
@@ -583,12 +528,7 @@ export class ThinFs {
       const r = this.openReply!(unique, id, fd ?? -1);
       if (r > 0) {
         this.counters.opensPassthrough++;
-        if (!this.backingOf.has(id)) {
-          this.backingOf.set(id, key);
-          let ids = this.backedBy.get(key);
-          if (!ids) this.backedBy.set(key, (ids = new Set()));
-          ids.add(id);
-        }
+        this.backing.record(id, key);
       } else this.counters.opensServed++;
       if (r < 0) this.log.warn({ nodeid: id, backing: key, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
     } finally {

@@ -1,15 +1,17 @@
+// A mount's counters: one snapshot feeds the stats file (<mountpoint>/.thinfs/stats), the JSON /stats endpoint and the
+// Prometheus /metrics collectors.
 import { createServer, type Server } from 'node:http';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinFs } from './ops.js';
 import type { Logger } from '../util/log.js';
 
 export interface MountStats {
   store: string; mountpoint: string; pid: number; uptimeSec: number;
   layersLoaded: number;
-  cache: ChunkCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
+  cache: NodeCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
   ops: ThinFs['counters'];
 }
 
@@ -21,7 +23,7 @@ export class StatsReporter {
   private writing: Promise<void> = Promise.resolve();
   readonly registry = new Registry();
 
-  constructor(private readonly fs: ThinFs, private readonly cache: ChunkCache, private readonly o: {
+  constructor(private readonly fs: ThinFs, private readonly cache: NodeCache, private readonly o: {
     store: string; mountpoint: string; cacheDir: string; statsFile: string | null; log: Logger; startedAt: number;
   }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_' });
@@ -103,7 +105,7 @@ export class StatsReporter {
       await mkdir(dirname(file), { recursive: true });
       await writeFile(tmp, JSON.stringify(snap, null, 2) + '\n');
       await rename(tmp, file);
-    }).catch((e) => this.o.log.warn({ err: (e as Error).message, file }, 'cannot write stats file'));
+    }).catch((e) => this.o.log.warn({ err: e, file }, 'cannot write stats file'));
     return this.writing;
   }
 

@@ -1,8 +1,8 @@
 import type { Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { Backend, ReadOptions } from './backend.js';
-import { IntegrityError, NotFoundError, ThinfsError } from '../util/errors.js';
-import { TransientError, backoffMs, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
+import { IntegrityError, ThinfsError, EXIT } from '../util/errors.js';
+import { TransientError, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
 
 /**
  * A store served as static files by any web server, through any HTTP caches (the CernVM-FS Stratum-1
@@ -42,12 +42,12 @@ export const HTTP_DEFAULTS: Required<Omit<HttpOptions, 'proxies'>> = {
 };
 
 /** RFC 3986 unreserved characters only: every other byte of a segment is percent-encoded (':', '%', '@', spaces, non-ASCII). */
-export function encodePathSegment(s: string): string {
+function encodePathSegment(s: string): string {
   return encodeURIComponent(s).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
 }
 
 /** Store-relative path to URL path: each segment encoded, '/' kept between them. */
-export function encodeStorePath(rel: string): string {
+function encodeStorePath(rel: string): string {
   return rel.split('/').map(encodePathSegment).join('/');
 }
 
@@ -105,9 +105,14 @@ export class HttpBackend implements Backend {
     return [...up, ...down];
   }
 
+  /**
+   * A failed host or proxy is avoided for 1 s, 2 s, 4 s ... (each with up to half of it as jitter, so nodes that saw
+   * one outage do not return together), never longer than hostResetMs: then the preferred one is tried again.
+   */
   private fail(p: Peer): void {
     p.failures++;
-    p.avoidUntil = Date.now() + Math.min(this.o.hostResetMs, backoffMs(p.failures - 1, 1000, this.o.hostResetMs));
+    const step = Math.min(this.o.hostResetMs, 1000 * 2 ** Math.min(p.failures - 1, 20));
+    p.avoidUntil = Date.now() + step / 2 + Math.random() * (step / 2);
   }
 
   async read(rel: string, opts: ReadOptions = {}): Promise<Buffer | null> {
@@ -143,7 +148,8 @@ export class HttpBackend implements Backend {
               if (signal.aborted && !(e instanceof ThinfsError)) throw signal.reason;
               lastErr = e;
               if (e instanceof ProxyFault && proxy) { this.counters.proxyFailures++; this.fail(proxy); continue; }
-              if (e instanceof IntegrityError) integrity = e;
+              // Wrong bytes (an object's hash, a manifest's signature or named hash): this mirror's failure.
+              if (e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) integrity = e;
               this.counters.hostFailures++;
               this.fail(host);
               break;
@@ -161,7 +167,7 @@ export class HttpBackend implements Backend {
         capMs: 2000,
       });
     } catch (e) {
-      if (e instanceof IntegrityError || e instanceof NotFoundError) throw e;
+      if (e instanceof ThinfsError && !(e instanceof TransientError) && !(e instanceof RetryDeadlineError) && e.exitCode !== EXIT.FAILURE) throw e;
       const why = e instanceof RetryDeadlineError && e.cause ? `${e.message}` : (e as Error)?.message ?? String(e);
       throw new ThinfsError(`HTTP store ${this.location}: cannot read ${rel}: ${why}`);
     }

@@ -11,10 +11,13 @@ import { decodeObject, encodeObject, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../image/descriptor.js';
-import { IntegrityError, NotFoundError, ThinfsError, EXIT } from '../util/errors.js';
+import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
 import { atomicWrite, fsyncDir } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { withLayerLock } from './lock.js';
+import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
+import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
 import type { ObjectWriterPool } from './writer-pool.js';
 
 const execFileP = promisify(execFile);
@@ -24,15 +27,49 @@ export interface StoreInfo { version: 1; created: string; codec: string }
 
 /** A content-addressed store: verified objects, published layer manifests and thin image descriptors. */
 export class Store {
+  /** With public keys: the signed repository manifest everything read is checked against (nothing else is trusted). */
+  trust: TrustAnchor | null = null;
+  private manifestEtag: string | null = null;
   protected constructor(readonly backend: Backend) {}
 
-  static async open(location: string, opts: StoreOpenOptions = {}): Promise<Store> {
+  /** Options every open without its own takes (set once by a CLI command from its flags). */
+  static openDefaults: StoreOpenOptions = {};
+
+  static async open(location: string, opts: StoreOpenOptions = Store.openDefaults): Promise<Store> {
+    let s: Store;
     if (/^https?:\/\//.test(location)) {
-      const s = new Store(new HttpBackend(location.split(','), opts.http));
+      s = new Store(new HttpBackend(location.split(','), opts.http));
       if (!(await s.backend.exists(STORE_MARKER))) throw new NotFoundError(`no thinfs store at ${location} (missing ${STORE_MARKER})`);
-      return s;
+    } else {
+      s = await WritableStore.openDir(location);
     }
-    return WritableStore.openDir(location);
+    if (opts.publicKeys?.length) {
+      s.trust = new TrustAnchor(await loadPublicKeys(opts.publicKeys), opts.trustDir ? new RevisionLog(opts.trustDir) : null);
+      await s.refreshManifest();
+    }
+    return s;
+  }
+
+  /**
+   * Fetch the repository manifest again (conditional GET over HTTP) and trust it if it verifies; a refused one
+   * leaves the current one in place and throws (TrustError). True when a new revision became current.
+   */
+  async refreshManifest(): Promise<boolean> {
+    if (!this.trust) return false;
+    let file: Buffer | null;
+    if (this.backend instanceof HttpBackend) {
+      const r = await this.backend.readConditional(REPO_MANIFEST_FILE, this.trust.current ? this.manifestEtag : null, { maxBytes: REPO_MANIFEST_MAX });
+      if (r.notModified) return false;
+      file = r.data;
+      this.manifestEtag = r.etag;
+    } else {
+      file = await this.backend.read(REPO_MANIFEST_FILE, { maxBytes: REPO_MANIFEST_MAX });
+    }
+    if (!file) throw new TrustError('unsigned', `store ${this.location} has no repository manifest (${REPO_MANIFEST_FILE}): sign it with thinfs sign`);
+    if (this.trust.currentFile?.equals(file)) return false;
+    const before = this.trust.current?.revision;
+    await this.trust.accept(file);
+    return this.trust.current!.revision !== before || !before;
   }
 
   get location(): string { return this.backend.location; }
@@ -65,36 +102,52 @@ export class Store {
   /** A layer manifest, refused unless it is the one asked for (a mirror may serve another layer's under this name). */
   async getLayer(diffId: string): Promise<LayerManifest | null> {
     let m: LayerManifest | null = null;
-    const raw = await this.backend.read(layerPath(digestHex(diffId)), {
-      maxBytes: META_MAX,
+    const hex = digestHex(diffId);
+    const named = this.trust ? this.trust.layer(hex) : undefined;
+    if (named === null) throw new TrustError('not-named', `layer ${diffId} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
+    const raw = await this.backend.read(layerPath(hex), {
+      maxBytes: named?.size ?? META_MAX,
       verify: (b) => {
+        if (named) TrustAnchor.check(`layer manifest ${diffId}`, named, b);
         m = parseJson<LayerManifest>(b, `layer manifest ${diffId}`);
         if (m?.diffId !== diffId) throw new IntegrityError(diffId, `layer manifest ${diffId}: names layer ${String(m?.diffId)}: refused`);
         if (typeof m.catalog !== 'string' || !/^[0-9a-f]{64}$/.test(m.catalog)) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog hash`);
       },
     });
+    if (!raw && named) throw new TrustError('not-named', `layer ${diffId} is named by the signed manifest but missing from store ${this.location}`);
     return raw ? m : null;
   }
 
   async listLayers(): Promise<string[]> {
+    if (this.trust?.current) return Object.keys(this.trust.current.layers).sort().map((h) => `sha256:${h}`);
     return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json')).map((n) => `sha256:${n.slice(0, -5)}`);
   }
 
   /** An image descriptor, refused unless it describes the image asked for. */
   async getImage(name: string): Promise<ThinImage | null> {
     let d: ThinImage | null = null;
+    const named = this.trust ? this.trust.image(name) : undefined;
+    if (named === null) throw new TrustError('not-named', `image ${name} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
     const raw = await this.backend.read(imagePath(name), {
-      maxBytes: META_MAX,
+      maxBytes: named?.size ?? META_MAX,
       verify: (b) => {
+        if (named) TrustAnchor.check(`image descriptor ${name}`, named, b);
         d = parseJson<ThinImage>(b, `image ${name}`);
         if (d?.name !== name) throw new IntegrityError(name, `image descriptor ${name}: describes image ${JSON.stringify(d?.name)}: refused`);
         if (!Array.isArray(d.layers)) throw new IntegrityError(name, `image descriptor ${name}: no layer list`);
       },
     });
+    if (!raw && named) throw new TrustError('not-named', `image ${name} is named by the signed manifest but missing from store ${this.location}`);
     return raw ? d : null;
   }
 
+  /** Which version of an image descriptor is current (its hash in the signed manifest), or null without one. */
+  imageTag(name: string): string | null {
+    return this.trust?.current?.images[name]?.sha256 ?? null;
+  }
+
   async listImages(): Promise<string[]> {
+    if (this.trust?.current) return Object.keys(this.trust.current.images).sort();
     return (await this.backend.list(IMAGES_DIR)).map(imageNameFromFile).filter((n): n is string => n !== null);
   }
 }
@@ -102,7 +155,15 @@ export class Store {
 /** Layer manifests and descriptors are small: a mirror answering more is refused. */
 const META_MAX = 16 << 20;
 
-export interface StoreOpenOptions { http?: HttpOptions }
+export interface StoreOpenOptions {
+  http?: HttpOptions;
+  /** Public key files (PEM, Ed25519): the store is read through its signed repository manifest only. */
+  publicKeys?: string[];
+  /** Where the highest manifest revision seen is kept (replay protection across restarts). */
+  trustDir?: string | null;
+}
+
+const writerLog = createLogger('thinfs-store');
 
 function parseJson<T>(raw: Buffer, what: string): T {
   try { return JSON.parse(raw.toString('utf8')) as T; } catch (e) {
@@ -142,7 +203,9 @@ export class WritableStore extends Store {
 
   /** Thin image descriptors are small and replaced whole; last writer wins, never a torn file. */
   async putImage(desc: ThinImage): Promise<void> {
+    const signing = await writerSigningOptions();
     await atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', join(this.root, TXN_DIR));
+    await republishManifest(this.root, { ...signing, log: writerLog });
   }
 
   withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
@@ -218,7 +281,9 @@ export class Txn {
   async commit(manifest: LayerManifest): Promise<{ manifest: LayerManifest; published: boolean }> {
     await this.ready;
     const root = this.store.root;
-    return this.store.withLayerLock(manifest.diffId, async () => {
+    // The signing key is loaded first: a bad key refuses the commit before anything is published.
+    const signing = await writerSigningOptions();
+    const res = await this.store.withLayerLock(manifest.diffId, async () => {
       const existing = await this.store.getLayer(manifest.diffId);
       if (existing) { await this.abort(); return { manifest: existing, published: false }; }
       await syncFs(this.dir);
@@ -236,6 +301,9 @@ export class Txn {
       await rm(this.dir, { recursive: true, force: true });
       return { manifest, published: true };
     });
+    // The repository manifest names the new layer (its own lock serializes writers).
+    if (res.published) await republishManifest(root, { ...signing, log: writerLog });
+    return res;
   }
 
   private async verifyPresent(m: LayerManifest): Promise<void> {

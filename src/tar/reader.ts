@@ -1,3 +1,7 @@
+// The tar stream reader: owns the tar format (v7, ustar, GNU, PAX: long names, extended headers,
+// sparse maps) and turns a byte stream into entries, each with its data as a stream. Per entry, in
+// order: header block -> extended headers (readExtended) -> header fields (parseHeader) -> GNU old
+// sparse map -> PAX overrides (applyPax) -> data layout (layoutData) -> data handed to the caller.
 import { BadInputError } from '../util/errors.js';
 
 /**
@@ -163,7 +167,7 @@ function isZero(b: Buffer): boolean {
 }
 
 /** PAX records "LEN KEY=VALUE\n"; values stay bytes (paths and xattr values need not be UTF-8). */
-export function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
+function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
   const out: Array<[string, Buffer]> = [];
   let p = 0;
   while (p < data.length) {
@@ -204,6 +208,24 @@ const MAX_META = 16 << 20; // a PAX or GNU long-name record larger than this is 
 
 export interface TarRead { entry: TarEntry; data: AsyncIterable<Buffer> }
 
+type PaxRecords = Array<[string, Buffer]>;
+
+/** Extended headers read so far that apply to the next entry (and, for global PAX, to all after it). */
+class PendingExtended {
+  global: PaxRecords = [];
+  pax: PaxRecords | null = null;
+  longName: Buffer | null = null;
+  longLink: Buffer | null = null;
+  get any(): boolean { return this.pax !== null || this.longName !== null || this.longLink !== null; }
+  /** The entry has taken them: only the global records stay. */
+  clear(): void { this.pax = null; this.longName = null; this.longLink = null; }
+}
+
+const TYPES: Record<string, TarType> = {
+  '0': 'file', '\0': 'file', '7': 'file', 'S': 'file', '1': 'hardlink', '2': 'symlink',
+  '3': 'chardev', '4': 'blockdev', '5': 'dir', 'D': 'dir', '6': 'fifo',
+};
+
 /**
  * Iterate the entries of a tar stream. The caller must consume (or abandon) `data` before asking
  * for the next entry; abandoned data is skipped. Throws BadInputError on anything malformed,
@@ -211,164 +233,39 @@ export interface TarRead { entry: TarEntry; data: AsyncIterable<Buffer> }
  */
 export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<TarRead> {
   const r = new ByteReader(source[Symbol.asyncIterator]());
-  let globalPax: Array<[string, Buffer]> = [];
-  let pax: Array<[string, Buffer]> | null = null;
-  let longName: Buffer | null = null;
-  let longLink: Buffer | null = null;
-
+  const ext = new PendingExtended();
   for (;;) {
     const at = r.pos;
     const h = await r.exact(BLOCK, 'header');
     if (!h) throw new BadInputError(`truncated tar: no end-of-archive marker (stream ends at byte ${at})`);
     if (isZero(h)) {
-      if (pax || longName || longLink) throw new BadInputError(`tar: extended header at byte ${at} not followed by an entry`);
+      if (ext.any) throw new BadInputError(`tar: extended header at byte ${at} not followed by an entry`);
       await r.drain();
       return;
     }
     if (!checksumOk(h, at)) throw new BadInputError(`tar header at byte ${at}: bad checksum (corrupt or not a tar)`);
-
-    const magic = h.toString('latin1', 257, 263);
-    const ustar = magic === 'ustar\0';
-    const gnu = magic === 'ustar ';
     const flag = String.fromCharCode(h[156]!);
     const hdrSize = parseNumeric(h, 124, 12, 'size', at);
     if (hdrSize < 0) throw new BadInputError(`tar header at byte ${at}: negative size`);
 
-    // Extended headers: read their payload, remember it, go on to the entry they describe.
-    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-      if (hdrSize > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended header of ${hdrSize} bytes is too large`);
-      const payload = (await r.exact(hdrSize, 'extended header')) ?? Buffer.alloc(0);
-      if (payload.length < hdrSize) throw new BadInputError(`truncated tar in extended header at byte ${at}`);
-      await skipPad(r, hdrSize);
-      if (flag === 'x') pax = [...(pax ?? []), ...parsePax(payload, at)];
-      else if (flag === 'g') globalPax = [...globalPax, ...parsePax(payload, at)];
-      else if (flag === 'L') longName = longString(payload, 'GNU long name', at);
-      else longLink = longString(payload, 'GNU long link target', at);
-      continue;
-    }
+    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') { await readExtended(r, ext, flag, hdrSize, at); continue; }
+    if (flag === 'V') { await r.skip(hdrSize, 'volume label'); await skipPad(r, hdrSize); ext.pax = null; continue; } // no file
+    const type = TYPES[flag];
+    if (!type) throw new BadInputError(`tar header at byte ${at}: unsupported entry type ${JSON.stringify(flag)}`);
 
-    let type: TarType;
-    switch (flag) {
-      case '0': case '\0': case '7': type = 'file'; break;
-      case 'S': type = 'file'; break;
-      case '1': type = 'hardlink'; break;
-      case '2': type = 'symlink'; break;
-      case '3': type = 'chardev'; break;
-      case '4': type = 'blockdev'; break;
-      case '5': case 'D': type = 'dir'; break;
-      case '6': type = 'fifo'; break;
-      case 'V': // volume label: no file
-        await r.skip(hdrSize, 'volume label'); await skipPad(r, hdrSize); pax = null; continue;
-      default:
-        throw new BadInputError(`tar header at byte ${at}: unsupported entry type ${JSON.stringify(flag)}`);
-    }
-
-    let path = longName ?? cstr(h, 0, 100);
-    if (!longName && ustar && h[345] !== 0) path = Buffer.concat([cstr(h, 345, 155), Buffer.from('/'), path]);
-    let linkpath: Buffer | null = longLink ?? (h[157] !== 0 ? cstr(h, 157, 100) : null);
-    if (flag === '0' || flag === '\0') { if (!ustar && !gnu && path.length && path[path.length - 1] === 0x2f) type = 'dir'; }
-
-    const e: TarEntry = {
-      path, type, linkpath,
-      mode: parseNumeric(h, 100, 8, 'mode', at) & 0o7777,
-      uid: parseNumeric(h, 108, 8, 'uid', at),
-      gid: parseNumeric(h, 116, 8, 'gid', at),
-      uname: (ustar || gnu) ? cstr(h, 265, 32).toString('utf8') : '',
-      gname: (ustar || gnu) ? cstr(h, 297, 32).toString('utf8') : '',
-      size: hdrSize, dataSize: hdrSize,
-      mtime: parseNumeric(h, 136, 12, 'mtime', at), mtimeNs: 0,
-      devmajor: (ustar || gnu) ? parseNumeric(h, 329, 8, 'devmajor', at) : 0,
-      devminor: (ustar || gnu) ? parseNumeric(h, 337, 8, 'devminor', at) : 0,
-      xattrs: new Map(), sparse: null, offset: at,
-    };
-
-    // GNU old sparse ('S'): map in the header, continued in extension blocks.
-    if (flag === 'S') {
-      const segs: SparseSegment[] = [];
-      const addSegs = (b: Buffer, off: number, count: number) => {
-        for (let i = 0; i < count; i++) {
-          const o = off + i * 24;
-          if (b[o] === 0) continue;
-          segs.push({ offset: parseNumeric(b, o, 12, 'sparse offset', at), size: parseNumeric(b, o + 12, 12, 'sparse size', at) });
-        }
-      };
-      addSegs(h, 386, 4);
-      let ext = h[482] !== 0;
-      while (ext) {
-        const xb = await r.exact(BLOCK, 'sparse extension');
-        if (!xb) throw new BadInputError(`truncated tar in sparse header at byte ${at}`);
-        addSegs(xb, 0, 21);
-        ext = xb[504] !== 0;
-      }
-      e.sparse = segs;
-      e.size = parseNumeric(h, 483, 12, 'sparse real size', at);
-    }
-
-    const records = [...globalPax, ...(pax ?? [])];
-    let sparseMajor = -1;
-    const sp00: SparseSegment[] = [];
-    let spOff: number | null = null;
-    let sparseName: Buffer | null = null;
-    for (const [k, v] of records) {
-      switch (k) {
-        case 'path': path = noNul(v, 'pax path', at); e.path = path; break;
-        case 'linkpath': linkpath = noNul(v, 'pax linkpath', at); e.linkpath = linkpath; break;
-        case 'size': e.size = e.dataSize = parseIntStrict(v, 'pax size', at); break;
-        case 'uid': e.uid = parseIntStrict(v, 'pax uid', at); break;
-        case 'gid': e.gid = parseIntStrict(v, 'pax gid', at); break;
-        case 'uname': e.uname = v.toString('utf8'); break;
-        case 'gname': e.gname = v.toString('utf8'); break;
-        case 'mtime': { const t = parseTime(v.toString(), at); e.mtime = t.sec; e.mtimeNs = t.ns; break; }
-        case 'SCHILY.devmajor': e.devmajor = parseIntStrict(v, 'devmajor', at); break;
-        case 'SCHILY.devminor': e.devminor = parseIntStrict(v, 'devminor', at); break;
-        case 'GNU.sparse.major': sparseMajor = parseIntStrict(v, 'sparse major', at); break;
-        case 'GNU.sparse.name': sparseName = noNul(v, 'pax sparse name', at); break;
-        case 'GNU.sparse.size': case 'GNU.sparse.realsize': e.size = parseIntStrict(v, 'sparse size', at); e.sparse ??= []; break;
-        case 'GNU.sparse.offset': spOff = parseIntStrict(v, 'sparse offset', at); break;
-        case 'GNU.sparse.numbytes':
-          if (spOff === null) throw new BadInputError(`tar entry at byte ${at}: sparse numbytes without offset`);
-          sp00.push({ offset: spOff, size: parseIntStrict(v, 'sparse numbytes', at) }); spOff = null; break;
-        case 'GNU.sparse.map': {
-          const n = v.toString().split(',').filter((x) => x !== '').map((x) => parseIntStrict(x, 'sparse map', at));
-          if (n.length % 2) throw new BadInputError(`tar entry at byte ${at}: odd sparse map`);
-          for (let i = 0; i < n.length; i += 2) sp00.push({ offset: n[i]!, size: n[i + 1]! });
-          break;
-        }
-        default:
-          if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice(13), v);
-          else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString(), 'base64'));
-      }
-    }
-    if (sp00.length) e.sparse = sp00;
-    if (sparseName) e.path = sparseName; // the header name of a sparse file is a placeholder
-    pax = null; longName = null; longLink = null;
-    if (e.type === 'hardlink' || e.type === 'symlink') {
-      if (!e.linkpath || e.linkpath.length === 0) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: ${e.type} without a target`);
+    const e = parseHeader(h, flag, type, hdrSize, ext, at);
+    if (flag === 'S') await readOldGnuSparse(r, h, e, at);
+    const sparseMajor = applyPax(e, [...ext.global, ...(ext.pax ?? [])], at);
+    ext.clear();
+    if ((e.type === 'hardlink' || e.type === 'symlink') && (!e.linkpath || e.linkpath.length === 0)) {
+      throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: ${e.type} without a target`);
     }
     if (e.path.length === 0) throw new BadInputError(`tar entry at byte ${at}: empty name`);
 
     // Only regular files carry content; other types' data (if any) is skipped, as GNU tar does.
     const hasData = e.type === 'file' || e.type === 'hardlink';
     const archived = e.dataSize;
-    let dataLeft = archived;
-    if (hasData && sparseMajor === 1) {
-      // PAX sparse 1.0: the map is a decimal text prefix of the data, padded to a block.
-      const { segs, consumed } = await readSparse10(r, at, dataLeft);
-      e.sparse = segs;
-      dataLeft -= consumed;
-    }
-    if (e.sparse) {
-      const total = e.sparse.reduce((a, s) => a + s.size, 0);
-      let end = 0;
-      for (const s of e.sparse) {
-        if (s.offset < end || s.size < 0 || s.offset + s.size > e.size) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: invalid sparse map`);
-        end = s.offset + s.size;
-      }
-      if (total !== dataLeft) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: sparse map covers ${total} bytes, archive holds ${dataLeft}`);
-    }
-    if (e.type === 'file' && !e.sparse && e.size !== dataLeft) e.size = dataLeft;
-    e.dataSize = dataLeft;
-
+    const dataLeft = await layoutData(r, e, hasData ? sparseMajor : -1, at);
     let consumed = false;
     const data: AsyncIterable<Buffer> = hasData ? {
       [Symbol.asyncIterator]: () => { consumed = true; return r.stream(dataLeft, `data of ${e.path.toString()}`); },
@@ -377,6 +274,131 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     if (!hasData || !consumed) await r.skip(dataLeft, `data of ${e.path.toString()}`);
     await skipPad(r, archived);
   }
+}
+
+/** Extended headers: read the payload and remember it for the entry (or entries) it describes. */
+async function readExtended(r: ByteReader, ext: PendingExtended, flag: string, size: number, at: number): Promise<void> {
+  if (size > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended header of ${size} bytes is too large`);
+  const payload = (await r.exact(size, 'extended header')) ?? Buffer.alloc(0);
+  if (payload.length < size) throw new BadInputError(`truncated tar in extended header at byte ${at}`);
+  await skipPad(r, size);
+  if (flag === 'x') ext.pax = [...(ext.pax ?? []), ...parsePax(payload, at)];
+  else if (flag === 'g') ext.global = [...ext.global, ...parsePax(payload, at)];
+  else if (flag === 'L') ext.longName = longString(payload, 'GNU long name', at);
+  else ext.longLink = longString(payload, 'GNU long link target', at);
+}
+
+/** The entry as its 512-byte header (v7, ustar or GNU) and any GNU long name/link say. */
+function parseHeader(h: Buffer, flag: string, type: TarType, hdrSize: number, ext: PendingExtended, at: number): TarEntry {
+  const magic = h.toString('latin1', 257, 263);
+  const ustar = magic === 'ustar\0';
+  const gnu = magic === 'ustar ';
+  let path = ext.longName ?? cstr(h, 0, 100);
+  if (!ext.longName && ustar && h[345] !== 0) path = Buffer.concat([cstr(h, 345, 155), Buffer.from('/'), path]);
+  const linkpath: Buffer | null = ext.longLink ?? (h[157] !== 0 ? cstr(h, 157, 100) : null);
+  // v7 archives mark directories only by a trailing slash.
+  if ((flag === '0' || flag === '\0') && !ustar && !gnu && path.length && path[path.length - 1] === 0x2f) type = 'dir';
+  return {
+    path, type, linkpath,
+    mode: parseNumeric(h, 100, 8, 'mode', at) & 0o7777,
+    uid: parseNumeric(h, 108, 8, 'uid', at),
+    gid: parseNumeric(h, 116, 8, 'gid', at),
+    uname: (ustar || gnu) ? cstr(h, 265, 32).toString('utf8') : '',
+    gname: (ustar || gnu) ? cstr(h, 297, 32).toString('utf8') : '',
+    size: hdrSize, dataSize: hdrSize,
+    mtime: parseNumeric(h, 136, 12, 'mtime', at), mtimeNs: 0,
+    devmajor: (ustar || gnu) ? parseNumeric(h, 329, 8, 'devmajor', at) : 0,
+    devminor: (ustar || gnu) ? parseNumeric(h, 337, 8, 'devminor', at) : 0,
+    xattrs: new Map(), sparse: null, offset: at,
+  };
+}
+
+/** GNU old sparse ('S'): the map is in the header, continued in extension blocks. */
+async function readOldGnuSparse(r: ByteReader, h: Buffer, e: TarEntry, at: number): Promise<void> {
+  const segs: SparseSegment[] = [];
+  const addSegs = (b: Buffer, off: number, count: number) => {
+    for (let i = 0; i < count; i++) {
+      const o = off + i * 24;
+      if (b[o] === 0) continue;
+      segs.push({ offset: parseNumeric(b, o, 12, 'sparse offset', at), size: parseNumeric(b, o + 12, 12, 'sparse size', at) });
+    }
+  };
+  addSegs(h, 386, 4);
+  let more = h[482] !== 0;
+  while (more) {
+    const xb = await r.exact(BLOCK, 'sparse extension');
+    if (!xb) throw new BadInputError(`truncated tar in sparse header at byte ${at}`);
+    addSegs(xb, 0, 21);
+    more = xb[504] !== 0;
+  }
+  e.sparse = segs;
+  e.size = parseNumeric(h, 483, 12, 'sparse real size', at);
+}
+
+/** PAX records (global, then the entry's own) override the header; returns the PAX sparse major version (-1: none). */
+function applyPax(e: TarEntry, records: PaxRecords, at: number): number {
+  let sparseMajor = -1;
+  const sp00: SparseSegment[] = [];
+  let spOff: number | null = null;
+  let sparseName: Buffer | null = null;
+  for (const [k, v] of records) {
+    switch (k) {
+      case 'path': e.path = noNul(v, 'pax path', at); break;
+      case 'linkpath': e.linkpath = noNul(v, 'pax linkpath', at); break;
+      case 'size': e.size = e.dataSize = parseIntStrict(v, 'pax size', at); break;
+      case 'uid': e.uid = parseIntStrict(v, 'pax uid', at); break;
+      case 'gid': e.gid = parseIntStrict(v, 'pax gid', at); break;
+      case 'uname': e.uname = v.toString('utf8'); break;
+      case 'gname': e.gname = v.toString('utf8'); break;
+      case 'mtime': { const t = parseTime(v.toString(), at); e.mtime = t.sec; e.mtimeNs = t.ns; break; }
+      case 'SCHILY.devmajor': e.devmajor = parseIntStrict(v, 'devmajor', at); break;
+      case 'SCHILY.devminor': e.devminor = parseIntStrict(v, 'devminor', at); break;
+      case 'GNU.sparse.major': sparseMajor = parseIntStrict(v, 'sparse major', at); break;
+      case 'GNU.sparse.name': sparseName = noNul(v, 'pax sparse name', at); break;
+      case 'GNU.sparse.size': case 'GNU.sparse.realsize': e.size = parseIntStrict(v, 'sparse size', at); e.sparse ??= []; break;
+      case 'GNU.sparse.offset': spOff = parseIntStrict(v, 'sparse offset', at); break;
+      case 'GNU.sparse.numbytes':
+        if (spOff === null) throw new BadInputError(`tar entry at byte ${at}: sparse numbytes without offset`);
+        sp00.push({ offset: spOff, size: parseIntStrict(v, 'sparse numbytes', at) }); spOff = null; break;
+      case 'GNU.sparse.map': {
+        const n = v.toString().split(',').filter((x) => x !== '').map((x) => parseIntStrict(x, 'sparse map', at));
+        if (n.length % 2) throw new BadInputError(`tar entry at byte ${at}: odd sparse map`);
+        for (let i = 0; i < n.length; i += 2) sp00.push({ offset: n[i]!, size: n[i + 1]! });
+        break;
+      }
+      default:
+        if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice(13), v);
+        else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString(), 'base64'));
+    }
+  }
+  if (sp00.length) e.sparse = sp00;
+  if (sparseName) e.path = sparseName; // the header name of a sparse file is a placeholder
+  return sparseMajor;
+}
+
+/**
+ * How a file's archived data maps onto its content: reads a PAX 1.0 sparse map (a text prefix of
+ * the data), checks any sparse map against the sizes, and returns the data bytes left to stream.
+ */
+async function layoutData(r: ByteReader, e: TarEntry, sparseMajor: number, at: number): Promise<number> {
+  let dataLeft = e.dataSize;
+  if (sparseMajor === 1) { // only for entries with data
+    const { segs, consumed } = await readSparse10(r, at, dataLeft);
+    e.sparse = segs;
+    dataLeft -= consumed;
+  }
+  if (e.sparse) {
+    const total = e.sparse.reduce((a, s) => a + s.size, 0);
+    let end = 0;
+    for (const s of e.sparse) {
+      if (s.offset < end || s.size < 0 || s.offset + s.size > e.size) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: invalid sparse map`);
+      end = s.offset + s.size;
+    }
+    if (total !== dataLeft) throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: sparse map covers ${total} bytes, archive holds ${dataLeft}`);
+  }
+  if (e.type === 'file' && !e.sparse && e.size !== dataLeft) e.size = dataLeft;
+  e.dataSize = dataLeft;
+  return dataLeft;
 }
 
 async function skipPad(r: ByteReader, size: number): Promise<void> {

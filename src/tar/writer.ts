@@ -1,3 +1,4 @@
+// Tar writing for export: owns encoding entries back into tar headers (ustar, PAX where needed).
 import type { TarType } from './reader.js';
 
 /** Tar header encoding for export: ustar when the fields fit, a PAX header only for what does not. */

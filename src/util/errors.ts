@@ -40,6 +40,14 @@ export class IntegrityError extends ThinfsError {
   constructor(readonly object: string, message: string) { super(message, EXIT.INTEGRITY, 'EINTEGRITY'); }
 }
 
+/** Why a signed repository manifest (or something it should name) was not trusted: a stable word for scripts and tests. */
+export type TrustReason = 'unsigned' | 'bad-signature' | 'unknown-key' | 'expired' | 'replayed' | 'malformed' | 'not-named' | 'hash-mismatch';
+
+/** Refused by the root of trust (src/store/trust.ts): the message names the reason. */
+export class TrustError extends ThinfsError {
+  constructor(readonly reason: TrustReason, message: string) { super(`untrusted (${reason}): ${message}`, EXIT.INTEGRITY, 'ETRUST'); this.name = 'TrustError'; }
+}
+
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }

@@ -21,7 +21,7 @@ export class TransientError extends ThinfsError {
 }
 
 /** An attempt that ran past its own deadline (the operation as a whole may still be retried). */
-export class AttemptTimeoutError extends TransientError {
+class AttemptTimeoutError extends TransientError {
   constructor(message: string) { super(message); this.name = 'AttemptTimeoutError'; }
 }
 
@@ -36,7 +36,7 @@ export function isRetryableNetworkError(e: unknown): boolean {
 }
 
 /** The default classification: transient errors and network failures are retried; anything else is a refusal. */
-export function isRetryable(e: unknown): boolean {
+function isRetryable(e: unknown): boolean {
   return e instanceof TransientError || isRetryableNetworkError(e);
 }
 

@@ -273,3 +273,8 @@ export async function haveCommand(cmd: string): Promise<boolean> {
   const r = await run('sh', ['-c', `command -v "$1" >/dev/null 2>&1`, 'sh', cmd]);
   return r.code === 0;
 }
+
+/** Bytes of a name printed as thinfs prints exact names (`ls --json`): UTF-8, other bytes and `\` as `\NNN`/`\\`. */
+export function pathTextBytes(s: string): Buffer {
+  return Buffer.concat(s.split(/(\\[0-7]{3}|\\\\)/).map((p) => /^\\[0-7]{3}$/.test(p) ? Buffer.from([parseInt(p.slice(1), 8)]) : p === '\\\\' ? Buffer.from('\\') : Buffer.from(p)));
+}

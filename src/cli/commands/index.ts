@@ -10,6 +10,7 @@ export const commandModules: Array<{ names: string[]; load: () => Promise<Regist
   { names: ['init', 'ingest', 'layers', 'ls', 'stat', 'cat', 'export', 'gc'], load: async () => (await import('./store.js')).registerStoreCommands },
   { names: ['mount', 'unmount', 'umount'], load: async () => (await import('./mount.js')).registerMountCommands },
   { names: ['convert', 'pull-thin'], load: async () => (await import('./convert.js')).registerConvertCommands },
+  { names: ['keygen', 'sign', 'images'], load: async () => (await import('./trust.js')).registerTrustCommands },
   { names: ['podman-store', 'podman-conf'], load: async () => (await import('./podman.js')).registerPodmanCommands },
   { names: ['publisher'], load: async () => (await import('./publisher.js')).registerPublisherCommands },
 ];

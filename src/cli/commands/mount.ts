@@ -7,12 +7,19 @@ import { Store } from '../../store/store.js';
 import { watchPodmanStore } from '../../podman/watch.js';
 import { generatePodmanStore } from '../../podman/image-store.js';
 import { defaultCacheDir, mountEntry, runMount, unmountPath } from '../../mount/daemon.js';
-import { addHttpOptions, httpOptionsFrom, type HttpCli } from '../http-options.js';
+import { addHttpOptions, httpOptionsFrom, publicKeysFrom, type HttpCli } from '../http-options.js';
 
 interface MountCli extends HttpCli {
+  refresh: string;
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
   readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
   allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
+}
+
+function refreshMs(s: string): number {
+  const n = Number(s);
+  if (!Number.isFinite(n) || n <= 0) throw new ThinfsError(`--refresh: expected a positive number of seconds, got "${s}"`, EXIT.USAGE);
+  return Math.round(n * 1000);
 }
 
 function parseCount(s: string, what: string): number {
@@ -23,11 +30,13 @@ function parseCount(s: string, what: string): number {
 
 export function registerMountCommands(program: Command): void {
   addHttpOptions(program.command('mount'))
+    .option('--public-key <files>', 'serve only what the store\'s repository manifest, signed by one of these Ed25519 public keys (PEM, comma-separated), names by hash')
+    .option('--refresh <sec>', 'with --public-key: poll the signed manifest this often; new layers and images appear without remount', '60')
     .description('mount a store read-only with FUSE: layers/<diff id hex>/ and images/<name>/rootfs/, fetched lazily and verified')
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'directory to mount on (created if missing; a stale FUSE mount there is detached)')
     .option('--cache-dir <dir>', `node-local cache directory, shareable by several mounts (default ${defaultCacheDir()})`)
-    .option('--cache-quota <size>', 'byte budget for cached chunks, K/M/G suffixes (LRU eviction)', '10G')
+    .option('--cache-quota <size>', 'byte budget for the node-local cache (chunks, whole-file copies, catalogs), K/M/G suffixes (LRU eviction)', '10G')
     .option('--mem-cache <size>', 'decoded chunks kept in memory (requests straddling chunks, local readahead); the kernel page cache holds file data', '32M')
     .option('--stats-file <file>', 'JSON counters rewritten while mounted; also linked as <mountpoint>/.thinfs/stats (default <cache-dir>/stats/<pid>.json)')
     .option('--metrics-port <port>', 'serve Prometheus /metrics and JSON /stats on 127.0.0.1:<port> (0 = any free port)')
@@ -71,7 +80,7 @@ Examples:
       // The podman image store is written from the store alone (never through this process's own mount).
       const podmanStop = new AbortController();
       if (o.podmanStore) {
-        const ps = { store: await Store.open(storeLocation), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
+        const ps = { store: await Store.open(storeLocation, { http: httpOptionsFrom(o), publicKeys: publicKeysFrom(o), trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
         // a first pass before the mount reports ready, so a unit ordered after it finds the images
         await generatePodmanStore(ps);
         void watchPodmanStore({ ...ps, intervalMs: 2000, signal: podmanStop.signal });
@@ -95,6 +104,8 @@ Examples:
         allowDev: !!o.allowDev,
         debug: !!o.debug,
         http: httpOptionsFrom(o),
+        publicKeys: publicKeysFrom(o),
+        refreshMs: refreshMs(o.refresh),
         log,
       });
       podmanStop.abort();

@@ -1,3 +1,4 @@
+// The store CLI commands: init, ingest, layers, ls, stat, cat, export, gc (argument checks and output formats).
 import type { Command } from 'commander';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
@@ -11,7 +12,9 @@ import { createLogger } from '../../util/log.js';
 import { fmtBytes } from '../../util/progress.js';
 import { NotFoundError, ThinfsError, UsageError, EXIT } from '../../util/errors.js';
 import { isDigest } from '../../util/hash.js';
+import { QUOTING_STYLES, quoteName, type QuotingStyle } from '../quote.js';
 import type { Inode, CatalogReader } from '../../catalog/reader.js';
+import { addStoreReadOptions } from '../http-options.js';
 
 const STORE_HELP = 'store directory (or http(s) URL for read commands)';
 const PATH_HELP = 'path inside the layer (bytes that are not UTF-8 as \\NNN octal escapes, as `tar -tv` prints them)';
@@ -26,6 +29,19 @@ export function pathArg(p: string): Buffer {
   }
   parts.push(Buffer.from(p.slice(last)));
   return Buffer.concat(parts);
+}
+
+/** pathArg's inverse: UTF-8 text, with bytes that are not UTF-8 (and backslash) as octal escapes. */
+export function pathText(b: Buffer): string {
+  let out = '';
+  for (let i = 0; i < b.length;) {
+    const c = b[i]!;
+    const len = c < 0x80 ? 1 : c >= 0xc2 && c < 0xe0 ? 2 : c >= 0xe0 && c < 0xf0 ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    const seq = len && i + len <= b.length ? b.subarray(i, i + len) : null;
+    const ch = seq ? seq.toString('utf8') : '';
+    if (c === 0x5c) { out += '\\\\'; i++; } else if (seq && !ch.includes('\ufffd') && Buffer.byteLength(ch) === len) { out += ch; i += len; } else { out += '\\' + c.toString(8).padStart(3, '0'); i++; }
+  }
+  return out;
 }
 
 /** Open a layer's catalog, resolve a path in it, run fn, always release the catalog. */
@@ -122,19 +138,29 @@ export function registerStoreCommands(program: Command): void {
     .argument('<layer>', 'layer diff id (or unique hex prefix)')
     .argument('[path]', PATH_HELP, '/')
     .option('-l, --long', 'long listing')
-    .action(async (layer: string, path: string, o: { store: string; long?: boolean }) => {
+    .option('--quoting-style <style>', `how names are quoted, as GNU ls: ${QUOTING_STYLES.join(', ')} (literal and shell* show control characters as ?)`)
+    .option('--json', 'one JSON object per entry; names exact (bytes that are not UTF-8 as \\NNN octal escapes, as the path argument takes them)')
+    .action(async (layer: string, path: string, o: { store: string; long?: boolean; quotingStyle?: string; json?: boolean }) => {
+      // Names are untrusted bytes: never written raw to a terminal (shell-escape is GNU ls's default on one).
+      const style = (o.quotingStyle ?? process.env.QUOTING_STYLE ?? 'shell-escape') as QuotingStyle;
+      if (!QUOTING_STYLES.includes(style)) throw new UsageError(`unknown quoting style ${JSON.stringify(style)} (one of ${QUOTING_STYLES.join(', ')})`);
       const store = await Store.open(o.store);
       const { catalog, close } = await openLayerCatalog(store, await resolveLayerId(store, layer));
       try {
         const dir = catalog.resolve(pathArg(path));
         if (!dir) throw new NotFoundError(`${path}: no such file or directory in layer`);
-        const list = dir.type === 'dir' ? catalog.readdir(dir.ino).map((d) => ({ name: d.name, inode: catalog.getInode(d.ino)! })) : [{ name: Buffer.from(path), inode: dir as Inode }];
+        const list = dir.type === 'dir' ? catalog.readdir(dir.ino).map((d) => ({ name: d.name, inode: catalog.getInode(d.ino)! })) : [{ name: pathArg(path), inode: dir as Inode }];
         for (const { name, inode } of list) {
-          if (!o.long) { process.stdout.write(Buffer.concat([name, Buffer.from('\n')])); continue; }
+          if (o.json) {
+            process.stdout.write(JSON.stringify({ name: pathText(name), ...inodeJson(pathText(name), inode, new Map()), path: undefined,
+              target: inode.target ? pathText(inode.target) : undefined }) + '\n');
+            continue;
+          }
+          if (!o.long) { process.stdout.write(Buffer.concat([quoteName(name, style), Buffer.from('\n')])); continue; }
           const size = inode.type === 'chardev' || inode.type === 'blockdev' ? `${inode.rdevMajor},${inode.rdevMinor}` : String(inode.size);
           const t = new Date(inode.mtime * 1000).toISOString().replace('T', ' ').slice(0, 19);
-          const tail = inode.type === 'symlink' ? Buffer.concat([Buffer.from(' -> '), inode.target!]) : Buffer.alloc(0);
-          process.stdout.write(Buffer.concat([Buffer.from(`${modeString(inode)} ${inode.nlink} ${inode.uid}/${inode.gid} ${size.padStart(10)} ${t} `), name, tail, Buffer.from('\n')]));
+          const tail = inode.type === 'symlink' ? Buffer.concat([Buffer.from(' -> '), quoteName(inode.target!, style)]) : Buffer.alloc(0);
+          process.stdout.write(Buffer.concat([Buffer.from(`${modeString(inode)} ${inode.nlink} ${inode.uid}/${inode.gid} ${size.padStart(10)} ${t} `), quoteName(name, style), tail, Buffer.from('\n')]));
         }
       } finally { await close(); }
     });
@@ -194,4 +220,6 @@ export function registerStoreCommands(program: Command): void {
       else process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
         `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace)\n`);
     });
+  // Read commands take the HTTP (mirrors, proxies, timeouts) and trust (--public-key) options.
+  for (const c of program.commands) if (['layers', 'ls', 'stat', 'cat', 'export'].includes(c.name())) addStoreReadOptions(c);
 }

@@ -1,0 +1,130 @@
+// The node-local cache directory on disk: its layout, its permissions (private to the daemon), atomic writes through
+// tmp/, and the scan that rebuilds the index after a restart. Shared safely by several mounts on one node:
+//   <dir>/chunks/<2 hex>/<62 hex>   decoded chunk bytes; the name is their SHA-256, re-checked on every disk read
+//   <dir>/files/<2 hex>/<62 hex>    whole files assembled from verified chunks, for FUSE passthrough; named by
+//                                   the SHA-256 of the file's chunk map (same layout, same file, in any layer)
+//   <dir>/catalogs/<hash>.sqlite    decoded layer catalogs (verified when fetched and when reopened)
+//   <dir>/tmp/                      in-flight writes, renamed into place (readers see whole files or none)
+import { chmod, mkdir, readdir, rename, rm, stat, unlink, writeFile, open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ThinfsError } from '../util/errors.js';
+import type { CacheKey } from './quota.js';
+
+/**
+ * The cache holds the content of every file read through the mount, whatever its mode in the image (a 0600 file's
+ * chunks, small files inlined in catalogs): only the daemon's user may enter it, as on a multi-user node anyone could
+ * otherwise read what the mount's permissions keep from them.
+ */
+const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
+
+/** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
+async function makePrivate(p: string, mode: number): Promise<void> {
+  await chmod(p, mode).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
+}
+
+export interface FoundEntry { key: CacheKey; size: number; lastUsedMs: number }
+
+export class CacheDir {
+  readonly chunks: string;
+  readonly files: string;
+  readonly catalogs: string;
+  readonly tmp: string;
+
+  constructor(readonly root: string) {
+    this.chunks = join(root, 'chunks');
+    this.files = join(root, 'files');
+    this.catalogs = join(root, 'catalogs');
+    this.tmp = join(root, 'tmp');
+  }
+
+  chunkPath(hash: string): string { return join(this.chunks, hash.slice(0, 2), hash.slice(2)); }
+  filePath(fileId: string): string { return join(this.files, fileId.slice(0, 2), fileId.slice(2)); }
+  catalogPath(hash: string): string { return join(this.catalogs, `${hash}.sqlite`); }
+  /** The file of an index key (see CacheKey). */
+  pathOf(key: CacheKey): string {
+    if (key.startsWith('f:')) return this.filePath(key.slice(2));
+    if (key.startsWith('c:')) return this.catalogPath(key.slice(2));
+    return this.chunkPath(key);
+  }
+
+  /** Create the layout, private; an existing cache is repaired, since older versions made it 0755 with 0644 files. */
+  async create(): Promise<void> {
+    await mkdir(this.root, { recursive: true, mode: PRIVATE_DIR });
+    for (const d of [this.root, this.chunks, this.files, this.tmp, this.catalogs]) {
+      await mkdir(d, { recursive: true, mode: PRIVATE_DIR });
+      await chmod(d, PRIVATE_DIR).catch((e: NodeJS.ErrnoException) => {
+        throw new ThinfsError(`cache directory ${d}: cannot make it private (${e.code ?? e.message}); use a --cache-dir this user owns`);
+      });
+    }
+    await this.cleanTmp();
+  }
+
+  /** What a previous run left: every chunk, whole-file copy and catalog, oldest use first (files made private on the way). */
+  async scan(): Promise<FoundEntry[]> {
+    const found: FoundEntry[] = [];
+    const add = async (p: string, key: CacheKey) => {
+      const st = await stat(p).catch(() => null);
+      if (!st) return;
+      if (st.mode & 0o077) await makePrivate(p, PRIVATE_FILE);
+      found.push({ key, size: st.size, lastUsedMs: Math.max(st.atimeMs, st.mtimeMs) });
+    };
+    for (const [dir, prefix] of [[this.chunks, ''], [this.files, 'f:']] as const) {
+      const fans = await readdir(dir).catch(() => [] as string[]);
+      await Promise.all(fans.filter((f) => /^[0-9a-f]{2}$/.test(f)).map(async (fan) => {
+        await makePrivate(join(dir, fan), PRIVATE_DIR);
+        for (const n of await readdir(join(dir, fan)).catch(() => [] as string[])) {
+          if (/^[0-9a-f]{62}$/.test(n)) await add(join(dir, fan, n), prefix + fan + n);
+        }
+      }));
+    }
+    for (const n of await readdir(this.catalogs).catch(() => [] as string[])) {
+      const m = /^([0-9a-f]{64})\.sqlite$/.exec(n);
+      if (m) await add(join(this.catalogs, n), `c:${m[1]}`);
+      else await makePrivate(join(this.catalogs, n), PRIVATE_FILE);
+    }
+    return found.sort((a, b) => a.lastUsedMs - b.lastUsedMs);
+  }
+
+  private async cleanTmp(): Promise<void> {
+    const cutoff = Date.now() - 10 * 60_000;
+    for (const n of await readdir(this.tmp).catch(() => [] as string[])) {
+      const p = join(this.tmp, n);
+      const st = await stat(p).catch(() => null);
+      if (st && st.mtimeMs < cutoff) await rm(p, { force: true, recursive: true });
+      else if (st) await makePrivate(p, st.isDirectory() ? PRIVATE_DIR : PRIVATE_FILE);
+    }
+  }
+
+  private tmpName(what: string): string { return join(this.tmp, `${what}.${process.pid}.${randomBytes(4).toString('hex')}`); }
+
+  /** Write bytes under a key's name atomically (tmp + rename): readers see the whole file or none. */
+  async write(key: CacheKey, data: Buffer): Promise<void> {
+    const tmp = this.tmpName(key.replace(':', '-'));
+    try {
+      await writeFile(tmp, data, { mode: PRIVATE_FILE });
+      await this.place(tmp, key);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  /** A private temp file to fill, then place() or discard(). */
+  async createTmp(what: string): Promise<{ path: string; fh: FileHandle }> {
+    const path = this.tmpName(what);
+    return { path, fh: await open(path, 'w', PRIVATE_FILE) };
+  }
+
+  /** Rename a finished temp file into a key's place. */
+  async place(tmp: string, key: CacheKey): Promise<void> {
+    const dest = this.pathOf(key);
+    if (!key.startsWith('c:')) await mkdir(join(dest, '..'), { recursive: true, mode: PRIVATE_DIR });
+    await rename(tmp, dest);
+  }
+
+  async discard(tmp: string): Promise<void> { await rm(tmp, { force: true }); }
+
+  /** Remove a key's file (already gone is fine: another mount sharing the directory may have evicted it). */
+  async remove(key: CacheKey): Promise<void> { await unlink(this.pathOf(key)).catch(() => {}); }
+}

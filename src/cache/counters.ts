@@ -1,0 +1,36 @@
+// The node-local cache's counters, one object shared by its parts (quota, fetcher, whole-file builder, catalogs) and
+// reported by the mount's stats.
+export interface CacheCounters {
+  /** Reads satisfied from the in-memory LRU. */
+  memHits: number;
+  /** Reads satisfied from the node-local cache directory. */
+  diskHits: number;
+  /** Objects fetched from the store (chunk misses + catalogs). */
+  fetches: number;
+  /** Framed (compressed) bytes fetched from the store. */
+  fetchedBytes: number;
+  /** Decoded bytes of fetched objects. */
+  fetchedDecodedBytes: number;
+  catalogFetches: number;
+  /** Requests that joined a fetch already in flight for the same object (single-flight). */
+  joined: number;
+  /** Entries evicted from the cache dir (chunks, whole-file copies, catalogs). */
+  evictions: number;
+  /** Catalogs among the evictions. */
+  catalogEvictions: number;
+  /** Cached files dropped because their content no longer matched their name. */
+  corruptDropped: number;
+  /** Objects the store could not deliver intact (missing or failing verification). */
+  errors: number;
+  /** Chunks loaded from the cache directory ahead of a sequential reader (never from the store). */
+  localReadahead: number;
+  /** Whole files assembled from cached chunks (for passthrough). */
+  filesAssembled: number;
+}
+
+export function newCounters(): CacheCounters {
+  return {
+    memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
+    joined: 0, evictions: 0, catalogEvictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
+  };
+}

@@ -1,0 +1,95 @@
+// The node-local cache as the mount sees it: one object wiring the cache directory (cache-dir.ts), the index and quota
+// over everything in it (quota.ts), the chunk fetcher (fetcher.ts), the whole-file builder (whole-file.ts) and the
+// catalog cache (catalog-cache.ts). Shared safely by several mounts on one node; survives restarts (the index is
+// rebuilt from the directory, nothing refetched).
+import type { Store } from '../store/store.js';
+import type { ChunkRef } from '../catalog/reader.js';
+import type { Logger } from '../util/log.js';
+import { CacheDir } from './cache-dir.js';
+import { CatalogCache } from './catalog-cache.js';
+import { newCounters, type CacheCounters } from './counters.js';
+import { ChunkFetcher } from './fetcher.js';
+import { CacheIndex, type CacheKey } from './quota.js';
+import { WholeFileBuilder } from './whole-file.js';
+
+export { fdClose } from './verify.js';
+export type { CacheCounters } from './counters.js';
+
+export interface CacheOptions {
+  dir: string;
+  /** Byte budget for the cache directory: chunks, whole-file copies and catalogs (LRU eviction beyond it). */
+  quota: number;
+  /** Byte budget for decoded hot chunks kept in memory (0 disables). */
+  memBytes: number;
+  store: Store;
+  log: Logger;
+}
+
+export class NodeCache {
+  readonly counters: CacheCounters = newCounters();
+  private readonly index: CacheIndex;
+  private readonly fetcher: ChunkFetcher;
+  private readonly files: WholeFileBuilder;
+  private readonly catalogs: CatalogCache;
+  private readonly dir: CacheDir;
+  private readonly pending = new Set<Promise<void>>();
+
+  /** Told of each key the LRU evicts (a file the kernel may still hold as a passthrough backing file). */
+  onEvict: ((key: CacheKey) => void) | null = null;
+
+  private constructor(private readonly o: CacheOptions) {
+    const { counters } = this;
+    const log = o.log;
+    const dir = (this.dir = new CacheDir(o.dir));
+    const track = (p: Promise<void>) => this.track(p);
+    this.index = new CacheIndex(Math.max(1, o.quota), (key) => {
+      counters.evictions++;
+      if (key.startsWith('c:')) counters.catalogEvictions++;
+      if (key.startsWith('f:')) this.files.forget(key);
+      void dir.remove(key);
+      this.onEvict?.(key);
+    });
+    this.fetcher = new ChunkFetcher({ dir, index: this.index, store: o.store, memBytes: o.memBytes, counters, log: o.log, track });
+    this.files = new WholeFileBuilder({ dir, index: this.index, fetcher: this.fetcher, counters, log, track });
+    this.catalogs = new CatalogCache({ dir, index: this.index, fetcher: this.fetcher, counters, log });
+  }
+
+  /** Open (creating, private) the cache directory and rebuild the index from what is already there. */
+  static async open(o: CacheOptions): Promise<NodeCache> {
+    const c = new NodeCache(o);
+    await c.dir.create();
+    // Oldest first, so the LRU order after a restart approximates the order of last use.
+    for (const f of await c.dir.scan()) c.index.add(f.key, f.size);
+    o.log.info({ cacheDir: o.dir, objects: c.index.count, bytes: c.index.usedBytes, quota: o.quota }, 'cache index rebuilt');
+    return c;
+  }
+
+  get quota(): number { return this.o.quota; }
+  get usedBytes(): number { return this.index.usedBytes; }
+  get usedObjects(): number { return this.index.count; }
+  get memBytes(): number { return this.fetcher.memBytes; }
+  get assemblingFiles(): number { return this.files.assemblingFiles; }
+
+  /** Verified bytes of a chunk (memory, cache directory, store). */
+  get(hash: string, size?: number): Promise<Buffer> { return this.fetcher.get(hash, size); }
+  isLocal(hash: string): boolean { return this.fetcher.isLocal(hash); }
+  warm(hash: string, size: number): void { this.fetcher.warm(hash, size); }
+  openVerifiedChunk(hash: string, size: number): Promise<number | null> { return this.fetcher.openVerifiedChunk(hash, size); }
+  openWholeFile(fileId: string, chunks: ChunkRef[], size: number): Promise<number | null> { return this.files.open(fileId, chunks, size); }
+  assemble(fileId: string, chunks: ChunkRef[], size: number): void { this.files.assemble(fileId, chunks, size); }
+  /** Local path of a verified catalog, pinned until releaseCatalog. */
+  catalogFile(hash: string, size?: number): Promise<string> { return this.catalogs.acquire(hash, size); }
+  releaseCatalog(hash: string): void { this.catalogs.release(hash); }
+
+  private track(p: Promise<void>): void {
+    this.pending.add(p);
+    const done = () => { this.pending.delete(p); };
+    p.then(done, done);
+  }
+
+  /** Wait for background cache writes (clean shutdown: the next start finds them). */
+  async flush(): Promise<void> {
+    this.files.close();
+    while (this.pending.size) await Promise.allSettled([...this.pending]);
+  }
+}

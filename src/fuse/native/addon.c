@@ -1,0 +1,275 @@
+// The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
+// dirPage, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
+//
+// Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
+// and inode numbers in 32 bits, cannot negotiate 1 MiB reads, readdirplus or kernel directory caching, and costs a
+// JS round trip for every open/release.
+#include "thinfuse.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+
+#define CHECK(call)                                                               \
+  do {                                                                            \
+    napi_status s_ = (call);                                                      \
+    if (s_ != napi_ok) {                                                          \
+      napi_throw_error(env, NULL, "thinfuse: N-API call failed: " #call);         \
+      return NULL;                                                                \
+    }                                                                             \
+  } while (0)
+
+static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  request_t *r = (request_t *)data;
+  (void)context;
+  if (env == NULL || js_cb == NULL) {
+    free(r->body);
+    free(r);
+    return;
+  }
+  napi_value argv[5], undef, buf;
+  napi_create_uint32(env, r->opcode, &argv[0]);
+  napi_create_double(env, r->unique, &argv[1]);
+  napi_create_double(env, r->nodeid, &argv[2]);
+  if (r->opcode == EV_CLOSED) {
+    napi_create_int32(env, r->err, &argv[3]);
+  } else if (r->len > 0) {
+    void *dst;
+    napi_create_buffer_copy(env, r->len, r->body, &dst, &buf);
+    argv[3] = buf;
+  } else {
+    napi_get_null(env, &argv[3]);
+  }
+  napi_create_double(env, r->t_ns, &argv[4]);
+  free(r->body);
+  free(r);
+  napi_get_undefined(env, &undef);
+  napi_call_function(env, undef, js_cb, 5, argv, NULL);
+}
+
+// The session's requests go to the JS thread (blocking when its queue is full: backpressure on the kernel).
+static void deliver(session_t *s, request_t *r) {
+  if (napi_call_threadsafe_function((napi_threadsafe_function)s->owner, r, napi_tsfn_blocking) != napi_ok) {
+    free(r->body);
+    free(r);
+  }
+}
+
+static void finished(session_t *s) { napi_release_threadsafe_function((napi_threadsafe_function)s->owner, napi_tsfn_release); }
+
+// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow}, handler).
+// options is a comma list: ro, suid/nosuid and dev/nodev become mount flags (nosuid,nodev unless named), the rest is data.
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) { napi_throw_type_error(env, NULL, "mount(mountpoint, fsname, options, limits, handler)"); return NULL; }
+  char mnt[4096], fsname[256], opts[1024];
+  size_t l;
+  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
+  CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
+  CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
+  uint32_t lim[6] = {1 << 20, 256, 64, 0, 1, 0};
+  const char *names[6] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow"};
+  for (int i = 0; i < 6; i++) {
+    napi_value v;
+    bool has = false;
+    CHECK(napi_has_named_property(env, argv[3], names[i], &has));
+    if (has) {
+      CHECK(napi_get_named_property(env, argv[3], names[i], &v));
+      CHECK(napi_get_value_uint32(env, v, &lim[i]));
+    }
+  }
+  session_t *s = session_new();
+  if (!s) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  s->max_readahead = lim[0];
+  s->passthrough_wanted = lim[3] != 0 && geteuid() == 0;  // opening backing files needs CAP_SYS_ADMIN
+  s->max_pages = lim[1] < 1 ? 1 : lim[1] > 256 ? 256 : lim[1];
+  s->max_background = lim[2] < 1 ? 1 : lim[2] > 1024 ? 1024 : lim[2];
+  s->ttl = lim[4];
+  s->uncached_below = lim[5];
+  s->deliver = deliver;
+  s->finished = finished;
+
+  char why[512] = "";
+  int fd = fuse_mount(mnt, fsname, opts, why, sizeof(why));
+  if (fd < 0) {
+    session_free(s);
+    napi_throw_error(env, "EMOUNT", why);
+    return NULL;
+  }
+  s->fd = fd;
+  napi_value name;
+  napi_threadsafe_function tsfn;
+  CHECK(napi_create_string_utf8(env, "thinfuse", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_threadsafe_function(env, argv[4], NULL, name, 0, 1, NULL, NULL, s, call_js, &tsfn));
+  s->owner = tsfn;
+  if (session_start(s) != 0) {
+    napi_throw_error(env, "ETHREAD", "cannot start the FUSE reader thread");
+    return NULL;
+  }
+  napi_value ext;
+  CHECK(napi_create_external(env, s, NULL, NULL, &ext));
+  return ext;
+}
+
+// reply(session, unique, errno, buffers?) -> 0 or -errno of the write
+static napi_value js_reply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], ret;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s;
+  double unique;
+  int32_t error;
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &unique));
+  CHECK(napi_get_value_int32(env, argv[2], &error));
+  struct iovec iov[63];
+  int n = 0;
+  if (!error && argc > 3) {
+    bool isArr = false, isBuf = false;
+    napi_is_array(env, argv[3], &isArr);
+    napi_is_buffer(env, argv[3], &isBuf);
+    if (isBuf) {
+      CHECK(napi_get_buffer_info(env, argv[3], &iov[0].iov_base, &iov[0].iov_len));
+      n = 1;
+    } else if (isArr) {
+      uint32_t len;
+      CHECK(napi_get_array_length(env, argv[3], &len));
+      if (len > 63) { napi_throw_range_error(env, NULL, "reply: at most 63 buffers"); return NULL; }
+      for (uint32_t i = 0; i < len; i++) {
+        napi_value el;
+        CHECK(napi_get_element(env, argv[3], i, &el));
+        CHECK(napi_get_buffer_info(env, el, &iov[n].iov_base, &iov[n].iov_len));
+        n++;
+      }
+    }
+  }
+  int r = session_reply(s, (uint64_t)unique, error, iov, n);
+  CHECK(napi_create_int32(env, r, &ret));
+  return ret;
+}
+
+// openReply(session, unique, nodeid, fd): answer the first OPEN of a node (see session_open_reply).
+static napi_value js_open_reply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], ret;
+  session_t *s;
+  double unique, nodeid;
+  int32_t bfd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &unique));
+  CHECK(napi_get_value_double(env, argv[2], &nodeid));
+  CHECK(napi_get_value_int32(env, argv[3], &bfd));
+  CHECK(napi_create_int32(env, session_open_reply(s, (uint64_t)unique, (uint64_t)nodeid, bfd), &ret));
+  return ret;
+}
+
+// forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
+static napi_value js_forget_node(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  session_t *s;
+  double nodeid;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  session_forget_node(s, (uint64_t)nodeid);
+  return NULL;
+}
+
+// dirEof(session, nodeid, offset): the listing of this immutable directory ends at offset.
+static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  session_t *s;
+  double nodeid, off;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_value_double(env, argv[2], &off));
+  session_set_eof(s, (uint64_t)nodeid, (uint64_t)off);
+  return NULL;
+}
+
+// unmount(mountpoint): lazy detach as root; the reader thread then sees ENODEV once the last user is gone.
+static napi_value js_unmount(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  char mnt[4096];
+  size_t l;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
+  int r = fuse_unmount(mnt);
+  CHECK(napi_create_int32(env, r, &ret));
+  return ret;
+}
+
+// dirPage(block, cookie, out, plus, base, ttl, self) -> [bytes written, next block position] | undefined (malformed):
+// a page of a pre-encoded listing that JS answers itself (see listing_page in listing.c).
+static napi_value js_dir_page(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7], ret, v;
+  uint8_t *blk, *out;
+  size_t blen, olen, next = 0;
+  double cookie, base, ttl, self;
+  bool plus;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_buffer_info(env, argv[0], (void **)&blk, &blen));
+  CHECK(napi_get_value_double(env, argv[1], &cookie));
+  CHECK(napi_get_buffer_info(env, argv[2], (void **)&out, &olen));
+  CHECK(napi_get_value_bool(env, argv[3], &plus));
+  CHECK(napi_get_value_double(env, argv[4], &base));
+  CHECK(napi_get_value_double(env, argv[5], &ttl));
+  CHECK(napi_get_value_double(env, argv[6], &self));
+  long n = listing_page(blk, blen, cookie > 0 ? (uint64_t)cookie : 0, out, olen, plus, (uint64_t)base, (uint64_t)ttl, (uint64_t)self, &next);
+  if (n < 0) return NULL;
+  CHECK(napi_create_array_with_length(env, 2, &ret));
+  CHECK(napi_create_double(env, (double)n, &v));
+  CHECK(napi_set_element(env, ret, 0, v));
+  CHECK(napi_create_double(env, (double)next, &v));
+  CHECK(napi_set_element(env, ret, 1, v));
+  return ret;
+}
+
+// dirAhead(session, nodeid, block, base): hand a listing to the reader thread before the kernel asks for it (copied).
+static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  session_t *s;
+  uint8_t *blk;
+  size_t blen;
+  double nodeid, base;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
+  CHECK(napi_get_value_double(env, argv[3], &base));
+  session_dir_ahead(s, (uint64_t)nodeid, blk, blen, (uint64_t)base);
+  return NULL;
+}
+
+void readverify_init(napi_env env, napi_value exports);
+void gear_init(napi_env env, napi_value exports);
+
+static napi_value init(napi_env env, napi_value exports) {
+  readverify_init(env, exports);
+  gear_init(env, exports);
+  napi_property_descriptor props[] = {
+      {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
+      {"reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL},
+      {"unmount", NULL, js_unmount, NULL, NULL, NULL, napi_default, NULL},
+      {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
+      {"openReply", NULL, js_open_reply, NULL, NULL, NULL, napi_default, NULL},
+      {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
+      {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,112 @@
+// thinfuse: thinfs's own FUSE transport, the kernel's low-level protocol spoken over /dev/fuse. This header is what its
+// parts share: the session (session.c: the reader thread and the requests it answers itself), mounting (mount.c),
+// listing pages (listing.c, pure) and the N-API glue (addon.c, the only part that knows Node).
+#ifndef THINFUSE_H
+#define THINFUSE_H
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define BUF_SIZE ((1u << 20) + 4096u)
+// Pseudo opcodes delivered for events that are not requests.
+#define EV_CLOSED 0
+// A handed-over listing was first served by the reader thread: JS hands over that directory's subdirectories next.
+#define EV_DIR_LISTED 0xfff0
+
+// Where each immutable directory's listing ends, as JS reported it: the READDIR that asks past the end (every
+// listing ends with one) is answered here, without a trip to JS. Direct-mapped: a collision only costs that trip.
+#define EOF_SLOTS 65536
+typedef struct { uint64_t nodeid; uint64_t eof; } dir_eof_t;
+
+// Listings handed over by JS before the kernel asks (the subdirectories of a directory just listed: a scan reads them
+// next). The reader thread answers READDIR/READDIRPLUS for them itself; one is dropped once served to its end (the
+// kernel keeps the listing from then on) or, oldest first, when the byte budget is exceeded.
+#define DIRC_BUCKETS 4096
+#define DIRC_BUDGET ((size_t)16 << 20)
+typedef struct dirc_entry {
+  uint64_t nodeid, base;
+  uint8_t *blk;
+  size_t len;
+  struct dirc_entry *chain, *older, *newer;
+} dirc_entry_t;
+
+// How a node's file is being opened: through our READ replies (backing_id 0) or passed through to a backing file.
+// The kernel forbids mixing the two on one inode, so an entry lives while the node has opens; a passthrough entry
+// lives on until the kernel forgets the node (its next opens reuse the backing file without asking JS).
+#define OPEN_BUCKETS 65536
+typedef struct open_entry {
+  uint64_t nodeid;
+  int32_t backing_id;
+  int32_t opens;
+  int forgotten;
+  struct open_entry *next;
+} open_entry_t;
+
+// A request (or event) for the JS thread.
+typedef struct {
+  uint32_t opcode;
+  double unique;
+  double nodeid;
+  uint32_t uid, gid, pid;
+  size_t len;
+  char *body;  // malloc'd, copied into a Buffer
+  int err;     // for EV_CLOSED: the errno that ended the loop (ENODEV = unmounted)
+  double t_ns; // CLOCK_MONOTONIC when read from the kernel (process.hrtime's clock): queueing delay metrics
+} request_t;
+
+typedef struct session {
+  int fd;
+  int passthrough_wanted;
+  int passthrough;  // negotiated
+  int no_opendir;   // the kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT, Linux >= 5.1)
+  // Node ids below this are directories whose listings change (the mount's synthetic ones): never cached by the
+  // kernel, never answered here. Set by the caller at mount; the mount owns the rule.
+  uint64_t uncached_below;
+  open_entry_t **opens;
+  pthread_mutex_t open_lock;
+  dir_eof_t *eofs;
+  pthread_mutex_t eof_lock;
+  dirc_entry_t **dirc;
+  dirc_entry_t *dirc_oldest, *dirc_newest;
+  size_t dirc_bytes;
+  pthread_mutex_t dirc_lock;
+  uint8_t *dirc_out;  // the reader thread's reply buffer for listings it answers
+  pthread_t thread;
+  uint32_t max_readahead;
+  uint32_t max_pages;
+  uint32_t max_background;
+  uint32_t ttl;  // entry and attribute lifetime of immutable nodes, seconds
+  // The owner's side (addon.c): deliver hands a request to it (and frees it if it cannot); finished is called once
+  // when the reader thread ends, after the EV_CLOSED event.
+  void (*deliver)(struct session *s, request_t *r);
+  void (*finished)(struct session *s);
+  void *owner;
+} session_t;
+
+// ---- session.c ----
+session_t *session_new(void);
+void session_free(session_t *s);
+// Starts the reader thread on s->fd. 0 or -errno.
+int session_start(session_t *s);
+int session_reply(session_t *s, uint64_t unique, int error, const struct iovec *data, int ndata);
+int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32_t backing_fd);
+void session_forget_node(session_t *s, uint64_t nodeid);
+void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off);
+void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base);
+
+// ---- mount.c ----
+// Mounts a FUSE filesystem at mnt and returns the /dev/fuse descriptor (close-on-exec), or -1 with why filled in.
+// opts: a comma list; ro, suid/nosuid, dev/nodev become mount flags (nosuid,nodev unless named), the rest is data.
+int fuse_mount(const char *mnt, const char *fsname, const char *opts, char *why, size_t whylen);
+// Lazy detach (root). 0 or -errno.
+int fuse_unmount(const char *mnt);
+
+// ---- listing.c ----
+#define LISTING_RECORD_HEADER 50u
+// One page of a pre-encoded listing (src/format/listing.ts) from cookie on, into out. See listing.c.
+long listing_page(const uint8_t *blk, size_t blen, uint64_t cookie, uint8_t *out, size_t olen, int plus, uint64_t base,
+                  uint64_t ttl, uint64_t self, size_t *next);
+
+#endif

@@ -1,0 +1,211 @@
+/**
+ * The store's root of trust, modelled on CernVM-FS's signed manifest: Ed25519 keys (node:crypto), signing
+ * and republishing the repository manifest (src/format/repo-manifest.ts) on the writer side, and on the
+ * reader side checking a manifest (signature by a trusted key, expiry, revision never lower than one seen,
+ * kept in a file for replay protection across restarts) and what it names (by hash and size).
+ */
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { readFile, readdir, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  REPO_MANIFEST_FILE, REPO_MANIFEST_MEDIA_TYPE, decodeManifestFile, encodeManifestFile, encodeRepoManifest, parseRepoManifest,
+  type NamedEntry, type RepoManifest,
+} from '../format/repo-manifest.js';
+import { IMAGES_DIR, LAYERS_DIR, TXN_DIR, imageNameFromFile } from './layout.js';
+import { withLayerLock } from './lock.js';
+import { TrustError, ThinfsError, EXIT } from '../util/errors.js';
+import { atomicWrite } from '../util/fsutil.js';
+import { sha256hex } from '../util/hash.js';
+import type { Logger } from '../util/log.js';
+
+/** How long a signature stays valid unless said otherwise (CernVM-FS whitelists: 30 days). */
+export const DEFAULT_VALIDITY_MS = 30 * 24 * 3600_000;
+/** Where writers find the private key (a path), and the validity in seconds. */
+export const SIGNING_KEY_ENV = 'THINFS_SIGNING_KEY';
+const VALIDITY_ENV = 'THINFS_MANIFEST_VALIDITY';
+
+/** A key's id: the first 16 hex digits of the SHA-256 of its public key (SubjectPublicKeyInfo DER). */
+function keyIdOf(key: KeyObject): string {
+  const pub = key.type === 'private' ? createPublicKey(key) : key;
+  return sha256hex(pub.export({ type: 'spki', format: 'der' })).slice(0, 16);
+}
+
+export function generateSigningKey(): { privatePem: string; publicPem: string; keyId: string } {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  return {
+    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+    keyId: keyIdOf(publicKey),
+  };
+}
+
+export async function loadPrivateKey(file: string): Promise<KeyObject> {
+  let k: KeyObject;
+  try { k = createPrivateKey(await readFile(file)); } catch (e) {
+    throw new ThinfsError(`cannot load signing key ${file}: ${(e as Error).message}`, EXIT.USAGE);
+  }
+  if (k.asymmetricKeyType !== 'ed25519') throw new ThinfsError(`signing key ${file} is ${k.asymmetricKeyType}, not ed25519`, EXIT.USAGE);
+  return k;
+}
+
+/** Trusted public keys by key id (several during a rotation). */
+export async function loadPublicKeys(files: string[]): Promise<Map<string, KeyObject>> {
+  const out = new Map<string, KeyObject>();
+  for (const f of files) {
+    let k: KeyObject;
+    try { k = createPublicKey(await readFile(f)); } catch (e) {
+      throw new ThinfsError(`cannot load public key ${f}: ${(e as Error).message}`, EXIT.USAGE);
+    }
+    if (k.asymmetricKeyType !== 'ed25519') throw new ThinfsError(`public key ${f} is ${k.asymmetricKeyType}, not ed25519`, EXIT.USAGE);
+    out.set(keyIdOf(k), k);
+  }
+  return out;
+}
+
+function signedManifestFile(m: RepoManifest, key: KeyObject | null): Buffer {
+  const payload = encodeRepoManifest(m);
+  return encodeManifestFile(payload, key ? { algorithm: 'ed25519', keyId: keyIdOf(key), signature: sign(null, payload, key) } : null);
+}
+
+/** Check a manifest file's signature against the trusted keys and its expiry; returns the manifest and the key id. */
+function verifyManifestFile(file: Buffer, keys: Map<string, KeyObject>, now = Date.now()): { manifest: RepoManifest; keyId: string } {
+  const { payload, signature } = decodeManifestFile(file);
+  if (!signature) throw new TrustError('unsigned', 'the repository manifest is not signed');
+  const key = keys.get(signature.keyId);
+  if (!key) throw new TrustError('unknown-key', `the repository manifest is signed by key ${signature.keyId}, which is not among the trusted keys (${[...keys.keys()].join(', ')})`);
+  if (!verify(null, payload, key, signature.signature)) throw new TrustError('bad-signature', `the repository manifest's signature does not verify with key ${signature.keyId}`);
+  const manifest = parseRepoManifest(payload);
+  if (Date.parse(manifest.expires) <= now) throw new TrustError('expired', `the repository manifest (revision ${manifest.revision}) expired at ${manifest.expires}`);
+  return { manifest, keyId: signature.keyId };
+}
+
+/**
+ * The highest revision accepted so far, by signing key, in <dir>/revisions.json: a mount restarted against a
+ * mirror serving an older (validly signed) manifest refuses it. Compared against the highest of all trusted keys,
+ * so a rotation does not reopen the window.
+ */
+export class RevisionLog {
+  constructor(readonly dir: string) {}
+  private get file(): string { return join(this.dir, 'revisions.json'); }
+  async read(): Promise<Record<string, number>> {
+    try { return JSON.parse(await readFile(this.file, 'utf8')) as Record<string, number>; } catch { return {}; }
+  }
+  async highest(keyIds: Iterable<string>): Promise<number> {
+    const all = await this.read();
+    let max = 0;
+    for (const k of keyIds) max = Math.max(max, Number(all[k]) || 0);
+    return max;
+  }
+  async record(keyId: string, revision: number): Promise<void> {
+    const all = await this.read();
+    if ((all[keyId] ?? 0) >= revision) return;
+    all[keyId] = revision;
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await atomicWrite(this.file, JSON.stringify(all) + '\n');
+  }
+}
+
+/** The reader's side: the manifest it trusts now, and the checks of everything fetched against it. */
+export class TrustAnchor {
+  current: RepoManifest | null = null;
+  currentFile: Buffer | null = null;
+  constructor(readonly keys: Map<string, KeyObject>, readonly revisions: RevisionLog | null) {}
+
+  /** Verify a manifest file and make it current; a lower revision than any seen (here or persisted) is refused. */
+  async accept(file: Buffer): Promise<RepoManifest> {
+    const { manifest, keyId } = verifyManifestFile(file, this.keys);
+    const seen = Math.max(this.current?.revision ?? 0, this.revisions ? await this.revisions.highest(this.keys.keys()) : 0);
+    if (manifest.revision < seen) throw new TrustError('replayed', `the repository manifest has revision ${manifest.revision}, lower than revision ${seen} already seen`);
+    await this.revisions?.record(keyId, manifest.revision);
+    this.current = manifest;
+    this.currentFile = file;
+    return manifest;
+  }
+
+  private need(): RepoManifest {
+    if (!this.current) throw new TrustError('unsigned', 'no signed repository manifest loaded');
+    return this.current;
+  }
+
+  layer(hex: string): NamedEntry | null { return this.need().layers[hex] ?? null; }
+  image(name: string): NamedEntry | null { return this.need().images[name] ?? null; }
+
+  /** Bytes fetched for `what` must be exactly those the manifest names. */
+  static check(what: string, entry: NamedEntry, bytes: Buffer): void {
+    const got = sha256hex(bytes);
+    if (bytes.length !== entry.size || got !== entry.sha256) {
+      throw new TrustError('hash-mismatch', `${what} hashes to ${got} (${bytes.length} bytes); the signed manifest names ${entry.sha256} (${entry.size} bytes)`);
+    }
+  }
+}
+
+export interface RepublishOptions {
+  /** Sign with this key; without one, an unsigned manifest is written (never over a signed one). */
+  key?: KeyObject | null;
+  validityMs?: number;
+  log?: Logger;
+}
+
+/** The signing key and validity writers use unless told otherwise: from THINFS_SIGNING_KEY / THINFS_MANIFEST_VALIDITY. */
+export async function writerSigningOptions(): Promise<RepublishOptions> {
+  const keyFile = process.env[SIGNING_KEY_ENV];
+  const v = process.env[VALIDITY_ENV];
+  return { key: keyFile ? await loadPrivateKey(keyFile) : null, validityMs: v ? Number(v) * 1000 : undefined };
+}
+
+async function hashDir(root: string, dir: string): Promise<Array<{ name: string; entry: NamedEntry }>> {
+  const names = await readdir(join(root, dir)).catch(() => [] as string[]);
+  const out: Array<{ name: string; entry: NamedEntry }> = [];
+  for (const n of names) {
+    if (!n.endsWith('.json') || n.startsWith('.')) continue;
+    const b = await readFile(join(root, dir, n)).catch(() => null);
+    if (b) out.push({ name: n, entry: { sha256: sha256hex(b), size: b.length } });
+  }
+  return out;
+}
+
+/**
+ * Write a new revision of the repository manifest naming every layer manifest and image descriptor now in the
+ * store. Serialized across processes and nodes by the store's lock ("repository-manifest"), so two writers never
+ * publish the same revision or lose each other's entries (each rescans under the lock). Returns null when the
+ * store's manifest is signed and no key was given (the signed one is left as it is: readers keep trusting it).
+ */
+export async function republishManifest(root: string, o: RepublishOptions = {}): Promise<RepoManifest | null> {
+  return withLayerLock(root, 'repository-manifest', async () => {
+    const path = join(root, REPO_MANIFEST_FILE);
+    let prevRevision = 0;
+    const prevFile = await readFile(path).catch(() => null);
+    if (prevFile) {
+      try {
+        const { payload, signature } = decodeManifestFile(prevFile);
+        if (signature && !o.key) {
+          o.log?.warn({ store: root, keyId: signature.keyId }, `the store's manifest is signed: published without re-signing; sign with ${SIGNING_KEY_ENV} set or thinfs sign`);
+          return null;
+        }
+        prevRevision = parseRepoManifest(payload).revision;
+      } catch (e) {
+        o.log?.warn({ err: e }, 'previous repository manifest unreadable: starting a new revision sequence above it');
+        prevRevision = Math.floor(Date.now() / 1000);
+      }
+    }
+    const layers: Record<string, NamedEntry> = {};
+    for (const { name, entry } of await hashDir(root, LAYERS_DIR)) {
+      const hex = name.slice(0, -5);
+      if (/^[0-9a-f]{64}$/.test(hex)) layers[hex] = entry;
+    }
+    const images: Record<string, NamedEntry> = {};
+    for (const { name, entry } of await hashDir(root, IMAGES_DIR)) {
+      let img: string | null = null;
+      try { img = imageNameFromFile(name); } catch { /* not a name this store wrote */ }
+      if (img) images[img] = entry;
+    }
+    const now = Date.now();
+    const m: RepoManifest = {
+      schemaVersion: 1, mediaType: REPO_MANIFEST_MEDIA_TYPE, revision: prevRevision + 1,
+      timestamp: new Date(now).toISOString(), expires: new Date(now + (o.validityMs ?? DEFAULT_VALIDITY_MS)).toISOString(),
+      layers, images,
+    };
+    await atomicWrite(path, signedManifestFile(m, o.key ?? null), join(root, TXN_DIR));
+    return m;
+  });
+}
