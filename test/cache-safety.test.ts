@@ -4,7 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, listFiles, run, sha256, sha256File, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { cleanupTmpDirs, listFiles, run, sha256, sha256File, thinfs, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
 import { pseudoRandom } from './helpers/layers.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
@@ -145,6 +145,18 @@ describe('the cache is private to the daemon', () => {
     const [catalog] = await fsp.readdir(path.join(m.cacheDir, 'catalogs'));
     assert.notEqual((await asNobody(path.join(m.cacheDir, 'catalogs', catalog!))).code, 0, 'nobody read a cached catalog (inline files)');
     await stop(m);
+  });
+
+  it('a --cache-dir holding other files is refused (usage error), its mode left alone', async () => {
+    const shared = path.join(work, 'shared');
+    await fsp.mkdir(shared, { mode: 0o755 });
+    await fsp.chmod(shared, 0o755);
+    await fsp.writeFile(path.join(shared, 'someone-elses.txt'), 'x');
+    used.add(path.join(work, 'mnt-shared')); // unmounted in after() should a regression mount it
+    const r = await thinfs(['mount', store, path.join(work, 'mnt-shared'), '--cache-dir', shared], { timeoutMs: 20_000 });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /holds files thinfs did not make \(someone-elses\.txt\)/);
+    assert.equal((await fsp.stat(shared)).mode & 0o777, 0o755);
   });
 
   it('an existing world-readable cache (0755 dirs, 0644 files) is made private at start', async () => {

@@ -13,7 +13,7 @@ import { compareTars } from './helpers/oracle.js';
 import { makeTreeTar, tarHeader, TAR_EOF } from './fixtures/tars.js';
 import { pseudoRandom } from './helpers/layers.js';
 import { Store } from '../src/store/store.js';
-import { openLayerCatalog } from '../src/catalog/open.js';
+import { openLayerCatalog } from '../src/store/layer-catalog.js';
 
 interface IngestJson { diffId: string; blobDigest: string; published: boolean; newObjects: number; catalog: string }
 

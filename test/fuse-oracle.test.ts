@@ -10,7 +10,7 @@ import { diffTrees, extractTar } from './helpers/oracle.js';
 import { canBuildEdgeCases, findPythonLib, makeEdgeCaseTar, makeTreeTar, type EdgeCaseFixture } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { WritableStore } from '../src/store/store.js';
-import { THIN_IMAGE_MEDIA_TYPE, type ThinImage } from '../src/image/descriptor.js';
+import { THIN_IMAGE_MEDIA_TYPE, type ThinImage } from '../src/format/descriptor.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 
 interface IngestJson { diffId: string; catalog: string; blobDigest: string }

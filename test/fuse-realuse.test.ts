@@ -9,7 +9,7 @@ import { cleanupTmpDirs, haveCommand, run, runOk, thinfsJson, thinfsOk, tmpDir }
 import { findPythonLib, makeTreeTar } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { WritableStore } from '../src/store/store.js';
-import { THIN_IMAGE_MEDIA_TYPE } from '../src/image/descriptor.js';
+import { THIN_IMAGE_MEDIA_TYPE } from '../src/format/descriptor.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 
 let work: string;

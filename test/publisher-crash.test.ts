@@ -12,7 +12,7 @@ import { tmpDir, cleanupTmpDirs, thinfsOk } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
 import { pseudoRandom } from './helpers/layers.js';
 import { WritableStore } from '../src/store/store.js';
-import { openLayerCatalog } from '../src/catalog/open.js';
+import { openLayerCatalog } from '../src/store/layer-catalog.js';
 import {
   BUCKET, TOKEN, startS3rver, startPublisher, awsCp, envelope, postWebhook, getJson, waitFor, allUploads, realTreeLayer, sourceDirs,
   publishedLayers, txnLeftovers, type Layer, type S3Server, type PublisherProc,

@@ -8,7 +8,7 @@
 import { chmod, mkdir, readdir, rename, rm, stat, unlink, writeFile, open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ThinfsError } from '../util/errors.js';
+import { ThinfsError, UsageError } from '../util/errors.js';
 import type { CacheKey } from './quota.js';
 
 /**
@@ -17,6 +17,9 @@ import type { CacheKey } from './quota.js';
  * otherwise read what the mount's permissions keep from them.
  */
 const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
+
+/** What a cache directory may hold (stats/: the mount's default stats file). */
+const OWN_ENTRIES = new Set(['chunks', 'files', 'catalogs', 'tmp', 'stats']);
 
 /** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
 async function makePrivate(p: string, mode: number): Promise<void> {
@@ -50,6 +53,11 @@ export class CacheDir {
 
   /** Create the layout, private; an existing cache is repaired, since older versions made it 0755 with 0644 files. */
   async create(): Promise<void> {
+    // Made private below, so it must be ours alone: --cache-dir /var/cache would otherwise lock others out of it.
+    const foreign = (await readdir(this.root).catch(() => [] as string[])).filter((n) => !OWN_ENTRIES.has(n));
+    if (foreign.length) {
+      throw new UsageError(`cache directory ${this.root} holds files thinfs did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): give --cache-dir a directory of its own`);
+    }
     await mkdir(this.root, { recursive: true, mode: PRIVATE_DIR });
     for (const d of [this.root, this.chunks, this.files, this.tmp, this.catalogs]) {
       await mkdir(d, { recursive: true, mode: PRIVATE_DIR });

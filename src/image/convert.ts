@@ -7,13 +7,11 @@ import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
 import { Store, WritableStore } from '../store/store.js';
-import { withLayerLock } from '../store/lock.js';
-import { encodeObject } from '../store/codec.js';
-import { layerPath, objectPath, TXN_DIR } from '../store/layout.js';
+import { layerPath } from '../store/layout.js';
 import type { LayerManifest } from '../store/types.js';
 import { ingestTar } from '../ingest/ingest.js';
 import { S3Client } from '../s3/client.js';
-import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from './descriptor.js';
+import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
 import { openSource, type ImageSource, type LayerRef, type ResolvedManifest, type SourceOptions } from './sources.js';
 import { hostPlatform, formatPlatform, type Platform } from '../registry/platform.js';
@@ -93,13 +91,6 @@ function parseConfig(raw: Buffer, m: ResolvedManifest): { config: Record<string,
     throw new BadInputError(`${m.reference}: manifest lists ${m.layers.length} layers but the config has ${ids.length} diff ids`);
   }
   return { config: c as Record<string, unknown>, diffIds: ids as string[] };
-}
-
-/** Store a small blob (the image config) as a store object, so a re-conversion needs no download. */
-async function putLooseObject(store: WritableStore, hex: string, data: Buffer): Promise<boolean> {
-  if (await store.hasObject(hex)) return false;
-  await atomicWrite(join(store.root, objectPath(hex)), encodeObject(data), join(store.root, TXN_DIR));
-  return true;
 }
 
 function s3Key(prefix: string, diffId: string, l: LayerRef): string {
@@ -186,7 +177,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       const have = await store!.getLayer(diffId);
       if (have) return { index: l.index, diffId, digest: l.digest ?? have.blobDigest ?? diffId, action: 'present', bytes: 0, newObjects: 0, manifest: have };
       // One fetcher per layer across every node sharing the store; the others wait, then find it published.
-      return withLayerLock(store!.root, `fetch-${digestHex(diffId)}`, async () => {
+      return store!.withFetchLock(diffId, async () => {
         const again = await store!.getLayer(diffId);
         if (again) return { index: l.index, diffId, digest: l.digest ?? again.blobDigest ?? diffId, action: 'waited' as const, bytes: 0, newObjects: 0, manifest: again };
         if (aborter.signal.aborted) throw new ThinfsError('aborted: another layer failed');
@@ -259,9 +250,6 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     if (opts.signal?.aborted) throw new ThinfsError('interrupted before the descriptor was published', 130);
     progress.end();
 
-    if (store) await putLooseObject(store, configHex, configRaw);
-    // The manifest too, when its bytes are known to hash to its digest: podman's image store serves it as is.
-    if (store && m.manifestRaw && sha256hex(m.manifestRaw) === digestHex(m.manifestDigest)) await putLooseObject(store, digestHex(m.manifestDigest), m.manifestRaw);
 
     // S3 mode: the publisher ingests asynchronously; optionally wait until it has published every layer,
     // so the descriptor can name the catalogs and be stored where the mount will find it.
@@ -326,7 +314,9 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     }
 
     // The descriptor is published last: the image appears only when every layer it names is there.
-    if (store) await store.putImage(descriptor);
+    // The manifest too, when its bytes are known to hash to its digest: podman's image store serves it as is.
+    const manifestObj = m.manifestRaw && sha256hex(m.manifestRaw) === digestHex(m.manifestDigest) ? { hex: digestHex(m.manifestDigest), data: m.manifestRaw } : undefined;
+    if (store) await store.putImage(descriptor, { hex: configHex, data: configRaw }, manifestObj);
     else if (published instanceof WritableStore && outcomes.every((o) => o.manifest)) await published.putImage(descriptor);
     if (opts.output) {
       const text = JSON.stringify(descriptor, null, 2) + '\n';

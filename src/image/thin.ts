@@ -8,7 +8,7 @@ import { RegistryClient } from '../registry/client.js';
 import { MT, parseManifest, type ImageManifest } from '../registry/media.js';
 import { selectPlatform, hostPlatform, type Platform } from '../registry/platform.js';
 import { formatReference, type ImageReference } from '../registry/reference.js';
-import { THIN_ANNOTATION, parseThinImage, type ThinImage } from './descriptor.js';
+import { THIN_ANNOTATION, parseThinImage, type ThinImage } from '../format/descriptor.js';
 
 /** The one file inside a thin image's only layer (CernVM-FS DUCC names it the same way). */
 export const THIN_FILE = 'thin.json';

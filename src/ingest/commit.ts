@@ -4,7 +4,7 @@
 import { readFile } from 'node:fs/promises';
 import type { ChunkParams } from '../chunker/fastcdc.js';
 import type { CatalogWriter } from '../catalog/writer.js';
-import type { Txn } from '../store/store.js';
+import type { Txn } from '../store/txn.js';
 import type { LayerManifest } from '../store/types.js';
 import { IntegrityError } from '../util/errors.js';
 import { sha256hex } from '../util/hash.js';
@@ -19,6 +19,8 @@ interface LayerFacts {
 interface CommitOptions {
   expectDiffId?: string; expectBlobDigest?: string; blobMediaType?: string; source?: string;
   beforeCommit?: () => Promise<void>;
+  /** fsck --repair: the layer may be published already; write back the objects it is missing. */
+  repair?: boolean;
 }
 
 /** Refuse a layer whose content is not what the caller was told it is (nothing is published). */
@@ -27,7 +29,7 @@ function checkDigests(f: { diffId: string; blobDigest: string }, o: CommitOption
   if (o.expectBlobDigest && o.expectBlobDigest !== f.blobDigest) throw new IntegrityError(o.expectBlobDigest, `layer blob hashes to ${f.blobDigest}, expected ${o.expectBlobDigest}`);
 }
 
-export async function commitLayer(txn: Txn, cat: CatalogWriter, f: LayerFacts, o: CommitOptions): Promise<{ manifest: LayerManifest; published: boolean }> {
+export async function commitLayer(txn: Txn, cat: CatalogWriter, f: LayerFacts, o: CommitOptions): Promise<{ manifest: LayerManifest; published: boolean; restored: number }> {
   checkDigests(f, o);
   // No timestamps or blob digests in the catalog: the same layer gives the same catalog object on every node.
   cat.finish({ diff_id: f.diffId, ...f.treeProps,
@@ -47,5 +49,5 @@ export async function commitLayer(txn: Txn, cat: CatalogWriter, f: LayerFacts, o
     ...(o.source ? { source: o.source } : {}),
   };
   if (o.beforeCommit) await o.beforeCommit();
-  return txn.commit(manifest);
+  return txn.commit(manifest, { repair: o.repair });
 }

@@ -37,6 +37,8 @@ export interface IngestOptions {
   /** Where the catalog is built before it becomes an object (default: the OS temp dir). */
   scratchDir?: string;
   /** Called after the catalog is built, before commit: test hook for crash-safety checks. */
+  /** fsck --repair: the layer may be published already; write back the objects it is missing (same catalog required). */
+  repair?: boolean;
   beforeCommit?: () => Promise<void>;
 }
 
@@ -46,7 +48,7 @@ export interface IngestStats {
 }
 
 // blobDigest is the digest of *this* input; manifest.blobDigest is whichever blob published the layer first.
-export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats; blobDigest: string }
+export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats; blobDigest: string; /** Objects written back by a repair ingest. */ restored: number }
 
 /**
  * Stream a layer tar (plain, gzip or zstd) into the store in one pass and publish it atomically.
@@ -79,7 +81,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
 
     const d = source.digests();
     const res = await commitLayer(txn, cat, { ...d, tree: tree.counts, treeProps: tree.props, chunks: sink.chunks, chunking }, {
-      expectDiffId: opts.expectDiffId, expectBlobDigest: opts.blobDigest, blobMediaType: opts.blobMediaType, source: opts.source, beforeCommit: opts.beforeCommit,
+      expectDiffId: opts.expectDiffId, expectBlobDigest: opts.blobDigest, blobMediaType: opts.blobMediaType, source: opts.source, beforeCommit: opts.beforeCommit, repair: opts.repair,
     });
     const stats: IngestStats = {
       ...tree.counts, chunks: sink.chunks, tarBytes: d.tarBytes, blobBytes: d.blobBytes,
@@ -88,7 +90,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     };
     bar.p?.finish();
     opts.log?.info({ diffId: d.diffId, published: res.published, ...stats }, res.published ? 'layer published' : 'layer was already published');
-    return { manifest: res.manifest, published: res.published, stats, blobDigest: d.blobDigest };
+    return { manifest: res.manifest, published: res.published, stats, blobDigest: d.blobDigest, restored: res.restored };
   } catch (e) {
     bar.p?.finish();
     await sink.settle();

@@ -3,7 +3,7 @@
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
 import { CatalogReader, type Inode } from '../catalog/reader.js';
-import type { ThinImage } from '../image/descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import type { NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';

@@ -13,7 +13,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import type { Store } from '../store/store.js';
 import type { LayerManifest } from '../store/types.js';
-import type { ThinImage } from '../image/descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import type { Logger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';

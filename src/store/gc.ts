@@ -1,52 +1,115 @@
+// Owns garbage collection of a writable store: reclaiming dead transactions' staging and sweeping objects no
+// published layer or image references, safely against commits running on any node (ARCHITECTURE.md, Store).
 import { readdir, stat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { WritableStore } from './store.js';
-import { staleTxns } from './store.js';
-import { DATA_DIR } from './layout.js';
-import { openLayerCatalog } from '../catalog/open.js';
+import { reclaimableTxns, removeTxn } from './txn.js';
+import { withSweepLock } from './lock.js';
+import { DATA_DIR, objectPath } from './layout.js';
+import { openLayerCatalog } from './layer-catalog.js';
+import { errorMessage } from '../util/errors.js';
 
-export interface GcResult { layers: number; referenced: number; scanned: number; removed: number; removedBytes: number; txnsRemoved: number; kept: number }
+export interface BrokenLayer { diffId: string; error: string }
 
-/**
- * Mark and sweep: every object named by a published layer (its catalog and the catalog's chunks) is
- * live; other objects older than the grace period go, as do staging dirs of dead transactions. The
- * grace period protects objects an ingest on another node has just renamed in but not yet published.
- */
-export async function collectGarbage(store: WritableStore, opts: { graceMs: number; dryRun?: boolean }): Promise<GcResult> {
-  const res: GcResult = { layers: 0, referenced: 0, scanned: 0, removed: 0, removedBytes: 0, txnsRemoved: 0, kept: 0 };
-  for (const t of await staleTxns(store.root, opts.graceMs)) {
-    if (!opts.dryRun) await rm(t, { recursive: true, force: true });
-    res.txnsRemoved++;
-  }
-  const live = new Set<string>();
-  for (const id of await store.listLayers()) {
-    const { manifest, catalog, close } = await openLayerCatalog(store, id);
+export interface GcResult {
+  layers: number; referenced: number; scanned: number; removed: number; removedBytes: number;
+  txnsRemoved: number; txnsKept: number; kept: number;
+  /** Layers whose manifest or catalog cannot be read: their objects are unknown, so nothing is swept. */
+  broken: BrokenLayer[];
+  /** True when objects were (or, dry run, would be) swept; false when a broken layer stopped the sweep. */
+  swept: boolean;
+}
+
+/** Mark: every object named by the given published layers (catalog + chunks) and image configs. */
+async function mark(store: WritableStore, ids: string[], live: Set<string>, broken: BrokenLayer[]): Promise<number> {
+  let n = 0;
+  for (const id of ids) {
     try {
-      live.add(manifest.catalog);
-      for (const h of catalog.allChunkHashes()) live.add(h);
-    } finally { await close(); }
-    res.layers++;
+      const { manifest, catalog, close } = await openLayerCatalog(store, id);
+      try {
+        live.add(manifest.catalog);
+        for (const h of catalog.allChunkHashes()) live.add(h);
+      } finally { await close(); }
+      n++;
+    } catch (e) {
+      broken.push({ diffId: id, error: errorMessage(e) });
+    }
   }
-  // Image configs are kept as objects (docker2thin re-uses them instead of downloading again).
+  return n;
+}
+
+async function markImages(store: WritableStore, live: Set<string>): Promise<void> {
+  // Image configs are kept as objects (docker2thin re-uses them instead of downloading again), and
+  // registry manifests (the podman image store serves them byte for byte).
   for (const name of await store.listImages()) {
     const img = await store.getImage(name).catch(() => null);
     if (img?.configDigest?.startsWith('sha256:')) live.add(img.configDigest.slice(7));
+    if (img?.manifestDigest?.startsWith('sha256:')) live.add(img.manifestDigest.slice(7));
   }
-  res.referenced = live.size;
+}
+
+/**
+ * Mark and sweep in two passes. Pass 1, without any lock: mark from every published layer and image and list
+ * candidates (unreferenced, older than the grace period, not pinned by a transaction's hard link). Pass 2,
+ * under the exclusive sweep lock (no commit in progress anywhere): mark the layers and images published since
+ * pass 1, then remove the candidates still unreferenced. A layer that cannot be read stops the sweep (its
+ * objects are unknown); it is reported, and a dry run goes on reporting the rest.
+ */
+export async function collectGarbage(store: WritableStore, opts: { graceMs: number; dryRun?: boolean; onWait?: (commits: number) => void }): Promise<GcResult> {
+  const res: GcResult = { layers: 0, referenced: 0, scanned: 0, removed: 0, removedBytes: 0, txnsRemoved: 0, txnsKept: 0, kept: 0, broken: [], swept: false };
+  for (const t of await reclaimableTxns(store.root, opts.graceMs)) {
+    if (!opts.dryRun) await removeTxn(store.root, t.id);
+    res.txnsRemoved++;
+  }
+  res.txnsKept = (await store.listTxns()).length - (opts.dryRun ? res.txnsRemoved : 0);
+
+  const live = new Set<string>();
+  const seen = new Set(await store.listLayers());
+  res.layers = await mark(store, [...seen], live, res.broken);
+  await markImages(store, live);
+
+  const candidates: Array<{ hash: string; size: number }> = [];
   const now = Date.now();
   for (const fan of await readdir(join(store.root, DATA_DIR))) {
     const dir = join(store.root, DATA_DIR, fan);
     for (const rest of await readdir(dir).catch(() => [] as string[])) {
       res.scanned++;
       if (live.has(fan + rest)) continue;
-      const p = join(dir, rest);
-      const st = await stat(p).catch(() => null);
+      const st = await stat(join(dir, rest)).catch(() => null);
       if (!st) continue;
-      if (now - st.mtimeMs < opts.graceMs) { res.kept++; continue; }
-      if (!opts.dryRun) await rm(p, { force: true });
+      // nlink > 1: a transaction has pinned it (stage.ts) and will publish it; younger than grace: defence
+      // in depth for writers that do not pin (older thinfs versions).
+      if (now - st.mtimeMs < opts.graceMs || st.nlink > 1) { res.kept++; continue; }
+      candidates.push({ hash: fan + rest, size: st.size });
+    }
+  }
+  res.referenced = live.size;
+  if (res.broken.length) return res;
+  if (opts.dryRun) {
+    res.removed = candidates.length;
+    res.removedBytes = candidates.reduce((a, c) => a + c.size, 0);
+    res.swept = true;
+    return res;
+  }
+
+  await withSweepLock(store.root, async (lock) => {
+    // Manifests are immutable once published: only layers new since pass 1 need reading.
+    const added = (await store.listLayers()).filter((id) => !seen.has(id));
+    res.layers += await mark(store, added, live, res.broken);
+    await markImages(store, live);
+    res.referenced = live.size;
+    if (res.broken.length) return;
+    for (const c of candidates) {
+      if (live.has(c.hash)) { res.kept++; continue; }
+      lock.check();
+      const p = join(store.root, objectPath(c.hash));
+      const st = await stat(p).catch(() => null);
+      if (!st || st.nlink > 1 || Date.now() - st.mtimeMs < opts.graceMs) { res.kept++; continue; }
+      await rm(p, { force: true });
       res.removed++;
       res.removedBytes += st.size;
     }
-  }
+    res.swept = true;
+  }, { onWait: opts.onWait });
   return res;
 }

@@ -16,7 +16,7 @@ export function layerPath(diffIdHex: string): string {
 }
 
 /** Image names contain '/' and ':'; encode them reversibly into one path component. */
-export function imageFileName(name: string): string {
+function imageFileName(name: string): string {
   return encodeURIComponent(name).replace(/\./g, '%2E') + '.json';
 }
 export function imageNameFromFile(file: string): string | null {

@@ -1,27 +1,22 @@
-import { mkdir, stat, writeFile, rename, rm, readdir, readFile } from 'node:fs/promises';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+// Owns the store as readers and writers see it: verified objects, layer manifests, image descriptors
+// (Store, any backend), and the writable POSIX store (WritableStore) that hands out transactions.
+import { mkdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { hostname } from 'node:os';
 import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
-import { decodeObject, encodeObject, Codec, HEADER_LEN } from './codec.js';
+import { decodeObject, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
+import { Txn, listTxns, removeDeadTxns, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
-import type { ThinImage } from '../image/descriptor.js';
+import type { ThinImage } from '../format/descriptor.js';
 import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
-import { atomicWrite, fsyncDir } from '../util/fsutil.js';
+import { atomicWrite } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
 import { withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
 import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
-import type { ObjectWriterPool } from './writer-pool.js';
-
-const execFileP = promisify(execFile);
-export const TXN_OWNER = 'owner.json';
 
 export interface StoreInfo { version: 1; created: string; codec: string }
 
@@ -112,6 +107,8 @@ export class Store {
         m = parseJson<LayerManifest>(b, `layer manifest ${diffId}`);
         if (m?.diffId !== diffId) throw new IntegrityError(diffId, `layer manifest ${diffId}: names layer ${String(m?.diffId)}: refused`);
         if (typeof m.catalog !== 'string' || !/^[0-9a-f]{64}$/.test(m.catalog)) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog hash`);
+        // The catalog's size bounds its download: a manifest claiming an absurd one is refused, not believed.
+        if (!Number.isSafeInteger(m.catalogSize) || m.catalogSize < 0 || m.catalogSize > CATALOG_MAX) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog size ${String(m.catalogSize)}`);
       },
     });
     if (!raw && named) throw new TrustError('not-named', `layer ${diffId} is named by the signed manifest but missing from store ${this.location}`);
@@ -154,6 +151,8 @@ export class Store {
 
 /** Layer manifests and descriptors are small: a mirror answering more is refused. */
 const META_MAX = 16 << 20;
+/** ~10 million entries: far beyond any real layer, still a bound on what a mirror can make a node hold. */
+const CATALOG_MAX = 2 ** 31;
 
 export interface StoreOpenOptions {
   http?: HttpOptions;
@@ -197,140 +196,43 @@ export class WritableStore extends Store {
     return new WritableStore(root);
   }
 
+  /** A new transaction (txn.ts): the only way anything enters data/ or layers/. */
   beginTxn(label = 'txn', codec: Codec = Codec.Zstd): Txn {
-    return new Txn(this, `${Date.now()}-${process.pid}-${label.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40)}-${randomBytes(4).toString('hex')}`, codec);
-  }
-
-  /** Thin image descriptors are small and replaced whole; last writer wins, never a torn file. */
-  async putImage(desc: ThinImage): Promise<void> {
-    const signing = await writerSigningOptions();
-    await atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', join(this.root, TXN_DIR));
-    await republishManifest(this.root, { ...signing, log: writerLog });
-  }
-
-  withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
-    return withLayerLock(this.root, `layer-${digestHex(diffId)}`, fn);
-  }
-}
-
-async function parallel<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
-  let i = 0;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (i < items.length) await fn(items[i++]!);
-  }));
-}
-
-/** flush everything written so far on that filesystem in one call (syncfs), instead of one fsync per object. */
-async function syncFs(path: string): Promise<void> {
-  try { await execFileP('sync', ['-f', path]); } catch { await execFileP('sync'); }
-}
-
-/**
- * A publishing transaction. New objects are staged under txn/<id>/ and only renamed into data/
- * at commit, so a refused or crashed ingest leaves data/ exactly as it was; the manifest is
- * written last, under the layer lock, so nobody ever sees a half-written layer.
- */
-export class Txn {
-  readonly dir: string;
-  private readonly staged = new Set<string>();
-  private existing = new Set<string>();
-  private ready: Promise<void>;
-  newObjects = 0;
-  newBytes = 0;
-
-  /** Optional worker pool for compression + writing (ingest uses one; tiny transactions do not need it). */
-  pool: ObjectWriterPool | null = null;
-
-  constructor(readonly store: WritableStore, readonly id: string, readonly codec: Codec) {
-    this.dir = join(store.root, TXN_DIR, id);
-    // owner.json lets gc tell a live transaction from one whose process died (same host) or went silent.
-    this.ready = mkdir(this.dir, { recursive: true })
-      .then(() => writeFile(join(this.dir, TXN_OWNER), JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() })));
-  }
-
-  /** Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. */
-  async put(hash: string, data: Uint8Array): Promise<boolean> {
-    if (this.staged.has(hash) || this.existing.has(hash)) return false;
-    this.staged.add(hash);
-    await this.ready;
-    let size: number;
-    try {
-      if (this.pool) {
-        size = await this.pool.write(join(this.store.root, objectPath(hash)), join(this.dir, hash), data, this.codec);
-      } else if (await this.store.hasObject(hash)) {
-        size = -1;
-      } else {
-        const framed = encodeObject(data, this.codec);
-        await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
-        size = framed.length;
-      }
-    } catch (e) {
-      this.staged.delete(hash);
-      throw e;
-    }
-    if (size < 0) { this.staged.delete(hash); this.existing.add(hash); return false; }
-    this.newObjects++;
-    this.newBytes += size;
-    return true;
+    return new Txn(this, label, codec);
   }
 
   /**
-   * Make staged objects durable and visible, then publish the manifest. If another node published
-   * the same layer meanwhile, ours is discarded and theirs returned (exactly once).
+   * Publish a thin image descriptor, with its config blob stored as an object in the same transaction (so a
+   * re-conversion needs no download, and a concurrent gc cannot take the config between the two writes).
+   * Descriptors are small and replaced whole; last writer wins, never a torn file.
    */
-  async commit(manifest: LayerManifest): Promise<{ manifest: LayerManifest; published: boolean }> {
-    await this.ready;
-    const root = this.store.root;
-    // The signing key is loaded first: a bad key refuses the commit before anything is published.
+  /** The descriptor with the objects it names: the image config and (when known) the registry's manifest bytes. */
+  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer }): Promise<void> {
+    // The signing key is loaded first: a bad key refuses the write before anything is published.
     const signing = await writerSigningOptions();
-    const res = await this.store.withLayerLock(manifest.diffId, async () => {
-      const existing = await this.store.getLayer(manifest.diffId);
-      if (existing) { await this.abort(); return { manifest: existing, published: false }; }
-      await syncFs(this.dir);
-      const touched = new Set<string>();
-      const hashes = [...this.staged];
-      // Renames are independent metadata operations: a few in parallel hide NFS round trips.
-      await parallel(hashes, 16, async (hash) => {
-        await rename(join(this.dir, hash), join(root, objectPath(hash)));
-        touched.add(hash.slice(0, 2));
-      });
-      await parallel([...touched], 16, (d) => fsyncDir(join(root, DATA_DIR, d)));
-      // Every object the manifest names must be present before it becomes visible.
-      await this.verifyPresent(manifest);
-      await atomicWrite(join(root, layerPath(digestHex(manifest.diffId))), JSON.stringify(manifest, null, 2) + '\n', this.dir);
-      await rm(this.dir, { recursive: true, force: true });
-      return { manifest, published: true };
-    });
-    // The repository manifest names the new layer (its own lock serializes writers).
-    if (res.published) await republishManifest(root, { ...signing, log: writerLog });
-    return res;
+    const txn = this.beginTxn('image');
+    try {
+      if (config) await txn.put(config.hex, config.data);
+      if (manifest) await txn.put(manifest.hex, manifest.data);
+      await txn.commitObjects(() => atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', txn.dir));
+    } catch (e) { await txn.abort(); throw e; }
+    await republishManifest(this.root, { ...signing, log: writerLog });
   }
 
-  private async verifyPresent(m: LayerManifest): Promise<void> {
-    if (!(await this.store.hasObject(m.catalog))) throw new ThinfsError(`commit: catalog object ${m.catalog} missing`);
+  /** Staging dirs under txn/ with their owners' state (live, dead, remote, silent). */
+  listTxns(): Promise<TxnInfo[]> { return listTxns(this.root); }
+  removeTxn(id: string): Promise<void> { return removeTxn(this.root, id); }
+  /** Crash recovery: remove the staging of every transaction whose owner died on this host. */
+  removeDeadTxns(): Promise<TxnInfo[]> { return removeDeadTxns(this.root); }
+
+  /** Held while a layer is committed (txn.ts): one publication per layer across every node. */
+  withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
+    return withLayerLock(this.root, `layer-${digestHex(diffId)}`, fn);
   }
 
-  async abort(): Promise<void> {
-    await rm(this.dir, { recursive: true, force: true });
+  /** Held by a converter from before downloading a layer until it is published: one download per layer (Wharf). */
+  withFetchLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
+    return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn);
   }
 }
 
-/** Transactions whose process is gone (crash, SIGKILL on this host) or silent for longer than the grace period. */
-export async function staleTxns(root: string, graceMs: number): Promise<string[]> {
-  const dir = join(root, TXN_DIR);
-  const out: string[] = [];
-  for (const name of await readdir(dir).catch(() => [] as string[])) {
-    const path = join(dir, name);
-    const st = await stat(path).catch(() => null);
-    if (!st) continue;
-    let owner: { pid?: number; host?: string } = {};
-    try { owner = JSON.parse(await readFile(join(path, TXN_OWNER), 'utf8')); } catch { /* not yet written or damaged */ }
-    const deadHere = owner.host === hostname() && typeof owner.pid === 'number' && !isAlive(owner.pid);
-    if (deadHere || Date.now() - st.mtimeMs > graceMs) out.push(path);
-  }
-  return out;
-}
-
-function isAlive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
-}

@@ -24,7 +24,7 @@ export class ObjectWriterPool {
     }
   }
 
-  /** Write `data` to `path` unless `existing` is already there; resolves to the stored size, or -1 if it existed. */
+  /** Stage `data` at `path`, or pin `existing` there (stage.ts); resolves to the stored size or a negative PUT_ code. */
   write(existing: string, path: string, data: Uint8Array, codec: Codec): Promise<number> {
     const slot = this.workers.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;

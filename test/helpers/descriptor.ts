@@ -1,6 +1,6 @@
 // Publishing a thin image descriptor for layers a test ingested itself (no registry involved).
 import { WritableStore } from '../../src/store/store.js';
-import { THIN_IMAGE_MEDIA_TYPE, type ThinImage } from '../../src/image/descriptor.js';
+import { THIN_IMAGE_MEDIA_TYPE, type ThinImage } from '../../src/format/descriptor.js';
 
 export function testDescriptor(name: string, store: string, layerHexes: string[]): ThinImage {
   return {

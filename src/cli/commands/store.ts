@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import { WritableStore, Store } from '../../store/store.js';
 import { parseCodec } from '../../store/codec.js';
 import { ingestTar } from '../../ingest/ingest.js';
-import { openLayerCatalog, resolveLayerId } from '../../catalog/open.js';
+import { openLayerCatalog, resolveLayerId } from '../../store/layer-catalog.js';
 import { exportLayer, fileContent } from '../../export/export.js';
 import { collectGarbage } from '../../store/gc.js';
 import { createLogger } from '../../util/log.js';
@@ -215,10 +215,17 @@ export function registerStoreCommands(program: Command): void {
       const grace = Number(o.grace);
       if (!Number.isFinite(grace) || grace < 0) throw new ThinfsError(`--grace must be a number of seconds`, EXIT.USAGE);
       const store = await WritableStore.openDir(o.store);
-      const r = await collectGarbage(store, { graceMs: grace * 1000, dryRun: o.dryRun });
+      const log = createLogger('gc', process.env.THINFS_LOG_LEVEL ?? 'warn');
+      const r = await collectGarbage(store, { graceMs: grace * 1000, dryRun: o.dryRun, onWait: (n) => log.info({ commits: n }, 'waiting for commits in progress') });
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
-      else process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
-        `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace)\n`);
+      else {
+        for (const b of r.broken) process.stdout.write(`broken layer ${b.diffId}: ${b.error}\n`);
+        process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
+          `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace or pinned by a transaction)` +
+          `${r.broken.length ? `; no objects swept: ${r.broken.length} layer(s) unreadable (run thinfs fsck)` : ''}\n`);
+      }
+      // A dry run is a report; a real gc that could not sweep must not look like success to cron.
+      if (r.broken.length && !o.dryRun) process.exitCode = EXIT.INTEGRITY;
     });
   // Read commands take the HTTP (mirrors, proxies, timeouts) and trust (--public-key) options.
   for (const c of program.commands) if (['layers', 'ls', 'stat', 'cat', 'export'].includes(c.name())) addStoreReadOptions(c);

@@ -1,3 +1,5 @@
+// Owns the thin image descriptor schema (images/<name>.json, and the payload of a thin OCI image) and its
+// validation: L1, shared by the store (reads/writes descriptors), image conversion, the mount and podman.
 import { BadInputError } from '../util/errors.js';
 
 export const THIN_IMAGE_MEDIA_TYPE = 'application/vnd.thinfs.image.v1+json';

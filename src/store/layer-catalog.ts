@@ -1,9 +1,11 @@
+// Owns opening a published layer's catalog from the store (verified object -> private temp file -> reader),
+// for CLI tools, gc and fsck; src/catalog/ itself stays pure SQLite. The mount has its own catalog cache.
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CatalogReader } from './reader.js';
-import type { Store } from '../store/store.js';
-import type { LayerManifest } from '../store/types.js';
+import { CatalogReader } from '../catalog/reader.js';
+import type { Store } from './store.js';
+import type { LayerManifest } from './types.js';
 import { NotFoundError } from '../util/errors.js';
 
 /** For CLI tools: fetch a layer's catalog (verified) into a private temp file. The mount has its own cache. */

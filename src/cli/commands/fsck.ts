@@ -1,0 +1,56 @@
+// The `fsck` command: check (and with --repair --from, repair) a writable store; human or JSON report,
+// exit 0 when the store is (or was made) consistent, 5 when problems remain.
+import type { Command } from 'commander';
+import { WritableStore } from '../../store/store.js';
+import { fsckAndRepair } from '../../image/repair.js';
+import type { FsckReport } from '../../store/fsck.js';
+import { createLogger } from '../../util/log.js';
+import { fmtBytes } from '../../util/progress.js';
+import { ThinfsError, EXIT } from '../../util/errors.js';
+
+function describe(r: FsckReport, out: string[]): void {
+  out.push(`${r.objects} objects (${fmtBytes(r.bytes)} sound), ${r.layers} layers, ${r.images} images checked`);
+  for (const c of r.corrupt) out.push(`corrupt object ${c.hash}: ${c.error}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}; needed by layers [${c.layers.join(' ')}] images [${c.images.join(' ')}]`);
+  for (const m of r.missing) out.push(`missing object ${m.hash}: needed by layers [${m.layers.join(' ')}] images [${m.images.join(' ')}]`);
+  for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${b.error}; used by images [${b.images.join(' ')}]`);
+  for (const b of r.brokenImages) out.push(`broken image ${b.name}: ${b.error}`);
+  for (const t of r.txnsRemoved) out.push(`removed staging of crashed transaction ${t}`);
+}
+
+export function registerFsckCommands(program: Command): void {
+  program.command('fsck')
+    .description('verify every object and reference of a store; quarantine corrupt objects; clean crashed transactions')
+    .requiredOption('-s, --store <dir>', 'store directory')
+    .option('--json', 'print the report as JSON')
+    .option('--dry-run', 'report only: no quarantine, no cleanup, no repair')
+    .option('--repair', 'bring back missing and corrupt objects from --from')
+    .option('--from <source>', 'another store (directory or http(s) URL), or a registry HOST[:PORT][/REPO] whose layer blobs are re-ingested')
+    .option('--insecure', 'registry over plain HTTP or unverified HTTPS (e.g. on loopback)')
+    .option('--grace <seconds>', 'staging of other hosts\' transactions silent this long is removed', '3600')
+    .addHelpText('after', `
+Exit status: 0 the store is consistent (after repair, if asked); 5 corrupt or missing objects, broken
+layers or images remain; 2 usage; 4 no store there.`)
+    .action(async (o: { store: string; json?: boolean; dryRun?: boolean; repair?: boolean; from?: string; insecure?: boolean; grace: string }) => {
+      const grace = Number(o.grace);
+      if (!Number.isFinite(grace) || grace < 0) throw new ThinfsError('--grace must be a number of seconds', EXIT.USAGE);
+      if (o.repair && !o.from) throw new ThinfsError('--repair needs --from STORE|REGISTRY', EXIT.USAGE);
+      if (o.from && !o.repair) throw new ThinfsError('--from is only used with --repair', EXIT.USAGE);
+      const store = await WritableStore.openDir(o.store);
+      const log = createLogger('fsck', process.env.THINFS_LOG_LEVEL ?? 'warn');
+      const run = await fsckAndRepair(store, { graceMs: grace * 1000, dryRun: o.dryRun, from: o.repair ? o.from : undefined, insecure: o.insecure, log });
+      if (o.json) process.stdout.write(JSON.stringify(run.repair ? run : run.before) + '\n');
+      else {
+        const out: string[] = [];
+        describe(run.before, out);
+        if (run.repair) {
+          out.push(`repair from ${run.repair.source} (${run.repair.kind}): ${run.repair.restored.length} objects restored${run.repair.layers.length ? `, ${run.repair.layers.length} layers re-ingested` : ''}`);
+          for (const e of run.repair.errors) out.push(`  could not repair ${e.target}: ${e.error}`);
+          out.push('after repair:');
+          describe(run.after, out);
+        }
+        out.push(run.after.ok ? 'store is consistent' : 'store has problems (exit 5)');
+        process.stdout.write(out.join('\n') + '\n');
+      }
+      if (!run.after.ok) process.exitCode = EXIT.INTEGRITY;
+    });
+}

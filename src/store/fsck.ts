@@ -1,0 +1,218 @@
+// Owns checking a writable store: every object re-hashed (corrupt ones moved to quarantine/), every layer
+// manifest's catalog and every catalog's chunks and every image's layers and config resolved, missing objects
+// named with the layers and images that need them, crashed transactions' leftovers removed; and repair from
+// another store. Repair from a registry (re-ingesting a layer blob) lives above, in src/image/repair.ts.
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Store, WritableStore } from './store.js';
+import { reclaimableTxns, removeTxn } from './txn.js';
+import { withSweepLock } from './lock.js';
+import { DATA_DIR, TXN_DIR, objectPath } from './layout.js';
+import { openLayerCatalog } from './layer-catalog.js';
+import { errorMessage } from '../util/errors.js';
+
+const QUARANTINE_DIR = 'quarantine';
+
+export interface NeededBy { layers: string[]; images: string[] }
+export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null }
+export interface MissingObject extends NeededBy { hash: string }
+
+export interface FsckReport {
+  objects: number;
+  bytes: number;
+  layers: number;
+  images: number;
+  corrupt: CorruptObject[];
+  missing: MissingObject[];
+  /** Layers whose manifest or catalog cannot be read (their chunks are then unknown), with the images using them. */
+  brokenLayers: Array<{ diffId: string; error: string; images: string[] }>;
+  /** Images whose descriptor cannot be read or that name a layer not published. */
+  brokenImages: Array<{ name: string; error: string; unpublished?: string }>;
+  /** Staging of dead or long-silent transactions removed (ids), and stray temp files. */
+  txnsRemoved: string[];
+  tmpRemoved: number;
+  ok: boolean;
+}
+
+export interface FsckOptions {
+  /** Staging of owners on other hosts silent this long is removed (as gc does); default 1 h. */
+  graceMs?: number;
+  /** Report only: no quarantine, no cleanup. */
+  dryRun?: boolean;
+  /** Parallel object reads. */
+  jobs?: number;
+}
+
+async function parallel<T>(items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (i < items.length) await fn(items[i++]!);
+  }));
+}
+
+async function listObjects(root: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const fan of (await readdir(join(root, DATA_DIR)).catch(() => [] as string[])).sort()) {
+    for (const rest of (await readdir(join(root, DATA_DIR, fan)).catch(() => [] as string[])).sort()) {
+      if (/^[0-9a-f]{2}$/.test(fan) && /^[0-9a-f]{62}$/.test(rest)) out.push(fan + rest);
+    }
+  }
+  return out;
+}
+
+/** Verify one object by reading it through the store (decode + re-hash); the error text, or null if sound. */
+async function verifyObject(store: Store, hash: string): Promise<string | null> {
+  try { await store.getObject(hash); return null; } catch (e) { return errorMessage(e); }
+}
+
+/**
+ * Check the whole store. Corrupt objects are moved to quarantine/<hash> under the sweep lock (so no commit is
+ * renaming a fresh copy into place meanwhile), where they no longer satisfy any reader or dedup, and are
+ * reported as missing too when something needs them.
+ */
+export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): Promise<FsckReport> {
+  const root = store.root;
+  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], txnsRemoved: [], tmpRemoved: 0, ok: false };
+  const graceMs = opts.graceMs ?? 3600_000;
+
+  // 1. Leftovers of crashed transactions.
+  for (const t of await reclaimableTxns(root, graceMs)) {
+    if (!opts.dryRun) await removeTxn(root, t.id);
+    rep.txnsRemoved.push(t.id);
+  }
+  for (const name of await readdir(join(root, TXN_DIR)).catch(() => [] as string[])) {
+    if (!name.startsWith('.') || !name.endsWith('.tmp')) continue; // atomicWrite temp files of a killed writer
+    const st = await stat(join(root, TXN_DIR, name)).catch(() => null);
+    if (!st?.isFile() || Date.now() - st.mtimeMs < graceMs) continue;
+    if (!opts.dryRun) await rm(join(root, TXN_DIR, name), { force: true });
+    rep.tmpRemoved++;
+  }
+
+  // 2. Every object re-hashed.
+  const present = new Set<string>();
+  const bad = new Map<string, string>();
+  const hashes = await listObjects(root);
+  await parallel(hashes, opts.jobs ?? 4, async (h) => {
+    const err = await verifyObject(store, h);
+    if (err === null) {
+      present.add(h);
+      rep.bytes += (await stat(join(root, objectPath(h))).catch(() => null))?.size ?? 0;
+    } else bad.set(h, err);
+  });
+  rep.objects = hashes.length;
+  const quarantined = new Map<string, string | null>();
+  if (bad.size && !opts.dryRun) {
+    await withSweepLock(root, async () => {
+      await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
+      for (const h of bad.keys()) {
+        // Re-check under the lock: a commit may have replaced it with a sound copy since.
+        if ((await verifyObject(store, h)) === null) { present.add(h); bad.delete(h); continue; }
+        const to = join(QUARANTINE_DIR, `${h}.${Date.now()}`);
+        try { await rename(join(root, objectPath(h)), join(root, to)); quarantined.set(h, to); } catch { quarantined.set(h, null); }
+      }
+    });
+  }
+
+  // 3. References: layer -> catalog -> chunks; image -> layers, config.
+  const refs = new Map<string, Set<string>>(); // object -> layers needing it
+  const need = (h: string, layer: string) => { let s = refs.get(h); if (!s) refs.set(h, s = new Set()); s.add(layer); };
+  const layerImages = new Map<string, string[]>();
+  const configRefs = new Map<string, string[]>(); // config object -> images
+  const published = new Set(await store.listLayers());
+  const named: Array<{ image: string; diffId: string; catalog: string }> = [];
+  const catalogs = new Map<string, string>(); // layer -> catalog its manifest names
+  for (const name of await store.listImages()) {
+    rep.images++;
+    try {
+      const img = await store.getImage(name);
+      if (!img) continue;
+      for (const l of img.layers) {
+        layerImages.set(l.diffId, [...(layerImages.get(l.diffId) ?? []), name]);
+        if (l.catalog) named.push({ image: name, diffId: l.diffId, catalog: l.catalog });
+        if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published`, unpublished: l.diffId });
+      }
+      if (img.configDigest?.startsWith('sha256:')) { const c = img.configDigest.slice(7); configRefs.set(c, [...(configRefs.get(c) ?? []), name]); }
+    } catch (e) {
+      rep.brokenImages.push({ name, error: errorMessage(e) });
+    }
+  }
+  for (const id of published) {
+    rep.layers++;
+    let manifest;
+    try { manifest = await store.getLayer(id); } catch (e) {
+      rep.brokenLayers.push({ diffId: id, error: errorMessage(e), images: layerImages.get(id) ?? [] });
+      continue;
+    }
+    if (!manifest) continue;
+    catalogs.set(id, manifest.catalog);
+    need(manifest.catalog, id);
+    if (!present.has(manifest.catalog)) {
+      rep.brokenLayers.push({ diffId: id, error: `catalog object ${manifest.catalog} is ${bad.has(manifest.catalog) ? 'corrupt' : 'missing'}: its chunks are unknown`, images: layerImages.get(id) ?? [] });
+      continue;
+    }
+    try {
+      const { catalog, close } = await openLayerCatalog(store, id);
+      try { for (const h of catalog.allChunkHashes()) need(h, id); } finally { await close(); }
+    } catch (e) {
+      rep.brokenLayers.push({ diffId: id, error: errorMessage(e), images: layerImages.get(id) ?? [] });
+    }
+  }
+
+  // A descriptor records the catalog its layer had at conversion: a different one now means one of them is wrong.
+  for (const n of named) {
+    const c = catalogs.get(n.diffId);
+    if (c && c !== n.catalog) rep.brokenImages.push({ name: n.image, error: `descriptor names catalog ${n.catalog} for layer ${n.diffId}, its published manifest names ${c}` });
+  }
+  const neededBy = (h: string): NeededBy => {
+    const layers = [...(refs.get(h) ?? [])].sort();
+    const images = new Set<string>(configRefs.get(h) ?? []);
+    for (const l of layers) for (const i of layerImages.get(l) ?? []) images.add(i);
+    return { layers, images: [...images].sort() };
+  };
+  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h) });
+  for (const h of new Set([...refs.keys(), ...configRefs.keys()])) {
+    if (!present.has(h)) rep.missing.push({ hash: h, ...neededBy(h) });
+  }
+  rep.missing.sort((a, b) => a.hash.localeCompare(b.hash));
+  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length;
+  return rep;
+}
+
+/** What a repair needs: the objects to bring back, the layers whose blobs would regenerate them, and layers to publish again. */
+export function repairTargets(rep: FsckReport): { objects: string[]; layers: string[]; unpublished: string[] } {
+  const objects = new Set(rep.missing.map((m) => m.hash));
+  const unpublished = new Set(rep.brokenImages.map((b) => b.unpublished).filter((d): d is string => !!d));
+  const layers = new Set<string>([...rep.missing.flatMap((m) => m.layers), ...rep.brokenLayers.map((b) => b.diffId), ...unpublished]);
+  return { objects: [...objects].sort(), layers: [...layers].sort(), unpublished: [...unpublished].sort() };
+}
+
+/**
+ * Copy from another store (a directory or HTTP mirror), every object verified against its hash by the
+ * source's read path: missing objects through one transaction, and each layer an image names but this store
+ * lacks as a whole (catalog, chunks, then its manifest, in one transaction: never published half).
+ */
+export async function repairFromStore(store: WritableStore, source: Store, hashes: string[], unpublished: string[] = []): Promise<{ restored: string[]; layers: string[]; failed: Array<{ hash: string; error: string }> }> {
+  const restored: string[] = [], layers: string[] = [], failed: Array<{ hash: string; error: string }> = [];
+  const txn = store.beginTxn('fsck-repair');
+  try {
+    for (const h of hashes) {
+      try { if (await txn.put(h, await source.getObject(h))) restored.push(h); } catch (e) { failed.push({ hash: h, error: errorMessage(e) }); }
+    }
+    await txn.commitObjects();
+  } catch (e) { await txn.abort(); throw e; }
+  for (const diffId of unpublished) {
+    const t = store.beginTxn('fsck-repair-layer');
+    try {
+      const m = await source.getLayer(diffId);
+      if (!m) throw new Error(`layer ${diffId} is not published in ${source.location} either`);
+      const { catalog, close } = await openLayerCatalog(source, diffId);
+      try { for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h); } finally { await close(); }
+      if (await t.put(m.catalog, await source.getObject(m.catalog))) restored.push(m.catalog);
+      if ((await t.commit(m)).published) layers.push(diffId);
+    } catch (e) {
+      await t.abort();
+      failed.push({ hash: diffId, error: errorMessage(e) });
+    }
+  }
+  return { restored, layers, failed };
+}

@@ -1,0 +1,75 @@
+// Issue 15 acceptance 4 (Wharf's fault tolerance): a converter holding a layer's lock is SIGKILLed mid-ingest;
+// another converter waiting on the lock takes it over once it goes stale, completes the layer, and the layer
+// is published exactly once (a third converter finds it present; gc then reclaims the dead one's staging).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { cleanupTmpDirs, listFiles, run, REPO_ROOT, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { compareTars } from './helpers/oracle.js';
+import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
+import { pseudoRandom, makeLayer as makeLayerTar } from './helpers/layers.js';
+
+let reg: RegistryServer | undefined;
+after(async () => { await reg?.stop(); await cleanupTmpDirs(); });
+
+const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
+const ENV = { THINFS_NO_PROGRESS: '1', THINFS_LOCK_STALE_MS: '3000' };
+
+test('a SIGKILLed lock holder mid-ingest is taken over after its lock goes stale; the layer is published once', async () => {
+  const work = await tmpDir();
+  const big = await makeLayerTar(work, 'big', async (d) => {
+    for (let i = 0; i < 40; i++) await fsp.writeFile(path.join(d, `f${i}.bin`), pseudoRandom(1_500_000, `big${i}`));
+  }, { compression: 'gzip' });
+  const lay = await new OciLayout(path.join(work, 'layout')).init();
+  await lay.tag(await lay.image([big], { os: 'linux', architecture: 'amd64' }), 'v1');
+  reg = await startRegistry(path.join(work, 'registry'));
+  await pushLayout(path.join(work, 'layout'), 'v1', reg, 'test/big');
+  const store = path.join(work, 'store');
+  await thinfsOk(['init', store]);
+  const ref = `${reg.host}/test/big:v1`;
+
+  const holder = spawn(process.execPath, [D2T, '--insecure', '--store', store, '--jobs', '1', ref], { env: { ...process.env, ...ENV }, stdio: 'ignore' });
+  const holderExit = new Promise((r) => holder.on('exit', r));
+  // Mid-ingest: its transaction has staged objects, and it holds the layer's fetch lock.
+  await waitFor(async () => {
+    for (const t of await fsp.readdir(path.join(store, 'txn')).catch(() => [] as string[])) {
+      if ((await listFiles(path.join(store, 'txn', t)).catch(() => [])).length >= 6) return true;
+    }
+    return false;
+  }, 120_000, 25, 'the holder staging objects');
+  const locks = await fsp.readdir(path.join(store, 'locks'));
+  assert.ok(locks.some((l) => l.startsWith('fetch-') && l.endsWith('.lock')), `holder has the fetch lock (${locks})`);
+
+  // A second converter starts and waits on the lock; then the holder dies without releasing it.
+  const waiter = run(process.execPath, [D2T, '--insecure', '--store', store, '--json', ref], { env: ENV, timeoutMs: 240_000 });
+  await new Promise((r) => setTimeout(r, 1000));
+  holder.kill('SIGKILL');
+  await holderExit;
+  const killedAt = Date.now();
+  assert.deepEqual(await fsp.readdir(path.join(store, 'layers')), [], 'nothing published by the killed holder');
+
+  const w = await waiter;
+  assert.equal(w.code, 0, w.stderr);
+  const res = JSON.parse(w.stdout) as { layers: Array<{ diffId: string; action: string }> };
+  assert.deepEqual(res.layers.map((l) => [l.diffId, l.action]), [[big.diffId, 'ingested']], 'the waiter completed the layer itself');
+  assert.ok(Date.now() - killedAt >= 2000, 'it took over only after the lock went stale');
+  assert.deepEqual(await fsp.readdir(path.join(store, 'layers')), [`${big.diffId.slice(7)}.json`]);
+
+  // Published once: a third converter finds it present, downloads nothing.
+  const gets = (await reg.gets('test/big')).filter((d) => d === big.digest).length;
+  const third = await run(process.execPath, [D2T, '--insecure', '--store', store, '--json', ref], { env: ENV, timeoutMs: 120_000 });
+  assert.equal(third.code, 0, third.stderr);
+  assert.deepEqual((JSON.parse(third.stdout) as { layers: Array<{ action: string }> }).layers.map((l) => l.action), ['present']);
+  assert.equal((await reg.gets('test/big')).filter((d) => d === big.digest).length, gets, 'no download for a published layer');
+
+  // The dead holder's staging is reclaimed; the layer reads back whole.
+  const gc = await thinfsJson<{ txnsRemoved: number; removed: number }>(['gc', '--store', store, '--json']);
+  assert.equal(gc.txnsRemoved, 1);
+  assert.deepEqual(await fsp.readdir(path.join(store, 'txn')), []);
+  const out = path.join(work, 'big.out.tar');
+  await thinfsOk(['export', big.diffId, '-o', out, '--store', store]);
+  const cmp = await compareTars(big.file.replace(/\.gz$/, ''), out, path.join(work, 'cmp'));
+  assert.deepEqual(cmp.tree, []);
+});
