@@ -13,6 +13,7 @@ import { testPodman, type TestPodman } from './helpers/podman.js';
 import { OciLayout, startRegistry, pushLayout, populateBase, populateDelete, populateReplace, type Layer, type RegistryServer } from './fixtures/images.js';
 import { makeLayer } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
+import { Store } from '../src/store/store.js';
 
 let work = '';
 let skip: string | false = false;
@@ -107,6 +108,13 @@ test('podman run REF from the thin image store: same output as the image pulled 
   assert.equal((await thin!.podmanOk(fmt)).trim(), digest);
   const byDigest = await thin!.podman(['run', '--rm', '--network=none', `${ref.replace(/:v1$/, '')}@${digest}`, 'echo by-digest']);
   assert.equal(byDigest.stdout, 'by-digest\n', byDigest.stderr);
+  // docker2thin kept the registry's manifest bytes in the store, gc keeps them, and podman reads exactly those.
+  await thinfsOk(['gc', '--store', store, '--grace', '0']);
+  assert.ok(await (await Store.open(store)).hasObject(digest.slice(7)), 'the manifest object survives gc');
+  const regManifest = Buffer.from(await (await fetch(`http://${reg!.host}/v2/e2e/thin/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })).arrayBuffer());
+  const imageId = (await thin!.podmanOk(['image', 'inspect', '--format', '{{.Id}}', ref])).trim();
+  await runOk(process.execPath, [THINFS_MAIN, 'podman-store', store, mnt!.mp, path.join(work, 'podman-store')]);
+  assert.deepEqual(await fsp.readFile(path.join(work, 'podman-store', 'overlay-images', imageId, 'manifest')), regManifest);
   // The oracle agrees with what the layers say (not two equally wrong runs).
   assert.match(plainRun, /^# replaced by layer 3$/m);
   assert.match(plainRun, /No such file or directory/);
