@@ -11,6 +11,9 @@ PKGS=(
   docker-registry skopeo umoci   # real registry + reference image tools (docker2thin tests)
   apache2-utils                  # htpasswd (bcrypt) for the registry basic-auth test
   podman runc buildah            # real container runtime on the result
+  debootstrap                    # offline base images: Dockerfile build test, podman bench
+  uidmap                         # newuidmap/newgidmap: rootless podman test
+  systemd                        # systemd-analyze verify of deploy/thinfs-mount.service
   squashfs-tools squashfuse      # bench baseline
   nginx                          # HTTP store backend tests
   squid                          # site cache (forward proxy) for the HTTP store tests and the sitecache bench

@@ -8,7 +8,7 @@ import type { Logger } from '../util/log.js';
 import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
-import { digestHex } from '../util/hash.js';
+import { digestHex, sha256hex } from '../util/hash.js';
 import { layerPath } from '../store/layout.js';
 import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
@@ -271,8 +271,10 @@ async function pushDescriptor(descriptor: ThinImage, m: ResolvedManifest, src: I
 }
 
 /** Stage, last: the descriptor appears only when every layer it names is there. */
-async function publishDescriptor(descriptor: ThinImage, outcomes: LayerOutcome[], sink: LayerSink, output?: string): Promise<void> {
-  await sink.publishImage(descriptor, outcomes);
+async function publishDescriptor(descriptor: ThinImage, m: ResolvedManifest, outcomes: LayerOutcome[], sink: LayerSink, output?: string): Promise<void> {
+  // The manifest goes along when its bytes are known to hash to its digest: podman's image store serves it as is.
+  const manifest = m.manifestRaw && sha256hex(m.manifestRaw) === digestHex(m.manifestDigest) ? { hex: digestHex(m.manifestDigest), data: m.manifestRaw } : undefined;
+  await sink.publishImage(descriptor, outcomes, manifest);
   if (!output) return;
   const text = JSON.stringify(descriptor, null, 2) + '\n';
   if (output === '-') process.stdout.write(text);
@@ -302,7 +304,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     await sink.settle(outcomes, opts.signal);
     const descriptor = buildDescriptor(m, cfg, outcomes, sink.location, opts.name);
     const pushed = opts.push ? await pushDescriptor(descriptor, m, src, opts) : undefined;
-    await publishDescriptor(descriptor, outcomes, sink, opts.output);
+    await publishDescriptor(descriptor, m, outcomes, sink, opts.output);
     const c = src.client?.stats;
     return {
       descriptor, layers: outcomes, pushed, configFromStore: cfg.fromStore,

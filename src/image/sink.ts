@@ -57,6 +57,7 @@ export interface LayerSink {
   /** After every layer is written: wait for publication where it is asynchronous; fills outcomes' manifests. */
   settle(outcomes: LayerOutcome[], signal?: AbortSignal): Promise<void>;
   /** Publish the descriptor where mounts find it, when this sink can (every layer published). */
-  publishImage(d: ThinImage, outcomes: LayerOutcome[]): Promise<void>;
+  /** `manifest`: the registry manifest's exact bytes, kept with the descriptor where the sink can (podman's image store serves them). */
+  publishImage(d: ThinImage, outcomes: LayerOutcome[], manifest?: { hex: string; data: Buffer }): Promise<void>;
   close(): Promise<void>;
 }

@@ -86,8 +86,8 @@ export class StoreSink implements LayerSink {
   async settle(): Promise<void> { /* nothing asynchronous to wait for */ }
 
   /** The config goes with the descriptor again (same transaction): a gc sweep cannot take it in between. */
-  async publishImage(d: ThinImage): Promise<void> {
-    await this.store.putImage(d, this.imageConfig ?? undefined);
+  async publishImage(d: ThinImage, _outcomes: LayerOutcome[], manifest?: { hex: string; data: Buffer }): Promise<void> {
+    await this.store.putImage(d, this.imageConfig ?? undefined, manifest);
   }
 
   async close(): Promise<void> { /* nothing held between calls */ }
