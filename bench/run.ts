@@ -7,6 +7,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   sitecache: () => import('./sitecache.js'),
   coldstart: () => import('./coldstart.js'),
   catalog: () => import('./catalog.js'),
+  podman: () => import('./podman.js'),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -26,7 +26,7 @@ export function registerTraceCommands(program: Command): void {
       const bytes = encodeTrace(chunks);
       const sha256 = sha256hex(bytes);
       desc.trace = { sha256, size: bytes.length };
-      await store.putImage(desc, undefined, [{ hex: sha256, data: bytes }]);
+      await store.putImage(desc, undefined, undefined, [{ hex: sha256, data: bytes }]);
       const r = { image: name, trace: desc.trace, chunks: chunks.length, dropped: t.chunks.length - chunks.length, bytes: chunks.reduce((a, c) => a + c.size, 0) };
       process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `attached trace ${sha256} to ${name}: ${r.chunks} chunks, ${r.bytes} bytes${r.dropped ? ` (${r.dropped} from other layers dropped)` : ''}\n`);
     });
