@@ -95,6 +95,9 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     const att = await thinfsJson<{ chunks: number; trace: { sha256: string } }>(['trace', 'attach', '-s', store, IMAGE, traceFile, '--json']);
     assert.equal(att.chunks, t.chunks.length);
     assert.ok(await fsp.stat(await traceObject()), 'the trace is an object in the store');
+    // gc keeps it while the descriptor names it (no grace period to hide behind).
+    await thinfsOk(['gc', '-s', store, '--grace', '0']);
+    assert.ok(await fsp.stat(await traceObject()), 'gc kept the trace object');
 
     // A fresh node (empty cache), file-ahead off: only the trace can bring chunks before they are read.
     const m = await mount('replay', ['--no-file-ahead']);
