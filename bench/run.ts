@@ -6,6 +6,8 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   convert: () => import('./convert.js'),
   sitecache: () => import('./sitecache.js'),
   coldstart: () => import('./coldstart.js'),
+  catalog: () => import('./catalog.js'),
+  podman: () => import('./podman.js'),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -51,7 +51,7 @@ async function stop(m: Mounted): Promise<void> {
 }
 const passthrough = (m: Mounted) => m.stderr().includes('"passthrough":true');
 /** The trust record of a whole-file copy (name as listFiles gives it under files/: fan/rest). */
-const trustOf = (m: Mounted, name: string) => path.join(m.cacheDir, 'trust', name);
+const trustOf = (m: Mounted, name: string) => path.join(m.cacheDir, 'verified', name);
 
 describe('whole-file copies are verified before the kernel is handed them', () => {
   it('a corrupted byte in a whole-file copy: right bytes after a restart, a log line, the copy dropped', async (t) => {
@@ -162,7 +162,7 @@ describe('the cache is private to the daemon', () => {
     const out: string[] = [];
     const st = await fsp.stat(dir);
     if (st.mode & 0o077) out.push(`${dir} ${(st.mode & 0o777).toString(8)}`);
-    for (const sub of ['chunks', 'files', 'trust', 'catalogs', 'tmp']) {
+    for (const sub of ['chunks', 'files', 'verified', 'catalogs', 'tmp']) {
       for (const e of await fsp.readdir(path.join(dir, sub), { recursive: true })) {
         const p = path.join(dir, sub, e);
         const m = (await fsp.lstat(p)).mode & 0o777;

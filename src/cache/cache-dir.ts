@@ -3,7 +3,7 @@
 //   <dir>/chunks/<2 hex>/<62 hex>   decoded chunk bytes; the name is their SHA-256, re-checked on every disk read
 //   <dir>/files/<2 hex>/<62 hex>    whole files assembled from verified chunks, for FUSE passthrough; named by
 //                                   the SHA-256 of the file's chunk map (same layout, same file, in any layer)
-//   <dir>/trust/<2 hex>/<62 hex>    the verified identity of a whole-file copy of the same name (trust.ts)
+//   <dir>/verified/<2 hex>/<62 hex> the verified identity of the whole-file copy of the same name (copy-trust.ts)
 //   <dir>/catalogs/<hash>.sqlite    decoded layer catalogs (verified when fetched and when reopened)
 //   <dir>/tmp/                      in-flight writes, renamed into place (readers see whole files or none)
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile, open, type FileHandle } from 'node:fs/promises';
@@ -20,7 +20,8 @@ import type { CacheKey } from './quota.js';
 const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
 
 /** What a cache directory may hold (stats/: the mount's default stats file). */
-const OWN_ENTRIES = new Set(['chunks', 'files', 'trust', 'catalogs', 'tmp', 'stats']);
+// verified/: see above. trust/: the highest signed manifest revision seen (src/store/trust.ts), kept with the cache for replay protection.
+const OWN_ENTRIES = new Set(['chunks', 'files', 'verified', 'catalogs', 'tmp', 'stats', 'trust']);
 
 /** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
 async function makePrivate(p: string, mode: number): Promise<void> {
@@ -32,6 +33,7 @@ export interface FoundEntry { key: CacheKey; size: number; lastUsedMs: number }
 export class CacheDir {
   readonly chunks: string;
   readonly files: string;
+  /** Trust records of whole-file copies (not trust/, the store's signed-manifest state). */
   readonly trust: string;
   readonly catalogs: string;
   readonly tmp: string;
@@ -39,7 +41,7 @@ export class CacheDir {
   constructor(readonly root: string) {
     this.chunks = join(root, 'chunks');
     this.files = join(root, 'files');
-    this.trust = join(root, 'trust');
+    this.trust = join(root, 'verified');
     this.catalogs = join(root, 'catalogs');
     this.tmp = join(root, 'tmp');
   }

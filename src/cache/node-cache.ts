@@ -13,7 +13,7 @@ import { CacheIndex, type CacheKey } from './quota.js';
 import { WholeFileBuilder } from './whole-file.js';
 
 export { fdClose } from './verify.js';
-export { chunkMapText } from './trust.js';
+export { chunkMapText } from './copy-trust.js';
 export type { CacheCounters } from './counters.js';
 
 export interface CacheOptions {

@@ -1,7 +1,7 @@
 // The whole-file builder: copies of multi-chunk files assembled from verified cached chunks (for FUSE passthrough,
 // where the kernel reads a local file itself), built in the background when readers are quiet; and their
 // verification: a copy is handed to the kernel only if this process verified or built it, or if its identity still
-// matches the trust record written when it was (trust.ts); otherwise it is verified against the file's chunk map on
+// matches the trust record written when it was (copy-trust.ts); otherwise it is verified against the file's chunk map on
 // the open path. Copies trusted by record are re-verified in the background, one at a time, while readers are idle.
 import type { ChunkRef } from '../catalog/reader.js';
 import type { Logger } from '../util/log.js';
@@ -9,7 +9,7 @@ import type { CacheDir } from './cache-dir.js';
 import type { CacheCounters } from './counters.js';
 import type { ChunkFetcher } from './fetcher.js';
 import type { CacheIndex } from './quota.js';
-import { decodeRecord, encodeRecord, identityOf, sameIdentity, type Identity } from './trust.js';
+import { decodeRecord, encodeRecord, identityOf, sameIdentity, type Identity } from './copy-trust.js';
 import { errno, fdClose, openVerified, verifyPart, verifyRanges } from './verify.js';
 
 /** Whole-file copies are built only after readers have been quiet this long. */

@@ -14,7 +14,7 @@ import type { ObjectWriterPool } from './writer-pool.js';
 import { withCommitLock } from './lock.js';
 import { republishManifest, writerSigningOptions } from './trust.js';
 import { createLogger } from '../util/log.js';
-import { currentOwner, isOwnerAlive, type Owner } from './owner.js';
+import { currentOwner, isOwnerAlive, isPidAlive, type Owner } from './owner.js';
 import { IntegrityError, ThinfsError } from '../util/errors.js';
 import { atomicWrite, fsyncDir } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
@@ -95,6 +95,18 @@ export async function reclaimableTxns(root: string, graceMs: number): Promise<Tx
   return (await listTxns(root, Math.max(graceMs, TXN_SILENT_MIN_MS))).filter((t) => t.state === 'dead' || t.state === 'silent');
 }
 
+/**
+ * Remove the staging of the transactions process `pid` of this host made, once it is dead: crash recovery by a
+ * caller that knows the pid ran here (its own state says so). A transaction killed in its first moments has no
+ * owner record yet, and only its id names the process.
+ */
+export async function removeTxnsOfDeadPid(root: string, pid: number): Promise<TxnInfo[]> {
+  if (isPidAlive(pid)) return [];
+  const gone = (await listTxns(root)).filter((t) => parseTxnId(t.id)?.pid === pid && (t.owner === null || t.state === 'dead'));
+  for (const t of gone) await removeTxn(root, t.id);
+  return gone;
+}
+
 /** Remove the staging of every transaction whose owner died on this host (crash recovery at start). */
 export async function removeDeadTxns(root: string): Promise<TxnInfo[]> {
   const dead = (await listTxns(root)).filter((t) => t.state === 'dead');
@@ -154,17 +166,20 @@ export class Txn {
     this.ready.catch(() => undefined);
   }
 
-  /** Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. */
-  async put(hash: string, data: Uint8Array): Promise<boolean> {
+  /**
+   * Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. `level`: a zstd
+   * level of its own (catalogs), written here rather than by the pool.
+   */
+  async put(hash: string, data: Uint8Array, level?: number): Promise<boolean> {
     if (this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash)) return false;
     this.staged.add(hash);
     await this.ready;
     let size: number;
     try {
       const existing = join(this.store.root, objectPath(hash));
-      size = this.pool
+      size = this.pool && level === undefined
         ? await this.pool.write(existing, join(this.dir, hash), data, this.codec)
-        : await stageObject(existing, join(this.dir, hash), data, this.codec);
+        : await stageObject(existing, join(this.dir, hash), data, this.codec, level);
     } catch (e) {
       this.staged.delete(hash);
       throw e;

@@ -1,5 +1,5 @@
 // Trust records of whole-file copies: what lets a verified copy be passed to the kernel after a restart without
-// hashing it again on the open path. A record (<cache>/trust/, 0600, written atomically) holds the identity the copy
+// hashing it again on the open path. A record (<cache>/verified/, 0600, written atomically) holds the identity the copy
 // had when it was verified or built (device, inode, size, mtime and ctime in ns) and the chunk map it was checked
 // against. Any write, truncate, chmod or replacement of the copy changes its ctime or inode, so a copy touched since
 // no longer matches its record and is verified again; corruption that keeps the identity (bad media) is left to the
