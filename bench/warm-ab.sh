@@ -36,9 +36,9 @@ start() { # build cache
   echo "mount did not become ready" >&2; exit 1
 }
 stop() { kill "${pids[0]}"; wait "${pids[0]}" || true; pids=(); }
-secs() { local t0 t1; t0=$(date +%s.%N); bash -c "$1" >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+secs() { local t0 t1; t0=$(date +%s.%N); bash -c "$1" >/dev/null; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'; }
 stat() { local port; port=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).metricsPort)' "$work/ready")
-  curl -s "http://127.0.0.1:$port/stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log(eval(process.argv[1]))})' "$1"; }
+  node -e 'fetch(process.argv[1]).then((r) => r.json()).then((j) => console.log(eval(process.argv[2])))' "http://127.0.0.1:$port/stats" "$1"; }
 assembling() { stat 'j.cache.assembling'; }
 # How the big file was opened (the counters that exist in this build).
 opened() { stat '`passthrough ${j.ops.opensPassthrough}, hashed at open ${j.cache.filesVerifiedAtOpen ?? "-"}, trusted ${j.cache.filesTrustedAtOpen ?? "-"}, re-verified ${j.cache.filesReverified ?? "-"}`'; }
@@ -66,7 +66,7 @@ for r in $(seq "$rounds"); do
     t=$(secs "dd if='$layer/big/large.bin' of=/dev/null bs=1M status=none"); how=$(opened); stop
     start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
     a=$(secs "cd '$layer' && find . -type f -print0 | xargs -0 -n 200 cat | wc -c"); stop
-    mbs=$(echo "536.870912 / $t" | bc -l)
+    mbs=$(awk -v t="$t" 'BEGIN { print 536.870912 / t }')
     dd[$n]+="$(printf '%.0f' "$mbs") "; ra[$n]+="$(printf '%.2f' "$a") "
     printf 'round %d %-10s dd %6.0f MB/s  read-all %5.2f s  (load %s; dd: %s)\n' "$r" "$n" "$mbs" "$a" "$(cut -d' ' -f1 /proc/loadavg)" "$how" | tee -a "$work/rows"
   done
