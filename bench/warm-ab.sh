@@ -6,6 +6,8 @@
 # (python stdlib + that file). Prints every sample and the medians. On a machine loaded by other work only
 # neighbouring runs compare, hence the alternation.
 # Usage (root): bench/warm-ab.sh ROUNDS NAME=BUILD_DIR [NAME=BUILD_DIR...]   (BUILD_DIR: a built checkout)
+# WARM_AB_SHARED=1: every build uses one warm cache, filled by the first (same files on disk: no layout difference
+# between builds; needs builds with the same cache layout).
 # WARM_AB_DELAY=S waits S seconds after the restart before each workload (e.g. 3: a reader arriving while the
 # background re-verification of whole-file copies is under way).
 set -euo pipefail
@@ -43,8 +45,10 @@ assembling() { stat 'j.cache.assembling'; }
 # How the big file was opened (the counters that exist in this build).
 opened() { stat '`passthrough ${j.ops.opensPassthrough}, hashed at open ${j.cache.filesVerifiedAtOpen ?? "-"}, trusted ${j.cache.filesTrustedAtOpen ?? "-"}, re-verified ${j.cache.filesReverified ?? "-"}`'; }
 
-for nb in "$@"; do # fill each build's warm cache: a full read, then wait for the whole-file copies
-  start "${nb#*=}" "$work/cache-${nb%%=*}"
+cache() { if [ -n "${WARM_AB_SHARED:-}" ]; then echo "$work/cache-shared"; else echo "$work/cache-$1"; fi; }
+fillers=("$@"); [ -n "${WARM_AB_SHARED:-}" ] && fillers=("$1")
+for nb in "${fillers[@]}"; do # fill each build's warm cache: a full read, then wait for the whole-file copies
+  start "${nb#*=}" "$(cache "${nb%%=*}")"
   (cd "$layer" && find . -type f -print0 | xargs -0 cat | wc -c >/dev/null)
   # A copy is queued by a read reaching the end with every chunk local: the first read's last chunks may still be
   # being written, so read the big file again until its copy exists.
@@ -62,9 +66,9 @@ for r in $(seq "$rounds"); do
   builds=("$@"); k=$(( (r - 1) % $# )); builds=("${builds[@]:k}" "${builds[@]:0:k}")
   for nb in "${builds[@]}"; do
     n=${nb%%=*} b=${nb#*=}
-    start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
+    start "$b" "$(cache "$n")"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
     t=$(secs "dd if='$layer/big/large.bin' of=/dev/null bs=1M status=none"); how=$(opened); stop
-    start "$b" "$work/cache-$n"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
+    start "$b" "$(cache "$n")"; sync; echo 3 > /proc/sys/vm/drop_caches; sleep "${WARM_AB_DELAY:-0}"
     a=$(secs "cd '$layer' && find . -type f -print0 | xargs -0 -n 200 cat | wc -c"); stop
     mbs=$(awk -v t="$t" 'BEGIN { print 536.870912 / t }')
     dd[$n]+="$(printf '%.0f' "$mbs") "; ra[$n]+="$(printf '%.2f' "$a") "
