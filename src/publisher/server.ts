@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { errorMessage } from '../util/errors.js';
-import { parseNotification, WebhookError } from './events.js';
+import { errorMessage, HttpError, WebhookError } from '../util/errors.js';
+import { parseNotification } from './events.js';
 import { STATES, type Queue, type EnqueueResult, type ObjectEvent, type UploadRow, type UploadState } from './queue.js';
 import type { PublisherMetrics } from './metrics.js';
 import type { Logger } from '../util/log.js';
@@ -30,10 +30,6 @@ export interface PublisherApi {
   readonly lastReconcile: unknown;
   enqueue(events: ObjectEvent[]): EnqueueResult[];
   wake(): void;
-}
-
-class HttpError extends Error {
-  constructor(readonly status: number, message: string) { super(message); }
 }
 
 function send(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {

@@ -6,9 +6,9 @@ import type { Server } from 'node:http';
 import type { WritableStore } from '../store/store.js';
 import { TXN_DIR } from '../store/layout.js';
 import { ingestTar } from '../ingest/ingest.js';
-import { S3Client, S3Error } from '../s3/client.js';
+import { S3Client } from '../s3/client.js';
 import { unsafeKeyReason } from '../s3/keys.js';
-import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage, S3Error, TxnFailure as TxnFailureOf } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Queue, normEtag, type EnqueueResult, type ObjectEvent, type UploadRow } from './queue.js';
 import { PublisherMetrics, type FailureKind } from './metrics.js';
@@ -37,9 +37,8 @@ export interface PublisherOptions {
 }
 
 /** A transaction's failure, classified: permanent ones fail the upload, transient ones are retried. */
-class TxnFailure extends Error {
-  constructor(readonly kind: FailureKind, readonly permanent: boolean, message: string) { super(message); }
-}
+type TxnFailure = TxnFailureOf<FailureKind>;
+const TxnFailure = TxnFailureOf;
 
 export interface WorkerState { txn: string; upload: number; bucket: string; key: string; startedAt: string; fetchedBytes: number; contentLength: number | null }
 
