@@ -188,7 +188,7 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       });
     } catch (e) {
       result.skipped.push({ name, reason: errorMessage(e) });
-      o.log?.warn({ image: name, err: errorMessage(e) }, 'image not added to the podman store');
+      o.log?.warn({ image: name, err: e }, 'image not added to the podman store');
     }
   }
 
