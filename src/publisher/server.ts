@@ -141,7 +141,7 @@ export function createHttpServer(p: PublisherApi): Server {
     } catch (e) {
       if (!(e instanceof WebhookError)) throw e;
       p.metrics.webhookRequests.inc({ code: '400' });
-      p.log.warn({ err: e.message }, 'webhook refused: malformed or unsafe S3 event notification; nothing queued');
+      p.log.warn({ err: e }, 'webhook refused: malformed or unsafe S3 event notification; nothing queued');
       send(res, 400, { error: `malformed S3 event notification: ${e.message}` });
       return;
     }
@@ -237,7 +237,7 @@ export function createHttpServer(p: PublisherApi): Server {
   const server = createServer({ requestTimeout: 60_000, headersTimeout: 30_000 }, (req, res) => {
     handle(req, res).catch((e) => {
       const status = e instanceof HttpError ? e.status : 500;
-      if (status === 500) p.log.error({ err: errorMessage(e), url: req.url }, 'request failed');
+      if (status === 500) p.log.error({ err: e, url: req.url }, 'request failed');
       req.resume();
       send(res, status, { error: errorMessage(e) });
     });

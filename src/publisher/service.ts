@@ -174,7 +174,7 @@ export class Publisher implements PublisherApi {
       try {
         row = this.queue.claimNext(newTxnId);
       } catch (e) {
-        this.log.error({ err: errorMessage(e) }, 'queue read failed; retrying');
+        this.log.error({ err: e }, 'queue read failed; retrying');
         await this.idle();
         continue;
       }
@@ -246,13 +246,13 @@ export class Publisher implements PublisherApi {
         this.queue.retryLater(row.id, `attempt ${tries} failed (${f.kind}): ${f.message}`, Date.now() + delay);
         this.metrics.retries.inc();
         this.metrics.ingestSeconds.observe({ outcome: 'retry' }, seconds);
-        log.warn({ kind: f.kind, err: f.message, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
+        log.warn({ kind: f.kind, reason: f.message, err: e, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
       } else {
         const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${tries} attempts)`;
         this.queue.markFailed(row.id, reason, seconds);
         this.metrics.failures.inc({ kind: f.kind });
         this.metrics.ingestSeconds.observe({ outcome: 'failed' }, seconds);
-        log.error({ kind: f.kind, err: f.message, seconds }, 'transaction aborted and rolled back; upload failed');
+        log.error({ kind: f.kind, reason: f.message, err: e, seconds }, 'transaction aborted and rolled back; upload failed');
       }
     } finally {
       this.current = null;
@@ -312,7 +312,7 @@ export class Publisher implements PublisherApi {
       if (this.stopping) return { listed, enqueued };
       this.lastReconcile = { at: new Date().toISOString(), listed, enqueued, error: errorMessage(e) };
       this.metrics.reconcileRuns.inc({ result: 'error' });
-      this.log.warn({ err: errorMessage(e) }, 'reconcile: bucket listing failed; will try again next interval');
+      this.log.warn({ err: e }, 'reconcile: bucket listing failed; will try again next interval');
       throw e;
     }
   }

@@ -176,7 +176,7 @@ export class RegistryClient {
         if (attempt < retries && isRetryableNetworkError(e)) {
           this.stats.retries++;
           const wait = backoffMs(attempt);
-          this.log?.warn({ url: target, err: errorMessage(e), attempt: attempt + 1, wait }, 'registry request failed, retrying');
+          this.log?.warn({ url: target, err: e, attempt: attempt + 1, wait }, 'registry request failed, retrying');
           await sleep(wait);
           continue;
         }
@@ -359,7 +359,7 @@ export class RegistryClient {
         if (attempt < this.retries && isRetryableNetworkError(e)) {
           this.stats.resumes++;
           const wait = backoffMs(attempt);
-          this.log?.warn({ digest, offset, err: errorMessage(e), wait }, 'blob download interrupted, resuming');
+          this.log?.warn({ digest, offset, err: e, wait }, 'blob download interrupted, resuming');
           await sleep(wait);
           continue;
         }
