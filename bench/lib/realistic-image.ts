@@ -7,8 +7,8 @@ import { mkdir, readFile, rm, stat, writeFile, rename } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
-export const BENCH_CACHE = process.env.THINFS_BENCH_CACHE ?? '/var/cache/thinfs-bench';
-export const IMAGE_TAG = 'python';
+const BENCH_CACHE = process.env.THINFS_BENCH_CACHE ?? '/var/cache/thinfs-bench';
+const IMAGE_TAG = 'python';
 
 export interface RealisticImage {
   /** OCI layout directory; the image is tagged IMAGE_TAG. */

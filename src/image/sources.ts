@@ -121,7 +121,7 @@ function toLayers(layers: Descriptor[], what: string): LayerRef[] {
   });
 }
 
-export class RegistrySource implements ImageSource {
+class RegistrySource implements ImageSource {
   readonly kind = 'registry' as const;
   constructor(readonly ref: ImageReference, readonly client: RegistryClient) {}
 
@@ -174,7 +174,7 @@ export class RegistrySource implements ImageSource {
 }
 
 /** An OCI image layout directory (oci-layout, index.json, blobs/sha256/...), as skopeo and umoci write it. */
-export class OciLayoutSource implements ImageSource {
+class OciLayoutSource implements ImageSource {
   readonly kind = 'oci' as const;
   private constructor(readonly dir: string, readonly tag: string | undefined) {}
 
@@ -258,7 +258,7 @@ export class OciLayoutSource implements ImageSource {
 interface ArchiveManifestEntry { Config: string; RepoTags?: string[] | null; Layers: string[] }
 
 /** A `docker save` / `podman save` / `skopeo copy docker-archive:` tarball, read in place. */
-export class DockerArchiveSource implements ImageSource {
+class DockerArchiveSource implements ImageSource {
   readonly kind = 'docker-archive' as const;
   private members: string[] = [];
   private constructor(readonly file: string, readonly index: TarIndex, readonly want: string | undefined) {}

@@ -19,7 +19,7 @@ import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
 import { errorMessage } from '../util/errors.js';
 
-export const DRIVER = 'overlay';
+const DRIVER = 'overlay';
 
 export interface PodmanStoreOptions {
   store: Store;
@@ -47,7 +47,7 @@ function compressionCode(mediaType: string): number {
 }
 
 /** Layer ids as podman derives them when it pulls (c/image storage destination): the chain of diff ids. */
-export function layerIds(diffIds: string[]): string[] {
+function layerIds(diffIds: string[]): string[] {
   const ids: string[] = [];
   for (const d of diffIds) {
     const hex = digestHex(d);
@@ -70,7 +70,7 @@ function linkName(id: string): string {
 }
 
 /** c/storage's file name for a big-data key: kept when made of [0-9a-z.], else "=" + base64 of the key. */
-export function bigDataFileName(key: string): string {
+function bigDataFileName(key: string): string {
   return /^[0-9a-z.]*$/.test(key) ? key : `=${Buffer.from(key).toString('base64')}`;
 }
 

@@ -290,10 +290,3 @@ export function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): S3Cred
   if (!accessKeyId || !secretAccessKey) return undefined;
   return { accessKeyId, secretAccessKey, sessionToken: env.AWS_SESSION_TOKEN || undefined };
 }
-
-/** Parse s3://bucket/key into its parts. */
-export function parseS3Url(u: string): { bucket: string; key: string } {
-  const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(u);
-  if (!m) throw new BadInputError(`not an s3:// URL: ${u}`);
-  return { bucket: m[1]!, key: m[2]! };
-}
