@@ -59,7 +59,7 @@ test('every error class is a ThinfsError with its own stable code, its name and 
   assert.notEqual(errors.NotFoundError.code, 'ENOENT');
 });
 
-test("the README's exit-code table lists exactly EXIT's values", async () => {
+test("the README's exit-code table lists exactly EXIT's values, and every error code", async () => {
   const readme = await readFile(join(REPO_ROOT, 'README.md'), 'utf8');
   const section = readme.split(/^## /m).find((s) => s.startsWith('Commands\n'));
   assert.ok(section, 'README has a "Commands" section');
@@ -67,6 +67,7 @@ test("the README's exit-code table lists exactly EXIT's values", async () => {
   assert.ok(table, 'the Commands section has the exit-code table');
   const listed = table[1]!.trim().split('\n').map((row) => Number(/^\| *(\d+) *\|/.exec(row)?.[1]));
   assert.deepEqual([...listed].sort((a, b) => a - b), [...new Set(Object.values(EXIT))].sort((a, b) => a - b));
+  for (const [name, Cls] of errorClasses()) assert.ok(section.includes(`\`${Cls.code}\``), `README's Commands section names ${name}'s code ${Cls.code}`);
 });
 
 test('no module but util/errors declares an error class (read from the compiled files)', async () => {
