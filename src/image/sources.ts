@@ -29,6 +29,8 @@ export interface ResolvedManifest {
   defaultName: string;
   manifestDigest: string;
   manifestMediaType: string;
+  /** The manifest's bytes as the source served them (hashing to manifestDigest), when it has one. */
+  manifestRaw?: Buffer;
   /** Digest of the multi-platform index the manifest was picked from, if any. */
   indexDigest?: string;
   /** From the index entry; otherwise filled from the config. */
@@ -98,10 +100,10 @@ type Fetch = (d: Descriptor | null) => Promise<{ raw: Buffer; contentType?: stri
 
 /** Walk index -> platform manifest. At most two levels (an OCI layout's index.json can point at an index). */
 async function resolveTree(fetch: Fetch, first: { raw: Buffer; contentType?: string; digest: string }, platform: Platform, what: string, depth = 0):
-  Promise<{ manifestDigest: string; manifestMediaType: string; indexDigest?: string; platform?: Platform; config: Descriptor; layers: Descriptor[] }> {
+  Promise<{ manifestDigest: string; manifestMediaType: string; manifestRaw: Buffer; indexDigest?: string; platform?: Platform; config: Descriptor; layers: Descriptor[] }> {
   const p = parseManifest(first.raw, first.contentType, what);
   if (p.kind === 'manifest') {
-    return { manifestDigest: first.digest, manifestMediaType: p.manifest.mediaType, config: p.manifest.config, layers: p.manifest.layers };
+    return { manifestDigest: first.digest, manifestMediaType: p.manifest.mediaType, manifestRaw: first.raw, config: p.manifest.config, layers: p.manifest.layers };
   }
   if (depth > 1) throw new BadInputError(`${what}: indexes nested too deeply`);
   const pick = p.index.manifests.length === 1 && !p.index.manifests[0]!.platform ? p.index.manifests[0]! : selectPlatform(p.index.manifests, platform, what);
@@ -133,7 +135,7 @@ class RegistrySource implements ImageSource {
     const r = await resolveTree(fetch, top, platform, what);
     checkConfigType(r.config.mediaType, what);
     return {
-      reference: what, defaultName: shortName(this.ref), manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType,
+      reference: what, defaultName: shortName(this.ref), manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType, manifestRaw: r.manifestRaw,
       indexDigest: r.indexDigest, platform: r.platform, config: r.config, layers: toLayers(r.layers, what), registryRef: this.ref,
     };
   }
@@ -242,7 +244,7 @@ class OciLayoutSource implements ImageSource {
     const tag = this.tag ?? pick.annotations?.[REF] ?? 'latest';
     return {
       reference: `oci:${this.dir}:${tag}`, defaultName: `${basename(this.dir).toLowerCase()}:${tag}`,
-      manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType, indexDigest: r.indexDigest,
+      manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType, manifestRaw: r.manifestRaw, indexDigest: r.indexDigest,
       platform: r.platform ?? (pick.platform ? { os: pick.platform.os, architecture: pick.platform.architecture, ...(pick.platform.variant ? { variant: pick.platform.variant } : {}) } : undefined),
       config: r.config, layers: toLayers(r.layers, what),
     };

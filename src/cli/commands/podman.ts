@@ -8,9 +8,9 @@ import { storageConf, writeStorageConf } from '../../podman/storage-conf.js';
 import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
 
-export const DEFAULT_PODMAN_STORE = '/var/lib/thinfs/podman-store';
+const DEFAULT_PODMAN_STORE = '/var/lib/thinfs/podman-store';
 
-export function parseInterval(s: string): number {
+function parseInterval(s: string): number {
   const n = Number(s);
   if (!Number.isFinite(n) || n <= 0) throw new ThinfsError(`--interval: expected seconds > 0, got "${s}"`, EXIT.USAGE);
   return Math.round(n * 1000);
