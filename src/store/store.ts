@@ -206,14 +206,20 @@ export class WritableStore extends Store {
    * re-conversion needs no download, and a concurrent gc cannot take the config between the two writes).
    * Descriptors are small and replaced whole; last writer wins, never a torn file.
    */
-  /** The descriptor with the objects it names: the image config and (when known) the registry's manifest bytes. */
-  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer }): Promise<void> {
+  /**
+   * The descriptor with the objects it names: the image config, (when known) the registry's manifest bytes, and others
+   * (a prefetch trace).
+   */
+  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer },
+    objects: Array<{ hex: string; data: Buffer }> = []): Promise<void> {
     // The signing key is loaded first: a bad key refuses the write before anything is published.
     const signing = await writerSigningOptions();
     const txn = this.beginTxn('image');
     try {
       if (config) await txn.put(config.hex, config.data);
       if (manifest) await txn.put(manifest.hex, manifest.data);
+      // Other objects the descriptor names (a prefetch trace): in place before it is.
+      for (const o of objects) await txn.put(o.hex, o.data);
       await txn.commitObjects(() => atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', txn.dir));
     } catch (e) { await txn.abort(); throw e; }
     await republishManifest(this.root, { ...signing, log: writerLog });

@@ -13,6 +13,7 @@ const commandModules: Array<{ names: string[]; load: () => Promise<Register> }> 
   { names: ['convert', 'pull-thin'], load: async () => (await import('./convert.js')).registerConvertCommands },
   { names: ['keygen', 'sign', 'images'], load: async () => (await import('./trust.js')).registerTrustCommands },
   { names: ['podman-store', 'podman-conf'], load: async () => (await import('./podman.js')).registerPodmanCommands },
+  { names: ['trace'], load: async () => (await import('./trace.js')).registerTraceCommands },
   { names: ['publisher'], load: async () => (await import('./publisher.js')).registerPublisherCommands },
 ];
 
