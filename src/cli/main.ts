@@ -27,14 +27,11 @@ export async function run(argv: string[]): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
-    if (e instanceof ThinfsError) {
-      process.stderr.write(`thinfs: error: ${e.message}\n`);
-      return e.exitCode;
-    }
-    const code = (e as NodeJS.ErrnoException).code;
     process.stderr.write(`thinfs: error: ${errorMessage(e)}\n`);
-    if (process.env.THINFS_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
-    return code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
+    // The stack is for developers (THINFS_DEBUG=1); users get the message and the exit code.
+    if (process.env.THINFS_DEBUG) process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
+    if (e instanceof ThinfsError) return e.exitCode;
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
   }
 }
 

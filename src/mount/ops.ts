@@ -6,6 +6,7 @@ import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
 import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
+import { ErrnoError } from '../util/errors.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
@@ -69,8 +70,6 @@ interface ReadState {
 }
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
-
-class Fail extends Error { constructor(readonly errno: number) { super(`errno ${errno}`); } }
 
 /**
  * The filesystem behind the kernel's low-level protocol: the nodes the kernel holds (ids from NodeIds), and the answer
@@ -146,7 +145,7 @@ export class ThinFs {
     if (h) return h.node;
     // A layer-tree node the kernel got from a pre-encoded listing, or one dropped at a FORGET: made again from its id.
     const n = this.ids.derive(id);
-    if (!n) throw new Fail(E.ESTALE);
+    if (!n) throw new ErrnoError(E.ESTALE);
     this.held.set(id, { node: n, nlookup: UNTRACKED });
     this.counters.liveNodes++;
     return n;
@@ -240,7 +239,7 @@ export class ThinFs {
   }
 
   private failed(op: number, nodeid: number, e: unknown): number {
-    if (e instanceof Fail) return e.errno;
+    if (e instanceof ErrnoError) return e.errno;
     // Unexpected (a damaged catalog, a bug): the kernel gets EIO, the log gets the error with its stack.
     this.log.error({ op: OP_NAMES[op] ?? op, nodeid, err: e, object: (e as { object?: string }).object }, 'operation failed: EIO');
     return E.EIO;
@@ -293,7 +292,7 @@ export class ThinFs {
         break;
       case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;
       case 'entry': {
-        if (n.inode.type !== 'dir') throw new Fail(E.ENOTDIR);
+        if (n.inode.type !== 'dir') throw new ErrnoError(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
         const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
@@ -307,7 +306,7 @@ export class ThinFs {
           ? this.ids.mergedId(n.image.idx, mergedChildKey(n.key, e.name))
           : this.ids.entryId(n.image.idx, e.layer, e.ino)));
         break;
-      default: throw new Fail(E.ENOTDIR);
+      default: throw new ErrnoError(E.ENOTDIR);
     }
     memo.ents = out;
     return out;

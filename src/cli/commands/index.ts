@@ -6,7 +6,7 @@ type Register = (program: Command) => void;
  * Command modules by the subcommands they define. Only the module of the invoked subcommand is
  * loaded (FUSE, HTTP and metrics libraries cost ~1 s of start-up together); `--help` loads all.
  */
-export const commandModules: Array<{ names: string[]; load: () => Promise<Register> }> = [
+const commandModules: Array<{ names: string[]; load: () => Promise<Register> }> = [
   { names: ['init', 'ingest', 'layers', 'ls', 'stat', 'cat', 'export', 'gc'], load: async () => (await import('./store.js')).registerStoreCommands },
   { names: ['fsck'], load: async () => (await import('./fsck.js')).registerFsckCommands },
   { names: ['mount', 'unmount', 'umount'], load: async () => (await import('./mount.js')).registerMountCommands },
