@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// docker2thin: the convert command as its own executable.
 import { Command, CommanderError } from 'commander';
 import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../src/util/errors.js';
 import { addConvertOptions, convertAction } from '../src/cli/commands/convert.js';

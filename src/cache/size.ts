@@ -1,3 +1,4 @@
+// Size arguments ("512M", "10G") for cache budgets: parsing and formatting, binary units.
 import { ThinfsError, EXIT } from '../util/errors.js';
 
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };

@@ -1,3 +1,4 @@
+// Read side of a layer's SQLite catalog: inodes, dirents in byte order, chunk maps, xattrs, listings.
 import Database from 'better-sqlite3';
 import { DirentKind, FLAG_OPAQUE, OPAQUE_XATTR, ROOT_INO, type EntryType } from './schema.js';
 import { ThinfsError, EXIT } from '../util/errors.js';

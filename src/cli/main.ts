@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// CLI entry point: builds the command tree and maps every failure to a message and an exit code.
 import { Command, CommanderError } from 'commander';
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';

@@ -1,3 +1,4 @@
+// Export: a published layer back to a tar stream, byte for byte what was ingested (verified reads).
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { encodeEntry, padding, END_OF_ARCHIVE, type OutEntry } from '../tar/writer.js';

@@ -1,3 +1,4 @@
+// Image sources for conversion: registry, OCI layout, docker-archive; each resolves a platform manifest and opens blobs.
 import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { basename, join, resolve as resolvePath } from 'node:path';

@@ -1,3 +1,4 @@
+// Member index of an uncompressed tar file (docker-archive sources): where each member's bytes sit.
 import { open, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { BadInputError, NotFoundError } from '../util/errors.js';

@@ -1,3 +1,4 @@
+// The thin image as an OCI artifact: a one-layer image carrying thin.json, pushed and pulled back.
 import { createHash } from 'node:crypto';
 import { gunzipSync } from 'node:zlib';
 import type { Logger } from '../util/log.js';

@@ -1,3 +1,4 @@
+// Digest verification of a blob stream: fails the stream before its end when bytes or size differ.
 import { Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';
 import { IntegrityError } from '../util/errors.js';

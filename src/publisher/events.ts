@@ -1,3 +1,4 @@
+// S3 event notifications (AWS, Minio) parsed into the publisher's object events, keys checked.
 import type { ObjectEvent } from './queue.js';
 import { MAX_KEY_BYTES, unsafeKeyReason } from '../s3/keys.js';
 import { WebhookError } from '../util/errors.js';

@@ -1,3 +1,4 @@
+// Prometheus metrics of the publisher.
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
 import type { Queue } from './queue.js';
 import { STATES } from './queue.js';

@@ -1,3 +1,4 @@
+// The publisher's persistent transaction queue (SQLite, private to this module) and its state machine.
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { QueueStateError } from '../util/errors.js';

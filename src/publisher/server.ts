@@ -1,3 +1,4 @@
+// The publisher's HTTP API: webhook, status, healthz, metrics.
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { errorMessage, HttpError, WebhookError } from '../util/errors.js';

@@ -1,3 +1,4 @@
+// The publisher service: one worker running queued transactions in order (fetch, ingest, publish), reconcile, recovery.
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';

@@ -1,3 +1,4 @@
+// Registry credentials (auth.json, docker config) and WWW-Authenticate challenges (basic, bearer tokens).
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,4 @@
+// OCI distribution client (undici): manifests, blobs streamed with resume, auth, retries.
 import { request, Agent, type Dispatcher } from 'undici';
 import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';

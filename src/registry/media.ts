@@ -1,3 +1,4 @@
+// OCI and Docker media types: which manifests and layers thinfs understands.
 import { BadInputError } from '../util/errors.js';
 
 export const MT = {

@@ -1,3 +1,4 @@
+// Platforms (os/arch/variant): this machine's, parsing, and picking one from an index.
 import { ThinfsError, EXIT, NotFoundError } from '../util/errors.js';
 import type { Descriptor } from './media.js';
 

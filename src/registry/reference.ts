@@ -1,3 +1,4 @@
+// Image references: parsing and normalising like docker (registry, repository, tag, digest).
 import { ThinfsError, EXIT } from '../util/errors.js';
 
 /** A parsed image reference: registry host, repository path, and a tag and/or digest. */

@@ -1,3 +1,4 @@
+// A small S3 client: SigV4-signed, streaming requests over undici, retried through util/retry.
 import aws4 from 'aws4';
 import { request, Agent, type Dispatcher } from 'undici';
 import { Readable } from 'node:stream';

@@ -1,3 +1,4 @@
+// Object framing and codecs: the 16-byte header, zstd/deflate/none, verification on decode.
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { createRequire } from 'node:module';
 import { sha256hex } from '../util/hash.js';

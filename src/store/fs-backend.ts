@@ -1,3 +1,4 @@
+// Store backend on a POSIX filesystem (local, NFS, Lustre, GPFS, CephFS).
 import { open, access, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend, ReadOptions } from './backend.js';

@@ -1,3 +1,4 @@
+// Store backend over HTTP: mirrors, proxies, backoff, bounded and verified transfers.
 import type { Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { Backend, ReadOptions } from './backend.js';

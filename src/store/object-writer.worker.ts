@@ -1,3 +1,4 @@
+// Worker thread: compresses and writes staged objects for the writer pool.
 import { parentPort } from 'node:worker_threads';
 import { stageObject } from './stage.js';
 import type { Codec } from './codec.js';

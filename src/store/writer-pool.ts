@@ -1,3 +1,4 @@
+// The pool of object-writer threads a transaction hands new objects to.
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import type { Codec } from './codec.js';

@@ -1,3 +1,4 @@
+// Filesystem helpers: atomic writes, directory fsync.
 import { open, rename, mkdir, rm } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';

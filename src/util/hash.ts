@@ -1,3 +1,4 @@
+// SHA-256 helpers: hex digests, digest strings.
 import { createHash } from 'node:crypto';
 
 const HEX64 = /^[0-9a-f]{64}$/;

@@ -1,3 +1,4 @@
+// Structured logs: the pino logger every daemon and command uses (errors as { err }, stacks kept).
 import { pino, type Logger } from 'pino';
 
 // Logs go to stderr so stdout stays machine-readable (JSON results, file contents from `cat`).

@@ -1,3 +1,4 @@
+// CLI: `thinfs convert` (= docker2thin) and `pull-thin`: flags, progress, signals, exit codes.
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { createLogger } from '../../util/log.js';

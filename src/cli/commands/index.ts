@@ -1,3 +1,4 @@
+// CLI: the table of command modules, loaded lazily by the subcommand invoked.
 import type { Command } from 'commander';
 
 type Register = (program: Command) => void;

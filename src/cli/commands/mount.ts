@@ -1,3 +1,4 @@
+// CLI: `thinfs mount` / `unmount`: flags to mount options, the podman store loop, exit codes.
 import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
 import { createLogger } from '../../util/log.js';

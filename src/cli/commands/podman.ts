@@ -1,3 +1,4 @@
+// CLI: `thinfs podman-store` and `podman-conf`: the podman image store over a mount, storage.conf.
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { writeFile, rm } from 'node:fs/promises';

@@ -1,3 +1,4 @@
+// CLI: `thinfs publisher`: flags to publisher options, SIGTERM handling.
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
