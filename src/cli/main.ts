@@ -4,6 +4,7 @@ import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../util/errors.js';
 import { loadCommands } from './commands/index.js';
+import { escapeControls } from './quote.js';
 
 // Every subcommand lives in its own module under commands/ and registers itself here.
 export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
@@ -28,11 +29,12 @@ export async function run(argv: string[]): Promise<number> {
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
     if (e instanceof ThinfsError) {
-      process.stderr.write(`thinfs: error: ${e.message}\n`);
+      // Messages quote names from images and servers: no escape sequence reaches the terminal.
+      process.stderr.write(`thinfs: error: ${escapeControls(e.message, true)}\n`);
       return e.exitCode;
     }
     const code = (e as NodeJS.ErrnoException).code;
-    process.stderr.write(`thinfs: error: ${errorMessage(e)}\n`);
+    process.stderr.write(`thinfs: error: ${escapeControls(errorMessage(e), true)}\n`);
     if (process.env.THINFS_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
     return code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
   }
