@@ -292,6 +292,13 @@ describe('names a store holds are never printed raw by other reports (issue 10 i
       clean(`${args.join(' ')} stdout`, r.stdout);
       clean(`${args.join(' ')} stderr`, r.stderr);
     }
+    // podman-store names the images it skips (JSON logs escape by themselves).
+    {
+      const r = await thinfs(['podman-store', s, path.join(work, 'names-mnt'), path.join(work, 'names-podman')], { env: { THINFS_LOG_LEVEL: 'error' } });
+      assert.match(r.stderr, /skipped/);
+      clean('podman-store stdout', r.stdout);
+      clean('podman-store stderr', r.stderr);
+    }
   });
 });
 
