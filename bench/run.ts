@@ -6,6 +6,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   convert: () => import('./convert.js'),
   sitecache: () => import('./sitecache.js'),
   coldstart: () => import('./coldstart.js'),
+  podman: () => import('./podman.js'),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -11,14 +11,18 @@ PKGS=(
   docker-registry skopeo umoci   # real registry + reference image tools (docker2thin tests)
   apache2-utils                  # htpasswd (bcrypt) for the registry basic-auth test
   podman runc buildah            # real container runtime on the result
+  debootstrap                    # offline base images: Dockerfile build test, podman bench
+  uidmap                         # newuidmap/newgidmap: rootless podman test
+  systemd                        # systemd-analyze verify of deploy/thinfs-mount.service
   squashfs-tools squashfuse      # bench baseline
   nginx                          # HTTP store backend tests
   squid                          # site cache (forward proxy) for the HTTP store tests and the sitecache bench
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
-  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests)
+  time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests); CPU time in the convert bench
   isal pigz                      # igzip (fastest gzip decoder here), pigz (fallback): layer decompression off the main thread
+  nfs-kernel-server              # NFS over loopback for the many-converters test (needs a kernel with nfsd/nfs)
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,6 +13,7 @@ import { testPodman, type TestPodman } from './helpers/podman.js';
 import { OciLayout, startRegistry, pushLayout, populateBase, populateDelete, populateReplace, type Layer, type RegistryServer } from './fixtures/images.js';
 import { makeLayer } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
+import { Store } from '../src/store/store.js';
 
 let work = '';
 let skip: string | false = false;
@@ -101,6 +102,19 @@ test('podman run REF from the thin image store: same output as the image pulled 
   const plainArgs = await plain!.podmanOk(['run', '--rm', '--network=none', ref, 'echo "override:$0:$(id -u)"', 'a1', 'a2']);
   assert.equal(thinRun.stdout, plainRun, 'same output as the normally pulled image');
   assert.equal(thinArgs, plainArgs);
+  // The registry's manifest, byte for byte: the same digest as a pull, and digest references resolve.
+  const fmt = ['image', 'inspect', '--format', '{{.Digest}}', ref];
+  const digest = (await plain!.podmanOk(fmt)).trim();
+  assert.equal((await thin!.podmanOk(fmt)).trim(), digest);
+  const byDigest = await thin!.podman(['run', '--rm', '--network=none', `${ref.replace(/:v1$/, '')}@${digest}`, 'echo by-digest']);
+  assert.equal(byDigest.stdout, 'by-digest\n', byDigest.stderr);
+  // docker2thin kept the registry's manifest bytes in the store, gc keeps them, and podman reads exactly those.
+  await thinfsOk(['gc', '--store', store, '--grace', '0']);
+  assert.ok(await (await Store.open(store)).hasObject(digest.slice(7)), 'the manifest object survives gc');
+  const regManifest = Buffer.from(await (await fetch(`http://${reg!.host}/v2/e2e/thin/manifests/v1`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })).arrayBuffer());
+  const imageId = (await thin!.podmanOk(['image', 'inspect', '--format', '{{.Id}}', ref])).trim();
+  await runOk(process.execPath, [THINFS_MAIN, 'podman-store', store, mnt!.mp, path.join(work, 'podman-store')]);
+  assert.deepEqual(await fsp.readFile(path.join(work, 'podman-store', 'overlay-images', imageId, 'manifest')), regManifest);
   // The oracle agrees with what the layers say (not two equally wrong runs).
   assert.match(plainRun, /^# replaced by layer 3$/m);
   assert.match(plainRun, /No such file or directory/);
@@ -161,4 +175,43 @@ test('podman-conf prints the storage.conf fragment and merges into an existing f
   const p = await run('podman', ['info', '--format', '{{.Store.GraphOptions}}'], { env: { CONTAINERS_STORAGE_CONF: thin!.storageConf, CONTAINERS_CONF: thin!.env.CONTAINERS_CONF! } });
   assert.equal(p.code, 0, p.stderr);
   assert.match(p.stdout, /podman-store/);
+});
+
+test('thinfs mount --podman-store: the image store is ready with the mount and follows the store', async (t) => {
+  if (skip) { t.skip(skip); return; }
+  const dir = path.join(work, 'podman-store-2');
+  const m2 = await mountStore(store, path.join(work, 'mnt2'), { cacheDir: path.join(work, 'cache2'), extra: ['--podman-store', dir] });
+  try {
+    // ready file written => first pass done: both converted images are there
+    const imgs = JSON.parse(await fsp.readFile(path.join(dir, 'overlay-images/images.json'), 'utf8')) as Array<{ names: string[] }>;
+    assert.deepEqual(imgs.flatMap((i) => i.names).sort(), [ref, `${reg!.host}/e2e/thin:v2`].sort());
+    const conf = path.join(work, 'node2.conf');
+    await thinfsOk(['podman-conf', dir, '--graphroot', path.join(work, 'node2/graph'), '--runroot', path.join(work, 'node2/run'), '-o', conf]);
+    const p2 = await testPodman(path.join(work, 'node2'), { storageConf: conf });
+    try {
+      assert.match(await p2.podmanOk(['run', '--rm', '--network=none', ref, 'cat /usr/lib/pyjson/__init__.py']), /^# replaced by layer 3$/m);
+      // the layers are the second mount's
+      const target = await fsp.readlink(path.join(dir, 'overlay', layers[0]!.diffId.slice(7), 'diff'));
+      assert.equal(target, path.join(m2.mp, 'layers', layers[0]!.diffId.slice(7)));
+    } finally { await p2.cleanup(); }
+  } finally { await m2.stop(); await forceUnmount(m2.mp); }
+});
+
+test('a damaged descriptor or one whose layers are not published yet is skipped with the reason; the rest is served', async (t) => {
+  if (skip) { t.skip(skip); return; }
+  const s2 = path.join(work, 'store-bad');
+  await runOk('cp', ['-a', store, s2]);
+  await fsp.writeFile(path.join(s2, 'images', 'broken%3A1.json'), '{"schemaVersion": 1, "layers": [');
+  const good = JSON.parse(await fsp.readFile(path.join(s2, 'images', 'thin%3Av1.json'), 'utf8')) as { name: string; reference: string; layers: Array<{ diffId: string }> };
+  const pending = { ...good, name: 'pending:1', reference: `${reg!.host}/e2e/pending:1`, layers: [...good.layers, { ...good.layers[0]!, diffId: `sha256:${'ab'.repeat(32)}` }] };
+  await fsp.writeFile(path.join(s2, 'images', 'pending%3A1.json'), JSON.stringify(pending));
+  const dir = path.join(work, 'podman-store-bad');
+  const r = await run(process.execPath, [THINFS_MAIN, 'podman-store', s2, mnt!.mp, dir, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const res = JSON.parse(r.stdout) as { images: Array<{ names: string[] }>; skipped: Array<{ name: string; reason: string }> };
+  assert.deepEqual(res.images.flatMap((i) => i.names).sort(), [ref, `${reg!.host}/e2e/thin:v2`].sort());
+  assert.deepEqual(res.skipped.map((x) => x.name).sort(), ['broken:1', 'pending:1']);
+  assert.match(res.skipped.find((x) => x.name === 'pending:1')!.reason, /not published/);
+  assert.match(res.skipped.find((x) => x.name === 'broken:1')!.reason, /JSON/);
+  assert.match(r.stderr, /skipped pending:1/);
 });

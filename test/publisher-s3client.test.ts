@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import * as fsp from 'node:fs/promises';
-import { createServer } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { tmpDir, cleanupTmpDirs, run, runOk, sha256File } from './helpers/proc.js';
@@ -164,4 +164,61 @@ print(json.dumps(out))
   const res = await runOk(py, ['-c', verifier, secret, `http://127.0.0.1:${port}`], { input: JSON.stringify(captured) });
   const checks = JSON.parse(res) as Array<{ expected: string; got: string; canonical: string }>;
   checks.forEach((ch, i) => assert.equal(ch.got, ch.expected, `request ${i} (${captured[i]!.method} ${captured[i]!.url}): botocore canonical request:\n${ch.canonical}`));
+});
+
+test('requests failing with 503 or a reset connection are retried (util/retry); a streamed upload is sent once', async () => {
+  const target = new URL(s3.endpoint);
+  let fail503 = 0;
+  let resets = 0;
+  const seen: string[] = [];
+  const proxy = createServer((req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    if (resets > 0) { resets--; req.socket.destroy(); return; }
+    if (fail503 > 0) {
+      fail503--;
+      req.resume();
+      res.writeHead(503, { 'Content-Type': 'application/xml' });
+      res.end('<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>');
+      return;
+    }
+    const up = httpRequest({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode!, ur.headers);
+      ur.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  const retried: number[] = [];
+  const c = new S3Client({
+    endpoint: `http://127.0.0.1:${(proxy.address() as { port: number }).port}`, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    retries: 3, onRetry: ({ attempt }) => retried.push(attempt),
+  });
+  try {
+    fail503 = 2;
+    await c.putObject(BUCKET, 'retry/a.txt', Buffer.from('retried\n'));
+    assert.deepEqual(retried.splice(0), [0, 1], 'a buffered PUT answered 503 twice is sent a third time');
+    fail503 = 1;
+    assert.equal(Buffer.concat(await (await c.getObject(BUCKET, 'retry/a.txt')).body.toArray()).toString(), 'retried\n');
+    resets = 1;
+    assert.equal((await c.headObject(BUCKET, 'retry/a.txt'))?.size, 8, 'a reset connection is retried');
+    fail503 = 2;
+    assert.deepEqual((await c.listObjectsV2(BUCKET, { prefix: 'retry/' })).contents.map((o) => o.key), ['retry/a.txt']);
+    assert.equal(retried.splice(0).length, 4);
+    // Retries are bounded: after 1 + 3 attempts the last 503 is reported as S3's error.
+    fail503 = 10;
+    const before = seen.length;
+    await assert.rejects(c.getObject(BUCKET, 'retry/a.txt'), (e: unknown) => e instanceof S3Error && e.status === 503 && e.s3Code === 'SlowDown');
+    assert.equal(seen.length - before, 4);
+    // A streamed body cannot be replayed: one attempt, the error as S3 gave it.
+    fail503 = 1;
+    const n = seen.length;
+    await assert.rejects(c.putObject(BUCKET, 'retry/s.bin', Readable.from([Buffer.from('abc')]), { contentLength: 3 }), (e: unknown) => e instanceof S3Error && e.status === 503);
+    assert.equal(seen.length - n, 1);
+  } finally {
+    fail503 = 0;
+    await c.close();
+    proxy.closeAllConnections();
+    await new Promise((r) => proxy.close(r));
+  }
 });

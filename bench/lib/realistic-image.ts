@@ -1,13 +1,15 @@
 // The realistic image the cluster benches use: Debian bookworm minbase (debootstrap) as one layer,
 // python3 installed on top as a second, packed by umoci into an OCI layout with gzip layers and
 // a config (Entrypoint, Env, WorkingDir). Built once, cached outside the checkout (never committed)
-// in $THINFS_BENCH_CACHE (default /var/cache/thinfs-bench), and pushed to a registry per run.
+// in $THINFS_BENCH_CACHE (default /var/cache/thinfs-bench), and pushed to a registry per run
+// (realisticImageInRegistry: the registry reference and the OCI directory).
 // The Debian mirror is the one apt is configured with on this machine.
 import { mkdir, readFile, rm, stat, writeFile, rename } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { startRegistry, type RegistryServer } from '../../test/fixtures/images.js';
 
-export const BENCH_CACHE = process.env.THINFS_BENCH_CACHE ?? '/var/cache/thinfs-bench';
+const BENCH_CACHE = process.env.THINFS_BENCH_CACHE ?? '/var/cache/thinfs-bench';
 export const IMAGE_TAG = 'python';
 
 export interface RealisticImage {
@@ -98,4 +100,27 @@ export async function realisticImage(log: (s: string) => void = (s) => console.e
     compressedBytes: manifest.layers.reduce((a, l) => a + l.size, 0),
     layers: manifest.layers.length,
   };
+}
+
+export interface RealisticImageInRegistry extends RealisticImage {
+  /** `HOST:PORT/bench/python:latest` on a docker-registry on loopback (for docker2thin, skopeo `docker://`). */
+  ref: string;
+  registry: RegistryServer;
+}
+
+/**
+ * The realistic image (built once, cached) pushed to a fresh docker-registry on loopback whose storage lives in
+ * `workDir`; the caller stops the registry (`registry.stop()`). Returns both the registry reference and the OCI dir.
+ */
+export async function realisticImageInRegistry(workDir: string, log: (s: string) => void = (s) => console.error(s)): Promise<RealisticImageInRegistry> {
+  const img = await realisticImage(log);
+  const registry = await startRegistry(join(workDir, 'registry'));
+  try {
+    const ref = `${registry.host}/bench/python:latest`;
+    await sh('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', img.ociRef, `docker://${ref}`]);
+    return { ...img, ref, registry };
+  } catch (e) {
+    await registry.stop();
+    throw e;
+  }
 }

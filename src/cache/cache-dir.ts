@@ -19,7 +19,8 @@ import type { CacheKey } from './quota.js';
 const PRIVATE_DIR = 0o700, PRIVATE_FILE = 0o600;
 
 /** What a cache directory may hold (stats/: the mount's default stats file). */
-const OWN_ENTRIES = new Set(['chunks', 'files', 'catalogs', 'tmp', 'stats']);
+// trust/: the highest signed manifest revision seen (src/store/trust.ts), kept with the cache for replay protection.
+const OWN_ENTRIES = new Set(['chunks', 'files', 'catalogs', 'tmp', 'stats', 'trust']);
 
 /** chmod for the start-up repair of an older cache; a file gone meanwhile (another mount evicted it) is fine. */
 async function makePrivate(p: string, mode: number): Promise<void> {

@@ -1,16 +1,15 @@
+// Owns image conversion as a pipeline of named stages: resolve the platform manifest, load and check the
+// config, transfer every layer (verified, in parallel) into a layer sink, let the sink settle, build the thin
+// descriptor, push it, publish it. Where layers go is the sink's business (src/image/sink.ts).
 import { pipeline, type Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
-import { join, resolve as resolvePath } from 'node:path';
+import { resolve as resolvePath } from 'node:path';
 import type { Logger } from '../util/log.js';
 import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
-import { digestHex } from '../util/hash.js';
-import { Store, WritableStore } from '../store/store.js';
+import { digestHex, sha256hex } from '../util/hash.js';
 import { layerPath } from '../store/layout.js';
-import type { LayerManifest } from '../store/types.js';
-import { ingestTar } from '../ingest/ingest.js';
-import { S3Client } from '../s3/client.js';
 import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
 import { openSource, type ImageSource, type LayerRef, type ResolvedManifest, type SourceOptions } from './sources.js';
@@ -18,8 +17,9 @@ import { hostPlatform, formatPlatform, type Platform } from '../registry/platfor
 import { pushThinImage, thinReference } from './thin.js';
 import { parseReference, formatReference } from '../registry/reference.js';
 import { RegistryClient } from '../registry/client.js';
-
-export interface S3Target { endpoint: string; bucket: string; prefix?: string; region?: string }
+import type { LayerOutcome, LayerSink, SinkLayer, VerifiedBlob } from './sink.js';
+import { StoreSink } from './store-sink.js';
+import { S3Sink, type S3Target } from './s3-sink.js';
 
 export interface ConvertOptions extends SourceOptions {
   source: string;
@@ -44,10 +44,6 @@ export interface ConvertOptions extends SourceOptions {
   signal?: AbortSignal;
 }
 
-export type LayerAction = 'present' | 'waited' | 'ingested' | 'uploaded' | 'uploaded-before';
-
-export interface LayerOutcome { index: number; diffId: string; digest: string; action: LayerAction; bytes: number; newObjects: number; manifest?: LayerManifest; key?: string }
-
 export interface ConvertResult {
   descriptor: ThinImage;
   layers: LayerOutcome[];
@@ -58,15 +54,20 @@ export interface ConvertResult {
 
 const HEX64 = /^sha256:[0-9a-f]{64}$/;
 
-/** Run fn over items with at most `limit` in flight; the first failure stops new starts and is rethrown after in-flight ones settle. */
-async function pool<T, R>(items: T[], limit: number, fn: (x: T) => Promise<R>, onFail: (e: unknown) => void): Promise<R[]> {
+/**
+ * Run fn over items with at most `limit` in flight; the first failure stops new starts and is rethrown after
+ * in-flight ones settle. An item `later` says is busy is put back once, behind the others (Wharf's waiting
+ * transfers: a slot is not spent waiting on a layer another process is fetching while other work is left).
+ */
+async function pool<T, R>(items: T[], limit: number, fn: (x: T) => Promise<R>, onFail: (e: unknown) => void, later?: (x: T) => Promise<boolean>): Promise<R[]> {
   const out: R[] = new Array(items.length);
-  let next = 0;
+  const todo = items.map((x, i) => ({ x, i, deferred: false }));
   let failed: { e: unknown } | null = null;
   async function worker(): Promise<void> {
-    while (!failed && next < items.length) {
-      const i = next++;
-      try { out[i] = await fn(items[i]!); } catch (e) {
+    while (!failed && todo.length) {
+      const t = todo.shift()!;
+      if (later && !t.deferred && todo.length && await later(t.x)) { t.deferred = true; todo.push(t); continue; }
+      try { out[t.i] = await fn(t.x); } catch (e) {
         if (!failed) { failed = { e }; onFail(e); }
       }
     }
@@ -93,242 +94,225 @@ function parseConfig(raw: Buffer, m: ResolvedManifest): { config: Record<string,
   return { config: c as Record<string, unknown>, diffIds: ids as string[] };
 }
 
-function s3Key(prefix: string, diffId: string, l: LayerRef): string {
-  const ext = l.compression === 'gzip' ? '.tar.gz' : l.compression === 'zstd' ? '.tar.zst' : '.tar';
-  return `${prefix}${digestHex(diffId)}${ext}`;
-}
+const INTERRUPTED = 130;
 
-/**
- * Convert an image into a thin image descriptor: resolve the platform manifest, verify the config,
- * then per layer (in parallel) skip it if the store already has it, else fetch it once under a
- * per-layer lock (Wharf) and stream it, digest-verified, into ingest or an S3 upload. The descriptor
- * is written only after every layer is in place; a failure publishes no descriptor and no bad layer.
- */
-export async function convertImage(opts: ConvertOptions): Promise<ConvertResult> {
-  const t0 = Date.now();
-  const log = opts.log;
+function checkOptions(opts: ConvertOptions): number {
   if (!!opts.store === !!opts.s3) throw new ThinfsError('give exactly one destination: --store DIR, or --s3-endpoint URL with --bucket NAME', EXIT.USAGE);
   const jobs = opts.jobs ?? 3;
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 64) throw new ThinfsError(`--jobs must be 1..64, got ${opts.jobs}`, EXIT.USAGE);
   if (typeof opts.push === 'string') parseReference(opts.push);
-  const src: ImageSource = await openSource(opts.source, opts);
-  const progress = new MultiProgress(process.stderr, opts.progress !== false);
-  let s3: S3Client | null = null;
+  return jobs;
+}
+
+function openSink(opts: ConvertOptions): Promise<LayerSink> {
+  if (opts.store) return StoreSink.open(opts.store, opts.log);
+  return S3Sink.open({ target: opts.s3!, publishedStore: opts.publishedStore, waitSeconds: opts.waitSeconds, log: opts.log });
+}
+
+interface LoadedConfig { raw: Buffer; config: Record<string, unknown>; diffIds: string[]; platform: Platform; fromStore: boolean }
+
+/** Stage: the config, from the sink when a previous conversion kept it (verified by its hash), else from the source. */
+async function loadConfig(src: ImageSource, m: ResolvedManifest, sink: LayerSink, opts: ConvertOptions): Promise<LoadedConfig> {
+  // Checked before the sink keeps it: a refused config leaves nothing behind.
+  const { raw, kept } = await sink.config(m.config.digest, async () => { const r = await src.readConfig(m); parseConfig(r, m); return r; });
+  const { config, diffIds } = parseConfig(raw, m);
+  const platform: Platform = m.platform ?? { os: String(config.os ?? 'linux'), architecture: String(config.architecture ?? 'unknown'), ...(config.variant ? { variant: String(config.variant) } : {}) };
+  if (opts.platform && (platform.os !== opts.platform.os || platform.architecture !== opts.platform.architecture)) {
+    opts.log?.warn({ wanted: formatPlatform(opts.platform), image: formatPlatform(platform) }, 'single-platform image does not match --platform');
+  }
+  return { raw, config, diffIds, platform, fromStore: kept };
+}
+
+interface TransferContext {
+  src: ImageSource;
+  m: ResolvedManifest;
+  diffIds: string[];
+  sink: LayerSink;
+  progress: MultiProgress;
+  jobs: number;
+  log?: Logger;
+  signal?: AbortSignal;
+}
+
+/**
+ * When a sink fails on a corrupt compressed stream before the end of the blob, the digest check never
+ * ran: hash the blob again (download only) so a mismatch is reported as what it is.
+ */
+async function explainFailure(e: unknown, ctx: TransferContext, l: SinkLayer, v: DigestVerifier): Promise<unknown> {
+  const { ref } = l;
+  if (v.mismatch && !(e instanceof IntegrityError)) return new IntegrityError(ref.digest ?? '', `${l.source}: blob failed verification (${errorMessage(e)})`);
+  // Only a refused (undecodable) stream can hide a digest mismatch; not-found, auth, network errors cannot.
+  if (!(e instanceof BadInputError) || ctx.signal?.aborted) return e;
+  if (v.digest || !ref.digest) return e;
   try {
-    const store = opts.store ? await WritableStore.openDir(opts.store) : null;
-    const published = opts.publishedStore ? await Store.open(opts.publishedStore) : null;
-    s3 = opts.s3 ? new S3Client({ endpoint: opts.s3.endpoint, region: opts.s3.region }) : null;
-    const want = opts.platform ?? hostPlatform();
-    const m = await src.resolve(want);
-    log?.info({ reference: m.reference, manifest: m.manifestDigest, index: m.indexDigest, layers: m.layers.length }, 'resolved image');
+    const h = createHash('sha256');
+    for await (const c of ctx.src.openLayer(ref)) h.update(c as Buffer);
+    const got = `sha256:${h.digest('hex')}`;
+    if (got !== ref.digest) return new IntegrityError(ref.digest, `${l.source}: digest mismatch: blob ${ref.digest} hashes to ${got} (corrupted in transit or by the registry); unpacking it failed with: ${errorMessage(e)}`);
+  } catch { /* keep the original error */ }
+  return e;
+}
 
-    // Config: from the store when a previous conversion kept it (verified by its hash), else from the source.
-    let configRaw: Buffer | null = null;
-    let configFromStore = false;
-    const configHex = digestHex(m.config.digest);
-    if (store && await store.hasObject(configHex)) {
-      try { configRaw = await store.getObject(configHex); configFromStore = true; } catch (e) {
-        log?.warn({ err: errorMessage(e) }, 'stored config object unusable; fetching it again');
-      }
-    }
-    configRaw ??= await src.readConfig(m);
-    const { config, diffIds } = parseConfig(configRaw, m);
-    const platform: Platform = m.platform ?? { os: String(config.os ?? 'linux'), architecture: String(config.architecture ?? 'unknown'), ...(config.variant ? { variant: String(config.variant) } : {}) };
-    if (opts.platform && (platform.os !== opts.platform.os || platform.architecture !== opts.platform.architecture)) {
-      log?.warn({ wanted: formatPlatform(opts.platform), image: formatPlatform(platform) }, 'single-platform image does not match --platform');
-    }
+function finishedText(o: LayerOutcome): string {
+  switch (o.action) {
+    case 'ingested': return `ingested, ${o.newObjects} new objects`;
+    case 'waited': return 'published meanwhile';
+    default: return o.action;
+  }
+}
 
-    const aborter = new AbortController();
-    const streams = new Set<Readable>();
-    const convertOne = async (l: LayerRef): Promise<LayerOutcome> => {
-      const diffId = diffIds[l.index]!;
-      const label = `layer ${l.index + 1}/${m.layers.length} ${(l.digest ?? diffId).slice(7, 19)}`;
-      if (store) return layerToStore(l, diffId, label);
-      return layerToS3(l, diffId, label);
-    };
+/**
+ * Stage: every layer into the sink, `jobs` at a time. Each blob passes a digest verifier on its way in;
+ * the first failure starts no further layer (those in flight finish: each is verified on its own, so
+ * keeping it saves a download next time); an external abort tears in-flight streams down.
+ */
+async function transferLayers(ctx: TransferContext): Promise<LayerOutcome[]> {
+  const { m, sink, progress, log, signal } = ctx;
+  const aborter = new AbortController();
+  const streams = new Set<Readable>();
 
-    /** Open the blob and put a verifier in front of it; the bar ticks as verified bytes pass. */
-    const openVerified = (l: LayerRef, label: string, bar: Bar | null): { stream: Readable; verifier: DigestVerifier } => {
-      const raw = src.openLayer(l);
-      const verifier = new DigestVerifier(l.digest, l.size, `${m.reference} ${label} (blob ${l.digest ?? 'unknown digest'})`, bar ? (n) => bar.tick(n) : undefined);
+  const labelOf = (ref: LayerRef) => `layer ${ref.index + 1}/${m.layers.length} ${(ref.digest ?? ctx.diffIds[ref.index]!).slice(7, 19)}`;
+  const sinkLayer = (ref: LayerRef): SinkLayer => ({ ref, diffId: ctx.diffIds[ref.index]!, image: m.reference, source: `${m.reference} ${labelOf(ref)}` });
+
+  const one = async (ref: LayerRef): Promise<LayerOutcome> => {
+    if (signal?.aborted) throw new ThinfsError('interrupted', INTERRUPTED);
+    const label = labelOf(ref);
+    const l = sinkLayer(ref);
+    const have = await sink.present(l);
+    if (have) return have;
+    // Set by open(): what this layer downloaded, if the sink asked for the bytes at all.
+    const got: { blob: VerifiedBlob | null; bar: Bar | null } = { blob: null, bar: null };
+    const open = (): VerifiedBlob => {
+      got.bar = progress.tty ? progress.add(label, ref.size) : null;
+      const bar = got.bar;
+      const raw = ctx.src.openLayer(ref);
+      const verifier = new DigestVerifier(ref.digest, ref.size, `${l.source} (blob ${ref.digest ?? 'unknown digest'})`, bar ? (n) => bar.tick(n) : undefined);
       streams.add(raw);
       pipeline(raw, verifier, () => { streams.delete(raw); });
-      return { stream: verifier, verifier };
+      got.blob = { stream: verifier, verifier };
+      return got.blob;
     };
-
-    /**
-     * When ingest fails on a corrupt compressed stream before the end of the blob, the digest check
-     * never ran: hash the blob again (download only, no ingest) so a mismatch is reported as what it is.
-     */
-    const diagnose = async (e: unknown, l: LayerRef, v: DigestVerifier, label: string): Promise<unknown> => {
-      // Only a refused (undecodable) stream can hide a digest mismatch; not-found, auth, network errors cannot.
-      if (!(e instanceof BadInputError) || opts.signal?.aborted) return e;
-      if (v.mismatch || v.digest || !l.digest) return e;
-      try {
-        const h = createHash('sha256');
-        for await (const c of src.openLayer(l)) h.update(c as Buffer);
-        const got = `sha256:${h.digest('hex')}`;
-        if (got !== l.digest) return new IntegrityError(l.digest, `${m.reference} ${label}: digest mismatch: blob ${l.digest} hashes to ${got} (corrupted in transit or by the registry); unpacking it failed with: ${errorMessage(e)}`);
-      } catch { /* keep the original error */ }
-      return e;
-    };
-
-    const layerToStore = async (l: LayerRef, diffId: string, label: string): Promise<LayerOutcome> => {
-      const have = await store!.getLayer(diffId);
-      if (have) return { index: l.index, diffId, digest: l.digest ?? have.blobDigest ?? diffId, action: 'present', bytes: 0, newObjects: 0, manifest: have };
-      // One fetcher per layer across every node sharing the store; the others wait, then find it published.
-      return store!.withFetchLock(diffId, async () => {
-        const again = await store!.getLayer(diffId);
-        if (again) return { index: l.index, diffId, digest: l.digest ?? again.blobDigest ?? diffId, action: 'waited' as const, bytes: 0, newObjects: 0, manifest: again };
-        if (aborter.signal.aborted) throw new ThinfsError('aborted: another layer failed');
-        const bar = progress.tty ? progress.add(label, l.size) : null;
-        const { stream, verifier } = openVerified(l, label, bar);
-        try {
-          const r = await ingestTar(stream, store!, {
-            blobDigest: l.digest, blobMediaType: l.mediaType, expectDiffId: diffId,
-            source: `${m.reference} ${label}`, progress: false, log,
-          });
-          bar?.finish(r.published ? `ingested, ${r.stats.newObjects} new objects` : 'published meanwhile');
-          return { index: l.index, diffId, digest: l.digest ?? verifier.digest ?? r.manifest.blobDigest ?? diffId, action: r.published ? 'ingested' as const : 'waited' as const, bytes: verifier.bytes, newObjects: r.stats.newObjects, manifest: r.manifest };
-        } catch (e) {
-          bar?.finish('FAILED');
-          stream.destroy();
-          throw await diagnose(e, l, verifier, label);
-        }
-      });
-    };
-
-    const layerToS3 = async (l: LayerRef, diffId: string, label: string): Promise<LayerOutcome> => {
-      const key = s3Key(opts.s3!.prefix ?? '', diffId, l);
-      const have = published ? await published.getLayer(diffId) : null;
-      if (have) return { index: l.index, diffId, digest: l.digest ?? have.blobDigest ?? diffId, action: 'present', bytes: 0, newObjects: 0, manifest: have, key };
-      const head = await s3!.headObject(opts.s3!.bucket, key);
-      if (head && (l.size === undefined || head.size === l.size)) return { index: l.index, diffId, digest: l.digest ?? diffId, action: 'uploaded-before', bytes: 0, newObjects: 0, key };
-      if (l.size === undefined) throw new BadInputError(`${label}: blob size unknown; cannot upload to S3`);
-      const bar = progress.tty ? progress.add(label, l.size) : null;
-      const { stream, verifier } = openVerified(l, label, bar);
-      try {
-        // The verifier holds back the last chunk until the digest matches, so a bad blob never completes an upload.
-        await s3!.putObject(opts.s3!.bucket, key, stream, {
-          contentLength: l.size, contentType: l.mediaType,
-          metadata: { 'thinfs-diff-id': diffId, 'thinfs-blob-digest': l.digest ?? '', 'thinfs-source': m.reference.slice(0, 512) },
-          signal: aborter.signal,
-        });
-      } catch (e) {
-        bar?.finish('FAILED');
-        stream.destroy();
-        if (verifier.mismatch && !(e instanceof IntegrityError)) throw new IntegrityError(l.digest ?? '', `${m.reference} ${label}: blob failed verification (${errorMessage(e)})`);
-        throw e;
-      }
-      bar?.finish('uploaded');
-      return { index: l.index, diffId, digest: l.digest ?? verifier.digest!, action: 'uploaded', bytes: verifier.bytes, newObjects: 0, key };
-    };
-
-    const stopAll = (why: string) => {
-      aborter.abort();
-      for (const s of streams) s.destroy(new ThinfsError(why));
-    };
-    const onExternalAbort = () => { log?.warn('interrupted; rolling back in-flight layers'); stopAll('interrupted'); };
-    opts.signal?.addEventListener('abort', onExternalAbort, { once: true });
-    let outcomes: LayerOutcome[];
     try {
-      outcomes = await pool(m.layers, jobs, async (l) => {
-        if (opts.signal?.aborted) throw new ThinfsError('interrupted', 130);
-        return convertOne(l);
-      }, (e) => {
-        // No new layer starts; those in flight finish (each is verified on its own, so publishing it is
-        // safe and saves a re-download next time) rather than being torn down mid-ingest.
-        log?.error({ err: errorMessage(e) }, 'layer failed; no further layers will be started');
-        aborter.abort();
-      });
+      const o = await sink.write(l, open, aborter.signal);
+      got.bar?.finish(finishedText(o));
+      return o;
     } catch (e) {
-      if (opts.signal?.aborted) throw new ThinfsError('interrupted: nothing published for the layers in flight', 130);
-      throw e;
-    } finally {
-      opts.signal?.removeEventListener('abort', onExternalAbort);
+      got.bar?.finish('FAILED');
+      if (!got.blob) throw e;
+      got.blob.stream.destroy();
+      throw await explainFailure(e, ctx, l, got.blob.verifier);
     }
-    if (opts.signal?.aborted) throw new ThinfsError('interrupted before the descriptor was published', 130);
-    progress.end();
+  };
 
+  const onExternalAbort = () => {
+    log?.warn('interrupted; rolling back in-flight layers');
+    aborter.abort();
+    for (const s of streams) s.destroy(new ThinfsError('interrupted'));
+  };
+  signal?.addEventListener('abort', onExternalAbort, { once: true });
+  try {
+    const busy = sink.busy?.bind(sink);
+    const later = busy ? (ref: LayerRef) => busy(sinkLayer(ref)) : undefined;
+    return await pool(m.layers, ctx.jobs, one, (e) => {
+      log?.error({ err: e }, 'layer failed; no further layers will be started');
+      aborter.abort();
+    }, later);
+  } catch (e) {
+    if (signal?.aborted) throw new ThinfsError('interrupted: nothing published for the layers in flight', INTERRUPTED);
+    throw e;
+  } finally {
+    signal?.removeEventListener('abort', onExternalAbort);
+  }
+}
 
-    // S3 mode: the publisher ingests asynchronously; optionally wait until it has published every layer,
-    // so the descriptor can name the catalogs and be stored where the mount will find it.
-    if (s3 && published && opts.waitSeconds) {
-      const deadline = Date.now() + opts.waitSeconds * 1000;
-      for (;;) {
-        const missing: LayerOutcome[] = [];
-        for (const o of outcomes) {
-          if (o.manifest) continue;
-          const lm = await published.getLayer(o.diffId);
-          if (lm) o.manifest = lm; else missing.push(o);
-        }
-        if (!missing.length) break;
-        if (opts.signal?.aborted) throw new ThinfsError('interrupted while waiting for the publisher', 130);
-        if (Date.now() > deadline) {
-          throw new ThinfsError(`the publisher has not published ${missing.length} layer(s) after ${opts.waitSeconds} s: ${missing.map((o) => o.diffId).join(', ')} (uploads are in s3://${opts.s3!.bucket}/; check the publisher's /status)`, EXIT.FAILURE);
-        }
-        log?.info({ missing: missing.length }, 'waiting for the publisher');
-        await new Promise((r) => setTimeout(r, 1000));
-      }
-    }
-
-    const layers: ThinLayer[] = outcomes.map((o) => {
-      const l = m.layers[o.index]!;
-      const t: ThinLayer = {
-        digest: o.digest, diffId: o.diffId, size: l.size ?? o.bytes, mediaType: l.mediaType,
-        catalog: o.manifest?.catalog ?? '', manifest: layerPath(digestHex(o.diffId)),
-      };
-      if (o.manifest) t.diffSize = o.manifest.sizes.tar;
-      if (o.key) t.upload = { endpoint: opts.s3!.endpoint, bucket: opts.s3!.bucket, key: o.key };
-      return t;
-    });
-    const descriptor: ThinImage = {
-      schemaVersion: 1,
-      mediaType: THIN_IMAGE_MEDIA_TYPE,
-      name: opts.name ?? m.defaultName,
-      reference: m.reference,
-      manifestDigest: m.manifestDigest,
-      manifestMediaType: m.manifestMediaType,
-      ...(m.indexDigest ? { indexDigest: m.indexDigest } : {}),
-      platform,
-      store: store ? store.root : (published?.location ?? `s3://${opts.s3!.bucket}/${opts.s3!.prefix ?? ''}`),
-      config,
-      configDigest: m.config.digest,
-      layers,
-      created: new Date().toISOString(),
+/** Stage: the thin descriptor, validated by the same parser every reader uses. */
+function buildDescriptor(m: ResolvedManifest, cfg: LoadedConfig, outcomes: LayerOutcome[], location: string, name?: string): ThinImage {
+  const layers: ThinLayer[] = outcomes.map((o) => {
+    const l = m.layers[o.index]!;
+    const t: ThinLayer = {
+      digest: o.digest, diffId: o.diffId, size: l.size ?? o.bytes, mediaType: l.mediaType,
+      catalog: o.manifest?.catalog ?? '', manifest: layerPath(digestHex(o.diffId)),
     };
-    parseThinImage(JSON.stringify(descriptor), 'generated descriptor');
+    if (o.manifest) t.diffSize = o.manifest.sizes.tar;
+    if (o.upload) t.upload = o.upload;
+    return t;
+  });
+  const descriptor: ThinImage = {
+    schemaVersion: 1,
+    mediaType: THIN_IMAGE_MEDIA_TYPE,
+    name: name ?? m.defaultName,
+    reference: m.reference,
+    manifestDigest: m.manifestDigest,
+    manifestMediaType: m.manifestMediaType,
+    ...(m.indexDigest ? { indexDigest: m.indexDigest } : {}),
+    platform: cfg.platform,
+    store: location,
+    config: cfg.config,
+    configDigest: m.config.digest,
+    layers,
+    created: new Date().toISOString(),
+  };
+  parseThinImage(JSON.stringify(descriptor), 'generated descriptor');
+  return descriptor;
+}
 
-    let pushed: ConvertResult['pushed'];
-    if (opts.push) {
-      const target = typeof opts.push === 'string' ? parseReference(opts.push) : m.registryRef ? thinReference(m.registryRef) : null;
-      if (!target) throw new ThinfsError('--push needs a registry source; for oci:/docker-archive: sources give the destination with --push-to REF', EXIT.USAGE);
-      const client = src.client && src.client.registry === target.registry ? src.client
-        : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log });
-      try {
-        const digest = await pushThinImage(descriptor, target, client, { chunkSize: opts.pushChunkSize, log });
-        pushed = { reference: formatReference(target), digest };
-      } finally {
-        if (client !== src.client) await client.close();
-      }
-    }
+/** Stage: the thin image as a one-layer OCI image in a registry (next to the source, or where --push-to says). */
+async function pushDescriptor(descriptor: ThinImage, m: ResolvedManifest, src: ImageSource, opts: ConvertOptions): Promise<ConvertResult['pushed']> {
+  const target = typeof opts.push === 'string' ? parseReference(opts.push) : m.registryRef ? thinReference(m.registryRef) : null;
+  if (!target) throw new ThinfsError('--push needs a registry source; for oci:/docker-archive: sources give the destination with --push-to REF', EXIT.USAGE);
+  const client = src.client && src.client.registry === target.registry ? src.client
+    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log });
+  try {
+    const digest = await pushThinImage(descriptor, target, client, { chunkSize: opts.pushChunkSize, log: opts.log });
+    return { reference: formatReference(target), digest };
+  } finally {
+    if (client !== src.client) await client.close();
+  }
+}
 
-    // The descriptor is published last: the image appears only when every layer it names is there.
-    if (store) await store.putImage(descriptor, { hex: configHex, data: configRaw });
-    else if (published instanceof WritableStore && outcomes.every((o) => o.manifest)) await published.putImage(descriptor);
-    if (opts.output) {
-      const text = JSON.stringify(descriptor, null, 2) + '\n';
-      if (opts.output === '-') process.stdout.write(text);
-      else await atomicWrite(resolvePath(opts.output), text);
-    }
+/** Stage, last: the descriptor appears only when every layer it names is there. */
+async function publishDescriptor(descriptor: ThinImage, m: ResolvedManifest, outcomes: LayerOutcome[], sink: LayerSink, output?: string): Promise<void> {
+  // The manifest goes along when its bytes are known to hash to its digest: podman's image store serves it as is.
+  const manifest = m.manifestRaw && sha256hex(m.manifestRaw) === digestHex(m.manifestDigest) ? { hex: digestHex(m.manifestDigest), data: m.manifestRaw } : undefined;
+  await sink.publishImage(descriptor, outcomes, manifest);
+  if (!output) return;
+  const text = JSON.stringify(descriptor, null, 2) + '\n';
+  if (output === '-') process.stdout.write(text);
+  else await atomicWrite(resolvePath(output), text);
+}
+
+/**
+ * Convert an image into a thin image descriptor: resolve the platform manifest, verify the config, then
+ * per layer (in parallel) skip it if the sink already has it, else stream it once, digest-verified, into
+ * the sink (a store under a per-layer lock, or an S3 upload). The descriptor is written only after every
+ * layer is in place; a failure publishes no descriptor and no bad layer.
+ */
+export async function convertImage(opts: ConvertOptions): Promise<ConvertResult> {
+  const t0 = Date.now();
+  const jobs = checkOptions(opts);
+  const src = await openSource(opts.source, opts);
+  const progress = new MultiProgress(process.stderr, opts.progress !== false);
+  let sink: LayerSink | null = null;
+  try {
+    sink = await openSink(opts);
+    const m = await src.resolve(opts.platform ?? hostPlatform());
+    opts.log?.info({ reference: m.reference, manifest: m.manifestDigest, index: m.indexDigest, layers: m.layers.length }, 'resolved image');
+    const cfg = await loadConfig(src, m, sink, opts);
+    const outcomes = await transferLayers({ src, m, diffIds: cfg.diffIds, sink, progress, jobs, log: opts.log, signal: opts.signal });
+    if (opts.signal?.aborted) throw new ThinfsError('interrupted before the descriptor was published', INTERRUPTED);
+    progress.end();
+    await sink.settle(outcomes, opts.signal);
+    const descriptor = buildDescriptor(m, cfg, outcomes, sink.location, opts.name);
+    const pushed = opts.push ? await pushDescriptor(descriptor, m, src, opts) : undefined;
+    await publishDescriptor(descriptor, m, outcomes, sink, opts.output);
     const c = src.client?.stats;
     return {
-      descriptor, layers: outcomes, pushed, configFromStore,
+      descriptor, layers: outcomes, pushed, configFromStore: cfg.fromStore,
       stats: { seconds: (Date.now() - t0) / 1000, blobBytes: outcomes.reduce((a, o) => a + o.bytes, 0), ...(c ? { requests: c.requests, blobGets: c.blobGets, retries: c.retries, resumes: c.resumes } : {}) },
     };
   } finally {
     progress.end();
     await src.close().catch(() => undefined);
-    await s3?.close().catch(() => undefined);
+    await sink?.close().catch(() => undefined);
   }
 }

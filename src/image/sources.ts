@@ -29,6 +29,8 @@ export interface ResolvedManifest {
   defaultName: string;
   manifestDigest: string;
   manifestMediaType: string;
+  /** The manifest's bytes as the source served them (hashing to manifestDigest), when it has one. */
+  manifestRaw?: Buffer;
   /** Digest of the multi-platform index the manifest was picked from, if any. */
   indexDigest?: string;
   /** From the index entry; otherwise filled from the config. */
@@ -98,10 +100,10 @@ type Fetch = (d: Descriptor | null) => Promise<{ raw: Buffer; contentType?: stri
 
 /** Walk index -> platform manifest. At most two levels (an OCI layout's index.json can point at an index). */
 async function resolveTree(fetch: Fetch, first: { raw: Buffer; contentType?: string; digest: string }, platform: Platform, what: string, depth = 0):
-  Promise<{ manifestDigest: string; manifestMediaType: string; indexDigest?: string; platform?: Platform; config: Descriptor; layers: Descriptor[] }> {
+  Promise<{ manifestDigest: string; manifestMediaType: string; manifestRaw: Buffer; indexDigest?: string; platform?: Platform; config: Descriptor; layers: Descriptor[] }> {
   const p = parseManifest(first.raw, first.contentType, what);
   if (p.kind === 'manifest') {
-    return { manifestDigest: first.digest, manifestMediaType: p.manifest.mediaType, config: p.manifest.config, layers: p.manifest.layers };
+    return { manifestDigest: first.digest, manifestMediaType: p.manifest.mediaType, manifestRaw: first.raw, config: p.manifest.config, layers: p.manifest.layers };
   }
   if (depth > 1) throw new BadInputError(`${what}: indexes nested too deeply`);
   const pick = p.index.manifests.length === 1 && !p.index.manifests[0]!.platform ? p.index.manifests[0]! : selectPlatform(p.index.manifests, platform, what);
@@ -121,7 +123,7 @@ function toLayers(layers: Descriptor[], what: string): LayerRef[] {
   });
 }
 
-export class RegistrySource implements ImageSource {
+class RegistrySource implements ImageSource {
   readonly kind = 'registry' as const;
   constructor(readonly ref: ImageReference, readonly client: RegistryClient) {}
 
@@ -133,7 +135,7 @@ export class RegistrySource implements ImageSource {
     const r = await resolveTree(fetch, top, platform, what);
     checkConfigType(r.config.mediaType, what);
     return {
-      reference: what, defaultName: shortName(this.ref), manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType,
+      reference: what, defaultName: shortName(this.ref), manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType, manifestRaw: r.manifestRaw,
       indexDigest: r.indexDigest, platform: r.platform, config: r.config, layers: toLayers(r.layers, what), registryRef: this.ref,
     };
   }
@@ -174,7 +176,7 @@ export class RegistrySource implements ImageSource {
 }
 
 /** An OCI image layout directory (oci-layout, index.json, blobs/sha256/...), as skopeo and umoci write it. */
-export class OciLayoutSource implements ImageSource {
+class OciLayoutSource implements ImageSource {
   readonly kind = 'oci' as const;
   private constructor(readonly dir: string, readonly tag: string | undefined) {}
 
@@ -242,7 +244,7 @@ export class OciLayoutSource implements ImageSource {
     const tag = this.tag ?? pick.annotations?.[REF] ?? 'latest';
     return {
       reference: `oci:${this.dir}:${tag}`, defaultName: `${basename(this.dir).toLowerCase()}:${tag}`,
-      manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType, indexDigest: r.indexDigest,
+      manifestDigest: r.manifestDigest, manifestMediaType: r.manifestMediaType, manifestRaw: r.manifestRaw, indexDigest: r.indexDigest,
       platform: r.platform ?? (pick.platform ? { os: pick.platform.os, architecture: pick.platform.architecture, ...(pick.platform.variant ? { variant: pick.platform.variant } : {}) } : undefined),
       config: r.config, layers: toLayers(r.layers, what),
     };
@@ -258,7 +260,7 @@ export class OciLayoutSource implements ImageSource {
 interface ArchiveManifestEntry { Config: string; RepoTags?: string[] | null; Layers: string[] }
 
 /** A `docker save` / `podman save` / `skopeo copy docker-archive:` tarball, read in place. */
-export class DockerArchiveSource implements ImageSource {
+class DockerArchiveSource implements ImageSource {
   readonly kind = 'docker-archive' as const;
   private members: string[] = [];
   private constructor(readonly file: string, readonly index: TarIndex, readonly want: string | undefined) {}

@@ -11,11 +11,11 @@ import { formatReference, type ImageReference } from '../registry/reference.js';
 import { THIN_ANNOTATION, parseThinImage, type ThinImage } from '../format/descriptor.js';
 
 /** The one file inside a thin image's only layer (CernVM-FS DUCC names it the same way). */
-export const THIN_FILE = 'thin.json';
-export const ANN_VERSION = 'org.thinfs.thin.version';
-export const ANN_REFERENCE = 'org.thinfs.thin.reference';
-export const ANN_MANIFEST = 'org.thinfs.thin.manifest-digest';
-export const ANN_DESCRIPTOR = 'org.thinfs.thin.descriptor-digest';
+const THIN_FILE = 'thin.json';
+const ANN_VERSION = 'org.thinfs.thin.version';
+const ANN_REFERENCE = 'org.thinfs.thin.reference';
+const ANN_MANIFEST = 'org.thinfs.thin.manifest-digest';
+const ANN_DESCRIPTOR = 'org.thinfs.thin.descriptor-digest';
 const MAX_THIN = 16 << 20;
 
 function sha256(b: Buffer): string { return `sha256:${createHash('sha256').update(b).digest('hex')}`; }
@@ -28,7 +28,7 @@ export function thinReference(ref: ImageReference): ImageReference {
 }
 
 /** A deterministic one-file tar: same descriptor bytes, same layer digest. */
-export function thinLayerTar(json: Buffer, mtime: number): Buffer {
+function thinLayerTar(json: Buffer, mtime: number): Buffer {
   const hdr = encodeEntry({
     path: Buffer.from(THIN_FILE), type: 'file', mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', size: json.length,
     mtime, mtimeNs: 0, linkpath: null, devmajor: 0, devminor: 0, xattrs: new Map(),
@@ -37,7 +37,7 @@ export function thinLayerTar(json: Buffer, mtime: number): Buffer {
 }
 
 /** Build the tiny OCI image carrying the descriptor (config keeps the original runtime config). */
-export function buildThinImage(desc: ThinImage): { manifest: Buffer; config: Buffer; layer: Buffer } {
+function buildThinImage(desc: ThinImage): { manifest: Buffer; config: Buffer; layer: Buffer } {
   const json = Buffer.from(JSON.stringify(desc, null, 2) + '\n');
   const created = Number.isFinite(Date.parse(desc.created)) ? desc.created : new Date().toISOString();
   const layer = thinLayerTar(json, Math.floor(Date.parse(created) / 1000));

@@ -17,9 +17,9 @@ import type { ThinImage } from '../format/descriptor.js';
 import type { Logger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, NotFoundError } from '../util/errors.js';
 
-export const DRIVER = 'overlay';
+const DRIVER = 'overlay';
 
 export interface PodmanStoreOptions {
   store: Store;
@@ -47,7 +47,7 @@ function compressionCode(mediaType: string): number {
 }
 
 /** Layer ids as podman derives them when it pulls (c/image storage destination): the chain of diff ids. */
-export function layerIds(diffIds: string[]): string[] {
+function layerIds(diffIds: string[]): string[] {
   const ids: string[] = [];
   for (const d of diffIds) {
     const hex = digestHex(d);
@@ -70,7 +70,7 @@ function linkName(id: string): string {
 }
 
 /** c/storage's file name for a big-data key: kept when made of [0-9a-z.], else "=" + base64 of the key. */
-export function bigDataFileName(key: string): string {
+function bigDataFileName(key: string): string {
   return /^[0-9a-z.]*$/.test(key) ? key : `=${Buffer.from(key).toString('base64')}`;
 }
 
@@ -152,10 +152,19 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       // The config bytes podman hashes: the original (kept by docker2thin as a store object) when present;
       // else the descriptor's copy, serialised (a different image id, same content).
       let config: Buffer;
-      try { config = await o.store.getObject(digestHex(desc.configDigest)); } catch {
+      let original = true;
+      try { config = await o.store.getObject(digestHex(desc.configDigest)); } catch (e) {
+        if (!(e instanceof NotFoundError)) o.log?.warn({ image: name, err: errorMessage(e) }, 'stored config unusable; serving the descriptor\'s copy');
         config = Buffer.from(JSON.stringify(desc.config));
+        original = false;
       }
+      // A registry digest podman can parse, or none (the written manifest's digest is used then).
+      const registryDigest = /^sha256:[0-9a-f]{64}$/.test(desc.manifestDigest ?? '') ? desc.manifestDigest : '';
       const configDigest = `sha256:${sha256hex(config)}`;
+      // The registry's manifest as docker2thin kept it (verified by its hash); written anew when absent.
+      let manifest: Buffer | null = null;
+      if (original && registryDigest) manifest = await o.store.getObject(digestHex(registryDigest)).catch(() => null);
+      manifest ??= synthManifest(desc, { digest: configDigest, size: config.length });
       const imageId = configDigest.slice(7);
       const ids = layerIds(desc.layers.map((l) => l.diffId));
       desc.layers.forEach((l, i) => {
@@ -166,21 +175,20 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
           'diff-digest': l.diffId, 'diff-size': lm.sizes.tar, compression: compressionCode(l.mediaType ?? ''),
         });
       });
-      const manifest = synthManifest(desc, { digest: configDigest, size: config.length });
       const manifestDigest = `sha256:${sha256hex(manifest)}`;
       const data = bigData.get(imageId) ?? new Map<string, Buffer>();
       data.set(configDigest, config);
       data.set(`manifest-${manifestDigest}`, manifest);
       data.set('manifest', manifest);
       // Also under the registry's manifest digest, so `podman run REF@<that digest>` finds the image.
-      if (desc.manifestDigest && desc.manifestDigest !== manifestDigest) data.set(`manifest-${desc.manifestDigest}`, manifest);
+      if (registryDigest && registryDigest !== manifestDigest) data.set(`manifest-${registryDigest}`, manifest);
       bigData.set(imageId, data);
       const prev = images.get(imageId);
       const names = [...new Set([...(prev?.names ?? []), ...imageNames(desc)])];
       const digests: Record<string, string> = {};
       for (const k of data.keys()) digests[k] = k === 'manifest' || k === `manifest-${manifestDigest}` ? manifestDigest : k.startsWith('manifest-') ? k.slice(9) : k;
       images.set(imageId, {
-        id: imageId, digest: desc.manifestDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
+        id: imageId, digest: registryDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
         'big-data-names': [...data.keys()],
         'big-data-sizes': Object.fromEntries([...data].map(([k, v]) => [k, v.length])),
         'big-data-digests': digests,

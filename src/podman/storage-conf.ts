@@ -38,7 +38,7 @@ export function storageConf(o: StorageConfOptions): string {
  * An existing storage.conf with additionalimagestores set to include the image store: the key is
  * replaced in (or added to) [storage.options]; other stores already listed there are kept.
  */
-export function mergeStorageConf(existing: string, imageStore: string): string {
+function mergeStorageConf(existing: string, imageStore: string): string {
   const lines = existing.split('\n');
   let section = '';
   let optionsAt = -1;

@@ -13,26 +13,30 @@ export interface WatchOptions extends PodmanStoreOptions {
   onPass?: (r: PodmanStoreResult) => void | Promise<void>;
 }
 
+/** Images left out (layers not published yet, a damaged descriptor) are retried this often, not at every poll. */
+const PENDING_RETRY_MS = 10_000;
+
 /** Generate once, then re-generate whenever the store's image listing changes, until the signal aborts. */
 export async function watchPodmanStore(o: WatchOptions): Promise<void> {
-  let lastListing = '';
+  let lastListing: string | null = null;
   let lastFull = 0;
-  let pending = true;
+  let pending = false;
   const fullEvery = o.fullEveryMs ?? 60_000;
   while (!o.signal.aborted) {
     try {
       const listing = (await o.store.listImages()).sort().join('\n');
-      if (pending || listing !== lastListing || Date.now() - lastFull >= fullEvery) {
+      const since = Date.now() - lastFull;
+      if (listing !== lastListing || since >= fullEvery || (pending && since >= Math.max(o.intervalMs, PENDING_RETRY_MS))) {
         const r = await generatePodmanStore(o);
         lastListing = listing;
         lastFull = Date.now();
-        // An image waiting for its layers (a publisher still ingesting) is retried at the next poll.
+        // An image waiting for its layers (a publisher still ingesting) is retried after PENDING_RETRY_MS.
         pending = r.skipped.length > 0;
         if (r.changed) o.log?.info({ images: r.images.length, layers: r.layers, skipped: r.skipped.length }, 'podman image store updated');
         await o.onPass?.(r);
       }
     } catch (e) {
-      pending = true;
+      lastListing = null; // the next poll tries again
       o.log?.warn({ err: errorMessage(e) }, 'podman image store refresh failed; retrying');
     }
     await sleep(o.intervalMs, undefined, { signal: o.signal }).catch(() => undefined);

@@ -33,7 +33,7 @@ function isObj(v: unknown): v is Record<string, unknown> {
 }
 
 /** S3 sends keys form-urlencoded ('+' = space); a sender that did not encode must not break us. */
-export function decodeEventKey(raw: string): string {
+function decodeEventKey(raw: string): string {
   try {
     return decodeURIComponent(raw.replace(/\+/g, ' '));
   } catch {

@@ -78,7 +78,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
-export function uploadJson(row: UploadRow, position?: number): Record<string, unknown> {
+function uploadJson(row: UploadRow, position?: number): Record<string, unknown> {
   return {
     id: row.id,
     bucket: row.bucket,

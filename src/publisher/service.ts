@@ -1,11 +1,11 @@
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Transform, pipeline, type Readable } from 'node:stream';
 import type { Server } from 'node:http';
 import type { WritableStore } from '../store/store.js';
-import { TXN_DIR } from '../store/layout.js';
 import { ingestTar } from '../ingest/ingest.js';
+import { isPidAlive } from '../store/owner.js';
 import { S3Client, S3Error } from '../s3/client.js';
 import { unsafeKeyReason } from '../s3/keys.js';
 import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
@@ -45,10 +45,6 @@ export interface WorkerState { txn: string; upload: number; bucket: string; key:
 
 function newTxnId(): string {
   return `t-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-}
-
-function isAlive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
 }
 
 /**
@@ -110,27 +106,22 @@ export class Publisher implements PublisherApi {
   get isStopping(): boolean { return this.stopping; }
 
   /**
-   * Rows a killed publisher left 'ingesting' are rolled back: their staging dirs in the store's txn/
-   * are removed (nothing of theirs reached layers/, the manifest being the last thing written) and
-   * they go back to the queue, to be redone from the start.
+   * Rows a killed publisher left 'ingesting' are rolled back: the store removes the staging of every
+   * transaction whose owner died on this host (nothing of theirs reached layers/, the manifest being the
+   * last thing written), and the rows go back to the queue, to be redone from the start.
    */
   private async recover(): Promise<void> {
-    const txnRoot = join(this.opts.store.root, TXN_DIR);
     const stuck = this.queue.stuck();
-    const deadPids = new Set(stuck.map((r) => r.pid).filter((p): p is number => !!p && p !== process.pid && !isAlive(p)));
-    let removed = 0;
-    if (deadPids.size) {
-      for (const name of await readdir(txnRoot).catch(() => [] as string[])) {
-        const pid = Number(name.split('-')[1]);
-        if (deadPids.has(pid)) { await rm(join(txnRoot, name), { recursive: true, force: true }); removed++; }
-      }
-    }
+    const removed = await this.opts.store.removeDeadTxns();
+    // A transaction killed before it wrote its owner record is known by the dead publisher's pid alone.
+    const deadPids = new Set(stuck.map((r) => r.pid).filter((p): p is number => !!p && p !== process.pid && !isPidAlive(p)));
+    for (const pid of deadPids) removed.push(...await this.opts.store.removeTxnsOfDeadPid(pid));
     for (const row of stuck) {
       const outcome = this.queue.recoverCrashed(row, this.opts.maxCrashes);
       if (outcome === 'failed') this.metrics.failures.inc({ kind: 'crash' });
       this.log.warn({ txn: row.txn, upload: row.id, bucket: row.bucket, key: row.key, deadPid: row.pid, outcome }, 'rolled back a transaction interrupted by a publisher crash');
     }
-    if (stuck.length || removed) this.log.info({ rows: stuck.length, txnDirsRemoved: removed }, 'crash recovery done');
+    if (stuck.length || removed.length) this.log.info({ rows: stuck.length, txnDirsRemoved: removed.map((t) => t.id) }, 'crash recovery done');
   }
 
   private async listen(): Promise<void> {
@@ -359,8 +350,8 @@ async function takePidFile(stateDir: string): Promise<void> {
   const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
   // A recycled pid (after a reboot) belongs to some other program: only a live publisher holds the dir.
   const cmdline = pid ? await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => null) : null;
-  const isPublisher = cmdline === null ? isAlive(pid) : cmdline.includes('publisher');
-  if (pid && pid !== process.pid && isAlive(pid) && isPublisher) {
+  const isPublisher = cmdline === null ? isPidAlive(pid) : cmdline.includes('publisher');
+  if (pid && pid !== process.pid && isPidAlive(pid) && isPublisher) {
     throw new ThinfsError(`another publisher (pid ${pid}) is using state dir ${stateDir}`, EXIT.FAILURE);
   }
   await writeFile(file, `${process.pid}\n`);

@@ -42,7 +42,7 @@ interface AuthEntry { auth?: string; username?: string; password?: string; ident
 interface AuthFile { auths?: Record<string, AuthEntry>; credHelpers?: Record<string, string>; credsStore?: string }
 
 /** Credential files in the order podman/skopeo and docker read them. */
-export function authFileCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+function authFileCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
   const files: string[] = [];
   if (env.REGISTRY_AUTH_FILE) files.push(env.REGISTRY_AUTH_FILE);
   if (env.XDG_RUNTIME_DIR) files.push(join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json'));

@@ -47,11 +47,11 @@ export function layerCompression(mediaType: string): Compression {
   return c;
 }
 
-export function isIndexType(mt: string | undefined): boolean {
+function isIndexType(mt: string | undefined): boolean {
   return mt === MT.ociIndex || mt === MT.dockerManifestList;
 }
 
-export function isImageManifestType(mt: string | undefined): boolean {
+function isImageManifestType(mt: string | undefined): boolean {
   return mt === MT.ociManifest || mt === MT.dockerManifest;
 }
 

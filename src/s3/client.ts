@@ -5,6 +5,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { ThinfsError, BadInputError, EXIT } from '../util/errors.js';
 import { encodeKey, unsafeBucketReason, unsafeKeyReason } from './keys.js';
+import { TransientError, isRetryableStatus, retryAfterMs, withRetry } from '../util/retry.js';
 
 /**
  * A small S3 client: SigV4 (aws4) over undici, streaming bodies both ways, so layer tarballs of any
@@ -27,6 +28,10 @@ export interface S3ClientOptions {
   forcePathStyle?: boolean;
   /** Per-request header/idle timeout in ms (default 60 s). */
   timeoutMs?: number;
+  /** Further attempts of a request that failed on the network or with 408/429/5xx (default 3; streamed uploads: none). */
+  retries?: number;
+  /** Told before each retry (logs, counters). */
+  onRetry?: (info: { attempt: number; error: unknown; delayMs: number }) => void;
 }
 
 export interface S3ObjectInfo {
@@ -111,6 +116,8 @@ export class S3Client {
   readonly pathStyle: boolean;
   private readonly credentials: S3Credentials;
   private readonly dispatcher: Dispatcher;
+  private readonly retries: number;
+  private readonly onRetry?: S3ClientOptions['onRetry'];
 
   constructor(opts: S3ClientOptions) {
     let url: URL;
@@ -124,6 +131,8 @@ export class S3Client {
     this.credentials = creds;
     const t = opts.timeoutMs ?? 60_000;
     this.dispatcher = new Agent({ headersTimeout: t, bodyTimeout: t, keepAliveTimeout: 4_000 });
+    this.retries = opts.retries ?? 3;
+    this.onRetry = opts.onRetry;
   }
 
   /** Release pooled connections. */
@@ -142,8 +151,27 @@ export class S3Client {
     return { host: `${bucket}.${this.endpoint.host}`, path: `/${k}` };
   }
 
-  /** Sign and send; the caller owns the response body. */
+  /**
+   * Sign and send, through the one retry helper: a network failure or a 408/429/5xx before the response is
+   * handed over is retried with backoff (signed afresh: SigV4 dates expire), except for a streamed body,
+   * which can be sent only once. The last attempt's error response is returned for the caller to report.
+   * The caller owns the response body.
+   */
   private async send(method: string, bucket: string, key: string | undefined, query: Record<string, string | undefined>, opts: {
+    headers?: Record<string, string>; body?: Readable | Buffer | string; payloadHash?: string; signal?: AbortSignal;
+  } = {}): Promise<Dispatcher.ResponseData> {
+    const retries = opts.body instanceof Readable ? 0 : this.retries;
+    return withRetry(async ({ attempt }) => {
+      const res = await this.sendOnce(method, bucket, key, query, opts);
+      if (attempt < retries && isRetryableStatus(res.statusCode)) {
+        await res.body.dump().catch(() => undefined);
+        throw new TransientError(`S3 ${method} s3://${bucket}/${key ?? ''}: HTTP ${res.statusCode}`, retryAfterMs(res.headers['retry-after'], 0) || undefined);
+      }
+      return res;
+    }, { retries, signal: opts.signal, onRetry: this.onRetry });
+  }
+
+  private async sendOnce(method: string, bucket: string, key: string | undefined, query: Record<string, string | undefined>, opts: {
     headers?: Record<string, string>; body?: Readable | Buffer | string; payloadHash?: string; signal?: AbortSignal;
   } = {}): Promise<Dispatcher.ResponseData> {
     const { host, path } = this.target(bucket, key);
@@ -299,11 +327,4 @@ export function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): S3Cred
   const secretAccessKey = env.AWS_SECRET_ACCESS_KEY ?? env.AWS_SECRET_KEY;
   if (!accessKeyId || !secretAccessKey) return undefined;
   return { accessKeyId, secretAccessKey, sessionToken: env.AWS_SESSION_TOKEN || undefined };
-}
-
-/** Parse s3://bucket/key into its parts. */
-export function parseS3Url(u: string): { bucket: string; key: string } {
-  const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(u);
-  if (!m) throw new BadInputError(`not an s3:// URL: ${u}`);
-  return { bucket: m[1]!, key: m[2]! };
 }

@@ -22,6 +22,14 @@ function lockTarget(storeRoot: string, key: string): string {
   return join(storeRoot, LOCKS_DIR, key.replace(/[^A-Za-z0-9_.-]/g, '_'));
 }
 
+/**
+ * Whether someone holds the lock right now (held and not stale). Only a scheduling hint (the answer may
+ * change the next moment): a converter starts other layers first instead of waiting on a busy one.
+ */
+export async function layerLockHeld(storeRoot: string, key: string): Promise<boolean> {
+  return lockfile.check(lockTarget(storeRoot, key), { realpath: false, stale: lockStaleMs() }).catch(() => false);
+}
+
 /** Take an mkdir lock (proper-lockfile: `<target>.lock`, mtime refreshed every stale/3), waiting as long as it takes. */
 async function acquire(target: string, stale: number, onCompromised: (e: Error) => void): Promise<() => Promise<void>> {
   await mkdir(join(target, '..'), { recursive: true });

@@ -35,7 +35,7 @@ export function isOwnerAlive(owner: Pick<Owner, 'pid' | 'host' | 'boot' | 'start
 }
 
 /** kill(pid, 0): EPERM still means the process exists. */
-function isPidAlive(pid: number): boolean {
+export function isPidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
 }

@@ -7,14 +7,14 @@ import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
 import { decodeObject, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
-import { Txn, listTxns, removeDeadTxns, removeTxn, type TxnInfo } from './txn.js';
+import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
 import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, isHash } from '../util/hash.js';
-import { withLayerLock } from './lock.js';
+import { layerLockHeld, withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
 import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
 
@@ -207,12 +207,14 @@ export class WritableStore extends Store {
    * re-conversion needs no download, and a concurrent gc cannot take the config between the two writes).
    * Descriptors are small and replaced whole; last writer wins, never a torn file.
    */
-  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }): Promise<void> {
+  /** The descriptor with the objects it names: the image config and (when known) the registry's manifest bytes. */
+  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer }): Promise<void> {
     // The signing key is loaded first: a bad key refuses the write before anything is published.
     const signing = await writerSigningOptions();
     const txn = this.beginTxn('image');
     try {
       if (config) await txn.put(config.hex, config.data);
+      if (manifest) await txn.put(manifest.hex, manifest.data);
       await txn.commitObjects(() => atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', txn.dir));
     } catch (e) { await txn.abort(); throw e; }
     await republishManifest(this.root, { ...signing, log: writerLog });
@@ -223,6 +225,8 @@ export class WritableStore extends Store {
   removeTxn(id: string): Promise<void> { return removeTxn(this.root, id); }
   /** Crash recovery: remove the staging of every transaction whose owner died on this host. */
   removeDeadTxns(): Promise<TxnInfo[]> { return removeDeadTxns(this.root); }
+  /** Crash recovery of a caller that knows `pid` ran on this host (the publisher's queue): its dead transactions' staging. */
+  removeTxnsOfDeadPid(pid: number): Promise<TxnInfo[]> { return removeTxnsOfDeadPid(this.root, pid); }
 
   /** Held while a layer is committed (txn.ts): one publication per layer across every node. */
   withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
@@ -232,6 +236,11 @@ export class WritableStore extends Store {
   /** Held by a converter from before downloading a layer until it is published: one download per layer (Wharf). */
   withFetchLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
     return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn);
+  }
+
+  /** Someone holds the fetch lock of this layer right now: a scheduling hint (converters do other layers first). */
+  fetchLockHeld(diffId: string): Promise<boolean> {
+    return layerLockHeld(this.root, `fetch-${digestHex(diffId)}`);
   }
 }
 

@@ -14,7 +14,7 @@ import type { ObjectWriterPool } from './writer-pool.js';
 import { withCommitLock } from './lock.js';
 import { republishManifest, writerSigningOptions } from './trust.js';
 import { createLogger } from '../util/log.js';
-import { currentOwner, isOwnerAlive, type Owner } from './owner.js';
+import { currentOwner, isOwnerAlive, isPidAlive, type Owner } from './owner.js';
 import { IntegrityError, ThinfsError } from '../util/errors.js';
 import { atomicWrite, fsyncDir } from '../util/fsutil.js';
 import { digestHex } from '../util/hash.js';
@@ -93,6 +93,18 @@ export async function removeTxn(root: string, id: string): Promise<void> {
  */
 export async function reclaimableTxns(root: string, graceMs: number): Promise<TxnInfo[]> {
   return (await listTxns(root, Math.max(graceMs, TXN_SILENT_MIN_MS))).filter((t) => t.state === 'dead' || t.state === 'silent');
+}
+
+/**
+ * Remove the staging of the transactions process `pid` of this host made, once it is dead: crash recovery by a
+ * caller that knows the pid ran here (its own state says so). A transaction killed in its first moments has no
+ * owner record yet, and only its id names the process.
+ */
+export async function removeTxnsOfDeadPid(root: string, pid: number): Promise<TxnInfo[]> {
+  if (isPidAlive(pid)) return [];
+  const gone = (await listTxns(root)).filter((t) => parseTxnId(t.id)?.pid === pid && (t.owner === null || t.state === 'dead'));
+  for (const t of gone) await removeTxn(root, t.id);
+  return gone;
 }
 
 /** Remove the staging of every transaction whose owner died on this host (crash recovery at start). */

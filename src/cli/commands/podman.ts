@@ -9,9 +9,9 @@ import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
 import { escapeControls, quoteText } from '../quote.js';
 
-export const DEFAULT_PODMAN_STORE = '/var/lib/thinfs/podman-store';
+const DEFAULT_PODMAN_STORE = '/var/lib/thinfs/podman-store';
 
-export function parseInterval(s: string): number {
+function parseInterval(s: string): number {
   const n = Number(s);
   if (!Number.isFinite(n) || n <= 0) throw new ThinfsError(`--interval: expected seconds > 0, got "${s}"`, EXIT.USAGE);
   return Math.round(n * 1000);

@@ -82,7 +82,10 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
       const accessKeyId = o.accessKey ?? env?.accessKeyId;
       const secretAccessKey = o.secretKey ?? env?.secretAccessKey;
       if (!accessKeyId || !secretAccessKey) throw new ThinfsError('S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --access-key/--secret-key)', EXIT.AUTH);
-      const s3 = new S3Client({ endpoint: o.s3Endpoint, region: o.region, credentials: { accessKeyId, secretAccessKey, sessionToken: env?.sessionToken } });
+      const s3 = new S3Client({
+        endpoint: o.s3Endpoint, region: o.region, credentials: { accessKeyId, secretAccessKey, sessionToken: env?.sessionToken },
+        onRetry: ({ attempt, error, delayMs }) => log.warn({ err: error, attempt, delayMs }, 'S3 request failed; retrying'),
+      });
       const store = o.init ? await WritableStore.init(o.store) : await WritableStore.openDir(o.store);
       const stateDir = o.state ?? `${resolve(o.store)}.publisher`;
       const pub = await Publisher.start({
