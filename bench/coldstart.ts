@@ -4,7 +4,8 @@
 // Both sides cross the same link: the registry (for podman) and the store's nginx (for thinfs) sit
 // behind delaying proxies whose outgoing traffic shares one htb class.
 // For each RTT and workload it reports, per path: wall time, bytes moved, HTTP requests; then N = 1,
-// 2, 4, 8 nodes starting at once. Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
+// 2, 4, 8 nodes starting at once. "thinfs cold + trace": the workload's recorded trace attached to the image
+// (thinfs mount --record, thinfs trace attach), replayed ahead of the process on nodes with empty caches. Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
 //
 // Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8").
 import { mkdir, readFile, rm, writeFile, appendFile, stat } from 'node:fs/promises';
@@ -154,6 +155,27 @@ export async function main(): Promise<void> {
             rows.push({ rtt, workload: wname, path: 'thinfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
           }
           for (const m of ms) await m.stop();
+
+          // thinfs cold + trace: a first run records what the workload reads (`mount --record`), the trace is attached
+          // to the image (`thinfs trace attach`), then n fresh nodes start it with empty caches; detached after.
+          const traceFile = join(work, `trace-${rtt}-${wname}.json`);
+          const rec = await mountStore(storeUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
+          mounts.push(rec);
+          await pods[0]!.rootfsRun(rootfs(rec), cmd);
+          await rec.stop();
+          await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
+          const ts: Mounted[] = [];
+          for (let i = 0; i < n; i++) {
+            const base = join(work, `trace-${rtt}-${wname}-${n}-${i}`);
+            await mkdir(base, { recursive: true });
+            const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+            ts.push(m); mounts.push(m);
+          }
+          b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+          await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
+          rows.push({ rtt, workload: wname, path: 'thinfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+          for (const m of ts) await m.stop();
+          await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
           for (const p of pods) await p.reset();
         }
       }
@@ -191,7 +213,7 @@ async function report(rows: Row[], imageBytes: number): Promise<void> {
 async function plot(rows: Row[]): Promise<void> {
   const have = await run('sh', ['-c', 'command -v gnuplot']);
   if (have.code !== 0) { console.log('gnuplot not installed: no chart (bash scripts/setup.sh installs it)'); return; }
-  const paths = ['podman pull + run', 'thinfs cold', 'podman warm', 'thinfs warm', 'podman hot', 'thinfs hot'];
+  const paths = ['podman pull + run', 'thinfs cold', 'thinfs cold + trace', 'podman warm', 'thinfs warm', 'podman hot', 'thinfs hot'];
   const groups = [...new Set(rows.map((r) => `${r.workload}, ${r.rtt} ms`))];
   const data = join(OUT, 'coldstart.dat');
   await writeFile(data, `group ${paths.map((p) => `"${p}"`).join(' ')}\n`);

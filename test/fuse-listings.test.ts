@@ -10,6 +10,9 @@ import { makeTreeTar } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { rewriteLayerCatalog } from './helpers/catalog.js';
 import { ROOT_INO } from '../src/catalog/schema.js';
+import { buildDirBlocks } from '../src/catalog/dirblocks.js';
+import { openLayerCatalog } from '../src/store/layer-catalog.js';
+import { Store } from '../src/store/store.js';
 
 let work: string;
 let store: string;
@@ -145,21 +148,26 @@ describe('directory listings', () => {
     await stop(m);
   });
 
-  it('a catalog without pre-encoded listings (older thinfs) gives the same answers', async () => {
+  it('catalogs ship without listings; the mount rebuilds them, and an older catalog shipping them gives the same answers', async () => {
     const m0 = await mount('mnt-new');
-    const withBlocks = await scan(path.join(m0.mp, 'layers', hex));
+    const rebuilt = await scan(path.join(m0.mp, 'layers', hex));
+    const s0 = await m0.stats();
     await stop(m0);
-    // The layer's catalog without its dirblocks table, as earlier versions wrote it.
-    const restore = await rewriteLayerCatalog(store, hex, work, (db) => { db.exec('DROP TABLE dirblocks'); db.exec('VACUUM'); });
+    // What ingest writes now: no dirblocks table in the catalog object.
+    const { catalog, close } = await openLayerCatalog(await Store.open(store), hex);
+    try { assert.equal(catalog.hasDirBlocks, false, 'the shipped catalog has no pre-encoded listings'); } finally { await close(); }
+    assert.ok(s0.ops.listingsAhead > 0, 'the rebuilt listings are handed ahead like shipped ones');
+    // The layer's catalog with its dirblocks table, as earlier versions wrote it.
+    const restore = await rewriteLayerCatalog(store, hex, work, (db) => { db.transaction(() => buildDirBlocks(db))(); db.exec('VACUUM'); });
     try {
       const m = await mount('mnt-old');
       const root = path.join(m.mp, 'layers', hex);
-      assert.equal(await scan(root), withBlocks);
+      assert.equal(await scan(root), rebuilt);
       assert.deepEqual((await inodes(root)).mismatched, []);
       const r = await seekdirCheck(path.join(root, 'big'), 777);
       assert.ok(r.same && r.again === r.rest);
       const s = await m.stats();
-      assert.equal(s.ops.listingsAhead, 0, 'nothing to hand ahead without pre-encoded listings');
+      assert.ok(s.ops.listingsAhead > 0, 'the shipped listings are used');
       await stop(m);
     } finally {
       await restore();
@@ -169,6 +177,8 @@ describe('directory listings', () => {
   it('a damaged listing in a catalog gives EIO, and the log line carries the error with its stack', async () => {
     // A well-formed object whose catalog holds a listing cut short: the handler throws, unexpectedly.
     const restore = await rewriteLayerCatalog(store, hex, work, (db) => {
+      // An older catalog (shipping its listings) with the root's cut short.
+      db.transaction(() => buildDirBlocks(db))();
       db.prepare('UPDATE dirblocks SET ents = ? WHERE dir = ?').run(Buffer.alloc(10, 7), ROOT_INO);
     });
     try {

@@ -139,7 +139,8 @@ test('webhook: keys leaving the bucket are refused with 400, nothing queued, the
   assert.equal(layers.size, 1);
   assert.ok(!layers.has(secret.diffId), 'the private bucket\'s layer was not published');
   const warned = (await logRecords(pub)).filter((l) => /webhook refused/.test(l.msg ?? ''));
-  assert.ok(warned.some((l) => String(l.err).includes('"../private/secret.tar"')), 'the refusal is logged with the key');
+  assert.ok(warned.some((l) => String(l.err?.message).includes('"../private/secret.tar"')), 'the refusal is logged with the key');
+  assert.ok(warned.every((l) => l.err?.type === 'WebhookError' && /\n\s+at /.test(l.err?.stack ?? '')), 'logged as { err } with its class and stack');
 });
 
 /** A reverse proxy to s3rver that adds hostile keys to every listing of `layers` and records the paths asked for. */

@@ -4,7 +4,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { tmpDir, cleanupTmpDirs } from './helpers/proc.js';
-import { Queue, QueueStateError, versionOf, normEtag, type ObjectEvent, type UploadRow } from '../src/publisher/queue.js';
+import { Queue, versionOf, normEtag, type ObjectEvent, type UploadRow } from '../src/publisher/queue.js';
+import { QueueStateError } from '../src/util/errors.js';
 
 after(cleanupTmpDirs);
 

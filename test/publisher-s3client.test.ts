@@ -11,7 +11,8 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { tmpDir, cleanupTmpDirs, run, runOk, sha256File } from './helpers/proc.js';
 import { pseudoRandom } from './helpers/layers.js';
-import { S3Client, S3Error } from '../src/s3/client.js';
+import { S3Client } from '../src/s3/client.js';
+import { S3Error } from '../src/util/errors.js';
 import { encodeKey } from '../src/s3/keys.js';
 import { AWS, BUCKET, S3_ENV, startS3rver, type S3Server } from './publisher-fixture.js';
 

@@ -2,7 +2,8 @@
 // backoff bounds. Pure logic: driven with plain async functions and real timers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { withRetry, TransientError, RetryDeadlineError, backoffMs, isRetryableNetworkError, retryAfterMs } from '../src/util/retry.js';
+import { TransientError, RetryDeadlineError } from '../src/util/errors.js';
+import { withRetry, backoffMs, isRetryableNetworkError, retryAfterMs } from '../src/util/retry.js';
 import { ThinfsError } from '../src/util/errors.js';
 
 test('transient failures are retried until success; a refusal is thrown at once', async () => {

@@ -4,7 +4,6 @@ export const ROOT_INO = 1;
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo';
 
-export const S_IFMT = 0o170000;
 export const TYPE_BITS: Record<EntryType, number> = {
   file: 0o100000, dir: 0o040000, symlink: 0o120000, chardev: 0o020000, blockdev: 0o060000, fifo: 0o010000,
 };

@@ -15,6 +15,8 @@ export class CatalogWriter {
   private readonly db: Database.Database;
   private nextIno = ROOT_INO;
   private readonly st;
+  /** Pre-encode listings into the catalog (older catalogs did; kept for measuring and for tests of those catalogs). */
+  dirBlocks = process.env.THINFS_CATALOG_DIRBLOCKS === '1';
   constructor(readonly path: string) {
     this.db = new Database(path);
     this.db.pragma('journal_mode = OFF');
@@ -78,7 +80,8 @@ export class CatalogWriter {
     for (const [k, v] of Object.entries(props)) this.st.prop.run(k, String(v));
     this.db.exec('COMMIT');
     this.db.exec(INDEXES);
-    this.db.transaction(() => buildDirBlocks(this.db))();
+    // Listings are not shipped: a mount rebuilds them (CatalogReader listings), the same bytes, from these tables.
+    if (this.dirBlocks) this.db.transaction(() => buildDirBlocks(this.db))();
     this.db.exec('ANALYZE');
     this.db.pragma('journal_mode = DELETE');
     this.db.exec('VACUUM');

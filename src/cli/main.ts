@@ -28,15 +28,12 @@ export async function run(argv: string[]): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
-    if (e instanceof ThinfsError) {
-      // Messages quote names from images and servers: no escape sequence reaches the terminal.
-      process.stderr.write(`thinfs: error: ${escapeControls(e.message, true)}\n`);
-      return e.exitCode;
-    }
-    const code = (e as NodeJS.ErrnoException).code;
+    // Messages quote names from images and servers: no escape sequence reaches the terminal.
     process.stderr.write(`thinfs: error: ${escapeControls(errorMessage(e), true)}\n`);
-    if (process.env.THINFS_DEBUG) process.stderr.write(`${(e as Error).stack}\n`);
-    return code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
+    // The stack is for developers (THINFS_DEBUG=1); users get the message and the exit code.
+    if (process.env.THINFS_DEBUG) process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
+    if (e instanceof ThinfsError) return e.exitCode;
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? EXIT.NOT_FOUND : EXIT.FAILURE;
   }
 }
 

@@ -1,6 +1,7 @@
 // Owns the thin image descriptor schema (images/<name>.json, and the payload of a thin OCI image) and its
 // validation: L1, shared by the store (reads/writes descriptors), image conversion, the mount and podman.
 import { BadInputError } from '../util/errors.js';
+import type { TraceRef } from './trace.js';
 
 export const THIN_IMAGE_MEDIA_TYPE = 'application/vnd.thinfs.image.v1+json';
 /** Annotation on the tiny OCI image that carries a descriptor (the CernVM-FS "thin image" idea). */
@@ -45,6 +46,8 @@ export interface ThinImage {
   /** Bottom layer first. */
   layers: ThinLayer[];
   created: string;
+  /** Optional prefetch trace (src/format/trace.ts): the chunks a recorded start-up read, replayed ahead of a process. */
+  trace?: TraceRef;
 }
 
 export function parseThinImage(raw: string | Buffer, what = 'thin image descriptor'): ThinImage {

@@ -5,7 +5,7 @@ import { pipeline, type Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import type { Logger } from '../util/log.js';
-import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { InterruptedError, BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
 import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
@@ -94,7 +94,6 @@ function parseConfig(raw: Buffer, m: ResolvedManifest): { config: Record<string,
   return { config: c as Record<string, unknown>, diffIds: ids as string[] };
 }
 
-const INTERRUPTED = 130;
 
 function checkOptions(opts: ConvertOptions): number {
   if (!!opts.store === !!opts.s3) throw new ThinfsError('give exactly one destination: --store DIR, or --s3-endpoint URL with --bucket NAME', EXIT.USAGE);
@@ -175,7 +174,7 @@ async function transferLayers(ctx: TransferContext): Promise<LayerOutcome[]> {
   const sinkLayer = (ref: LayerRef): SinkLayer => ({ ref, diffId: ctx.diffIds[ref.index]!, image: m.reference, source: `${m.reference} ${labelOf(ref)}` });
 
   const one = async (ref: LayerRef): Promise<LayerOutcome> => {
-    if (signal?.aborted) throw new ThinfsError('interrupted', INTERRUPTED);
+    if (signal?.aborted) throw new InterruptedError('interrupted');
     const label = labelOf(ref);
     const l = sinkLayer(ref);
     const have = await sink.present(l);
@@ -218,7 +217,7 @@ async function transferLayers(ctx: TransferContext): Promise<LayerOutcome[]> {
       aborter.abort();
     }, later);
   } catch (e) {
-    if (signal?.aborted) throw new ThinfsError('interrupted: nothing published for the layers in flight', INTERRUPTED);
+    if (signal?.aborted) throw new InterruptedError('interrupted: nothing published for the layers in flight');
     throw e;
   } finally {
     signal?.removeEventListener('abort', onExternalAbort);
@@ -299,7 +298,7 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
     opts.log?.info({ reference: m.reference, manifest: m.manifestDigest, index: m.indexDigest, layers: m.layers.length }, 'resolved image');
     const cfg = await loadConfig(src, m, sink, opts);
     const outcomes = await transferLayers({ src, m, diffIds: cfg.diffIds, sink, progress, jobs, log: opts.log, signal: opts.signal });
-    if (opts.signal?.aborted) throw new ThinfsError('interrupted before the descriptor was published', INTERRUPTED);
+    if (opts.signal?.aborted) throw new InterruptedError('interrupted before the descriptor was published');
     progress.end();
     await sink.settle(outcomes, opts.signal);
     const descriptor = buildDescriptor(m, cfg, outcomes, sink.location, opts.name);

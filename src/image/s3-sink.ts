@@ -2,7 +2,7 @@
 // PREFIX<diffid hex>.tar[.gz|.zst], skipped when the publisher's store already has the layer or the bucket
 // the object; optionally waits until the publisher has published every layer, then stores the descriptor.
 import type { Logger } from '../util/log.js';
-import { BadInputError, ThinfsError, EXIT } from '../util/errors.js';
+import { BadInputError, InterruptedError, ThinfsError, EXIT } from '../util/errors.js';
 import { digestHex } from '../util/hash.js';
 import { Store, WritableStore } from '../store/store.js';
 import { S3Client } from '../s3/client.js';
@@ -83,7 +83,7 @@ export class S3Sink implements LayerSink {
         if (lm) o.manifest = lm; else missing.push(o);
       }
       if (!missing.length) return;
-      if (signal?.aborted) throw new ThinfsError('interrupted while waiting for the publisher', 130);
+      if (signal?.aborted) throw new InterruptedError('interrupted while waiting for the publisher');
       if (Date.now() > deadline) {
         throw new ThinfsError(`the publisher has not published ${missing.length} layer(s) after ${waitSeconds} s: ${missing.map((o) => o.diffId).join(', ')} (uploads are in s3://${this.opts.target.bucket}/; check the publisher's /status)`, EXIT.FAILURE);
       }

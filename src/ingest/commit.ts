@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import type { ChunkParams } from '../chunker/fastcdc.js';
 import type { CatalogWriter } from '../catalog/writer.js';
 import type { Txn } from '../store/txn.js';
+import { catalogLevel } from '../store/codec.js';
 import type { LayerManifest } from '../store/types.js';
 import { IntegrityError } from '../util/errors.js';
 import { sha256hex } from '../util/hash.js';
@@ -37,7 +38,7 @@ export async function commitLayer(txn: Txn, cat: CatalogWriter, f: LayerFacts, o
   const catalogData = await readFile(cat.path);
   const catalogHash = sha256hex(catalogData);
   const catalogSize = catalogData.length; // put() may hand the buffer's memory to a worker
-  await txn.put(catalogHash, catalogData);
+  await txn.put(catalogHash, catalogData, catalogLevel(catalogSize));
   const manifest: LayerManifest = {
     schemaVersion: 1, mediaType: 'application/vnd.thinfs.layer.v1+json',
     diffId: f.diffId, blobDigest: f.blobDigest, ...(o.blobMediaType ? { blobMediaType: o.blobMediaType } : {}),

@@ -11,7 +11,7 @@ import type { WritableStore } from '../store/store.js';
 import { Codec } from '../store/codec.js';
 import { ObjectWriterPool } from '../store/writer-pool.js';
 import type { LayerManifest } from '../store/types.js';
-import { BadInputError } from '../util/errors.js';
+import { BadInputError, InterruptedError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
 import type { Logger } from '../util/log.js';
 import { isDigest } from '../util/hash.js';
@@ -40,6 +40,8 @@ export interface IngestOptions {
   /** fsck --repair: the layer may be published already; write back the objects it is missing (same catalog required). */
   repair?: boolean;
   beforeCommit?: () => Promise<void>;
+  /** Abort (SIGINT/SIGTERM): the input is cut, the transaction rolled back, InterruptedError thrown; nothing is published. */
+  signal?: AbortSignal;
 }
 
 export interface IngestStats {
@@ -64,6 +66,10 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const source = await openLayerSource(input, (size) => (bar.p = opts.progress
     ? new Progress(`ingest ${opts.source ?? (typeof input === 'string' ? input : 'layer')}`, size ?? opts.totalBytes) : null));
 
+  const interrupted = () => new InterruptedError(`interrupted: ${opts.source ? `layer ${opts.source}` : 'the layer'} was not published`);
+  if (opts.signal?.aborted) { source.destroy(); throw interrupted(); }
+  const onAbort = () => source.destroy();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
   const pool = new ObjectWriterPool();
   txn.pool = pool;
@@ -78,6 +84,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     }
     opts.log?.debug({ entries: tree.counts.entries }, 'tar read');
     await sink.drain();
+    if (opts.signal?.aborted) throw interrupted();
 
     const d = source.digests();
     const res = await commitLayer(txn, cat, { ...d, tree: tree.counts, treeProps: tree.props, chunks: sink.chunks, chunking }, {
@@ -97,8 +104,10 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     try { cat.abort(); } catch { /* already closed */ }
     await txn.abort();
     source.destroy();
-    throw e;
+    // Whatever the cut input made the reader say (truncated tar, premature close), the cause was the signal.
+    throw opts.signal?.aborted ? interrupted() : e;
   } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
     await pool.close();
     await rm(tmp, { recursive: true, force: true });
   }

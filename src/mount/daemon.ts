@@ -16,6 +16,7 @@ import { native, OP, E, type Binding, type Handler, type Session } from '../fuse
 import { readU64 } from '../format/listing.js';
 import { StatsReporter } from './stats.js';
 import { UNCACHED_BELOW } from './node-ids.js';
+import { Prefetcher } from './prefetch.js';
 
 const execFileP = promisify(execFile);
 
@@ -29,6 +30,12 @@ export interface MountOptions {
   metricsPort: number | null;
   readyFile: string | null;
   prefetch: string | null;
+  /** Record the chunks read, in first-read order, to this trace file (at unmount, and on SIGUSR2). */
+  record?: string | null;
+  /** Speculative store fetches in flight at once (trace replay, rest of files read from their start). */
+  prefetchParallel?: number;
+  /** Fetch the rest of a multi-chunk file when it is read from offset 0. */
+  fileAhead?: boolean;
   maxRead: number;
   readaheadKb: number | null;
   localReadahead: number;
@@ -158,7 +165,7 @@ function mountOptions(o: Pick<MountOptions, 'maxRead' | 'allowOther' | 'allowSui
 }
 
 /** What a mount serves, opened before anything is mounted: the store, the cache, the view's operations, the stats. */
-interface View { store: Store; cache: NodeCache; fs: ThinFs; stats: StatsReporter }
+interface View { store: Store; cache: NodeCache; fs: ThinFs; stats: StatsReporter; prefetcher: Prefetcher }
 
 async function openView(o: MountOptions, mp: string, startedAt: number): Promise<View> {
   const log = o.log;
@@ -169,8 +176,12 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
-  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt });
-  return { store, cache, fs, stats };
+  const prefetcher = new Prefetcher(cache, log, { parallel: o.prefetchParallel ?? 8, fileAhead: o.fileAhead ?? true, record: !!o.record });
+  fs.prefetcher = prefetcher;
+  // Not awaited: the process touching the image goes on while the traced chunks arrive.
+  ns.onImage = (img) => void prefetcher.replay(img.desc);
+  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt }, prefetcher);
+  return { store, cache, fs, stats, prefetcher };
 }
 
 type Init = { maxReadahead: number; maxPages: number; kernelMinor: number; passthrough: boolean };
@@ -269,6 +280,20 @@ async function startPrefetch(listFile: string, fs: ThinFs, log: Logger): Promise
   fs.prefetch(list).then((r) => log.info(r, 'prefetch done'), (e) => log.warn({ err: e }, 'prefetch failed'));
 }
 
+/** Writes the chunks recorded so far (first-read order) as a trace file (renamed into place: never seen half-written). */
+async function writeTrace(file: string, p: Prefetcher, log: Logger): Promise<void> {
+  const bytes = p.traceBytes();
+  if (!bytes) return;
+  try {
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, bytes);
+    await rename(tmp, file);
+    log.info({ file, chunks: p.recordedChunks }, 'prefetch trace written');
+  } catch (e) {
+    log.warn({ err: e, file }, 'cannot write the prefetch trace');
+  }
+}
+
 /**
  * Serves until SIGTERM/SIGINT (then detaches the mount) or until the kernel ends the connection (someone ran
  * `thinfs unmount` / fusermount -u), then flushes the cache index and stats. Resolves to the exit code.
@@ -293,6 +318,7 @@ function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, 
         if (!gone) log.warn({ mountpoint: mp }, 'mount still in use after detach; exiting, its users will see ENOTCONN');
       }
       await v.cache.flush();
+      if (o.record) await writeTrace(o.record, v.prefetcher, log);
       await v.stats.close(false);
       if (o.readyFile) await rm(o.readyFile, { force: true });
       log.info({ code }, 'stopped');
@@ -306,6 +332,8 @@ function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, 
     void c.closed.then((errno) => end(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
     process.once('SIGTERM', () => void end('SIGTERM', true));
     process.once('SIGINT', () => void end('SIGINT', true));
+    // A recorded trace on demand, the mount staying up.
+    if (o.record) process.on('SIGUSR2', () => void writeTrace(o.record!, v.prefetcher, log));
   });
 }
 

@@ -22,7 +22,7 @@ export class Layer {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
       this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
-        this.catalog = CatalogReader.open(file);
+        this.catalog = CatalogReader.open(file, { listings: true });
         return this.catalog;
       });
       // A failed fetch must not poison the layer forever: the next touch retries.
@@ -66,6 +66,8 @@ export class Namespace {
   private nextImage = 1;
   readonly root: Node = { k: 'synth', what: 'root' };
   layersLoaded = 0;
+  /** Told of each image the first time this mount touches it (the daemon replays its prefetch trace). */
+  onImage: ((img: Image) => void) | null = null;
 
   constructor(private readonly store: Store, private readonly cache: NodeCache, private readonly log: Logger) {}
 
@@ -115,18 +117,19 @@ export class Namespace {
     const img = new Image(this.nextImage++, name, desc);
     img.tag = tag;
     this.images.set(name, img);
+    this.onImage?.(img);
     return img;
   }
 
   private async imageLayers(img: Image): Promise<Layer[]> {
     if (img.layers) return img.layers;
-    const ls: Layer[] = [];
-    for (const d of img.desc.layers) {
+    // Every layer's manifest and catalog at once: a cold start waits one round trip chain, not one per layer.
+    const ls = await Promise.all(img.desc.layers.map(async (d) => {
       const hex = parseLayerDirName(d.diffId);
       const l = hex ? await this.loadedLayer(hex) : null;
       if (!l) throw Object.assign(new Error(`image ${img.name}: layer ${d.diffId} is not published in the store`), { errno: 'EIO' });
-      ls.push(l);
-    }
+      return l;
+    }));
     img.layers = ls;
     return ls;
   }

@@ -6,12 +6,14 @@ import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
 import { fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
+import { ErrnoError } from '../util/errors.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
+import type { Prefetcher } from './prefetch.js';
 import * as imageMerge from './merge.js';
 import {
   OP, E, ATTR_SIZE, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
@@ -21,6 +23,8 @@ import {
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
 const SEQ_WINDOW = 8 << 20;
+/** File-ahead fetches at most this many chunks (~64 MB at the default chunking): a huge file must not flush the cache. */
+const FILE_AHEAD_CHUNKS = 64;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
@@ -59,11 +63,13 @@ const UNTRACKED = -1;
 interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
 interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | null | Promise<Node | null> }
 /** Per-file read state: chunk map, how far a sequential reader got, the whole-file id (passthrough copies). */
-interface ReadState { chunks: ChunkRef[] | null; nextPos: number; fileId?: string }
+interface ReadState {
+  chunks: ChunkRef[] | null; nextPos: number; fileId?: string;
+  /** End of the reads that ran contiguously from offset 0 (-1: none yet); the rest is fetched ahead once it grows. */
+  fromStart?: number;
+}
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
-
-class Fail extends Error { constructor(readonly errno: number) { super(`errno ${errno}`); } }
 
 /**
  * The filesystem behind the kernel's low-level protocol: the nodes the kernel holds (ids from NodeIds), and the answer
@@ -89,6 +95,8 @@ export class ThinFs {
   dropped: (nodeid: number) => void = () => {};
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
+  prefetcher: Prefetcher | null = null;
 
   constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
     this.synthSec = Math.floor(opts.mountedAt / 1000);
@@ -137,7 +145,7 @@ export class ThinFs {
     if (h) return h.node;
     // A layer-tree node the kernel got from a pre-encoded listing, or one dropped at a FORGET: made again from its id.
     const n = this.ids.derive(id);
-    if (!n) throw new Fail(E.ESTALE);
+    if (!n) throw new ErrnoError(E.ESTALE);
     this.held.set(id, { node: n, nlookup: UNTRACKED });
     this.counters.liveNodes++;
     return n;
@@ -231,7 +239,7 @@ export class ThinFs {
   }
 
   private failed(op: number, nodeid: number, e: unknown): number {
-    if (e instanceof Fail) return e.errno;
+    if (e instanceof ErrnoError) return e.errno;
     // Unexpected (a damaged catalog, a bug): the kernel gets EIO, the log gets the error with its stack.
     this.log.error({ op: OP_NAMES[op] ?? op, nodeid, err: e, object: (e as { object?: string }).object }, 'operation failed: EIO');
     return E.EIO;
@@ -284,7 +292,7 @@ export class ThinFs {
         break;
       case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;
       case 'entry': {
-        if (n.inode.type !== 'dir') throw new Fail(E.ENOTDIR);
+        if (n.inode.type !== 'dir') throw new ErrnoError(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
         const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
@@ -298,7 +306,7 @@ export class ThinFs {
           ? this.ids.mergedId(n.image.idx, mergedChildKey(n.key, e.name))
           : this.ids.entryId(n.image.idx, e.layer, e.ino)));
         break;
-      default: throw new Fail(E.ENOTDIR);
+      default: throw new ErrnoError(E.ENOTDIR);
     }
     memo.ents = out;
     return out;
@@ -456,6 +464,15 @@ export class ThinFs {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
     if (end > h.nextPos) h.nextPos = end;
+    const pf = this.prefetcher;
+    const waits = pf?.reading(node.layer.hex, span) ?? false;
+    // Read from its start and on sequentially (a copy, a whole-file read): the rest of the file is fetched now, in
+    // parallel, not one kernel request at a time. A read at 0 alone (an ELF header before mmap) is not enough.
+    if (pos === 0) h.fromStart = Math.max(h.fromStart ?? 0, end);
+    else if (h.fromStart !== undefined && h.fromStart >= 0 && pos <= h.fromStart) {
+      h.fromStart = -1; // once per file
+      if (pf && k < chunks.length) pf.fileFromStart(chunks.slice(k, k + FILE_AHEAD_CHUNKS));
+    }
     let datas: Buffer[];
     try {
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
@@ -463,6 +480,8 @@ export class ThinFs {
       this.counters.eio++;
       this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: e }, 'read failed: object missing or corrupt, returning EIO');
       return E.EIO;
+    } finally {
+      if (waits) pf!.foregroundDone();
     }
     let filled = pos;
     for (let j = 0; j < span.length; j++) {
@@ -529,6 +548,8 @@ export class ThinFs {
       if (r > 0) {
         this.counters.opensPassthrough++;
         this.backing.record(id, key);
+        // The kernel reads this file's bytes itself from now on: recorded (and counted as prefetch hits) here.
+        if (file) this.prefetcher?.reading(file.layer.hex, this.chunksOf(file, this.readState(file)), true);
       } else this.counters.opensServed++;
       if (r < 0) this.log.warn({ nodeid: id, backing: key, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
     } finally {

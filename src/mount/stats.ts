@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinFs } from './ops.js';
+import type { Prefetcher, PrefetchCounters } from './prefetch.js';
 import type { Logger } from '../util/log.js';
 
 export interface MountStats {
@@ -13,7 +14,11 @@ export interface MountStats {
   layersLoaded: number;
   cache: NodeCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
   ops: ThinFs['counters'];
+  /** Trace replay and file-ahead fetches: hits (prefetched, then read) and waste (prefetched, not read yet). */
+  prefetch: PrefetchCounters;
 }
+
+const EMPTY_PREFETCH: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0 };
 
 /** One snapshot feeds the stats file, the /stats endpoint and the Prometheus collectors. */
 export class StatsReporter {
@@ -25,7 +30,7 @@ export class StatsReporter {
 
   constructor(private readonly fs: ThinFs, private readonly cache: NodeCache, private readonly o: {
     store: string; mountpoint: string; cacheDir: string; statsFile: string | null; log: Logger; startedAt: number;
-  }) {
+  }, private readonly prefetcher: Prefetcher | null = null) {
     collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_' });
     const snap = () => this.snapshot();
     // Counters are read from the live objects at scrape time (delta since the last scrape).
@@ -67,6 +72,10 @@ export class StatsReporter {
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
     counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
+    counter('thinfs_prefetch_fetched_total', 'Chunks prefetch (trace replay, file-ahead) brought from the store', (s) => s.prefetch.fetched);
+    counter('thinfs_prefetch_hits_total', 'Prefetched chunks a reader then asked for', (s) => s.prefetch.hits);
+    counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
+    gauge('thinfs_prefetch_waste_chunks', 'Prefetched chunks no reader has asked for (yet)', (s) => s.prefetch.waste);
     gauge('thinfs_fuse_live_nodes', 'Nodes with state in the daemon (lookups or requests the kernel has not forgotten)', (s) => s.ops.liveNodes);
     gauge('thinfs_cache_bytes', 'Bytes in the node-local chunk cache', (s) => s.cache.usedBytes);
     gauge('thinfs_cache_objects', 'Chunks in the node-local cache', (s) => s.cache.usedObjects);
@@ -82,6 +91,7 @@ export class StatsReporter {
       layersLoaded: this.fs.ns.layersLoaded,
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
       ops: { ...this.fs.counters, requests: structuredClone(this.fs.counters.requests) },
+      prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH) },
     };
   }
 
@@ -97,7 +107,7 @@ export class StatsReporter {
     if (!file) return Promise.resolve();
     const snap = this.snapshot();
     // Unchanged counters (an idle mount) cost one comparison, not a rewrite.
-    const key = JSON.stringify([snap.cache, snap.ops, snap.layersLoaded]);
+    const key = JSON.stringify([snap.cache, snap.ops, snap.layersLoaded, snap.prefetch]);
     if (key === this.lastJson) return this.writing;
     this.lastJson = key;
     this.writing = this.writing.then(async () => {

@@ -154,7 +154,7 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       let config: Buffer;
       let original = true;
       try { config = await o.store.getObject(digestHex(desc.configDigest)); } catch (e) {
-        if (!(e instanceof NotFoundError)) o.log?.warn({ image: name, err: errorMessage(e) }, 'stored config unusable; serving the descriptor\'s copy');
+        if (!(e instanceof NotFoundError)) o.log?.warn({ image: name, err: e }, 'stored config unusable; serving the descriptor\'s copy');
         config = Buffer.from(JSON.stringify(desc.config));
         original = false;
       }
@@ -196,7 +196,7 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       });
     } catch (e) {
       result.skipped.push({ name, reason: errorMessage(e) });
-      o.log?.warn({ image: name, err: errorMessage(e) }, 'image not added to the podman store');
+      o.log?.warn({ image: name, err: e }, 'image not added to the podman store');
     }
   }
 

@@ -3,7 +3,6 @@
 // not inotify: the store is often on NFS or behind HTTP, where no change events arrive.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { generatePodmanStore, type PodmanStoreOptions, type PodmanStoreResult } from './image-store.js';
-import { errorMessage } from '../util/errors.js';
 
 export interface WatchOptions extends PodmanStoreOptions {
   intervalMs: number;
@@ -37,7 +36,7 @@ export async function watchPodmanStore(o: WatchOptions): Promise<void> {
       }
     } catch (e) {
       lastListing = null; // the next poll tries again
-      o.log?.warn({ err: errorMessage(e) }, 'podman image store refresh failed; retrying');
+      o.log?.warn({ err: e }, 'podman image store refresh failed; retrying');
     }
     await sleep(o.intervalMs, undefined, { signal: o.signal }).catch(() => undefined);
   }

@@ -1,5 +1,6 @@
 import type { ObjectEvent } from './queue.js';
 import { MAX_KEY_BYTES, unsafeKeyReason } from '../s3/keys.js';
+import { WebhookError } from '../util/errors.js';
 
 /**
  * S3 event notification parsing, for both senders the publisher meets:
@@ -11,10 +12,6 @@ import { MAX_KEY_BYTES, unsafeKeyReason } from '../s3/keys.js';
  * enqueues part of itself. So is an ObjectCreated record for our bucket whose key has '.', '..' or empty
  * segments: fetched, such a key would name another bucket or prefix (src/s3/keys.ts).
  */
-
-export class WebhookError extends Error {
-  constructor(message: string) { super(message); this.name = 'WebhookError'; }
-}
 
 export interface ParsedNotification {
   /** ObjectCreated events for our bucket(s), in body order. */

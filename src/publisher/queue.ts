@@ -1,5 +1,6 @@
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import { QueueStateError } from '../util/errors.js';
 
 /**
  * Owns the publisher's persistent queue (its SQLite database is private to this module): one row per
@@ -127,11 +128,6 @@ export interface ListFilter {
   after?: number;
   limit?: number;
   order?: 'asc' | 'desc';
-}
-
-/** A transition the state machine above does not allow: the caller holds a stale row. */
-export class QueueStateError extends Error {
-  constructor(message: string) { super(message); this.name = 'QueueStateError'; }
 }
 
 export class Queue {

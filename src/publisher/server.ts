@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { errorMessage } from '../util/errors.js';
-import { parseNotification, WebhookError } from './events.js';
+import { errorMessage, HttpError, WebhookError } from '../util/errors.js';
+import { parseNotification } from './events.js';
 import { STATES, type Queue, type EnqueueResult, type ObjectEvent, type UploadRow, type UploadState } from './queue.js';
 import type { PublisherMetrics } from './metrics.js';
 import type { Logger } from '../util/log.js';
@@ -30,10 +30,6 @@ export interface PublisherApi {
   readonly lastReconcile: unknown;
   enqueue(events: ObjectEvent[]): EnqueueResult[];
   wake(): void;
-}
-
-class HttpError extends Error {
-  constructor(readonly status: number, message: string) { super(message); }
 }
 
 function send(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
@@ -145,7 +141,7 @@ export function createHttpServer(p: PublisherApi): Server {
     } catch (e) {
       if (!(e instanceof WebhookError)) throw e;
       p.metrics.webhookRequests.inc({ code: '400' });
-      p.log.warn({ err: e.message }, 'webhook refused: malformed or unsafe S3 event notification; nothing queued');
+      p.log.warn({ err: e }, 'webhook refused: malformed or unsafe S3 event notification; nothing queued');
       send(res, 400, { error: `malformed S3 event notification: ${e.message}` });
       return;
     }
@@ -241,7 +237,7 @@ export function createHttpServer(p: PublisherApi): Server {
   const server = createServer({ requestTimeout: 60_000, headersTimeout: 30_000 }, (req, res) => {
     handle(req, res).catch((e) => {
       const status = e instanceof HttpError ? e.status : 500;
-      if (status === 500) p.log.error({ err: errorMessage(e), url: req.url }, 'request failed');
+      if (status === 500) p.log.error({ err: e, url: req.url }, 'request failed');
       req.resume();
       send(res, status, { error: errorMessage(e) });
     });

@@ -6,9 +6,9 @@ import type { Server } from 'node:http';
 import type { WritableStore } from '../store/store.js';
 import { ingestTar } from '../ingest/ingest.js';
 import { isPidAlive } from '../store/owner.js';
-import { S3Client, S3Error } from '../s3/client.js';
+import { S3Client } from '../s3/client.js';
 import { unsafeKeyReason } from '../s3/keys.js';
-import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage } from '../util/errors.js';
+import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage, S3Error, TxnFailure as TxnFailureOf } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Queue, normEtag, type EnqueueResult, type ObjectEvent, type UploadRow } from './queue.js';
 import { PublisherMetrics, type FailureKind } from './metrics.js';
@@ -37,9 +37,8 @@ export interface PublisherOptions {
 }
 
 /** A transaction's failure, classified: permanent ones fail the upload, transient ones are retried. */
-class TxnFailure extends Error {
-  constructor(readonly kind: FailureKind, readonly permanent: boolean, message: string) { super(message); }
-}
+type TxnFailure = TxnFailureOf<FailureKind>;
+const TxnFailure = TxnFailureOf;
 
 export interface WorkerState { txn: string; upload: number; bucket: string; key: string; startedAt: string; fetchedBytes: number; contentLength: number | null }
 
@@ -166,7 +165,7 @@ export class Publisher implements PublisherApi {
       try {
         row = this.queue.claimNext(newTxnId);
       } catch (e) {
-        this.log.error({ err: errorMessage(e) }, 'queue read failed; retrying');
+        this.log.error({ err: e }, 'queue read failed; retrying');
         await this.idle();
         continue;
       }
@@ -238,13 +237,13 @@ export class Publisher implements PublisherApi {
         this.queue.retryLater(row.id, `attempt ${tries} failed (${f.kind}): ${f.message}`, Date.now() + delay);
         this.metrics.retries.inc();
         this.metrics.ingestSeconds.observe({ outcome: 'retry' }, seconds);
-        log.warn({ kind: f.kind, err: f.message, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
+        log.warn({ kind: f.kind, reason: f.message, err: e, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
       } else {
         const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${tries} attempts)`;
         this.queue.markFailed(row.id, reason, seconds);
         this.metrics.failures.inc({ kind: f.kind });
         this.metrics.ingestSeconds.observe({ outcome: 'failed' }, seconds);
-        log.error({ kind: f.kind, err: f.message, seconds }, 'transaction aborted and rolled back; upload failed');
+        log.error({ kind: f.kind, reason: f.message, err: e, seconds }, 'transaction aborted and rolled back; upload failed');
       }
     } finally {
       this.current = null;
@@ -304,7 +303,7 @@ export class Publisher implements PublisherApi {
       if (this.stopping) return { listed, enqueued };
       this.lastReconcile = { at: new Date().toISOString(), listed, enqueued, error: errorMessage(e) };
       this.metrics.reconcileRuns.inc({ result: 'error' });
-      this.log.warn({ err: errorMessage(e) }, 'reconcile: bucket listing failed; will try again next interval');
+      this.log.warn({ err: e }, 'reconcile: bucket listing failed; will try again next interval');
       throw e;
     }
   }

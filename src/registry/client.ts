@@ -4,8 +4,7 @@ import { createHash } from 'node:crypto';
 import { rootCertificates } from 'node:tls';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../util/log.js';
-import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage } from '../util/errors.js';
-import { AuthError, RegistryError } from './errors.js';
+import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage, AuthError, RegistryError } from '../util/errors.js';
 import { parseChallenges, basicHeader, findCredentials, type Credentials, type Challenge } from './auth.js';
 import { apiHost, type ImageReference } from './reference.js';
 import { MANIFEST_ACCEPT } from './media.js';
@@ -177,7 +176,7 @@ export class RegistryClient {
         if (attempt < retries && isRetryableNetworkError(e)) {
           this.stats.retries++;
           const wait = backoffMs(attempt);
-          this.log?.warn({ url: target, err: errorMessage(e), attempt: attempt + 1, wait }, 'registry request failed, retrying');
+          this.log?.warn({ url: target, err: e, attempt: attempt + 1, wait }, 'registry request failed, retrying');
           await sleep(wait);
           continue;
         }
@@ -360,7 +359,7 @@ export class RegistryClient {
         if (attempt < this.retries && isRetryableNetworkError(e)) {
           this.stats.resumes++;
           const wait = backoffMs(attempt);
-          this.log?.warn({ digest, offset, err: errorMessage(e), wait }, 'blob download interrupted, resuming');
+          this.log?.warn({ digest, offset, err: e, wait }, 'blob download interrupted, resuming');
           await sleep(wait);
           continue;
         }

@@ -3,9 +3,9 @@ import { request, Agent, type Dispatcher } from 'undici';
 import { Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { ThinfsError, BadInputError, EXIT } from '../util/errors.js';
+import { ThinfsError, BadInputError, EXIT, S3Error, TransientError } from '../util/errors.js';
 import { encodeKey, unsafeBucketReason, unsafeKeyReason } from './keys.js';
-import { TransientError, isRetryableStatus, retryAfterMs, withRetry } from '../util/retry.js';
+import { isRetryableStatus, retryAfterMs, withRetry } from '../util/retry.js';
 
 /**
  * A small S3 client: SigV4 (aws4) over undici, streaming bodies both ways, so layer tarballs of any
@@ -68,16 +68,6 @@ export interface PutObjectOptions {
   contentType?: string;
   metadata?: Record<string, string>;
   signal?: AbortSignal;
-}
-
-/** An S3 error response, with the service's code (NoSuchKey, AccessDenied, SignatureDoesNotMatch...). */
-export class S3Error extends ThinfsError {
-  constructor(readonly status: number, readonly s3Code: string, message: string, readonly resource: string) {
-    super(`S3 ${s3Code || status} on ${resource}: ${message}`,
-      status === 403 || status === 401 ? EXIT.AUTH : status === 404 ? EXIT.NOT_FOUND : EXIT.FAILURE,
-      status === 404 ? 'ENOENT' : 'ES3');
-    this.name = 'S3Error';
-  }
 }
 
 function unquote(etag: string | undefined | null): string {

@@ -31,11 +31,17 @@ export function parseCodec(name: string): Codec {
   return c;
 }
 
-export function encodeObject(data: Uint8Array, codec: Codec = Codec.Zstd): Buffer {
+/**
+ * Catalogs are fetched before a container's first byte and written once per layer: compressed hard (measured on a
+ * 1751-entry layer: 0.35 of the size at level 1, 0.25 at 19). Big ones less hard, so ingest stays bounded.
+ */
+export function catalogLevel(size: number): number { return size <= 64 << 20 ? 19 : 9; }
+
+export function encodeObject(data: Uint8Array, codec: Codec = Codec.Zstd, level = ZSTD_LEVEL): Buffer {
   let payload: Uint8Array = data;
   let used = Codec.None;
   if (codec !== Codec.None && data.length >= 64) {
-    const c = codec === Codec.Zstd ? zstd.compress(data, { compressionLevel: ZSTD_LEVEL }) : deflateRawSync(data, { level: 1 });
+    const c = codec === Codec.Zstd ? zstd.compress(data, { compressionLevel: level }) : deflateRawSync(data, { level: 1 });
     // Incompressible data (already-compressed files) is stored raw: readers skip a pointless decode.
     if (c.length < data.length - (data.length >> 5)) { payload = c; used = codec; }
   }

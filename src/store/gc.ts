@@ -39,12 +39,14 @@ async function mark(store: WritableStore, ids: string[], live: Set<string>, brok
 }
 
 async function markImages(store: WritableStore, live: Set<string>): Promise<void> {
-  // Image configs are kept as objects (docker2thin re-uses them instead of downloading again), and
-  // registry manifests (the podman image store serves them byte for byte).
+  // Image configs are kept as objects (docker2thin re-uses them instead of downloading again),
+  // registry manifests (the podman image store serves them byte for byte) and prefetch traces.
   for (const name of await store.listImages()) {
     const img = await store.getImage(name).catch(() => null);
     if (img?.configDigest?.startsWith('sha256:')) live.add(img.configDigest.slice(7));
     if (img?.manifestDigest?.startsWith('sha256:')) live.add(img.manifestDigest.slice(7));
+    // A prefetch trace lives as long as a descriptor names it.
+    if (typeof img?.trace?.sha256 === 'string') live.add(img.trace.sha256);
   }
 }
 

@@ -1,8 +1,8 @@
 import type { Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import type { Backend, ReadOptions } from './backend.js';
-import { IntegrityError, ThinfsError, EXIT } from '../util/errors.js';
-import { TransientError, isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry, RetryDeadlineError } from '../util/retry.js';
+import { IntegrityError, NotFoundError, ProxyError, RetryDeadlineError, ThinfsError, TransientError, EXIT } from '../util/errors.js';
+import { isRetryableNetworkError, isRetryableStatus, retryAfterMs, withRetry } from '../util/retry.js';
 
 /**
  * A store served as static files by any web server, through any HTTP caches (the CernVM-FS Stratum-1
@@ -58,10 +58,6 @@ function isMutable(rel: string): boolean {
 
 /** A mirror or proxy with its failure state. */
 interface Peer { url: string; failures: number; avoidUntil: number }
-
-class NotFoundAnswer extends Error {}
-/** A failure to blame on the proxy (cannot reach it, or it refused us), not the host behind it. */
-class ProxyFault extends TransientError {}
 
 export interface HttpCounters { requests: number; failovers: number; hostFailures: number; proxyFailures: number; notModified: number }
 
@@ -144,10 +140,10 @@ export class HttpBackend implements Backend {
               if (proxy) { proxy.failures = 0; proxy.avoidUntil = 0; }
               return r;
             } catch (e) {
-              if (e instanceof NotFoundAnswer) { notFound++; break; }
+              if (e instanceof NotFoundError) { notFound++; break; } // this mirror lacks it: try the next
               if (signal.aborted && !(e instanceof ThinfsError)) throw signal.reason;
               lastErr = e;
-              if (e instanceof ProxyFault && proxy) { this.counters.proxyFailures++; this.fail(proxy); continue; }
+              if (e instanceof ProxyError && proxy) { this.counters.proxyFailures++; this.fail(proxy); continue; }
               // Wrong bytes (an object's hash, a manifest's signature or named hash): this mirror's failure.
               if (e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) integrity = e;
               this.counters.hostFailures++;
@@ -189,7 +185,7 @@ export class HttpBackend implements Backend {
       });
     } catch (e) {
       // Not reaching the proxy (or it dropping us before answering) is the proxy's failure.
-      if (proxy && isRetryableNetworkError(e)) throw new ProxyFault(`proxy ${proxy.url}: ${(e as Error).message}`);
+      if (proxy && isRetryableNetworkError(e)) throw new ProxyError(`proxy ${proxy.url}: ${(e as Error).message}`);
       throw isRetryableNetworkError(e) ? new TransientError(`GET ${url}: ${(e as Error).message}`) : e;
     }
     const body = res.body as unknown as Readable;
@@ -197,10 +193,10 @@ export class HttpBackend implements Backend {
     body.on('error', () => {});
     const status = res.statusCode;
     if (status === 304 && etag) { body.destroy(); this.counters.notModified++; return { data: null, etag, notModified: true }; }
-    if (status === 404) { body.destroy(); throw new NotFoundAnswer(); }
+    if (status === 404) { body.destroy(); throw new NotFoundError(`GET ${url}: HTTP 404`); }
     if (status !== 200) {
       body.destroy();
-      if (proxy && (status === 407 || status === 403)) throw new ProxyFault(`proxy ${proxy.url} refused GET ${url}: HTTP ${status}`);
+      if (proxy && (status === 407 || status === 403)) throw new ProxyError(`proxy ${proxy.url} refused GET ${url}: HTTP ${status}`);
       if (isRetryableStatus(status)) throw new TransientError(`GET ${url}: HTTP ${status}`, status === 429 || status === 503 ? retryAfterMs(res.headers['retry-after'], 0) || undefined : undefined);
       throw new TransientError(`GET ${url}: HTTP ${status}`);
     }

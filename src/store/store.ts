@@ -13,7 +13,7 @@ import type { ThinImage } from '../format/descriptor.js';
 import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
-import { digestHex, isHash } from '../util/hash.js';
+import { digestHex, isDigest } from '../util/hash.js';
 import { layerLockHeld, withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
 import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
@@ -118,7 +118,7 @@ export class Store {
   async listLayers(): Promise<string[]> {
     if (this.trust?.current) return Object.keys(this.trust.current.layers).sort().map((h) => `sha256:${h}`);
     // A file there whose name is not a digest is no layer (and its name, untrusted bytes, must not reach a report).
-    return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json') && isHash(n.slice(0, -5))).map((n) => `sha256:${n.slice(0, -5)}`);
+    return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json') && isDigest(`sha256:${n.slice(0, -5)}`)).map((n) => `sha256:${n.slice(0, -5)}`);
   }
 
   /** An image descriptor, refused unless it describes the image asked for. */
@@ -207,14 +207,20 @@ export class WritableStore extends Store {
    * re-conversion needs no download, and a concurrent gc cannot take the config between the two writes).
    * Descriptors are small and replaced whole; last writer wins, never a torn file.
    */
-  /** The descriptor with the objects it names: the image config and (when known) the registry's manifest bytes. */
-  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer }): Promise<void> {
+  /**
+   * The descriptor with the objects it names: the image config, (when known) the registry's manifest bytes, and others
+   * (a prefetch trace).
+   */
+  async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer },
+    objects: Array<{ hex: string; data: Buffer }> = []): Promise<void> {
     // The signing key is loaded first: a bad key refuses the write before anything is published.
     const signing = await writerSigningOptions();
     const txn = this.beginTxn('image');
     try {
       if (config) await txn.put(config.hex, config.data);
       if (manifest) await txn.put(manifest.hex, manifest.data);
+      // Other objects the descriptor names (a prefetch trace): in place before it is.
+      for (const o of objects) await txn.put(o.hex, o.data);
       await txn.commitObjects(() => atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', txn.dir));
     } catch (e) { await txn.abort(); throw e; }
     await republishManifest(this.root, { ...signing, log: writerLog });

@@ -166,17 +166,20 @@ export class Txn {
     this.ready.catch(() => undefined);
   }
 
-  /** Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. */
-  async put(hash: string, data: Uint8Array): Promise<boolean> {
+  /**
+   * Store `data` under its hash unless the store (or this txn) already has it. Returns true if new. `level`: a zstd
+   * level of its own (catalogs), written here rather than by the pool.
+   */
+  async put(hash: string, data: Uint8Array, level?: number): Promise<boolean> {
     if (this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash)) return false;
     this.staged.add(hash);
     await this.ready;
     let size: number;
     try {
       const existing = join(this.store.root, objectPath(hash));
-      size = this.pool
+      size = this.pool && level === undefined
         ? await this.pool.write(existing, join(this.dir, hash), data, this.codec)
-        : await stageObject(existing, join(this.dir, hash), data, this.codec);
+        : await stageObject(existing, join(this.dir, hash), data, this.codec, level);
     } catch (e) {
       this.staged.delete(hash);
       throw e;

@@ -1,13 +1,12 @@
 import { createHash } from 'node:crypto';
 
-export const HASH_HEX_LEN = 64;
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export function sha256hex(data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-export function isHash(s: string): boolean {
+function isHash(s: string): boolean {
   return HEX64.test(s);
 }
 

@@ -3,7 +3,7 @@
  * another attempt, how long to wait between attempts (exponential backoff with full jitter), and
  * `withRetry`, which runs an operation under a per-attempt and a total deadline.
  */
-import { ThinfsError } from './errors.js';
+import { ThinfsError, TransientError, AttemptTimeoutError, RetryDeadlineError } from './errors.js';
 
 /** Errors worth retrying: the network or the server hiccuped, not a refusal. */
 const RETRYABLE_CODES = new Set([
@@ -11,19 +11,6 @@ const RETRYABLE_CODES = new Set([
   'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
   'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_ABORTED',
 ]);
-
-/** A failure that another attempt may not see (a 5xx, a cut transfer); optionally with the server's Retry-After. */
-export class TransientError extends ThinfsError {
-  constructor(message: string, readonly retryAfterMs?: number) {
-    super(message, 1, 'ETRANSIENT');
-    this.name = 'TransientError';
-  }
-}
-
-/** An attempt that ran past its own deadline (the operation as a whole may still be retried). */
-class AttemptTimeoutError extends TransientError {
-  constructor(message: string) { super(message); this.name = 'AttemptTimeoutError'; }
-}
 
 export function isRetryableNetworkError(e: unknown): boolean {
   let cur: unknown = e;
@@ -95,11 +82,6 @@ export interface AttemptContext {
   signal: AbortSignal;
   /** Epoch ms after which the whole operation gives up. */
   deadline: number;
-}
-
-/** Thrown when the total deadline passed; `cause` is the last attempt's error. */
-export class RetryDeadlineError extends ThinfsError {
-  constructor(message: string, override readonly cause?: unknown) { super(message, 1, 'ETIMEDOUT'); this.name = 'RetryDeadlineError'; }
 }
 
 /**

@@ -14,6 +14,7 @@ interface MountCli extends HttpCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
   readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
   allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
+  record?: string; prefetchParallel: string; fileAhead: boolean;
 }
 
 function refreshMs(s: string): number {
@@ -43,6 +44,9 @@ export function registerMountCommands(program: Command): void {
     .option('--ready-file <file>', 'write {"pid",...} JSON here once the mount is serving (removed at exit)')
     .option('--podman-store <dir>', 'also keep a podman image store over this mount in <dir> (as `thinfs podman-store --watch`); see `thinfs podman-conf`')
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
+    .option('--record <file>', 'record the chunks read, in first-read order, as a prefetch trace written to <file> at unmount (and on SIGUSR2); attach it with `thinfs trace attach`')
+    .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start)', '8')
+    .option('--no-file-ahead', 'do not fetch the rest of a file read from its start ahead of the reader')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
@@ -95,6 +99,9 @@ Examples:
         metricsPort,
         readyFile: o.readyFile ? resolve(o.readyFile) : null,
         prefetch: o.prefetch ? resolve(o.prefetch) : null,
+        record: o.record ? resolve(o.record) : null,
+        prefetchParallel: Math.max(1, parseCount(o.prefetchParallel, '--prefetch-parallel')),
+        fileAhead: o.fileAhead,
         maxRead: parseSize(o.maxRead, '--max-read'),
         readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),

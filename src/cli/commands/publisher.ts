@@ -105,7 +105,7 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
           log.info({ signal: sig }, 'signal received');
           process.off('SIGTERM', onSignal);
           process.off('SIGINT', onSignal);
-          pub.stop(num(o.shutdownTimeout, 'shutdown-timeout', 0) * 1000).then(res, (e) => { log.error({ err: String(e) }, 'shutdown failed'); res(); });
+          pub.stop(num(o.shutdownTimeout, 'shutdown-timeout', 0) * 1000).then(res, (e) => { log.error({ err: e }, 'shutdown failed'); res(); });
         };
         process.on('SIGTERM', onSignal);
         process.on('SIGINT', onSignal);

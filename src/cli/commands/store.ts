@@ -105,7 +105,13 @@ export function registerStoreCommands(program: Command): void {
       const store = o.init ? await WritableStore.init(o.store) : await WritableStore.openDir(o.store);
       const log = createLogger('ingest', process.env.THINFS_LOG_LEVEL ?? 'warn');
       const input = layer === '-' ? process.stdin : layer;
-      const r = await ingestTar(input, store, { codec, blobDigest: o.blobDigest, expectDiffId: o.diffId, source: layer, progress: o.progress, log });
+      // Ctrl-C / SIGTERM: roll the transaction back and exit 130 (InterruptedError) instead of dying mid-write.
+      const ac = new AbortController();
+      const onSignal = () => ac.abort();
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      const r = await ingestTar(input, store, { codec, blobDigest: o.blobDigest, expectDiffId: o.diffId, source: layer, progress: o.progress, log, signal: ac.signal })
+        .finally(() => { process.off('SIGINT', onSignal); process.off('SIGTERM', onSignal); });
       const s = r.stats;
       if (o.json) {
         process.stdout.write(JSON.stringify({ diffId: r.manifest.diffId, blobDigest: r.blobDigest, catalog: r.manifest.catalog, published: r.published,

@@ -1,0 +1,164 @@
+// Fetching ahead of the process: replay of an image's recorded trace (the chunks a start-up read first, in that order),
+// the rest of a file read from its start, and the recorder that writes such traces (`thinfs mount --record`).
+// Every speculative fetch goes through one bounded queue; foreground reads never queue here, and while one waits on the
+// store the queue runs at half width, so prefetch cannot take the link from the process it is meant to help.
+import type { NodeCache } from '../cache/node-cache.js';
+import type { ThinImage } from '../format/descriptor.js';
+import { encodeTrace, parseTrace, parseTraceRef, type TraceChunk } from '../format/trace.js';
+import type { Logger } from '../util/log.js';
+import { LRUCache } from 'lru-cache';
+
+export interface PrefetchCounters {
+  /** Images whose trace was replayed / whose trace was ignored (missing, corrupt, malformed). */
+  traces: number; traceErrors: number;
+  /** Chunks queued from traces and from files read from their start. */
+  traceChunks: number; fileChunks: number;
+  /** Chunks prefetch brought from the store; of them, read later (hits) and not read yet (waste). */
+  fetched: number; hits: number; waste: number;
+  /** Prefetch fetches that failed (the reader will see the error itself, if it gets there). */
+  errors: number;
+  /** Speculative fetches waiting / in flight now. */
+  queued: number; inflight: number;
+  /** Traces whose every chunk has been handled. */
+  tracesDone: number;
+}
+
+interface Job { hash: string; size: number }
+
+export interface PrefetchOptions {
+  /** Speculative store fetches in flight at once. */
+  parallel: number;
+  /** Fetch the rest of a multi-chunk file when it is read from offset 0. */
+  fileAhead: boolean;
+}
+
+export class Prefetcher {
+  readonly counters: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0 };
+  /** File-ahead jobs go before trace jobs: a file being read now is surer than a recorded guess. */
+  private readonly fileQ: Job[] = [];
+  private readonly traceQ: Array<Job & { done?: () => void }> = [];
+  private readonly queuedSet = new Set<string>();
+  /** Chunks prefetch brought that no reader has asked for yet. */
+  private readonly brought = new Set<string>();
+  private fgWaiting = 0;
+  private readonly replayed = new Set<string>();
+  private readonly recorded: TraceChunk[] | null;
+  /**
+   * Chunks readers have asked for lately: not prefetched again, and told apart from what prefetch brought. Bounded
+   * (a daemon reads for months); the chunks a recording saw are kept apart, in full.
+   */
+  private readonly asked = new LRUCache<string, true>({ max: 1 << 16 });
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly cache: NodeCache, private readonly log: Logger, private readonly o: PrefetchOptions & { record: boolean }) {
+    this.recorded = o.record ? [] : null;
+  }
+
+  /**
+   * A reader asked for these chunks (through `layer`): recorded in first-read order when recording, counted as hits
+   * when prefetch brought them. A file opened with passthrough is read by the kernel from its local copy, never asking
+   * us: all its chunks count as read at that open. Returns whether the read must wait on the store (then call foregroundDone after).
+   */
+  reading(layer: string, chunks: Array<{ hash: string; size: number }>, passthrough = false): boolean {
+    let cold = false;
+    for (const c of chunks) {
+      this.asked.set(c.hash, true);
+      if (this.recorded && !this.seen.has(c.hash)) { this.seen.add(c.hash); this.recorded.push({ layer, hash: c.hash, size: c.size }); }
+      if (this.brought.delete(c.hash)) { this.counters.hits++; this.counters.waste--; }
+      if (!cold && !this.cache.isLocal(c.hash)) cold = true;
+    }
+    if (cold && !passthrough) this.fgWaiting++;
+    return cold && !passthrough;
+  }
+
+  foregroundDone(): void { this.fgWaiting--; this.pump(); }
+
+  /** A multi-chunk file is being read from its start: fetch the rest of it now, in parallel, behind foreground reads. */
+  fileFromStart(chunks: Array<{ hash: string; size: number }>): void {
+    if (!this.o.fileAhead) return;
+    for (const c of chunks) {
+      if (this.queuedSet.has(c.hash) || this.cache.isLocal(c.hash)) continue;
+      this.queuedSet.add(c.hash);
+      this.fileQ.push({ hash: c.hash, size: c.size });
+      this.counters.fileChunks++;
+    }
+    this.pump();
+  }
+
+  /**
+   * An image was first touched: fetch its trace object and queue the traced chunks in first-read order. A trace that
+   * is missing, corrupt or malformed is ignored with a warning; the image works as without one.
+   */
+  async replay(desc: ThinImage): Promise<void> {
+    if (desc.trace === undefined) return;
+    // Concurrent first lookups may both make the image: its trace is replayed once.
+    const key = `${desc.name}@${JSON.stringify(desc.trace)}`;
+    if (this.replayed.has(key)) return;
+    this.replayed.add(key);
+    let chunks: TraceChunk[];
+    try {
+      const ref = parseTraceRef(desc.trace, `image ${desc.name}: trace`)!;
+      chunks = parseTrace(await this.cache.get(ref.sha256, ref.size), `image ${desc.name}: trace object ${ref.sha256}`).chunks;
+    } catch (e) {
+      this.counters.traceErrors++;
+      this.log.warn({ image: desc.name, err: e }, 'prefetch trace ignored: cannot load it');
+      return;
+    }
+    // Only chunks read through this image's own layers: a trace cannot make a node fetch unrelated objects.
+    const layers = new Set(desc.layers.map((l) => l.diffId.replace(/^sha256:/, '')));
+    const jobs = chunks.filter((c) => layers.has(c.layer));
+    this.counters.traces++;
+    this.log.info({ image: desc.name, chunks: jobs.length, ignored: chunks.length - jobs.length }, 'replaying prefetch trace');
+    let left = 0;
+    const finished = new Promise<void>((r) => {
+      const done = () => { if (--left === 0) r(); };
+      for (const c of jobs) {
+        if (this.queuedSet.has(c.hash) || this.cache.isLocal(c.hash)) continue;
+        this.queuedSet.add(c.hash);
+        left++;
+        this.traceQ.push({ hash: c.hash, size: c.size, done });
+        this.counters.traceChunks++;
+      }
+      if (left === 0) r();
+    });
+    this.pump();
+    await finished;
+    this.counters.tracesDone++;
+    this.log.info({ image: desc.name, ...this.counters }, 'prefetch trace replayed');
+  }
+
+  private pump(): void {
+    // Half width while a reader waits on the store: the reader's request is never stuck behind a full queue.
+    const width = this.fgWaiting > 0 ? Math.max(1, this.o.parallel >> 1) : this.o.parallel;
+    while (this.counters.inflight < width) {
+      const j = this.fileQ.shift() ?? this.traceQ.shift();
+      if (!j) break;
+      this.run(j);
+    }
+    this.counters.queued = this.fileQ.length + this.traceQ.length;
+  }
+
+  private run(j: Job & { done?: () => void }): void {
+    // A reader got there first (it has the chunk or is fetching it): nothing for prefetch to bring.
+    if (this.asked.has(j.hash) || this.cache.isLocal(j.hash)) { this.queuedSet.delete(j.hash); j.done?.(); return; }
+    this.counters.inflight++;
+    this.cache.get(j.hash, j.size).then(() => {
+      this.counters.fetched++;
+      // A reader that asked while the fetch ran joined it: a hit already; otherwise waste until someone reads it.
+      if (this.asked.has(j.hash)) this.counters.hits++;
+      else { this.brought.add(j.hash); this.counters.waste++; }
+    }, (e: unknown) => {
+      this.counters.errors++;
+      this.log.warn({ object: j.hash, err: e }, 'prefetch of a chunk failed');
+    }).finally(() => {
+      this.counters.inflight--;
+      this.queuedSet.delete(j.hash);
+      j.done?.();
+      this.pump();
+    });
+  }
+
+  /** The recorded trace (first-read order), encoded; null when not recording. */
+  traceBytes(): Buffer | null { return this.recorded ? encodeTrace(this.recorded) : null; }
+  get recordedChunks(): number { return this.recorded?.length ?? 0; }
+}

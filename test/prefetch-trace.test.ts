@@ -1,0 +1,186 @@
+// Issue 14, acceptance 3: a trace recorded on a first run (`thinfs mount --record`), attached to an image
+// (`thinfs trace attach`) and replayed on a fresh node: the traced chunks are local before the process reads them
+// (no store fetch when it does), counted as prefetch hits; a corrupt or missing trace object is a warning, never fatal.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { cleanupTmpDirs, sha256, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { makeLayer, pseudoRandom } from './helpers/layers.js';
+import { putTestImage } from './helpers/descriptor.js';
+import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { objectPath } from '../src/store/layout.js';
+import { Store } from '../src/store/store.js';
+import { encodeImageDirName } from '../src/mount/names.js';
+import { parseTrace } from '../src/format/trace.js';
+
+const IMAGE = 'app:v1';
+let work: string;
+let store: string;
+let layerHex: string;
+const files: Array<{ rel: string; sha: string }> = [];
+/** Files the workload reads (the rest of the layer is never read). */
+const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'bin/tool', 'share/big.dat'];
+const mounts: Mounted[] = [];
+
+interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number; fileChunks: number; inflight: number; queued: number }
+type Stats = Awaited<ReturnType<Mounted['stats']>> & { prefetch: PrefetchStats };
+
+async function mount(name: string, extra: string[] = []): Promise<Mounted> {
+  const m = await mountStore(store, path.join(work, `mnt-${name}`), { cacheDir: path.join(work, `cache-${name}`), extra });
+  mounts.push(m);
+  return m;
+}
+
+async function stop(m: Mounted): Promise<void> {
+  const code = await m.stop();
+  mounts.splice(mounts.indexOf(m), 1);
+  assert.equal(code, 0, `daemon exits 0\n${m.stderr().slice(-2000)}`);
+}
+
+const rootfs = (m: Mounted) => path.join(m.mp, 'images', encodeImageDirName(IMAGE), 'rootfs');
+const stats = async (m: Mounted) => (await m.stats()) as Stats;
+
+/** The workload: reads the touched files through the image, checking their bytes. */
+async function workload(m: Mounted): Promise<void> {
+  for (const rel of TOUCHED) {
+    const want = files.find((f) => f.rel === rel)!.sha;
+    assert.equal(sha256(await fsp.readFile(path.join(rootfs(m), rel))), want, rel);
+  }
+}
+
+async function traceObject(): Promise<string> {
+  const d = (await (await Store.open(store)).getImage(IMAGE))!;
+  assert.ok(d.trace, 'the descriptor names a trace');
+  return path.join(store, objectPath(d.trace.sha256));
+}
+
+describe('trace-driven prefetch', { timeout: 300_000 }, () => {
+  before(async () => {
+    work = await tmpDir('thinfs-trace-');
+    store = path.join(work, 'store');
+    await thinfsOk(['init', store]);
+    const l = await makeLayer(work, 'app', async (dir) => {
+      const add = async (rel: string, data: Buffer) => {
+        await fsp.mkdir(path.dirname(path.join(dir, rel)), { recursive: true });
+        await fsp.writeFile(path.join(dir, rel), data);
+        files.push({ rel, sha: sha256(data) });
+      };
+      await add('lib/a.so', pseudoRandom(3 << 20, 'a.so'));
+      for (let i = 0; i < 6; i++) await add(`lib/mod/m${i}.py`, pseudoRandom(150_000 + i * 1000, `m${i}`));
+      await add('bin/tool', pseudoRandom(400_000, 'tool'));
+      await add('share/big.dat', pseudoRandom(6 << 20, 'big'));
+      await add('share/unused.dat', pseudoRandom(2 << 20, 'unused'));
+    });
+    const r = await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', store, '--json', '--no-progress']);
+    layerHex = r.diffId.slice(7);
+    await putTestImage(store, IMAGE, [layerHex]);
+  });
+  after(async () => {
+    for (const m of mounts.splice(0)) { await m.stop().catch(() => {}); await forceUnmount(m.mp); }
+    await cleanupTmpDirs();
+  });
+
+  it('records a trace, attaches it, and replays it ahead of the process on a fresh node', async () => {
+    const traceFile = path.join(work, 'app.trace');
+    const first = await mount('record', ['--record', traceFile, '--no-file-ahead']);
+    await workload(first);
+    const firstFetches = (await stats(first)).cache.fetches;
+    await stop(first);
+    const t = parseTrace(await fsp.readFile(traceFile));
+    assert.ok(t.chunks.length >= TOUCHED.length, `every touched file's chunks recorded (${t.chunks.length})`);
+    // The first run fetched every chunk it read, and the catalog: the trace is exactly those chunks.
+    assert.equal(t.chunks.length, firstFetches - 1);
+
+    const att = await thinfsJson<{ chunks: number; trace: { sha256: string } }>(['trace', 'attach', '-s', store, IMAGE, traceFile, '--json']);
+    assert.equal(att.chunks, t.chunks.length);
+    assert.ok(await fsp.stat(await traceObject()), 'the trace is an object in the store');
+    // gc keeps it while the descriptor names it (no grace period to hide behind).
+    await thinfsOk(['gc', '-s', store, '--grace', '0']);
+    assert.ok(await fsp.stat(await traceObject()), 'gc kept the trace object');
+
+    // A fresh node (empty cache), file-ahead off: only the trace can bring chunks before they are read.
+    const m = await mount('replay', ['--no-file-ahead']);
+    await fsp.readdir(rootfs(m)); // first touch of the image
+    const s = (await waitFor(async () => { const x = await stats(m); return x.prefetch.tracesDone === 1 ? x : undefined; }, 60_000, 50, 'trace replayed'))!;
+    assert.equal(s.prefetch.traces, 1, JSON.stringify(s.prefetch) + m.stderr().slice(-3000));
+    assert.equal(s.prefetch.fetched, t.chunks.length, 'every traced chunk fetched before the process read anything');
+    assert.equal(s.ops.reads, 0, 'nothing read yet');
+    const before = s.cache.fetches;
+    await workload(m);
+    const after2 = await stats(m);
+    assert.equal(after2.cache.fetches, before, 'the workload fetched nothing: its chunks were already local');
+    assert.equal(after2.prefetch.hits, t.chunks.length, 'every prefetched chunk was read: all hits');
+    assert.equal(after2.prefetch.waste, 0);
+    const metrics = await m.metrics();
+    assert.match(metrics, new RegExp(`thinfs_prefetch_hits_total ${t.chunks.length}\\b`));
+    assert.match(metrics, /thinfs_prefetch_waste_chunks 0\b/);
+    await stop(m);
+
+    // Without the trace (control): the same workload on a fresh node fetches as it reads.
+    await thinfsOk(['trace', 'detach', '-s', store, IMAGE]);
+    const plain = await mount('plain', ['--no-file-ahead']);
+    await fsp.readdir(rootfs(plain));
+    const b0 = (await stats(plain)).cache.fetches;
+    await workload(plain);
+    assert.equal((await stats(plain)).cache.fetches - b0, t.chunks.length, 'without a trace every chunk is fetched when read');
+    await stop(plain);
+    await thinfsOk(['trace', 'attach', '-s', store, IMAGE, traceFile]);
+  });
+
+  it('a file read sequentially from its start has the rest of its chunks fetched ahead, in parallel (file-ahead)', async () => {
+    const fetched = async (m: Mounted) => (await m.stats()).cache.fetches - 1; // minus the catalog
+    const big = files.find((f) => f.rel === 'share/big.dat')!;
+    const file = (m: Mounted) => path.join(m.mp, 'layers', layerHex, 'share/big.dat');
+    /** The first 2 MiB of the 6 MiB file, 64 KiB at a time, as a copy would. */
+    const readHead = async (m: Mounted) => {
+      const fh = await fsp.open(file(m), 'r');
+      try { for (let off = 0; off < 2 << 20; off += 65536) await fh.read(Buffer.alloc(65536), 0, 65536, off); } finally { await fh.close(); }
+    };
+    // Control: without file-ahead, the head of the file fetches only the chunks the kernel asked for.
+    const off = await mount('noahead', ['--no-file-ahead']);
+    await readHead(off);
+    await new Promise((r) => setTimeout(r, 500));
+    const partial = await fetched(off);
+    assert.equal(sha256(await fsp.readFile(file(off))), big.sha);
+    const total = await fetched(off);
+    assert.ok(partial < total, `the head alone needs fewer chunks (${partial} of ${total})`);
+    await stop(off);
+
+    const on = await mount('ahead');
+    await readHead(on);
+    const s = (await waitFor(async () => { const x = await stats(on); return x.prefetch.fileChunks > 0 && x.prefetch.inflight === 0 && x.prefetch.queued === 0 ? x : undefined; }, 30_000, 50, 'file-ahead done'))!;
+    assert.equal(s.cache.fetches - 1, total, 'every chunk of the file fetched after reading its head');
+    // The kernel's own readahead may already have read some of them (hits); the rest is waste until read.
+    assert.ok(s.prefetch.fetched > 0 && s.prefetch.waste > 0 && s.prefetch.hits + s.prefetch.waste === s.prefetch.fetched, JSON.stringify(s.prefetch));
+    assert.equal(sha256(await fsp.readFile(file(on))), big.sha);
+    const after2 = await stats(on);
+    assert.equal(after2.cache.fetches, s.cache.fetches, 'the rest of the file was already local');
+    assert.equal(after2.prefetch.hits, s.prefetch.fetched);
+    assert.equal(after2.prefetch.waste, 0);
+    await stop(on);
+  });
+
+  for (const damage of ['corrupt', 'missing'] as const) {
+    it(`a ${damage} trace object is ignored with a warning; the image still works`, async () => {
+      const obj = await traceObject();
+      const saved = await fsp.readFile(obj);
+      if (damage === 'corrupt') {
+        const bad = Buffer.from(saved);
+        bad[bad.length - 3]! ^= 0xff;
+        await fsp.writeFile(obj, bad);
+      } else await fsp.rm(obj);
+      try {
+        const m = await mount(`bad-${damage}`);
+        await fsp.readdir(rootfs(m));
+        const s = (await waitFor(async () => { const x = await stats(m); return x.prefetch.traceErrors === 1 ? x : undefined; }, 30_000, 50, 'trace refused'))!;
+        assert.equal(s.prefetch.traces, 0);
+        assert.equal(s.prefetch.fetched, 0);
+        assert.match(m.stderr(), /prefetch trace ignored/);
+        await workload(m);
+        assert.equal((await stats(m)).ops.eio, 0);
+        await stop(m);
+      } finally { await fsp.writeFile(obj, saved); }
+    });
+  }
+});
