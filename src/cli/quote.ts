@@ -127,6 +127,5 @@ export function quoteText(name: string): string {
 
 /** Free text that may carry untrusted names (error messages of a report): control characters shown as \ooo escapes. */
 export function escapeControls(text: string, keepNewlines = false): string {
-  // eslint-disable-next-line no-control-regex
   return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => (keepNewlines && c === '\n' ? c : '\\' + c.charCodeAt(0).toString(8).padStart(3, '0')));
 }
