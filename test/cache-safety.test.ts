@@ -210,6 +210,17 @@ describe('the cache is private to the daemon', () => {
     assert.equal((await fsp.stat(shared)).mode & 0o777, 0o755);
   });
 
+  it('a --cache-dir another user owns is refused (usage error): chmod would not keep its owner out', async () => {
+    const theirs = path.join(work, 'theirs');
+    await fsp.mkdir(theirs, { mode: 0o755 });
+    await fsp.chown(theirs, 65534, 65534); // nobody: an empty directory made for us in a shared place
+    used.add(path.join(work, 'mnt-theirs'));
+    const r = await thinfs(['mount', store, path.join(work, 'mnt-theirs'), '--cache-dir', theirs], { timeoutMs: 20_000 });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /owned by uid 65534, not by this user/);
+    assert.deepEqual(await fsp.readdir(theirs), [], 'nothing cached there');
+  });
+
   it('an existing world-readable cache (0755 dirs, 0644 files) is made private at start', async () => {
     let m = await mount('mnt-repair');
     await fill(m);

@@ -264,6 +264,44 @@ describe('thinfs ls quotes names as GNU ls does (issue 10 item 13)', () => {
   });
 });
 
+describe('names a store holds are never printed raw by other reports (issue 10 item 13)', () => {
+  it('images, layers, gc, fsck and error messages carry no control character; stray names do not break a listing', async () => {
+    const s = path.join(work, 'names-store');
+    await thinfsOk(['init', s]);
+    const src = path.join(work, 'names-reports');
+    await fsp.mkdir(src);
+    await fsp.writeFile(path.join(src, 'f'), 'x');
+    const tar = path.join(work, 'names-reports.tar');
+    await run('tar', ['-C', src, '-cf', tar, '.']);
+    await thinfsOk(['ingest', '--no-progress', '--store', s, tar]);
+    // What a hostile writer or a mirror's listing can put there: an image whose name holds escapes, a file
+    // that is no encoding of a name, a layer manifest named by no digest.
+    await fsp.writeFile(path.join(s, 'images', '%1B%5B31mevil%0A.json'), '{}');
+    await fsp.writeFile(path.join(s, 'images', '%E0%A4%A.json'), '{}');
+    await fsp.writeFile(path.join(s, 'layers', '\x1b[31mbad\n.json'), '{}');
+    const clean = (what: string, out: string) => assert.doesNotMatch(out.replace(/\n/g, ''), /\p{Cc}/u, `${what}: ${JSON.stringify(out)}`);
+    const images = await thinfs(['images', '--store', s]);
+    assert.equal(images.code, 0, images.stderr);
+    assert.equal(images.stdout, "''$'\\033''[31mevil'$'\\n'\n");
+    const layers = await thinfs(['layers', '--store', s]);
+    assert.equal(layers.code, 0, layers.stderr);
+    assert.equal(layers.stdout.trim().split('\n').length, 1, layers.stdout);
+    clean('layers', layers.stdout);
+    for (const args of [['gc', '--dry-run'], ['fsck', '--dry-run'], ['gc'], ['images', '\x1b[31mevil\n']]) {
+      const r = await thinfs([...args, '--store', s]);
+      clean(`${args.join(' ')} stdout`, r.stdout);
+      clean(`${args.join(' ')} stderr`, r.stderr);
+    }
+    // podman-store names the images it skips (JSON logs escape by themselves).
+    {
+      const r = await thinfs(['podman-store', s, path.join(work, 'names-mnt'), path.join(work, 'names-podman')], { env: { THINFS_LOG_LEVEL: 'error' } });
+      assert.match(r.stderr, /skipped/);
+      clean('podman-store stdout', r.stdout);
+      clean('podman-store stderr', r.stderr);
+    }
+  });
+});
+
 describe('decoders: child processes (igzip, zstd) and in-process agree, and refuse the same inputs (issue 15)', () => {
   let tar: Buffer;
   before(async () => {

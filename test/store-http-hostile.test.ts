@@ -172,3 +172,25 @@ test('ordered proxies: a dead proxy moves on to the next; a failed preferred mir
     assert.ok(hostile.requests.length > before2, 'after the reset time the preferred mirror is asked again');
   } finally { hostile.mode = 'ok'; await m.stop(); }
 });
+
+test('thinfs cat: a chunk refused while the previous one is still being written is a clear error, not a crash', async () => {
+  // A file of several chunks: the mirror answers the catalog and the first chunk, then floods every later
+  // object. The later chunk is fetched ahead while the first is written to a pipe that is slower than it.
+  const src = join(dir, 'src-big');
+  await mkdir(src);
+  await writeFile(join(src, 'big'), pseudoRandom(6 << 20, 'big'));
+  await runOk('tar', ['--numeric-owner', '-C', src, '-cf', join(dir, 'big.tar'), '.']);
+  const id = (await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'big.tar'), '--store', store, '--json'])).diffId;
+  const srv = await startHostileServer(store, 'oversized');
+  try {
+    let objects = 0;
+    srv.match = (rel) => rel.startsWith('data/') && ++objects > 2;
+    const r = await thinfs(['cat', '--store', srv.url, ...HTTP_FLAGS, id, '/big']);
+    assert.equal(r.code, 5, r.stderr);
+    assert.match(r.stderr, /^thinfs: error: .*bytes expected: refused$/m);
+    assert.doesNotMatch(r.stderr, /Node\.js|at async/, 'no unhandled rejection');
+    assert.ok(srv.hostile.length > 0, 'a later chunk was refused');
+  } finally {
+    await srv.close();
+  }
+});

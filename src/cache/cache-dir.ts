@@ -65,6 +65,13 @@ export class CacheDir {
       throw new UsageError(`cache directory ${this.root} holds files thinfs did not make (${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): give --cache-dir a directory of its own`);
     }
     await mkdir(this.root, { recursive: true, mode: PRIVATE_DIR });
+    // Another user's directory (or a symlink to one) stays theirs after our chmod: they could open it again, or
+    // swap our subdirectories for their own. Only a directory this user owns can be made private.
+    const st = await stat(this.root);
+    const uid = process.getuid?.();
+    if (uid !== undefined && st.uid !== uid) {
+      throw new UsageError(`cache directory ${this.root} is owned by uid ${st.uid}, not by this user (uid ${uid}): give --cache-dir a directory of your own`);
+    }
     for (const d of [this.root, this.chunks, this.files, this.trust, this.tmp, this.catalogs]) {
       await mkdir(d, { recursive: true, mode: PRIVATE_DIR });
       await chmod(d, PRIVATE_DIR).catch((e: NodeJS.ErrnoException) => {

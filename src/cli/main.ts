@@ -5,6 +5,7 @@ import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../util/errors.js';
 import { loadCommands } from './commands/index.js';
+import { escapeControls } from './quote.js';
 
 // Every subcommand lives in its own module under commands/ and registers itself here.
 export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
@@ -28,7 +29,8 @@ export async function run(argv: string[]): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
-    process.stderr.write(`thinfs: error: ${errorMessage(e)}\n`);
+    // Messages quote names from images and servers: no escape sequence reaches the terminal.
+    process.stderr.write(`thinfs: error: ${escapeControls(errorMessage(e), true)}\n`);
     // The stack is for developers (THINFS_DEBUG=1); users get the message and the exit code.
     if (process.env.THINFS_DEBUG) process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
     if (e instanceof ThinfsError) return e.exitCode;

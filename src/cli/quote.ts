@@ -119,3 +119,13 @@ export function quoteName(name: Buffer, style: QuotingStyle): Buffer {
     }
   }
 }
+
+/** An untrusted name (image, layer) for a report line: shell-escape quoted, as `thinfs ls` prints names by default. */
+export function quoteText(name: string): string {
+  return quoteName(Buffer.from(name), 'shell-escape').toString('utf8');
+}
+
+/** Free text that may carry untrusted names (error messages of a report): control characters shown as \ooo escapes. */
+export function escapeControls(text: string, keepNewlines = false): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => (keepNewlines && c === '\n' ? c : '\\' + c.charCodeAt(0).toString(8).padStart(3, '0')));
+}

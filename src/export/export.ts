@@ -12,12 +12,19 @@ export async function* fileContent(store: Store, catalog: CatalogReader, inode: 
   if (inode.inline) { yield inode.inline; return; }
   let pos = 0;
   const chunks = catalog.chunks(inode.ino);
-  // Fetch one chunk ahead so store latency overlaps with writing.
-  let next = chunks.length ? store.getObject(chunks[0]!.hash, chunks[0]!.size) : null;
+  // Fetch one chunk ahead so store latency overlaps with writing. Its failure is seen at its await; until then
+  // (the consumer writing the previous chunk, or gone) it must not count as an unhandled rejection.
+  const ahead = (k: number): Promise<Buffer> | null => {
+    if (k >= chunks.length) return null;
+    const p = store.getObject(chunks[k]!.hash, chunks[k]!.size);
+    p.catch(() => {});
+    return p;
+  };
+  let next = ahead(0);
   for (let i = 0; i < chunks.length; i++) {
     const c = chunks[i]!;
     const data = await next!;
-    next = i + 1 < chunks.length ? store.getObject(chunks[i + 1]!.hash, chunks[i + 1]!.size) : null;
+    next = ahead(i + 1);
     for (; pos < c.offset;) { const n = Math.min(1 << 20, c.offset - pos); yield Buffer.alloc(n); pos += n; }
     yield data;
     pos += data.length;

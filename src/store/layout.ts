@@ -20,7 +20,9 @@ function imageFileName(name: string): string {
   return encodeURIComponent(name).replace(/\./g, '%2E') + '.json';
 }
 export function imageNameFromFile(file: string): string | null {
-  return file.endsWith('.json') ? decodeURIComponent(file.slice(0, -5)) : null;
+  if (!file.endsWith('.json')) return null;
+  // A stray file whose name is not our encoding is no image: skipped, not a failure of the whole listing.
+  try { return decodeURIComponent(file.slice(0, -5)); } catch { return null; }
 }
 export function imagePath(name: string): string {
   return `${IMAGES_DIR}/${imageFileName(name)}`;

@@ -13,7 +13,7 @@ import type { ThinImage } from '../format/descriptor.js';
 import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
-import { digestHex } from '../util/hash.js';
+import { digestHex, isDigest } from '../util/hash.js';
 import { layerLockHeld, withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
 import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
@@ -117,7 +117,8 @@ export class Store {
 
   async listLayers(): Promise<string[]> {
     if (this.trust?.current) return Object.keys(this.trust.current.layers).sort().map((h) => `sha256:${h}`);
-    return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json')).map((n) => `sha256:${n.slice(0, -5)}`);
+    // A file there whose name is not a digest is no layer (and its name, untrusted bytes, must not reach a report).
+    return (await this.backend.list(LAYERS_DIR)).filter((n) => n.endsWith('.json') && isDigest(`sha256:${n.slice(0, -5)}`)).map((n) => `sha256:${n.slice(0, -5)}`);
   }
 
   /** An image descriptor, refused unless it describes the image asked for. */

@@ -7,13 +7,14 @@ import type { FsckReport } from '../../store/fsck.js';
 import { createLogger } from '../../util/log.js';
 import { fmtBytes } from '../../util/progress.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
+import { escapeControls, quoteText } from '../quote.js';
 
 function describe(r: FsckReport, out: string[]): void {
   out.push(`${r.objects} objects (${fmtBytes(r.bytes)} sound), ${r.layers} layers, ${r.images} images checked`);
-  for (const c of r.corrupt) out.push(`corrupt object ${c.hash}: ${c.error}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}; needed by layers [${c.layers.join(' ')}] images [${c.images.join(' ')}]`);
-  for (const m of r.missing) out.push(`missing object ${m.hash}: needed by layers [${m.layers.join(' ')}] images [${m.images.join(' ')}]`);
-  for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${b.error}; used by images [${b.images.join(' ')}]`);
-  for (const b of r.brokenImages) out.push(`broken image ${b.name}: ${b.error}`);
+  for (const c of r.corrupt) out.push(`corrupt object ${c.hash}: ${escapeControls(c.error)}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}; needed by layers [${c.layers.join(' ')}] images [${c.images.map(quoteText).join(' ')}]`);
+  for (const m of r.missing) out.push(`missing object ${m.hash}: needed by layers [${m.layers.join(' ')}] images [${m.images.map(quoteText).join(' ')}]`);
+  for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${escapeControls(b.error)}; used by images [${b.images.map(quoteText).join(' ')}]`);
+  for (const b of r.brokenImages) out.push(`broken image ${quoteText(b.name)}: ${escapeControls(b.error)}`);
   for (const t of r.txnsRemoved) out.push(`removed staging of crashed transaction ${t}`);
 }
 
@@ -44,7 +45,7 @@ layers or images remain; 2 usage; 4 no store there.`)
         describe(run.before, out);
         if (run.repair) {
           out.push(`repair from ${run.repair.source} (${run.repair.kind}): ${run.repair.restored.length} objects restored${run.repair.layers.length ? `, ${run.repair.layers.length} layers re-ingested` : ''}`);
-          for (const e of run.repair.errors) out.push(`  could not repair ${e.target}: ${e.error}`);
+          for (const e of run.repair.errors) out.push(`  could not repair ${escapeControls(e.target)}: ${escapeControls(e.error)}`);
           out.push('after repair:');
           describe(run.after, out);
         }

@@ -8,6 +8,7 @@ import { watchPodmanStore } from '../../podman/watch.js';
 import { storageConf, writeStorageConf } from '../../podman/storage-conf.js';
 import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
+import { escapeControls, quoteText } from '../quote.js';
 
 const DEFAULT_PODMAN_STORE = '/var/lib/thinfs/podman-store';
 
@@ -37,8 +38,8 @@ images with no registry and no layer download.`)
       if (!o.watch) {
         const r = await generatePodmanStore(opts);
         if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
-        else for (const i of r.images) process.stdout.write(`${i.id.slice(0, 12)} ${i.names.join(' ')}\n`);
-        for (const s of r.skipped) process.stderr.write(`thinfs: skipped ${s.name}: ${s.reason}\n`);
+        else for (const i of r.images) process.stdout.write(`${i.id.slice(0, 12)} ${i.names.map(quoteText).join(' ')}\n`);
+        for (const s of r.skipped) process.stderr.write(`thinfs: skipped ${quoteText(s.name)}: ${escapeControls(s.reason)}\n`);
         return;
       }
       const interval = parseInterval(o.interval);

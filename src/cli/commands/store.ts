@@ -12,7 +12,7 @@ import { createLogger } from '../../util/log.js';
 import { fmtBytes } from '../../util/progress.js';
 import { NotFoundError, ThinfsError, UsageError, EXIT } from '../../util/errors.js';
 import { isDigest } from '../../util/hash.js';
-import { QUOTING_STYLES, quoteName, type QuotingStyle } from '../quote.js';
+import { QUOTING_STYLES, escapeControls, quoteName, type QuotingStyle } from '../quote.js';
 import type { Inode, CatalogReader } from '../../catalog/reader.js';
 import { addStoreReadOptions } from '../http-options.js';
 
@@ -225,7 +225,7 @@ export function registerStoreCommands(program: Command): void {
       const r = await collectGarbage(store, { graceMs: grace * 1000, dryRun: o.dryRun, onWait: (n) => log.info({ commits: n }, 'waiting for commits in progress') });
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
       else {
-        for (const b of r.broken) process.stdout.write(`broken layer ${b.diffId}: ${b.error}\n`);
+        for (const b of r.broken) process.stdout.write(`broken layer ${b.diffId}: ${escapeControls(b.error)}\n`);
         process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
           `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace or pinned by a transaction)` +
           `${r.broken.length ? `; no objects swept: ${r.broken.length} layer(s) unreadable (run thinfs fsck)` : ''}\n`);

@@ -7,6 +7,7 @@ import { generateSigningKey, loadPrivateKey, republishManifest, DEFAULT_VALIDITY
 import { Store, WritableStore } from '../../store/store.js';
 import { ThinfsError, EXIT, NotFoundError } from '../../util/errors.js';
 import { addStoreReadOptions } from '../http-options.js';
+import { quoteText } from '../quote.js';
 
 function validityMs(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -54,7 +55,7 @@ export function registerTrustCommands(program: Command): void {
     .argument('[name]', 'image name: print its descriptor as JSON')
     .action(async (name: string | undefined, o: { store: string }) => {
       const store = await Store.open(o.store);
-      if (!name) { for (const n of await store.listImages()) process.stdout.write(`${n}\n`); return; }
+      if (!name) { for (const n of await store.listImages()) process.stdout.write(`${quoteText(n)}\n`); return; }
       const d = await store.getImage(name);
       if (!d) throw new NotFoundError(`image ${name} is not in store ${store.location}`);
       process.stdout.write(JSON.stringify(d, null, 2) + '\n');
