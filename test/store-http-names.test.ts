@@ -48,7 +48,8 @@ after(async () => {
 });
 
 async function checkNames(t: { diagnostic(s: string): void }, store: string, extra: string[] = []): Promise<void> {
-  const listed = (await thinfsOk(['images', '--store', store, ...extra])).split('\n').filter(Boolean);
+  // --json: exact names (the plain listing quotes names with spaces or quotes, as ls does).
+  const listed = JSON.parse(await thinfsOk(['images', '--store', store, '--json', ...extra])) as string[];
   assert.deepEqual(listed.sort(), [...NAMES].sort());
   for (const n of NAMES) {
     const d = JSON.parse(await thinfsOk(['images', '--store', store, ...extra, n])) as { name: string };

@@ -42,19 +42,23 @@ test('a SIGKILLed lock holder mid-ingest is taken over after its lock goes stale
   const locks = await fsp.readdir(path.join(store, 'locks'));
   assert.ok(locks.some((l) => l.startsWith('fetch-') && l.endsWith('.lock')), `holder has the fetch lock (${locks})`);
 
-  // A second converter starts and waits on the lock; then the holder dies without releasing it.
+  // Frozen right there (on a quiet machine the rest of the ingest takes well under a second): it stays
+  // mid-ingest, holding the lock, and stops refreshing it. A second converter starts and waits on the lock;
+  // then the holder dies without releasing it.
+  holder.kill('SIGSTOP');
+  const lockDir = path.join(store, 'locks', locks.find((l) => l.startsWith('fetch-') && l.endsWith('.lock'))!);
+  const lastRefresh = (await fsp.stat(lockDir)).mtimeMs; // the holder's, read before any waiter exists
   const waiter = run(process.execPath, [D2T, '--insecure', '--store', store, '--json', ref], { env: ENV, timeoutMs: 240_000 });
   await new Promise((r) => setTimeout(r, 1000));
   holder.kill('SIGKILL');
   await holderExit;
-  const killedAt = Date.now();
   assert.deepEqual(await fsp.readdir(path.join(store, 'layers')), [], 'nothing published by the killed holder');
 
   const w = await waiter;
   assert.equal(w.code, 0, w.stderr);
   const res = JSON.parse(w.stdout) as { layers: Array<{ diffId: string; action: string }> };
   assert.deepEqual(res.layers.map((l) => [l.diffId, l.action]), [[big.diffId, 'ingested']], 'the waiter completed the layer itself');
-  assert.ok(Date.now() - killedAt >= 2000, 'it took over only after the lock went stale');
+  assert.ok(Date.now() - lastRefresh >= 3000, 'it took over only after the lock went stale (3 s after its last refresh)');
   assert.deepEqual(await fsp.readdir(path.join(store, 'layers')), [`${big.diffId.slice(7)}.json`]);
 
   // Published once: a third converter finds it present, downloads nothing.

@@ -53,8 +53,10 @@ export function registerTrustCommands(program: Command): void {
     .description('list the store\'s images, or print one image\'s descriptor')
     .requiredOption('-s, --store <loc>', 'store directory or http(s) URL(s)')
     .argument('[name]', 'image name: print its descriptor as JSON')
-    .action(async (name: string | undefined, o: { store: string }) => {
+    .option('--json', 'list the names as a JSON array, exactly (the plain listing quotes names as ls does)')
+    .action(async (name: string | undefined, o: { store: string; json?: boolean }) => {
       const store = await Store.open(o.store);
+      if (!name && o.json) { process.stdout.write(JSON.stringify(await store.listImages()) + '\n'); return; }
       if (!name) { for (const n of await store.listImages()) process.stdout.write(`${quoteText(n)}\n`); return; }
       const d = await store.getImage(name);
       if (!d) throw new NotFoundError(`image ${name} is not in store ${store.location}`);
