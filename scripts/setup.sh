@@ -23,6 +23,7 @@ PKGS=(
   time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests); CPU time in the convert bench
   isal pigz                      # igzip (fastest gzip decoder here), pigz (fallback): layer decompression off the main thread
   nfs-kernel-server              # NFS over loopback for the many-converters test (needs a kernel with nfsd/nfs)
+  libzstd-dev                    # zstd.h: stored objects decoded and verified on the threadpool (src/store/native/decode.c)
 )
 missing=()
 for p in "${PKGS[@]}"; do

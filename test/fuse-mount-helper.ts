@@ -15,7 +15,7 @@ export interface MountStats {
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;
-    opensPassthrough: number; opensServed: number; listingsAhead: number;
+    opensPassthrough: number; opensServed: number; opensNative: number; nativeReads: number; nativeReadBytes: number; listingsAhead: number;
     requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
   };
   layersLoaded: number;

@@ -21,6 +21,11 @@ export interface Binding {
       maxReadahead: number; maxPages: number; maxBackground: number; passthrough: number; ttl: number;
       /** Node ids below this name directories whose listings change: never cached by the kernel nor answered natively. */
       uncachedBelow: number;
+      /**
+       * Without passthrough: first opens of files go to JS, whose openReply may hand over a verified local copy of the
+       * file's bytes; the transport then answers that node's READs itself (fd kept until the node is forgotten).
+       */
+      nativeReads?: number;
     }, h: Handler): Session;
   reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
   unmount(mountpoint: string): number;
@@ -28,9 +33,12 @@ export interface Binding {
   dirEof(s: Session, nodeid: number, offset: number): void;
   /**
    * Answer the first OPEN of a node (later ones the transport answers alike): fd >= 0 passes reads through to that
-   * file, -1 serves them here. Returns the backing id, 0, or -errno when the kernel refused the file.
+   * file (passthrough) or has the transport answer them from it (nativeReads), -1 serves them here. Returns the backing
+   * id or 1 (transport reads), 0, or -errno when the file was refused.
    */
   openReply(s: Session, unique: number, nodeid: number, fd: number): number;
+  /** READs the transport answered from handed-over copies, and their bytes. */
+  readStats(s: Session): [number, number];
   /** The kernel forgot the node: its backing file is released once the last open is. */
   forgetNode(s: Session, nodeid: number): void;
   /**

@@ -41,6 +41,8 @@ export interface MountOptions {
   localReadahead: number;
   /** FUSE passthrough of files whose bytes are all local (kernel >= 6.9, root). */
   passthrough: boolean;
+  /** Without passthrough: READs of files whose verified bytes are local are answered by the transport thread (default on). */
+  nativeReads?: boolean;
   allowOther: boolean;
   /** Honour setuid/setgid bits of served files (root only; default nosuid). */
   allowSuid: boolean;
@@ -211,7 +213,9 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
         const b = body as Buffer;
         const pt = b.readUInt32LE(20) === 1;
         // Before any OPEN can reach us: the transport forwards first opens from the INIT on.
-        if (pt) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
+        const nat = !pt && o.nativeReads !== false;
+        if (pt || nat) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
+        fs.nativeReads = nat;
         initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
         return;
       }
@@ -230,12 +234,13 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   try {
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
-      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL, uncachedBelow: UNCACHED_BELOW,
+      passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL, uncachedBelow: UNCACHED_BELOW, nativeReads: o.nativeReads === false ? 0 : 1,
     }, onEvent);
   } catch (e) {
     throw new ThinfsError(`cannot mount ${mp}: ${errorMessage(e)}`);
   }
   fs.dirEof = (id, off) => k.dirEof(session, id, off);
+  fs.nativeReadStats = () => k.readStats(session);
   fs.dropped = (id) => k.forgetNode(session, id);
   fs.handAhead = (id, block, base) => k.dirAhead(session, id, block, base);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);

@@ -41,6 +41,10 @@ export interface OpCounters {
   liveNodes: number;
   /** First opens of a file answered with passthrough to a local file / served by our READ replies. */
   opensPassthrough: number; opensServed: number;
+  /** Without passthrough: first opens whose READs the transport thread answers from a verified local file. */
+  opensNative: number;
+  /** READs (and their bytes) the transport thread answered without this thread (not in reads/readBytes). */
+  nativeReads: number; nativeReadBytes: number;
   /** Listings answered by the transport from blocks handed to it ahead of the kernel's request. */
   listingsAhead: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
@@ -76,7 +80,7 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
  * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, opensNative: 0, nativeReads: 0, nativeReadBytes: 0, listingsAhead: 0, requests: {} };
   private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
@@ -89,8 +93,14 @@ export class ThinFs {
   private readonly k = native();
   /** Set by the daemon: tells the transport where an immutable directory's listing ends. */
   dirEof: (nodeid: number, offset: number) => void = () => {};
-  /** Set by the daemon when the kernel took FUSE passthrough: answers a first OPEN (fd -1 = serve reads here). */
+  /**
+   * Set by the daemon when first OPENs come here: with FUSE passthrough, or (nativeReads) without it, when the transport
+   * answers READs itself from a verified local file. fd -1 = serve reads here.
+   */
   openReply: ((unique: number, nodeid: number, fd: number) => number) | null = null;
+  nativeReads = false;
+  /** Set by the daemon: the transport's count of READs it answered, and their bytes. */
+  nativeReadStats: (() => [number, number]) | null = null;
   /** Set by the daemon: the kernel forgot a node entirely. */
   dropped: (nodeid: number) => void = () => {};
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
@@ -424,6 +434,13 @@ export class ThinFs {
     return packed.length > size ? E.ERANGE : packed;
   }
 
+  /** The counters, with the transport's count of the READs it answered itself brought up to date. */
+  syncNativeCounters(): OpCounters {
+    const n = this.nativeReadStats?.();
+    if (n) { this.counters.nativeReads = n[0]; this.counters.nativeReadBytes = n[1]; }
+    return this.counters;
+  }
+
   private statfs(): Answer {
     let bytes = 0, files = 0;
     for (const l of this.ns.knownLayers()) { bytes += l.manifest.sizes?.files ?? 0; files += l.manifest.counts?.entries ?? 0; }
@@ -546,12 +563,13 @@ export class ThinFs {
       replied.done = true;
       const r = this.openReply!(unique, id, fd ?? -1);
       if (r > 0) {
-        this.counters.opensPassthrough++;
+        if (this.nativeReads) this.counters.opensNative++; else this.counters.opensPassthrough++;
+        // An evicted file is let go of by the transport, as a passthrough backing file is by the kernel.
         this.backing.record(id, key);
-        // The kernel reads this file's bytes itself from now on: recorded (and counted as prefetch hits) here.
+        // The kernel (or the transport) reads this file's bytes itself from now on: recorded (and counted as prefetch hits) here.
         if (file) this.prefetcher?.reading(file.layer.hex, this.chunksOf(file, this.readState(file)), true);
       } else this.counters.opensServed++;
-      if (r < 0) this.log.warn({ nodeid: id, backing: key, errno: -r }, 'the kernel refused a passthrough file; serving reads instead');
+      if (r < 0) this.log.warn({ nodeid: id, backing: key, errno: -r }, this.nativeReads ? 'the transport could not take a local file; serving reads instead' : 'the kernel refused a passthrough file; serving reads instead');
     } finally {
       // The kernel took its own reference to the backing file (or none was needed).
       if (fd !== null) await fdClose(fd).catch(() => {});

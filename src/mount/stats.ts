@@ -74,6 +74,9 @@ export class StatsReporter {
     counter('thinfs_files_reverified_total', 'Whole-file copies re-verified intact in the background', (s) => s.cache.filesReverified);
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
+    counter('thinfs_opens_native_total', 'First opens (no passthrough) whose reads the FUSE transport thread answers from a verified local file', (s) => s.ops.opensNative);
+    counter('thinfs_native_reads_total', 'FUSE reads answered by the transport thread, without the JS thread', (s) => s.ops.nativeReads);
+    counter('thinfs_native_read_bytes_total', 'Bytes of the reads answered by the transport thread', (s) => s.ops.nativeReadBytes);
     counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
     counter('thinfs_prefetch_fetched_total', 'Chunks prefetch (trace replay, file-ahead) brought from the store', (s) => s.prefetch.fetched);
     counter('thinfs_prefetch_hits_total', 'Prefetched chunks a reader then asked for', (s) => s.prefetch.hits);
@@ -93,7 +96,7 @@ export class StatsReporter {
       uptimeSec: Math.round((Date.now() - this.o.startedAt) / 1000),
       layersLoaded: this.fs.ns.layersLoaded,
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
-      ops: { ...this.fs.counters, requests: structuredClone(this.fs.counters.requests) },
+      ops: { ...this.fs.syncNativeCounters(), requests: structuredClone(this.fs.counters.requests) },
       prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH) },
     };
   }

@@ -13,7 +13,7 @@ import { addHttpOptions, httpOptionsFrom, publicKeysFrom, type HttpCli } from '.
 interface MountCli extends HttpCli {
   refresh: string;
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; allowOther: boolean;
+  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; nativeReads: boolean; allowOther: boolean;
   allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
   record?: string; prefetchParallel: string; fileAhead: boolean;
 }
@@ -52,6 +52,7 @@ export function registerMountCommands(program: Command): void {
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
     .option('--no-passthrough', 'serve every read through thinfs, never letting the kernel read a verified local copy directly (FUSE passthrough)')
+    .option('--no-native-reads', 'without passthrough, answer every read on the JS thread (by default reads of verified local copies are answered by the FUSE transport thread)')
     .option('--no-allow-other', 'only the mounting user may access the mount')
     .option('--allow-suid', 'honour setuid/setgid bits of served files (root only; the mount is nosuid by default)')
     .option('--allow-dev', 'let device nodes of served files open their devices (root only; the mount is nodev by default)')
@@ -107,6 +108,7 @@ Examples:
         readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
         passthrough: o.passthrough,
+        nativeReads: o.nativeReads,
         allowOther: o.allowOther,
         allowSuid: !!o.allowSuid,
         allowDev: !!o.allowDev,

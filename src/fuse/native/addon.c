@@ -1,5 +1,5 @@
 // The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
-// dirPage, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// dirPage, readStats, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
@@ -59,7 +59,7 @@ static void deliver(session_t *s, request_t *r) {
 
 static void finished(session_t *s) { napi_release_threadsafe_function((napi_threadsafe_function)s->owner, napi_tsfn_release); }
 
-// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow}, handler).
+// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow,nativeReads}, handler).
 // options is a comma list: ro, suid/nosuid and dev/nodev become mount flags (nosuid,nodev unless named), the rest is data.
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 5;
@@ -71,9 +71,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
   CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
   CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
-  uint32_t lim[6] = {1 << 20, 256, 64, 0, 1, 0};
-  const char *names[6] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow"};
-  for (int i = 0; i < 6; i++) {
+  uint32_t lim[7] = {1 << 20, 256, 64, 0, 1, 0, 0};
+  const char *names[7] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow", "nativeReads"};
+  for (int i = 0; i < 7; i++) {
     napi_value v;
     bool has = false;
     CHECK(napi_has_named_property(env, argv[3], names[i], &has));
@@ -90,6 +90,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->max_background = lim[2] < 1 ? 1 : lim[2] > 1024 ? 1024 : lim[2];
   s->ttl = lim[4];
   s->uncached_below = lim[5];
+  s->native_reads = lim[6] != 0;
   s->deliver = deliver;
   s->finished = finished;
 
@@ -252,6 +253,21 @@ static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
+static napi_value js_read_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret, v;
+  session_t *s;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_create_array_with_length(env, 2, &ret));
+  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->native_read_reqs, __ATOMIC_RELAXED), &v));
+  CHECK(napi_set_element(env, ret, 0, v));
+  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->native_read_bytes, __ATOMIC_RELAXED), &v));
+  CHECK(napi_set_element(env, ret, 1, v));
+  return ret;
+}
+
 void readverify_init(napi_env env, napi_value exports);
 void gear_init(napi_env env, napi_value exports);
 
@@ -267,6 +283,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
       {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
+      {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

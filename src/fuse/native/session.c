@@ -99,7 +99,7 @@ static void handle_init(session_t *s, const struct fuse_in_header *ih, const cha
   if (!(out.flags & FUSE_MAX_PAGES)) s->max_pages = 32;
 }
 
-static open_entry_t *open_find(session_t *s, uint64_t nodeid) {
+open_entry_t *session_open_find(session_t *s, uint64_t nodeid) {
   for (open_entry_t *e = s->opens[nodeid % OPEN_BUCKETS]; e; e = e->next)
     if (e->nodeid == nodeid) return e;
   return NULL;
@@ -114,6 +114,7 @@ static void open_drop(session_t *s, open_entry_t *e) {
     uint32_t id = (uint32_t)e->backing_id;
     ioctl(s->fd, IOC_BACKING_CLOSE, &id);
   }
+  fileread_detach(e);
   free(e);
 }
 
@@ -187,10 +188,10 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       return 0;  // JS also hears of it (negotiated limits, mount ready)
     case FUSE_OPEN:
       if ((((const struct fuse_open_in *)body)->flags & O_ACCMODE) != O_RDONLY) { reply_err(fd, ih->unique, EROFS); return 1; }
-      if (s->passthrough && ih->nodeid >= s->uncached_below) {
+      if ((s->passthrough || s->native_reads) && ih->nodeid >= s->uncached_below) {
         int done = 0;
         pthread_mutex_lock(&s->open_lock);
-        open_entry_t *e = open_find(s, ih->nodeid);
+        open_entry_t *e = session_open_find(s, ih->nodeid);
         if (e) {
           e->opens++;
           e->forgotten = 0;
@@ -216,10 +217,10 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       return 1;
     }
     case FUSE_RELEASE:
-      if (s->passthrough) {
+      if (s->passthrough || s->native_reads) {
         pthread_mutex_lock(&s->open_lock);
-        open_entry_t *e = open_find(s, ih->nodeid);
-        if (e && --e->opens <= 0 && (e->backing_id == 0 || e->forgotten)) open_drop(s, e);
+        open_entry_t *e = session_open_find(s, ih->nodeid);
+        if (e && --e->opens <= 0 && ((e->backing_id == 0 && e->read_fd < 0) || e->forgotten)) open_drop(s, e);
         pthread_mutex_unlock(&s->open_lock);
       }
       reply_err(fd, ih->unique, 0);
@@ -265,12 +266,16 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       reply_buf(fd, ih->unique, NULL, 0);
       return 1;
     }
+    case FUSE_READ: {
+      if (!s->native_reads) return 0;
+      const struct fuse_read_in *in = (const struct fuse_read_in *)body;
+      return fileread_serve(s, ih->unique, ih->nodeid, in->offset, in->size);
+    }
     case FUSE_LOOKUP:
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_GETATTR:
     case FUSE_READLINK:
-    case FUSE_READ:
     case FUSE_GETXATTR:
     case FUSE_LISTXATTR:
     case FUSE_STATFS:
@@ -363,6 +368,7 @@ void session_free(session_t *s) {
   free(s->opens);
   free(s->dirc);
   free(s->dirc_out);
+  free(s->read_out);
   free(s);
 }
 
@@ -379,18 +385,23 @@ int session_reply(session_t *s, uint64_t unique, int error, const struct iovec *
 }
 
 // Answers the first OPEN of a node. backing_fd >= 0: pass reads through to that file (the kernel takes its own
-// reference; the caller closes it); -1: serve reads ourselves. Another OPEN of the node may have been answered
-// meanwhile: its decision stands. Returns the backing id, 0 (not passed through) or -errno of the kernel's refusal to
-// take the backing file (then the open is served by us).
+// reference; the caller closes it) or, without passthrough, answer its READs on this side from the file (fileread.c;
+// a descriptor of our own is kept); -1: JS serves reads. Another OPEN of the node may have been answered meanwhile:
+// its decision stands. Returns the backing id (passthrough) or 1 (read here), 0 (JS serves reads) or -errno of the
+// refusal to take the file (then JS serves reads).
 int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32_t backing_fd) {
   int32_t result = 0;
   pthread_mutex_lock(&s->open_lock);
-  open_entry_t *e = open_find(s, nodeid);
+  open_entry_t *e = session_open_find(s, nodeid);
   if (!e) {
     e = calloc(1, sizeof(*e));
     if (e) {
       e->nodeid = nodeid;
-      if (backing_fd >= 0) {
+      e->read_fd = -1;
+      if (backing_fd >= 0 && !s->passthrough) {
+        // No passthrough: the copy is read here instead (1), or by JS when it cannot be taken (-errno).
+        if (s->native_reads) result = fileread_attach(e, backing_fd);
+      } else if (backing_fd >= 0) {
         struct backing_map m = {backing_fd, 0, 0};
         int id = ioctl(s->fd, IOC_BACKING_OPEN, &m);
         e->backing_id = id > 0 ? id : 0;
@@ -400,7 +411,7 @@ int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32
       s->opens[e->nodeid % OPEN_BUCKETS] = e;
     }
   } else {
-    result = e->backing_id;
+    result = s->passthrough ? e->backing_id : e->read_fd >= 0;
   }
   if (e) {
     e->opens++;
@@ -413,10 +424,10 @@ int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32
   return result;
 }
 
-// The kernel let go of the node: its backing file goes once its last open is released.
+// The kernel let go of the node (or JS of its file): its backing file or copy goes once its last open is released.
 void session_forget_node(session_t *s, uint64_t nodeid) {
   pthread_mutex_lock(&s->open_lock);
-  open_entry_t *e = open_find(s, nodeid);
+  open_entry_t *e = session_open_find(s, nodeid);
   if (e) {
     if (e->opens <= 0) open_drop(s, e);
     else e->forgotten = 1;

@@ -36,11 +36,19 @@ typedef struct dirc_entry {
 // The kernel forbids mixing the two on one inode, so an entry lives while the node has opens; a passthrough entry
 // lives on until the kernel forgets the node (its next opens reuse the backing file without asking JS).
 #define OPEN_BUCKETS 65536
+// Without passthrough, an entry may instead hold a descriptor of a verified local copy (read_fd >= 0): the reader thread
+// answers the node's READs from it (fileread.c). Such an entry too lives until the kernel forgets the node (or JS lets
+// go of the copy); one without either is dropped at the last release, so the next open is decided again.
 typedef struct open_entry {
   uint64_t nodeid;
   int32_t backing_id;
   int32_t opens;
   int forgotten;
+  int read_fd;
+  uint64_t read_size;
+  // The copy's identity when handed over: a write, truncate or replacement since changes it (then JS serves the node).
+  uint64_t read_ino;
+  int64_t read_mtime_ns, read_ctime_ns;
   struct open_entry *next;
 } open_entry_t;
 
@@ -60,6 +68,9 @@ typedef struct session {
   int fd;
   int passthrough_wanted;
   int passthrough;  // negotiated
+  int native_reads; // without passthrough: JS decides first opens and may hand a verified copy to answer READs here
+  uint8_t *read_out;  // the reader thread's buffer for READs it answers (fileread.c)
+  uint64_t native_read_reqs, native_read_bytes;  // READs answered here (atomics: JS reads them)
   int no_opendir;   // the kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT, Linux >= 5.1)
   // Node ids below this are directories whose listings change (the mount's synthetic ones): never cached by the
   // kernel, never answered here. Set by the caller at mount; the mount owns the rule.
@@ -95,6 +106,15 @@ int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32
 void session_forget_node(session_t *s, uint64_t nodeid);
 void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off);
 void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base);
+// The open table (callers hold open_lock).
+open_entry_t *session_open_find(session_t *s, uint64_t nodeid);
+
+// ---- fileread.c ----
+// An entry takes its own descriptor of fd (a verified local copy of the node's bytes): 1, or -errno.
+int fileread_attach(open_entry_t *e, int fd);
+void fileread_detach(open_entry_t *e);
+// A READ of a node whose entry holds a copy: answered here (1), or 0 for JS to answer.
+int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size);
 
 // ---- mount.c ----
 // Mounts a FUSE filesystem at mnt and returns the /dev/fuse descriptor (close-on-exec), or -1 with why filled in.

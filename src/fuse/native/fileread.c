@@ -1,0 +1,70 @@
+// Reads answered on the reader thread, without the JS thread (mounts without FUSE passthrough): at a node's first open
+// JS may hand over a descriptor of a local file holding exactly the node's bytes, already verified by JS's rules (a
+// cached chunk re-hashed at open, a whole-file copy verified or matching its trust record: src/cache/). The node's
+// open entry keeps its own descriptor; READs are then a pread into the thread's buffer and one writev to /dev/fuse.
+// Nodes with no such file (bytes not all local) keep going to JS, which fetches and verifies.
+// The trust rule is the whole-file copies' (src/cache/copy-trust.ts): bytes verified once stay trusted while the file's
+// identity (inode, size, mtime, ctime) is unchanged. Every READ checks it first: a copy written to since (a stray
+// write, a truncate) is let go of, and JS serves the node from chunks it verifies again.
+#include "thinfuse.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int64_t ns_of(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
+
+int fileread_attach(open_entry_t *e, int fd) {
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (own < 0) return -errno;
+  struct stat st;
+  if (fstat(own, &st) < 0) { int err = errno; close(own); return -err; }
+  // Sequential readers are the common case (and the kernel's readahead asks in order): let the disk run ahead.
+  posix_fadvise(own, 0, 0, POSIX_FADV_SEQUENTIAL);
+  e->read_fd = own;
+  e->read_size = (uint64_t)st.st_size;
+  e->read_ino = (uint64_t)st.st_ino;
+  e->read_mtime_ns = ns_of(st.st_mtim);
+  e->read_ctime_ns = ns_of(st.st_ctim);
+  return 1;
+}
+
+void fileread_detach(open_entry_t *e) {
+  if (e->read_fd >= 0) close(e->read_fd);
+  e->read_fd = -1;
+}
+
+int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size) {
+  if (!s->read_out && !(s->read_out = malloc(BUF_SIZE))) return 0;
+  pthread_mutex_lock(&s->open_lock);
+  open_entry_t *e = session_open_find(s, nodeid);
+  if (!e || e->read_fd < 0) { pthread_mutex_unlock(&s->open_lock); return 0; }
+  size_t want = 0;
+  if (offset < e->read_size) {
+    uint64_t left = e->read_size - offset;
+    want = size < left ? size : (size_t)left;
+    if (want > BUF_SIZE) want = BUF_SIZE;
+  }
+  // The lock keeps the descriptor open while it is read (a FORGET on the JS thread may drop the entry).
+  size_t got = 0;
+  int err = 0;
+  struct stat st;
+  if (fstat(e->read_fd, &st) < 0 || (uint64_t)st.st_ino != e->read_ino || (uint64_t)st.st_size != e->read_size ||
+      ns_of(st.st_mtim) != e->read_mtime_ns || ns_of(st.st_ctim) != e->read_ctime_ns)
+    err = ESTALE;
+  while (!err && got < want) {
+    ssize_t n = pread(e->read_fd, s->read_out + got, want - got, (off_t)(offset + got));
+    if (n < 0) { if (errno == EINTR) continue; err = EIO; break; }
+    if (n == 0) { err = EIO; break; }  // shorter than when it was verified: changed since, never served short
+    got += (size_t)n;
+  }
+  if (err) fileread_detach(e);  // from now on JS serves the node
+  pthread_mutex_unlock(&s->open_lock);
+  if (err) return 0;  // JS answers it from verified chunks
+  struct iovec v = {.iov_base = s->read_out, .iov_len = got};
+  session_reply(s, unique, 0, &v, got ? 1 : 0);
+  __atomic_add_fetch(&s->native_read_reqs, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&s->native_read_bytes, got, __ATOMIC_RELAXED);
+  return 1;
+}

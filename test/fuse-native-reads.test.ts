@@ -1,0 +1,197 @@
+// Issue 14, the read path off the JS thread. Without passthrough, reads of files whose verified bytes are in the
+// node-local cache are answered by the FUSE transport's thread (src/fuse/native/fileread.c): exact bytes (cmp against
+// the source tree), never seen by the JS thread (its read counter stays 0, the transport's counts them), and a cache
+// file written to after it was verified is never served (JS serves the node from chunks it verifies again). Cold reads
+// decode and verify store objects on the threadpool (src/store/native/decode.c): a damaged object is EIO, never bytes.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { cleanupTmpDirs, run, sha256, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
+import { makeLayer, pseudoRandom } from './helpers/layers.js';
+import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { Store } from '../src/store/store.js';
+import { CatalogReader } from '../src/catalog/reader.js';
+import { objectPath } from '../src/store/layout.js';
+
+const MiB = 1024 * 1024;
+
+let work: string;
+let store: string;
+let src: string;
+let hex: string;
+const mounts: Mounted[] = [];
+
+/** Files of the layer: a multi-chunk file (served from its whole-file copy), single-chunk files, and compressible text. */
+const FILES: Array<{ rel: string; data: Buffer }> = [
+  { rel: 'big/multi.bin', data: pseudoRandom(13 * MiB + 777, 'multi') },
+  ...Array.from({ length: 12 }, (_, i) => ({ rel: `small/s${i}.bin`, data: pseudoRandom(2000 + i * 9000, `s${i}`) })),
+  { rel: 'text/words.txt', data: Buffer.from(Array.from({ length: 40000 }, (_, i) => `line ${i} of a compressible file\n`).join('')) },
+];
+
+async function mount(name: string, cache: string, extra: string[] = []): Promise<Mounted> {
+  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, cache), extra: ['--no-passthrough', ...extra] });
+  mounts.push(m);
+  return m;
+}
+
+async function stop(m: Mounted): Promise<void> {
+  const code = await m.stop();
+  mounts.splice(mounts.indexOf(m), 1);
+  assert.equal(code, 0, `daemon exits 0 on SIGTERM\n${m.stderr().slice(-2000)}`);
+}
+
+/** cmp of every file of the layer through the mount against the source tree. */
+async function cmpAll(m: Mounted): Promise<void> {
+  for (const f of FILES) {
+    const r = await run('cmp', [path.join(src, f.rel), path.join(m.mp, 'layers', hex, f.rel)]);
+    assert.equal(r.code, 0, `${f.rel} differs: ${r.stdout}${r.stderr}`);
+  }
+}
+
+async function chunksOf(rel: string): Promise<string[]> {
+  const s = await Store.open(store);
+  const man = (await s.getLayer(`sha256:${hex}`))!;
+  const f = path.join(work, `catalog-${man.catalog}.sqlite`);
+  await fsp.writeFile(f, await s.getObject(man.catalog));
+  const cat = CatalogReader.open(f);
+  try { return cat.chunks(cat.resolve(rel)!.ino).map((c) => c.hash); } finally { cat.close(); }
+}
+
+/** Overwrite one byte of a file in place (same inode and size: only its times tell). */
+async function flipByte(file: string, at: number): Promise<void> {
+  const fh = await fsp.open(file, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, at);
+    b[0] ^= 0x5a;
+    await fh.write(b, 0, 1, at);
+  } finally { await fh.close(); }
+}
+
+/** Drop clean page-cache pages (the FUSE inodes' too): the next read of a file reaches the daemon again. */
+async function dropCaches(): Promise<void> {
+  await run('sync', []);
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '3');
+}
+
+before(async () => {
+  work = await tmpDir('thinfs-native-reads-');
+  store = path.join(work, 'store');
+  await thinfsOk(['init', store]);
+  const l = await makeLayer(work, 'layer', async (dir) => {
+    for (const f of FILES) {
+      await fsp.mkdir(path.dirname(path.join(dir, f.rel)), { recursive: true });
+      await fsp.writeFile(path.join(dir, f.rel), f.data);
+    }
+  });
+  src = path.join(work, 'layer.d');
+  const r = await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', store, '--json', '--no-progress']);
+  hex = r.diffId.slice(7);
+  // Warm a cache: a full read (cold, served by JS), then wait for the multi-chunk file's whole-file copy.
+  const m = await mount('mnt-fill', 'cache-warm');
+  await cmpAll(m);
+  await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0; }, 60_000, 100, 'whole-file copy');
+  await stop(m);
+});
+
+after(async () => {
+  for (const m of mounts.splice(0)) { await m.stop().catch(() => {}); await forceUnmount(m.mp); }
+  await cleanupTmpDirs();
+});
+
+describe('warm reads without passthrough', () => {
+  it('are exact and answered by the transport thread, not the JS thread', async () => {
+    const m = await mount('mnt-warm', 'cache-warm');
+    try {
+      await cmpAll(m);
+      const s = await m.stats();
+      const total = FILES.reduce((n, f) => n + f.data.length, 0);
+      assert.equal(s.ops.reads, 0, `the JS thread answered no READ (requests: ${JSON.stringify(s.ops.requests)})`);
+      assert.equal(s.ops.opensNative, FILES.length, 'every file opened onto a verified local file');
+      assert.ok(s.ops.nativeReads > 0, 'the transport counted the READs it answered');
+      assert.equal(s.ops.nativeReadBytes, total, 'every byte read came from the transport');
+      assert.equal(s.cache.fetches, 0, 'nothing came from the store');
+    } finally { await stop(m); }
+  });
+
+  it('with --no-native-reads the JS thread answers them (the counter above is the feature)', async () => {
+    const m = await mount('mnt-js', 'cache-warm', ['--no-native-reads']);
+    try {
+      await cmpAll(m);
+      const s = await m.stats();
+      assert.ok(s.ops.reads > 0);
+      assert.equal(s.ops.nativeReads, 0);
+    } finally { await stop(m); }
+  });
+
+  it('a cache file written to after it was verified is never served: JS re-verifies and serves exact bytes', async () => {
+    const m = await mount('mnt-corrupt', 'cache-warm');
+    const big = FILES[0]!, small = FILES[5]!;
+    const bigRel = path.join(m.mp, 'layers', hex, big.rel), smallRel = path.join(m.mp, 'layers', hex, small.rel);
+    try {
+      // Open both (the transport holds the verified copies), read them once.
+      await cmpAll(m);
+      const before = await m.stats();
+      // Damage the files the transport holds, in place: the whole-file copy and the single chunk.
+      const copies = await fsp.readdir(path.join(m.cacheDir, 'files'), { recursive: true, withFileTypes: true });
+      const copy = copies.find((e) => e.isFile())!;
+      await flipByte(path.join(copy.parentPath, copy.name), 5 * MiB + 3);
+      const h = (await chunksOf(small.rel))[0]!;
+      await flipByte(path.join(m.cacheDir, 'chunks', h.slice(0, 2), h.slice(2)), 100);
+      // The kernel's page cache of the mount still has the good bytes: drop it so the reads reach the daemon again.
+      await dropCaches();
+      assert.equal(sha256(await fsp.readFile(bigRel)), sha256(big.data), 'multi-chunk file exact after its copy was damaged');
+      assert.equal(sha256(await fsp.readFile(smallRel)), sha256(small.data), 'single-chunk file exact after its chunk was damaged');
+      const s = await m.stats();
+      assert.ok(s.ops.reads > before.ops.reads, 'the damaged files were served by the JS thread');
+      assert.ok(s.cache.corruptDropped >= 1, 'the damaged chunk was found and dropped');
+      assert.equal(s.ops.eio, 0);
+    } finally { await stop(m); }
+    // A new daemon does not trust the damaged copy either (its identity no longer matches its record).
+    const m2 = await mount('mnt-corrupt2', 'cache-warm');
+    try {
+      await cmpAll(m2);
+    } finally { await stop(m2); }
+  });
+});
+
+describe('cold reads', () => {
+  it('a damaged store object (raw or zstd) is EIO, never bytes; the rest reads exactly', async () => {
+    const text = FILES[FILES.length - 1]!, raw = FILES[3]!;
+    const victims = [(await chunksOf(text.rel))[0]!, (await chunksOf(raw.rel))[0]!];
+    const saved: Array<[string, Buffer]> = [];
+    for (const v of victims) {
+      const f = path.join(store, objectPath(v));
+      const b = await fsp.readFile(f);
+      saved.push([f, Buffer.from(b)]);
+      b[b.length - 10]! ^= 0xff; // in the payload, past the 16-byte header
+      await fsp.chmod(f, 0o644).catch(() => {});
+      await fsp.writeFile(f, b);
+    }
+    assert.equal(saved[0]![1][4], 1, 'the text file is stored zstd-compressed');
+    assert.equal(saved[1]![1][4], 0, 'the random file is stored raw');
+    const m = await mount('mnt-cold', 'cache-cold');
+    try {
+      for (const f of [text, raw]) {
+        const r = await run('cat', [path.join(m.mp, 'layers', hex, f.rel)]);
+        assert.notEqual(r.code, 0, `${f.rel}: read of a damaged object fails`);
+        assert.match(r.stderr, /Input\/output error/);
+      }
+      // The others: exact (cold: fetched, decoded and verified on the threadpool).
+      for (const f of FILES.slice(0, 3)) {
+        assert.equal(sha256(await fsp.readFile(path.join(m.mp, 'layers', hex, f.rel))), sha256(f.data), f.rel);
+      }
+      const s = await m.stats();
+      assert.ok(s.ops.eio >= 2);
+      // Nothing damaged reached the cache directory.
+      for (const v of victims) {
+        const cached = await fsp.readFile(path.join(m.cacheDir, 'chunks', v.slice(0, 2), v.slice(2))).catch(() => null);
+        assert.equal(cached, null, `damaged object ${v} not cached`);
+      }
+    } finally {
+      await stop(m);
+      for (const [f, b] of saved) await fsp.writeFile(f, b);
+    }
+  });
+});
