@@ -69,10 +69,10 @@ async function flipByte(file: string, at: number): Promise<void> {
   } finally { await fh.close(); }
 }
 
-/** Drop clean page-cache pages (the FUSE inodes' too): the next read of a file reaches the daemon again. */
-async function dropCaches(): Promise<void> {
+/** Drop clean page-cache pages (the FUSE inodes' too), not dentries or inodes: the next read of a file reaches the daemon. */
+async function dropPages(): Promise<void> {
   await run('sync', []);
-  await fsp.writeFile('/proc/sys/vm/drop_caches', '3');
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '1');
 }
 
 before(async () => {
@@ -129,25 +129,38 @@ describe('warm reads without passthrough', () => {
     const m = await mount('mnt-corrupt', 'cache-warm');
     const big = FILES[0]!, small = FILES[5]!;
     const bigRel = path.join(m.mp, 'layers', hex, big.rel), smallRel = path.join(m.mp, 'layers', hex, small.rel);
+    // Held open throughout: the kernel keeps the nodes, and the transport the copies it was handed at their open.
+    const held = [await fsp.open(bigRel, 'r'), await fsp.open(smallRel, 'r')];
+    const readAll = async (fh: fsp.FileHandle, size: number) => {
+      const b = Buffer.alloc(size);
+      for (let got = 0; got < size;) { const { bytesRead } = await fh.read(b, got, size - got, got); if (!bytesRead) break; got += bytesRead; }
+      return b;
+    };
     try {
-      // Open both (the transport holds the verified copies), read them once.
-      await cmpAll(m);
+      assert.equal(sha256(await readAll(held[0]!, big.data.length)), sha256(big.data));
+      assert.equal(sha256(await readAll(held[1]!, small.data.length)), sha256(small.data));
       const before = await m.stats();
+      assert.equal(before.ops.reads, 0, 'served by the transport so far');
       // Damage the files the transport holds, in place: the whole-file copy and the single chunk.
       const copies = await fsp.readdir(path.join(m.cacheDir, 'files'), { recursive: true, withFileTypes: true });
       const copy = copies.find((e) => e.isFile())!;
       await flipByte(path.join(copy.parentPath, copy.name), 5 * MiB + 3);
       const h = (await chunksOf(small.rel))[0]!;
       await flipByte(path.join(m.cacheDir, 'chunks', h.slice(0, 2), h.slice(2)), 100);
-      // The kernel's page cache of the mount still has the good bytes: drop it so the reads reach the daemon again.
-      await dropCaches();
-      assert.equal(sha256(await fsp.readFile(bigRel)), sha256(big.data), 'multi-chunk file exact after its copy was damaged');
-      assert.equal(sha256(await fsp.readFile(smallRel)), sha256(small.data), 'single-chunk file exact after its chunk was damaged');
+      // The mount's page cache still has the good bytes: drop it (pages only: the open files keep their nodes), so
+      // the reads reach the daemon again.
+      await dropPages();
+      assert.equal(sha256(await readAll(held[0]!, big.data.length)), sha256(big.data), 'multi-chunk file exact after its copy was damaged');
+      assert.equal(sha256(await readAll(held[1]!, small.data.length)), sha256(small.data), 'single-chunk file exact after its chunk was damaged');
       const s = await m.stats();
-      assert.ok(s.ops.reads > before.ops.reads, 'the damaged files were served by the JS thread');
+      assert.equal(s.ops.opensNative, before.ops.opensNative, 'no new open: the transport still held the damaged files');
+      assert.ok(s.ops.reads > 0, 'the damaged files were served by the JS thread');
       assert.ok(s.cache.corruptDropped >= 1, 'the damaged chunk was found and dropped');
       assert.equal(s.ops.eio, 0);
-    } finally { await stop(m); }
+    } finally {
+      for (const fh of held) await fh.close();
+      await stop(m);
+    }
     // A new daemon does not trust the damaged copy either (its identity no longer matches its record).
     const m2 = await mount('mnt-corrupt2', 'cache-warm');
     try {
