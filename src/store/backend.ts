@@ -10,9 +10,10 @@ export interface ReadOptions {
   maxBytes?: number;
   /**
    * Checks the bytes (throws, e.g. an IntegrityError, when they are not the ones asked for). A backend with
-   * several sources treats a refusal as that source's failure and tries the next one.
+   * several sources treats a refusal as that source's failure and tries the next one. May be asynchronous (object
+   * decoding and hashing run on the threadpool); the backend awaits it.
    */
-  verify?: (data: Buffer) => void;
+  verify?: (data: Buffer) => void | Promise<void>;
 }
 
 export interface Backend {

@@ -1,8 +1,10 @@
-// Object framing and codecs: the 16-byte header, zstd/deflate/none, verification on decode.
+// Object framing and codecs: the 16-byte header, zstd/deflate/none, verification on decode (on the threadpool when the
+// native addon is built: src/store/native/decode.c; here otherwise).
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { createRequire } from 'node:module';
 import { sha256hex } from '../util/hash.js';
 import { IntegrityError, ThinfsError, EXIT } from '../util/errors.js';
+import { tryNative } from '../util/native.js';
 
 // zstd-napi is a maintained N-API binding that builds from its bundled zstd sources (no download),
 // and Node 20's zlib has no zstd: deflate would cap ingest near 60 MB/s per core.
@@ -76,5 +78,35 @@ export function decodeObject(hash: string, raw: Uint8Array): Buffer {
   if (data.length !== len) throw new IntegrityError(hash, `object ${hash}: length ${data.length} != header ${len}`);
   const got = sha256hex(data);
   if (got !== hash) throw new IntegrityError(hash, `object ${hash}: content hashes to ${got}`);
+  return data;
+}
+
+interface NativeDecode {
+  /** A Buffer (zstd, verified), 0 (codec none: the payload verified), 1 (decode it in JS) or a negative refusal. */
+  decodeObject(raw: Buffer, hash: string, size: number): Promise<Buffer | number>;
+}
+
+/** Why the native decoder refused an object (decode.c's negative results). */
+const REFUSED: Record<number, string> = {
+  [-1]: 'bad header (not a thinfs object)', [-2]: 'cannot decompress', [-3]: 'decoded length differs from its header',
+  [-4]: 'content does not hash to its name', [-5]: 'length in its header is not the size expected',
+};
+
+/**
+ * decodeObject off the JS thread: decompression and hashing run on the libuv threadpool (the JS thread answers FUSE
+ * requests; cold reads used to decode and hash every chunk on it). `size`, when known, must be the decoded length
+ * (checked before anything is allocated). Without the addon, or for codecs it leaves to JS, the same checks run here.
+ * Never returns unverified bytes; `raw` must not change until it settles.
+ */
+export async function decodeObjectAsync(hash: string, raw: Buffer, size?: number): Promise<Buffer> {
+  const nat = tryNative<NativeDecode>();
+  if (nat?.decodeObject && /^[0-9a-f]{64}$/.test(hash)) {
+    const r = await nat.decodeObject(raw, hash, size ?? -1);
+    if (typeof r !== 'number') return r;
+    if (r === 0) return raw.subarray(HEADER_LEN);
+    if (r < 0) throw new IntegrityError(hash, `object ${hash}: ${REFUSED[r] ?? 'refused'}${r === -5 ? ` (${size})` : ''}`);
+  }
+  const data = decodeObject(hash, raw);
+  if (size !== undefined && data.length !== size) throw new IntegrityError(hash, `object ${hash}: ${data.length} bytes, the catalog says ${size}`);
   return data;
 }

@@ -26,7 +26,7 @@ export class FsBackend implements Backend {
         off += bytesRead;
       }
       const out = off === size ? buf : buf.subarray(0, off);
-      opts.verify?.(out);
+      await opts.verify?.(out);
       return out;
     } finally {
       await fh.close();

@@ -136,7 +136,7 @@ export class HttpBackend implements Backend {
             if (tried++ > 0) this.counters.failovers++;
             try {
               const r = await this.once(host.url, proxy, path, rel, max, etag, signal);
-              if (r.data && opts.verify) opts.verify(r.data);
+              if (r.data && opts.verify) await opts.verify(r.data);
               host.failures = 0; host.avoidUntil = 0;
               if (proxy) { proxy.failures = 0; proxy.avoidUntil = 0; }
               return r;

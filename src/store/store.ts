@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
-import { decodeObject, Codec, HEADER_LEN } from './codec.js';
+import { decodeObjectAsync, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
@@ -78,10 +78,8 @@ export class Store {
     let data: Buffer | null = null;
     const raw = await this.backend.read(objectPath(hash), {
       maxBytes: size === undefined ? undefined : size + HEADER_LEN,
-      verify: (b) => {
-        data = decodeObject(hash, b);
-        if (size !== undefined && data.length !== size) throw new IntegrityError(hash, `object ${hash}: ${data.length} bytes, the catalog says ${size}`);
-      },
+      // Decoded and hashed on the threadpool (codec.ts).
+      verify: async (b) => { data = await decodeObjectAsync(hash, b, size); },
     });
     if (!raw) throw new NotFoundError(`object ${hash} not found in store ${this.location}`);
     return { data: data!, rawBytes: raw.length };

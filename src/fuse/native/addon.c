@@ -270,10 +270,12 @@ static napi_value js_read_stats(napi_env env, napi_callback_info info) {
 
 void readverify_init(napi_env env, napi_value exports);
 void gear_init(napi_env env, napi_value exports);
+void decode_init(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   readverify_init(env, exports);
   gear_init(env, exports);
+  decode_init(env, exports);
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
       {"reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL},

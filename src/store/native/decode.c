@@ -1,0 +1,152 @@
+// decodeObject: a stored object (src/store/codec.ts framing) decoded and checked against the hash that names it on the
+// libuv threadpool, so cold reads (and catalog fetches) never decompress or hash on the JS thread, which also answers
+// every FUSE request. Codec none is only hashed; zstd is decompressed into a buffer of exactly the header's length
+// (and, when the caller knows it, the catalog's size: a hostile object cannot make it allocate more); raw deflate, and
+// zstd when the addon was built without zstd.h, are left to the JS path. No byte comes back unless it hashes right.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <node_api.h>
+#include <openssl/evp.h>
+#ifdef HAVE_ZSTD
+#include <zstd.h>
+#endif
+
+#define HEADER_LEN 16
+// Results (negative: refused; the JS side words the error).
+#define DEC_OK 0
+#define DEC_JS 1           // not handled here: decode in JS
+#define DEC_BAD_HEADER -1
+#define DEC_UNDECODABLE -2
+#define DEC_LENGTH -3
+#define DEC_HASH -4
+#define DEC_SIZE -5        // header length differs from the size the caller expects
+#define DEC_NOMEM -6
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref raw_ref;  // keeps the input alive while the job reads it
+  const uint8_t *raw;
+  size_t raw_len;
+  double want_size;  // < 0: unknown
+  unsigned char want[32];
+  uint8_t *out;      // zstd output (malloc'd), handed to JS as an external buffer
+  size_t out_len;
+  int result;
+} dec_job_t;
+
+static uint64_t le64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+static int sha_matches(const uint8_t *p, size_t n, const unsigned char want[32]) {
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  if (!EVP_Digest(p, n, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32) return 0;
+  return memcmp(md, want, 32) == 0;
+}
+
+static void dec_execute(napi_env env, void *arg) {
+  dec_job_t *j = (dec_job_t *)arg;
+  (void)env;
+  if (j->raw_len < HEADER_LEN || memcmp(j->raw, "TFO1", 4) != 0) { j->result = DEC_BAD_HEADER; return; }
+  uint8_t codec = j->raw[4];
+  uint64_t len = le64(j->raw + 8);
+  const uint8_t *payload = j->raw + HEADER_LEN;
+  size_t plen = j->raw_len - HEADER_LEN;
+  if (j->want_size >= 0 && (double)len != j->want_size) { j->result = DEC_SIZE; return; }
+  if (codec == 0) {
+    if (plen != len) { j->result = DEC_LENGTH; return; }
+    j->result = sha_matches(payload, plen, j->want) ? DEC_OK : DEC_HASH;
+    return;
+  }
+#ifdef HAVE_ZSTD
+  if (codec == 1) {
+    // An unknown size is still bounded: no object of a layer is anywhere near this.
+    if (len > ((uint64_t)1 << 32)) { j->result = DEC_SIZE; return; }
+    j->out = malloc(len ? (size_t)len : 1);
+    if (!j->out) { j->result = DEC_NOMEM; return; }
+    size_t n = ZSTD_decompress(j->out, (size_t)len, payload, plen);
+    if (ZSTD_isError(n)) { j->result = DEC_UNDECODABLE; return; }
+    if (n != len) { j->result = DEC_LENGTH; return; }
+    j->out_len = n;
+    j->result = sha_matches(j->out, n, j->want) ? DEC_OK : DEC_HASH;
+    return;
+  }
+#endif
+  j->result = DEC_JS;
+}
+
+static void dec_free(napi_env env, void *data, void *hint) {
+  (void)env; (void)hint;
+  free(data);
+}
+
+static void dec_complete(napi_env env, napi_status status, void *arg) {
+  dec_job_t *j = (dec_job_t *)arg;
+  napi_value v;
+  if (status == napi_ok && j->result == DEC_OK && j->out) {
+    if (napi_create_external_buffer(env, j->out_len, j->out, dec_free, NULL, &v) == napi_ok) j->out = NULL;
+    else napi_create_int32(env, DEC_NOMEM, &v);
+  } else {
+    napi_create_int32(env, status == napi_ok ? j->result : DEC_NOMEM, &v);
+  }
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_reference(env, j->raw_ref);
+  napi_delete_async_work(env, j->work);
+  free(j->out);
+  free(j);
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// decodeObject(raw: Buffer, sha256hex, size | -1) -> Promise<Buffer (zstd) | 0 (codec none: the payload is good) |
+// 1 (decode it in JS) | negative (refused)>. raw must not be changed until the promise settles.
+static napi_value js_decode_object(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], promise, name;
+  void *data = NULL;
+  size_t len = 0, hlen = 0;
+  char hex[66];
+  double size = -1;
+  bool isbuf = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_is_buffer(env, argv[0], &isbuf) != napi_ok || !isbuf || napi_get_buffer_info(env, argv[0], &data, &len) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[1], hex, sizeof(hex), &hlen) != napi_ok || hlen != 64 ||
+      napi_get_value_double(env, argv[2], &size) != napi_ok) {
+    napi_throw_type_error(env, NULL, "decodeObject(raw, sha256hex, size)");
+    return NULL;
+  }
+  dec_job_t *j = calloc(1, sizeof(*j));
+  if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  for (int i = 0; i < 32; i++) {
+    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) { free(j); napi_throw_range_error(env, NULL, "decodeObject: bad hash"); return NULL; }
+    j->want[i] = (unsigned char)(hi << 4 | lo);
+  }
+  j->raw = data;
+  j->raw_len = len;
+  j->want_size = size;
+  napi_create_reference(env, argv[0], 1, &j->raw_ref);
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "thinfs.decodeObject", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, dec_execute, dec_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
+void decode_init(napi_env env, napi_value exports) {
+  napi_property_descriptor p[] = {
+      {"decodeObject", NULL, js_decode_object, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, 1, p);
+}
