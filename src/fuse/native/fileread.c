@@ -13,6 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+// How far ahead of a sequential reader the copy is read from disk.
+#define READ_AHEAD ((uint64_t)8 << 20)
+
 static int64_t ns_of(struct timespec t) { return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec; }
 
 int fileread_attach(open_entry_t *e, int fd) {
@@ -20,13 +23,12 @@ int fileread_attach(open_entry_t *e, int fd) {
   if (own < 0) return -errno;
   struct stat st;
   if (fstat(own, &st) < 0) { int err = errno; close(own); return -err; }
-  // Sequential readers are the common case (and the kernel's readahead asks in order): let the disk run ahead.
-  posix_fadvise(own, 0, 0, POSIX_FADV_SEQUENTIAL);
   e->read_fd = own;
   e->read_size = (uint64_t)st.st_size;
   e->read_ino = (uint64_t)st.st_ino;
   e->read_mtime_ns = ns_of(st.st_mtim);
   e->read_ctime_ns = ns_of(st.st_ctim);
+  e->read_ahead_to = 0;
   return 1;
 }
 
@@ -45,6 +47,15 @@ int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offs
     uint64_t left = e->read_size - offset;
     want = size < left ? size : (size_t)left;
     if (want > BUF_SIZE) want = BUF_SIZE;
+  }
+  // One thread answers every READ, one after another: a pread that waits on the disk stalls the mount. A reader going
+  // on sequentially gets the copy's next pages asked of the disk ahead of it (asynchronously), so its preads find them
+  // in the page cache, as the kernel's own readahead does for a local file.
+  if (want && offset + want + READ_AHEAD / 2 > e->read_ahead_to && offset <= e->read_ahead_to + READ_AHEAD &&
+      e->read_ahead_to < e->read_size) {
+    uint64_t from = e->read_ahead_to > offset ? e->read_ahead_to : offset;
+    posix_fadvise(e->read_fd, (off_t)from, READ_AHEAD, POSIX_FADV_WILLNEED);
+    e->read_ahead_to = from + READ_AHEAD;
   }
   // The lock keeps the descriptor open while it is read (a FORGET on the JS thread may drop the entry).
   size_t got = 0;

@@ -49,6 +49,7 @@ typedef struct open_entry {
   // The copy's identity when handed over: a write, truncate or replacement since changes it (then JS serves the node).
   uint64_t read_ino;
   int64_t read_mtime_ns, read_ctime_ns;
+  uint64_t read_ahead_to;  // the copy's pages asked of the disk up to here (fileread.c)
   struct open_entry *next;
 } open_entry_t;
 
