@@ -78,6 +78,10 @@ export class NodeCache {
   /** Verified bytes of a chunk (memory, cache directory, store). */
   get(hash: string, size?: number): Promise<Buffer> { return this.fetcher.get(hash, size); }
   isLocal(hash: string): boolean { return this.fetcher.isLocal(hash); }
+  /** The path of a chunk in the cache directory when the index has it (its bytes are checked by whoever opens it). */
+  chunkFile(hash: string): string | null { return this.index.has(hash) ? this.dir.chunkPath(hash) : null; }
+  /** A chunk was used without this process reading it (the transport did): recently used, for the LRU. */
+  touch(hash: string): void { this.index.touch(hash); }
   warm(hash: string, size: number): void { this.fetcher.warm(hash, size); }
   openVerifiedChunk(hash: string, size: number): Promise<number | null> { return this.fetcher.openVerifiedChunk(hash, size); }
   openWholeFile(fileId: string, chunks: ChunkRef[], size: number): Promise<number | null> { return this.files.open(fileId, chunks, size); }

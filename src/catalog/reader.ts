@@ -68,6 +68,10 @@ export class CatalogReader {
           WHERE d2.parent = i.ino AND d2.kind != 2 AND i2.type = 'dir') ELSE 0 END AS subdirs
         FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
       chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
+      // A chunk at 0 as long as the file is its only one (chunks do not overlap).
+      oneChunkFiles: this.db.prepare(`SELECT d.ino AS ino, c.size AS size, c.hash AS hash FROM dirents d JOIN inodes i ON i.ino=d.ino
+        JOIN chunks c ON c.ino=d.ino AND c.idx=0 WHERE d.parent=? AND d.kind != 2 AND i.type='file' AND i.inline IS NULL
+        AND c.offset=0 AND c.size=i.size AND i.size > 0 AND i.size <= ?`),
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
       links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
@@ -134,6 +138,11 @@ export class CatalogReader {
   /** A directory's pre-encoded listing (packed records, src/catalog/dirblocks.ts); undefined in older catalogs. */
   dirBlock(ino: number): Buffer | undefined {
     return this.st.dirBlock?.get(ino) as Buffer | undefined;
+  }
+
+  /** The files of a directory whose bytes are one chunk of at most maxSize bytes: inode, size and raw SHA-256. */
+  oneChunkFiles(dirIno: number, maxSize: number): Array<{ ino: number; size: number; hash: Buffer }> {
+    return this.st.oneChunkFiles.all(dirIno, maxSize) as Array<{ ino: number; size: number; hash: Buffer }>;
   }
 
   /** A directory's visible subdirectories' inode numbers, in name order. */

@@ -5,7 +5,8 @@ import { loadNative } from '../util/native.js';
 import { readU64, writeU64, type Attr } from '../format/listing.js';
 
 export const OP = {
-  CLOSED: 0, /** pseudo: a listing handed over with dirAhead was first served by the transport */ DIR_LISTED: 0xfff0, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
+  CLOSED: 0, /** pseudo: a listing handed over with dirAhead was first served by the transport */ DIR_LISTED: 0xfff0,
+  /** pseudo: the transport opened a file handed over with fileAhead, and answers its reads */ OPENED: 0xfff1, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
   INIT: 26, READDIR: 28, BATCH_FORGET: 42, READDIRPLUS: 44,
 } as const;
 
@@ -37,6 +38,12 @@ export interface Binding {
    * id or 1 (transport reads), 0, or -errno when the file was refused.
    */
   openReply(s: Session, unique: number, nodeid: number, fd: number): number;
+  /**
+   * Hand over a one-chunk file the kernel may open next (nativeReads): its cached chunk's path, size and SHA-256. The
+   * transport answers its first open (after hashing the chunk; a mismatch goes to JS as usual) and its reads itself,
+   * then sends OP.OPENED. Files over 1 MiB are ignored (hashed on the threadpool by JS instead).
+   */
+  fileAhead(s: Session, nodeid: number, chunkPath: string, size: number, sha256: Buffer): void;
   /** READs the transport answered from handed-over copies, and their bytes. */
   readStats(s: Session): [number, number];
   /** The kernel forgot the node: its backing file is released once the last open is. */

@@ -220,6 +220,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
         return;
       }
       case OP.DIR_LISTED: fs.listedAhead(nodeid); return;
+      case OP.OPENED: fs.openedNatively(nodeid); return;
       case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
       case OP.BATCH_FORGET: {
         const b = body as Buffer;
@@ -245,6 +246,8 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.handAhead = (id, block, base) => k.dirAhead(session, id, block, base);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
+  // Without passthrough, the one-chunk files of directories being listed are handed to the transport ahead of their open.
+  if (fs.nativeReads) fs.handFile = (id, p, size, sha) => k.fileAhead(session, id, p, size, sha);
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');
   if (!init.passthrough && o.passthrough) log.info('FUSE passthrough not available (needs kernel >= 6.9 and root): every read is served by thinfs');
   if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);

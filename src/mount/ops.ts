@@ -25,6 +25,8 @@ const S_IFLNK = 0o120000;
 const SEQ_WINDOW = 8 << 20;
 /** File-ahead fetches at most this many chunks (~64 MB at the default chunking): a huge file must not flush the cache. */
 const FILE_AHEAD_CHUNKS = 64;
+/** One-chunk files up to this size are handed to the transport ahead of their open (fileread.c's limit). */
+const HAND_FILE_MAX = 1 << 20;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
@@ -99,6 +101,10 @@ export class ThinFs {
    */
   openReply: ((unique: number, nodeid: number, fd: number) => number) | null = null;
   nativeReads = false;
+  /** Set by the daemon (nativeReads): hands the transport a one-chunk file's cached chunk before the kernel opens it. */
+  handFile: ((nodeid: number, chunkPath: string, size: number, sha256: Buffer) => void) | null = null;
+  /** Directories whose one-chunk files were handed over already, per layer. */
+  private readonly handedDirs = new WeakMap<Layer, Set<number>>();
   /** Set by the daemon: the transport's count of READs it answered, and their bytes. */
   nativeReadStats: (() => [number, number]) | null = null;
   /** Set by the daemon: the kernel forgot a node entirely. */
@@ -389,8 +395,11 @@ export class ThinFs {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;
     }
-    // Once this reply is written: the listings a scan reads next.
-    if (rin.offset === 0) { const a = this.aheadOf(n.layer), ino = n.inode.ino; if (a) setImmediate(() => a.listed(ino)); }
+    // Once this reply is written: the listings a scan reads next, and the files a reader of this directory opens next.
+    if (rin.offset === 0) {
+      const a = this.aheadOf(n.layer), ino = n.inode.ino, layer = n.layer;
+      if (a || this.handFile) setImmediate(() => { this.handFiles(layer, ino); a?.listed(ino); });
+    }
     return out.subarray(0, r[0]);
   }
 
@@ -400,10 +409,43 @@ export class ThinFs {
     let a = this.ahead.get(layer);
     if (!a) {
       const base = this.ids.baseOf(layer), hand = this.handAhead;
-      a = new ListingAhead(layer.catalog!, (ino, block) => hand(base + ino, block, base));
+      a = new ListingAhead(layer.catalog!, (ino, block) => { hand(base + ino, block, base); this.handFiles(layer, ino); });
       this.ahead.set(layer, a);
     }
     return a;
+  }
+
+  /**
+   * Without passthrough: the one-chunk files of a layer directory whose chunks are cached, handed to the transport
+   * before the kernel opens them. Their first open is then answered there (the chunk hashed on the transport's thread,
+   * up to 1 MiB) and their reads too: no trip to this thread per file. Once per directory.
+   */
+  private handFiles(layer: Layer, dirIno: number): void {
+    if (!this.handFile) return;
+    let done = this.handedDirs.get(layer);
+    if (!done) { done = new Set(); this.handedDirs.set(layer, done); }
+    if (done.has(dirIno)) return;
+    done.add(dirIno);
+    const base = this.ids.baseOf(layer);
+    for (const f of layer.catalog!.oneChunkFiles(dirIno, HAND_FILE_MAX)) {
+      const p = this.cache.chunkFile(f.hash.toString('hex'));
+      if (p) this.handFile(base + f.ino, p, f.size, f.hash);
+    }
+  }
+
+  /** The transport opened a handed-over file (and answers its reads): counted, and its chunk kept in mind as in use. */
+  openedNatively(id: number): void {
+    this.counters.opensNative++;
+    let n: Node;
+    try { n = this.node(id); } catch { return; }
+    if (n.k !== 'entry') return;
+    const chunks = this.chunksOf(n, this.readState(n));
+    const c = chunks[0];
+    if (!c) return;
+    this.cache.touch(c.hash);
+    // An evicted chunk is let go of by the transport, as a passthrough backing file is by the kernel.
+    this.backing.record(id, c.hash);
+    this.prefetcher?.reading(n.layer.hex, chunks, true);
   }
 
   /** The transport answered a listing it was handed (its first page). */

@@ -1,5 +1,5 @@
 // The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
-// dirPage, readStats, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// dirPage, readStats, fileAhead, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
@@ -253,6 +253,27 @@ static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// fileAhead(session, nodeid, chunkPath, size, sha256: Buffer(32)): a one-chunk file the kernel may open next (see
+// fileread.c): its first open and its reads are then answered by the reader thread.
+static napi_value js_file_ahead(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  session_t *s;
+  double nodeid, size;
+  char path[4096];
+  size_t l, shalen = 0;
+  void *sha;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_value_string_utf8(env, argv[2], path, sizeof(path), &l));
+  CHECK(napi_get_value_double(env, argv[3], &size));
+  CHECK(napi_get_buffer_info(env, argv[4], &sha, &shalen));
+  if (shalen != 32 || size < 0 || l >= sizeof(path) - 1) { napi_throw_range_error(env, NULL, "fileAhead: bad size, path or hash"); return NULL; }
+  fileread_ahead(s, (uint64_t)nodeid, path, (uint64_t)size, sha);
+  return NULL;
+}
+
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -286,6 +307,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
+      {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

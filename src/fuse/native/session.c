@@ -153,6 +153,8 @@ static void dirc_drop(session_t *s, dirc_entry_t *e) {
 }
 
 static void post(session_t *s, request_t *r) { s->deliver(s, r); }
+void session_post(session_t *s, request_t *r) { post(s, r); }
+void session_reply_open(session_t *s, uint64_t unique, int32_t backing_id) { reply_open(s->fd, unique, backing_id); }
 
 // READDIR/READDIRPLUS of a handed-over listing: answered here. Returns 1 when answered.
 static int dirc_serve(session_t *s, const struct fuse_in_header *ih, const struct fuse_read_in *in) {
@@ -199,6 +201,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
           done = 1;
         }
         pthread_mutex_unlock(&s->open_lock);
+        if (!done && s->native_reads && !s->passthrough) done = fileread_open(s, ih->unique, ih->nodeid);
         return done;  // first open of this node: JS decides (openReply)
       }
       /* fall through */
@@ -356,6 +359,8 @@ session_t *session_new(void) {
   s->opens = calloc(OPEN_BUCKETS, sizeof(open_entry_t *));
   s->dirc = calloc(DIRC_BUCKETS, sizeof(dirc_entry_t *));
   s->dirc_out = malloc(BUF_SIZE);
+  s->fahead = calloc(FAHEAD_BUCKETS, sizeof(file_ahead_t *));
+  pthread_mutex_init(&s->fahead_lock, NULL);
   pthread_mutex_init(&s->open_lock, NULL);
   pthread_mutex_init(&s->eof_lock, NULL);
   pthread_mutex_init(&s->dirc_lock, NULL);
@@ -369,6 +374,7 @@ void session_free(session_t *s) {
   free(s->dirc);
   free(s->dirc_out);
   free(s->read_out);
+  free(s->fahead);
   free(s);
 }
 

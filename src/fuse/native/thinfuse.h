@@ -53,6 +53,23 @@ typedef struct open_entry {
   struct open_entry *next;
 } open_entry_t;
 
+// Files handed over by JS before the kernel opens them (the one-chunk files of a directory being listed: a reader opens
+// them next): the cached chunk holding the file's bytes and its SHA-256. The reader thread answers the first OPEN of
+// such a node itself, after hashing the chunk (fileread.c), and then its READs; JS hears of it after the reply
+// (EV_OPENED). A handed-over file is used once; beyond FAHEAD_MAX entries, new ones are ignored.
+#define FAHEAD_BUCKETS 16384
+#define FAHEAD_MAX 65536
+// Only files up to this size are hashed on the reader thread (bigger ones go to JS, which hashes on the threadpool).
+#define FAHEAD_FILE_MAX ((uint64_t)1 << 20)
+typedef struct file_ahead {
+  uint64_t nodeid, size;
+  unsigned char sha[32];
+  char *path;
+  struct file_ahead *chain;
+} file_ahead_t;
+// Event: the reader thread opened a handed-over file (nodeid) and answers its reads.
+#define EV_OPENED 0xfff1
+
 // A request (or event) for the JS thread.
 typedef struct {
   uint32_t opcode;
@@ -72,6 +89,9 @@ typedef struct session {
   int native_reads; // without passthrough: JS decides first opens and may hand a verified copy to answer READs here
   uint8_t *read_out;  // the reader thread's buffer for READs it answers (fileread.c)
   uint64_t native_read_reqs, native_read_bytes;  // READs answered here (atomics: JS reads them)
+  file_ahead_t **fahead;
+  size_t fahead_count;
+  pthread_mutex_t fahead_lock;
   int no_opendir;   // the kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT, Linux >= 5.1)
   // Node ids below this are directories whose listings change (the mount's synthetic ones): never cached by the
   // kernel, never answered here. Set by the caller at mount; the mount owns the rule.
@@ -109,11 +129,16 @@ void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off);
 void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base);
 // The open table (callers hold open_lock).
 open_entry_t *session_open_find(session_t *s, uint64_t nodeid);
+void session_reply_open(session_t *s, uint64_t unique, int32_t backing_id);
+void session_post(session_t *s, request_t *r);
 
 // ---- fileread.c ----
 // An entry takes its own descriptor of fd (a verified local copy of the node's bytes): 1, or -errno.
 int fileread_attach(open_entry_t *e, int fd);
 void fileread_detach(open_entry_t *e);
+// The first OPEN of a node handed over with fileread_ahead: answered here (1), or 0 for JS to answer.
+int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid);
+void fileread_ahead(session_t *s, uint64_t nodeid, const char *path, uint64_t size, const unsigned char sha[32]);
 // A READ of a node whose entry holds a copy: answered here (1), or 0 for JS to answer.
 int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size);
 
