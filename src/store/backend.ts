@@ -22,6 +22,8 @@ export interface Backend {
   /** Read a whole file by store-relative path; null when it does not exist. */
   read(rel: string, opts?: ReadOptions): Promise<Buffer | null>;
   exists(rel: string): Promise<boolean>;
+  /** The local file of a store-relative path, for a store on a filesystem (objects are then read natively). */
+  localPath?(rel: string): string;
   /** Names (not paths) in a store directory such as "layers"; may be unsupported over HTTP. */
   list(dir: string): Promise<string[]>;
 }

@@ -84,13 +84,17 @@ export function decodeObject(hash: string, raw: Uint8Array): Buffer {
 interface NativeDecode {
   /** A Buffer (zstd, verified), 0 (codec none: the payload verified), 1 (decode it in JS) or a negative refusal. */
   decodeObject(raw: Buffer, hash: string, size: number): Promise<Buffer | number>;
+  /** The same for an object file read in the same job: [bytes, framed size], 1, or a negative refusal. */
+  readObject(path: string, hash: string, size: number): Promise<[Buffer, number] | number>;
 }
 
 /** Why the native decoder refused an object (decode.c's negative results). */
 const REFUSED: Record<number, string> = {
   [-1]: 'bad header (not a thinfs object)', [-2]: 'cannot decompress', [-3]: 'decoded length differs from its header',
   [-4]: 'content does not hash to its name', [-5]: 'length in its header is not the size expected',
+  [-7]: 'file bigger than the size expected',
 };
+const MISSING = -8, IO_ERROR = -9;
 
 /**
  * decodeObject off the JS thread: decompression and hashing run on the libuv threadpool (the JS thread answers FUSE
@@ -104,9 +108,28 @@ export async function decodeObjectAsync(hash: string, raw: Buffer, size?: number
     const r = await nat.decodeObject(raw, hash, size ?? -1);
     if (typeof r !== 'number') return r;
     if (r === 0) return raw.subarray(HEADER_LEN);
-    if (r < 0) throw new IntegrityError(hash, `object ${hash}: ${REFUSED[r] ?? 'refused'}${r === -5 ? ` (${size})` : ''}`);
+    if (r < 0) refuse(hash, r, size);
   }
   const data = decodeObject(hash, raw);
   if (size !== undefined && data.length !== size) throw new IntegrityError(hash, `object ${hash}: ${data.length} bytes, the catalog says ${size}`);
   return data;
+}
+
+function refuse(hash: string, r: number, size: number | undefined): never {
+  throw new IntegrityError(hash, `object ${hash}: ${REFUSED[r] ?? 'refused'}${r === -5 || r === -7 ? ` (${size})` : ''}`);
+}
+
+/**
+ * An object in a store on a filesystem, read, decoded and verified in one threadpool job: its bytes and the framed size
+ * read; null when it does not exist; undefined when this path cannot take it (no addon, a codec left to JS, an I/O
+ * error): the caller reads it the usual way. Never returns unverified bytes.
+ */
+export async function readObjectFile(file: string, hash: string, size?: number): Promise<{ data: Buffer; rawBytes: number } | null | undefined> {
+  const nat = tryNative<NativeDecode>();
+  if (!nat?.readObject || !/^[0-9a-f]{64}$/.test(hash)) return undefined;
+  const r = await nat.readObject(file, hash, size ?? -1);
+  if (typeof r !== 'number') return { data: r[0], rawBytes: r[1] };
+  if (r === MISSING) return null;
+  if (r === 1 || r === IO_ERROR) return undefined;
+  refuse(hash, r, size);
 }

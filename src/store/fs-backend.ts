@@ -32,6 +32,7 @@ export class FsBackend implements Backend {
       await fh.close();
     }
   }
+  localPath(rel: string): string { return join(this.root, rel); }
   async exists(rel: string): Promise<boolean> {
     try { await access(join(this.root, rel)); return true; } catch { return false; }
   }

@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
-import { decodeObjectAsync, Codec, HEADER_LEN } from './codec.js';
+import { decodeObjectAsync, readObjectFile, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
@@ -75,6 +75,12 @@ export class Store {
    * mirror serving wrong bytes counts as a failed mirror and the next one is asked.
    */
   async fetchObject(hash: string, size?: number): Promise<{ data: Buffer; rawBytes: number }> {
+    // A store on a filesystem: read, decoded and verified in one threadpool job (cold reads), when the addon is built.
+    if (this.backend.localPath) {
+      const got = await readObjectFile(this.backend.localPath(objectPath(hash)), hash, size);
+      if (got === null) throw new NotFoundError(`object ${hash} not found in store ${this.location}`);
+      if (got) return got;
+    }
     let data: Buffer | null = null;
     const raw = await this.backend.read(objectPath(hash), {
       maxBytes: size === undefined ? undefined : size + HEADER_LEN,

@@ -1,3 +1,5 @@
+// readObject: the same for an object in a store on a local or shared filesystem, read in the same job (one threadpool
+// trip per object instead of an open, a stat, a read and a close, and no JS buffer for the framed bytes).
 // decodeObject: a stored object (src/store/codec.ts framing) decoded and checked against the hash that names it on the
 // libuv threadpool, so cold reads (and catalog fetches) never decompress or hash on the JS thread, which also answers
 // every FUSE request. Codec none is only hashed; zstd is decompressed into a buffer of exactly the header's length
@@ -5,7 +7,10 @@
 // zstd when the addon was built without zstd.h, are left to the JS path. No byte comes back unless it hashes right.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <node_api.h>
@@ -24,6 +29,9 @@
 #define DEC_HASH -4
 #define DEC_SIZE -5        // header length differs from the size the caller expects
 #define DEC_NOMEM -6
+#define DEC_TOO_BIG -7     // the file is bigger than the expected size allows
+#define DEC_MISSING -8     // no such object
+#define DEC_IO -9          // another error reading it: the JS path reads it again and reports
 
 typedef struct {
   napi_async_work work;
@@ -36,6 +44,8 @@ typedef struct {
   uint8_t *out;      // zstd output (malloc'd), handed to JS as an external buffer
   size_t out_len;
   int result;
+  char *path;        // readObject: the object's file
+  size_t file_len;
 } dec_job_t;
 
 static uint64_t le64(const uint8_t *p) {
@@ -82,6 +92,62 @@ static void dec_execute(napi_env env, void *arg) {
   j->result = DEC_JS;
 }
 
+static int pread_all(int fd, uint8_t *p, size_t n, off_t off) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = pread(fd, p + got, n - got, off + (off_t)got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+static void read_execute(napi_env env, void *arg) {
+  dec_job_t *j = (dec_job_t *)arg;
+  (void)env;
+  int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) { j->result = errno == ENOENT ? DEC_MISSING : DEC_IO; return; }
+  struct stat st;
+  uint8_t h[HEADER_LEN];
+  if (fstat(fd, &st) < 0) { j->result = DEC_IO; goto out; }
+  j->file_len = (size_t)st.st_size;
+  if (j->want_size >= 0 && (double)st.st_size > j->want_size + HEADER_LEN) { j->result = DEC_TOO_BIG; goto out; }
+  if ((size_t)st.st_size < HEADER_LEN || pread_all(fd, h, HEADER_LEN, 0) < 0 || memcmp(h, "TFO1", 4) != 0) { j->result = DEC_BAD_HEADER; goto out; }
+  uint64_t len = le64(h + 8);
+  size_t plen = (size_t)st.st_size - HEADER_LEN;
+  if (j->want_size >= 0 && (double)len != j->want_size) { j->result = DEC_SIZE; goto out; }
+  if (h[4] == 0) {
+    // Stored raw: the payload is read straight into the buffer handed out.
+    if (plen != len) { j->result = DEC_LENGTH; goto out; }
+    j->out = malloc(plen ? plen : 1);
+    if (!j->out) { j->result = DEC_NOMEM; goto out; }
+    if (pread_all(fd, j->out, plen, HEADER_LEN) < 0) { j->result = DEC_IO; goto out; }
+    j->out_len = plen;
+    j->result = sha_matches(j->out, plen, j->want) ? DEC_OK : DEC_HASH;
+    goto out;
+  }
+#ifdef HAVE_ZSTD
+  if (h[4] == 1) {
+    if (len > ((uint64_t)1 << 32)) { j->result = DEC_SIZE; goto out; }
+    uint8_t *payload = malloc(plen ? plen : 1);
+    j->out = malloc(len ? (size_t)len : 1);
+    if (!payload || !j->out) { free(payload); j->result = DEC_NOMEM; goto out; }
+    if (pread_all(fd, payload, plen, HEADER_LEN) < 0) { free(payload); j->result = DEC_IO; goto out; }
+    size_t n = ZSTD_decompress(j->out, (size_t)len, payload, plen);
+    free(payload);
+    if (ZSTD_isError(n)) { j->result = DEC_UNDECODABLE; goto out; }
+    if (n != len) { j->result = DEC_LENGTH; goto out; }
+    j->out_len = n;
+    j->result = sha_matches(j->out, n, j->want) ? DEC_OK : DEC_HASH;
+    goto out;
+  }
+#endif
+  j->result = DEC_JS;
+out:
+  close(fd);
+}
+
 static void dec_free(napi_env env, void *data, void *hint) {
   (void)env; (void)hint;
   free(data);
@@ -91,15 +157,25 @@ static void dec_complete(napi_env env, napi_status status, void *arg) {
   dec_job_t *j = (dec_job_t *)arg;
   napi_value v;
   if (status == napi_ok && j->result == DEC_OK && j->out) {
-    if (napi_create_external_buffer(env, j->out_len, j->out, dec_free, NULL, &v) == napi_ok) j->out = NULL;
-    else napi_create_int32(env, DEC_NOMEM, &v);
+    napi_value b, n;
+    if (napi_create_external_buffer(env, j->out_len, j->out, dec_free, NULL, &b) == napi_ok) {
+      j->out = NULL;
+      if (j->path) {
+        // readObject: [bytes, framed size read]
+        napi_create_array_with_length(env, 2, &v);
+        napi_set_element(env, v, 0, b);
+        napi_create_double(env, (double)j->file_len, &n);
+        napi_set_element(env, v, 1, n);
+      } else v = b;
+    } else napi_create_int32(env, DEC_NOMEM, &v);
   } else {
     napi_create_int32(env, status == napi_ok ? j->result : DEC_NOMEM, &v);
   }
   napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_reference(env, j->raw_ref);
+  if (j->raw_ref) napi_delete_reference(env, j->raw_ref);
   napi_delete_async_work(env, j->work);
   free(j->out);
+  free(j->path);
   free(j);
 }
 
@@ -144,9 +220,41 @@ static napi_value js_decode_object(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// readObject(path, sha256hex, size | -1) -> Promise<[Buffer, framed bytes] | 1 (decode it in JS) | negative>.
+static napi_value js_read_object(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], promise, name;
+  size_t plen = 0, hlen = 0;
+  char hex[66];
+  double size = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_string_utf8(env, argv[0], NULL, 0, &plen) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[1], hex, sizeof(hex), &hlen) != napi_ok || hlen != 64 ||
+      napi_get_value_double(env, argv[2], &size) != napi_ok) {
+    napi_throw_type_error(env, NULL, "readObject(path, sha256hex, size)");
+    return NULL;
+  }
+  dec_job_t *j = calloc(1, sizeof(*j));
+  if (j) j->path = malloc(plen + 1);
+  if (!j || !j->path) { free(j); napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  napi_get_value_string_utf8(env, argv[0], j->path, plen + 1, &plen);
+  for (int i = 0; i < 32; i++) {
+    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) { free(j->path); free(j); napi_throw_range_error(env, NULL, "readObject: bad hash"); return NULL; }
+    j->want[i] = (unsigned char)(hi << 4 | lo);
+  }
+  j->want_size = size;
+  napi_create_promise(env, &j->deferred, &promise);
+  napi_create_string_utf8(env, "thinfs.readObject", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, read_execute, dec_complete, j, &j->work);
+  napi_queue_async_work(env, j->work);
+  return promise;
+}
+
 void decode_init(napi_env env, napi_value exports) {
   napi_property_descriptor p[] = {
       {"decodeObject", NULL, js_decode_object, NULL, NULL, NULL, napi_default, NULL},
+      {"readObject", NULL, js_read_object, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 1, p);
+  napi_define_properties(env, exports, 2, p);
 }
