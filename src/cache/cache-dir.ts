@@ -10,6 +10,7 @@ import { chmod, mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile, o
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ThinfsError, UsageError } from '../util/errors.js';
+import { tryNative } from '../util/native.js';
 import type { CacheKey } from './quota.js';
 
 /**
@@ -131,6 +132,13 @@ export class CacheDir {
   /** Write bytes under a key's name atomically (tmp + rename): readers see the whole file or none. */
   async write(key: CacheKey, data: Buffer): Promise<void> {
     const tmp = this.tmpName(key.replace(':', '-'));
+    // One threadpool job when the addon is built (src/cache/native/readverify.c): cold reads write every chunk.
+    const nat = tryNative<{ writeAtomic(tmp: string, dest: string, data: Buffer): Promise<number> }>();
+    if (nat?.writeAtomic && !key.startsWith('c:')) {
+      const r = await nat.writeAtomic(tmp, this.pathOf(key), data);
+      if (r < 0) throw new ThinfsError(`cache directory ${this.root}: cannot write ${key} (errno ${-r})`);
+      return;
+    }
     try {
       await writeFile(tmp, data, { mode: PRIVATE_FILE });
       await this.place(tmp, key);

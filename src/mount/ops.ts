@@ -25,6 +25,8 @@ const S_IFLNK = 0o120000;
 const SEQ_WINDOW = 8 << 20;
 /** File-ahead fetches at most this many chunks (~64 MB at the default chunking): a huge file must not flush the cache. */
 const FILE_AHEAD_CHUNKS = 64;
+/** Then, while the reader goes on in order, the next this many chunks are kept fetched ahead of it. */
+const SEQ_AHEAD_CHUNKS = 16;
 /** One-chunk files up to this size are handed to the transport ahead of their open (fileread.c's limit). */
 const HAND_FILE_MAX = 1 << 20;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
@@ -519,7 +521,8 @@ export class ThinFs {
     // A sequential reader waits on one chunk at a time: load the next few from the local cache directory meanwhile,
     // so disk latency overlaps. Never from the store. Readahead requests arrive out of order, so "sequential" means
     // near the furthest end seen.
-    if (this.opts.localReadahead > 0 && pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW) {
+    const sequential = pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW;
+    if (this.opts.localReadahead > 0 && sequential) {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
     if (end > h.nextPos) h.nextPos = end;
@@ -531,6 +534,10 @@ export class ThinFs {
     else if (h.fromStart !== undefined && h.fromStart >= 0 && pos <= h.fromStart) {
       h.fromStart = -1; // once per file
       if (pf && k < chunks.length) pf.fileFromStart(chunks.slice(k, k + FILE_AHEAD_CHUNKS));
+    } else if (h.fromStart === -1 && sequential && pf && k < chunks.length) {
+      // Still going on in order past that first batch: the window slides, so a big file's every chunk is fetched ahead
+      // of the reader (several in flight), not one kernel request at a time. Queued chunks are not queued again.
+      pf.fileFromStart(chunks.slice(k, k + SEQ_AHEAD_CHUNKS));
     }
     let datas: Buffer[];
     try {
