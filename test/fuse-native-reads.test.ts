@@ -22,10 +22,12 @@ let src: string;
 let hex: string;
 const mounts: Mounted[] = [];
 
-/** Files of the layer: a multi-chunk file (served from its whole-file copy), single-chunk files, and compressible text. */
+/** Files of the layer: a multi-chunk file (served from its whole-file copy), single-chunk files, a tiny one, compressible text. */
 const FILES: Array<{ rel: string; data: Buffer }> = [
   { rel: 'big/multi.bin', data: pseudoRandom(13 * MiB + 777, 'multi') },
   ...Array.from({ length: 12 }, (_, i) => ({ rel: `small/s${i}.bin`, data: pseudoRandom(2000 + i * 9000, `s${i}`) })),
+  // Tiny: its bytes live in the catalog (no chunk), handed to the transport with its directory's listing.
+  { rel: 'small/tiny.txt', data: Buffer.from('a file small enough to be inline in its catalog\n') },
   { rel: 'text/words.txt', data: Buffer.from(Array.from({ length: 40000 }, (_, i) => `line ${i} of a compressible file\n`).join('')) },
 ];
 

@@ -72,6 +72,8 @@ export class CatalogReader {
       oneChunkFiles: this.db.prepare(`SELECT d.ino AS ino, c.size AS size, c.hash AS hash FROM dirents d JOIN inodes i ON i.ino=d.ino
         JOIN chunks c ON c.ino=d.ino AND c.idx=0 WHERE d.parent=? AND d.kind != 2 AND i.type='file' AND i.inline IS NULL
         AND c.offset=0 AND c.size=i.size AND i.size > 0 AND i.size <= ?`),
+      inlineFiles: this.db.prepare(`SELECT d.ino AS ino, i.inline AS data FROM dirents d JOIN inodes i ON i.ino=d.ino
+        WHERE d.parent=? AND d.kind != 2 AND i.type='file' AND i.inline IS NOT NULL AND length(i.inline) = i.size`),
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
       links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
@@ -143,6 +145,11 @@ export class CatalogReader {
   /** The files of a directory whose bytes are one chunk of at most maxSize bytes: inode, size and raw SHA-256. */
   oneChunkFiles(dirIno: number, maxSize: number): Array<{ ino: number; size: number; hash: Buffer }> {
     return this.st.oneChunkFiles.all(dirIno, maxSize) as Array<{ ino: number; size: number; hash: Buffer }>;
+  }
+
+  /** The files of a directory whose bytes are inline in the catalog (tiny files): inode and bytes. */
+  inlineFiles(dirIno: number): Array<{ ino: number; data: Buffer }> {
+    return this.st.inlineFiles.all(dirIno) as Array<{ ino: number; data: Buffer }>;
   }
 
   /** A directory's visible subdirectories' inode numbers, in name order. */

@@ -44,6 +44,8 @@ export interface Binding {
    * then sends OP.OPENED. Files over 1 MiB are ignored (hashed on the threadpool by JS instead).
    */
   fileAhead(s: Session, nodeid: number, chunkPath: string, size: number, sha256: Buffer): void;
+  /** The same for a tiny file whose bytes JS has (inline in its catalog, verified with it): copied, served from memory. */
+  fileBytesAhead(s: Session, nodeid: number, bytes: Buffer): void;
   /** READs the transport answered from handed-over copies, and their bytes. */
   readStats(s: Session): [number, number];
   /** The kernel forgot the node: its backing file is released once the last open is. */

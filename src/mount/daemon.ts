@@ -247,7 +247,10 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   // Without passthrough, the one-chunk files of directories being listed are handed to the transport ahead of their open.
-  if (fs.nativeReads) fs.handFile = (id, p, size, sha) => k.fileAhead(session, id, p, size, sha);
+  if (fs.nativeReads) {
+    fs.handFile = (id, p, size, sha) => k.fileAhead(session, id, p, size, sha);
+    fs.handBytes = (id, bytes) => k.fileBytesAhead(session, id, bytes);
+  }
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');
   if (!init.passthrough && o.passthrough) log.info('FUSE passthrough not available (needs kernel >= 6.9 and root): every read is served by thinfs');
   if (o.readaheadKb) await setReadahead(mp, o.readaheadKb, log);

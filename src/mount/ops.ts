@@ -105,6 +105,8 @@ export class ThinFs {
   nativeReads = false;
   /** Set by the daemon (nativeReads): hands the transport a one-chunk file's cached chunk before the kernel opens it. */
   handFile: ((nodeid: number, chunkPath: string, size: number, sha256: Buffer) => void) | null = null;
+  /** Set with handFile: hands the transport a tiny file's bytes (inline in the catalog) before the kernel opens it. */
+  handBytes: ((nodeid: number, bytes: Buffer) => void) | null = null;
   /** Directories whose one-chunk files were handed over already, per layer. */
   private readonly handedDirs = new WeakMap<Layer, Set<number>>();
   /** Set by the daemon: the transport's count of READs it answered, and their bytes. */
@@ -418,8 +420,8 @@ export class ThinFs {
   }
 
   /**
-   * Without passthrough: the one-chunk files of a layer directory whose chunks are cached, handed to the transport
-   * before the kernel opens them. Their first open is then answered there (the chunk hashed on the transport's thread,
+   * Without passthrough: the one-chunk files of a layer directory whose chunks are cached (and its tiny files' bytes,
+   * inline in the catalog), handed to the transport before the kernel opens them. Their first open is then answered there (the chunk hashed on the transport's thread,
    * up to 1 MiB) and their reads too: no trip to this thread per file. Once per directory.
    */
   private handFiles(layer: Layer, dirIno: number): void {
@@ -433,6 +435,7 @@ export class ThinFs {
       const p = this.cache.chunkFile(f.hash.toString('hex'));
       if (p) this.handFile(base + f.ino, p, f.size, f.hash);
     }
+    if (this.handBytes) for (const f of layer.catalog!.inlineFiles(dirIno)) this.handBytes(base + f.ino, f.data);
   }
 
   /** The transport opened a handed-over file (and answers its reads): counted, and its chunk kept in mind as in use. */
@@ -443,7 +446,7 @@ export class ThinFs {
     if (n.k !== 'entry') return;
     const chunks = this.chunksOf(n, this.readState(n));
     const c = chunks[0];
-    if (!c) return;
+    if (!c) return; // a tiny file served from the bytes handed over: no cache file
     this.cache.touch(c.hash);
     // An evicted chunk is let go of by the transport, as a passthrough backing file is by the kernel.
     this.backing.record(id, c.hash);

@@ -1,5 +1,5 @@
 // The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
-// dirPage, readStats, fileAhead, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// dirPage, readStats, fileAhead, fileBytesAhead, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
@@ -274,6 +274,21 @@ static napi_value js_file_ahead(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// fileBytesAhead(session, nodeid, bytes: Buffer): a tiny file's bytes (inline in its catalog), answered like fileAhead.
+static napi_value js_file_bytes_ahead(napi_env env, napi_callback_info info) {
+  size_t argc = 3, len = 0;
+  napi_value argv[3];
+  session_t *s;
+  double nodeid;
+  void *data;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_buffer_info(env, argv[2], &data, &len));
+  fileread_ahead_bytes(s, (uint64_t)nodeid, data, len);
+  return NULL;
+}
+
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -308,6 +323,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
       {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"fileBytesAhead", NULL, js_file_bytes_ahead, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

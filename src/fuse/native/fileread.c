@@ -40,6 +40,23 @@ int fileread_attach(open_entry_t *e, int fd) {
   return 1;
 }
 
+static void fahead_free(file_ahead_t *f) {
+  free(f->path);
+  free(f->mem);
+  free(f);
+}
+
+static void fahead_insert(session_t *s, file_ahead_t *f) {
+  pthread_mutex_lock(&s->fahead_lock);
+  file_ahead_t **b = &s->fahead[f->nodeid % FAHEAD_BUCKETS], *e = *b;
+  while (e && e->nodeid != f->nodeid) e = e->chain;
+  if (e || s->fahead_count >= FAHEAD_MAX) { pthread_mutex_unlock(&s->fahead_lock); fahead_free(f); return; }
+  f->chain = *b;
+  *b = f;
+  s->fahead_count++;
+  pthread_mutex_unlock(&s->fahead_lock);
+}
+
 void fileread_ahead(session_t *s, uint64_t nodeid, const char *path, uint64_t size, const unsigned char sha[32]) {
   if (!s->fahead || size > FAHEAD_FILE_MAX) return;
   file_ahead_t *f = calloc(1, sizeof(*f));
@@ -49,14 +66,20 @@ void fileread_ahead(session_t *s, uint64_t nodeid, const char *path, uint64_t si
   f->size = size;
   memcpy(f->sha, sha, 32);
   f->path = p;
-  pthread_mutex_lock(&s->fahead_lock);
-  file_ahead_t **b = &s->fahead[nodeid % FAHEAD_BUCKETS], *e = *b;
-  while (e && e->nodeid != nodeid) e = e->chain;
-  if (e || s->fahead_count >= FAHEAD_MAX) { pthread_mutex_unlock(&s->fahead_lock); free(p); free(f); return; }
-  f->chain = *b;
-  *b = f;
-  s->fahead_count++;
-  pthread_mutex_unlock(&s->fahead_lock);
+  fahead_insert(s, f);
+}
+
+// A tiny file's bytes (the catalog's inline data, verified with the catalog): its opens and reads are answered here.
+void fileread_ahead_bytes(session_t *s, uint64_t nodeid, const uint8_t *data, size_t len) {
+  if (!s->fahead || len > 65536) return;
+  file_ahead_t *f = calloc(1, sizeof(*f));
+  uint8_t *m = malloc(len ? len : 1);
+  if (!f || !m) { free(f); free(m); return; }
+  memcpy(m, data, len);
+  f->nodeid = nodeid;
+  f->size = len;
+  f->mem = m;
+  fahead_insert(s, f);
 }
 
 // The handed-over file of a node, unlinked from the table (the caller frees it), or NULL.
@@ -98,17 +121,21 @@ int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid) {
   file_ahead_t *f = fahead_take(s, nodeid);
   if (!f) return 0;
   struct stat st;
-  int fd = open_checked(s, f, &st);
-  free(f->path);
-  free(f);
-  if (fd < 0) return 0;
+  uint8_t *mem = f->mem;
+  size_t mem_len = (size_t)f->size;
+  f->mem = NULL;
+  int fd = mem ? -1 : open_checked(s, f, &st);
+  fahead_free(f);
+  if (fd < 0 && !mem) return 0;
   int done = 0;
   pthread_mutex_lock(&s->open_lock);
   if (!session_open_find(s, nodeid)) {
     open_entry_t *e = calloc(1, sizeof(*e));
     if (e) {
       e->nodeid = nodeid;
-      take(e, fd, &st);
+      e->read_fd = -1;
+      if (mem) { e->mem = mem; e->mem_len = mem_len; mem = NULL; }
+      else take(e, fd, &st);
       e->opens = 1;
       e->next = s->opens[nodeid % OPEN_BUCKETS];
       s->opens[nodeid % OPEN_BUCKETS] = e;
@@ -117,7 +144,8 @@ int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid) {
     }
   }
   pthread_mutex_unlock(&s->open_lock);
-  if (!done) { close(fd); return 0; }
+  free(mem);
+  if (!done) { if (fd >= 0) close(fd); return 0; }
   request_t *r = calloc(1, sizeof(*r));
   if (r) {
     r->opcode = EV_OPENED;
@@ -130,12 +158,25 @@ int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid) {
 void fileread_detach(open_entry_t *e) {
   if (e->read_fd >= 0) close(e->read_fd);
   e->read_fd = -1;
+  free(e->mem);
+  e->mem = NULL;
 }
 
 int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size) {
   if (!s->read_out && !(s->read_out = malloc(BUF_SIZE))) return 0;
   pthread_mutex_lock(&s->open_lock);
   open_entry_t *e = session_open_find(s, nodeid);
+  if (e && e->mem) {
+    size_t n = offset < e->mem_len ? e->mem_len - (size_t)offset : 0;
+    if (n > size) n = size;
+    if (n) memcpy(s->read_out, e->mem + offset, n);
+    pthread_mutex_unlock(&s->open_lock);
+    struct iovec v = {.iov_base = s->read_out, .iov_len = n};
+    session_reply(s, unique, 0, &v, n ? 1 : 0);
+    __atomic_add_fetch(&s->native_read_reqs, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->native_read_bytes, n, __ATOMIC_RELAXED);
+    return 1;
+  }
   if (!e || e->read_fd < 0) { pthread_mutex_unlock(&s->open_lock); return 0; }
   size_t want = 0;
   if (offset < e->read_size) {

@@ -223,7 +223,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       if (s->passthrough || s->native_reads) {
         pthread_mutex_lock(&s->open_lock);
         open_entry_t *e = session_open_find(s, ih->nodeid);
-        if (e && --e->opens <= 0 && ((e->backing_id == 0 && e->read_fd < 0) || e->forgotten)) open_drop(s, e);
+        if (e && --e->opens <= 0 && ((e->backing_id == 0 && e->read_fd < 0 && !e->mem) || e->forgotten)) open_drop(s, e);
         pthread_mutex_unlock(&s->open_lock);
       }
       reply_err(fd, ih->unique, 0);

@@ -50,6 +50,8 @@ typedef struct open_entry {
   uint64_t read_ino;
   int64_t read_mtime_ns, read_ctime_ns;
   uint64_t read_ahead_to;  // the copy's pages asked of the disk up to here (fileread.c)
+  uint8_t *mem;            // or a tiny file's bytes (inline in the catalog), handed over with its listing
+  size_t mem_len;
   struct open_entry *next;
 } open_entry_t;
 
@@ -65,6 +67,7 @@ typedef struct file_ahead {
   uint64_t nodeid, size;
   unsigned char sha[32];
   char *path;
+  uint8_t *mem;  // a tiny file's bytes themselves (inline in the catalog): path is NULL
   struct file_ahead *chain;
 } file_ahead_t;
 // Event: the reader thread opened a handed-over file (nodeid) and answers its reads.
@@ -139,6 +142,7 @@ void fileread_detach(open_entry_t *e);
 // The first OPEN of a node handed over with fileread_ahead: answered here (1), or 0 for JS to answer.
 int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid);
 void fileread_ahead(session_t *s, uint64_t nodeid, const char *path, uint64_t size, const unsigned char sha[32]);
+void fileread_ahead_bytes(session_t *s, uint64_t nodeid, const uint8_t *data, size_t len);
 // A READ of a node whose entry holds a copy: answered here (1), or 0 for JS to answer.
 int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size);
 
