@@ -22,7 +22,7 @@ let store: string;
 let layerHex: string;
 const files: Array<{ rel: string; sha: string }> = [];
 /** Files the workload reads (the rest of the layer is never read). */
-const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'bin/tool', 'share/big.dat'];
+const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'lib/mod/text.py', 'bin/tool', 'share/big.dat'];
 const mounts: Mounted[] = [];
 
 interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number; fileChunks: number; inflight: number; queued: number }
@@ -77,6 +77,8 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
       };
       await add('lib/a.so', pseudoRandom(3 << 20, 'a.so'));
       for (let i = 0; i < 6; i++) await add(`lib/mod/m${i}.py`, pseudoRandom(150_000 + i * 1000, `m${i}`));
+      // Compressible (source text): what `trace attach` stores compressed harder.
+      await add('lib/mod/text.py', Buffer.from(Array.from({ length: 9000 }, (_, i) => `def f${i}(x):\n    return x * ${(i * 7919) % 997} + ${(i * 104729) % 10007}\n`).join('')));
       await add('bin/tool', pseudoRandom(400_000, 'tool'));
       await add('share/big.dat', pseudoRandom(6 << 20, 'big'));
       await add('share/unused.dat', pseudoRandom(2 << 20, 'unused'));
@@ -101,8 +103,20 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     // The first run fetched every chunk it read, and the catalog: the trace is exactly those chunks.
     assert.equal(t.chunks.length, firstFetches - 1);
 
-    const att = await thinfsJson<{ chunks: number; trace: { sha256: string } }>(['trace', 'attach', '-s', store, IMAGE, traceFile, '--json']);
+    const storedSize = async (h: string) => (await fsp.stat(path.join(store, objectPath(h)))).size;
+    const sizesBefore = await Promise.all(t.chunks.map((c) => storedSize(c.hash)));
+    const att = await thinfsJson<{ chunks: number; trace: { sha256: string }; recompressed: { changed: number; before: number; after: number } }>(['trace', 'attach', '-s', store, IMAGE, traceFile, '--json']);
     assert.equal(att.chunks, t.chunks.length);
+    // Every cold start fetches the traced chunks: attach stores them compressed harder (same bytes, same names).
+    const sizesAfter = await Promise.all(t.chunks.map((c) => storedSize(c.hash)));
+    const text = files.find((f) => f.rel === 'lib/mod/text.py')!;
+    const ti = t.chunks.findIndex((c) => c.hash === text.sha);
+    assert.ok(ti >= 0, 'the text file (one chunk) is traced');
+    assert.ok(sizesAfter[ti]! < sizesBefore[ti]! * 0.9, `compressible chunk stored smaller: ${sizesBefore[ti]} -> ${sizesAfter[ti]}`);
+    assert.ok(sizesAfter.every((a, i) => a <= sizesBefore[i]!), 'no object grew');
+    assert.equal(att.recompressed.after, sizesAfter.reduce((a, b) => a + b, 0));
+    const st = await Store.open(store);
+    for (const c of t.chunks) assert.equal((await st.getObject(c.hash)).length, c.size, 'each rewritten object decodes to its hash');
     assert.ok(await fsp.stat(await traceObject()), 'the trace is an object in the store');
     // gc keeps it while the descriptor names it (no grace period to hide behind).
     await thinfsOk(['gc', '-s', store, '--grace', '0']);
