@@ -64,7 +64,7 @@ async function* zstdDecode(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
       if (input.length === 0 && (produced < out.length || ret === 0)) { inFrame = ret !== 0; break; }
     }
   }
-  if (inFrame) throw new Error('stream ends in the middle of a zstd frame');
+  if (inFrame) throw new BadInputError('stream ends in the middle of a zstd frame');
 }
 
 /** Node's zlib respects backpressure: piped and iterated, it decodes only as fast as it is read. */
@@ -155,8 +155,12 @@ async function* childDecode(src: AsyncIterable<Buffer>, cmd: string, args: strin
     await pump;
     const { code, signal } = await closed;
     if (pumpError) throw pumpError;
-    if (spawnError) throw new Error(`cannot run ${cmd}: ${(spawnError as Error).message}`);
-    if (code !== 0) throw new Error(`${cmd.split('/').pop()}: ${stderr.trim() || `exit ${code ?? signal}`}`);
+    if (spawnError) throw new ThinfsError(`cannot run ${cmd}: ${(spawnError as Error).message}`);
+    // A decompressor that exits non-zero refused its input (corrupt or truncated); one killed by a signal did not.
+    if (code !== 0) {
+      const msg = `${cmd.split('/').pop()}: ${stderr.trim() || `exit ${code ?? signal}`}`;
+      throw code === null ? new ThinfsError(msg) : new BadInputError(msg);
+    }
   } finally {
     stop = true;
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');

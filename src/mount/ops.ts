@@ -6,7 +6,7 @@ import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
 import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
-import { ErrnoError } from '../util/errors.js';
+import { ErrnoError, IntegrityError } from '../util/errors.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
@@ -368,13 +368,13 @@ export class ThinFs {
     let block = this.lastBlock?.id === id ? this.lastBlock.block : null;
     if (!block) {
       block = n.layer.catalog!.dirBlock(n.inode.ino) ?? null;
-      if (!block) throw new Error(`catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
+      if (!block) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
       this.lastBlock = { id, block };
     }
     const base = this.ids.baseOf(n.layer);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
-    if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
+    if (!r) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;

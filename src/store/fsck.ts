@@ -9,7 +9,7 @@ import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
 import { DATA_DIR, TXN_DIR, objectPath } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, NotFoundError } from '../util/errors.js';
 
 const QUARANTINE_DIR = 'quarantine';
 
@@ -204,7 +204,7 @@ export async function repairFromStore(store: WritableStore, source: Store, hashe
     const t = store.beginTxn('fsck-repair-layer');
     try {
       const m = await source.getLayer(diffId);
-      if (!m) throw new Error(`layer ${diffId} is not published in ${source.location} either`);
+      if (!m) throw new NotFoundError(`layer ${diffId} is not published in ${source.location} either`);
       const { catalog, close } = await openLayerCatalog(source, diffId);
       try { for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h); } finally { await close(); }
       if (await t.put(m.catalog, await source.getObject(m.catalog))) restored.push(m.catalog);
