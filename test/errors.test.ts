@@ -21,7 +21,7 @@ const SAMPLE_ARGS: Record<string, unknown[]> = {
   IntegrityError: ['obj', 'm'], TrustError: ['expired', 'm'], TransientError: ['m', 5], AttemptTimeoutError: ['m'],
   ProxyError: ['m'], RetryDeadlineError: ['m', new Error('last')], AuthError: ['m'], RegistryError: ['m', 500],
   S3Error: [500, 'InternalError', 'm', 'b/k'], ErrnoError: [5], TxnFailure: ['fetch', false, 'm'],
-  QueueStateError: ['m'], WebhookError: ['m'], HttpError: [404, 'm'],
+  QueueStateError: ['m'], WebhookError: ['m'], HttpError: [404, 'm'], LockLostError: ['fetch-x', 'stalled'],
 };
 
 const errorClasses = (): Array<[string, ErrorClass]> => Object.entries(errors)

@@ -169,7 +169,7 @@ async function* childDecode(src: AsyncIterable<Buffer>, cmd: string, args: strin
 }
 
 /** Decompress with the fastest decoder available here for the format. */
-function decode(format: 'gzip' | 'zstd', src: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+function decode(format: 'gzip' | 'zstd', src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   const child = childDecoder(format);
   if (child) return childDecode(src, child[0], child[1]);
   return format === 'gzip' ? gunzip(src) : zstdDecode(src);
@@ -236,6 +236,11 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
       }
       return digests;
     },
-    destroy() { (stream as Readable).destroy?.(); },
+    destroy() {
+      (stream as Readable).destroy?.();
+      // A child decoder left waiting at a yield (the consumer failed mid-layer) is killed by its own finally;
+      // otherwise it blocks on its full stdout, its stdin write never drains, and the process never exits.
+      void decoded.return(undefined).catch(() => undefined);
+    },
   };
 }
