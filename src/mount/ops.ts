@@ -290,21 +290,21 @@ export class ThinFs {
         if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.ids.imageDirId(this.ns.imageDirKey(h))));
         out = [byName(Buffer.from('stats'), 10, this.ids.statsId())];
         break;
-      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;
+      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image, ''))]; break;
       case 'entry': {
         if (n.inode.type !== 'dir') throw new ErrnoError(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
-        const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
+        const layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
-          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(view, layer, d.ino),
+          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(inImage, layer, d.ino),
           make: () => ({ k: 'entry', layer, inode: d, inImage }),
         }));
         break;
       }
       case 'merged':
         out = this.ns.mergedReaddir(n).map((e) => byName(e.name, dt(TYPE_BITS[e.type]), e.type === 'dir'
-          ? this.ids.mergedId(n.image.idx, mergedChildKey(n.key, e.name))
-          : this.ids.entryId(n.image.idx, e.layer, e.ino)));
+          ? this.ids.mergedId(n.image, mergedChildKey(n.key, e.name))
+          : this.ids.entryId(n.image, e.layer, e.ino)));
         break;
       default: throw new ErrnoError(E.ENOTDIR);
     }
