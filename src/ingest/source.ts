@@ -222,7 +222,8 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
     try {
       for await (const b of decoded) { diffHash.update(b); tarBytes += b.length; yield b; }
     } catch (e) {
-      if (e instanceof ThinfsError) throw e;
+      // A decoder's refusal (its own BadInputError, or zlib's plain error) is said as what it is: a bad stream.
+      if (e instanceof ThinfsError && !(e instanceof BadInputError)) throw e;
       throw new BadInputError(`corrupt or truncated ${compression} stream: ${(e as Error).message}`);
     }
   }

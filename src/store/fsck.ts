@@ -1,7 +1,8 @@
 // Owns checking a writable store: every object re-hashed (corrupt ones moved to quarantine/), every layer
 // manifest's catalog and every catalog's chunks and every image's layers and config resolved, missing objects
 // named with the layers and images that need them, prefetch traces (objects descriptors name) re-hashed and
-// parsed, crashed transactions' leftovers removed; and repair from another store. Repair from a registry (re-ingesting a layer blob) lives above, in src/image/repair.ts.
+// parsed, crashed transactions' leftovers removed; and repair from another store. Repair from a registry
+// (re-ingesting a layer blob) lives above, in src/image/repair.ts.
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
@@ -86,7 +87,7 @@ async function quarantine(store: WritableStore, bad: Map<string, string>, presen
   });
 }
 
-/** A trace object's problem (its hash was verified): not a trace, or not the size its descriptor says; or null. */
+/** Why an object is no usable trace (unreadable, or does not parse as one), or null. */
 async function traceProblem(store: Store, hash: string): Promise<string | null> {
   try { parseTrace(await store.getObject(hash), `trace ${hash}`); return null; } catch (e) { return errorMessage(e); }
 }

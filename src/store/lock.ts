@@ -63,11 +63,14 @@ function watchLock(key: string, lockDir: string, stale: number): { lock: HeldLoc
   let ino: number | null = null;
   let tick = Date.now();
   let stalledFor = 0;
+  let released = false;
   const ticker = setInterval(() => { stalledFor = Math.max(stalledFor, Date.now() - tick); tick = Date.now(); }, 250);
   ticker.unref();
   const lock: HeldLock = {
     key,
     check() {
+      // Released by its holder: work that outlived the lock (a context captured inside it) is no longer its concern.
+      if (released) return;
       stalledFor = Math.max(stalledFor, Date.now() - tick);
       // A stall shorter than a refresh interval cannot have let a waiter in; a longer one is checked on disk.
       if (!lost && ino !== null && stalledFor > stale / 3) {
@@ -84,7 +87,7 @@ function watchLock(key: string, lockDir: string, stale: number): { lock: HeldLoc
     // Called from proper-lockfile's refresh timer: record, never throw (a throw there is an uncaught exception).
     compromised: (e: Error) => { lost ??= e.message; },
     acquired: () => { ino = statSync(lockDir, { throwIfNoEntry: false })?.ino ?? null; tick = Date.now(); stalledFor = 0; },
-    stop: () => clearInterval(ticker),
+    stop: () => { released = true; clearInterval(ticker); },
   };
 }
 
