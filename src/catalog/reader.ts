@@ -143,6 +143,11 @@ export class CatalogReader {
     return this.st.dirBlock?.get(ino) as Buffer | undefined;
   }
 
+  /** The directory holding a file's first name (undefined for the root or an unknown inode). */
+  parentDir(ino: number): number | undefined {
+    return (this.st.links.get(ino) as { parent: number } | undefined)?.parent;
+  }
+
   /** The files of a directory whose bytes are one chunk of at most maxSize bytes: inode, size and raw SHA-256. */
   oneChunkFiles(dirIno: number, maxSize: number): Array<{ ino: number; size: number; hash: Buffer }> {
     return this.st.oneChunkFiles.all(dirIno, maxSize) as Array<{ ino: number; size: number; hash: Buffer }>;

@@ -401,11 +401,8 @@ export class ThinFs {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;
     }
-    // Once this reply is written: the listings a scan reads next, and the files a reader of this directory opens next.
-    if (rin.offset === 0) {
-      const a = this.aheadOf(n.layer), ino = n.inode.ino, layer = n.layer;
-      if (a || this.handFile) setImmediate(() => { this.handFiles(layer, ino); a?.listed(ino); });
-    }
+    // Once this reply is written: the listings a scan reads next.
+    if (rin.offset === 0) { const a = this.aheadOf(n.layer), ino = n.inode.ino; if (a) setImmediate(() => a.listed(ino)); }
     return out.subarray(0, r[0]);
   }
 
@@ -415,7 +412,7 @@ export class ThinFs {
     let a = this.ahead.get(layer);
     if (!a) {
       const base = this.ids.baseOf(layer), hand = this.handAhead;
-      a = new ListingAhead(layer.catalog!, (ino, block) => { hand(base + ino, block, base); this.handFiles(layer, ino); });
+      a = new ListingAhead(layer.catalog!, (ino, block) => hand(base + ino, block, base));
       this.ahead.set(layer, a);
     }
     return a;
@@ -423,8 +420,11 @@ export class ThinFs {
 
   /**
    * Without passthrough: the one-chunk files of a layer directory whose chunks are cached (and its tiny files' bytes,
-   * inline in the catalog), handed to the transport before the kernel opens them. Their first open is then answered there (the chunk hashed on the transport's thread,
-   * up to 1 MiB) and their reads too: no trip to this thread per file. Once per directory.
+   * inline in the catalog), handed to the transport once a file of that directory was opened here: a reader that
+   * opens one file of a directory opens its neighbours next (a copy, a scan, an import). Their first open is then
+   * answered there (the chunk hashed on the transport's thread, up to 1 MiB) and their reads too: one trip to this
+   * thread per directory, not per file. Not at listing time: a metadata scan (find, ls -R) would pay the chunk-table
+   * queries (synchronous, and from disk on a cold catalog) and open nothing. Once per directory.
    */
   private handFiles(layer: Layer, dirIno: number): void {
     if (!this.handFile) return;
@@ -602,6 +602,10 @@ export class ThinFs {
     const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
     let fd: number | null = null;
     let key = '';
+    if (file && this.handFile && !file.inImage) {
+      const parent = file.layer.catalog!.parentDir(file.inode.ino), layer = file.layer;
+      if (parent !== undefined) setImmediate(() => this.handFiles(layer, parent));
+    }
     if (file) {
       const h = this.readState(file);
       const chunks = this.chunksOf(file, h);
