@@ -37,6 +37,8 @@ export class CatalogWriter {
       xattr: this.db.prepare(`INSERT OR REPLACE INTO xattrs (ino,name,value) VALUES (?,?,?)`),
       setSize: this.db.prepare(`UPDATE inodes SET size=? WHERE ino=?`),
       prop: this.db.prepare(`INSERT OR REPLACE INTO props (key,value) VALUES (?,?)`),
+      pack: this.db.prepare(`INSERT INTO packs (name,members,bytes) VALUES (?,?,?)`),
+      packChunk: this.db.prepare(`UPDATE chunks SET pack=? WHERE ino=? AND idx=0`),
     };
     this.db.exec('BEGIN');
   }
@@ -71,6 +73,12 @@ export class CatalogWriter {
 
   addChunk(ino: number, idx: number, offset: number, size: number, hash: Buffer): void {
     this.st.chunk.run(ino, idx, offset, size, hash);
+  }
+
+  /** A pack (src/store/pack.ts) and the one-chunk files whose chunk it carries. */
+  addPack(name: string, members: Array<{ hash: string; size: number }>, inos: number[]): void {
+    const id = Number(this.st.pack.run(Buffer.from(name, 'hex'), members.length, members.reduce((a, m) => a + m.size, 0)).lastInsertRowid);
+    for (const ino of inos) this.st.packChunk.run(id, ino);
   }
 
   addXattr(ino: number, name: string, value: Buffer): void { this.st.xattr.run(ino, name, value); }

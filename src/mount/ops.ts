@@ -475,7 +475,7 @@ export class ThinFs {
     }
     let datas: Buffer[];
     try {
-      datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
+      datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size, c.pack)));
     } catch (e) {
       this.counters.eio++;
       this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: e }, 'read failed: object missing or corrupt, returning EIO');
@@ -575,7 +575,7 @@ export class ThinFs {
       files++;
       const cs = n.layer.catalog!.chunks(n.inode.ino);
       chunks += cs.length;
-      await Promise.allSettled(cs.map((c) => this.cache.get(c.hash, c.size)));
+      await Promise.allSettled(cs.map((c) => this.cache.get(c.hash, c.size, c.pack)));
     }
     return { files, chunks, missing };
   }

@@ -11,8 +11,8 @@ import { escapeControls, quoteText } from '../quote.js';
 
 function describe(r: FsckReport, out: string[]): void {
   out.push(`${r.objects} objects (${fmtBytes(r.bytes)} sound), ${r.layers} layers, ${r.images} images checked`);
-  for (const c of r.corrupt) out.push(`corrupt object ${c.hash}: ${escapeControls(c.error)}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}; needed by layers [${c.layers.join(' ')}] images [${c.images.map(quoteText).join(' ')}]`);
-  for (const m of r.missing) out.push(`missing object ${m.hash}: needed by layers [${m.layers.join(' ')}] images [${m.images.map(quoteText).join(' ')}]`);
+  for (const c of r.corrupt) out.push(`corrupt ${c.pack ? 'pack' : 'object'} ${c.hash}: ${escapeControls(c.error)}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}; needed by layers [${c.layers.join(' ')}] images [${c.images.map(quoteText).join(' ')}]`);
+  for (const m of r.missing) out.push(`missing ${m.pack ? 'pack' : 'object'} ${m.hash}: needed by layers [${m.layers.join(' ')}] images [${m.images.map(quoteText).join(' ')}]`);
   for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${escapeControls(b.error)}; used by images [${b.images.map(quoteText).join(' ')}]`);
   for (const b of r.brokenImages) out.push(`broken image ${quoteText(b.name)}: ${escapeControls(b.error)}`);
   for (const t of r.txnsRemoved) out.push(`removed staging of crashed transaction ${t}`);
