@@ -48,13 +48,19 @@ CREATE TABLE chunks (
   ino INTEGER NOT NULL, idx INTEGER NOT NULL,
   offset INTEGER NOT NULL, size INTEGER NOT NULL,
   hash BLOB NOT NULL,             -- sha256 of the uncompressed chunk: the object name
-  pack INTEGER,                   -- packs.id of a pack that also carries it (older catalogs: no column)
   PRIMARY KEY (ino, idx)
 ) WITHOUT ROWID;
--- Packs (src/store/pack.ts): several small chunks that also travel together in one request. A pack is named by its
--- membership (name = sha256 over its members' hashes and sizes); bytes = its members' plain bytes (bounds its download).
-CREATE TABLE packs (id INTEGER PRIMARY KEY, name BLOB NOT NULL, members INTEGER NOT NULL, bytes INTEGER NOT NULL);
 CREATE TABLE xattrs (ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (ino, name)) WITHOUT ROWID;
+`;
+
+/**
+ * Packs (src/store/pack.ts): several small chunks that also travel together in one request. A pack is named by its
+ * membership (name = sha256 over its members' hashes and sizes); bytes = its members' plain bytes (bounds its download);
+ * chunks.pack = the id of a pack that also carries the chunk. Catalogs written before packs have neither.
+ */
+export const PACK_SCHEMA = `
+ALTER TABLE chunks ADD COLUMN pack INTEGER;
+CREATE TABLE packs (id INTEGER PRIMARY KEY, name BLOB NOT NULL, members INTEGER NOT NULL, bytes INTEGER NOT NULL);
 `;
 
 /** Built after the bulk load: lookup by (parent, name) and readdir in name order. */

@@ -93,10 +93,11 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const pool = new ObjectWriterPool();
   txn.pool = pool;
   const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
-  const cat = new CatalogWriter(join(tmp, 'catalog.db'));
+  let cat: CatalogWriter | null = null;
   const sink = new ObjectSink((hash, data) => txn.put(hash, data));
   try {
     const packer = (await wantPacks(store, opts)) ? new Packer() : null;
+    cat = new CatalogWriter(join(tmp, 'catalog.db'), { packs: !!packer });
     const tree = new TreeBuilder(cat);
     for await (const { entry, data } of readTar(source.tar)) {
       const ino = await tree.add(entry, data);
@@ -124,7 +125,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   } catch (e) {
     bar.p?.finish();
     await sink.settle();
-    try { cat.abort(); } catch { /* already closed */ }
+    try { cat?.abort(); } catch { /* already closed */ }
     await txn.abort();
     source.destroy();
     // Whatever the cut input made the reader say (truncated tar, premature close), the cause was the signal.
