@@ -283,7 +283,13 @@ export class Txn {
       });
       // Packs after the objects they copy, so a pack never names an object not yet in place.
       const packFans = new Set<string>();
-      if (this.packs.size) await parallel([...new Set([...this.packs].map((n) => n.slice(0, 2)))], 16, (f) => mkdir(join(root, PACKS_DIR, f), { recursive: true }).then(() => undefined));
+      if (this.packs.size) {
+        // A store made before packs has no packs/ yet: made here, durably (its entry in the root, then the fan-out's).
+        const made = await mkdir(join(root, PACKS_DIR), { recursive: true });
+        await parallel([...new Set([...this.packs].map((n) => n.slice(0, 2)))], 16, (f) => mkdir(join(root, PACKS_DIR, f), { recursive: true }).then(() => undefined));
+        await fsyncDir(join(root, PACKS_DIR));
+        if (made) await fsyncDir(root);
+      }
       await parallel([...this.packs], 16, async (name) => {
         try { await rename(join(this.dir, `pack-${name}`), join(root, packPath(name))); } catch (e) {
           throw new ThinfsError(`commit: staged pack ${name} is gone (${(e as Error).message}); was the transaction's staging removed?`);
