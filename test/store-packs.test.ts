@@ -7,10 +7,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, runOk, sha256, thinfs, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
-import { makeLayer, pseudoRandom } from './helpers/layers.js';
+import { cleanupTmpDirs, REPO_ROOT, run, runOk, sha256, thinfs, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { makeLayer, pseudoRandom, type LayerTar } from './helpers/layers.js';
 import { startNginx, type WebServer } from './helpers/web.js';
 import { compareTars } from './helpers/oracle.js';
+import { OciLayout, pushLayout, startRegistry, type RegistryServer } from './fixtures/images.js';
 import { mountStore, type Mounted } from './fuse-mount-helper.js';
 import { Store } from '../src/store/store.js';
 import { CatalogReader, type ChunkRef } from '../src/catalog/reader.js';
@@ -22,6 +23,8 @@ interface IngestJson { diffId: string; catalog: string }
 let work: string;
 let src: string;          // the tree GNU tar archived: the oracle
 let tarFile: string;
+let layerTar: LayerTar;
+let registry: RegistryServer | null = null;
 let otherTar: string;
 const servers: WebServer[] = [];
 const mounts: Mounted[] = [];
@@ -85,6 +88,7 @@ before(async () => {
   });
   src = path.join(work, 'layer.d');
   tarFile = l.file;
+  layerTar = l;
   const o = await makeLayer(work, 'other', async (dir) => {
     await fsp.mkdir(path.join(dir, 'opt/other'), { recursive: true });
     for (let i = 0; i < 6; i++) await fsp.writeFile(path.join(dir, `opt/other/o${i}.txt`), textish(4000 + i * 100, `other${i}`));
@@ -95,6 +99,7 @@ before(async () => {
 after(async () => {
   for (const m of [...mounts]) await m.stop().catch(() => {});
   for (const s of servers) await s.stop().catch(() => {});
+  await registry?.stop().catch(() => {});
   await cleanupTmpDirs();
 });
 
@@ -236,6 +241,30 @@ describe('packs', () => {
     const fixed = await thinfs(['fsck', '--store', s.dir, '--repair', '--from', pristine.dir, '--json']);
     assert.equal(fixed.code, 0, fixed.stdout + fixed.stderr);
     for (const p of [p1, p2]) assert.ok((await fsp.readFile(path.join(s.dir, packPath(p)))).equals(await fsp.readFile(path.join(pristine.dir, packPath(p)))));
+  });
+
+  it('fsck --repair from a registry writes a missing and a corrupt pack back (the re-ingest gives the same packs)', async () => {
+    const lay = await new OciLayout(path.join(work, 'layout')).init();
+    await lay.tag(await lay.image([layerTar], { os: 'linux', architecture: 'amd64' }), 'v1');
+    registry = await startRegistry(path.join(work, 'registry'));
+    await pushLayout(path.join(work, 'layout'), 'v1', registry, 'test/packs');
+    const store = path.join(work, 'regstore');
+    await thinfsOk(['init', store]);
+    const c = await run(process.execPath, [path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js'), '--insecure', '--store', store, '--json', `${registry.host}/test/packs:v1`],
+      { env: { THINFS_NO_PROGRESS: '1' }, timeoutMs: 180_000 });
+    assert.equal(c.code, 0, c.stderr);
+    const hex = layerTar.diffId.slice(7);
+    const [p1, p2] = (await chunkMaps(store, hex, [])).packs as [string, string];
+    const orig = await Promise.all([p1, p2].map((p) => fsp.readFile(path.join(store, packPath(p)))));
+    await fsp.rm(path.join(store, packPath(p1)));
+    const bad = Buffer.from(orig[1]!); bad[bad.length - 7] ^= 0xff;
+    await fsp.chmod(path.join(store, packPath(p2)), 0o644);
+    await fsp.writeFile(path.join(store, packPath(p2)), bad);
+    const r = await thinfs(['fsck', '--store', store, '--repair', '--from', `${registry.host}/test/packs`, '--insecure', '--json']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const rep = JSON.parse(r.stdout) as { before: { missing: Array<{ hash: string }> } };
+    assert.deepEqual(rep.before.missing.map((m) => m.hash).sort(), [p1, p2].sort());
+    for (const [i, p] of [p1, p2].entries()) assert.ok((await fsp.readFile(path.join(store, packPath(p)))).equals(orig[i]!), `pack ${p} written back`);
   });
 
   it('a catalog written before packs reads as before: exact bytes, one request per file', async () => {
