@@ -6,7 +6,7 @@ import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
 import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
-import { ErrnoError } from '../util/errors.js';
+import { ErrnoError, IntegrityError } from '../util/errors.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
@@ -290,21 +290,21 @@ export class ThinFs {
         if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.ids.imageDirId(this.ns.imageDirKey(h))));
         out = [byName(Buffer.from('stats'), 10, this.ids.statsId())];
         break;
-      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;
+      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image, ''))]; break;
       case 'entry': {
         if (n.inode.type !== 'dir') throw new ErrnoError(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
-        const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
+        const layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
-          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(view, layer, d.ino),
+          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(inImage, layer, d.ino),
           make: () => ({ k: 'entry', layer, inode: d, inImage }),
         }));
         break;
       }
       case 'merged':
         out = this.ns.mergedReaddir(n).map((e) => byName(e.name, dt(TYPE_BITS[e.type]), e.type === 'dir'
-          ? this.ids.mergedId(n.image.idx, mergedChildKey(n.key, e.name))
-          : this.ids.entryId(n.image.idx, e.layer, e.ino)));
+          ? this.ids.mergedId(n.image, mergedChildKey(n.key, e.name))
+          : this.ids.entryId(n.image, e.layer, e.ino)));
         break;
       default: throw new ErrnoError(E.ENOTDIR);
     }
@@ -368,13 +368,13 @@ export class ThinFs {
     let block = this.lastBlock?.id === id ? this.lastBlock.block : null;
     if (!block) {
       block = n.layer.catalog!.dirBlock(n.inode.ino) ?? null;
-      if (!block) throw new Error(`catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
+      if (!block) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
       this.lastBlock = { id, block };
     }
     const base = this.ids.baseOf(n.layer);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
-    if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
+    if (!r) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;

@@ -1,7 +1,8 @@
 // Owns checking a writable store: every object re-hashed (corrupt ones moved to quarantine/), every layer
 // manifest's catalog and every catalog's chunks and every image's layers and config resolved, missing objects
-// named with the layers and images that need them, crashed transactions' leftovers removed; and repair from
-// another store. Repair from a registry (re-ingesting a layer blob) lives above, in src/image/repair.ts.
+// named with the layers and images that need them, prefetch traces (objects descriptors name) re-hashed and
+// parsed, crashed transactions' leftovers removed; and repair from another store. Repair from a registry
+// (re-ingesting a layer blob) lives above, in src/image/repair.ts.
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
@@ -10,14 +11,18 @@ import { withSweepLock } from './lock.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, objectPath, packPath } from './layout.js';
 import { decodePackMembers, packMaxBytes, parsePack, type PackRef } from './pack.js';
 import { openLayerCatalog } from './layer-catalog.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, NotFoundError } from '../util/errors.js';
+import { parseTrace, parseTraceRef } from '../format/trace.js';
 
 const QUARANTINE_DIR = 'quarantine';
 
 export interface NeededBy { layers: string[]; images: string[] }
-/** `pack`: a pack (pack.ts) in packs/, not an object; its members are objects of their own, so nothing is lost with it. */
-export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null; pack?: true }
-export interface MissingObject extends NeededBy { hash: string; pack?: PackRef }
+/**
+ * `trace`: a prefetch trace an image descriptor names (no registry holds one: only another store can restore it).
+ * `pack`: a pack (pack.ts) in packs/, not an object; its members are objects of their own, so nothing is lost with it.
+ */
+export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null; trace?: true; pack?: true }
+export interface MissingObject extends NeededBy { hash: string; trace?: true; pack?: PackRef }
 
 export interface FsckReport {
   objects: number;
@@ -78,6 +83,30 @@ async function verifyPack(store: Store, name: string): Promise<string | null> {
 }
 
 /**
+ * Move corrupt objects to quarantine/ under the sweep lock (so no commit is renaming a fresh copy into place
+ * meanwhile), re-checking each there: one a commit replaced with a sound copy since stays.
+ */
+async function quarantine(store: WritableStore, bad: Map<string, string>, present: Set<string>, moved: Map<string, string | null>,
+  dryRun?: boolean, recheck: (h: string) => Promise<string | null> = (h) => verifyObject(store, h), pathOf = objectPath, prefix = ''): Promise<void> {
+  const todo = [...bad.keys()].filter((h) => !moved.has(h));
+  if (!todo.length || dryRun) return;
+  const root = store.root;
+  await withSweepLock(root, async () => {
+    await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
+    for (const h of todo) {
+      if ((await recheck(h)) === null) { present.add(h); bad.delete(h); continue; }
+      const to = join(QUARANTINE_DIR, `${prefix}${h}.${Date.now()}`);
+      try { await rename(join(root, pathOf(h)), join(root, to)); moved.set(h, to); } catch { moved.set(h, null); }
+    }
+  });
+}
+
+/** Why an object is no usable trace (unreadable, or does not parse as one), or null. */
+async function traceProblem(store: Store, hash: string): Promise<string | null> {
+  try { parseTrace(await store.getObject(hash), `trace ${hash}`); return null; } catch (e) { return errorMessage(e); }
+}
+
+/**
  * Check the whole store. Corrupt objects are moved to quarantine/<hash> under the sweep lock (so no commit is
  * renaming a fresh copy into place meanwhile), where they no longer satisfy any reader or dedup, and are
  * reported as missing too when something needs them.
@@ -126,22 +155,9 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   });
   rep.objects += packs.length;
   const quarantined = new Map<string, string | null>();
-  if ((bad.size || badPacks.size) && !opts.dryRun) {
-    await withSweepLock(root, async () => {
-      await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
-      for (const h of bad.keys()) {
-        // Re-check under the lock: a commit may have replaced it with a sound copy since.
-        if ((await verifyObject(store, h)) === null) { present.add(h); bad.delete(h); continue; }
-        const to = join(QUARANTINE_DIR, `${h}.${Date.now()}`);
-        try { await rename(join(root, objectPath(h)), join(root, to)); quarantined.set(h, to); } catch { quarantined.set(h, null); }
-      }
-      for (const n of badPacks.keys()) {
-        if ((await verifyPack(store, n)) === null) { presentPacks.add(n); badPacks.delete(n); continue; }
-        const to = join(QUARANTINE_DIR, `pack-${n}.${Date.now()}`);
-        try { await rename(join(root, packPath(n)), join(root, to)); quarantined.set(n, to); } catch { quarantined.set(n, null); }
-      }
-    });
-  }
+  await quarantine(store, bad, present, quarantined, opts.dryRun);
+  // A pack with a bad member is quarantined whole (readers fall back to the members' own objects).
+  await quarantine(store, badPacks, presentPacks, quarantined, opts.dryRun, (n) => verifyPack(store, n), packPath, 'pack-');
 
   // 3. References: layer -> catalog -> chunks; image -> layers, config.
   const refs = new Map<string, Set<string>>(); // object or pack -> layers needing it
@@ -149,6 +165,7 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   const packRefs = new Map<string, PackRef>(); // packs the catalogs name
   const layerImages = new Map<string, string[]>();
   const configRefs = new Map<string, string[]>(); // config object -> images
+  const traceRefs = new Map<string, { images: string[]; size: number }>(); // trace object -> images naming it
   const published = new Set(await store.listLayers());
   const named: Array<{ image: string; diffId: string; catalog: string }> = [];
   const catalogs = new Map<string, string>(); // layer -> catalog its manifest names
@@ -163,6 +180,8 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
         if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published`, unpublished: l.diffId });
       }
       if (img.configDigest?.startsWith('sha256:')) { const c = img.configDigest.slice(7); configRefs.set(c, [...(configRefs.get(c) ?? []), name]); }
+      const t = parseTraceRef(img.trace, `image ${name}: trace`);
+      if (t) traceRefs.set(t.sha256, { images: [...(traceRefs.get(t.sha256)?.images ?? []), name], size: t.size });
     } catch (e) {
       rep.brokenImages.push({ name, error: errorMessage(e) });
     }
@@ -197,17 +216,29 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     const c = catalogs.get(n.diffId);
     if (c && c !== n.catalog) rep.brokenImages.push({ name: n.image, error: `descriptor names catalog ${n.catalog} for layer ${n.diffId}, its published manifest names ${c}` });
   }
+  // Traces: sound by hash is not enough, they must parse (a node replaying one refuses it) and be the size named.
+  const badTraces = new Map<string, string>();
+  for (const [h, t] of traceRefs) {
+    if (!present.has(h)) continue;
+    let data: Buffer;
+    try { data = await store.getObject(h); parseTrace(data, `trace ${h}`); } catch (e) { badTraces.set(h, `not a usable trace: ${errorMessage(e)}`); continue; }
+    if (data.length !== t.size) for (const image of t.images) rep.brokenImages.push({ name: image, error: `descriptor names trace ${h} of ${t.size} bytes, the object has ${data.length}` });
+  }
+  // quarantine() leaves in badTraces only those still bad there (a sound copy may have replaced one meanwhile).
+  await quarantine(store, badTraces, present, quarantined, opts.dryRun, (h) => traceProblem(store, h));
+  for (const [h, e] of badTraces) { bad.set(h, e); present.delete(h); }
   const neededBy = (h: string): NeededBy => {
     const layers = [...(refs.get(h) ?? [])].sort();
-    const images = new Set<string>(configRefs.get(h) ?? []);
+    const images = new Set<string>([...(configRefs.get(h) ?? []), ...(traceRefs.get(h)?.images ?? [])]);
     for (const l of layers) for (const i of layerImages.get(l) ?? []) images.add(i);
     return { layers, images: [...images].sort() };
   };
-  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h) });
+  const trace = (h: string) => (traceRefs.has(h) ? { trace: true as const } : {});
+  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h), ...trace(h) });
   for (const [n, error] of badPacks) rep.corrupt.push({ hash: n, error, quarantined: quarantined.get(n) ?? null, pack: true, ...neededBy(n) });
-  for (const h of new Set([...refs.keys(), ...configRefs.keys()])) {
+  for (const h of new Set([...refs.keys(), ...configRefs.keys(), ...traceRefs.keys()])) {
     const pack = packRefs.get(h);
-    if (pack ? !presentPacks.has(h) : !present.has(h)) rep.missing.push({ hash: h, ...(pack ? { pack } : {}), ...neededBy(h) });
+    if (pack ? !presentPacks.has(h) : !present.has(h)) rep.missing.push({ hash: h, ...(pack ? { pack } : {}), ...neededBy(h), ...trace(h) });
   }
   rep.missing.sort((a, b) => a.hash.localeCompare(b.hash));
   rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length;
@@ -246,7 +277,7 @@ export async function repairFromStore(store: WritableStore, source: Store, hashe
     for (const ref of packs) {
       try {
         const raw = await readSoundPack(source, ref);
-        if (!raw) throw new Error(`pack ${ref.name} is not in ${source.location} either`);
+        if (!raw) throw new NotFoundError(`pack ${ref.name} is not in ${source.location} either`);
         if (await txn.putPack(ref.name, raw)) restored.push(ref.name);
       } catch (e) { failed.push({ hash: ref.name, error: errorMessage(e) }); }
     }
@@ -256,7 +287,7 @@ export async function repairFromStore(store: WritableStore, source: Store, hashe
     const t = store.beginTxn('fsck-repair-layer');
     try {
       const m = await source.getLayer(diffId);
-      if (!m) throw new Error(`layer ${diffId} is not published in ${source.location} either`);
+      if (!m) throw new NotFoundError(`layer ${diffId} is not published in ${source.location} either`);
       const { catalog, close } = await openLayerCatalog(source, diffId);
       try {
         for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h);

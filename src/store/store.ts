@@ -17,7 +17,7 @@ import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, isDigest } from '../util/hash.js';
 import { layerLockHeld, withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
-import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
+import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX, type NamedEntry } from '../format/repo-manifest.js';
 
 export interface StoreInfo { version: 1; created: string; codec: string }
 
@@ -107,24 +107,15 @@ export class Store {
   }
 
   /** A layer manifest, refused unless it is the one asked for (a mirror may serve another layer's under this name). */
-  async getLayer(diffId: string): Promise<LayerManifest | null> {
-    let m: LayerManifest | null = null;
+  getLayer(diffId: string): Promise<LayerManifest | null> {
     const hex = digestHex(diffId);
-    const named = this.trust ? this.trust.layer(hex) : undefined;
-    if (named === null) throw new TrustError('not-named', `layer ${diffId} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
-    const raw = await this.backend.read(layerPath(hex), {
-      maxBytes: named?.size ?? META_MAX,
-      verify: (b) => {
-        if (named) TrustAnchor.check(`layer manifest ${diffId}`, named, b);
-        m = parseJson<LayerManifest>(b, `layer manifest ${diffId}`);
+    return this.readNamed<LayerManifest>(`layer ${diffId}`, `layer manifest ${diffId}`, `layer manifest ${diffId}`,
+      this.trust ? this.trust.layer(hex) : undefined, layerPath(hex), (m) => {
         if (m?.diffId !== diffId) throw new IntegrityError(diffId, `layer manifest ${diffId}: names layer ${String(m?.diffId)}: refused`);
         if (typeof m.catalog !== 'string' || !/^[0-9a-f]{64}$/.test(m.catalog)) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog hash`);
         // The catalog's size bounds its download: a manifest claiming an absurd one is refused, not believed.
         if (!Number.isSafeInteger(m.catalogSize) || m.catalogSize < 0 || m.catalogSize > CATALOG_MAX) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog size ${String(m.catalogSize)}`);
-      },
-    });
-    if (!raw && named) throw new TrustError('not-named', `layer ${diffId} is named by the signed manifest but missing from store ${this.location}`);
-    return raw ? m : null;
+      });
   }
 
   async listLayers(): Promise<string[]> {
@@ -134,21 +125,33 @@ export class Store {
   }
 
   /** An image descriptor, refused unless it describes the image asked for. */
-  async getImage(name: string): Promise<ThinImage | null> {
-    let d: ThinImage | null = null;
-    const named = this.trust ? this.trust.image(name) : undefined;
-    if (named === null) throw new TrustError('not-named', `image ${name} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
-    const raw = await this.backend.read(imagePath(name), {
-      maxBytes: named?.size ?? META_MAX,
-      verify: (b) => {
-        if (named) TrustAnchor.check(`image descriptor ${name}`, named, b);
-        d = parseJson<ThinImage>(b, `image ${name}`);
+  getImage(name: string): Promise<ThinImage | null> {
+    return this.readNamed<ThinImage>(`image ${name}`, `image descriptor ${name}`, `image ${name}`,
+      this.trust ? this.trust.image(name) : undefined, imagePath(name), (d) => {
         if (d?.name !== name) throw new IntegrityError(name, `image descriptor ${name}: describes image ${JSON.stringify(d?.name)}: refused`);
         if (!Array.isArray(d.layers)) throw new IntegrityError(name, `image descriptor ${name}: no layer list`);
+      });
+  }
+
+  /**
+   * The one read of a small JSON file the signed manifest names (layer manifest, image descriptor): refused when
+   * the manifest does not name it (`named` null), bounded by the size it names, its hash checked, parsed, then
+   * `check`ed against what was asked for. Null when absent and nothing names it.
+   */
+  private async readNamed<T>(what: string, checked: string, parsed: string, named: NamedEntry | null | undefined,
+    path: string, check: (v: T) => void): Promise<T | null> {
+    if (named === null) throw new TrustError('not-named', `${what} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
+    let v: T | null = null;
+    const raw = await this.backend.read(path, {
+      maxBytes: named?.size ?? META_MAX,
+      verify: (b) => {
+        if (named) TrustAnchor.check(checked, named, b);
+        v = parseJson<T>(b, parsed);
+        check(v);
       },
     });
-    if (!raw && named) throw new TrustError('not-named', `image ${name} is named by the signed manifest but missing from store ${this.location}`);
-    return raw ? d : null;
+    if (!raw && named) throw new TrustError('not-named', `${what} is named by the signed manifest but missing from store ${this.location}`);
+    return raw ? v : null;
   }
 
   /** Which version of an image descriptor is current (its hash in the signed manifest), or null without one. */

@@ -11,7 +11,7 @@ import { stageObject, PUT_PINNED } from './stage.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, layerPath, objectPath, packPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ObjectWriterPool } from './writer-pool.js';
-import { withCommitLock } from './lock.js';
+import { heldLocks, withCommitLock, type HeldLock } from './lock.js';
 import { republishManifest, writerSigningOptions } from './trust.js';
 import { createLogger } from '../util/log.js';
 import { currentOwner, isOwnerAlive, isPidAlive, type Owner } from './owner.js';
@@ -147,6 +147,8 @@ export class Txn {
   private readonly ready: Promise<void>;
   private heartbeat: NodeJS.Timeout | null = null;
   private done = false;
+  /** The layer/fetch locks this transaction was started under: lost, and nothing more is staged or published. */
+  private readonly locks: HeldLock[] = heldLocks();
   newObjects = 0;
   newBytes = 0;
 
@@ -174,6 +176,7 @@ export class Txn {
    */
   async put(hash: string, data: Uint8Array, level?: number): Promise<boolean> {
     if (this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash)) return false;
+    this.checkLocks();
     this.staged.add(hash);
     await this.ready;
     let size: number;
@@ -265,10 +268,17 @@ export class Txn {
     await this.publish(then);
   }
 
+  /** Throws LockLostError when a lock this work runs under was lost (taken over after a stall). */
+  private checkLocks(): void {
+    for (const l of this.locks) l.check();
+    for (const l of heldLocks()) l.check();
+  }
+
   private has(hash: string): boolean { return this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash); }
 
   private async publish(write: () => Promise<void>): Promise<void> {
     const root = this.store.root;
+    this.checkLocks();
     await withCommitLock(root, this.id, async () => {
       await syncFs(this.dir);
       const touched = new Set<string>();
@@ -304,6 +314,8 @@ export class Txn {
           throw new IntegrityError(hash, `commit: object ${hash} this transaction deduplicated against was removed meanwhile; retry`);
         }
       }
+      // Last moment to refuse: the objects are in data/ (harmless, gc's to take), the manifest is not written.
+      this.checkLocks();
       await write();
     });
     await this.finish();

@@ -88,7 +88,7 @@ Examples:
         const ps = { store: await Store.open(storeLocation, { http: httpOptionsFrom(o), publicKeys: publicKeysFrom(o), trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
         // a first pass before the mount reports ready, so a unit ordered after it finds the images
         await generatePodmanStore(ps);
-        void watchPodmanStore({ ...ps, intervalMs: 2000, signal: podmanStop.signal });
+        void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: refreshMs(o.refresh), signal: podmanStop.signal });
       }
       const code = await runMount({
         store: storeLocation,
