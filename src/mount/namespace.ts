@@ -122,7 +122,8 @@ export class Namespace {
     return img;
   }
 
-  private async imageLayers(img: Image): Promise<Layer[]> {
+  /** Every layer (catalog loaded) of an image: its rootfs lookup, or its first touch when a trace replays. */
+  async imageLayers(img: Image): Promise<Layer[]> {
     if (img.layers) return img.layers;
     // Every layer's manifest and catalog at once: a cold start waits one round trip chain, not one per layer.
     const ls = await Promise.all(img.desc.layers.map(async (d) => {

@@ -87,6 +87,7 @@ export class ThinFs {
   private readonly synthSec: number;
   private readonly synth: Record<string, Node>;
   private readonly k = native();
+  private readonly debug: boolean;
   /** Set by the daemon: tells the transport where an immutable directory's listing ends. */
   dirEof: (nodeid: number, offset: number) => void = () => {};
   /** Set by the daemon when the kernel took FUSE passthrough: answers a first OPEN (fd -1 = serve reads here). */
@@ -99,6 +100,7 @@ export class ThinFs {
   prefetcher: Prefetcher | null = null;
 
   constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
+    this.debug = log.isLevelEnabled('debug');
     this.synthSec = Math.floor(opts.mountedAt / 1000);
     this.synth = {
       root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },
@@ -505,6 +507,8 @@ export class ThinFs {
     }
     const ms = performance.now() - t0;
     if (ms > this.counters.maxReadMs) this.counters.maxReadMs = ms;
+    // Per-read detail for bench/coldstart-where.ts (what a start reads vs what it fetches); off unless debug.
+    if (this.debug) this.log.debug({ ev: 'read', layer: node.layer.hex, ino: i.ino, off: pos, len: end - pos, ms: Math.round(ms * 10) / 10 }, 'read');
     return parts;
   }
 
@@ -545,6 +549,7 @@ export class ThinFs {
     try {
       replied.done = true;
       const r = this.openReply!(unique, id, fd ?? -1);
+      if (this.debug && file) this.log.debug({ ev: 'open', layer: file.layer.hex, ino: file.inode.ino, passthrough: r > 0 }, 'open');
       if (r > 0) {
         this.counters.opensPassthrough++;
         this.backing.record(id, key);

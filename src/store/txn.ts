@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Codec } from './codec.js';
+import { Codec, decodeObject } from './codec.js';
 import { stageObject, PUT_PINNED } from './stage.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, layerPath, objectPath, packPath } from './layout.js';
 import type { LayerManifest } from './types.js';
@@ -226,6 +226,19 @@ export class Txn {
     if (size < 0) { if (size !== PUT_PINNED) this.packs.delete(name); return false; }
     this.newBytes += size;
     return true;
+  }
+
+  /**
+   * A new encoding of an object already in data/ (the same bytes, compressed harder), checked to decode to its hash:
+   * staged here and renamed over the old file at commit, so a reader gets the old or the new file, never a torn one.
+   */
+  async restage(hash: string, framed: Buffer): Promise<void> {
+    if (this.has(hash)) return;
+    decodeObject(hash, framed);
+    await this.ready;
+    await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
+    this.staged.add(hash);
+    this.newBytes += framed.length;
   }
 
   /**

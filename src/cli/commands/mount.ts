@@ -46,7 +46,7 @@ export function registerMountCommands(program: Command): void {
     .option('--podman-store <dir>', 'also keep a podman image store over this mount in <dir> (as `thinfs podman-store --watch`); see `thinfs podman-conf`')
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
     .option('--record <file>', 'record the chunks read, in first-read order, as a prefetch trace written to <file> at unmount (and on SIGUSR2); attach it with `thinfs trace attach`')
-    .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start)', '8')
+    .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start; also at most 8 MiB of chunks)', '32')
     .option('--no-file-ahead', 'do not fetch the rest of a file read from its start ahead of the reader')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
