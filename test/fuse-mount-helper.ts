@@ -12,6 +12,7 @@ export interface MountStats {
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
     filesAssembled: number; assembling: number; catalogEvictions: number;
     filesVerifiedAtOpen: number; filesTrustedAtOpen: number; filesReverified: number;
+    listingsBuilt: number; listingsReused: number; listingsRejected: number;
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;

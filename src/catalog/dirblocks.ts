@@ -25,18 +25,50 @@ function encodeRecord(r: Row, subdirs: Map<number, number>, out: Buffer, off: nu
 }
 
 /**
- * Builds the listings of a catalog that does not ship them (they are rebuilt, not shipped: ~25% of a catalog) into a
- * new database file holding only the dirblocks table: the same bytes buildDirBlocks gives inside the catalog.
+ * What a listings file was built from and how: a file whose stamp differs (another catalog's, an older layout) is not
+ * served. Bump LISTINGS_FORMAT whenever the record format (src/format/listing.ts) or this file's tables change.
  */
-export function buildListingsFile(catalogPath: string, out: string): number {
+export const LISTINGS_FORMAT = '1';
+export interface ListingsStamp { catalog: string; format: string }
+
+/**
+ * Builds the listings of a catalog that does not ship them (they are rebuilt, not shipped: ~25% of a catalog) into a
+ * new database file holding only the dirblocks table (the same bytes buildDirBlocks gives inside the catalog) and,
+ * with `catalog` (the catalog's hash), a stamp binding the file to that catalog and to LISTINGS_FORMAT.
+ * `out` may exist empty (a private file the caller created): SQLite takes a 0-byte file as an empty database.
+ */
+export function buildListingsFile(catalogPath: string, out: string, catalog?: string): number {
   const db = new Database(out);
   try {
     db.pragma('journal_mode = OFF');
     db.pragma('synchronous = OFF');
     // Unqualified dirents/inodes resolve to the attached catalog (this database has only dirblocks).
     db.prepare(`ATTACH DATABASE ? AS cat`).run(catalogPath);
-    return db.transaction(() => buildDirBlocks(db))();
+    return db.transaction(() => {
+      const n = buildDirBlocks(db);
+      if (catalog !== undefined) {
+        db.exec(`CREATE TABLE main.listings_stamp (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
+        const put = db.prepare(`INSERT INTO main.listings_stamp (key, value) VALUES (?, ?)`);
+        put.run('catalog', catalog);
+        put.run('format', LISTINGS_FORMAT);
+      }
+      return n;
+    })();
   } finally { db.close(); }
+}
+
+/** A listings file's stamp (see buildListingsFile), or null when it has none or is not a database at all. */
+export function readListingsStamp(path: string): ListingsStamp | null {
+  let db: Database.Database | null = null;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+    const rows = db.prepare(`SELECT key, value FROM listings_stamp`).all() as Array<{ key: string; value: string }>;
+    const m = new Map(rows.map((r) => [r.key, r.value]));
+    const catalog = m.get('catalog'), format = m.get('format');
+    return catalog !== undefined && format !== undefined ? { catalog, format } : null;
+  } catch {
+    return null;
+  } finally { db?.close(); }
 }
 
 /** Fill the dirblocks table from a finished catalog's dirents and inodes. Deterministic: same catalog, same bytes. */

@@ -72,6 +72,9 @@ export class StatsReporter {
     counter('thinfs_files_verified_at_open_total', 'Whole-file copies hashed on the open path (no trust record matched)', (s) => s.cache.filesVerifiedAtOpen);
     counter('thinfs_files_trusted_at_open_total', 'Whole-file copies passed through on their trust record', (s) => s.cache.filesTrustedAtOpen);
     counter('thinfs_files_reverified_total', 'Whole-file copies re-verified intact in the background', (s) => s.cache.filesReverified);
+    counter('thinfs_listings_built_total', 'Catalog listings built into the node cache (first load on this node, or rejected)', (s) => s.cache.listingsBuilt);
+    counter('thinfs_listings_reused_total', 'Catalog listings loaded from the node cache as kept', (s) => s.cache.listingsReused);
+    counter('thinfs_listings_rejected_total', 'Kept listings files dropped (wrong bytes, or another catalog\'s or format\'s)', (s) => s.cache.listingsRejected);
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
     counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
