@@ -47,12 +47,12 @@ before(async () => {
 });
 
 after(async () => {
-  for (const m of live) { await m.stop(); await forceUnmount(m.mp); }
+  for (const m of live.splice(0)) { await m.stop(); await forceUnmount(m.mp); }
   await cleanupTmpDirs();
 });
 
 async function mount(cache: string, quota = '10G'): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, 'mnt'), { cacheDir: path.join(work, cache), quota, extra: ['--no-passthrough'] });
+  const m = await mountStore(store, path.join(work, `mnt-${cache}`), { cacheDir: path.join(work, cache), quota, extra: ['--no-passthrough'] });
   live.push(m);
   return m;
 }
