@@ -4,7 +4,7 @@
 // metadata scan of a freshly started daemon spent its time on.
 import Database from 'better-sqlite3';
 import { encodeListingRecord, inodeAttr, LISTING_RECORD_HEADER } from '../format/listing.js';
-import { DirentKind } from './schema.js';
+import { DirentKind, FLAG_OPAQUE } from './schema.js';
 import type { Inode } from './reader.js';
 
 /** One row per directory: its listing (src/format/listing.ts), opaque markers hidden. Empty directories have an empty block. */
@@ -13,22 +13,23 @@ const DIRBLOCKS_TABLE = `CREATE TABLE IF NOT EXISTS dirblocks (dir INTEGER PRIMA
 const PAGE = 4096;
 // Columns of the rows read, in this order (raw rows: arrays are cheaper than objects at a million entries).
 const COLS = `d.parent, d.name, i.ino, i.type, i.mode, i.uid, i.gid, i.size, i.mtime, i.mtime_ns, i.rdev_major, i.rdev_minor,
-  i.target, i.nlink`;
-type Row = [number, Buffer, number, Inode['type'], number, number, number, number, number, number, number, number, Buffer | null, number];
+  i.target, i.nlink, (i.flags & ${FLAG_OPAQUE}) = 0 AND NOT EXISTS (SELECT 1 FROM xattrs x WHERE x.ino = i.ino)`;
+type Row = [number, Buffer, number, Inode['type'], number, number, number, number, number, number, number, number, Buffer | null, number, number];
 
 /** Appends one entry's record to out at off (out has room); returns the new end. */
 function encodeRecord(r: Row, subdirs: Map<number, number>, out: Buffer, off: number): number {
-  const [, name, ino, type, mode, uid, gid, size, mtime, mtimeNs, rdevMajor, rdevMinor, target, nlink] = r;
+  const [, name, ino, type, mode, uid, gid, size, mtime, mtimeNs, rdevMajor, rdevMinor, target, nlink, noXattrs] = r;
   const a = inodeAttr({ type, size, nlink, target, mtime, mtimeNs, mode, uid, gid, rdevMajor, rdevMinor }, ino,
     type === 'dir' ? subdirs.get(ino) ?? 0 : null);
-  return encodeListingRecord(a, name, out, off);
+  return encodeListingRecord(a, name, out, off, noXattrs === 1);
 }
 
 /**
  * What a listings file was built from and how: a file whose stamp differs (another catalog's, an older layout) is not
  * served. Bump LISTINGS_FORMAT whenever the record format (src/format/listing.ts) or this file's tables change.
  */
-export const LISTINGS_FORMAT = '1';
+// 2: records carry LISTING_NO_XATTRS.
+export const LISTINGS_FORMAT = '2';
 export interface ListingsStamp { catalog: string; format: string }
 
 /**

@@ -78,6 +78,7 @@ export class CatalogReader {
         FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
       chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
+      hasXattrs: this.db.prepare(`SELECT 1 FROM xattrs WHERE ino=? LIMIT 1`).pluck(),
       links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
         i.mode AS mode, i.uid AS uid, i.gid AS gid, i.uname AS uname, i.gname AS gname, i.size AS size, i.mtime AS mtime,
@@ -166,6 +167,11 @@ export class CatalogReader {
     const f = flags ?? this.getInode(ino)?.flags ?? 0;
     if (f & FLAG_OPAQUE && !m.has(OPAQUE_XATTR)) m.set(OPAQUE_XATTR, Buffer.from('y'));
     return m;
+  }
+
+  /** Whether xattrs() has anything for this inode (one indexed probe, no values read). */
+  hasXattrs(ino: number, flags: number): boolean {
+    return (flags & FLAG_OPAQUE) !== 0 || this.st.hasXattrs.get(ino) !== undefined;
   }
 
   /** Stored xattrs only (what the tar carried), for export. */

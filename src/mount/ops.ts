@@ -43,6 +43,8 @@ export interface OpCounters {
   opensPassthrough: number; opensServed: number;
   /** Listings answered by the transport from blocks handed to it ahead of the kernel's request. */
   listingsAhead: number;
+  /** GETXATTR/LISTXATTR the transport answered itself (entries known to have no xattrs); filled in by the stats. */
+  xattrsByTransport: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
   requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
@@ -76,7 +78,7 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
  * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, xattrsByTransport: 0, requests: {} };
   private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
@@ -95,6 +97,14 @@ export class ThinFs {
   dropped: (nodeid: number) => void = () => {};
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /**
+   * Set by the daemon: tells the transport a node has no xattrs (it then answers GETXATTR/LISTXATTR itself), one by
+   * id or every flagged entry of a listing (LISTING_NO_XATTRS).
+   */
+  noXattr: ((nodeid: number) => void) | null = null;
+  noXattrListing: ((block: Buffer, base: number) => void) | null = null;
+  /** Set by the daemon: how many GETXATTR/LISTXATTR the transport answered itself. */
+  xattrsByTransport: () => number = () => 0;
   /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
   prefetcher: Prefetcher | null = null;
 
@@ -258,7 +268,10 @@ export class ThinFs {
     }
     const ttl = this.ttlOf(n);
     const attr = this.attrOf(n); // may throw: hold only once the reply is sure, or the count would never reach 0
-    return entryOut(this.hold(n), ttl, ttl, attr);
+    const id = this.hold(n);
+    // overlayfs asks every lower entry it meets for trusted.overlay.*: let the transport answer for those without any.
+    if (this.noXattr && n.k === 'entry' && !n.inImage && !n.layer.catalog!.hasXattrs(n.inode.ino, n.inode.flags)) this.noXattr(id);
+    return entryOut(id, ttl, ttl, attr);
   }
 
   private readlink(id: number): Answer {
@@ -372,6 +385,7 @@ export class ThinFs {
       this.lastBlock = { id, block };
     }
     const base = this.ids.baseOf(n.layer);
+    if (rin.offset === 0) this.noXattrListing?.(block, base);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
     if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);

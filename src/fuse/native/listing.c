@@ -62,7 +62,7 @@ long listing_page(const uint8_t *blk, size_t blen, uint64_t cookie, uint8_t *out
     size_t dlen = align8(DP_DIRENT + namelen), need = (plus ? DP_ENTRY : 0) + dlen;
     if (need > olen - o) break;
     uint64_t ino = ld64(r) + base, size = ld64(r + 8), mtime = ld64(r + 16);
-    uint32_t nsec = ld32(r + 24), mode = ld32(r + 28);
+    uint32_t nsec = ld32(r + 24), mode = ld32(r + 28) & 0xffffu;  // the high bits are flags (LISTING_NO_XATTRS)
     size_t end = p + LISTING_RECORD_HEADER + namelen;
     uint8_t *w = out + o;
     if (plus) {

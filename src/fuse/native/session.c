@@ -265,14 +265,15 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       reply_buf(fd, ih->unique, NULL, 0);
       return 1;
     }
+    case FUSE_GETXATTR:
+    case FUSE_LISTXATTR:
+      return session_noxattr_answer(s, ih, body);
     case FUSE_LOOKUP:
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_GETATTR:
     case FUSE_READLINK:
     case FUSE_READ:
-    case FUSE_GETXATTR:
-    case FUSE_LISTXATTR:
     case FUSE_STATFS:
       return 0;
     case FUSE_DESTROY:
@@ -354,6 +355,7 @@ session_t *session_new(void) {
   pthread_mutex_init(&s->open_lock, NULL);
   pthread_mutex_init(&s->eof_lock, NULL);
   pthread_mutex_init(&s->dirc_lock, NULL);
+  noxattr_init(s);
   return s;
 }
 
@@ -363,6 +365,7 @@ void session_free(session_t *s) {
   free(s->opens);
   free(s->dirc);
   free(s->dirc_out);
+  noxattr_free(s);
   free(s);
 }
 
@@ -426,7 +429,9 @@ void session_forget_node(session_t *s, uint64_t nodeid) {
 
 // Hands a listing to the reader thread before the kernel asks for it (copied); ignored when over budget.
 void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base) {
-  if (!s->dirc || nodeid < s->uncached_below || blen > DIRC_BUDGET / 4) return;
+  if (nodeid < s->uncached_below) return;
+  session_noxattr_listing(s, blk, blen, base);
+  if (!s->dirc || blen > DIRC_BUDGET / 4) return;
   dirc_entry_t *e = calloc(1, sizeof(*e));
   uint8_t *copy = malloc(blen ? blen : 1);
   if (!e || !copy) { free(e); free(copy); return; }

@@ -56,6 +56,9 @@ typedef struct {
   double t_ns; // CLOCK_MONOTONIC when read from the kernel (process.hrtime's clock): queueing delay metrics
 } request_t;
 
+// Nodes without xattrs (xattrless.c), direct-mapped by node id.
+#define NOXATTR_SLOTS 65536
+
 typedef struct session {
   int fd;
   int passthrough_wanted;
@@ -73,6 +76,8 @@ typedef struct session {
   size_t dirc_bytes;
   pthread_mutex_t dirc_lock;
   uint8_t *dirc_out;  // the reader thread's reply buffer for listings it answers
+  uint64_t *noxattr;            // xattrless.c
+  uint64_t noxattr_answered;    // GETXATTR/LISTXATTR answered from it
   pthread_t thread;
   uint32_t max_readahead;
   uint32_t max_pages;
@@ -103,8 +108,18 @@ int fuse_mount(const char *mnt, const char *fsname, const char *opts, char *why,
 // Lazy detach (root). 0 or -errno.
 int fuse_unmount(const char *mnt);
 
+// ---- xattrless.c ----
+void noxattr_init(session_t *s);
+void noxattr_free(session_t *s);
+void session_set_noxattr(session_t *s, uint64_t nodeid);
+void session_noxattr_listing(session_t *s, const uint8_t *blk, size_t blen, uint64_t base);
+struct fuse_in_header;
+int session_noxattr_answer(session_t *s, const struct fuse_in_header *ih, const char *body);
+
 // ---- listing.c ----
 #define LISTING_RECORD_HEADER 50u
+// A record's mode field: the entry has no xattrs (src/format/listing.ts); the low 16 bits are st_mode.
+#define LISTING_NO_XATTRS 0x80000000u
 // One page of a pre-encoded listing (src/format/listing.ts) from cookie on, into out. See listing.c.
 long listing_page(const uint8_t *blk, size_t blen, uint64_t cookie, uint8_t *out, size_t olen, int plus, uint64_t base,
                   uint64_t ttl, uint64_t self, size_t *next);
