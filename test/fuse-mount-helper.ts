@@ -16,7 +16,7 @@ export interface MountStats {
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;
-    opensPassthrough: number; opensServed: number; listingsAhead: number; xattrsByTransport: number;
+    opensPassthrough: number; opensServed: number; listingsAhead: number; xattrsByTransport: number; lookupsByTransport: number;
     requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
   };
   layersLoaded: number;

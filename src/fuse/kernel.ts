@@ -47,6 +47,13 @@ export interface Binding {
   noXattrListing(s: Session, block: Buffer, base: number): void;
   /** GETXATTR and LISTXATTR requests the transport answered itself. */
   xattrsAnswered(s: Session): number;
+  /**
+   * Keep an immutable directory's listing in the transport (copied; LRU within a byte budget): it answers LOOKUPs of
+   * names in that directory itself, a name not in it with a negative entry.
+   */
+  dirLookups(s: Session, nodeid: number, block: Buffer, base: number): void;
+  /** LOOKUPs the transport answered itself. */
+  lookupsAnswered(s: Session): number;
 }
 
 export function native(): Binding { return loadNative<Binding>(); }

@@ -45,6 +45,8 @@ export interface OpCounters {
   listingsAhead: number;
   /** GETXATTR/LISTXATTR the transport answered itself (entries known to have no xattrs); filled in by the stats. */
   xattrsByTransport: number;
+  /** LOOKUPs the transport answered itself from listings it keeps; filled in by the stats. */
+  lookupsByTransport: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
   requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
@@ -78,7 +80,7 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
  * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, xattrsByTransport: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, xattrsByTransport: 0, lookupsByTransport: 0, requests: {} };
   private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
@@ -105,6 +107,12 @@ export class ThinFs {
   noXattrListing: ((block: Buffer, base: number) => void) | null = null;
   /** Set by the daemon: how many GETXATTR/LISTXATTR the transport answered itself. */
   xattrsByTransport: () => number = () => 0;
+  /** Set by the daemon: hands a layer directory's listing to the transport, which then answers LOOKUPs in it. */
+  keepForLookups: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /** Set by the daemon: how many LOOKUPs the transport answered itself. */
+  lookupsByTransport: () => number = () => 0;
+  /** Layer directories whose listing was handed for lookups (not again at every lookup in a huge one it refused). */
+  private readonly keptForLookups = new Set<number>();
   /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
   prefetcher: Prefetcher | null = null;
 
@@ -264,14 +272,29 @@ export class ThinFs {
     if (!n) {
       // Inside a layer or an image nothing ever appears: the kernel may remember the miss (PATH and import probes).
       // Under the synthetic directories a layer published later must show up at the next lookup.
-      return parent.k === 'synth' || parent.k === 'imageDir' ? E.ENOENT : entryOut(0, TTL, 0, null);
+      if (parent.k === 'synth' || parent.k === 'imageDir') return E.ENOENT;
+      this.keepForLookup(parent, parentId);
+      return entryOut(0, TTL, 0, null);
     }
     const ttl = this.ttlOf(n);
     const attr = this.attrOf(n); // may throw: hold only once the reply is sure, or the count would never reach 0
+    // The transport answers the next lookups in this directory, and in the one found, from their listings.
+    this.keepForLookup(parent, parentId);
     const id = this.hold(n);
+    this.keepForLookup(n, id);
     // overlayfs asks every lower entry it meets for trusted.overlay.*: let the transport answer for those without any.
     if (this.noXattr && n.k === 'entry' && !n.inImage && !n.layer.catalog!.hasXattrs(n.inode.ino, n.inode.flags)) this.noXattr(id);
     return entryOut(id, ttl, ttl, attr);
+  }
+
+  /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing). */
+  private keepForLookup(n: Node, id: number): void {
+    if (!this.keepForLookups || n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
+    if (this.keptForLookups.has(id)) return;
+    if (this.keptForLookups.size >= 1 << 16) this.keptForLookups.clear();
+    this.keptForLookups.add(id);
+    const block = n.layer.catalog!.dirBlock(n.inode.ino);
+    if (block) this.keepForLookups(id, block, this.ids.baseOf(n.layer));
   }
 
   private readlink(id: number): Answer {
@@ -391,6 +414,7 @@ export class ThinFs {
     if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
+      if (!this.keptForLookups.has(id)) { this.keptForLookups.add(id); this.keepForLookups?.(id, block, base); }
       this.lastBlock = null;
     }
     // Once this reply is written: the listings a scan reads next.

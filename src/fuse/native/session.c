@@ -162,6 +162,7 @@ static int dirc_serve(session_t *s, const struct fuse_in_header *ih, const struc
   size_t next = 0, olen = in->size < BUF_SIZE ? in->size : BUF_SIZE, blen = e->len;
   long n = listing_page(e->blk, blen, in->offset, s->dirc_out, olen, ih->opcode == FUSE_READDIRPLUS, e->base, s->ttl, ih->nodeid, &next);
   int done = n >= 0 && next >= blen;
+  if (done) session_lookup_keep(s, e->nodeid, e->blk, e->len, e->base);
   if (n < 0 || done) dirc_drop(s, e);  // malformed: JS answers (and reports) it
   pthread_mutex_unlock(&s->dirc_lock);
   if (n < 0) return 0;
@@ -269,6 +270,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
     case FUSE_LISTXATTR:
       return session_noxattr_answer(s, ih, body);
     case FUSE_LOOKUP:
+      return session_lookup_answer(s, ih, body, ih->len - sizeof(*ih));
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_GETATTR:
@@ -356,6 +358,7 @@ session_t *session_new(void) {
   pthread_mutex_init(&s->eof_lock, NULL);
   pthread_mutex_init(&s->dirc_lock, NULL);
   noxattr_init(s);
+  lookups_init(s);
   return s;
 }
 
@@ -366,6 +369,7 @@ void session_free(session_t *s) {
   free(s->dirc);
   free(s->dirc_out);
   noxattr_free(s);
+  lookups_free(s);
   free(s);
 }
 

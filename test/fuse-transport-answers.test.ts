@@ -1,8 +1,9 @@
-// GETXATTR and LISTXATTR of entries without xattrs answered by the FUSE transport itself (src/fuse/native/xattrless.c):
-// what overlayfs asks of every lower entry at each container start. Entries are known to have none from the flag of
-// their listing record (a listed directory) or from the mount at a lookup; every answer must be what the JS path
-// gives: values of entries with xattrs (stored ones, an opaque directory's trusted.overlay.opaque) untouched,
-// ENODATA and empty lists for the rest, stat unchanged.
+// Requests the FUSE transport answers itself, what overlayfs sends for every lower entry at each container start:
+// GETXATTR and LISTXATTR of entries without xattrs (src/fuse/native/xattrless.c; known from the flag of their listing
+// record, or from the mount at a lookup) and LOOKUP in directories whose listing it keeps (lookups.c). Every answer
+// must be what the JS path gives: values of entries with xattrs (stored ones, an opaque directory's
+// trusted.overlay.opaque) untouched, ENODATA and empty lists for the rest, stat and inode numbers as GNU tar's
+// extraction and the listings show them, ENOENT for names not there.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
@@ -15,12 +16,14 @@ let work: string;
 let store: string;
 let src: string;
 let hex: string;
+/** GNU tar's extraction of the layer. */
+let extracted: string;
 const live: Mounted[] = [];
 /** Entries without xattrs, as the layer shows them (the whiteout is a char device 0/0 there). */
 const PLAIN = ['plain.txt', 'dir', 'dir/a.txt', 'dir/sub', 'dir/sub/b.txt', 'link', 'gone', 'opq/inside.txt'];
 
 before(async () => {
-  work = await tmpDir('thinfs-fuse-xattr-transport-');
+  work = await tmpDir('thinfs-fuse-transport-answers-');
   store = path.join(work, 'store');
   src = path.join(work, 'src');
   await thinfsOk(['init', store]);
@@ -40,6 +43,9 @@ before(async () => {
   await runOk('setfattr', ['-n', 'user.dir', '-v', 'x', path.join(src, 'xdir')]);
   const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
   hex = r.diffId.slice(7);
+  extracted = path.join(work, 'extracted');
+  await fsp.mkdir(extracted);
+  await runOk('tar', ['-xpf', path.join(work, 'l.tar'), '--numeric-owner', '-C', extracted]);
 });
 
 after(async () => {
@@ -119,9 +125,6 @@ describe('xattr requests answered by the transport', () => {
     const m = await mount('mnt-listed');
     const root = path.join(m.mp, 'layers', hex);
     // find lists every directory (READDIRPLUS) and stats every entry from the listing's attributes.
-    const extracted = path.join(work, 'extracted');
-    await fsp.mkdir(extracted, { recursive: true });
-    await runOk('tar', ['-xpf', path.join(work, 'l.tar'), '--numeric-owner', '-C', extracted]);
     const whiteouts = (s: string) => s.split('\n').filter((l) => !l.startsWith('.wh.') && !l.includes('/.wh.') && !l.startsWith('gone\0')).join('\n');
     assert.equal(whiteouts(noDirSize(await findScan(root))), whiteouts(noDirSize(await findScan(extracted))), 'stat as GNU tar extracted it');
     // getfattr -R -d over the whole tree (names from the kernel's cached listings, every entry asked for its
@@ -136,6 +139,57 @@ describe('xattr requests answered by the transport', () => {
     assert.ok(byTransport >= PLAIN.length - 1, `the transport answered for the entries without xattrs (${byTransport})`);
     assert.ok(lookups < PLAIN.length - 1, `most of them were not looked up (${lookups} lookups): their listing said so`);
     await checkAnswers(m, root);
+    await stop(m);
+  });
+});
+
+/** stat(1) of names relative to root, walked from there (type, mode, size, links, owner, mtime; ENOENT as such). */
+async function statNames(root: string, rels: string[], dirSize = true): Promise<string[]> {
+  const out: string[] = [];
+  for (const rel of rels) {
+    const r = await run('stat', ['-c', `%n %F %a ${dirSize ? '%s' : '-'} %h %u %g %.9Y`, rel], { cwd: root });
+    out.push(r.code === 0 ? r.stdout.trim() : /No such file/.test(r.stderr) ? `${rel} ENOENT` : `${rel} error ${r.stderr.trim()}`);
+  }
+  return out;
+}
+
+describe('lookups answered by the transport', () => {
+  it('names in a directory the transport keeps: the same entries as GNU tar extracted, the same ids as listings give', async () => {
+    const m = await mount('mnt-lookups');
+    const root = path.join(m.mp, 'layers', hex);
+    // Walked one path at a time, nothing listed: JS answers the first lookup in a directory and hands its listing over.
+    const files = ['plain.txt', 'tagged.txt', 'link', 'dir/a.txt', 'dir/sub/b.txt', 'opq/inside.txt', 'gone'];
+    const dirs = ['dir', 'dir/sub', 'opq', 'xdir'];
+    const missing = ['nothing', 'dir/nothing', 'dir/sub/nothing', 'opq/.wh..wh..opq', '.wh.gone'];
+    const before = await m.stats();
+    const got = await statNames(root, [...files, ...missing]);
+    const after = await m.stats();
+    const want = await statNames(extracted, [...files, ...missing]);
+    // The whiteout is a char device 0/0 in the layer (a .wh. file in the tar): compared apart.
+    const noWhiteout = (xs: string[]) => xs.filter((x) => !x.startsWith('gone ') && !x.startsWith('.wh.gone') && !x.startsWith('opq/.wh.'));
+    assert.deepEqual(noWhiteout(got), noWhiteout(want));
+    assert.match(got[files.indexOf('gone')]!, /^gone character special file \d+ 0 1 0 0 /);
+    assert.deepEqual(got.slice(-2), ['opq/.wh..wh..opq ENOENT', '.wh.gone ENOENT']);
+    const byTransport = after.ops.lookupsByTransport - before.ops.lookupsByTransport;
+    const byJs = (after.ops.requests.lookup?.n ?? 0) - (before.ops.requests.lookup?.n ?? 0);
+    assert.ok(byTransport >= 6, `the transport answered lookups (${byTransport}; ${byJs} by JS)`);
+    assert.deepEqual(await statNames(root, dirs, false), await statNames(extracted, dirs, false));
+    // A name not there stays unknown without asking again (negative entries are cached).
+    const again = await m.stats();
+    assert.deepEqual(await statNames(root, missing.slice(0, 3)), missing.slice(0, 3).map((x) => `${x} ENOENT`));
+    const last = await m.stats();
+    assert.equal((last.ops.requests.lookup?.n ?? 0) + last.ops.lookupsByTransport, (again.ops.requests.lookup?.n ?? 0) + again.ops.lookupsByTransport,
+      'missing names are not asked for again');
+    // The ids the transport gave (lstat of paths looked up before any listing) are the ones listings give (d_ino).
+    const py = `
+import os, sys, json
+ids = {p: os.lstat(p).st_ino for p in sys.argv[1:]}
+bad = []
+for p, ino in ids.items():
+    d, n = os.path.split(p)
+    if {e.name: e.inode() for e in os.scandir(d or '.')}[n] != ino: bad.append(p)
+print(json.dumps(bad))`;
+    assert.deepEqual(JSON.parse(await runOk('python3', ['-I', '-c', py, ...files, ...dirs], { cwd: root })), []);
     await stop(m);
   });
 });
