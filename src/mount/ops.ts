@@ -28,6 +28,8 @@ const FILE_AHEAD_CHUNKS = 64;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
+/** The biggest listing the transport keeps for lookups (a sixteenth of its 32 MiB budget, src/fuse/native/lookups.c). */
+const LOOKUP_LISTING_MAX = 2 << 20;
 /** The synthetic directories (layers/, images/) gain entries as layers are published. */
 const DYNAMIC_TTL = 1;
 
@@ -111,8 +113,9 @@ export class ThinFs {
   keepForLookups: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
   /** Set by the daemon: how many LOOKUPs the transport answered itself. */
   lookupsByTransport: () => number = () => 0;
-  /** Layer directories whose listing was handed for lookups (not again at every lookup in a huge one it refused). */
+  /** Layer directories whose listing was handed for lookups, and those too big to hand (not read again for that). */
   private readonly keptForLookups = new Set<number>();
+  private readonly tooBigForLookups = new Set<number>();
   /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
   prefetcher: Prefetcher | null = null;
 
@@ -273,13 +276,14 @@ export class ThinFs {
       // Inside a layer or an image nothing ever appears: the kernel may remember the miss (PATH and import probes).
       // Under the synthetic directories a layer published later must show up at the next lookup.
       if (parent.k === 'synth' || parent.k === 'imageDir') return E.ENOENT;
-      this.keepForLookup(parent, parentId);
+      this.keepForLookup(parent, parentId, true);
       return entryOut(0, TTL, 0, null);
     }
     const ttl = this.ttlOf(n);
     const attr = this.attrOf(n); // may throw: hold only once the reply is sure, or the count would never reach 0
-    // The transport answers the next lookups in this directory, and in the one found, from their listings.
-    this.keepForLookup(parent, parentId);
+    // The transport answers the next lookups in this directory, and in the one found, from their listings. A lookup
+    // reaching this thread in a directory handed before means the transport let go of it (LRU): handed again.
+    this.keepForLookup(parent, parentId, true);
     const id = this.hold(n);
     this.keepForLookup(n, id);
     // overlayfs asks every lower entry it meets for trusted.overlay.*: let the transport answer for those without any.
@@ -287,14 +291,21 @@ export class ThinFs {
     return entryOut(id, ttl, ttl, attr);
   }
 
-  /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing). */
-  private keepForLookup(n: Node, id: number): void {
+  /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing); `again` even if handed before. */
+  private keepForLookup(n: Node, id: number, again = false): void {
     if (!this.keepForLookups || n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
-    if (this.keptForLookups.has(id)) return;
-    if (this.keptForLookups.size >= 1 << 16) this.keptForLookups.clear();
-    this.keptForLookups.add(id);
+    if ((!again && this.keptForLookups.has(id)) || this.tooBigForLookups.has(id)) return;
     const block = n.layer.catalog!.dirBlock(n.inode.ino);
-    if (block) this.keepForLookups(id, block, this.ids.baseOf(n.layer));
+    if (!block) return;
+    this.handForLookups(id, block, this.ids.baseOf(n.layer));
+  }
+
+  private handForLookups(id: number, block: Buffer, base: number): void {
+    if (!this.keepForLookups) return;
+    const set = block.length > LOOKUP_LISTING_MAX ? this.tooBigForLookups : this.keptForLookups;
+    if (set.size >= 1 << 16) set.clear();
+    set.add(id);
+    if (set === this.keptForLookups) this.keepForLookups(id, block, base);
   }
 
   private readlink(id: number): Answer {
@@ -414,7 +425,7 @@ export class ThinFs {
     if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
-      if (!this.keptForLookups.has(id)) { this.keptForLookups.add(id); this.keepForLookups?.(id, block, base); }
+      if (!this.keptForLookups.has(id)) this.handForLookups(id, block, base);
       this.lastBlock = null;
     }
     // Once this reply is written: the listings a scan reads next.
