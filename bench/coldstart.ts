@@ -29,7 +29,7 @@ const NODES = (process.env.BENCH_NODES ?? '1,2,4,8').split(',').map(Number);
 const IMAGE = 'python';     // thin image name and registry repository
 const TAG = 'v1';
 
-const WORKLOADS: Record<string, string[]> = {
+export const WORKLOADS: Record<string, string[]> = {
   true: ['/bin/true'],
   python: ['/usr/bin/python3', '-c', 'import json,email,http.client,asyncio,decimal,sqlite3'],
 };
@@ -38,19 +38,19 @@ interface Row { rtt: number; workload: string; path: string; nodes: number; seco
 
 function now(): number { return Number(process.hrtime.bigint()) / 1e9; }
 
-async function dropCaches(): Promise<void> {
+export async function dropCaches(): Promise<void> {
   await run('sync', []);
   await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {});
 }
 
 /** nginx serving the store as static files, with an access log to count requests. */
-async function startNginx(dir: string, store: string): Promise<{ port: number; requests(): Promise<number>; stop(): void }> {
+export async function startNginx(dir: string, store: string): Promise<{ port: number; log: string; requests(): Promise<number>; stop(): void }> {
   const port = await freePort();
   const conf = join(dir, 'nginx.conf');
   const log = join(dir, 'access.log');
   await writeFile(conf, `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log; worker_processes 2;
 events { worker_connections 1024; }
-http { access_log ${log}; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
+http { log_format timed '$msec $request_time $status $body_bytes_sent $request_uri'; access_log ${log} timed; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
   keepalive_requests 100000;
   server { listen 127.0.0.1:${port}; root ${store}; } }
 `);
@@ -60,13 +60,13 @@ http { access_log ${log}; client_body_temp_path ${dir}; proxy_temp_path ${dir}; 
     try { const r = await fetch(`http://127.0.0.1:${port}/thinfs-store.json`); await r.arrayBuffer(); break; } catch { await new Promise((r) => setTimeout(r, 50)); }
   }
   return {
-    port,
+    port, log,
     requests: async () => (await readFile(log, 'utf8')).split('\n').filter(Boolean).length,
     stop: () => { p.kill('SIGTERM'); },
   };
 }
 
-class Podman {
+export class Podman {
   constructor(readonly dir: string) {}
   args(): string[] { return ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
   async pullRun(ref: string, cmd: string[]): Promise<void> {

@@ -27,8 +27,10 @@ export class ChunkFetcher {
   private readonly mem: LRUCache<string, Buffer> | null;
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly fetching = new Map<string, Promise<Buffer>>();
+  private readonly debug: boolean;
 
   constructor(private readonly p: FetcherParts) {
+    this.debug = p.log.isLevelEnabled('debug');
     this.mem = p.memBytes > 0
       ? new LRUCache<string, Buffer>({ maxSize: p.memBytes, sizeCalculation: (b) => Math.max(1, b.length) })
       : null;
@@ -120,8 +122,11 @@ export class ChunkFetcher {
 
   private async fetchNow(hash: string, size: number | undefined, what: 'chunk' | 'catalog'): Promise<Buffer> {
     const c = this.p.counters;
+    const t0 = Date.now();
     try {
       const { data, rawBytes } = await this.p.store.fetchObject(hash, size);
+      // Per-fetch detail for bench/coldstart-where.ts (the critical path of a cold start); off unless debug.
+      if (this.debug) this.p.log.debug({ ev: 'fetch', object: hash, what, bytes: rawBytes, t0, ms: Date.now() - t0 }, 'fetched');
       c.fetches++;
       if (what === 'catalog') c.catalogFetches++;
       c.fetchedBytes += rawBytes;

@@ -1,7 +1,8 @@
 // Owns checking a writable store: every object re-hashed (corrupt ones moved to quarantine/), every layer
 // manifest's catalog and every catalog's chunks and every image's layers and config resolved, missing objects
-// named with the layers and images that need them, crashed transactions' leftovers removed; and repair from
-// another store. Repair from a registry (re-ingesting a layer blob) lives above, in src/image/repair.ts.
+// named with the layers and images that need them, prefetch traces (objects descriptors name) re-hashed and
+// parsed, crashed transactions' leftovers removed; and repair from another store. Repair from a registry
+// (re-ingesting a layer blob) lives above, in src/image/repair.ts.
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
@@ -9,13 +10,15 @@ import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
 import { DATA_DIR, TXN_DIR, objectPath } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, NotFoundError } from '../util/errors.js';
+import { parseTrace, parseTraceRef } from '../format/trace.js';
 
 const QUARANTINE_DIR = 'quarantine';
 
 export interface NeededBy { layers: string[]; images: string[] }
-export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null }
-export interface MissingObject extends NeededBy { hash: string }
+/** `trace`: a prefetch trace an image descriptor names (no registry holds one: only another store can restore it). */
+export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null; trace?: true }
+export interface MissingObject extends NeededBy { hash: string; trace?: true }
 
 export interface FsckReport {
   objects: number;
@@ -66,6 +69,30 @@ async function verifyObject(store: Store, hash: string): Promise<string | null> 
 }
 
 /**
+ * Move corrupt objects to quarantine/ under the sweep lock (so no commit is renaming a fresh copy into place
+ * meanwhile), re-checking each there: one a commit replaced with a sound copy since stays.
+ */
+async function quarantine(store: WritableStore, bad: Map<string, string>, present: Set<string>, moved: Map<string, string | null>,
+  dryRun?: boolean, recheck: (h: string) => Promise<string | null> = (h) => verifyObject(store, h)): Promise<void> {
+  const todo = [...bad.keys()].filter((h) => !moved.has(h));
+  if (!todo.length || dryRun) return;
+  const root = store.root;
+  await withSweepLock(root, async () => {
+    await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
+    for (const h of todo) {
+      if ((await recheck(h)) === null) { present.add(h); bad.delete(h); continue; }
+      const to = join(QUARANTINE_DIR, `${h}.${Date.now()}`);
+      try { await rename(join(root, objectPath(h)), join(root, to)); moved.set(h, to); } catch { moved.set(h, null); }
+    }
+  });
+}
+
+/** Why an object is no usable trace (unreadable, or does not parse as one), or null. */
+async function traceProblem(store: Store, hash: string): Promise<string | null> {
+  try { parseTrace(await store.getObject(hash), `trace ${hash}`); return null; } catch (e) { return errorMessage(e); }
+}
+
+/**
  * Check the whole store. Corrupt objects are moved to quarantine/<hash> under the sweep lock (so no commit is
  * renaming a fresh copy into place meanwhile), where they no longer satisfy any reader or dedup, and are
  * reported as missing too when something needs them.
@@ -101,23 +128,14 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   });
   rep.objects = hashes.length;
   const quarantined = new Map<string, string | null>();
-  if (bad.size && !opts.dryRun) {
-    await withSweepLock(root, async () => {
-      await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
-      for (const h of bad.keys()) {
-        // Re-check under the lock: a commit may have replaced it with a sound copy since.
-        if ((await verifyObject(store, h)) === null) { present.add(h); bad.delete(h); continue; }
-        const to = join(QUARANTINE_DIR, `${h}.${Date.now()}`);
-        try { await rename(join(root, objectPath(h)), join(root, to)); quarantined.set(h, to); } catch { quarantined.set(h, null); }
-      }
-    });
-  }
+  await quarantine(store, bad, present, quarantined, opts.dryRun);
 
   // 3. References: layer -> catalog -> chunks; image -> layers, config.
   const refs = new Map<string, Set<string>>(); // object -> layers needing it
   const need = (h: string, layer: string) => { let s = refs.get(h); if (!s) refs.set(h, s = new Set()); s.add(layer); };
   const layerImages = new Map<string, string[]>();
   const configRefs = new Map<string, string[]>(); // config object -> images
+  const traceRefs = new Map<string, { images: string[]; size: number }>(); // trace object -> images naming it
   const published = new Set(await store.listLayers());
   const named: Array<{ image: string; diffId: string; catalog: string }> = [];
   const catalogs = new Map<string, string>(); // layer -> catalog its manifest names
@@ -132,6 +150,8 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
         if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published`, unpublished: l.diffId });
       }
       if (img.configDigest?.startsWith('sha256:')) { const c = img.configDigest.slice(7); configRefs.set(c, [...(configRefs.get(c) ?? []), name]); }
+      const t = parseTraceRef(img.trace, `image ${name}: trace`);
+      if (t) traceRefs.set(t.sha256, { images: [...(traceRefs.get(t.sha256)?.images ?? []), name], size: t.size });
     } catch (e) {
       rep.brokenImages.push({ name, error: errorMessage(e) });
     }
@@ -163,15 +183,27 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     const c = catalogs.get(n.diffId);
     if (c && c !== n.catalog) rep.brokenImages.push({ name: n.image, error: `descriptor names catalog ${n.catalog} for layer ${n.diffId}, its published manifest names ${c}` });
   }
+  // Traces: sound by hash is not enough, they must parse (a node replaying one refuses it) and be the size named.
+  const badTraces = new Map<string, string>();
+  for (const [h, t] of traceRefs) {
+    if (!present.has(h)) continue;
+    let data: Buffer;
+    try { data = await store.getObject(h); parseTrace(data, `trace ${h}`); } catch (e) { badTraces.set(h, `not a usable trace: ${errorMessage(e)}`); continue; }
+    if (data.length !== t.size) for (const image of t.images) rep.brokenImages.push({ name: image, error: `descriptor names trace ${h} of ${t.size} bytes, the object has ${data.length}` });
+  }
+  // quarantine() leaves in badTraces only those still bad there (a sound copy may have replaced one meanwhile).
+  await quarantine(store, badTraces, present, quarantined, opts.dryRun, (h) => traceProblem(store, h));
+  for (const [h, e] of badTraces) { bad.set(h, e); present.delete(h); }
   const neededBy = (h: string): NeededBy => {
     const layers = [...(refs.get(h) ?? [])].sort();
-    const images = new Set<string>(configRefs.get(h) ?? []);
+    const images = new Set<string>([...(configRefs.get(h) ?? []), ...(traceRefs.get(h)?.images ?? [])]);
     for (const l of layers) for (const i of layerImages.get(l) ?? []) images.add(i);
     return { layers, images: [...images].sort() };
   };
-  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h) });
-  for (const h of new Set([...refs.keys(), ...configRefs.keys()])) {
-    if (!present.has(h)) rep.missing.push({ hash: h, ...neededBy(h) });
+  const trace = (h: string) => (traceRefs.has(h) ? { trace: true as const } : {});
+  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h), ...trace(h) });
+  for (const h of new Set([...refs.keys(), ...configRefs.keys(), ...traceRefs.keys()])) {
+    if (!present.has(h)) rep.missing.push({ hash: h, ...neededBy(h), ...trace(h) });
   }
   rep.missing.sort((a, b) => a.hash.localeCompare(b.hash));
   rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length;
@@ -204,7 +236,7 @@ export async function repairFromStore(store: WritableStore, source: Store, hashe
     const t = store.beginTxn('fsck-repair-layer');
     try {
       const m = await source.getLayer(diffId);
-      if (!m) throw new Error(`layer ${diffId} is not published in ${source.location} either`);
+      if (!m) throw new NotFoundError(`layer ${diffId} is not published in ${source.location} either`);
       const { catalog, close } = await openLayerCatalog(source, diffId);
       try { for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h); } finally { await close(); }
       if (await t.put(m.catalog, await source.getObject(m.catalog))) restored.push(m.catalog);

@@ -6,12 +6,12 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Codec } from './codec.js';
+import { Codec, decodeObject } from './codec.js';
 import { stageObject, PUT_PINNED } from './stage.js';
 import { DATA_DIR, TXN_DIR, layerPath, objectPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ObjectWriterPool } from './writer-pool.js';
-import { withCommitLock } from './lock.js';
+import { heldLocks, withCommitLock, type HeldLock } from './lock.js';
 import { republishManifest, writerSigningOptions } from './trust.js';
 import { createLogger } from '../util/log.js';
 import { currentOwner, isOwnerAlive, isPidAlive, type Owner } from './owner.js';
@@ -145,6 +145,8 @@ export class Txn {
   private readonly ready: Promise<void>;
   private heartbeat: NodeJS.Timeout | null = null;
   private done = false;
+  /** The layer/fetch locks this transaction was started under: lost, and nothing more is staged or published. */
+  private readonly locks: HeldLock[] = heldLocks();
   newObjects = 0;
   newBytes = 0;
 
@@ -172,6 +174,7 @@ export class Txn {
    */
   async put(hash: string, data: Uint8Array, level?: number): Promise<boolean> {
     if (this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash)) return false;
+    this.checkLocks();
     this.staged.add(hash);
     await this.ready;
     let size: number;
@@ -192,6 +195,19 @@ export class Txn {
     this.newObjects++;
     this.newBytes += size;
     return true;
+  }
+
+  /**
+   * A new encoding of an object already in data/ (the same bytes, compressed harder), checked to decode to its hash:
+   * staged here and renamed over the old file at commit, so a reader gets the old or the new file, never a torn one.
+   */
+  async restage(hash: string, framed: Buffer): Promise<void> {
+    if (this.has(hash)) return;
+    decodeObject(hash, framed);
+    await this.ready;
+    await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
+    this.staged.add(hash);
+    this.newBytes += framed.length;
   }
 
   /**
@@ -234,10 +250,17 @@ export class Txn {
     await this.publish(then);
   }
 
+  /** Throws LockLostError when a lock this work runs under was lost (taken over after a stall). */
+  private checkLocks(): void {
+    for (const l of this.locks) l.check();
+    for (const l of heldLocks()) l.check();
+  }
+
   private has(hash: string): boolean { return this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash); }
 
   private async publish(write: () => Promise<void>): Promise<void> {
     const root = this.store.root;
+    this.checkLocks();
     await withCommitLock(root, this.id, async () => {
       await syncFs(this.dir);
       const touched = new Set<string>();
@@ -257,6 +280,8 @@ export class Txn {
           throw new IntegrityError(hash, `commit: object ${hash} this transaction deduplicated against was removed meanwhile; retry`);
         }
       }
+      // Last moment to refuse: the objects are in data/ (harmless, gc's to take), the manifest is not written.
+      this.checkLocks();
       await write();
     });
     await this.finish();
