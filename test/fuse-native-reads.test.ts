@@ -88,7 +88,8 @@ before(async () => {
     }
   });
   src = path.join(work, 'layer.d');
-  const r = await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', store, '--json', '--no-progress']);
+  // Without packs: every chunk is fetched as its own object, so the cold test's damaged objects are the ones read.
+  const r = await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', store, '--json', '--no-progress'], { env: { THINFS_PACKS: '0' } });
   hex = r.diffId.slice(7);
   // Warm a cache: a full read (cold, served by JS), then wait for the multi-chunk file's whole-file copy.
   const m = await mount('mnt-fill', 'cache-warm');

@@ -3,6 +3,7 @@
 // catalog cache (catalog-cache.ts). Shared safely by several mounts on one node; survives restarts (the index is
 // rebuilt from the directory, nothing refetched).
 import type { Store } from '../store/store.js';
+import type { PackRef } from '../store/pack.js';
 import type { ChunkRef } from '../catalog/reader.js';
 import type { Logger } from '../util/log.js';
 import { CacheDir } from './cache-dir.js';
@@ -75,8 +76,8 @@ export class NodeCache {
   get memBytes(): number { return this.fetcher.memBytes; }
   get assemblingFiles(): number { return this.files.assemblingFiles; }
 
-  /** Verified bytes of a chunk (memory, cache directory, store). */
-  get(hash: string, size?: number): Promise<Buffer> { return this.fetcher.get(hash, size); }
+  /** Verified bytes of a chunk (memory, cache directory, store: through its pack when the catalog names one). */
+  get(hash: string, size?: number, pack?: PackRef): Promise<Buffer> { return this.fetcher.get(hash, size, pack); }
   isLocal(hash: string): boolean { return this.fetcher.isLocal(hash); }
   /** The path of a chunk in the cache directory when the index has it (its bytes are checked by whoever opens it). */
   chunkFile(hash: string): string | null { return this.index.has(hash) ? this.dir.chunkPath(hash) : null; }
@@ -88,6 +89,8 @@ export class NodeCache {
   assemble(fileId: string, chunks: ChunkRef[], size: number): void { this.files.assemble(fileId, chunks, size); }
   /** Local path of a verified catalog, pinned until releaseCatalog. */
   catalogFile(hash: string, size?: number): Promise<string> { return this.catalogs.acquire(hash, size); }
+  /** A checked listings file for an acquired catalog, kept in the cache (built on first use); null: build your own. */
+  catalogListings(hash: string, catalogPath: string): Promise<string | null> { return this.catalogs.listings(hash, catalogPath); }
   releaseCatalog(hash: string): void { this.catalogs.release(hash); }
 
   private track(p: Promise<void>): void {

@@ -19,8 +19,15 @@ export interface Dirent { name: Buffer; ino: number; kind: DirentKind; type: Ent
  * `inline` is left out (null, with `hasInline` set): a listing should not carry every small file's bytes.
  */
 export type FullDirent = Inode & { name: Buffer; kind: DirentKind; subdirs: number; hasInline: number };
-export interface ChunkRef { offset: number; size: number; hash: string }
+/** `pack`: the chunk also travels in this pack (src/store/pack.ts; catalogs written before packs have none). */
+export interface ChunkRef { offset: number; size: number; hash: string; pack?: { name: string; bytes: number; members: number } }
 export interface WalkEntry { seq: number; path: Buffer; parent: number; kind: DirentKind; inode: Inode }
+
+/**
+ * Pre-encoded listings for a catalog that does not ship them: `listingsFile`, a listings file built earlier
+ * (buildListingsFile, checked by its keeper), or `listings`, built now into a temp file that lives as long as the reader.
+ */
+export interface ListingsOpts { listings?: boolean; listingsFile?: string }
 
 const inodeCols = (t: string) => `${t}ino AS ino, ${t}type AS type, ${t}mode AS mode, ${t}uid AS uid, ${t}gid AS gid,
   ${t}uname AS uname, ${t}gname AS gname, ${t}size AS size, ${t}mtime AS mtime, ${t}mtime_ns AS mtimeNs, ${t}rdev_major AS rdevMajor,
@@ -37,16 +44,21 @@ export class CatalogReader {
   private readonly dirCache = new Map<number, Dirent[]>();
   /** Catalogs written before listings were pre-encoded (src/catalog/dirblocks.ts) have no dirblocks table. */
   readonly hasDirBlocks: boolean;
+  /** Catalogs written before packs (src/store/pack.ts) have no pack tables. */
+  readonly hasPacks: boolean;
   /** The highest inode number: a mount reserves that many node ids for the layer. */
   readonly maxIno: number;
 
-  constructor(readonly path: string, opts: { listings?: boolean } = {}) {
+  constructor(readonly path: string, opts: ListingsOpts = {}) {
     try {
       this.db = new Database(path, { readonly: true, fileMustExist: true });
       // Catalogs ship without their pre-encoded listings (they are rebuilt from the other tables, byte for byte as
-      // ingest would have written them): a mount builds them into a private file attached to this connection.
+      // ingest would have written them): a mount attaches the file its node cache keeps them in, or builds them into
+      // a private temp file attached to this connection.
       const shipped = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type='table' AND name='dirblocks'`).get() !== undefined;
-      if (!shipped && opts.listings) this.attachListings();
+      const listings = !shipped && (opts.listingsFile !== undefined || !!opts.listings);
+      if (!shipped && opts.listingsFile !== undefined) this.db.prepare(`ATTACH DATABASE ? AS listings`).run(opts.listingsFile);
+      else if (listings) this.attachListings();
       this.db.pragma('query_only = ON');
       // Catalogs never change once written: keep the shared lock instead of re-locking and re-reading the
       // header on every query (measured: 70 us -> 12 us per indexed lookup on this kind of machine).
@@ -54,7 +66,8 @@ export class CatalogReader {
       const v = this.db.prepare(`SELECT value FROM props WHERE key='version'`).pluck().get();
       // A plain Error on purpose: the catch below reports it as this catalog's integrity error (exit 5).
       if (v !== '1') throw new Error(`unsupported catalog version ${String(v)}`);
-      this.hasDirBlocks = shipped || (!!opts.listings && this.db.prepare(`SELECT 1 FROM listings.sqlite_master WHERE type='table' AND name='dirblocks'`).get() !== undefined);
+      this.hasDirBlocks = shipped || (listings && this.db.prepare(`SELECT 1 FROM listings.sqlite_master WHERE type='table' AND name='dirblocks'`).get() !== undefined);
+      this.hasPacks = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type='table' AND name='packs'`).get() !== undefined;
       this.maxIno = (this.db.prepare(`SELECT max(ino) FROM inodes`).pluck().get() as number | null) ?? ROOT_INO;
     } catch (e) {
       throw new ThinfsError(`catalog ${path}: ${(e as Error).message}`, EXIT.INTEGRITY);
@@ -68,14 +81,19 @@ export class CatalogReader {
         CASE WHEN i.type = 'dir' THEN (SELECT count(*) FROM dirents d2 JOIN inodes i2 ON i2.ino = d2.ino
           WHERE d2.parent = i.ino AND d2.kind != 2 AND i2.type = 'dir') ELSE 0 END AS subdirs
         FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
-      chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
       // A chunk at 0 as long as the file is its only one (chunks do not overlap).
       oneChunkFiles: this.db.prepare(`SELECT d.ino AS ino, c.size AS size, c.hash AS hash FROM dirents d JOIN inodes i ON i.ino=d.ino
         JOIN chunks c ON c.ino=d.ino AND c.idx=0 WHERE d.parent=? AND d.kind != 2 AND i.type='file' AND i.inline IS NULL
         AND c.offset=0 AND c.size=i.size AND i.size > 0 AND i.size <= ?`),
       inlineFiles: this.db.prepare(`SELECT d.ino AS ino, i.inline AS data FROM dirents d JOIN inodes i ON i.ino=d.ino
         WHERE d.parent=? AND d.kind != 2 AND i.type='file' AND i.inline IS NOT NULL AND length(i.inline) = i.size`),
+      chunks: this.hasPacks
+        ? this.db.prepare(`SELECT c.offset AS offset, c.size AS size, c.hash AS hash, p.name AS pack, p.bytes AS packBytes, p.members AS packMembers
+            FROM chunks c LEFT JOIN packs p ON p.id = c.pack WHERE c.ino=? ORDER BY c.idx`)
+        : this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
+      allPacks: this.hasPacks ? this.db.prepare(`SELECT name, bytes, members FROM packs ORDER BY id`) : null,
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
+      hasXattrs: this.db.prepare(`SELECT 1 FROM xattrs WHERE ino=? LIMIT 1`).pluck(),
       links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
         i.mode AS mode, i.uid AS uid, i.gid AS gid, i.uname AS uname, i.gname AS gname, i.size AS size, i.mtime AS mtime,
@@ -90,8 +108,7 @@ export class CatalogReader {
     };
   }
 
-  /** `listings`: make the pre-encoded listings available (built locally when the catalog does not ship them). */
-  static open(path: string, opts: { listings?: boolean } = {}): CatalogReader { return new CatalogReader(path, opts); }
+  static open(path: string, opts: ListingsOpts = {}): CatalogReader { return new CatalogReader(path, opts); }
 
   /**
    * Builds this catalog's listings into a temp file, attaches it (read-only, like the connection) and unlinks it: the
@@ -170,7 +187,14 @@ export class CatalogReader {
   }
 
   chunks(ino: number): ChunkRef[] {
-    return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer }>).map((c) => ({ offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+    return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }>).map((c) => (c.pack
+      ? { offset: c.offset, size: c.size, hash: c.hash.toString('hex'), pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } }
+      : { offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+  }
+
+  /** Every pack this layer's chunks travel in (none in catalogs written before packs): gc keeps them, fsck checks them. */
+  allPacks(): Array<{ name: string; bytes: number; members: number }> {
+    return ((this.st.allPacks?.all() ?? []) as Array<{ name: Buffer; bytes: number; members: number }>).map((p) => ({ name: p.name.toString('hex'), bytes: p.bytes, members: p.members }));
   }
 
   /** Stored xattrs plus the overlayfs opaque marker synthesized from an OCI `.wh..wh..opq`. */
@@ -180,6 +204,11 @@ export class CatalogReader {
     const f = flags ?? this.getInode(ino)?.flags ?? 0;
     if (f & FLAG_OPAQUE && !m.has(OPAQUE_XATTR)) m.set(OPAQUE_XATTR, Buffer.from('y'));
     return m;
+  }
+
+  /** Whether xattrs() has anything for this inode (one indexed probe, no values read). */
+  hasXattrs(ino: number, flags: number): boolean {
+    return (flags & FLAG_OPAQUE) !== 0 || this.st.hasXattrs.get(ino) !== undefined;
   }
 
   /** Stored xattrs only (what the tar carried), for export. */

@@ -104,8 +104,9 @@ export async function fsckAndRepair(store: WritableStore, opts: FsckOptions & { 
       const targets = repairTargets(after);
       const want = targets.objects.filter((h) => !repair.restored.includes(h));
       const layers = targets.unpublished.filter((d) => !repair.layers.includes(d));
-      if (!want.length && !layers.length) break;
-      const r = await repairFromStore(store, source, want, layers);
+      const packs = targets.packs.filter((p) => !repair.restored.includes(p.name));
+      if (!want.length && !layers.length && !packs.length) break;
+      const r = await repairFromStore(store, source, want, layers, packs);
       repair.restored.push(...r.restored);
       repair.layers.push(...r.layers);
       repair.errors.push(...r.failed.map((f) => ({ target: f.hash, error: f.error })));

@@ -245,6 +245,11 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.nativeReadStats = () => k.readStats(session);
   fs.dropped = (id) => k.forgetNode(session, id);
   fs.handAhead = (id, block, base) => k.dirAhead(session, id, block, base);
+  fs.noXattr = (id) => k.noXattr(session, id);
+  fs.noXattrListing = (block, base) => k.noXattrListing(session, block, base);
+  fs.xattrsByTransport = () => k.xattrsAnswered(session);
+  fs.keepForLookups = (id, block, base) => k.dirLookups(session, id, block, base);
+  fs.lookupsByTransport = () => k.lookupsAnswered(session);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   // Without passthrough, the one-chunk files of directories being listed are handed to the transport ahead of their open.

@@ -6,7 +6,8 @@ import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
 import { decodeObject, decodeObjectAsync, readObjectFile, encodeObject, Codec, HEADER_LEN } from './codec.js';
-import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
+import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath, packPath } from './layout.js';
+import { packMaxBytes, parsePack, type PackEntry, type PackRef } from './pack.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
@@ -97,6 +98,17 @@ export class Store {
   }
 
   hasObject(hash: string): Promise<boolean> { return this.backend.exists(objectPath(hash)); }
+
+  /**
+   * A pack's members (pack.ts), its shape and membership checked against its name inside the backend's read (a mirror
+   * serving another pack or garbage is a failed mirror); members are not decoded yet. Null when the store has no such
+   * pack (older stores, or a pack gc or fsck took): the caller fetches the member's own object.
+   */
+  async fetchPack(ref: PackRef): Promise<{ entries: PackEntry[]; rawBytes: number } | null> {
+    let entries: PackEntry[] = [];
+    const raw = await this.backend.read(packPath(ref.name), { maxBytes: packMaxBytes(ref), verify: (b) => { entries = parsePack(ref.name, b); } });
+    return raw ? { entries, rawBytes: raw.length } : null;
+  }
 
   /** A layer manifest, refused unless it is the one asked for (a mirror may serve another layer's under this name). */
   getLayer(diffId: string): Promise<LayerManifest | null> {

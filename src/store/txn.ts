@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Codec, decodeObject } from './codec.js';
 import { stageObject, PUT_PINNED } from './stage.js';
-import { DATA_DIR, TXN_DIR, layerPath, objectPath } from './layout.js';
+import { DATA_DIR, PACKS_DIR, TXN_DIR, layerPath, objectPath, packPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ObjectWriterPool } from './writer-pool.js';
 import { heldLocks, withCommitLock, type HeldLock } from './lock.js';
@@ -142,6 +142,8 @@ export class Txn {
   private readonly staged = new Set<string>();
   private readonly pinned = new Set<string>();
   private readonly unpinned = new Set<string>();
+  /** Packs (pack.ts) staged or pinned here, by name; they go to packs/ at commit like objects to data/. */
+  private readonly packs = new Set<string>();
   private readonly ready: Promise<void>;
   private heartbeat: NodeJS.Timeout | null = null;
   private done = false;
@@ -193,6 +195,35 @@ export class Txn {
       return false;
     }
     this.newObjects++;
+    this.newBytes += size;
+    return true;
+  }
+
+  /**
+   * The framed bytes of an object this transaction put (staged or pinned here, or, where links are refused, in data/):
+   * what a pack carries for it.
+   */
+  async frameOf(hash: string): Promise<Buffer> {
+    if (!this.has(hash)) throw new ThinfsError(`object ${hash} was not put in this transaction`);
+    await this.ready;
+    return readFile(this.unpinned.has(hash) ? join(this.store.root, objectPath(hash)) : join(this.dir, hash));
+  }
+
+  /**
+   * Stage a pack (already encoded, pack.ts) unless the store has it: pinned by hard link like an object (same
+   * membership, same name: its members are the same whoever framed them). Packs are never written where hard links
+   * are refused and the pack exists already: it is left as it is (a pack is a redundant copy; readers fall back).
+   */
+  async putPack(name: string, data: Buffer): Promise<boolean> {
+    if (this.packs.has(name)) return false;
+    this.packs.add(name);
+    await this.ready;
+    const staged = join(this.dir, `pack-${name}`);
+    let size: number;
+    try {
+      size = await stageObject(join(this.store.root, packPath(name)), staged, data, Codec.None, undefined, true);
+    } catch (e) { this.packs.delete(name); throw e; }
+    if (size < 0) { if (size !== PUT_PINNED) this.packs.delete(name); return false; }
     this.newBytes += size;
     return true;
   }
@@ -273,6 +304,22 @@ export class Txn {
         }
         touched.add(hash.slice(0, 2));
       });
+      // Packs after the objects they copy, so a pack never names an object not yet in place.
+      const packFans = new Set<string>();
+      if (this.packs.size) {
+        // A store made before packs has no packs/ yet: made here, durably (its entry in the root, then the fan-out's).
+        const made = await mkdir(join(root, PACKS_DIR), { recursive: true });
+        await parallel([...new Set([...this.packs].map((n) => n.slice(0, 2)))], 16, (f) => mkdir(join(root, PACKS_DIR, f), { recursive: true }).then(() => undefined));
+        await fsyncDir(join(root, PACKS_DIR));
+        if (made) await fsyncDir(root);
+      }
+      await parallel([...this.packs], 16, async (name) => {
+        try { await rename(join(this.dir, `pack-${name}`), join(root, packPath(name))); } catch (e) {
+          throw new ThinfsError(`commit: staged pack ${name} is gone (${(e as Error).message}); was the transaction's staging removed?`);
+        }
+        packFans.add(name.slice(0, 2));
+      });
+      await parallel([...packFans], 16, (d) => fsyncDir(join(root, PACKS_DIR, d)));
       await parallel([...touched], 16, (d) => fsyncDir(join(root, DATA_DIR, d)));
       // Only where hard links were refused: objects deduplicated without a pin must still be there.
       for (const hash of this.unpinned) {

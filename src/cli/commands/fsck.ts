@@ -14,10 +14,10 @@ function describe(r: FsckReport, out: string[]): void {
   const images = (x: { images: string[] }) => `images [${x.images.map(quoteText).join(' ')}]`;
   for (const c of r.corrupt) {
     const where = `${escapeControls(c.error)}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}`;
-    out.push(c.trace ? `corrupt trace ${c.hash}: ${where}; named by ${images(c)}` : `corrupt object ${c.hash}: ${where}; needed by layers [${c.layers.join(' ')}] ${images(c)}`);
+    out.push(c.trace ? `corrupt trace ${c.hash}: ${where}; named by ${images(c)}` : `corrupt ${c.pack ? 'pack' : 'object'} ${c.hash}: ${where}; needed by layers [${c.layers.join(' ')}] ${images(c)}`);
   }
   for (const m of r.missing) {
-    out.push(m.trace ? `missing trace ${m.hash}: named by ${images(m)} (${TRACE_REPAIR})` : `missing object ${m.hash}: needed by layers [${m.layers.join(' ')}] ${images(m)}`);
+    out.push(m.trace ? `missing trace ${m.hash}: named by ${images(m)} (${TRACE_REPAIR})` : `missing ${m.pack ? 'pack' : 'object'} ${m.hash}: needed by layers [${m.layers.join(' ')}] ${images(m)}`);
   }
   for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${escapeControls(b.error)}; used by images [${b.images.map(quoteText).join(' ')}]`);
   for (const b of r.brokenImages) out.push(`broken image ${quoteText(b.name)}: ${escapeControls(b.error)}`);
