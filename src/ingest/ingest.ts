@@ -75,7 +75,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   txn.pool = pool;
   const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   const cat = new CatalogWriter(join(tmp, 'catalog.db'));
-  const sink = new ObjectSink((hash, data) => txn.put(hash, data));
+  const sink = new ObjectSink((hash, data) => txn.put(hash, data), () => txn.flushWrites());
   try {
     const tree = new TreeBuilder(cat);
     for await (const { entry, data } of readTar(source.tar)) {
