@@ -1,7 +1,7 @@
 // Owns the store's transactions: txn/<id>/ staging directories, their ids, owner records and heartbeats,
 // liveness of their owners (the one `isAlive`), commit into data/ + layers/, abort, and crash cleanup.
 // Nothing outside src/store/ makes, parses or removes a txn/ entry.
-import { mkdir, writeFile, rename, rm, readdir, readFile, stat, access, utimes } from 'node:fs/promises';
+import { mkdir, writeFile, rename, rm, readdir, readFile, stat, access, utimes, open } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
@@ -126,6 +126,24 @@ async function syncFs(path: string): Promise<void> {
   try { await execFileP('sync', ['-f', path]); } catch { await execFileP('sync'); }
 }
 
+/** Up to this many new objects are flushed one fsync each; more by one syncfs. */
+const FSYNC_EACH_MAX = 64;
+
+/**
+ * Make the staged files' contents durable before they are renamed into data/. syncfs flushes the whole
+ * filesystem, other writers' dirty data included (on a shared node, seconds under write load), and costs a
+ * `sync` process: worth it for a layer's thousands of objects, not for an image's config and manifest.
+ * Pinned objects need nothing: they are links to files made durable by the transaction that wrote them.
+ */
+async function flushStaged(dir: string, names: string[]): Promise<void> {
+  if (names.length === 0) return;
+  if (names.length > FSYNC_EACH_MAX) { await syncFs(dir); return; }
+  await parallel(names, 16, async (n) => {
+    const fh = await open(join(dir, n), 'r');
+    try { await fh.sync(); } finally { await fh.close(); }
+  });
+}
+
 const writerLog = createLogger('thinfs-store');
 
 export interface TxnStore { readonly root: string; getLayer(diffId: string): Promise<LayerManifest | null>; withLayerLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> }
@@ -242,7 +260,7 @@ export class Txn {
   private async publish(write: () => Promise<void>): Promise<void> {
     const root = this.store.root;
     await withCommitLock(root, this.id, async () => {
-      await syncFs(this.dir);
+      await flushStaged(this.dir, [...this.staged]);
       const touched = new Set<string>();
       // Pinned objects are renamed back too: a no-op when data/<hash> is still the same inode, a restore
       // when a sweep unlinked it meanwhile. Renames are independent metadata operations: a few in parallel
