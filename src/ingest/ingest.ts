@@ -71,8 +71,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const onAbort = () => source.destroy();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
-  const pool = new ObjectWriterPool();
-  txn.pool = pool;
+  txn.pool = ObjectWriterPool.shared();
   const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   const cat = new CatalogWriter(join(tmp, 'catalog.db'));
   const sink = new ObjectSink((hash, data) => txn.put(hash, data), () => txn.flushWrites());
@@ -108,7 +107,6 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     throw opts.signal?.aborted ? interrupted() : e;
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
-    await pool.close();
     await rm(tmp, { recursive: true, force: true });
   }
 }

@@ -213,7 +213,7 @@ export class Txn {
   }
 
   /** Send the writes put() queued for the writer pool now (its caller is about to wait for them). */
-  flushWrites(): void { this.pool?.flush(); }
+  flushWrites(): void { this.pool?.flush(this.dir); }
 
   /**
    * Make staged and pinned objects durable and visible, then publish the manifest. If another node published
