@@ -16,11 +16,10 @@ export type FlushObjects = () => void;
 
 /**
  * Chunk writes in flight: enough to fill the writer pool's batches and keep its threads busy while this thread
- * parses and hashes, bounded in memory (64 MiB + one max chunk).
+ * parses and hashes, bounded in memory (48 MiB of the arena + one max chunk).
  */
 const MAX_INFLIGHT_OBJECTS = 512;
-const MAX_INFLIGHT_BYTES = 48 << 20;
-/** The chunk arena: in-flight bytes plus room for the ring's wrap and out-of-order frees. */
+/** The chunk arena: in-flight bytes (three quarters of it) plus room for the ring's wrap and out-of-order frees. */
 const ARENA_BYTES = 64 << 20;
 
 /** A bounded set of object writes in flight; the first failure fails the next put and the drain. */
@@ -30,10 +29,14 @@ export class ObjectSink {
   private wake: (() => void) | null = null;
   private error: unknown = null;
   chunks = 0;
-  private readonly arena = new ChunkArena(ARENA_BYTES);
+  private readonly arena: ChunkArena;
+  private readonly maxBytes: number;
   /** Memory for the next chunk (the chunker copies into it); given back once its write is done. */
   readonly alloc = (n: number): Buffer => this.arena.alloc(n);
-  constructor(private readonly putObject: PutObject, private readonly flush: FlushObjects = () => undefined) {}
+  constructor(private readonly putObject: PutObject, private readonly flush: FlushObjects = () => undefined, arenaBytes = ARENA_BYTES) {
+    this.arena = new ChunkArena(arenaBytes);
+    this.maxBytes = Math.floor(arenaBytes * 0.75);
+  }
 
   async put(hash: string, data: Buffer): Promise<void> {
     this.chunks++;
@@ -48,7 +51,7 @@ export class ObjectSink {
       this.wake = null;
       w?.();
     });
-    while (this.inflight >= MAX_INFLIGHT_OBJECTS || this.bytes >= MAX_INFLIGHT_BYTES) await this.next();
+    while (this.inflight >= MAX_INFLIGHT_OBJECTS || this.bytes >= this.maxBytes) await this.next();
     if (this.error) throw this.error;
   }
 

@@ -40,6 +40,8 @@ export interface IngestOptions {
   /** fsck --repair: the layer may be published already; write back the objects it is missing (same catalog required). */
   repair?: boolean;
   beforeCommit?: () => Promise<void>;
+  /** Size of the memory chunks are copied into on their way to the writer threads (default 64 MiB; tests make it small to wrap it often). */
+  chunkArenaBytes?: number;
   /** Abort (SIGINT/SIGTERM): the input is cut, the transaction rolled back, InterruptedError thrown; nothing is published. */
   signal?: AbortSignal;
 }
@@ -74,7 +76,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   txn.pool = ObjectWriterPool.shared();
   const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   const cat = new CatalogWriter(join(tmp, 'catalog.db'));
-  const sink = new ObjectSink((hash, data) => txn.put(hash, data), () => txn.flushWrites());
+  const sink = new ObjectSink((hash, data) => txn.put(hash, data), () => txn.flushWrites(), opts.chunkArenaBytes);
   try {
     const tree = new TreeBuilder(cat);
     for await (const { entry, data } of readTar(source.tar)) {

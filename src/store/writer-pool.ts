@@ -41,7 +41,6 @@ export class ObjectWriterPool {
 
   private start(): Slot {
     const w = new Worker(new URL('./object-writer.worker.js', import.meta.url));
-    w.unref();
     const slot: Slot = { w, queued: 0, batches: 0 };
     w.on('message', (m: { id: number; sizes: number[]; errors: Array<string | null> }) => {
       const b = this.sent.get(m.id);
@@ -60,6 +59,8 @@ export class ObjectWriterPool {
       const i = this.workers.indexOf(slot);
       if (i >= 0) this.workers[i] = this.start();
     });
+    // After the listeners: adding a 'message' listener takes a reference on the worker's port again.
+    w.unref();
     return slot;
   }
 
