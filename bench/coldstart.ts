@@ -7,7 +7,9 @@
 // 2, 4, 8 nodes starting at once. "thinfs cold + trace": the workload's recorded trace attached to the image
 // (thinfs mount --record, thinfs trace attach), replayed ahead of the process on nodes with empty caches. Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
 //
-// Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8").
+// Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8"), BENCH_WORKLOADS
+// (default "true,python"), BENCH_PATHS (which rows: "podman,cold,trace", default all; e.g. "cold" for the no-trace
+// thinfs rows alone, a few minutes). THINFS_PACKS=0 converts the image without packs (the request count before them).
 import { mkdir, readFile, rm, writeFile, appendFile, stat } from 'node:fs/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join, resolve } from 'node:path';
@@ -26,10 +28,12 @@ const OUT = join(ROOT, 'bench', 'out');
 const RTTS = (process.env.BENCH_RTTS ?? '0,20').split(',').map(Number);
 const MBIT = Number(process.env.BENCH_MBIT ?? 100);
 const NODES = (process.env.BENCH_NODES ?? '1,2,4,8').split(',').map(Number);
+const PATHS = new Set((process.env.BENCH_PATHS ?? 'podman,cold,trace').split(','));
+const ONLY = (process.env.BENCH_WORKLOADS ?? '').split(',').filter(Boolean);
 const IMAGE = 'python';     // thin image name and registry repository
 const TAG = 'v1';
 
-const WORKLOADS: Record<string, string[]> = {
+export const WORKLOADS: Record<string, string[]> = {
   true: ['/bin/true'],
   python: ['/usr/bin/python3', '-c', 'import json,email,http.client,asyncio,decimal,sqlite3'],
 };
@@ -38,19 +42,19 @@ interface Row { rtt: number; workload: string; path: string; nodes: number; seco
 
 function now(): number { return Number(process.hrtime.bigint()) / 1e9; }
 
-async function dropCaches(): Promise<void> {
+export async function dropCaches(): Promise<void> {
   await run('sync', []);
   await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {});
 }
 
 /** nginx serving the store as static files, with an access log to count requests. */
-async function startNginx(dir: string, store: string): Promise<{ port: number; requests(): Promise<number>; stop(): void }> {
+export async function startNginx(dir: string, store: string): Promise<{ port: number; log: string; requests(): Promise<number>; stop(): void }> {
   const port = await freePort();
   const conf = join(dir, 'nginx.conf');
   const log = join(dir, 'access.log');
   await writeFile(conf, `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log; worker_processes 2;
 events { worker_connections 1024; }
-http { access_log ${log}; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
+http { log_format timed '$msec $request_time $status $body_bytes_sent $request_uri'; access_log ${log} timed; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
   keepalive_requests 100000;
   server { listen 127.0.0.1:${port}; root ${store}; } }
 `);
@@ -60,13 +64,13 @@ http { access_log ${log}; client_body_temp_path ${dir}; proxy_temp_path ${dir}; 
     try { const r = await fetch(`http://127.0.0.1:${port}/thinfs-store.json`); await r.arrayBuffer(); break; } catch { await new Promise((r) => setTimeout(r, 50)); }
   }
   return {
-    port,
+    port, log,
     requests: async () => (await readFile(log, 'utf8')).split('\n').filter(Boolean).length,
     stop: () => { p.kill('SIGTERM'); },
   };
 }
 
-class Podman {
+export class Podman {
   constructor(readonly dir: string) {}
   args(): string[] { return ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
   async pullRun(ref: string, cmd: string[]): Promise<void> {
@@ -114,14 +118,16 @@ export async function main(): Promise<void> {
       const storeUrl = `http://127.0.0.1:${storeProxy.port}`;
       const regRequests = () => reg!.log().split('\n').filter((l) => /"(GET|HEAD) \/v2\//.test(l)).length;
 
-      for (const [wname, cmd] of Object.entries(WORKLOADS)) {
+      for (const [wname, cmd] of Object.entries(WORKLOADS).filter(([w]) => !ONLY.length || ONLY.includes(w))) {
         for (const n of NODES) {
           // podman pull + run, n nodes at once, each with its own empty store.
           const pods = Array.from({ length: n }, (_, i) => new Podman(join(work, `p${rtt}${wname[0]}${n}-${i}`)));
           let b0 = regProxy.stats().bytesDown; let q0 = regRequests(); let t0 = now();
-          await Promise.all(pods.map((p) => p.pullRun(regRef, cmd)));
-          rows.push({ rtt, workload: wname, path: 'podman pull + run', nodes: n, seconds: now() - t0, bytes: regProxy.stats().bytesDown - b0, requests: regRequests() - q0 });
-          if (n === 1) {
+          if (PATHS.has('podman')) {
+            await Promise.all(pods.map((p) => p.pullRun(regRef, cmd)));
+            rows.push({ rtt, workload: wname, path: 'podman pull + run', nodes: n, seconds: now() - t0, bytes: regProxy.stats().bytesDown - b0, requests: regRequests() - q0 });
+          }
+          if (n === 1 && PATHS.has('podman')) {
             await dropCaches();
             t0 = now(); await pods[0]!.run(regRef, cmd);
             rows.push({ rtt, workload: wname, path: 'podman warm', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
@@ -130,52 +136,56 @@ export async function main(): Promise<void> {
           }
 
           // thinfs: n mounts with empty caches (one per simulated node), the container started from the mount.
-          const ms: Mounted[] = [];
-          for (let i = 0; i < n; i++) {
-            const base = join(work, `thinfs-${rtt}-${wname}-${n}-${i}`);
-            await mkdir(base, { recursive: true });
-            const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
-            ms.push(m); mounts.push(m);
-          }
           const rootfs = (m: Mounted) => join(m.mp, 'images', encodeURIComponent(IMAGE), 'rootfs');
-          b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
-          await Promise.all(ms.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
-          rows.push({ rtt, workload: wname, path: 'thinfs cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
-          if (n === 1) {
-            // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
-            const m0 = ms[0]!;
-            await m0.stop();
-            const again = await mountStore(storeUrl, m0.mp, { cacheDir: m0.cacheDir });
-            mounts.push(again); ms[0] = again;
-            await dropCaches();
+          const ms: Mounted[] = [];
+          if (PATHS.has('cold')) {
+            for (let i = 0; i < n; i++) {
+              const base = join(work, `thinfs-${rtt}-${wname}-${n}-${i}`);
+              await mkdir(base, { recursive: true });
+              const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+              ms.push(m); mounts.push(m);
+            }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
-            await pods[0]!.rootfsRun(rootfs(again), cmd);
-            rows.push({ rtt, workload: wname, path: 'thinfs warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
-            t0 = now(); await pods[0]!.rootfsRun(rootfs(again), cmd);
-            rows.push({ rtt, workload: wname, path: 'thinfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+            await Promise.all(ms.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
+            rows.push({ rtt, workload: wname, path: 'thinfs cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            if (n === 1) {
+              // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
+              const m0 = ms[0]!;
+              await m0.stop();
+              const again = await mountStore(storeUrl, m0.mp, { cacheDir: m0.cacheDir });
+              mounts.push(again); ms[0] = again;
+              await dropCaches();
+              b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+              await pods[0]!.rootfsRun(rootfs(again), cmd);
+              rows.push({ rtt, workload: wname, path: 'thinfs warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+              t0 = now(); await pods[0]!.rootfsRun(rootfs(again), cmd);
+              rows.push({ rtt, workload: wname, path: 'thinfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+            }
+            for (const m of ms) await m.stop();
           }
-          for (const m of ms) await m.stop();
 
           // thinfs cold + trace: a first run records what the workload reads (`mount --record`), the trace is attached
           // to the image (`thinfs trace attach`), then n fresh nodes start it with empty caches; detached after.
-          const traceFile = join(work, `trace-${rtt}-${wname}.json`);
-          const rec = await mountStore(storeUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
-          mounts.push(rec);
-          await pods[0]!.rootfsRun(rootfs(rec), cmd);
-          await rec.stop();
-          await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
-          const ts: Mounted[] = [];
-          for (let i = 0; i < n; i++) {
-            const base = join(work, `trace-${rtt}-${wname}-${n}-${i}`);
-            await mkdir(base, { recursive: true });
-            const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
-            ts.push(m); mounts.push(m);
+          if (PATHS.has('trace')) {
+            const traceFile = join(work, `trace-${rtt}-${wname}.json`);
+            const rec = await mountStore(storeUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
+            mounts.push(rec);
+            await pods[0]!.rootfsRun(rootfs(rec), cmd);
+            await rec.stop();
+            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
+            const ts: Mounted[] = [];
+            for (let i = 0; i < n; i++) {
+              const base = join(work, `trace-${rtt}-${wname}-${n}-${i}`);
+              await mkdir(base, { recursive: true });
+              const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+              ts.push(m); mounts.push(m);
+            }
+            b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
+            rows.push({ rtt, workload: wname, path: 'thinfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            for (const m of ts) await m.stop();
+            await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
           }
-          b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
-          await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
-          rows.push({ rtt, workload: wname, path: 'thinfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
-          for (const m of ts) await m.stop();
-          await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
           for (const p of pods) await p.reset();
         }
       }

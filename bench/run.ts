@@ -6,6 +6,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   convert: () => import('./convert.js'),
   sitecache: () => import('./sitecache.js'),
   coldstart: () => import('./coldstart.js'),
+  'coldstart-where': () => import('./coldstart-where.js'),
   catalog: () => import('./catalog.js'),
   podman: () => import('./podman.js'),
 };

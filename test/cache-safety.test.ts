@@ -5,50 +5,31 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, listFiles, run, sha256, sha256File, thinfs, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
-import { makeTreeTar } from './fixtures/tars.js';
+import { listFiles, run, sha256, sha256File, thinfs, waitFor } from './helpers/proc.js';
 import { pseudoRandom } from './helpers/layers.js';
-import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { oneLayerMounts, type OneLayerMounts } from './helpers/one-layer-mount.js';
+import type { Mounted } from './fuse-mount-helper.js';
 
+const big = pseudoRandom(3 * 1024 * 1024 + 77, 'cache-safety-big'); // several chunks: gets a whole-file copy
+const secret = pseudoRandom(200 * 1024, 'cache-safety-secret'); // one chunk, mode 0600 in the image
+let fx: OneLayerMounts;
 let work: string;
 let store: string;
 let hex: string;
-const big = pseudoRandom(3 * 1024 * 1024 + 77, 'cache-safety-big'); // several chunks: gets a whole-file copy
-const secret = pseudoRandom(200 * 1024, 'cache-safety-secret'); // one chunk, mode 0600 in the image
-const live: Mounted[] = [];
-const used = new Set<string>();
 
 before(async () => {
-  work = await tmpDir('thinfs-cache-safety-');
-  // Traversable by anyone, like a real cache's parent (/var/cache): only the cache's own modes may protect it.
-  await fsp.chmod(work, 0o755);
-  store = path.join(work, 'store');
-  await thinfsOk(['init', store]);
-  const src = path.join(work, 'src');
-  await fsp.mkdir(src);
-  await fsp.writeFile(path.join(src, 'big.bin'), big);
-  await fsp.writeFile(path.join(src, 'secret.bin'), secret, { mode: 0o600 });
-  await fsp.writeFile(path.join(src, 'small-secret.txt'), 'the password is swordfish\n', { mode: 0o600 });
-  const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
-  hex = r.diffId.slice(7);
+  fx = await oneLayerMounts('thinfs-cache-safety-', async (src) => {
+    await fsp.writeFile(path.join(src, 'big.bin'), big);
+    await fsp.writeFile(path.join(src, 'secret.bin'), secret, { mode: 0o600 });
+    await fsp.writeFile(path.join(src, 'small-secret.txt'), 'the password is swordfish\n', { mode: 0o600 });
+  });
+  ({ work, store, hex } = fx);
 });
 
-after(async () => {
-  for (const m of live) await m.stop();
-  for (const mp of used) await forceUnmount(mp);
-  await cleanupTmpDirs();
-});
+after(() => fx?.close());
 
-async function mount(name: string, cache = `cache-${name}`): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, cache) });
-  live.push(m);
-  used.add(m.mp);
-  return m;
-}
-async function stop(m: Mounted): Promise<void> {
-  assert.equal(await m.stop(), 0);
-  live.splice(live.indexOf(m), 1);
-}
+const mount = (name: string, cache?: string) => fx.mount(name, { cache });
+const stop = (m: Mounted) => fx.stop(m);
 const passthrough = (m: Mounted) => m.stderr().includes('"passthrough":true');
 /** Until the daemon has built big.bin's whole-file copy and is building nothing else. */
 const waitForCopy = (m: Mounted) => waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0; },
@@ -203,7 +184,7 @@ describe('the cache is private to the daemon', () => {
     await fsp.mkdir(shared, { mode: 0o755 });
     await fsp.chmod(shared, 0o755);
     await fsp.writeFile(path.join(shared, 'someone-elses.txt'), 'x');
-    used.add(path.join(work, 'mnt-shared')); // unmounted in after() should a regression mount it
+    fx.track(path.join(work, 'mnt-shared')); // unmounted in after() should a regression mount it
     const r = await thinfs(['mount', store, path.join(work, 'mnt-shared'), '--cache-dir', shared], { timeoutMs: 20_000 });
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /holds files thinfs did not make \(someone-elses\.txt\)/);
@@ -214,7 +195,7 @@ describe('the cache is private to the daemon', () => {
     const theirs = path.join(work, 'theirs');
     await fsp.mkdir(theirs, { mode: 0o755 });
     await fsp.chown(theirs, 65534, 65534); // nobody: an empty directory made for us in a shared place
-    used.add(path.join(work, 'mnt-theirs'));
+    fx.track(path.join(work, 'mnt-theirs'));
     const r = await thinfs(['mount', store, path.join(work, 'mnt-theirs'), '--cache-dir', theirs], { timeoutMs: 20_000 });
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /owned by uid 65534, not by this user/);

@@ -21,7 +21,7 @@ const SAMPLE_ARGS: Record<string, unknown[]> = {
   IntegrityError: ['obj', 'm'], TrustError: ['expired', 'm'], TransientError: ['m', 5], AttemptTimeoutError: ['m'],
   ProxyError: ['m'], RetryDeadlineError: ['m', new Error('last')], AuthError: ['m'], RegistryError: ['m', 500],
   S3Error: [500, 'InternalError', 'm', 'b/k'], ErrnoError: [5], TxnFailure: ['fetch', false, 'm'],
-  QueueStateError: ['m'], WebhookError: ['m'], HttpError: [404, 'm'],
+  QueueStateError: ['m'], WebhookError: ['m'], HttpError: [404, 'm'], LockLostError: ['fetch-x', 'stalled'],
 };
 
 const errorClasses = (): Array<[string, ErrorClass]> => Object.entries(errors)
@@ -86,6 +86,24 @@ test('no module but util/errors declares an error class (read from the compiled 
   }
   assert.ok(files > 50, `read ${files} compiled modules`);
   assert.deepEqual(offenders, [], 'error classes belong in src/util/errors.ts');
+});
+
+test('src/ throws only ThinfsErrors; a plain Error is kept for internal invariants and says so in a comment', async () => {
+  const src = join(REPO_ROOT, 'src');
+  const bare: string[] = [];
+  let kept = 0;
+  for (const rel of await listFiles(src)) {
+    if (!rel.endsWith('.ts') || rel === 'util/errors.ts') continue;
+    const lines = (await readFile(join(src, rel), 'utf8')).split('\n');
+    lines.forEach((line, i) => {
+      if (!/\bthrow\b.*\bnew Error\(/.test(line)) return;
+      // The line before (or the same line) says why this one is not a user-facing error.
+      if (/\/\/|\/\*/.test(line.slice(0, line.indexOf('throw'))) || /^\s*(\/\/|\*)/.test(lines[i - 1] ?? '')) kept++;
+      else bare.push(`src/${rel}:${i + 1}: ${line.trim()}`);
+    });
+  }
+  assert.deepEqual(bare, [], 'a user can meet these: throw a ThinfsError subclass (src/util/errors.ts), or comment why not');
+  assert.ok(kept <= 4, `${kept} plain Errors kept as internal invariants`);
 });
 
 test('CLI: an unexpected error exits 1 with its message, the stack only under THINFS_DEBUG; a ThinfsError exits with its own code', async () => {

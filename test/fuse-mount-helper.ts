@@ -12,6 +12,7 @@ export interface MountStats {
     joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
     filesAssembled: number; assembling: number; catalogEvictions: number;
     filesVerifiedAtOpen: number; filesTrustedAtOpen: number; filesReverified: number;
+    packFetches: number; packMembers: number; packBadMembers: number; packFallbacks: number;
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;

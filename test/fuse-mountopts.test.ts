@@ -5,51 +5,33 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, run, runOk, THINFS_MAIN, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
-import { makeTreeTar } from './fixtures/tars.js';
-import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { run, runOk, THINFS_MAIN } from './helpers/proc.js';
+import { oneLayerMounts, type OneLayerMounts } from './helpers/one-layer-mount.js';
+import { mountStore, type Mounted } from './fuse-mount-helper.js';
 
 const NOBODY = 65534;
+let fx: OneLayerMounts;
 let work: string;
 let store: string;
 let hex: string;
-const live: Mounted[] = [];
-const used = new Set<string>();
 
 before(async () => {
-  work = await tmpDir('thinfs-fuse-mountopts-');
   // Other users must reach the mountpoints and the store under it.
-  await fsp.chmod(work, 0o755);
-  store = path.join(work, 'store');
-  await thinfsOk(['init', store]);
-  const src = path.join(work, 'src');
-  await fsp.mkdir(path.join(src, 'bin'), { recursive: true });
-  await fsp.mkdir(path.join(src, 'dev'));
-  await fsp.copyFile('/usr/bin/id', path.join(src, 'bin/id-suid'));
-  await fsp.chown(path.join(src, 'bin/id-suid'), 0, 0);
-  await fsp.chmod(path.join(src, 'bin/id-suid'), 0o4755);
-  await runOk('mknod', ['-m', '0666', path.join(src, 'dev/null'), 'c', '1', '3']);
-  const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
-  hex = r.diffId.slice(7);
+  fx = await oneLayerMounts('thinfs-fuse-mountopts-', async (src) => {
+    await fsp.mkdir(path.join(src, 'bin'), { recursive: true });
+    await fsp.mkdir(path.join(src, 'dev'));
+    await fsp.copyFile('/usr/bin/id', path.join(src, 'bin/id-suid'));
+    await fsp.chown(path.join(src, 'bin/id-suid'), 0, 0);
+    await fsp.chmod(path.join(src, 'bin/id-suid'), 0o4755);
+    await runOk('mknod', ['-m', '0666', path.join(src, 'dev/null'), 'c', '1', '3']);
+  });
+  ({ work, store, hex } = fx);
 });
 
-after(async () => {
-  for (const m of live) await m.stop();
-  for (const mp of used) await forceUnmount(mp);
-  await cleanupTmpDirs();
-});
+after(() => fx?.close());
 
-async function mount(name: string, extra: string[] = [], wrap?: string[]): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, `cache-${name}`), extra, wrap });
-  live.push(m);
-  used.add(m.mp);
-  return m;
-}
-
-async function stop(m: Mounted): Promise<void> {
-  assert.equal(await m.stop(), 0);
-  live.splice(live.indexOf(m), 1);
-}
+const mount = (name: string, extra: string[] = [], wrap?: string[]) => fx.mount(name, { extra, wrap });
+const stop = (m: Mounted) => fx.stop(m);
 
 /** The per-mount options (field 6 of /proc/self/mountinfo) of the mount at mp. */
 async function mountFlags(mp: string, pid: number | 'self' = 'self'): Promise<string[]> {
@@ -99,8 +81,7 @@ describe('mount options', () => {
     const asNobody = ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--'];
     const script = `mknod -m 0666 ${work}/fuse c 10 229 && mount --bind ${work}/fuse /dev/fuse && exec "$@"`;
     const wrap = ['unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', ...asNobody];
-    const m = await mountStore(store, path.join(home, 'mnt'), { cacheDir: path.join(home, 'cache'), extra: ['--no-allow-other'], wrap });
-    live.push(m);
+    const m = fx.adopt(await mountStore(store, path.join(home, 'mnt'), { cacheDir: path.join(home, 'cache'), extra: ['--no-allow-other'], wrap }));
     const flags = await mountFlags(m.mp, m.child.pid!);
     assert.ok(flags.includes('fstype=fuse.thinfs'), `mounted through fusermount3 with our subtype: ${flags.join(',')}`);
     assert.ok(flags.includes('nosuid') && flags.includes('nodev'), `mount flags: ${flags.join(',')}`);

@@ -10,6 +10,8 @@ import { cleanupTmpDirs, run, sha256, sha256File, thinfs, thinfsJson, thinfsOk, 
 import { makeTreeTar } from './fixtures/tars.js';
 import { pseudoRandom } from './helpers/layers.js';
 import { forceUnmount, isMounted, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { putTestImage } from './helpers/descriptor.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 let work: string;
 let store: string;
@@ -165,6 +167,43 @@ describe('kernel protocol', () => {
     }
     assert.equal(await m.stop(), 0);
     forget(m);
+  });
+
+  it('inode numbers under layers/ and images/ are the same on every mount of the same store, whatever the order of first use', async () => {
+    const st = path.join(work, 'stable-store');
+    await thinfsOk(['init', st]);
+    const layerOf = async (name: string, files: Record<string, string>) => {
+      const src = path.join(work, `stable-${name}`);
+      for (const [rel, text] of Object.entries(files)) {
+        await fsp.mkdir(path.dirname(path.join(src, rel)), { recursive: true });
+        await fsp.writeFile(path.join(src, rel), text);
+      }
+      const tar = await makeTreeTar(src, path.join(work, `stable-${name}.tar`));
+      return (await thinfsJson<{ diffId: string }>(['ingest', tar, '--store', st, '--json', '--no-progress'])).diffId.slice(7);
+    };
+    const l1 = await layerOf('l1', { 'a.txt': 'a\n', 'dir/b.txt': 'b\n', 'dir/sub/c.txt': 'c\n' });
+    const l2 = await layerOf('l2', { 'x.txt': 'x\n', 'dir/y.txt': 'y\n' });
+    await putTestImage(st, 'one:v1', [l1]);
+    await putTestImage(st, 'two:v1', [l1, l2]);
+    const one = path.join('images', encodeImageDirName('one:v1')), two = path.join('images', encodeImageDirName('two:v1'));
+    const paths = [
+      `layers/${l1}`, `layers/${l1}/a.txt`, `layers/${l1}/dir/sub/c.txt`, `layers/${l2}`, `layers/${l2}/dir/y.txt`,
+      one, `${one}/rootfs`, `${one}/rootfs/a.txt`, `${one}/rootfs/dir`, two, `${two}/rootfs/dir`, `${two}/rootfs/dir/y.txt`,
+      `${two}/rootfs/dir/sub/c.txt`, `${two}/rootfs/x.txt`, '.thinfs/stats',
+    ];
+    // stat(1) looks the paths up in the order given: the second mount meets layers and images the other way round.
+    const inodes = async (name: string, order: string[]) => {
+      const m = await mount(name, { store: st });
+      try {
+        const out = (await run('stat', ['-c', '%n %i', ...order], { cwd: m.mp })).stdout.trim().split('\n');
+        return new Map(out.map((l) => [l.slice(0, l.lastIndexOf(' ')), l.slice(l.lastIndexOf(' ') + 1)]));
+      } finally { assert.equal(await m.stop(), 0); forget(m); }
+    };
+    const first = await inodes('mnt-stable-1', paths);
+    const second = await inodes('mnt-stable-2', [...paths].reverse());
+    assert.equal(first.size, paths.length, `every path stat'ed: ${[...first.keys()]}`);
+    assert.equal(new Set(first.values()).size, paths.length, 'distinct paths, distinct inodes');
+    for (const p of paths) assert.equal(second.get(p), first.get(p), `${p}: the same inode number on both mounts`);
   });
 
   it('misses inside a layer and its listings are cached by the kernel; misses under layers/ are not', async () => {

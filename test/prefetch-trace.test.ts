@@ -13,6 +13,8 @@ import { objectPath } from '../src/store/layout.js';
 import { Store } from '../src/store/store.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 import { parseTrace } from '../src/format/trace.js';
+import { INFLIGHT_BYTES } from '../src/mount/prefetch.js';
+import { startHostileServer } from './helpers/hostile-server.js';
 
 const IMAGE = 'app:v1';
 let work: string;
@@ -20,7 +22,7 @@ let store: string;
 let layerHex: string;
 const files: Array<{ rel: string; sha: string }> = [];
 /** Files the workload reads (the rest of the layer is never read). */
-const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'bin/tool', 'share/big.dat'];
+const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'lib/mod/text.py', 'bin/tool', 'share/big.dat'];
 const mounts: Mounted[] = [];
 
 interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number; fileChunks: number; inflight: number; queued: number }
@@ -28,6 +30,13 @@ type Stats = Awaited<ReturnType<Mounted['stats']>> & { prefetch: PrefetchStats }
 
 async function mount(name: string, extra: string[] = []): Promise<Mounted> {
   const m = await mountStore(store, path.join(work, `mnt-${name}`), { cacheDir: path.join(work, `cache-${name}`), extra });
+  mounts.push(m);
+  return m;
+}
+
+/** A mount of the store through an HTTP server (url). */
+async function mountStoreUrl(url: string, name: string, extra: string[] = []): Promise<Mounted> {
+  const m = await mountStore(url, path.join(work, `mnt-${name}`), { cacheDir: path.join(work, `cache-${name}`), extra });
   mounts.push(m);
   return m;
 }
@@ -68,6 +77,8 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
       };
       await add('lib/a.so', pseudoRandom(3 << 20, 'a.so'));
       for (let i = 0; i < 6; i++) await add(`lib/mod/m${i}.py`, pseudoRandom(150_000 + i * 1000, `m${i}`));
+      // Compressible (source text): what `trace attach` stores compressed harder.
+      await add('lib/mod/text.py', Buffer.from(Array.from({ length: 9000 }, (_, i) => `def f${i}(x):\n    return x * ${(i * 7919) % 997} + ${(i * 104729) % 10007}\n`).join('')));
       await add('bin/tool', pseudoRandom(400_000, 'tool'));
       await add('share/big.dat', pseudoRandom(6 << 20, 'big'));
       await add('share/unused.dat', pseudoRandom(2 << 20, 'unused'));
@@ -92,8 +103,20 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     // The first run fetched every chunk it read, and the catalog: the trace is exactly those chunks.
     assert.equal(t.chunks.length, firstFetches - 1);
 
-    const att = await thinfsJson<{ chunks: number; trace: { sha256: string } }>(['trace', 'attach', '-s', store, IMAGE, traceFile, '--json']);
+    const storedSize = async (h: string) => (await fsp.stat(path.join(store, objectPath(h)))).size;
+    const sizesBefore = await Promise.all(t.chunks.map((c) => storedSize(c.hash)));
+    const att = await thinfsJson<{ chunks: number; trace: { sha256: string }; recompressed: { changed: number; before: number; after: number } }>(['trace', 'attach', '-s', store, IMAGE, traceFile, '--json']);
     assert.equal(att.chunks, t.chunks.length);
+    // Every cold start fetches the traced chunks: attach stores them compressed harder (same bytes, same names).
+    const sizesAfter = await Promise.all(t.chunks.map((c) => storedSize(c.hash)));
+    const text = files.find((f) => f.rel === 'lib/mod/text.py')!;
+    const ti = t.chunks.findIndex((c) => c.hash === text.sha);
+    assert.ok(ti >= 0, 'the text file (one chunk) is traced');
+    assert.ok(sizesAfter[ti]! < sizesBefore[ti]! * 0.9, `compressible chunk stored smaller: ${sizesBefore[ti]} -> ${sizesAfter[ti]}`);
+    assert.ok(sizesAfter.every((a, i) => a <= sizesBefore[i]!), 'no object grew');
+    assert.equal(att.recompressed.after, sizesAfter.reduce((a, b) => a + b, 0));
+    const st = await Store.open(store);
+    for (const c of t.chunks) assert.equal((await st.getObject(c.hash)).length, c.size, 'each rewritten object decodes to its hash');
     assert.ok(await fsp.stat(await traceObject()), 'the trace is an object in the store');
     // gc keeps it while the descriptor names it (no grace period to hide behind).
     await thinfsOk(['gc', '-s', store, '--grace', '0']);
@@ -159,6 +182,45 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     assert.equal(after2.prefetch.hits, s.prefetch.fetched);
     assert.equal(after2.prefetch.waste, 0);
     await stop(on);
+  });
+
+  it('a traced image\'s catalogs are fetched at its first touch and go first: one trace fetch at a time until they are loaded, then at most 8 MiB of chunks in flight', async () => {
+    const desc = (await (await Store.open(store)).getImage(IMAGE))!;
+    const traceRel = objectPath(desc.trace!.sha256);
+    const layer = (await (await Store.open(store)).getLayer(`sha256:${layerHex}`))!;
+    const catalogRel = objectPath(layer.catalog);
+    const traced = parseTrace(await (await Store.open(store)).getObject(desc.trace!.sha256)).chunks;
+    // Every object request but the trace's hangs (nothing completes): what is in flight is what prefetch asked for.
+    const srv = await startHostileServer(store, 'hang');
+    srv.match = (rel) => rel.startsWith('data/') && rel !== traceRel;
+    try {
+      const m = await mountStoreUrl(srv.url, 'gate', ['--no-file-ahead', '--headers-timeout', '1', '--http-timeout', '60', '--host-reset', '0.05']);
+      // A lookup of the image's directory only: its rootfs is not asked for.
+      await fsp.stat(path.join(m.mp, 'images', encodeImageDirName(IMAGE)));
+      await waitFor(async () => (await stats(m)).prefetch.inflight > 0 && srv.requests.includes(catalogRel) || undefined, 20_000, 20, 'catalog requested, trace replaying');
+      await new Promise((r) => setTimeout(r, 300));
+      let s = await stats(m);
+      assert.equal(s.prefetch.inflight, 1, `one trace fetch while the catalog loads: ${JSON.stringify(s.prefetch)}`);
+      assert.equal(s.prefetch.queued, traced.length - 1);
+      assert.equal(s.layersLoaded, 0);
+      // The catalog now comes (its hung request times out and is asked again): the replay widens, bounded by bytes.
+      srv.match = (rel) => rel.startsWith('data/') && rel !== traceRel && rel !== catalogRel;
+      s = (await waitFor(async () => { const x = await stats(m); return x.layersLoaded === 1 && x.prefetch.inflight > 1 ? x : undefined; }, 30_000, 20, 'catalog loaded, replay widened'))!;
+      await new Promise((r) => setTimeout(r, 300));
+      s = await stats(m);
+      let fit = 0;
+      for (let sum = 0; fit < traced.length && (fit === 0 || sum + traced[fit]!.size <= INFLIGHT_BYTES); fit++) sum += traced[fit]!.size;
+      assert.ok(fit < traced.length, 'the trace is bigger than the bound (the test would show nothing otherwise)');
+      assert.equal(s.prefetch.inflight, fit, `in flight: the trace's first ${fit} chunks (${JSON.stringify(s.prefetch)})`);
+      assert.equal(s.prefetch.queued, traced.length - fit);
+      // Everything served again: the replay finishes and the workload reads the right bytes, fetching nothing.
+      srv.mode = 'ok';
+      s = (await waitFor(async () => { const x = await stats(m); return x.prefetch.tracesDone === 1 ? x : undefined; }, 60_000, 50, 'trace replayed'))!;
+      assert.equal(s.prefetch.fetched, traced.length);
+      await workload(m);
+      assert.equal((await stats(m)).cache.fetches, s.cache.fetches);
+      await stop(m);
+    } finally { await srv.close(); }
   });
 
   for (const damage of ['corrupt', 'missing'] as const) {

@@ -11,7 +11,9 @@ import { cleanupTmpDirs, run, REPO_ROOT, thinfs, thinfsOk, tmpDir } from './help
 import { compareTars } from './helpers/oracle.js';
 import { OciLayout, startRegistry, pushLayout, type RegistryServer } from './fixtures/images.js';
 import { pseudoRandom, makeLayer as makeLayerTar, type LayerTar } from './helpers/layers.js';
-import { Store } from '../src/store/store.js';
+import { Store, WritableStore } from '../src/store/store.js';
+import { encodeTrace } from '../src/format/trace.js';
+import { sha256hex } from '../src/util/hash.js';
 import { openLayerCatalog } from '../src/store/layer-catalog.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
@@ -149,4 +151,55 @@ test('fsck --repair from another store copies the missing objects, verified', as
   // Usage errors are exit 2, a missing store 4.
   assert.equal((await thinfs(['fsck', '--store', a, '--repair'])).code, 2);
   assert.equal((await thinfs(['fsck', '--store', path.join(work, 'nope')])).code, 4);
+});
+
+test('fsck checks prefetch traces: corrupt, not a trace, missing; named with their images; only another store restores one', async () => {
+  const a = path.join(work, 'ta'), b = path.join(work, 'tb');
+  await thinfsOk(['init', a]);
+  await thinfsOk(['init', b]);
+  const slim = await convert(a, 'test/slim:slim');
+  await convert(b, 'test/slim:slim');
+  // The same trace attached in both stores (a recorded start-up: three chunks of the base layer).
+  const src = await Store.open(a);
+  const chunks = await Promise.all([...(await chunkHashes(a, base.diffId))].sort().slice(0, 3)
+    .map(async (hash) => ({ layer: base.diffId.slice(7), hash, size: (await src.getObject(hash)).length })));
+  const traceFile = path.join(work, 'start.trace');
+  await fsp.writeFile(traceFile, encodeTrace(chunks));
+  const att = JSON.parse(await thinfsOk(['trace', 'attach', '-s', a, slim, traceFile, '--json'])) as { trace: { sha256: string } };
+  await thinfsOk(['trace', 'attach', '-s', b, slim, traceFile]);
+  const trace = att.trace.sha256;
+  assert.equal((await thinfs(['fsck', '--store', a])).code, 0, 'a sound trace passes');
+
+  // Corrupt: found by its hash, named with its image, quarantined.
+  const bytes = await fsp.readFile(objFile(a, trace));
+  bytes[bytes.length - 3] ^= 0x10;
+  await fsp.writeFile(objFile(a, trace), bytes);
+  const check = await thinfs(['fsck', '--store', a, '--json']);
+  assert.equal(check.code, 5, check.stderr);
+  const rep = JSON.parse(check.stdout);
+  assert.deepEqual(rep.corrupt.map((c: any) => [c.hash, c.trace, c.images, c.layers]), [[trace, true, [slim], []]]);
+  assert.ok(rep.corrupt[0].quarantined);
+  await assert.rejects(fsp.access(objFile(a, trace)), 'quarantined out of data/');
+  assert.deepEqual(rep.missing.map((m: any) => [m.hash, m.trace, m.images]), [[trace, true, [slim]]]);
+
+  // Missing now: a registry cannot bring it back and the report says so; another store can.
+  const human = await thinfs(['fsck', '--store', a, '--repair', '--from', reg.host, '--insecure'], { timeoutMs: 180_000 });
+  assert.equal(human.code, 5, human.stdout + human.stderr);
+  assert.match(human.stdout, new RegExp(`missing trace ${trace}: named by images \\[${slim.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\] \\(a registry cannot restore a prefetch trace`));
+  assert.match(human.stdout, new RegExp(`could not repair trace ${trace}.*a registry cannot restore a prefetch trace`));
+  const fix = await thinfs(['fsck', '--store', a, '--json', '--repair', '--from', b]);
+  assert.equal(fix.code, 0, fix.stdout + fix.stderr);
+  assert.deepEqual(JSON.parse(fix.stdout).repair.restored, [trace]);
+  assert.ok((await (await Store.open(a)).getObject(trace)).equals(encodeTrace(chunks)), 'the trace is back, verified');
+
+  // Sound by hash but not a trace (a descriptor naming the wrong object): reported, quarantined.
+  const store = await WritableStore.openDir(a);
+  const junk = Buffer.from('{"not":"a trace"}\n');
+  const desc = (await store.getImage(slim))!;
+  desc.trace = { sha256: sha256hex(junk), size: junk.length };
+  await store.putImage(desc, undefined, undefined, [{ hex: sha256hex(junk), data: junk }]);
+  const notTrace = JSON.parse((await thinfs(['fsck', '--store', a, '--json'])).stdout);
+  assert.deepEqual(notTrace.corrupt.map((c: any) => [c.hash, c.trace, c.images]), [[sha256hex(junk), true, [slim]]]);
+  assert.match(notTrace.corrupt[0].error, /not a usable trace: .*not a thinfs v1 trace/);
+  assert.ok(notTrace.corrupt[0].quarantined);
 });

@@ -234,3 +234,17 @@ test('concurrent writers serialize manifest updates: every layer named, one revi
   assert.equal(r.code, 0, r.err);
   for (const id of ids) assert.match(r.out, new RegExp(id));
 });
+
+test('the mount\'s podman image store follows the signed manifest too: an image signed while mounted appears in it', async () => {
+  const podman = join(dir, 'podman-live');
+  const m = await mountStore(web.url, join(dir, 'mnt-podman'), { cacheDir: join(dir, 'cache-podman'), extra: ['--public-key', keys.k1pub, '--refresh', '1', '--podman-store', podman] });
+  mounts.push(m);
+  const images = async () => (JSON.parse(await readFile(join(podman, 'overlay-images', 'images.json'), 'utf8').catch(() => '[]')) as Array<{ names?: string[] }>)
+    .flatMap((i) => i.names ?? []);
+  assert.ok((await images()).some((n) => n.endsWith('app:v1')), `the first pass has app:v1 (${await images()})`);
+  assert.ok(!(await images()).some((n) => n.endsWith('app:podman')));
+  process.env.THINFS_SIGNING_KEY = keys.k1;
+  try { await putTestImage(store, 'app:podman', [l1]); } finally { delete process.env.THINFS_SIGNING_KEY; }
+  // Refreshed every second, polled every two: well within ten seconds, without a remount.
+  await waitFor(async () => (await images()).some((n) => n.endsWith('app:podman')) || null, 10_000, 100, `app:podman in the podman store (${m.stderr().slice(-2000)})`);
+});

@@ -16,18 +16,35 @@ function tc(args: string[], allowFail = false): void {
  * `mbit` Mbit/s in total. An htb root sends unmatched traffic to a class too fast to matter, so
  * the rest of the machine is untouched (this kernel has htb and u32, not prio or netem).
  * Loopback's MTU is 64 KiB, so the shaped class's burst holds several such packets.
+ * Benches run by several people at once on one machine each get a link of their own: the htb root
+ * is shared (made by whoever comes first), each caller adds its own class and its own filter
+ * priority, and removes only those (the root goes with the last class).
  * Returns the function that removes the shaping.
  */
 export function shapeLoopback(ports: number[], mbit: number): () => void {
-  tc(['qdisc', 'del', 'dev', 'lo', 'root'], true);
-  tc(['qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10', 'r2q', '100000']);
-  tc(['class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '40gbit', 'quantum', '200000']);
-  tc(['class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', `${mbit}mbit`, 'ceil', `${mbit}mbit`,
+  const show = (what: string[]) => spawnSync('tc', [...what, 'show', 'dev', 'lo'], { encoding: 'utf8' }).stdout ?? '';
+  if (!/qdisc htb 1: root/.test(show(['qdisc']))) {
+    tc(['qdisc', 'del', 'dev', 'lo', 'root'], true);
+    tc(['qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10', 'r2q', '100000'], true);
+    tc(['class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '40gbit', 'quantum', '200000'], true);
+  }
+  // A class id and filter priority no other caller holds (by pid; the next free one if taken).
+  const taken = show(['class']);
+  let minor = 0x100 + (process.pid % 0xe000);
+  while (taken.includes(`class htb 1:${minor.toString(16)} `)) minor++;
+  const cls = `1:${minor.toString(16)}`;
+  const prio = String(2 + (minor % 0xfff0));
+  tc(['class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', cls, 'htb', 'rate', `${mbit}mbit`, 'ceil', `${mbit}mbit`,
     'burst', '256k', 'cburst', '256k', 'quantum', '65536']);
   for (const p of ports) {
-    tc(['filter', 'add', 'dev', 'lo', 'protocol', 'ip', 'parent', '1:0', 'prio', '1', 'u32', 'match', 'ip', 'sport', String(p), '0xffff', 'flowid', '1:20']);
+    tc(['filter', 'add', 'dev', 'lo', 'protocol', 'ip', 'parent', '1:0', 'prio', prio, 'u32', 'match', 'ip', 'sport', String(p), '0xffff', 'flowid', cls]);
   }
-  return () => tc(['qdisc', 'del', 'dev', 'lo', 'root'], true);
+  return () => {
+    tc(['filter', 'del', 'dev', 'lo', 'parent', '1:0', 'protocol', 'ip', 'prio', prio], true);
+    tc(['class', 'del', 'dev', 'lo', 'classid', cls], true);
+    const left = show(['class']).split('\n').filter((l) => l.startsWith('class htb 1:') && !l.startsWith('class htb 1:10 '));
+    if (!left.length) tc(['qdisc', 'del', 'dev', 'lo', 'root'], true);
+  };
 }
 
 export interface DelayProxy {

@@ -32,12 +32,18 @@ export interface CacheCounters {
   filesTrustedAtOpen: number;
   /** Whole-file copies trusted by record that the background pass re-verified intact. */
   filesReverified: number;
+  /** Packs fetched (each one request, counted in fetches too) and the members they landed as verified chunks. */
+  packFetches: number;
+  packMembers: number;
+  /** Pack members that did not verify (skipped), and chunks a pack could not give (fetched as their own object). */
+  packBadMembers: number;
+  packFallbacks: number;
 }
 
 export function newCounters(): CacheCounters {
   return {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
     joined: 0, evictions: 0, catalogEvictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
-    filesVerifiedAtOpen: 0, filesTrustedAtOpen: 0, filesReverified: 0,
+    filesVerifiedAtOpen: 0, filesTrustedAtOpen: 0, filesReverified: 0, packFetches: 0, packMembers: 0, packBadMembers: 0, packFallbacks: 0,
   };
 }

@@ -3,6 +3,8 @@
 // (single-flight), and store fetches of any object (catalogs too) go through here.
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
+import type { PackRef } from '../store/pack.js';
+import { PackLoader } from './pack-fetch.js';
 import type { Logger } from '../util/log.js';
 import type { CacheDir } from './cache-dir.js';
 import type { CacheCounters } from './counters.js';
@@ -27,29 +29,37 @@ export class ChunkFetcher {
   private readonly mem: LRUCache<string, Buffer> | null;
   private readonly inflight = new Map<string, Promise<Buffer>>();
   private readonly fetching = new Map<string, Promise<Buffer>>();
+  private readonly packs: PackLoader;
+  private readonly debug: boolean;
 
   constructor(private readonly p: FetcherParts) {
+    this.debug = p.log.isLevelEnabled('debug');
     this.mem = p.memBytes > 0
       ? new LRUCache<string, Buffer>({ maxSize: p.memBytes, sizeCalculation: (b) => Math.max(1, b.length) })
       : null;
+    this.packs = new PackLoader({ store: p.store, counters: p.counters, log: p.log, cached: (h) => p.index.has(h),
+      land: (hash, data) => { this.mem?.set(hash, data); this.p.track(this.writeLocal(hash, data)); } });
   }
 
   get memBytes(): number { return this.mem?.calculatedSize ?? 0; }
 
-  /** Verified bytes of a chunk. Concurrent requests for one chunk share one load. */
-  get(hash: string, size?: number): Promise<Buffer> {
+  /**
+   * Verified bytes of a chunk. Concurrent requests for one chunk share one load. `pack`: the catalog says the chunk also
+   * travels in this pack: a miss fetches the pack (one request) and lands its other members in the cache too.
+   */
+  get(hash: string, size?: number, pack?: PackRef): Promise<Buffer> {
     this.lastUse = Date.now();
-    const m = this.mem?.get(hash);
+    const m = this.mem?.get(hash) ?? this.packs.landed(hash);
     if (m) { this.p.counters.memHits++; return Promise.resolve(m); }
     const running = this.inflight.get(hash);
     if (running) { this.p.counters.joined++; return running; }
-    const p = this.load(hash, size).finally(() => this.inflight.delete(hash));
+    const p = this.load(hash, size, pack).finally(() => this.inflight.delete(hash));
     this.inflight.set(hash, p);
     return p;
   }
 
   /** True when a chunk is already local (memory or disk index): no store round trip needed. */
-  isLocal(hash: string): boolean { return !!this.mem?.has(hash) || this.p.index.has(hash); }
+  isLocal(hash: string): boolean { return !!this.mem?.has(hash) || this.p.index.has(hash) || !!this.packs.landed(hash); }
 
   /**
    * Load a chunk from the cache directory into memory ahead of a sequential reader. Never touches the store
@@ -61,12 +71,18 @@ export class ChunkFetcher {
     this.get(hash, size).catch(() => { /* the reader will see the error itself, if it gets there */ });
   }
 
-  private async load(hash: string, size?: number): Promise<Buffer> {
+  private async load(hash: string, size?: number, pack?: PackRef): Promise<Buffer> {
     const local = await this.readLocal(hash, size);
     if (local) {
       this.p.counters.diskHits++;
       this.mem?.set(hash, local);
       return local;
+    }
+    // From its pack when it has one (the pack's members land as they verify); else, or when the pack cannot give it
+    // (missing, corrupt), its own object.
+    if (pack) {
+      const got = await this.packs.member(pack, hash, size);
+      if (got) return got;
     }
     const data = await this.fetchObject(hash, size);
     this.mem?.set(hash, data);
@@ -120,8 +136,11 @@ export class ChunkFetcher {
 
   private async fetchNow(hash: string, size: number | undefined, what: 'chunk' | 'catalog'): Promise<Buffer> {
     const c = this.p.counters;
+    const t0 = Date.now();
     try {
       const { data, rawBytes } = await this.p.store.fetchObject(hash, size);
+      // Per-fetch detail for bench/coldstart-where.ts (the critical path of a cold start); off unless debug.
+      if (this.debug) this.p.log.debug({ ev: 'fetch', object: hash, what, bytes: rawBytes, t0, ms: Date.now() - t0 }, 'fetched');
       c.fetches++;
       if (what === 'catalog') c.catalogFetches++;
       c.fetchedBytes += rawBytes;
@@ -143,12 +162,14 @@ export class ChunkFetcher {
   }
 
   private async writeLocal(hash: string, data: Buffer): Promise<void> {
-    if (data.length > this.p.index.quota) return;
     try {
+      if (data.length > this.p.index.quota) return;
       await this.p.dir.write(hash, data);
       this.p.index.add(hash, data.length);
     } catch (e) {
       this.p.log.warn({ object: hash, err: e }, 'cannot write chunk to the cache directory');
+    } finally {
+      this.packs.written(hash);
     }
   }
 }

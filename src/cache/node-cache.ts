@@ -3,6 +3,7 @@
 // catalog cache (catalog-cache.ts). Shared safely by several mounts on one node; survives restarts (the index is
 // rebuilt from the directory, nothing refetched).
 import type { Store } from '../store/store.js';
+import type { PackRef } from '../store/pack.js';
 import type { ChunkRef } from '../catalog/reader.js';
 import type { Logger } from '../util/log.js';
 import { CacheDir } from './cache-dir.js';
@@ -75,8 +76,8 @@ export class NodeCache {
   get memBytes(): number { return this.fetcher.memBytes; }
   get assemblingFiles(): number { return this.files.assemblingFiles; }
 
-  /** Verified bytes of a chunk (memory, cache directory, store). */
-  get(hash: string, size?: number): Promise<Buffer> { return this.fetcher.get(hash, size); }
+  /** Verified bytes of a chunk (memory, cache directory, store: through its pack when the catalog names one). */
+  get(hash: string, size?: number, pack?: PackRef): Promise<Buffer> { return this.fetcher.get(hash, size, pack); }
   isLocal(hash: string): boolean { return this.fetcher.isLocal(hash); }
   warm(hash: string, size: number): void { this.fetcher.warm(hash, size); }
   openVerifiedChunk(hash: string, size: number): Promise<number | null> { return this.fetcher.openVerifiedChunk(hash, size); }

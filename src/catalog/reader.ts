@@ -19,7 +19,8 @@ export interface Dirent { name: Buffer; ino: number; kind: DirentKind; type: Ent
  * `inline` is left out (null, with `hasInline` set): a listing should not carry every small file's bytes.
  */
 export type FullDirent = Inode & { name: Buffer; kind: DirentKind; subdirs: number; hasInline: number };
-export interface ChunkRef { offset: number; size: number; hash: string }
+/** `pack`: the chunk also travels in this pack (src/store/pack.ts; catalogs written before packs have none). */
+export interface ChunkRef { offset: number; size: number; hash: string; pack?: { name: string; bytes: number; members: number } }
 export interface WalkEntry { seq: number; path: Buffer; parent: number; kind: DirentKind; inode: Inode }
 
 const inodeCols = (t: string) => `${t}ino AS ino, ${t}type AS type, ${t}mode AS mode, ${t}uid AS uid, ${t}gid AS gid,
@@ -37,6 +38,8 @@ export class CatalogReader {
   private readonly dirCache = new Map<number, Dirent[]>();
   /** Catalogs written before listings were pre-encoded (src/catalog/dirblocks.ts) have no dirblocks table. */
   readonly hasDirBlocks: boolean;
+  /** Catalogs written before packs (src/store/pack.ts) have no pack tables. */
+  readonly hasPacks: boolean;
   /** The highest inode number: a mount reserves that many node ids for the layer. */
   readonly maxIno: number;
 
@@ -52,8 +55,10 @@ export class CatalogReader {
       // header on every query (measured: 70 us -> 12 us per indexed lookup on this kind of machine).
       this.db.pragma('locking_mode = EXCLUSIVE');
       const v = this.db.prepare(`SELECT value FROM props WHERE key='version'`).pluck().get();
+      // A plain Error on purpose: the catch below reports it as this catalog's integrity error (exit 5).
       if (v !== '1') throw new Error(`unsupported catalog version ${String(v)}`);
       this.hasDirBlocks = shipped || (!!opts.listings && this.db.prepare(`SELECT 1 FROM listings.sqlite_master WHERE type='table' AND name='dirblocks'`).get() !== undefined);
+      this.hasPacks = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type='table' AND name='packs'`).get() !== undefined;
       this.maxIno = (this.db.prepare(`SELECT max(ino) FROM inodes`).pluck().get() as number | null) ?? ROOT_INO;
     } catch (e) {
       throw new ThinfsError(`catalog ${path}: ${(e as Error).message}`, EXIT.INTEGRITY);
@@ -67,7 +72,11 @@ export class CatalogReader {
         CASE WHEN i.type = 'dir' THEN (SELECT count(*) FROM dirents d2 JOIN inodes i2 ON i2.ino = d2.ino
           WHERE d2.parent = i.ino AND d2.kind != 2 AND i2.type = 'dir') ELSE 0 END AS subdirs
         FROM dirents d JOIN inodes i ON i.ino=d.ino WHERE d.parent=? AND d.kind != 2 ORDER BY d.name`),
-      chunks: this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
+      chunks: this.hasPacks
+        ? this.db.prepare(`SELECT c.offset AS offset, c.size AS size, c.hash AS hash, p.name AS pack, p.bytes AS packBytes, p.members AS packMembers
+            FROM chunks c LEFT JOIN packs p ON p.id = c.pack WHERE c.ino=? ORDER BY c.idx`)
+        : this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
+      allPacks: this.hasPacks ? this.db.prepare(`SELECT name, bytes, members FROM packs ORDER BY id`) : null,
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
       links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
       walk: this.db.prepare(`SELECT d.seq AS seq, d.parent AS parent, d.name AS name, d.kind AS kind, i.ino AS ino, i.type AS type,
@@ -148,7 +157,14 @@ export class CatalogReader {
   }
 
   chunks(ino: number): ChunkRef[] {
-    return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer }>).map((c) => ({ offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+    return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }>).map((c) => (c.pack
+      ? { offset: c.offset, size: c.size, hash: c.hash.toString('hex'), pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } }
+      : { offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+  }
+
+  /** Every pack this layer's chunks travel in (none in catalogs written before packs): gc keeps them, fsck checks them. */
+  allPacks(): Array<{ name: string; bytes: number; members: number }> {
+    return ((this.st.allPacks?.all() ?? []) as Array<{ name: Buffer; bytes: number; members: number }>).map((p) => ({ name: p.name.toString('hex'), bytes: p.bytes, members: p.members }));
   }
 
   /** Stored xattrs plus the overlayfs opaque marker synthesized from an OCI `.wh..wh..opq`. */

@@ -53,6 +53,16 @@ CREATE TABLE chunks (
 CREATE TABLE xattrs (ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (ino, name)) WITHOUT ROWID;
 `;
 
+/**
+ * Packs (src/store/pack.ts): several small chunks that also travel together in one request. A pack is named by its
+ * membership (name = sha256 over its members' hashes and sizes); bytes = its members' plain bytes (bounds its download);
+ * chunks.pack = the id of a pack that also carries the chunk. Catalogs written before packs have neither.
+ */
+export const PACK_SCHEMA = `
+ALTER TABLE chunks ADD COLUMN pack INTEGER;
+CREATE TABLE packs (id INTEGER PRIMARY KEY, name BLOB NOT NULL, members INTEGER NOT NULL, bytes INTEGER NOT NULL);
+`;
+
 /** Built after the bulk load: lookup by (parent, name) and readdir in name order. */
 export const INDEXES = `
 CREATE UNIQUE INDEX dirents_by_name ON dirents (parent, name);

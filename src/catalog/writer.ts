@@ -2,7 +2,7 @@
 // props) in a private temp file, then sealing it (indexes, pre-encoded listings, VACUUM) for storing.
 import Database from 'better-sqlite3';
 import { buildDirBlocks } from './dirblocks.js';
-import { CATALOG_VERSION, INDEXES, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';
+import { CATALOG_VERSION, INDEXES, PACK_SCHEMA, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';
 
 export interface InodeRow {
   type: EntryType; mode: number; uid: number; gid: number; uname?: string | null; gname?: string | null;
@@ -17,12 +17,14 @@ export class CatalogWriter {
   private readonly st;
   /** Pre-encode listings into the catalog (older catalogs did; kept for measuring and for tests of those catalogs). */
   dirBlocks = process.env.THINFS_CATALOG_DIRBLOCKS === '1';
-  constructor(readonly path: string) {
+  /** `packs`: the catalog can name packs (false: the format before packs, for tests and benches of older catalogs). */
+  constructor(readonly path: string, opts: { packs?: boolean } = {}) {
     this.db = new Database(path);
     this.db.pragma('journal_mode = OFF');
     this.db.pragma('synchronous = OFF');
     this.db.pragma('page_size = 4096');
     this.db.exec(SCHEMA);
+    if (opts.packs ?? true) this.db.exec(PACK_SCHEMA);
     this.st = {
       inode: this.db.prepare(`INSERT INTO inodes (ino,type,mode,uid,gid,uname,gname,size,mtime,mtime_ns,rdev_major,rdev_minor,target,inline,nlink,flags)
         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)`),
@@ -71,6 +73,14 @@ export class CatalogWriter {
 
   addChunk(ino: number, idx: number, offset: number, size: number, hash: Buffer): void {
     this.st.chunk.run(ino, idx, offset, size, hash);
+  }
+
+  /** A pack (src/store/pack.ts) and the one-chunk files whose chunk it carries. */
+  addPack(name: string, members: Array<{ hash: string; size: number }>, inos: number[]): void {
+    const id = Number(this.db.prepare(`INSERT INTO packs (name,members,bytes) VALUES (?,?,?)`)
+      .run(Buffer.from(name, 'hex'), members.length, members.reduce((a, m) => a + m.size, 0)).lastInsertRowid);
+    const st = this.db.prepare(`UPDATE chunks SET pack=? WHERE ino=? AND idx=0`);
+    for (const ino of inos) st.run(id, ino);
   }
 
   addXattr(ino: number, name: string, value: Buffer): void { this.st.xattr.run(ino, name, value); }

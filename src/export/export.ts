@@ -1,14 +1,43 @@
-// Export: a published layer back to a tar stream, byte for byte what was ingested (verified reads).
+// Export: a published layer back to a tar stream, byte for byte what was ingested (verified reads). Small files come
+// through their packs (one request for a directory's small files, over HTTP), each member verified by its own hash.
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
 import { encodeEntry, padding, END_OF_ARCHIVE, type OutEntry } from '../tar/writer.js';
 import type { CatalogReader, Inode } from '../catalog/reader.js';
 import { DirentKind, FLAG_IMPLICIT } from '../catalog/schema.js';
 import type { Store } from '../store/store.js';
+import { decodePackMembers, type PackRef } from '../store/pack.js';
 import type { TarType } from '../tar/reader.js';
 
-/** Read a file's bytes from the store, chunk by chunk (verified), with sparse holes as zeros. */
-export async function* fileContent(store: Store, catalog: CatalogReader, inode: Inode): AsyncGenerator<Buffer> {
+/**
+ * The members of the last few packs a walk needed: an export walks in tar order, in which packs were made, so a
+ * directory's small files are one pack request. A pack that cannot give a member leaves it to its own object.
+ */
+class PackMemo {
+  private readonly packs = new Map<string, Promise<Map<string, Buffer>>>();
+  constructor(private readonly store: Store, private readonly keep = 8) {}
+
+  async get(hash: string, size: number, ref: PackRef | undefined): Promise<Buffer> {
+    if (ref) {
+      let p = this.packs.get(ref.name);
+      if (!p) {
+        p = this.store.fetchPack(ref).then((got) => new Map((got ? decodePackMembers(ref.name, got.entries) : [])
+          .flatMap((m) => ('data' in m ? [[m.hash, m.data] as const] : []))), () => new Map<string, Buffer>());
+        this.packs.set(ref.name, p);
+        if (this.packs.size > this.keep) this.packs.delete(this.packs.keys().next().value!);
+      }
+      const data = (await p).get(hash);
+      if (data && data.length === size) return data;
+    }
+    return this.store.getObject(hash, size);
+  }
+}
+
+/**
+ * Read a file's bytes from the store, chunk by chunk (verified), with sparse holes as zeros. Through packs only in an
+ * export (`packs`): one file alone is cheaper as its own object than as its directory's pack.
+ */
+export async function* fileContent(store: Store, catalog: CatalogReader, inode: Inode, packs: PackMemo | null = null): AsyncGenerator<Buffer> {
   if (inode.inline) { yield inode.inline; return; }
   let pos = 0;
   const chunks = catalog.chunks(inode.ino);
@@ -16,7 +45,7 @@ export async function* fileContent(store: Store, catalog: CatalogReader, inode: 
   // (the consumer writing the previous chunk, or gone) it must not count as an unhandled rejection.
   const ahead = (k: number): Promise<Buffer> | null => {
     if (k >= chunks.length) return null;
-    const p = store.getObject(chunks[k]!.hash, chunks[k]!.size);
+    const p = packs ? packs.get(chunks[k]!.hash, chunks[k]!.size, chunks[k]!.pack) : store.getObject(chunks[k]!.hash, chunks[k]!.size);
     p.catch(() => {});
     return p;
   };
@@ -45,6 +74,7 @@ export async function exportLayer(store: Store, catalog: CatalogReader, out: Wri
   const prefix = Buffer.from(props.name_prefix ?? '', 'latin1');
   const firstPath = new Map<number, Buffer>();
   let entries = 0, bytes = 0;
+  const packs = new PackMemo(store);
   const root = catalog.root();
   if (props.root_explicit === '1' || !(root.flags & FLAG_IMPLICIT)) {
     await write(out, encodeEntry(toOut(Buffer.from('./'), 'dir', root, catalog.storedXattrs(root.ino))));
@@ -77,7 +107,7 @@ export async function exportLayer(store: Store, catalog: CatalogReader, out: Wri
     await write(out, encodeEntry(e));
     entries++;
     if (isData && inode.size > 0) {
-      for await (const b of fileContent(store, catalog, inode)) { await write(out, b); bytes += b.length; }
+      for await (const b of fileContent(store, catalog, inode, packs)) { await write(out, b); bytes += b.length; }
       const pad = padding(inode.size);
       if (pad) await write(out, Buffer.alloc(pad));
     }

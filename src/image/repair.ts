@@ -24,6 +24,9 @@ export interface RepairReport {
 
 export interface FsckRun { before: FsckReport; after: FsckReport; repair: RepairReport | null }
 
+/** Traces are made by `thinfs mount --record`, never pushed to a registry: only another store has them. */
+export const TRACE_REPAIR = 'a registry cannot restore a prefetch trace: repair it with --from another store, or attach it again';
+
 async function isStoreLocation(from: string): Promise<boolean> {
   if (/^https?:\/\//.test(from)) return true;
   return !!(await stat(from).catch(() => null))?.isDirectory();
@@ -81,6 +84,7 @@ async function repairFromRegistry(store: WritableStore, rep: FsckReport, from: s
   } finally {
     await client.close().catch(() => undefined);
   }
+  for (const m of rep.missing) if (m.trace) out.errors.push({ target: `trace ${m.hash} of images [${m.images.join(' ')}]`, error: TRACE_REPAIR });
   return out;
 }
 
@@ -100,8 +104,9 @@ export async function fsckAndRepair(store: WritableStore, opts: FsckOptions & { 
       const targets = repairTargets(after);
       const want = targets.objects.filter((h) => !repair.restored.includes(h));
       const layers = targets.unpublished.filter((d) => !repair.layers.includes(d));
-      if (!want.length && !layers.length) break;
-      const r = await repairFromStore(store, source, want, layers);
+      const packs = targets.packs.filter((p) => !repair.restored.includes(p.name));
+      if (!want.length && !layers.length && !packs.length) break;
+      const r = await repairFromStore(store, source, want, layers, packs);
       repair.restored.push(...r.restored);
       repair.layers.push(...r.layers);
       repair.errors.push(...r.failed.map((f) => ({ target: f.hash, error: f.error })));

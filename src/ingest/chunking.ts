@@ -73,13 +73,18 @@ export class ObjectSink {
   }
 }
 
-/** Chunk a file's archived data (segments laid out by its sparse map, if any) into the sink and the catalog. */
-export async function chunkFile(ino: number, e: TarEntry, data: AsyncIterable<Buffer>, params: ChunkParams, cat: CatalogWriter, sink: ObjectSink): Promise<void> {
+/**
+ * Chunk a file's archived data (segments laid out by its sparse map, if any) into the sink and the catalog. Returns
+ * the chunk count and the first chunk (a one-chunk file may travel in a pack: packing.ts).
+ */
+export async function chunkFile(ino: number, e: TarEntry, data: AsyncIterable<Buffer>, params: ChunkParams, cat: CatalogWriter, sink: ObjectSink): Promise<{ count: number; first: { hash: string; offset: number; size: number } | null }> {
+  let first: { hash: string; offset: number; size: number } | null = null;
   const segs = e.sparse ?? [{ offset: 0, size: e.size }];
   let si = 0, left = segs[0]?.size ?? 0, offset = segs[0]?.offset ?? 0, idx = 0;
   const chunker = new Chunker(params, { alloc: sink.alloc });
   const emit = async (c: Buffer) => {
     const hash = sha256hex(c);
+    if (idx === 0) first = { hash, offset, size: c.length };
     cat.addChunk(ino, idx++, offset, c.length, Buffer.from(hash, 'hex'));
     offset += c.length;
     await sink.put(hash, c);
@@ -105,4 +110,5 @@ export async function chunkFile(ino: number, e: TarEntry, data: AsyncIterable<Bu
   }
   const last = chunker.flush();
   if (last) await emit(last);
+  return { count: idx, first };
 }

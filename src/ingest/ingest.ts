@@ -10,6 +10,7 @@ import { CatalogWriter } from '../catalog/writer.js';
 import type { WritableStore } from '../store/store.js';
 import { Codec } from '../store/codec.js';
 import { ObjectWriterPool } from '../store/writer-pool.js';
+import { openLayerCatalog } from '../store/layer-catalog.js';
 import type { LayerManifest } from '../store/types.js';
 import { BadInputError, InterruptedError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
@@ -19,6 +20,7 @@ import { openLayerSource } from './source.js';
 import { TreeBuilder } from './tree.js';
 import { chunkFile, ObjectSink } from './chunking.js';
 import { commitLayer } from './commit.js';
+import { Packer, packsEnabled } from './packing.js';
 
 
 export interface IngestOptions {
@@ -42,6 +44,8 @@ export interface IngestOptions {
   beforeCommit?: () => Promise<void>;
   /** Size of the memory chunks are copied into on their way to the writer threads (default 64 MiB; tests make it small to wrap it often). */
   chunkArenaBytes?: number;
+  /** Write packs of small files (packing.ts); default on unless THINFS_PACKS=0. A repair follows the published catalog. */
+  packs?: boolean;
   /** Abort (SIGINT/SIGTERM): the input is cut, the transaction rolled back, InterruptedError thrown; nothing is published. */
   signal?: AbortSignal;
 }
@@ -53,6 +57,21 @@ export interface IngestStats {
 
 // blobDigest is the digest of *this* input; manifest.blobDigest is whichever blob published the layer first.
 export interface IngestResult { manifest: LayerManifest; published: boolean; stats: IngestStats; blobDigest: string; /** Objects written back by a repair ingest. */ restored: number }
+
+/**
+ * Packs or not: the option, else the environment; a repair re-ingest follows the catalog it must reproduce (a layer
+ * published before packs existed has none, and only the same catalog is accepted).
+ */
+async function wantPacks(store: WritableStore, opts: IngestOptions): Promise<boolean> {
+  if (opts.packs !== undefined) return opts.packs;
+  if (opts.repair && opts.expectDiffId) {
+    const published = await openLayerCatalog(store, opts.expectDiffId).catch(() => null);
+    if (published) {
+      try { return published.catalog.hasPacks; } finally { await published.close(); }
+    }
+  }
+  return packsEnabled();
+}
 
 /**
  * Stream a layer tar (plain, gzip or zstd) into the store in one pass and publish it atomically.
@@ -75,17 +94,22 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
   txn.pool = ObjectWriterPool.shared();
   const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
-  const cat = new CatalogWriter(join(tmp, 'catalog.db'));
+  let cat: CatalogWriter | null = null;
   const sink = new ObjectSink((hash, data) => txn.put(hash, data), () => txn.flushWrites(), opts.chunkArenaBytes);
   try {
+    const packer = (await wantPacks(store, opts)) ? new Packer() : null;
+    cat = new CatalogWriter(join(tmp, 'catalog.db'), { packs: !!packer });
     const tree = new TreeBuilder(cat);
     for await (const { entry, data } of readTar(source.tar)) {
       const ino = await tree.add(entry, data);
-      if (ino !== null) await chunkFile(ino, entry, data, chunking, cat, sink);
+      if (ino === null) continue;
+      const c = await chunkFile(ino, entry, data, chunking, cat, sink);
+      if (packer && c.count === 1 && c.first!.offset === 0 && c.first!.size === entry.size && !entry.sparse) packer.offer(ino, entry.path, c.first!.hash, c.first!.size);
     }
     opts.log?.debug({ entries: tree.counts.entries }, 'tar read');
     await sink.drain();
     if (opts.signal?.aborted) throw interrupted();
+    await packer?.write(txn, cat);
 
     const d = source.digests();
     const res = await commitLayer(txn, cat, { ...d, tree: tree.counts, treeProps: tree.props, chunks: sink.chunks, chunking }, {
@@ -102,7 +126,7 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   } catch (e) {
     bar.p?.finish();
     await sink.settle();
-    try { cat.abort(); } catch { /* already closed */ }
+    try { cat?.abort(); } catch { /* already closed */ }
     await txn.abort();
     source.destroy();
     // Whatever the cut input made the reader say (truncated tar, premature close), the cause was the signal.

@@ -64,7 +64,7 @@ async function* zstdDecode(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
       if (input.length === 0 && (produced < out.length || ret === 0)) { inFrame = ret !== 0; break; }
     }
   }
-  if (inFrame) throw new Error('stream ends in the middle of a zstd frame');
+  if (inFrame) throw new BadInputError('stream ends in the middle of a zstd frame');
 }
 
 /** Node's zlib respects backpressure: piped and iterated, it decodes only as fast as it is read. */
@@ -155,8 +155,12 @@ async function* childDecode(src: AsyncIterable<Buffer>, cmd: string, args: strin
     await pump;
     const { code, signal } = await closed;
     if (pumpError) throw pumpError;
-    if (spawnError) throw new Error(`cannot run ${cmd}: ${(spawnError as Error).message}`);
-    if (code !== 0) throw new Error(`${cmd.split('/').pop()}: ${stderr.trim() || `exit ${code ?? signal}`}`);
+    if (spawnError) throw new ThinfsError(`cannot run ${cmd}: ${(spawnError as Error).message}`);
+    // A decompressor that exits non-zero refused its input (corrupt or truncated); one killed by a signal did not.
+    if (code !== 0) {
+      const msg = `${cmd.split('/').pop()}: ${stderr.trim() || `exit ${code ?? signal}`}`;
+      throw code === null ? new ThinfsError(msg) : new BadInputError(msg);
+    }
   } finally {
     stop = true;
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -165,7 +169,7 @@ async function* childDecode(src: AsyncIterable<Buffer>, cmd: string, args: strin
 }
 
 /** Decompress with the fastest decoder available here for the format. */
-function decode(format: 'gzip' | 'zstd', src: AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+function decode(format: 'gzip' | 'zstd', src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   const child = childDecoder(format);
   if (child) return childDecode(src, child[0], child[1]);
   return format === 'gzip' ? gunzip(src) : zstdDecode(src);
@@ -218,7 +222,8 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
     try {
       for await (const b of decoded) { diffHash.update(b); tarBytes += b.length; yield b; }
     } catch (e) {
-      if (e instanceof ThinfsError) throw e;
+      // A decoder's refusal (its own BadInputError, or zlib's plain error) is said as what it is: a bad stream.
+      if (e instanceof ThinfsError && !(e instanceof BadInputError)) throw e;
       throw new BadInputError(`corrupt or truncated ${compression} stream: ${(e as Error).message}`);
     }
   }
@@ -232,6 +237,11 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
       }
       return digests;
     },
-    destroy() { (stream as Readable).destroy?.(); },
+    destroy() {
+      (stream as Readable).destroy?.();
+      // A child decoder left waiting at a yield (the consumer failed mid-layer) is killed by its own finally;
+      // otherwise it blocks on its full stdout, its stdin write never drains, and the process never exits.
+      void decoded.return(undefined).catch(() => undefined);
+    },
   };
 }

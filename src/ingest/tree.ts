@@ -62,6 +62,7 @@ export class TreeBuilder {
 
   constructor(private readonly cat: CatalogWriter) {
     const rootIno = cat.addInode({ type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, mtimeNs: 0, flags: FLAG_IMPLICIT });
+    // An internal invariant (a fresh writer hands out ROOT_INO first), not something input can cause: a plain Error.
     if (rootIno !== ROOT_INO) throw new Error('catalog root inode mismatch');
     this.nodes.set('', { ino: ROOT_INO, type: 'dir', kind: DirentKind.Normal, parent: 0, name: Buffer.alloc(0) });
   }

@@ -176,10 +176,11 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
-  const prefetcher = new Prefetcher(cache, log, { parallel: o.prefetchParallel ?? 8, fileAhead: o.fileAhead ?? true, record: !!o.record });
+  const prefetcher = new Prefetcher(cache, log, { parallel: o.prefetchParallel ?? 32, fileAhead: o.fileAhead ?? true, record: !!o.record });
   fs.prefetcher = prefetcher;
   // Not awaited: the process touching the image goes on while the traced chunks arrive.
-  ns.onImage = (img) => void prefetcher.replay(img.desc);
+  // A traced image's catalogs are fetched at its first touch, alongside its trace, and ahead of the trace's chunks.
+  ns.onImage = (img) => void prefetcher.replay(img.desc, () => ns.imageLayers(img));
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt }, prefetcher);
   return { store, cache, fs, stats, prefetcher };
 }

@@ -6,6 +6,7 @@ import { CatalogReader, type Inode } from '../catalog/reader.js';
 import type { ThinImage } from '../format/descriptor.js';
 import type { NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
+import { NotFoundError } from '../util/errors.js';
 import { decodeImageDirName, encodeImageDirName, parseLayerDirName } from './names.js';
 import * as merge from './merge.js';
 import { imageDirKey } from './node-ids.js';
@@ -121,13 +122,14 @@ export class Namespace {
     return img;
   }
 
-  private async imageLayers(img: Image): Promise<Layer[]> {
+  /** Every layer (catalog loaded) of an image: its rootfs lookup, or its first touch when a trace replays. */
+  async imageLayers(img: Image): Promise<Layer[]> {
     if (img.layers) return img.layers;
     // Every layer's manifest and catalog at once: a cold start waits one round trip chain, not one per layer.
     const ls = await Promise.all(img.desc.layers.map(async (d) => {
       const hex = parseLayerDirName(d.diffId);
       const l = hex ? await this.loadedLayer(hex) : null;
-      if (!l) throw Object.assign(new Error(`image ${img.name}: layer ${d.diffId} is not published in the store`), { errno: 'EIO' });
+      if (!l) throw new NotFoundError(`image ${img.name}: layer ${d.diffId} is not published in the store`); // answered EIO
       return l;
     }));
     img.layers = ls;

@@ -1,8 +1,9 @@
 // The mount's node-id table: the one owner of how a node of the view gets its node id (which is also its st_ino) and
-// how an id the kernel sends back is resolved. Ids are small and stable for the life of the mount, even after the
-// kernel forgets a node. The transport is told at mount which ids are the synthetic directories (UNCACHED_BELOW).
+// how an id the kernel sends back is resolved. Ids are stable for the life of the mount, even after the kernel forgets
+// a node, and across mounts of the same store content. The transport is told at mount which ids are the synthetic
+// directories (UNCACHED_BELOW).
 import { ROOT_INO } from '../catalog/schema.js';
-import type { Layer, Node } from './namespace.js';
+import type { Image, Layer, Node } from './namespace.js';
 import { encodeImageDirName } from './names.js';
 
 /**
@@ -24,60 +25,114 @@ export const FIXED_IDS = { root: 1, layers: 2, images: 3, meta: 4 } as const;
 export const UNCACHED_BELOW = 16;
 
 /**
- * Under layers/ each layer gets a range when its catalog loads: id = base + catalog inode number, so hardlinks share
- * one, a listing pre-encoded in the catalog needs only the base added, and an id the kernel sends back resolves without
- * any table (derive). Elsewhere (images/, synthetic directories) ids are handed out densely per (view, layer, inode).
+ * Ids are derived from what a node is, not from the order this mount met it, so the same store content gives the same
+ * inode numbers on every mount (layers load in parallel, lookups come in any order):
+ * - under layers/ each layer gets a range when its catalog loads, at a slot hashed from its diff id: id = base + catalog
+ *   inode number, so hardlinks share one, a listing pre-encoded in the catalog needs only the base added, and an id the
+ *   kernel sends back resolves without any table (derive);
+ * - elsewhere (images/, synthetic entries) an id is a hash of the node's key (image name and signed descriptor hash,
+ *   layer diff id, inode or merged path), in a region of its own above every layer range.
+ * Correctness never rests on the hash: an id taken by another key (or a slot by another layer) is probed past, so a
+ * collision costs only that node's stability (the first one met keeps the hashed id). Ids stay below 2^53 (the
+ * transport carries them as doubles).
  */
+const SLOT_BITS = 28;
+/** A layer's range: far more inodes than a catalog within the store's size bound holds; a larger one takes several slots. */
+const SLOT_SPAN = 2 ** SLOT_BITS;
+const SLOTS = 2 ** (52 - SLOT_BITS);
+/** Hashed ids live in [2^52, 2^53): disjoint from layer ranges and the synthetic ids. */
+const HASHED_BASE = 2 ** 52;
+const HASHED_SPAN = 2 ** 52;
+
+/** 52 bits of a string, the same in every process (two 32-bit multiplicative hashes, mixed). */
+function hash52(s: string): number {
+  let a = 0x811c9dc5, b = 0x9747b28c;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x5bd1e995);
+  }
+  a = Math.imul(a ^ (a >>> 16), 0x85ebca6b) ^ Math.imul(b ^ (b >>> 13), 0xc2b2ae35);
+  b = Math.imul(b ^ (b >>> 16), 0x85ebca6b) ^ Math.imul(a ^ (a >>> 13), 0xc2b2ae35);
+  return (b & 0xfffff) * 2 ** 32 + (a >>> 0);
+}
+
+/** An image's name in ids: the key of its directory (name and signed descriptor hash), the same on every mount. */
+function imageKey(img: Image): string {
+  return imageDirKey(encodeImageDirName(img.name), img.tag);
+}
+
 export class NodeIds {
   private readonly ids = new Map<string, number>();
-  private nextId = UNCACHED_BELOW;
+  private readonly taken = new Set<number>();
   /** Layers with an id range, in order of base. */
-  private readonly ranges: Array<{ base: number; layer: Layer }> = [];
+  private readonly ranges: Array<{ base: number; slots: number; layer: Layer }> = [];
   private readonly bases = new WeakMap<Layer, number>();
 
-  private dense(key: string): number {
+  private hashed(key: string): number {
     let v = this.ids.get(key);
-    if (v === undefined) { v = this.nextId++; this.ids.set(key, v); }
+    if (v === undefined) {
+      let h = hash52(key);
+      while (this.taken.has(HASHED_BASE + h)) h = (h + 1) % HASHED_SPAN;
+      v = HASHED_BASE + h;
+      this.taken.add(v);
+      this.ids.set(key, v);
+    }
     return v;
+  }
+
+  /** Whether slots [s, s + n) are free of every layer range (ranges are sorted by base). */
+  private slotsFree(s: number, n: number): boolean {
+    const lo = s * SLOT_SPAN, hi = (s + n) * SLOT_SPAN;
+    return s + n <= SLOTS && this.ranges.every((r) => r.base + r.slots * SLOT_SPAN <= lo || r.base >= hi);
   }
 
   /** The first id of a layer's range: reserved when first needed, after its catalog loaded (its size is known). */
   baseOf(l: Layer): number {
     let base = this.bases.get(l);
     if (base === undefined) {
-      base = this.nextId;
-      this.nextId += l.catalog!.maxIno + 1;
+      const n = Math.ceil((l.catalog!.maxIno + 1) / SLOT_SPAN);
+      // Slot 0 holds the synthetic ids; a taken slot is probed past (the layer met first keeps the hashed one).
+      let s = 1 + (hash52(`layer:${l.hex}`) % (SLOTS - 1));
+      for (let tries = 0; !this.slotsFree(s, n); tries++) {
+        // An internal limit, not input: 2^24 slots are more layers than a mount can hold open.
+        if (tries >= SLOTS) throw new Error('node ids: no free layer range');
+        s = s + 1 >= SLOTS ? 1 : s + 1;
+      }
+      base = s * SLOT_SPAN;
       this.bases.set(l, base);
-      this.ranges.push({ base, layer: l });
+      let at = this.ranges.findIndex((r) => r.base > base!);
+      if (at < 0) at = this.ranges.length;
+      this.ranges.splice(at, 0, { base, slots: n, layer: l });
     }
     return base;
   }
 
-  /** An entry's id in a view: 0 = layers/ (base + inode), else an image (dense). */
-  entryId(view: number, layer: Layer, ino: number): number {
-    return view ? this.dense(`${view}:${layer.slot}:${ino}`) : this.baseOf(layer) + ino;
+  /** An entry's id: under layers/ (no image) base + inode, in an image hashed from (image, layer, inode). */
+  entryId(img: Image | null, layer: Layer, ino: number): number {
+    return img ? this.hashed(`${imageKey(img)}:${layer.hex}:${ino}`) : this.baseOf(layer) + ino;
   }
 
-  /** A layers/<hex> directory: its root's id once its catalog is loaded, a dense one before. */
+  /** A layers/<hex> directory: its root's id once its catalog is loaded, a hashed one before. */
   layerDirId(hex: string, layer: Layer | undefined): number {
-    return layer?.catalog ? this.entryId(0, layer, ROOT_INO) : this.dense(`layerdir:${hex}`);
+    return layer?.catalog ? this.entryId(null, layer, ROOT_INO) : this.hashed(`layerdir:${hex}`);
   }
 
   /** An images/<encoded name> directory, by its key (imageDirKey: name and signed descriptor hash). */
-  imageDirId(key: string): number { return this.dense(key); }
+  imageDirId(key: string): number { return this.hashed(key); }
 
   /** A directory of an image's merged rootfs, by its key in the image ('' = rootfs itself). */
-  mergedId(imageIdx: number, key: string): number { return this.dense(`merged:${imageIdx}:${key}`); }
+  mergedId(img: Image, key: string): number { return this.hashed(`merged:${imageKey(img)}:${key}`); }
 
-  statsId(): number { return this.dense('stats'); }
+  statsId(): number { return this.hashed('stats'); }
 
   idOf(n: Node): number {
     switch (n.k) {
       case 'synth': return FIXED_IDS[n.what];
       case 'statsLink': return this.statsId();
       case 'imageDir': return this.imageDirId(imageDirKey(encodeImageDirName(n.image.name), n.image.tag));
-      case 'entry': return this.entryId(n.inImage?.idx ?? 0, n.layer, n.inode.ino);
-      case 'merged': return this.mergedId(n.image.idx, n.key);
+      case 'entry': return this.entryId(n.inImage, n.layer, n.inode.ino);
+      case 'merged': return this.mergedId(n.image, n.key);
     }
   }
 

@@ -6,7 +6,7 @@ import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
 import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
-import { ErrnoError } from '../util/errors.js';
+import { ErrnoError, IntegrityError } from '../util/errors.js';
 import { TYPE_BITS } from '../catalog/schema.js';
 import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
@@ -87,6 +87,7 @@ export class ThinFs {
   private readonly synthSec: number;
   private readonly synth: Record<string, Node>;
   private readonly k = native();
+  private readonly debug: boolean;
   /** Set by the daemon: tells the transport where an immutable directory's listing ends. */
   dirEof: (nodeid: number, offset: number) => void = () => {};
   /** Set by the daemon when the kernel took FUSE passthrough: answers a first OPEN (fd -1 = serve reads here). */
@@ -99,6 +100,7 @@ export class ThinFs {
   prefetcher: Prefetcher | null = null;
 
   constructor(readonly ns: Namespace, private readonly cache: NodeCache, private readonly log: Logger, private readonly opts: ThinFsOptions) {
+    this.debug = log.isLevelEnabled('debug');
     this.synthSec = Math.floor(opts.mountedAt / 1000);
     this.synth = {
       root: ns.root, layers: { k: 'synth', what: 'layers' }, images: { k: 'synth', what: 'images' }, meta: { k: 'synth', what: 'meta' },
@@ -290,21 +292,21 @@ export class ThinFs {
         if (n.what === 'images') return (await this.ns.listImageDirs()).map((h) => byName(Buffer.from(h), 4, this.ids.imageDirId(this.ns.imageDirKey(h))));
         out = [byName(Buffer.from('stats'), 10, this.ids.statsId())];
         break;
-      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image.idx, ''))]; break;
+      case 'imageDir': out = [byName(Buffer.from('rootfs'), 4, this.ids.mergedId(n.image, ''))]; break;
       case 'entry': {
         if (n.inode.type !== 'dir') throw new ErrnoError(E.ENOTDIR);
         // One query gives every entry with its inode: the children are built without a lookup each.
-        const view = n.inImage?.idx ?? 0, layer = n.layer, inImage = n.inImage;
+        const layer = n.layer, inImage = n.inImage;
         out = layer.catalog!.readdirFull(n.inode.ino).map((d): Child => ({
-          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(view, layer, d.ino),
+          name: d.name, dtype: dt(d.mode), ino: this.ids.entryId(inImage, layer, d.ino),
           make: () => ({ k: 'entry', layer, inode: d, inImage }),
         }));
         break;
       }
       case 'merged':
         out = this.ns.mergedReaddir(n).map((e) => byName(e.name, dt(TYPE_BITS[e.type]), e.type === 'dir'
-          ? this.ids.mergedId(n.image.idx, mergedChildKey(n.key, e.name))
-          : this.ids.entryId(n.image.idx, e.layer, e.ino)));
+          ? this.ids.mergedId(n.image, mergedChildKey(n.key, e.name))
+          : this.ids.entryId(n.image, e.layer, e.ino)));
         break;
       default: throw new ErrnoError(E.ENOTDIR);
     }
@@ -368,13 +370,13 @@ export class ThinFs {
     let block = this.lastBlock?.id === id ? this.lastBlock.block : null;
     if (!block) {
       block = n.layer.catalog!.dirBlock(n.inode.ino) ?? null;
-      if (!block) throw new Error(`catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
+      if (!block) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
       this.lastBlock = { id, block };
     }
     const base = this.ids.baseOf(n.layer);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
-    if (!r) throw new Error(`catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
+    if (!r) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       this.lastBlock = null;
@@ -475,7 +477,7 @@ export class ThinFs {
     }
     let datas: Buffer[];
     try {
-      datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size)));
+      datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size, c.pack)));
     } catch (e) {
       this.counters.eio++;
       this.log.error({ nodeid: id, layer: node.layer.hex, object: (e as { object?: string }).object, err: e }, 'read failed: object missing or corrupt, returning EIO');
@@ -505,6 +507,8 @@ export class ThinFs {
     }
     const ms = performance.now() - t0;
     if (ms > this.counters.maxReadMs) this.counters.maxReadMs = ms;
+    // Per-read detail for bench/coldstart-where.ts (what a start reads vs what it fetches); off unless debug.
+    if (this.debug) this.log.debug({ ev: 'read', layer: node.layer.hex, ino: i.ino, off: pos, len: end - pos, ms: Math.round(ms * 10) / 10 }, 'read');
     return parts;
   }
 
@@ -545,6 +549,7 @@ export class ThinFs {
     try {
       replied.done = true;
       const r = this.openReply!(unique, id, fd ?? -1);
+      if (this.debug && file) this.log.debug({ ev: 'open', layer: file.layer.hex, ino: file.inode.ino, passthrough: r > 0 }, 'open');
       if (r > 0) {
         this.counters.opensPassthrough++;
         this.backing.record(id, key);
@@ -575,7 +580,7 @@ export class ThinFs {
       files++;
       const cs = n.layer.catalog!.chunks(n.inode.ino);
       chunks += cs.length;
-      await Promise.allSettled(cs.map((c) => this.cache.get(c.hash, c.size)));
+      await Promise.allSettled(cs.map((c) => this.cache.get(c.hash, c.size, c.pack)));
     }
     return { files, chunks, missing };
   }

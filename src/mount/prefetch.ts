@@ -25,6 +25,9 @@ export interface PrefetchCounters {
 
 interface Job { hash: string; size: number }
 
+/** Decoded bytes of speculative fetches in flight at once (about 3.5 MB compressed; 8 of the 1 MiB average chunks). */
+export const INFLIGHT_BYTES = 8 << 20;
+
 export interface PrefetchOptions {
   /** Speculative store fetches in flight at once. */
   parallel: number;
@@ -41,6 +44,10 @@ export class Prefetcher {
   /** Chunks prefetch brought that no reader has asked for yet. */
   private readonly brought = new Set<string>();
   private fgWaiting = 0;
+  /** Decoded bytes of the speculative fetches in flight. */
+  private inflightBytes = 0;
+  /** Images whose catalogs are being fetched while their trace replays. */
+  private catalogsLoading = 0;
   private readonly replayed = new Set<string>();
   private readonly recorded: TraceChunk[] | null;
   /**
@@ -89,12 +96,16 @@ export class Prefetcher {
    * An image was first touched: fetch its trace object and queue the traced chunks in first-read order. A trace that
    * is missing, corrupt or malformed is ignored with a warning; the image works as without one.
    */
-  async replay(desc: ThinImage): Promise<void> {
+  async replay(desc: ThinImage, catalogs: () => Promise<unknown> = () => Promise.resolve()): Promise<void> {
     if (desc.trace === undefined) return;
     // Concurrent first lookups may both make the image: its trace is replayed once.
     const key = `${desc.name}@${JSON.stringify(desc.trace)}`;
     if (this.replayed.has(key)) return;
     this.replayed.add(key);
+    // The image's catalogs are what its first lookup waits for, and they share the link with the replay: until they
+    // are loaded, one trace fetch at a time (the link is kept busy, the catalogs get most of it).
+    this.catalogsLoading++;
+    void catalogs().catch(() => { /* the lookup that needs them reports it */ }).finally(() => { this.catalogsLoading--; this.pump(); });
     let chunks: TraceChunk[];
     try {
       const ref = parseTraceRef(desc.trace, `image ${desc.name}: trace`)!;
@@ -129,10 +140,13 @@ export class Prefetcher {
 
   private pump(): void {
     // Half width while a reader waits on the store: the reader's request is never stuck behind a full queue.
-    const width = this.fgWaiting > 0 ? Math.max(1, this.o.parallel >> 1) : this.o.parallel;
+    const width = this.catalogsLoading > 0 ? 1 : this.fgWaiting > 0 ? Math.max(1, this.o.parallel >> 1) : this.o.parallel;
+    // Bytes in flight are bounded too: many small chunks go wide (each costs a round trip, few bytes), big ones a few at
+    // a time, so the chunk a reader needs next is not slowed by a link shared with many it needs later.
     while (this.counters.inflight < width) {
-      const j = this.fileQ.shift() ?? this.traceQ.shift();
-      if (!j) break;
+      const next = this.fileQ[0] ?? this.traceQ[0];
+      if (!next || (this.counters.inflight > 0 && this.inflightBytes + next.size > INFLIGHT_BYTES)) break;
+      const j = this.fileQ.shift() ?? this.traceQ.shift()!;
       this.run(j);
     }
     this.counters.queued = this.fileQ.length + this.traceQ.length;
@@ -142,6 +156,7 @@ export class Prefetcher {
     // A reader got there first (it has the chunk or is fetching it): nothing for prefetch to bring.
     if (this.asked.has(j.hash) || this.cache.isLocal(j.hash)) { this.queuedSet.delete(j.hash); j.done?.(); return; }
     this.counters.inflight++;
+    this.inflightBytes += j.size;
     this.cache.get(j.hash, j.size).then(() => {
       this.counters.fetched++;
       // A reader that asked while the fetch ran joined it: a hit already; otherwise waste until someone reads it.
@@ -152,6 +167,7 @@ export class Prefetcher {
       this.log.warn({ object: j.hash, err: e }, 'prefetch of a chunk failed');
     }).finally(() => {
       this.counters.inflight--;
+      this.inflightBytes -= j.size;
       this.queuedSet.delete(j.hash);
       j.done?.();
       this.pump();

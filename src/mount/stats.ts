@@ -43,6 +43,9 @@ export class StatsReporter {
     };
     counter('thinfs_store_fetches_total', 'Objects fetched from the store', (s) => s.cache.fetches);
     counter('thinfs_store_fetched_bytes_total', 'Framed bytes fetched from the store', (s) => s.cache.fetchedBytes);
+    counter('thinfs_store_pack_fetches_total', 'Packs fetched from the store (one request each, in fetches too)', (s) => s.cache.packFetches);
+    counter('thinfs_store_pack_members_total', 'Chunks packs brought into the cache', (s) => s.cache.packMembers);
+    counter('thinfs_store_pack_fallbacks_total', 'Chunks a pack could not give (fetched as their own object)', (s) => s.cache.packFallbacks);
     counter('thinfs_catalog_fetches_total', 'Layer catalogs fetched from the store', (s) => s.cache.catalogFetches);
     counter('thinfs_cache_mem_hits_total', 'Chunk reads served from memory', (s) => s.cache.memHits);
     counter('thinfs_cache_disk_hits_total', 'Chunk reads served from the node-local cache dir', (s) => s.cache.diskHits);

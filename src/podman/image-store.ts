@@ -17,7 +17,7 @@ import type { ThinImage } from '../format/descriptor.js';
 import type { Logger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
-import { errorMessage, NotFoundError } from '../util/errors.js';
+import { BadInputError, errorMessage, NotFoundError } from '../util/errors.js';
 
 const DRIVER = 'overlay';
 
@@ -142,11 +142,11 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
     try {
       const desc = await o.store.getImage(name);
       if (!desc) continue;
-      if (!Array.isArray(desc.layers) || !desc.layers.length) throw new Error('descriptor names no layers');
+      if (!Array.isArray(desc.layers) || !desc.layers.length) throw new BadInputError('descriptor names no layers');
       const manifests: LayerManifest[] = [];
       for (const l of desc.layers) {
         const lm = await o.store.getLayer(l.diffId);
-        if (!lm) throw new Error(`layer ${l.diffId} is not published in the store yet`);
+        if (!lm) throw new NotFoundError(`layer ${l.diffId} is not published in the store yet`);
         manifests.push(lm);
       }
       // The config bytes podman hashes: the original (kept by docker2thin as a store object) when present;

@@ -9,6 +9,8 @@ export interface WatchOptions extends PodmanStoreOptions {
   /** A full pass even when the listing looks unchanged (a descriptor replaced under the same name). */
   fullEveryMs?: number;
   signal: AbortSignal;
+  /** With a signed store: poll its repository manifest this often (the mount's --refresh), so newly signed images appear. */
+  refreshMs?: number;
   onPass?: (r: PodmanStoreResult) => void | Promise<void>;
 }
 
@@ -20,8 +22,18 @@ export async function watchPodmanStore(o: WatchOptions): Promise<void> {
   let lastListing: string | null = null;
   let lastFull = 0;
   let pending = false;
+  let lastRefresh = Date.now(); // the store was opened with the current revision
   const fullEvery = o.fullEveryMs ?? 60_000;
   while (!o.signal.aborted) {
+    if (o.store.trust && Date.now() - lastRefresh >= (o.refreshMs ?? 60_000)) {
+      lastRefresh = Date.now();
+      try {
+        // A new revision may replace a descriptor under the same name: a full pass, not only a listing compare.
+        if (await o.store.refreshManifest()) lastFull = 0;
+      } catch (e) {
+        o.log?.warn({ err: e }, 'repository manifest refresh refused; the podman store keeps the current revision');
+      }
+    }
     try {
       const listing = (await o.store.listImages()).sort().join('\n');
       const since = Date.now() - lastFull;

@@ -1,21 +1,28 @@
 // Owns checking a writable store: every object re-hashed (corrupt ones moved to quarantine/), every layer
 // manifest's catalog and every catalog's chunks and every image's layers and config resolved, missing objects
-// named with the layers and images that need them, crashed transactions' leftovers removed; and repair from
-// another store. Repair from a registry (re-ingesting a layer blob) lives above, in src/image/repair.ts.
+// named with the layers and images that need them, prefetch traces (objects descriptors name) re-hashed and
+// parsed, crashed transactions' leftovers removed; and repair from another store. Repair from a registry
+// (re-ingesting a layer blob) lives above, in src/image/repair.ts.
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
-import { DATA_DIR, TXN_DIR, objectPath } from './layout.js';
+import { DATA_DIR, PACKS_DIR, TXN_DIR, objectPath, packPath } from './layout.js';
+import { decodePackMembers, packMaxBytes, parsePack, type PackRef } from './pack.js';
 import { openLayerCatalog } from './layer-catalog.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, NotFoundError } from '../util/errors.js';
+import { parseTrace, parseTraceRef } from '../format/trace.js';
 
 const QUARANTINE_DIR = 'quarantine';
 
 export interface NeededBy { layers: string[]; images: string[] }
-export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null }
-export interface MissingObject extends NeededBy { hash: string }
+/**
+ * `trace`: a prefetch trace an image descriptor names (no registry holds one: only another store can restore it).
+ * `pack`: a pack (pack.ts) in packs/, not an object; its members are objects of their own, so nothing is lost with it.
+ */
+export interface CorruptObject extends NeededBy { hash: string; error: string; quarantined: string | null; trace?: true; pack?: true }
+export interface MissingObject extends NeededBy { hash: string; trace?: true; pack?: PackRef }
 
 export interface FsckReport {
   objects: number;
@@ -50,10 +57,10 @@ async function parallel<T>(items: T[], limit: number, fn: (x: T) => Promise<void
   }));
 }
 
-async function listObjects(root: string): Promise<string[]> {
+async function listObjects(root: string, top = DATA_DIR): Promise<string[]> {
   const out: string[] = [];
-  for (const fan of (await readdir(join(root, DATA_DIR)).catch(() => [] as string[])).sort()) {
-    for (const rest of (await readdir(join(root, DATA_DIR, fan)).catch(() => [] as string[])).sort()) {
+  for (const fan of (await readdir(join(root, top)).catch(() => [] as string[])).sort()) {
+    for (const rest of (await readdir(join(root, top, fan)).catch(() => [] as string[])).sort()) {
       if (/^[0-9a-f]{2}$/.test(fan) && /^[0-9a-f]{62}$/.test(rest)) out.push(fan + rest);
     }
   }
@@ -63,6 +70,40 @@ async function listObjects(root: string): Promise<string[]> {
 /** Verify one object by reading it through the store (decode + re-hash); the error text, or null if sound. */
 async function verifyObject(store: Store, hash: string): Promise<string | null> {
   try { await store.getObject(hash); return null; } catch (e) { return errorMessage(e); }
+}
+
+/** Verify one pack: its shape and name, and every member by its own hash; the error text, or null if sound. */
+async function verifyPack(store: Store, name: string): Promise<string | null> {
+  try {
+    const raw = await store.backend.read(packPath(name));
+    if (!raw) return 'gone';
+    const bad = decodePackMembers(name, parsePack(name, raw)).filter((m) => 'error' in m);
+    return bad.length ? `${bad.length} member(s) do not verify: ${bad.map((m) => ('error' in m ? m.error.message : '')).join('; ')}` : null;
+  } catch (e) { return errorMessage(e); }
+}
+
+/**
+ * Move corrupt objects to quarantine/ under the sweep lock (so no commit is renaming a fresh copy into place
+ * meanwhile), re-checking each there: one a commit replaced with a sound copy since stays.
+ */
+async function quarantine(store: WritableStore, bad: Map<string, string>, present: Set<string>, moved: Map<string, string | null>,
+  dryRun?: boolean, recheck: (h: string) => Promise<string | null> = (h) => verifyObject(store, h), pathOf = objectPath, prefix = ''): Promise<void> {
+  const todo = [...bad.keys()].filter((h) => !moved.has(h));
+  if (!todo.length || dryRun) return;
+  const root = store.root;
+  await withSweepLock(root, async () => {
+    await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
+    for (const h of todo) {
+      if ((await recheck(h)) === null) { present.add(h); bad.delete(h); continue; }
+      const to = join(QUARANTINE_DIR, `${prefix}${h}.${Date.now()}`);
+      try { await rename(join(root, pathOf(h)), join(root, to)); moved.set(h, to); } catch { moved.set(h, null); }
+    }
+  });
+}
+
+/** Why an object is no usable trace (unreadable, or does not parse as one), or null. */
+async function traceProblem(store: Store, hash: string): Promise<string | null> {
+  try { parseTrace(await store.getObject(hash), `trace ${hash}`); return null; } catch (e) { return errorMessage(e); }
 }
 
 /**
@@ -100,24 +141,31 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     } else bad.set(h, err);
   });
   rep.objects = hashes.length;
+  // Packs: each one's members verified by their own hashes; a pack with a bad member is quarantined whole (readers
+  // fall back to the members' own objects, so a pack is never repaired in place).
+  const presentPacks = new Set<string>();
+  const badPacks = new Map<string, string>();
+  const packs = await listObjects(root, PACKS_DIR);
+  await parallel(packs, opts.jobs ?? 4, async (n) => {
+    const err = await verifyPack(store, n);
+    if (err === null) {
+      presentPacks.add(n);
+      rep.bytes += (await stat(join(root, packPath(n))).catch(() => null))?.size ?? 0;
+    } else badPacks.set(n, err);
+  });
+  rep.objects += packs.length;
   const quarantined = new Map<string, string | null>();
-  if (bad.size && !opts.dryRun) {
-    await withSweepLock(root, async () => {
-      await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
-      for (const h of bad.keys()) {
-        // Re-check under the lock: a commit may have replaced it with a sound copy since.
-        if ((await verifyObject(store, h)) === null) { present.add(h); bad.delete(h); continue; }
-        const to = join(QUARANTINE_DIR, `${h}.${Date.now()}`);
-        try { await rename(join(root, objectPath(h)), join(root, to)); quarantined.set(h, to); } catch { quarantined.set(h, null); }
-      }
-    });
-  }
+  await quarantine(store, bad, present, quarantined, opts.dryRun);
+  // A pack with a bad member is quarantined whole (readers fall back to the members' own objects).
+  await quarantine(store, badPacks, presentPacks, quarantined, opts.dryRun, (n) => verifyPack(store, n), packPath, 'pack-');
 
   // 3. References: layer -> catalog -> chunks; image -> layers, config.
-  const refs = new Map<string, Set<string>>(); // object -> layers needing it
+  const refs = new Map<string, Set<string>>(); // object or pack -> layers needing it
   const need = (h: string, layer: string) => { let s = refs.get(h); if (!s) refs.set(h, s = new Set()); s.add(layer); };
+  const packRefs = new Map<string, PackRef>(); // packs the catalogs name
   const layerImages = new Map<string, string[]>();
   const configRefs = new Map<string, string[]>(); // config object -> images
+  const traceRefs = new Map<string, { images: string[]; size: number }>(); // trace object -> images naming it
   const published = new Set(await store.listLayers());
   const named: Array<{ image: string; diffId: string; catalog: string }> = [];
   const catalogs = new Map<string, string>(); // layer -> catalog its manifest names
@@ -132,6 +180,8 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
         if (!published.has(l.diffId)) rep.brokenImages.push({ name, error: `layer ${l.diffId} is not published`, unpublished: l.diffId });
       }
       if (img.configDigest?.startsWith('sha256:')) { const c = img.configDigest.slice(7); configRefs.set(c, [...(configRefs.get(c) ?? []), name]); }
+      const t = parseTraceRef(img.trace, `image ${name}: trace`);
+      if (t) traceRefs.set(t.sha256, { images: [...(traceRefs.get(t.sha256)?.images ?? []), name], size: t.size });
     } catch (e) {
       rep.brokenImages.push({ name, error: errorMessage(e) });
     }
@@ -152,7 +202,10 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     }
     try {
       const { catalog, close } = await openLayerCatalog(store, id);
-      try { for (const h of catalog.allChunkHashes()) need(h, id); } finally { await close(); }
+      try {
+        for (const h of catalog.allChunkHashes()) need(h, id);
+        for (const p of catalog.allPacks()) { need(p.name, id); packRefs.set(p.name, p); }
+      } finally { await close(); }
     } catch (e) {
       rep.brokenLayers.push({ diffId: id, error: errorMessage(e), images: layerImages.get(id) ?? [] });
     }
@@ -163,15 +216,29 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     const c = catalogs.get(n.diffId);
     if (c && c !== n.catalog) rep.brokenImages.push({ name: n.image, error: `descriptor names catalog ${n.catalog} for layer ${n.diffId}, its published manifest names ${c}` });
   }
+  // Traces: sound by hash is not enough, they must parse (a node replaying one refuses it) and be the size named.
+  const badTraces = new Map<string, string>();
+  for (const [h, t] of traceRefs) {
+    if (!present.has(h)) continue;
+    let data: Buffer;
+    try { data = await store.getObject(h); parseTrace(data, `trace ${h}`); } catch (e) { badTraces.set(h, `not a usable trace: ${errorMessage(e)}`); continue; }
+    if (data.length !== t.size) for (const image of t.images) rep.brokenImages.push({ name: image, error: `descriptor names trace ${h} of ${t.size} bytes, the object has ${data.length}` });
+  }
+  // quarantine() leaves in badTraces only those still bad there (a sound copy may have replaced one meanwhile).
+  await quarantine(store, badTraces, present, quarantined, opts.dryRun, (h) => traceProblem(store, h));
+  for (const [h, e] of badTraces) { bad.set(h, e); present.delete(h); }
   const neededBy = (h: string): NeededBy => {
     const layers = [...(refs.get(h) ?? [])].sort();
-    const images = new Set<string>(configRefs.get(h) ?? []);
+    const images = new Set<string>([...(configRefs.get(h) ?? []), ...(traceRefs.get(h)?.images ?? [])]);
     for (const l of layers) for (const i of layerImages.get(l) ?? []) images.add(i);
     return { layers, images: [...images].sort() };
   };
-  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h) });
-  for (const h of new Set([...refs.keys(), ...configRefs.keys()])) {
-    if (!present.has(h)) rep.missing.push({ hash: h, ...neededBy(h) });
+  const trace = (h: string) => (traceRefs.has(h) ? { trace: true as const } : {});
+  for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h), ...trace(h) });
+  for (const [n, error] of badPacks) rep.corrupt.push({ hash: n, error, quarantined: quarantined.get(n) ?? null, pack: true, ...neededBy(n) });
+  for (const h of new Set([...refs.keys(), ...configRefs.keys(), ...traceRefs.keys()])) {
+    const pack = packRefs.get(h);
+    if (pack ? !presentPacks.has(h) : !present.has(h)) rep.missing.push({ hash: h, ...(pack ? { pack } : {}), ...neededBy(h), ...trace(h) });
   }
   rep.missing.sort((a, b) => a.hash.localeCompare(b.hash));
   rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length;
@@ -179,11 +246,20 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
 }
 
 /** What a repair needs: the objects to bring back, the layers whose blobs would regenerate them, and layers to publish again. */
-export function repairTargets(rep: FsckReport): { objects: string[]; layers: string[]; unpublished: string[] } {
-  const objects = new Set(rep.missing.map((m) => m.hash));
+export function repairTargets(rep: FsckReport): { objects: string[]; packs: PackRef[]; layers: string[]; unpublished: string[] } {
+  const objects = new Set(rep.missing.filter((m) => !m.pack).map((m) => m.hash));
+  const packs = rep.missing.flatMap((m) => (m.pack ? [m.pack] : []));
   const unpublished = new Set(rep.brokenImages.map((b) => b.unpublished).filter((d): d is string => !!d));
   const layers = new Set<string>([...rep.missing.flatMap((m) => m.layers), ...rep.brokenLayers.map((b) => b.diffId), ...unpublished]);
-  return { objects: [...objects].sort(), layers: [...layers].sort(), unpublished: [...unpublished].sort() };
+  return { objects: [...objects].sort(), packs, layers: [...layers].sort(), unpublished: [...unpublished].sort() };
+}
+
+/** A pack's bytes, only whole and sound (shape and name checked by the read, every member by its own hash). */
+async function readSoundPack(source: Store, ref: PackRef): Promise<Buffer | null> {
+  return source.backend.read(packPath(ref.name), { maxBytes: packMaxBytes(ref), verify: (b) => {
+    const bad = decodePackMembers(ref.name, parsePack(ref.name, b)).find((m) => 'error' in m);
+    if (bad && 'error' in bad) throw bad.error;
+  } });
 }
 
 /**
@@ -191,12 +267,19 @@ export function repairTargets(rep: FsckReport): { objects: string[]; layers: str
  * source's read path: missing objects through one transaction, and each layer an image names but this store
  * lacks as a whole (catalog, chunks, then its manifest, in one transaction: never published half).
  */
-export async function repairFromStore(store: WritableStore, source: Store, hashes: string[], unpublished: string[] = []): Promise<{ restored: string[]; layers: string[]; failed: Array<{ hash: string; error: string }> }> {
+export async function repairFromStore(store: WritableStore, source: Store, hashes: string[], unpublished: string[] = [], packs: PackRef[] = []): Promise<{ restored: string[]; layers: string[]; failed: Array<{ hash: string; error: string }> }> {
   const restored: string[] = [], layers: string[] = [], failed: Array<{ hash: string; error: string }> = [];
   const txn = store.beginTxn('fsck-repair');
   try {
     for (const h of hashes) {
       try { if (await txn.put(h, await source.getObject(h))) restored.push(h); } catch (e) { failed.push({ hash: h, error: errorMessage(e) }); }
+    }
+    for (const ref of packs) {
+      try {
+        const raw = await readSoundPack(source, ref);
+        if (!raw) throw new NotFoundError(`pack ${ref.name} is not in ${source.location} either`);
+        if (await txn.putPack(ref.name, raw)) restored.push(ref.name);
+      } catch (e) { failed.push({ hash: ref.name, error: errorMessage(e) }); }
     }
     await txn.commitObjects();
   } catch (e) { await txn.abort(); throw e; }
@@ -204,9 +287,16 @@ export async function repairFromStore(store: WritableStore, source: Store, hashe
     const t = store.beginTxn('fsck-repair-layer');
     try {
       const m = await source.getLayer(diffId);
-      if (!m) throw new Error(`layer ${diffId} is not published in ${source.location} either`);
+      if (!m) throw new NotFoundError(`layer ${diffId} is not published in ${source.location} either`);
       const { catalog, close } = await openLayerCatalog(source, diffId);
-      try { for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h); } finally { await close(); }
+      try {
+        for (const h of new Set(catalog.allChunkHashes())) if (await t.put(h, await source.getObject(h))) restored.push(h);
+        // Its packs too when the source has them sound; a layer without its packs still reads (members one by one).
+        for (const ref of catalog.allPacks()) {
+          const raw = await readSoundPack(source, ref).catch(() => null);
+          if (raw && (await t.putPack(ref.name, raw))) restored.push(ref.name);
+        }
+      } finally { await close(); }
       if (await t.put(m.catalog, await source.getObject(m.catalog))) restored.push(m.catalog);
       if ((await t.commit(m)).published) layers.push(diffId);
     } catch (e) {

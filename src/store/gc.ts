@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
-import { DATA_DIR, objectPath } from './layout.js';
+import { DATA_DIR, PACKS_DIR } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
 import { errorMessage } from '../util/errors.js';
 
@@ -20,8 +20,12 @@ export interface GcResult {
   swept: boolean;
 }
 
-/** Mark: every object named by the given published layers (catalog + chunks) and image configs. */
-async function mark(store: WritableStore, ids: string[], live: Set<string>, broken: BrokenLayer[]): Promise<number> {
+/** Live names: objects in data/ and packs (pack.ts) in packs/, each kept while a published layer or image names it. */
+interface Live { objects: Set<string>; packs: Set<string> }
+
+/** Mark: every object named by the given published layers (catalog + chunks), the packs they travel in, and image configs. */
+async function mark(store: WritableStore, ids: string[], liveAll: Live, broken: BrokenLayer[]): Promise<number> {
+  const live = liveAll.objects;
   let n = 0;
   for (const id of ids) {
     try {
@@ -29,6 +33,7 @@ async function mark(store: WritableStore, ids: string[], live: Set<string>, brok
       try {
         live.add(manifest.catalog);
         for (const h of catalog.allChunkHashes()) live.add(h);
+        for (const p of catalog.allPacks()) liveAll.packs.add(p.name);
       } finally { await close(); }
       n++;
     } catch (e) {
@@ -38,7 +43,8 @@ async function mark(store: WritableStore, ids: string[], live: Set<string>, brok
   return n;
 }
 
-async function markImages(store: WritableStore, live: Set<string>): Promise<void> {
+async function markImages(store: WritableStore, liveAll: Live): Promise<void> {
+  const live = liveAll.objects;
   // Image configs are kept as objects (docker2thin re-uses them instead of downloading again),
   // registry manifests (the podman image store serves them byte for byte) and prefetch traces.
   for (const name of await store.listImages()) {
@@ -65,27 +71,30 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
   }
   res.txnsKept = (await store.listTxns()).length - (opts.dryRun ? res.txnsRemoved : 0);
 
-  const live = new Set<string>();
+  const live: Live = { objects: new Set(), packs: new Set() };
   const seen = new Set(await store.listLayers());
   res.layers = await mark(store, [...seen], live, res.broken);
   await markImages(store, live);
 
-  const candidates: Array<{ hash: string; size: number }> = [];
+  const candidates: Array<{ hash: string; rel: string; size: number; pack: boolean }> = [];
   const now = Date.now();
-  for (const fan of await readdir(join(store.root, DATA_DIR))) {
-    const dir = join(store.root, DATA_DIR, fan);
-    for (const rest of await readdir(dir).catch(() => [] as string[])) {
-      res.scanned++;
-      if (live.has(fan + rest)) continue;
-      const st = await stat(join(dir, rest)).catch(() => null);
-      if (!st) continue;
-      // nlink > 1: a transaction has pinned it (stage.ts) and will publish it; younger than grace: defence
-      // in depth for writers that do not pin (older thinfs versions).
-      if (now - st.mtimeMs < opts.graceMs || st.nlink > 1) { res.kept++; continue; }
-      candidates.push({ hash: fan + rest, size: st.size });
+  // Packs are swept like objects: kept while a catalog names them, pinned by a committing transaction's hard link.
+  for (const [top, names, pack] of [[DATA_DIR, live.objects, false], [PACKS_DIR, live.packs, true]] as const) {
+    for (const fan of await readdir(join(store.root, top)).catch(() => [] as string[])) {
+      const dir = join(store.root, top, fan);
+      for (const rest of await readdir(dir).catch(() => [] as string[])) {
+        res.scanned++;
+        if (names.has(fan + rest)) continue;
+        const st = await stat(join(dir, rest)).catch(() => null);
+        if (!st) continue;
+        // nlink > 1: a transaction has pinned it (stage.ts) and will publish it; younger than grace: defence
+        // in depth for writers that do not pin (older thinfs versions).
+        if (now - st.mtimeMs < opts.graceMs || st.nlink > 1) { res.kept++; continue; }
+        candidates.push({ hash: fan + rest, rel: `${top}/${fan}/${rest}`, size: st.size, pack });
+      }
     }
   }
-  res.referenced = live.size;
+  res.referenced = live.objects.size + live.packs.size;
   if (res.broken.length) return res;
   if (opts.dryRun) {
     res.removed = candidates.length;
@@ -99,12 +108,12 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
     const added = (await store.listLayers()).filter((id) => !seen.has(id));
     res.layers += await mark(store, added, live, res.broken);
     await markImages(store, live);
-    res.referenced = live.size;
+    res.referenced = live.objects.size + live.packs.size;
     if (res.broken.length) return;
     for (const c of candidates) {
-      if (live.has(c.hash)) { res.kept++; continue; }
+      if ((c.pack ? live.packs : live.objects).has(c.hash)) { res.kept++; continue; }
       lock.check();
-      const p = join(store.root, objectPath(c.hash));
+      const p = join(store.root, c.rel);
       const st = await stat(p).catch(() => null);
       if (!st || st.nlink > 1 || Date.now() - st.mtimeMs < opts.graceMs) { res.kept++; continue; }
       await rm(p, { force: true });

@@ -5,10 +5,16 @@ export const TXN_DIR = 'txn';
 export const LAYERS_DIR = 'layers';
 export const IMAGES_DIR = 'images';
 export const LOCKS_DIR = 'locks';
+/** Packs (pack.ts): redundant bundles of small objects, one request each; same fan-out as data/. */
+export const PACKS_DIR = 'packs';
 
 /** data/<2 hex>/<62 hex>: 256-way fan-out keeps directories small on NFS/Lustre. */
 export function objectPath(hash: string): string {
   return `${DATA_DIR}/${hash.slice(0, 2)}/${hash.slice(2)}`;
+}
+
+export function packPath(name: string): string {
+  return `${PACKS_DIR}/${name.slice(0, 2)}/${name.slice(2)}`;
 }
 
 export function layerPath(diffIdHex: string): string {

@@ -2,10 +2,12 @@
 // against commits (shared by commits, exclusive for a sweep). All are built from operations that are atomic on
 // NFS (mkdir, exclusive create, rename) with refreshed mtimes as leases, never flock/fcntl.
 import lockfile from 'proper-lockfile';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { statSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LOCKS_DIR } from './layout.js';
-import { ThinfsError } from '../util/errors.js';
+import { LockLostError } from '../util/errors.js';
 import { currentOwner, isOwnerAlive } from './owner.js';
 
 /** A holder that stops refreshing its lock for this long is presumed dead and its lock taken over. */
@@ -42,16 +44,78 @@ async function acquire(target: string, stale: number, onCompromised: (e: Error) 
   });
 }
 
+/** A layer (or fetch, or manifest) lock as the code running under it sees it: `check()` throws once it is lost. */
+export interface HeldLock { readonly key: string; check(): void }
+
+/** The layer locks the running code holds (innermost last): a transaction captures them when it starts. */
+const heldByContext = new AsyncLocalStorage<HeldLock[]>();
+
+export function heldLocks(): HeldLock[] { return heldByContext.getStore() ?? []; }
+
+/**
+ * Watches a held lock: lost when proper-lockfile finds it taken over (its mtime not ours, the directory gone), or
+ * when this process stalled (SIGSTOP, swap storm) and the lock directory is no longer the one it made (a waiter
+ * removed and re-made it) or is old enough for a waiter to take it over before the overdue refresh runs; its
+ * refresh timer would learn that only later. Sticky: once lost, the holder's operation must fail, never publish.
+ */
+function watchLock(key: string, lockDir: string, stale: number): { lock: HeldLock; compromised: (e: Error) => void; acquired: () => void; stop: () => void } {
+  let lost: string | null = null;
+  let ino: number | null = null;
+  let tick = Date.now();
+  let stalledFor = 0;
+  let released = false;
+  const ticker = setInterval(() => { stalledFor = Math.max(stalledFor, Date.now() - tick); tick = Date.now(); }, 250);
+  ticker.unref();
+  const lock: HeldLock = {
+    key,
+    check() {
+      // Released by its holder: work that outlived the lock (a context captured inside it) is no longer its concern.
+      if (released) return;
+      stalledFor = Math.max(stalledFor, Date.now() - tick);
+      // A stall shorter than a refresh interval cannot have let a waiter in; a longer one is checked on disk.
+      if (!lost && ino !== null && stalledFor > stale / 3) {
+        const st = statSync(lockDir, { throwIfNoEntry: false });
+        if (!st || st.ino !== ino) lost = `this process stalled for ${stalledFor} ms and the lock was taken over`;
+        else if (Date.now() - st.mtimeMs > stale / 2) lost = `this process stalled for ${stalledFor} ms: the lock is about to go stale (after ${stale} ms)`;
+        else stalledFor = 0;
+      }
+      if (lost) throw new LockLostError(key, lost);
+    },
+  };
+  return {
+    lock,
+    // Called from proper-lockfile's refresh timer: record, never throw (a throw there is an uncaught exception).
+    compromised: (e: Error) => { lost ??= e.message; },
+    acquired: () => { ino = statSync(lockDir, { throwIfNoEntry: false })?.ino ?? null; tick = Date.now(); stalledFor = 0; },
+    stop: () => { released = true; clearInterval(ticker); },
+  };
+}
+
+/** Take a lock with its watcher (see watchLock); the watcher is stopped when acquiring fails. */
+async function acquireWatched(storeRoot: string, key: string, stale: number): Promise<{ lock: HeldLock; release: () => Promise<void>; stop: () => void }> {
+  const target = lockTarget(storeRoot, key);
+  const w = watchLock(key, `${target}.lock`, stale);
+  try {
+    const release = await acquire(target, stale, w.compromised);
+    w.acquired();
+    return { lock: w.lock, release, stop: w.stop };
+  } catch (e) { w.stop(); throw e; }
+}
+
 /**
  * Per-layer lock on the shared store (the Wharf design): the holder fetches and writes the layer,
  * everyone else waits and then finds it published. A crashed holder's lock goes stale and is taken over.
+ * A holder that loses its lock (stalled past the stale time, taken over) is told at its next check: the
+ * transactions started under it check before every object and before publishing (txn.ts), so its operation
+ * fails with LockLostError and publishes nothing; the process goes on.
  */
-export async function withLayerLock<T>(storeRoot: string, key: string, fn: () => Promise<T>, opts: { staleMs?: number } = {}): Promise<T> {
-  const release = await acquire(lockTarget(storeRoot, key), opts.staleMs ?? lockStaleMs(), (err) => { throw err; });
+export async function withLayerLock<T>(storeRoot: string, key: string, fn: (lock: HeldLock) => Promise<T>, opts: { staleMs?: number } = {}): Promise<T> {
+  const w = await acquireWatched(storeRoot, key, opts.staleMs ?? lockStaleMs());
   try {
-    return await fn();
+    return await heldByContext.run([...heldLocks(), w.lock], () => fn(w.lock));
   } finally {
-    await release().catch(() => undefined);
+    w.stop();
+    await w.release().catch(() => undefined);
   }
 }
 
@@ -102,17 +166,8 @@ export interface SweepLock { check(): void }
  */
 export async function withSweepLock<T>(storeRoot: string, fn: (lock: SweepLock) => Promise<T>, opts: { onWait?: (n: number) => void } = {}): Promise<T> {
   const stale = lockStaleMs();
-  let lost: Error | null = null;
-  const release = await acquire(lockTarget(storeRoot, SWEEP_LOCK), stale, (e) => { lost = e; });
-  // A stalled process (SIGSTOP, swap storm) may have lost the lock without knowing: its timers fall behind.
-  let tick = Date.now();
-  const ticker = setInterval(() => { tick = Date.now(); }, 250);
-  const lock: SweepLock = {
-    check() {
-      if (lost) throw new ThinfsError(`sweep lock lost: ${(lost as Error).message}`);
-      if (Date.now() - tick > stale / 2) throw new ThinfsError('sweep lock: this process stalled; stopping the sweep');
-    },
-  };
+  const w = await acquireWatched(storeRoot, SWEEP_LOCK, stale);
+  const lock: SweepLock = w.lock;
   try {
     const dir = join(storeRoot, LOCKS_DIR, COMMITS_DIR);
     for (let wait = 50; ; wait = Math.min(1000, wait * 2)) {
@@ -133,7 +188,7 @@ export async function withSweepLock<T>(storeRoot: string, fn: (lock: SweepLock) 
     lock.check();
     return await fn(lock);
   } finally {
-    clearInterval(ticker);
-    await release().catch(() => undefined);
+    w.stop();
+    await w.release().catch(() => undefined);
   }
 }

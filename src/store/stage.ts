@@ -16,7 +16,7 @@ const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EMLINK', 'EXDEV']);
  * if gc unlinks data/<hash>, and commit links it back), else write a new staged object. Returns the staged
  * size, PUT_PINNED, or PUT_EXISTING_UNPINNED where the filesystem refuses hard links (commit then re-checks).
  */
-export async function stageObject(existing: string, staged: string, data: Uint8Array, codec: Codec, level?: number): Promise<number> {
+export async function stageObject(existing: string, staged: string, data: Uint8Array, codec: Codec, level?: number, framed = false): Promise<number> {
   try { await link(existing, staged); return PUT_PINNED; } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     // Staged names are unique per transaction: EEXIST is our own link, answered twice (an NFS retransmission).
@@ -25,9 +25,10 @@ export async function stageObject(existing: string, staged: string, data: Uint8A
       try { await access(existing); return PUT_EXISTING_UNPINNED; } catch { /* absent: write it */ }
     } else if (code !== 'ENOENT') throw e;
   }
-  const framed = encodeObject(data, codec, level);
-  await writeFile(staged, framed, { flag: 'wx' });
-  return framed.length;
+  // `framed`: the bytes are written as they are (a pack, already encoded).
+  const out = framed ? data : encodeObject(data, codec, level);
+  await writeFile(staged, out, { flag: 'wx' });
+  return out.length;
 }
 
 /**

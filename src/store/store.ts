@@ -1,12 +1,13 @@
 // Owns the store as readers and writers see it: verified objects, layer manifests, image descriptors
 // (Store, any backend), and the writable POSIX store (WritableStore) that hands out transactions.
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
-import { decodeObject, Codec, HEADER_LEN } from './codec.js';
-import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath } from './layout.js';
+import { decodeObject, encodeObject, Codec, HEADER_LEN } from './codec.js';
+import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath, packPath } from './layout.js';
+import { packMaxBytes, parsePack, type PackEntry, type PackRef } from './pack.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
@@ -16,7 +17,7 @@ import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, isDigest } from '../util/hash.js';
 import { layerLockHeld, withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
-import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX } from '../format/repo-manifest.js';
+import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX, type NamedEntry } from '../format/repo-manifest.js';
 
 export interface StoreInfo { version: 1; created: string; codec: string }
 
@@ -94,25 +95,27 @@ export class Store {
 
   hasObject(hash: string): Promise<boolean> { return this.backend.exists(objectPath(hash)); }
 
+  /**
+   * A pack's members (pack.ts), its shape and membership checked against its name inside the backend's read (a mirror
+   * serving another pack or garbage is a failed mirror); members are not decoded yet. Null when the store has no such
+   * pack (older stores, or a pack gc or fsck took): the caller fetches the member's own object.
+   */
+  async fetchPack(ref: PackRef): Promise<{ entries: PackEntry[]; rawBytes: number } | null> {
+    let entries: PackEntry[] = [];
+    const raw = await this.backend.read(packPath(ref.name), { maxBytes: packMaxBytes(ref), verify: (b) => { entries = parsePack(ref.name, b); } });
+    return raw ? { entries, rawBytes: raw.length } : null;
+  }
+
   /** A layer manifest, refused unless it is the one asked for (a mirror may serve another layer's under this name). */
-  async getLayer(diffId: string): Promise<LayerManifest | null> {
-    let m: LayerManifest | null = null;
+  getLayer(diffId: string): Promise<LayerManifest | null> {
     const hex = digestHex(diffId);
-    const named = this.trust ? this.trust.layer(hex) : undefined;
-    if (named === null) throw new TrustError('not-named', `layer ${diffId} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
-    const raw = await this.backend.read(layerPath(hex), {
-      maxBytes: named?.size ?? META_MAX,
-      verify: (b) => {
-        if (named) TrustAnchor.check(`layer manifest ${diffId}`, named, b);
-        m = parseJson<LayerManifest>(b, `layer manifest ${diffId}`);
+    return this.readNamed<LayerManifest>(`layer ${diffId}`, `layer manifest ${diffId}`, `layer manifest ${diffId}`,
+      this.trust ? this.trust.layer(hex) : undefined, layerPath(hex), (m) => {
         if (m?.diffId !== diffId) throw new IntegrityError(diffId, `layer manifest ${diffId}: names layer ${String(m?.diffId)}: refused`);
         if (typeof m.catalog !== 'string' || !/^[0-9a-f]{64}$/.test(m.catalog)) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog hash`);
         // The catalog's size bounds its download: a manifest claiming an absurd one is refused, not believed.
         if (!Number.isSafeInteger(m.catalogSize) || m.catalogSize < 0 || m.catalogSize > CATALOG_MAX) throw new IntegrityError(diffId, `layer manifest ${diffId}: bad catalog size ${String(m.catalogSize)}`);
-      },
-    });
-    if (!raw && named) throw new TrustError('not-named', `layer ${diffId} is named by the signed manifest but missing from store ${this.location}`);
-    return raw ? m : null;
+      });
   }
 
   async listLayers(): Promise<string[]> {
@@ -122,21 +125,33 @@ export class Store {
   }
 
   /** An image descriptor, refused unless it describes the image asked for. */
-  async getImage(name: string): Promise<ThinImage | null> {
-    let d: ThinImage | null = null;
-    const named = this.trust ? this.trust.image(name) : undefined;
-    if (named === null) throw new TrustError('not-named', `image ${name} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
-    const raw = await this.backend.read(imagePath(name), {
-      maxBytes: named?.size ?? META_MAX,
-      verify: (b) => {
-        if (named) TrustAnchor.check(`image descriptor ${name}`, named, b);
-        d = parseJson<ThinImage>(b, `image ${name}`);
+  getImage(name: string): Promise<ThinImage | null> {
+    return this.readNamed<ThinImage>(`image ${name}`, `image descriptor ${name}`, `image ${name}`,
+      this.trust ? this.trust.image(name) : undefined, imagePath(name), (d) => {
         if (d?.name !== name) throw new IntegrityError(name, `image descriptor ${name}: describes image ${JSON.stringify(d?.name)}: refused`);
         if (!Array.isArray(d.layers)) throw new IntegrityError(name, `image descriptor ${name}: no layer list`);
+      });
+  }
+
+  /**
+   * The one read of a small JSON file the signed manifest names (layer manifest, image descriptor): refused when
+   * the manifest does not name it (`named` null), bounded by the size it names, its hash checked, parsed, then
+   * `check`ed against what was asked for. Null when absent and nothing names it.
+   */
+  private async readNamed<T>(what: string, checked: string, parsed: string, named: NamedEntry | null | undefined,
+    path: string, check: (v: T) => void): Promise<T | null> {
+    if (named === null) throw new TrustError('not-named', `${what} is not named by the signed repository manifest (revision ${this.trust!.current!.revision})`);
+    let v: T | null = null;
+    const raw = await this.backend.read(path, {
+      maxBytes: named?.size ?? META_MAX,
+      verify: (b) => {
+        if (named) TrustAnchor.check(checked, named, b);
+        v = parseJson<T>(b, parsed);
+        check(v);
       },
     });
-    if (!raw && named) throw new TrustError('not-named', `image ${name} is named by the signed manifest but missing from store ${this.location}`);
-    return raw ? d : null;
+    if (!raw && named) throw new TrustError('not-named', `${what} is named by the signed manifest but missing from store ${this.location}`);
+    return raw ? v : null;
   }
 
   /** Which version of an image descriptor is current (its hash in the signed manifest), or null without one. */
@@ -224,6 +239,30 @@ export class WritableStore extends Store {
       await txn.commitObjects(() => atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', txn.dir));
     } catch (e) { await txn.abort(); throw e; }
     await republishManifest(this.root, { ...signing, log: writerLog });
+  }
+
+  /**
+   * Store these objects (those stored loose in data/) at zstd `level` where that is smaller: the chunks every cold start
+   * of an image fetches (its prefetch trace) are worth compressing harder than ingest can afford. Same bytes, same
+   * names; each object replaced atomically in one transaction. Returns the stored bytes before and after.
+   */
+  async recompress(hashes: Iterable<string>, level: number): Promise<{ objects: number; changed: number; before: number; after: number }> {
+    const txn = this.beginTxn('recompress');
+    const r = { objects: 0, changed: 0, before: 0, after: 0 };
+    try {
+      for (const hash of new Set(hashes)) {
+        const raw = await readFile(join(this.root, objectPath(hash))).catch(() => null);
+        if (!raw) continue; // not a loose object here (packed, or gone): left as it is
+        r.objects++;
+        r.before += raw.length;
+        const data = decodeObject(hash, raw);
+        const again = encodeObject(data, Codec.Zstd, level);
+        // Worth a rewrite only when it saves more than a little.
+        if (again.length < raw.length - (raw.length >> 6)) { await txn.restage(hash, again); r.changed++; r.after += again.length; } else r.after += raw.length;
+      }
+      await txn.commitObjects();
+    } catch (e) { await txn.abort(); throw e; }
+    return r;
   }
 
   /** Staging dirs under txn/ with their owners' state (live, dead, remote, silent). */

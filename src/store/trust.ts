@@ -171,7 +171,7 @@ async function hashDir(root: string, dir: string): Promise<Array<{ name: string;
  * store's manifest is signed and no key was given (the signed one is left as it is: readers keep trusting it).
  */
 export async function republishManifest(root: string, o: RepublishOptions = {}): Promise<RepoManifest | null> {
-  return withLayerLock(root, 'repository-manifest', async () => {
+  return withLayerLock(root, 'repository-manifest', async (lock) => {
     const path = join(root, REPO_MANIFEST_FILE);
     let prevRevision = 0;
     const prevFile = await readFile(path).catch(() => null);
@@ -205,6 +205,7 @@ export async function republishManifest(root: string, o: RepublishOptions = {}):
       timestamp: new Date(now).toISOString(), expires: new Date(now + (o.validityMs ?? DEFAULT_VALIDITY_MS)).toISOString(),
       layers, images,
     };
+    lock.check(); // lost meanwhile: another writer may be publishing a revision of its own
     await atomicWrite(path, signedManifestFile(m, o.key ?? null), join(root, TXN_DIR));
     return m;
   });

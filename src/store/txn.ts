@@ -6,12 +6,12 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Codec } from './codec.js';
+import { Codec, decodeObject } from './codec.js';
 import { stageObject, PUT_PINNED } from './stage.js';
-import { DATA_DIR, TXN_DIR, layerPath, objectPath } from './layout.js';
+import { DATA_DIR, PACKS_DIR, TXN_DIR, layerPath, objectPath, packPath } from './layout.js';
 import type { LayerManifest } from './types.js';
 import type { ObjectWriterPool } from './writer-pool.js';
-import { withCommitLock } from './lock.js';
+import { heldLocks, withCommitLock, type HeldLock } from './lock.js';
 import { republishManifest, writerSigningOptions } from './trust.js';
 import { createLogger } from '../util/log.js';
 import { currentOwner, isOwnerAlive, isPidAlive, type Owner } from './owner.js';
@@ -160,9 +160,13 @@ export class Txn {
   private readonly staged = new Set<string>();
   private readonly pinned = new Set<string>();
   private readonly unpinned = new Set<string>();
+  /** Packs (pack.ts) staged or pinned here, by name; they go to packs/ at commit like objects to data/. */
+  private readonly packs = new Set<string>();
   private readonly ready: Promise<void>;
   private heartbeat: NodeJS.Timeout | null = null;
   private done = false;
+  /** The layer/fetch locks this transaction was started under: lost, and nothing more is staged or published. */
+  private readonly locks: HeldLock[] = heldLocks();
   newObjects = 0;
   newBytes = 0;
 
@@ -190,6 +194,7 @@ export class Txn {
    */
   async put(hash: string, data: Uint8Array, level?: number): Promise<boolean> {
     if (this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash)) return false;
+    this.checkLocks();
     this.staged.add(hash);
     await this.ready;
     let size: number;
@@ -214,6 +219,48 @@ export class Txn {
 
   /** Send the writes put() queued for the writer pool now (its caller is about to wait for them). */
   flushWrites(): void { this.pool?.flush(this.dir); }
+
+  /**
+   * The framed bytes of an object this transaction put (staged or pinned here, or, where links are refused, in data/):
+   * what a pack carries for it.
+   */
+  async frameOf(hash: string): Promise<Buffer> {
+    if (!this.has(hash)) throw new ThinfsError(`object ${hash} was not put in this transaction`);
+    await this.ready;
+    return readFile(this.unpinned.has(hash) ? join(this.store.root, objectPath(hash)) : join(this.dir, hash));
+  }
+
+  /**
+   * Stage a pack (already encoded, pack.ts) unless the store has it: pinned by hard link like an object (same
+   * membership, same name: its members are the same whoever framed them). Packs are never written where hard links
+   * are refused and the pack exists already: it is left as it is (a pack is a redundant copy; readers fall back).
+   */
+  async putPack(name: string, data: Buffer): Promise<boolean> {
+    if (this.packs.has(name)) return false;
+    this.packs.add(name);
+    await this.ready;
+    const staged = join(this.dir, `pack-${name}`);
+    let size: number;
+    try {
+      size = await stageObject(join(this.store.root, packPath(name)), staged, data, Codec.None, undefined, true);
+    } catch (e) { this.packs.delete(name); throw e; }
+    if (size < 0) { if (size !== PUT_PINNED) this.packs.delete(name); return false; }
+    this.newBytes += size;
+    return true;
+  }
+
+  /**
+   * A new encoding of an object already in data/ (the same bytes, compressed harder), checked to decode to its hash:
+   * staged here and renamed over the old file at commit, so a reader gets the old or the new file, never a torn one.
+   */
+  async restage(hash: string, framed: Buffer): Promise<void> {
+    if (this.has(hash)) return;
+    decodeObject(hash, framed);
+    await this.ready;
+    await writeFile(join(this.dir, hash), framed, { flag: 'wx' });
+    this.staged.add(hash);
+    this.newBytes += framed.length;
+  }
 
   /**
    * Make staged and pinned objects durable and visible, then publish the manifest. If another node published
@@ -255,12 +302,20 @@ export class Txn {
     await this.publish(then);
   }
 
+  /** Throws LockLostError when a lock this work runs under was lost (taken over after a stall). */
+  private checkLocks(): void {
+    for (const l of this.locks) l.check();
+    for (const l of heldLocks()) l.check();
+  }
+
   private has(hash: string): boolean { return this.staged.has(hash) || this.pinned.has(hash) || this.unpinned.has(hash); }
 
   private async publish(write: () => Promise<void>): Promise<void> {
     const root = this.store.root;
+    this.checkLocks();
     await withCommitLock(root, this.id, async () => {
-      await flushStaged(this.dir, [...this.staged]);
+      // New pack files are flushed with the objects (pinned ones cost an fsync of a file already durable).
+      await flushStaged(this.dir, [...this.staged, ...[...this.packs].map((n) => `pack-${n}`)]);
       const touched = new Set<string>();
       // Pinned objects are renamed back too: a no-op when data/<hash> is still the same inode, a restore
       // when a sweep unlinked it meanwhile. Renames are independent metadata operations: a few in parallel
@@ -271,6 +326,22 @@ export class Txn {
         }
         touched.add(hash.slice(0, 2));
       });
+      // Packs after the objects they copy, so a pack never names an object not yet in place.
+      const packFans = new Set<string>();
+      if (this.packs.size) {
+        // A store made before packs has no packs/ yet: made here, durably (its entry in the root, then the fan-out's).
+        const made = await mkdir(join(root, PACKS_DIR), { recursive: true });
+        await parallel([...new Set([...this.packs].map((n) => n.slice(0, 2)))], 16, (f) => mkdir(join(root, PACKS_DIR, f), { recursive: true }).then(() => undefined));
+        await fsyncDir(join(root, PACKS_DIR));
+        if (made) await fsyncDir(root);
+      }
+      await parallel([...this.packs], 16, async (name) => {
+        try { await rename(join(this.dir, `pack-${name}`), join(root, packPath(name))); } catch (e) {
+          throw new ThinfsError(`commit: staged pack ${name} is gone (${(e as Error).message}); was the transaction's staging removed?`);
+        }
+        packFans.add(name.slice(0, 2));
+      });
+      await parallel([...packFans], 16, (d) => fsyncDir(join(root, PACKS_DIR, d)));
       await parallel([...touched], 16, (d) => fsyncDir(join(root, DATA_DIR, d)));
       // Only where hard links were refused: objects deduplicated without a pin must still be there.
       for (const hash of this.unpinned) {
@@ -278,6 +349,8 @@ export class Txn {
           throw new IntegrityError(hash, `commit: object ${hash} this transaction deduplicated against was removed meanwhile; retry`);
         }
       }
+      // Last moment to refuse: the objects are in data/ (harmless, gc's to take), the manifest is not written.
+      this.checkLocks();
       await write();
     });
     await this.finish();

@@ -52,6 +52,12 @@ export class InterruptedError extends ThinfsError {
   constructor(message = 'interrupted') { super(message); }
 }
 
+/** A store lock this process held was lost (taken over after it stalled): its operation stopped, nothing published. */
+export class LockLostError extends ThinfsError {
+  static override readonly code = 'ELOCKLOST';
+  constructor(readonly lock: string, reason: string) { super(`lock ${lock} lost (${reason}): stopped without publishing`); }
+}
+
 /** Not ENOENT: an fs-style `code === 'ENOENT'` check must not swallow it. */
 export class NotFoundError extends ThinfsError {
   static override readonly code = 'EMISSING';

@@ -1,5 +1,6 @@
 // SHA-256 helpers: hex digests, digest strings.
 import { createHash } from 'node:crypto';
+import { BadInputError } from './errors.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -19,6 +20,6 @@ export function isDigest(s: string): boolean {
 /** Accepts "sha256:<hex>" or "<hex>"; returns bare hex or throws. */
 export function digestHex(d: string): string {
   const hex = d.startsWith('sha256:') ? d.slice(7) : d;
-  if (!isHash(hex)) throw new Error(`not a sha256 digest: ${d}`);
+  if (!isHash(hex)) throw new BadInputError(`not a sha256 digest: ${d}`);
   return hex;
 }

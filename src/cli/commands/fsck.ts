@@ -2,7 +2,7 @@
 // exit 0 when the store is (or was made) consistent, 5 when problems remain.
 import type { Command } from 'commander';
 import { WritableStore } from '../../store/store.js';
-import { fsckAndRepair } from '../../image/repair.js';
+import { fsckAndRepair, TRACE_REPAIR } from '../../image/repair.js';
 import type { FsckReport } from '../../store/fsck.js';
 import { createLogger } from '../../util/log.js';
 import { fmtBytes } from '../../util/progress.js';
@@ -11,8 +11,14 @@ import { escapeControls, quoteText } from '../quote.js';
 
 function describe(r: FsckReport, out: string[]): void {
   out.push(`${r.objects} objects (${fmtBytes(r.bytes)} sound), ${r.layers} layers, ${r.images} images checked`);
-  for (const c of r.corrupt) out.push(`corrupt object ${c.hash}: ${escapeControls(c.error)}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}; needed by layers [${c.layers.join(' ')}] images [${c.images.map(quoteText).join(' ')}]`);
-  for (const m of r.missing) out.push(`missing object ${m.hash}: needed by layers [${m.layers.join(' ')}] images [${m.images.map(quoteText).join(' ')}]`);
+  const images = (x: { images: string[] }) => `images [${x.images.map(quoteText).join(' ')}]`;
+  for (const c of r.corrupt) {
+    const where = `${escapeControls(c.error)}${c.quarantined ? ` (moved to ${c.quarantined})` : ''}`;
+    out.push(c.trace ? `corrupt trace ${c.hash}: ${where}; named by ${images(c)}` : `corrupt ${c.pack ? 'pack' : 'object'} ${c.hash}: ${where}; needed by layers [${c.layers.join(' ')}] ${images(c)}`);
+  }
+  for (const m of r.missing) {
+    out.push(m.trace ? `missing trace ${m.hash}: named by ${images(m)} (${TRACE_REPAIR})` : `missing ${m.pack ? 'pack' : 'object'} ${m.hash}: needed by layers [${m.layers.join(' ')}] ${images(m)}`);
+  }
   for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${escapeControls(b.error)}; used by images [${b.images.map(quoteText).join(' ')}]`);
   for (const b of r.brokenImages) out.push(`broken image ${quoteText(b.name)}: ${escapeControls(b.error)}`);
   for (const t of r.txnsRemoved) out.push(`removed staging of crashed transaction ${t}`);

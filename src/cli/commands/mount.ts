@@ -46,7 +46,7 @@ export function registerMountCommands(program: Command): void {
     .option('--podman-store <dir>', 'also keep a podman image store over this mount in <dir> (as `thinfs podman-store --watch`); see `thinfs podman-conf`')
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
     .option('--record <file>', 'record the chunks read, in first-read order, as a prefetch trace written to <file> at unmount (and on SIGUSR2); attach it with `thinfs trace attach`')
-    .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start)', '8')
+    .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start; also at most 8 MiB of chunks)', '32')
     .option('--no-file-ahead', 'do not fetch the rest of a file read from its start ahead of the reader')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
@@ -88,7 +88,7 @@ Examples:
         const ps = { store: await Store.open(storeLocation, { http: httpOptionsFrom(o), publicKeys: publicKeysFrom(o), trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
         // a first pass before the mount reports ready, so a unit ordered after it finds the images
         await generatePodmanStore(ps);
-        void watchPodmanStore({ ...ps, intervalMs: 2000, signal: podmanStop.signal });
+        void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: refreshMs(o.refresh), signal: podmanStop.signal });
       }
       const code = await runMount({
         store: storeLocation,

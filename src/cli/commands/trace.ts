@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { WritableStore } from '../../store/store.js';
 import { encodeTrace, parseTrace } from '../../format/trace.js';
-import { NotFoundError } from '../../util/errors.js';
+import { NotFoundError, UsageError } from '../../util/errors.js';
 import { sha256hex } from '../../util/hash.js';
 
 export function registerTraceCommands(program: Command): void {
@@ -14,8 +14,11 @@ export function registerTraceCommands(program: Command): void {
     .requiredOption('-s, --store <dir>', 'store directory')
     .argument('<image>', 'image name, e.g. python:v1')
     .argument('<file>', 'trace file written by `thinfs mount --record`')
+    .option('--level <n>', 'zstd level the traced chunks are stored at: every cold start fetches them (0: leave them as they are)', '19')
     .option('--json', 'print the result as JSON')
-    .action(async (name: string, file: string, o: { store: string; json?: boolean }) => {
+    .action(async (name: string, file: string, o: { store: string; level: string; json?: boolean }) => {
+      const level = Number(o.level);
+      if (!Number.isInteger(level) || level < 0 || level > 22) throw new UsageError(`--level: expected 0 to 22, got ${o.level}`);
       const store = await WritableStore.openDir(o.store);
       const desc = await store.getImage(name);
       if (!desc) throw new NotFoundError(`image ${name} is not in store ${store.location}`);
@@ -23,12 +26,15 @@ export function registerTraceCommands(program: Command): void {
       // Only chunks read through this image's layers are kept: the rest could never be replayed for it.
       const layers = new Set(desc.layers.map((l) => l.diffId.replace(/^sha256:/, '')));
       const chunks = t.chunks.filter((c) => layers.has(c.layer));
+      // Before the descriptor names the trace: a node replaying it already gets the smaller objects.
+      const packed = level > 0 ? await store.recompress(chunks.map((c) => c.hash), level) : null;
       const bytes = encodeTrace(chunks);
       const sha256 = sha256hex(bytes);
       desc.trace = { sha256, size: bytes.length };
       await store.putImage(desc, undefined, undefined, [{ hex: sha256, data: bytes }]);
-      const r = { image: name, trace: desc.trace, chunks: chunks.length, dropped: t.chunks.length - chunks.length, bytes: chunks.reduce((a, c) => a + c.size, 0) };
-      process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `attached trace ${sha256} to ${name}: ${r.chunks} chunks, ${r.bytes} bytes${r.dropped ? ` (${r.dropped} from other layers dropped)` : ''}\n`);
+      const r = { image: name, trace: desc.trace, chunks: chunks.length, dropped: t.chunks.length - chunks.length, bytes: chunks.reduce((a, c) => a + c.size, 0), recompressed: packed };
+      process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `attached trace ${sha256} to ${name}: ${r.chunks} chunks, ${r.bytes} bytes${r.dropped ? ` (${r.dropped} from other layers dropped)` : ''}`
+        + `${packed ? `; stored at zstd ${level}: ${packed.before} -> ${packed.after} bytes (${packed.changed} of ${packed.objects} objects rewritten)` : ''}\n`);
     });
   trace.command('detach')
     .description('remove the trace named by an image\'s descriptor (gc removes the object later)')
