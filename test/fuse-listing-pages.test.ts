@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../src/fuse/kernel.js';
-import { encodeListingRecord, inodeAttr, LISTING_FIRST_COOKIE, LISTING_RECORD_HEADER, type Attr } from '../src/format/listing.js';
+import { encodeListingRecord, inodeAttr, LISTING_FIRST_COOKIE, LISTING_NO_XATTRS, LISTING_RECORD_HEADER, type Attr } from '../src/format/listing.js';
 
 const k = native();
 const BASE = 1000, TTL = 86400, SELF = 77;
@@ -13,7 +13,7 @@ const BASE = 1000, TTL = 86400, SELF = 77;
 interface Rec { name: Buffer; attr: Attr; at: number }
 
 /** A listing block of the given names (a mix of types), and where each record starts. */
-function block(names: Buffer[]): { blk: Buffer; recs: Rec[] } {
+function block(names: Buffer[], noXattrs = false): { blk: Buffer; recs: Rec[] } {
   const recs: Rec[] = [];
   const out = Buffer.alloc(names.reduce((n, x) => n + LISTING_RECORD_HEADER + x.length, 0));
   let off = 0;
@@ -25,7 +25,7 @@ function block(names: Buffer[]): { blk: Buffer; recs: Rec[] } {
       mtime: 1_700_000_000 + i, mtimeNs: 1000 * i + 7, mode, uid: 1000 + i, gid: 2000 + i, rdevMajor: type === 'chardev' ? 4 : 0, rdevMinor: i,
     }, i + 2, type === 'dir' ? i % 3 : null);
     recs.push({ name, attr, at: off });
-    off = encodeListingRecord(attr, name, out, off);
+    off = encodeListingRecord(attr, name, out, off, noXattrs && i % 2 === 0);
   });
   return { blk: out, recs };
 }
@@ -155,6 +155,14 @@ describe('listing pages', () => {
     assert.deepEqual([none.ents.length, none.next], [0, recs[1]!.at]);
     const tiny = page(blk, 0, 16, false);
     assert.deepEqual([tiny.ents.length, tiny.next], [0, 0], 'not even "." fits');
+  });
+
+  it('records flagged as having no xattrs give the same pages: the flag never reaches st_mode', () => {
+    const names = Array.from({ length: 12 }, (_, i) => Buffer.from(`n${i}`));
+    const plain = block(names), flagged = block(names, true);
+    assert.notDeepEqual(flagged.blk, plain.blk, 'the flag is in the records');
+    assert.equal((flagged.blk.readUInt32LE(28) & LISTING_NO_XATTRS) >>> 0, LISTING_NO_XATTRS);
+    for (const plus of [true, false]) assert.deepEqual(page(flagged.blk, 0, 1 << 16, plus), page(plain.blk, 0, 1 << 16, plus));
   });
 
   it('an empty directory lists "." and ".." only; a malformed block is refused, not read past its end', () => {

@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { cleanupTmpDirs, findScan as scan, noDirSize, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { rewriteLayerCatalog } from './helpers/catalog.js';
@@ -67,12 +67,6 @@ async function stop(m: Mounted): Promise<void> {
   live.splice(live.indexOf(m), 1);
 }
 
-/** Every entry with what stat shows (inode numbers apart), sorted: the same listing from any filesystem. */
-async function scan(root: string): Promise<string> {
-  const out = await runOk('find', ['.', '-mindepth', '1', '-printf', '%P\\0%y %m %s %n %U %G %T@ %l\\n'], { cwd: root });
-  return out.split('\n').filter(Boolean).sort().join('\n');
-}
-
 /** Per entry: d_ino from the listing, st_ino from lstat, and the names sharing an inode (hardlinks). Python, bytes names. */
 async function inodes(dir: string): Promise<{ mismatched: string[]; byIno: Record<string, string[]> }> {
   const py = `
@@ -109,7 +103,6 @@ describe('directory listings', () => {
     await runOk('tar', ['-xpf', path.join(work, 'l.tar'), '--numeric-owner', '-C', extracted]);
     const want = await scan(extracted), got = await scan(root);
     // Directory sizes are the filesystem's own (ext4 block multiples; thinfs: 4096): compared apart from them.
-    const noDirSize = (s: string) => s.replace(/^([^\0]*\0d \d+) \d+ /gm, '$1 - ');
     assert.equal(noDirSize(got), noDirSize(want));
     // 7 names at the top, the long directory's, and the tree's 120 directories and 363 files below it.
     assert.equal(got.split('\n').length, 7 + BIG + 483, 'every entry listed once');

@@ -13,10 +13,11 @@ export interface MountStats {
     filesAssembled: number; assembling: number; catalogEvictions: number;
     filesVerifiedAtOpen: number; filesTrustedAtOpen: number; filesReverified: number;
     packFetches: number; packMembers: number; packBadMembers: number; packFallbacks: number;
+    listingsBuilt: number; listingsReused: number; listingsRejected: number;
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;
-    opensPassthrough: number; opensServed: number; listingsAhead: number;
+    opensPassthrough: number; opensServed: number; listingsAhead: number; xattrsByTransport: number; lookupsByTransport: number;
     requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
   };
   layersLoaded: number;

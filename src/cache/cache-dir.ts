@@ -5,6 +5,9 @@
 //                                   the SHA-256 of the file's chunk map (same layout, same file, in any layer)
 //   <dir>/verified/<2 hex>/<62 hex> the verified identity of the whole-file copy of the same name (copy-trust.ts)
 //   <dir>/catalogs/<hash>.sqlite    decoded layer catalogs (verified when fetched and when reopened)
+//   <dir>/catalogs/<hash>.<sha>.listings  that catalog's listings, rebuilt here once (catalogs do not ship them); <sha>
+//                                   is the SHA-256 of the file, re-checked whenever a layer loads it; indexed and
+//                                   evicted with its catalog (one entry, both sizes)
 //   <dir>/tmp/                      in-flight writes, renamed into place (readers see whole files or none)
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile, open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -28,6 +31,8 @@ async function makePrivate(p: string, mode: number): Promise<void> {
   await chmod(p, mode).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
 }
 
+const LISTINGS_NAME = /^([0-9a-f]{64})\.([0-9a-f]{64})\.listings$/;
+
 export interface FoundEntry { key: CacheKey; size: number; lastUsedMs: number }
 
 export class CacheDir {
@@ -50,6 +55,17 @@ export class CacheDir {
   filePath(fileId: string): string { return join(this.files, fileId.slice(0, 2), fileId.slice(2)); }
   trustPath(fileId: string): string { return join(this.trust, fileId.slice(0, 2), fileId.slice(2)); }
   catalogPath(hash: string): string { return join(this.catalogs, `${hash}.sqlite`); }
+  listingsPath(catalog: string, sha: string): string { return join(this.catalogs, `${catalog}.${sha}.listings`); }
+
+  /** The listings files kept for a catalog (normally one): their SHA-256s (from their names) and paths. */
+  async listingsOf(catalog: string): Promise<Array<{ sha: string; path: string }>> {
+    const out: Array<{ sha: string; path: string }> = [];
+    for (const n of await readdir(this.catalogs).catch(() => [] as string[])) {
+      const m = LISTINGS_NAME.exec(n);
+      if (m && m[1] === catalog) out.push({ sha: m[2]!, path: join(this.catalogs, n) });
+    }
+    return out;
+  }
   /** The file of an index key (see CacheKey). */
   pathOf(key: CacheKey): string {
     if (key.startsWith('f:')) return this.filePath(key.slice(2));
@@ -84,11 +100,13 @@ export class CacheDir {
   /** What a previous run left: every chunk, whole-file copy and catalog, oldest use first (files made private on the way). */
   async scan(): Promise<FoundEntry[]> {
     const found: FoundEntry[] = [];
-    const add = async (p: string, key: CacheKey) => {
+    const add = async (p: string, key: CacheKey): Promise<FoundEntry | null> => {
       const st = await stat(p).catch(() => null);
-      if (!st) return;
+      if (!st) return null;
       if (st.mode & 0o077) await makePrivate(p, PRIVATE_FILE);
-      found.push({ key, size: st.size, lastUsedMs: Math.max(st.atimeMs, st.mtimeMs) });
+      const e = { key, size: st.size, lastUsedMs: Math.max(st.atimeMs, st.mtimeMs) };
+      found.push(e);
+      return e;
     };
     for (const [dir, prefix] of [[this.chunks, ''], [this.files, 'f:']] as const) {
       const fans = await readdir(dir).catch(() => [] as string[]);
@@ -108,10 +126,25 @@ export class CacheDir {
         else await makePrivate(p, PRIVATE_FILE);
       }
     }
-    for (const n of await readdir(this.catalogs).catch(() => [] as string[])) {
+    // A catalog's listings count in its entry; listings whose catalog is gone (a crash between the two unlinks) go.
+    const names = await readdir(this.catalogs).catch(() => [] as string[]);
+    const catalogs = new Map<string, FoundEntry>();
+    for (const n of names) {
       const m = /^([0-9a-f]{64})\.sqlite$/.exec(n);
-      if (m) await add(join(this.catalogs, n), `c:${m[1]}`);
-      else await makePrivate(join(this.catalogs, n), PRIVATE_FILE);
+      const e = m ? await add(join(this.catalogs, n), `c:${m[1]}`) : null;
+      if (e) catalogs.set(m![1]!, e);
+      else if (!m && !LISTINGS_NAME.test(n)) await makePrivate(join(this.catalogs, n), PRIVATE_FILE);
+    }
+    for (const n of names) {
+      const m = LISTINGS_NAME.exec(n);
+      if (!m) continue;
+      const p = join(this.catalogs, n);
+      const cat = catalogs.get(m[1]!);
+      if (!cat) { await unlink(p).catch(() => {}); continue; }
+      const st = await stat(p).catch(() => null);
+      if (!st) continue;
+      if (st.mode & 0o077) await makePrivate(p, PRIVATE_FILE);
+      cat.size += st.size;
     }
     return found.sort((a, b) => a.lastUsedMs - b.lastUsedMs);
   }
@@ -126,7 +159,8 @@ export class CacheDir {
     }
   }
 
-  private tmpName(what: string): string { return join(this.tmp, `${what}.${process.pid}.${randomBytes(4).toString('hex')}`); }
+  /** A fresh name in tmp/ (not created). */
+  tmpName(what: string): string { return join(this.tmp, `${what}.${process.pid}.${randomBytes(4).toString('hex')}`); }
 
   /** Write bytes under a key's name atomically (tmp + rename): readers see the whole file or none. */
   async write(key: CacheKey, data: Buffer): Promise<void> {
@@ -153,6 +187,13 @@ export class CacheDir {
     await rename(tmp, dest);
   }
 
+  /** Rename a finished listings file into its place next to its catalog; its path. */
+  async placeListings(tmp: string, catalog: string, sha: string): Promise<string> {
+    const dest = this.listingsPath(catalog, sha);
+    await rename(tmp, dest);
+    return dest;
+  }
+
   async discard(tmp: string): Promise<void> { await rm(tmp, { force: true }); }
 
   /**
@@ -162,6 +203,8 @@ export class CacheDir {
   async remove(key: CacheKey): Promise<void> {
     if (key.startsWith('f:')) await this.removeTrust(key.slice(2));
     await unlink(this.pathOf(key)).catch(() => {});
+    // A catalog's listings go with it (after it: a crash in between leaves an orphan the next scan removes).
+    if (key.startsWith('c:')) for (const l of await this.listingsOf(key.slice(2))) await unlink(l.path).catch(() => {});
   }
 
   /** Write a whole-file copy's trust record atomically and durably (tmp, fsync, rename): a crash leaves the old one or the new. */

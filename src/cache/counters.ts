@@ -18,6 +18,12 @@ export interface CacheCounters {
   evictions: number;
   /** Catalogs among the evictions. */
   catalogEvictions: number;
+  /** Catalog listings built into the cache directory (a catalog's first load on this node, or its listings rejected). */
+  listingsBuilt: number;
+  /** Catalog listings loaded from the cache directory as kept (no rebuild). */
+  listingsReused: number;
+  /** Listings files dropped: wrong size or SHA-256 (truncated, damaged) or stamped for another catalog or format. */
+  listingsRejected: number;
   /** Cached files dropped because their content no longer matched their name. */
   corruptDropped: number;
   /** Objects the store could not deliver intact (missing or failing verification). */
@@ -45,5 +51,6 @@ export function newCounters(): CacheCounters {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
     joined: 0, evictions: 0, catalogEvictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
     filesVerifiedAtOpen: 0, filesTrustedAtOpen: 0, filesReverified: 0, packFetches: 0, packMembers: 0, packBadMembers: 0, packFallbacks: 0,
+    listingsBuilt: 0, listingsReused: 0, listingsRejected: 0,
   };
 }

@@ -85,6 +85,8 @@ export class NodeCache {
   assemble(fileId: string, chunks: ChunkRef[], size: number): void { this.files.assemble(fileId, chunks, size); }
   /** Local path of a verified catalog, pinned until releaseCatalog. */
   catalogFile(hash: string, size?: number): Promise<string> { return this.catalogs.acquire(hash, size); }
+  /** A checked listings file for an acquired catalog, kept in the cache (built on first use); null: build your own. */
+  catalogListings(hash: string, catalogPath: string): Promise<string | null> { return this.catalogs.listings(hash, catalogPath); }
   releaseCatalog(hash: string): void { this.catalogs.release(hash); }
 
   private track(p: Promise<void>): void {

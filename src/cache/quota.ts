@@ -2,7 +2,7 @@
 // copies, catalogs), byte accounting against --cache-quota, and pins (a pinned entry, such as the catalog of a loaded
 // layer, counts but is never evicted). Pure bookkeeping: what an eviction does on disk is the owner's callback.
 
-/** Index keys: a chunk's hash, `f:` + a whole-file copy's id, `c:` + a catalog's hash. */
+/** Index keys: a chunk's hash, `f:` + a whole-file copy's id, `c:` + a catalog's hash (its size includes its listings'). */
 export type CacheKey = string;
 
 export class CacheIndex {
@@ -45,6 +45,20 @@ export class CacheIndex {
     this.entries.set(key, size);
     this.used += size;
     if (pinned) this.pinnedUsed += size;
+    this.evictOver(key);
+    return true;
+  }
+
+  /**
+   * An indexed entry's new size (a catalog whose listings were added or dropped), evicting others if now over quota;
+   * false when not indexed.
+   */
+  resize(key: CacheKey, size: number): boolean {
+    const old = this.entries.get(key);
+    if (old === undefined) return false;
+    this.entries.set(key, size);
+    this.used += size - old;
+    if (this.isPinned(key)) this.pinnedUsed += size - old;
     this.evictOver(key);
     return true;
   }

@@ -4,7 +4,7 @@
 // metadata scan of a freshly started daemon spent its time on.
 import Database from 'better-sqlite3';
 import { encodeListingRecord, inodeAttr, LISTING_RECORD_HEADER } from '../format/listing.js';
-import { DirentKind } from './schema.js';
+import { DirentKind, FLAG_OPAQUE } from './schema.js';
 import type { Inode } from './reader.js';
 
 /** One row per directory: its listing (src/format/listing.ts), opaque markers hidden. Empty directories have an empty block. */
@@ -13,30 +13,63 @@ const DIRBLOCKS_TABLE = `CREATE TABLE IF NOT EXISTS dirblocks (dir INTEGER PRIMA
 const PAGE = 4096;
 // Columns of the rows read, in this order (raw rows: arrays are cheaper than objects at a million entries).
 const COLS = `d.parent, d.name, i.ino, i.type, i.mode, i.uid, i.gid, i.size, i.mtime, i.mtime_ns, i.rdev_major, i.rdev_minor,
-  i.target, i.nlink`;
-type Row = [number, Buffer, number, Inode['type'], number, number, number, number, number, number, number, number, Buffer | null, number];
+  i.target, i.nlink, (i.flags & ${FLAG_OPAQUE}) = 0 AND NOT EXISTS (SELECT 1 FROM xattrs x WHERE x.ino = i.ino)`;
+type Row = [number, Buffer, number, Inode['type'], number, number, number, number, number, number, number, number, Buffer | null, number, number];
 
 /** Appends one entry's record to out at off (out has room); returns the new end. */
 function encodeRecord(r: Row, subdirs: Map<number, number>, out: Buffer, off: number): number {
-  const [, name, ino, type, mode, uid, gid, size, mtime, mtimeNs, rdevMajor, rdevMinor, target, nlink] = r;
+  const [, name, ino, type, mode, uid, gid, size, mtime, mtimeNs, rdevMajor, rdevMinor, target, nlink, noXattrs] = r;
   const a = inodeAttr({ type, size, nlink, target, mtime, mtimeNs, mode, uid, gid, rdevMajor, rdevMinor }, ino,
     type === 'dir' ? subdirs.get(ino) ?? 0 : null);
-  return encodeListingRecord(a, name, out, off);
+  return encodeListingRecord(a, name, out, off, noXattrs === 1);
 }
 
 /**
- * Builds the listings of a catalog that does not ship them (they are rebuilt, not shipped: ~25% of a catalog) into a
- * new database file holding only the dirblocks table: the same bytes buildDirBlocks gives inside the catalog.
+ * What a listings file was built from and how: a file whose stamp differs (another catalog's, an older layout) is not
+ * served. Bump LISTINGS_FORMAT whenever the record format (src/format/listing.ts) or this file's tables change.
  */
-export function buildListingsFile(catalogPath: string, out: string): number {
+// 2: records carry LISTING_NO_XATTRS.
+export const LISTINGS_FORMAT = '2';
+export interface ListingsStamp { catalog: string; format: string }
+
+/**
+ * Builds the listings of a catalog that does not ship them (they are rebuilt, not shipped: ~25% of a catalog) into a
+ * new database file holding only the dirblocks table (the same bytes buildDirBlocks gives inside the catalog) and,
+ * with `catalog` (the catalog's hash), a stamp binding the file to that catalog and to LISTINGS_FORMAT.
+ * `out` may exist empty (a private file the caller created): SQLite takes a 0-byte file as an empty database.
+ */
+export function buildListingsFile(catalogPath: string, out: string, catalog?: string): number {
   const db = new Database(out);
   try {
     db.pragma('journal_mode = OFF');
     db.pragma('synchronous = OFF');
     // Unqualified dirents/inodes resolve to the attached catalog (this database has only dirblocks).
     db.prepare(`ATTACH DATABASE ? AS cat`).run(catalogPath);
-    return db.transaction(() => buildDirBlocks(db))();
+    return db.transaction(() => {
+      const n = buildDirBlocks(db);
+      if (catalog !== undefined) {
+        db.exec(`CREATE TABLE main.listings_stamp (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
+        const put = db.prepare(`INSERT INTO main.listings_stamp (key, value) VALUES (?, ?)`);
+        put.run('catalog', catalog);
+        put.run('format', LISTINGS_FORMAT);
+      }
+      return n;
+    })();
   } finally { db.close(); }
+}
+
+/** A listings file's stamp (see buildListingsFile), or null when it has none or is not a database at all. */
+export function readListingsStamp(path: string): ListingsStamp | null {
+  let db: Database.Database | null = null;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+    const rows = db.prepare(`SELECT key, value FROM listings_stamp`).all() as Array<{ key: string; value: string }>;
+    const m = new Map(rows.map((r) => [r.key, r.value]));
+    const catalog = m.get('catalog'), format = m.get('format');
+    return catalog !== undefined && format !== undefined ? { catalog, format } : null;
+  } catch {
+    return null;
+  } finally { db?.close(); }
 }
 
 /** Fill the dirblocks table from a finished catalog's dirents and inodes. Deterministic: same catalog, same bytes. */

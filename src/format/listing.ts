@@ -62,18 +62,27 @@ export function readU64(b: Buffer, off: number): number {
  * is empty. (thinfuse's listing.c reads the same layout.)
  */
 export const LISTING_RECORD_HEADER = 50;
+/**
+ * A flag in a record's mode field (st_mode is its low 16 bits): the entry has no xattrs as the mount shows it (none
+ * stored, not an opaque directory), so the transport may answer GETXATTR with ENODATA itself. Records without it
+ * (older listings) are asked about as before.
+ */
+export const LISTING_NO_XATTRS = 0x80000000;
 /** Cookie of the first record of a listing; "." and ".." come before it. */
 export const LISTING_FIRST_COOKIE = 2;
 const LISTING_MAX_NAME = 0xffff;
 
-/** Appends one entry's record to out at off (out has room: LISTING_RECORD_HEADER + name.length); returns the new end. */
-export function encodeListingRecord(a: Attr, name: Buffer, out: Buffer, off: number): number {
+/**
+ * Appends one entry's record to out at off (out has room: LISTING_RECORD_HEADER + name.length); returns the new end.
+ * noXattrs sets LISTING_NO_XATTRS.
+ */
+export function encodeListingRecord(a: Attr, name: Buffer, out: Buffer, off: number, noXattrs = false): number {
   if (name.length > LISTING_MAX_NAME) throw new BadInputError(`a name of ${name.length} bytes does not fit a listing record`);
   writeU64(out, a.ino, off);
   writeU64(out, a.size, off + 8);
   writeU64(out, Math.trunc(a.mtime), off + 16);
   out.writeUInt32LE(a.mtimeNs >>> 0, off + 24);
-  out.writeUInt32LE(a.mode >>> 0, off + 28);
+  out.writeUInt32LE(((a.mode & 0xffff) | (noXattrs ? LISTING_NO_XATTRS : 0)) >>> 0, off + 28);
   out.writeUInt32LE(a.uid >>> 0, off + 32);
   out.writeUInt32LE(a.gid >>> 0, off + 36);
   out.writeUInt32LE(a.nlink >>> 0, off + 40);

@@ -41,6 +41,19 @@ export interface Binding {
   dirPage(block: Buffer, cookie: number, out: Buffer, plus: boolean, base: number, ttl: number, self: number): [number, number] | undefined;
   /** Hand a listing to the transport before the kernel asks: it answers it without JS (once; a byte budget bounds them). */
   dirAhead(s: Session, nodeid: number, block: Buffer, base: number): void;
+  /** The node has no xattrs: the transport answers its GETXATTR (ENODATA) and LISTXATTR (empty) itself from now on. */
+  noXattr(s: Session, nodeid: number): void;
+  /** noXattr for every entry of a listing whose record carries LISTING_NO_XATTRS (ids = base + catalog inode). */
+  noXattrListing(s: Session, block: Buffer, base: number): void;
+  /** GETXATTR and LISTXATTR requests the transport answered itself. */
+  xattrsAnswered(s: Session): number;
+  /**
+   * Keep an immutable directory's listing in the transport (copied; LRU within a byte budget): it answers LOOKUPs of
+   * names in that directory itself, a name not in it with a negative entry.
+   */
+  dirLookups(s: Session, nodeid: number, block: Buffer, base: number): void;
+  /** LOOKUPs the transport answered itself. */
+  lookupsAnswered(s: Session): number;
 }
 
 export function native(): Binding { return loadNative<Binding>(); }

@@ -239,6 +239,11 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.dirEof = (id, off) => k.dirEof(session, id, off);
   fs.dropped = (id) => k.forgetNode(session, id);
   fs.handAhead = (id, block, base) => k.dirAhead(session, id, block, base);
+  fs.noXattr = (id) => k.noXattr(session, id);
+  fs.noXattrListing = (block, base) => k.noXattrListing(session, block, base);
+  fs.xattrsByTransport = () => k.xattrsAnswered(session);
+  fs.keepForLookups = (id, block, base) => k.dirLookups(session, id, block, base);
+  fs.lookupsByTransport = () => k.lookupsAnswered(session);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   log.info({ ...init, maxReadBytes: init.maxPages * 4096 }, 'FUSE connection initialised');

@@ -22,8 +22,10 @@ export class Layer {
   load(cache: NodeCache): Promise<CatalogReader> {
     if (this.catalog) return Promise.resolve(this.catalog);
     if (!this.loading) {
-      this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then((file) => {
-        this.catalog = CatalogReader.open(file, { listings: true });
+      this.loading = cache.catalogFile(this.manifest.catalog, this.manifest.catalogSize).then(async (file) => {
+        // Listings kept in the node cache (rebuilding them at every daemon start cost a warm scan ~40% more).
+        const listingsFile = await cache.catalogListings(this.manifest.catalog, file);
+        this.catalog = CatalogReader.open(file, listingsFile !== null ? { listingsFile } : { listings: true });
         return this.catalog;
       });
       // A failed fetch must not poison the layer forever: the next touch retries.

@@ -28,6 +28,8 @@ const FILE_AHEAD_CHUNKS = 64;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
+/** The biggest listing the transport keeps for lookups (a sixteenth of its 32 MiB budget, src/fuse/native/lookups.c). */
+const LOOKUP_LISTING_MAX = 2 << 20;
 /** The synthetic directories (layers/, images/) gain entries as layers are published. */
 const DYNAMIC_TTL = 1;
 
@@ -43,6 +45,10 @@ export interface OpCounters {
   opensPassthrough: number; opensServed: number;
   /** Listings answered by the transport from blocks handed to it ahead of the kernel's request. */
   listingsAhead: number;
+  /** GETXATTR/LISTXATTR the transport answered itself (entries known to have no xattrs); filled in by the stats. */
+  xattrsByTransport: number;
+  /** LOOKUPs the transport answered itself from listings it keeps; filled in by the stats. */
+  lookupsByTransport: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
   requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
@@ -76,7 +82,7 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
  * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, listingsAhead: 0, xattrsByTransport: 0, lookupsByTransport: 0, requests: {} };
   private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
@@ -96,6 +102,21 @@ export class ThinFs {
   dropped: (nodeid: number) => void = () => {};
   /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
   handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /**
+   * Set by the daemon: tells the transport a node has no xattrs (it then answers GETXATTR/LISTXATTR itself), one by
+   * id or every flagged entry of a listing (LISTING_NO_XATTRS).
+   */
+  noXattr: ((nodeid: number) => void) | null = null;
+  noXattrListing: ((block: Buffer, base: number) => void) | null = null;
+  /** Set by the daemon: how many GETXATTR/LISTXATTR the transport answered itself. */
+  xattrsByTransport: () => number = () => 0;
+  /** Set by the daemon: hands a layer directory's listing to the transport, which then answers LOOKUPs in it. */
+  keepForLookups: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /** Set by the daemon: how many LOOKUPs the transport answered itself. */
+  lookupsByTransport: () => number = () => 0;
+  /** Layer directories whose listing was handed for lookups, and those too big to hand (not read again for that). */
+  private readonly keptForLookups = new Set<number>();
+  private readonly tooBigForLookups = new Set<number>();
   /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
   prefetcher: Prefetcher | null = null;
 
@@ -256,11 +277,37 @@ export class ThinFs {
     if (!n) {
       // Inside a layer or an image nothing ever appears: the kernel may remember the miss (PATH and import probes).
       // Under the synthetic directories a layer published later must show up at the next lookup.
-      return parent.k === 'synth' || parent.k === 'imageDir' ? E.ENOENT : entryOut(0, TTL, 0, null);
+      if (parent.k === 'synth' || parent.k === 'imageDir') return E.ENOENT;
+      this.keepForLookup(parent, parentId, true);
+      return entryOut(0, TTL, 0, null);
     }
     const ttl = this.ttlOf(n);
     const attr = this.attrOf(n); // may throw: hold only once the reply is sure, or the count would never reach 0
-    return entryOut(this.hold(n), ttl, ttl, attr);
+    // The transport answers the next lookups in this directory, and in the one found, from their listings. A lookup
+    // reaching this thread in a directory handed before means the transport let go of it (LRU): handed again.
+    this.keepForLookup(parent, parentId, true);
+    const id = this.hold(n);
+    this.keepForLookup(n, id);
+    // overlayfs asks every lower entry it meets for trusted.overlay.*: let the transport answer for those without any.
+    if (this.noXattr && n.k === 'entry' && !n.inImage && !n.layer.catalog!.hasXattrs(n.inode.ino, n.inode.flags)) this.noXattr(id);
+    return entryOut(id, ttl, ttl, attr);
+  }
+
+  /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing); `again` even if handed before. */
+  private keepForLookup(n: Node, id: number, again = false): void {
+    if (!this.keepForLookups || n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
+    if ((!again && this.keptForLookups.has(id)) || this.tooBigForLookups.has(id)) return;
+    const block = n.layer.catalog!.dirBlock(n.inode.ino);
+    if (!block) return;
+    this.handForLookups(id, block, this.ids.baseOf(n.layer));
+  }
+
+  private handForLookups(id: number, block: Buffer, base: number): void {
+    if (!this.keepForLookups) return;
+    const set = block.length > LOOKUP_LISTING_MAX ? this.tooBigForLookups : this.keptForLookups;
+    if (set.size >= 1 << 16) set.clear();
+    set.add(id);
+    if (set === this.keptForLookups) this.keepForLookups(id, block, base);
   }
 
   private readlink(id: number): Answer {
@@ -374,11 +421,13 @@ export class ThinFs {
       this.lastBlock = { id, block };
     }
     const base = this.ids.baseOf(n.layer);
+    if (rin.offset === 0) this.noXattrListing?.(block, base);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
     if (!r) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
     if (r[1] >= block.length) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
+      if (!this.keptForLookups.has(id)) this.handForLookups(id, block, base);
       this.lastBlock = null;
     }
     // Once this reply is written: the listings a scan reads next.

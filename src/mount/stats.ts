@@ -75,9 +75,14 @@ export class StatsReporter {
     counter('thinfs_files_verified_at_open_total', 'Whole-file copies hashed on the open path (no trust record matched)', (s) => s.cache.filesVerifiedAtOpen);
     counter('thinfs_files_trusted_at_open_total', 'Whole-file copies passed through on their trust record', (s) => s.cache.filesTrustedAtOpen);
     counter('thinfs_files_reverified_total', 'Whole-file copies re-verified intact in the background', (s) => s.cache.filesReverified);
+    counter('thinfs_listings_built_total', 'Catalog listings built into the node cache (first load on this node, or rejected)', (s) => s.cache.listingsBuilt);
+    counter('thinfs_listings_reused_total', 'Catalog listings loaded from the node cache as kept', (s) => s.cache.listingsReused);
+    counter('thinfs_listings_rejected_total', 'Kept listings files dropped (wrong bytes, or another catalog\'s or format\'s)', (s) => s.cache.listingsRejected);
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
     counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
+    counter('thinfs_fuse_xattrs_by_transport_total', 'GETXATTR/LISTXATTR the transport answered itself (entries without xattrs)', (s) => s.ops.xattrsByTransport);
+    counter('thinfs_fuse_lookups_by_transport_total', 'LOOKUPs the transport answered itself from listings it keeps', (s) => s.ops.lookupsByTransport);
     counter('thinfs_prefetch_fetched_total', 'Chunks prefetch (trace replay, file-ahead) brought from the store', (s) => s.prefetch.fetched);
     counter('thinfs_prefetch_hits_total', 'Prefetched chunks a reader then asked for', (s) => s.prefetch.hits);
     counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
@@ -96,7 +101,7 @@ export class StatsReporter {
       uptimeSec: Math.round((Date.now() - this.o.startedAt) / 1000),
       layersLoaded: this.fs.ns.layersLoaded,
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
-      ops: { ...this.fs.counters, requests: structuredClone(this.fs.counters.requests) },
+      ops: { ...this.fs.counters, xattrsByTransport: this.fs.xattrsByTransport(), lookupsByTransport: this.fs.lookupsByTransport(), requests: structuredClone(this.fs.counters.requests) },
       prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH) },
     };
   }

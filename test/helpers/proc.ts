@@ -239,6 +239,18 @@ export async function treeListing(root: string, opts: { hash?: boolean } = {}): 
 }
 
 /**
+ * Every entry under root with what `find -printf` shows of it (inode numbers apart), sorted: the same text from any
+ * filesystem holding the same tree, directory sizes apart (compare through `noDirSize` against another filesystem).
+ */
+export async function findScan(root: string): Promise<string> {
+  const out = await runOk('find', ['.', '-mindepth', '1', '-printf', '%P\\0%y %m %s %n %U %G %T@ %l\\n'], { cwd: root });
+  return out.split('\n').filter(Boolean).sort().join('\n');
+}
+
+/** A findScan text with directory sizes blanked (ext4 gives block multiples, thinfs 4096). */
+export const noDirSize = (s: string): string => s.replace(/^([^\0]*\0d \d+) \d+ /gm, '$1 - ');
+
+/**
  * Extended attributes of every entry under root, from `getfattr -h -d -m - -R -e hex` (GNU attr: not our code),
  * normalised to one "path: name=0xvalue" line per attribute, sorted, so readdir order does not matter and a diff
  * names the entry. Paths are relative ('./x', octal-escaped by getfattr when not printable). '' when nothing has xattrs.

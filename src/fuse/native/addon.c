@@ -252,6 +252,74 @@ static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// noXattr(session, nodeid): the node has no xattrs: the transport answers its GETXATTR/LISTXATTR (xattrless.c).
+static napi_value js_no_xattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  session_t *s;
+  double nodeid;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  session_set_noxattr(s, (uint64_t)nodeid);
+  return NULL;
+}
+
+// noXattrListing(session, block, base): the entries of a listing flagged as having no xattrs (see noXattr).
+static napi_value js_no_xattr_listing(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  session_t *s;
+  uint8_t *blk;
+  size_t blen;
+  double base;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_buffer_info(env, argv[1], (void **)&blk, &blen));
+  CHECK(napi_get_value_double(env, argv[2], &base));
+  if (base >= 0) session_noxattr_listing(s, blk, blen, (uint64_t)base);
+  return NULL;
+}
+
+// xattrsAnswered(session) -> GETXATTR/LISTXATTR requests the transport answered itself.
+static napi_value js_xattrs_answered(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  session_t *s;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->noxattr_answered, __ATOMIC_RELAXED), &ret));
+  return ret;
+}
+
+// dirLookups(session, nodeid, block, base): keep a directory's listing so the transport answers LOOKUPs in it (lookups.c).
+static napi_value js_dir_lookups(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  session_t *s;
+  uint8_t *blk;
+  size_t blen;
+  double nodeid, base;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
+  CHECK(napi_get_value_double(env, argv[3], &base));
+  session_lookup_keep(s, (uint64_t)nodeid, blk, blen, (uint64_t)base);
+  return NULL;
+}
+
+// lookupsAnswered(session) -> LOOKUPs the transport answered itself.
+static napi_value js_lookups_answered(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  session_t *s;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->lk_answered, __ATOMIC_RELAXED), &ret));
+  return ret;
+}
+
 void readverify_init(napi_env env, napi_value exports);
 void gear_init(napi_env env, napi_value exports);
 
@@ -267,6 +335,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
       {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
+      {"noXattr", NULL, js_no_xattr, NULL, NULL, NULL, napi_default, NULL},
+      {"noXattrListing", NULL, js_no_xattr_listing, NULL, NULL, NULL, napi_default, NULL},
+      {"xattrsAnswered", NULL, js_xattrs_answered, NULL, NULL, NULL, napi_default, NULL},
+      {"dirLookups", NULL, js_dir_lookups, NULL, NULL, NULL, napi_default, NULL},
+      {"lookupsAnswered", NULL, js_lookups_answered, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

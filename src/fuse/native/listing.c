@@ -32,6 +32,45 @@ static void put_dirent(uint8_t *d, uint64_t ino, uint64_t off, const uint8_t *na
   memset(d + DP_DIRENT + namelen, 0, len - DP_DIRENT - namelen);
 }
 
+// A record's lookup answer: node id = st_ino = base + catalog inode, lifetimes ttl, atime = ctime = mtime (like
+// encodeAttr in kernel.ts). Returns the record's LISTING_NO_XATTRS flag.
+uint32_t listing_entry(const uint8_t *r, uint64_t base, uint64_t ttl, struct fuse_entry_out *e) {
+  uint64_t ino = ld64(r) + base, size = ld64(r + 8), mtime = ld64(r + 16);
+  uint32_t nsec = ld32(r + 24), mode = ld32(r + 28);
+  memset(e, 0, sizeof(*e));
+  e->nodeid = ino;
+  e->entry_valid = e->attr_valid = ttl;
+  e->attr.ino = ino;
+  e->attr.size = size;
+  e->attr.blocks = (size + 511) / 512;
+  e->attr.atime = e->attr.mtime = e->attr.ctime = mtime;
+  e->attr.atimensec = e->attr.mtimensec = e->attr.ctimensec = nsec;
+  e->attr.mode = mode & 0xffffu;
+  e->attr.uid = ld32(r + 32);
+  e->attr.gid = ld32(r + 36);
+  e->attr.nlink = ld32(r + 40);
+  e->attr.rdev = ld32(r + 44);
+  e->attr.blksize = 4096;
+  return mode & LISTING_NO_XATTRS;
+}
+
+// The record named name in a listing (records in byte order of name, shorter first on a common prefix): its offset,
+// -1 when absent, -2 when the block is malformed.
+long listing_find(const uint8_t *blk, size_t blen, const uint8_t *name, size_t nl) {
+  size_t p = 0;
+  while (p < blen) {
+    if (blen - p < LISTING_RECORD_HEADER) return -2;
+    size_t rl = ld16(blk + p + 48);
+    if (blen - p - LISTING_RECORD_HEADER < rl) return -2;
+    int c = memcmp(blk + p + LISTING_RECORD_HEADER, name, rl < nl ? rl : nl);
+    if (c == 0) c = rl < nl ? -1 : rl > nl ? 1 : 0;
+    if (c == 0) return (long)p;
+    if (c > 0) return -1;  // past where it would be
+    p += LISTING_RECORD_HEADER + rl;
+  }
+  return -1;
+}
+
 // One page of a listing from cookie on, into out: "." and ".." first, then whole entries while they fit, as READDIRPLUS
 // records (struct fuse_direntplus: node id = st_ino = base + catalog inode, lifetimes ttl, atime = ctime = mtime like
 // encodeAttr in kernel.ts) or plain READDIR dirents. A cookie inside a record (a seekdir to a made-up offset) resumes
@@ -61,26 +100,13 @@ long listing_page(const uint8_t *blk, size_t blen, uint64_t cookie, uint8_t *out
     if (blen - p - LISTING_RECORD_HEADER < namelen) return -1;
     size_t dlen = align8(DP_DIRENT + namelen), need = (plus ? DP_ENTRY : 0) + dlen;
     if (need > olen - o) break;
-    uint64_t ino = ld64(r) + base, size = ld64(r + 8), mtime = ld64(r + 16);
-    uint32_t nsec = ld32(r + 24), mode = ld32(r + 28);
+    uint64_t ino = ld64(r) + base;
+    uint32_t mode = ld32(r + 28) & 0xffffu;  // the high bits are flags (LISTING_NO_XATTRS)
     size_t end = p + LISTING_RECORD_HEADER + namelen;
     uint8_t *w = out + o;
     if (plus) {
       struct fuse_entry_out e;
-      memset(&e, 0, sizeof(e));
-      e.nodeid = ino;
-      e.entry_valid = e.attr_valid = ttl;
-      e.attr.ino = ino;
-      e.attr.size = size;
-      e.attr.blocks = (size + 511) / 512;
-      e.attr.atime = e.attr.mtime = e.attr.ctime = mtime;
-      e.attr.atimensec = e.attr.mtimensec = e.attr.ctimensec = nsec;
-      e.attr.mode = mode;
-      e.attr.uid = ld32(r + 32);
-      e.attr.gid = ld32(r + 36);
-      e.attr.nlink = ld32(r + 40);
-      e.attr.rdev = ld32(r + 44);
-      e.attr.blksize = 4096;
+      listing_entry(r, base, ttl, &e);
       memcpy(w, &e, DP_ENTRY);
       w += DP_ENTRY;
     }

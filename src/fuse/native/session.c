@@ -162,6 +162,7 @@ static int dirc_serve(session_t *s, const struct fuse_in_header *ih, const struc
   size_t next = 0, olen = in->size < BUF_SIZE ? in->size : BUF_SIZE, blen = e->len;
   long n = listing_page(e->blk, blen, in->offset, s->dirc_out, olen, ih->opcode == FUSE_READDIRPLUS, e->base, s->ttl, ih->nodeid, &next);
   int done = n >= 0 && next >= blen;
+  if (done) session_lookup_keep(s, e->nodeid, e->blk, e->len, e->base);
   if (n < 0 || done) dirc_drop(s, e);  // malformed: JS answers (and reports) it
   pthread_mutex_unlock(&s->dirc_lock);
   if (n < 0) return 0;
@@ -265,14 +266,16 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       reply_buf(fd, ih->unique, NULL, 0);
       return 1;
     }
+    case FUSE_GETXATTR:
+    case FUSE_LISTXATTR:
+      return session_noxattr_answer(s, ih, body);
     case FUSE_LOOKUP:
+      return session_lookup_answer(s, ih, body, ih->len - sizeof(*ih));
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_GETATTR:
     case FUSE_READLINK:
     case FUSE_READ:
-    case FUSE_GETXATTR:
-    case FUSE_LISTXATTR:
     case FUSE_STATFS:
       return 0;
     case FUSE_DESTROY:
@@ -354,6 +357,8 @@ session_t *session_new(void) {
   pthread_mutex_init(&s->open_lock, NULL);
   pthread_mutex_init(&s->eof_lock, NULL);
   pthread_mutex_init(&s->dirc_lock, NULL);
+  noxattr_init(s);
+  lookups_init(s);
   return s;
 }
 
@@ -363,6 +368,8 @@ void session_free(session_t *s) {
   free(s->opens);
   free(s->dirc);
   free(s->dirc_out);
+  noxattr_free(s);
+  lookups_free(s);
   free(s);
 }
 
@@ -426,7 +433,9 @@ void session_forget_node(session_t *s, uint64_t nodeid) {
 
 // Hands a listing to the reader thread before the kernel asks for it (copied); ignored when over budget.
 void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base) {
-  if (!s->dirc || nodeid < s->uncached_below || blen > DIRC_BUDGET / 4) return;
+  if (nodeid < s->uncached_below) return;
+  session_noxattr_listing(s, blk, blen, base);
+  if (!s->dirc || blen > DIRC_BUDGET / 4) return;
   dirc_entry_t *e = calloc(1, sizeof(*e));
   uint8_t *copy = malloc(blen ? blen : 1);
   if (!e || !copy) { free(e); free(copy); return; }

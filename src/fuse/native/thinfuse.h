@@ -56,6 +56,19 @@ typedef struct {
   double t_ns; // CLOCK_MONOTONIC when read from the kernel (process.hrtime's clock): queueing delay metrics
 } request_t;
 
+// Nodes without xattrs (xattrless.c), direct-mapped by node id.
+#define NOXATTR_SLOTS 65536
+
+// Listings kept for LOOKUP (lookups.c), by directory node id, least recently used dropped beyond the budget.
+#define LK_BUCKETS 4096
+#define LK_BUDGET ((size_t)32 << 20)
+typedef struct lk_entry {
+  uint64_t nodeid, base;
+  uint8_t *blk;
+  size_t len;
+  struct lk_entry *chain, *older, *newer;
+} lk_entry_t;
+
 typedef struct session {
   int fd;
   int passthrough_wanted;
@@ -73,6 +86,13 @@ typedef struct session {
   size_t dirc_bytes;
   pthread_mutex_t dirc_lock;
   uint8_t *dirc_out;  // the reader thread's reply buffer for listings it answers
+  uint64_t *noxattr;            // xattrless.c
+  uint64_t noxattr_answered;    // GETXATTR/LISTXATTR answered from it
+  lk_entry_t **lk;              // lookups.c
+  lk_entry_t *lk_oldest, *lk_newest;
+  size_t lk_bytes;
+  pthread_mutex_t lk_lock;
+  uint64_t lk_answered;         // LOOKUPs answered from kept listings
   pthread_t thread;
   uint32_t max_readahead;
   uint32_t max_pages;
@@ -103,9 +123,28 @@ int fuse_mount(const char *mnt, const char *fsname, const char *opts, char *why,
 // Lazy detach (root). 0 or -errno.
 int fuse_unmount(const char *mnt);
 
+// ---- xattrless.c ----
+void noxattr_init(session_t *s);
+void noxattr_free(session_t *s);
+void session_set_noxattr(session_t *s, uint64_t nodeid);
+void session_noxattr_listing(session_t *s, const uint8_t *blk, size_t blen, uint64_t base);
+struct fuse_in_header;
+int session_noxattr_answer(session_t *s, const struct fuse_in_header *ih, const char *body);
+
+// ---- lookups.c ----
+void lookups_init(session_t *s);
+void lookups_free(session_t *s);
+void session_lookup_keep(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base);
+int session_lookup_answer(session_t *s, const struct fuse_in_header *ih, const char *body, size_t blen);
+
 // ---- listing.c ----
 #define LISTING_RECORD_HEADER 50u
+// A record's mode field: the entry has no xattrs (src/format/listing.ts); the low 16 bits are st_mode.
+#define LISTING_NO_XATTRS 0x80000000u
 // One page of a pre-encoded listing (src/format/listing.ts) from cookie on, into out. See listing.c.
+struct fuse_entry_out;
+uint32_t listing_entry(const uint8_t *r, uint64_t base, uint64_t ttl, struct fuse_entry_out *e);
+long listing_find(const uint8_t *blk, size_t blen, const uint8_t *name, size_t nl);
 long listing_page(const uint8_t *blk, size_t blen, uint64_t cookie, uint8_t *out, size_t olen, int plus, uint64_t base,
                   uint64_t ttl, uint64_t self, size_t *next);
 
