@@ -20,6 +20,7 @@ PKGS=(
   awscli                         # real S3 client (publisher tests)
   fio hyperfine
   debootstrap gnuplot-nox         # the realistic bench image; the cold-start chart
+  strace                         # the flush-before-publish order of small transactions (ingest-writes test)
   time                           # /usr/bin/time: peak RSS of an ingest (memory-bound tests); CPU time in the convert bench
   isal pigz                      # igzip (fastest gzip decoder here), pigz (fallback): layer decompression off the main thread
   nfs-kernel-server              # NFS over loopback for the many-converters test (needs a kernel with nfsd/nfs)

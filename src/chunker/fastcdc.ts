@@ -46,9 +46,15 @@ export class Chunker {
 
   private readonly native: GearNative | null;
 
-  /** `js` forces the JavaScript scan (tests compare the two; the store format must not depend on which ran). */
-  constructor(readonly p: ChunkParams = DEFAULT_CHUNKING, opts: { js?: boolean } = {}) {
+  private readonly alloc: (n: number) => Buffer;
+
+  /**
+   * `js` forces the JavaScript scan (tests compare the two; the store format must not depend on which ran).
+   * `alloc` gives the memory each chunk is copied into (default: a new Buffer; ingest passes its reused arena).
+   */
+  constructor(readonly p: ChunkParams = DEFAULT_CHUNKING, opts: { js?: boolean; alloc?: (n: number) => Buffer } = {}) {
     this.native = opts.js ? null : NATIVE;
+    this.alloc = opts.alloc ?? ((n) => Buffer.allocUnsafe(n));
     const bits = Math.round(Math.log2(p.avg));
     this.maskS = topMask(bits + 2); // harder to cut before avg
     this.maskL = topMask(bits - 2); // easier after: sizes concentrate around avg
@@ -79,7 +85,9 @@ export class Chunker {
   }
 
   private take(): Buffer {
-    const b = this.pending.length === 1 ? Buffer.from(this.pending[0]!) : Buffer.concat(this.pending, this.pendingLen);
+    const b = this.alloc(this.pendingLen);
+    let off = 0;
+    for (const p of this.pending) off += p.copy(b, off);
     this.pending = [];
     this.pendingLen = 0;
     this.h = 0;

@@ -7,38 +7,69 @@ import type { CatalogWriter } from '../catalog/writer.js';
 import { BadInputError } from '../util/errors.js';
 import { sha256hex } from '../util/hash.js';
 import { printable } from './tree.js';
+import { ChunkArena } from './arena.js';
 
 /** Where chunks go: the store transaction's put (dedup, compression, staging). */
 export type PutObject = (hash: string, data: Buffer) => Promise<unknown>;
+/** Send what put() queued (the writer pool batches): called before the sink waits for writes to finish. */
+export type FlushObjects = () => void;
 
-/** Chunk writes in flight: enough to overlap hashing/compression with store I/O, bounded memory (x max chunk). */
-const MAX_INFLIGHT = 16;
+/**
+ * Chunk writes in flight: enough to fill the writer pool's batches and keep its threads busy while this thread
+ * parses and hashes, bounded in memory (48 MiB of the arena + one max chunk).
+ */
+const MAX_INFLIGHT_OBJECTS = 512;
+/** The chunk arena: in-flight bytes (three quarters of it) plus room for the ring's wrap and out-of-order frees. */
+const ARENA_BYTES = 64 << 20;
 
 /** A bounded set of object writes in flight; the first failure fails the next put and the drain. */
 export class ObjectSink {
-  private readonly inflight = new Set<Promise<void>>();
+  private inflight = 0;
+  private bytes = 0;
+  private wake: (() => void) | null = null;
   private error: unknown = null;
   chunks = 0;
-  constructor(private readonly putObject: PutObject) {}
+  private readonly arena: ChunkArena;
+  private readonly maxBytes: number;
+  /** Memory for the next chunk (the chunker copies into it); given back once its write is done. */
+  readonly alloc = (n: number): Buffer => this.arena.alloc(n);
+  constructor(private readonly putObject: PutObject, private readonly flush: FlushObjects = () => undefined, arenaBytes = ARENA_BYTES) {
+    this.arena = new ChunkArena(arenaBytes);
+    this.maxBytes = Math.floor(arenaBytes * 0.75);
+  }
 
   async put(hash: string, data: Buffer): Promise<void> {
     this.chunks++;
-    const p: Promise<void> = this.putObject(hash, data).then(() => undefined, (e) => { this.error ??= e; });
-    this.inflight.add(p);
-    void p.finally(() => this.inflight.delete(p));
-    if (this.inflight.size >= MAX_INFLIGHT) await Promise.race(this.inflight);
+    const n = data.length;
+    this.inflight++;
+    this.bytes += n;
+    this.putObject(hash, data).then(() => undefined, (e) => { this.error ??= e; }).finally(() => {
+      this.arena.free(data);
+      this.inflight--;
+      this.bytes -= n;
+      const w = this.wake;
+      this.wake = null;
+      w?.();
+    });
+    while (this.inflight >= MAX_INFLIGHT_OBJECTS || this.bytes >= this.maxBytes) await this.next();
     if (this.error) throw this.error;
+  }
+
+  /** Resolves when the next write finishes. */
+  private next(): Promise<void> {
+    this.flush();
+    return new Promise((r) => { this.wake = r; });
   }
 
   /** Wait for every write; throws the first failure. */
   async drain(): Promise<void> {
-    await Promise.all(this.inflight);
+    await this.settle();
     if (this.error) throw this.error;
   }
 
   /** Wait for every write, ignoring failures (before aborting). */
   async settle(): Promise<void> {
-    await Promise.allSettled(this.inflight);
+    while (this.inflight > 0) await this.next();
   }
 }
 
@@ -50,7 +81,7 @@ export async function chunkFile(ino: number, e: TarEntry, data: AsyncIterable<Bu
   let first: { hash: string; offset: number; size: number } | null = null;
   const segs = e.sparse ?? [{ offset: 0, size: e.size }];
   let si = 0, left = segs[0]?.size ?? 0, offset = segs[0]?.offset ?? 0, idx = 0;
-  const chunker = new Chunker(params);
+  const chunker = new Chunker(params, { alloc: sink.alloc });
   const emit = async (c: Buffer) => {
     const hash = sha256hex(c);
     if (idx === 0) first = { hash, offset, size: c.length };

@@ -42,6 +42,8 @@ export interface IngestOptions {
   /** fsck --repair: the layer may be published already; write back the objects it is missing (same catalog required). */
   repair?: boolean;
   beforeCommit?: () => Promise<void>;
+  /** Size of the memory chunks are copied into on their way to the writer threads (default 64 MiB; tests make it small to wrap it often). */
+  chunkArenaBytes?: number;
   /** Write packs of small files (packing.ts); default on unless THINFS_PACKS=0. A repair follows the published catalog. */
   packs?: boolean;
   /** Abort (SIGINT/SIGTERM): the input is cut, the transaction rolled back, InterruptedError thrown; nothing is published. */
@@ -90,11 +92,10 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
   const onAbort = () => source.destroy();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   const txn = store.beginTxn(opts.source ? opts.source.split('/').pop()! : 'ingest', opts.codec ?? Codec.Zstd);
-  const pool = new ObjectWriterPool();
-  txn.pool = pool;
+  txn.pool = ObjectWriterPool.shared();
   const tmp = await mkdtemp(join(opts.scratchDir ?? tmpdir(), 'thinfs-catalog-'));
   let cat: CatalogWriter | null = null;
-  const sink = new ObjectSink((hash, data) => txn.put(hash, data));
+  const sink = new ObjectSink((hash, data) => txn.put(hash, data), () => txn.flushWrites(), opts.chunkArenaBytes);
   try {
     const packer = (await wantPacks(store, opts)) ? new Packer() : null;
     cat = new CatalogWriter(join(tmp, 'catalog.db'), { packs: !!packer });
@@ -132,7 +133,6 @@ export async function ingestTar(input: string | NodeJS.ReadableStream, store: Wr
     throw opts.signal?.aborted ? interrupted() : e;
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
-    await pool.close();
     await rm(tmp, { recursive: true, force: true });
   }
 }
