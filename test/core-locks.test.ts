@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeLayer } from './helpers/layers.js';
-import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfsOk, thinfsJson, storeSnapshot, countObjects } from './helpers/proc.js';
+import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfsOk, thinfsJson, storeSnapshot, countObjects, listFiles } from './helpers/proc.js';
 
 after(cleanupTmpDirs);
 
@@ -51,6 +51,7 @@ test('a writer killed mid-ingest publishes nothing; gc reclaims its staging; a r
   const mid = await storeSnapshot(store);
   assert.deepEqual(mid.layers, before.layers, 'no manifest was published');
   assert.deepEqual(mid.data, before.data, 'data/ untouched by the killed ingest');
+  assert.deepEqual(mid.packs, before.packs, 'packs/ untouched by the killed ingest');
   assert.ok((await readdir(join(store, 'txn'))).length >= 1, 'its staging dir is still there');
 
   const gc = await thinfsJson<{ txnsRemoved: number }>(['gc', '--store', store, '--json']);
@@ -61,8 +62,8 @@ test('a writer killed mid-ingest publishes nothing; gc reclaims its staging; a r
   assert.equal(r.published, true);
   const m = JSON.parse(await readFile(join(store, 'layers', `${r.diffId.slice(7)}.json`), 'utf8'));
   assert.equal(m.diffId, r.diffId);
-  // Every object the manifest's catalog names is present, and gc keeps all of them.
-  const n = await countObjects(store);
+  // Every object (data/) and pack (packs/) the manifest's catalog names is present, and gc keeps all of them.
+  const n = (await countObjects(store)) + (await listFiles(join(store, 'packs'))).length;
   const gc2 = await thinfsJson<{ removed: number; referenced: number }>(['gc', '--store', store, '--grace', '0', '--json']);
   assert.equal(gc2.removed, 0);
   assert.equal(gc2.referenced, n);

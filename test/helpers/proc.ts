@@ -162,10 +162,11 @@ export async function countObjects(storeDir: string): Promise<number> {
   return (await listFiles(path.join(storeDir, 'data'))).length;
 }
 
-/** A store's published state: sorted file lists of data/ and layers/ (and images/), for before/after equality. */
-export async function storeSnapshot(storeDir: string): Promise<{ data: string[]; layers: string[]; images: string[] }> {
+/** A store's published state: sorted file lists of data/, packs/ and layers/ (and images/), for before/after equality. */
+export async function storeSnapshot(storeDir: string): Promise<{ data: string[]; packs: string[]; layers: string[]; images: string[] }> {
   return {
     data: await listFiles(path.join(storeDir, 'data')),
+    packs: await listFiles(path.join(storeDir, 'packs')),
     layers: await listFiles(path.join(storeDir, 'layers')),
     images: await listFiles(path.join(storeDir, 'images')),
   };
