@@ -7,7 +7,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, findScan as scan, noDirSize, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
-import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { type Mounted } from './fuse-mount-helper.js';
+import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
 import { rewriteLayerCatalog } from './helpers/catalog.js';
 import { ROOT_INO } from '../src/catalog/schema.js';
 import { buildDirBlocks } from '../src/catalog/dirblocks.js';
@@ -20,11 +21,13 @@ let src: string;
 let hex: string;
 const BIG = 3000;
 const DEPTH = 4, FANOUT = 3;
-const live: Mounted[] = [];
+/** The mounts of this file's tests (stopped and unmounted at the end). */
+let mounts: TrackedMounts;
 
 before(async () => {
   work = await tmpDir('thinfs-fuse-listings-');
   store = path.join(work, 'store');
+  mounts = trackedMounts(work, store);
   src = path.join(work, 'src');
   await thinfsOk(['init', store]);
   // A directory far longer than one READDIRPLUS page, names of every length up to 255 bytes, some not UTF-8.
@@ -52,20 +55,12 @@ before(async () => {
 });
 
 after(async () => {
-  for (const m of live) await m.stop();
-  for (const name of ['mnt-scan', 'mnt-ahead', 'mnt-seek', 'mnt-new', 'mnt-old', 'mnt-damaged']) await forceUnmount(path.join(work, name));
+  await mounts?.close();
   await cleanupTmpDirs();
 });
 
-async function mount(name: string): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, `cache-${name}`) });
-  live.push(m);
-  return m;
-}
-async function stop(m: Mounted): Promise<void> {
-  assert.equal(await m.stop(), 0);
-  live.splice(live.indexOf(m), 1);
-}
+const mount = (name: string): Promise<Mounted> => mounts.mount(name);
+const stop = (m: Mounted): Promise<void> => mounts.stop(m);
 
 /** Per entry: d_ino from the listing, st_ino from lstat, and the names sharing an inode (hardlinks). Python, bytes names. */
 async function inodes(dir: string): Promise<{ mismatched: string[]; byIno: Record<string, string[]> }> {

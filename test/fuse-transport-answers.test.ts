@@ -10,7 +10,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, findScan, noDirSize, run, runOk, thinfsJson, thinfsOk, tmpDir, xattrDump } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
-import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { type Mounted } from './fuse-mount-helper.js';
+import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
 
 let work: string;
 let store: string;
@@ -18,13 +19,15 @@ let src: string;
 let hex: string;
 /** GNU tar's extraction of the layer. */
 let extracted: string;
-const live: Mounted[] = [];
+/** The mounts of this file's tests (stopped and unmounted at the end). */
+let mounts: TrackedMounts;
 /** Entries without xattrs, as the layer shows them (the whiteout is a char device 0/0 there). */
 const PLAIN = ['plain.txt', 'dir', 'dir/a.txt', 'dir/sub', 'dir/sub/b.txt', 'link', 'gone', 'opq/inside.txt'];
 
 before(async () => {
   work = await tmpDir('thinfs-fuse-transport-answers-');
   store = path.join(work, 'store');
+  mounts = trackedMounts(work, store);
   src = path.join(work, 'src');
   await thinfsOk(['init', store]);
   await fsp.mkdir(path.join(src, 'dir', 'sub'), { recursive: true });
@@ -49,19 +52,12 @@ before(async () => {
 });
 
 after(async () => {
-  for (const m of live.splice(0)) { await m.stop(); await forceUnmount(m.mp); }
+  await mounts?.close();
   await cleanupTmpDirs();
 });
 
-async function mount(name: string): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, `cache-${name}`) });
-  live.push(m);
-  return m;
-}
-async function stop(m: Mounted): Promise<void> {
-  assert.equal(await m.stop(), 0);
-  live.splice(live.indexOf(m), 1);
-}
+const mount = (name: string): Promise<Mounted> => mounts.mount(name);
+const stop = (m: Mounted): Promise<void> => mounts.stop(m);
 
 // Paths are relative to the layer's root, walked from there (cwd): the synthetic directories above it are looked up
 // again every second, entries of the layer are not.
