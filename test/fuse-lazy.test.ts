@@ -6,7 +6,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, run, sha256, sha256File, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
-import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { type Mounted } from './fuse-mount-helper.js';
+import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
 import { Store } from '../src/store/store.js';
 import { CatalogReader } from '../src/catalog/reader.js';
 import { objectPath } from '../src/store/layout.js';
@@ -23,7 +24,8 @@ let work: string;
 let store: string;
 let big: { hex: string; files: FileInfo[]; bytes: number; catalogFramed: number };
 let small: { hex: string; files: FileInfo[] };
-const mounts: Mounted[] = [];
+/** The mounts of this file's tests (stopped and unmounted at the end). */
+let mounts: TrackedMounts;
 
 /** A layer of these files (test/helpers/layers.ts makeLayer), ingested into the store; its tree and tar removed after. */
 async function ingestFiles(label: string, files: Array<{ rel: string; data: Buffer }>): Promise<{ hex: string; files: FileInfo[] }> {
@@ -39,17 +41,9 @@ async function ingestFiles(label: string, files: Array<{ rel: string; data: Buff
   return { hex: r.diffId.slice(7), files: files.map((f) => ({ rel: f.rel, size: f.data.length, sha: sha256(f.data) })) };
 }
 
-async function mount(name: string, cache: string, extra: Partial<{ quota: string; memCache: string; extra: string[] }> = {}): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, cache), ...extra });
-  mounts.push(m);
-  return m;
-}
-
-async function stop(m: Mounted): Promise<void> {
-  const code = await m.stop();
-  mounts.splice(mounts.indexOf(m), 1);
-  assert.equal(code, 0, `daemon exits 0 on SIGTERM\n${m.stderr().slice(-2000)}`);
-}
+const mount = (name: string, cache: string, o: { quota?: string; memCache?: string; extra?: string[] } = {}): Promise<Mounted> =>
+  mounts.mount(name, { cache, ...o });
+const stop = (m: Mounted): Promise<void> => mounts.stop(m);
 
 /** Chunk hashes of a file, read from the layer catalog with the core API (the test's own view of the store). */
 async function chunksOf(hex: string, rel: string): Promise<string[]> {
@@ -72,6 +66,7 @@ async function duBytes(dir: string): Promise<number> {
 before(async () => {
   work = await tmpDir('thinfs-fuse-lazy-');
   store = path.join(work, 'store');
+  mounts = trackedMounts(work, store);
   await thinfsOk(['init', store]);
   // Pseudo-random content: it does not compress, so bytes fetched measure bytes needed.
   const files: Array<{ rel: string; data: Buffer }> = [];
@@ -86,7 +81,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const m of [...mounts]) { await m.stop(); await forceUnmount(m.mp); }
+  await mounts?.close();
   await cleanupTmpDirs();
 });
 

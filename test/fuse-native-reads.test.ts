@@ -9,7 +9,8 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, run, sha256, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
-import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { type Mounted } from './fuse-mount-helper.js';
+import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
 import { Store } from '../src/store/store.js';
 import { CatalogReader } from '../src/catalog/reader.js';
 import { objectPath } from '../src/store/layout.js';
@@ -20,7 +21,8 @@ let work: string;
 let store: string;
 let src: string;
 let hex: string;
-const mounts: Mounted[] = [];
+/** The mounts of this file's tests (stopped and unmounted at the end). */
+let mounts: TrackedMounts;
 
 /** Files of the layer: a multi-chunk file (served from its whole-file copy), single-chunk files, a tiny one, compressible text. */
 const FILES: Array<{ rel: string; data: Buffer }> = [
@@ -31,17 +33,9 @@ const FILES: Array<{ rel: string; data: Buffer }> = [
   { rel: 'text/words.txt', data: Buffer.from(Array.from({ length: 40000 }, (_, i) => `line ${i} of a compressible file\n`).join('')) },
 ];
 
-async function mount(name: string, cache: string, extra: string[] = []): Promise<Mounted> {
-  const m = await mountStore(store, path.join(work, name), { cacheDir: path.join(work, cache), extra: ['--no-passthrough', ...extra] });
-  mounts.push(m);
-  return m;
-}
-
-async function stop(m: Mounted): Promise<void> {
-  const code = await m.stop();
-  mounts.splice(mounts.indexOf(m), 1);
-  assert.equal(code, 0, `daemon exits 0 on SIGTERM\n${m.stderr().slice(-2000)}`);
-}
+const mount = (name: string, cache: string, extra: string[] = []): Promise<Mounted> =>
+  mounts.mount(name, { cache, extra: ['--no-passthrough', ...extra] });
+const stop = (m: Mounted): Promise<void> => mounts.stop(m);
 
 /** cmp of every file of the layer through the mount against the source tree. */
 async function cmpAll(m: Mounted): Promise<void> {
@@ -80,6 +74,7 @@ async function dropPages(): Promise<void> {
 before(async () => {
   work = await tmpDir('thinfs-native-reads-');
   store = path.join(work, 'store');
+  mounts = trackedMounts(work, store);
   await thinfsOk(['init', store]);
   const l = await makeLayer(work, 'layer', async (dir) => {
     for (const f of FILES) {
@@ -99,7 +94,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const m of mounts.splice(0)) { await m.stop().catch(() => {}); await forceUnmount(m.mp); }
+  await mounts?.close();
   await cleanupTmpDirs();
 });
 
