@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "../../util/native/hexdigest.h"
 
 typedef struct {
   napi_async_work work;
@@ -230,12 +231,6 @@ static void rv_complete(napi_env env, napi_status status, void *arg) {
   free(j);
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
 // readVerified(path, size, sha256hex) -> Promise<Buffer | -errno>
 // openVerified(path, size, sha256hex | "") -> Promise<fd | -errno>: "" checks the size only (the caller closes fd).
 static napi_value start_job(napi_env env, napi_callback_info info, int open_only) {
@@ -259,14 +254,7 @@ static napi_value start_job(napi_env env, napi_callback_info info, int open_only
   // One byte more than a hash: a longer string is refused, not cut to 64.
   napi_get_value_string_utf8(env, argv[2], hex, sizeof(hex), &hlen);
   j->verify = !(open_only && hlen == 0);
-  if (j->verify) {
-    if (hlen != 64) size = -1;
-    for (int i = 0; i < 32 && size >= 0; i++) {
-      int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-      if (hi < 0 || lo < 0) size = -1;
-      else j->want[i] = (unsigned char)(hi << 4 | lo);
-    }
-  }
+  if (j->verify && hexdigest_parse(hex, hlen, j->want) < 0) size = -1;
   if (size < 0) {
     free(j->path); free(j);
     napi_throw_range_error(env, NULL, "readVerified: bad size or hash");

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "../../util/native/hexdigest.h"
 #ifdef HAVE_ZSTD
 #include <zstd.h>
 #endif
@@ -179,12 +180,6 @@ static void dec_complete(napi_env env, napi_status status, void *arg) {
   free(j);
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;
-}
-
 // decodeObject(raw: Buffer, sha256hex, size | -1) -> Promise<Buffer (zstd) | 0 (codec none: the payload is good) |
 // 1 (decode it in JS) | negative (refused)>. raw must not be changed until the promise settles.
 static napi_value js_decode_object(napi_env env, napi_callback_info info) {
@@ -204,11 +199,7 @@ static napi_value js_decode_object(napi_env env, napi_callback_info info) {
   }
   dec_job_t *j = calloc(1, sizeof(*j));
   if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
-  for (int i = 0; i < 32; i++) {
-    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) { free(j); napi_throw_range_error(env, NULL, "decodeObject: bad hash"); return NULL; }
-    j->want[i] = (unsigned char)(hi << 4 | lo);
-  }
+  if (hexdigest_parse(hex, hlen, j->want) < 0) { free(j); napi_throw_range_error(env, NULL, "decodeObject: bad hash"); return NULL; }
   j->raw = data;
   j->raw_len = len;
   j->want_size = size;
@@ -238,10 +229,11 @@ static napi_value js_read_object(napi_env env, napi_callback_info info) {
   if (j) j->path = malloc(plen + 1);
   if (!j || !j->path) { free(j); napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   napi_get_value_string_utf8(env, argv[0], j->path, plen + 1, &plen);
-  for (int i = 0; i < 32; i++) {
-    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) { free(j->path); free(j); napi_throw_range_error(env, NULL, "readObject: bad hash"); return NULL; }
-    j->want[i] = (unsigned char)(hi << 4 | lo);
+  if (hexdigest_parse(hex, hlen, j->want) < 0) {
+    free(j->path);
+    free(j);
+    napi_throw_range_error(env, NULL, "readObject: bad hash");
+    return NULL;
   }
   j->want_size = size;
   napi_create_promise(env, &j->deferred, &promise);
