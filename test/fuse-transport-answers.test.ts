@@ -1,6 +1,6 @@
 // Requests the FUSE transport answers itself, what overlayfs sends for every lower entry at each container start:
 // GETXATTR and LISTXATTR of entries without xattrs (src/fuse/native/xattrless.c; known from the flag of their listing
-// record, or from the mount at a lookup) and LOOKUP in directories whose listing it keeps (lookups.c). Every answer
+// record, or from the mount at a lookup) and LOOKUP in directories whose listing it keeps (listings-cache.c). Every answer
 // must be what the JS path gives: values of entries with xattrs (stored ones, an opaque directory's
 // trusted.overlay.opaque) untouched, ENODATA and empty lists for the rest, stat and inode numbers as GNU tar's
 // extraction and the listings show them, ENOENT for names not there.

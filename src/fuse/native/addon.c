@@ -1,5 +1,5 @@
-// The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
-// dirPage, readStats, fileAhead, fileBytesAhead, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, keepListing,
+// listingStats, dirPage, readStats, fileAhead, fileBytesAhead, noXattr*, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
@@ -59,7 +59,8 @@ static void deliver(session_t *s, request_t *r) {
 
 static void finished(session_t *s) { napi_release_threadsafe_function((napi_threadsafe_function)s->owner, napi_tsfn_release); }
 
-// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow,nativeReads}, handler).
+// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow,nativeReads,
+// listingBudget}, handler).
 // options is a comma list: ro, suid/nosuid and dev/nodev become mount flags (nosuid,nodev unless named), the rest is data.
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 5;
@@ -71,9 +72,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
   CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
   CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
-  uint32_t lim[7] = {1 << 20, 256, 64, 0, 1, 0, 0};
-  const char *names[7] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow", "nativeReads"};
-  for (int i = 0; i < 7; i++) {
+  uint32_t lim[8] = {1 << 20, 256, 64, 0, 1, 0, 0, (uint32_t)LISTINGS_BUDGET};
+  const char *names[8] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow", "nativeReads", "listingBudget"};
+  for (int i = 0; i < 8; i++) {
     napi_value v;
     bool has = false;
     CHECK(napi_has_named_property(env, argv[3], names[i], &has));
@@ -91,6 +92,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->ttl = lim[4];
   s->uncached_below = lim[5];
   s->native_reads = lim[6] != 0;
+  s->listings.budget = lim[7];
   s->deliver = deliver;
   s->finished = finished;
 
@@ -236,21 +238,24 @@ static napi_value js_dir_page(napi_env env, napi_callback_info info) {
   return ret;
 }
 
-// dirAhead(session, nodeid, block, base): hand a listing to the reader thread before the kernel asks for it (copied).
-static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+// keepListing(session, nodeid, block, base, ahead) -> kept: keep a directory's listing in the transport (copied once),
+// which answers LOOKUPs in it and, handed ahead (ahead true), the kernel's next READDIR of it (listings-cache.c).
+static napi_value js_keep_listing(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], ret;
   session_t *s;
   uint8_t *blk;
   size_t blen;
   double nodeid, base;
+  bool ahead;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
   CHECK(napi_get_value_double(env, argv[3], &base));
-  session_dir_ahead(s, (uint64_t)nodeid, blk, blen, (uint64_t)base);
-  return NULL;
+  CHECK(napi_get_value_bool(env, argv[4], &ahead));
+  CHECK(napi_get_boolean(env, session_listing_keep(s, (uint64_t)nodeid, blk, blen, (uint64_t)base, ahead) != 0, &ret));
+  return ret;
 }
 
 // fileAhead(session, nodeid, chunkPath, size, sha256: Buffer(32)): a one-chunk file the kernel may open next (see
@@ -344,31 +349,20 @@ static napi_value js_xattrs_answered(napi_env env, napi_callback_info info) {
   return ret;
 }
 
-// dirLookups(session, nodeid, block, base): keep a directory's listing so the transport answers LOOKUPs in it (lookups.c).
-static napi_value js_dir_lookups(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  session_t *s;
-  uint8_t *blk;
-  size_t blen;
-  double nodeid, base;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_get_value_double(env, argv[1], &nodeid));
-  CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
-  CHECK(napi_get_value_double(env, argv[3], &base));
-  session_lookup_keep(s, (uint64_t)nodeid, blk, blen, (uint64_t)base);
-  return NULL;
-}
-
-// lookupsAnswered(session) -> LOOKUPs the transport answered itself.
-static napi_value js_lookups_answered(napi_env env, napi_callback_info info) {
+// listingStats(session) -> [listings kept, their bytes, dropped for the budget, LOOKUPs answered from them].
+static napi_value js_listing_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1], ret;
+  napi_value argv[1], ret, v;
   session_t *s;
+  double st[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->lk_answered, __ATOMIC_RELAXED), &ret));
+  listings_stats(s, st);
+  CHECK(napi_create_array_with_length(env, 4, &ret));
+  for (uint32_t i = 0; i < 4; i++) {
+    CHECK(napi_create_double(env, st[i], &v));
+    CHECK(napi_set_element(env, ret, i, v));
+  }
   return ret;
 }
 
@@ -387,7 +381,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
       {"openReply", NULL, js_open_reply, NULL, NULL, NULL, napi_default, NULL},
       {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
-      {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"keepListing", NULL, js_keep_listing, NULL, NULL, NULL, napi_default, NULL},
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
       {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
@@ -395,8 +389,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"noXattr", NULL, js_no_xattr, NULL, NULL, NULL, napi_default, NULL},
       {"noXattrListing", NULL, js_no_xattr_listing, NULL, NULL, NULL, napi_default, NULL},
       {"xattrsAnswered", NULL, js_xattrs_answered, NULL, NULL, NULL, napi_default, NULL},
-      {"dirLookups", NULL, js_dir_lookups, NULL, NULL, NULL, napi_default, NULL},
-      {"lookupsAnswered", NULL, js_lookups_answered, NULL, NULL, NULL, napi_default, NULL},
+      {"listingStats", NULL, js_listing_stats, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
