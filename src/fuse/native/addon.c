@@ -21,6 +21,27 @@
     }                                                                             \
   } while (0)
 
+// The arguments of a call whose first is a session: argv[n] and s declared and filled (else it throws and returns).
+#define SESSION_ARGS(n)                                                           \
+  napi_value argv[n];                                                             \
+  session_t *s;                                                                   \
+  do {                                                                            \
+    size_t argc_ = (n);                                                           \
+    CHECK(napi_get_cb_info(env, info, &argc_, argv, NULL, NULL));                 \
+    CHECK(napi_get_value_external(env, argv[0], (void **)&s));                    \
+  } while (0)
+
+// [v[0], ..., v[n-1]] as a JS array of numbers (the transport's counters).
+static napi_value numbers(napi_env env, const double *v, uint32_t n) {
+  napi_value ret, x;
+  CHECK(napi_create_array_with_length(env, n, &ret));
+  for (uint32_t i = 0; i < n; i++) {
+    CHECK(napi_create_double(env, v[i], &x));
+    CHECK(napi_set_element(env, ret, i, x));
+  }
+  return ret;
+}
+
 static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   request_t *r = (request_t *)data;
   (void)context;
@@ -171,27 +192,22 @@ static napi_value js_open_reply(napi_env env, napi_callback_info info) {
   return ret;
 }
 
-// forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
-static napi_value js_forget_node(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  session_t *s;
+// (session, nodeid) -> undefined: fn(session, nodeid).
+static napi_value node_call(napi_env env, napi_callback_info info, void (*fn)(session_t *, uint64_t)) {
+  SESSION_ARGS(2);
   double nodeid;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
-  session_forget_node(s, (uint64_t)nodeid);
+  fn(s, (uint64_t)nodeid);
   return NULL;
 }
 
+// forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
+static napi_value js_forget_node(napi_env env, napi_callback_info info) { return node_call(env, info, session_forget_node); }
+
 // dirEof(session, nodeid, offset): the listing of this immutable directory ends at offset.
 static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  session_t *s;
+  SESSION_ARGS(3);
   double nodeid, off;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_value_double(env, argv[2], &off));
   session_set_eof(s, (uint64_t)nodeid, (uint64_t)off);
@@ -241,15 +257,12 @@ static napi_value js_dir_page(napi_env env, napi_callback_info info) {
 // keepListing(session, nodeid, block, base, ahead) -> kept: keep a directory's listing in the transport (copied once),
 // which answers LOOKUPs in it and, handed ahead (ahead true), the kernel's next READDIR of it (listings-cache.c).
 static napi_value js_keep_listing(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], ret;
-  session_t *s;
+  SESSION_ARGS(5);
+  napi_value ret;
   uint8_t *blk;
   size_t blen;
   double nodeid, base;
   bool ahead;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
   CHECK(napi_get_value_double(env, argv[3], &base));
@@ -296,42 +309,20 @@ static napi_value js_file_bytes_ahead(napi_env env, napi_callback_info info) {
 
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ret, v;
-  session_t *s;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_create_array_with_length(env, 2, &ret));
-  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->native_read_reqs, __ATOMIC_RELAXED), &v));
-  CHECK(napi_set_element(env, ret, 0, v));
-  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->native_read_bytes, __ATOMIC_RELAXED), &v));
-  CHECK(napi_set_element(env, ret, 1, v));
-  return ret;
+  SESSION_ARGS(1);
+  double v[2] = {(double)__atomic_load_n(&s->native_read_reqs, __ATOMIC_RELAXED), (double)__atomic_load_n(&s->native_read_bytes, __ATOMIC_RELAXED)};
+  return numbers(env, v, 2);
 }
 
 // noXattr(session, nodeid): the node has no xattrs: the transport answers its GETXATTR/LISTXATTR (xattrless.c).
-static napi_value js_no_xattr(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  session_t *s;
-  double nodeid;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_get_value_double(env, argv[1], &nodeid));
-  session_set_noxattr(s, (uint64_t)nodeid);
-  return NULL;
-}
+static napi_value js_no_xattr(napi_env env, napi_callback_info info) { return node_call(env, info, session_set_noxattr); }
 
 // noXattrListing(session, block, base): the entries of a listing flagged as having no xattrs (see noXattr).
 static napi_value js_no_xattr_listing(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  session_t *s;
+  SESSION_ARGS(3);
   uint8_t *blk;
   size_t blen;
   double base;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_buffer_info(env, argv[1], (void **)&blk, &blen));
   CHECK(napi_get_value_double(env, argv[2], &base));
   if (base >= 0) session_noxattr_listing(s, blk, blen, (uint64_t)base);
@@ -340,30 +331,18 @@ static napi_value js_no_xattr_listing(napi_env env, napi_callback_info info) {
 
 // xattrsAnswered(session) -> GETXATTR/LISTXATTR requests the transport answered itself.
 static napi_value js_xattrs_answered(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ret;
-  session_t *s;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  SESSION_ARGS(1);
+  napi_value ret;
   CHECK(napi_create_double(env, (double)__atomic_load_n(&s->noxattr_answered, __ATOMIC_RELAXED), &ret));
   return ret;
 }
 
 // listingStats(session) -> [listings kept, their bytes, dropped for the budget, LOOKUPs answered from them].
 static napi_value js_listing_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ret, v;
-  session_t *s;
+  SESSION_ARGS(1);
   double st[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   listings_stats(s, st);
-  CHECK(napi_create_array_with_length(env, 4, &ret));
-  for (uint32_t i = 0; i < 4; i++) {
-    CHECK(napi_create_double(env, st[i], &v));
-    CHECK(napi_set_element(env, ret, i, v));
-  }
-  return ret;
+  return numbers(env, st, 4);
 }
 
 void readverify_init(napi_env env, napi_value exports);
