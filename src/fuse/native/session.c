@@ -1,6 +1,6 @@
 // The protocol session: one reader thread per mount takes the kernel's requests from /dev/fuse and answers the
-// bookkeeping ones itself (INIT, OPEN, OPENDIR, RELEASE, FLUSH, writes with EROFS, listings handed ahead, reads past a
-// listing's end); the rest are delivered, raw, to the session's owner (addon.c: the JS thread), which answers with
+// bookkeeping ones itself (INIT, OPEN, OPENDIR, RELEASE, FLUSH, writes with EROFS, reads past a listing's end; READDIR
+// and LOOKUP from the listings it keeps, listings-cache.c; reads, fileread.c; xattrs, xattrless.c); the rest are delivered, raw, to the session's owner (addon.c: the JS thread), which answers with
 // session_reply, a writev of its buffers (zero copy). Also the per-node open table (FUSE passthrough backing files).
 #include "thinfuse.h"
 #include <errno.h>
