@@ -18,11 +18,11 @@
 #include <unistd.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "../../util/native/asyncjob.h"
 #include "../../util/native/hexdigest.h"
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   char *path;
   size_t size;
   unsigned char want[32];
@@ -95,8 +95,7 @@ static void ov_execute(napi_env env, void *arg) {
 }
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   int fd;
   uint64_t start, end;
   unsigned char *ranges;  // n records of offset u64le, size u64le, sha256[32]: sorted, inside [start, end)
@@ -156,10 +155,7 @@ out:
 
 static void vr_complete(napi_env env, napi_status status, void *arg) {
   vr_job_t *j = (vr_job_t *)arg;
-  napi_value v;
-  napi_create_int32(env, status == napi_ok ? j->result : -EIO, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : -EIO);
   free(j->ranges);
   free(j);
 }
@@ -167,7 +163,7 @@ static void vr_complete(napi_env env, napi_status status, void *arg) {
 // verifyRanges(fd, start, end, ranges: Buffer) -> Promise<0 | -errno>. The caller keeps fd open until it resolves.
 static napi_value js_verify_ranges(napi_env env, napi_callback_info info) {
   size_t argc = 4;
-  napi_value argv[4], promise, name;
+  napi_value argv[4], promise;
   int32_t fd = -1;
   double start = -1, end = -1;
   void *data = NULL;
@@ -189,43 +185,26 @@ static napi_value js_verify_ranges(napi_env env, napi_callback_info info) {
   j->start = (uint64_t)start;
   j->end = (uint64_t)end;
   j->n = len / VR_REC;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.verifyRanges", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, vr_execute, vr_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.verifyRanges", NULL, vr_execute, vr_complete))) { free(j->ranges); free(j); }
   return promise;
 }
 
 static void ov_complete(napi_env env, napi_status status, void *arg) {
   rv_job_t *j = (rv_job_t *)arg;
-  napi_value v;
-  if (status == napi_ok && j->result == 0) napi_create_int32(env, j->fd, &v);
+  if (status == napi_ok && j->result == 0) async_job_settle_int(env, &j->job, j->fd);
   else {
     if (j->fd >= 0) close(j->fd);
-    napi_create_int32(env, j->result ? j->result : -EIO, &v);
+    async_job_settle_int(env, &j->job, j->result ? j->result : -EIO);
   }
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
   free(j->path);
   free(j);
-}
-
-static void rv_free_data(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
-  free(data);
 }
 
 static void rv_complete(napi_env env, napi_status status, void *arg) {
   rv_job_t *j = (rv_job_t *)arg;
   napi_value v;
-  if (status == napi_ok && j->result == 0) {
-    if (napi_create_external_buffer(env, j->size, j->data, rv_free_data, NULL, &v) == napi_ok) j->data = NULL;
-    else napi_create_int32(env, -ENOMEM, &v);
-  } else {
-    napi_create_int32(env, j->result ? j->result : -EIO, &v);
-  }
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+  if (status == napi_ok && j->result == 0 && async_job_take_bytes(env, (void **)&j->data, j->size, &v) == 0) async_job_settle(env, &j->job, v);
+  else async_job_settle_int(env, &j->job, status == napi_ok && j->result == 0 ? -ENOMEM : j->result ? j->result : -EIO);
   free(j->data);
   free(j->path);
   free(j);
@@ -235,7 +214,7 @@ static void rv_complete(napi_env env, napi_status status, void *arg) {
 // openVerified(path, size, sha256hex | "") -> Promise<fd | -errno>: "" checks the size only (the caller closes fd).
 static napi_value start_job(napi_env env, napi_callback_info info, int open_only) {
   size_t argc = 3;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
     napi_throw_type_error(env, NULL, "readVerified/openVerified(path, size, sha256hex)");
     return NULL;
@@ -261,10 +240,9 @@ static napi_value start_job(napi_env env, napi_callback_info info, int open_only
     return NULL;
   }
   j->size = (size_t)size;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, open_only ? "thinfs.openVerified" : "thinfs.readVerified", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, open_only ? ov_execute : rv_execute, open_only ? ov_complete : rv_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  promise = open_only ? async_job_start(env, &j->job, "thinfs.openVerified", NULL, ov_execute, ov_complete)
+                      : async_job_start(env, &j->job, "thinfs.readVerified", NULL, rv_execute, rv_complete);
+  if (!promise) { free(j->path); free(j); }
   return promise;
 }
 
@@ -272,9 +250,7 @@ static napi_value js_read_verified(napi_env env, napi_callback_info info) { retu
 static napi_value js_open_verified(napi_env env, napi_callback_info info) { return start_job(env, info, 1); }
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
-  napi_ref data_ref;
+  async_job_t job;  // keeps data alive
   const unsigned char *data;
   size_t len;
   char *tmp, *dest;
@@ -306,11 +282,7 @@ static void wa_execute(napi_env env, void *arg) {
 
 static void wa_complete(napi_env env, napi_status status, void *arg) {
   wa_job_t *j = (wa_job_t *)arg;
-  napi_value v;
-  napi_create_int32(env, status == napi_ok ? j->result : -EIO, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_reference(env, j->data_ref);
-  napi_delete_async_work(env, j->work);
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : -EIO);
   free(j->tmp);
   free(j->dest);
   free(j);
@@ -327,7 +299,7 @@ static char *str_arg(napi_env env, napi_value v) {
 // writeAtomic(tmp, dest, data: Buffer) -> Promise<0 | -errno>. data must not change until it settles.
 static napi_value js_write_atomic(napi_env env, napi_callback_info info) {
   size_t argc = 3;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   bool isbuf = false;
   void *data = NULL;
   size_t len = 0;
@@ -345,11 +317,7 @@ static napi_value js_write_atomic(napi_env env, napi_callback_info info) {
   }
   j->data = data;
   j->len = len;
-  napi_create_reference(env, argv[2], 1, &j->data_ref);
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.writeAtomic", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, wa_execute, wa_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.writeAtomic", argv[2], wa_execute, wa_complete))) { free(j->tmp); free(j->dest); free(j); }
   return promise;
 }
 
