@@ -17,6 +17,7 @@ import { readU64 } from '../format/listing.js';
 import { StatsReporter } from './stats.js';
 import { UNCACHED_BELOW } from './node-ids.js';
 import { Prefetcher } from './prefetch.js';
+import { LayerTrigger } from './layer-trigger.js';
 
 const execFileP = promisify(execFile);
 
@@ -185,7 +186,12 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   // Not awaited: the process touching the image goes on while the traced chunks arrive.
   // A traced image's catalogs are fetched at its first touch, alongside its trace, and ahead of the trace's chunks.
   ns.onImage = (img) => void prefetcher.replay(img.desc, () => ns.imageLayers(img));
-  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt }, prefetcher);
+  // podman over layers/ (its generated image store) never touches images/: the lookup of a traced image's top layer
+  // starts the same replay, through the same Image (so images/ and layers/ together still replay it once).
+  const trigger = new LayerTrigger(store, log, (name) => ns.image(name));
+  ns.onLayerDir = (name) => trigger.touched(name);
+  trigger.warm();
+  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt }, prefetcher, trigger);
   return { store, cache, fs, stats, prefetcher };
 }
 

@@ -71,6 +71,8 @@ export class Namespace {
   layersLoaded = 0;
   /** Told of each image the first time this mount touches it (the daemon replays its prefetch trace). */
   onImage: ((img: Image) => void) | null = null;
+  /** Told of each lookup of layers/<name> (podman's overlay over the layers: the daemon replays the trace of an image whose top layer it is). */
+  onLayerDir: ((name: string) => void) | null = null;
 
   constructor(private readonly store: Store, private readonly cache: NodeCache, private readonly log: Logger) {}
 
@@ -207,6 +209,8 @@ export class Namespace {
           return null;
         }
         if (parent.what === 'layers') {
+          // Before the catalog loads: a replay it starts runs beside that fetch.
+          this.onLayerDir?.(name);
           const hex = parseLayerDirName(name);
           const l = hex ? await this.loadedLayer(hex) : null;
           return l ? { k: 'entry', layer: l, inode: l.catalog!.root(), inImage: null } : null;

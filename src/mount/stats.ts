@@ -7,6 +7,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinFs } from './ops.js';
 import type { Prefetcher, PrefetchCounters } from './prefetch.js';
+import type { LayerTrigger, LayerTriggerCounters } from './layer-trigger.js';
 import type { Logger } from '../util/log.js';
 
 export interface MountStats {
@@ -14,11 +15,12 @@ export interface MountStats {
   layersLoaded: number;
   cache: NodeCache['counters'] & { dir: string; quota: number; usedBytes: number; usedObjects: number; memBytes: number; assembling: number };
   ops: ThinFs['counters'];
-  /** Trace replay and file-ahead fetches: hits (prefetched, then read) and waste (prefetched, not read yet). */
-  prefetch: PrefetchCounters;
+  /** Trace replay and file-ahead fetches: hits (prefetched, then read) and waste (prefetched, not read yet); replays started by a layer touch. */
+  prefetch: PrefetchCounters & LayerTriggerCounters;
 }
 
 const EMPTY_PREFETCH: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0 };
+const EMPTY_TRIGGER: LayerTriggerCounters = { layerTriggers: 0, layerLowerSkips: 0, layerIndexBuilds: 0 };
 
 /** One snapshot feeds the stats file, the /stats endpoint and the Prometheus collectors. */
 export class StatsReporter {
@@ -30,7 +32,7 @@ export class StatsReporter {
 
   constructor(private readonly fs: ThinFs, private readonly cache: NodeCache, private readonly o: {
     store: string; mountpoint: string; cacheDir: string; statsFile: string | null; log: Logger; startedAt: number;
-  }, private readonly prefetcher: Prefetcher | null = null) {
+  }, private readonly prefetcher: Prefetcher | null = null, private readonly trigger: LayerTrigger | null = null) {
     collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_' });
     const snap = () => this.snapshot();
     // Counters are read from the live objects at scrape time (delta since the last scrape).
@@ -89,6 +91,8 @@ export class StatsReporter {
     counter('thinfs_fuse_listings_evicted_total', 'Listings the transport dropped for its byte budget (least recently used)', (s) => s.ops.listingsEvicted);
     counter('thinfs_prefetch_fetched_total', 'Chunks prefetch (trace replay, file-ahead) brought from the store', (s) => s.prefetch.fetched);
     counter('thinfs_prefetch_hits_total', 'Prefetched chunks a reader then asked for', (s) => s.prefetch.hits);
+    counter('thinfs_prefetch_traces_total', 'Prefetch traces replayed (first touch of the image or of its top layer)', (s) => s.prefetch.traces);
+    counter('thinfs_prefetch_layer_triggers_total', 'Trace replays started by the touch of an image\'s top layer (podman over layers/)', (s) => s.prefetch.layerTriggers);
     counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
     gauge('thinfs_prefetch_waste_chunks', 'Prefetched chunks no reader has asked for (yet)', (s) => s.prefetch.waste);
     gauge('thinfs_fuse_listings_kept', 'Directory listings the transport keeps (for READDIR ahead and LOOKUP)', (s) => s.ops.listingsKept);
@@ -108,7 +112,7 @@ export class StatsReporter {
       layersLoaded: this.fs.ns.layersLoaded,
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
       ops: { ...this.fs.syncNativeCounters(), xattrsByTransport: this.fs.xattrsByTransport(), requests: structuredClone(this.fs.counters.requests) },
-      prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH) },
+      prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH), ...(this.trigger?.counters ?? EMPTY_TRIGGER) },
     };
   }
 

@@ -1,0 +1,136 @@
+// Trace replay started from layers/<hex>: podman running a thin image natively (src/podman/image-store.ts) mounts an
+// overlay over the mount's layer directories and never goes through images/, so the image's first touch is the
+// lookup of its top layer (overlayfs resolves its lower directories top first; the top one is the image's own).
+// Owns the index of the store's images by top layer (traced ones only) and the rule deciding which touch starts
+// which replay; the replay itself is the Prefetcher's, the same one as images/ starts (once per image per mount).
+import type { Store } from '../store/store.js';
+import type { ThinImage } from '../format/descriptor.js';
+import type { Logger } from '../util/log.js';
+import { parseLayerDirName } from './names.js';
+
+/** An index older than this is rebuilt at the next touch of a layer it does not know (a newly published image). */
+const UNKNOWN_REBUILD_MS = 1000;
+/** And rebuilt at any touch once this old (a descriptor replaced under the same name, a trace attached or detached). */
+const STALE_MS = 30_000;
+/**
+ * overlayfs resolves all of a mount's lower directories within one mount(2) call: a layer touched this soon after a
+ * layer above it in some image is being mounted as that image's lower layer, not as an image of its own.
+ */
+export const STACK_WINDOW_MS = 2000;
+/** Distinct traces one top layer starts at most (images differing only in config, each with its own trace). */
+export const MAX_TRACES_PER_LAYER = 4;
+/** Descriptors fetched at once while indexing. */
+const INDEX_PARALLEL = 8;
+
+interface Index {
+  at: number;
+  revision: number | null;
+  /** Top layer hex -> the traced images whose top layer it is (newest first). */
+  tops: Map<string, ThinImage[]>;
+  /** Layer hex -> the layers above it in some image (any image, traced or not). */
+  above: Map<string, Set<string>>;
+  /** Every layer some image names. */
+  known: Set<string>;
+}
+
+export interface LayerTriggerCounters {
+  /** Touches of a traced image's top layer that started its replay. */
+  layerTriggers: number;
+  /** Touches of a traced image's top layer made while a taller image was being mounted over it (nothing started). */
+  layerLowerSkips: number;
+  /** Times the store's images were indexed by top layer. */
+  layerIndexBuilds: number;
+}
+
+export class LayerTrigger {
+  readonly counters: LayerTriggerCounters = { layerTriggers: 0, layerLowerSkips: 0, layerIndexBuilds: 0 };
+  private index: Index | null = null;
+  private building: Promise<Index> | null = null;
+  /** When each layer directory was last looked up (only the last STACK_WINDOW_MS matter). */
+  private readonly touchedAt = new Map<string, number>();
+
+  /** `start` replays the named image's trace (the daemon: the Namespace's image(), which tells the Prefetcher). */
+  constructor(private readonly store: Store, private readonly log: Logger, private readonly start: (name: string) => Promise<unknown>) {}
+
+  /** Built ahead (at mount start) so the first container's touch does not wait for the listing. */
+  warm(): void { void this.current(false).catch((e: unknown) => this.log.warn({ err: e }, 'cannot index the store\'s images by top layer')); }
+
+  /** A lookup of layers/<name> reached the daemon. Never throws; never holds the lookup up. */
+  touched(name: string): void {
+    const hex = parseLayerDirName(name);
+    if (!hex) return;
+    const now = Date.now();
+    for (const [h, t] of this.touchedAt) if (now - t > STACK_WINDOW_MS) this.touchedAt.delete(h);
+    this.touchedAt.set(hex, now);
+    void this.decide(hex, now).catch((e: unknown) => this.log.warn({ err: e, layer: hex }, 'prefetch trace not started for a layer touch'));
+  }
+
+  private async decide(hex: string, at: number): Promise<void> {
+    let idx = await this.current(false);
+    if (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS) idx = await this.current(true);
+    const images = idx.tops.get(hex);
+    if (!images?.length) return;
+    // A layer above this one (in some image) was looked up just before: this is a lower layer of that image's stack.
+    for (const up of idx.above.get(hex) ?? []) {
+      const t = this.touchedAt.get(up);
+      if (t !== undefined && t <= at && at - t <= STACK_WINDOW_MS) {
+        this.counters.layerLowerSkips++;
+        this.log.debug({ layer: hex, above: up }, 'top layer touched as a lower layer of a taller image: no replay');
+        return;
+      }
+    }
+    // Several images on one top layer: each distinct trace once (chunks they share are fetched once), bounded.
+    const seen = new Set<string>();
+    for (const d of images) {
+      const key = d.trace!.sha256;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      if (seen.size > MAX_TRACES_PER_LAYER) {
+        this.log.info({ layer: hex, images: images.length }, 'more traced images on one top layer than are replayed; newest first');
+        break;
+      }
+      this.counters.layerTriggers++;
+      this.log.info({ layer: hex, image: d.name }, 'top layer of a traced image touched: replaying its trace');
+      await this.start(d.name).catch((e: unknown) => this.log.warn({ err: e, image: d.name }, 'prefetch trace not started'));
+    }
+  }
+
+  /** The index, rebuilt when asked, when the signed manifest moved to another revision, or when stale. */
+  private current(force: boolean): Promise<Index> {
+    const rev = this.store.trust?.current?.revision ?? null;
+    const idx = this.index;
+    if (!force && idx && idx.revision === rev && Date.now() - idx.at < STALE_MS) return Promise.resolve(idx);
+    this.building ??= this.build(rev).then((i) => { this.index = i; return i; }).finally(() => { this.building = null; });
+    return this.building;
+  }
+
+  private async build(revision: number | null): Promise<Index> {
+    const names = await this.store.listImages();
+    const descs: ThinImage[] = [];
+    for (let i = 0; i < names.length; i += INDEX_PARALLEL) {
+      const got = await Promise.all(names.slice(i, i + INDEX_PARALLEL).map((n) => this.store.getImage(n).catch((e: unknown) => {
+        this.log.debug({ err: e, image: n }, 'descriptor not indexed');
+        return null;
+      })));
+      for (const d of got) if (d && Array.isArray(d.layers) && d.layers.length) descs.push(d);
+    }
+    const idx: Index = { at: Date.now(), revision, tops: new Map(), above: new Map(), known: new Set() };
+    for (const d of descs) {
+      const hexes = d.layers.map((l) => parseLayerDirName(l.diffId));
+      if (hexes.some((h) => !h)) continue;
+      hexes.forEach((h, i) => {
+        idx.known.add(h!);
+        const up = idx.above.get(h!) ?? new Set<string>();
+        for (const u of hexes.slice(i + 1)) up.add(u!);
+        idx.above.set(h!, up);
+      });
+      if (d.trace === undefined) continue;
+      const top = hexes[hexes.length - 1]!;
+      idx.tops.set(top, [...(idx.tops.get(top) ?? []), d]);
+    }
+    // Newest first: when more traces share a top layer than are replayed, the likeliest to run go first.
+    for (const list of idx.tops.values()) list.sort((a, b) => String(b.created ?? '').localeCompare(String(a.created ?? '')) || a.name.localeCompare(b.name));
+    this.counters.layerIndexBuilds++;
+    return idx;
+  }
+}
