@@ -157,3 +157,33 @@ test('podman run REF of an image with a trace: the top layer\'s first touch repl
   assert.equal(p.fetched, trace.chunks.length, 'a fresh cache: every traced chunk fetched');
   await stop(direct);
 });
+
+test('an image whose top layer is another image\'s base: its trace replays when it runs, not when the taller image is mounted over that layer', { timeout: 600_000 }, async (t) => {
+  if (skip) { t.skip(skip); return; }
+  await publish('trbase:v1', [hex.base]);
+  // trapp's trace, kept to the base layer's chunks (sh, sha256sum): what trbase's start reads.
+  await thinfsOk(['trace', 'attach', '-s', store, 'trbase:v1', path.join(work, 'trapp.trace'), '--level', '0']);
+  await runOk(process.execPath, [THINFS_MAIN, 'podman-store', store, mp, imageStore]);
+
+  // trapp's overlay looks up the app layer, then the base layer: the base's touch belongs to trapp's stack.
+  const m = await mount('stack');
+  await runApp();
+  const p = (await waitFor(async () => { const x = await prefetchOf(m); return x.tracesDone >= 1 ? x : undefined; }, 60_000, 50, 'trace replayed'))!;
+  await new Promise((r) => setTimeout(r, 500));
+  const q = await prefetchOf(m);
+  assert.equal(q.traces, 1, `only trapp's trace: ${JSON.stringify(q)}`);
+  assert.equal(q.layerTriggers, 1);
+  assert.equal(q.layerLowerSkips, 1, 'the base layer was touched as trapp\'s lower layer');
+  assert.equal(q.fetched, p.fetched);
+  await stop(m);
+
+  // Run on its own, trbase's top layer (the base) starts its trace.
+  const b = await mount('base-image');
+  assert.match(await pod!.podmanOk(['run', '--rm', '--network=none', 'localhost/trbase:v1', '/usr/bin/sh', '-c', 'sha256sum /usr/bin/true']), /\/usr\/bin\/true$/m);
+  const r = (await waitFor(async () => { const x = await prefetchOf(b); return x.tracesDone >= 1 ? x : undefined; }, 20_000, 50, 'trbase trace replayed').catch(async (e: unknown) => { throw new Error(`${String(e)}: ${JSON.stringify(await prefetchOf(b))}\n${b.stderr().slice(-3000)}`); }))!;
+  assert.equal(r.layerTriggers, 1, JSON.stringify(r));
+  assert.equal(r.layerLowerSkips, 0);
+  // (Its chunks may already be local when it starts, after STACK_WAIT_MS: the base layer is one pack, fetched whole by sh's first read.)
+  assert.equal(r.traces, 1, JSON.stringify(r));
+  await stop(b);
+});

@@ -6,6 +6,7 @@
 import type { Store } from '../store/store.js';
 import type { ThinImage } from '../format/descriptor.js';
 import type { Logger } from '../util/log.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseLayerDirName } from './names.js';
 
 /** An index older than this is rebuilt at the next touch of a layer it does not know (a newly published image). */
@@ -13,10 +14,16 @@ const UNKNOWN_REBUILD_MS = 1000;
 /** And rebuilt at any touch once this old (a descriptor replaced under the same name, a trace attached or detached). */
 const STALE_MS = 30_000;
 /**
- * overlayfs resolves all of a mount's lower directories within one mount(2) call: a layer touched this soon after a
- * layer above it in some image is being mounted as that image's lower layer, not as an image of its own.
+ * A container start looks up all of its image's layers within a moment (podman measured: the base first, then the
+ * overlay mount's top-first walk, ~30 ms apart): a layer touched this close (either side) to a layer above it in some
+ * image is being used as that image's lower layer, not as an image of its own.
  */
 export const STACK_WINDOW_MS = 2000;
+/**
+ * A traced image's top layer that other images stack on: its replay waits this long for a layer above it to be
+ * touched (then nothing starts). Layers nothing stacks on start at once.
+ */
+export const STACK_WAIT_MS = 1000;
 /** Distinct traces one top layer starts at most (images differing only in config, each with its own trace). */
 export const MAX_TRACES_PER_LAYER = 4;
 /** Descriptors fetched at once while indexing. */
@@ -60,7 +67,7 @@ export class LayerTrigger {
     const hex = parseLayerDirName(name);
     if (!hex) return;
     const now = Date.now();
-    for (const [h, t] of this.touchedAt) if (now - t > STACK_WINDOW_MS) this.touchedAt.delete(h);
+    for (const [h, t] of this.touchedAt) if (now - t > 2 * STACK_WINDOW_MS) this.touchedAt.delete(h);
     this.touchedAt.set(hex, now);
     void this.decide(hex, now).catch((e: unknown) => this.log.warn({ err: e, layer: hex }, 'prefetch trace not started for a layer touch'));
   }
@@ -70,10 +77,14 @@ export class LayerTrigger {
     if (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS) idx = await this.current(true);
     const images = idx.tops.get(hex);
     if (!images?.length) return;
-    // A layer above this one (in some image) was looked up just before: this is a lower layer of that image's stack.
-    for (const up of idx.above.get(hex) ?? []) {
-      const t = this.touchedAt.get(up);
-      if (t !== undefined && t <= at && at - t <= STACK_WINDOW_MS) {
+    // Other images stack on this layer: one of their layers looked up around now means this is a lower layer of
+    // that image's start. Wait a moment for it (the order of a start's lookups is podman's, not to be relied on).
+    const uppers = idx.above.get(hex);
+    if (uppers?.size) {
+      const stacked = () => [...uppers].find((up) => { const t = this.touchedAt.get(up); return t !== undefined && Math.abs(t - at) <= STACK_WINDOW_MS; });
+      for (let waited = 0; !stacked() && waited < STACK_WAIT_MS; waited += 50) await sleep(50);
+      const up = stacked();
+      if (up) {
         this.counters.layerLowerSkips++;
         this.log.debug({ layer: hex, above: up }, 'top layer touched as a lower layer of a taller image: no replay');
         return;
