@@ -1,5 +1,5 @@
 // The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
-// dirPage, readStats, fileAhead, fileBytesAhead, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// dirPage, readStats, fileAhead, fileBytesAhead, chunkLanded, replyChunks, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
@@ -289,6 +289,89 @@ static napi_value js_file_bytes_ahead(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// chunkLanded(session, nodeid, nodeSize, offset, length, path, identity: Buffer(32)) -> bool: a chunk of an open node
+// is in a verified cache file (see fileread_chunk); READs it covers are answered by the reader thread from then on.
+static napi_value js_chunk_landed(napi_env env, napi_callback_info info) {
+  size_t argc = 7, l, idlen = 0;
+  napi_value argv[7], ret;
+  session_t *s;
+  double nodeid, nsize, off, len;
+  char path[4096];
+  void *id;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_value_double(env, argv[2], &nsize));
+  CHECK(napi_get_value_double(env, argv[3], &off));
+  CHECK(napi_get_value_double(env, argv[4], &len));
+  CHECK(napi_get_value_string_utf8(env, argv[5], path, sizeof(path), &l));
+  CHECK(napi_get_buffer_info(env, argv[6], &id, &idlen));
+  if (idlen != sizeof(file_id_t) || nsize < 0 || off < 0 || len <= 0 || len > 0xffffffffu || l >= sizeof(path) - 1) {
+    napi_throw_range_error(env, NULL, "chunkLanded: bad range, path or identity");
+    return NULL;
+  }
+  file_id_t fid;
+  memcpy(&fid, id, sizeof(fid));
+  int r = fileread_chunk(s, (uint64_t)nodeid, (uint64_t)nsize, (uint64_t)off, (uint32_t)len, path, &fid);
+  CHECK(napi_get_boolean(env, r == 1, &ret));
+  return ret;
+}
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  session_t *s;
+  uint64_t unique, nodeid, offset;
+  uint32_t size;
+  int result;
+} rc_job_t;
+
+// Each threadpool thread's reply buffer, made on its first such job and kept (the pool's threads live as long as the process).
+static __thread uint8_t *rc_buf;
+
+static void rc_execute(napi_env env, void *arg) {
+  rc_job_t *j = (rc_job_t *)arg;
+  (void)env;
+  if (!rc_buf) rc_buf = malloc(BUF_SIZE);
+  j->result = rc_buf ? fileread_reply_chunks(j->s, j->unique, j->nodeid, j->offset, j->size, rc_buf) : 0;
+}
+
+static void rc_complete(napi_env env, napi_status status, void *arg) {
+  rc_job_t *j = (rc_job_t *)arg;
+  napi_value v;
+  napi_create_int32(env, status == napi_ok ? j->result : 0, &v);
+  napi_resolve_deferred(env, j->deferred, v);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+// replyChunks(session, unique, nodeid, offset, size) -> Promise<1 (answered) | 0 (not: JS answers it)>: a READ JS holds,
+// answered on the threadpool from the node's landed chunks (fileread_reply_chunks).
+static napi_value js_reply_chunks(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], promise, name;
+  session_t *s;
+  double unique, nodeid, off, size;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  CHECK(napi_get_value_double(env, argv[1], &unique));
+  CHECK(napi_get_value_double(env, argv[2], &nodeid));
+  CHECK(napi_get_value_double(env, argv[3], &off));
+  CHECK(napi_get_value_double(env, argv[4], &size));
+  rc_job_t *j = calloc(1, sizeof(*j));
+  if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  j->s = s;
+  j->unique = (uint64_t)unique;
+  j->nodeid = (uint64_t)nodeid;
+  j->offset = (uint64_t)off;
+  j->size = size > BUF_SIZE ? BUF_SIZE : (uint32_t)size;
+  CHECK(napi_create_promise(env, &j->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "thinfs.replyChunks", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, rc_execute, rc_complete, j, &j->work));
+  CHECK(napi_queue_async_work(env, j->work));
+  return promise;
+}
+
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -391,6 +474,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
       {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"chunkLanded", NULL, js_chunk_landed, NULL, NULL, NULL, napi_default, NULL},
+      {"replyChunks", NULL, js_reply_chunks, NULL, NULL, NULL, napi_default, NULL},
       {"fileBytesAhead", NULL, js_file_bytes_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"noXattr", NULL, js_no_xattr, NULL, NULL, NULL, napi_default, NULL},
       {"noXattrListing", NULL, js_no_xattr_listing, NULL, NULL, NULL, napi_default, NULL},
