@@ -616,15 +616,17 @@ export class ThinFs {
       // ones they cover) itself: no chunk's bytes come through this thread. A span with a hole is served below.
       if (cr && span.length && span[0]!.offset <= pos && span.every((c, j) => j === 0 || c.offset === span[j - 1]!.offset + span[j - 1]!.size) &&
           span[span.length - 1]!.offset + span[span.length - 1]!.size >= end) {
-        const got = await Promise.all(span.map((c) => this.cache.land(c.hash, c.size, c.pack)));
-        if (got.every((g) => g !== null)) {
+        // Twice at most: a cache file found changed since it was verified (the transport let go of it) is verified
+        // again (a damaged one dropped and fetched again) and handed over anew.
+        for (let attempt = 0; attempt < 2; attempt++) {
+          const got = await Promise.all(span.map((c) => this.cache.land(c.hash, c.size, c.pack)));
+          if (!got.every((g) => g !== null)) break;
           for (let j = 0; j < span.length; j++) this.handChunk(id, i.size, h, k - span.length + j, span[j]!, got[j]!);
           this.handLanded(id, i.size, h, chunks, k);
           if (await cr.reply(unique, id, pos, rin.size) === 1) {
             this.readDone(node, h, chunks, end, t0, pos);
             return REPLIED;
           }
-          // A cache file changed since it was verified: verified again below (and landed again before it is handed).
           for (let j = 0; j < span.length; j++) { this.cache.forgetLanded(span[j]!.hash); h.handed?.delete(k - span.length + j); }
         }
       }
