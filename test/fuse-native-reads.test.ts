@@ -237,7 +237,7 @@ describe('cold reads', () => {
   });
 
   for (const [mode, extra] of [['without passthrough', ['--no-passthrough']], ['with passthrough', []]] as const) {
-    it(`${mode}: READs of landed chunks are answered by the transport, exact, the JS thread sees the first ones only`, async () => {
+    it(`${mode}: READs of landed chunks are answered by the transport, exact; after the fetch none reaches the JS thread`, async () => {
       const big = FILES[0]!;
       const m = await mounts.mount(`mnt-land-${extra.length}`, { cache: `cache-land-${extra.length}`, extra: [...extra] });
       const fh = await fsp.open(path.join(m.mp, 'layers', hex, big.rel), 'r');
@@ -246,9 +246,9 @@ describe('cold reads', () => {
         assert.equal(first.err, null);
         assert.equal(sha256(first.data), sha256(big.data), 'cold read exact');
         const s1 = await m.stats();
+        // How many READs of this first pass reach JS depends on the machine's speed: those that arrive before their
+        // chunks land (JS has them answered by the transport once they have).
         assert.ok(s1.cache.fetches >= 13, 'fetched from the store');
-        assert.ok(s1.ops.nativeReads > 0, `the transport answered READs of landed chunks (JS reads ${s1.ops.reads})`);
-        assert.ok(s1.ops.reads < 13, `the JS thread answered only the READs that came before their chunks landed (${s1.ops.reads})`);
         // Again through the same open, page cache dropped: every READ is answered by the transport, none by JS.
         await dropPages();
         const again = await readFrom(fh, big.data.length);
