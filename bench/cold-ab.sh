@@ -2,7 +2,7 @@
 # Paired A/B of cold sequential reads between thinfs builds (issue 14: cold sequential from a local store): one store
 # of a 512 MiB incompressible file; each round, alternating builds, a fresh daemon on an empty cache, page cache
 # dropped, then `dd bs=1M` of the file through the mount. Prints every sample and the medians. On a machine loaded by
-# other work only neighbouring runs compare, hence the alternation.
+# other work only neighbouring runs compare, hence the alternation. Each sample also prints the daemon's CPU seconds.
 # Usage (root): bench/cold-ab.sh ROUNDS NAME=BUILD_DIR [NAME=BUILD_DIR...]   (BUILD_DIR: a built checkout)
 # COLD_AB_ARGS: extra mount arguments (e.g. --no-passthrough).
 set -euo pipefail
@@ -32,9 +32,11 @@ for r in $(seq "$rounds"); do
     t0=$(date +%s.%N)
     dd if="$mp/layers/$hex/big/large.bin" of=/dev/null bs=1M status=none
     t1=$(date +%s.%N)
+    # The daemon's CPU time (user + system, since its start): steadier than the rate on a shared machine.
+    cpu=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/${pids[0]}/stat")
     kill "${pids[0]}"; wait "${pids[0]}" || true; pids=()
     mbs=$(echo "536.870912 / ($t1 - $t0)" | bc -l)
-    printf '%s round %d: %.0f MB/s\n' "$name" "$r" "$mbs"
+    printf '%s round %d: %.0f MB/s, daemon CPU %.2f s\n' "$name" "$r" "$mbs" "$cpu"
     samples[$name]="${samples[$name]:-} $mbs"
   done
 done

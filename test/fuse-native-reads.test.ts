@@ -265,6 +265,21 @@ describe('cold reads', () => {
     });
   }
 
+  it('with --no-native-reads cold READs are answered by the JS thread (the counters above are the feature)', async () => {
+    const big = FILES[0]!;
+    const m = await mount('mnt-land-off', 'cache-land-off', ['--no-native-reads']);
+    const fh = await fsp.open(path.join(m.mp, 'layers', hex, big.rel), 'r');
+    try {
+      assert.equal(sha256((await readFrom(fh, big.data.length)).data), sha256(big.data));
+      const s = await m.stats();
+      assert.equal(s.ops.nativeReads, 0);
+      assert.ok(s.ops.reads >= 13);
+    } finally {
+      await fh.close();
+      await stop(m);
+    }
+  });
+
   it('a landed chunk file changed after its fetch is verified again: exact bytes, never the changed ones', async () => {
     const big = FILES[0]!;
     const refs = await chunkRefsOf(big.rel);
