@@ -364,7 +364,7 @@ static napi_value js_reply_chunks(napi_env env, napi_callback_info info) {
   j->unique = (uint64_t)unique;
   j->nodeid = (uint64_t)nodeid;
   j->offset = (uint64_t)off;
-  j->size = size > BUF_SIZE ? BUF_SIZE : (uint32_t)size;
+  j->size = size > BUF_SIZE ? BUF_SIZE + 1 : (uint32_t)size;  // too big: answered by JS (fileread_reply_chunks says 0)
   CHECK(napi_create_promise(env, &j->deferred, &promise));
   CHECK(napi_create_string_utf8(env, "thinfs.replyChunks", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_create_async_work(env, NULL, name, rc_execute, rc_complete, j, &j->work));

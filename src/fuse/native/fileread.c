@@ -224,7 +224,7 @@ int fileread_chunk(session_t *s, uint64_t nodeid, uint64_t node_size, uint64_t o
 // of, and JS reads and verifies it again).
 static int ext_read(open_entry_t *e, uint64_t offset, uint32_t size, uint8_t *buf, size_t *got, uint64_t *first) {
   *got = 0;
-  if (!e->n_ext) return 0;
+  if (!e->n_ext || size > BUF_SIZE) return 0;  // never a short reply: bigger READs (none are negotiated) go to JS
   if (offset >= e->ext_size) { *first = e->ext_size; return 1; }
   uint64_t end = offset + size;
   if (end > e->ext_size) end = e->ext_size;
