@@ -230,7 +230,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
       }
       case OP.DIR_LISTED: fs.listedAhead(nodeid); return;
       case OP.OPENED: fs.openedNatively(nodeid); return;
-      case OP.READ_NATIVE: fs.readNatively(nodeid, unique); return;
+      case OP.READ_NATIVE: fs.readNatively(nodeid, unique, (body as Buffer).readUInt32LE(0)); return;
       case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
       case OP.BATCH_FORGET: {
         const b = body as Buffer;

@@ -694,29 +694,31 @@ export class ThinFs {
   }
 
   /**
-   * The transport answered a READ of this node from its landed chunks and entered the chunk at `offset`: what a READ
-   * here would have done besides replying (the sequential window slides, fetches go on ahead of the reader, chunks
-   * that landed meanwhile are handed over, the LRU and a recorded trace hear of the chunk).
+   * The transport answered a READ of this node (bytes [offset, offset + len)) from its landed chunks, one of which it
+   * had not reported: what a READ here would have done besides replying (the chunks count as read for the LRU, the
+   * prefetch hits and a recorded trace; the sequential window slides and fetches go on ahead of the reader; chunks
+   * that landed meanwhile are handed over; the whole-file copy is built at the end).
    */
-  readNatively(id: number, offset: number): void {
+  readNatively(id: number, offset: number, len: number): void {
     const n = this.held.get(id)?.node;
-    if (!n || n.k !== 'entry' || n.inode.type !== 'file') return;
+    if (!n || n.k !== 'entry' || n.inode.type !== 'file' || len <= 0) return;
     const h = this.readState(n);
     const chunks = this.chunksOf(n, h);
     let lo = 0, hi = chunks.length;
     while (lo < hi) { const mid = (lo + hi) >> 1; const c = chunks[mid]!; if (c.offset + c.size <= offset) lo = mid + 1; else hi = mid; }
-    const c = chunks[lo];
-    if (!c) return;
-    this.cache.touch(c.hash);
+    const end = offset + len;
+    let k = lo;
+    for (; k < chunks.length && chunks[k]!.offset < end; k++) this.cache.touch(chunks[k]!.hash);
+    if (k === lo) return;
     const pf = this.prefetcher;
-    pf?.reading(n.layer.hex, [c], true);
-    if (offset + c.size > h.nextPos) h.nextPos = offset + c.size;
+    pf?.reading(n.layer.hex, chunks.slice(lo, k), true);
+    if (end > h.nextPos) h.nextPos = end;
     if (pf && h.fromStart !== undefined && h.fromStart >= 0 && offset <= h.fromStart + SEQ_WINDOW) {
       h.fromStart = -1;
-      pf.fileFromStart(chunks.slice(lo, lo + FILE_AHEAD_CHUNKS));
-    } else if (pf && h.fromStart === -1) pf.fileFromStart(chunks.slice(lo, lo + SEQ_AHEAD_CHUNKS));
-    this.handLanded(id, n.inode.size, h, chunks, lo);
-    if (lo === chunks.length - 1) this.maybeAssemble(n, h, chunks, n.inode.size);
+      pf.fileFromStart(chunks.slice(k - 1, k - 1 + FILE_AHEAD_CHUNKS));
+    } else if (pf && h.fromStart === -1) pf.fileFromStart(chunks.slice(k - 1, k - 1 + SEQ_AHEAD_CHUNKS));
+    this.handLanded(id, n.inode.size, h, chunks, k);
+    if (end >= n.inode.size) this.maybeAssemble(n, h, chunks, n.inode.size);
   }
 
   private readState(node: Node): ReadState {

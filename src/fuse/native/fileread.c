@@ -208,7 +208,7 @@ int fileread_chunk(session_t *s, uint64_t nodeid, uint64_t node_size, uint64_t o
       char *p = e->n_ext < e->cap_ext ? strdup(path) : NULL;
       if (p) {
         memmove(&e->ext[i + 1], &e->ext[i], (e->n_ext - i) * sizeof(chunk_ext_t));
-        e->ext[i] = (chunk_ext_t){.off = off, .len = len, .id = *id, .path = p};
+        e->ext[i] = (chunk_ext_t){.off = off, .len = len, .id = *id, .path = p, .reported = 0};
         e->n_ext++;
         e->ext_size = node_size;
         done = 1;
@@ -219,18 +219,19 @@ int fileread_chunk(session_t *s, uint64_t nodeid, uint64_t node_size, uint64_t o
   return done;
 }
 
-// A READ answered from the entry's landed chunks into buf (lock held): 1 with *got bytes and *first the offset of the
-// chunk it starts in, or 0 (a byte of it not landed, or a chunk file changed since it was verified: that one is let go
+// A READ answered from the entry's landed chunks into buf (lock held): 1 with *got bytes (*fresh set when a chunk of
+// it had not been reported to JS: now marked), or 0 (a byte of it not landed, or a chunk file changed since it was verified: that one is let go
 // of, and JS reads and verifies it again).
-static int ext_read(open_entry_t *e, uint64_t offset, uint32_t size, uint8_t *buf, size_t *got, uint64_t *first) {
+static int ext_read(open_entry_t *e, uint64_t offset, uint32_t size, uint8_t *buf, size_t *got, int *fresh) {
+  // fresh == NULL: a READ JS holds (it counted its chunks); they stay unreported, so the reader's next READ served here
+  // tells JS it went on (its first READs decide whether the rest of the file is fetched ahead).
   *got = 0;
   if (!e->n_ext || size > BUF_SIZE) return 0;  // never a short reply: bigger READs (none are negotiated) go to JS
-  if (offset >= e->ext_size) { *first = e->ext_size; return 1; }
+  if (offset >= e->ext_size) return 1;
   uint64_t end = offset + size;
   if (end > e->ext_size) end = e->ext_size;
   if (end - offset > BUF_SIZE) end = offset + BUF_SIZE;
-  size_t i = ext_find(e, offset);
-  if (i < e->n_ext) *first = e->ext[i].off;
+  size_t i = ext_find(e, offset), from = i;
   uint64_t pos = offset;
   while (pos < end) {
     if (i >= e->n_ext || e->ext[i].off > pos) return 0;  // not landed (or a hole: JS fills it)
@@ -253,15 +254,17 @@ static int ext_read(open_entry_t *e, uint64_t offset, uint32_t size, uint8_t *bu
     i++;
   }
   *got = (size_t)(end - offset);
+  if (fresh)
+    for (size_t k = from; k < i; k++)
+      if (!e->ext[k].reported) { e->ext[k].reported = 1; *fresh = 1; }
   return 1;
 }
 
 int fileread_reply_chunks(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size, uint8_t *buf) {
   size_t got = 0;
-  uint64_t first = 0;
   pthread_mutex_lock(&s->open_lock);
   open_entry_t *e = session_open_find(s, nodeid);
-  int ok = e && ext_read(e, offset, size, buf, &got, &first);
+  int ok = e && ext_read(e, offset, size, buf, &got, NULL);
   pthread_mutex_unlock(&s->open_lock);
   if (!ok) return 0;
   struct iovec v = {.iov_base = buf, .iov_len = got};
@@ -286,11 +289,10 @@ int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offs
   }
   if (e && e->read_fd < 0 && e->n_ext) {
     size_t got = 0;
-    uint64_t first = 0;
-    int ok = ext_read(e, offset, size, s->read_out, &got, &first);
-    // JS hears when a reader served here enters a chunk it has not heard of: it keeps fetching ahead of the reader.
-    int tell = ok && got && e->ext_posted != first + 1;
-    if (tell) e->ext_posted = first + 1;
+    int fresh = 0;
+    int ok = ext_read(e, offset, size, s->read_out, &got, &fresh);
+    // JS hears when a reader served here reads a chunk it has not heard of: it keeps fetching ahead of the reader.
+    int tell = ok && got && fresh;
     pthread_mutex_unlock(&s->open_lock);
     if (!ok) return 0;
     struct iovec v = {.iov_base = s->read_out, .iov_len = got};
@@ -303,6 +305,8 @@ int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offs
         r->opcode = EV_READ_NATIVE;
         r->nodeid = (double)nodeid;
         r->unique = (double)offset;
+        uint32_t len = (uint32_t)got;
+        if ((r->body = malloc(sizeof(len)))) { memcpy(r->body, &len, sizeof(len)); r->len = sizeof(len); }
         session_post(s, r);
       }
     }

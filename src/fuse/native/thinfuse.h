@@ -48,6 +48,7 @@ typedef struct {
   uint32_t len;
   file_id_t id;
   char *path;
+  int reported;  // JS heard of a READ of it answered by the reader thread (EV_READ_NATIVE)
 } chunk_ext_t;
 #define EXT_MAX 65536
 typedef struct open_entry {
@@ -66,7 +67,6 @@ typedef struct open_entry {
   chunk_ext_t *ext;        // sorted by off, not overlapping
   size_t n_ext, cap_ext;
   uint64_t ext_size;       // the node's size
-  uint64_t ext_posted;     // 1 + offset of the chunk last reported to JS (EV_READ_NATIVE)
   struct open_entry *next;
 } open_entry_t;
 
@@ -87,8 +87,8 @@ typedef struct file_ahead {
 } file_ahead_t;
 // Event: the reader thread opened a handed-over file (nodeid) and answers its reads.
 #define EV_OPENED 0xfff1
-// Event: the reader thread answered a READ of a node from its landed chunks, reaching a chunk not reported yet (unique
-// carries the READ's offset): JS keeps fetching ahead of the reader.
+// Event: the reader thread answered a READ of a node from its landed chunks, one of them not reported yet (unique carries
+// the READ's offset, the body its length, u32): JS keeps fetching ahead of the reader and counts the chunks as read.
 #define EV_READ_NATIVE 0xfff2
 
 // A request (or event) for the JS thread.
