@@ -291,8 +291,9 @@ int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offs
     size_t got = 0;
     int fresh = 0;
     int ok = ext_read(e, offset, size, s->read_out, &got, &fresh);
-    // JS hears when a reader served here reads a chunk it has not heard of: it keeps fetching ahead of the reader.
-    int tell = ok && got && fresh;
+    // JS hears when a reader served here reads a chunk it has not heard of (it keeps fetching ahead of the reader), and
+    // when it reaches the end of the file (JS builds the whole-file copy then).
+    int tell = ok && got && (fresh || offset + got >= e->ext_size);
     pthread_mutex_unlock(&s->open_lock);
     if (!ok) return 0;
     struct iovec v = {.iov_base = s->read_out, .iov_len = got};

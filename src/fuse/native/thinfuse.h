@@ -87,8 +87,9 @@ typedef struct file_ahead {
 } file_ahead_t;
 // Event: the reader thread opened a handed-over file (nodeid) and answers its reads.
 #define EV_OPENED 0xfff1
-// Event: the reader thread answered a READ of a node from its landed chunks, one of them not reported yet (unique carries
-// the READ's offset, the body its length, u32): JS keeps fetching ahead of the reader and counts the chunks as read.
+// Event: the reader thread answered a READ of a node from its landed chunks, one of them not reported yet or reaching the
+// file's end (unique carries the READ's offset, the body its length, u32): JS keeps fetching ahead of the reader, counts
+// the chunks as read, and builds the file's whole copy at its end.
 #define EV_READ_NATIVE 0xfff2
 
 // A request (or event) for the JS thread.
