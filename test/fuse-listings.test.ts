@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, findScan as scan, noDirSize, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { cleanupTmpDirs, findScan as scan, noDirSize, runOk, statNames, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
 import { type Mounted } from './fuse-mount-helper.js';
 import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
@@ -19,6 +19,8 @@ let work: string;
 let store: string;
 let src: string;
 let hex: string;
+/** GNU tar's extraction of the layer. */
+let extracted: string;
 const BIG = 3000;
 const DEPTH = 4, FANOUT = 3;
 /** The mounts of this file's tests (stopped and unmounted at the end). */
@@ -52,6 +54,9 @@ before(async () => {
   await runOk('mkfifo', [path.join(src, 'fifo')]);
   const r = await thinfsJson<{ diffId: string }>(['ingest', await makeTreeTar(src, path.join(work, 'l.tar')), '--store', store, '--json', '--no-progress']);
   hex = r.diffId.slice(7);
+  extracted = path.join(work, 'extracted');
+  await fsp.mkdir(extracted);
+  await runOk('tar', ['-xpf', path.join(work, 'l.tar'), '--numeric-owner', '-C', extracted]);
 });
 
 after(async () => {
@@ -93,9 +98,6 @@ describe('directory listings', () => {
   it('a scan sees what GNU tar extracted, with d_ino = st_ino, hardlinks sharing one, and long listings complete', async () => {
     const m = await mount('mnt-scan');
     const root = path.join(m.mp, 'layers', hex);
-    const extracted = path.join(work, 'extracted');
-    await fsp.mkdir(extracted);
-    await runOk('tar', ['-xpf', path.join(work, 'l.tar'), '--numeric-owner', '-C', extracted]);
     const want = await scan(extracted), got = await scan(root);
     // Directory sizes are the filesystem's own (ext4 block multiples; thinfs: 4096): compared apart from them.
     assert.equal(noDirSize(got), noDirSize(want));
@@ -183,5 +185,71 @@ describe('directory listings', () => {
     } finally {
       await restore();
     }
+  });
+});
+
+describe('the listings the transport keeps (src/fuse/native/listings-cache.c)', () => {
+  it('a listing handed ahead once answers LOOKUPs and then the READDIR from C, held once', async () => {
+    const m = await mount('mnt-one-copy');
+    const root = path.join(m.mp, 'layers', hex);
+    // Listing the layer's root (answered by JS) hands its subdirectories' listings ahead: big/ first.
+    await fsp.readdir(root);
+    await waitFor(async () => ((await m.stats()).ops.listingsKept >= 30 ? true : null), 10_000, 20, 'listings handed ahead');
+    const before = await m.stats();
+    // Names in big/, never listed nor looked in: answered from its listing handed ahead...
+    const names = ['big/f1-a', 'big/f2-aa', 'big/f2999-' + 'a'.repeat(2999 % 250), 'big/nothing'];
+    assert.deepEqual(await statNames(root, names), await statNames(extracted, names));
+    const mid = await m.stats();
+    assert.ok(mid.ops.lookupsByTransport - before.ops.lookupsByTransport >= names.length,
+      `LOOKUPs answered by the transport (${mid.ops.lookupsByTransport - before.ops.lookupsByTransport})`);
+    assert.equal(mid.ops.requests.lookup?.n ?? 0, before.ops.requests.lookup?.n ?? 0, 'no LOOKUP reached JS');
+    // ...and so is its listing afterwards, every page, from the same copy.
+    assert.equal((await fsp.readdir(path.join(root, 'big'))).length, BIG);
+    const after = await m.stats();
+    assert.equal(after.ops.listingsAhead - mid.ops.listingsAhead, 1, 'the READDIR was answered by the transport');
+    assert.equal(after.ops.requests.readdirplus?.n ?? 0, mid.ops.requests.readdirplus?.n ?? 0, 'no READDIR reached JS');
+    // big/'s listing is over 150 kB (3000 records of 50 bytes and more): not copied again for lookups, or on its way
+    // from READDIR to LOOKUP; what was kept since is the few small listings the readahead handed next.
+    assert.ok(after.ops.listingsKeptBytes - before.ops.listingsKeptBytes < 50 * BIG,
+      `listings kept grew by ${after.ops.listingsKeptBytes - before.ops.listingsKeptBytes} bytes`);
+    assert.equal(after.ops.listingsEvicted, 0);
+    // Once read to its end the kernel keeps the listing; lookups in it are still the transport's.
+    const last = await m.stats();
+    assert.deepEqual(await statNames(root, ['big/nothing2']), ['big/nothing2 ENOENT']);
+    assert.equal((await m.stats()).ops.lookupsByTransport - last.ops.lookupsByTransport, 1);
+    await stop(m);
+  });
+
+  it('beyond its budget the least recently used listing is dropped; lookups in it are then answered by JS, alike', async () => {
+    const m = await mounts.mount('mnt-budget', { extra: ['--listing-cache', '8K'] });
+    const root = path.join(m.mp, 'layers', hex);
+    // Every leaf directory of the tree (81 listings of 177 bytes, more than 8 KiB), a name looked up in each: the
+    // lookup reaching JS keeps that directory's listing, pushing the oldest out.
+    const leaves: string[] = [];
+    const walk = (d: string, depth: number): void => {
+      if (depth === DEPTH) { leaves.push(d); return; }
+      for (let i = 0; i < FANOUT; i++) walk(`${d}/sub${i}`, depth + 1);
+    };
+    walk('tree', 0);
+    assert.equal(leaves.length, 81);
+    for (const d of leaves) assert.deepEqual(await statNames(root, [`${d}/nothing`]), [`${d}/nothing ENOENT`]);
+    const before = await m.stats();
+    assert.ok(before.ops.listingsEvicted > 0, `listings were dropped for the budget (${before.ops.listingsEvicted})`);
+    assert.ok(before.ops.listingsKeptBytes <= 8192, `within the budget (${before.ops.listingsKeptBytes} bytes)`);
+    // The first leaf's listing went first: a lookup in it reaches JS, which answers it right and hands the listing
+    // back; the next is the transport's again.
+    const first = leaves[0]!;
+    assert.deepEqual(await statNames(root, [`${first}/nothing2`]), [`${first}/nothing2 ENOENT`]);
+    const mid = await m.stats();
+    assert.equal((mid.ops.requests.lookup?.n ?? 0) - (before.ops.requests.lookup?.n ?? 0), 1, 'answered by JS');
+    assert.equal(mid.ops.lookupsByTransport, before.ops.lookupsByTransport);
+    const files = [`${first}/file1.txt`, `${first}/file2.txt`];
+    assert.deepEqual(await statNames(root, files), await statNames(extracted, files));
+    const after = await m.stats();
+    assert.equal(after.ops.lookupsByTransport - mid.ops.lookupsByTransport, 2, 'kept again: answered by the transport');
+    assert.equal(await fsp.readFile(path.join(root, files[0]!), 'utf8'), await fsp.readFile(path.join(extracted, files[0]!), 'utf8'));
+    // A listing handed ahead is dropped alike: a scan under this budget still sees every entry.
+    assert.equal(noDirSize(await scan(path.join(root, 'tree'))), noDirSize(await scan(path.join(extracted, 'tree'))));
+    await stop(m);
   });
 });

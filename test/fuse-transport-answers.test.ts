@@ -1,6 +1,6 @@
 // Requests the FUSE transport answers itself, what overlayfs sends for every lower entry at each container start:
 // GETXATTR and LISTXATTR of entries without xattrs (src/fuse/native/xattrless.c; known from the flag of their listing
-// record, or from the mount at a lookup) and LOOKUP in directories whose listing it keeps (lookups.c). Every answer
+// record, or from the mount at a lookup) and LOOKUP in directories whose listing it keeps (listings-cache.c). Every answer
 // must be what the JS path gives: values of entries with xattrs (stored ones, an opaque directory's
 // trusted.overlay.opaque) untouched, ENODATA and empty lists for the rest, stat and inode numbers as GNU tar's
 // extraction and the listings show them, ENOENT for names not there.
@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, findScan, noDirSize, run, runOk, thinfsJson, thinfsOk, tmpDir, xattrDump } from './helpers/proc.js';
+import { cleanupTmpDirs, findScan, noDirSize, run, runOk, statNames, thinfsJson, thinfsOk, tmpDir, xattrDump } from './helpers/proc.js';
 import { makeTreeTar } from './fixtures/tars.js';
 import { type Mounted } from './fuse-mount-helper.js';
 import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
@@ -138,16 +138,6 @@ describe('xattr requests answered by the transport', () => {
     await stop(m);
   });
 });
-
-/** stat(1) of names relative to root, walked from there (type, mode, size, links, owner, mtime; ENOENT as such). */
-async function statNames(root: string, rels: string[], dirSize = true): Promise<string[]> {
-  const out: string[] = [];
-  for (const rel of rels) {
-    const r = await run('stat', ['-c', `%n %F %a ${dirSize ? '%s' : '-'} %h %u %g %.9Y`, rel], { cwd: root });
-    out.push(r.code === 0 ? r.stdout.trim() : /No such file/.test(r.stderr) ? `${rel} ENOENT` : `${rel} error ${r.stderr.trim()}`);
-  }
-  return out;
-}
 
 describe('lookups answered by the transport', () => {
   it('names in a directory the transport keeps: the same entries as GNU tar extracted, the same ids as listings give', async () => {

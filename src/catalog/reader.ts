@@ -197,6 +197,15 @@ export class CatalogReader {
     return ((this.st.allPacks?.all() ?? []) as Array<{ name: Buffer; bytes: number; members: number }>).map((p) => ({ name: p.name.toString('hex'), bytes: p.bytes, members: p.members }));
   }
 
+  /** The packs that carry any of these chunks (none in catalogs written before packs): one scan of the chunk table. */
+  packsCarrying(hashes: ReadonlySet<string>): string[] {
+    if (!this.hasPacks || !hashes.size) return [];
+    const out = new Set<string>();
+    const rows = this.db.prepare(`SELECT c.hash AS hash, p.name AS name FROM chunks c JOIN packs p ON p.id = c.pack`).iterate() as Iterable<{ hash: Buffer; name: Buffer }>;
+    for (const r of rows) if (hashes.has(r.hash.toString('hex'))) out.add(r.name.toString('hex'));
+    return [...out];
+  }
+
   /** Stored xattrs plus the overlayfs opaque marker synthesized from an OCI `.wh..wh..opq`. */
   xattrs(ino: number, flags?: number): Map<string, Buffer> {
     const m = new Map<string, Buffer>();

@@ -5,9 +5,9 @@ import { loadNative } from '../util/native.js';
 import { readU64, writeU64, type Attr } from '../format/listing.js';
 
 export const OP = {
-  CLOSED: 0, /** pseudo: a listing handed over with dirAhead was first served by the transport */ DIR_LISTED: 0xfff0,
+  CLOSED: 0, /** pseudo: a listing handed ahead with keepListing was first served by the transport */ DIR_LISTED: 0xfff0,
   /** pseudo: the transport opened a file handed over with fileAhead, and answers its reads */ OPENED: 0xfff1,
-  /** pseudo: the transport answered a READ from landed chunks, entering the chunk at `unique` (an offset) */ READ_NATIVE: 0xfff2, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
+  /** pseudo: the transport answered a READ from landed chunks (offset in `unique`, length in the body) */ READ_NATIVE: 0xfff2, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
   INIT: 26, READDIR: 28, BATCH_FORGET: 42, READDIRPLUS: 44,
 } as const;
 
@@ -28,6 +28,8 @@ export interface Binding {
        * file's bytes; the transport then answers that node's READs itself (fd kept until the node is forgotten).
        */
       nativeReads?: number;
+      /** Bytes of listings the transport keeps (keepListing), least recently used dropped beyond (default 48 MiB). */
+      listingBudget?: number;
     }, h: Handler): Session;
   reply(s: Session, unique: number, errno: number, data?: Buffer | Buffer[]): number;
   unmount(mountpoint: string): number;
@@ -65,21 +67,20 @@ export interface Binding {
    * as fit in out. [bytes written, position reached in the block]; undefined when the block is malformed.
    */
   dirPage(block: Buffer, cookie: number, out: Buffer, plus: boolean, base: number, ttl: number, self: number): [number, number] | undefined;
-  /** Hand a listing to the transport before the kernel asks: it answers it without JS (once; a byte budget bounds them). */
-  dirAhead(s: Session, nodeid: number, block: Buffer, base: number): void;
+  /**
+   * Keep an immutable directory's listing in the transport (copied once; LRU within the mount's listingBudget; one
+   * over a twelfth of it is refused: false). It answers LOOKUPs of names in that directory itself (a name not in it
+   * with a negative entry) and, ahead, the kernel's next READDIR of it (once, then OP.DIR_LISTED).
+   */
+  keepListing(s: Session, nodeid: number, block: Buffer, base: number, ahead: boolean): boolean;
+  /** The listings the transport keeps, their bytes, those dropped for the budget, and the LOOKUPs answered from them. */
+  listingStats(s: Session): [number, number, number, number];
   /** The node has no xattrs: the transport answers its GETXATTR (ENODATA) and LISTXATTR (empty) itself from now on. */
   noXattr(s: Session, nodeid: number): void;
   /** noXattr for every entry of a listing whose record carries LISTING_NO_XATTRS (ids = base + catalog inode). */
   noXattrListing(s: Session, block: Buffer, base: number): void;
   /** GETXATTR and LISTXATTR requests the transport answered itself. */
   xattrsAnswered(s: Session): number;
-  /**
-   * Keep an immutable directory's listing in the transport (copied; LRU within a byte budget): it answers LOOKUPs of
-   * names in that directory itself, a name not in it with a negative entry.
-   */
-  dirLookups(s: Session, nodeid: number, block: Buffer, base: number): void;
-  /** LOOKUPs the transport answered itself. */
-  lookupsAnswered(s: Session): number;
 }
 
 export function native(): Binding { return loadNative<Binding>(); }

@@ -43,6 +43,8 @@ export interface MountOptions {
   passthrough: boolean;
   /** Without passthrough: READs of files whose verified bytes are local are answered by the transport thread (default on). */
   nativeReads?: boolean;
+  /** Bytes of directory listings the FUSE transport keeps to answer READDIR ahead and LOOKUP itself (default 48 MiB). */
+  listingCache?: number;
   allowOther: boolean;
   /** Honour setuid/setgid bits of served files (root only; default nosuid). */
   allowSuid: boolean;
@@ -246,6 +248,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
     session = k.mount(mp, 'thinfs', mopts.join(','), {
       maxReadahead: Math.max(o.maxRead, (o.readaheadKb ?? 0) * 1024), maxPages: Math.max(1, Math.min(256, Math.floor(o.maxRead / 4096))), maxBackground: 64,
       passthrough: o.passthrough ? 1 : 0, ttl: ENTRY_TTL, uncachedBelow: UNCACHED_BELOW, nativeReads: o.nativeReads === false ? 0 : 1,
+      ...(o.listingCache !== undefined ? { listingBudget: o.listingCache } : {}),
     }, onEvent);
   } catch (e) {
     throw new ThinfsError(`cannot mount ${mp}: ${errorMessage(e)}`);
@@ -253,12 +256,11 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.dirEof = (id, off) => k.dirEof(session, id, off);
   fs.nativeReadStats = () => k.readStats(session);
   fs.dropped = (id) => k.forgetNode(session, id);
-  fs.handAhead = (id, block, base) => k.dirAhead(session, id, block, base);
+  fs.keepListing = (id, block, base, ahead) => k.keepListing(session, id, block, base, ahead);
+  fs.listingStats = () => k.listingStats(session);
   fs.noXattr = (id) => k.noXattr(session, id);
   fs.noXattrListing = (block, base) => k.noXattrListing(session, block, base);
   fs.xattrsByTransport = () => k.xattrsAnswered(session);
-  fs.keepForLookups = (id, block, base) => k.dirLookups(session, id, block, base);
-  fs.lookupsByTransport = () => k.lookupsAnswered(session);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   // Without passthrough, the one-chunk files of directories being listed are handed to the transport ahead of their open.

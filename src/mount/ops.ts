@@ -33,8 +33,6 @@ const HAND_FILE_MAX = 1 << 20;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
-/** The biggest listing the transport keeps for lookups (a sixteenth of its 32 MiB budget, src/fuse/native/lookups.c). */
-const LOOKUP_LISTING_MAX = 2 << 20;
 /** The synthetic directories (layers/, images/) gain entries as layers are published. */
 const DYNAMIC_TTL = 1;
 
@@ -58,6 +56,8 @@ export interface OpCounters {
   xattrsByTransport: number;
   /** LOOKUPs the transport answered itself from listings it keeps; filled in by the stats. */
   lookupsByTransport: number;
+  /** The listings the transport keeps (for READDIR ahead and LOOKUP), their bytes, and those its budget dropped. */
+  listingsKept: number; listingsKeptBytes: number; listingsEvicted: number;
   /** Per request kind: count, seconds waiting for the JS thread, seconds from the kernel to our reply, slowest. */
   requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
 }
@@ -95,7 +95,7 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
  * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, opensNative: 0, nativeReads: 0, nativeReadBytes: 0, listingsAhead: 0, xattrsByTransport: 0, lookupsByTransport: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, opensNative: 0, nativeReads: 0, nativeReadBytes: 0, listingsAhead: 0, xattrsByTransport: 0, lookupsByTransport: 0, listingsKept: 0, listingsKeptBytes: 0, listingsEvicted: 0, requests: {} };
   private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
@@ -136,8 +136,13 @@ export class ThinFs {
   nativeReadStats: (() => [number, number]) | null = null;
   /** Set by the daemon: the kernel forgot a node entirely. */
   dropped: (nodeid: number) => void = () => {};
-  /** Set by the daemon: hands a listing to the transport, which answers it without this thread when the kernel asks. */
-  handAhead: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
+  /**
+   * Set by the daemon: keeps a layer directory's listing in the transport, which then answers LOOKUPs in it and,
+   * handed ahead, the kernel's next listing of it without this thread. False when refused (too big for its budget).
+   */
+  keepListing: ((nodeid: number, block: Buffer, base: number, ahead: boolean) => boolean) | null = null;
+  /** Set by the daemon: the transport's listings [kept, bytes, evicted, LOOKUPs answered from them]. */
+  listingStats: (() => [number, number, number, number]) | null = null;
   /**
    * Set by the daemon: tells the transport a node has no xattrs (it then answers GETXATTR/LISTXATTR itself), one by
    * id or every flagged entry of a listing (LISTING_NO_XATTRS).
@@ -146,10 +151,6 @@ export class ThinFs {
   noXattrListing: ((block: Buffer, base: number) => void) | null = null;
   /** Set by the daemon: how many GETXATTR/LISTXATTR the transport answered itself. */
   xattrsByTransport: () => number = () => 0;
-  /** Set by the daemon: hands a layer directory's listing to the transport, which then answers LOOKUPs in it. */
-  keepForLookups: ((nodeid: number, block: Buffer, base: number) => void) | null = null;
-  /** Set by the daemon: how many LOOKUPs the transport answered itself. */
-  lookupsByTransport: () => number = () => 0;
   /** Layer directories whose listing was handed for lookups, and those too big to hand (not read again for that). */
   private readonly keptForLookups = new Set<number>();
   private readonly tooBigForLookups = new Set<number>();
@@ -331,7 +332,7 @@ export class ThinFs {
 
   /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing); `again` even if handed before. */
   private keepForLookup(n: Node, id: number, again = false): void {
-    if (!this.keepForLookups || n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
+    if (!this.keepListing || n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
     if ((!again && this.keptForLookups.has(id)) || this.tooBigForLookups.has(id)) return;
     const block = n.layer.catalog!.dirBlock(n.inode.ino);
     if (!block) return;
@@ -339,11 +340,10 @@ export class ThinFs {
   }
 
   private handForLookups(id: number, block: Buffer, base: number): void {
-    if (!this.keepForLookups) return;
-    const set = block.length > LOOKUP_LISTING_MAX ? this.tooBigForLookups : this.keptForLookups;
+    if (!this.keepListing) return;
+    const set = this.keepListing(id, block, base, false) ? this.keptForLookups : this.tooBigForLookups;
     if (set.size >= 1 << 16) set.clear();
     set.add(id);
-    if (set === this.keptForLookups) this.keepForLookups(id, block, base);
   }
 
   private readlink(id: number): Answer {
@@ -473,11 +473,11 @@ export class ThinFs {
 
   /** The layer's listing readahead (none without a transport to hand listings to, or in older catalogs). */
   private aheadOf(layer: Layer): ListingAhead | null {
-    if (!this.handAhead || !layer.catalog!.hasDirBlocks) return null;
+    if (!this.keepListing || !layer.catalog!.hasDirBlocks) return null;
     let a = this.ahead.get(layer);
     if (!a) {
-      const base = this.ids.baseOf(layer), hand = this.handAhead;
-      a = new ListingAhead(layer.catalog!, (ino, block) => hand(base + ino, block, base));
+      const base = this.ids.baseOf(layer), keep = this.keepListing;
+      a = new ListingAhead(layer.catalog!, (ino, block) => keep(base + ino, block, base, true));
       this.ahead.set(layer, a);
     }
     return a;
@@ -548,10 +548,12 @@ export class ThinFs {
     return packed.length > size ? E.ERANGE : packed;
   }
 
-  /** The counters, with the transport's count of the READs it answered itself brought up to date. */
+  /** The counters, with the transport's own (the READs and LOOKUPs it answered, its listings) brought up to date. */
   syncNativeCounters(): OpCounters {
     const n = this.nativeReadStats?.();
     if (n) { this.counters.nativeReads = n[0]; this.counters.nativeReadBytes = n[1]; }
+    const l = this.listingStats?.();
+    if (l) [this.counters.listingsKept, this.counters.listingsKeptBytes, this.counters.listingsEvicted, this.counters.lookupsByTransport] = l;
     return this.counters;
   }
 

@@ -86,10 +86,13 @@ export class StatsReporter {
     counter('thinfs_fuse_listings_ahead_total', 'Directory listings the transport answered from readahead, without the JS thread', (s) => s.ops.listingsAhead);
     counter('thinfs_fuse_xattrs_by_transport_total', 'GETXATTR/LISTXATTR the transport answered itself (entries without xattrs)', (s) => s.ops.xattrsByTransport);
     counter('thinfs_fuse_lookups_by_transport_total', 'LOOKUPs the transport answered itself from listings it keeps', (s) => s.ops.lookupsByTransport);
+    counter('thinfs_fuse_listings_evicted_total', 'Listings the transport dropped for its byte budget (least recently used)', (s) => s.ops.listingsEvicted);
     counter('thinfs_prefetch_fetched_total', 'Chunks prefetch (trace replay, file-ahead) brought from the store', (s) => s.prefetch.fetched);
     counter('thinfs_prefetch_hits_total', 'Prefetched chunks a reader then asked for', (s) => s.prefetch.hits);
     counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
     gauge('thinfs_prefetch_waste_chunks', 'Prefetched chunks no reader has asked for (yet)', (s) => s.prefetch.waste);
+    gauge('thinfs_fuse_listings_kept', 'Directory listings the transport keeps (for READDIR ahead and LOOKUP)', (s) => s.ops.listingsKept);
+    gauge('thinfs_fuse_listings_kept_bytes', 'Bytes of the listings the transport keeps', (s) => s.ops.listingsKeptBytes);
     gauge('thinfs_fuse_live_nodes', 'Nodes with state in the daemon (lookups or requests the kernel has not forgotten)', (s) => s.ops.liveNodes);
     gauge('thinfs_cache_bytes', 'Bytes in the node-local chunk cache', (s) => s.cache.usedBytes);
     gauge('thinfs_cache_objects', 'Chunks in the node-local cache', (s) => s.cache.usedObjects);
@@ -104,7 +107,7 @@ export class StatsReporter {
       uptimeSec: Math.round((Date.now() - this.o.startedAt) / 1000),
       layersLoaded: this.fs.ns.layersLoaded,
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
-      ops: { ...this.fs.syncNativeCounters(), xattrsByTransport: this.fs.xattrsByTransport(), lookupsByTransport: this.fs.lookupsByTransport(), requests: structuredClone(this.fs.counters.requests) },
+      ops: { ...this.fs.syncNativeCounters(), xattrsByTransport: this.fs.xattrsByTransport(), requests: structuredClone(this.fs.counters.requests) },
       prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH) },
     };
   }

@@ -7,7 +7,7 @@ import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
 import { decodeObject, decodeObjectAsync, readObjectFile, encodeObject, Codec, HEADER_LEN } from './codec.js';
 import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath, packPath } from './layout.js';
-import { packMaxBytes, parsePack, type PackEntry, type PackRef } from './pack.js';
+import { encodePack, packMaxBytes, parsePack, type PackEntry, type PackRef } from './pack.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
@@ -256,11 +256,16 @@ export class WritableStore extends Store {
   /**
    * Store these objects (those stored loose in data/) at zstd `level` where that is smaller: the chunks every cold start
    * of an image fetches (its prefetch trace) are worth compressing harder than ingest can afford. Same bytes, same
-   * names; each object replaced atomically in one transaction. Returns the stored bytes before and after.
+   * names. `packs` (those that may carry them: catalogs name them) get the new frames of their rewritten members too, so
+   * a start that fetches through packs gets them as small. Every object and pack replaced atomically, in one
+   * transaction. Returns the stored bytes before and after, objects and packs apart.
    */
-  async recompress(hashes: Iterable<string>, level: number): Promise<{ objects: number; changed: number; before: number; after: number }> {
+  async recompress(hashes: Iterable<string>, level: number, packs: Iterable<string> = []): Promise<{
+    objects: number; changed: number; before: number; after: number; packs: number; packsBefore: number; packsAfter: number;
+  }> {
     const txn = this.beginTxn('recompress');
-    const r = { objects: 0, changed: 0, before: 0, after: 0 };
+    const r = { objects: 0, changed: 0, before: 0, after: 0, packs: 0, packsBefore: 0, packsAfter: 0 };
+    const frames = new Map<string, Buffer>();
     try {
       for (const hash of new Set(hashes)) {
         const raw = await readFile(join(this.root, objectPath(hash))).catch(() => null);
@@ -270,7 +275,21 @@ export class WritableStore extends Store {
         const data = decodeObject(hash, raw);
         const again = encodeObject(data, Codec.Zstd, level);
         // Worth a rewrite only when it saves more than a little.
-        if (again.length < raw.length - (raw.length >> 6)) { await txn.restage(hash, again); r.changed++; r.after += again.length; } else r.after += raw.length;
+        if (again.length < raw.length - (raw.length >> 6)) { await txn.restage(hash, again); frames.set(hash, again); r.changed++; r.after += again.length; } else {
+          frames.set(hash, raw); // recompressed before (a trace attached again): packs may still carry a bigger frame
+          r.after += raw.length;
+        }
+      }
+      for (const name of new Set(packs)) {
+        const raw = await readFile(join(this.root, packPath(name))).catch(() => null);
+        if (!raw) continue; // gc or fsck took it: readers fetch the members' own objects
+        const members = parsePack(name, raw);
+        if (!members.some((m) => frames.has(m.hash) && frames.get(m.hash)!.length < m.frame.length)) continue;
+        const again = encodePack(members.map((m) => { const f = frames.get(m.hash); return f && f.length < m.frame.length ? { ...m, frame: f } : m; }));
+        await txn.restagePack(name, again);
+        r.packs++;
+        r.packsBefore += raw.length;
+        r.packsAfter += again.length;
       }
       await txn.commitObjects();
     } catch (e) { await txn.abort(); throw e; }

@@ -10,6 +10,7 @@ import { Codec, decodeObject } from './codec.js';
 import { stageObject, PUT_PINNED } from './stage.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, layerPath, objectPath, packPath } from './layout.js';
 import type { LayerManifest } from './types.js';
+import { decodePackMembers, parsePack } from './pack.js';
 import type { ObjectWriterPool } from './writer-pool.js';
 import { heldLocks, withCommitLock, type HeldLock } from './lock.js';
 import { republishManifest, writerSigningOptions } from './trust.js';
@@ -247,6 +248,19 @@ export class Txn {
     if (size < 0) { if (size !== PUT_PINNED) this.packs.delete(name); return false; }
     this.newBytes += size;
     return true;
+  }
+
+  /**
+   * A new encoding of a pack already in packs/ (the same members, some framed smaller: `restage`d here): checked to be
+   * that pack, every member decoding to its hash, and renamed over the old file at commit like a restaged object.
+   */
+  async restagePack(name: string, data: Buffer): Promise<void> {
+    if (this.packs.has(name)) return;
+    for (const m of decodePackMembers(name, parsePack(name, data))) if ('error' in m) throw m.error;
+    await this.ready;
+    await writeFile(join(this.dir, `pack-${name}`), data, { flag: 'wx' });
+    this.packs.add(name);
+    this.newBytes += data.length;
   }
 
   /**

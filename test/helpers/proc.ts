@@ -248,6 +248,20 @@ export async function findScan(root: string): Promise<string> {
   return out.split('\n').filter(Boolean).sort().join('\n');
 }
 
+/**
+ * stat(1) of names relative to root, walked from there one path at a time (cwd: nothing above root is looked up):
+ * name, type, mode, size (dirSize false: '-' for every entry, directories compared across filesystems), links, owner,
+ * mtime; a missing one as "<rel> ENOENT".
+ */
+export async function statNames(root: string, rels: readonly string[], dirSize = true): Promise<string[]> {
+  const out: string[] = [];
+  for (const rel of rels) {
+    const r = await run('stat', ['-c', `%n %F %a ${dirSize ? '%s' : '-'} %h %u %g %.9Y`, rel], { cwd: root });
+    out.push(r.code === 0 ? r.stdout.trim() : /No such file/.test(r.stderr) ? `${rel} ENOENT` : `${rel} error ${r.stderr.trim()}`);
+  }
+  return out;
+}
+
 /** A findScan text with directory sizes blanked (ext4 gives block multiples, thinfs 4096). */
 export const noDirSize = (s: string): string => s.replace(/^([^\0]*\0d \d+) \d+ /gm, '$1 - ');
 

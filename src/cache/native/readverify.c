@@ -23,13 +23,13 @@
 #include <unistd.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "../../util/native/asyncjob.h"
 #include "../../util/native/hexdigest.h"
 #include "../../util/native/fileid.h"
 #include "../../store/native/decode.h"
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   char *path;
   size_t size;
   unsigned char want[32];
@@ -102,8 +102,7 @@ static void ov_execute(napi_env env, void *arg) {
 }
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   int fd;
   uint64_t start, end;
   unsigned char *ranges;  // n records of offset u64le, size u64le, sha256[32]: sorted, inside [start, end)
@@ -163,10 +162,7 @@ out:
 
 static void vr_complete(napi_env env, napi_status status, void *arg) {
   vr_job_t *j = (vr_job_t *)arg;
-  napi_value v;
-  napi_create_int32(env, status == napi_ok ? j->result : -EIO, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : -EIO);
   free(j->ranges);
   free(j);
 }
@@ -174,7 +170,7 @@ static void vr_complete(napi_env env, napi_status status, void *arg) {
 // verifyRanges(fd, start, end, ranges: Buffer) -> Promise<0 | -errno>. The caller keeps fd open until it resolves.
 static napi_value js_verify_ranges(napi_env env, napi_callback_info info) {
   size_t argc = 4;
-  napi_value argv[4], promise, name;
+  napi_value argv[4], promise;
   int32_t fd = -1;
   double start = -1, end = -1;
   void *data = NULL;
@@ -196,43 +192,26 @@ static napi_value js_verify_ranges(napi_env env, napi_callback_info info) {
   j->start = (uint64_t)start;
   j->end = (uint64_t)end;
   j->n = len / VR_REC;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.verifyRanges", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, vr_execute, vr_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.verifyRanges", NULL, vr_execute, vr_complete))) { free(j->ranges); free(j); }
   return promise;
 }
 
 static void ov_complete(napi_env env, napi_status status, void *arg) {
   rv_job_t *j = (rv_job_t *)arg;
-  napi_value v;
-  if (status == napi_ok && j->result == 0) napi_create_int32(env, j->fd, &v);
+  if (status == napi_ok && j->result == 0) async_job_settle_int(env, &j->job, j->fd);
   else {
     if (j->fd >= 0) close(j->fd);
-    napi_create_int32(env, j->result ? j->result : -EIO, &v);
+    async_job_settle_int(env, &j->job, j->result ? j->result : -EIO);
   }
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
   free(j->path);
   free(j);
-}
-
-static void rv_free_data(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
-  free(data);
 }
 
 static void rv_complete(napi_env env, napi_status status, void *arg) {
   rv_job_t *j = (rv_job_t *)arg;
   napi_value v;
-  if (status == napi_ok && j->result == 0) {
-    if (napi_create_external_buffer(env, j->size, j->data, rv_free_data, NULL, &v) == napi_ok) j->data = NULL;
-    else napi_create_int32(env, -ENOMEM, &v);
-  } else {
-    napi_create_int32(env, j->result ? j->result : -EIO, &v);
-  }
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+  if (status == napi_ok && j->result == 0 && async_job_take_bytes(env, (void **)&j->data, j->size, &v) == 0) async_job_settle(env, &j->job, v);
+  else async_job_settle_int(env, &j->job, status == napi_ok && j->result == 0 ? -ENOMEM : j->result ? j->result : -EIO);
   free(j->data);
   free(j->path);
   free(j);
@@ -242,7 +221,7 @@ static void rv_complete(napi_env env, napi_status status, void *arg) {
 // openVerified(path, size, sha256hex | "") -> Promise<fd | -errno>: "" checks the size only (the caller closes fd).
 static napi_value start_job(napi_env env, napi_callback_info info, int open_only) {
   size_t argc = 3;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
     napi_throw_type_error(env, NULL, "readVerified/openVerified(path, size, sha256hex)");
     return NULL;
@@ -268,10 +247,9 @@ static napi_value start_job(napi_env env, napi_callback_info info, int open_only
     return NULL;
   }
   j->size = (size_t)size;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, open_only ? "thinfs.openVerified" : "thinfs.readVerified", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, open_only ? ov_execute : rv_execute, open_only ? ov_complete : rv_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  promise = open_only ? async_job_start(env, &j->job, "thinfs.openVerified", NULL, ov_execute, ov_complete)
+                      : async_job_start(env, &j->job, "thinfs.readVerified", NULL, rv_execute, rv_complete);
+  if (!promise) { free(j->path); free(j); }
   return promise;
 }
 
@@ -279,9 +257,7 @@ static napi_value js_read_verified(napi_env env, napi_callback_info info) { retu
 static napi_value js_open_verified(napi_env env, napi_callback_info info) { return start_job(env, info, 1); }
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
-  napi_ref data_ref;
+  async_job_t job;  // keeps data alive
   const unsigned char *data;
   size_t len;
   char *tmp, *dest;
@@ -313,11 +289,7 @@ static void wa_execute(napi_env env, void *arg) {
 
 static void wa_complete(napi_env env, napi_status status, void *arg) {
   wa_job_t *j = (wa_job_t *)arg;
-  napi_value v;
-  napi_create_int32(env, status == napi_ok ? j->result : -EIO, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_reference(env, j->data_ref);
-  napi_delete_async_work(env, j->work);
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : -EIO);
   free(j->tmp);
   free(j->dest);
   free(j);
@@ -334,7 +306,7 @@ static char *str_arg(napi_env env, napi_value v) {
 // writeAtomic(tmp, dest, data: Buffer) -> Promise<0 | -errno>. data must not change until it settles.
 static napi_value js_write_atomic(napi_env env, napi_callback_info info) {
   size_t argc = 3;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   bool isbuf = false;
   void *data = NULL;
   size_t len = 0;
@@ -352,11 +324,7 @@ static napi_value js_write_atomic(napi_env env, napi_callback_info info) {
   }
   j->data = data;
   j->len = len;
-  napi_create_reference(env, argv[2], 1, &j->data_ref);
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.writeAtomic", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, wa_execute, wa_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.writeAtomic", argv[2], wa_execute, wa_complete))) { free(j->tmp); free(j->dest); free(j); }
   return promise;
 }
 
@@ -392,8 +360,7 @@ static int write_place(const char *tmp, char *dest, const unsigned char *data, s
 #define LAND_WRITE -1000  // verified, but the cache file could not be written (errno in write_err)
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   char *obj, *tmp, *dest;
   unsigned char want[32];
   double size;
@@ -424,9 +391,8 @@ static void land_complete(napi_env env, napi_status status, void *arg) {
     napi_set_element(env, v, 0, b);
     napi_create_double(env, (double)j->file_len, &n);
     napi_set_element(env, v, 1, n);
-  } else napi_create_int32(env, status == napi_ok ? j->result : DEC_NOMEM, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+    async_job_settle(env, &j->job, v);
+  } else async_job_settle_int(env, &j->job, status == napi_ok ? j->result : DEC_NOMEM);
   free(j->obj);
   free(j->tmp);
   free(j->dest);
@@ -437,7 +403,7 @@ static void land_complete(napi_env env, napi_status status, void *arg) {
 // in JS) | negative (decode.h's refusals; -1000: verified but not written)>.
 static napi_value js_land_object(napi_env env, napi_callback_info info) {
   size_t argc = 5, hlen = 0;
-  napi_value argv[5], promise, name;
+  napi_value argv[5], promise;
   char hex[66];
   double size = -1;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 ||
@@ -459,16 +425,12 @@ static napi_value js_land_object(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->size = size;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.landObject", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, land_execute, land_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.landObject", NULL, land_execute, land_complete))) { free(j->obj); free(j->tmp); free(j->dest); free(j); }
   return promise;
 }
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   char *path;
   size_t size;
   unsigned char want[32];
@@ -514,10 +476,9 @@ static void idv_complete(napi_env env, napi_status status, void *arg) {
   idv_job_t *j = (idv_job_t *)arg;
   napi_value v;
   void *p;
-  if (status != napi_ok || j->result != 0 || napi_create_buffer_copy(env, sizeof(j->id), &j->id, &p, &v) != napi_ok)
-    napi_create_int32(env, status == napi_ok && j->result ? j->result : -EIO, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+  if (status == napi_ok && j->result == 0 && napi_create_buffer_copy(env, sizeof(j->id), &j->id, &p, &v) == napi_ok)
+    async_job_settle(env, &j->job, v);
+  else async_job_settle_int(env, &j->job, status == napi_ok && j->result ? j->result : -EIO);
   free(j->path);
   free(j);
 }
@@ -525,7 +486,7 @@ static void idv_complete(napi_env env, napi_status status, void *arg) {
 // identifyVerified(path, size, sha256hex) -> Promise<identity: Buffer(32) | -errno (-EBADMSG: size or hash differ)>.
 static napi_value js_identify_verified(napi_env env, napi_callback_info info) {
   size_t argc = 3, hlen = 0;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   char hex[66];
   double size = -1;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
@@ -539,10 +500,7 @@ static napi_value js_identify_verified(napi_env env, napi_callback_info info) {
   if (!j || !j->path) { free(j); napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
   if (hexdigest_parse(hex, hlen, j->want) < 0) { free(j->path); free(j); napi_throw_range_error(env, NULL, "identifyVerified: bad hash"); return NULL; }
   j->size = (size_t)size;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.identifyVerified", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, idv_execute, idv_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.identifyVerified", NULL, idv_execute, idv_complete))) { free(j->path); free(j); }
   return promise;
 }
 

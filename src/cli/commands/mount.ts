@@ -13,7 +13,7 @@ import { addHttpOptions, httpOptionsFrom, publicKeysFrom, type HttpCli } from '.
 interface MountCli extends HttpCli {
   refresh: string;
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
-  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; nativeReads: boolean; allowOther: boolean;
+  readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; nativeReads: boolean; listingCache: string; allowOther: boolean;
   allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
   record?: string; prefetchParallel: string; fileAhead: boolean;
 }
@@ -27,6 +27,13 @@ function refreshMs(s: string): number {
 function parseCount(s: string, what: string): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 0) throw new ThinfsError(`${what}: expected a whole number, got "${s}"`, EXIT.USAGE);
+  return n;
+}
+
+/** --listing-cache: bytes, below 4 GiB (the transport takes a 32-bit budget). */
+function listingCache(s: string): number {
+  const n = parseSize(s, '--listing-cache');
+  if (n >= 2 ** 32) throw new ThinfsError(`--listing-cache: at most 4095M, got "${s}"`, EXIT.USAGE);
   return n;
 }
 
@@ -53,6 +60,7 @@ export function registerMountCommands(program: Command): void {
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
     .option('--no-passthrough', 'serve every read through thinfs, never letting the kernel read a verified local copy directly (FUSE passthrough)')
     .option('--no-native-reads', 'without passthrough, answer every read on the JS thread (by default reads of verified local copies are answered by the FUSE transport thread)')
+    .option('--listing-cache <size>', 'directory listings the FUSE transport keeps to answer listings handed ahead and lookups itself (LRU; a listing over a twelfth of it is left to thinfs)', '48M')
     .option('--no-allow-other', 'only the mounting user may access the mount')
     .option('--allow-suid', 'honour setuid/setgid bits of served files (root only; the mount is nosuid by default)')
     .option('--allow-dev', 'let device nodes of served files open their devices (root only; the mount is nodev by default)')
@@ -109,6 +117,7 @@ Examples:
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
         passthrough: o.passthrough,
         nativeReads: o.nativeReads,
+        listingCache: listingCache(o.listingCache),
         allowOther: o.allowOther,
         allowSuid: !!o.allowSuid,
         allowDev: !!o.allowDev,

@@ -2,10 +2,21 @@
 // object its descriptor names (signed with the descriptor when the store is signed), or detach it.
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { WritableStore } from '../../store/store.js';
-import { encodeTrace, parseTrace } from '../../format/trace.js';
+import { WritableStore, type Store } from '../../store/store.js';
+import { openLayerCatalog } from '../../store/layer-catalog.js';
+import { encodeTrace, parseTrace, type TraceChunk } from '../../format/trace.js';
 import { NotFoundError, UsageError } from '../../util/errors.js';
 import { sha256hex } from '../../util/hash.js';
+
+/** The packs the traced chunks' layers' catalogs say carry them. */
+async function packsCarrying(store: Store, chunks: TraceChunk[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const layer of new Set(chunks.map((c) => c.layer))) {
+    const { catalog, close } = await openLayerCatalog(store, layer);
+    try { out.push(...catalog.packsCarrying(new Set(chunks.filter((c) => c.layer === layer).map((c) => c.hash)))); } finally { await close(); }
+  }
+  return out;
+}
 
 export function registerTraceCommands(program: Command): void {
   const trace = program.command('trace').description('prefetch traces: the chunks an image\'s start-up reads, replayed on first touch');
@@ -26,15 +37,17 @@ export function registerTraceCommands(program: Command): void {
       // Only chunks read through this image's layers are kept: the rest could never be replayed for it.
       const layers = new Set(desc.layers.map((l) => l.diffId.replace(/^sha256:/, '')));
       const chunks = t.chunks.filter((c) => layers.has(c.layer));
-      // Before the descriptor names the trace: a node replaying it already gets the smaller objects.
-      const packed = level > 0 ? await store.recompress(chunks.map((c) => c.hash), level) : null;
+      // Before the descriptor names the trace: a node replaying it already gets the smaller objects, and one starting
+      // without it (or another workload) the smaller copies in the packs its catalogs name.
+      const packed = level > 0 ? await store.recompress(chunks.map((c) => c.hash), level, await packsCarrying(store, chunks)) : null;
       const bytes = encodeTrace(chunks);
       const sha256 = sha256hex(bytes);
       desc.trace = { sha256, size: bytes.length };
       await store.putImage(desc, undefined, undefined, [{ hex: sha256, data: bytes }]);
       const r = { image: name, trace: desc.trace, chunks: chunks.length, dropped: t.chunks.length - chunks.length, bytes: chunks.reduce((a, c) => a + c.size, 0), recompressed: packed };
       process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `attached trace ${sha256} to ${name}: ${r.chunks} chunks, ${r.bytes} bytes${r.dropped ? ` (${r.dropped} from other layers dropped)` : ''}`
-        + `${packed ? `; stored at zstd ${level}: ${packed.before} -> ${packed.after} bytes (${packed.changed} of ${packed.objects} objects rewritten)` : ''}\n`);
+        + `${packed ? `; stored at zstd ${level}: ${packed.before} -> ${packed.after} bytes (${packed.changed} of ${packed.objects} objects rewritten)` : ''}`
+        + `${packed?.packs ? `, ${packed.packs} packs carrying them ${packed.packsBefore} -> ${packed.packsAfter} bytes` : ''}\n`);
     });
   trace.command('detach')
     .description('remove the trace named by an image\'s descriptor (gc removes the object later)')

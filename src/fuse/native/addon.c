@@ -1,11 +1,13 @@
-// The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, dirAhead,
-// dirPage, readStats, fileAhead, fileBytesAhead, chunkLanded, replyChunks, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, keepListing,
+// listingStats, dirPage, readStats, fileAhead, fileBytesAhead, chunkLanded, replyChunks, noXattr*, unmount), argument
+// checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
 // and inode numbers in 32 bits, cannot negotiate 1 MiB reads, readdirplus or kernel directory caching, and costs a
 // JS round trip for every open/release.
 #include "thinfuse.h"
+#include "../../util/native/asyncjob.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,27 @@
       return NULL;                                                                \
     }                                                                             \
   } while (0)
+
+// The arguments of a call whose first is a session: argv[n] and s declared and filled (else it throws and returns).
+#define SESSION_ARGS(n)                                                           \
+  napi_value argv[n];                                                             \
+  session_t *s;                                                                   \
+  do {                                                                            \
+    size_t argc_ = (n);                                                           \
+    CHECK(napi_get_cb_info(env, info, &argc_, argv, NULL, NULL));                 \
+    CHECK(napi_get_value_external(env, argv[0], (void **)&s));                    \
+  } while (0)
+
+// [v[0], ..., v[n-1]] as a JS array of numbers (the transport's counters).
+static napi_value numbers(napi_env env, const double *v, uint32_t n) {
+  napi_value ret, x;
+  CHECK(napi_create_array_with_length(env, n, &ret));
+  for (uint32_t i = 0; i < n; i++) {
+    CHECK(napi_create_double(env, v[i], &x));
+    CHECK(napi_set_element(env, ret, i, x));
+  }
+  return ret;
+}
 
 static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   request_t *r = (request_t *)data;
@@ -59,7 +82,8 @@ static void deliver(session_t *s, request_t *r) {
 
 static void finished(session_t *s) { napi_release_threadsafe_function((napi_threadsafe_function)s->owner, napi_tsfn_release); }
 
-// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow,nativeReads}, handler).
+// mount(mountpoint, fsname, options, limits{maxReadahead,maxPages,maxBackground,passthrough,ttl,uncachedBelow,nativeReads,
+// listingBudget}, handler).
 // options is a comma list: ro, suid/nosuid and dev/nodev become mount flags (nosuid,nodev unless named), the rest is data.
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 5;
@@ -71,9 +95,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], mnt, sizeof(mnt), &l));
   CHECK(napi_get_value_string_utf8(env, argv[1], fsname, sizeof(fsname), &l));
   CHECK(napi_get_value_string_utf8(env, argv[2], opts, sizeof(opts), &l));
-  uint32_t lim[7] = {1 << 20, 256, 64, 0, 1, 0, 0};
-  const char *names[7] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow", "nativeReads"};
-  for (int i = 0; i < 7; i++) {
+  uint32_t lim[8] = {1 << 20, 256, 64, 0, 1, 0, 0, (uint32_t)LISTINGS_BUDGET};
+  const char *names[8] = {"maxReadahead", "maxPages", "maxBackground", "passthrough", "ttl", "uncachedBelow", "nativeReads", "listingBudget"};
+  for (int i = 0; i < 8; i++) {
     napi_value v;
     bool has = false;
     CHECK(napi_has_named_property(env, argv[3], names[i], &has));
@@ -91,6 +115,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->ttl = lim[4];
   s->uncached_below = lim[5];
   s->native_reads = lim[6] != 0;
+  s->listings.budget = lim[7];
   s->deliver = deliver;
   s->finished = finished;
 
@@ -169,27 +194,22 @@ static napi_value js_open_reply(napi_env env, napi_callback_info info) {
   return ret;
 }
 
-// forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
-static napi_value js_forget_node(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  session_t *s;
+// (session, nodeid) -> undefined: fn(session, nodeid).
+static napi_value node_call(napi_env env, napi_callback_info info, void (*fn)(session_t *, uint64_t)) {
+  SESSION_ARGS(2);
   double nodeid;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
-  session_forget_node(s, (uint64_t)nodeid);
+  fn(s, (uint64_t)nodeid);
   return NULL;
 }
 
+// forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
+static napi_value js_forget_node(napi_env env, napi_callback_info info) { return node_call(env, info, session_forget_node); }
+
 // dirEof(session, nodeid, offset): the listing of this immutable directory ends at offset.
 static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  session_t *s;
+  SESSION_ARGS(3);
   double nodeid, off;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_value_double(env, argv[2], &off));
   session_set_eof(s, (uint64_t)nodeid, (uint64_t)off);
@@ -236,21 +256,21 @@ static napi_value js_dir_page(napi_env env, napi_callback_info info) {
   return ret;
 }
 
-// dirAhead(session, nodeid, block, base): hand a listing to the reader thread before the kernel asks for it (copied).
-static napi_value js_dir_ahead(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  session_t *s;
+// keepListing(session, nodeid, block, base, ahead) -> kept: keep a directory's listing in the transport (copied once),
+// which answers LOOKUPs in it and, handed ahead (ahead true), the kernel's next READDIR of it (listings-cache.c).
+static napi_value js_keep_listing(napi_env env, napi_callback_info info) {
+  SESSION_ARGS(5);
+  napi_value ret;
   uint8_t *blk;
   size_t blen;
   double nodeid, base;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  bool ahead;
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
   CHECK(napi_get_value_double(env, argv[3], &base));
-  session_dir_ahead(s, (uint64_t)nodeid, blk, blen, (uint64_t)base);
-  return NULL;
+  CHECK(napi_get_value_bool(env, argv[4], &ahead));
+  CHECK(napi_get_boolean(env, session_listing_keep(s, (uint64_t)nodeid, blk, blen, (uint64_t)base, ahead) != 0, &ret));
+  return ret;
 }
 
 // fileAhead(session, nodeid, chunkPath, size, sha256: Buffer(32)): a one-chunk file the kernel may open next (see
@@ -292,14 +312,12 @@ static napi_value js_file_bytes_ahead(napi_env env, napi_callback_info info) {
 // chunkLanded(session, nodeid, nodeSize, offset, length, path, identity: Buffer(32)) -> bool: a chunk of an open node
 // is in a verified cache file (see fileread_chunk); READs it covers are answered by the reader thread from then on.
 static napi_value js_chunk_landed(napi_env env, napi_callback_info info) {
-  size_t argc = 7, l, idlen = 0;
-  napi_value argv[7], ret;
-  session_t *s;
+  size_t l, idlen = 0;
+  napi_value ret;
   double nodeid, nsize, off, len;
   char path[4096];
   void *id;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  SESSION_ARGS(7);
   CHECK(napi_get_value_double(env, argv[1], &nodeid));
   CHECK(napi_get_value_double(env, argv[2], &nsize));
   CHECK(napi_get_value_double(env, argv[3], &off));
@@ -318,8 +336,7 @@ static napi_value js_chunk_landed(napi_env env, napi_callback_info info) {
 }
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
+  async_job_t job;
   session_t *s;
   uint64_t unique, nodeid, offset;
   uint32_t size;
@@ -338,22 +355,16 @@ static void rc_execute(napi_env env, void *arg) {
 
 static void rc_complete(napi_env env, napi_status status, void *arg) {
   rc_job_t *j = (rc_job_t *)arg;
-  napi_value v;
-  napi_create_int32(env, status == napi_ok ? j->result : 0, &v);
-  napi_resolve_deferred(env, j->deferred, v);
-  napi_delete_async_work(env, j->work);
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : 0);
   free(j);
 }
 
 // replyChunks(session, unique, nodeid, offset, size) -> Promise<1 (answered) | 0 (not: JS answers it)>: a READ JS holds,
 // answered on the threadpool from the node's landed chunks (fileread_reply_chunks).
 static napi_value js_reply_chunks(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], promise, name;
-  session_t *s;
+  napi_value promise;
   double unique, nodeid, off, size;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  SESSION_ARGS(5);
   CHECK(napi_get_value_double(env, argv[1], &unique));
   CHECK(napi_get_value_double(env, argv[2], &nodeid));
   CHECK(napi_get_value_double(env, argv[3], &off));
@@ -365,51 +376,26 @@ static napi_value js_reply_chunks(napi_env env, napi_callback_info info) {
   j->nodeid = (uint64_t)nodeid;
   j->offset = (uint64_t)off;
   j->size = size > BUF_SIZE ? BUF_SIZE + 1 : (uint32_t)size;  // too big: answered by JS (fileread_reply_chunks says 0)
-  CHECK(napi_create_promise(env, &j->deferred, &promise));
-  CHECK(napi_create_string_utf8(env, "thinfs.replyChunks", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_async_work(env, NULL, name, rc_execute, rc_complete, j, &j->work));
-  CHECK(napi_queue_async_work(env, j->work));
+  if (!(promise = async_job_start(env, &j->job, "thinfs.replyChunks", NULL, rc_execute, rc_complete))) free(j);
   return promise;
 }
 
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ret, v;
-  session_t *s;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_create_array_with_length(env, 2, &ret));
-  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->native_read_reqs, __ATOMIC_RELAXED), &v));
-  CHECK(napi_set_element(env, ret, 0, v));
-  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->native_read_bytes, __ATOMIC_RELAXED), &v));
-  CHECK(napi_set_element(env, ret, 1, v));
-  return ret;
+  SESSION_ARGS(1);
+  double v[2] = {(double)__atomic_load_n(&s->native_read_reqs, __ATOMIC_RELAXED), (double)__atomic_load_n(&s->native_read_bytes, __ATOMIC_RELAXED)};
+  return numbers(env, v, 2);
 }
 
 // noXattr(session, nodeid): the node has no xattrs: the transport answers its GETXATTR/LISTXATTR (xattrless.c).
-static napi_value js_no_xattr(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  session_t *s;
-  double nodeid;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_get_value_double(env, argv[1], &nodeid));
-  session_set_noxattr(s, (uint64_t)nodeid);
-  return NULL;
-}
+static napi_value js_no_xattr(napi_env env, napi_callback_info info) { return node_call(env, info, session_set_noxattr); }
 
 // noXattrListing(session, block, base): the entries of a listing flagged as having no xattrs (see noXattr).
 static napi_value js_no_xattr_listing(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  session_t *s;
+  SESSION_ARGS(3);
   uint8_t *blk;
   size_t blen;
   double base;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
   CHECK(napi_get_buffer_info(env, argv[1], (void **)&blk, &blen));
   CHECK(napi_get_value_double(env, argv[2], &base));
   if (base >= 0) session_noxattr_listing(s, blk, blen, (uint64_t)base);
@@ -418,41 +404,18 @@ static napi_value js_no_xattr_listing(napi_env env, napi_callback_info info) {
 
 // xattrsAnswered(session) -> GETXATTR/LISTXATTR requests the transport answered itself.
 static napi_value js_xattrs_answered(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ret;
-  session_t *s;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
+  SESSION_ARGS(1);
+  napi_value ret;
   CHECK(napi_create_double(env, (double)__atomic_load_n(&s->noxattr_answered, __ATOMIC_RELAXED), &ret));
   return ret;
 }
 
-// dirLookups(session, nodeid, block, base): keep a directory's listing so the transport answers LOOKUPs in it (lookups.c).
-static napi_value js_dir_lookups(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  session_t *s;
-  uint8_t *blk;
-  size_t blen;
-  double nodeid, base;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_get_value_double(env, argv[1], &nodeid));
-  CHECK(napi_get_buffer_info(env, argv[2], (void **)&blk, &blen));
-  CHECK(napi_get_value_double(env, argv[3], &base));
-  session_lookup_keep(s, (uint64_t)nodeid, blk, blen, (uint64_t)base);
-  return NULL;
-}
-
-// lookupsAnswered(session) -> LOOKUPs the transport answered itself.
-static napi_value js_lookups_answered(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1], ret;
-  session_t *s;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  CHECK(napi_get_value_external(env, argv[0], (void **)&s));
-  CHECK(napi_create_double(env, (double)__atomic_load_n(&s->lk_answered, __ATOMIC_RELAXED), &ret));
-  return ret;
+// listingStats(session) -> [listings kept, their bytes, dropped for the budget, LOOKUPs answered from them].
+static napi_value js_listing_stats(napi_env env, napi_callback_info info) {
+  SESSION_ARGS(1);
+  double st[4];
+  listings_stats(s, st);
+  return numbers(env, st, 4);
 }
 
 void readverify_init(napi_env env, napi_value exports);
@@ -470,7 +433,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
       {"openReply", NULL, js_open_reply, NULL, NULL, NULL, napi_default, NULL},
       {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
-      {"dirAhead", NULL, js_dir_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"keepListing", NULL, js_keep_listing, NULL, NULL, NULL, napi_default, NULL},
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
       {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
@@ -480,8 +443,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"noXattr", NULL, js_no_xattr, NULL, NULL, NULL, napi_default, NULL},
       {"noXattrListing", NULL, js_no_xattr_listing, NULL, NULL, NULL, napi_default, NULL},
       {"xattrsAnswered", NULL, js_xattrs_answered, NULL, NULL, NULL, napi_default, NULL},
-      {"dirLookups", NULL, js_dir_lookups, NULL, NULL, NULL, napi_default, NULL},
-      {"lookupsAnswered", NULL, js_lookups_answered, NULL, NULL, NULL, napi_default, NULL},
+      {"listingStats", NULL, js_listing_stats, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -1,6 +1,6 @@
 // The protocol session: one reader thread per mount takes the kernel's requests from /dev/fuse and answers the
-// bookkeeping ones itself (INIT, OPEN, OPENDIR, RELEASE, FLUSH, writes with EROFS, listings handed ahead, reads past a
-// listing's end); the rest are delivered, raw, to the session's owner (addon.c: the JS thread), which answers with
+// bookkeeping ones itself (INIT, OPEN, OPENDIR, RELEASE, FLUSH, writes with EROFS, reads past a listing's end; READDIR
+// and LOOKUP from the listings it keeps, listings-cache.c; reads, fileread.c; xattrs, xattrless.c); the rest are delivered, raw, to the session's owner (addon.c: the JS thread), which answers with
 // session_reply, a writev of its buffers (zero copy). Also the per-node open table (FUSE passthrough backing files).
 #include "thinfuse.h"
 #include <errno.h>
@@ -134,53 +134,10 @@ void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off) {
   pthread_mutex_unlock(&s->eof_lock);
 }
 
-// Callers hold dirc_lock.
-static dirc_entry_t *dirc_find(session_t *s, uint64_t nodeid) {
-  dirc_entry_t *e = s->dirc[nodeid % DIRC_BUCKETS];
-  while (e && e->nodeid != nodeid) e = e->chain;
-  return e;
-}
-
-static void dirc_drop(session_t *s, dirc_entry_t *e) {
-  dirc_entry_t **pp = &s->dirc[e->nodeid % DIRC_BUCKETS];
-  while (*pp != e) pp = &(*pp)->chain;
-  *pp = e->chain;
-  if (e->older) e->older->newer = e->newer; else s->dirc_oldest = e->newer;
-  if (e->newer) e->newer->older = e->older; else s->dirc_newest = e->older;
-  s->dirc_bytes -= e->len;
-  free(e->blk);
-  free(e);
-}
-
 static void post(session_t *s, request_t *r) { s->deliver(s, r); }
 void session_post(session_t *s, request_t *r) { post(s, r); }
 void session_reply_open(session_t *s, uint64_t unique, int32_t backing_id) { reply_open(s->fd, unique, backing_id); }
-
-// READDIR/READDIRPLUS of a handed-over listing: answered here. Returns 1 when answered.
-static int dirc_serve(session_t *s, const struct fuse_in_header *ih, const struct fuse_read_in *in) {
-  if (!s->dirc || !s->dirc_out) return 0;
-  pthread_mutex_lock(&s->dirc_lock);
-  dirc_entry_t *e = dirc_find(s, ih->nodeid);
-  if (!e) { pthread_mutex_unlock(&s->dirc_lock); return 0; }
-  size_t next = 0, olen = in->size < BUF_SIZE ? in->size : BUF_SIZE, blen = e->len;
-  long n = listing_page(e->blk, blen, in->offset, s->dirc_out, olen, ih->opcode == FUSE_READDIRPLUS, e->base, s->ttl, ih->nodeid, &next);
-  int done = n >= 0 && next >= blen;
-  if (done) session_lookup_keep(s, e->nodeid, e->blk, e->len, e->base);
-  if (n < 0 || done) dirc_drop(s, e);  // malformed: JS answers (and reports) it
-  pthread_mutex_unlock(&s->dirc_lock);
-  if (n < 0) return 0;
-  if (done) session_set_eof(s, ih->nodeid, 2 + blen);
-  reply_buf(s->fd, ih->unique, s->dirc_out, (size_t)n);
-  if (in->offset == 0) {
-    request_t *r = calloc(1, sizeof(*r));
-    if (r) {
-      r->opcode = EV_DIR_LISTED;
-      r->nodeid = (double)ih->nodeid;
-      post(s, r);
-    }
-  }
-  return 1;
-}
+int session_reply_buf(session_t *s, uint64_t unique, const void *p, size_t n) { return reply_buf(s->fd, unique, p, n); }
 
 // Requests the reader thread answers itself: nothing in them needs the catalog or the store.
 static int handle_locally(session_t *s, const struct fuse_in_header *ih, const char *body) {
@@ -266,7 +223,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
         at_end = e->nodeid == ih->nodeid && in->offset >= e->eof;
         pthread_mutex_unlock(&s->eof_lock);
       }
-      if (!at_end) return ih->nodeid >= s->uncached_below ? dirc_serve(s, ih, in) : 0;
+      if (!at_end) return listings_readdir(s, ih, in);
       reply_buf(fd, ih->unique, NULL, 0);
       return 1;
     }
@@ -279,7 +236,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
     case FUSE_LISTXATTR:
       return session_noxattr_answer(s, ih, body);
     case FUSE_LOOKUP:
-      return session_lookup_answer(s, ih, body, ih->len - sizeof(*ih));
+      return listings_lookup(s, ih, body, ih->len - sizeof(*ih));
     case FUSE_FORGET:
     case FUSE_BATCH_FORGET:
     case FUSE_GETATTR:
@@ -360,15 +317,12 @@ session_t *session_new(void) {
   s->fd = -1;
   s->eofs = calloc(EOF_SLOTS, sizeof(dir_eof_t));
   s->opens = calloc(OPEN_BUCKETS, sizeof(open_entry_t *));
-  s->dirc = calloc(DIRC_BUCKETS, sizeof(dirc_entry_t *));
-  s->dirc_out = malloc(BUF_SIZE);
   s->fahead = calloc(FAHEAD_BUCKETS, sizeof(file_ahead_t *));
   pthread_mutex_init(&s->fahead_lock, NULL);
   pthread_mutex_init(&s->open_lock, NULL);
   pthread_mutex_init(&s->eof_lock, NULL);
-  pthread_mutex_init(&s->dirc_lock, NULL);
   noxattr_init(s);
-  lookups_init(s);
+  listings_init(s, LISTINGS_BUDGET);
   return s;
 }
 
@@ -376,12 +330,10 @@ session_t *session_new(void) {
 void session_free(session_t *s) {
   free(s->eofs);
   free(s->opens);
-  free(s->dirc);
-  free(s->dirc_out);
   free(s->read_out);
   free(s->fahead);
   noxattr_free(s);
-  lookups_free(s);
+  listings_free(s);
   free(s);
 }
 
@@ -446,34 +398,4 @@ void session_forget_node(session_t *s, uint64_t nodeid) {
     else e->forgotten = 1;
   }
   pthread_mutex_unlock(&s->open_lock);
-}
-
-// Hands a listing to the reader thread before the kernel asks for it (copied); ignored when over budget.
-void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base) {
-  if (nodeid < s->uncached_below) return;
-  session_noxattr_listing(s, blk, blen, base);
-  if (!s->dirc || blen > DIRC_BUDGET / 4) return;
-  dirc_entry_t *e = calloc(1, sizeof(*e));
-  uint8_t *copy = malloc(blen ? blen : 1);
-  if (!e || !copy) { free(e); free(copy); return; }
-  memcpy(copy, blk, blen);
-  e->nodeid = nodeid;
-  e->base = base;
-  e->blk = copy;
-  e->len = blen;
-  pthread_mutex_lock(&s->dirc_lock);
-  if (dirc_find(s, e->nodeid)) {
-    pthread_mutex_unlock(&s->dirc_lock);
-    free(copy);
-    free(e);
-    return;
-  }
-  e->chain = s->dirc[e->nodeid % DIRC_BUCKETS];
-  s->dirc[e->nodeid % DIRC_BUCKETS] = e;
-  e->older = s->dirc_newest;
-  if (s->dirc_newest) s->dirc_newest->newer = e; else s->dirc_oldest = e;
-  s->dirc_newest = e;
-  s->dirc_bytes += blen;
-  while (s->dirc_bytes > DIRC_BUDGET && s->dirc_oldest != e) dirc_drop(s, s->dirc_oldest);
-  pthread_mutex_unlock(&s->dirc_lock);
 }

@@ -1,6 +1,6 @@
 // thinfuse: thinfs's own FUSE transport, the kernel's low-level protocol spoken over /dev/fuse. This header is what its
 // parts share: the session (session.c: the reader thread and the requests it answers itself), mounting (mount.c),
-// listing pages (listing.c, pure) and the N-API glue (addon.c, the only part that knows Node).
+// listing pages (listing.c, pure), the listings it keeps (listings-cache.c) and the N-API glue (addon.c, the only part that knows Node).
 #ifndef THINFUSE_H
 #define THINFUSE_H
 #define _GNU_SOURCE
@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 #include "../../util/native/fileid.h"
+#include "listings-cache.h"
 
 #define BUF_SIZE ((1u << 20) + 4096u)
 // Pseudo opcodes delivered for events that are not requests.
@@ -20,18 +21,6 @@
 // listing ends with one) is answered here, without a trip to JS. Direct-mapped: a collision only costs that trip.
 #define EOF_SLOTS 65536
 typedef struct { uint64_t nodeid; uint64_t eof; } dir_eof_t;
-
-// Listings handed over by JS before the kernel asks (the subdirectories of a directory just listed: a scan reads them
-// next). The reader thread answers READDIR/READDIRPLUS for them itself; one is dropped once served to its end (the
-// kernel keeps the listing from then on) or, oldest first, when the byte budget is exceeded.
-#define DIRC_BUCKETS 4096
-#define DIRC_BUDGET ((size_t)16 << 20)
-typedef struct dirc_entry {
-  uint64_t nodeid, base;
-  uint8_t *blk;
-  size_t len;
-  struct dirc_entry *chain, *older, *newer;
-} dirc_entry_t;
 
 // How a node's file is being opened: through our READ replies (backing_id 0) or passed through to a backing file.
 // The kernel forbids mixing the two on one inode, so an entry lives while the node has opens; a passthrough entry
@@ -107,16 +96,6 @@ typedef struct {
 // Nodes without xattrs (xattrless.c), direct-mapped by node id.
 #define NOXATTR_SLOTS 65536
 
-// Listings kept for LOOKUP (lookups.c), by directory node id, least recently used dropped beyond the budget.
-#define LK_BUCKETS 4096
-#define LK_BUDGET ((size_t)32 << 20)
-typedef struct lk_entry {
-  uint64_t nodeid, base;
-  uint8_t *blk;
-  size_t len;
-  struct lk_entry *chain, *older, *newer;
-} lk_entry_t;
-
 typedef struct session {
   int fd;
   int passthrough_wanted;
@@ -135,18 +114,9 @@ typedef struct session {
   pthread_mutex_t open_lock;
   dir_eof_t *eofs;
   pthread_mutex_t eof_lock;
-  dirc_entry_t **dirc;
-  dirc_entry_t *dirc_oldest, *dirc_newest;
-  size_t dirc_bytes;
-  pthread_mutex_t dirc_lock;
-  uint8_t *dirc_out;  // the reader thread's reply buffer for listings it answers
   uint64_t *noxattr;            // xattrless.c
   uint64_t noxattr_answered;    // GETXATTR/LISTXATTR answered from it
-  lk_entry_t **lk;              // lookups.c
-  lk_entry_t *lk_oldest, *lk_newest;
-  size_t lk_bytes;
-  pthread_mutex_t lk_lock;
-  uint64_t lk_answered;         // LOOKUPs answered from kept listings
+  listings_t listings;          // listings-cache.c: READDIR handed ahead, LOOKUP
   pthread_t thread;
   uint32_t max_readahead;
   uint32_t max_pages;
@@ -168,10 +138,10 @@ int session_reply(session_t *s, uint64_t unique, int error, const struct iovec *
 int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32_t backing_fd);
 void session_forget_node(session_t *s, uint64_t nodeid);
 void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off);
-void session_dir_ahead(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base);
 // The open table (callers hold open_lock).
 open_entry_t *session_open_find(session_t *s, uint64_t nodeid);
 void session_reply_open(session_t *s, uint64_t unique, int32_t backing_id);
+int session_reply_buf(session_t *s, uint64_t unique, const void *p, size_t n);
 void session_post(session_t *s, request_t *r);
 
 // ---- fileread.c ----
@@ -205,11 +175,14 @@ void session_noxattr_listing(session_t *s, const uint8_t *blk, size_t blen, uint
 struct fuse_in_header;
 int session_noxattr_answer(session_t *s, const struct fuse_in_header *ih, const char *body);
 
-// ---- lookups.c ----
-void lookups_init(session_t *s);
-void lookups_free(session_t *s);
-void session_lookup_keep(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base);
-int session_lookup_answer(session_t *s, const struct fuse_in_header *ih, const char *body, size_t blen);
+// ---- listings-cache.c ----
+void listings_init(session_t *s, size_t budget);
+void listings_free(session_t *s);
+int session_listing_keep(session_t *s, uint64_t nodeid, const uint8_t *blk, size_t blen, uint64_t base, int ahead);
+struct fuse_read_in;
+int listings_readdir(session_t *s, const struct fuse_in_header *ih, const struct fuse_read_in *in);
+int listings_lookup(session_t *s, const struct fuse_in_header *ih, const char *body, size_t blen);
+void listings_stats(session_t *s, double out[4]);
 
 // ---- listing.c ----
 #define LISTING_RECORD_HEADER 50u

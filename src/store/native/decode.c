@@ -15,6 +15,7 @@
 #include <string.h>
 #include <node_api.h>
 #include <openssl/evp.h>
+#include "../../util/native/asyncjob.h"
 #include "../../util/native/hexdigest.h"
 #include "decode.h"
 #ifdef HAVE_ZSTD
@@ -23,9 +24,7 @@
 
 
 typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
-  napi_ref raw_ref;  // keeps the input alive while the job reads it
+  async_job_t job;   // keeps the input (raw) alive while the job reads it
   const uint8_t *raw;
   size_t raw_len;
   double want_size;  // < 0: unknown
@@ -151,32 +150,23 @@ static void read_execute(napi_env env, void *arg) {
   j->result = decode_object_file(j->path, j->want, j->want_size, &j->out, &j->out_len, &j->file_len);
 }
 
-static void dec_free(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
-  free(data);
-}
-
 static void dec_complete(napi_env env, napi_status status, void *arg) {
   dec_job_t *j = (dec_job_t *)arg;
-  napi_value v;
-  if (status == napi_ok && j->result == DEC_OK && j->out) {
-    napi_value b, n;
-    if (napi_create_external_buffer(env, j->out_len, j->out, dec_free, NULL, &b) == napi_ok) {
-      j->out = NULL;
-      if (j->path) {
-        // readObject: [bytes, framed size read]
-        napi_create_array_with_length(env, 2, &v);
-        napi_set_element(env, v, 0, b);
-        napi_create_double(env, (double)j->file_len, &n);
-        napi_set_element(env, v, 1, n);
-      } else v = b;
-    } else napi_create_int32(env, DEC_NOMEM, &v);
-  } else {
-    napi_create_int32(env, status == napi_ok ? j->result : DEC_NOMEM, &v);
+  napi_value v, b, n;
+  int32_t code = status == napi_ok ? j->result : DEC_NOMEM;
+  int bytes = code == DEC_OK && j->out;  // DEC_OK without output: codec none, the input is good (resolves to 0)
+  if (bytes && async_job_take_bytes(env, (void **)&j->out, j->out_len, &b) < 0) { bytes = 0; code = DEC_NOMEM; }
+  if (!bytes) async_job_settle_int(env, &j->job, code);
+  else {
+    if (j->path) {
+      // readObject: [bytes, framed size read]
+      napi_create_array_with_length(env, 2, &v);
+      napi_set_element(env, v, 0, b);
+      napi_create_double(env, (double)j->file_len, &n);
+      napi_set_element(env, v, 1, n);
+    } else v = b;
+    async_job_settle(env, &j->job, v);
   }
-  napi_resolve_deferred(env, j->deferred, v);
-  if (j->raw_ref) napi_delete_reference(env, j->raw_ref);
-  napi_delete_async_work(env, j->work);
   free(j->out);
   free(j->path);
   free(j);
@@ -186,7 +176,7 @@ static void dec_complete(napi_env env, napi_status status, void *arg) {
 // 1 (decode it in JS) | negative (refused)>. raw must not be changed until the promise settles.
 static napi_value js_decode_object(napi_env env, napi_callback_info info) {
   size_t argc = 3;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   void *data = NULL;
   size_t len = 0, hlen = 0;
   char hex[66];
@@ -205,18 +195,14 @@ static napi_value js_decode_object(napi_env env, napi_callback_info info) {
   j->raw = data;
   j->raw_len = len;
   j->want_size = size;
-  napi_create_reference(env, argv[0], 1, &j->raw_ref);
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.decodeObject", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, dec_execute, dec_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.decodeObject", argv[0], dec_execute, dec_complete))) free(j);
   return promise;
 }
 
 // readObject(path, sha256hex, size | -1) -> Promise<[Buffer, framed bytes] | 1 (decode it in JS) | negative>.
 static napi_value js_read_object(napi_env env, napi_callback_info info) {
   size_t argc = 3;
-  napi_value argv[3], promise, name;
+  napi_value argv[3], promise;
   size_t plen = 0, hlen = 0;
   char hex[66];
   double size = -1;
@@ -238,10 +224,7 @@ static napi_value js_read_object(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->want_size = size;
-  napi_create_promise(env, &j->deferred, &promise);
-  napi_create_string_utf8(env, "thinfs.readObject", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, read_execute, dec_complete, j, &j->work);
-  napi_queue_async_work(env, j->work);
+  if (!(promise = async_job_start(env, &j->job, "thinfs.readObject", NULL, read_execute, dec_complete))) { free(j->path); free(j); }
   return promise;
 }
 
