@@ -122,9 +122,12 @@ test('setup puts thinfs and docker2thin on PATH where the unit runs them, workin
   const bin = path.join(work, 'bin');
   await runOk('bash', [path.join(REPO_ROOT, 'scripts/install-bin.sh'), bin]);
   // tsc writes dist/ without execute bits (the build recreates it): the wrappers must not depend on them.
+  const mode = (await fsp.stat(THINFS_MAIN)).mode & 0o777;
   await fsp.chmod(THINFS_MAIN, 0o644);
-  assert.equal((await runOk(path.join(bin, 'thinfs'), ['--version'])).trim(), '0.1.0');
-  assert.match(await runOk(path.join(bin, 'docker2thin'), ['--help']), /^Usage: docker2thin/);
-  const r = await run(path.join(bin, 'thinfs'), ['gc']);
-  assert.equal(r.code, 2, 'exit codes pass through the wrapper');
+  try {
+    assert.equal((await runOk(path.join(bin, 'thinfs'), ['--version'])).trim(), '0.1.0');
+    assert.match(await runOk(path.join(bin, 'docker2thin'), ['--help']), /^Usage: docker2thin/);
+    const r = await run(path.join(bin, 'thinfs'), ['gc']);
+    assert.equal(r.code, 2, 'exit codes pass through the wrapper');
+  } finally { await fsp.chmod(THINFS_MAIN, mode); }
 });
