@@ -9,12 +9,14 @@
 //   (first read, catalogs loaded, trace replayed), the number of request rounds (the longest chain of requests that
 //   each began after the one before it ended) and the time the link was busy.
 // Env: BENCH_RTT (ms, default 20), BENCH_MBIT (default 100), BENCH_PREFETCH_PARALLEL (the cold mount's
-// --prefetch-parallel), BENCH_WHERE_OUT (write the raw JSON there).
+// --prefetch-parallel), BENCH_WHERE_OUT (write the raw JSON there), BENCH_JOINT=1 (also: what compressing the traced
+// chunks jointly would save, zstd 19 over runs of them in first-read order, against each chunk on its own).
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
+import { createRequire } from 'node:module';
 import { realisticImage } from './lib/realistic-image.js';
 import { shapeLoopback, startDelayProxy, type DelayProxy } from './lib/netem.js';
 import { mountStore, type Mounted } from '../test/fuse-mount-helper.js';
@@ -30,6 +32,28 @@ const MBIT = Number(process.env.BENCH_MBIT ?? 100);
 const IMAGE = 'python';
 
 interface Req { at: number; sec: number; bytes: number; uri: string }
+
+const zstd = createRequire(import.meta.url)('zstd-napi') as { compress(b: Uint8Array, p?: Record<string, number>): Buffer };
+
+/**
+ * Bytes of the traced chunks compressed at zstd 19 one by one (what `trace attach` stores), and jointly: runs of
+ * consecutive chunks (first-read order) of at most `cap` decoded bytes each, one zstd stream per run (Infinity: one).
+ */
+async function jointSizes(store: Store, chunks: Array<[string, string, number]>): Promise<string[]> {
+  const data: Buffer[] = [];
+  for (const [, hash] of chunks) data.push(await store.getObject(hash));
+  const z = (b: Buffer) => zstd.compress(b, { compressionLevel: 19 }).length;
+  const single = data.reduce((a, b) => a + z(b), 0);
+  const out = [`| traced chunks, zstd 19 | objects | KB | vs one by one |`, `|---|---|---|---|`, `| one by one | ${data.length} | ${(single / 1e3).toFixed(0)} | |`];
+  for (const cap of [1 << 20, 4 << 20, 8 << 20, Infinity]) {
+    let total = 0, n = 0, run: Buffer[] = [], runBytes = 0;
+    const flush = () => { if (run.length) { total += z(Buffer.concat(run)); n++; run = []; runBytes = 0; } };
+    for (const b of data) { if (runBytes && runBytes + b.length > cap) flush(); run.push(b); runBytes += b.length; }
+    flush();
+    out.push(`| jointly, runs of <= ${cap === Infinity ? 'all' : `${cap >> 20} MiB`} | ${n} | ${(total / 1e3).toFixed(0)} | ${(100 * (total - single) / single).toFixed(1)}% |`);
+  }
+  return out;
+}
 interface FileInfo { layer: string; ino: number; path: string; size: number; chunks: Array<{ offset: number; size: number; hash: string }> }
 
 function now(): number { return Date.now() / 1000; }
@@ -244,6 +268,7 @@ export async function main(): Promise<void> {
     lines.push(`- reads through FUSE: ${readsEv.length}, ${waits.length} waited > 5 ms (${(waits.reduce((x, e) => x + e.ms!, 0) / 1e3).toFixed(2)} s in all); opens passed through: ${ptOpen.size}`);
     lines.push(`- FUSE requests: ${reqStats}`);
     lines.push(`- prefetch: ${JSON.stringify((coldStats as unknown as { prefetch?: unknown }).prefetch ?? null)}`);
+    if (process.env.BENCH_JOINT === '1') lines.push('', ...(await jointSizes(store, traced.chunks)));
     const md = lines.join('\n');
     console.log(md);
     if (process.env.BENCH_WHERE_OUT) await writeFile(process.env.BENCH_WHERE_OUT, JSON.stringify({ reqs, evs, traced, tCold, tWarm, tHot, tRec }, null, 1));

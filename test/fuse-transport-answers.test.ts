@@ -12,6 +12,8 @@ import { cleanupTmpDirs, findScan, noDirSize, run, runOk, statNames, thinfsJson,
 import { makeTreeTar } from './fixtures/tars.js';
 import { type Mounted } from './fuse-mount-helper.js';
 import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
+import { putTestImage } from './helpers/descriptor.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 let work: string;
 let store: string;
@@ -177,5 +179,49 @@ for p, ino in ids.items():
 print(json.dumps(bad))`;
     assert.deepEqual(JSON.parse(await runOk('python3', ['-I', '-c', py, ...files, ...dirs], { cwd: root })), []);
     await stop(m);
+  });
+});
+
+// What `podman run --rootfs .../images/NAME/rootfs:O` gives overlayfs as its lower: an image view, whose entries
+// (ids of their own, trusted.overlay.* hidden) overlayfs asks for their xattrs at every container start.
+describe('xattr requests of an image view answered by the transport', () => {
+  /** Entries of the image without xattrs (the opaque directory's marker is hidden there; the whiteout hides `gone`). */
+  const IMAGE_PLAIN = ['plain.txt', 'dir', 'dir/a.txt', 'dir/sub', 'dir/sub/b.txt', 'link', 'opq', 'opq/inside.txt'];
+  const IMAGE = 'answers:v1';
+
+  async function checkImage(m: Mounted, root: string): Promise<void> {
+    for (const rel of IMAGE_PLAIN) {
+      const before = await xattrCounts(m);
+      for (const name of ['trusted.overlay.metacopy', 'trusted.overlay.opaque', 'trusted.overlay.redirect', 'user.origin']) {
+        assert.equal(await getOne(root, rel, name), 'ENODATA', `${rel}: ${name}`);
+      }
+      assert.deepEqual(await listNames(root, rel), [], `${rel}: no xattrs listed`);
+      const after = await xattrCounts(m);
+      assert.equal(after.js - before.js, 0, `${rel}: no xattr request reached JS`);
+      assert.ok(after.transport - before.transport >= 4, `${rel}: the transport answered (${after.transport - before.transport})`);
+    }
+    const before = await xattrCounts(m);
+    assert.equal(await getOne(root, 'tagged.txt', 'user.origin'), '=layer-one');
+    assert.equal(await getOne(root, 'tagged.txt', 'user.empty'), '=', 'an empty value is a value');
+    assert.deepEqual(await listNames(root, 'tagged.txt'), ['user.empty', 'user.origin']);
+    assert.equal(await getOne(root, 'xdir', 'user.dir'), '=x');
+    assert.deepEqual(await listNames(root, 'xdir'), ['user.dir']);
+    const after = await xattrCounts(m);
+    assert.equal(after.transport, before.transport, 'entries with xattrs are answered by JS');
+  }
+
+  it('entries met by lookups, and entries of listed directories: ENODATA from the transport, values from JS', async () => {
+    await putTestImage(store, IMAGE, [hex]);
+    const m = await mount('mnt-image-lookup');
+    const root = path.join(m.mp, 'images', encodeImageDirName(IMAGE), 'rootfs');
+    await checkImage(m, root);
+    await stop(m);
+
+    // Listed first (READDIRPLUS hands the entries to the kernel with their attributes), then asked.
+    const l = await mount('mnt-image-listed');
+    const lroot = path.join(l.mp, 'images', encodeImageDirName(IMAGE), 'rootfs');
+    await findScan(lroot);
+    await checkImage(l, lroot);
+    await stop(l);
   });
 });

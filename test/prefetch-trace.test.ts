@@ -7,10 +7,10 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, sha256, thinfsJson, thinfsOk, tmpDir, waitFor } from './helpers/proc.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
-import { putTestImage } from './helpers/descriptor.js';
+import { putTestImage, testDescriptor } from './helpers/descriptor.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { objectPath } from '../src/store/layout.js';
-import { Store } from '../src/store/store.js';
+import { Store, WritableStore } from '../src/store/store.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 import { parseTrace } from '../src/format/trace.js';
 import { INFLIGHT_BYTES } from '../src/mount/prefetch.js';
@@ -220,6 +220,43 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
       await workload(m);
       assert.equal((await stats(m)).cache.fetches, s.cache.fetches);
       await stop(m);
+    } finally { await srv.close(); }
+  });
+
+  it('the catalogs an image descriptor names are asked for beside the layer manifests, not after them; a wrong one costs only its fetch', async () => {
+    const st = await Store.open(store);
+    const catalog = (await st.getLayer(`sha256:${layerHex}`))!.catalog;
+    const ws = await WritableStore.openDir(store);
+    const named = (name: string, cat: string) => { const d = testDescriptor(name, store, [layerHex]); d.layers[0]!.catalog = cat; return d; };
+    await ws.putImage(named('early:v1', catalog));
+    // Another object (a chunk of the layer) where the catalog should be: the layer manifest's catalog is the one used.
+    await ws.putImage(named('wrongcat:v1', files.find((f) => f.rel === 'lib/mod/text.py')!.sha));
+    const srv = await startHostileServer(store, 'hold');
+    srv.match = (rel) => rel.startsWith('layers/');
+    try {
+      const m = await mountStoreUrl(srv.url, 'early', ['--no-file-ahead']);
+      const file = (img: string) => path.join(m.mp, 'images', encodeImageDirName(img), 'rootfs', 'lib', 'mod', 'text.py');
+      // The layer manifest is held back: the catalog is asked for all the same.
+      const read = fsp.readFile(file('early:v1'));
+      await waitFor(() => srv.requests.includes(objectPath(catalog)) || undefined, 15_000, 20, 'catalog requested while the layer manifest is held');
+      assert.equal(srv.requests.filter((r) => r.startsWith('layers/')).length, 1, 'the layer manifest was asked for (and is held)');
+      srv.mode = 'ok';
+      srv.release();
+      assert.equal(sha256(await read), files.find((f) => f.rel === 'lib/mod/text.py')!.sha);
+      let s = await stats(m);
+      assert.equal(s.cache.catalogFetches, 1, 'one fetch of the catalog served both');
+      assert.equal(s.layersLoaded, 1);
+      // A descriptor naming the wrong object: the layer (already loaded) is used as its manifest says.
+      assert.equal(sha256(await fsp.readFile(file('wrongcat:v1'))), files.find((f) => f.rel === 'lib/mod/text.py')!.sha);
+      await stop(m);
+      // And on a fresh node: the wrong object is fetched (and verified as what it is), never opened as a catalog.
+      const w = await mountStoreUrl(srv.url, 'wrongcat', ['--no-file-ahead']);
+      const wf = path.join(w.mp, 'images', encodeImageDirName('wrongcat:v1'), 'rootfs', 'lib', 'mod', 'text.py');
+      assert.equal(sha256(await fsp.readFile(wf)), files.find((f) => f.rel === 'lib/mod/text.py')!.sha);
+      s = await stats(w);
+      assert.equal(s.layersLoaded, 1);
+      assert.equal(s.ops.eio, 0);
+      await stop(w);
     } finally { await srv.close(); }
   });
 

@@ -28,6 +28,8 @@ const keyOf = (hash: string) => `c:${hash}`;
 export class CatalogCache {
   /** Listings being checked or built, by catalog hash: concurrent loads of one catalog share the work. */
   private readonly listingsPending = new Map<string, Promise<string | null>>();
+  /** Catalogs being checked or fetched, by hash. */
+  private readonly acquiring = new Map<string, Promise<string>>();
 
   constructor(private readonly p: CatalogParts) {}
 
@@ -40,20 +42,31 @@ export class CatalogCache {
     // Pinned first: an eviction between the check and the caller's open would otherwise be possible.
     this.p.index.pin(key);
     try {
-      const path = this.p.dir.catalogPath(hash);
-      const have = await this.check(hash, path, size);
-      if (have !== null) {
-        if (!this.p.index.touch(key)) this.p.index.add(key, have);
-        return path;
+      // Concurrent acquires of one catalog (an early one, from an image descriptor, then the layer's) share the work.
+      let p = this.acquiring.get(hash);
+      if (!p) {
+        p = this.place(hash, size).finally(() => this.acquiring.delete(hash));
+        this.acquiring.set(hash, p);
       }
-      const data = await this.p.fetcher.fetchObject(hash, size, 'catalog');
-      await this.p.dir.write(key, data);
-      this.p.index.add(key, data.length);
-      return path;
+      return await p;
     } catch (e) {
       this.p.index.unpin(key);
       throw e;
     }
+  }
+
+  private async place(hash: string, size?: number): Promise<string> {
+    const key = keyOf(hash);
+    const path = this.p.dir.catalogPath(hash);
+    const have = await this.check(hash, path, size);
+    if (have !== null) {
+      if (!this.p.index.touch(key)) this.p.index.add(key, have);
+      return path;
+    }
+    const data = await this.p.fetcher.fetchObject(hash, size, 'catalog');
+    await this.p.dir.write(key, data);
+    this.p.index.add(key, data.length);
+    return path;
   }
 
   /**

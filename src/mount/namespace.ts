@@ -130,12 +130,33 @@ export class Namespace {
     // Every layer's manifest and catalog at once: a cold start waits one round trip chain, not one per layer.
     const ls = await Promise.all(img.desc.layers.map(async (d) => {
       const hex = parseLayerDirName(d.diffId);
-      const l = hex ? await this.loadedLayer(hex) : null;
+      const early = hex ? this.earlyCatalog(hex, d.catalog) : null;
+      let l: Layer | null;
+      try {
+        l = hex ? await this.loadedLayer(hex) : null;
+      } finally {
+        // The layer holds its own pin by now (or failed): the early one is let go (kept in the cache, unpinned).
+        if (early) void early.then((ok) => { if (ok) this.cache.releaseCatalog(d.catalog); });
+      }
       if (!l) throw new NotFoundError(`image ${img.name}: layer ${d.diffId} is not published in the store`); // answered EIO
       return l;
     }));
     img.layers = ls;
     return ls;
+  }
+
+  /**
+   * The catalog the image descriptor names for a layer not loaded yet, asked for now, beside the layer's manifest
+   * instead of after it (one round trip less before a cold start's first lookup). The layer still loads the catalog
+   * its manifest names (the same one, then already here or in flight; another one otherwise); the object is verified
+   * by its hash either way, and a failure here is only the early fetch's. True once pinned (to be released).
+   */
+  private earlyCatalog(hex: string, catalog: string): Promise<boolean> | null {
+    if (this.layers.get(hex)?.catalog || !/^[0-9a-f]{64}$/.test(catalog)) return null;
+    return this.cache.catalogFile(catalog).then(() => true, (e: unknown) => {
+      this.log.debug({ err: e, catalog }, 'early catalog fetch failed (the layer manifest\'s is fetched)');
+      return false;
+    });
   }
 
   async listLayerDirs(): Promise<string[]> {

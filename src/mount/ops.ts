@@ -326,8 +326,23 @@ export class ThinFs {
     const id = this.hold(n);
     this.keepForLookup(n, id);
     // overlayfs asks every lower entry it meets for trusted.overlay.*: let the transport answer for those without any.
-    if (this.noXattr && n.k === 'entry' && !n.inImage && !n.layer.catalog!.hasXattrs(n.inode.ino, n.inode.flags)) this.noXattr(id);
+    if (this.noXattr && this.xattrless(n)) this.noXattr(id);
     return entryOut(id, ttl, ttl, attr);
+  }
+
+  /**
+   * Whether a node shows no xattrs at all (the transport may then answer its GETXATTR/LISTXATTR): in layers/, none
+   * stored and not opaque; in an image view (what `--rootfs images/...:O` gives overlayfs as its lower), none left once
+   * trusted.overlay.* is hidden, a merged directory's being those of its attribute layer (as xattrs() answers).
+   */
+  private xattrless(n: Node): boolean {
+    if (n.k === 'merged') {
+      const m = imageMerge.attrMember(n.members);
+      return !m.layer.catalog!.hasXattrs(m.inode.ino, m.inode.flags) || imageMerge.imageXattrs(m.layer.catalog!, m.inode).size === 0;
+    }
+    if (n.k !== 'entry') return false;
+    if (!n.layer.catalog!.hasXattrs(n.inode.ino, n.inode.flags)) return true;
+    return n.inImage !== null && imageMerge.imageXattrs(n.layer.catalog!, n.inode).size === 0;
   }
 
   /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing); `again` even if handed before. */
@@ -438,7 +453,11 @@ export class ThinFs {
       off = writeDirent(out, off, dot ? (i === 0 ? self : 1) : c!.ino, i + 1, name, dot ? 4 : c!.dtype);
     }
     if (i >= ents.length + 2 && n.k !== 'synth') this.dirEof(self, ents.length + 2);
-    for (const c of held) this.hold(c);
+    for (const c of held) {
+      const cid = this.hold(c);
+      // An image view's entries listed here are not looked up again, but overlayfs still asks each for its xattrs.
+      if (this.noXattr && (c.k === 'merged' || (c.k === 'entry' && c.inImage)) && this.xattrless(c)) this.noXattr(cid);
+    }
     return out.subarray(0, off);
   }
 

@@ -14,7 +14,8 @@ export type HostileMode =
   | 'endless'     // 200, chunked, body never ends
   | 'oversized'   // 200 with Content-Length 10 GiB, then body bytes as fast as the client takes them
   | 'trickle'     // 200, then one byte every 0.5 s
-  | 'swap';       // the bytes of the file `swapWith(path)` names instead
+  | 'swap'        // the bytes of the file `swapWith(path)` names instead
+  | 'hold';       // the file as it is, once release() is called (what a client asks for meanwhile is in `requests`)
 
 export interface HostileServer {
   url: string;
@@ -28,6 +29,8 @@ export interface HostileServer {
   hostile: string[];
   /** Body bytes written to clients. */
   bytesSent(): number;
+  /** Answers the requests 'hold' kept waiting. */
+  release(): void;
   close(): Promise<void>;
 }
 
@@ -38,9 +41,11 @@ export async function startHostileServer(root: string, mode: HostileMode = 'ok')
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   let sent = 0;
+  let held: Array<() => void> = [];
   const self: HostileServer = {
     url: '', mode, match: () => true, swapWith: (r) => r, requests: [], hostile: [],
     bytesSent: () => sent,
+    release: () => { const h = held; held = []; for (const f of h) f(); },
     close: async () => {
       for (const t of timers) clearInterval(t);
       for (const s of sockets) s.destroy();
@@ -101,6 +106,7 @@ export async function startHostileServer(root: string, mode: HostileMode = 'ok')
         return;
       }
       case 'swap': void serveFile(self.swapWith(rel), res); return;
+      case 'hold': held.push(() => void serveFile(rel, res)); return;
       default: void serveFile(rel, res);
     }
   });
