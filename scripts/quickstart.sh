@@ -36,4 +36,4 @@ python3 -c "import os; print('   python3 lists', len(os.listdir('$MNT/layers/$HE
 echo "   stats: $(cat "$MNT/.thinfs/stats" 2>/dev/null | head -c 400)"
 $THINFS unmount "$MNT"
 wait $MPID || true
-echo "== done: store at ./$STORE, try: $THINFS --help"
+echo "== done: store at ./$STORE, try: thinfs --help (installed in /usr/local/bin by scripts/setup.sh)"

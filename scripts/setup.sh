@@ -53,3 +53,5 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm run build
+# `thinfs` and `docker2thin` on PATH (README commands; deploy/thinfs-mount.service runs /usr/local/bin/thinfs)
+bash scripts/install-bin.sh

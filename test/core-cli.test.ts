@@ -54,3 +54,14 @@ test('a reader closing the pipe early ends the command quietly', async () => {
   assert.doesNotMatch(r.stderr, /EPIPE|at /, 'no error, no stack trace');
   assert.match(r.stdout, /rc=0/);
 });
+
+test('podman-conf refuses a path a TOML string cannot hold raw (quote, backslash, control characters), printing nothing', async () => {
+  for (const p of ['/srv/a"b', '/srv/a\\b', '/srv/a\nb', '/srv/\x1b[31mred', '/srv/a\x7fb']) {
+    const r = await thinfs(['podman-conf', p]);
+    assert.equal(r.code, 3, `${JSON.stringify(p)}: ${r.stderr}`);
+    assert.equal(r.stdout, '', 'no storage.conf printed');
+    assert.match(r.stderr, /path not usable in storage\.conf/);
+    assert.doesNotMatch(r.stderr, /[\x00-\x08\x0b-\x1f\x7f]/, 'the error shows no raw control character');
+  }
+  assert.match(await thinfsOk(['podman-conf', '/srv/with space\tand tab']), /additionalimagestores = \["\/srv\/with space\tand tab"\]/);
+});

@@ -59,7 +59,8 @@ describe('mount options', () => {
     assert.ok((await fsp.stat(dev)).isCharacterDevice());
     await assert.rejects(fsp.readFile(dev), { code: 'EACCES' }, 'nodev: even root cannot open a device node of the mount');
     const flags = await mountFlags(m.mp);
-    assert.ok(flags.includes('nosuid') && flags.includes('nodev'), `mount flags: ${flags.join(',')}`);
+    // README's list: ro,nosuid,nodev,noatime.
+    for (const f of ['ro', 'nosuid', 'nodev', 'noatime']) assert.ok(flags.includes(f), `${f} in mount flags: ${flags.join(',')}`);
     await stop(m);
   });
 
@@ -84,7 +85,7 @@ describe('mount options', () => {
     const m = fx.adopt(await mountStore(store, path.join(home, 'mnt'), { cacheDir: path.join(home, 'cache'), extra: ['--no-allow-other'], wrap }));
     const flags = await mountFlags(m.mp, m.child.pid!);
     assert.ok(flags.includes('fstype=fuse.thinfs'), `mounted through fusermount3 with our subtype: ${flags.join(',')}`);
-    assert.ok(flags.includes('nosuid') && flags.includes('nodev'), `mount flags: ${flags.join(',')}`);
+    for (const f of ['ro', 'nosuid', 'nodev', 'noatime']) assert.ok(flags.includes(f), `${f} in mount flags (as root's): ${flags.join(',')}`);
     await stop(m);
 
     const r = await run(asNobody[0]!, [...asNobody.slice(1), process.execPath, THINFS_MAIN, 'mount', store, path.join(home, 'mnt2'), '--allow-suid',

@@ -3,6 +3,9 @@
 // the source tree), never seen by the JS thread (its read counter stays 0, the transport's counts them), and a cache
 // file written to after it was verified is never served (JS serves the node from chunks it verifies again). Cold reads
 // decode and verify store objects on the threadpool (src/store/native/decode.c): a damaged object is EIO, never bytes.
+// Cold reads of a file served by READs (with or without passthrough) are answered by the transport too once its chunks
+// have landed (fetched, verified and written to the cache in one threadpool job): the JS thread sees the first READs
+// only, a changed cache file is verified again before any of its bytes are served, a damaged object is EIO.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
@@ -46,12 +49,16 @@ async function cmpAll(m: Mounted): Promise<void> {
 }
 
 async function chunksOf(rel: string): Promise<string[]> {
+  return (await chunkRefsOf(rel)).map((c) => c.hash);
+}
+
+async function chunkRefsOf(rel: string): Promise<Array<{ hash: string; offset: number; size: number }>> {
   const s = await Store.open(store);
   const man = (await s.getLayer(`sha256:${hex}`))!;
   const f = path.join(work, `catalog-${man.catalog}.sqlite`);
   await fsp.writeFile(f, await s.getObject(man.catalog));
   const cat = CatalogReader.open(f);
-  try { return cat.chunks(cat.resolve(rel)!.ino).map((c) => c.hash); } finally { cat.close(); }
+  try { return cat.chunks(cat.resolve(rel)!.ino).map((c) => ({ hash: c.hash, offset: c.offset, size: c.size })); } finally { cat.close(); }
 }
 
 /** Overwrite one byte of a file in place (same inode and size: only its times tell). */
@@ -69,6 +76,20 @@ async function flipByte(file: string, at: number): Promise<void> {
 async function dropPages(): Promise<void> {
   await run('sync', []);
   await fsp.writeFile('/proc/sys/vm/drop_caches', '1');
+}
+
+/** Reads an open file from its start in 1 MiB reads: the bytes got until the end or the first error, and that error. */
+async function readFrom(fh: fsp.FileHandle, size: number): Promise<{ data: Buffer; err: NodeJS.ErrnoException | null }> {
+  const b = Buffer.alloc(size);
+  let got = 0;
+  try {
+    while (got < size) {
+      const { bytesRead } = await fh.read(b, got, Math.min(MiB, size - got), got);
+      if (!bytesRead) break;
+      got += bytesRead;
+    }
+  } catch (e) { return { data: b.subarray(0, got), err: e as NodeJS.ErrnoException }; }
+  return { data: b.subarray(0, got), err: null };
 }
 
 before(async () => {
@@ -212,6 +233,121 @@ describe('cold reads', () => {
     } finally {
       await stop(m);
       for (const [f, b] of saved) await fsp.writeFile(f, b);
+    }
+  });
+
+  for (const [mode, extra] of [['without passthrough', ['--no-passthrough']], ['with passthrough', []]] as const) {
+    it(`${mode}: READs of landed chunks are answered by the transport, exact; after the fetch none reaches the JS thread`, async () => {
+      const big = FILES[0]!;
+      const m = await mounts.mount(`mnt-land-${extra.length}`, { cache: `cache-land-${extra.length}`, extra: [...extra] });
+      const fh = await fsp.open(path.join(m.mp, 'layers', hex, big.rel), 'r');
+      try {
+        const first = await readFrom(fh, big.data.length);
+        assert.equal(first.err, null);
+        assert.equal(sha256(first.data), sha256(big.data), 'cold read exact');
+        const s1 = await m.stats();
+        // How many READs of this first pass reach JS depends on the machine's speed: those that arrive before their
+        // chunks land (JS has them answered by the transport once they have).
+        assert.ok(s1.cache.fetches >= 13, 'fetched from the store');
+        // Again through the same open, page cache dropped: every READ is answered by the transport, none by JS.
+        await dropPages();
+        const again = await readFrom(fh, big.data.length);
+        assert.equal(sha256(again.data), sha256(big.data), 'second read exact');
+        const s2 = await m.stats();
+        assert.equal(s2.ops.reads, s1.ops.reads, 'no READ reached the JS thread');
+        assert.ok(s2.ops.nativeReads >= s1.ops.nativeReads + 13, 'the transport answered them');
+        assert.equal(s2.ops.nativeReadBytes - s1.ops.nativeReadBytes, big.data.length, 'every byte of the second read from the transport');
+        assert.equal(s2.cache.fetches, s1.cache.fetches, 'nothing fetched again');
+      } finally {
+        await fh.close();
+        await stop(m);
+      }
+    });
+  }
+
+  it('with --no-native-reads cold READs are answered by the JS thread (the counters above are the feature)', async () => {
+    const big = FILES[0]!;
+    const m = await mount('mnt-land-off', 'cache-land-off', ['--no-native-reads']);
+    const fh = await fsp.open(path.join(m.mp, 'layers', hex, big.rel), 'r');
+    try {
+      assert.equal(sha256((await readFrom(fh, big.data.length)).data), sha256(big.data));
+      const s = await m.stats();
+      assert.equal(s.ops.nativeReads, 0);
+      assert.ok(s.ops.reads >= 13);
+    } finally {
+      await fh.close();
+      await stop(m);
+    }
+  });
+
+  it('a landed chunk file changed after its fetch is verified again: exact bytes, never the changed ones', async () => {
+    const big = FILES[0]!;
+    const refs = await chunkRefsOf(big.rel);
+    const m = await mount('mnt-land-changed', 'cache-land-changed');
+    const fh = await fsp.open(path.join(m.mp, 'layers', hex, big.rel), 'r');
+    try {
+      assert.equal(sha256((await readFrom(fh, big.data.length)).data), sha256(big.data));
+      const before = await m.stats();
+      // Two chunk files the transport holds: one damaged in place (same inode and size), one replaced by a file of the
+      // same bytes but another identity (renamed over it): both are verified again, the damaged one refetched.
+      const file = (h: string) => path.join(m.cacheDir, 'chunks', h.slice(0, 2), h.slice(2));
+      const damaged = refs[3]!, replaced = refs[7]!;
+      await flipByte(file(damaged.hash), 1000);
+      const copy = `${file(replaced.hash)}.copy`;
+      await fsp.copyFile(file(replaced.hash), copy);
+      await fsp.rename(copy, file(replaced.hash));
+      await dropPages();
+      const again = await readFrom(fh, big.data.length);
+      assert.equal(again.err, null);
+      assert.equal(sha256(again.data), sha256(big.data), 'exact after a landed chunk file changed');
+      const s = await m.stats();
+      assert.ok(s.ops.reads > before.ops.reads, 'the READs of the changed files went to the JS thread');
+      assert.ok(s.cache.corruptDropped >= 1, 'the damaged chunk was found and dropped');
+      assert.ok(s.cache.fetches > before.cache.fetches, 'and fetched again');
+      assert.equal(s.ops.eio, 0);
+      // Once verified again they are answered by the transport again.
+      await dropPages();
+      const third = await readFrom(fh, big.data.length);
+      assert.equal(sha256(third.data), sha256(big.data));
+      const s3 = await m.stats();
+      assert.equal(s3.ops.reads, s.ops.reads, 'no READ reached the JS thread after the re-verification');
+    } finally {
+      await fh.close();
+      await stop(m);
+    }
+  });
+
+  it('a damaged object in the middle of a file read through landed chunks is EIO; no byte of it or after it is served', async () => {
+    const big = FILES[0]!;
+    const refs = await chunkRefsOf(big.rel);
+    const victim = refs[6]!;
+    const f = path.join(store, objectPath(victim.hash));
+    const saved = await fsp.readFile(f);
+    const bad = Buffer.from(saved);
+    bad[bad.length - 10]! ^= 0xff;
+    await fsp.writeFile(f, bad);
+    const m = await mount('mnt-land-eio', 'cache-land-eio');
+    const fh = await fsp.open(path.join(m.mp, 'layers', hex, big.rel), 'r');
+    try {
+      const r = await readFrom(fh, big.data.length);
+      assert.equal(r.err?.code, 'EIO', 'the read fails with EIO');
+      assert.ok(r.data.length <= victim.offset, `no byte of the damaged chunk served (${r.data.length} > ${victim.offset})`);
+      assert.ok(r.data.equals(big.data.subarray(0, r.data.length)), 'the bytes before it exact');
+      // Reads past it (from the first page holding none of its bytes) are exact; the damaged range stays EIO.
+      const past = Math.ceil((victim.offset + victim.size) / 4096) * 4096;
+      const after = Buffer.alloc(MiB);
+      const { bytesRead } = await fh.read(after, 0, MiB, past);
+      assert.ok(bytesRead > 0);
+      assert.ok(after.subarray(0, bytesRead).equals(big.data.subarray(past, past + bytesRead)));
+      await assert.rejects(fh.read(Buffer.alloc(4096), 0, 4096, victim.offset + 10), { code: 'EIO' });
+      const s = await m.stats();
+      assert.ok(s.ops.eio >= 1);
+      const cached = await fsp.readFile(path.join(m.cacheDir, 'chunks', victim.hash.slice(0, 2), victim.hash.slice(2))).catch(() => null);
+      assert.equal(cached, null, 'the damaged object never reached the cache directory');
+    } finally {
+      await fh.close();
+      await stop(m);
+      await fsp.writeFile(f, saved);
     }
   });
 });

@@ -112,3 +112,22 @@ test('the systemd unit passes systemd-analyze verify and has the ready file, res
   const exec = /^ExecStart=(.*)$/m.exec(unit)![1]!;
   for (const opt of exec.match(/--[a-z-]+/g)!) assert.ok(help.includes(opt), `thinfs mount has ${opt}`);
 });
+
+test('setup puts thinfs and docker2thin on PATH where the unit runs them, working after a rebuild', async () => {
+  // The README's commands say `thinfs ...` and the unit runs /usr/local/bin/thinfs: scripts/setup.sh installs both.
+  const unit = await fsp.readFile(path.join(REPO_ROOT, 'deploy/thinfs-mount.service'), 'utf8');
+  const program = /^ExecStart=(\S+)/m.exec(unit)![1]!;
+  assert.equal(program, '/usr/local/bin/thinfs');
+  assert.match(await fsp.readFile(path.join(REPO_ROOT, 'scripts/setup.sh'), 'utf8'), /^bash scripts\/install-bin\.sh$/m);
+  const bin = path.join(work, 'bin');
+  await runOk('bash', [path.join(REPO_ROOT, 'scripts/install-bin.sh'), bin]);
+  // tsc writes dist/ without execute bits (the build recreates it): the wrappers must not depend on them.
+  const mode = (await fsp.stat(THINFS_MAIN)).mode & 0o777;
+  await fsp.chmod(THINFS_MAIN, 0o644);
+  try {
+    assert.equal((await runOk(path.join(bin, 'thinfs'), ['--version'])).trim(), '0.1.0');
+    assert.match(await runOk(path.join(bin, 'docker2thin'), ['--help']), /^Usage: docker2thin/);
+    const r = await run(path.join(bin, 'thinfs'), ['gc']);
+    assert.equal(r.code, 2, 'exit codes pass through the wrapper');
+  } finally { await fsp.chmod(THINFS_MAIN, mode); }
+});

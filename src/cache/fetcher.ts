@@ -1,6 +1,8 @@
 // The chunk fetcher: verified bytes of an object from memory, then the cache directory (re-verified), then the store
 // (decoded and verified, then written to the cache directory). Concurrent requests for one object share one load
-// (single-flight), and store fetches of any object (catalogs too) go through here.
+// (single-flight), and store fetches of any object (catalogs too) go through here. Landing: a chunk made a verified
+// cache file without its bytes coming to JS (fetched, decoded, verified and written in one threadpool job from a store
+// on a filesystem), named with that file's identity, so the FUSE transport answers reads from the file itself.
 import { LRUCache } from 'lru-cache';
 import type { Store } from '../store/store.js';
 import type { PackRef } from '../store/pack.js';
@@ -10,6 +12,19 @@ import type { CacheDir } from './cache-dir.js';
 import type { CacheCounters } from './counters.js';
 import type { CacheIndex } from './quota.js';
 import { errno, openVerified, readVerified } from './verify.js';
+import { tryNative } from '../util/native.js';
+import { DECODE_IO, DECODE_MISSING, objectRefused } from '../store/codec.js';
+import { NotFoundError } from '../util/errors.js';
+
+/** A chunk in a cache file whose bytes were verified, and that file's identity then (src/util/native/fileid.h). */
+export interface LandedChunk { path: string; id: Buffer }
+
+interface NativeLand {
+  landObject(objectFile: string, hash: string, size: number, tmp: string, dest: string): Promise<[Buffer, number] | number>;
+  identifyVerified(path: string, size: number, hash: string): Promise<Buffer | number>;
+}
+/** landObject: the object verified but its cache file not written (then it is fetched the usual way). */
+const LAND_WRITE = -1000;
 
 export interface FetcherParts {
   dir: CacheDir;
@@ -31,6 +46,11 @@ export class ChunkFetcher {
   private readonly fetching = new Map<string, Promise<Buffer>>();
   private readonly packs: PackLoader;
   private readonly debug: boolean;
+  /** Chunks whose cache file this process wrote or verified: the file's identity then. */
+  private readonly landedIds = new Map<string, Buffer>();
+  private readonly landing = new Map<string, Promise<LandedChunk | null>>();
+  /** Cache writes under way (writeLocal), by chunk. */
+  private readonly writes = new Map<string, Promise<void>>();
 
   constructor(private readonly p: FetcherParts) {
     this.debug = p.log.isLevelEnabled('debug');
@@ -152,16 +172,98 @@ export class ChunkFetcher {
     }
   }
 
+  /** The chunk's verified cache file when this process landed it (and the index still has it), else null. */
+  landedNow(hash: string): LandedChunk | null {
+    const id = this.landedIds.get(hash);
+    return id && this.p.index.has(hash) ? { path: this.p.dir.chunkPath(hash), id } : null;
+  }
+
+  /** The chunk's cache file is gone or changed (evicted, dropped, found changed by the transport): verified again next time. */
+  forgetLanded(hash: string): void { this.landedIds.delete(hash); }
+
+  /**
+   * The chunk in a verified cache file, for the transport to read itself: already there (hashed again now unless this
+   * process wrote or verified it), or fetched from a filesystem store straight into the cache (no bytes through JS),
+   * or fetched the usual way and written (network stores, packs). Null when no such file can be had (no addon, over
+   * the quota, a write that failed): the caller reads its bytes with get(). Throws as get() does (missing, corrupt).
+   */
+  land(hash: string, size: number, pack?: PackRef): Promise<LandedChunk | null> {
+    this.lastUse = Date.now();
+    const have = this.landedNow(hash);
+    if (have) return Promise.resolve(have);
+    const running = this.landing.get(hash);
+    if (running) { this.p.counters.joined++; return running; }
+    const p = this.landNow(hash, size, pack).finally(() => this.landing.delete(hash));
+    this.landing.set(hash, p);
+    return p;
+  }
+
+  private async landNow(hash: string, size: number, pack?: PackRef): Promise<LandedChunk | null> {
+    const nat = tryNative<NativeLand>();
+    if (!nat?.landObject || !nat.identifyVerified || size > this.p.index.quota) { await this.get(hash, size, pack); return null; }
+    // A load of it under way (a reader's get): its bytes land in the cache through writeLocal.
+    const loading = this.inflight.get(hash);
+    if (loading) await loading;
+    const found = await this.identifyLocal(nat, hash, size);
+    if (found) return found;
+    const obj = pack ? null : this.p.store.objectFile(hash);
+    if (obj) {
+      const c = this.p.counters, t0 = Date.now();
+      const path = this.p.dir.chunkPath(hash);
+      const r = await nat.landObject(obj, hash, size, this.p.dir.tmpName(hash), path);
+      if (typeof r !== 'number') {
+        if (this.debug) this.p.log.debug({ ev: 'fetch', object: hash, what: 'chunk', bytes: r[1], t0, ms: Date.now() - t0 }, 'fetched');
+        c.fetches++;
+        c.fetchedBytes += r[1];
+        c.fetchedDecodedBytes += size;
+        this.p.index.add(hash, size);
+        this.landedIds.set(hash, r[0]);
+        return { path, id: r[0] };
+      }
+      if (r === DECODE_MISSING) { c.errors++; throw new NotFoundError(`object ${hash} not found in store ${this.p.store.location}`); }
+      if (r < 0 && r !== DECODE_IO && r !== LAND_WRITE) { c.errors++; throw objectRefused(hash, r, size); }
+      // 1 (a codec left to JS), an I/O error, a cache write that failed: the usual way below.
+    }
+    await this.get(hash, size, pack);
+    await this.writes.get(hash);
+    return this.identifyLocal(nat, hash, size);
+  }
+
+  /** A chunk already in the cache directory: its identity, once its bytes hash to its name (a corrupt one is dropped). */
+  private async identifyLocal(nat: NativeLand, hash: string, size: number): Promise<LandedChunk | null> {
+    const pending = this.writes.get(hash);
+    if (pending) await pending;
+    if (!this.p.index.has(hash)) return null;
+    const path = this.p.dir.chunkPath(hash);
+    const r = await nat.identifyVerified(path, size, hash);
+    if (typeof r !== 'number') {
+      this.p.counters.diskHits++;
+      this.p.index.touch(hash);
+      this.landedIds.set(hash, r);
+      return { path, id: r };
+    }
+    if (r === -errno.EBADMSG) return this.dropCorrupt(hash, 'cached chunk is corrupt: dropped, refetching');
+    this.p.index.delete(hash);
+    return null;
+  }
+
   /** Forget and remove a cached file that failed verification (any key: chunk, whole-file copy, catalog). */
   async dropCorrupt(key: string, msg: string, extra: Record<string, unknown> = {}): Promise<null> {
     this.p.counters.corruptDropped++;
+    this.landedIds.delete(key);
     this.p.log.warn({ object: key, file: this.p.dir.pathOf(key), ...extra }, msg);
     this.p.index.delete(key);
     await this.p.dir.remove(key);
     return null;
   }
 
-  private async writeLocal(hash: string, data: Buffer): Promise<void> {
+  private writeLocal(hash: string, data: Buffer): Promise<void> {
+    const w = this.writeNow(hash, data).finally(() => { if (this.writes.get(hash) === w) this.writes.delete(hash); });
+    this.writes.set(hash, w);
+    return w;
+  }
+
+  private async writeNow(hash: string, data: Buffer): Promise<void> {
     try {
       if (data.length > this.p.index.quota) return;
       await this.p.dir.write(hash, data);

@@ -9,13 +9,14 @@ import type { Logger } from '../util/log.js';
 import { CacheDir } from './cache-dir.js';
 import { CatalogCache } from './catalog-cache.js';
 import { newCounters, type CacheCounters } from './counters.js';
-import { ChunkFetcher } from './fetcher.js';
+import { ChunkFetcher, type LandedChunk } from './fetcher.js';
 import { CacheIndex, type CacheKey } from './quota.js';
 import { WholeFileBuilder } from './whole-file.js';
 
 export { fdClose } from './verify.js';
 export { chunkMapText } from './copy-trust.js';
 export type { CacheCounters } from './counters.js';
+export type { LandedChunk } from './fetcher.js';
 
 export interface CacheOptions {
   dir: string;
@@ -48,6 +49,7 @@ export class NodeCache {
       counters.evictions++;
       if (key.startsWith('c:')) counters.catalogEvictions++;
       if (key.startsWith('f:')) this.files.forget(key);
+      else this.fetcher.forgetLanded(key);
       void dir.remove(key);
       this.onEvict?.(key);
     });
@@ -79,6 +81,25 @@ export class NodeCache {
   /** Verified bytes of a chunk (memory, cache directory, store: through its pack when the catalog names one). */
   get(hash: string, size?: number, pack?: PackRef): Promise<Buffer> { return this.fetcher.get(hash, size, pack); }
   isLocal(hash: string): boolean { return this.fetcher.isLocal(hash); }
+  /**
+   * The chunk in a verified cache file (path and identity) for the FUSE transport to read itself: fetched straight into
+   * the cache from a filesystem store (no bytes through JS), or the usual way and written. Null: read it with get().
+   */
+  land(hash: string, size: number, pack?: PackRef): Promise<LandedChunk | null> { return this.fetcher.land(hash, size, pack); }
+  /** A chunk this process landed and the index still has (no I/O), or null. */
+  landedNow(hash: string): LandedChunk | null { return this.fetcher.landedNow(hash); }
+  /** A landed chunk's file was found changed: verified again before it is handed out again. */
+  forgetLanded(hash: string): void { this.fetcher.forgetLanded(hash); }
+  /**
+   * Set when the transport reads landed chunks itself: prefetches land chunks in the cache directory instead of
+   * bringing their bytes into memory.
+   */
+  landForPrefetch = false;
+  /** A prefetch of a chunk: landed (landForPrefetch) or loaded into memory. */
+  async prefetch(hash: string, size: number, pack?: PackRef): Promise<void> {
+    if (this.landForPrefetch) await this.fetcher.land(hash, size, pack);
+    else await this.fetcher.get(hash, size, pack);
+  }
   /** The path of a chunk in the cache directory when the index has it (its bytes are checked by whoever opens it). */
   chunkFile(hash: string): string | null { return this.index.has(hash) ? this.dir.chunkPath(hash) : null; }
   /** A chunk was used without this process reading it (the transport did): recently used, for the LRU. */

@@ -4,7 +4,7 @@
 // does not verify, is logged and counted; the fetcher then asks for the member's own object, so a damaged pack costs a
 // request, never wrong bytes.
 import type { Store } from '../store/store.js';
-import { decodePackMembers, type PackRef } from '../store/pack.js';
+import { decodePackMembersAsync, type PackRef } from '../store/pack.js';
 import type { Logger } from '../util/log.js';
 import type { CacheCounters } from './counters.js';
 
@@ -62,7 +62,8 @@ export class PackLoader {
     c.packFetches++;
     c.fetchedBytes += pack.rawBytes;
     const out = new Map<string, Buffer>();
-    for (const m of decodePackMembers(ref.name, pack.entries)) {
+    // Decoded and verified on the threadpool, not on the JS thread that answers FUSE requests.
+    for (const m of await decodePackMembersAsync(ref.name, pack.entries)) {
       if ('error' in m) {
         c.packBadMembers++;
         this.p.log.warn({ pack: ref.name, object: m.hash, err: m.error }, 'pack member does not verify: skipped');

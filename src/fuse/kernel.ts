@@ -6,7 +6,8 @@ import { readU64, writeU64, type Attr } from '../format/listing.js';
 
 export const OP = {
   CLOSED: 0, /** pseudo: a listing handed ahead with keepListing was first served by the transport */ DIR_LISTED: 0xfff0,
-  /** pseudo: the transport opened a file handed over with fileAhead, and answers its reads */ OPENED: 0xfff1, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
+  /** pseudo: the transport opened a file handed over with fileAhead, and answers its reads */ OPENED: 0xfff1,
+  /** pseudo: the transport answered a READ from landed chunks (offset in `unique`, length in the body) */ READ_NATIVE: 0xfff2, LOOKUP: 1, FORGET: 2, GETATTR: 3, READLINK: 5, OPEN: 14, READ: 15, STATFS: 17, GETXATTR: 22, LISTXATTR: 23,
   INIT: 26, READDIR: 28, BATCH_FORGET: 42, READDIRPLUS: 44,
 } as const;
 
@@ -48,6 +49,14 @@ export interface Binding {
   fileAhead(s: Session, nodeid: number, chunkPath: string, size: number, sha256: Buffer): void;
   /** The same for a tiny file whose bytes JS has (inline in its catalog, verified with it): copied, served from memory. */
   fileBytesAhead(s: Session, nodeid: number, bytes: Buffer): void;
+  /**
+   * A chunk of an open node (bytes [offset, offset + length)) is in a verified cache file with this identity (32 bytes
+   * from the cache's landObject/identifyVerified): the transport answers READs it covers from that file, after checking
+   * the identity each time (a changed file goes back to JS). False when the node has no open entry to take it.
+   */
+  chunkLanded(s: Session, nodeid: number, nodeSize: number, offset: number, length: number, path: string, id: Buffer): boolean;
+  /** A READ JS holds, answered on the threadpool from the node's landed chunks: 1, or 0 (not all landed or one changed: JS answers). */
+  replyChunks(s: Session, unique: number, nodeid: number, offset: number, size: number): Promise<number>;
   /** READs the transport answered from handed-over copies, and their bytes. */
   readStats(s: Session): [number, number];
   /** The kernel forgot the node: its backing file is released once the last open is. */

@@ -225,11 +225,20 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
         const nat = !pt && o.nativeReads !== false;
         if (pt || nat) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
         fs.nativeReads = nat;
+        // With or without passthrough: a file served by READs is answered by the transport from its landed chunks.
+        if (o.nativeReads !== false && typeof k.chunkLanded === 'function') {
+          fs.chunkReads = {
+            landed: (id, nodeSize, off, len, path, fid) => k.chunkLanded(session, id, nodeSize, off, len, path, fid),
+            reply: (u, id, off, size) => k.replyChunks(session, u, id, off, size),
+          };
+          fs.landForPrefetch();
+        }
         initDone({ maxReadahead: b.readUInt32LE(0), maxPages: b.readUInt32LE(4), kernelMinor: b.readUInt32LE(8), passthrough: pt });
         return;
       }
       case OP.DIR_LISTED: fs.listedAhead(nodeid); return;
       case OP.OPENED: fs.openedNatively(nodeid); return;
+      case OP.READ_NATIVE: fs.readNatively(nodeid, unique, (body as Buffer).readUInt32LE(0)); return;
       case OP.FORGET: fs.forget(nodeid, readU64(body as Buffer, 0)); return;
       case OP.BATCH_FORGET: {
         const b = body as Buffer;

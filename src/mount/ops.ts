@@ -1,6 +1,7 @@
 // The mount's FUSE operations: the nodes the kernel holds (with their lookup counts), attributes, lookups, listings
 // (pre-encoded ones expanded natively, the rest built here), reads of verified chunks, xattrs, statfs, and the choice
-// at first open between serving reads and passing them through to a local copy. Node ids come from node-ids.ts,
+// at first open between serving reads and passing them through to a local copy, and the handing of landed chunks to the
+// transport (which then answers a cold file's READs from the cache files itself). Node ids come from node-ids.ts,
 // passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
 import type { Inode, ChunkRef } from '../catalog/reader.js';
 import { sha256hex } from '../util/hash.js';
@@ -63,8 +64,10 @@ export interface OpCounters {
 
 const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(OP).map(([k, v]) => [v, k.toLowerCase()]));
 
-/** What a request handler answers: an errno, or the reply's buffers (written with one writev, no copy). */
-type Answer = number | Buffer | Buffer[];
+/** A READ the transport answered (from landed chunks) on this thread's behalf: nothing more to send. */
+const REPLIED = Symbol('replied');
+/** What a request handler answers: an errno, or the reply's buffers (written with one writev, no copy), or REPLIED. */
+type Answer = number | Buffer | Buffer[] | typeof REPLIED;
 export type Reply = (unique: number, errno: number, data?: Buffer | Buffer[]) => void;
 
 /**
@@ -79,6 +82,8 @@ interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | n
 /** Per-file read state: chunk map, how far a sequential reader got, the whole-file id (passthrough copies). */
 interface ReadState {
   chunks: ChunkRef[] | null; nextPos: number; fileId?: string;
+  /** Chunks (by index) handed to the transport since the node's first open here (the transport drops them at the last release). */
+  handed?: Set<number>;
   /** End of the reads that ran contiguously from offset 0 (-1: none yet); the rest is fetched ahead once it grows. */
   fromStart?: number;
 }
@@ -116,6 +121,17 @@ export class ThinFs {
   handBytes: ((nodeid: number, bytes: Buffer) => void) | null = null;
   /** Directories whose one-chunk files were handed over already, per layer. */
   private readonly handedDirs = new WeakMap<Layer, Set<number>>();
+  /**
+   * Set by the daemon unless native reads are off (with or without passthrough): the transport answers READs of an
+   * open file from its landed chunks (verified cache files, checked against their identity per read). landed hands it
+   * one; reply has it answer a READ this thread holds (on the threadpool): 1, or 0 (JS answers).
+   */
+  chunkReads: {
+    landed(nodeid: number, nodeSize: number, offset: number, length: number, path: string, id: Buffer): boolean;
+    reply(unique: number, nodeid: number, offset: number, size: number): Promise<number>;
+  } | null = null;
+  /** Chunk reads on: prefetches land chunks in the cache directory (the transport reads them there), not in memory. */
+  landForPrefetch(): void { this.cache.landForPrefetch = true; }
   /** Set by the daemon: the transport's count of READs it answered, and their bytes. */
   nativeReadStats: (() => [number, number]) | null = null;
   /** Set by the daemon: the kernel forgot a node entirely. */
@@ -250,7 +266,7 @@ export class ThinFs {
     st.queueSec += (Number(process.hrtime.bigint()) - tNs) / 1e9;
     const send = (a: Answer) => {
       try {
-        if (typeof a === 'number') reply(unique, a); else reply(unique, 0, a);
+        if (typeof a === 'number') reply(unique, a); else if (a !== REPLIED) reply(unique, 0, a);
       } catch (e) {
         // A reply the transport could not take (never expected): logged, the daemon stays up.
         this.log.error({ op, nodeid, err: e }, 'cannot send a FUSE reply');
@@ -270,7 +286,7 @@ export class ThinFs {
           this.open(unique, nodeid, replied).catch((e) => { if (!replied.done) send(this.failed(op, nodeid, e)); });
           return;
         }
-        case OP.READ: r = this.read(nodeid, parseReadIn(body!)); break;
+        case OP.READ: r = this.read(nodeid, parseReadIn(body!), unique); break;
         case OP.READDIR: case OP.READDIRPLUS: r = this.readdir(nodeid, parseReadIn(body!), op === OP.READDIRPLUS); break;
         case OP.GETXATTR: r = this.getxattr(nodeid, body!.readUInt32LE(0), parseName(body!, 8).toString('utf8')); break;
         case OP.LISTXATTR: r = this.listxattr(nodeid, body!.readUInt32LE(0)); break;
@@ -567,7 +583,7 @@ export class ThinFs {
   }
 
   /** Serve a read with slices of verified chunks (no copy); the chunks a read spans are fetched concurrently; holes read as zeros. */
-  private async read(id: number, rin: { offset: number; size: number }): Promise<Answer> {
+  private async read(id: number, rin: { offset: number; size: number }, unique: number): Promise<Answer> {
     const t0 = performance.now();
     this.counters.reads++;
     const node = this.node(id);
@@ -597,7 +613,8 @@ export class ThinFs {
     // so disk latency overlaps. Never from the store. Readahead requests arrive out of order, so "sequential" means
     // near the furthest end seen.
     const sequential = pos >= h.nextPos - SEQ_WINDOW && pos <= h.nextPos + SEQ_WINDOW;
-    if (this.opts.localReadahead > 0 && sequential) {
+    const cr = this.chunkReads;
+    if (this.opts.localReadahead > 0 && sequential && !cr) {
       for (let j = k; j < Math.min(chunks.length, k + this.opts.localReadahead); j++) this.cache.warm(chunks[j]!.hash, chunks[j]!.size);
     }
     if (end > h.nextPos) h.nextPos = end;
@@ -616,6 +633,24 @@ export class ThinFs {
     }
     let datas: Buffer[];
     try {
+      // The chunks landed in verified cache files and handed to the transport, which answers this READ (and the next
+      // ones they cover) itself: no chunk's bytes come through this thread. A span with a hole is served below.
+      if (cr && span.length && span[0]!.offset <= pos && span.every((c, j) => j === 0 || c.offset === span[j - 1]!.offset + span[j - 1]!.size) &&
+          span[span.length - 1]!.offset + span[span.length - 1]!.size >= end) {
+        // Twice at most: a cache file found changed since it was verified (the transport let go of it) is verified
+        // again (a damaged one dropped and fetched again) and handed over anew.
+        for (let attempt = 0; attempt < 2; attempt++) {
+          const got = await Promise.all(span.map((c) => this.cache.land(c.hash, c.size, c.pack)));
+          if (!got.every((g) => g !== null)) break;
+          for (let j = 0; j < span.length; j++) this.handChunk(id, i.size, h, k - span.length + j, span[j]!, got[j]!);
+          this.handLanded(id, i.size, h, chunks, k);
+          if (await cr.reply(unique, id, pos, rin.size) === 1) {
+            this.readDone(node, h, chunks, end, t0, pos);
+            return REPLIED;
+          }
+          for (let j = 0; j < span.length; j++) { this.cache.forgetLanded(span[j]!.hash); h.handed?.delete(k - span.length + j); }
+        }
+      }
       datas = await Promise.all(span.map((c) => this.cache.get(c.hash, c.size, c.pack)));
     } catch (e) {
       this.counters.eio++;
@@ -638,17 +673,73 @@ export class ThinFs {
       filled = to;
     }
     if (filled < end) parts.push(Buffer.alloc(end - filled));
+    this.readDone(node, h, chunks, end, t0, pos);
+    return parts;
+  }
+
+  /** A READ served (by its buffers, or by the transport from landed chunks): counted, and the file's copy built at its end. */
+  private readDone(node: Extract<Node, { k: 'entry' }>, h: ReadState, chunks: ChunkRef[], end: number, t0: number, pos: number): void {
+    const i = node.inode;
     this.counters.readBytes += end - pos;
-    // A reader reached the end of a multi-chunk file whose chunks are all local: build its whole-file copy, so the
-    // next open of it can be passed through to the kernel.
-    if (end === i.size && this.openReply && chunks.length > 1 && chunks.every((c) => this.cache.isLocal(c.hash))) {
-      this.cache.assemble(this.fileId(node, h), chunks, i.size);
-    }
+    this.maybeAssemble(node, h, chunks, end);
     const ms = performance.now() - t0;
     if (ms > this.counters.maxReadMs) this.counters.maxReadMs = ms;
     // Per-read detail for bench/coldstart-where.ts (what a start reads vs what it fetches); off unless debug.
     if (this.debug) this.log.debug({ ev: 'read', layer: node.layer.hex, ino: i.ino, off: pos, len: end - pos, ms: Math.round(ms * 10) / 10 }, 'read');
-    return parts;
+  }
+
+  /**
+   * A reader reached the end of a multi-chunk file whose chunks are all local: build its whole-file copy, so the next
+   * open of it can be passed through to the kernel (or read by the transport from one file).
+   */
+  private maybeAssemble(node: Extract<Node, { k: 'entry' }>, h: ReadState, chunks: ChunkRef[], end: number): void {
+    const i = node.inode;
+    if (end === i.size && this.openReply && chunks.length > 1 && chunks.every((c) => this.cache.isLocal(c.hash))) {
+      this.cache.assemble(this.fileId(node, h), chunks, i.size);
+    }
+  }
+
+  /** Hands chunk idx of an open node, landed in a verified cache file, to the transport (once per first open). */
+  private handChunk(id: number, nodeSize: number, h: ReadState, idx: number, c: ChunkRef, l: { path: string; id: Buffer }): void {
+    if (!this.chunkReads || h.handed?.has(idx)) return;
+    if (this.chunkReads.landed(id, nodeSize, c.offset, c.size, l.path, l.id)) (h.handed ??= new Set()).add(idx);
+  }
+
+  /** The chunks from `from` on that landed already (fetched ahead), handed to the transport before the reader gets there. */
+  private handLanded(id: number, nodeSize: number, h: ReadState, chunks: ChunkRef[], from: number): void {
+    for (let j = from; j < Math.min(chunks.length, from + FILE_AHEAD_CHUNKS); j++) {
+      if (h.handed?.has(j)) continue;
+      const l = this.cache.landedNow(chunks[j]!.hash);
+      if (l) this.handChunk(id, nodeSize, h, j, chunks[j]!, l);
+    }
+  }
+
+  /**
+   * The transport answered a READ of this node (bytes [offset, offset + len)) from its landed chunks, one of which it
+   * had not reported: what a READ here would have done besides replying (the chunks count as read for the LRU, the
+   * prefetch hits and a recorded trace; the sequential window slides and fetches go on ahead of the reader; chunks
+   * that landed meanwhile are handed over; the whole-file copy is built at the end).
+   */
+  readNatively(id: number, offset: number, len: number): void {
+    const n = this.held.get(id)?.node;
+    if (!n || n.k !== 'entry' || n.inode.type !== 'file' || len <= 0) return;
+    const h = this.readState(n);
+    const chunks = this.chunksOf(n, h);
+    let lo = 0, hi = chunks.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; const c = chunks[mid]!; if (c.offset + c.size <= offset) lo = mid + 1; else hi = mid; }
+    const end = offset + len;
+    let k = lo;
+    for (; k < chunks.length && chunks[k]!.offset < end; k++) this.cache.touch(chunks[k]!.hash);
+    if (k === lo) return;
+    const pf = this.prefetcher;
+    pf?.reading(n.layer.hex, chunks.slice(lo, k), true);
+    if (end > h.nextPos) h.nextPos = end;
+    if (pf && h.fromStart !== undefined && h.fromStart >= 0 && offset <= h.fromStart + SEQ_WINDOW) {
+      h.fromStart = -1;
+      pf.fileFromStart(chunks.slice(k - 1, k - 1 + FILE_AHEAD_CHUNKS));
+    } else if (pf && h.fromStart === -1) pf.fileFromStart(chunks.slice(k - 1, k - 1 + SEQ_AHEAD_CHUNKS));
+    this.handLanded(id, n.inode.size, h, chunks, k);
+    if (end >= n.inode.size) this.maybeAssemble(n, h, chunks, n.inode.size);
   }
 
   private readState(node: Node): ReadState {
@@ -678,6 +769,8 @@ export class ThinFs {
     }
     if (file) {
       const h = this.readState(file);
+      // A first open here: the transport holds none of the node's chunks (it let go of them at the last release).
+      h.handed = undefined;
       const chunks = this.chunksOf(file, h);
       const c = chunks[0];
       if (chunks.length === 1 && c && c.offset === 0 && c.size === file.inode.size) {

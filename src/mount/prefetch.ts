@@ -157,7 +157,7 @@ export class Prefetcher {
     if (this.asked.has(j.hash) || this.cache.isLocal(j.hash)) { this.queuedSet.delete(j.hash); j.done?.(); return; }
     this.counters.inflight++;
     this.inflightBytes += j.size;
-    this.cache.get(j.hash, j.size).then(() => {
+    this.cache.prefetch(j.hash, j.size).then(() => {
       this.counters.fetched++;
       // A reader that asked while the fetch ran joined it: a hit already; otherwise waste until someone reads it.
       if (this.asked.has(j.hash)) this.counters.hits++;

@@ -14,7 +14,8 @@ export interface StorageConfOptions {
 }
 
 function q(s: string): string {
-  if (/["\\\n]/.test(s)) throw new BadInputError(`path not usable in storage.conf: ${JSON.stringify(s)}`);
+  // A TOML basic string cannot hold '"', '\\' or control characters unescaped (tab excepted): such a path is refused.
+  if (/["\\\x00-\x08\x0a-\x1f\x7f]/.test(s)) throw new BadInputError(`path not usable in storage.conf: ${JSON.stringify(s)}`);
   return `"${s}"`;
 }
 

@@ -95,6 +95,8 @@ const REFUSED: Record<number, string> = {
   [-7]: 'file bigger than the size expected',
 };
 const MISSING = -8, IO_ERROR = -9;
+/** decode.c's results that are no refusal of the object: not there, or not readable now (the caller reads it another way). */
+export const DECODE_MISSING = MISSING, DECODE_IO = IO_ERROR;
 
 /**
  * decodeObject off the JS thread: decompression and hashing run on the libuv threadpool (the JS thread answers FUSE
@@ -116,7 +118,12 @@ export async function decodeObjectAsync(hash: string, raw: Buffer, size?: number
 }
 
 function refuse(hash: string, r: number, size: number | undefined): never {
-  throw new IntegrityError(hash, `object ${hash}: ${REFUSED[r] ?? 'refused'}${r === -5 || r === -7 ? ` (${size})` : ''}`);
+  throw objectRefused(hash, r, size);
+}
+
+/** The error for an object the native decoder refused (a negative result of decode.c, other than missing or I/O). */
+export function objectRefused(hash: string, r: number, size: number | undefined): IntegrityError {
+  return new IntegrityError(hash, `object ${hash}: ${REFUSED[r] ?? 'refused'}${r === -5 || r === -7 ? ` (${size})` : ''}`);
 }
 
 /**

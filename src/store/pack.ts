@@ -4,7 +4,7 @@
 // named by their membership, not their bytes: the same layer gives the same pack names (and catalog) on every node,
 // whatever zstd version framed the members.
 import { createHash } from 'node:crypto';
-import { decodeObject, HEADER_LEN } from './codec.js';
+import { decodeObject, decodeObjectAsync, HEADER_LEN } from './codec.js';
 import { IntegrityError } from '../util/errors.js';
 
 /**
@@ -96,4 +96,21 @@ export function decodePackMembers(name: string, entries: PackEntry[]): Array<{ h
       return { hash: e.hash, error: err instanceof IntegrityError ? err : new IntegrityError(e.hash, `pack ${name}: member ${e.hash}: ${(err as Error).message}`) };
     }
   });
+}
+
+/**
+ * decodePackMembers off the JS thread: every member decoded and verified on the threadpool (codec.ts
+ * decodeObjectAsync: native zstd and SHA-256 when the addon is built), all at once. The same results.
+ */
+export async function decodePackMembersAsync(name: string, entries: PackEntry[]): Promise<Array<{ hash: string; data: Buffer } | { hash: string; error: IntegrityError }>> {
+  return Promise.all(entries.map(async (e) => {
+    try {
+      // The pack's size for it bounds what the decoder allocates (a member's header may lie).
+      const data = await decodeObjectAsync(e.hash, e.frame, e.size);
+      if (data.length !== e.size) throw new IntegrityError(e.hash, `object ${e.hash}: ${data.length} bytes, pack ${name} says ${e.size}`);
+      return { hash: e.hash, data };
+    } catch (err) {
+      return { hash: e.hash, error: err instanceof IntegrityError ? err : new IntegrityError(e.hash, `pack ${name}: member ${e.hash}: ${(err as Error).message}`) };
+    }
+  }));
 }

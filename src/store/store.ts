@@ -92,6 +92,14 @@ export class Store {
     return { data: data!, rawBytes: raw.length };
   }
 
+  /**
+   * The file of an object in a store on a filesystem (read, decoded and verified by the caller's native job, e.g. the
+   * cache's landObject), or null for a store reached over the network.
+   */
+  objectFile(hash: string): string | null {
+    return this.backend.localPath && /^[0-9a-f]{64}$/.test(hash) ? this.backend.localPath(objectPath(hash)) : null;
+  }
+
   /** Decompressed, hash-verified object content. */
   async getObject(hash: string, size?: number): Promise<Buffer> {
     return (await this.fetchObject(hash, size)).data;

@@ -4,6 +4,11 @@
 // a first open costs one threadpool job instead of a read, an open, a stat and a close.
 // writeAtomic: a cache file written under a temporary name, then renamed into place (its directory made if missing), in
 // one threadpool job: a cold read writes every fetched chunk, and six separate trips per chunk were measurable.
+// landObject: a chunk fetched from a store on a filesystem into the cache directory in one job (read, decoded and
+// verified by the store's decode_object_file, written under a temporary name, renamed into place), returning the
+// file's identity instead of its bytes: cold reads are then answered by the transport from that file
+// (src/fuse/native/fileread.c), and no chunk buffer goes through JS. identifyVerified: the identity of a cached chunk
+// whose bytes hash to its name (taken before they are read: a change while hashing changes it).
 // verifyRanges: a whole-file copy (assembled from chunks) checked against its chunk map before the kernel is handed it:
 // each chunk's range hashes to the chunk's name and every byte between chunks is zero (a hole). A file is split into a
 // few jobs at chunk boundaries so its hashing uses more than one core.
@@ -20,6 +25,8 @@
 #include <openssl/evp.h>
 #include "../../util/native/asyncjob.h"
 #include "../../util/native/hexdigest.h"
+#include "../../util/native/fileid.h"
+#include "../../store/native/decode.h"
 
 typedef struct {
   async_job_t job;
@@ -321,6 +328,182 @@ static napi_value js_write_atomic(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// Writes data to tmp and renames it to dest (the fan-out directory made if missing); the file's identity after the
+// rename (which changes its ctime). 0 or -errno. The cache directory is private to the daemon's user: nothing else
+// writes there between the write and the fstat.
+static int write_place(const char *tmp, char *dest, const unsigned char *data, size_t len, file_id_t *id) {
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  int r = 0;
+  size_t put = 0;
+  while (put < len) {
+    ssize_t n = write(fd, data + put, len - put);
+    if (n < 0) { if (errno == EINTR) continue; r = -errno; break; }
+    put += (size_t)n;
+  }
+  if (!r && rename(tmp, dest) < 0) {
+    if (errno == ENOENT) {
+      char *slash = strrchr(dest, '/');
+      if (slash) { *slash = 0; mkdir(dest, 0700); *slash = '/'; }
+      if (rename(tmp, dest) < 0) r = -errno;
+    } else r = -errno;
+  }
+  struct stat st;
+  if (!r && fstat(fd, &st) < 0) r = -errno;
+  if (!r && (size_t)st.st_size != len) r = -EIO;
+  if (!r) file_id_of(&st, id);
+  if (close(fd) < 0 && !r) r = -errno;
+  if (r) unlink(tmp);
+  return r;
+}
+
+#define LAND_WRITE -1000  // verified, but the cache file could not be written (errno in write_err)
+
+typedef struct {
+  async_job_t job;
+  char *obj, *tmp, *dest;
+  unsigned char want[32];
+  double size;
+  int result;
+  int write_err;
+  size_t file_len;
+  file_id_t id;
+} land_job_t;
+
+static void land_execute(napi_env env, void *arg) {
+  land_job_t *j = (land_job_t *)arg;
+  (void)env;
+  uint8_t *out = NULL;
+  size_t out_len = 0;
+  j->result = decode_object_file(j->obj, j->want, j->size, &out, &out_len, &j->file_len);
+  if (j->result != DEC_OK) return;
+  int w = write_place(j->tmp, j->dest, out, out_len, &j->id);
+  free(out);
+  if (w < 0) { j->result = LAND_WRITE; j->write_err = -w; }
+}
+
+static void land_complete(napi_env env, napi_status status, void *arg) {
+  land_job_t *j = (land_job_t *)arg;
+  napi_value v, b, n;
+  void *p;
+  if (status == napi_ok && j->result == DEC_OK && napi_create_buffer_copy(env, sizeof(j->id), &j->id, &p, &b) == napi_ok) {
+    napi_create_array_with_length(env, 2, &v);
+    napi_set_element(env, v, 0, b);
+    napi_create_double(env, (double)j->file_len, &n);
+    napi_set_element(env, v, 1, n);
+    async_job_settle(env, &j->job, v);
+  } else async_job_settle_int(env, &j->job, status == napi_ok ? j->result : DEC_NOMEM);
+  free(j->obj);
+  free(j->tmp);
+  free(j->dest);
+  free(j);
+}
+
+// landObject(objectPath, sha256hex, size, tmp, dest) -> Promise<[identity: Buffer(32), framed bytes read] | 1 (decode it
+// in JS) | negative (decode.h's refusals; -1000: verified but not written)>.
+static napi_value js_land_object(napi_env env, napi_callback_info info) {
+  size_t argc = 5, hlen = 0;
+  napi_value argv[5], promise;
+  char hex[66];
+  double size = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 ||
+      napi_get_value_string_utf8(env, argv[1], hex, sizeof(hex), &hlen) != napi_ok || hlen != 64 ||
+      napi_get_value_double(env, argv[2], &size) != napi_ok) {
+    napi_throw_type_error(env, NULL, "landObject(objectPath, sha256hex, size, tmp, dest)");
+    return NULL;
+  }
+  land_job_t *j = calloc(1, sizeof(*j));
+  if (j) { j->obj = str_arg(env, argv[0]); j->tmp = str_arg(env, argv[3]); j->dest = str_arg(env, argv[4]); }
+  if (!j || !j->obj || !j->tmp || !j->dest) {
+    if (j) { free(j->obj); free(j->tmp); free(j->dest); free(j); }
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  if (hexdigest_parse(hex, hlen, j->want) < 0) {
+    free(j->obj); free(j->tmp); free(j->dest); free(j);
+    napi_throw_range_error(env, NULL, "landObject: bad hash");
+    return NULL;
+  }
+  j->size = size;
+  if (!(promise = async_job_start(env, &j->job, "thinfs.landObject", NULL, land_execute, land_complete))) { free(j->obj); free(j->tmp); free(j->dest); free(j); }
+  return promise;
+}
+
+typedef struct {
+  async_job_t job;
+  char *path;
+  size_t size;
+  unsigned char want[32];
+  int result;
+  file_id_t id;
+} idv_job_t;
+
+static void idv_execute(napi_env env, void *arg) {
+  idv_job_t *j = (idv_job_t *)arg;
+  (void)env;
+  int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) { j->result = -errno; return; }
+  struct stat st;
+  unsigned char *buf = NULL;
+  EVP_MD_CTX *ctx = NULL;
+  if (fstat(fd, &st) < 0) { j->result = -errno; goto out; }
+  if ((size_t)st.st_size != j->size) { j->result = -EBADMSG; goto out; }
+  file_id_of(&st, &j->id);
+  const size_t bs = 1 << 20;
+  buf = malloc(bs);
+  ctx = EVP_MD_CTX_new();
+  if (!buf || !ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) { j->result = -ENOMEM; goto out; }
+  size_t got = 0;
+  while (got < j->size) {
+    size_t want = j->size - got < bs ? j->size - got : bs;
+    ssize_t n = pread(fd, buf, want, (off_t)got);
+    if (n < 0) { if (errno == EINTR) continue; j->result = -errno; goto out; }
+    if (n == 0) { j->result = -EBADMSG; goto out; }
+    if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) { j->result = -EIO; goto out; }
+    got += (size_t)n;
+  }
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  if (!EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen != 32) j->result = -EIO;
+  else if (memcmp(md, j->want, 32) != 0) j->result = -EBADMSG;
+out:
+  EVP_MD_CTX_free(ctx);
+  free(buf);
+  close(fd);
+}
+
+static void idv_complete(napi_env env, napi_status status, void *arg) {
+  idv_job_t *j = (idv_job_t *)arg;
+  napi_value v;
+  void *p;
+  if (status == napi_ok && j->result == 0 && napi_create_buffer_copy(env, sizeof(j->id), &j->id, &p, &v) == napi_ok)
+    async_job_settle(env, &j->job, v);
+  else async_job_settle_int(env, &j->job, status == napi_ok && j->result ? j->result : -EIO);
+  free(j->path);
+  free(j);
+}
+
+// identifyVerified(path, size, sha256hex) -> Promise<identity: Buffer(32) | -errno (-EBADMSG: size or hash differ)>.
+static napi_value js_identify_verified(napi_env env, napi_callback_info info) {
+  size_t argc = 3, hlen = 0;
+  napi_value argv[3], promise;
+  char hex[66];
+  double size = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_double(env, argv[1], &size) != napi_ok || size < 0 ||
+      napi_get_value_string_utf8(env, argv[2], hex, sizeof(hex), &hlen) != napi_ok || hlen != 64) {
+    napi_throw_type_error(env, NULL, "identifyVerified(path, size, sha256hex)");
+    return NULL;
+  }
+  idv_job_t *j = calloc(1, sizeof(*j));
+  if (j) j->path = str_arg(env, argv[0]);
+  if (!j || !j->path) { free(j); napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  if (hexdigest_parse(hex, hlen, j->want) < 0) { free(j->path); free(j); napi_throw_range_error(env, NULL, "identifyVerified: bad hash"); return NULL; }
+  j->size = (size_t)size;
+  if (!(promise = async_job_start(env, &j->job, "thinfs.identifyVerified", NULL, idv_execute, idv_complete))) { free(j->path); free(j); }
+  return promise;
+}
+
 void readverify_init(napi_env env, napi_value exports) {
   // Chunk buffers (0.25-4 MiB) come from the heap and go back to it, instead of a fresh mmap each: first-touch page
   // faults cost more than the SHA-256 of the chunk on this kind of VM (measured: 800 -> 380 MB/s when every chunk
@@ -332,6 +515,8 @@ void readverify_init(napi_env env, napi_value exports) {
       {"openVerified", NULL, js_open_verified, NULL, NULL, NULL, napi_default, NULL},
       {"verifyRanges", NULL, js_verify_ranges, NULL, NULL, NULL, napi_default, NULL},
       {"writeAtomic", NULL, js_write_atomic, NULL, NULL, NULL, napi_default, NULL},
+      {"landObject", NULL, js_land_object, NULL, NULL, NULL, napi_default, NULL},
+      {"identifyVerified", NULL, js_identify_verified, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 4, p);
+  napi_define_properties(env, exports, sizeof(p) / sizeof(p[0]), p);
 }

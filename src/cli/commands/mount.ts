@@ -69,7 +69,7 @@ export function registerMountCommands(program: Command): void {
 Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
 unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
 
-The mount is ro,nosuid,nodev,default_permissions (and allow_other unless --no-allow-other): a
+The mount is ro,nosuid,nodev,noatime,default_permissions (and allow_other unless --no-allow-other): a
 setuid-root binary or a device node in an image must not give local users root or raw devices.
 Containers do not need more: overlayfs/podman decide setuid and devices by their own mount (as
 CernVM-FS, nosuid by default, is used). --allow-suid / --allow-dev lift this, as root only.

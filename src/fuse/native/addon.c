@@ -1,11 +1,13 @@
 // The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, keepListing,
-// listingStats, dirPage, readStats, fileAhead, fileBytesAhead, noXattr*, unmount), argument checking, and the delivery of the session's requests to the JS thread through a
+// listingStats, dirPage, readStats, fileAhead, fileBytesAhead, chunkLanded, replyChunks, noXattr*, unmount), argument
+// checking, and the delivery of the session's requests to the JS thread through a
 // thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
 // and inode numbers in 32 bits, cannot negotiate 1 MiB reads, readdirplus or kernel directory caching, and costs a
 // JS round trip for every open/release.
 #include "thinfuse.h"
+#include "../../util/native/asyncjob.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +309,77 @@ static napi_value js_file_bytes_ahead(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// chunkLanded(session, nodeid, nodeSize, offset, length, path, identity: Buffer(32)) -> bool: a chunk of an open node
+// is in a verified cache file (see fileread_chunk); READs it covers are answered by the reader thread from then on.
+static napi_value js_chunk_landed(napi_env env, napi_callback_info info) {
+  size_t l, idlen = 0;
+  napi_value ret;
+  double nodeid, nsize, off, len;
+  char path[4096];
+  void *id;
+  SESSION_ARGS(7);
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_value_double(env, argv[2], &nsize));
+  CHECK(napi_get_value_double(env, argv[3], &off));
+  CHECK(napi_get_value_double(env, argv[4], &len));
+  CHECK(napi_get_value_string_utf8(env, argv[5], path, sizeof(path), &l));
+  CHECK(napi_get_buffer_info(env, argv[6], &id, &idlen));
+  if (idlen != sizeof(file_id_t) || nsize < 0 || off < 0 || len <= 0 || len > 0xffffffffu || l >= sizeof(path) - 1) {
+    napi_throw_range_error(env, NULL, "chunkLanded: bad range, path or identity");
+    return NULL;
+  }
+  file_id_t fid;
+  memcpy(&fid, id, sizeof(fid));
+  int r = fileread_chunk(s, (uint64_t)nodeid, (uint64_t)nsize, (uint64_t)off, (uint32_t)len, path, &fid);
+  CHECK(napi_get_boolean(env, r == 1, &ret));
+  return ret;
+}
+
+typedef struct {
+  async_job_t job;
+  session_t *s;
+  uint64_t unique, nodeid, offset;
+  uint32_t size;
+  int result;
+} rc_job_t;
+
+// Each threadpool thread's reply buffer, made on its first such job and kept (the pool's threads live as long as the process).
+static __thread uint8_t *rc_buf;
+
+static void rc_execute(napi_env env, void *arg) {
+  rc_job_t *j = (rc_job_t *)arg;
+  (void)env;
+  if (!rc_buf) rc_buf = malloc(BUF_SIZE);
+  j->result = rc_buf ? fileread_reply_chunks(j->s, j->unique, j->nodeid, j->offset, j->size, rc_buf) : 0;
+}
+
+static void rc_complete(napi_env env, napi_status status, void *arg) {
+  rc_job_t *j = (rc_job_t *)arg;
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : 0);
+  free(j);
+}
+
+// replyChunks(session, unique, nodeid, offset, size) -> Promise<1 (answered) | 0 (not: JS answers it)>: a READ JS holds,
+// answered on the threadpool from the node's landed chunks (fileread_reply_chunks).
+static napi_value js_reply_chunks(napi_env env, napi_callback_info info) {
+  napi_value promise;
+  double unique, nodeid, off, size;
+  SESSION_ARGS(5);
+  CHECK(napi_get_value_double(env, argv[1], &unique));
+  CHECK(napi_get_value_double(env, argv[2], &nodeid));
+  CHECK(napi_get_value_double(env, argv[3], &off));
+  CHECK(napi_get_value_double(env, argv[4], &size));
+  rc_job_t *j = calloc(1, sizeof(*j));
+  if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  j->s = s;
+  j->unique = (uint64_t)unique;
+  j->nodeid = (uint64_t)nodeid;
+  j->offset = (uint64_t)off;
+  j->size = size > BUF_SIZE ? BUF_SIZE + 1 : (uint32_t)size;  // too big: answered by JS (fileread_reply_chunks says 0)
+  if (!(promise = async_job_start(env, &j->job, "thinfs.replyChunks", NULL, rc_execute, rc_complete))) free(j);
+  return promise;
+}
+
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
   SESSION_ARGS(1);
@@ -364,6 +437,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},
       {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
+      {"chunkLanded", NULL, js_chunk_landed, NULL, NULL, NULL, napi_default, NULL},
+      {"replyChunks", NULL, js_reply_chunks, NULL, NULL, NULL, napi_default, NULL},
       {"fileBytesAhead", NULL, js_file_bytes_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"noXattr", NULL, js_no_xattr, NULL, NULL, NULL, napi_default, NULL},
       {"noXattrListing", NULL, js_no_xattr_listing, NULL, NULL, NULL, napi_default, NULL},

@@ -6,6 +6,10 @@
 // The trust rule is the whole-file copies' (src/cache/copy-trust.ts): bytes verified once stay trusted while the file's
 // identity (inode, size, mtime, ctime) is unchanged. Every READ checks it first: a copy written to since (a stray
 // write, a truncate) is let go of, and JS serves the node from chunks it verifies again.
+// Cold files: as JS lands a node's chunks (each fetched, verified and written to the cache in one threadpool job), it
+// hands each one's cached file and identity to the node's open entry; READs that those chunks cover are then answered
+// here too (the same identity check per file per READ), and one JS already holds is answered from them on the
+// threadpool (fileread_reply_chunks): no chunk's bytes go through JS.
 #include "thinfuse.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -160,6 +164,112 @@ void fileread_detach(open_entry_t *e) {
   e->read_fd = -1;
   free(e->mem);
   e->mem = NULL;
+  for (size_t i = 0; i < e->n_ext; i++) free(e->ext[i].path);
+  free(e->ext);
+  e->ext = NULL;
+  e->n_ext = e->cap_ext = 0;
+}
+
+// First extent ending after off (n_ext when none).
+static size_t ext_find(const open_entry_t *e, uint64_t off) {
+  size_t lo = 0, hi = e->n_ext;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (e->ext[mid].off + e->ext[mid].len <= off) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+static void ext_drop(open_entry_t *e, size_t i) {
+  free(e->ext[i].path);
+  memmove(&e->ext[i], &e->ext[i + 1], (e->n_ext - i - 1) * sizeof(chunk_ext_t));
+  e->n_ext--;
+}
+
+int fileread_chunk(session_t *s, uint64_t nodeid, uint64_t node_size, uint64_t off, uint32_t len, const char *path,
+                   const file_id_t *id) {
+  if (!len || off + len > node_size || off + len < off) return 0;
+  int done = 0;
+  pthread_mutex_lock(&s->open_lock);
+  open_entry_t *e = session_open_find(s, nodeid);
+  // Only entries whose READs come to us and have no whole copy (a copy answers every READ already).
+  if (e && e->backing_id == 0 && e->read_fd < 0 && !e->mem && (e->n_ext == 0 || e->ext_size == node_size)) {
+    size_t i = ext_find(e, off);
+    if (i < e->n_ext && e->ext[i].off == off && e->ext[i].len == len) {
+      // Landed again (a re-fetch after a changed file): the new file and identity.
+      char *p = strdup(path);
+      if (p) { free(e->ext[i].path); e->ext[i].path = p; e->ext[i].id = *id; done = 1; }
+    } else if ((i == e->n_ext || e->ext[i].off >= off + len) && e->n_ext < EXT_MAX) {
+      if (e->n_ext == e->cap_ext) {
+        size_t cap = e->cap_ext ? e->cap_ext * 2 : 64;
+        chunk_ext_t *x = realloc(e->ext, cap * sizeof(*x));
+        if (x) { e->ext = x; e->cap_ext = cap; }
+      }
+      char *p = e->n_ext < e->cap_ext ? strdup(path) : NULL;
+      if (p) {
+        memmove(&e->ext[i + 1], &e->ext[i], (e->n_ext - i) * sizeof(chunk_ext_t));
+        e->ext[i] = (chunk_ext_t){.off = off, .len = len, .id = *id, .path = p, .reported = 0};
+        e->n_ext++;
+        e->ext_size = node_size;
+        done = 1;
+      }
+    }
+  }
+  pthread_mutex_unlock(&s->open_lock);
+  return done;
+}
+
+// A READ answered from the entry's landed chunks into buf (lock held): 1 with *got bytes (*fresh set when a chunk of
+// it had not been reported to JS: now marked), or 0 (a byte of it not landed, or a chunk file changed since it was verified: that one is let go
+// of, and JS reads and verifies it again).
+static int ext_read(open_entry_t *e, uint64_t offset, uint32_t size, uint8_t *buf, size_t *got, int *fresh) {
+  // fresh == NULL: a READ JS holds (it counted its chunks); they stay unreported, so the reader's next READ served here
+  // tells JS it went on (its first READs decide whether the rest of the file is fetched ahead).
+  *got = 0;
+  if (!e->n_ext || size > BUF_SIZE) return 0;  // never a short reply: bigger READs (none are negotiated) go to JS
+  if (offset >= e->ext_size) return 1;
+  uint64_t end = offset + size;
+  if (end > e->ext_size) end = e->ext_size;
+  if (end - offset > BUF_SIZE) end = offset + BUF_SIZE;
+  size_t i = ext_find(e, offset), from = i;
+  uint64_t pos = offset;
+  while (pos < end) {
+    if (i >= e->n_ext || e->ext[i].off > pos) return 0;  // not landed (or a hole: JS fills it)
+    chunk_ext_t *x = &e->ext[i];
+    int fd = open(x->path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !file_id_same(&st, &x->id)) {
+      if (fd >= 0) close(fd);
+      ext_drop(e, i);
+      return 0;
+    }
+    uint64_t to = x->off + x->len < end ? x->off + x->len : end;
+    while (pos < to) {
+      ssize_t n = pread(fd, buf + (pos - offset), (size_t)(to - pos), (off_t)(pos - x->off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) { close(fd); ext_drop(e, i); return 0; }  // shorter than verified: changed since
+      pos += (uint64_t)n;
+    }
+    close(fd);
+    i++;
+  }
+  *got = (size_t)(end - offset);
+  if (fresh)
+    for (size_t k = from; k < i; k++)
+      if (!e->ext[k].reported) { e->ext[k].reported = 1; *fresh = 1; }
+  return 1;
+}
+
+int fileread_reply_chunks(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size, uint8_t *buf) {
+  size_t got = 0;
+  pthread_mutex_lock(&s->open_lock);
+  open_entry_t *e = session_open_find(s, nodeid);
+  int ok = e && ext_read(e, offset, size, buf, &got, NULL);
+  pthread_mutex_unlock(&s->open_lock);
+  if (!ok) return 0;
+  struct iovec v = {.iov_base = buf, .iov_len = got};
+  session_reply(s, unique, 0, &v, got ? 1 : 0);
+  return 1;
 }
 
 int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size) {
@@ -175,6 +285,32 @@ int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offs
     session_reply(s, unique, 0, &v, n ? 1 : 0);
     __atomic_add_fetch(&s->native_read_reqs, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&s->native_read_bytes, n, __ATOMIC_RELAXED);
+    return 1;
+  }
+  if (e && e->read_fd < 0 && e->n_ext) {
+    size_t got = 0;
+    int fresh = 0;
+    int ok = ext_read(e, offset, size, s->read_out, &got, &fresh);
+    // JS hears when a reader served here reads a chunk it has not heard of (it keeps fetching ahead of the reader), and
+    // when it reaches the end of the file (JS builds the whole-file copy then).
+    int tell = ok && got && (fresh || offset + got >= e->ext_size);
+    pthread_mutex_unlock(&s->open_lock);
+    if (!ok) return 0;
+    struct iovec v = {.iov_base = s->read_out, .iov_len = got};
+    session_reply(s, unique, 0, &v, got ? 1 : 0);
+    __atomic_add_fetch(&s->native_read_reqs, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->native_read_bytes, got, __ATOMIC_RELAXED);
+    if (tell) {
+      request_t *r = calloc(1, sizeof(*r));
+      if (r) {
+        r->opcode = EV_READ_NATIVE;
+        r->nodeid = (double)nodeid;
+        r->unique = (double)offset;
+        uint32_t len = (uint32_t)got;
+        if ((r->body = malloc(sizeof(len)))) { memcpy(r->body, &len, sizeof(len)); r->len = sizeof(len); }
+        session_post(s, r);
+      }
+    }
     return 1;
   }
   if (!e || e->read_fd < 0) { pthread_mutex_unlock(&s->open_lock); return 0; }

@@ -108,8 +108,9 @@ int fuse_mount(const char *mnt, const char *fsname, const char *opts, char *why,
     }
   } else {
     // fusermount3 forces nosuid,nodev on users other than root anyway; they are passed so the request says what it wants.
+    // noatime as mount(2) gets it above: the same options whoever mounts.
     char fo[1536];
-    snprintf(fo, sizeof(fo), "%s%s,%s,fsname=%s,subtype=%s%s%s", rdonly ? "ro," : "", suid ? "suid" : "nosuid", dev ? "dev" : "nodev",
+    snprintf(fo, sizeof(fo), "%s%s,%s,noatime,fsname=%s,subtype=%s%s%s", rdonly ? "ro," : "", suid ? "suid" : "nosuid", dev ? "dev" : "nodev",
              fsname, fsname, *extra ? "," : "", extra);
     fd = mount_fusermount(mnt, fo, why, whylen);
     if (fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include "../../util/native/fileid.h"
 #include "listings-cache.h"
 
 #define BUF_SIZE ((1u << 20) + 4096u)
@@ -28,6 +29,17 @@ typedef struct { uint64_t nodeid; uint64_t eof; } dir_eof_t;
 // Without passthrough, an entry may instead hold a descriptor of a verified local copy (read_fd >= 0): the reader thread
 // answers the node's READs from it (fileread.c). Such an entry too lives until the kernel forgets the node (or JS lets
 // go of the copy); one without either is dropped at the last release, so the next open is decided again.
+// Without a copy, an open node's READs may still be answered here from its chunks' cached files, one by one as JS
+// lands them (fetched, verified, written to the cache: src/cache/): the node's byte range, the file, and the file's
+// identity when its bytes were verified (checked before every read: a changed file is let go of, JS verifies again).
+typedef struct {
+  uint64_t off;
+  uint32_t len;
+  file_id_t id;
+  char *path;
+  int reported;  // JS heard of a READ of it answered by the reader thread (EV_READ_NATIVE)
+} chunk_ext_t;
+#define EXT_MAX 65536
 typedef struct open_entry {
   uint64_t nodeid;
   int32_t backing_id;
@@ -41,6 +53,9 @@ typedef struct open_entry {
   uint64_t read_ahead_to;  // the copy's pages asked of the disk up to here (fileread.c)
   uint8_t *mem;            // or a tiny file's bytes (inline in the catalog), handed over with its listing
   size_t mem_len;
+  chunk_ext_t *ext;        // sorted by off, not overlapping
+  size_t n_ext, cap_ext;
+  uint64_t ext_size;       // the node's size
   struct open_entry *next;
 } open_entry_t;
 
@@ -61,6 +76,10 @@ typedef struct file_ahead {
 } file_ahead_t;
 // Event: the reader thread opened a handed-over file (nodeid) and answers its reads.
 #define EV_OPENED 0xfff1
+// Event: the reader thread answered a READ of a node from its landed chunks, one of them not reported yet or reaching the
+// file's end (unique carries the READ's offset, the body its length, u32): JS keeps fetching ahead of the reader, counts
+// the chunks as read, and builds the file's whole copy at its end.
+#define EV_READ_NATIVE 0xfff2
 
 // A request (or event) for the JS thread.
 typedef struct {
@@ -133,8 +152,13 @@ void fileread_detach(open_entry_t *e);
 int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid);
 void fileread_ahead(session_t *s, uint64_t nodeid, const char *path, uint64_t size, const unsigned char sha[32]);
 void fileread_ahead_bytes(session_t *s, uint64_t nodeid, const uint8_t *data, size_t len);
-// A READ of a node whose entry holds a copy: answered here (1), or 0 for JS to answer.
+// A READ of a node whose entry holds a copy or landed chunks: answered here (1), or 0 for JS to answer.
 int fileread_serve(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size);
+// A chunk of an open node landed in a verified cache file: its READs may be answered from it. 1, or 0 (not open).
+int fileread_chunk(session_t *s, uint64_t nodeid, uint64_t node_size, uint64_t off, uint32_t len, const char *path,
+                   const file_id_t *id);
+// A READ JS holds, answered from the node's landed chunks into buf (BUF_SIZE bytes; any thread): 1, or 0.
+int fileread_reply_chunks(session_t *s, uint64_t unique, uint64_t nodeid, uint64_t offset, uint32_t size, uint8_t *buf);
 
 // ---- mount.c ----
 // Mounts a FUSE filesystem at mnt and returns the /dev/fuse descriptor (close-on-exec), or -1 with why filled in.

@@ -17,23 +17,11 @@
 #include <openssl/evp.h>
 #include "../../util/native/asyncjob.h"
 #include "../../util/native/hexdigest.h"
+#include "decode.h"
 #ifdef HAVE_ZSTD
 #include <zstd.h>
 #endif
 
-#define HEADER_LEN 16
-// Results (negative: refused; the JS side words the error).
-#define DEC_OK 0
-#define DEC_JS 1           // not handled here: decode in JS
-#define DEC_BAD_HEADER -1
-#define DEC_UNDECODABLE -2
-#define DEC_LENGTH -3
-#define DEC_HASH -4
-#define DEC_SIZE -5        // header length differs from the size the caller expects
-#define DEC_NOMEM -6
-#define DEC_TOO_BIG -7     // the file is bigger than the expected size allows
-#define DEC_MISSING -8     // no such object
-#define DEC_IO -9          // another error reading it: the JS path reads it again and reports
 
 typedef struct {
   async_job_t job;   // keeps the input (raw) alive while the job reads it
@@ -103,49 +91,63 @@ static int pread_all(int fd, uint8_t *p, size_t n, off_t off) {
   return 0;
 }
 
-static void read_execute(napi_env env, void *arg) {
-  dec_job_t *j = (dec_job_t *)arg;
-  (void)env;
-  int fd = open(j->path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) { j->result = errno == ENOENT ? DEC_MISSING : DEC_IO; return; }
+// An object file of a store on a filesystem, read, decoded and verified: DEC_OK with *out (malloc'd, *out_len bytes)
+// holding bytes that hash to want, or a DEC_ code. Also used by the cache's landObject (src/cache/native/readverify.c),
+// which writes the verified bytes straight into the cache directory.
+int decode_object_file(const char *path, const unsigned char want[32], double want_size, uint8_t **outp, size_t *out_len,
+                       size_t *file_len) {
+  *outp = NULL;
+  *out_len = 0;
+  int result = DEC_JS;
+  uint8_t *out = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? DEC_MISSING : DEC_IO;
   struct stat st;
   uint8_t h[HEADER_LEN];
-  if (fstat(fd, &st) < 0) { j->result = DEC_IO; goto out; }
-  j->file_len = (size_t)st.st_size;
-  if (j->want_size >= 0 && (double)st.st_size > j->want_size + HEADER_LEN) { j->result = DEC_TOO_BIG; goto out; }
-  if ((size_t)st.st_size < HEADER_LEN || pread_all(fd, h, HEADER_LEN, 0) < 0 || memcmp(h, "TFO1", 4) != 0) { j->result = DEC_BAD_HEADER; goto out; }
+  if (fstat(fd, &st) < 0) { result = DEC_IO; goto out; }
+  *file_len = (size_t)st.st_size;
+  if (want_size >= 0 && (double)st.st_size > want_size + HEADER_LEN) { result = DEC_TOO_BIG; goto out; }
+  if ((size_t)st.st_size < HEADER_LEN || pread_all(fd, h, HEADER_LEN, 0) < 0 || memcmp(h, "TFO1", 4) != 0) { result = DEC_BAD_HEADER; goto out; }
   uint64_t len = le64(h + 8);
   size_t plen = (size_t)st.st_size - HEADER_LEN;
-  if (j->want_size >= 0 && (double)len != j->want_size) { j->result = DEC_SIZE; goto out; }
+  if (want_size >= 0 && (double)len != want_size) { result = DEC_SIZE; goto out; }
   if (h[4] == 0) {
     // Stored raw: the payload is read straight into the buffer handed out.
-    if (plen != len) { j->result = DEC_LENGTH; goto out; }
-    j->out = malloc(plen ? plen : 1);
-    if (!j->out) { j->result = DEC_NOMEM; goto out; }
-    if (pread_all(fd, j->out, plen, HEADER_LEN) < 0) { j->result = DEC_IO; goto out; }
-    j->out_len = plen;
-    j->result = sha_matches(j->out, plen, j->want) ? DEC_OK : DEC_HASH;
+    if (plen != len) { result = DEC_LENGTH; goto out; }
+    out = malloc(plen ? plen : 1);
+    if (!out) { result = DEC_NOMEM; goto out; }
+    if (pread_all(fd, out, plen, HEADER_LEN) < 0) { result = DEC_IO; goto out; }
+    *out_len = plen;
+    result = sha_matches(out, plen, want) ? DEC_OK : DEC_HASH;
     goto out;
   }
 #ifdef HAVE_ZSTD
   if (h[4] == 1) {
-    if (len > ((uint64_t)1 << 32)) { j->result = DEC_SIZE; goto out; }
+    if (len > ((uint64_t)1 << 32)) { result = DEC_SIZE; goto out; }
     uint8_t *payload = malloc(plen ? plen : 1);
-    j->out = malloc(len ? (size_t)len : 1);
-    if (!payload || !j->out) { free(payload); j->result = DEC_NOMEM; goto out; }
-    if (pread_all(fd, payload, plen, HEADER_LEN) < 0) { free(payload); j->result = DEC_IO; goto out; }
-    size_t n = ZSTD_decompress(j->out, (size_t)len, payload, plen);
+    out = malloc(len ? (size_t)len : 1);
+    if (!payload || !out) { free(payload); result = DEC_NOMEM; goto out; }
+    if (pread_all(fd, payload, plen, HEADER_LEN) < 0) { free(payload); result = DEC_IO; goto out; }
+    size_t n = ZSTD_decompress(out, (size_t)len, payload, plen);
     free(payload);
-    if (ZSTD_isError(n)) { j->result = DEC_UNDECODABLE; goto out; }
-    if (n != len) { j->result = DEC_LENGTH; goto out; }
-    j->out_len = n;
-    j->result = sha_matches(j->out, n, j->want) ? DEC_OK : DEC_HASH;
+    if (ZSTD_isError(n)) { result = DEC_UNDECODABLE; goto out; }
+    if (n != len) { result = DEC_LENGTH; goto out; }
+    *out_len = n;
+    result = sha_matches(out, n, want) ? DEC_OK : DEC_HASH;
     goto out;
   }
 #endif
-  j->result = DEC_JS;
 out:
   close(fd);
+  if (result == DEC_OK) *outp = out;
+  else free(out);
+  return result;
+}
+
+static void read_execute(napi_env env, void *arg) {
+  dec_job_t *j = (dec_job_t *)arg;
+  (void)env;
+  j->result = decode_object_file(j->path, j->want, j->want_size, &j->out, &j->out_len, &j->file_len);
 }
 
 static void dec_complete(napi_env env, napi_status status, void *arg) {

@@ -1,5 +1,6 @@
 // A promise settled by one job on the libuv threadpool: what the native modules' asynchronous calls share (the store's
-// decodeObject/readObject, the cache's readVerified/openVerified/verifyRanges/writeAtomic). A job struct starts with an
+// decodeObject/readObject, the cache's readVerified/openVerified/verifyRanges/writeAtomic/landObject/identifyVerified,
+// the transport's replyChunks). A job struct starts with an
 // async_job_t; its execute callback runs off the JS thread, its complete callback settles the promise with
 // async_job_settle and frees the rest of the job.
 #ifndef THINFS_ASYNCJOB_H
