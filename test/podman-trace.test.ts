@@ -14,7 +14,7 @@ import { makeLayer, pseudoRandom } from './helpers/layers.js';
 import { testDescriptor } from './helpers/descriptor.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 import { WritableStore } from '../src/store/store.js';
-import { parseTrace } from '../src/format/trace.js';
+import { encodeTrace, parseTrace } from '../src/format/trace.js';
 
 let work = '';
 let skip: string | false = false;
@@ -186,4 +186,27 @@ test('an image whose top layer is another image\'s base: its trace replays when 
   // (Its chunks may already be local when it starts, after STACK_WAIT_MS: the base layer is one pack, fetched whole by sh's first read.)
   assert.equal(r.traces, 1, JSON.stringify(r));
   await stop(b);
+});
+
+test('several traced images on one top layer: each distinct trace replayed once, at most 4', { timeout: 300_000 }, async (t) => {
+  if (skip) { t.skip(skip); return; }
+  const app = parseTrace(await fsp.readFile(path.join(work, 'trapp.trace'))).chunks.filter((c) => c.layer === hex.app);
+  // Five more images on trapp's layers, each with its own trace (the first k of trapp's app chunks); two with the same one.
+  for (let k = 1; k <= 5; k++) {
+    const file = path.join(work, `many${k}.trace`);
+    await fsp.writeFile(file, encodeTrace(app.slice(0, k)));
+    await publish(`many${k}:v1`, [hex.base, hex.app]);
+    await thinfsOk(['trace', 'attach', '-s', store, `many${k}:v1`, file, '--level', '0']);
+  }
+  await publish('same:v1', [hex.base, hex.app]);
+  await thinfsOk(['trace', 'attach', '-s', store, 'same:v1', path.join(work, 'many1.trace'), '--level', '0']);
+  const m = await mount('many');
+  await fsp.readdir(path.join(mp, 'layers', hex.app));
+  const p = (await waitFor(async () => { const x = await prefetchOf(m); return x.layerTriggers > 0 && x.tracesDone === x.traces ? x : undefined; }, 60_000, 50, 'traces replayed'))!;
+  await new Promise((r) => setTimeout(r, 500));
+  const q = await prefetchOf(m);
+  assert.equal(q.layerTriggers, 4, `7 images, 6 distinct traces on one top layer: 4 replayed (${JSON.stringify(q)})`);
+  assert.equal(q.traces, 4);
+  assert.ok(p.fetched <= app.length, 'chunks the traces share fetched once');
+  await stop(m);
 });

@@ -18,14 +18,14 @@ const STALE_MS = 30_000;
  * overlay mount's top-first walk, ~30 ms apart): a layer touched this close (either side) to a layer above it in some
  * image is being used as that image's lower layer, not as an image of its own.
  */
-export const STACK_WINDOW_MS = 2000;
+const STACK_WINDOW_MS = 2000;
 /**
  * A traced image's top layer that other images stack on: its replay waits this long for a layer above it to be
  * touched (then nothing starts). Layers nothing stacks on start at once.
  */
-export const STACK_WAIT_MS = 1000;
+const STACK_WAIT_MS = 1000;
 /** Distinct traces one top layer starts at most (images differing only in config, each with its own trace). */
-export const MAX_TRACES_PER_LAYER = 4;
+const MAX_TRACES_PER_LAYER = 4;
 /** Descriptors fetched at once while indexing. */
 const INDEX_PARALLEL = 8;
 
@@ -59,8 +59,8 @@ export class LayerTrigger {
   /** `start` replays the named image's trace (the daemon: the Namespace's image(), which tells the Prefetcher). */
   constructor(private readonly store: Store, private readonly log: Logger, private readonly start: (name: string) => Promise<unknown>) {}
 
-  /** Built ahead (at mount start) so the first container's touch does not wait for the listing. */
-  warm(): void { void this.current(false).catch((e: unknown) => this.log.warn({ err: e }, 'cannot index the store\'s images by top layer')); }
+  /** Built ahead (at mount start) so the first container's touch does not wait for the listing; refreshed behind a stale one. */
+  warm(): void { void this.current(this.index !== null).catch((e: unknown) => this.log.warn({ err: e }, 'cannot index the store\'s images by top layer')); }
 
   /** A lookup of layers/<name> reached the daemon. Never throws; never holds the lookup up. */
   touched(name: string): void {
@@ -74,7 +74,10 @@ export class LayerTrigger {
 
   private async decide(hex: string, at: number): Promise<void> {
     let idx = await this.current(false);
-    if (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS) idx = await this.current(true);
+    // A stale index that names this layer a traced top is used at once (the replay reads the image's current
+    // descriptor anyway) and refreshed behind it; one that does not is rebuilt first (an image or trace added since).
+    if (!idx.tops.has(hex) && (Date.now() - idx.at > STALE_MS || (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS))) idx = await this.current(true);
+    else if (Date.now() - idx.at > STALE_MS) this.warm();
     const images = idx.tops.get(hex);
     if (!images?.length) return;
     // Other images stack on this layer: one of their layers looked up around now means this is a lower layer of
@@ -106,11 +109,11 @@ export class LayerTrigger {
     }
   }
 
-  /** The index, rebuilt when asked, when the signed manifest moved to another revision, or when stale. */
+  /** The index, rebuilt when asked, when there is none yet or when the signed manifest moved to another revision. */
   private current(force: boolean): Promise<Index> {
     const rev = this.store.trust?.current?.revision ?? null;
     const idx = this.index;
-    if (!force && idx && idx.revision === rev && Date.now() - idx.at < STALE_MS) return Promise.resolve(idx);
+    if (!force && idx && idx.revision === rev) return Promise.resolve(idx);
     this.building ??= this.build(rev).then((i) => { this.index = i; return i; }).finally(() => { this.building = null; });
     return this.building;
   }
