@@ -41,7 +41,7 @@ interface Index {
 }
 
 export interface LayerTriggerCounters {
-  /** Touches of a traced image's top layer that started its replay. */
+  /** Replays asked for by the touch of a traced image's top layer (the Prefetcher still replays each image once per mount). */
   layerTriggers: number;
   /** Touches of a traced image's top layer made while a taller image was being mounted over it (nothing started). */
   layerLowerSkips: number;
@@ -95,18 +95,22 @@ export class LayerTrigger {
     }
     // Several images on one top layer: each distinct trace once (chunks they share are fetched once), bounded.
     const seen = new Set<string>();
+    const picked: ThinImage[] = [];
     for (const d of images) {
-      const key = d.trace!.sha256;
-      if (seen.has(key)) continue;
-      seen.add(key);
-      if (seen.size > MAX_TRACES_PER_LAYER) {
+      if (seen.has(d.trace!.sha256)) continue;
+      seen.add(d.trace!.sha256);
+      if (picked.length === MAX_TRACES_PER_LAYER) {
         this.log.info({ layer: hex, images: images.length }, 'more traced images on one top layer than are replayed; newest first');
         break;
       }
+      picked.push(d);
+    }
+    // Their descriptors are asked for at once (the replays then share the one bounded queue).
+    await Promise.all(picked.map((d) => {
       this.counters.layerTriggers++;
       this.log.info({ layer: hex, image: d.name }, 'top layer of a traced image touched: replaying its trace');
-      await this.start(d.name).catch((e: unknown) => this.log.warn({ err: e, image: d.name }, 'prefetch trace not started'));
-    }
+      return this.start(d.name).catch((e: unknown) => this.log.warn({ err: e, image: d.name }, 'prefetch trace not started'));
+    }));
   }
 
   /** The index, rebuilt when asked, when there is none yet or when the signed manifest moved to another revision. */
