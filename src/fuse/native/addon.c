@@ -1,7 +1,7 @@
 // The N-API glue of thinfuse: the JS functions of the addon (mount, reply, openReply, forgetNode, dirEof, keepListing,
 // listingStats, dirPage, readStats, fileAhead, fileBytesAhead, chunkLanded, replyChunks, noXattr*, unmount), argument
 // checking, and the delivery of the session's requests to the JS thread through a
-// thread-safe function. The only part of the transport that knows Node; it also registers the addon's other natives.
+// thread-safe function. The only part of the transport that knows Node.
 //
 // Why not libfuse 2 through fuse-native: its path-based API carries times in milliseconds, names as UTF-8 strings
 // and inode numbers in 32 bits, cannot negotiate 1 MiB reads, readdirplus or kernel directory caching, and costs a
@@ -418,14 +418,8 @@ static napi_value js_listing_stats(napi_env env, napi_callback_info info) {
   return numbers(env, st, 4);
 }
 
-void readverify_init(napi_env env, napi_value exports);
-void gear_init(napi_env env, napi_value exports);
-void decode_init(napi_env env, napi_value exports);
-
-static napi_value init(napi_env env, napi_value exports) {
-  readverify_init(env, exports);
-  gear_init(env, exports);
-  decode_init(env, exports);
+// The transport's functions, registered by the addon's entry point (src/cli/native/module.c).
+void thinfuse_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL},
       {"reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL},
@@ -446,7 +440,4 @@ static napi_value init(napi_env env, napi_value exports) {
       {"listingStats", NULL, js_listing_stats, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
-  return exports;
 }
-
-NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
