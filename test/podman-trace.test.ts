@@ -138,6 +138,7 @@ test('podman run REF of an image with a trace: the top layer\'s first touch repl
   assert.equal(p.waste, 0, 'nothing fetched that the container did not read');
   assert.equal(s.ops.eio, 0);
   assert.match(await m.metrics(), /thinfs_prefetch_layer_triggers_total 1\b/);
+  t.diagnostic(`traced ${trace.chunks.length} chunks (${appChunks} of the app layer); replay via the top layer: ${JSON.stringify(p)}; store fetches ${s.cache.fetches}`);
   // Once per image per mount: a second run starts nothing more.
   await runApp();
   await new Promise((r) => setTimeout(r, 300));
