@@ -248,3 +248,25 @@ test('the mount\'s podman image store follows the signed manifest too: an image 
   // Refreshed every second, polled every two: well within ten seconds, without a remount.
   await waitFor(async () => (await images()).some((n) => n.endsWith('app:podman')) || null, 10_000, 100, `app:podman in the podman store (${m.stderr().slice(-2000)})`);
 });
+
+test('the layer trigger\'s index of images follows the signed manifest\'s revision, not the clock: touching a layer no image names re-reads no descriptor; without the manifest it does', async () => {
+  // A layer published (and signed) that no image names: an unknown layer to the index.
+  const lone = await layerWith('lone', { 'lone.bin': pseudoRandom(30_000, 'lone') }, signed());
+  const builds = async (m: Mounted) => ((await m.stats()) as unknown as { prefetch: { layerIndexBuilds: number } }).prefetch.layerIndexBuilds;
+  const touchTwice = async (m: Mounted) => {
+    await waitFor(async () => (await builds(m)) >= 1 || undefined, 20_000, 50, 'images indexed by top layer at mount start');
+    await new Promise((r) => setTimeout(r, 1300)); // past the index's 1 s grace for unknown layers
+    await readdir(join(m.mp, 'layers', lone));
+    await readdir(join(m.mp, 'layers', l1));
+    await new Promise((r) => setTimeout(r, 1000));
+  };
+  const signedMount = await mountStore(web.url, join(dir, 'mnt-index-signed'), { cacheDir: join(dir, 'cache-index-signed'), extra: ['--public-key', keys.k1pub] });
+  mounts.push(signedMount);
+  await touchTwice(signedMount);
+  assert.equal(await builds(signedMount), 1, 'same revision: the index is not rebuilt (descriptors not fetched again)');
+  // The same store without --public-key: nothing says when an image was published, so the unknown layer re-indexes.
+  const plain = await mountStore(web.url, join(dir, 'mnt-index-plain'), { cacheDir: join(dir, 'cache-index-plain') });
+  mounts.push(plain);
+  await touchTwice(plain);
+  assert.ok((await builds(plain)) >= 2, 'unsigned: a layer no image names, touched after the grace, re-indexes');
+});

@@ -74,10 +74,15 @@ export class LayerTrigger {
 
   private async decide(hex: string, at: number): Promise<void> {
     let idx = await this.current(false);
-    // A stale index that names this layer a traced top is used at once (the replay reads the image's current
-    // descriptor anyway) and refreshed behind it; one that does not is rebuilt first (an image or trace added since).
-    if (!idx.tops.has(hex) && (Date.now() - idx.at > STALE_MS || (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS))) idx = await this.current(true);
-    else if (Date.now() - idx.at > STALE_MS) this.warm();
+    // Under a signed manifest the index is rebuilt only when its revision moves (current() sees to that): nothing is
+    // published without a new revision, and asking again for every descriptor of a large store on touches would not
+    // scale. Without one the store can only be asked again, by time: a stale index that names this layer a traced top
+    // is used at once (the replay reads the image's current descriptor anyway) and refreshed behind it; one that does
+    // not is rebuilt first (an image or trace added since).
+    if (idx.revision === null) {
+      if (!idx.tops.has(hex) && (Date.now() - idx.at > STALE_MS || (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS))) idx = await this.current(true);
+      else if (Date.now() - idx.at > STALE_MS) this.warm();
+    }
     const images = idx.tops.get(hex);
     if (!images?.length) return;
     // Other images stack on this layer: one of their layers looked up around now means this is a lower layer of
