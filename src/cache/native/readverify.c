@@ -64,6 +64,32 @@ static void rv_execute(napi_env env, void *arg) {
   if (memcmp(md, j->want, 32) != 0) j->result = -EBADMSG;
 }
 
+// Streams size bytes of fd through SHA-256 in a small buffer: 0 when they hash to want, -EBADMSG when they do not
+// (or the file is shorter), -errno / -EIO / -ENOMEM otherwise. openVerified and identifyVerified both check this way.
+static int hash_matches(int fd, size_t size, const unsigned char want[32]) {
+  const size_t bs = 1 << 20;
+  unsigned char *buf = malloc(bs);
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  int r = 0;
+  if (!buf || !ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) r = -ENOMEM;
+  size_t got = 0;
+  while (!r && got < size) {
+    size_t chunk = size - got < bs ? size - got : bs;
+    ssize_t n = pread(fd, buf, chunk, (off_t)got);
+    if (n < 0) { if (errno == EINTR) continue; r = -errno; break; }
+    if (n == 0) { r = -EBADMSG; break; }
+    if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) { r = -EIO; break; }
+    got += (size_t)n;
+  }
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  if (!r && (!EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen != 32)) r = -EIO;
+  if (!r && memcmp(md, want, 32) != 0) r = -EBADMSG;
+  EVP_MD_CTX_free(ctx);
+  free(buf);
+  return r;
+}
+
 // openVerified: the same checks, streamed through a small buffer, and the file left open: the caller hands the fd to
 // the kernel as a passthrough backing file, so the bytes it will read are the ones just verified (and now in the page
 // cache), with no window in which another file could take the name.
@@ -76,27 +102,7 @@ static void ov_execute(napi_env env, void *arg) {
   struct stat st;
   if (fstat(fd, &st) < 0) { j->result = -errno; close(fd); return; }
   if ((size_t)st.st_size != j->size) { j->result = -EBADMSG; close(fd); return; }
-  if (j->verify) {
-    const size_t bs = 1 << 20;
-    unsigned char *buf = malloc(bs);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (!buf || !ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) j->result = -ENOMEM;
-    size_t got = 0;
-    while (!j->result && got < j->size) {
-      size_t want = j->size - got < bs ? j->size - got : bs;
-      ssize_t n = pread(fd, buf, want, (off_t)got);
-      if (n < 0) { if (errno == EINTR) continue; j->result = -errno; break; }
-      if (n == 0) { j->result = -EBADMSG; break; }
-      if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) { j->result = -EIO; break; }
-      got += (size_t)n;
-    }
-    unsigned char md[32];
-    unsigned int mdlen = 0;
-    if (!j->result && (!EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen != 32)) j->result = -EIO;
-    if (!j->result && memcmp(md, j->want, 32) != 0) j->result = -EBADMSG;
-    EVP_MD_CTX_free(ctx);
-    free(buf);
-  }
+  if (j->verify) j->result = hash_matches(fd, j->size, j->want);
   if (j->result) close(fd);
   else j->fd = fd;
 }
@@ -444,31 +450,12 @@ static void idv_execute(napi_env env, void *arg) {
   int fd = open(j->path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) { j->result = -errno; return; }
   struct stat st;
-  unsigned char *buf = NULL;
-  EVP_MD_CTX *ctx = NULL;
-  if (fstat(fd, &st) < 0) { j->result = -errno; goto out; }
-  if ((size_t)st.st_size != j->size) { j->result = -EBADMSG; goto out; }
-  file_id_of(&st, &j->id);
-  const size_t bs = 1 << 20;
-  buf = malloc(bs);
-  ctx = EVP_MD_CTX_new();
-  if (!buf || !ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) { j->result = -ENOMEM; goto out; }
-  size_t got = 0;
-  while (got < j->size) {
-    size_t want = j->size - got < bs ? j->size - got : bs;
-    ssize_t n = pread(fd, buf, want, (off_t)got);
-    if (n < 0) { if (errno == EINTR) continue; j->result = -errno; goto out; }
-    if (n == 0) { j->result = -EBADMSG; goto out; }
-    if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) { j->result = -EIO; goto out; }
-    got += (size_t)n;
+  if (fstat(fd, &st) < 0) j->result = -errno;
+  else if ((size_t)st.st_size != j->size) j->result = -EBADMSG;
+  else {
+    file_id_of(&st, &j->id);  // taken before the bytes are read: a change while hashing changes it
+    j->result = hash_matches(fd, j->size, j->want);
   }
-  unsigned char md[32];
-  unsigned int mdlen = 0;
-  if (!EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen != 32) j->result = -EIO;
-  else if (memcmp(md, j->want, 32) != 0) j->result = -EBADMSG;
-out:
-  EVP_MD_CTX_free(ctx);
-  free(buf);
   close(fd);
 }
 
