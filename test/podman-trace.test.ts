@@ -12,7 +12,8 @@ import { copyHostTools } from './helpers/host-tools.js';
 import { testPodman, type TestPodman } from './helpers/podman.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
 import { testDescriptor } from './helpers/descriptor.js';
-import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
+import type { Mounted } from './fuse-mount-helper.js';
+import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
 import { WritableStore } from '../src/store/store.js';
 import { encodeTrace, parseTrace } from '../src/format/trace.js';
 
@@ -22,7 +23,7 @@ let store = '';
 let mp = '';
 let imageStore = '';
 let pod: TestPodman | null = null;
-const mounts: Mounted[] = [];
+let mounts: TrackedMounts | null = null;
 const hex: Record<'base' | 'app' | 'other', string> = { base: '', app: '', other: '' };
 const data: Array<{ rel: string; sha: string }> = [];
 
@@ -45,17 +46,10 @@ async function publish(name: string, layerHexes: string[]): Promise<void> {
   await (await WritableStore.openDir(store)).putImage(d);
 }
 
-async function mount(name: string, extra: string[] = []): Promise<Mounted> {
-  const m = await mountStore(store, mp, { cacheDir: path.join(work, `cache-${name}`), extra: ['--no-file-ahead', ...extra] });
-  mounts.push(m);
-  return m;
-}
-
-async function stop(m: Mounted): Promise<void> {
-  const code = await m.stop();
-  mounts.splice(mounts.indexOf(m), 1);
-  assert.equal(code, 0, `daemon exits 0\n${m.stderr().slice(-2000)}`);
-}
+/** Every test's mount is at work/mnt (where the generated image store points), each with a cache of its own. */
+const mount = (name: string, extra: string[] = []): Promise<Mounted> =>
+  mounts!.mount('mnt', { cache: `cache-${name}`, extra: ['--no-file-ahead', ...extra] });
+const stop = (m: Mounted): Promise<void> => mounts!.stop(m);
 
 async function runApp(): Promise<void> {
   const out = await pod!.podmanOk(['run', '--rm', '--network=none', 'localhost/trapp:v1', '/usr/bin/sh', '-c', WORKLOAD]);
@@ -67,6 +61,7 @@ before(async () => {
   work = await tmpDir('thinfs-podman-trace-');
   store = path.join(work, 'store');
   mp = path.join(work, 'mnt');
+  mounts = trackedMounts(work, store);
   await thinfsOk(['init', store]);
   hex.base = await ingest('base', async (d) => {
     await copyHostTools(d, ['sh', 'cat', 'ls', 'sha256sum', 'true']);
@@ -96,8 +91,7 @@ before(async () => {
 
 after(async () => {
   await pod?.cleanup();
-  for (const m of mounts.splice(0)) { await m.stop().catch(() => {}); await forceUnmount(m.mp); }
-  if (mp) await forceUnmount(mp);
+  await mounts?.close();
   await cleanupTmpDirs();
 });
 
