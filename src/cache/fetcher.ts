@@ -154,17 +154,23 @@ export class ChunkFetcher {
     return p;
   }
 
+  /** One object fetched from the store (read as rawBytes, decodedBytes once decoded): counted, and logged per fetch. */
+  private fetched(hash: string, what: 'chunk' | 'catalog', rawBytes: number, decodedBytes: number, t0: number): void {
+    // Per-fetch detail for bench/coldstart-where.ts (the critical path of a cold start); off unless debug.
+    if (this.debug) this.p.log.debug({ ev: 'fetch', object: hash, what, bytes: rawBytes, t0, ms: Date.now() - t0 }, 'fetched');
+    const c = this.p.counters;
+    c.fetches++;
+    if (what === 'catalog') c.catalogFetches++;
+    c.fetchedBytes += rawBytes;
+    c.fetchedDecodedBytes += decodedBytes;
+  }
+
   private async fetchNow(hash: string, size: number | undefined, what: 'chunk' | 'catalog'): Promise<Buffer> {
     const c = this.p.counters;
     const t0 = Date.now();
     try {
       const { data, rawBytes } = await this.p.store.fetchObject(hash, size);
-      // Per-fetch detail for bench/coldstart-where.ts (the critical path of a cold start); off unless debug.
-      if (this.debug) this.p.log.debug({ ev: 'fetch', object: hash, what, bytes: rawBytes, t0, ms: Date.now() - t0 }, 'fetched');
-      c.fetches++;
-      if (what === 'catalog') c.catalogFetches++;
-      c.fetchedBytes += rawBytes;
-      c.fetchedDecodedBytes += data.length;
+      this.fetched(hash, what, rawBytes, data.length, t0);
       return data;
     } catch (e) {
       c.errors++;
@@ -212,10 +218,7 @@ export class ChunkFetcher {
       const path = this.p.dir.chunkPath(hash);
       const r = await nat.landObject(obj, hash, size, this.p.dir.tmpName(hash), path);
       if (typeof r !== 'number') {
-        if (this.debug) this.p.log.debug({ ev: 'fetch', object: hash, what: 'chunk', bytes: r[1], t0, ms: Date.now() - t0 }, 'fetched');
-        c.fetches++;
-        c.fetchedBytes += r[1];
-        c.fetchedDecodedBytes += size;
+        this.fetched(hash, 'chunk', r[1], size, t0);
         this.p.index.add(hash, size);
         this.landedIds.set(hash, r[0]);
         return { path, id: r[0] };
