@@ -31,7 +31,7 @@ const HIDDEN_XATTR_PREFIX = 'trusted.overlay.';
 const tree = (l: MergeLayer): LayerTree => l.catalog!;
 
 /** The overlayfs whiteout: a 0/0 character device (ingest stores OCI `.wh.NAME` this way). */
-function isWhiteout(i: Pick<Inode, 'type' | 'rdevMajor' | 'rdevMinor'>): boolean {
+export function isWhiteout(i: Pick<Inode, 'type' | 'rdevMajor' | 'rdevMinor'>): boolean {
   return i.type === 'chardev' && i.rdevMajor === 0 && i.rdevMinor === 0;
 }
 

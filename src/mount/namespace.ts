@@ -232,7 +232,7 @@ export class Namespace {
         return e ? { k: 'entry', layer: parent.layer, inode: e, inImage: parent.inImage } : null;
       }
       case 'merged':
-        return this.mergedLookup(parent, nameBytes);
+        return this.mergedChild(parent, nameBytes);
       default:
         return null;
     }
@@ -243,13 +243,19 @@ export class Namespace {
     return merge.rootMembers(await this.imageLayers(img));
   }
 
-  /** overlayfs lookup in a merged directory (src/mount/merge.ts). */
-  private mergedLookup(parent: Extract<Node, { k: 'merged' }>, name: Buffer): Node | null {
+  /** overlayfs lookup in a merged directory (src/mount/merge.ts); synchronous: a merged directory's layers are loaded. */
+  mergedChild(parent: Extract<Node, { k: 'merged' }>, name: Buffer): Node | null {
     const f = merge.lookup(parent.members, name);
     if (!f) return null;
     return f.k === 'entry'
       ? { k: 'entry', layer: f.layer, inode: f.inode, inImage: parent.image }
       : { k: 'merged', image: parent.image, key: mergedChildKey(parent.key, name), members: f.members };
+  }
+
+  /** One layer's entry as an image shows it (a non-directory its merged directory's listing named). */
+  imageEntry(img: Image, layer: Layer, ino: number): Node | null {
+    const inode = layer.catalog!.getInode(ino);
+    return inode ? { k: 'entry', layer, inode, inImage: img } : null;
   }
 
   /** Visible entries of a merged directory: union top-down, upper names shadow lower, whiteouts hide. */

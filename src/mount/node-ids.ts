@@ -1,10 +1,12 @@
 // The mount's node-id table: the one owner of how a node of the view gets its node id (which is also its st_ino) and
 // how an id the kernel sends back is resolved. Ids are stable for the life of the mount, even after the kernel forgets
 // a node, and across mounts of the same store content. The transport is told at mount which ids are the synthetic
-// directories (UNCACHED_BELOW).
+// directories (UNCACHED_BELOW). Every id of a layer tree or an image view resolves back to its node without the node
+// being held (derive): the kernel may hold ids the transport handed out from listings, which this thread never saw.
 import { ROOT_INO } from '../catalog/schema.js';
 import type { Image, Layer, Node } from './namespace.js';
 import { encodeImageDirName } from './names.js';
+import * as merge from './merge.js';
 
 /**
  * The key of an image's directory: its name, plus the descriptor's signed hash when the store is signed, so a new
@@ -31,7 +33,8 @@ export const UNCACHED_BELOW = 16;
  *   inode number, so hardlinks share one, a listing pre-encoded in the catalog needs only the base added, and an id the
  *   kernel sends back resolves without any table (derive);
  * - elsewhere (images/, synthetic entries) an id is a hash of the node's key (image name and signed descriptor hash,
- *   layer diff id, inode or merged path), in a region of its own above every layer range.
+ *   layer diff id, inode or merged path), in a region of its own above every layer range; an image view's ids are
+ *   remembered with what they name (image, layer and inode, or merged path), so they too resolve (derive).
  * Correctness never rests on the hash: an id taken by another key (or a slot by another layer) is probed past, so a
  * collision costs only that node's stability (the first one met keeps the hashed id). Ids stay below 2^53 (the
  * transport carries them as doubles).
@@ -62,8 +65,13 @@ function imageKey(img: Image): string {
   return imageDirKey(encodeImageDirName(img.name), img.tag);
 }
 
+/** What an image view's hashed id names: one layer's entry, or a merged directory by its key in the image. */
+type ImageRef = { img: Image; layer: Layer; ino: number } | { img: Image; key: string };
+
 export class NodeIds {
   private readonly ids = new Map<string, number>();
+  /** Image-view ids and what they name (as long as the mount lives, like the ids themselves). */
+  private readonly refs = new Map<number, ImageRef>();
   private readonly taken = new Set<number>();
   /** Layers with an id range, in order of base. */
   private readonly ranges: Array<{ base: number; slots: number; layer: Layer }> = [];
@@ -110,7 +118,10 @@ export class NodeIds {
 
   /** An entry's id: under layers/ (no image) base + inode, in an image hashed from (image, layer, inode). */
   entryId(img: Image | null, layer: Layer, ino: number): number {
-    return img ? this.hashed(`${imageKey(img)}:${layer.hex}:${ino}`) : this.baseOf(layer) + ino;
+    if (!img) return this.baseOf(layer) + ino;
+    const id = this.hashed(`${imageKey(img)}:${layer.hex}:${ino}`);
+    if (!this.refs.has(id)) this.refs.set(id, { img, layer, ino });
+    return id;
   }
 
   /** A layers/<hex> directory: its root's id once its catalog is loaded, a hashed one before. */
@@ -122,7 +133,11 @@ export class NodeIds {
   imageDirId(key: string): number { return this.hashed(key); }
 
   /** A directory of an image's merged rootfs, by its key in the image ('' = rootfs itself). */
-  mergedId(img: Image, key: string): number { return this.hashed(`merged:${imageKey(img)}:${key}`); }
+  mergedId(img: Image, key: string): number {
+    const id = this.hashed(`merged:${imageKey(img)}:${key}`);
+    if (!this.refs.has(id)) this.refs.set(id, { img, key });
+    return id;
+  }
 
   statsId(): number { return this.hashed('stats'); }
 
@@ -136,8 +151,14 @@ export class NodeIds {
     }
   }
 
-  /** The layer-tree node an id names (its layer's range, then the catalog), or null. */
+  /**
+   * The node an id names without it being held: a layer tree's (its layer's range, then the catalog), or an image
+   * view's (what its id was made from: the layer's catalog, or the merged path resolved again from the image's root);
+   * null for an id never made here, or an unknown one.
+   */
   derive(id: number): Node | null {
+    const ref = id >= HASHED_BASE ? this.refs.get(id) : undefined;
+    if (ref) return deriveImageNode(ref);
     let lo = 0, hi = this.ranges.length;
     while (lo < hi) { const mid = (lo + hi) >> 1; if (this.ranges[mid]!.base <= id) lo = mid + 1; else hi = mid; }
     const r = this.ranges[lo - 1];
@@ -145,4 +166,18 @@ export class NodeIds {
     const inode = r.layer.catalog!.getInode(id - r.base);
     return inode ? { k: 'entry', layer: r.layer, inode, inImage: null } : null;
   }
+}
+
+/** An image view's node again from what its id was made of (the image's layers are loaded: its root was looked up). */
+function deriveImageNode(ref: ImageRef): Node | null {
+  const layers = ref.img.layers;
+  if (!layers) return null;
+  if ('ino' in ref) {
+    const inode = ref.layer.catalog!.getInode(ref.ino);
+    return inode ? { k: 'entry', layer: ref.layer, inode, inImage: ref.img } : null;
+  }
+  // Keys are '' (rootfs) or '/name/name...' (mergedChildKey: names as latin1, never containing '/').
+  const names = ref.key ? ref.key.slice(1).split('/').map((s) => Buffer.from(s, 'latin1')) : [];
+  const f = merge.resolve(merge.rootMembers(layers), names);
+  return f?.k === 'dir' ? { k: 'merged', image: ref.img, key: ref.key, members: f.members } : null;
 }

@@ -9,7 +9,9 @@ import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { ErrnoError, IntegrityError } from '../util/errors.js';
 import { TYPE_BITS } from '../catalog/schema.js';
-import { inodeAttr, LISTING_FIRST_COOKIE, type Attr } from '../format/listing.js';
+import {
+  encodeListingRecord, inodeAttr, LISTING_FIRST_COOKIE, LISTING_NO_XATTRS, LISTING_RECORD_HEADER, readU64, writeU64, type Attr,
+} from '../format/listing.js';
 import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
@@ -21,7 +23,9 @@ import {
   parseReadIn, parseName, statfsOut, xattrSizeOut,
 } from '../fuse/kernel.js';
 
+const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
+const S_IFCHR = 0o020000;
 const S_IFLNK = 0o120000;
 const SEQ_WINDOW = 8 << 20;
 /** File-ahead fetches at most this many chunks (~64 MB at the default chunking): a huge file must not flush the cache. */
@@ -71,8 +75,10 @@ type Answer = number | Buffer | Buffer[] | typeof REPLIED;
 export type Reply = (unique: number, errno: number, data?: Buffer | Buffer[]) => void;
 
 /**
- * A node the kernel holds, with its lookup count (FORGET lowers it; at 0 the node is dropped). Layer-tree nodes are not
- * counted (UNTRACKED): their ids say what they are, so they are made again on demand, and the first FORGET drops them.
+ * A node the kernel holds, with its lookup count (FORGET lowers it; at 0 the node is dropped). Nodes of layer trees and
+ * image views are not counted (UNTRACKED): their ids resolve back to them (NodeIds.derive), so they are made again on
+ * demand, and the first FORGET drops them. The transport answers LOOKUPs of such ids from listings this thread never
+ * hears of, so no count kept here could be right.
  */
 interface Held { node: Node; nlookup: number }
 const UNTRACKED = -1;
@@ -154,6 +160,8 @@ export class ThinFs {
   /** Layer directories whose listing was handed for lookups, and those too big to hand (not read again for that). */
   private readonly keptForLookups = new Set<number>();
   private readonly tooBigForLookups = new Set<number>();
+  /** Merged directories whose listing is being built for the transport (keepMergedForLookup). */
+  private readonly mergedBuilding = new Set<number>();
   /** Set by the daemon: trace recording and replay, fetching the rest of files read from their start. */
   prefetcher: Prefetcher | null = null;
 
@@ -176,7 +184,7 @@ export class ThinFs {
     const id = this.idOf(n);
     const h = this.held.get(id);
     if (h) { if (h.nlookup !== UNTRACKED) h.nlookup++; } else {
-      this.held.set(id, { node: n, nlookup: n.k === 'entry' && !n.inImage ? UNTRACKED : 1 });
+      this.held.set(id, { node: n, nlookup: n.k === 'entry' || n.k === 'merged' ? UNTRACKED : 1 });
       this.counters.liveNodes++;
     }
     return id;
@@ -203,7 +211,7 @@ export class ThinFs {
   private node(id: number): Node {
     const h = this.held.get(id);
     if (h) return h.node;
-    // A layer-tree node the kernel got from a pre-encoded listing, or one dropped at a FORGET: made again from its id.
+    // A node the kernel got from a listing the transport answered, or one dropped at a FORGET: made again from its id.
     const n = this.ids.derive(id);
     if (!n) throw new ErrnoError(E.ESTALE);
     this.held.set(id, { node: n, nlookup: UNTRACKED });
@@ -345,13 +353,88 @@ export class ThinFs {
     return n.inImage !== null && imageMerge.imageXattrs(n.layer.catalog!, n.inode).size === 0;
   }
 
-  /** Hand a layer directory's listing to the transport for lookups in it (not a merged one: no listing); `again` even if handed before. */
+  /** Hand a directory's listing to the transport for lookups in it (a layer's, or an image view's merged one); `again` even if handed before. */
   private keepForLookup(n: Node, id: number, again = false): void {
-    if (!this.keepListing || n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
+    if (!this.keepListing) return;
     if ((!again && this.keptForLookups.has(id)) || this.tooBigForLookups.has(id)) return;
+    if (n.k === 'merged') { this.keepMergedForLookup(n, id); return; }
+    if (n.k !== 'entry' || n.inImage || n.inode.type !== 'dir' || !n.layer.catalog!.hasDirBlocks) return;
     const block = n.layer.catalog!.dirBlock(n.inode.ino);
     if (!block) return;
     this.handForLookups(id, block, this.ids.baseOf(n.layer));
+  }
+
+  /**
+   * An image view's merged directory: its listing is built once this request's reply is out (a lookup walking down
+   * the tree does not wait for it) and handed like a layer's, with base 0 (records carry the view's own ids).
+   */
+  private keepMergedForLookup(n: Extract<Node, { k: 'merged' }>, id: number): void {
+    if (this.mergedBuilding.has(id)) return;
+    this.mergedBuilding.add(id);
+    setImmediate(() => {
+      this.mergedBuilding.delete(id);
+      let block: Buffer | null;
+      try {
+        block = this.mergedBlock(n);
+      } catch (e) {
+        // The JS thread keeps answering this directory's lookups (and reports a damaged catalog there).
+        this.log.warn({ err: e, image: n.image.name, dir: n.key }, 'cannot build a merged listing for the transport');
+        return;
+      }
+      if (block) this.handForLookups(id, block, 0);
+    });
+  }
+
+  /**
+   * A merged directory's listing (src/format/listing.ts) as this thread answers its entries: the view's node ids and
+   * attributes, flagged when an entry shows no xattrs. Built from its layers' pre-encoded listings by merge.readdir's
+   * rules (the top layer's entry per name, whiteouts hide); an entry whose answer differs from its layer record's
+   * (a directory: merged attributes; a hard-linked file: its visible links; no flag: maybe only trusted.overlay.*
+   * xattrs; a character device: maybe a whiteout) is made as a lookup makes it. null when a layer has no listings.
+   */
+  private mergedBlock(n: Extract<Node, { k: 'merged' }>): Buffer | null {
+    const picked: Array<{ name: Buffer; layer: Layer; rec: Buffer }> = [];
+    const seen = new Set<string>();
+    let bytes = 0;
+    for (const m of n.members) {
+      const cat = m.layer.catalog!;
+      const blk = cat.hasDirBlocks ? cat.dirBlock(m.inode.ino) : undefined;
+      if (!blk) return null;
+      for (let p = 0; p < blk.length;) {
+        if (blk.length - p < LISTING_RECORD_HEADER) throw new IntegrityError(m.layer.hex, `catalog of layer ${m.layer.hex}: malformed listing for directory inode ${m.inode.ino}`);
+        const end = p + LISTING_RECORD_HEADER + blk.readUInt16LE(p + 48);
+        if (end > blk.length) throw new IntegrityError(m.layer.hex, `catalog of layer ${m.layer.hex}: malformed listing for directory inode ${m.inode.ino}`);
+        const rec = blk.subarray(p, end), name = rec.subarray(LISTING_RECORD_HEADER);
+        p = end;
+        const key = name.toString('latin1');
+        if (seen.has(key)) continue;
+        seen.add(key); // a whiteout, too, hides the name below it
+        if ((rec.readUInt32LE(28) & S_IFMT) === S_IFCHR) {
+          const i = cat.getInode(readU64(rec, 0));
+          if (i && imageMerge.isWhiteout(i)) continue;
+        }
+        picked.push({ name, layer: m.layer, rec });
+        bytes += rec.length;
+      }
+    }
+    picked.sort((a, b) => Buffer.compare(a.name, b.name));
+    const out = Buffer.allocUnsafe(bytes);
+    let off = 0;
+    for (const { name, layer, rec } of picked) {
+      const ino = readU64(rec, 0), mode = rec.readUInt32LE(28);
+      const fmt = mode & S_IFMT;
+      if (fmt !== S_IFDIR && fmt !== S_IFCHR && rec.readUInt32LE(40) <= 1 && (mode & LISTING_NO_XATTRS)) {
+        // A plain entry: the layer's record is the view's answer but for its id.
+        rec.copy(out, off);
+        writeU64(out, this.ids.entryId(n.image, layer, ino), off);
+        off += rec.length;
+        continue;
+      }
+      const c = fmt === S_IFDIR ? this.ns.mergedChild(n, name) : this.ns.imageEntry(n.image, layer, ino);
+      if (!c) throw new IntegrityError(layer.hex, `image ${n.image.name}: ${n.key}/${name.toString('latin1')} vanished from its merged directory`);
+      off = encodeListingRecord(this.computeAttr(c), name, out, off, this.xattrless(c));
+    }
+    return out.subarray(0, off);
   }
 
   private handForLookups(id: number, block: Buffer, base: number): void {
@@ -452,7 +535,11 @@ export class ThinFs {
       }
       off = writeDirent(out, off, dot ? (i === 0 ? self : 1) : c!.ino, i + 1, name, dot ? 4 : c!.dtype);
     }
-    if (i >= ents.length + 2 && n.k !== 'synth') this.dirEof(self, ents.length + 2);
+    if (i >= ents.length + 2 && n.k !== 'synth') {
+      this.dirEof(self, ents.length + 2);
+      // Lookups in it after the kernel dropped some of its entries: answered by the transport.
+      if (n.k === 'merged') this.keepForLookup(n, self);
+    }
     for (const c of held) {
       const cid = this.hold(c);
       // An image view's entries listed here are not looked up again, but overlayfs still asks each for its xattrs.
