@@ -8,7 +8,7 @@ import { sha256hex } from '../util/hash.js';
 import { chunkMapText, fdClose, type NodeCache } from '../cache/node-cache.js';
 import type { Logger } from '../util/log.js';
 import { ErrnoError, IntegrityError } from '../util/errors.js';
-import { TYPE_BITS } from '../catalog/schema.js';
+import { FLAG_IMPLICIT, TYPE_BITS } from '../catalog/schema.js';
 import {
   encodeListingRecord, inodeAttr, LISTING_FIRST_COOKIE, LISTING_NO_XATTRS, LISTING_RECORD_HEADER, readU64, writeU64, type Attr,
 } from '../format/listing.js';
@@ -83,7 +83,7 @@ export type Reply = (unique: number, errno: number, data?: Buffer | Buffer[]) =>
 interface Held { node: Node; nlookup: number }
 const UNTRACKED = -1;
 /** Immutable per-node facts computed once: the encoded attributes and, for directories, the listing. */
-interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState }
+interface NodeMemo { attr?: Buffer; ents?: Child[]; read?: ReadState; /** a merged directory's listing for the transport */ block?: Buffer }
 interface Child { name: Buffer; dtype: number; ino: number; make: () => Node | null | Promise<Node | null> }
 /** Per-file read state: chunk map, how far a sequential reader got, the whole-file id (passthrough copies). */
 interface ReadState {
@@ -369,6 +369,9 @@ export class ThinFs {
    * the tree does not wait for it) and handed like a layer's, with base 0 (records carry the view's own ids).
    */
   private keepMergedForLookup(n: Extract<Node, { k: 'merged' }>, id: number): void {
+    const memo = this.memoOf(n);
+    // Handed again (the transport let go of it, or a lookup raced the first hand): built once per node.
+    if (memo.block) { this.handForLookups(id, memo.block, 0); return; }
     if (this.mergedBuilding.has(id)) return;
     this.mergedBuilding.add(id);
     setImmediate(() => {
@@ -381,7 +384,9 @@ export class ThinFs {
         this.log.warn({ err: e, image: n.image.name, dir: n.key }, 'cannot build a merged listing for the transport');
         return;
       }
-      if (block) this.handForLookups(id, block, 0);
+      if (!block) return;
+      memo.block = block;
+      this.handForLookups(id, block, 0);
     });
   }
 
@@ -429,6 +434,19 @@ export class ThinFs {
         writeU64(out, this.ids.entryId(n.image, layer, ino), off);
         off += rec.length;
         continue;
+      }
+      if (fmt === S_IFDIR) {
+        // A directory its top layer's tar listed shows that layer's attributes (merge.attrMember) with st_nlink 1
+        // (inodeAttr: lower layers' subdirectories are not counted), and its xattrs.
+        const top = layer.catalog!.getInode(ino);
+        if (top && !(top.flags & FLAG_IMPLICIT)) {
+          rec.copy(out, off);
+          writeU64(out, this.ids.mergedId(n.image, mergedChildKey(n.key, name)), off);
+          out.writeUInt32LE(1, off + 40);
+          if (!(mode & LISTING_NO_XATTRS) && imageMerge.imageXattrs(layer.catalog!, top).size === 0) out.writeUInt32LE((mode | LISTING_NO_XATTRS) >>> 0, off + 28);
+          off += rec.length;
+          continue;
+        }
       }
       const c = fmt === S_IFDIR ? this.ns.mergedChild(n, name) : this.ns.imageEntry(n.image, layer, ino);
       if (!c) throw new IntegrityError(layer.hex, `image ${n.image.name}: ${n.key}/${name.toString('latin1')} vanished from its merged directory`);
