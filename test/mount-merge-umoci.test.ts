@@ -3,12 +3,14 @@
 // in a chosen member order: files, directories and symlinks replacing each other, modes and owners replaced, hard
 // links losing names to whiteouts, replacement and opaque directories, whiteouts then re-creation in a later layer
 // and in the same layer (whiteout first and entry first), opaque directories, directories only implied by an upper
-// layer, xattrs including empty values. Converted by docker2thin (oci: source), mounted by `thinfs mount`.
+// layer, xattrs including empty values. Converted by docker2thin (oci: source), mounted by `thinfs mount`. The same
+// trees reached by lookups alone, which the FUSE transport answers from the merged listings the mount hands it, give
+// the same entries and inode numbers, and hide the same names.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { REPO_ROOT, cleanupTmpDirs, haveCommand, run, runOk, thinfs, thinfsOk, tmpDir, treeListing, xattrDump, type TreeEntry } from './helpers/proc.js';
+import { REPO_ROOT, cleanupTmpDirs, haveCommand, run, runOk, thinfs, thinfsOk, tmpDir, treeListing, walkedTree, xattrDump, type TreeEntry } from './helpers/proc.js';
 import { diffLines, diffTrees, extractTar, tarListing } from './helpers/oracle.js';
 import { makeLayer, type LayerTar } from './helpers/layers.js';
 import { OciLayout } from './fixtures/images.js';
@@ -23,6 +25,8 @@ let store: string;
 let layout: OciLayout;
 let mp: string;
 let mounted: Mounted | null = null;
+/** A second mount of the store, for trees reached by lookups alone. */
+let walker: Mounted | null = null;
 let skip: string | false = false;
 const images = new Map<string, LayerTar[]>();
 
@@ -115,7 +119,9 @@ before(async () => {
 
 after(async () => {
   if (mounted) await mounted.stop();
+  if (walker) await walker.stop();
   if (mp) await forceUnmount(mp);
+  if (work) await forceUnmount(path.join(work, 'mnt-walk'));
   await cleanupTmpDirs();
 });
 
@@ -241,5 +247,58 @@ test('layers with a whiteout and an entry of the same name export back as they c
     assert.equal(i.code, 0, i.stderr);
     await thinfsOk(['export', l.diffId, '-o', out, '--store', store]);
     assert.deepEqual(diffLines(await tarListing(l.file), await tarListing(out)), [], `${l.name}: export lists what the layer held, in order`);
+  }
+});
+
+/** Every name any layer of the image lists (`.wh.` markers too), as paths from the root, in tar order. */
+async function layerNames(name: string): Promise<string[]> {
+  const out = new Set<string>();
+  for (const l of images.get(name)!) {
+    for (const m of (await runOk('tar', ['-tf', l.file])).split('\n')) if (m) out.add(m.replace(/\/$/, '').replace(/^\.\//, ''));
+  }
+  return [...out];
+}
+
+test('lookups answered by the transport: names walked one at a time show the listed tree\'s entries and inode numbers, hidden names stay hidden', async (t) => {
+  if (skip) return t.skip(skip);
+  const walkMp = path.join(work, 'mnt-walk');
+  await fsp.mkdir(walkMp, { recursive: true });
+  let hiddenNames = 0;
+  for (const name of images.keys()) {
+    // The tree as listed (READDIRPLUS, answered by the mount's JS thread), checked against umoci's unpack.
+    const { thin } = await compareWithUmoci(name);
+    const listed = await treeListing(thin);
+    const listedInos = (await walkedTree(thin, listed.map((e) => e.path), { hash: false })).inos;
+    // A fresh mount: nothing is known to the kernel, every path is resolved by LOOKUPs alone.
+    walker ??= await mountStore(store, walkMp, { cacheDir: path.join(work, 'cache-walk') });
+    const root = path.join(walkMp, 'images', encodeImageDirName(`${name}:t`), 'rootfs');
+    const before = (await walker.stats()).ops;
+    const walked = await walkedTree(root, listed.map((e) => e.path));
+    assert.deepEqual(diffTrees(listed, walked.tree), [], `${name}: the tree reached by lookups differs from the listed one`);
+    assert.deepEqual([...walked.inos], [...listedInos], `${name}: the same inode numbers whoever answered`);
+    // Names some layer holds that the image does not show (whited out, under an opaque or replaced directory, the
+    // markers themselves): absent, answered from the merged listings too.
+    const shown = new Set(listed.map((e) => e.path));
+    const hidden = (await layerNames(name)).filter((p) => !shown.has(p));
+    hiddenNames += hidden.length;
+    assert.deepEqual((await walkedTree(root, hidden, { hash: false })).tree.map((e) => e.path), [], `${name}: hidden names stay hidden`);
+    const after = (await walker.stats()).ops;
+    const byTransport = after.lookupsByTransport - before.lookupsByTransport;
+    const byJs = (after.requests.lookup?.n ?? 0) - (before.requests.lookup?.n ?? 0);
+    const dirs = listed.filter((e) => e.type === 'dir').length + 1;
+    t.diagnostic(`${name}: ${byTransport} lookups answered by the transport, ${byJs} by JS`);
+    // JS answers the first lookup in each directory (and hands its listing over); the transport answers the rest.
+    assert.ok(byTransport > 0 && byJs <= dirs + 3, `${name}: lookups by the transport ${byTransport}, by JS ${byJs} (${dirs} directories, ${listed.length + hidden.length} names)`);
+  }
+  assert.ok(hiddenNames >= 20, `the fixtures hide names (${hiddenNames})`);
+  // After the kernel forgot every node (FORGET), ids the transport handed out still name the same entries.
+  await fsp.writeFile('/proc/sys/vm/drop_caches', '2');
+  for (const name of images.keys()) {
+    const thin = path.join(mp, 'images', encodeImageDirName(`${name}:t`), 'rootfs');
+    const root = path.join(walkMp, 'images', encodeImageDirName(`${name}:t`), 'rootfs');
+    const listed = await treeListing(thin);
+    const walked = await walkedTree(root, listed.map((e) => e.path));
+    assert.deepEqual(diffTrees(listed, walked.tree), [], `${name}: after FORGET`);
+    assert.deepEqual([...walked.inos], [...(await walkedTree(thin, listed.map((e) => e.path), { hash: false })).inos], `${name}: inode numbers after FORGET`);
   }
 });

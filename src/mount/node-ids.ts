@@ -61,12 +61,12 @@ function hash52(s: string): number {
 }
 
 /** An image's name in ids: the key of its directory (name and signed descriptor hash), the same on every mount. */
-const imageKeys = new WeakMap<Image, string>();
+const imageKeys = new WeakMap<Image, { tag: string | null; key: string }>();
 function imageKey(img: Image): string {
   // Once per image: a merged listing handed to the transport names hundreds of entries at a time.
   let k = imageKeys.get(img);
-  if (k === undefined) imageKeys.set(img, k = imageDirKey(encodeImageDirName(img.name), img.tag));
-  return k;
+  if (k?.tag !== img.tag) imageKeys.set(img, k = { tag: img.tag, key: imageDirKey(encodeImageDirName(img.name), img.tag) });
+  return k!.key;
 }
 
 /** What an image view's hashed id names: one layer's entry, or a merged directory by its key in the image. */

@@ -215,28 +215,58 @@ export async function treeListing(root: string, opts: { hash?: boolean } = {}): 
     names.sort(Buffer.compare);
     for (const name of names) {
       const r = rel ? Buffer.concat([rel, Buffer.from('/'), name]) : name;
-      const p = Buffer.concat([rootBuf, Buffer.from('/'), r]);
-      const st = await fsp.lstat(p, { bigint: true });
-      const type = typeOf(st);
-      const e: TreeEntry = {
-        path: r.toString('latin1'),
-        type,
-        mode: Number(st.mode),
-        uid: Number(st.uid),
-        gid: Number(st.gid),
-        size: type === 'dir' ? 0 : Number(st.size),
-        mtimeNs: st.mtimeNs.toString(),
-        nlink: type === 'dir' ? 0 : Number(st.nlink),
-        rdev: Number(st.rdev),
-      };
-      if (type === 'symlink') e.target = ((await fsp.readlink(p, { encoding: 'buffer' })) as Buffer).toString('latin1');
-      if (type === 'file' && hash) e.sha256 = await sha256File(p);
+      const { ino, ...e } = (await entryAt(rootBuf, r, hash))!;
+      void ino; // not part of what a tree compares
       out.push(e);
-      if (type === 'dir') await walk(r);
+      if (e.type === 'dir') await walk(r);
     }
   }
   await walk(null);
   return out;
+}
+
+/** One entry of a tree as treeListing shows it (its inode number in ino), or null when absent (ENOENT, ENOTDIR). */
+async function entryAt(rootBuf: Buffer, r: Buffer, hash: boolean): Promise<(TreeEntry & { ino: bigint }) | null> {
+  const p = Buffer.concat([rootBuf, Buffer.from('/'), r]);
+  let st;
+  try { st = await fsp.lstat(p, { bigint: true }); } catch (e) {
+    // A name under a non-directory is as absent as a missing one.
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
+    throw e;
+  }
+  const type = typeOf(st);
+  const e: TreeEntry & { ino: bigint } = {
+    path: r.toString('latin1'),
+    type,
+    mode: Number(st.mode),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    size: type === 'dir' ? 0 : Number(st.size),
+    mtimeNs: st.mtimeNs.toString(),
+    nlink: type === 'dir' ? 0 : Number(st.nlink),
+    rdev: Number(st.rdev),
+    ino: st.ino,
+  };
+  if (type === 'symlink') e.target = ((await fsp.readlink(p, { encoding: 'buffer' })) as Buffer).toString('latin1');
+  if (type === 'file' && hash) e.sha256 = await sha256File(p);
+  return e;
+}
+
+/**
+ * The entries at the given paths (latin1 strings of raw bytes, relative to root), each reached by lstat alone: no
+ * directory is listed, so a FUSE mount sees only LOOKUPs. Absent paths are left out; inode numbers come apart (inos).
+ */
+export async function walkedTree(root: string, paths: readonly string[], opts: { hash?: boolean } = {}): Promise<{ tree: TreeEntry[]; inos: Map<string, bigint> }> {
+  const tree: TreeEntry[] = [];
+  const inos = new Map<string, bigint>();
+  for (const rel of paths) {
+    const e = await entryAt(Buffer.from(root), Buffer.from(rel, 'latin1'), opts.hash ?? true);
+    if (!e) continue;
+    const { ino, ...entry } = e;
+    inos.set(rel, ino);
+    tree.push(entry);
+  }
+  return { tree, inos };
 }
 
 /**
