@@ -146,6 +146,16 @@ describe('xattr requests answered by the transport', () => {
   });
 });
 
+/** Python: for each path (relative to cwd), whether lstat's inode number differs from the d_ino its directory's listing gives. */
+const SAME_IDS_PY = `
+import os, sys, json
+ids = {p: os.lstat(p).st_ino for p in sys.argv[1:]}
+bad = []
+for p, ino in ids.items():
+    d, n = os.path.split(p)
+    if {e.name: e.inode() for e in os.scandir(d or '.')}[n] != ino: bad.append(p)
+print(json.dumps(bad))`;
+
 describe('lookups answered by the transport', () => {
   it('names in a directory the transport keeps: the same entries as GNU tar extracted, the same ids as listings give', async () => {
     const m = await mount('mnt-lookups');
@@ -174,15 +184,7 @@ describe('lookups answered by the transport', () => {
     assert.equal((last.ops.requests.lookup?.n ?? 0) + last.ops.lookupsByTransport, (again.ops.requests.lookup?.n ?? 0) + again.ops.lookupsByTransport,
       'missing names are not asked for again');
     // The ids the transport gave (lstat of paths looked up before any listing) are the ones listings give (d_ino).
-    const py = `
-import os, sys, json
-ids = {p: os.lstat(p).st_ino for p in sys.argv[1:]}
-bad = []
-for p, ino in ids.items():
-    d, n = os.path.split(p)
-    if {e.name: e.inode() for e in os.scandir(d or '.')}[n] != ino: bad.append(p)
-print(json.dumps(bad))`;
-    assert.deepEqual(JSON.parse(await runOk('python3', ['-I', '-c', py, ...files, ...dirs], { cwd: root })), []);
+    assert.deepEqual(JSON.parse(await runOk('python3', ['-I', '-c', SAME_IDS_PY, ...files, ...dirs], { cwd: root })), []);
     await stop(m);
   });
 });
@@ -219,5 +221,35 @@ describe('xattr requests of an image view answered by the transport', () => {
     await findScan(lroot);
     await checkImage(l, lroot);
     await stop(l);
+  });
+});
+
+// The image view's LOOKUPs: the mount hands the transport each merged directory's listing (the view's own ids and
+// attributes, whiteouts and opaque markers left out) once it answered a lookup in it, and the transport answers the rest.
+describe('lookups in an image view answered by the transport', () => {
+  it('names walked one at a time: the same entries as GNU tar extracted, whiteouts absent, the same ids as listings give', async () => {
+    const IMAGE = 'walk:v1';
+    await putTestImage(store, IMAGE, [hex]);
+    const m = await mount('mnt-image-walk');
+    const root = path.join(m.mp, 'images', encodeImageDirName(IMAGE), 'rootfs');
+    const files = ['plain.txt', 'tagged.txt', 'link', 'dir/a.txt', 'dir/sub/b.txt', 'opq/inside.txt'];
+    const dirs = ['dir', 'dir/sub', 'opq', 'xdir'];
+    // The whiteout hides `gone` (and shows itself nowhere); the opaque marker is no entry.
+    const missing = ['gone', '.wh.gone', 'opq/.wh..wh..opq', 'nothing', 'dir/nothing', 'dir/sub/nothing'];
+    await statNames(root, ['plain.txt']); // the image's root: its layers' catalogs load here
+    const before = await m.stats();
+    const got = await statNames(root, [...files, ...missing]);
+    const after = await m.stats();
+    assert.deepEqual(got, [...await statNames(extracted, files), ...missing.map((x) => `${x} ENOENT`)]);
+    // A merged directory shows st_nlink 1 (src/format/listing.ts: its subdirectories across layers are not counted).
+    const nlink1 = (xs: string[]) => xs.map((x) => x.replace(/^(\S+ directory \d+ - )\d+ /, '$11 '));
+    assert.deepEqual(await statNames(root, dirs, false), nlink1(await statNames(extracted, dirs, false)));
+    const byTransport = after.ops.lookupsByTransport - before.ops.lookupsByTransport;
+    const byJs = (after.ops.requests.lookup?.n ?? 0) - (before.ops.requests.lookup?.n ?? 0);
+    // JS answers the first lookup in each of the image's directories (and hands its listing over), no more.
+    assert.ok(byTransport >= files.length + missing.length - 4 && byJs <= 4, `lookups by the transport ${byTransport}, by JS ${byJs}`);
+    // The ids the transport gave (lstat of paths looked up before any listing) are the ones the view's listings give.
+    assert.deepEqual(JSON.parse(await runOk('python3', ['-I', '-c', SAME_IDS_PY, ...files, ...dirs], { cwd: root })), []);
+    await stop(m);
   });
 });

@@ -5,7 +5,7 @@
 // and a file held open across the refresh keeps reading correct bytes.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, open, readFile, readdir, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, open, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256, waitFor } from './helpers/proc.js';
 import { startNginx, type WebServer } from './helpers/web.js';
@@ -203,7 +203,11 @@ test('published while mounted: new layers and images appear within the refresh t
     assert.ok(seenMs < 5000, `appeared after ${seenMs} ms with --refresh 1`);
     assert.deepEqual((await readdir(join(m.mp, 'images', encodeImageDirName('app:v2'), 'rootfs'))).sort(), ['one.bin', 'small', 'two.bin']);
     assert.equal(sha256(await readFile(join(m.mp, 'layers', l2, 'two.bin'))), sha256(pseudoRandom(200_000, 'two')));
-    // A fresh lookup of app:v1 shows its new content (after the kernel's entry cache expires)...
+    // A fresh lookup of app:v1 shows its new content (after the kernel's entry cache expires), by lookups alone too:
+    // the transport answers names in the old revision's rootfs from its listing (handed at the open above), never
+    // in the new one's (its nodes have ids of their own)...
+    await waitFor(async () => (await lstat(join(app, 'two.bin')).then(() => true, () => null)), 10_000, 200, 'app:v1 moved (lookup)');
+    await assert.rejects(lstat(join(app, 'one.bin')), { code: 'ENOENT' }, 'app:v1 no longer holds one.bin');
     await waitFor(async () => (await readdir(join(m.mp, 'images', encodeImageDirName('app:v1'), 'rootfs'))).includes('two.bin') || null, 10_000, 200, 'app:v1 moved');
 
     // ...while the file opened before the refresh still reads the bytes it opened, to the end.
