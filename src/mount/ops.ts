@@ -291,7 +291,8 @@ export class ThinFs {
         case OP.READLINK: r = this.readlink(nodeid); break;
         case OP.OPEN: {
           const replied = { done: false };
-          this.open(unique, nodeid, replied).catch((e) => { if (!replied.done) send(this.failed(op, nodeid, e)); });
+          // Answered through openReply (not send): its time is counted here.
+          this.open(unique, nodeid, replied).then(() => send(REPLIED), (e) => send(replied.done ? REPLIED : this.failed(op, nodeid, e)));
           return;
         }
         case OP.READ: r = this.read(nodeid, parseReadIn(body!), unique); break;
@@ -522,6 +523,7 @@ export class ThinFs {
     this.counters.readdirs++;
     const n = this.node(id);
     if (n.k === 'entry' && !n.inImage && n.layer.catalog!.hasDirBlocks) return this.readdirBlock(n, id, rin, plus);
+    if (n.k === 'merged') { const a = this.readdirMerged(n, id, rin, plus); if (a !== null) return a; }
     const ents = await this.children(n);
     const out = Buffer.allocUnsafe(rin.size); // every byte returned is written below
     let off = 0;
@@ -553,11 +555,7 @@ export class ThinFs {
       }
       off = writeDirent(out, off, dot ? (i === 0 ? self : 1) : c!.ino, i + 1, name, dot ? 4 : c!.dtype);
     }
-    if (i >= ents.length + 2 && n.k !== 'synth') {
-      this.dirEof(self, ents.length + 2);
-      // Lookups in it after the kernel dropped some of its entries: answered by the transport.
-      if (n.k === 'merged') this.keepForLookup(n, self);
-    }
+    if (i >= ents.length + 2 && n.k !== 'synth') this.dirEof(self, ents.length + 2);
     for (const c of held) {
       const cid = this.hold(c);
       // An image view's entries listed here are not looked up again, but overlayfs still asks each for its xattrs.
@@ -580,19 +578,42 @@ export class ThinFs {
       if (!block) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: no listing for directory inode ${n.inode.ino}`);
       this.lastBlock = { id, block };
     }
-    const base = this.ids.baseOf(n.layer);
+    const page = this.blockPage(block, this.ids.baseOf(n.layer), id, rin, plus);
+    if (!page) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
+    if (page.eof) this.lastBlock = null;
+    // Once this reply is written: the listings a scan reads next.
+    if (rin.offset === 0) { const a = this.aheadOf(n.layer), ino = n.inode.ino; if (a) setImmediate(() => a.listed(ino)); }
+    return page.out;
+  }
+
+  /**
+   * One page of a pre-encoded listing (a layer's, or an image view's merged one), expanded natively; at its end the
+   * transport learns where it ends and keeps it for lookups. null when the block is malformed.
+   */
+  private blockPage(block: Buffer, base: number, id: number, rin: { offset: number; size: number }, plus: boolean): { out: Buffer; eof: boolean } | null {
     if (rin.offset === 0) this.noXattrListing?.(block, base);
     const out = Buffer.allocUnsafe(rin.size);
     const r = this.k.dirPage(block, rin.offset, out, plus, base, TTL, id);
-    if (!r) throw new IntegrityError(n.layer.hex, `catalog of layer ${n.layer.hex}: malformed listing for directory inode ${n.inode.ino}`);
-    if (r[1] >= block.length) {
+    if (!r) return null;
+    const eof = r[1] >= block.length;
+    if (eof) {
       this.dirEof(id, LISTING_FIRST_COOKIE + block.length);
       if (!this.keptForLookups.has(id)) this.handForLookups(id, block, base);
-      this.lastBlock = null;
     }
-    // Once this reply is written: the listings a scan reads next.
-    if (rin.offset === 0) { const a = this.aheadOf(n.layer), ino = n.inode.ino; if (a) setImmediate(() => a.listed(ino)); }
-    return out.subarray(0, r[0]);
+    return { out: out.subarray(0, r[0]), eof };
+  }
+
+  /**
+   * An image view's merged directory listed from its merged listing (built now if no lookup did before): the entries
+   * the kernel gets are the ones the transport answers lookups with, and this thread makes no node per entry.
+   */
+  private readdirMerged(n: Extract<Node, { k: 'merged' }>, id: number, rin: { offset: number; size: number }, plus: boolean): Answer | null {
+    const memo = this.memoOf(n);
+    const block = memo.block ??= this.mergedBlock(n) ?? undefined;
+    if (!block) return null;
+    const page = this.blockPage(block, 0, id, rin, plus);
+    if (!page) throw new IntegrityError(n.members[0]!.layer.hex, `image ${n.image.name}: malformed merged listing of ${n.key || '/'}`);
+    return page.out;
   }
 
   /** The layer's listing readahead (none without a transport to hand listings to, or in older catalogs). */
