@@ -70,7 +70,12 @@ function imageKey(img: Image): string {
 }
 
 /** What an image view's hashed id names: one layer's entry, or a merged directory by its key in the image. */
-type ImageRef = { img: Image; layer: Layer; ino: number } | { img: Image; key: string };
+type MergedNode = Extract<Node, { k: 'merged' }>;
+/**
+ * What an image view's hashed id names: one layer's entry, or a merged directory by its key in the image, with its node
+ * once made (kept: directories are few, and its members cost a lookup per layer and path component to find again).
+ */
+type ImageRef = { img: Image; layer: Layer; ino: number } | { img: Image; key: string; node?: MergedNode };
 
 export class NodeIds {
   private readonly ids = new Map<string, number>();
@@ -136,10 +141,12 @@ export class NodeIds {
   /** An images/<encoded name> directory, by its key (imageDirKey: name and signed descriptor hash). */
   imageDirId(key: string): number { return this.hashed(key); }
 
-  /** A directory of an image's merged rootfs, by its key in the image ('' = rootfs itself). */
-  mergedId(img: Image, key: string): number {
+  /** A directory of an image's merged rootfs, by its key in the image ('' = rootfs itself); node: the one met. */
+  mergedId(img: Image, key: string, node?: MergedNode): number {
     const id = this.hashed(`merged:${imageKey(img)}:${key}`);
-    if (!this.refs.has(id)) this.refs.set(id, { img, key });
+    const ref = this.refs.get(id);
+    if (!ref) this.refs.set(id, { img, key, node });
+    else if (node && !('ino' in ref)) ref.node ??= node;
     return id;
   }
 
@@ -151,18 +158,18 @@ export class NodeIds {
       case 'statsLink': return this.statsId();
       case 'imageDir': return this.imageDirId(imageDirKey(encodeImageDirName(n.image.name), n.image.tag));
       case 'entry': return this.entryId(n.inImage, n.layer, n.inode.ino);
-      case 'merged': return this.mergedId(n.image, n.key);
+      case 'merged': return this.mergedId(n.image, n.key, n);
     }
   }
 
   /**
    * The node an id names without it being held: a layer tree's (its layer's range, then the catalog), or an image
-   * view's (what its id was made from: the layer's catalog, or the merged path resolved again from the image's root);
+   * view's (what its id was made from: the layer's catalog, or the merged directory, deriveMerged);
    * null for an id never made here, or an unknown one.
    */
   derive(id: number): Node | null {
     const ref = id >= HASHED_BASE ? this.refs.get(id) : undefined;
-    if (ref) return deriveImageNode(ref);
+    if (ref) return 'ino' in ref ? deriveImageEntry(ref) : this.deriveMerged(ref);
     let lo = 0, hi = this.ranges.length;
     while (lo < hi) { const mid = (lo + hi) >> 1; if (this.ranges[mid]!.base <= id) lo = mid + 1; else hi = mid; }
     const r = this.ranges[lo - 1];
@@ -170,18 +177,33 @@ export class NodeIds {
     const inode = r.layer.catalog!.getInode(id - r.base);
     return inode ? { k: 'entry', layer: r.layer, inode, inImage: null } : null;
   }
+
+  /**
+   * A merged directory again: the node met before, or its parent's (derived the same way; a parent's id is always made
+   * before its children's) looked up in by name; the image's root from its layers.
+   */
+  private deriveMerged(ref: Extract<ImageRef, { key: string }>): MergedNode | null {
+    if (ref.node) return ref.node;
+    const layers = ref.img.layers;
+    if (!layers) return null;
+    let members: MergedNode['members'] | null = null;
+    if (ref.key === '') members = merge.rootMembers(layers);
+    else {
+      // Keys are '/name/name...' (mergedChildKey: names as latin1, never containing '/').
+      const cut = ref.key.lastIndexOf('/');
+      const pid = this.ids.get(`merged:${imageKey(ref.img)}:${ref.key.slice(0, cut)}`);
+      const parent = pid !== undefined ? this.derive(pid) : null;
+      const f = parent?.k === 'merged' ? merge.lookup(parent.members, Buffer.from(ref.key.slice(cut + 1), 'latin1')) : null;
+      if (f?.k === 'dir') members = f.members;
+    }
+    if (!members) return null;
+    return (ref.node = { k: 'merged', image: ref.img, key: ref.key, members });
+  }
 }
 
-/** An image view's node again from what its id was made of (the image's layers are loaded: its root was looked up). */
-function deriveImageNode(ref: ImageRef): Node | null {
-  const layers = ref.img.layers;
-  if (!layers) return null;
-  if ('ino' in ref) {
-    const inode = ref.layer.catalog!.getInode(ref.ino);
-    return inode ? { k: 'entry', layer: ref.layer, inode, inImage: ref.img } : null;
-  }
-  // Keys are '' (rootfs) or '/name/name...' (mergedChildKey: names as latin1, never containing '/').
-  const names = ref.key ? ref.key.slice(1).split('/').map((s) => Buffer.from(s, 'latin1')) : [];
-  const f = merge.resolve(merge.rootMembers(layers), names);
-  return f?.k === 'dir' ? { k: 'merged', image: ref.img, key: ref.key, members: f.members } : null;
+/** An image view's entry again from what its id was made of (the image's layers are loaded: its root was looked up). */
+function deriveImageEntry(ref: Extract<ImageRef, { ino: number }>): Node | null {
+  if (!ref.img.layers) return null;
+  const inode = ref.layer.catalog!.getInode(ref.ino);
+  return inode ? { k: 'entry', layer: ref.layer, inode, inImage: ref.img } : null;
 }
