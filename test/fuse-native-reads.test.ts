@@ -5,7 +5,8 @@
 // decode and verify store objects on the threadpool (src/store/native/decode.c): a damaged object is EIO, never bytes.
 // Cold reads of a file served by READs (with or without passthrough) are answered by the transport too once its chunks
 // have landed (fetched, verified and written to the cache in one threadpool job): the JS thread sees the first READs
-// only, a changed cache file is verified again before any of its bytes are served, a damaged object is EIO.
+// only, a changed cache file is verified again before any of its bytes are served, a damaged object is EIO. The same
+// warm reads through an image view (images/NAME/rootfs, what rootless podman's --rootfs uses) are the transport's too.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
@@ -17,6 +18,8 @@ import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
 import { Store } from '../src/store/store.js';
 import { CatalogReader } from '../src/catalog/reader.js';
 import { objectPath } from '../src/store/layout.js';
+import { encodeImageDirName } from '../src/mount/names.js';
+import { putTestImage } from './helpers/descriptor.js';
 
 const MiB = 1024 * 1024;
 
@@ -133,6 +136,24 @@ describe('warm reads without passthrough', () => {
       assert.equal(s.ops.opensNative, FILES.length, 'every file opened onto a verified local file');
       assert.ok(s.ops.nativeReads > 0, 'the transport counted the READs it answered');
       assert.equal(s.ops.nativeReadBytes, total, 'every byte read came from the transport');
+      assert.equal(s.cache.fetches, 0, 'nothing came from the store');
+    } finally { await stop(m); }
+  });
+
+  it('through an image view too: one open per directory reaches the JS thread, every read the transport', async () => {
+    await putTestImage(store, 'native:v1', [hex]);
+    const m = await mount('mnt-warm-image', 'cache-warm');
+    try {
+      const root = path.join(m.mp, 'images', encodeImageDirName('native:v1'), 'rootfs');
+      for (const f of FILES) {
+        const r = await run('cmp', [path.join(src, f.rel), path.join(root, f.rel)]);
+        assert.equal(r.code, 0, `${f.rel} differs: ${r.stdout}${r.stderr}`);
+      }
+      const s = await m.stats();
+      const dirs = new Set(FILES.map((f) => path.dirname(f.rel))).size;
+      assert.equal(s.ops.requests.open?.n ?? 0, dirs, 'one open per directory reached the JS thread');
+      assert.equal(s.ops.reads, 0, `the JS thread answered no READ (requests: ${JSON.stringify(s.ops.requests)})`);
+      assert.equal(s.ops.opensNative, FILES.length, 'every file opened onto a verified local file');
       assert.equal(s.cache.fetches, 0, 'nothing came from the store');
     } finally { await stop(m); }
   });

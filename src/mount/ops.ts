@@ -12,7 +12,7 @@ import { FLAG_IMPLICIT, TYPE_BITS } from '../catalog/schema.js';
 import {
   encodeListingRecord, inodeAttr, LISTING_FIRST_COOKIE, LISTING_NO_XATTRS, LISTING_RECORD_HEADER, readU64, writeU64, type Attr,
 } from '../format/listing.js';
-import { Namespace, mergedChildKey, type Node, type Layer } from './namespace.js';
+import { Namespace, mergedChildKey, type Image, type Node, type Layer } from './namespace.js';
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
@@ -125,8 +125,8 @@ export class ThinFs {
   handFile: ((nodeid: number, chunkPath: string, size: number, sha256: Buffer) => void) | null = null;
   /** Set with handFile: hands the transport a tiny file's bytes (inline in the catalog) before the kernel opens it. */
   handBytes: ((nodeid: number, bytes: Buffer) => void) | null = null;
-  /** Directories whose one-chunk files were handed over already, per layer. */
-  private readonly handedDirs = new WeakMap<Layer, Set<number>>();
+  /** Directories whose one-chunk files were handed over already, per layer tree (layers/, or a layer in an image view). */
+  private readonly handedDirs = new Map<string, Set<number>>();
   /**
    * Set by the daemon unless native reads are off (with or without passthrough): the transport answers READs of an
    * open file from its landed chunks (verified cache files, checked against their identity per read). landed hands it
@@ -634,20 +634,23 @@ export class ThinFs {
    * opens one file of a directory opens its neighbours next (a copy, a scan, an import). Their first open is then
    * answered there (the chunk hashed on the transport's thread, up to 1 MiB) and their reads too: one trip to this
    * thread per directory, not per file. Not at listing time: a metadata scan (find, ls -R) would pay the chunk-table
-   * queries (synchronous, and from disk on a cold catalog) and open nothing. Once per directory.
+   * queries (synchronous, and from disk on a cold catalog) and open nothing. Once per directory. In an image view
+   * (img), the layer directory's files under the view's ids: a name an upper layer hides is never looked up under its
+   * id, so handing it over costs only its slot.
    */
-  private handFiles(layer: Layer, dirIno: number): void {
+  private handFiles(layer: Layer, dirIno: number, img: Image | null): void {
     if (!this.handFile) return;
-    let done = this.handedDirs.get(layer);
-    if (!done) { done = new Set(); this.handedDirs.set(layer, done); }
+    const tree = `${img?.idx ?? 0}:${layer.slot}`;
+    let done = this.handedDirs.get(tree);
+    if (!done) { done = new Set(); this.handedDirs.set(tree, done); }
     if (done.has(dirIno)) return;
     done.add(dirIno);
-    const base = this.ids.baseOf(layer);
+    const idOf = (ino: number) => this.ids.entryId(img, layer, ino);
     for (const f of layer.catalog!.oneChunkFiles(dirIno, HAND_FILE_MAX)) {
       const p = this.cache.chunkFile(f.hash.toString('hex'));
-      if (p) this.handFile(base + f.ino, p, f.size, f.hash);
+      if (p) this.handFile(idOf(f.ino), p, f.size, f.hash);
     }
-    if (this.handBytes) for (const f of layer.catalog!.inlineFiles(dirIno)) this.handBytes(base + f.ino, f.data);
+    if (this.handBytes) for (const f of layer.catalog!.inlineFiles(dirIno)) this.handBytes(idOf(f.ino), f.data);
   }
 
   /** The transport opened a handed-over file (and answers its reads): counted, and its chunk kept in mind as in use. */
@@ -889,9 +892,9 @@ export class ThinFs {
     const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
     let fd: number | null = null;
     let key = '';
-    if (file && this.handFile && !file.inImage) {
-      const parent = file.layer.catalog!.parentDir(file.inode.ino), layer = file.layer;
-      if (parent !== undefined) setImmediate(() => this.handFiles(layer, parent));
+    if (file && this.handFile) {
+      const parent = file.layer.catalog!.parentDir(file.inode.ino), layer = file.layer, img = file.inImage;
+      if (parent !== undefined) setImmediate(() => this.handFiles(layer, parent, img));
     }
     if (file) {
       const h = this.readState(file);
