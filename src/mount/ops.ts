@@ -34,6 +34,11 @@ const FILE_AHEAD_CHUNKS = 64;
 const SEQ_AHEAD_CHUNKS = 16;
 /** One-chunk files up to this size are handed to the transport ahead of their open (fileread.c's limit). */
 const HAND_FILE_MAX = 1 << 20;
+/**
+ * A merged directory's listing is built for lookups (on this thread) only while its layers' listings of it stay below
+ * this (~15000 entries, tens of ms): a huge directory looked up in once would stall every request for the build.
+ */
+const MERGED_HAND_MAX = 1 << 20;
 /** Layers and images never change once published: names and attributes are cached by the kernel for a day. */
 export const ENTRY_TTL = 86400;
 const TTL = ENTRY_TTL;
@@ -379,13 +384,13 @@ export class ThinFs {
       this.mergedBuilding.delete(id);
       let block: Buffer | null;
       try {
-        block = this.mergedBlock(n);
+        block = this.mergedBlock(n, MERGED_HAND_MAX);
       } catch (e) {
         // The JS thread keeps answering this directory's lookups (and reports a damaged catalog there).
         this.log.warn({ err: e, image: n.image.name, dir: n.key }, 'cannot build a merged listing for the transport');
         return;
       }
-      if (!block) return;
+      if (!block) { this.tooBigForLookups.add(id); return; }
       memo.block = block;
       this.handForLookups(id, block, 0);
     });
@@ -396,16 +401,23 @@ export class ThinFs {
    * attributes, flagged when an entry shows no xattrs. Built from its layers' pre-encoded listings by merge.readdir's
    * rules (the top layer's entry per name, whiteouts hide); an entry whose answer differs from its layer record's
    * (a directory: merged attributes; a hard-linked file: its visible links; no flag: maybe only trusted.overlay.*
-   * xattrs; a character device: maybe a whiteout) is made as a lookup makes it. null when a layer has no listings.
+   * xattrs; a character device: maybe a whiteout) is made as a lookup makes it. null when a layer has no listings,
+   * or when its layers' listings of it pass maxBytes.
    */
-  private mergedBlock(n: Extract<Node, { k: 'merged' }>): Buffer | null {
+  private mergedBlock(n: Extract<Node, { k: 'merged' }>, maxBytes = Infinity): Buffer | null {
     const picked: Array<{ name: Buffer; layer: Layer; rec: Buffer }> = [];
     const seen = new Set<string>();
     let bytes = 0;
+    const blocks: Buffer[] = [];
     for (const m of n.members) {
       const cat = m.layer.catalog!;
       const blk = cat.hasDirBlocks ? cat.dirBlock(m.inode.ino) : undefined;
       if (!blk) return null;
+      blocks.push(blk);
+    }
+    if (blocks.reduce((a, b) => a + b.length, 0) > maxBytes) return null;
+    for (const [k, m] of n.members.entries()) {
+      const cat = m.layer.catalog!, blk = blocks[k]!;
       for (let p = 0; p < blk.length;) {
         if (blk.length - p < LISTING_RECORD_HEADER) throw new IntegrityError(m.layer.hex, `catalog of layer ${m.layer.hex}: malformed listing for directory inode ${m.inode.ino}`);
         const end = p + LISTING_RECORD_HEADER + blk.readUInt16LE(p + 48);
