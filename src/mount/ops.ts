@@ -1,5 +1,6 @@
 // The mount's FUSE operations: the nodes the kernel holds (with their lookup counts), attributes, lookups, listings
-// (pre-encoded ones expanded natively, the rest built here), reads of verified chunks, xattrs, statfs, and the choice
+// (pre-encoded ones expanded natively, an image view's merged ones built here from its layers' and handed to the
+// transport for lookups, the rest built here), reads of verified chunks, xattrs, statfs, and the choice
 // at first open between serving reads and passing them through to a local copy, and the handing of landed chunks to the
 // transport (which then answers a cold file's READs from the cache files itself). Node ids come from node-ids.ts,
 // passthrough bookkeeping from passthrough.ts, the view's names and merge rules from namespace.ts.
