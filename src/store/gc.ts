@@ -1,5 +1,5 @@
 // Owns garbage collection of a writable store: reclaiming dead transactions' staging and sweeping objects no
-// published layer or image references, safely against commits running on any node (ARCHITECTURE.md, Store).
+// published layer or image references (nor the image index the repository manifest names), safely against commits running on any node (ARCHITECTURE.md, Store).
 import { readdir, stat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { WritableStore } from './store.js';
@@ -7,6 +7,7 @@ import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
 import { DATA_DIR, PACKS_DIR } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
+import { readLocalManifest } from './trust.js';
 import { errorMessage } from '../util/errors.js';
 
 export interface BrokenLayer { diffId: string; error: string }
@@ -54,6 +55,10 @@ async function markImages(store: WritableStore, liveAll: Live): Promise<void> {
     // A prefetch trace lives as long as a descriptor names it.
     if (typeof img?.trace?.sha256 === 'string') live.add(img.trace.sha256);
   }
+  // The image index the repository manifest names (trust.ts): kept while named. One a newer revision replaced is
+  // garbage once older than the grace period (a node that read the older manifest falls back without it).
+  const index = (await readLocalManifest(store.root))?.imageIndex;
+  if (index) live.add(index.sha256);
 }
 
 /**
