@@ -12,7 +12,7 @@
 import { BadInputError } from '../util/errors.js';
 import type { ThinImage } from './descriptor.js';
 
-export const IMAGE_INDEX_MEDIA_TYPE = 'application/vnd.thinfs.image-index.v1+json';
+const IMAGE_INDEX_MEDIA_TYPE = 'application/vnd.thinfs.image-index.v1+json';
 /** Larger is refused before it is read (the manifest also names its size). */
 export const IMAGE_INDEX_MAX = 256 << 20;
 
