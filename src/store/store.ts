@@ -11,7 +11,7 @@ import { encodePack, packMaxBytes, parsePack, type PackEntry, type PackRef } fro
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
-import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
+import { BadInputError, IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, isDigest } from '../util/hash.js';
@@ -29,6 +29,7 @@ export class Store {
   private manifestEtag: string | null = null;
   /** The image index last read, by the hash the manifest named it with. */
   private imageIndexRead: { index: ImageIndex; entry: NamedEntry } | null = null;
+  private imageIndexRefused: { sha256: string; err: unknown } | null = null;
   /** The manifest as served to a reader without keys, and its ETag (for a conditional GET). */
   private servedManifest: { etag: string | null; manifest: RepoManifest | null } | null = null;
   protected constructor(readonly backend: Backend) {}
@@ -193,10 +194,18 @@ export class Store {
     const entry = m?.imageIndex;
     if (!entry) return null;
     if (this.imageIndexRead?.entry.sha256 === entry.sha256) return this.imageIndexRead;
-    if (entry.size > IMAGE_INDEX_MAX) throw new IntegrityError(entry.sha256, `image index ${entry.sha256}: named with ${entry.size} bytes, more than ${IMAGE_INDEX_MAX}`);
-    const raw = await this.getObject(entry.sha256, entry.size);
-    if (raw.length !== entry.size) throw new IntegrityError(entry.sha256, `image index ${entry.sha256}: ${raw.length} bytes, the manifest names ${entry.size}`);
-    this.imageIndexRead = { entry, index: parseImageIndex(raw, `image index ${entry.sha256}`) };
+    // One refused is not fetched again (the same error again) until the manifest names another.
+    if (this.imageIndexRefused?.sha256 === entry.sha256) throw this.imageIndexRefused.err;
+    try {
+      if (entry.size > IMAGE_INDEX_MAX) throw new IntegrityError(entry.sha256, `image index ${entry.sha256}: named with ${entry.size} bytes, more than ${IMAGE_INDEX_MAX}`);
+      const raw = await this.getObject(entry.sha256, entry.size);
+      if (raw.length !== entry.size) throw new IntegrityError(entry.sha256, `image index ${entry.sha256}: ${raw.length} bytes, the manifest names ${entry.size}`);
+      this.imageIndexRead = { entry, index: parseImageIndex(raw, `image index ${entry.sha256}`) };
+    } catch (e) {
+      // Refused (wrong bytes, not an index); a network failure or a missing object may pass: asked again next time.
+      if (e instanceof IntegrityError || e instanceof BadInputError) this.imageIndexRefused = { sha256: entry.sha256, err: e };
+      throw e;
+    }
     return this.imageIndexRead;
   }
 
