@@ -10,7 +10,7 @@ export const EXIT = {
   BAD_INPUT: 3,     // refused input: malformed/malicious tar, bad descriptor, unsupported media type
   NOT_FOUND: 4,     // store, layer, image, path or object missing
   INTEGRITY: 5,     // an object's content does not match its hash
-  AUTH: 6,          // registry/S3 credentials refused
+  AUTH: 6,          // registry/S3 credentials missing or refused
   INTERRUPTED: 130, // SIGINT/SIGTERM during long work: nothing half-published (128 + SIGINT, as shells report)
 } as const;
 
