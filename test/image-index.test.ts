@@ -16,8 +16,8 @@ import { pseudoRandom } from './helpers/layers.js';
 import { mountStore, forceUnmount, type Mounted } from './fuse-mount-helper.js';
 import { Store, WritableStore } from '../src/store/store.js';
 import { openLayerCatalog } from '../src/store/layer-catalog.js';
-import { encodeObject } from '../src/store/codec.js';
-import { objectPath } from '../src/store/layout.js';
+import { decodeObject, encodeObject } from '../src/store/codec.js';
+import { imageIndexPath, objectPath } from '../src/store/layout.js';
 import { encodeTrace } from '../src/format/trace.js';
 import { encodeImageIndex, parseImageIndex, type ImageIndexEntry } from '../src/format/image-index.js';
 import { decodeManifestFile, encodeManifestFile } from '../src/format/repo-manifest.js';
@@ -49,7 +49,7 @@ async function layerWith(name: string, files: Record<string, Buffer>): Promise<s
 const manifestOf = async (root: string) => JSON.parse(decodeManifestFile(await readFile(join(root, MANIFEST))).payload.toString()) as Record<string, unknown> & { imageIndex?: { sha256: string; size: number } };
 async function indexOf(root: string): Promise<{ sha256: string; images: Record<string, ImageIndexEntry> }> {
   const e = (await manifestOf(root)).imageIndex!;
-  return { sha256: e.sha256, images: parseImageIndex(await (await Store.open(root)).getObject(e.sha256, e.size)).images };
+  return { sha256: e.sha256, images: parseImageIndex(decodeObject(e.sha256, await readFile(join(root, imageIndexPath(e.sha256))))).images };
 }
 
 /** Rewrite a store's manifest (unsigned) naming `entries` as its image index (null: none, as a store published before it). */
@@ -60,8 +60,7 @@ async function republishUnsigned(root: string, entries: Record<string, ImageInde
   if (entries) {
     const bytes = encodeImageIndex(entries);
     sha = (await import('node:crypto')).createHash('sha256').update(bytes).digest('hex');
-    await mkdir(join(root, 'data', sha.slice(0, 2)), { recursive: true });
-    await writeFile(join(root, objectPath(sha)), encodeObject(bytes));
+    await writeFile(join(root, imageIndexPath(sha)), encodeObject(bytes));
     m.imageIndex = { sha256: sha, size: bytes.length };
   }
   await writeFile(join(root, MANIFEST), encodeManifestFile(Buffer.from(JSON.stringify(m)), null));
@@ -90,7 +89,7 @@ async function requests(w: WebServer, from: number, indexSha: string | null): Pr
   const all = (await w.accessLog()).slice(from);
   return {
     descriptors: all.filter((l) => / \/images\/[^ ]+\.json /.test(l)).length,
-    index: indexSha ? all.filter((l) => l.includes(`/${objectPath(indexSha)} `)).length : 0,
+    index: indexSha ? all.filter((l) => l.includes(`/${imageIndexPath(indexSha)} `)).length : 0,
     manifest: all.filter((l) => l.includes(`/${MANIFEST} `)).length,
     all,
   };
@@ -167,9 +166,14 @@ test('every publication names an image index that says what the descriptors say;
   assert.notEqual(detached.sha256, idx.sha256);
   assert.equal(detached.images['app:v1']!.trace, undefined, 'detach: no trace in the index');
   // gc keeps the index the manifest names and takes the one it replaced (no grace period to hide behind).
-  await thinfsOk(['gc', '-s', w, '--grace', '0']);
-  await assert.rejects(stat(join(w, objectPath(idx.sha256))), 'the replaced index was collected');
-  assert.ok(await stat(join(w, objectPath(detached.sha256))), 'the named index was kept');
+  const objects = async () => (await readdir(join(w, 'data'), { recursive: true })).length;
+  const objectsBefore = await objects();
+  const gc = await thinfsJson<{ indexesRemoved: number; removed: number }>(['gc', '-s', w, '--grace', '0', '--json']);
+  // Every publication wrote one (52 so far); all but the one named are replaced.
+  assert.ok(gc.indexesRemoved >= FILLERS + 2, `the replaced indexes were collected (${gc.indexesRemoved})`);
+  await assert.rejects(stat(join(w, imageIndexPath(idx.sha256))));
+  assert.deepEqual(await readdir(join(w, 'indexes')), [detached.sha256], 'the named index was kept, and only it');
+  assert.equal(await objects(), objectsBefore - gc.removed, 'the index is no object of data/');
   await thinfsOk(['trace', 'attach', '-s', w, 'app:v1', join(dir, 'app.trace'), '--level', '0'], env);
   const again = await indexOf(w);
   assert.equal(again.images['app:v1']!.trace, appTrace.sha256);
@@ -222,7 +226,7 @@ test('a tampered index under a signed manifest is refused with a warning; the mo
   const idx = await indexOf(t);
   // Another index (decoy:v1 traced with the app's trace) in the place of the one the signed manifest names.
   const forged = encodeImageIndex({ ...idx.images, 'decoy:v1': { layers: [hex.base, hex.decoy], trace: appTrace.sha256 } });
-  await writeFile(join(t, objectPath(idx.sha256)), encodeObject(forged));
+  await writeFile(join(t, imageIndexPath(idx.sha256)), encodeObject(forged));
   const web = await serve(t, 'tampered');
   const r = await startCounted(web, 'tampered', idx.sha256, ['--public-key', keys.pub]);
   await waitFor(() => /published image index is refused/.test(r.m.stderr()) || undefined, 10_000, 50, 'the refusal is warned about');

@@ -9,7 +9,7 @@
 import type { Store } from '../store/store.js';
 import type { ThinImage } from '../format/descriptor.js';
 import type { ImageIndexEntry } from '../format/image-index.js';
-import { IntegrityError, BadInputError } from '../util/errors.js';
+import { BadInputError, IntegrityError, TrustError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseLayerDirName } from './names.js';
@@ -68,8 +68,8 @@ export class LayerTrigger {
   /** When each layer directory was last looked up (only the last STACK_WINDOW_MS matter). */
   private readonly touchedAt = new Map<string, number>();
 
-  /** The published index last refused (its error): warned about once, not fetched again. */
-  private refusedIndex: unknown = null;
+  /** Why the published index last failed to read (warned about once while it fails so). */
+  private indexFailure: string | null = null;
 
   /**
    * `start` replays the named image's trace (the daemon: the Namespace's image(), which tells the Prefetcher) once
@@ -184,14 +184,18 @@ export class LayerTrigger {
   private async fromPublished(): Promise<Indexed[] | null> {
     try {
       const pub = await this.store.publishedImageIndex();
+      this.indexFailure = null;
       if (!pub) return null;
       this.counters.layerIndexPublished++;
       return Object.entries(pub.index.images).map(([name, e]) => ({ name, ...e }));
     } catch (e) {
-      if (e instanceof IntegrityError || e instanceof BadInputError) {
-        if (this.refusedIndex !== e) this.log.warn({ err: e }, 'the store\'s published image index is refused: indexing its images one descriptor at a time');
-        this.refusedIndex = e;
-      } else this.log.warn({ err: e }, 'the store\'s published image index cannot be read: indexing its images one descriptor at a time');
+      // Warned about once for as long as it fails the same way (rebuilds without a signed manifest go by the clock).
+      const why = errorMessage(e);
+      if (this.indexFailure !== why) {
+        const refused = e instanceof IntegrityError || e instanceof BadInputError || e instanceof TrustError;
+        this.log.warn({ err: e }, `the store's published image index ${refused ? 'is refused' : 'cannot be read'}: indexing its images one descriptor at a time`);
+      }
+      this.indexFailure = why;
       return null;
     }
   }

@@ -250,13 +250,14 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   // The image index: derived from the descriptors, so repaired by deriving it again (a republished manifest; a signed
   // store needs its key in THINFS_SIGNING_KEY, else the problem stays reported).
   const manifest = await readLocalManifest(root);
-  const indexError = manifest ? await imageIndexProblem(root, manifest, async (h) => (present.has(h) ? store.getObject(h) : null)) : null;
+  const indexError = manifest ? await imageIndexProblem(root, manifest) : null;
   if (manifest?.imageIndex && indexError) {
     let rebuilt = false;
+    let error = indexError;
     if (!opts.dryRun) {
-      try { rebuilt = (await republishManifest(root, await writerSigningOptions())) !== null; } catch { /* reported as not rebuilt */ }
+      try { rebuilt = (await republishManifest(root, await writerSigningOptions())) !== null; } catch (e) { error += `; rebuilding it failed: ${errorMessage(e)}`; }
     }
-    rep.imageIndex = { hash: manifest.imageIndex.sha256, error: indexError, rebuilt };
+    rep.imageIndex = { hash: manifest.imageIndex.sha256, error, rebuilt };
   }
   rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length && !(rep.imageIndex && !rep.imageIndex.rebuilt);
   return rep;

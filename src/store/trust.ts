@@ -6,16 +6,16 @@
  */
 import { createHash, createPrivateKey, randomBytes, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { readFile, readdir, mkdir } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import {
   REPO_MANIFEST_FILE, REPO_MANIFEST_MEDIA_TYPE, decodeManifestFile, encodeManifestFile, encodeRepoManifest, parseRepoManifest,
   type NamedEntry, type RepoManifest,
 } from '../format/repo-manifest.js';
 import { encodeImageIndex, imageIndexEntry, parseImageIndex, type ImageIndexEntry } from '../format/image-index.js';
 import type { ThinImage } from '../format/descriptor.js';
-import { IMAGES_DIR, LAYERS_DIR, TXN_DIR, imageNameFromFile, imagePath, objectPath } from './layout.js';
+import { IMAGES_DIR, INDEXES_DIR, LAYERS_DIR, TXN_DIR, imageIndexPath, imageNameFromFile, imagePath } from './layout.js';
 import { withCommitLock, withLayerLock } from './lock.js';
-import { encodeObject } from './codec.js';
+import { decodeObject, encodeObject } from './codec.js';
 import { TrustError, ThinfsError, EXIT } from '../util/errors.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { sha256hex } from '../util/hash.js';
@@ -176,16 +176,16 @@ function indexEntryOf(name: string, bytes: Buffer): ImageIndexEntry | null {
 }
 
 /**
- * Store the image index as an object in data/ (always written anew: a fresh mtime keeps a gc that listed an older
- * copy as garbage from taking it, and the caller holds the commit side of the sweep lock while the manifest comes
- * to name it, so no sweep runs in between).
+ * Store the image index as indexes/<hash>, framed (zstd) as objects are, beside data/ rather than in it: it is the
+ * store's metadata, not content, and counts of objects stay those of content. Always written anew: a fresh mtime
+ * keeps a gc that listed an older copy as replaced from taking it, and the caller holds the commit side of the sweep
+ * lock while the manifest comes to name it, so no sweep runs in between.
  */
 async function writeImageIndex(root: string, images: Record<string, ImageIndexEntry>): Promise<NamedEntry> {
   const bytes = encodeImageIndex(images);
   const entry = { sha256: sha256hex(bytes), size: bytes.length };
-  const path = join(root, objectPath(entry.sha256));
-  await mkdir(dirname(path), { recursive: true });
-  await atomicWrite(path, encodeObject(bytes), join(root, TXN_DIR));
+  await mkdir(join(root, INDEXES_DIR), { recursive: true });
+  await atomicWrite(join(root, imageIndexPath(entry.sha256)), encodeObject(bytes), join(root, TXN_DIR));
   return entry;
 }
 
@@ -201,15 +201,15 @@ export async function readLocalManifest(root: string): Promise<RepoManifest | nu
 
 /**
  * What is wrong with the image index a store's manifest names (src/format/image-index.ts), or null: missing, not
- * its size, not parsing, or not saying what the descriptors the same manifest names say. `read` gives the decoded,
- * hash-verified object (null when absent).
+ * its size, not parsing, or not saying what the descriptors the same manifest names say.
  */
-export async function imageIndexProblem(root: string, m: RepoManifest, read: (hash: string) => Promise<Buffer | null>): Promise<string | null> {
+export async function imageIndexProblem(root: string, m: RepoManifest): Promise<string | null> {
   const entry = m.imageIndex;
   if (!entry) return null;
-  let raw: Buffer | null;
-  try { raw = await read(entry.sha256); } catch (e) { return `unreadable: ${(e as Error).message}`; }
-  if (!raw) return 'missing';
+  const file = await readFile(join(root, imageIndexPath(entry.sha256))).catch(() => null);
+  if (!file) return 'missing';
+  let raw: Buffer;
+  try { raw = decodeObject(entry.sha256, file); } catch (e) { return `corrupt: ${(e as Error).message}`; }
   if (raw.length !== entry.size) return `${raw.length} bytes, the manifest names ${entry.size}`;
   let index: Record<string, ImageIndexEntry>;
   try { index = parseImageIndex(raw).images; } catch (e) { return (e as Error).message; }
