@@ -1,8 +1,9 @@
 /**
  * The store's root of trust, modelled on CernVM-FS's signed manifest: Ed25519 keys (node:crypto), signing
- * and republishing the repository manifest (src/format/repo-manifest.ts) with the image index it names on the writer side, and on the
- * reader side checking a manifest (signature by a trusted key, expiry, revision never lower than one seen,
- * kept in a file for replay protection across restarts) and what it names (by hash and size).
+ * and republishing the repository manifest (src/format/repo-manifest.ts), with the image index it names
+ * (src/format/image-index.ts), on the writer side, and on the reader side checking a manifest (signature by a
+ * trusted key, expiry, revision never lower than one seen, kept in a file for replay protection across restarts)
+ * and what it names (by hash and size).
  */
 import { createHash, createPrivateKey, randomBytes, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { readFile, readdir, mkdir } from 'node:fs/promises';
@@ -232,9 +233,9 @@ export async function imageIndexProblem(root: string, m: RepoManifest): Promise<
 
 /**
  * Write a new revision of the repository manifest naming every layer manifest and image descriptor now in the
- * store, and the image index derived from those descriptors (src/format/image-index.ts). Serialized across processes and nodes by the store's lock ("repository-manifest"), so two writers never
- * publish the same revision or lose each other's entries (each rescans under the lock). Returns null when the
- * store's manifest is signed and no key was given (the signed one is left as it is: readers keep trusting it).
+ * store, and the image index derived from those descriptors (src/format/image-index.ts). Serialized across
+ * processes and nodes by the store's lock ("repository-manifest"), so two writers never publish the same revision
+ * or lose each other's entries (each rescans under the lock). Returns null when the store's manifest is signed and no key was given (the signed one is left as it is: readers keep trusting it).
  */
 export async function republishManifest(root: string, o: RepublishOptions = {}): Promise<RepoManifest | null> {
   return withLayerLock(root, 'repository-manifest', async (lock) => {
