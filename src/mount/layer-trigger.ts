@@ -94,10 +94,11 @@ export class LayerTrigger {
   private async decide(hex: string, at: number): Promise<void> {
     let idx = await this.current(false);
     // Under a signed manifest the index is rebuilt only when its revision moves (current() sees to that): nothing is
-    // published without a new revision, and asking again for every descriptor of a large store on touches would not
-    // scale. Without one the store can only be asked again, by time: a stale index that names this layer a traced top
-    // is used at once (the replay reads the image's current descriptor anyway) and refreshed behind it; one that does
-    // not is rebuilt first (an image or trace added since).
+    // published without a new revision, and asking again on touches would not scale for a store without a published
+    // index (every descriptor). Without one the store can only be asked again, by time: a stale index that names this
+    // layer a traced top is used at once (the replay reads and checks the image's current descriptor anyway) and
+    // refreshed behind it; one that does not is rebuilt first (an image or trace added since). With a published index
+    // such a rebuild is a conditional GET of the manifest (and the index only when the manifest names another).
     if (idx.revision === null) {
       if (!idx.tops.has(hex) && (Date.now() - idx.at > STALE_MS || (!idx.known.has(hex) && Date.now() - idx.at > UNKNOWN_REBUILD_MS))) idx = await this.current(true);
       else if (Date.now() - idx.at > STALE_MS) this.warm();
