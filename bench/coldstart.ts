@@ -54,7 +54,10 @@ export async function dropCaches(): Promise<void> {
   await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {});
 }
 
-/** nginx serving the store as static files, with an access log to count requests. */
+/**
+ * nginx serving the store as static files, with an access log to count requests; images/ listed as README's nginx
+ * setup does (what `thinfs podman-store` over HTTP and the mount's index of images by top layer read).
+ */
 export async function startNginx(dir: string, store: string): Promise<{ port: number; log: string; requests(): Promise<number>; stop(): void }> {
   const port = await freePort();
   const conf = join(dir, 'nginx.conf');
@@ -63,7 +66,7 @@ export async function startNginx(dir: string, store: string): Promise<{ port: nu
 events { worker_connections 1024; }
 http { log_format timed '$msec $request_time $status $body_bytes_sent $request_uri'; access_log ${log} timed; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
   keepalive_requests 100000;
-  server { listen 127.0.0.1:${port}; root ${store}; } }
+  server { listen 127.0.0.1:${port}; root ${store}; location /images/ { autoindex on; autoindex_format json; } } }
 `);
   await writeFile(log, '');
   const p: ChildProcess = spawn('nginx', ['-c', conf, '-e', join(dir, 'error.log')], { stdio: 'ignore' });
@@ -80,7 +83,8 @@ http { log_format timed '$msec $request_time $status $body_bytes_sent $request_u
 export class Podman {
   /** env: e.g. CONTAINERS_STORAGE_CONF naming an additional image store (a native thinfs node). */
   constructor(readonly dir: string, readonly env: Record<string, string> = {}) {}
-  args(): string[] { return ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
+  /** Flags naming root and runroot, unless a storage.conf does (podman drops its additionalimagestores when --storage-driver is given). */
+  args(): string[] { return this.env.CONTAINERS_STORAGE_CONF ? [] : ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
   async pullRun(ref: string, cmd: string[]): Promise<void> {
     await runOk('podman', [...this.args(), 'pull', '--quiet', '--tls-verify=false', ref], { timeoutMs: 900_000, env: this.env });
     await this.run(ref, cmd);
@@ -111,7 +115,8 @@ export class NativeNode {
     const imageStore = join(dir, 'ps');
     const conf = join(dir, 'storage.conf');
     await mkdir(join(dir, 'mnt'), { recursive: true });
-    await runOk(process.execPath, [THINFS, 'podman-store', storeUrl, join(dir, 'mnt'), imageStore]);
+    const listed = await runOk(process.execPath, [THINFS, 'podman-store', storeUrl, join(dir, 'mnt'), imageStore]);
+    if (process.env.BENCH_DEBUG) console.log(`podman-store ${dir}: ${listed}`);
     await runOk(process.execPath, [THINFS, 'podman-conf', imageStore, '--graphroot', join(dir, 'root'), '--runroot', join(dir, 'run'), '-o', conf]);
     return new NativeNode(dir, new Podman(dir, { CONTAINERS_STORAGE_CONF: conf }));
   }
@@ -268,8 +273,8 @@ export async function main(): Promise<void> {
               rows.push({ rtt, workload: wname, path: 'thinfs native hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
               console.log(`native warm + hot: requests reaching the daemon's JS thread: ${jsRequests(await again.stats())}`);
             }
-            for (const node of nodes) await node.pod.reset();
             for (const m of nm) await m.stop();
+            for (const node of nodes) await node.pod.reset();
           }
 
           // native cold + trace: the workload recorded under podman on a node of its own (`mount --record`: the reads
@@ -280,8 +285,8 @@ export async function main(): Promise<void> {
             const rec = await recNode.mountAt(storeUrl, ['--record', traceFile]);
             mounts.push(rec);
             await recNode.pod.run(thinRef, cmd);
-            await recNode.pod.reset();
             await rec.stop();
+            await recNode.pod.reset();
             const traced = parseTrace(await readFile(traceFile)).chunks.length;
             await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
             const nodes: NativeNode[] = [];
@@ -296,8 +301,8 @@ export async function main(): Promise<void> {
             const row: Row = { rtt, workload: wname, path: 'thinfs native cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
             row.prefetch = await prefetchOf(nm, traced);
             rows.push(row);
-            for (const node of nodes) await node.pod.reset();
             for (const m of nm) await m.stop();
+            for (const node of nodes) await node.pod.reset();
             await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
           }
         }
