@@ -208,6 +208,19 @@ describe('kernel protocol', () => {
     for (const p of paths) assert.equal(second.get(p), first.get(p), `${p}: the same inode number on both mounts`);
   });
 
+  it('OPEN requests are timed like the others (an open replies itself, with its backing file, after the request handler)', async () => {
+    const m = await mount('mnt-open-timed');
+    const root = path.join(m.mp, 'layers', hex);
+    for (const f of ['dir/b.bin', 'dir/c.bin', 'e.bin'] as const) assert.equal(sha256(await fsp.readFile(path.join(root, f))), sha256(content[f]));
+    const open = (await m.stats()).ops.requests.open;
+    assert.ok(open && open.n >= 1, `opens reached the daemon: ${JSON.stringify(open)}`);
+    assert.ok(open.totalSec > 0 && open.maxSec > 0 && open.maxSec <= open.totalSec, `their time is counted: ${JSON.stringify(open)}`);
+    const line = (await m.metrics()).split('\n').find((l) => l.startsWith('thinfs_fuse_request_seconds_total{op="open"}'));
+    assert.ok(line && Number(line.split(' ').pop()) > 0, `and exported: ${line}`);
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
   it('misses inside a layer and its listings are cached by the kernel; misses under layers/ are not', async () => {
     const m = await mount('mnt-negative');
     const root = path.join(m.mp, 'layers', hex);

@@ -264,6 +264,11 @@ export class ThinFs {
     const st = (this.counters.requests[name] ??= { n: 0, queueSec: 0, totalSec: 0, maxSec: 0 });
     st.n++;
     st.queueSec += (Number(process.hrtime.bigint()) - tNs) / 1e9;
+    const timed = () => {
+      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
+      st.totalSec += sec;
+      if (sec > st.maxSec) st.maxSec = sec;
+    };
     const send = (a: Answer) => {
       try {
         if (typeof a === 'number') reply(unique, a); else if (a !== REPLIED) reply(unique, 0, a);
@@ -271,9 +276,7 @@ export class ThinFs {
         // A reply the transport could not take (never expected): logged, the daemon stays up.
         this.log.error({ op, nodeid, err: e }, 'cannot send a FUSE reply');
       }
-      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
-      st.totalSec += sec;
-      if (sec > st.maxSec) st.maxSec = sec;
+      timed();
     };
     let r: Promise<Answer> | Answer;
     try {
@@ -282,7 +285,8 @@ export class ThinFs {
         case OP.GETATTR: this.counters.getattrs++; { const n = this.node(nodeid); r = attrOut(this.ttlOf(n), this.attrOf(n)); } break;
         case OP.READLINK: r = this.readlink(nodeid); break;
         case OP.OPEN: {
-          const replied = { done: false };
+          // OPEN replies itself (with the backing file): timed when it has replied.
+          const replied = { done: false, sent: timed };
           this.open(unique, nodeid, replied).catch((e) => { if (!replied.done) send(this.failed(op, nodeid, e)); });
           return;
         }
@@ -757,7 +761,7 @@ export class ThinFs {
    * (re-verified now); a bigger one needs its assembled copy. Otherwise our READ replies serve it, and a later open,
    * once the bytes are local, may pass through.
    */
-  private async open(unique: number, id: number, replied: { done: boolean }): Promise<void> {
+  private async open(unique: number, id: number, replied: { done: boolean; sent?: () => void }): Promise<void> {
     const n = this.node(id);
     // Inline files (tiny) have no local file of their own: we serve them.
     const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
@@ -785,6 +789,7 @@ export class ThinFs {
     try {
       replied.done = true;
       const r = this.openReply!(unique, id, fd ?? -1);
+      replied.sent?.();
       if (this.debug && file) this.log.debug({ ev: 'open', layer: file.layer.hex, ino: file.inode.ino, passthrough: r > 0 }, 'open');
       if (r > 0) {
         if (this.nativeReads) this.counters.opensNative++; else this.counters.opensPassthrough++;
