@@ -127,6 +127,17 @@ export class NativeNode {
 
 interface PrefetchStats { traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number; layerTriggers: number }
 
+/** When the replay of the first node was asked for, started and done (its daemon's log), in s after t0 (epoch ms). */
+function replayTimeline(m: Mounted, t0Ms: number): string {
+  const at = (msg: string) => {
+    for (const l of m.stderr().split('\n')) {
+      try { const o = JSON.parse(l) as { msg?: string; time?: number }; if (o.msg === msg && o.time) return `${((o.time - t0Ms) / 1000).toFixed(2)} s`; } catch { /* not a log line */ }
+    }
+    return '-';
+  };
+  return `top layer touched ${at('top layer of a traced image touched: replaying its trace')}, replay started ${at('replaying prefetch trace')}, done ${at('prefetch trace replayed')}`;
+}
+
 /**
  * Each daemon's prefetch counters once its replay is done (or 30 s), summed; "" when no node replayed. A node whose
  * trace did not replay exactly once is reported in the cell, so a row never passes off a no-trace start as a traced one.
@@ -238,7 +249,9 @@ export async function main(): Promise<void> {
               ts.push(m); mounts.push(m);
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            const t0Ms = Date.now();
             await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
+            console.log(`rootfs cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(ts[0]!, t0Ms)}`);
             const row: Row = { rtt, workload: wname, path: 'thinfs rootfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
             row.prefetch = await prefetchOf(ts, parseTrace(await readFile(traceFile)).chunks.length);
             rows.push(row);
@@ -297,7 +310,9 @@ export async function main(): Promise<void> {
               nodes.push(node); nm.push(m); mounts.push(m);
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            const t0Ms = Date.now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
+            console.log(`native cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(nm[0]!, t0Ms)}`);
             const row: Row = { rtt, workload: wname, path: 'thinfs native cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
             row.prefetch = await prefetchOf(nm, traced);
             rows.push(row);
@@ -337,9 +352,9 @@ async function report(rows: Row[], imageBytes: number): Promise<void> {
   await plot(rows);
 }
 
-/** FUSE requests that reached the daemon's JS thread (count per op), and what the C transport answered itself. */
+/** FUSE requests that reached the daemon's JS thread (count per op, summed time to reply), and what the C transport answered itself. */
 function jsRequests(s: MountStats): string {
-  const ops = Object.entries(s.ops.requests).filter(([, v]) => v.n > 0).sort((a, b) => b[1].n - a[1].n).map(([k, v]) => `${k} ${v.n}`);
+  const ops = Object.entries(s.ops.requests).filter(([, v]) => v.n > 0).sort((a, b) => b[1].n - a[1].n).map(([k, v]) => `${k} ${v.n} (${(v.totalSec * 1000).toFixed(0)} ms)`);
   return `${ops.join(', ')}; by the transport: lookups ${s.ops.lookupsByTransport}, xattrs ${s.ops.xattrsByTransport}, native opens ${s.ops.opensNative}`;
 }
 

@@ -5,8 +5,8 @@
 # `npm run bench -- coldstart`) is converted into a local store once; each variant gets its own warm cache, filled by
 # a first start. Then, variants alternating within every round: the daemon restarted on its cache, page cache dropped,
 # the python workload of bench/coldstart.ts started (warm), then again (hot); and the same two starts from podman's
-# own store. Prints every sample, the requests that reached the daemon's JS thread in the last warm + hot pair of each
-# variant, and the medians.
+# own store. Prints every sample, the requests that reached the daemon's JS thread (count, summed time) in the last warm
+# + hot pair of each variant (NAB_ALL_STATS=1: after every warm start), and the medians.
 # Usage (root): bench/native-ab.sh ROUNDS NAME=BUILD_DIR[,MOUNT_FLAG...] [...]
 #   e.g. bench/native-ab.sh 6 pt=. nopt=.,--no-passthrough cat=.,@catalogs   (BUILD_DIR: a built checkout; @: afterdrop)
 set -euo pipefail
@@ -73,7 +73,7 @@ for r in $(seq "$rounds"); do
     name=${v%%=*}
     mountb "$v"
     drop; afterdrop "$v"; w=$(thin)
-    [ "$r" = "$rounds" ] && echo "$name: requests reaching JS (warm): $(jsreqs)"
+    [ "$r" = "$rounds" ] || [ -n "${NAB_ALL_STATS:-}" ] && echo "$name: requests reaching JS (warm): $(jsreqs)"
     h=$(thin)
     [ "$r" = "$rounds" ] && echo "$name: requests reaching JS (warm + hot): $(jsreqs)"
     umountb
