@@ -45,7 +45,10 @@ mountb() { # NAME=BUILD_DIR[,FLAGS]: mount on the variant's cache, wait until re
   for _ in $(seq 200); do [ -f "$work/ready" ] && return 0; sleep 0.05; done
   echo "mount did not become ready" >&2; cat "$work/mount.log" >&2; exit 1
 }
-umountb() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; umount -l "$mp" 2>/dev/null || true; }
+umountb() { # NAB_LOGS=DIR keeps each daemon's log (with --debug: every request) as DIR/NAME-ROUND.log
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; umount -l "$mp" 2>/dev/null || true
+  [ -n "${NAB_LOGS:-}" ] && cp "$work/mount.log" "$NAB_LOGS/${1:-fill}-${2:-0}.log" || true
+}
 secs() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
 thin() { secs "${THIN[@]}" run --rm --network=none --pull=never --entrypoint "${PY[0]}" "$ref" "${PY[@]:1}"; }
 own() { secs "${OWN[@]}" run --rm --network=none --pull=never --entrypoint "${PY[0]}" own/python:1 "${PY[@]:1}"; }
@@ -76,7 +79,7 @@ for r in $(seq "$rounds"); do
     [ "$r" = "$rounds" ] || [ -n "${NAB_ALL_STATS:-}" ] && echo "$name: requests reaching JS (warm): $(jsreqs)"
     h=$(thin)
     [ "$r" = "$rounds" ] && echo "$name: requests reaching JS (warm + hot): $(jsreqs)"
-    umountb
+    umountb "$name" "$r"
     samples[$name-warm]+="$w "; samples[$name-hot]+="$h "
     echo "round $r $name: warm $w ms, hot $h ms (load $(cut -d' ' -f1 /proc/loadavg))"
   done

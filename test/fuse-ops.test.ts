@@ -274,6 +274,33 @@ describe('FUSE passthrough', () => {
     forget(m);
   });
 
+  it('a file read end first (as a loader reads an ELF file), then the rest: the read that makes every chunk local gets it its whole-file copy', async (t) => {
+    // Kernel readahead of one page, no fetching ahead: the daemon sees the reads below and nothing more.
+    const m = await mount('mnt-pt-endfirst', { extra: ['--readahead', '4K', '--no-file-ahead'] });
+    const rel = 'dir/b.bin', size = content[rel].length;
+    const f = path.join(m.mp, 'layers', hex, rel);
+    const fh = await fsp.open(f, 'r');
+    try {
+      const at = async (pos: number) => {
+        const b = Buffer.alloc(Math.min(4096, size - pos));
+        const { bytesRead } = await fh.read(b, 0, b.length, pos);
+        assert.ok(b.subarray(0, bytesRead).equals(content[rel].subarray(pos, pos + bytesRead)), `bytes at ${pos}`);
+      };
+      await at(size - 100); // the end, first: only the last chunk is local then
+      // Then a page every 32 KiB (chunks are far bigger), back to front, never near the end again.
+      for (let pos = Math.floor((size - 64 * 1024) / 32768) * 32768; pos >= 0; pos -= 32768) await at(pos);
+    } finally { await fh.close(); }
+    const s0 = await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0 ? s : null; },
+      15_000, 100, `the whole-file copy of ${rel}`) as Awaited<ReturnType<Mounted['stats']>>;
+    if (!m.stderr().includes('"passthrough":true')) { await m.stop(); forget(m); return t.skip('kernel without FUSE passthrough'); }
+    assert.equal(await sha256File(f), sha(rel), 'passed-through bytes are right');
+    const s1 = await m.stats();
+    assert.ok(s1.ops.opensPassthrough > s0.ops.opensPassthrough, 'the next open was passed through');
+    assert.equal(s1.ops.reads, s0.ops.reads, 'the kernel read the local copy itself');
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
   it('whole-file copies count against the quota; a file above a quarter of it gets none', async () => {
     const quota = 8 * 1024 * 1024; // dir/b.bin (3 MiB) is above a quarter of it
     const m = await mount('mnt-pt-quota', { extra: ['--cache-quota', String(quota)] });

@@ -86,6 +86,10 @@ interface ReadState {
   handed?: Set<number>;
   /** End of the reads that ran contiguously from offset 0 (-1: none yet); the rest is fetched ahead once it grows. */
   fromStart?: number;
+  /** A read reached the file's end, and no whole-file copy was asked for since (maybeAssemble). */
+  endRead?: boolean;
+  /** Chunks [0, localUpTo) were local when last looked at (maybeAssemble's scan resumes there). */
+  localUpTo?: number;
 }
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
@@ -693,14 +697,24 @@ export class ThinFs {
   }
 
   /**
-   * A reader reached the end of a multi-chunk file whose chunks are all local: build its whole-file copy, so the next
-   * open of it can be passed through to the kernel (or read by the transport from one file).
+   * A reader reached the end of a multi-chunk file, and its chunks are all local (then, or at any later read of the
+   * node): build its whole-file copy, so the next open of it can be passed through to the kernel (or read by the
+   * transport from one file). Later reads count: a loader reads an ELF file's end first (its section headers), then
+   * pages in the rest, so on a cold start no read that reaches the end finds every chunk local.
    */
   private maybeAssemble(node: Extract<Node, { k: 'entry' }>, h: ReadState, chunks: ChunkRef[], end: number): void {
     const i = node.inode;
-    if (end === i.size && this.openReply && chunks.length > 1 && chunks.every((c) => this.cache.isLocal(c.hash))) {
-      this.cache.assemble(this.fileId(node, h), chunks, i.size);
-    }
+    if (end === i.size) h.endRead = true;
+    if (!h.endRead || !this.openReply || chunks.length < 2) return;
+    // The scan resumes where the last one stopped: a file read end first and then in order costs one pass, not one per read.
+    let j = h.localUpTo ?? 0;
+    while (j < chunks.length && this.cache.isLocal(chunks[j]!.hash)) j++;
+    h.localUpTo = j;
+    if (j < chunks.length) return;
+    // Asked once; a chunk evicted meanwhile makes the builder give up, and the next read that reaches the end asks again.
+    h.endRead = false;
+    h.localUpTo = 0;
+    this.cache.assemble(this.fileId(node, h), chunks, i.size);
   }
 
   /** Hands chunk idx of an open node, landed in a verified cache file, to the transport (once per first open). */
@@ -743,7 +757,7 @@ export class ThinFs {
       pf.fileFromStart(chunks.slice(k - 1, k - 1 + FILE_AHEAD_CHUNKS));
     } else if (pf && h.fromStart === -1) pf.fileFromStart(chunks.slice(k - 1, k - 1 + SEQ_AHEAD_CHUNKS));
     this.handLanded(id, n.inode.size, h, chunks, k);
-    if (end >= n.inode.size) this.maybeAssemble(n, h, chunks, n.inode.size);
+    this.maybeAssemble(n, h, chunks, Math.min(end, n.inode.size));
   }
 
   private readState(node: Node): ReadState {
