@@ -115,8 +115,7 @@ export class NativeNode {
     const imageStore = join(dir, 'ps');
     const conf = join(dir, 'storage.conf');
     await mkdir(join(dir, 'mnt'), { recursive: true });
-    const listed = await runOk(process.execPath, [THINFS, 'podman-store', storeUrl, join(dir, 'mnt'), imageStore]);
-    if (process.env.BENCH_DEBUG) console.log(`podman-store ${dir}: ${listed}`);
+    await runOk(process.execPath, [THINFS, 'podman-store', storeUrl, join(dir, 'mnt'), imageStore]);
     await runOk(process.execPath, [THINFS, 'podman-conf', imageStore, '--graphroot', join(dir, 'root'), '--runroot', join(dir, 'run'), '-o', conf]);
     return new NativeNode(dir, new Podman(dir, { CONTAINERS_STORAGE_CONF: conf }));
   }
@@ -125,7 +124,7 @@ export class NativeNode {
   }
 }
 
-interface PrefetchStats { traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number; layerTriggers: number }
+interface PrefetchStats { traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number }
 
 /** When the replay of the first node was asked for, started and done (its daemon's log), in s after t0 (epoch ms). */
 function replayTimeline(m: Mounted, t0Ms: number): string {
@@ -139,20 +138,21 @@ function replayTimeline(m: Mounted, t0Ms: number): string {
 }
 
 /**
- * Each daemon's prefetch counters once its replay is done (or 30 s), summed; "" when no node replayed. A node whose
- * trace did not replay exactly once is reported in the cell, so a row never passes off a no-trace start as a traced one.
+ * Each daemon's prefetch counters once its replay is done (or 30 s), summed over nodes. A node that did not replay
+ * exactly one trace, or replayed another number of chunks than the recorded trace holds (a fresh cache: every traced
+ * chunk is queued), is flagged in the cell, so a row never passes off another start as this trace's.
  */
 async function prefetchOf(ms: Mounted[], traceChunks: number): Promise<string> {
   const all: PrefetchStats[] = [];
   for (const m of ms) {
-    const get = async () => ((await m.stats()) as unknown as { prefetch: PrefetchStats & Partial<{ layerTriggers: number }> }).prefetch;
+    const get = async () => ((await m.stats()) as unknown as { prefetch: PrefetchStats }).prefetch;
     const p = await waitFor(async () => { const x = await get(); return x.traces > 0 && x.tracesDone === x.traces ? x : undefined; }, 30_000, 100, 'trace replayed')
       .catch(async () => get());
     all.push(p!);
   }
-  const sum = (k: keyof PrefetchStats) => all.reduce((a, p) => a + (p[k] ?? 0), 0);
-  const bad = all.filter((p) => p.traces !== 1 || p.traceErrors !== 0).length;
-  return `${sum('hits')} / ${sum('fetched')} / ${sum('waste')} (trace: ${traceChunks} chunks)${bad ? ` (${bad} node(s) without one replay!)` : ''}`;
+  const sum = (k: keyof PrefetchStats) => all.reduce((a, p) => a + p[k], 0);
+  const bad = all.filter((p) => p.traces !== 1 || p.traceErrors !== 0 || p.traceChunks !== traceChunks).length;
+  return `${sum('hits')} / ${sum('fetched')} / ${sum('waste')} (trace: ${traceChunks} chunks)${bad ? ` (${bad} node(s) without exactly this replay: ${JSON.stringify(all)})` : ''}`;
 }
 
 export async function main(): Promise<void> {
