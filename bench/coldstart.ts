@@ -391,6 +391,9 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set ylabel 'seconds (1 node)'
 set key outside right
+set linetype 9 lc rgb '#8c510a'
+set linetype 10 lc rgb '#c51b7d'
+set linetype 11 lc rgb '#7f7f7f'
 set title 'container start, ${MBIT} Mbit/s shared link'
 plot for [i=2:${paths.length + 1}] '${data}' using i:xtic(1) title columnhead
 `;
