@@ -235,7 +235,8 @@ export async function imageIndexProblem(root: string, m: RepoManifest): Promise<
  * Write a new revision of the repository manifest naming every layer manifest and image descriptor now in the
  * store, and the image index derived from those descriptors (src/format/image-index.ts). Serialized across
  * processes and nodes by the store's lock ("repository-manifest"), so two writers never publish the same revision
- * or lose each other's entries (each rescans under the lock). Returns null when the store's manifest is signed and no key was given (the signed one is left as it is: readers keep trusting it).
+ * or lose each other's entries (each rescans under the lock). Returns null when the store's manifest is signed and
+ * no key was given (the signed one is left as it is: readers keep trusting it).
  */
 export async function republishManifest(root: string, o: RepublishOptions = {}): Promise<RepoManifest | null> {
   return withLayerLock(root, 'repository-manifest', async (lock) => {
