@@ -4,12 +4,18 @@
 // Both sides cross the same link: the registry (for podman) and the store's nginx (for thinfs) sit
 // behind delaying proxies whose outgoing traffic shares one htb class.
 // For each RTT and workload it reports, per path: wall time, bytes moved, HTTP requests; then N = 1,
-// 2, 4, 8 nodes starting at once. "thinfs cold + trace": the workload's recorded trace attached to the image
-// (thinfs mount --record, thinfs trace attach), replayed ahead of the process on nodes with empty caches. Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
+// 2, 4, 8 nodes starting at once. thinfs starts the container two ways: "rootfs" rows run `podman run --rootfs
+// <mount>/images/NAME/rootfs:O` (the image view); "native" rows run `podman run REF` through the podman image store
+// generated over the node's mount (`thinfs podman-store`, `thinfs podman-conf`: overlayfs stacks the mount's
+// layers/<hex>/, what a cluster node does). "+ trace": the workload's recorded trace (thinfs mount --record under the
+// same path, thinfs trace attach) replayed ahead of the process on nodes with empty caches (native: started by the
+// lookup of the image's top layer); the prefetch column is the daemons' stats after the start (summed over nodes).
+// Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
 //
 // Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8"), BENCH_WORKLOADS
-// (default "true,python"), BENCH_PATHS (which rows: "podman,cold,trace", default all; e.g. "cold" for the no-trace
-// thinfs rows alone, a few minutes). THINFS_PACKS=0 converts the image without packs (the request count before them).
+// (default "true,python"), BENCH_PATHS (which rows: "podman,cold,trace,native,native-trace", default all; "cold" and
+// "trace" are the rootfs rows, "native" the native cold/warm/hot rows; e.g. "cold" for the no-trace rootfs rows alone,
+// a few minutes). THINFS_PACKS=0 converts the image without packs (the request count before them).
 import { mkdir, readFile, rm, writeFile, appendFile, stat } from 'node:fs/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join, resolve } from 'node:path';
@@ -18,8 +24,9 @@ import { fileURLToPath } from 'node:url';
 import { realisticImage } from './lib/realistic-image.js';
 import { shapeLoopback, startDelayProxy, type DelayProxy } from './lib/netem.js';
 import { startRegistry, freePort, type RegistryServer } from '../test/fixtures/images.js';
-import { mountStore, type Mounted } from '../test/fuse-mount-helper.js';
-import { run, runOk } from '../test/helpers/proc.js';
+import { mountStore, type Mounted, type MountStats } from '../test/fuse-mount-helper.js';
+import { run, runOk, waitFor } from '../test/helpers/proc.js';
+import { parseTrace } from '../src/format/trace.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '..', '..', '..');
 const D2T = join(ROOT, 'dist', 'tools', 'docker2thin.js');
@@ -28,7 +35,7 @@ const OUT = join(ROOT, 'bench', 'out');
 const RTTS = (process.env.BENCH_RTTS ?? '0,20').split(',').map(Number);
 const MBIT = Number(process.env.BENCH_MBIT ?? 100);
 const NODES = (process.env.BENCH_NODES ?? '1,2,4,8').split(',').map(Number);
-const PATHS = new Set((process.env.BENCH_PATHS ?? 'podman,cold,trace').split(','));
+const PATHS = new Set((process.env.BENCH_PATHS ?? 'podman,cold,trace,native,native-trace').split(','));
 const ONLY = (process.env.BENCH_WORKLOADS ?? '').split(',').filter(Boolean);
 const IMAGE = 'python';     // thin image name and registry repository
 const TAG = 'v1';
@@ -38,7 +45,7 @@ export const WORKLOADS: Record<string, string[]> = {
   python: ['/usr/bin/python3', '-c', 'import json,email,http.client,asyncio,decimal,sqlite3'],
 };
 
-interface Row { rtt: number; workload: string; path: string; nodes: number; seconds: number; bytes: number; requests: number }
+interface Row { rtt: number; workload: string; path: string; nodes: number; seconds: number; bytes: number; requests: number; prefetch?: string }
 
 function now(): number { return Number(process.hrtime.bigint()) / 1e9; }
 
@@ -47,7 +54,10 @@ export async function dropCaches(): Promise<void> {
   await writeFile('/proc/sys/vm/drop_caches', '3').catch(() => {});
 }
 
-/** nginx serving the store as static files, with an access log to count requests. */
+/**
+ * nginx serving the store as static files, with an access log to count requests; images/ listed as README's nginx
+ * setup does (what `thinfs podman-store` over HTTP and the mount's index of images by top layer read).
+ */
 export async function startNginx(dir: string, store: string): Promise<{ port: number; log: string; requests(): Promise<number>; stop(): void }> {
   const port = await freePort();
   const conf = join(dir, 'nginx.conf');
@@ -56,7 +66,7 @@ export async function startNginx(dir: string, store: string): Promise<{ port: nu
 events { worker_connections 1024; }
 http { log_format timed '$msec $request_time $status $body_bytes_sent $request_uri'; access_log ${log} timed; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
   keepalive_requests 100000;
-  server { listen 127.0.0.1:${port}; root ${store}; } }
+  server { listen 127.0.0.1:${port}; root ${store}; location /images/ { autoindex on; autoindex_format json; } } }
 `);
   await writeFile(log, '');
   const p: ChildProcess = spawn('nginx', ['-c', conf, '-e', join(dir, 'error.log')], { stdio: 'ignore' });
@@ -71,22 +81,78 @@ http { log_format timed '$msec $request_time $status $body_bytes_sent $request_u
 }
 
 export class Podman {
-  constructor(readonly dir: string) {}
-  args(): string[] { return ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
+  /** env: e.g. CONTAINERS_STORAGE_CONF naming an additional image store (a native thinfs node). */
+  constructor(readonly dir: string, readonly env: Record<string, string> = {}) {}
+  /** Flags naming root and runroot, unless a storage.conf does (podman drops its additionalimagestores when --storage-driver is given). */
+  args(): string[] { return this.env.CONTAINERS_STORAGE_CONF ? [] : ['--root', join(this.dir, 'root'), '--runroot', join(this.dir, 'run'), '--storage-driver', 'overlay']; }
   async pullRun(ref: string, cmd: string[]): Promise<void> {
-    await runOk('podman', [...this.args(), 'pull', '--quiet', '--tls-verify=false', ref], { timeoutMs: 900_000 });
+    await runOk('podman', [...this.args(), 'pull', '--quiet', '--tls-verify=false', ref], { timeoutMs: 900_000, env: this.env });
     await this.run(ref, cmd);
   }
+  /** The image must be local (own store or an additional one): never pulled here. */
   async run(ref: string, cmd: string[]): Promise<void> {
-    await runOk('podman', [...this.args(), 'run', '--rm', '--network=none', '--entrypoint', cmd[0]!, ref, ...cmd.slice(1)], { timeoutMs: 600_000 });
+    await runOk('podman', [...this.args(), 'run', '--rm', '--network=none', '--pull=never', '--entrypoint', cmd[0]!, ref, ...cmd.slice(1)], { timeoutMs: 600_000, env: this.env });
   }
   async rootfsRun(rootfs: string, cmd: string[]): Promise<void> {
-    await runOk('podman', [...this.args(), 'run', '--rm', '--network=none', '--rootfs', `${rootfs}:O`, ...cmd], { timeoutMs: 600_000 });
+    await runOk('podman', [...this.args(), 'run', '--rm', '--network=none', '--rootfs', `${rootfs}:O`, ...cmd], { timeoutMs: 600_000, env: this.env });
   }
   async reset(): Promise<void> {
-    await run('podman', [...this.args(), 'system', 'reset', '--force']);
+    await run('podman', [...this.args(), 'system', 'reset', '--force'], { env: this.env });
     await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A node that runs thin images natively: its own podman (root, runroot) whose storage.conf names an image store
+ * generated (one pass of `thinfs podman-store`, before the mount, as a node does when an image is published) over
+ * its own mountpoint DIR/mnt; the mount itself is made by the caller (mountAt), with DIR/cache as its cache.
+ */
+export class NativeNode {
+  readonly mp: string;
+  readonly cacheDir: string;
+  private constructor(readonly dir: string, readonly pod: Podman) { this.mp = join(dir, 'mnt'); this.cacheDir = join(dir, 'cache'); }
+  static async make(dir: string, storeUrl: string): Promise<NativeNode> {
+    const imageStore = join(dir, 'ps');
+    const conf = join(dir, 'storage.conf');
+    await mkdir(join(dir, 'mnt'), { recursive: true });
+    await runOk(process.execPath, [THINFS, 'podman-store', storeUrl, join(dir, 'mnt'), imageStore]);
+    await runOk(process.execPath, [THINFS, 'podman-conf', imageStore, '--graphroot', join(dir, 'root'), '--runroot', join(dir, 'run'), '-o', conf]);
+    return new NativeNode(dir, new Podman(dir, { CONTAINERS_STORAGE_CONF: conf }));
+  }
+  mountAt(storeUrl: string, extra: string[] = []): Promise<Mounted> {
+    return mountStore(storeUrl, this.mp, { cacheDir: this.cacheDir, extra });
+  }
+}
+
+interface PrefetchStats { traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number }
+
+/** When the replay of the first node was asked for, started and done (its daemon's log), in s after t0 (epoch ms). */
+function replayTimeline(m: Mounted, t0Ms: number): string {
+  const at = (msg: string) => {
+    for (const l of m.stderr().split('\n')) {
+      try { const o = JSON.parse(l) as { msg?: string; time?: number }; if (o.msg === msg && o.time) return `${((o.time - t0Ms) / 1000).toFixed(2)} s`; } catch { /* not a log line */ }
+    }
+    return '-';
+  };
+  return `top layer touched ${at('top layer of a traced image touched: replaying its trace')}, replay started ${at('replaying prefetch trace')}, done ${at('prefetch trace replayed')}`;
+}
+
+/**
+ * Each daemon's prefetch counters once its replay is done (or 30 s), summed over nodes. A node that did not replay
+ * exactly one trace, or replayed another number of chunks than the recorded trace holds (a fresh cache: every traced
+ * chunk is queued), is flagged in the cell, so a row never passes off another start as this trace's.
+ */
+async function prefetchOf(ms: Mounted[], traceChunks: number): Promise<string> {
+  const all: PrefetchStats[] = [];
+  for (const m of ms) {
+    const get = async () => ((await m.stats()) as unknown as { prefetch: PrefetchStats }).prefetch;
+    const p = await waitFor(async () => { const x = await get(); return x.traces > 0 && x.tracesDone === x.traces ? x : undefined; }, 30_000, 100, 'trace replayed')
+      .catch(async () => get());
+    all.push(p!);
+  }
+  const sum = (k: keyof PrefetchStats) => all.reduce((a, p) => a + p[k], 0);
+  const bad = all.filter((p) => p.traces !== 1 || p.traceErrors !== 0 || p.traceChunks !== traceChunks).length;
+  return `${sum('hits')} / ${sum('fetched')} / ${sum('waste')} (trace: ${traceChunks} chunks)${bad ? ` (${bad} node(s) without exactly this replay: ${JSON.stringify(all)})` : ''}`;
 }
 
 export async function main(): Promise<void> {
@@ -116,6 +182,7 @@ export async function main(): Promise<void> {
       unshape = shapeLoopback([regProxy.port, storeProxy.port], MBIT);
       const regRef = `127.0.0.1:${regProxy.port}/${IMAGE}:${TAG}`;
       const storeUrl = `http://127.0.0.1:${storeProxy.port}`;
+      const thinRef = `${reg.host}/${IMAGE}:${TAG}`; // the name the generated image store gives the converted image
       const regRequests = () => reg!.log().split('\n').filter((l) => /"(GET|HEAD) \/v2\//.test(l)).length;
 
       for (const [wname, cmd] of Object.entries(WORKLOADS).filter(([w]) => !ONLY.length || ONLY.includes(w))) {
@@ -135,7 +202,8 @@ export async function main(): Promise<void> {
             rows.push({ rtt, workload: wname, path: 'podman hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
           }
 
-          // thinfs: n mounts with empty caches (one per simulated node), the container started from the mount.
+          // thinfs: n mounts with empty caches (one per simulated node), the container started from the mount. Warm: the
+          // daemon restarted once its background work after the cold start is done (settle), page cache dropped.
           const rootfs = (m: Mounted) => join(m.mp, 'images', encodeURIComponent(IMAGE), 'rootfs');
           const ms: Mounted[] = [];
           if (PATHS.has('cold')) {
@@ -147,19 +215,21 @@ export async function main(): Promise<void> {
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             await Promise.all(ms.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
-            rows.push({ rtt, workload: wname, path: 'thinfs cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            rows.push({ rtt, workload: wname, path: 'thinfs rootfs cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
             if (n === 1) {
               // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
               const m0 = ms[0]!;
+              console.log(`rootfs cold: ${await settle(m0)} whole-file copies built after the start`);
               await m0.stop();
               const again = await mountStore(storeUrl, m0.mp, { cacheDir: m0.cacheDir });
               mounts.push(again); ms[0] = again;
               await dropCaches();
               b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
               await pods[0]!.rootfsRun(rootfs(again), cmd);
-              rows.push({ rtt, workload: wname, path: 'thinfs warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+              rows.push({ rtt, workload: wname, path: 'thinfs rootfs warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
               t0 = now(); await pods[0]!.rootfsRun(rootfs(again), cmd);
-              rows.push({ rtt, workload: wname, path: 'thinfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+              rows.push({ rtt, workload: wname, path: 'thinfs rootfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+              console.log(`rootfs warm + hot: requests reaching the daemon's JS thread: ${jsRequests(await again.stats())}`);
             }
             for (const m of ms) await m.stop();
           }
@@ -181,12 +251,78 @@ export async function main(): Promise<void> {
               ts.push(m); mounts.push(m);
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            const t0Ms = Date.now();
             await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
-            rows.push({ rtt, workload: wname, path: 'thinfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            console.log(`rootfs cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(ts[0]!, t0Ms)}`);
+            const row: Row = { rtt, workload: wname, path: 'thinfs rootfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
+            row.prefetch = await prefetchOf(ts, parseTrace(await readFile(traceFile)).chunks.length);
+            rows.push(row);
             for (const m of ts) await m.stop();
             await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
           }
           for (const p of pods) await p.reset();
+
+          // native: `podman run REF` through each node's generated image store (no registry, no pull), n nodes at once.
+          const nodeDir = (tag: string, i: number) => join(work, `${tag}${rtt}${wname[0]}${n}-${i}`); // short: podman's runroot limit
+          if (PATHS.has('native')) {
+            const nodes: NativeNode[] = [];
+            const nm: Mounted[] = [];
+            for (let i = 0; i < n; i++) {
+              const node = await NativeNode.make(nodeDir('n', i), storeUrl);
+              const m = await node.mountAt(storeUrl);
+              nodes.push(node); nm.push(m); mounts.push(m);
+            }
+            b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
+            rows.push({ rtt, workload: wname, path: 'thinfs native cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            if (n === 1) {
+              // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
+              console.log(`native cold: ${await settle(nm[0]!)} whole-file copies built after the start`);
+              await nm[0]!.stop();
+              const again = await nodes[0]!.mountAt(storeUrl);
+              mounts.push(again); nm[0] = again;
+              await dropCaches();
+              b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+              await nodes[0]!.pod.run(thinRef, cmd);
+              rows.push({ rtt, workload: wname, path: 'thinfs native warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+              t0 = now(); await nodes[0]!.pod.run(thinRef, cmd);
+              rows.push({ rtt, workload: wname, path: 'thinfs native hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
+              console.log(`native warm + hot: requests reaching the daemon's JS thread: ${jsRequests(await again.stats())}`);
+            }
+            for (const m of nm) await m.stop();
+            for (const node of nodes) await node.pod.reset();
+          }
+
+          // native cold + trace: the workload recorded under podman on a node of its own (`mount --record`: the reads
+          // through layers/), attached to the image; n fresh nodes start it, the lookup of the top layer replays it.
+          if (PATHS.has('native-trace')) {
+            const traceFile = join(work, `ntrace-${rtt}-${wname}.json`);
+            const recNode = await NativeNode.make(nodeDir('r', 0), storeUrl);
+            const rec = await recNode.mountAt(storeUrl, ['--record', traceFile]);
+            mounts.push(rec);
+            await recNode.pod.run(thinRef, cmd);
+            await rec.stop();
+            await recNode.pod.reset();
+            const traced = parseTrace(await readFile(traceFile)).chunks.length;
+            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
+            const nodes: NativeNode[] = [];
+            const nm: Mounted[] = [];
+            for (let i = 0; i < n; i++) {
+              const node = await NativeNode.make(nodeDir('t', i), storeUrl);
+              const m = await node.mountAt(storeUrl);
+              nodes.push(node); nm.push(m); mounts.push(m);
+            }
+            b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
+            const t0Ms = Date.now();
+            await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
+            console.log(`native cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(nm[0]!, t0Ms)}`);
+            const row: Row = { rtt, workload: wname, path: 'thinfs native cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
+            row.prefetch = await prefetchOf(nm, traced);
+            rows.push(row);
+            for (const m of nm) await m.stop();
+            for (const node of nodes) await node.pod.reset();
+            await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
+          }
         }
       }
       unshape(); unshape = null;
@@ -205,13 +341,13 @@ export async function main(): Promise<void> {
 
 async function report(rows: Row[], imageBytes: number): Promise<void> {
   const lines = [
-    `| RTT | workload | path | nodes | time (s) | vs pull+run | bytes (MB) | % of image | requests |`,
-    `|---|---|---|---|---|---|---|---|---|`,
+    `| RTT | workload | path | nodes | time (s) | vs pull+run | bytes (MB) | % of image | requests | prefetch hits / fetched / waste |`,
+    `|---|---|---|---|---|---|---|---|---|---|`,
   ];
   for (const r of rows) {
     const base = rows.find((b) => b.rtt === r.rtt && b.workload === r.workload && b.nodes === r.nodes && b.path === 'podman pull + run');
     const ratio = base && r !== base ? `${(base.seconds / r.seconds).toFixed(1)}x faster` : '';
-    lines.push(`| ${r.rtt} ms | ${r.workload} | ${r.path} | ${r.nodes} | ${r.seconds.toFixed(2)} | ${ratio} | ${(r.bytes / 1e6).toFixed(1)} | ${r.bytes ? ((100 * r.bytes) / imageBytes / r.nodes).toFixed(1) + '%' : ''} | ${r.requests || ''} |`);
+    lines.push(`| ${r.rtt} ms | ${r.workload} | ${r.path} | ${r.nodes} | ${r.seconds.toFixed(2)} | ${ratio} | ${(r.bytes / 1e6).toFixed(1)} | ${r.bytes ? ((100 * r.bytes) / imageBytes / r.nodes).toFixed(1) + '%' : ''} | ${r.requests || ''} | ${r.prefetch ?? ''} |`);
   }
   const md = lines.join('\n') + '\n';
   console.log(md);
@@ -219,11 +355,28 @@ async function report(rows: Row[], imageBytes: number): Promise<void> {
   await plot(rows);
 }
 
+/**
+ * Before a warm restart: the daemon's background work after the cold start done (whole-file copies of the multi-chunk
+ * files the start read, built once readers leave the cache alone for 0.5 s), as on a node whose daemon stays up a
+ * moment after its first container. Returns the copies built.
+ */
+async function settle(m: Mounted): Promise<number> {
+  const s = await waitFor(async () => { const x = await m.stats(); return x.cache.assembling === 0 ? x : undefined; }, 30_000, 100, 'whole-file copies built');
+  return s!.cache.filesAssembled;
+}
+
+/** FUSE requests that reached the daemon's JS thread (count per op, summed time to reply), and what the C transport answered itself. */
+function jsRequests(s: MountStats): string {
+  const ops = Object.entries(s.ops.requests).filter(([, v]) => v.n > 0).sort((a, b) => b[1].n - a[1].n).map(([k, v]) => `${k} ${v.n} (${(v.totalSec * 1000).toFixed(0)} ms)`);
+  return `${ops.join(', ')}; by the transport: lookups ${s.ops.lookupsByTransport}, xattrs ${s.ops.xattrsByTransport}, native opens ${s.ops.opensNative}`;
+}
+
 /** One bar group per (RTT, workload): time of each path with one node. gnuplot renders the PNG. */
 async function plot(rows: Row[]): Promise<void> {
   const have = await run('sh', ['-c', 'command -v gnuplot']);
   if (have.code !== 0) { console.log('gnuplot not installed: no chart (bash scripts/setup.sh installs it)'); return; }
-  const paths = ['podman pull + run', 'thinfs cold', 'thinfs cold + trace', 'podman warm', 'thinfs warm', 'podman hot', 'thinfs hot'];
+  const paths = ['podman pull + run', 'thinfs rootfs cold', 'thinfs rootfs cold + trace', 'thinfs native cold', 'thinfs native cold + trace',
+    'podman warm', 'thinfs rootfs warm', 'thinfs native warm', 'podman hot', 'thinfs rootfs hot', 'thinfs native hot'];
   const groups = [...new Set(rows.map((r) => `${r.workload}, ${r.rtt} ms`))];
   const data = join(OUT, 'coldstart.dat');
   await writeFile(data, `group ${paths.map((p) => `"${p}"`).join(' ')}\n`);
@@ -238,6 +391,9 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set ylabel 'seconds (1 node)'
 set key outside right
+set linetype 9 lc rgb '#8c510a'
+set linetype 10 lc rgb '#c51b7d'
+set linetype 11 lc rgb '#7f7f7f'
 set title 'container start, ${MBIT} Mbit/s shared link'
 plot for [i=2:${paths.length + 1}] '${data}' using i:xtic(1) title columnhead
 `;

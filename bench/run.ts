@@ -9,6 +9,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   'coldstart-where': () => import('./coldstart-where.js'),
   catalog: () => import('./catalog.js'),
   podman: () => import('./podman.js'),
+  'image-index': () => import('./image-index.js'),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

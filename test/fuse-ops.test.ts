@@ -208,6 +208,19 @@ describe('kernel protocol', () => {
     for (const p of paths) assert.equal(second.get(p), first.get(p), `${p}: the same inode number on both mounts`);
   });
 
+  it('OPEN requests are timed like the others (an open replies itself, with its backing file, after the request handler)', async () => {
+    const m = await mount('mnt-open-timed');
+    const root = path.join(m.mp, 'layers', hex);
+    for (const f of ['dir/b.bin', 'dir/c.bin', 'e.bin'] as const) assert.equal(sha256(await fsp.readFile(path.join(root, f))), sha256(content[f]));
+    const open = (await m.stats()).ops.requests.open;
+    assert.ok(open && open.n >= 1, `opens reached the daemon: ${JSON.stringify(open)}`);
+    assert.ok(open.totalSec > 0 && open.maxSec > 0 && open.maxSec <= open.totalSec, `their time is counted: ${JSON.stringify(open)}`);
+    const line = (await m.metrics()).split('\n').find((l) => l.startsWith('thinfs_fuse_request_seconds_total{op="open"}'));
+    assert.ok(line && Number(line.split(' ').pop()) > 0, `and exported: ${line}`);
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
   it('misses inside a layer and its listings are cached by the kernel; misses under layers/ are not', async () => {
     const m = await mount('mnt-negative');
     const root = path.join(m.mp, 'layers', hex);
@@ -256,6 +269,33 @@ describe('FUSE passthrough', () => {
     assert.equal(await mmapSha(f), sha('dir/b.bin'), 'mmap of a passed-through file');
     const s1 = await m.stats();
     assert.ok(s1.ops.opensPassthrough > s0.ops.opensPassthrough, 'the open was passed through');
+    assert.equal(s1.ops.reads, s0.ops.reads, 'the kernel read the local copy itself');
+    assert.equal(await m.stop(), 0);
+    forget(m);
+  });
+
+  it('a file read end first (as a loader reads an ELF file), then the rest: the read that makes every chunk local gets it its whole-file copy', async (t) => {
+    // Kernel readahead of one page, no fetching ahead: the daemon sees the reads below and nothing more.
+    const m = await mount('mnt-pt-endfirst', { extra: ['--readahead', '4K', '--no-file-ahead'] });
+    const rel = 'dir/b.bin', size = content[rel].length;
+    const f = path.join(m.mp, 'layers', hex, rel);
+    const fh = await fsp.open(f, 'r');
+    try {
+      const at = async (pos: number) => {
+        const b = Buffer.alloc(Math.min(4096, size - pos));
+        const { bytesRead } = await fh.read(b, 0, b.length, pos);
+        assert.ok(b.subarray(0, bytesRead).equals(content[rel].subarray(pos, pos + bytesRead)), `bytes at ${pos}`);
+      };
+      await at(size - 100); // the end, first: only the last chunk is local then
+      // Then a page every 32 KiB (chunks are far bigger), back to front, never near the end again.
+      for (let pos = Math.floor((size - 64 * 1024) / 32768) * 32768; pos >= 0; pos -= 32768) await at(pos);
+    } finally { await fh.close(); }
+    const s0 = await waitFor(async () => { const s = await m.stats(); return s.cache.filesAssembled >= 1 && s.cache.assembling === 0 ? s : null; },
+      15_000, 100, `the whole-file copy of ${rel}`) as Awaited<ReturnType<Mounted['stats']>>;
+    if (!m.stderr().includes('"passthrough":true')) { await m.stop(); forget(m); return t.skip('kernel without FUSE passthrough'); }
+    assert.equal(await sha256File(f), sha(rel), 'passed-through bytes are right');
+    const s1 = await m.stats();
+    assert.ok(s1.ops.opensPassthrough > s0.ops.opensPassthrough, 'the next open was passed through');
     assert.equal(s1.ops.reads, s0.ops.reads, 'the kernel read the local copy itself');
     assert.equal(await m.stop(), 0);
     forget(m);

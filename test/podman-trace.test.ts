@@ -27,7 +27,7 @@ let mounts: TrackedMounts | null = null;
 const hex: Record<'base' | 'app' | 'other', string> = { base: '', app: '', other: '' };
 const data: Array<{ rel: string; sha: string }> = [];
 
-interface Prefetch { traces: number; traceErrors: number; tracesDone: number; fetched: number; hits: number; waste: number; traceChunks: number; layerTriggers: number; layerLowerSkips: number; layerIndexBuilds: number }
+interface Prefetch { traces: number; traceErrors: number; tracesDone: number; fetched: number; hits: number; waste: number; traceChunks: number; layerTriggers: number; layerLowerSkips: number; layerIndexBuilds: number; layerIndexPublished: number; layerTriggersRefused: number }
 const prefetchOf = async (m: Mounted) => ((await m.stats()) as unknown as { prefetch: Prefetch }).prefetch;
 
 /** The container's workload: reads the app's data files, printing their hashes (checked against what was ingested). */
@@ -126,6 +126,9 @@ test('podman run REF of an image with a trace: the top layer\'s first touch repl
   assert.equal(p.layerTriggers, 1, JSON.stringify(p) + m.stderr().slice(-3000));
   assert.equal(p.traces, 1);
   assert.equal(p.traceErrors, 0);
+  // Indexed from the store's published image index (one object), and the descriptor confirmed what it said.
+  assert.equal(p.layerIndexPublished, p.layerIndexBuilds, 'every index of the images came from the published image index');
+  assert.equal(p.layerTriggersRefused, 0);
   // The base layer's traced chunks the other image already brought are skipped; the rest is prefetched.
   assert.ok(p.fetched >= appChunks, `every traced chunk of the app layer fetched by the replay (${p.fetched} >= ${appChunks})`);
   assert.ok(p.hits >= appChunks, `and read by the container: prefetch hits (${JSON.stringify(p)})`);

@@ -256,7 +256,8 @@ test('the mount\'s podman image store follows the signed manifest too: an image 
 test('the layer trigger\'s index of images follows the signed manifest\'s revision, not the clock: touching a layer no image names re-reads no descriptor; without the manifest it does', async () => {
   // A layer published (and signed) that no image names: an unknown layer to the index.
   const lone = await layerWith('lone', { 'lone.bin': pseudoRandom(30_000, 'lone') }, signed());
-  const builds = async (m: Mounted) => ((await m.stats()) as unknown as { prefetch: { layerIndexBuilds: number } }).prefetch.layerIndexBuilds;
+  const prefetch = async (m: Mounted) => ((await m.stats()) as unknown as { prefetch: { layerIndexBuilds: number; layerIndexPublished: number } }).prefetch;
+  const builds = async (m: Mounted) => (await prefetch(m)).layerIndexBuilds;
   const touchTwice = async (m: Mounted) => {
     await waitFor(async () => (await builds(m)) >= 1 || undefined, 20_000, 50, 'images indexed by top layer at mount start');
     await new Promise((r) => setTimeout(r, 1300)); // past the index's 1 s grace for unknown layers
@@ -268,9 +269,11 @@ test('the layer trigger\'s index of images follows the signed manifest\'s revisi
   mounts.push(signedMount);
   await touchTwice(signedMount);
   assert.equal(await builds(signedMount), 1, 'same revision: the index is not rebuilt (descriptors not fetched again)');
+  assert.equal((await prefetch(signedMount)).layerIndexPublished, 1, 'built from the image index the signed manifest names');
   // The same store without --public-key: nothing says when an image was published, so the unknown layer re-indexes.
   const plain = await mountStore(web.url, join(dir, 'mnt-index-plain'), { cacheDir: join(dir, 'cache-index-plain') });
   mounts.push(plain);
   await touchTwice(plain);
   assert.ok((await builds(plain)) >= 2, 'unsigned: a layer no image names, touched after the grace, re-indexes');
+  assert.equal((await prefetch(plain)).layerIndexPublished, await builds(plain), 'each from the published image index (the manifest as served)');
 });

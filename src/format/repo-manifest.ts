@@ -8,6 +8,7 @@
  *   ed25519 <key id> <base64 signature of the payload bytes>\n
  *
  * An unsigned store writes the payload and `--\nunsigned\n`. Signing and checking live in src/store/trust.ts.
+ * `imageIndex` (optional: older readers ignore it, and the signature covers the bytes) names the derived image index.
  */
 import { TrustError } from '../util/errors.js';
 
@@ -30,6 +31,11 @@ export interface RepoManifest {
   layers: Record<string, NamedEntry>;
   /** Image descriptors by image name (images/<encoded name>.json). */
   images: Record<string, NamedEntry>;
+  /**
+   * The published image index (src/format/image-index.ts) derived from exactly these descriptors: an object in
+   * data/ named by the hash and size of its decoded bytes. Absent in manifests written before it existed.
+   */
+  imageIndex?: NamedEntry;
 }
 
 export interface SignatureLine { algorithm: 'ed25519'; keyId: string; signature: Buffer }
@@ -78,11 +84,13 @@ export function parseRepoManifest(payload: Buffer): RepoManifest {
   if (j?.schemaVersion !== 1 || j.mediaType !== REPO_MANIFEST_MEDIA_TYPE) throw new TrustError('malformed', 'not a thinfs v1 repository manifest');
   if (!Number.isSafeInteger(j.revision) || j.revision < 1) throw new TrustError('malformed', `repository manifest: bad revision ${String(j.revision)}`);
   if (Number.isNaN(Date.parse(j.timestamp)) || Number.isNaN(Date.parse(j.expires))) throw new TrustError('malformed', 'repository manifest: bad timestamp or expiry');
-  return {
+  const m: RepoManifest = {
     schemaVersion: 1, mediaType: REPO_MANIFEST_MEDIA_TYPE, revision: j.revision, timestamp: j.timestamp, expires: j.expires,
     layers: checkEntries(j.layers, 'layers', (k) => HEX64.test(k)),
     images: checkEntries(j.images, 'images', (k) => k.length > 0 && k.length <= 4096),
   };
+  if (j.imageIndex !== undefined) m.imageIndex = checkEntries({ imageIndex: j.imageIndex }, 'imageIndex', () => true).imageIndex;
+  return m;
 }
 
 /** The payload bytes of a manifest: one line of JSON, keys in a fixed order. */

@@ -188,7 +188,7 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   ns.onImage = (img) => void prefetcher.replay(img.desc, () => ns.imageLayers(img));
   // podman over layers/ (its generated image store) never touches images/: the lookup of a traced image's top layer
   // starts the same replay, through the same Image (so images/ and layers/ together still replay it once).
-  const trigger = new LayerTrigger(store, log, (name) => ns.image(name));
+  const trigger = new LayerTrigger(store, log, (name, accept) => ns.image(name, accept));
   ns.onLayerDir = (name) => trigger.touched(name);
   trigger.warm();
   const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt }, prefetcher, trigger);

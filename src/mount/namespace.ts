@@ -110,13 +110,15 @@ export class Namespace {
     return l;
   }
 
-  async image(name: string): Promise<Image | null> {
+  /** `accept` (the layer trigger's check) may refuse the descriptor: then null, and nothing is started or kept. */
+  async image(name: string, accept?: (d: ThinImage) => boolean): Promise<Image | null> {
     // A new signed revision may name another descriptor: new lookups get it, nodes already handed out keep theirs.
     const tag = this.store.imageTag(name);
     const have = this.images.get(name);
-    if (have && have.tag === tag) return have;
+    if (have && have.tag === tag) return accept && !accept(have.desc) ? null : have;
     const desc = await this.store.getImage(name);
     if (!desc) return null;
+    if (accept && !accept(desc)) return null;
     const again = this.images.get(name);
     if (again && again.tag === tag) return again;
     const img = new Image(this.nextImage++, name, desc);

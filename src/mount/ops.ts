@@ -98,6 +98,10 @@ interface ReadState {
   handed?: Set<number>;
   /** End of the reads that ran contiguously from offset 0 (-1: none yet); the rest is fetched ahead once it grows. */
   fromStart?: number;
+  /** A read reached the file's end, and no whole-file copy was asked for since (maybeAssemble). */
+  endRead?: boolean;
+  /** Chunks [0, localUpTo) were local when last looked at (maybeAssemble's scan resumes there). */
+  localUpTo?: number;
 }
 
 export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /** chunks loaded ahead from the cache dir for sequential readers */ localReadahead: number }
@@ -278,6 +282,11 @@ export class ThinFs {
     const st = (this.counters.requests[name] ??= { n: 0, queueSec: 0, totalSec: 0, maxSec: 0 });
     st.n++;
     st.queueSec += (Number(process.hrtime.bigint()) - tNs) / 1e9;
+    const timed = () => {
+      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
+      st.totalSec += sec;
+      if (sec > st.maxSec) st.maxSec = sec;
+    };
     const send = (a: Answer) => {
       try {
         if (typeof a === 'number') reply(unique, a); else if (a !== REPLIED) reply(unique, 0, a);
@@ -285,9 +294,7 @@ export class ThinFs {
         // A reply the transport could not take (never expected): logged, the daemon stays up.
         this.log.error({ op, nodeid, err: e }, 'cannot send a FUSE reply');
       }
-      const sec = (Number(process.hrtime.bigint()) - tNs) / 1e9;
-      st.totalSec += sec;
-      if (sec > st.maxSec) st.maxSec = sec;
+      timed();
     };
     let r: Promise<Answer> | Answer;
     try {
@@ -296,9 +303,9 @@ export class ThinFs {
         case OP.GETATTR: this.counters.getattrs++; { const n = this.node(nodeid); r = attrOut(this.ttlOf(n), this.attrOf(n)); } break;
         case OP.READLINK: r = this.readlink(nodeid); break;
         case OP.OPEN: {
-          const replied = { done: false };
-          // Answered through openReply (not send): its time is counted here.
-          this.open(unique, nodeid, replied).then(() => send(REPLIED), (e) => send(replied.done ? REPLIED : this.failed(op, nodeid, e)));
+          // OPEN replies itself (with the backing file): timed when it has replied.
+          const replied = { done: false, sent: timed };
+          this.open(unique, nodeid, replied).catch((e) => { if (!replied.done) send(this.failed(op, nodeid, e)); });
           return;
         }
         case OP.READ: r = this.read(nodeid, parseReadIn(body!), unique); break;
@@ -831,14 +838,24 @@ export class ThinFs {
   }
 
   /**
-   * A reader reached the end of a multi-chunk file whose chunks are all local: build its whole-file copy, so the next
-   * open of it can be passed through to the kernel (or read by the transport from one file).
+   * A reader reached the end of a multi-chunk file, and its chunks are all local (then, or at any later read of the
+   * node): build its whole-file copy, so the next open of it can be passed through to the kernel (or read by the
+   * transport from one file). Later reads count: a loader reads an ELF file's end first (its section headers), then
+   * pages in the rest, so on a cold start no read that reaches the end finds every chunk local.
    */
   private maybeAssemble(node: Extract<Node, { k: 'entry' }>, h: ReadState, chunks: ChunkRef[], end: number): void {
     const i = node.inode;
-    if (end === i.size && this.openReply && chunks.length > 1 && chunks.every((c) => this.cache.isLocal(c.hash))) {
-      this.cache.assemble(this.fileId(node, h), chunks, i.size);
-    }
+    if (end === i.size) h.endRead = true;
+    if (!h.endRead || !this.openReply || chunks.length < 2) return;
+    // The scan resumes where the last one stopped: a file read end first and then in order costs one pass, not one per read.
+    let j = h.localUpTo ?? 0;
+    while (j < chunks.length && this.cache.isLocal(chunks[j]!.hash)) j++;
+    h.localUpTo = j;
+    if (j < chunks.length) return;
+    // Asked once; a chunk evicted meanwhile makes the builder give up, and the next read that reaches the end asks again.
+    h.endRead = false;
+    h.localUpTo = 0;
+    this.cache.assemble(this.fileId(node, h), chunks, i.size);
   }
 
   /** Hands chunk idx of an open node, landed in a verified cache file, to the transport (once per first open). */
@@ -881,7 +898,7 @@ export class ThinFs {
       pf.fileFromStart(chunks.slice(k - 1, k - 1 + FILE_AHEAD_CHUNKS));
     } else if (pf && h.fromStart === -1) pf.fileFromStart(chunks.slice(k - 1, k - 1 + SEQ_AHEAD_CHUNKS));
     this.handLanded(id, n.inode.size, h, chunks, k);
-    if (end >= n.inode.size) this.maybeAssemble(n, h, chunks, n.inode.size);
+    this.maybeAssemble(n, h, chunks, Math.min(end, n.inode.size));
   }
 
   private readState(node: Node): ReadState {
@@ -899,7 +916,7 @@ export class ThinFs {
    * (re-verified now); a bigger one needs its assembled copy. Otherwise our READ replies serve it, and a later open,
    * once the bytes are local, may pass through.
    */
-  private async open(unique: number, id: number, replied: { done: boolean }): Promise<void> {
+  private async open(unique: number, id: number, replied: { done: boolean; sent?: () => void }): Promise<void> {
     const n = this.node(id);
     // Inline files (tiny) have no local file of their own: we serve them.
     const file = n.k === 'entry' && n.inode.type === 'file' && n.inode.size > 0 && !n.inode.inline && !(n.inode as { hasInline?: number }).hasInline ? n : null;
@@ -927,6 +944,7 @@ export class ThinFs {
     try {
       replied.done = true;
       const r = this.openReply!(unique, id, fd ?? -1);
+      replied.sent?.();
       if (this.debug && file) this.log.debug({ ev: 'open', layer: file.layer.hex, ino: file.inode.ino, passthrough: r > 0 }, 'open');
       if (r > 0) {
         if (this.nativeReads) this.counters.opensNative++; else this.counters.opensPassthrough++;

@@ -20,7 +20,7 @@ export interface MountStats {
 }
 
 const EMPTY_PREFETCH: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0 };
-const EMPTY_TRIGGER: LayerTriggerCounters = { layerTriggers: 0, layerLowerSkips: 0, layerIndexBuilds: 0 };
+const EMPTY_TRIGGER: LayerTriggerCounters = { layerTriggers: 0, layerLowerSkips: 0, layerIndexBuilds: 0, layerIndexPublished: 0, layerTriggersRefused: 0 };
 
 /** One snapshot feeds the stats file, the /stats endpoint and the Prometheus collectors. */
 export class StatsReporter {
@@ -93,6 +93,9 @@ export class StatsReporter {
     counter('thinfs_prefetch_hits_total', 'Prefetched chunks a reader then asked for', (s) => s.prefetch.hits);
     counter('thinfs_prefetch_traces_total', 'Prefetch traces replayed (first touch of the image or of its top layer)', (s) => s.prefetch.traces);
     counter('thinfs_prefetch_layer_triggers_total', 'Trace replays started by the touch of an image\'s top layer (podman over layers/)', (s) => s.prefetch.layerTriggers);
+    counter('thinfs_prefetch_layer_triggers_refused_total', 'Top-layer touches whose image\'s descriptor did not confirm the index (stale or forged): nothing replayed', (s) => s.prefetch.layerTriggersRefused);
+    counter('thinfs_prefetch_layer_index_builds_total', 'Indexes of the store\'s images by top layer built', (s) => s.prefetch.layerIndexBuilds);
+    counter('thinfs_prefetch_layer_index_published_total', 'Of those, built from the store\'s published image index (one object, not every descriptor)', (s) => s.prefetch.layerIndexPublished);
     counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
     gauge('thinfs_prefetch_waste_chunks', 'Prefetched chunks no reader has asked for (yet)', (s) => s.prefetch.waste);
     gauge('thinfs_fuse_listings_kept', 'Directory listings the transport keeps (for READDIR ahead and LOOKUP)', (s) => s.ops.listingsKept);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
+import { imageIndexProblem, readLocalManifest, republishManifest, writerSigningOptions } from './trust.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, objectPath, packPath } from './layout.js';
 import { decodePackMembers, packMaxBytes, parsePack, type PackRef } from './pack.js';
 import { openLayerCatalog } from './layer-catalog.js';
@@ -35,6 +36,11 @@ export interface FsckReport {
   brokenLayers: Array<{ diffId: string; error: string; images: string[] }>;
   /** Images whose descriptor cannot be read or that name a layer not published. */
   brokenImages: Array<{ name: string; error: string; unpublished?: string }>;
+  /**
+   * The image index the repository manifest names, when it is missing, corrupt or disagrees with the descriptors
+   * (nodes then index descriptors one by one); `rebuilt` when this run republished the manifest with a new one.
+   */
+  imageIndex: { hash: string; error: string; rebuilt: boolean } | null;
   /** Staging of dead or long-silent transactions removed (ids), and stray temp files. */
   txnsRemoved: string[];
   tmpRemoved: number;
@@ -113,7 +119,7 @@ async function traceProblem(store: Store, hash: string): Promise<string | null> 
  */
 export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): Promise<FsckReport> {
   const root = store.root;
-  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], txnsRemoved: [], tmpRemoved: 0, ok: false };
+  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], imageIndex: null, txnsRemoved: [], tmpRemoved: 0, ok: false };
   const graceMs = opts.graceMs ?? 3600_000;
 
   // 1. Leftovers of crashed transactions.
@@ -241,7 +247,19 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     if (pack ? !presentPacks.has(h) : !present.has(h)) rep.missing.push({ hash: h, ...(pack ? { pack } : {}), ...neededBy(h), ...trace(h) });
   }
   rep.missing.sort((a, b) => a.hash.localeCompare(b.hash));
-  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length;
+  // The image index: derived from the descriptors, so repaired by deriving it again (a republished manifest; a signed
+  // store needs its key in THINFS_SIGNING_KEY, else the problem stays reported).
+  const manifest = await readLocalManifest(root);
+  const indexError = manifest ? await imageIndexProblem(root, manifest) : null;
+  if (manifest?.imageIndex && indexError) {
+    let rebuilt = false;
+    let error = indexError;
+    if (!opts.dryRun) {
+      try { rebuilt = (await republishManifest(root, await writerSigningOptions())) !== null; } catch (e) { error += `; rebuilding it failed: ${errorMessage(e)}`; }
+    }
+    rep.imageIndex = { hash: manifest.imageIndex.sha256, error, rebuilt };
+  }
+  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length && !(rep.imageIndex && !rep.imageIndex.rebuilt);
   return rep;
 }
 

@@ -1,12 +1,13 @@
 // Owns garbage collection of a writable store: reclaiming dead transactions' staging and sweeping objects no
-// published layer or image references, safely against commits running on any node (ARCHITECTURE.md, Store).
+// published layer or image references, and image indexes the repository manifest no longer names, safely against commits running on any node (ARCHITECTURE.md, Store).
 import { readdir, stat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
-import { DATA_DIR, PACKS_DIR } from './layout.js';
+import { DATA_DIR, INDEXES_DIR, PACKS_DIR } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
+import { readLocalManifest } from './trust.js';
 import { errorMessage } from '../util/errors.js';
 
 export interface BrokenLayer { diffId: string; error: string }
@@ -14,6 +15,8 @@ export interface BrokenLayer { diffId: string; error: string }
 export interface GcResult {
   layers: number; referenced: number; scanned: number; removed: number; removedBytes: number;
   txnsRemoved: number; txnsKept: number; kept: number;
+  /** Replaced image indexes (indexes/) removed (dry run: that would be). */
+  indexesRemoved: number;
   /** Layers whose manifest or catalog cannot be read: their objects are unknown, so nothing is swept. */
   broken: BrokenLayer[];
   /** True when objects were (or, dry run, would be) swept; false when a broken layer stopped the sweep. */
@@ -57,6 +60,22 @@ async function markImages(store: WritableStore, liveAll: Live): Promise<void> {
 }
 
 /**
+ * Image indexes (indexes/<hash>, trust.ts) the repository manifest no longer names, older than the grace period (a
+ * node still on the older revision falls back to the descriptors without it). The one named is always kept; the
+ * republisher writes a new one, with the manifest naming it, under the commit side of the sweep lock.
+ */
+async function replacedIndexes(root: string, graceMs: number): Promise<Array<{ path: string; size: number }>> {
+  const named = (await readLocalManifest(root))?.imageIndex?.sha256;
+  const out: Array<{ path: string; size: number }> = [];
+  for (const n of await readdir(join(root, INDEXES_DIR)).catch(() => [] as string[])) {
+    if (n === named || !/^[0-9a-f]{64}$/.test(n)) continue;
+    const st = await stat(join(root, INDEXES_DIR, n)).catch(() => null);
+    if (st?.isFile() && Date.now() - st.mtimeMs >= graceMs) out.push({ path: join(root, INDEXES_DIR, n), size: st.size });
+  }
+  return out;
+}
+
+/**
  * Mark and sweep in two passes. Pass 1, without any lock: mark from every published layer and image and list
  * candidates (unreferenced, older than the grace period, not pinned by a transaction's hard link). Pass 2,
  * under the exclusive sweep lock (no commit in progress anywhere): mark the layers and images published since
@@ -64,7 +83,7 @@ async function markImages(store: WritableStore, liveAll: Live): Promise<void> {
  * objects are unknown); it is reported, and a dry run goes on reporting the rest.
  */
 export async function collectGarbage(store: WritableStore, opts: { graceMs: number; dryRun?: boolean; onWait?: (commits: number) => void }): Promise<GcResult> {
-  const res: GcResult = { layers: 0, referenced: 0, scanned: 0, removed: 0, removedBytes: 0, txnsRemoved: 0, txnsKept: 0, kept: 0, broken: [], swept: false };
+  const res: GcResult = { layers: 0, referenced: 0, scanned: 0, removed: 0, removedBytes: 0, txnsRemoved: 0, txnsKept: 0, kept: 0, indexesRemoved: 0, broken: [], swept: false };
   for (const t of await reclaimableTxns(store.root, opts.graceMs)) {
     if (!opts.dryRun) await removeTxn(store.root, t.id);
     res.txnsRemoved++;
@@ -97,6 +116,7 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
   res.referenced = live.objects.size + live.packs.size;
   if (res.broken.length) return res;
   if (opts.dryRun) {
+    res.indexesRemoved = (await replacedIndexes(store.root, opts.graceMs)).length;
     res.removed = candidates.length;
     res.removedBytes = candidates.reduce((a, c) => a + c.size, 0);
     res.swept = true;
@@ -109,6 +129,11 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
     res.layers += await mark(store, added, live, res.broken);
     await markImages(store, live);
     res.referenced = live.objects.size + live.packs.size;
+    for (const ix of await replacedIndexes(store.root, opts.graceMs)) {
+      lock.check();
+      await rm(ix.path, { force: true });
+      res.indexesRemoved++;
+    }
     if (res.broken.length) return;
     for (const c of candidates) {
       if ((c.pack ? live.packs : live.objects).has(c.hash)) { res.kept++; continue; }

@@ -13,6 +13,12 @@ export function objectPath(hash: string): string {
   return `${DATA_DIR}/${hash.slice(0, 2)}/${hash.slice(2)}`;
 }
 
+/** The published image index (src/format/image-index.ts): indexes/<hash>, framed as objects are, named by the manifest. */
+export const INDEXES_DIR = 'indexes';
+export function imageIndexPath(hash: string): string {
+  return `${INDEXES_DIR}/${hash}`;
+}
+
 export function packPath(name: string): string {
   return `${PACKS_DIR}/${name.slice(0, 2)}/${name.slice(2)}`;
 }

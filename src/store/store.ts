@@ -6,18 +6,19 @@ import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
 import { decodeObject, decodeObjectAsync, readObjectFile, encodeObject, Codec, HEADER_LEN } from './codec.js';
-import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageNameFromFile, imagePath, layerPath, objectPath, packPath } from './layout.js';
+import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageIndexPath, imageNameFromFile, imagePath, layerPath, objectPath, packPath } from './layout.js';
 import { encodePack, packMaxBytes, parsePack, type PackEntry, type PackRef } from './pack.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
 import type { ThinImage } from '../format/descriptor.js';
-import { IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
+import { BadInputError, IntegrityError, NotFoundError, ThinfsError, TrustError, EXIT } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, isDigest } from '../util/hash.js';
 import { layerLockHeld, withLayerLock } from './lock.js';
 import { TrustAnchor, RevisionLog, loadPublicKeys, republishManifest, writerSigningOptions } from './trust.js';
-import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX, type NamedEntry } from '../format/repo-manifest.js';
+import { REPO_MANIFEST_FILE, REPO_MANIFEST_MAX, decodeManifestFile, parseRepoManifest, type NamedEntry, type RepoManifest } from '../format/repo-manifest.js';
+import { IMAGE_INDEX_MAX, parseImageIndex, type ImageIndex } from '../format/image-index.js';
 
 export interface StoreInfo { version: 1; created: string; codec: string }
 
@@ -26,6 +27,11 @@ export class Store {
   /** With public keys: the signed repository manifest everything read is checked against (nothing else is trusted). */
   trust: TrustAnchor | null = null;
   private manifestEtag: string | null = null;
+  /** The image index last read, by the hash the manifest named it with. */
+  private imageIndexRead: { index: ImageIndex; entry: NamedEntry } | null = null;
+  private imageIndexRefused: { sha256: string; err: unknown } | null = null;
+  /** The manifest as served to a reader without keys, and its ETag (for a conditional GET). */
+  private servedManifest: { etag: string | null; manifest: RepoManifest | null } | null = null;
   protected constructor(readonly backend: Backend) {}
 
   /** Options every open without its own takes (set once by a CLI command from its flags). */
@@ -174,6 +180,54 @@ export class Store {
   async listImages(): Promise<string[]> {
     if (this.trust?.current) return Object.keys(this.trust.current.images).sort();
     return (await this.backend.list(IMAGES_DIR)).map(imageNameFromFile).filter((n): n is string => n !== null);
+  }
+
+  /**
+   * The published image index (src/format/image-index.ts) the repository manifest names: with public keys, the
+   * manifest already verified (no request for it); without, the manifest as served (a conditional GET over HTTP:
+   * nothing in an unsigned store is verified, and the index is only a hint). The object is fetched once per hash,
+   * verified by it. Null when the manifest names none (a store published before the index) or there is no manifest;
+   * throws when the object named is missing, does not hash to its name or does not parse (the caller falls back).
+   */
+  async publishedImageIndex(): Promise<{ index: ImageIndex; entry: NamedEntry } | null> {
+    const m = this.trust ? this.trust.current : await this.manifestAsServed();
+    const entry = m?.imageIndex;
+    if (!entry) return null;
+    if (this.imageIndexRead?.entry.sha256 === entry.sha256) return this.imageIndexRead;
+    // One refused is not fetched again (the same error again) until the manifest names another.
+    if (this.imageIndexRefused?.sha256 === entry.sha256) throw this.imageIndexRefused.err;
+    try {
+      if (entry.size > IMAGE_INDEX_MAX) throw new IntegrityError(entry.sha256, `image index ${entry.sha256}: named with ${entry.size} bytes, more than ${IMAGE_INDEX_MAX}`);
+      // Framed as objects are: decoded and checked against its name inside the read (a mirror serving other bytes fails).
+      const decoded: { data: Buffer | null } = { data: null };
+      const got = await this.backend.read(imageIndexPath(entry.sha256), {
+        maxBytes: entry.size + HEADER_LEN,
+        verify: async (b) => { decoded.data = await decodeObjectAsync(entry.sha256, b, entry.size); },
+      });
+      const raw = decoded.data;
+      if (!got || !raw) throw new NotFoundError(`image index ${entry.sha256} (named by the repository manifest) is not in store ${this.location}`);
+      if (raw.length !== entry.size) throw new IntegrityError(entry.sha256, `image index ${entry.sha256}: ${raw.length} bytes, the manifest names ${entry.size}`);
+      this.imageIndexRead = { entry, index: parseImageIndex(raw, `image index ${entry.sha256}`) };
+    } catch (e) {
+      // Refused (wrong bytes, not an index); a network failure or a missing file may pass: asked again next time.
+      if (e instanceof IntegrityError || e instanceof BadInputError) this.imageIndexRefused = { sha256: entry.sha256, err: e };
+      throw e;
+    }
+    return this.imageIndexRead;
+  }
+
+  /** The repository manifest as the store serves it, unverified (a store read without public keys); null without one. */
+  private async manifestAsServed(): Promise<RepoManifest | null> {
+    let file: Buffer | null;
+    if (this.backend instanceof HttpBackend) {
+      const r = await this.backend.readConditional(REPO_MANIFEST_FILE, this.servedManifest?.etag ?? null, { maxBytes: REPO_MANIFEST_MAX });
+      if (r.notModified && this.servedManifest) return this.servedManifest.manifest;
+      file = r.data;
+      this.servedManifest = { etag: r.etag, manifest: file ? parseRepoManifest(decodeManifestFile(file).payload) : null };
+      return this.servedManifest.manifest;
+    }
+    file = await this.backend.read(REPO_MANIFEST_FILE, { maxBytes: REPO_MANIFEST_MAX });
+    return file ? parseRepoManifest(decodeManifestFile(file).payload) : null;
   }
 }
 

@@ -1,18 +1,22 @@
 /**
  * The store's root of trust, modelled on CernVM-FS's signed manifest: Ed25519 keys (node:crypto), signing
- * and republishing the repository manifest (src/format/repo-manifest.ts) on the writer side, and on the
- * reader side checking a manifest (signature by a trusted key, expiry, revision never lower than one seen,
- * kept in a file for replay protection across restarts) and what it names (by hash and size).
+ * and republishing the repository manifest (src/format/repo-manifest.ts), with the image index it names
+ * (src/format/image-index.ts), on the writer side, and on the reader side checking a manifest (signature by a
+ * trusted key, expiry, revision never lower than one seen, kept in a file for replay protection across restarts)
+ * and what it names (by hash and size).
  */
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, randomBytes, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { readFile, readdir, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   REPO_MANIFEST_FILE, REPO_MANIFEST_MEDIA_TYPE, decodeManifestFile, encodeManifestFile, encodeRepoManifest, parseRepoManifest,
   type NamedEntry, type RepoManifest,
 } from '../format/repo-manifest.js';
-import { IMAGES_DIR, LAYERS_DIR, TXN_DIR, imageNameFromFile } from './layout.js';
-import { withLayerLock } from './lock.js';
+import { encodeImageIndex, imageIndexEntry, parseImageIndex, type ImageIndexEntry } from '../format/image-index.js';
+import type { ThinImage } from '../format/descriptor.js';
+import { IMAGES_DIR, INDEXES_DIR, LAYERS_DIR, TXN_DIR, imageIndexPath, imageNameFromFile, imagePath } from './layout.js';
+import { withCommitLock, withLayerLock } from './lock.js';
+import { decodeObject, encodeObject } from './codec.js';
 import { TrustError, ThinfsError, EXIT } from '../util/errors.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { sha256hex } from '../util/hash.js';
@@ -153,22 +157,86 @@ export async function writerSigningOptions(): Promise<RepublishOptions> {
   return { key: keyFile ? await loadPrivateKey(keyFile) : null, validityMs: v ? Number(v) * 1000 : undefined };
 }
 
-async function hashDir(root: string, dir: string): Promise<Array<{ name: string; entry: NamedEntry }>> {
+async function hashDir(root: string, dir: string): Promise<Array<{ name: string; entry: NamedEntry; bytes: Buffer }>> {
   const names = await readdir(join(root, dir)).catch(() => [] as string[]);
-  const out: Array<{ name: string; entry: NamedEntry }> = [];
+  const out: Array<{ name: string; entry: NamedEntry; bytes: Buffer }> = [];
   for (const n of names) {
     if (!n.endsWith('.json') || n.startsWith('.')) continue;
     const b = await readFile(join(root, dir, n)).catch(() => null);
-    if (b) out.push({ name: n, entry: { sha256: sha256hex(b), size: b.length } });
+    if (b) out.push({ name: n, entry: { sha256: sha256hex(b), size: b.length }, bytes: b });
   }
   return out;
 }
 
+/** The index entry of descriptor bytes the manifest names under `name`; null for one no reader would accept. */
+function indexEntryOf(name: string, bytes: Buffer): ImageIndexEntry | null {
+  try {
+    const d = JSON.parse(bytes.toString('utf8')) as ThinImage;
+    return d?.name === name ? imageIndexEntry(d) : null;
+  } catch { return null; }
+}
+
+/**
+ * Store the image index as indexes/<hash>, framed (zstd) as objects are, beside data/ rather than in it: it is the
+ * store's metadata, not content, and counts of objects stay those of content. Always written anew: a fresh mtime
+ * keeps a gc that listed an older copy as replaced from taking it, and the caller holds the commit side of the sweep
+ * lock while the manifest comes to name it, so no sweep runs in between.
+ */
+async function writeImageIndex(root: string, images: Record<string, ImageIndexEntry>): Promise<NamedEntry> {
+  const bytes = encodeImageIndex(images);
+  const entry = { sha256: sha256hex(bytes), size: bytes.length };
+  await mkdir(join(root, INDEXES_DIR), { recursive: true });
+  await atomicWrite(join(root, imageIndexPath(entry.sha256)), encodeObject(bytes), join(root, TXN_DIR));
+  return entry;
+}
+
+/**
+ * The repository manifest of a store on this filesystem, parsed but not verified (gc and fsck of the writer's own
+ * store); null when it has none or it does not parse.
+ */
+export async function readLocalManifest(root: string): Promise<RepoManifest | null> {
+  const file = await readFile(join(root, REPO_MANIFEST_FILE)).catch(() => null);
+  if (!file) return null;
+  try { return parseRepoManifest(decodeManifestFile(file).payload); } catch { return null; }
+}
+
+/**
+ * What is wrong with the image index a store's manifest names (src/format/image-index.ts), or null: missing, not
+ * its size, not parsing, or not saying what the descriptors the same manifest names say.
+ */
+export async function imageIndexProblem(root: string, m: RepoManifest): Promise<string | null> {
+  const entry = m.imageIndex;
+  if (!entry) return null;
+  const file = await readFile(join(root, imageIndexPath(entry.sha256))).catch(() => null);
+  if (!file) return 'missing';
+  let raw: Buffer;
+  try { raw = decodeObject(entry.sha256, file); } catch (e) { return `corrupt: ${(e as Error).message}`; }
+  if (raw.length !== entry.size) return `${raw.length} bytes, the manifest names ${entry.size}`;
+  let index: Record<string, ImageIndexEntry>;
+  try { index = parseImageIndex(raw).images; } catch (e) { return (e as Error).message; }
+  const want: Record<string, ImageIndexEntry> = {};
+  for (const name of Object.keys(m.images)) {
+    const bytes = await readFile(join(root, imagePath(name))).catch(() => null);
+    // A descriptor that is not the one the manifest names is fsck's to report (broken image), not the index's.
+    if (!bytes || sha256hex(bytes) !== m.images[name]!.sha256) { delete index[name]; continue; }
+    const e = indexEntryOf(name, bytes);
+    if (e) want[name] = e;
+  }
+  const got = encodeImageIndex(index);
+  if (!got.equals(encodeImageIndex(want))) {
+    const differ = [...new Set([...Object.keys(index), ...Object.keys(want)])]
+      .filter((n) => JSON.stringify(index[n] ?? null) !== JSON.stringify(want[n] ?? null)).sort();
+    return `disagrees with the descriptors of images [${differ.slice(0, 10).join(' ')}${differ.length > 10 ? ' ...' : ''}]`;
+  }
+  return null;
+}
+
 /**
  * Write a new revision of the repository manifest naming every layer manifest and image descriptor now in the
- * store. Serialized across processes and nodes by the store's lock ("repository-manifest"), so two writers never
- * publish the same revision or lose each other's entries (each rescans under the lock). Returns null when the
- * store's manifest is signed and no key was given (the signed one is left as it is: readers keep trusting it).
+ * store, and the image index derived from those descriptors (src/format/image-index.ts). Serialized across
+ * processes and nodes by the store's lock ("repository-manifest"), so two writers never publish the same revision
+ * or lose each other's entries (each rescans under the lock). Returns null when the store's manifest is signed and
+ * no key was given (the signed one is left as it is: readers keep trusting it).
  */
 export async function republishManifest(root: string, o: RepublishOptions = {}): Promise<RepoManifest | null> {
   return withLayerLock(root, 'repository-manifest', async (lock) => {
@@ -194,10 +262,15 @@ export async function republishManifest(root: string, o: RepublishOptions = {}):
       if (/^[0-9a-f]{64}$/.test(hex)) layers[hex] = entry;
     }
     const images: Record<string, NamedEntry> = {};
-    for (const { name, entry } of await hashDir(root, IMAGES_DIR)) {
+    // The image index is derived from the very bytes the manifest names, so it never says more than they do.
+    const indexed: Record<string, ImageIndexEntry> = {};
+    for (const { name, entry, bytes } of await hashDir(root, IMAGES_DIR)) {
       let img: string | null = null;
       try { img = imageNameFromFile(name); } catch { /* not a name this store wrote */ }
-      if (img) images[img] = entry;
+      if (!img) continue;
+      images[img] = entry;
+      const e = indexEntryOf(img, bytes);
+      if (e) indexed[img] = e;
     }
     const now = Date.now();
     const m: RepoManifest = {
@@ -205,8 +278,11 @@ export async function republishManifest(root: string, o: RepublishOptions = {}):
       timestamp: new Date(now).toISOString(), expires: new Date(now + (o.validityMs ?? DEFAULT_VALIDITY_MS)).toISOString(),
       layers, images,
     };
-    lock.check(); // lost meanwhile: another writer may be publishing a revision of its own
-    await atomicWrite(path, signedManifestFile(m, o.key ?? null), join(root, TXN_DIR));
+    await withCommitLock(root, `repository-manifest-${process.pid}-${randomBytes(4).toString('hex')}`, async () => {
+      m.imageIndex = await writeImageIndex(root, indexed);
+      lock.check(); // lost meanwhile: another writer may be publishing a revision of its own
+      await atomicWrite(path, signedManifestFile(m, o.key ?? null), join(root, TXN_DIR));
+    });
     return m;
   });
 }

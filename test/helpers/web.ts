@@ -66,6 +66,7 @@ const TEMPS = (dir: string) => `client_body_temp_path ${dir}/body; proxy_temp_pa
 export const NGINX_STORE_LOCATIONS = `
     location /data/ { add_header Cache-Control "public, max-age=31536000, immutable"; }
     location /packs/ { add_header Cache-Control "public, max-age=31536000, immutable"; }
+    location /indexes/ { add_header Cache-Control "public, max-age=31536000, immutable"; }
     location /layers/ { autoindex on; autoindex_format json; add_header Cache-Control "public, max-age=31536000, immutable"; }
     location /images/ { autoindex on; autoindex_format json; add_header Cache-Control "no-cache"; }
     location = /thinfs-published { add_header Cache-Control "no-cache"; }`;

@@ -228,6 +228,7 @@ export function registerStoreCommands(program: Command): void {
         for (const b of r.broken) process.stdout.write(`broken layer ${b.diffId}: ${escapeControls(b.error)}\n`);
         process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
           `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace or pinned by a transaction)` +
+          `${r.indexesRemoved ? `; ${r.indexesRemoved} replaced image index file(s) ${o.dryRun ? 'would be ' : ''}removed` : ''}` +
           `${r.broken.length ? `; no objects swept: ${r.broken.length} layer(s) unreadable (run thinfs fsck)` : ''}\n`);
       }
       // A dry run is a report; a real gc that could not sweep must not look like success to cron.
