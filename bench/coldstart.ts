@@ -264,14 +264,19 @@ export async function main(): Promise<void> {
 
           // native: `podman run REF` through each node's generated image store (no registry, no pull), n nodes at once.
           const nodeDir = (tag: string, i: number) => join(work, `${tag}${rtt}${wname[0]}${n}-${i}`); // short: podman's runroot limit
-          if (PATHS.has('native')) {
+          // n fresh native nodes, each mounted on an empty cache (its mount also kept in `mounts` for the final cleanup).
+          const nativeNodes = async (tag: string): Promise<{ nodes: NativeNode[]; nm: Mounted[] }> => {
             const nodes: NativeNode[] = [];
             const nm: Mounted[] = [];
             for (let i = 0; i < n; i++) {
-              const node = await NativeNode.make(nodeDir('n', i), storeUrl);
+              const node = await NativeNode.make(nodeDir(tag, i), storeUrl);
               const m = await node.mountAt(storeUrl);
               nodes.push(node); nm.push(m); mounts.push(m);
             }
+            return { nodes, nm };
+          };
+          if (PATHS.has('native')) {
+            const { nodes, nm } = await nativeNodes('n');
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
             rows.push({ rtt, workload: wname, path: 'thinfs native cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
@@ -305,13 +310,7 @@ export async function main(): Promise<void> {
             await recNode.pod.reset();
             const traced = parseTrace(await readFile(traceFile)).chunks.length;
             await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
-            const nodes: NativeNode[] = [];
-            const nm: Mounted[] = [];
-            for (let i = 0; i < n; i++) {
-              const node = await NativeNode.make(nodeDir('t', i), storeUrl);
-              const m = await node.mountAt(storeUrl);
-              nodes.push(node); nm.push(m); mounts.push(m);
-            }
+            const { nodes, nm } = await nativeNodes('t');
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             const t0Ms = Date.now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
