@@ -427,8 +427,8 @@ export class ThinFs {
     for (const [k, m] of n.members.entries()) {
       const cat = m.layer.catalog!, blk = blocks[k]!;
       for (let p = 0; p < blk.length;) {
-        if (blk.length - p < LISTING_RECORD_HEADER) throw new IntegrityError(m.layer.hex, `catalog of layer ${m.layer.hex}: malformed listing for directory inode ${m.inode.ino}`);
-        const end = p + LISTING_RECORD_HEADER + blk.readUInt16LE(p + 48);
+        // A record must fit: its header, then the name length the header gives.
+        const end = blk.length - p >= LISTING_RECORD_HEADER ? p + LISTING_RECORD_HEADER + blk.readUInt16LE(p + 48) : Infinity;
         if (end > blk.length) throw new IntegrityError(m.layer.hex, `catalog of layer ${m.layer.hex}: malformed listing for directory inode ${m.inode.ino}`);
         const rec = blk.subarray(p, end), name = rec.subarray(LISTING_RECORD_HEADER);
         p = end;
