@@ -10,13 +10,7 @@
 # Usage (root): bench/native-ab.sh ROUNDS NAME=BUILD_DIR[,MOUNT_FLAG...] [...]
 #   e.g. bench/native-ab.sh 6 pt=. nopt=.,--no-passthrough cat=.,@catalogs   (BUILD_DIR: a built checkout; @: afterdrop)
 set -euo pipefail
-rounds=$1; shift
-oci=${THINFS_BENCH_CACHE:-/var/cache/thinfs-bench}/realistic-v1/oci
-[ -d "$oci" ] || { echo "no realistic image at $oci: run 'npm run bench -- coldstart' once" >&2; exit 2; }
-work=$(mktemp -d /tmp/tnab-XXXXXX)  # podman refuses a runroot path over 50 characters
-mp=$work/mnt; mkdir -p "$mp"
-pid=
-PY=(/usr/bin/python3 -c 'import json,email,http.client,asyncio,decimal,sqlite3')
+source "$(dirname "$0")/lib/realistic-ab.sh" "$1" tnab; shift
 first=${1#*=}; first=${first%%,*}
 node "$first/dist/src/cli/main.js" init "$work/store" >/dev/null
 node "$first/dist/tools/docker2thin.js" --no-progress --store "$work/store" --name python "oci:$oci:python" >/dev/null 2>&1

@@ -9,14 +9,8 @@
 # build, and the medians.
 # Usage (root): bench/start-ab.sh ROUNDS NAME=BUILD_DIR [NAME=BUILD_DIR...]   (BUILD_DIR: a built checkout)
 set -euo pipefail
-rounds=$1; shift
-oci=${THINFS_BENCH_CACHE:-/var/cache/thinfs-bench}/realistic-v1/oci
-[ -d "$oci" ] || { echo "no realistic image at $oci: run 'npm run bench -- coldstart' once" >&2; exit 2; }
-work=$(mktemp -d /tmp/tsab-XXXXXX)  # podman refuses a runroot path over 50 characters
-mp=$work/mnt; mkdir -p "$mp"
-pid=
+source "$(dirname "$0")/lib/realistic-ab.sh" "$1" tsab; shift
 P=(podman --root "$work/pr" --runroot "$work/prr" --storage-driver overlay)
-PY=(/usr/bin/python3 -c 'import json,email,http.client,asyncio,decimal,sqlite3')
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; sleep 1; umount -l "$mp" 2>/dev/null || true
   "${P[@]}" system reset --force >/dev/null 2>&1 || true; rm -rf "$work"
