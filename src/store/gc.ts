@@ -64,13 +64,13 @@ async function markImages(store: WritableStore, liveAll: Live): Promise<void> {
  * node still on the older revision falls back to the descriptors without it). The one named is always kept; the
  * republisher writes a new one, with the manifest naming it, under the commit side of the sweep lock.
  */
-async function replacedIndexes(root: string, graceMs: number): Promise<Array<{ path: string; size: number }>> {
+async function replacedIndexes(root: string, graceMs: number): Promise<string[]> {
   const named = (await readLocalManifest(root))?.imageIndex?.sha256;
-  const out: Array<{ path: string; size: number }> = [];
+  const out: string[] = [];
   for (const n of await readdir(join(root, INDEXES_DIR)).catch(() => [] as string[])) {
     if (n === named || !/^[0-9a-f]{64}$/.test(n)) continue;
     const st = await stat(join(root, INDEXES_DIR, n)).catch(() => null);
-    if (st?.isFile() && Date.now() - st.mtimeMs >= graceMs) out.push({ path: join(root, INDEXES_DIR, n), size: st.size });
+    if (st?.isFile() && Date.now() - st.mtimeMs >= graceMs) out.push(join(root, INDEXES_DIR, n));
   }
   return out;
 }
@@ -129,9 +129,9 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
     res.layers += await mark(store, added, live, res.broken);
     await markImages(store, live);
     res.referenced = live.objects.size + live.packs.size;
-    for (const ix of await replacedIndexes(store.root, opts.graceMs)) {
+    for (const path of await replacedIndexes(store.root, opts.graceMs)) {
       lock.check();
-      await rm(ix.path, { force: true });
+      await rm(path, { force: true });
       res.indexesRemoved++;
     }
     if (res.broken.length) return;
