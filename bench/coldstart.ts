@@ -367,7 +367,7 @@ async function settle(m: Mounted): Promise<number> {
 /** FUSE requests that reached the daemon's JS thread (count per op, summed time to reply), and what the C transport answered itself. */
 function jsRequests(s: MountStats): string {
   const ops = Object.entries(s.ops.requests).filter(([, v]) => v.n > 0).sort((a, b) => b[1].n - a[1].n).map(([k, v]) => `${k} ${v.n} (${(v.totalSec * 1000).toFixed(0)} ms)`);
-  return `${ops.join(', ')}; by the transport: lookups ${s.ops.lookupsByTransport}, xattrs ${s.ops.xattrsByTransport}, native opens ${s.ops.opensNative}`;
+  return `${ops.join(', ')}; by the transport: lookups ${s.ops.lookupsByTransport}, xattrs ${s.ops.xattrsByTransport}, opens ${s.ops.opensByTransport}`;
 }
 
 /** One bar group per (RTT, workload): time of each path with one node. gnuplot renders the PNG. */

@@ -17,7 +17,7 @@ export interface MountStats {
   };
   ops: {
     reads: number; readBytes: number; eio: number; lookups: number; readdirs: number; liveNodes: number;
-    opensPassthrough: number; opensServed: number; opensNative: number; nativeReads: number; nativeReadBytes: number; listingsAhead: number; xattrsByTransport: number; lookupsByTransport: number;
+    opensPassthrough: number; opensServed: number; opensNative: number; opensByTransport: number; nativeReads: number; nativeReadBytes: number; listingsAhead: number; xattrsByTransport: number; lookupsByTransport: number;
     listingsKept: number; listingsKeptBytes: number; listingsEvicted: number;
     requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
   };

@@ -7,6 +7,8 @@
 // have landed (fetched, verified and written to the cache in one threadpool job): the JS thread sees the first READs
 // only, a changed cache file is verified again before any of its bytes are served, a damaged object is EIO. The same
 // warm reads through an image view (images/NAME/rootfs, what rootless podman's --rootfs uses) are the transport's too.
+// With passthrough, the first opens of files handed over with their directory are the transport's (it gives the kernel
+// the verified chunk file); a damaged one is refused there and opened by JS, which fetches it again.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
@@ -120,6 +122,42 @@ before(async () => {
 after(async () => {
   await mounts?.close();
   await cleanupTmpDirs();
+});
+
+describe('warm opens with passthrough', () => {
+  it('the transport gives the kernel a handed-over file\'s chunk file at its first open; a damaged one goes to JS, exact', async (t) => {
+    // A copy of the warm cache: this test damages a file of its own.
+    await run('cp', ['-a', path.join(work, 'cache-warm'), path.join(work, 'cache-pt')]);
+    const small = FILES.filter((f) => f.rel.startsWith('small/'));
+    const dirs = new Set(FILES.map((f) => path.dirname(f.rel))).size;
+    const m = await mounts.mount('mnt-pt', { cache: 'cache-pt' });
+    try {
+      await cmpAll(m);
+      const s = await m.stats();
+      if (!s.ops.opensPassthrough) return t.skip('kernel without FUSE passthrough');
+      assert.equal(s.ops.requests.open?.n ?? 0, dirs, `one open per directory reached the JS thread (${JSON.stringify(s.ops)})`);
+      // small/: the first file opened there went to JS, the rest (the tiny one included) were the transport's.
+      assert.equal(s.ops.opensByTransport, small.length - 1, 'every other file of small/ was opened by the transport');
+      // One-chunk files passed through (JS's or the transport's); the tiny one is served from its inline bytes.
+      assert.equal(s.ops.opensPassthrough, FILES.length - 1, `every file with a local file passed through (${JSON.stringify(s.ops)})`);
+      assert.equal(s.ops.reads, 0, 'the JS thread answered no READ (the tiny file is the transport\'s)');
+      assert.equal(s.cache.fetches, 0, 'nothing came from the store');
+    } finally { await stop(m); }
+    // A handed-over chunk damaged on disk: hashed at its open on the transport's thread, refused, opened by JS, which
+    // finds the damage, drops the chunk and fetches it again: the bytes read are exact.
+    const victim = small[7]!;
+    const h = (await chunksOf(victim.rel))[0]!;
+    await flipByte(path.join(work, 'cache-pt', 'chunks', h.slice(0, 2), h.slice(2)), 10);
+    const m2 = await mounts.mount('mnt-pt2', { cache: 'cache-pt' });
+    try {
+      await cmpAll(m2);
+      const s = await m2.stats();
+      assert.equal(s.cache.corruptDropped, 1, 'the damaged chunk was found by JS and dropped');
+      assert.equal(s.cache.fetches, 1, 'and fetched again');
+      assert.equal(s.ops.opensByTransport, small.length - 2, 'the intact files were still opened by the transport');
+      assert.equal(s.ops.requests.open?.n ?? 0, dirs + 1, 'the damaged one went to JS');
+    } finally { await stop(m2); }
+  });
 });
 
 describe('warm reads without passthrough', () => {

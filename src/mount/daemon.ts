@@ -225,6 +225,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
         const nat = !pt && o.nativeReads !== false;
         if (pt || nat) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
         fs.nativeReads = nat;
+        fs.passthrough = pt;
         // With or without passthrough: a file served by READs is answered by the transport from its landed chunks.
         if (o.nativeReads !== false && typeof k.chunkLanded === 'function') {
           fs.chunkReads = {
@@ -269,8 +270,9 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.xattrsByTransport = () => k.xattrsAnswered(session);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
-  // Without passthrough, the one-chunk files of directories being listed are handed to the transport ahead of their open.
-  if (fs.nativeReads) {
+  // The one-chunk files of directories being read are handed to the transport ahead of their open (with passthrough it
+  // gives the kernel their chunk files; without, it answers their reads too).
+  if (o.nativeReads !== false && (fs.nativeReads || fs.passthrough)) {
     fs.handFile = (id, p, size, sha) => k.fileAhead(session, id, p, size, sha);
     fs.handBytes = (id, bytes) => k.fileBytesAhead(session, id, bytes);
   }

@@ -58,6 +58,8 @@ export interface OpCounters {
   opensPassthrough: number; opensServed: number;
   /** Without passthrough: first opens whose READs the transport thread answers from a verified local file. */
   opensNative: number;
+  /** First opens the transport answered itself, without this thread (files handed over ahead; in opensPassthrough or opensNative too). */
+  opensByTransport: number;
   /** READs (and their bytes) the transport thread answered without this thread (not in reads/readBytes). */
   nativeReads: number; nativeReadBytes: number;
   /** Listings answered by the transport from blocks handed to it ahead of the kernel's request. */
@@ -111,7 +113,7 @@ export interface ThinFsOptions { statsFile: string | null; mountedAt: number; /*
  * to each request. Names and symlink targets are bytes; times carry nanoseconds.
  */
 export class ThinFs {
-  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, opensNative: 0, nativeReads: 0, nativeReadBytes: 0, listingsAhead: 0, xattrsByTransport: 0, lookupsByTransport: 0, listingsKept: 0, listingsKeptBytes: 0, listingsEvicted: 0, requests: {} };
+  readonly counters: OpCounters = { lookups: 0, getattrs: 0, readdirs: 0, reads: 0, readBytes: 0, eio: 0, maxReadMs: 0, liveNodes: 0, opensPassthrough: 0, opensServed: 0, opensNative: 0, opensByTransport: 0, nativeReads: 0, nativeReadBytes: 0, listingsAhead: 0, xattrsByTransport: 0, lookupsByTransport: 0, listingsKept: 0, listingsKeptBytes: 0, listingsEvicted: 0, requests: {} };
   private readonly ids = new NodeIds();
   /** The listing block served last (a big directory is read in several pages). */
   private lastBlock: { id: number; block: Buffer } | null = null;
@@ -131,7 +133,9 @@ export class ThinFs {
    */
   openReply: ((unique: number, nodeid: number, fd: number) => number) | null = null;
   nativeReads = false;
-  /** Set by the daemon (nativeReads): hands the transport a one-chunk file's cached chunk before the kernel opens it. */
+  /** Set by the daemon at INIT: the kernel passes reads through to local files (first opens come here, or to the transport). */
+  passthrough = false;
+  /** Set by the daemon (unless native reads are off): hands the transport a one-chunk file's cached chunk before the kernel opens it. */
   handFile: ((nodeid: number, chunkPath: string, size: number, sha256: Buffer) => void) | null = null;
   /** Set with handFile: hands the transport a tiny file's bytes (inline in the catalog) before the kernel opens it. */
   handBytes: ((nodeid: number, bytes: Buffer) => void) | null = null;
@@ -649,11 +653,11 @@ export class ThinFs {
   }
 
   /**
-   * Without passthrough: the one-chunk files of a layer directory whose chunks are cached (and its tiny files' bytes,
-   * inline in the catalog), handed to the transport once a file of that directory was opened here: a reader that
-   * opens one file of a directory opens its neighbours next (a copy, a scan, an import). Their first open is then
-   * answered there (the chunk hashed on the transport's thread, up to 1 MiB) and their reads too: one trip to this
-   * thread per directory, not per file. Not at listing time: a metadata scan (find, ls -R) would pay the chunk-table
+   * The one-chunk files of a layer directory whose chunks are cached (and its tiny files' bytes, inline in the
+   * catalog), handed to the transport once a file of that directory was opened here: a reader that opens one file of
+   * a directory opens its neighbours next (a copy, a scan, an import). Their first open is then answered there (the
+   * chunk hashed on the transport's thread, up to 1 MiB; with passthrough the kernel is given the chunk file, without
+   * it the transport answers the READs too): one trip to this thread per directory, not per file. Not at listing time: a metadata scan (find, ls -R) would pay the chunk-table
    * queries (synchronous, and from disk on a cold catalog) and open nothing. Once per directory. In an image view
    * (img), the layer directory's files under the view's ids: a name an upper layer hides is never looked up under its
    * id, so handing it over costs only its slot.
@@ -673,15 +677,20 @@ export class ThinFs {
     if (this.handBytes) for (const f of layer.catalog!.inlineFiles(dirIno)) this.handBytes(idOf(f.ino), f.data);
   }
 
-  /** The transport opened a handed-over file (and answers its reads): counted, and its chunk kept in mind as in use. */
+  /**
+   * The transport opened a handed-over file (passed through to its chunk file, or answering its reads itself): counted,
+   * and its chunk kept in mind as in use.
+   */
   openedNatively(id: number): void {
-    this.counters.opensNative++;
+    this.counters.opensByTransport++;
     let n: Node;
     try { n = this.node(id); } catch { return; }
     if (n.k !== 'entry') return;
     const chunks = this.chunksOf(n, this.readState(n));
     const c = chunks[0];
-    if (!c) return; // a tiny file served from the bytes handed over: no cache file
+    // A tiny file (no cache file) is served from the bytes handed over, with or without passthrough.
+    if (this.passthrough && c) this.counters.opensPassthrough++; else this.counters.opensNative++;
+    if (!c) return;
     this.cache.touch(c.hash);
     // An evicted chunk is let go of by the transport, as a passthrough backing file is by the kernel.
     this.backing.record(id, c.hash);

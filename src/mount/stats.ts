@@ -82,6 +82,7 @@ export class StatsReporter {
     counter('thinfs_listings_rejected_total', 'Kept listings files dropped (wrong bytes, or another catalog\'s or format\'s)', (s) => s.cache.listingsRejected);
     counter('thinfs_opens_passthrough_total', 'First opens passed through to a verified local file', (s) => s.ops.opensPassthrough);
     counter('thinfs_opens_served_total', 'First opens whose reads thinfs serves', (s) => s.ops.opensServed);
+    counter('thinfs_opens_by_transport_total', 'First opens the FUSE transport thread answered itself (files handed over ahead), without the JS thread', (s) => s.ops.opensByTransport);
     counter('thinfs_opens_native_total', 'First opens (no passthrough) whose reads the FUSE transport thread answers from a verified local file', (s) => s.ops.opensNative);
     counter('thinfs_native_reads_total', 'FUSE reads answered by the transport thread, without the JS thread', (s) => s.ops.nativeReads);
     counter('thinfs_native_read_bytes_total', 'Bytes of the reads answered by the transport thread', (s) => s.ops.nativeReadBytes);

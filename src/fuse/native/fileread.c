@@ -1,4 +1,5 @@
-// Reads answered on the reader thread, without the JS thread (mounts without FUSE passthrough): at a node's first open
+// Reads answered on the reader thread, without the JS thread (mounts without FUSE passthrough; with it, only the first
+// OPEN of a handed-over file, answered with the chunk file as its backing file, and tiny files' READs): at a node's first open
 // JS may hand over a descriptor of a local file holding exactly the node's bytes, already verified by JS's rules (a
 // cached chunk re-hashed at open, a whole-file copy verified or matching its trust record: src/cache/). The node's
 // open entry keeps its own descriptor; READs are then a pread into the thread's buffer and one writev to /dev/fuse.
@@ -135,17 +136,21 @@ int fileread_open(session_t *s, uint64_t unique, uint64_t nodeid) {
   pthread_mutex_lock(&s->open_lock);
   if (!session_open_find(s, nodeid)) {
     open_entry_t *e = calloc(1, sizeof(*e));
-    if (e) {
+    // With passthrough the kernel reads the chunk file itself from now on (as when JS answers the open); a refusal
+    // leaves the open to JS, which tries the same and serves READs when it fails too.
+    int32_t backing = fd >= 0 && s->passthrough && e ? session_backing_open(s, fd) : 0;
+    if (e && backing >= 0) {
       e->nodeid = nodeid;
       e->read_fd = -1;
       if (mem) { e->mem = mem; e->mem_len = mem_len; mem = NULL; }
+      else if (backing > 0) { e->backing_id = backing; close(fd); fd = -1; }
       else take(e, fd, &st);
       e->opens = 1;
       e->next = s->opens[nodeid % OPEN_BUCKETS];
       s->opens[nodeid % OPEN_BUCKETS] = e;
-      session_reply_open(s, unique, 0);
+      session_reply_open(s, unique, e->backing_id);
       done = 1;
-    }
+    } else free(e);
   }
   pthread_mutex_unlock(&s->open_lock);
   free(mem);

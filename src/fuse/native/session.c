@@ -137,6 +137,11 @@ void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off) {
 static void post(session_t *s, request_t *r) { s->deliver(s, r); }
 void session_post(session_t *s, request_t *r) { post(s, r); }
 void session_reply_open(session_t *s, uint64_t unique, int32_t backing_id) { reply_open(s->fd, unique, backing_id); }
+int32_t session_backing_open(session_t *s, int fd) {
+  struct backing_map m = {fd, 0, 0};
+  int id = ioctl(s->fd, IOC_BACKING_OPEN, &m);
+  return id > 0 ? id : -errno;
+}
 int session_reply_buf(session_t *s, uint64_t unique, const void *p, size_t n) { return reply_buf(s->fd, unique, p, n); }
 
 // Requests the reader thread answers itself: nothing in them needs the catalog or the store.
@@ -159,7 +164,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
           done = 1;
         }
         pthread_mutex_unlock(&s->open_lock);
-        if (!done && s->native_reads && !s->passthrough) done = fileread_open(s, ih->unique, ih->nodeid);
+        if (!done && s->native_reads) done = fileread_open(s, ih->unique, ih->nodeid);
         return done;  // first open of this node: JS decides (openReply)
       }
       /* fall through */
@@ -367,10 +372,9 @@ int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32
         // No passthrough: the copy is read here instead (1), or by JS when it cannot be taken (-errno).
         if (s->native_reads) result = fileread_attach(e, backing_fd);
       } else if (backing_fd >= 0) {
-        struct backing_map m = {backing_fd, 0, 0};
-        int id = ioctl(s->fd, IOC_BACKING_OPEN, &m);
+        int32_t id = session_backing_open(s, backing_fd);
         e->backing_id = id > 0 ? id : 0;
-        result = id > 0 ? id : -errno;
+        result = id;
       }
       e->next = s->opens[e->nodeid % OPEN_BUCKETS];
       s->opens[e->nodeid % OPEN_BUCKETS] = e;

@@ -61,8 +61,8 @@ typedef struct open_entry {
 
 // Files handed over by JS before the kernel opens them (the one-chunk files of a directory being listed: a reader opens
 // them next): the cached chunk holding the file's bytes and its SHA-256. The reader thread answers the first OPEN of
-// such a node itself, after hashing the chunk (fileread.c), and then its READs; JS hears of it after the reply
-// (EV_OPENED). A handed-over file is used once; beyond FAHEAD_MAX entries, new ones are ignored.
+// such a node itself, after hashing the chunk (fileread.c): with passthrough, by handing the chunk file to the kernel as
+// the node's backing file; without, by answering its READs itself. JS hears of it after the reply (EV_OPENED). A handed-over file is used once; beyond FAHEAD_MAX entries, new ones are ignored.
 #define FAHEAD_BUCKETS 16384
 #define FAHEAD_MAX 65536
 // Only files up to this size are hashed on the reader thread (bigger ones go to JS, which hashes on the threadpool).
@@ -141,6 +141,8 @@ void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off);
 // The open table (callers hold open_lock).
 open_entry_t *session_open_find(session_t *s, uint64_t nodeid);
 void session_reply_open(session_t *s, uint64_t unique, int32_t backing_id);
+// Registers fd as a passthrough backing file (the kernel takes its own reference): its id, or -errno.
+int32_t session_backing_open(session_t *s, int fd);
 int session_reply_buf(session_t *s, uint64_t unique, const void *p, size_t n);
 void session_post(session_t *s, request_t *r);
 
