@@ -227,6 +227,38 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     } finally { await srv.close(); }
   });
 
+  it('a file whose traced chunk lands after its directory\'s first open is handed to the transport then: its open never reaches JS', async () => {
+    const st = await Store.open(store);
+    const traced = parseTrace(await st.getObject((await st.getImage(IMAGE))!.trace!.sha256)).chunks;
+    // lib/mod/m3.py is one chunk (its hash is the file's), traced; its object is held back until the directory was opened.
+    const m3 = files.find((f) => f.rel === 'lib/mod/m3.py')!;
+    assert.ok(traced.some((c) => c.hash === m3.sha), 'm3.py is traced, as one chunk');
+    const held = objectPath(m3.sha);
+    const srv = await startHostileServer(store, 'hold');
+    srv.match = (rel) => rel === held;
+    try {
+      const m = await mountStoreUrl(srv.url, 'hand-late', ['--no-file-ahead']);
+      await fsp.readdir(rootfs(m)); // first touch: the replay starts
+      await waitFor(async () => (await stats(m)).prefetch.fetched === traced.length - 1 && srv.requests.includes(held) || undefined, 30_000, 20, 'every traced chunk but the held one');
+      // The first open in lib/mod/ goes to JS, which hands the directory's local one-chunk files to the transport; m3's
+      // chunk is not local yet.
+      const m1 = files.find((f) => f.rel === 'lib/mod/m1.py')!;
+      assert.equal(sha256(await fsp.readFile(path.join(rootfs(m), m1.rel))), m1.sha);
+      const before = await stats(m);
+      const jsOpens = before.ops.requests.open?.n ?? 0;
+      assert.ok(jsOpens >= 1, 'the first open of the directory reached JS');
+      srv.release();
+      const done = (await waitFor(async () => { const x = await stats(m); return x.prefetch.tracesDone === 1 ? x : undefined; }, 30_000, 20, 'trace replayed'))!;
+      assert.equal(done.prefetch.fetched, traced.length);
+      assert.equal(sha256(await fsp.readFile(path.join(rootfs(m), m3.rel))), m3.sha, 'exact bytes');
+      const after = await stats(m);
+      assert.equal(after.ops.requests.open?.n ?? 0, jsOpens, `m3.py's open did not reach JS (${JSON.stringify(after.ops)})`);
+      assert.equal(after.ops.opensByTransport, before.ops.opensByTransport + 1, 'the transport opened it');
+      assert.equal(after.cache.fetches, done.cache.fetches, 'nothing fetched by the read');
+      await stop(m);
+    } finally { await srv.close(); }
+  });
+
   it('the catalogs an image descriptor names are asked for beside the layer manifests, not after them; a wrong one costs only its fetch', async () => {
     const st = await Store.open(store);
     const catalog = (await st.getLayer(`sha256:${layerHex}`))!.catalog;

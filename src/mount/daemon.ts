@@ -183,6 +183,7 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
   const prefetcher = new Prefetcher(cache, log, { parallel: o.prefetchParallel ?? 32, fileAhead: o.fileAhead ?? true, record: !!o.record });
   fs.prefetcher = prefetcher;
+  prefetcher.onLanded = (hash) => fs.prefetchLanded(hash);
   // Not awaited: the process touching the image goes on while the traced chunks arrive.
   // A traced image's catalogs are fetched at its first touch, alongside its trace, and ahead of the trace's chunks.
   ns.onImage = (img) => void prefetcher.replay(img.desc, () => ns.imageLayers(img));

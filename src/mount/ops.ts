@@ -35,6 +35,8 @@ const FILE_AHEAD_CHUNKS = 64;
 const SEQ_AHEAD_CHUNKS = 16;
 /** One-chunk files up to this size are handed to the transport ahead of their open (fileread.c's limit). */
 const HAND_FILE_MAX = 1 << 20;
+/** Files of handed directories kept waiting for their chunk to land (the transport holds at most 65536 handed files). */
+const PENDING_HANDS_MAX = 1 << 16;
 /**
  * A merged directory's listing is built for lookups (on this thread) only while its layers' listings of it stay below
  * this (~15000 entries, tens of ms): a huge directory looked up in once would stall every request for the build.
@@ -141,6 +143,12 @@ export class ThinFs {
   handBytes: ((nodeid: number, bytes: Buffer) => void) | null = null;
   /** Directories whose one-chunk files were handed over already, per layer tree (layers/, or a layer in an image view). */
   private readonly handedDirs = new Map<string, Set<number>>();
+  /**
+   * Files of handed directories whose chunk was not local yet, by chunk hash: handed when prefetch lands it (a traced
+   * start opens files whose chunks arrive after their directory's first open). Bounded; once full, no more are kept.
+   */
+  private readonly pendingHands = new Map<string, Array<{ id: number; size: number; sha: Buffer }>>();
+  private pendingHandCount = 0;
   /**
    * Set by the daemon unless native reads are off (with or without passthrough): the transport answers READs of an
    * open file from its landed chunks (verified cache files, checked against their identity per read). landed hands it
@@ -671,10 +679,27 @@ export class ThinFs {
     done.add(dirIno);
     const idOf = (ino: number) => this.ids.entryId(img, layer, ino);
     for (const f of layer.catalog!.oneChunkFiles(dirIno, HAND_FILE_MAX)) {
-      const p = this.cache.chunkFile(f.hash.toString('hex'));
+      const hash = f.hash.toString('hex');
+      const p = this.cache.chunkFile(hash);
       if (p) this.handFile(idOf(f.ino), p, f.size, f.hash);
+      else if (this.prefetcher && this.pendingHandCount < PENDING_HANDS_MAX) {
+        const list = this.pendingHands.get(hash) ?? [];
+        if (!list.length) this.pendingHands.set(hash, list);
+        list.push({ id: idOf(f.ino), size: f.size, sha: f.hash });
+        this.pendingHandCount++;
+      }
     }
     if (this.handBytes) for (const f of layer.catalog!.inlineFiles(dirIno)) this.handBytes(idOf(f.ino), f.data);
+  }
+
+  /** Prefetch landed a chunk: the files of handed directories waiting for it are handed over now. */
+  prefetchLanded(hash: string): void {
+    const list = this.pendingHands.get(hash);
+    if (!list || !this.handFile) return;
+    this.pendingHands.delete(hash);
+    this.pendingHandCount -= list.length;
+    const p = this.cache.chunkFile(hash);
+    if (p) for (const f of list) this.handFile(f.id, p, f.size, f.sha);
   }
 
   /**

@@ -57,6 +57,9 @@ export class Prefetcher {
   private readonly asked = new LRUCache<string, true>({ max: 1 << 16 });
   private readonly seen = new Set<string>();
 
+  /** Set by the owner: a chunk prefetch brought is local now. */
+  onLanded: ((hash: string) => void) | null = null;
+
   constructor(private readonly cache: NodeCache, private readonly log: Logger, private readonly o: PrefetchOptions & { record: boolean }) {
     this.recorded = o.record ? [] : null;
   }
@@ -159,6 +162,7 @@ export class Prefetcher {
     this.inflightBytes += j.size;
     this.cache.prefetch(j.hash, j.size).then(() => {
       this.counters.fetched++;
+      this.onLanded?.(j.hash);
       // A reader that asked while the fetch ran joined it: a hit already; otherwise waste until someone reads it.
       if (this.asked.has(j.hash)) this.counters.hits++;
       else { this.brought.add(j.hash); this.counters.waste++; }
