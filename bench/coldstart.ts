@@ -253,7 +253,7 @@ export async function main(): Promise<void> {
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             const t0Ms = Date.now();
             await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
-            console.log(`rootfs cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(ts[0]!, t0Ms)}`);
+            console.log(`rootfs cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(ts[0]!, t0Ms)}; JS thread: ${jsRequests(await ts[0]!.stats())}`);
             const row: Row = { rtt, workload: wname, path: 'thinfs rootfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
             row.prefetch = await prefetchOf(ts, parseTrace(await readFile(traceFile)).chunks.length);
             rows.push(row);
@@ -314,7 +314,7 @@ export async function main(): Promise<void> {
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             const t0Ms = Date.now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
-            console.log(`native cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(nm[0]!, t0Ms)}`);
+            console.log(`native cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(nm[0]!, t0Ms)}; JS thread: ${jsRequests(await nm[0]!.stats())}`);
             const row: Row = { rtt, workload: wname, path: 'thinfs native cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
             row.prefetch = await prefetchOf(nm, traced);
             rows.push(row);
