@@ -15,7 +15,8 @@
 // Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8"), BENCH_WORKLOADS
 // (default "true,python"), BENCH_PATHS (which rows: "podman,cold,trace,native,native-trace", default all; "cold" and
 // "trace" are the rootfs rows, "native" the native cold/warm/hot rows; e.g. "cold" for the no-trace rootfs rows alone,
-// a few minutes). THINFS_PACKS=0 converts the image without packs (the request count before them).
+// a few minutes). THINFS_PACKS=0 converts the image without packs (the request count before them). BENCH_MOUNT_ARGS:
+// extra `thinfs mount` flags for every node, e.g. "--no-passthrough" (what nodes on RHEL 8/9 kernels run).
 import { mkdir, readFile, rm, writeFile, appendFile, stat } from 'node:fs/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join, resolve } from 'node:path';
@@ -37,6 +38,10 @@ const MBIT = Number(process.env.BENCH_MBIT ?? 100);
 const NODES = (process.env.BENCH_NODES ?? '1,2,4,8').split(',').map(Number);
 const PATHS = new Set((process.env.BENCH_PATHS ?? 'podman,cold,trace,native,native-trace').split(','));
 const ONLY = (process.env.BENCH_WORKLOADS ?? '').split(',').filter(Boolean);
+const MOUNT_ARGS = (process.env.BENCH_MOUNT_ARGS ?? '').split(/\s+/).filter(Boolean);
+/** Every thinfs node of the bench mounts through here: BENCH_MOUNT_ARGS are added to its flags. */
+const mountNode = (url: string, mp: string, o: { cacheDir: string; extra?: string[] }): Promise<Mounted> =>
+  mountStore(url, mp, { ...o, extra: [...MOUNT_ARGS, ...(o.extra ?? [])] });
 const IMAGE = 'python';     // thin image name and registry repository
 const TAG = 'v1';
 
@@ -120,7 +125,7 @@ export class NativeNode {
     return new NativeNode(dir, new Podman(dir, { CONTAINERS_STORAGE_CONF: conf }));
   }
   mountAt(storeUrl: string, extra: string[] = []): Promise<Mounted> {
-    return mountStore(storeUrl, this.mp, { cacheDir: this.cacheDir, extra });
+    return mountNode(storeUrl, this.mp, { cacheDir: this.cacheDir, extra });
   }
 }
 
@@ -173,7 +178,7 @@ export async function main(): Promise<void> {
     await runOk(process.execPath, [THINFS, 'init', store]);
     await runOk(process.execPath, [D2T, '--insecure', '--no-progress', '--store', store, '--name', IMAGE, `${reg.host}/${IMAGE}:${TAG}`], { timeoutMs: 900_000 });
     nginx = await startNginx(work, store);
-    console.log(`image: ${image.layers} layers, ${(image.compressedBytes / 1e6).toFixed(1)} MB compressed; link ${MBIT} Mbit/s shared by all nodes`);
+    console.log(`image: ${image.layers} layers, ${(image.compressedBytes / 1e6).toFixed(1)} MB compressed; link ${MBIT} Mbit/s shared by all nodes${MOUNT_ARGS.length ? `; thinfs mount ${MOUNT_ARGS.join(" ")}` : ""}`);
 
     for (const rtt of RTTS) {
       const regProxy = await startDelayProxy(reg.port, rtt);
@@ -210,7 +215,7 @@ export async function main(): Promise<void> {
             for (let i = 0; i < n; i++) {
               const base = join(work, `thinfs-${rtt}-${wname}-${n}-${i}`);
               await mkdir(base, { recursive: true });
-              const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+              const m = await mountNode(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
               ms.push(m); mounts.push(m);
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
@@ -221,7 +226,7 @@ export async function main(): Promise<void> {
               const m0 = ms[0]!;
               console.log(`rootfs cold: ${await settle(m0)} whole-file copies built after the start`);
               await m0.stop();
-              const again = await mountStore(storeUrl, m0.mp, { cacheDir: m0.cacheDir });
+              const again = await mountNode(storeUrl, m0.mp, { cacheDir: m0.cacheDir });
               mounts.push(again); ms[0] = again;
               await dropCaches();
               b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
@@ -238,7 +243,7 @@ export async function main(): Promise<void> {
           // to the image (`thinfs trace attach`), then n fresh nodes start it with empty caches; detached after.
           if (PATHS.has('trace')) {
             const traceFile = join(work, `trace-${rtt}-${wname}.json`);
-            const rec = await mountStore(storeUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
+            const rec = await mountNode(storeUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
             mounts.push(rec);
             await pods[0]!.rootfsRun(rootfs(rec), cmd);
             await rec.stop();
@@ -247,7 +252,7 @@ export async function main(): Promise<void> {
             for (let i = 0; i < n; i++) {
               const base = join(work, `trace-${rtt}-${wname}-${n}-${i}`);
               await mkdir(base, { recursive: true });
-              const m = await mountStore(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+              const m = await mountNode(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
               ts.push(m); mounts.push(m);
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
@@ -348,7 +353,7 @@ async function report(rows: Row[], imageBytes: number): Promise<void> {
     const ratio = base && r !== base ? `${(base.seconds / r.seconds).toFixed(1)}x faster` : '';
     lines.push(`| ${r.rtt} ms | ${r.workload} | ${r.path} | ${r.nodes} | ${r.seconds.toFixed(2)} | ${ratio} | ${(r.bytes / 1e6).toFixed(1)} | ${r.bytes ? ((100 * r.bytes) / imageBytes / r.nodes).toFixed(1) + '%' : ''} | ${r.requests || ''} | ${r.prefetch ?? ''} |`);
   }
-  const md = lines.join('\n') + '\n';
+  const md = (MOUNT_ARGS.length ? `thinfs nodes mounted with \`${MOUNT_ARGS.join(' ')}\`\n\n` : '') + lines.join('\n') + '\n';
   console.log(md);
   await writeFile(join(OUT, 'coldstart.md'), md);
   await plot(rows);
