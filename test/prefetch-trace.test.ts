@@ -13,6 +13,7 @@ import { objectPath } from '../src/store/layout.js';
 import { Store, WritableStore } from '../src/store/store.js';
 import { encodeImageDirName } from '../src/mount/names.js';
 import { parseTrace } from '../src/format/trace.js';
+import { CatalogReader } from '../src/catalog/reader.js';
 import { INFLIGHT_BYTES } from '../src/mount/prefetch.js';
 import { startHostileServer } from './helpers/hostile-server.js';
 
@@ -25,7 +26,7 @@ const files: Array<{ rel: string; sha: string }> = [];
 const TOUCHED = ['lib/a.so', 'lib/mod/m1.py', 'lib/mod/m3.py', 'lib/mod/text.py', 'bin/tool', 'share/big.dat'];
 const mounts: Mounted[] = [];
 
-interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number; fileChunks: number; inflight: number; queued: number }
+interface PrefetchStats { traces: number; traceErrors: number; fetched: number; hits: number; waste: number; tracesDone: number; traceChunks: number; fileChunks: number; inflight: number; queued: number; fills: number; fillsDone: number; fillChunks: number; fillBytes: number }
 type Stats = Awaited<ReturnType<Mounted['stats']>> & { prefetch: PrefetchStats };
 
 async function mount(name: string, extra: string[] = []): Promise<Mounted> {
@@ -293,6 +294,55 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
       assert.equal(s.layersLoaded, 1);
       assert.equal(s.ops.eio, 0);
       await stop(w);
+    } finally { await srv.close(); }
+  });
+
+  it('--fill-rate fetches the rest of a touched image after its trace, no faster than the rate: then every file reads with no fetch', async () => {
+    const RATE = 512 << 10;
+    const m = await mount('fill', ['--fill-rate', '512K', '--no-file-ahead']);
+    await fsp.readdir(rootfs(m)); // first touch: the trace, then the fill
+    const s = (await waitFor(async () => { const x = await stats(m); return x.prefetch.fillsDone === 1 ? x : undefined; }, 60_000, 50, 'fill done'))!;
+    assert.equal(s.prefetch.tracesDone, 1);
+    assert.ok(s.prefetch.fillChunks > 0 && s.prefetch.fillBytes > 0, JSON.stringify(s.prefetch));
+    // The rate is a cap: the fill's bytes, less the one chunk it may start at once, took at least bytes / rate.
+    const times = (msg: string) => m.stderr().split('\n').map((l) => { try { return JSON.parse(l) as { msg?: string; time?: number }; } catch { return {}; } }).find((o) => o.msg === msg)?.time;
+    const t0 = times('background fill started')!, t1 = times('background fill done')!;
+    const st = await Store.open(store);
+    const man = (await st.getLayer(`sha256:${layerHex}`))!;
+    const catFile = path.join(work, 'fill-catalog.sqlite');
+    await fsp.writeFile(catFile, await st.getObject(man.catalog));
+    const cat = CatalogReader.open(catFile);
+    const biggest = Math.max(...cat.chunkPage([0, -1], 1e6).map((c) => c.size));
+    cat.close();
+    assert.ok(s.prefetch.fillBytes > 1.5 * biggest, `enough filled to see the rate (${s.prefetch.fillBytes} B, chunks up to ${biggest} B)`);
+    assert.ok((t1 - t0) / 1000 >= (s.prefetch.fillBytes - biggest) / RATE, `fill of ${s.prefetch.fillBytes} B took ${t1 - t0} ms at ${RATE} B/s`);
+    // Everything is local now: every file of the layer, read whole, fetches nothing.
+    for (const f of files) assert.equal(sha256(await fsp.readFile(path.join(rootfs(m), f.rel))), f.sha, f.rel);
+    const after = await stats(m);
+    assert.equal(after.cache.fetches, s.cache.fetches, 'no read needed the store');
+    assert.match(await m.metrics(), new RegExp(`thinfs_fill_bytes_total ${s.prefetch.fillBytes}\\b`));
+    await stop(m);
+  });
+
+  it('the fill waits while a reader waits on the store, and goes on after', async () => {
+    // m0.py is not traced: its object is held, so a reader of it waits on the store.
+    const m0 = files.find((f) => f.rel === 'lib/mod/m0.py')!;
+    const held = objectPath(m0.sha);
+    const srv = await startHostileServer(store, 'hold');
+    srv.match = (rel) => rel === held;
+    try {
+      const m = await mountStoreUrl(srv.url, 'fill-wait', ['--fill-rate', '100M', '--no-file-ahead']);
+      const reading = fsp.readFile(path.join(rootfs(m), m0.rel)); // touches the image: trace, then fill
+      await waitFor(async () => (await stats(m)).prefetch.tracesDone === 1 && srv.requests.includes(held) || undefined, 30_000, 20, 'trace replayed, the reader waiting');
+      await new Promise((r) => setTimeout(r, 700));
+      let s = await stats(m);
+      assert.equal(s.prefetch.fills, 1, 'the fill started');
+      assert.equal(s.prefetch.fillChunks, 0, `nothing filled while the reader waits (${JSON.stringify(s.prefetch)})`);
+      srv.release();
+      assert.equal(sha256(await reading), m0.sha);
+      s = (await waitFor(async () => { const x = await stats(m); return x.prefetch.fillsDone === 1 ? x : undefined; }, 30_000, 50, 'fill done'))!;
+      assert.ok(s.prefetch.fillChunks > 0);
+      await stop(m);
     } finally { await srv.close(); }
   });
 

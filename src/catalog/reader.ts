@@ -92,6 +92,10 @@ export class CatalogReader {
             FROM chunks c LEFT JOIN packs p ON p.id = c.pack WHERE c.ino=? ORDER BY c.idx`)
         : this.db.prepare(`SELECT offset, size, hash FROM chunks WHERE ino=? ORDER BY idx`),
       allPacks: this.hasPacks ? this.db.prepare(`SELECT name, bytes, members FROM packs ORDER BY id`) : null,
+      chunkPage: this.hasPacks
+        ? this.db.prepare(`SELECT c.ino AS ino, c.idx AS idx, c.size AS size, c.hash AS hash, p.name AS pack, p.bytes AS packBytes,
+            p.members AS packMembers FROM chunks c LEFT JOIN packs p ON p.id = c.pack WHERE (c.ino, c.idx) > (?, ?) ORDER BY c.ino, c.idx LIMIT ?`)
+        : this.db.prepare(`SELECT ino, idx, size, hash FROM chunks WHERE (ino, idx) > (?, ?) ORDER BY ino, idx LIMIT ?`),
       xattrs: this.db.prepare(`SELECT name, value FROM xattrs WHERE ino=?`),
       hasXattrs: this.db.prepare(`SELECT 1 FROM xattrs WHERE ino=? LIMIT 1`).pluck(),
       links: this.db.prepare(`SELECT parent, name FROM dirents WHERE ino=? AND kind != 2 ORDER BY seq`),
@@ -190,6 +194,16 @@ export class CatalogReader {
     return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }>).map((c) => (c.pack
       ? { offset: c.offset, size: c.size, hash: c.hash.toString('hex'), pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } }
       : { offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+  }
+
+  /**
+   * The layer's chunks in file order (ino, then position: the tar's order), a page at a time after the position given
+   * ([0, -1] first): a caller that awaits between pages never holds the connection busy.
+   */
+  chunkPage(after: [number, number], limit: number): Array<Omit<ChunkRef, 'offset'> & { ino: number; idx: number }> {
+    return (this.st.chunkPage.all(after[0], after[1], limit) as Array<{ ino: number; idx: number; size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }>)
+      .map((c) => ({ ino: c.ino, idx: c.idx, size: c.size, hash: c.hash.toString('hex'),
+        ...(c.pack ? { pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } } : {}) }));
   }
 
   /** Every pack this layer's chunks travel in (none in catalogs written before packs): gc keeps them, fsck checks them. */

@@ -37,6 +37,8 @@ export interface MountOptions {
   prefetchParallel?: number;
   /** Fetch the rest of a multi-chunk file when it is read from offset 0. */
   fileAhead?: boolean;
+  /** Background fill of a touched image's other chunks, decoded bytes per second (0 or absent: off). */
+  fillRate?: number;
   maxRead: number;
   readaheadKb: number | null;
   localReadahead: number;
@@ -181,12 +183,15 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   const cache = await NodeCache.open({ dir: o.cacheDir, quota: o.cacheQuota, memBytes: o.memCache, store, log });
   const ns = new Namespace(store, cache, log);
   const fs = new ThinFs(ns, cache, log, { statsFile: o.statsFile, mountedAt: startedAt, localReadahead: o.localReadahead });
-  const prefetcher = new Prefetcher(cache, log, { parallel: o.prefetchParallel ?? 32, fileAhead: o.fileAhead ?? true, record: !!o.record });
+  const prefetcher = new Prefetcher(cache, log, { parallel: o.prefetchParallel ?? 32, fileAhead: o.fileAhead ?? true, record: !!o.record, fillRate: o.fillRate ?? 0 });
   fs.prefetcher = prefetcher;
   prefetcher.onLanded = (hash) => fs.prefetchLanded(hash);
   // Not awaited: the process touching the image goes on while the traced chunks arrive.
   // A traced image's catalogs are fetched at its first touch, alongside its trace, and ahead of the trace's chunks.
-  ns.onImage = (img) => void prefetcher.replay(img.desc, () => ns.imageLayers(img));
+  // With --fill-rate, the rest of the image follows its trace, in the background.
+  ns.onImage = (img) => void prefetcher.replay(img.desc, () => ns.imageLayers(img))
+    .then(() => prefetcher.fill(img.desc.name, () => ns.imageLayers(img)))
+    .catch((e: unknown) => log.warn({ err: e, image: img.desc.name }, 'prefetch of an image failed'));
   // podman over layers/ (its generated image store) never touches images/: the lookup of a traced image's top layer
   // starts the same replay, through the same Image (so images/ and layers/ together still replay it once).
   const trigger = new LayerTrigger(store, log, (name, accept) => ns.image(name, accept));
@@ -343,6 +348,7 @@ function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, 
       if (stopping) return;
       stopping = true;
       log.info({ why }, 'shutting down');
+      v.prefetcher.stop();
       if (refresh) clearInterval(refresh);
       let code: number = EXIT.OK;
       if (needUnmount) {

@@ -1,12 +1,15 @@
 // Fetching ahead of the process: replay of an image's recorded trace (the chunks a start-up read first, in that order),
-// the rest of a file read from its start, and the recorder that writes such traces (`thinfs mount --record`).
+// the rest of a file read from its start, the recorder that writes such traces (`thinfs mount --record`), and the
+// background fill of a touched image's other chunks at a capped rate (`--fill-rate`).
 // Every speculative fetch goes through one bounded queue; foreground reads never queue here, and while one waits on the
-// store the queue runs at half width, so prefetch cannot take the link from the process it is meant to help.
+// store the queue runs at half width, so prefetch cannot take the link from the process it is meant to help. The fill
+// is lower still: one fetch at a time, only while nothing else (reader, trace, file-ahead) waits.
 import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinImage } from '../format/descriptor.js';
 import { encodeTrace, parseTrace, parseTraceRef, type TraceChunk } from '../format/trace.js';
 import type { Logger } from '../util/log.js';
 import { LRUCache } from 'lru-cache';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface PrefetchCounters {
   /** Images whose trace was replayed / whose trace was ignored (missing, corrupt, malformed). */
@@ -21,7 +24,19 @@ export interface PrefetchCounters {
   queued: number; inflight: number;
   /** Traces whose every chunk has been handled. */
   tracesDone: number;
+  /** Background fills started / finished (every chunk of the image local, or stopped by the cache quota). */
+  fills: number; fillsDone: number;
+  /** Chunks (and their decoded bytes) the fills brought. */
+  fillChunks: number; fillBytes: number;
 }
+
+/** What a fill walks: the image's layers' catalogs (top layer first). */
+export interface FillLayer { catalog: { chunkPage(after: [number, number], limit: number): Array<{ ino: number; idx: number; size: number; hash: string; pack?: { name: string; bytes: number; members: number } }> } | null }
+
+/** Chunks read from a catalog at once by a fill. */
+const FILL_PAGE = 512;
+/** A fill stops before the cache holds more than this share of its quota: it must not evict what was read. */
+const FILL_QUOTA_SHARE = 0.8;
 
 interface Job { hash: string; size: number }
 
@@ -33,10 +48,12 @@ export interface PrefetchOptions {
   parallel: number;
   /** Fetch the rest of a multi-chunk file when it is read from offset 0. */
   fileAhead: boolean;
+  /** Background fill of a touched image's other chunks, decoded bytes per second (0: off). */
+  fillRate?: number;
 }
 
 export class Prefetcher {
-  readonly counters: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0 };
+  readonly counters: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0, fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0 };
   /** File-ahead jobs go before trace jobs: a file being read now is surer than a recorded guess. */
   private readonly fileQ: Job[] = [];
   private readonly traceQ: Array<Job & { done?: () => void }> = [];
@@ -49,6 +66,10 @@ export class Prefetcher {
   /** Images whose catalogs are being fetched while their trace replays. */
   private catalogsLoading = 0;
   private readonly replayed = new Set<string>();
+  private readonly filled = new Set<string>();
+  /** When the fill may start its next fetch (its rate's schedule). */
+  private fillNextAt = 0;
+  private stopped = false;
   private readonly recorded: TraceChunk[] | null;
   /**
    * Chunks readers have asked for lately: not prefetched again, and told apart from what prefetch brought. Bounded
@@ -177,6 +198,60 @@ export class Prefetcher {
       this.pump();
     });
   }
+
+  /**
+   * The background fill of an image (with --fill-rate; once per image per mount, after its trace): every chunk of its
+   * layers not local yet, in file order, one fetch at a time at no more than the rate, paused while a reader waits on
+   * the store or other prefetch is queued, and stopped before the cache passes 80% of its quota.
+   */
+  async fill(name: string, layers: () => Promise<FillLayer[]>): Promise<void> {
+    const rate = this.o.fillRate ?? 0;
+    if (rate <= 0 || this.filled.has(name) || this.stopped) return;
+    this.filled.add(name);
+    this.counters.fills++;
+    let ls: FillLayer[];
+    try { ls = [...(await layers())].reverse(); } catch (e) {
+      this.log.warn({ image: name, err: e }, 'background fill not started: the image\'s layers cannot be loaded');
+      return;
+    }
+    this.log.info({ image: name, rate }, 'background fill started');
+    const seen = new Set<string>();
+    let stop: string | null = null;
+    for (const l of ls) {
+      if (!l.catalog) continue;
+      let after: [number, number] = [0, -1];
+      for (let page = l.catalog.chunkPage(after, FILL_PAGE); page.length && !stop; page = l.catalog.chunkPage(after, FILL_PAGE)) {
+        after = [page[page.length - 1]!.ino, page[page.length - 1]!.idx];
+        for (const c of page) {
+          if (seen.has(c.hash) || this.cache.isLocal(c.hash)) continue;
+          seen.add(c.hash);
+          // Lowest priority: a reader waiting on the store, or any other speculative fetch, goes first.
+          while (!this.stopped && (this.fgWaiting > 0 || this.counters.inflight > 0 || this.fileQ.length || this.traceQ.length)) await sleep(50);
+          if (this.stopped) { stop = 'unmounting'; break; }
+          if (this.cache.usedBytes + c.size > this.cache.quota * FILL_QUOTA_SHARE) { stop = 'cache quota'; break; }
+          const wait = this.fillNextAt - Date.now();
+          if (wait > 0) await sleep(wait);
+          this.fillNextAt = Math.max(this.fillNextAt, Date.now()) + (c.size * 1000) / rate;
+          if (this.cache.isLocal(c.hash)) continue; // a pack sibling, or a reader, brought it meanwhile
+          try {
+            await this.cache.prefetch(c.hash, c.size, c.pack);
+            this.counters.fillChunks++;
+            this.counters.fillBytes += c.size;
+            this.onLanded?.(c.hash);
+          } catch (e) {
+            this.counters.errors++;
+            this.log.warn({ object: c.hash, err: e }, 'background fill: a chunk failed');
+          }
+        }
+      }
+      if (stop) break;
+    }
+    this.counters.fillsDone++;
+    this.log.info({ image: name, chunks: this.counters.fillChunks, bytes: this.counters.fillBytes, stoppedBy: stop }, stop ? 'background fill stopped' : 'background fill done');
+  }
+
+  /** The mount is going away: no fill starts another fetch. */
+  stop(): void { this.stopped = true; }
 
   /** The recorded trace (first-read order), encoded; null when not recording. */
   traceBytes(): Buffer | null { return this.recorded ? encodeTrace(this.recorded) : null; }

@@ -19,7 +19,7 @@ export interface MountStats {
   prefetch: PrefetchCounters & LayerTriggerCounters;
 }
 
-const EMPTY_PREFETCH: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0 };
+const EMPTY_PREFETCH: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0, fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0 };
 const EMPTY_TRIGGER: LayerTriggerCounters = { layerTriggers: 0, layerLowerSkips: 0, layerIndexBuilds: 0, layerIndexPublished: 0, layerTriggersRefused: 0 };
 
 /** One snapshot feeds the stats file, the /stats endpoint and the Prometheus collectors. */
@@ -97,6 +97,9 @@ export class StatsReporter {
     counter('thinfs_prefetch_layer_triggers_refused_total', 'Top-layer touches whose image\'s descriptor did not confirm the index (stale or forged): nothing replayed', (s) => s.prefetch.layerTriggersRefused);
     counter('thinfs_prefetch_layer_index_builds_total', 'Indexes of the store\'s images by top layer built', (s) => s.prefetch.layerIndexBuilds);
     counter('thinfs_prefetch_layer_index_published_total', 'Of those, built from the store\'s published image index (one object, not every descriptor)', (s) => s.prefetch.layerIndexPublished);
+    counter('thinfs_fill_chunks_total', 'Chunks the background fill (--fill-rate) brought from the store', (s) => s.prefetch.fillChunks);
+    counter('thinfs_fill_bytes_total', 'Decoded bytes of the chunks the background fill brought', (s) => s.prefetch.fillBytes);
+    counter('thinfs_fills_total', 'Background fills of images started', (s) => s.prefetch.fills);
     counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
     gauge('thinfs_prefetch_waste_chunks', 'Prefetched chunks no reader has asked for (yet)', (s) => s.prefetch.waste);
     gauge('thinfs_fuse_listings_kept', 'Directory listings the transport keeps (for READDIR ahead and LOOKUP)', (s) => s.ops.listingsKept);

@@ -15,7 +15,7 @@ interface MountCli extends HttpCli {
   cacheDir?: string; cacheQuota: string; memCache: string; statsFile?: string; metricsPort?: string;
   readyFile?: string; podmanStore?: string; prefetch?: string; maxRead: string; readahead: string; localReadahead: string; passthrough: boolean; nativeReads: boolean; listingCache: string; allowOther: boolean;
   allowSuid?: boolean; allowDev?: boolean; debug?: boolean;
-  record?: string; prefetchParallel: string; fileAhead: boolean;
+  record?: string; prefetchParallel: string; fileAhead: boolean; fillRate?: string;
 }
 
 function refreshMs(s: string): number {
@@ -55,6 +55,7 @@ export function registerMountCommands(program: Command): void {
     .option('--record <file>', 'record the chunks read, in first-read order, as a prefetch trace written to <file> at unmount (and on SIGUSR2); attach it with `thinfs trace attach`')
     .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start; also at most 8 MiB of chunks)', '32')
     .option('--no-file-ahead', 'do not fetch the rest of a file read from its start ahead of the reader')
+    .option('--fill-rate <size>', 'after an image\'s first touch (and its trace), fetch the rest of its chunks in the background at most this many decoded bytes per second, K/M/G suffixes (paused while reads wait; stops at 80% of the cache quota; default off)')
     .option('--max-read <size>', 'largest read request asked of the kernel', '1M')
     .option('--readahead <size>', 'kernel readahead for this mount (0 = leave the kernel default)', '1M')
     .option('--local-readahead <chunks>', 'for sequential readers, chunks loaded ahead from the cache dir into memory (never from the store)', '8')
@@ -112,6 +113,7 @@ Examples:
         record: o.record ? resolve(o.record) : null,
         prefetchParallel: Math.max(1, parseCount(o.prefetchParallel, '--prefetch-parallel')),
         fileAhead: o.fileAhead,
+        fillRate: o.fillRate ? parseSize(o.fillRate, '--fill-rate') : 0,
         maxRead: parseSize(o.maxRead, '--max-read'),
         readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
