@@ -59,7 +59,7 @@ afterdrop() {
 jsreqs() {
   local port; port=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).metricsPort)' "$work/ready")
   curl -s "localhost:$port/stats" | node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>{const o=JSON.parse(s).ops,r=o.requests;
-    console.log(Object.entries(r).filter(([,v])=>v.n>0).map(([k,v])=>`${k} ${v.n} (${(v.totalSec*1000).toFixed(0)} ms)`).join(", ")+`; by the transport: lookups ${o.lookupsByTransport}, xattrs ${o.xattrsByTransport}, opens ${o.opensNative}`)})'
+    console.log(Object.entries(r).filter(([,v])=>v.n>0).map(([k,v])=>`${k} ${v.n} (${(v.totalSec*1000).toFixed(0)} ms)`).join(", ")+`; by the transport: lookups ${o.lookupsByTransport}, xattrs ${o.xattrsByTransport}, opens ${o.opensByTransport ?? o.opensNative}`)})'
 }
 
 for v in "$@"; do mountb "$v"; thin >/dev/null; umountb; done  # each variant's warm cache
