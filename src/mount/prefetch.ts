@@ -26,7 +26,7 @@ export interface PrefetchCounters {
   tracesDone: number;
   /** Background fills started / finished (every chunk of the image local, or stopped by the cache quota). */
   fills: number; fillsDone: number;
-  /** Chunks (and their decoded bytes) the fills brought. */
+  /** Fetches the fills made, and the bytes charged to their rate (a chunk's decoded size; a pack's size for a packed one). */
   fillChunks: number; fillBytes: number;
 }
 
@@ -229,14 +229,16 @@ export class Prefetcher {
           while (!this.stopped && (this.fgWaiting > 0 || this.counters.inflight > 0 || this.fileQ.length || this.traceQ.length)) await sleep(50);
           if (this.stopped) { stop = 'unmounting'; break; }
           if (this.cache.usedBytes + c.size > this.cache.quota * FILL_QUOTA_SHARE) { stop = 'cache quota'; break; }
+          // A packed chunk comes with its whole pack (its siblings are then local and skipped): the pack is charged.
+          const charge = Math.max(c.size, c.pack?.bytes ?? 0);
           const wait = this.fillNextAt - Date.now();
           if (wait > 0) await sleep(wait);
-          this.fillNextAt = Math.max(this.fillNextAt, Date.now()) + (c.size * 1000) / rate;
-          if (this.cache.isLocal(c.hash)) continue; // a pack sibling, or a reader, brought it meanwhile
+          this.fillNextAt = Math.max(this.fillNextAt, Date.now()) + (charge * 1000) / rate;
+          if (this.cache.isLocal(c.hash)) continue; // a reader brought it meanwhile
           try {
             await this.cache.prefetch(c.hash, c.size, c.pack);
             this.counters.fillChunks++;
-            this.counters.fillBytes += c.size;
+            this.counters.fillBytes += charge;
             this.onLanded?.(c.hash);
           } catch (e) {
             this.counters.errors++;
