@@ -98,7 +98,7 @@ export class StatsReporter {
     counter('thinfs_prefetch_layer_index_builds_total', 'Indexes of the store\'s images by top layer built', (s) => s.prefetch.layerIndexBuilds);
     counter('thinfs_prefetch_layer_index_published_total', 'Of those, built from the store\'s published image index (one object, not every descriptor)', (s) => s.prefetch.layerIndexPublished);
     counter('thinfs_fill_chunks_total', 'Chunks the background fill (--fill-rate) brought from the store', (s) => s.prefetch.fillChunks);
-    counter('thinfs_fill_bytes_total', 'Decoded bytes of the chunks the background fill brought', (s) => s.prefetch.fillBytes);
+    counter('thinfs_fill_bytes_total', 'Bytes the background fill brought, as charged to --fill-rate (decoded chunk size; a pack whole)', (s) => s.prefetch.fillBytes);
     counter('thinfs_fills_total', 'Background fills of images started', (s) => s.prefetch.fills);
     counter('thinfs_prefetch_trace_errors_total', 'Prefetch traces ignored (missing, corrupt or malformed)', (s) => s.prefetch.traceErrors);
     gauge('thinfs_prefetch_waste_chunks', 'Prefetched chunks no reader has asked for (yet)', (s) => s.prefetch.waste);
