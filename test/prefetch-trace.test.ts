@@ -324,6 +324,18 @@ describe('trace-driven prefetch', { timeout: 300_000 }, () => {
     await stop(m);
   });
 
+  it('the fill stops before the cache passes 80% of its quota: what was read stays', async () => {
+    // The traced chunks (~11 MB) fit; the rest of the layer (~2.7 MB) would pass 80% of 14 MiB.
+    const m = await mount('fill-quota', ['--fill-rate', '100M', '--no-file-ahead', '--cache-quota', '14M']);
+    await fsp.readdir(rootfs(m));
+    const s = (await waitFor(async () => { const x = await stats(m); return x.prefetch.fillsDone === 1 ? x : undefined; }, 60_000, 50, 'fill ended'))!;
+    assert.match(m.stderr(), /background fill stopped/);
+    assert.ok(s.cache.usedBytes <= 0.8 * 14 * (1 << 20), `cache within 80% of its quota (${s.cache.usedBytes})`);
+    assert.equal(s.cache.evictions, 0, 'nothing was evicted for the fill: every traced chunk is still local');
+    assert.equal(s.prefetch.fetched, s.prefetch.traceChunks, 'the trace was replayed whole first');
+    await stop(m);
+  });
+
   it('the fill waits while a reader waits on the store, and goes on after', async () => {
     // m0.py is not traced: its object is held, so a reader of it waits on the store.
     const m0 = files.find((f) => f.rel === 'lib/mod/m0.py')!;
