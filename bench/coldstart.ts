@@ -10,6 +10,8 @@
 // layers/<hex>/, what a cluster node does). "+ trace": the workload's recorded trace (thinfs mount --record under the
 // same path, thinfs trace attach) replayed ahead of the process on nodes with empty caches (native: started by the
 // lookup of the image's top layer); the prefetch column is the daemons' stats after the start (summed over nodes).
+// A row's time ends when its containers exit; its bytes and requests are counted once the nodes' speculative fetches
+// (file-ahead, trace) are done, so what a start set in motion is counted even if it was still on the wire at the exit.
 // Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
 //
 // Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8"), BENCH_WORKLOADS
@@ -129,6 +131,20 @@ export class NativeNode {
   }
 }
 
+/**
+ * Waits (up to 30 s) until the nodes have no speculative fetch queued or in flight (the rest of files read from their
+ * start, a trace): a row's time ends when the container exits, its bytes and requests once what the start set in
+ * motion has arrived, so a fetch still on the wire at the exit is not left out.
+ */
+async function idle(ms: Mounted[]): Promise<void> {
+  for (const m of ms) {
+    await waitFor(async () => {
+      const p = ((await m.stats()) as unknown as { prefetch: { inflight: number; queued: number } }).prefetch;
+      return p.inflight === 0 && p.queued === 0 || undefined;
+    }, 30_000, 50, 'prefetch idle').catch(() => undefined);
+  }
+}
+
 interface PrefetchStats { traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number }
 
 /** When the replay of the first node was asked for, started and done (its daemon's log), in s after t0 (epoch ms). */
@@ -195,6 +211,12 @@ export async function main(): Promise<void> {
           // podman pull + run, n nodes at once, each with its own empty store.
           const pods = Array.from({ length: n }, (_, i) => new Podman(join(work, `p${rtt}${wname[0]}${n}-${i}`)));
           let b0 = regProxy.stats().bytesDown; let q0 = regRequests(); let t0 = now();
+          // A thinfs row: its time now (the container exited), its bytes and requests once the nodes are idle.
+          const ended = async (path: string, nodes: number, ms: Mounted[]): Promise<Row> => {
+            const seconds = now() - t0;
+            await idle(ms);
+            return { rtt, workload: wname, path, nodes, seconds, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx!.requests()) - q0 };
+          };
           if (PATHS.has('podman')) {
             await Promise.all(pods.map((p) => p.pullRun(regRef, cmd)));
             rows.push({ rtt, workload: wname, path: 'podman pull + run', nodes: n, seconds: now() - t0, bytes: regProxy.stats().bytesDown - b0, requests: regRequests() - q0 });
@@ -220,7 +242,7 @@ export async function main(): Promise<void> {
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             await Promise.all(ms.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
-            rows.push({ rtt, workload: wname, path: 'thinfs rootfs cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            rows.push(await ended('thinfs rootfs cold', n, ms));
             if (n === 1) {
               // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
               const m0 = ms[0]!;
@@ -231,7 +253,7 @@ export async function main(): Promise<void> {
               await dropCaches();
               b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
               await pods[0]!.rootfsRun(rootfs(again), cmd);
-              rows.push({ rtt, workload: wname, path: 'thinfs rootfs warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+              rows.push(await ended('thinfs rootfs warm', 1, [again]));
               t0 = now(); await pods[0]!.rootfsRun(rootfs(again), cmd);
               rows.push({ rtt, workload: wname, path: 'thinfs rootfs hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
               console.log(`rootfs warm + hot: requests reaching the daemon's JS thread: ${jsRequests(await again.stats())}`);
@@ -259,7 +281,7 @@ export async function main(): Promise<void> {
             const t0Ms = Date.now();
             await Promise.all(ts.map((m, i) => pods[i]!.rootfsRun(rootfs(m), cmd)));
             console.log(`rootfs cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(ts[0]!, t0Ms)}; JS thread: ${jsRequests(await ts[0]!.stats())}`);
-            const row: Row = { rtt, workload: wname, path: 'thinfs rootfs cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
+            const row: Row = await ended('thinfs rootfs cold + trace', n, ts);
             row.prefetch = await prefetchOf(ts, parseTrace(await readFile(traceFile)).chunks.length);
             rows.push(row);
             for (const m of ts) await m.stop();
@@ -284,7 +306,7 @@ export async function main(): Promise<void> {
             const { nodes, nm } = await nativeNodes('n');
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
-            rows.push({ rtt, workload: wname, path: 'thinfs native cold', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+            rows.push(await ended('thinfs native cold', n, nm));
             if (n === 1) {
               // warm: daemon restarted on its filled cache, page cache dropped; hot: once more.
               console.log(`native cold: ${await settle(nm[0]!)} whole-file copies built after the start`);
@@ -294,7 +316,7 @@ export async function main(): Promise<void> {
               await dropCaches();
               b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
               await nodes[0]!.pod.run(thinRef, cmd);
-              rows.push({ rtt, workload: wname, path: 'thinfs native warm', nodes: 1, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 });
+              rows.push(await ended('thinfs native warm', 1, [again]));
               t0 = now(); await nodes[0]!.pod.run(thinRef, cmd);
               rows.push({ rtt, workload: wname, path: 'thinfs native hot', nodes: 1, seconds: now() - t0, bytes: 0, requests: 0 });
               console.log(`native warm + hot: requests reaching the daemon's JS thread: ${jsRequests(await again.stats())}`);
@@ -320,7 +342,7 @@ export async function main(): Promise<void> {
             const t0Ms = Date.now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
             console.log(`native cold + trace (${wname}, ${rtt} ms, ${n} node(s)): start took ${(now() - t0).toFixed(2)} s; node 1: ${replayTimeline(nm[0]!, t0Ms)}; JS thread: ${jsRequests(await nm[0]!.stats())}`);
-            const row: Row = { rtt, workload: wname, path: 'thinfs native cold + trace', nodes: n, seconds: now() - t0, bytes: storeProxy.stats().bytesDown - b0, requests: (await nginx.requests()) - q0 };
+            const row: Row = await ended('thinfs native cold + trace', n, nm);
             row.prefetch = await prefetchOf(nm, traced);
             rows.push(row);
             for (const m of nm) await m.stop();
