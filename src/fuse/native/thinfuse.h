@@ -62,7 +62,8 @@ typedef struct open_entry {
 // Files handed over by JS before the kernel opens them (the one-chunk files of a directory being listed: a reader opens
 // them next): the cached chunk holding the file's bytes and its SHA-256. The reader thread answers the first OPEN of
 // such a node itself, after hashing the chunk (fileread.c): with passthrough, by handing the chunk file to the kernel as
-// the node's backing file; without, by answering its READs itself. JS hears of it after the reply (EV_OPENED). A handed-over file is used once; beyond FAHEAD_MAX entries, new ones are ignored.
+// the node's backing file; without, by answering its READs itself. JS hears of it after the reply (EV_OPENED). A
+// handed-over file is used once; beyond FAHEAD_MAX entries, new ones are ignored.
 #define FAHEAD_BUCKETS 16384
 #define FAHEAD_MAX 65536
 // Only files up to this size are hashed on the reader thread (bigger ones go to JS, which hashes on the threadpool).
