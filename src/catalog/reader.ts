@@ -21,6 +21,14 @@ export interface Dirent { name: Buffer; ino: number; kind: DirentKind; type: Ent
 export type FullDirent = Inode & { name: Buffer; kind: DirentKind; subdirs: number; hasInline: number };
 /** `pack`: the chunk also travels in this pack (src/store/pack.ts; catalogs written before packs have none). */
 export interface ChunkRef { offset: number; size: number; hash: string; pack?: { name: string; bytes: number; members: number } }
+
+/** A chunk-table row as the statements select it (the pack's columns only in catalogs with packs). */
+interface ChunkRow { size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }
+
+function chunkOf(c: ChunkRow): Omit<ChunkRef, 'offset'> {
+  const hash = c.hash.toString('hex');
+  return c.pack ? { size: c.size, hash, pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } } : { size: c.size, hash };
+}
 export interface WalkEntry { seq: number; path: Buffer; parent: number; kind: DirentKind; inode: Inode }
 
 /**
@@ -191,9 +199,7 @@ export class CatalogReader {
   }
 
   chunks(ino: number): ChunkRef[] {
-    return (this.st.chunks.all(ino) as Array<{ offset: number; size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }>).map((c) => (c.pack
-      ? { offset: c.offset, size: c.size, hash: c.hash.toString('hex'), pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } }
-      : { offset: c.offset, size: c.size, hash: c.hash.toString('hex') }));
+    return (this.st.chunks.all(ino) as Array<ChunkRow & { offset: number }>).map((c) => ({ offset: c.offset, ...chunkOf(c) }));
   }
 
   /**
@@ -201,9 +207,7 @@ export class CatalogReader {
    * ([0, -1] first): a caller that awaits between pages never holds the connection busy.
    */
   chunkPage(after: [number, number], limit: number): Array<Omit<ChunkRef, 'offset'> & { ino: number; idx: number }> {
-    return (this.st.chunkPage.all(after[0], after[1], limit) as Array<{ ino: number; idx: number; size: number; hash: Buffer; pack?: Buffer | null; packBytes?: number; packMembers?: number }>)
-      .map((c) => ({ ino: c.ino, idx: c.idx, size: c.size, hash: c.hash.toString('hex'),
-        ...(c.pack ? { pack: { name: c.pack.toString('hex'), bytes: c.packBytes!, members: c.packMembers! } } : {}) }));
+    return (this.st.chunkPage.all(after[0], after[1], limit) as Array<ChunkRow & { ino: number; idx: number }>).map((c) => ({ ino: c.ino, idx: c.idx, ...chunkOf(c) }));
   }
 
   /** Every pack this layer's chunks travel in (none in catalogs written before packs): gc keeps them, fsck checks them. */

@@ -278,7 +278,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
   // The one-chunk files of directories being read are handed to the transport ahead of their open (with passthrough it
   // gives the kernel their chunk files; without, it answers their reads too).
-  if (o.nativeReads !== false && (fs.nativeReads || fs.passthrough)) {
+  if (o.nativeReads !== false) {
     fs.handFile = (id, p, size, sha) => k.fileAhead(session, id, p, size, sha);
     fs.handBytes = (id, bytes) => k.fileBytesAhead(session, id, bytes);
   }

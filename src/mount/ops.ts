@@ -665,8 +665,9 @@ export class ThinFs {
    * catalog), handed to the transport once a file of that directory was opened here: a reader that opens one file of
    * a directory opens its neighbours next (a copy, a scan, an import). Their first open is then answered there (the
    * chunk hashed on the transport's thread, up to 1 MiB; with passthrough the kernel is given the chunk file, without
-   * it the transport answers the READs too): one trip to this thread per directory, not per file. Not at listing time: a metadata scan (find, ls -R) would pay the chunk-table
-   * queries (synchronous, and from disk on a cold catalog) and open nothing. Once per directory. In an image view
+   * it the transport answers the READs too): one trip to this thread per directory, not per file. Not at listing
+   * time: a metadata scan (find, ls -R) would pay the chunk-table queries (synchronous, and from disk on a cold
+   * catalog) and open nothing. Once per directory. In an image view
    * (img), the layer directory's files under the view's ids: a name an upper layer hides is never looked up under its
    * id, so handing it over costs only its slot.
    */

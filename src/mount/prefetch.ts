@@ -52,8 +52,13 @@ export interface PrefetchOptions {
   fillRate?: number;
 }
 
+/** Counters before anything was prefetched (also what stats report for a mount without a Prefetcher). */
+export function emptyPrefetchCounters(): PrefetchCounters {
+  return { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0, fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0 };
+}
+
 export class Prefetcher {
-  readonly counters: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0, fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0 };
+  readonly counters: PrefetchCounters = emptyPrefetchCounters();
   /** File-ahead jobs go before trace jobs: a file being read now is surer than a recorded guess. */
   private readonly fileQ: Job[] = [];
   private readonly traceQ: Array<Job & { done?: () => void }> = [];

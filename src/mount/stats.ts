@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeCache } from '../cache/node-cache.js';
 import type { ThinFs } from './ops.js';
-import type { Prefetcher, PrefetchCounters } from './prefetch.js';
+import { emptyPrefetchCounters, type Prefetcher, type PrefetchCounters } from './prefetch.js';
 import type { LayerTrigger, LayerTriggerCounters } from './layer-trigger.js';
 import type { Logger } from '../util/log.js';
 
@@ -19,7 +19,7 @@ export interface MountStats {
   prefetch: PrefetchCounters & LayerTriggerCounters;
 }
 
-const EMPTY_PREFETCH: PrefetchCounters = { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0, fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0 };
+const EMPTY_PREFETCH: PrefetchCounters = emptyPrefetchCounters();
 const EMPTY_TRIGGER: LayerTriggerCounters = { layerTriggers: 0, layerLowerSkips: 0, layerIndexBuilds: 0, layerIndexPublished: 0, layerTriggersRefused: 0 };
 
 /** One snapshot feeds the stats file, the /stats endpoint and the Prometheus collectors. */
