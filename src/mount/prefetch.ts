@@ -222,6 +222,7 @@ export class Prefetcher {
     this.log.info({ image: name, rate }, 'background fill started');
     const seen = new Set<string>();
     let stop: string | null = null;
+    let chunks = 0, bytes = 0;
     for (const l of ls) {
       if (!l.catalog) continue;
       let after: [number, number] = [0, -1];
@@ -233,9 +234,10 @@ export class Prefetcher {
           // Lowest priority: a reader waiting on the store, or any other speculative fetch, goes first.
           while (!this.stopped && (this.fgWaiting > 0 || this.counters.inflight > 0 || this.fileQ.length || this.traceQ.length)) await sleep(50);
           if (this.stopped) { stop = 'unmounting'; break; }
-          if (this.cache.usedBytes + c.size > this.cache.quota * FILL_QUOTA_SHARE) { stop = 'cache quota'; break; }
-          // A packed chunk comes with its whole pack (its siblings are then local and skipped): the pack is charged.
+          // A packed chunk comes with its whole pack (its siblings are then local and skipped): the pack is charged, to
+          // the rate and to the quota share.
           const charge = Math.max(c.size, c.pack?.bytes ?? 0);
+          if (this.cache.usedBytes + charge > this.cache.quota * FILL_QUOTA_SHARE) { stop = 'cache quota'; break; }
           const wait = this.fillNextAt - Date.now();
           if (wait > 0) await sleep(wait);
           this.fillNextAt = Math.max(this.fillNextAt, Date.now()) + (charge * 1000) / rate;
@@ -244,6 +246,8 @@ export class Prefetcher {
             await this.cache.prefetch(c.hash, c.size, c.pack);
             this.counters.fillChunks++;
             this.counters.fillBytes += charge;
+            chunks++;
+            bytes += charge;
             this.onLanded?.(c.hash);
           } catch (e) {
             this.counters.errors++;
@@ -254,7 +258,7 @@ export class Prefetcher {
       if (stop) break;
     }
     this.counters.fillsDone++;
-    this.log.info({ image: name, chunks: this.counters.fillChunks, bytes: this.counters.fillBytes, stoppedBy: stop }, stop ? 'background fill stopped' : 'background fill done');
+    this.log.info({ image: name, chunks, bytes, stoppedBy: stop }, stop ? 'background fill stopped' : 'background fill done');
   }
 
   /** The mount is going away: no fill starts another fetch. */
