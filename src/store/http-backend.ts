@@ -125,17 +125,21 @@ export class HttpBackend implements Backend {
     const path = encodeStorePath(rel);
     const max = opts.maxBytes ?? this.o.maxUnknownBytes;
     try {
-      return await withRetry(async ({ signal }) => {
+      return await withRetry(async ({ signal, deadline }) => {
         let notFound = 0;
         let tried = 0;
         let lastErr: unknown = null;
         let integrity: unknown = null;
-        for (const host of HttpBackend.order(this.hosts)) {
-          for (const proxy of HttpBackend.order(this.proxies)) {
+        const hosts = HttpBackend.order(this.hosts);
+        const proxies = HttpBackend.order(this.proxies);
+        for (const [hi, host] of hosts.entries()) {
+          for (const [pi, proxy] of proxies.entries()) {
             if (signal.aborted) throw signal.reason;
             if (tried++ > 0) this.counters.failovers++;
+            // Another mirror or proxy is left to ask in this round: a transfer too slow to finish in time is cut for it.
+            const next = hi < hosts.length - 1 || pi < proxies.length - 1 ? deadline : null;
             try {
-              const r = await this.once(host.url, proxy, path, rel, max, etag, signal);
+              const r = await this.once(host.url, proxy, path, rel, max, etag, signal, next);
               if (r.data && opts.verify) await opts.verify(r.data);
               host.failures = 0; host.avoidUntil = 0;
               if (proxy) { proxy.failures = 0; proxy.avoidUntil = 0; }
@@ -170,8 +174,13 @@ export class HttpBackend implements Backend {
     }
   }
 
-  /** One request to one host (through one proxy or none), its body bounded in size and speed. */
-  private async once(base: string, proxy: Peer | null, path: string, rel: string, max: number, etag: string | null, signal: AbortSignal): Promise<ConditionalResult> {
+  /**
+   * One request to one host (through one proxy or none), its body bounded in size and speed. `deadline` (epoch ms) is
+   * set when another mirror or proxy could still be asked: a body that, at its speed so far, would not be complete by
+   * then is cut (a slow loris above the low-speed limit must not spend the whole read's time on one mirror).
+   */
+  private async once(base: string, proxy: Peer | null, path: string, rel: string, max: number, etag: string | null, signal: AbortSignal,
+    deadline: number | null = null): Promise<ConditionalResult> {
     const { direct, viaProxy, request } = await this.http();
     const url = `${base}/${path}`;
     const headers: Record<string, string> = {};
@@ -207,7 +216,7 @@ export class HttpBackend implements Backend {
       body.destroy();
       throw new IntegrityError(rel, `GET ${url}: Content-Length ${lenHeader} is more than the ${max} bytes expected: refused`);
     }
-    const data = await readBounded(body, max, declared, this.o.lowSpeedBytes, this.o.lowSpeedMs, url, rel);
+    const data = await readBounded(body, max, declared, this.o.lowSpeedBytes, this.o.lowSpeedMs, url, rel, deadline);
     const tag = res.headers.etag;
     return { data, etag: (Array.isArray(tag) ? tag[0] : tag) ?? null, notModified: false };
   }
@@ -238,15 +247,26 @@ export class HttpBackend implements Backend {
 
 /**
  * A response body read into one buffer, never more than `max` bytes (a longer body is cut at max + 1 and
- * refused), and abandoned when fewer than lowSpeedBytes arrive in any lowSpeedMs window (curl's low-speed limit).
+ * refused), and abandoned when fewer than lowSpeedBytes arrive in any lowSpeedMs window (curl's low-speed limit),
+ * or, with a `deadline`, when at its average speed so far the rest of it (Content-Length, else `max`) would arrive
+ * after that deadline.
  */
-async function readBounded(body: Readable, max: number, declared: number | null, lowSpeedBytes: number, lowSpeedMs: number, url: string, rel: string): Promise<Buffer> {
+async function readBounded(body: Readable, max: number, declared: number | null, lowSpeedBytes: number, lowSpeedMs: number, url: string, rel: string,
+  deadline: number | null = null): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
   let windowBytes = 0;
-  let slow = false;
+  let slow: string | null = null;
+  const start = Date.now();
   const timer = setInterval(() => {
-    if (windowBytes < lowSpeedBytes) { slow = true; body.destroy(new TransientError(`GET ${url}: slower than ${lowSpeedBytes} bytes per ${lowSpeedMs} ms: cut`)); }
+    const now = Date.now();
+    if (windowBytes < lowSpeedBytes) slow = `slower than ${lowSpeedBytes} bytes per ${lowSpeedMs} ms: cut`;
+    else if (deadline !== null) {
+      const rate = n / Math.max(1, now - start); // bytes per ms
+      const left = Math.max(0, (declared ?? max) - n);
+      if (now + left / rate > deadline) slow = `${Math.round(rate * 1000)} bytes/s: ${left} more bytes would take past the read's deadline: cut for the next mirror`;
+    }
+    if (slow) body.destroy(new TransientError(`GET ${url}: ${slow}`));
     windowBytes = 0;
   }, lowSpeedMs);
   try {
@@ -262,7 +282,7 @@ async function readBounded(body: Readable, max: number, declared: number | null,
     }
   } catch (e) {
     if (e instanceof ThinfsError) throw e;
-    if (slow) throw new TransientError(`GET ${url}: slower than ${lowSpeedBytes} bytes per ${lowSpeedMs} ms: cut`);
+    if (slow) throw new TransientError(`GET ${url}: ${slow}`);
     throw new TransientError(`GET ${url}: ${(e as Error).message}`);
   } finally {
     clearInterval(timer);

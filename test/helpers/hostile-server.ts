@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 
 export type HostileMode =
   | 'ok'          // the file as it is
@@ -15,13 +16,21 @@ export type HostileMode =
   | 'oversized'   // 200 with Content-Length 10 GiB, then body bytes as fast as the client takes them
   | 'trickle'     // 200, then one byte every 0.5 s
   | 'swap'        // the bytes of the file `swapWith(path)` names instead
-  | 'hold';       // the file as it is, once release() is called (what a client asks for meanwhile is in `requests`)
+  | 'hold'        // the file as it is, once release() is called (what a client asks for meanwhile is in `requests`)
+  | 'slowloris'   // 200 with the file's Content-Length, then 700 bytes of it a second: above a low-speed limit of 1024 per 2 s
+  | 'stall'       // 200 with the file's Content-Length, half of the file, then nothing more (the socket stays open)
+  | 'gzip'        // the file gzipped, with Content-Encoding: gzip
+  | 'redirect'    // 302 to the same path on `redirectTo` (another host)
+  | 'loop'        // 302 to itself
+  | 'partial';    // 206 with a Content-Range covering the whole file, to a request that asked for no range
 
 export interface HostileServer {
   url: string;
   mode: HostileMode;
   /** Which request paths (decoded, store-relative, no leading '/') misbehave; others are served normally. */
   match: (rel: string) => boolean;
+  /** For 'redirect': the base URL redirected to. */
+  redirectTo: string;
   /** For 'swap': the store-relative path whose bytes answer a request for `rel`. */
   swapWith: (rel: string) => string;
   /** Requests seen (decoded store-relative paths) and those that got the misbehaviour. */
@@ -43,7 +52,7 @@ export async function startHostileServer(root: string, mode: HostileMode = 'ok')
   let sent = 0;
   let held: Array<() => void> = [];
   const self: HostileServer = {
-    url: '', mode, match: () => true, swapWith: (r) => r, requests: [], hostile: [],
+    url: '', mode, match: () => true, redirectTo: '', swapWith: (r) => r, requests: [], hostile: [],
     bytesSent: () => sent,
     release: () => { const h = held; held = []; for (const f of h) f(); },
     close: async () => {
@@ -107,6 +116,27 @@ export async function startHostileServer(root: string, mode: HostileMode = 'ok')
       }
       case 'swap': void serveFile(self.swapWith(rel), res); return;
       case 'hold': held.push(() => void serveFile(rel, res)); return;
+      case 'slowloris': case 'stall': case 'gzip': case 'partial': {
+        const mode = self.mode;
+        void readFile(join(root, rel)).then((body) => {
+          if (mode === 'gzip') { const z = gzipSync(body); res.writeHead(200, { 'content-length': z.length, 'content-encoding': 'gzip' }); res.end(z); return; }
+          if (mode === 'partial') { res.writeHead(206, { 'content-length': body.length, 'content-range': `bytes 0-${body.length - 1}/${body.length}` }); res.end(body); return; }
+          res.writeHead(200, { 'content-length': body.length });
+          if (mode === 'stall') { res.write(body.subarray(0, body.length >> 1)); return; }
+          let at = 0;
+          const t = setInterval(() => {
+            if (res.destroyed || at >= body.length) { clearInterval(t); timers.delete(t); return; }
+            const piece = body.subarray(at, at + 700);
+            at += piece.length;
+            sent += piece.length;
+            res.write(piece);
+          }, 1000);
+          timers.add(t);
+        }, () => res.writeHead(404).end());
+        return;
+      }
+      case 'redirect': res.writeHead(302, { location: `${self.redirectTo}/${rel}` }).end(); return;
+      case 'loop': res.writeHead(302, { location: req.url ?? '/' }).end(); return;
       default: void serveFile(rel, res);
     }
   });
