@@ -60,7 +60,11 @@ function isMutable(rel: string): boolean {
 /** A mirror or proxy with its failure state. */
 interface Peer { url: string; failures: number; avoidUntil: number }
 
-export interface HttpCounters { requests: number; failovers: number; hostFailures: number; proxyFailures: number; notModified: number }
+export interface HttpCounters {
+  requests: number; failovers: number; hostFailures: number; proxyFailures: number; notModified: number;
+  /** Requests asked again with Cache-Control: no-cache after the first answer's bytes were wrong. */
+  noCacheRetries: number;
+}
 
 export interface ConditionalResult { data: Buffer | null; etag: string | null; notModified: boolean }
 
@@ -70,7 +74,7 @@ export class HttpBackend implements Backend {
   private readonly hosts: Peer[];
   private readonly proxies: Array<Peer | null>;
   readonly o: Required<Omit<HttpOptions, 'proxies'>>;
-  readonly counters: HttpCounters = { requests: 0, failovers: 0, hostFailures: 0, proxyFailures: 0, notModified: 0 };
+  readonly counters: HttpCounters = { requests: 0, failovers: 0, hostFailures: 0, proxyFailures: 0, notModified: 0, noCacheRetries: 0 };
 
   constructor(bases: string[], opts: HttpOptions = {}) {
     this.hosts = bases.map((b) => ({ url: b.replace(/\/+$/, ''), failures: 0, avoidUntil: 0 }));
@@ -139,8 +143,18 @@ export class HttpBackend implements Backend {
             // Another mirror or proxy is left to ask in this round: a transfer too slow to finish in time is cut for it.
             const next = hi < hosts.length - 1 || pi < proxies.length - 1 ? deadline : null;
             try {
-              const r = await this.once(host.url, proxy, path, rel, max, etag, signal, next);
-              if (r.data && opts.verify) await opts.verify(r.data);
+              let r: ConditionalResult;
+              try {
+                r = await this.once(host.url, proxy, path, rel, max, etag, signal, next);
+                if (r.data && opts.verify) await opts.verify(r.data);
+              } catch (e) {
+                // Wrong bytes may be a cache's copy (a site proxy, a CDN) rather than the mirror's: asked once more past
+                // any cache (as CernVM-FS does), else every node behind that cache gets them for as long as it keeps them.
+                if (!(e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) || signal.aborted) throw e;
+                this.counters.noCacheRetries++;
+                r = await this.once(host.url, proxy, path, rel, max, etag, signal, next, true);
+                if (r.data && opts.verify) await opts.verify(r.data);
+              }
               host.failures = 0; host.avoidUntil = 0;
               if (proxy) { proxy.failures = 0; proxy.avoidUntil = 0; }
               return r;
@@ -177,15 +191,18 @@ export class HttpBackend implements Backend {
   /**
    * One request to one host (through one proxy or none), its body bounded in size and speed. `deadline` (epoch ms) is
    * set when another mirror or proxy could still be asked: a body that, at its speed so far, would not be complete by
-   * then is cut (a slow loris above the low-speed limit must not spend the whole read's time on one mirror).
+   * then is cut (a slow loris above the low-speed limit must not spend the whole read's time on one mirror). `noCache`:
+   * past any cache on the way (after a cached answer's bytes were wrong).
    */
   private async once(base: string, proxy: Peer | null, path: string, rel: string, max: number, etag: string | null, signal: AbortSignal,
-    deadline: number | null = null): Promise<ConditionalResult> {
+    deadline: number | null = null, noCache = false): Promise<ConditionalResult> {
     const { direct, viaProxy, request } = await this.http();
     const url = `${base}/${path}`;
     const headers: Record<string, string> = {};
-    if (isMutable(rel)) headers['cache-control'] = 'no-cache';
-    if (etag) headers['if-none-match'] = etag;
+    if (isMutable(rel) || noCache) headers['cache-control'] = 'no-cache';
+    // HTTP/1.0 caches know only Pragma; a conditional GET could be answered "unchanged" from the same bad copy.
+    if (noCache) headers.pragma = 'no-cache';
+    else if (etag) headers['if-none-match'] = etag;
     this.counters.requests++;
     let res: Dispatcher.ResponseData;
     try {
