@@ -58,14 +58,18 @@ export class Store {
    */
   async refreshManifest(): Promise<boolean> {
     if (!this.trust) return false;
+    const trust = this.trust;
+    // Checked inside the read: a mirror serving a damaged, foreign-key, expired or older manifest is that mirror's
+    // failure, and the next mirror is asked (the current file again is no news, checked below).
+    const opts = { maxBytes: REPO_MANIFEST_MAX, verify: async (b: Buffer) => { if (!trust.currentFile?.equals(b)) await trust.check(b); } };
     let file: Buffer | null;
     if (this.backend instanceof HttpBackend) {
-      const r = await this.backend.readConditional(REPO_MANIFEST_FILE, this.trust.current ? this.manifestEtag : null, { maxBytes: REPO_MANIFEST_MAX });
+      const r = await this.backend.readConditional(REPO_MANIFEST_FILE, this.trust.current ? this.manifestEtag : null, opts);
       if (r.notModified) return false;
       file = r.data;
       this.manifestEtag = r.etag;
     } else {
-      file = await this.backend.read(REPO_MANIFEST_FILE, { maxBytes: REPO_MANIFEST_MAX });
+      file = await this.backend.read(REPO_MANIFEST_FILE, opts);
     }
     if (!file) throw new TrustError('unsigned', `store ${this.location} has no repository manifest (${REPO_MANIFEST_FILE}): sign it with thinfs sign`);
     if (this.trust.currentFile?.equals(file)) return false;

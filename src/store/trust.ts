@@ -115,11 +115,21 @@ export class TrustAnchor {
   currentFile: Buffer | null = null;
   constructor(readonly keys: Map<string, KeyObject>, readonly revisions: RevisionLog | null) {}
 
-  /** Verify a manifest file and make it current; a lower revision than any seen (here or persisted) is refused. */
-  async accept(file: Buffer): Promise<RepoManifest> {
-    const { manifest, keyId } = verifyManifestFile(file, this.keys);
+  /**
+   * Verify a manifest file without making it current: signed by a trusted key, not expired, and no lower a revision
+   * than any seen (here or persisted). Run inside the backend's read, so a mirror serving a damaged or older manifest
+   * is that mirror's failure and the next one is asked.
+   */
+  async check(file: Buffer): Promise<{ manifest: RepoManifest; keyId: string }> {
+    const v = verifyManifestFile(file, this.keys);
     const seen = Math.max(this.current?.revision ?? 0, this.revisions ? await this.revisions.highest(this.keys.keys()) : 0);
-    if (manifest.revision < seen) throw new TrustError('replayed', `the repository manifest has revision ${manifest.revision}, lower than revision ${seen} already seen`);
+    if (v.manifest.revision < seen) throw new TrustError('replayed', `the repository manifest has revision ${v.manifest.revision}, lower than revision ${seen} already seen`);
+    return v;
+  }
+
+  /** Verify a manifest file (check) and make it current. */
+  async accept(file: Buffer): Promise<RepoManifest> {
+    const { manifest, keyId } = await this.check(file);
     await this.revisions?.record(keyId, manifest.revision);
     this.current = manifest;
     this.currentFile = file;
