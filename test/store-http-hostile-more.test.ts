@@ -4,7 +4,7 @@
 // or EIO within a bounded time, and a SIGTERM unmounts cleanly while a read is stuck on a mirror.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpDir, cleanupTmpDirs, runOk, thinfsJson, thinfsOk, sha256 } from './helpers/proc.js';
 import { startHostileServer, type HostileMode, type HostileServer } from './helpers/hostile-server.js';
@@ -42,6 +42,13 @@ before(async () => {
     const data = pseudoRandom(200_000, `more/${f}`);
     content.set(f, data);
     await writeFile(join(src, f), data);
+  }
+  // Small files travel in packs too (one request for the directory's members; each member is also its own object).
+  await mkdir(join(src, 'pkg'));
+  for (let i = 0; i < 8; i++) {
+    const data = pseudoRandom(20_000, `more/pkg/f${i}`);
+    content.set(`pkg/f${i}`, data);
+    await writeFile(join(src, 'pkg', `f${i}`), data);
   }
   await runOk('tar', ['--numeric-owner', '-C', src, '-cf', join(dir, 'a.tar'), '.']);
   layer = (await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'a.tar'), '--store', store, '--json'])).diffId.slice(7);
@@ -99,6 +106,30 @@ test('hostile only mirror: EIO within a bounded time, other files stay readable 
     assert.equal(r.err?.code, 'EIO', `${mode}: expected EIO, got ${r.err?.code ?? 'bytes'}`);
     assert.ok(r.ms < BOUND_MS, `${mode}: EIO took ${r.ms} ms (bound ${BOUND_MS})`);
   }
+});
+
+test('packed small files: a damaged pack falls back to the member\'s own object (exact bytes); a hanging mirror gives EIO within the read\'s deadline, not one deadline for the pack and another for the object', async () => {
+  const m = await mountStore(hostile.url, join(dir, 'mnt-pack'), { cacheDir: join(dir, 'cache-pack'), extra: HTTP_FLAGS });
+  mounts.push(m);
+  const root = join(m.mp, 'layers', layer, 'pkg');
+  assert.equal((await readdir(root)).length, 8);
+  try {
+    hostile.mode = 'wrong';
+    hostile.match = (rel) => rel.startsWith('packs/');
+    const w = await timed(readFile(join(root, 'f1')));
+    assert.ok(!w.err, `damaged pack: ${w.err?.message}`);
+    assert.equal(sha256(w.value!), sha256(content.get('pkg/f1')!));
+    assert.ok(hostile.hostile.some((r) => r.startsWith('packs/')), 'the pack was asked for');
+
+    hostile.mode = 'hang';
+    hostile.match = (rel) => rel.startsWith('packs/') || rel.startsWith('data/');
+    const before = hostile.hostile.length;
+    const r = await timed(readFile(join(root, 'f5')));
+    assert.equal(r.err?.code, 'EIO', `expected EIO, got ${r.err?.code ?? 'bytes'}`);
+    assert.ok(hostile.hostile.length > before);
+    // --http-timeout 6: each READ the kernel sends (it asks again once after a failed readahead) ends within it.
+    assert.ok(r.ms < BOUND_MS, `EIO took ${r.ms} ms (bound ${BOUND_MS})`);
+  } finally { hostile.mode = 'ok'; }
 });
 
 test('SIGTERM while a read hangs on a mirror: the daemon unmounts and exits at once; the reader gets an error, not a hang', async () => {

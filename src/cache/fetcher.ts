@@ -99,12 +99,13 @@ export class ChunkFetcher {
       return local;
     }
     // From its pack when it has one (the pack's members land as they verify); else, or when the pack cannot give it
-    // (missing, corrupt), its own object.
+    // (missing, corrupt), its own object, within what is left of the read's time (a hanging store: one deadline).
+    const t0 = Date.now();
     if (pack) {
       const got = await this.packs.member(pack, hash, size);
       if (got) return got;
     }
-    const data = await this.fetchObject(hash, size);
+    const data = await this.fetchObject(hash, size, 'chunk', pack ? t0 : undefined);
     this.mem?.set(hash, data);
     this.p.track(this.writeLocal(hash, data));
     return data;
@@ -146,10 +147,10 @@ export class ChunkFetcher {
    * Decoded, verified bytes of any object from the store (chunks and catalogs), no more than `size` (what the catalog
    * or manifest says) read when known; concurrent requests share one fetch.
    */
-  fetchObject(hash: string, size?: number, what: 'chunk' | 'catalog' = 'chunk'): Promise<Buffer> {
+  fetchObject(hash: string, size?: number, what: 'chunk' | 'catalog' = 'chunk', startedAt?: number): Promise<Buffer> {
     const running = this.fetching.get(hash);
     if (running) { this.p.counters.joined++; return running; }
-    const p = this.fetchNow(hash, size, what).finally(() => this.fetching.delete(hash));
+    const p = this.fetchNow(hash, size, what, startedAt).finally(() => this.fetching.delete(hash));
     this.fetching.set(hash, p);
     return p;
   }
@@ -165,11 +166,11 @@ export class ChunkFetcher {
     c.fetchedDecodedBytes += decodedBytes;
   }
 
-  private async fetchNow(hash: string, size: number | undefined, what: 'chunk' | 'catalog'): Promise<Buffer> {
+  private async fetchNow(hash: string, size: number | undefined, what: 'chunk' | 'catalog', startedAt?: number): Promise<Buffer> {
     const c = this.p.counters;
     const t0 = Date.now();
     try {
-      const { data, rawBytes } = await this.p.store.fetchObject(hash, size);
+      const { data, rawBytes } = await this.p.store.fetchObject(hash, size, startedAt);
       this.fetched(hash, what, rawBytes, data.length, t0);
       return data;
     } catch (e) {

@@ -14,6 +14,11 @@ export interface ReadOptions {
    * decoding and hashing run on the threadpool); the backend awaits it.
    */
   verify?: (data: Buffer) => void | Promise<void>;
+  /**
+   * When the read this serves began (epoch ms), if before this call: a network backend's deadline for the read counts
+   * from then (a member's own object fetched after its pack failed gets what is left of the time, not a new deadline).
+   */
+  startedAt?: number;
 }
 
 export interface Backend {

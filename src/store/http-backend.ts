@@ -128,6 +128,8 @@ export class HttpBackend implements Backend {
   private async get(rel: string, opts: ReadOptions, etag: string | null): Promise<ConditionalResult> {
     const path = encodeStorePath(rel);
     const max = opts.maxBytes ?? this.o.maxUnknownBytes;
+    const timeLeft = this.o.readTimeoutMs - (opts.startedAt === undefined ? 0 : Math.max(0, Date.now() - opts.startedAt));
+    if (timeLeft <= 0) throw new ThinfsError(`HTTP store ${this.location}: cannot read ${rel}: the read's ${this.o.readTimeoutMs} ms were spent before it (its pack)`);
     try {
       return await withRetry(async ({ signal, deadline }) => {
         let notFound = 0;
@@ -177,7 +179,7 @@ export class HttpBackend implements Backend {
         throw lastErr ?? new ThinfsError(`no mirror answered for ${rel}`);
       }, {
         retries: this.o.retries,
-        totalTimeoutMs: this.o.readTimeoutMs,
+        totalTimeoutMs: timeLeft,
         baseMs: 200,
         capMs: 2000,
       });

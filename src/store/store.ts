@@ -85,7 +85,7 @@ export class Store {
    * manifest), no more than size + frame header is ever read. Verified inside the backend's read, so a
    * mirror serving wrong bytes counts as a failed mirror and the next one is asked.
    */
-  async fetchObject(hash: string, size?: number): Promise<{ data: Buffer; rawBytes: number }> {
+  async fetchObject(hash: string, size?: number, startedAt?: number): Promise<{ data: Buffer; rawBytes: number }> {
     // A store on a filesystem: read, decoded and verified in one threadpool job (cold reads), when the addon is built.
     if (this.backend.localPath) {
       const got = await readObjectFile(this.backend.localPath(objectPath(hash)), hash, size);
@@ -95,6 +95,7 @@ export class Store {
     let data: Buffer | null = null;
     const raw = await this.backend.read(objectPath(hash), {
       maxBytes: size === undefined ? undefined : size + HEADER_LEN,
+      startedAt,
       // Decoded and hashed on the threadpool (codec.ts).
       verify: async (b) => { data = await decodeObjectAsync(hash, b, size); },
     });
