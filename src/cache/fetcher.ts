@@ -170,7 +170,7 @@ export class ChunkFetcher {
     const c = this.p.counters;
     const t0 = Date.now();
     try {
-      const { data, rawBytes } = await this.p.store.fetchObject(hash, size, startedAt);
+      const { data, rawBytes } = await this.p.store.fetchObject(hash, size, { startedAt });
       this.fetched(hash, what, rawBytes, data.length, t0);
       return data;
     } catch (e) {

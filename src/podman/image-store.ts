@@ -20,6 +20,11 @@ import { digestHex, sha256hex } from '../util/hash.js';
 import { BadInputError, errorMessage, NotFoundError } from '../util/errors.js';
 
 const DRIVER = 'overlay';
+/**
+ * An image config or registry manifest is a small JSON document: a stored one claiming more is refused from its header
+ * (its size is known to nobody here, and a small hostile zstd frame could otherwise expand to gigabytes).
+ */
+const BLOB_MAX = 16 << 20;
 
 export interface PodmanStoreOptions {
   store: Store;
@@ -153,7 +158,7 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       // else the descriptor's copy, serialised (a different image id, same content).
       let config: Buffer;
       let original = true;
-      try { config = await o.store.getObject(digestHex(desc.configDigest)); } catch (e) {
+      try { config = await o.store.getObject(digestHex(desc.configDigest), undefined, BLOB_MAX); } catch (e) {
         if (!(e instanceof NotFoundError)) o.log?.warn({ image: name, err: e }, 'stored config unusable; serving the descriptor\'s copy');
         config = Buffer.from(JSON.stringify(desc.config));
         original = false;
@@ -163,7 +168,7 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       const configDigest = `sha256:${sha256hex(config)}`;
       // The registry's manifest as docker2thin kept it (verified by its hash); written anew when absent.
       let manifest: Buffer | null = null;
-      if (original && registryDigest) manifest = await o.store.getObject(digestHex(registryDigest)).catch(() => null);
+      if (original && registryDigest) manifest = await o.store.getObject(digestHex(registryDigest), undefined, BLOB_MAX).catch(() => null);
       manifest ??= synthManifest(desc, { digest: configDigest, size: config.length });
       const imageId = configDigest.slice(7);
       const ids = layerIds(desc.layers.map((l) => l.diffId));

@@ -83,21 +83,29 @@ export class Store {
   /**
    * Decompressed, hash-verified object content, and the framed size moved. With its size known (catalog,
    * manifest), no more than size + frame header is ever read. Verified inside the backend's read, so a
-   * mirror serving wrong bytes counts as a failed mirror and the next one is asked.
+   * mirror serving wrong bytes counts as a failed mirror and the next one is asked. `atMost`: its size is not known,
+   * but it is no bigger than this (an image config): a larger object is refused from its frame header, before anything
+   * is decoded (a small zstd frame can expand to gigabytes). `startedAt`: see ReadOptions.
    */
-  async fetchObject(hash: string, size?: number, startedAt?: number): Promise<{ data: Buffer; rawBytes: number }> {
+  async fetchObject(hash: string, size?: number, o: { startedAt?: number; atMost?: number } = {}): Promise<{ data: Buffer; rawBytes: number }> {
+    const atMost = size === undefined ? o.atMost : undefined;
     // A store on a filesystem: read, decoded and verified in one threadpool job (cold reads), when the addon is built.
-    if (this.backend.localPath) {
+    if (this.backend.localPath && atMost === undefined) {
       const got = await readObjectFile(this.backend.localPath(objectPath(hash)), hash, size);
       if (got === null) throw new NotFoundError(`object ${hash} not found in store ${this.location}`);
       if (got) return got;
     }
     let data: Buffer | null = null;
     const raw = await this.backend.read(objectPath(hash), {
-      maxBytes: size === undefined ? undefined : size + HEADER_LEN,
-      startedAt,
+      maxBytes: (size ?? atMost) === undefined ? undefined : (size ?? atMost)! + HEADER_LEN,
+      startedAt: o.startedAt,
       // Decoded and hashed on the threadpool (codec.ts).
-      verify: async (b) => { data = await decodeObjectAsync(hash, b, size); },
+      verify: async (b) => {
+        if (atMost !== undefined && b.length >= HEADER_LEN && b.readBigUInt64LE(8) > BigInt(atMost)) {
+          throw new IntegrityError(hash, `object ${hash}: its header says ${b.readBigUInt64LE(8)} bytes, more than the ${atMost} expected: refused`);
+        }
+        data = await decodeObjectAsync(hash, b, size);
+      },
     });
     if (!raw) throw new NotFoundError(`object ${hash} not found in store ${this.location}`);
     return { data: data!, rawBytes: raw.length };
@@ -111,9 +119,9 @@ export class Store {
     return this.backend.localPath && /^[0-9a-f]{64}$/.test(hash) ? this.backend.localPath(objectPath(hash)) : null;
   }
 
-  /** Decompressed, hash-verified object content. */
-  async getObject(hash: string, size?: number): Promise<Buffer> {
-    return (await this.fetchObject(hash, size)).data;
+  /** Decompressed, hash-verified object content (`atMost`: its size is unknown but bounded, see fetchObject). */
+  async getObject(hash: string, size?: number, atMost?: number): Promise<Buffer> {
+    return (await this.fetchObject(hash, size, { atMost })).data;
   }
 
   hasObject(hash: string): Promise<boolean> { return this.backend.exists(objectPath(hash)); }
