@@ -1,5 +1,6 @@
 // More hostile mirrors (test/helpers/hostile-server.ts) than store-http-hostile.test.ts covers, read through a real
-// mount: a body that stalls after its headers, a slow loris that stays above the low-speed limit, gzip, redirects to
+// mount: a body that stalls after its headers, a slow loris that stays above the low-speed limit, interim 102 answers
+// and never a final one, gzip, redirects to
 // another host and to itself, a 206 to a request without a range. Every read gets the exact bytes from the next mirror
 // or EIO within a bounded time, and a SIGTERM unmounts cleanly while a read is stuck on a mirror.
 import { test, before, after } from 'node:test';
@@ -11,7 +12,7 @@ import { startHostileServer, type HostileMode, type HostileServer } from './help
 import { pseudoRandom } from './helpers/layers.js';
 import { mountStore, forceUnmount, isMounted, type Mounted } from './fuse-mount-helper.js';
 
-const MODES: HostileMode[] = ['slowloris', 'stall', 'gzip', 'redirect', 'loop', 'partial'];
+const MODES: HostileMode[] = ['slowloris', 'processing', 'stall', 'gzip', 'redirect', 'loop', 'partial'];
 /** Short deadlines so a test takes seconds. */
 const HTTP_FLAGS = ['--http-timeout', '6', '--headers-timeout', '2', '--low-speed-time', '2', '--low-speed-limit', '1024', '--http-retries', '1', '--host-reset', '0.05'];
 /** Failing over must not cost the read's whole deadline (--http-timeout 6): a healthy mirror is there to be asked. */

@@ -207,15 +207,24 @@ export class HttpBackend implements Backend {
     else if (etag) headers['if-none-match'] = etag;
     this.counters.requests++;
     let res: Dispatcher.ResponseData;
+    // The final answer's headers are awaited under a deadline of our own too: undici's headersTimeout starts again at
+    // each interim (1xx) answer, so a server sending "102 Processing" forever held the request until the read's deadline.
+    const ac = new AbortController();
+    if (signal.aborted) ac.abort(signal.reason); else signal.addEventListener('abort', () => ac.abort(signal.reason), { once: true });
+    let noAnswer = false;
+    const headersTimer = setTimeout(() => { noAnswer = true; ac.abort(); }, this.o.headersTimeoutMs);
     try {
       res = await request(url, {
         dispatcher: proxy ? viaProxy.get(proxy.url)! : direct,
-        headers, signal, headersTimeout: this.o.headersTimeoutMs, bodyTimeout: this.o.lowSpeedMs,
+        headers, signal: ac.signal, headersTimeout: this.o.headersTimeoutMs, bodyTimeout: this.o.lowSpeedMs,
       });
     } catch (e) {
+      const err = noAnswer && !signal.aborted ? Object.assign(new Error(`no final answer within ${this.o.headersTimeoutMs} ms`), { code: 'UND_ERR_HEADERS_TIMEOUT' }) : e;
       // Not reaching the proxy (or it dropping us before answering) is the proxy's failure.
-      if (proxy && isRetryableNetworkError(e)) throw new ProxyError(`proxy ${proxy.url}: ${(e as Error).message}`);
-      throw isRetryableNetworkError(e) ? new TransientError(`GET ${url}: ${(e as Error).message}`) : e;
+      if (proxy && isRetryableNetworkError(err)) throw new ProxyError(`proxy ${proxy.url}: ${(err as Error).message}`);
+      throw isRetryableNetworkError(err) ? new TransientError(`GET ${url}: ${(err as Error).message}`) : err;
+    } finally {
+      clearTimeout(headersTimer);
     }
     const body = res.body as unknown as Readable;
     // Destroying a body emits 'error' (aborted): nobody else listens, and an unheard one ends the process.

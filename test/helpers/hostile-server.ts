@@ -22,7 +22,8 @@ export type HostileMode =
   | 'gzip'        // the file gzipped, with Content-Encoding: gzip
   | 'redirect'    // 302 to the same path on `redirectTo` (another host)
   | 'loop'        // 302 to itself
-  | 'partial';    // 206 with a Content-Range covering the whole file, to a request that asked for no range
+  | 'partial'     // 206 with a Content-Range covering the whole file, to a request that asked for no range
+  | 'processing'; // an interim "102 Processing" every 0.5 s, never a final answer
 
 export interface HostileServer {
   url: string;
@@ -137,6 +138,14 @@ export async function startHostileServer(root: string, mode: HostileMode = 'ok')
       }
       case 'redirect': res.writeHead(302, { location: `${self.redirectTo}/${rel}` }).end(); return;
       case 'loop': res.writeHead(302, { location: req.url ?? '/' }).end(); return;
+      case 'processing': {
+        const t = setInterval(() => {
+          if (res.destroyed || res.socket?.destroyed) { clearInterval(t); timers.delete(t); return; }
+          res.writeProcessing();
+        }, 500);
+        timers.add(t);
+        return;
+      }
       default: void serveFile(rel, res);
     }
   });
