@@ -22,6 +22,8 @@ const BOUND_MS = 15_000;
 let dir = '';
 let store = '';
 let layer = '';
+/** A second layer: its catalog is another valid object a mirror may serve for the first layer's. */
+let layer2 = '';
 const content = new Map<string, Buffer>();
 let hostile: HostileServer;
 let healthy: HostileServer;
@@ -53,6 +55,11 @@ before(async () => {
   }
   await runOk('tar', ['--numeric-owner', '-C', src, '-cf', join(dir, 'a.tar'), '.']);
   layer = (await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'a.tar'), '--store', store, '--json'])).diffId.slice(7);
+  const src2 = join(dir, 'src2');
+  await mkdir(src2);
+  await writeFile(join(src2, 'only-in-2'), 'two\n');
+  await runOk('tar', ['--numeric-owner', '-C', src2, '-cf', join(dir, 'b.tar'), '.']);
+  layer2 = (await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'b.tar'), '--store', store, '--json'])).diffId.slice(7);
   hostile = await startHostileServer(store);
   healthy = await startHostileServer(store);
   hostile.redirectTo = healthy.url;
@@ -130,6 +137,26 @@ test('packed small files: a damaged pack falls back to the member\'s own object 
     assert.ok(hostile.hostile.length > before);
     // --http-timeout 6: each READ the kernel sends (it asks again once after a failed readahead) ends within it.
     assert.ok(r.ms < BOUND_MS, `EIO took ${r.ms} ms (bound ${BOUND_MS})`);
+  } finally { hostile.mode = 'ok'; }
+});
+
+test('a layer\'s catalog answered with another layer\'s (a valid object, wrong name): refused; the next mirror gives the right one', async () => {
+  const catalogOf = async (hex: string) => (JSON.parse(await readFile(join(store, 'layers', `${hex}.json`), 'utf8')) as { catalog: string }).catalog;
+  const [c1, c2] = [await catalogOf(layer), await catalogOf(layer2)];
+  hostile.mode = 'swap';
+  hostile.match = (rel) => rel === `data/${c1.slice(0, 2)}/${c1.slice(2)}`;
+  hostile.swapWith = () => `data/${c2.slice(0, 2)}/${c2.slice(2)}`;
+  try {
+    const one = await mountStore(hostile.url, join(dir, 'mnt-cat1'), { cacheDir: join(dir, 'cache-cat1'), extra: HTTP_FLAGS });
+    mounts.push(one);
+    const r = await timed(readdir(join(one.mp, 'layers', layer)));
+    assert.equal(r.err?.code, 'EIO', `expected EIO, got ${r.err?.code ?? r.value?.join(',')}`);
+    assert.ok(r.ms < BOUND_MS);
+    assert.ok(hostile.hostile.length > 0);
+    const two = await mountStore(`${hostile.url},${healthy.url}`, join(dir, 'mnt-cat2'), { cacheDir: join(dir, 'cache-cat2'), extra: HTTP_FLAGS });
+    mounts.push(two);
+    const names = await readdir(join(two.mp, 'layers', layer));
+    assert.ok(names.includes('other') && !names.includes('only-in-2'), names.join(','));
   } finally { hostile.mode = 'ok'; }
 });
 
