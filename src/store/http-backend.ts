@@ -139,11 +139,12 @@ export class HttpBackend implements Backend {
         const hosts = HttpBackend.order(this.hosts);
         const proxies = HttpBackend.order(this.proxies);
         for (const [hi, host] of hosts.entries()) {
-          for (const [pi, proxy] of proxies.entries()) {
+          for (const proxy of proxies) {
             if (signal.aborted) throw signal.reason;
             if (tried++ > 0) this.counters.failovers++;
-            // Another mirror or proxy is left to ask in this round: a transfer too slow to finish in time is cut for it.
-            const next = hi < hosts.length - 1 || pi < proxies.length - 1 ? deadline : null;
+            // Another mirror is left to ask in this round: a transfer too slow to finish in time is cut for it (a slow
+            // body is the mirror's failure, below: the other proxies are not asked for this mirror).
+            const next = hi < hosts.length - 1 ? deadline : null;
             try {
               let r: ConditionalResult;
               try {
@@ -192,7 +193,7 @@ export class HttpBackend implements Backend {
 
   /**
    * One request to one host (through one proxy or none), its body bounded in size and speed. `deadline` (epoch ms) is
-   * set when another mirror or proxy could still be asked: a body that, at its speed so far, would not be complete by
+   * set when another mirror could still be asked: a body that, at its speed so far, would not be complete by
    * then is cut (a slow loris above the low-speed limit must not spend the whole read's time on one mirror). `noCache`:
    * past any cache on the way (after a cached answer's bytes were wrong).
    */
