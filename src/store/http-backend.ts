@@ -139,7 +139,7 @@ export class HttpBackend implements Backend {
         const hosts = HttpBackend.order(this.hosts);
         const proxies = HttpBackend.order(this.proxies);
         for (const [hi, host] of hosts.entries()) {
-          for (const proxy of proxies) {
+          for (const [pi, proxy] of proxies.entries()) {
             if (signal.aborted) throw signal.reason;
             if (tried++ > 0) this.counters.failovers++;
             // Another mirror is left to ask in this round: a transfer too slow to finish in time is cut for it (a slow
@@ -166,8 +166,13 @@ export class HttpBackend implements Backend {
               if (signal.aborted && !(e instanceof ThinfsError)) throw signal.reason;
               lastErr = e;
               if (e instanceof ProxyError && proxy) { this.counters.proxyFailures++; this.fail(proxy); continue; }
-              // Wrong bytes (an object's hash, a manifest's signature or named hash): this mirror's failure.
-              if (e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) integrity = e;
+              // Wrong bytes (an object's hash, a manifest's signature or named hash): this mirror's failure, once no
+              // other proxy is left to ask it through (a proxy may keep its damaged copy even past no-cache: a
+              // revalidation the mirror answers "unchanged").
+              if (e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) {
+                integrity = e;
+                if (proxy && pi < proxies.length - 1) continue;
+              }
               this.counters.hostFailures++;
               this.fail(host);
               break;

@@ -109,7 +109,7 @@ http { log_format cache '$request_method $request_uri $status $body_bytes_sent $
  * Squid drops root for the proxy user, which cannot enter private test directories: its files live in a
  * directory of its own under the system temp dir, removed at stop.
  */
-export async function startSquid(): Promise<WebServer> {
+export async function startSquid(extraConf = ''): Promise<WebServer> {
   const dir = await mkdtemp(join(tmpdir(), 'thinfs-squid-'));
   await chmod(dir, 0o755);
   const port = await freePort();
@@ -132,6 +132,7 @@ collapsed_forwarding on
 refresh_pattern . 0 20% 4320
 shutdown_lifetime 0 seconds
 strip_query_terms off
+${extraConf}
 `);
   await chown(dir, ...(await proxyIds()));
   const child = spawn('squid', ['-N', '-f', conf], { stdio: 'ignore' });
