@@ -201,6 +201,18 @@ export async function readLocalManifest(root: string): Promise<RepoManifest | nu
 }
 
 /**
+ * Whether the store's repository manifest names layer `hex` with the bytes its layer manifest has now. Not so after a
+ * writer died between writing the layer manifest and republishing (or a republish failed): the layer is in layers/
+ * but nodes reading through the manifest do not see it.
+ */
+export async function manifestNamesLayer(root: string, hex: string): Promise<boolean> {
+  const named = (await readLocalManifest(root))?.layers[hex];
+  if (!named) return false;
+  const b = await readFile(join(root, LAYERS_DIR, `${hex}.json`)).catch(() => null);
+  return !!b && b.length === named.size && sha256hex(b) === named.sha256;
+}
+
+/**
  * What is wrong with the image index a store's manifest names (src/format/image-index.ts), or null: missing, not
  * its size, not parsing, or not saying what the descriptors the same manifest names say.
  */
