@@ -7,7 +7,7 @@ import { watch } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeLayer } from './helpers/layers.js';
-import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfsOk, thinfsJson, storeSnapshot, countObjects, listFiles } from './helpers/proc.js';
+import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsOk, thinfsJson, storeSnapshot, countObjects, listFiles } from './helpers/proc.js';
 
 after(cleanupTmpDirs);
 
@@ -107,9 +107,20 @@ test('a writer killed between its layer manifest and the repository manifest: th
   assert.equal(layers.length, 2, 'b\'s layer manifest was written before the kill');
   assert.deepEqual(await namedLayers(store), [ra.diffId.slice(7)], 'the repository manifest does not name b: nodes reading through it do not see it');
 
-  // The re-run finds b published and still makes the repository manifest name it.
+  // fsck sees it (a dry run only reports it)...
+  const dry = await thinfs(['fsck', '--store', store, '--dry-run']);
+  assert.equal(dry.code, 5, dry.stdout);
+  assert.match(dry.stdout, new RegExp(`layer ${layers.find((l) => l !== ra.diffId.slice(7))} is not named by the repository manifest`));
+
+  // ...and the re-run finds b published and still makes the repository manifest name it.
   const rb = await thinfsJson<{ diffId: string; published: boolean }>(['ingest', b, '--store', store, '--json'], { env });
   assert.equal(rb.published, false, 'b was published by the killed writer');
   assert.deepEqual(await namedLayers(store), layers, 'the re-run republished: both layers named');
   await thinfsOk(['fsck', '--store', store]);
+  // Without a re-run, fsck republishes.
+  await writeFile(join(store, 'thinfs-published'), afterA);
+  const fsck = await thinfs(['fsck', '--store', store]);
+  assert.equal(fsck.code, 0, fsck.stdout);
+  assert.match(fsck.stdout, /repository manifest republished/);
+  assert.deepEqual(await namedLayers(store), layers, 'fsck republished: both layers named');
 });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
-import { imageIndexProblem, readLocalManifest, republishManifest, writerSigningOptions } from './trust.js';
+import { imageIndexProblem, readLocalManifest, repoManifestDrift, republishManifest, writerSigningOptions } from './trust.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, objectPath, packPath } from './layout.js';
 import { decodePackMembers, packMaxBytes, parsePack, type PackRef } from './pack.js';
 import { openLayerCatalog } from './layer-catalog.js';
@@ -41,6 +41,11 @@ export interface FsckReport {
    * (nodes then index descriptors one by one); `rebuilt` when this run republished the manifest with a new one.
    */
   imageIndex: { hash: string; error: string; rebuilt: boolean } | null;
+  /**
+   * The repository manifest does not say what layers/ and images/ hold (a writer died before republishing): what
+   * differs, and `rebuilt` when this run republished it.
+   */
+  repoManifest: { problems: string[]; rebuilt: boolean } | null;
   /** Staging of dead or long-silent transactions removed (ids), and stray temp files. */
   txnsRemoved: string[];
   tmpRemoved: number;
@@ -119,7 +124,7 @@ async function traceProblem(store: Store, hash: string): Promise<string | null> 
  */
 export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): Promise<FsckReport> {
   const root = store.root;
-  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], imageIndex: null, txnsRemoved: [], tmpRemoved: 0, ok: false };
+  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], imageIndex: null, repoManifest: null, txnsRemoved: [], tmpRemoved: 0, ok: false };
   const graceMs = opts.graceMs ?? 3600_000;
 
   // 1. Leftovers of crashed transactions.
@@ -259,7 +264,17 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     }
     rep.imageIndex = { hash: manifest.imageIndex.sha256, error, rebuilt };
   }
-  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length && !(rep.imageIndex && !rep.imageIndex.rebuilt);
+  // Every published layer and image named by the repository manifest, with the bytes it has (a rebuilt index above
+  // republished it already: this then finds nothing).
+  const drift = await repoManifestDrift(root);
+  if (drift.length) {
+    let rebuilt = false;
+    if (!opts.dryRun) {
+      try { rebuilt = (await republishManifest(root, await writerSigningOptions())) !== null; } catch (e) { drift.push(`republishing failed: ${errorMessage(e)}`); }
+    }
+    rep.repoManifest = { problems: drift, rebuilt };
+  }
+  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length && !(rep.imageIndex && !rep.imageIndex.rebuilt) && !(rep.repoManifest && !rep.repoManifest.rebuilt);
   return rep;
 }
 

@@ -213,6 +213,37 @@ export async function manifestNamesLayer(root: string, hex: string): Promise<boo
 }
 
 /**
+ * Where the repository manifest no longer says what layers/ and images/ hold (each a line), or [] when it does: a
+ * writer died between a layer manifest or descriptor and its republish, or the republish failed. Nodes reading through
+ * the manifest do not see those layers and images (or see an image's former descriptor). A store without layers,
+ * images or manifest is in agreement.
+ */
+export async function repoManifestDrift(root: string): Promise<string[]> {
+  const m = await readLocalManifest(root);
+  const out: string[] = [];
+  const compare = (what: string, named: Record<string, NamedEntry>, have: Map<string, NamedEntry>) => {
+    for (const [k, e] of have) {
+      const n = named[k];
+      if (!n) out.push(`${what} ${k} is not named by the repository manifest`);
+      else if (n.sha256 !== e.sha256 || n.size !== e.size) out.push(`${what} ${k}: the repository manifest names other bytes than ${what === 'layer' ? 'its manifest' : 'its descriptor'} has`);
+    }
+    for (const k of Object.keys(named)) if (!have.has(k)) out.push(`${what} ${k} is named by the repository manifest but not in the store`);
+  };
+  const layers = new Map<string, NamedEntry>();
+  for (const { name, entry } of await hashDir(root, LAYERS_DIR)) if (/^[0-9a-f]{64}\.json$/.test(name)) layers.set(name.slice(0, -5), entry);
+  const images = new Map<string, NamedEntry>();
+  for (const { name, entry } of await hashDir(root, IMAGES_DIR)) {
+    let img: string | null = null;
+    try { img = imageNameFromFile(name); } catch { /* not a name this store wrote */ }
+    if (img) images.set(img, entry);
+  }
+  if (!m && !layers.size && !images.size) return [];
+  compare('layer', m?.layers ?? {}, layers);
+  compare('image', m?.images ?? {}, images);
+  return out;
+}
+
+/**
  * What is wrong with the image index a store's manifest names (src/format/image-index.ts), or null: missing, not
  * its size, not parsing, or not saying what the descriptors the same manifest names say.
  */

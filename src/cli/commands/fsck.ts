@@ -22,6 +22,10 @@ function describe(r: FsckReport, out: string[]): void {
   for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${escapeControls(b.error)}; used by images [${b.images.map(quoteText).join(' ')}]`);
   for (const b of r.brokenImages) out.push(`broken image ${quoteText(b.name)}: ${escapeControls(b.error)}`);
   if (r.imageIndex) out.push(`image index ${r.imageIndex.hash}: ${escapeControls(r.imageIndex.error)}; ${r.imageIndex.rebuilt ? 'rebuilt (repository manifest republished)' : `not rebuilt (a signed store needs THINFS_SIGNING_KEY)`}`);
+  if (r.repoManifest) {
+    for (const p of r.repoManifest.problems) out.push(escapeControls(p));
+    out.push(`repository manifest ${r.repoManifest.rebuilt ? 'republished' : 'not republished (a signed store needs THINFS_SIGNING_KEY)'}`);
+  }
   for (const t of r.txnsRemoved) out.push(`removed staging of crashed transaction ${t}`);
 }
 
