@@ -7,7 +7,7 @@ import { watch } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeLayer } from './helpers/layers.js';
-import { THINFS_MAIN, tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsOk, thinfsJson, storeSnapshot, countObjects, listFiles } from './helpers/proc.js';
+import { THINFS_MAIN, tmpDir, cleanupTmpDirs, run, runOk, thinfs, thinfsOk, thinfsJson, storeSnapshot, countObjects, listFiles } from './helpers/proc.js';
 
 after(cleanupTmpDirs);
 
@@ -123,4 +123,24 @@ test('a writer killed between its layer manifest and the repository manifest: th
   assert.equal(fsck.code, 0, fsck.stdout);
   assert.match(fsck.stdout, /repository manifest republished/);
   assert.deepEqual(await namedLayers(store), layers, 'fsck republished: both layers named');
+});
+
+test('concurrent ingests of one layer with --diff-id: one writes it, the others wait and only pin its objects', async (t) => {
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  const tar = (await makeLayer(dir, 'l', null, systemTrees(['usr/share/perl5', 'usr/lib/python3.11']))).file;
+  const diffId = `sha256:${(await runOk('sha256sum', [tar])).slice(0, 64)}`;
+  // Each writer reports the bytes it wrote to the filesystem (getrusage: blocks written, worker threads included).
+  const pre = join(dir, 'fswrite.mjs');
+  await writeFile(pre, "import { writeSync } from 'node:fs';\nprocess.on('exit', () => writeSync(2, `\\nfsWrite=${process.resourceUsage().fsWrite}\\n`));\n");
+  const runs = await Promise.all(Array.from({ length: 3 }, () => run(process.execPath, ['--import', pre, THINFS_MAIN, 'ingest', tar, '--store', store, '--diff-id', diffId, '--json'])));
+  for (const r of runs) assert.equal(r.code, 0, r.stderr);
+  const results = runs.map((r) => ({ ...JSON.parse(r.stdout) as { published: boolean }, fsWrite: Number(/fsWrite=(\d+)/.exec(r.stderr)![1]) }));
+  assert.equal(results.filter((r) => r.published).length, 1, 'exactly one writer published');
+  const winner = results.find((r) => r.published)!;
+  const losers = results.filter((r) => !r.published);
+  if (winner.fsWrite === 0) { t.diagnostic('the filesystem reports no blocks written (tmpfs?): write volumes not compared'); return; }
+  // The layer's objects are written once: the others wrote a small fraction of it (catalog work, pins, manifest).
+  for (const l of losers) assert.ok(l.fsWrite < winner.fsWrite / 5, `a waiting writer wrote ${l.fsWrite} blocks, the publisher ${winner.fsWrite}`);
 });
