@@ -153,6 +153,16 @@ describe('names and link targets the kernel cannot hold (issue 10 item 15)', () 
   });
 });
 
+describe('paths the kernel cannot take in one call', () => {
+  it('a member path of 4096 bytes or more is refused (20000 levels deep: refused, not a stack overflow); 4095 bytes is accepted', async () => {
+    await refused(await layer('deep-20000', paxMember([paxRecord('path', 'a/'.repeat(20000) + 'f')], { name: 'p' }, Buffer.from('x'))), /a path of 40001 bytes \(the limit is 4095\)/);
+    const base = 'ok/' + 'd/'.repeat(2045); // 4093 bytes
+    await refused(await layer('path-4096', paxMember([paxRecord('path', base + 'ghi')], { name: 'p' }, Buffer.from('x'))), /a path of 4096 bytes/);
+    const id = await accepted(await layer('path-4095', paxMember([paxRecord('path', base + 'gh')], { name: 'p' }, Buffer.from('x'))));
+    assert.equal(await thinfsOk(['cat', '--store', store, id, base + 'gh']), 'x');
+  });
+});
+
 describe('ids a Linux uid_t cannot hold (issue 10 item 16)', () => {
   // Refused rather than mapped to the overflow id: a layer that says 2^40 is broken, and 65534 would
   // silently give the file to "nobody".

@@ -7,7 +7,8 @@ import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
-import { cleanupTmpDirs, tmpDir } from './helpers/proc.js';
+import { cleanupTmpDirs, tmpDir, haveCommand, thinfsJson, REPO_ROOT, THINFS_MAIN } from './helpers/proc.js';
+import { createInterface } from 'node:readline';
 import { sha256 } from './helpers/proc.js';
 import { WritableStore } from '../src/store/store.js';
 import { listTxns, newTxnId, parseTxnId, reclaimableTxns, removeDeadTxns, TXN_OWNER } from '../src/store/txn.js';
@@ -156,4 +157,50 @@ test('commit and sweep exclude each other: a commit waits for a running sweep, a
   await fsp.writeFile(path.join(root, 'locks', 'commits', 'dead'), JSON.stringify({ ...currentOwner(), pid: deadPid, start: undefined }));
   await withSweepLock(root, async () => { events.push('sweep 2'); });
   assert.equal(events.at(-1), 'sweep 2');
+});
+
+test('a writer in another pid namespace of this host (a container with the host\'s name): its staging is not reclaimed, its commit not swept past', async (t) => {
+  if (process.getuid?.() !== 0) { t.skip('needs root for unshare --pid'); return; }
+  if (!(await haveCommand('unshare'))) { t.skip('unshare not installed'); return; }
+  const root = (await WritableStore.init(path.join(await tmpDir(), 's'))).root;
+  // The writer: pid 1 of a new pid namespace (same host name, same boot); it stages an object, then commits, holding
+  // the commit registration until told to finish. Each step is answered with a line on stdout.
+  const storeJs = path.join(REPO_ROOT, 'dist', 'src', 'store', 'store.js');
+  const script = `
+    import { WritableStore } from ${JSON.stringify(storeJs)};
+    import { createInterface } from 'node:readline';
+    const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+    const store = await WritableStore.openDir(${JSON.stringify(root)});
+    const txn = store.beginTxn('contained');
+    await txn.put('${sha256(Buffer.from('contained\n'))}', Buffer.from('contained\\n'));
+    console.log('staged ' + process.pid);
+    await lines.next();
+    await txn.commitObjects(async () => { console.log('committing'); await lines.next(); });
+    console.log('committed');
+    process.exit(0);`;
+  const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', process.execPath, '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const out = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const line = async () => (await out.next()).value as string;
+  try {
+    assert.equal(await line(), 'staged 1', 'the writer is pid 1 of its namespace');
+    const [txn] = await listTxns(root);
+    assert.equal(txn?.state, 'remote', 'an owner in another pid namespace is judged by its heartbeat, not by a pid of ours');
+    const gc1 = await thinfsJson<{ txnsRemoved: number }>(['gc', '--store', root, '--grace', '0', '--json']);
+    assert.equal(gc1.txnsRemoved, 0, 'gc leaves a live writer\'s staging alone');
+    assert.equal((await fsp.readdir(path.join(root, 'txn'))).length, 1);
+
+    child.stdin!.write('\n');
+    assert.equal(await line(), 'committing');
+    // A sweep waits for the registered commit (it must not take the registration for a dead one's).
+    const gc2 = spawn(process.execPath, [THINFS_MAIN, 'gc', '--store', root, '--grace', '0', '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let gcDone = false;
+    const gc2Exit = new Promise<number | null>((r) => gc2.once('exit', (c) => { gcDone = true; r(c); }));
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(gcDone, false, 'the sweep waits while the contained writer commits');
+    child.stdin!.write('\n');
+    assert.equal(await line(), 'committed');
+    assert.equal(await gc2Exit, 0);
+  } finally {
+    child.kill('SIGKILL');
+  }
 });

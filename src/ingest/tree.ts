@@ -81,6 +81,9 @@ export class TreeBuilder {
     this.counts.entries++;
     if (this.prefix === null) this.prefix = e.path.toString('latin1').startsWith('./') ? './' : '';
     let path = normalize(e.path, 'member');
+    // A path the kernel takes in one call is under PATH_MAX with its NUL (GNU tar fails such a member with
+    // ENAMETOOLONG); it also bounds the depth of the parent chain made below.
+    if (path.length >= PATH_MAX) throw new BadInputError(`member ${printable(e.path)}: a path of ${path.length} bytes (the limit is ${PATH_MAX - 1})`);
     checkLimits(e);
     const base = path.slice(path.lastIndexOf('/') + 1);
     let kind = DirentKind.Normal;

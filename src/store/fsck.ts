@@ -8,12 +8,13 @@ import { join } from 'node:path';
 import type { Store, WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
-import { imageIndexProblem, readLocalManifest, republishManifest, writerSigningOptions } from './trust.js';
+import { imageIndexProblem, readLocalManifest, repoManifestDrift, republishManifest, writerSigningOptions } from './trust.js';
 import { DATA_DIR, PACKS_DIR, TXN_DIR, objectPath, packPath } from './layout.js';
 import { decodePackMembers, packMaxBytes, parsePack, type PackRef } from './pack.js';
 import { openLayerCatalog } from './layer-catalog.js';
 import { errorMessage, NotFoundError } from '../util/errors.js';
 import { parseTrace, parseTraceRef } from '../format/trace.js';
+import type { ThinImage } from '../format/descriptor.js';
 
 const QUARANTINE_DIR = 'quarantine';
 
@@ -41,6 +42,11 @@ export interface FsckReport {
    * (nodes then index descriptors one by one); `rebuilt` when this run republished the manifest with a new one.
    */
   imageIndex: { hash: string; error: string; rebuilt: boolean } | null;
+  /**
+   * The repository manifest does not say what layers/ and images/ hold (a writer died before republishing): what
+   * differs, and `rebuilt` when this run republished it.
+   */
+  repoManifest: { problems: string[]; rebuilt: boolean } | null;
   /** Staging of dead or long-silent transactions removed (ids), and stray temp files. */
   txnsRemoved: string[];
   tmpRemoved: number;
@@ -73,16 +79,20 @@ async function listObjects(root: string, top = DATA_DIR): Promise<string[]> {
   return out;
 }
 
-/** Verify one object by reading it through the store (decode + re-hash); the error text, or null if sound. */
-async function verifyObject(store: Store, hash: string): Promise<string | null> {
-  try { await store.getObject(hash); return null; } catch (e) { return errorMessage(e); }
+/** What verifying says of an object or pack listed a moment ago and not there now: removed meanwhile (a gc sweep), not corrupt. */
+const GONE: unique symbol = Symbol('gone');
+type Verdict = string | null | typeof GONE;
+
+/** Verify one object by reading it through the store (decode + re-hash); the error text, null if sound, GONE if not there. */
+async function verifyObject(store: Store, hash: string): Promise<Verdict> {
+  try { await store.getObject(hash); return null; } catch (e) { return e instanceof NotFoundError ? GONE : errorMessage(e); }
 }
 
-/** Verify one pack: its shape and name, and every member by its own hash; the error text, or null if sound. */
-async function verifyPack(store: Store, name: string): Promise<string | null> {
+/** Verify one pack: its shape and name, and every member by its own hash; the error text, null if sound, GONE if not there. */
+async function verifyPack(store: Store, name: string): Promise<Verdict> {
   try {
     const raw = await store.backend.read(packPath(name));
-    if (!raw) return 'gone';
+    if (!raw) return GONE;
     const bad = decodePackMembers(name, parsePack(name, raw)).filter((m) => 'error' in m);
     return bad.length ? `${bad.length} member(s) do not verify: ${bad.map((m) => ('error' in m ? m.error.message : '')).join('; ')}` : null;
   } catch (e) { return errorMessage(e); }
@@ -93,14 +103,16 @@ async function verifyPack(store: Store, name: string): Promise<string | null> {
  * meanwhile), re-checking each there: one a commit replaced with a sound copy since stays.
  */
 async function quarantine(store: WritableStore, bad: Map<string, string>, present: Set<string>, moved: Map<string, string | null>,
-  dryRun?: boolean, recheck: (h: string) => Promise<string | null> = (h) => verifyObject(store, h), pathOf = objectPath, prefix = ''): Promise<void> {
+  dryRun?: boolean, recheck: (h: string) => Promise<Verdict> = (h) => verifyObject(store, h), pathOf = objectPath, prefix = ''): Promise<void> {
   const todo = [...bad.keys()].filter((h) => !moved.has(h));
   if (!todo.length || dryRun) return;
   const root = store.root;
   await withSweepLock(root, async () => {
     await mkdir(join(root, QUARANTINE_DIR), { recursive: true });
     for (const h of todo) {
-      if ((await recheck(h)) === null) { present.add(h); bad.delete(h); continue; }
+      const v = await recheck(h);
+      if (v === null) { present.add(h); bad.delete(h); continue; }
+      if (v === GONE) { bad.delete(h); continue; } // swept meanwhile: nothing to quarantine
       const to = join(QUARANTINE_DIR, `${prefix}${h}.${Date.now()}`);
       try { await rename(join(root, pathOf(h)), join(root, to)); moved.set(h, to); } catch { moved.set(h, null); }
     }
@@ -119,8 +131,9 @@ async function traceProblem(store: Store, hash: string): Promise<string | null> 
  */
 export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): Promise<FsckReport> {
   const root = store.root;
-  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], imageIndex: null, txnsRemoved: [], tmpRemoved: 0, ok: false };
+  const rep: FsckReport = { objects: 0, bytes: 0, layers: 0, images: 0, corrupt: [], missing: [], brokenLayers: [], brokenImages: [], imageIndex: null, repoManifest: null, txnsRemoved: [], tmpRemoved: 0, ok: false };
   const graceMs = opts.graceMs ?? 3600_000;
+  const startedMs = Date.now();
 
   // 1. Leftovers of crashed transactions.
   for (const t of await reclaimableTxns(root, graceMs)) {
@@ -135,7 +148,16 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     rep.tmpRemoved++;
   }
 
-  // 2. Every object re-hashed.
+  // What is checked is what was published before the objects are listed, so writers may run meanwhile: the descriptors
+  // first (an image's layers are published before it), then the layers (a layer's objects and packs are in place
+  // before its manifest). A layer or image published while this runs is checked by the next run, never half-seen.
+  const descriptors: Array<{ name: string; img: ThinImage | null; error: unknown }> = [];
+  for (const name of await store.listImages()) {
+    try { descriptors.push({ name, img: await store.getImage(name), error: null }); } catch (e) { descriptors.push({ name, img: null, error: e }); }
+  }
+  const published = new Set(await store.listLayers());
+
+  // 2. Every object re-hashed (one a gc sweep removed since the listing is neither sound nor corrupt).
   const present = new Set<string>();
   const bad = new Map<string, string>();
   const hashes = await listObjects(root);
@@ -144,7 +166,7 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     if (err === null) {
       present.add(h);
       rep.bytes += (await stat(join(root, objectPath(h))).catch(() => null))?.size ?? 0;
-    } else bad.set(h, err);
+    } else if (err !== GONE) bad.set(h, err);
   });
   rep.objects = hashes.length;
   // Packs: each one's members verified by their own hashes; a pack with a bad member is quarantined whole (readers
@@ -157,7 +179,7 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     if (err === null) {
       presentPacks.add(n);
       rep.bytes += (await stat(join(root, packPath(n))).catch(() => null))?.size ?? 0;
-    } else badPacks.set(n, err);
+    } else if (err !== GONE) badPacks.set(n, err);
   });
   rep.objects += packs.length;
   const quarantined = new Map<string, string | null>();
@@ -172,13 +194,12 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   const layerImages = new Map<string, string[]>();
   const configRefs = new Map<string, string[]>(); // config object -> images
   const traceRefs = new Map<string, { images: string[]; size: number }>(); // trace object -> images naming it
-  const published = new Set(await store.listLayers());
   const named: Array<{ image: string; diffId: string; catalog: string }> = [];
   const catalogs = new Map<string, string>(); // layer -> catalog its manifest names
-  for (const name of await store.listImages()) {
+  for (const { name, img, error } of descriptors) {
     rep.images++;
     try {
-      const img = await store.getImage(name);
+      if (error) throw error;
       if (!img) continue;
       for (const l of img.layers) {
         layerImages.set(l.diffId, [...(layerImages.get(l.diffId) ?? []), name]);
@@ -259,7 +280,17 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     }
     rep.imageIndex = { hash: manifest.imageIndex.sha256, error, rebuilt };
   }
-  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length && !(rep.imageIndex && !rep.imageIndex.rebuilt);
+  // Every published layer and image named by the repository manifest, with the bytes it has (a rebuilt index above
+  // republished it already: this then finds nothing).
+  const drift = await repoManifestDrift(root, startedMs);
+  if (drift.length) {
+    let rebuilt = false;
+    if (!opts.dryRun) {
+      try { rebuilt = (await republishManifest(root, await writerSigningOptions())) !== null; } catch (e) { drift.push(`republishing failed: ${errorMessage(e)}`); }
+    }
+    rep.repoManifest = { problems: drift, rebuilt };
+  }
+  rep.ok = !rep.corrupt.length && !rep.missing.length && !rep.brokenLayers.length && !rep.brokenImages.length && !(rep.imageIndex && !rep.imageIndex.rebuilt) && !(rep.repoManifest && !rep.repoManifest.rebuilt);
   return rep;
 }
 

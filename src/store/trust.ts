@@ -6,7 +6,7 @@
  * and what it names (by hash and size).
  */
 import { createHash, createPrivateKey, randomBytes, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
-import { readFile, readdir, mkdir } from 'node:fs/promises';
+import { readFile, readdir, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   REPO_MANIFEST_FILE, REPO_MANIFEST_MEDIA_TYPE, decodeManifestFile, encodeManifestFile, encodeRepoManifest, parseRepoManifest,
@@ -208,6 +208,56 @@ export async function readLocalManifest(root: string): Promise<RepoManifest | nu
   const file = await readFile(join(root, REPO_MANIFEST_FILE)).catch(() => null);
   if (!file) return null;
   try { return parseRepoManifest(decodeManifestFile(file).payload); } catch { return null; }
+}
+
+/**
+ * Whether the store's repository manifest names layer `hex` with the bytes its layer manifest has now. Not so after a
+ * writer died between writing the layer manifest and republishing (or a republish failed): the layer is in layers/
+ * but nodes reading through the manifest do not see it.
+ */
+export async function manifestNamesLayer(root: string, hex: string): Promise<boolean> {
+  const named = (await readLocalManifest(root))?.layers[hex];
+  if (!named) return false;
+  const b = await readFile(join(root, LAYERS_DIR, `${hex}.json`)).catch(() => null);
+  return !!b && b.length === named.size && sha256hex(b) === named.sha256;
+}
+
+/**
+ * Where the repository manifest no longer says what layers/ and images/ hold (each a line), or [] when it does: a
+ * writer died between a layer manifest or descriptor and its republish, or the republish failed. Nodes reading through
+ * the manifest do not see those layers and images (or see an image's former descriptor). A store without layers,
+ * images or manifest is in agreement. `writtenBefore` (ms): files written since are left out, their writers may still
+ * be on their way to republishing (a check of a store in use).
+ */
+export async function repoManifestDrift(root: string, writtenBefore = Infinity): Promise<string[]> {
+  const m = await readLocalManifest(root);
+  const out: string[] = [];
+  const scan = async (dir: string, key: (file: string) => string | null) => {
+    const have = new Map<string, NamedEntry | null>(); // null: written too recently to judge
+    for (const n of await readdir(join(root, dir)).catch(() => [] as string[])) {
+      const k = n.endsWith('.json') && !n.startsWith('.') ? key(n) : null;
+      if (!k) continue;
+      const st = await stat(join(root, dir, n)).catch(() => null);
+      const b = st && st.mtimeMs < writtenBefore ? await readFile(join(root, dir, n)).catch(() => null) : null;
+      have.set(k, b ? { sha256: sha256hex(b), size: b.length } : null);
+    }
+    return have;
+  };
+  const compare = (what: string, named: Record<string, NamedEntry>, have: Map<string, NamedEntry | null>) => {
+    for (const [k, e] of have) {
+      const n = named[k];
+      if (!e) continue;
+      if (!n) out.push(`${what} ${k} is not named by the repository manifest`);
+      else if (n.sha256 !== e.sha256 || n.size !== e.size) out.push(`${what} ${k}: the repository manifest names other bytes than ${what === 'layer' ? 'its manifest' : 'its descriptor'} has`);
+    }
+    for (const k of Object.keys(named)) if (!have.has(k)) out.push(`${what} ${k} is named by the repository manifest but not in the store`);
+  };
+  const layers = await scan(LAYERS_DIR, (n) => (/^[0-9a-f]{64}\.json$/.test(n) ? n.slice(0, -5) : null));
+  const images = await scan(IMAGES_DIR, (n) => { try { return imageNameFromFile(n); } catch { return null; } });
+  if (!m && !layers.size && !images.size) return [];
+  compare('layer', m?.layers ?? {}, layers);
+  compare('image', m?.images ?? {}, images);
+  return out;
 }
 
 /**

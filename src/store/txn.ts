@@ -13,7 +13,7 @@ import type { LayerManifest } from './types.js';
 import { decodePackMembers, parsePack } from './pack.js';
 import type { ObjectWriterPool } from './writer-pool.js';
 import { heldLocks, withCommitLock, type HeldLock } from './lock.js';
-import { republishManifest, writerSigningOptions } from './trust.js';
+import { manifestNamesLayer, republishManifest, writerSigningOptions } from './trust.js';
 import { createLogger } from '../util/log.js';
 import { currentOwner, isOwnerAlive, isPidAlive, type Owner } from './owner.js';
 import { IntegrityError, ThinfsError } from '../util/errors.js';
@@ -305,8 +305,9 @@ export class Txn {
       });
       return { manifest, published: true, restored: 0 };
     });
-    // The repository manifest names the new layer (its own lock serializes writers).
-    if (res.published) await republishManifest(root, { ...signing, log: writerLog });
+    // The repository manifest names the new layer (its own lock serializes writers). A layer found published already
+    // is named too: a writer that died between its layer manifest and the republish left it out (this re-run heals it).
+    if (res.published || !(await manifestNamesLayer(root, digestHex(manifest.diffId)))) await republishManifest(root, { ...signing, log: writerLog });
     return res;
   }
 

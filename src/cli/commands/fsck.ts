@@ -9,7 +9,7 @@ import { fmtBytes } from '../../util/progress.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
 import { escapeControls, quoteText } from '../quote.js';
 
-function describe(r: FsckReport, out: string[]): void {
+function describe(r: FsckReport, out: string[], dryRun = false): void {
   out.push(`${r.objects} objects (${fmtBytes(r.bytes)} sound), ${r.layers} layers, ${r.images} images checked`);
   const images = (x: { images: string[] }) => `images [${x.images.map(quoteText).join(' ')}]`;
   for (const c of r.corrupt) {
@@ -22,6 +22,11 @@ function describe(r: FsckReport, out: string[]): void {
   for (const b of r.brokenLayers) out.push(`broken layer ${b.diffId}: ${escapeControls(b.error)}; used by images [${b.images.map(quoteText).join(' ')}]`);
   for (const b of r.brokenImages) out.push(`broken image ${quoteText(b.name)}: ${escapeControls(b.error)}`);
   if (r.imageIndex) out.push(`image index ${r.imageIndex.hash}: ${escapeControls(r.imageIndex.error)}; ${r.imageIndex.rebuilt ? 'rebuilt (repository manifest republished)' : `not rebuilt (a signed store needs THINFS_SIGNING_KEY)`}`);
+  if (r.repoManifest) {
+    for (const p of r.repoManifest.problems) out.push(escapeControls(p));
+    if (r.repoManifest.rebuilt) out.push('repository manifest republished');
+    else if (!dryRun) out.push('repository manifest not republished (a signed store needs THINFS_SIGNING_KEY)');
+  }
   for (const t of r.txnsRemoved) out.push(`removed staging of crashed transaction ${t}`);
 }
 
@@ -49,7 +54,7 @@ layers or images remain; 2 usage; 4 no store there.`)
       if (o.json) process.stdout.write(JSON.stringify(run.repair ? run : run.before) + '\n');
       else {
         const out: string[] = [];
-        describe(run.before, out);
+        describe(run.before, out, o.dryRun);
         if (run.repair) {
           out.push(`repair from ${run.repair.source} (${run.repair.kind}): ${run.repair.restored.length} objects restored${run.repair.layers.length ? `, ${run.repair.layers.length} layers re-ingested` : ''}`);
           for (const e of run.repair.errors) out.push(`  could not repair ${escapeControls(e.target)}: ${escapeControls(e.error)}`);

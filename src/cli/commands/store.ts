@@ -105,12 +105,17 @@ export function registerStoreCommands(program: Command): void {
       const store = o.init ? await WritableStore.init(o.store) : await WritableStore.openDir(o.store);
       const log = createLogger('ingest', process.env.THINFS_LOG_LEVEL ?? 'warn');
       const input = layer === '-' ? process.stdin : layer;
-      // Ctrl-C / SIGTERM: roll the transaction back and exit 130 (InterruptedError) instead of dying mid-write.
+      // Ctrl-C / SIGTERM: roll the transaction back and exit 130 (InterruptedError) instead of dying mid-write; a second
+      // one exits at once (while waiting for another writer's lock, nothing of this one is staged yet).
       const ac = new AbortController();
-      const onSignal = () => ac.abort();
+      const onSignal = () => { if (ac.signal.aborted) process.exit(130); ac.abort(); process.once('SIGINT', onSignal); process.once('SIGTERM', onSignal); };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      const r = await ingestTar(input, store, { codec, blobDigest: o.blobDigest, expectDiffId: o.diffId, source: layer, progress: o.progress, log, signal: ac.signal })
+      const ingest = () => ingestTar(input, store, { codec, blobDigest: o.blobDigest, expectDiffId: o.diffId, source: layer, progress: o.progress, log, signal: ac.signal });
+      // With its diff id known up front, a layer is written by one writer at a time across every node, as docker2thin
+      // does (the same fetch lock): the others wait, then find it published and only pin its objects while verifying
+      // their input, instead of each staging a full copy to throw away.
+      const r = await (o.diffId ? store.withFetchLock(o.diffId, ingest) : ingest())
         .finally(() => { process.off('SIGINT', onSignal); process.off('SIGTERM', onSignal); });
       const s = r.stats;
       if (o.json) {
