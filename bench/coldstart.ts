@@ -12,6 +12,8 @@
 // lookup of the image's top layer); the prefetch column is the daemons' stats after the start (summed over nodes).
 // A row's time ends when its containers exit; its bytes and requests are counted once the nodes' speculative fetches
 // (file-ahead, trace) are done, so what a start set in motion is counted even if it was still on the wire at the exit.
+// Untraced rows read a copy of the store as converted, traced rows another copy that `trace attach` recompresses, so
+// no untraced row fetches chunks a traced row's attach recompressed before it.
 // Writes bench/out/coldstart.md and, with gnuplot, coldstart.png.
 //
 // Env: BENCH_RTTS (ms, default "0,20"), BENCH_MBIT (default 100), BENCH_NODES (default "1,2,4,8"), BENCH_WORKLOADS
@@ -73,7 +75,7 @@ export async function startNginx(dir: string, store: string): Promise<{ port: nu
 events { worker_connections 1024; }
 http { log_format timed '$msec $request_time $status $body_bytes_sent $request_uri'; access_log ${log} timed; client_body_temp_path ${dir}; proxy_temp_path ${dir}; fastcgi_temp_path ${dir}; uwsgi_temp_path ${dir}; scgi_temp_path ${dir};
   keepalive_requests 100000;
-  server { listen 127.0.0.1:${port}; root ${store}; location /images/ { autoindex on; autoindex_format json; } } }
+  server { listen 127.0.0.1:${port}; root ${store}; location ~ /images/ { autoindex on; autoindex_format json; } } }
 `);
   await writeFile(log, '');
   const p: ChildProcess = spawn('nginx', ['-c', conf, '-e', join(dir, 'error.log')], { stdio: 'ignore' });
@@ -190,10 +192,17 @@ export async function main(): Promise<void> {
   try {
     reg = await startRegistry(join(work, 'registry'));
     await runOk('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', image.ociRef, `docker://${reg.host}/${IMAGE}:${TAG}`], { timeoutMs: 600_000 });
-    const store = join(work, 'store');
+    // Two copies of the converted store behind one nginx: untraced rows read `plain` (chunks as ingest wrote them),
+    // traced rows `traced`, where `trace attach` recompresses the traced chunks (zstd 19). With one store, untraced
+    // rows after the first attach fetched those recompressed chunks (10.4 instead of 12.6 MB).
+    const stores = join(work, 'stores');
+    const store = join(stores, 'plain');
+    const tstore = join(stores, 'traced');
+    await mkdir(stores);
     await runOk(process.execPath, [THINFS, 'init', store]);
     await runOk(process.execPath, [D2T, '--insecure', '--no-progress', '--store', store, '--name', IMAGE, `${reg.host}/${IMAGE}:${TAG}`], { timeoutMs: 900_000 });
-    nginx = await startNginx(work, store);
+    await runOk('cp', ['-a', store, tstore]);
+    nginx = await startNginx(work, stores);
     console.log(`image: ${image.layers} layers, ${(image.compressedBytes / 1e6).toFixed(1)} MB compressed; link ${MBIT} Mbit/s shared by all nodes${MOUNT_ARGS.length ? `; thinfs mount ${MOUNT_ARGS.join(" ")}` : ""}`);
 
     for (const rtt of RTTS) {
@@ -202,7 +211,8 @@ export async function main(): Promise<void> {
       proxies.push(regProxy, storeProxy);
       unshape = shapeLoopback([regProxy.port, storeProxy.port], MBIT);
       const regRef = `127.0.0.1:${regProxy.port}/${IMAGE}:${TAG}`;
-      const storeUrl = `http://127.0.0.1:${storeProxy.port}`;
+      const storeUrl = `http://127.0.0.1:${storeProxy.port}/plain`;
+      const tracedUrl = `http://127.0.0.1:${storeProxy.port}/traced`;
       const thinRef = `${reg.host}/${IMAGE}:${TAG}`; // the name the generated image store gives the converted image
       const regRequests = () => reg!.log().split('\n').filter((l) => /"(GET|HEAD) \/v2\//.test(l)).length;
 
@@ -265,16 +275,16 @@ export async function main(): Promise<void> {
           // to the image (`thinfs trace attach`), then n fresh nodes start it with empty caches; detached after.
           if (PATHS.has('trace')) {
             const traceFile = join(work, `trace-${rtt}-${wname}.json`);
-            const rec = await mountNode(storeUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
+            const rec = await mountNode(tracedUrl, join(work, `rec-${rtt}-${wname}-${n}`, 'mnt'), { cacheDir: join(work, `rec-${rtt}-${wname}-${n}`, 'cache'), extra: ['--record', traceFile] });
             mounts.push(rec);
             await pods[0]!.rootfsRun(rootfs(rec), cmd);
             await rec.stop();
-            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
+            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', tstore, IMAGE, traceFile]);
             const ts: Mounted[] = [];
             for (let i = 0; i < n; i++) {
               const base = join(work, `trace-${rtt}-${wname}-${n}-${i}`);
               await mkdir(base, { recursive: true });
-              const m = await mountNode(storeUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
+              const m = await mountNode(tracedUrl, join(base, 'mnt'), { cacheDir: join(base, 'cache') });
               ts.push(m); mounts.push(m);
             }
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
@@ -285,25 +295,25 @@ export async function main(): Promise<void> {
             row.prefetch = await prefetchOf(ts, parseTrace(await readFile(traceFile)).chunks.length);
             rows.push(row);
             for (const m of ts) await m.stop();
-            await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
+            await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', tstore, IMAGE]);
           }
           for (const p of pods) await p.reset();
 
           // native: `podman run REF` through each node's generated image store (no registry, no pull), n nodes at once.
           const nodeDir = (tag: string, i: number) => join(work, `${tag}${rtt}${wname[0]}${n}-${i}`); // short: podman's runroot limit
           // n fresh native nodes, each mounted on an empty cache (its mount also kept in `mounts` for the final cleanup).
-          const nativeNodes = async (tag: string): Promise<{ nodes: NativeNode[]; nm: Mounted[] }> => {
+          const nativeNodes = async (tag: string, url: string): Promise<{ nodes: NativeNode[]; nm: Mounted[] }> => {
             const nodes: NativeNode[] = [];
             const nm: Mounted[] = [];
             for (let i = 0; i < n; i++) {
-              const node = await NativeNode.make(nodeDir(tag, i), storeUrl);
-              const m = await node.mountAt(storeUrl);
+              const node = await NativeNode.make(nodeDir(tag, i), url);
+              const m = await node.mountAt(url);
               nodes.push(node); nm.push(m); mounts.push(m);
             }
             return { nodes, nm };
           };
           if (PATHS.has('native')) {
-            const { nodes, nm } = await nativeNodes('n');
+            const { nodes, nm } = await nativeNodes('n', storeUrl);
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
             rows.push(await ended('thinfs native cold', n, nm));
@@ -329,15 +339,15 @@ export async function main(): Promise<void> {
           // through layers/), attached to the image; n fresh nodes start it, the lookup of the top layer replays it.
           if (PATHS.has('native-trace')) {
             const traceFile = join(work, `ntrace-${rtt}-${wname}.json`);
-            const recNode = await NativeNode.make(nodeDir('r', 0), storeUrl);
-            const rec = await recNode.mountAt(storeUrl, ['--record', traceFile]);
+            const recNode = await NativeNode.make(nodeDir('r', 0), tracedUrl);
+            const rec = await recNode.mountAt(tracedUrl, ['--record', traceFile]);
             mounts.push(rec);
             await recNode.pod.run(thinRef, cmd);
             await rec.stop();
             await recNode.pod.reset();
             const traced = parseTrace(await readFile(traceFile)).chunks.length;
-            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', store, IMAGE, traceFile]);
-            const { nodes, nm } = await nativeNodes('t');
+            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', tstore, IMAGE, traceFile]);
+            const { nodes, nm } = await nativeNodes('t', tracedUrl);
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             const t0Ms = Date.now();
             await Promise.all(nodes.map((node) => node.pod.run(thinRef, cmd)));
@@ -347,7 +357,7 @@ export async function main(): Promise<void> {
             rows.push(row);
             for (const m of nm) await m.stop();
             for (const node of nodes) await node.pod.reset();
-            await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', store, IMAGE]);
+            await runOk(process.execPath, [THINFS, 'trace', 'detach', '-s', tstore, IMAGE]);
           }
         }
       }

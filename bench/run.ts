@@ -7,6 +7,7 @@ const benches: Record<string, () => Promise<{ main(): Promise<void> }>> = {
   sitecache: () => import('./sitecache.js'),
   coldstart: () => import('./coldstart.js'),
   'coldstart-where': () => import('./coldstart-where.js'),
+  'coldstart-floor': () => import('./floor.js'),
   catalog: () => import('./catalog.js'),
   podman: () => import('./podman.js'),
   'image-index': () => import('./image-index.js'),
