@@ -22,6 +22,7 @@ export interface MountStats {
     requests: Record<string, { n: number; queueSec: number; totalSec: number; maxSec: number }>;
   };
   layersLoaded: number;
+  trust: { revision: number; expires: string; expired: boolean } | null;
 }
 
 export interface Mounted {

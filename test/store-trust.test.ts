@@ -227,6 +227,36 @@ test('published while mounted: new layers and images appear within the refresh t
   assert.ok((await web.accessLog()).some((l) => l.startsWith('GET /thinfs-published 304')), 'conditional GETs of the manifest');
 });
 
+test('a trusted manifest that expires while mounted: still served, warned about once, in /stats and /metrics; a newer one clears it', async () => {
+  await thinfsOk(['sign', '--store', store, '--key', keys.k1, '--validity', String(6 / 86400)]); // six seconds
+  const m = await mountStore(web.url, join(dir, 'mnt-expiry'), { cacheDir: join(dir, 'cache-expiry'), extra: ['--public-key', keys.k1pub, '--refresh', '1'] });
+  mounts.push(m);
+  try {
+    const s0 = await m.stats();
+    assert.equal(s0.trust?.expired, false);
+    await waitFor(async () => /the trusted repository manifest has expired/.test(m.stderr()) || null, 20_000, 200, 'expiry warned');
+    // Still served: running containers keep their files.
+    assert.equal(await readFile(join(m.mp, 'layers', l1, 'small'), 'utf8'), 'hello\n');
+    const s1 = await m.stats();
+    assert.equal(s1.trust!.expired, true);
+    assert.equal(s1.trust!.revision, s0.trust!.revision);
+    const metrics = await m.metrics();
+    const exp = /^thinfs_repo_manifest_expiry_timestamp_seconds (\S+)$/m.exec(metrics);
+    assert.ok(exp, 'expiry gauge exported');
+    assert.equal(Number(exp[1]) * 1000, Date.parse(s1.trust!.expires));
+    assert.match(metrics, new RegExp(`^thinfs_repo_manifest_revision ${s1.trust!.revision}$`, 'm'));
+    // Polls go on (every second here); the warning is not repeated at each.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(m.stderr().split('\n').filter((l) => l.includes('has expired')).length, 1);
+    await thinfsOk(['sign', '--store', store, '--key', keys.k1]);
+    await waitFor(async () => (await m.stats()).trust!.expired === false || null, 10_000, 200, 'a newer revision trusted');
+    assert.match(m.stderr(), /repository manifest valid again/);
+  } finally {
+    await m.stop();
+    await thinfsOk(['sign', '--store', store, '--key', keys.k1]);
+  }
+});
+
 test('concurrent writers serialize manifest updates: every layer named, one revision each, still signed', async () => {
   const before = JSON.parse((await readFile(join(store, MANIFEST), 'utf8')).split('\n--\n')[0]!) as { revision: number };
   const ids = await Promise.all([0, 1, 2, 3].map((i) => layerWith(`c${i}`, { [`c${i}.bin`]: pseudoRandom(50_000 + i, `c${i}`) }, signed())));

@@ -197,7 +197,7 @@ async function openView(o: MountOptions, mp: string, startedAt: number): Promise
   const trigger = new LayerTrigger(store, log, (name, accept) => ns.image(name, accept));
   ns.onLayerDir = (name) => trigger.touched(name);
   trigger.warm();
-  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt }, prefetcher, trigger);
+  const stats = new StatsReporter(fs, cache, { store: store.location, mountpoint: mp, cacheDir: o.cacheDir, statsFile: o.statsFile, log, startedAt, trusted: () => store.trust?.current ?? null }, prefetcher, trigger);
   return { store, cache, fs, stats, prefetcher };
 }
 
@@ -304,13 +304,33 @@ async function announce(o: MountOptions, mp: string, v: View): Promise<void> {
   }
 }
 
-/** Polls the signed repository manifest: new layers and images appear with a new revision; nodes handed out keep theirs. */
+/** While the trusted manifest stays expired, the warning is repeated this often (not at every poll). */
+const EXPIRED_WARN_MS = 10 * 60_000;
+
+/**
+ * Polls the signed repository manifest: new layers and images appear with a new revision; nodes handed out keep theirs.
+ * A trusted manifest that expires while mounted keeps being served (running containers need it), but never silently:
+ * expiry is how a node learns that no newer revision reaches it (a stalled publisher, or a mirror or proxy holding
+ * updates back: TUF's freeze attack), so it is warned about, and exported as a metric to alert on.
+ */
 function startRefresh(o: MountOptions, store: Store): NodeJS.Timeout | null {
   if (!store.trust) return null;
+  let warnedAt = 0;
+  const checkExpiry = () => {
+    const cur = store.trust!.current!;
+    if (Date.parse(cur.expires) > Date.now()) {
+      if (warnedAt) o.log.info({ revision: cur.revision, expires: cur.expires }, 'repository manifest valid again');
+      warnedAt = 0;
+    } else if (Date.now() - warnedAt >= EXPIRED_WARN_MS) {
+      warnedAt = Date.now();
+      o.log.warn({ revision: cur.revision, expires: cur.expires },
+        'the trusted repository manifest has expired and no mirror serves a newer one that verifies: still serving its revision (is the publisher signing? is a mirror or proxy holding updates back?)');
+    }
+  };
   const t = setInterval(() => {
     store.refreshManifest().then((changed) => {
       if (changed) o.log.info({ revision: store.trust!.current!.revision }, 'new repository manifest revision');
-    }, (e: unknown) => o.log.warn({ err: e }, 'repository manifest refresh refused; keeping the current revision'));
+    }, (e: unknown) => o.log.warn({ err: e }, 'repository manifest refresh refused; keeping the current revision')).finally(checkExpiry);
   }, o.refreshMs ?? 60_000);
   t.unref();
   return t;

@@ -9,6 +9,7 @@ import type { ThinFs } from './ops.js';
 import { emptyPrefetchCounters, type Prefetcher, type PrefetchCounters } from './prefetch.js';
 import type { LayerTrigger, LayerTriggerCounters } from './layer-trigger.js';
 import type { Logger } from '../util/log.js';
+import type { RepoManifest } from '../format/repo-manifest.js';
 
 export interface MountStats {
   store: string; mountpoint: string; pid: number; uptimeSec: number;
@@ -17,6 +18,8 @@ export interface MountStats {
   ops: ThinFs['counters'];
   /** Trace replay and file-ahead fetches: hits (prefetched, then read) and waste (prefetched, not read yet); replays started by a layer touch. */
   prefetch: PrefetchCounters & LayerTriggerCounters;
+  /** The signed repository manifest served now (null: the store is read unsigned). */
+  trust: { revision: number; expires: string; expired: boolean } | null;
 }
 
 const EMPTY_PREFETCH: PrefetchCounters = emptyPrefetchCounters();
@@ -32,6 +35,8 @@ export class StatsReporter {
 
   constructor(private readonly fs: ThinFs, private readonly cache: NodeCache, private readonly o: {
     store: string; mountpoint: string; cacheDir: string; statsFile: string | null; log: Logger; startedAt: number;
+    /** The signed manifest trusted now, when the mount checks one. */
+    trusted?: () => RepoManifest | null;
   }, private readonly prefetcher: Prefetcher | null = null, private readonly trigger: LayerTrigger | null = null) {
     collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_' });
     const snap = () => this.snapshot();
@@ -110,6 +115,8 @@ export class StatsReporter {
     gauge('thinfs_cache_quota_bytes', 'Chunk cache quota', (s) => s.cache.quota);
     gauge('thinfs_mem_cache_bytes', 'Decoded chunks held in memory', (s) => s.cache.memBytes);
     gauge('thinfs_layers_loaded', 'Layer catalogs loaded by this mount', (s) => s.layersLoaded);
+    gauge('thinfs_repo_manifest_revision', 'Revision of the signed repository manifest served (0: unsigned store)', (s) => s.trust?.revision ?? 0);
+    gauge('thinfs_repo_manifest_expiry_timestamp_seconds', 'When the signed repository manifest served expires (0: unsigned store); alert before it passes', (s) => s.trust ? Date.parse(s.trust.expires) / 1000 : 0);
   }
 
   snapshot(): MountStats {
@@ -120,7 +127,13 @@ export class StatsReporter {
       cache: { ...this.cache.counters, dir: this.o.cacheDir, quota: this.cache.quota, usedBytes: this.cache.usedBytes, usedObjects: this.cache.usedObjects, memBytes: this.cache.memBytes, assembling: this.cache.assemblingFiles },
       ops: { ...this.fs.syncNativeCounters(), xattrsByTransport: this.fs.xattrsByTransport(), requests: structuredClone(this.fs.counters.requests) },
       prefetch: { ...(this.prefetcher?.counters ?? EMPTY_PREFETCH), ...(this.trigger?.counters ?? EMPTY_TRIGGER) },
+      trust: this.trustNow(),
     };
+  }
+
+  private trustNow(): MountStats['trust'] {
+    const m = this.o.trusted?.() ?? null;
+    return m ? { revision: m.revision, expires: m.expires, expired: Date.parse(m.expires) <= Date.now() } : null;
   }
 
   /** The stats file is rewritten (atomically) at most every 250 ms while counters move, and at exit. */
