@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, listFiles, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, storeSnapshot } from './helpers/proc.js';
+import { cleanupTmpDirs, listFiles, run, runOk, thinfs, thinfsJson, thinfsOk, THINFS_MAIN, tmpDir, waitFor, storeSnapshot } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
 import { makeTreeTar } from './fixtures/tars.js';
 import { pseudoRandom } from './helpers/layers.js';
@@ -143,4 +143,53 @@ test('a layer whose catalog is missing: gc --dry-run reports it and goes on; a r
   assert.deepEqual((await storeSnapshot(store)).data, before.data);
   // The good layer is intact throughout.
   await thinfsOk(['export', good.diffId, '-o', path.join(dir, 'good.out.tar'), '--store', store]);
+});
+
+test('a removal that fails does not stop the sweep: the rest is collected, the failure named, exit 1; files that are not objects are left alone', async () => {
+  const dir = await tmpDir();
+  const store = path.join(dir, 'store');
+  await thinfsOk(['init', store]);
+  await thinfsOk(['ingest', await makeTar(dir, 'kept', 3, 0), '--store', store, '--json']);
+  const orphan = await thinfsJson<{ diffId: string }>(['ingest', await makeTar(dir, 'orphan', 0, 6, 'gcfail'), '--store', store, '--json']);
+  await fsp.rm(path.join(store, 'layers', `${orphan.diffId.slice(7)}.json`));
+  await thinfsOk(['fsck', '--store', store]); // republishes the repository manifest without the orphan
+  // An NFS silly-rename (a file unlinked while a client held it open) beside the objects.
+  const fan = (await fsp.readdir(path.join(store, 'data')))[0]!;
+  const silly = path.join(store, 'data', fan, '.nfs000000000012345600000001');
+  await fsp.writeFile(silly, 'held open elsewhere');
+  await ageObjects(store);
+  const dry = JSON.parse(await thinfsOk(['gc', '--store', store, '--grace', '0', '--dry-run', '--json'])) as { removed: number; foreign: number };
+  assert.ok(dry.removed >= 6, `the orphan's objects are garbage (${dry.removed})`);
+  assert.equal(dry.foreign, 1, 'the .nfs file is not an object');
+  // Which objects in data/ are garbage: the ones a real sweep removes from a copy of the store.
+  const copy = path.join(dir, 'copy');
+  await fsp.cp(store, copy, { recursive: true, preserveTimestamps: true });
+  await thinfsOk(['gc', '--store', copy, '--grace', '0']);
+  const left = new Set(await listFiles(path.join(copy, 'data')));
+  const garbage = (await listFiles(path.join(store, 'data'))).filter((f) => !left.has(f)).sort();
+  assert.ok(garbage.length >= 2);
+  assert.ok(left.has(path.relative(path.join(store, 'data'), silly)), 'the .nfs file is left alone');
+  // One garbage object cannot be removed (immutable: root cannot remove it either).
+  const held = garbage[0]!;
+  await runOk('chattr', ['+i', path.join(store, 'data', held)]);
+  try {
+    const r = await thinfs(['gc', '--store', store, '--grace', '0', '--json']);
+    assert.equal(r.code, 1, `exit 1 when a removal failed (stderr ${r.stderr})`);
+    const rep = JSON.parse(r.stdout) as { removed: number; failures: number; failed: Array<{ path: string; error: string }>; foreign: number };
+    assert.equal(rep.failures, 1);
+    assert.equal(rep.removed, dry.removed - 1, 'every other garbage object removed');
+    assert.equal(rep.failed[0]!.path, `data/${held}`);
+    assert.match(rep.failed[0]!.error, /EPERM|not permitted/);
+    const now = new Set(await listFiles(path.join(store, 'data')));
+    assert.deepEqual(garbage.filter((g) => now.has(g)), [held]);
+    const text = await thinfs(['gc', '--store', store, '--grace', '0']);
+    assert.equal(text.code, 1);
+    assert.match(text.stdout, /cannot remove data\/.*1 removal\(s\) failed/s);
+  } finally {
+    await run('chattr', ['-i', path.join(store, 'data', held)]);
+  }
+  // Once the file can go, the next gc takes it and succeeds; the .nfs file stays.
+  const again = JSON.parse(await thinfsOk(['gc', '--store', store, '--grace', '0', '--json'])) as { removed: number; failures: number };
+  assert.deepEqual([again.removed, again.failures], [1, 0]);
+  await fsp.access(silly);
 });

@@ -1,11 +1,11 @@
 // Owns garbage collection of a writable store: reclaiming dead transactions' staging and sweeping objects no
 // published layer or image references, and image indexes the repository manifest no longer names, safely against commits running on any node (ARCHITECTURE.md, Store).
-import { readdir, stat, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir, stat, unlink } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import type { WritableStore } from './store.js';
 import { reclaimableTxns, removeTxn } from './txn.js';
 import { withSweepLock } from './lock.js';
-import { DATA_DIR, INDEXES_DIR, PACKS_DIR } from './layout.js';
+import { DATA_DIR, INDEXES_DIR, PACKS_DIR, TXN_DIR } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
 import { readLocalManifest } from './trust.js';
 import { errorMessage } from '../util/errors.js';
@@ -21,6 +21,33 @@ export interface GcResult {
   broken: BrokenLayer[];
   /** True when objects were (or, dry run, would be) swept; false when a broken layer stopped the sweep. */
   swept: boolean;
+  /**
+   * Removals that failed (EACCES, EBUSY, EROFS...): the sweep goes on past them, so one file the store's filesystem
+   * will not let go of never keeps the rest from being collected; counted, the first few named.
+   */
+  failures: number;
+  failed: Array<{ path: string; error: string }>;
+  /** Files in data/ or packs/ whose names are no object's (NFS silly-renames `.nfs*`, stray temp files): left alone. */
+  foreign: number;
+}
+
+/** How many failed removals a result names (the count covers all). */
+const FAILED_NAMED = 20;
+/** An object's or pack's file name under its two-hex fan directory: the other 62 hex digits of its SHA-256. */
+const OBJECT_REST = /^[0-9a-f]{62}$/;
+const FAN = /^[0-9a-f]{2}$/;
+
+/** Remove one file or staging; a failure is recorded, not thrown (ENOENT is no failure: gone is what was wanted). */
+async function removeOrRecord(res: GcResult, path: string, remove: () => Promise<void>): Promise<boolean> {
+  try {
+    await remove();
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    res.failures++;
+    if (res.failed.length < FAILED_NAMED) res.failed.push({ path, error: errorMessage(e) });
+    return false;
+  }
 }
 
 /** Live names: objects in data/ and packs (pack.ts) in packs/, each kept while a published layer or image names it. */
@@ -83,9 +110,9 @@ async function replacedIndexes(root: string, graceMs: number): Promise<string[]>
  * objects are unknown); it is reported, and a dry run goes on reporting the rest.
  */
 export async function collectGarbage(store: WritableStore, opts: { graceMs: number; dryRun?: boolean; onWait?: (commits: number) => void }): Promise<GcResult> {
-  const res: GcResult = { layers: 0, referenced: 0, scanned: 0, removed: 0, removedBytes: 0, txnsRemoved: 0, txnsKept: 0, kept: 0, indexesRemoved: 0, broken: [], swept: false };
+  const res: GcResult = { layers: 0, referenced: 0, scanned: 0, removed: 0, removedBytes: 0, txnsRemoved: 0, txnsKept: 0, kept: 0, indexesRemoved: 0, broken: [], swept: false, failures: 0, failed: [], foreign: 0 };
   for (const t of await reclaimableTxns(store.root, opts.graceMs)) {
-    if (!opts.dryRun) await removeTxn(store.root, t.id);
+    if (!opts.dryRun && !await removeOrRecord(res, `${TXN_DIR}/${t.id}`, () => removeTxn(store.root, t.id))) continue;
     res.txnsRemoved++;
   }
   res.txnsKept = (await store.listTxns()).length - (opts.dryRun ? res.txnsRemoved : 0);
@@ -100,8 +127,12 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
   // Packs are swept like objects: kept while a catalog names them, pinned by a committing transaction's hard link.
   for (const [top, names, pack] of [[DATA_DIR, live.objects, false], [PACKS_DIR, live.packs, true]] as const) {
     for (const fan of await readdir(join(store.root, top)).catch(() => [] as string[])) {
+      if (!FAN.test(fan)) { res.foreign++; continue; }
       const dir = join(store.root, top, fan);
       for (const rest of await readdir(dir).catch(() => [] as string[])) {
+        // Only objects are swept: on NFS a file unlinked while a client holds it open lives on as .nfsXXXX (removing
+        // it fails with EBUSY), and it is not ours to judge anyway.
+        if (!OBJECT_REST.test(rest)) { res.foreign++; continue; }
         res.scanned++;
         if (names.has(fan + rest)) continue;
         const st = await stat(join(dir, rest)).catch(() => null);
@@ -131,8 +162,7 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
     res.referenced = live.objects.size + live.packs.size;
     for (const path of await replacedIndexes(store.root, opts.graceMs)) {
       lock.check();
-      await rm(path, { force: true });
-      res.indexesRemoved++;
+      if (await removeOrRecord(res, relative(store.root, path), () => unlink(path))) res.indexesRemoved++;
     }
     if (res.broken.length) return;
     for (const c of candidates) {
@@ -141,7 +171,7 @@ export async function collectGarbage(store: WritableStore, opts: { graceMs: numb
       const p = join(store.root, c.rel);
       const st = await stat(p).catch(() => null);
       if (!st || st.nlink > 1 || Date.now() - st.mtimeMs < opts.graceMs) { res.kept++; continue; }
-      await rm(p, { force: true });
+      if (!await removeOrRecord(res, c.rel, () => unlink(p))) continue;
       res.removed++;
       res.removedBytes += st.size;
     }

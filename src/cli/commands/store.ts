@@ -231,13 +231,18 @@ export function registerStoreCommands(program: Command): void {
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
       else {
         for (const b of r.broken) process.stdout.write(`broken layer ${b.diffId}: ${escapeControls(b.error)}\n`);
+        for (const f of r.failed) process.stdout.write(`cannot remove ${escapeControls(f.path)}: ${escapeControls(f.error)}\n`);
         process.stdout.write(`${o.dryRun ? 'would remove' : 'removed'} ${r.removed} objects (${fmtBytes(r.removedBytes)}) and ${r.txnsRemoved} stale transactions; ` +
           `${r.referenced} objects referenced by ${r.layers} layers, ${r.kept} unreferenced kept (younger than grace or pinned by a transaction)` +
           `${r.indexesRemoved ? `; ${r.indexesRemoved} replaced image index file(s) ${o.dryRun ? 'would be ' : ''}removed` : ''}` +
-          `${r.broken.length ? `; no objects swept: ${r.broken.length} layer(s) unreadable (run thinfs fsck)` : ''}\n`);
+          `${r.broken.length ? `; no objects swept: ${r.broken.length} layer(s) unreadable (run thinfs fsck)` : ''}` +
+          `${r.failures ? `; ${r.failures} removal(s) failed (the sweep went on past them)` : ''}` +
+          `${r.foreign ? `; ${r.foreign} file(s) that are not objects left alone` : ''}\n`);
       }
-      // A dry run is a report; a real gc that could not sweep must not look like success to cron.
+      // A dry run is a report; a real gc that could not sweep, or could not remove everything, must not look like
+      // success to cron.
       if (r.broken.length && !o.dryRun) process.exitCode = EXIT.INTEGRITY;
+      else if (r.failures) process.exitCode = EXIT.FAILURE;
     });
   // Read commands take the HTTP (mirrors, proxies, timeouts) and trust (--public-key) options.
   for (const c of program.commands) if (['layers', 'ls', 'stat', 'cat', 'export'].includes(c.name())) addStoreReadOptions(c);
