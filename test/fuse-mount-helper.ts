@@ -9,7 +9,7 @@ import { run, THINFS_MAIN, waitFor } from './helpers/proc.js';
 export interface MountStats {
   cache: {
     memHits: number; diskHits: number; fetches: number; fetchedBytes: number; fetchedDecodedBytes: number; catalogFetches: number;
-    joined: number; evictions: number; corruptDropped: number; errors: number; usedBytes: number; usedObjects: number; quota: number;
+    joined: number; evictions: number; corruptDropped: number; errors: number; failedFast: number; usedBytes: number; usedObjects: number; quota: number;
     filesAssembled: number; assembling: number; catalogEvictions: number;
     filesVerifiedAtOpen: number; filesTrustedAtOpen: number; filesReverified: number;
     packFetches: number; packMembers: number; packBadMembers: number; packFallbacks: number;

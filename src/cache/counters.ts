@@ -28,6 +28,8 @@ export interface CacheCounters {
   corruptDropped: number;
   /** Objects the store could not deliver intact (missing or failing verification). */
   errors: number;
+  /** Chunk reads failed at once: the same chunk's load had just failed after waiting out the store (fetcher.ts). */
+  failedFast: number;
   /** Chunks loaded from the cache directory ahead of a sequential reader (never from the store). */
   localReadahead: number;
   /** Whole files assembled from cached chunks (for passthrough). */
@@ -49,7 +51,7 @@ export interface CacheCounters {
 export function newCounters(): CacheCounters {
   return {
     memHits: 0, diskHits: 0, fetches: 0, fetchedBytes: 0, fetchedDecodedBytes: 0, catalogFetches: 0,
-    joined: 0, evictions: 0, catalogEvictions: 0, corruptDropped: 0, errors: 0, localReadahead: 0, filesAssembled: 0,
+    joined: 0, evictions: 0, catalogEvictions: 0, corruptDropped: 0, errors: 0, failedFast: 0, localReadahead: 0, filesAssembled: 0,
     filesVerifiedAtOpen: 0, filesTrustedAtOpen: 0, filesReverified: 0, packFetches: 0, packMembers: 0, packBadMembers: 0, packFallbacks: 0,
     listingsBuilt: 0, listingsReused: 0, listingsRejected: 0,
   };

@@ -25,6 +25,16 @@ interface NativeLand {
 }
 /** landObject: the object verified but its cache file not written (then it is fetched the usual way). */
 const LAND_WRITE = -1000;
+/**
+ * A chunk whose load failed after this long (a store that hangs or trickles on every mirror, to the read's deadline)
+ * fails again at once for FAILED_TTL_MS: the kernel asks again for a READ whose readahead failed, at once, and other
+ * readers of the chunk pile up behind it; each would wait out the whole deadline again (EIO after twice --http-timeout).
+ * Quick failures (missing, corrupt, a local store) are not remembered: a retry may well find the object repaired.
+ */
+const SLOW_FAILURE_MS = 1000;
+const FAILED_TTL_MS = 2000;
+/** Chunks remembered as failed at most (oldest dropped first). */
+const FAILED_MAX = 1024;
 
 export interface FetcherParts {
   dir: CacheDir;
@@ -51,6 +61,8 @@ export class ChunkFetcher {
   private readonly landing = new Map<string, Promise<LandedChunk | null>>();
   /** Cache writes under way (writeLocal), by chunk. */
   private readonly writes = new Map<string, Promise<void>>();
+  /** Chunks whose load failed slowly a moment ago: when, and the error (SLOW_FAILURE_MS). */
+  private readonly failed = new Map<string, { at: number; err: unknown }>();
 
   constructor(private readonly p: FetcherParts) {
     this.debug = p.log.isLevelEnabled('debug');
@@ -73,7 +85,19 @@ export class ChunkFetcher {
     if (m) { this.p.counters.memHits++; return Promise.resolve(m); }
     const running = this.inflight.get(hash);
     if (running) { this.p.counters.joined++; return running; }
-    const p = this.load(hash, size, pack).finally(() => this.inflight.delete(hash));
+    const f = this.failed.get(hash);
+    if (f) {
+      if (Date.now() - f.at < FAILED_TTL_MS) { this.p.counters.failedFast++; return Promise.reject(f.err); }
+      this.failed.delete(hash);
+    }
+    const t0 = Date.now();
+    const p = this.load(hash, size, pack).catch((e: unknown) => {
+      if (Date.now() - t0 >= SLOW_FAILURE_MS) {
+        if (this.failed.size >= FAILED_MAX) this.failed.delete(this.failed.keys().next().value!);
+        this.failed.set(hash, { at: Date.now(), err: e });
+      }
+      throw e;
+    }).finally(() => this.inflight.delete(hash));
     this.inflight.set(hash, p);
     return p;
   }

@@ -50,6 +50,7 @@ export class StatsReporter {
     };
     counter('thinfs_store_fetches_total', 'Objects fetched from the store', (s) => s.cache.fetches);
     counter('thinfs_store_fetched_bytes_total', 'Framed bytes fetched from the store', (s) => s.cache.fetchedBytes);
+    counter('thinfs_store_failed_fast_total', 'Chunk reads failed at once: the same chunk had just failed after waiting out the store (a hanging store: the kernel retries a failed READ)', (s) => s.cache.failedFast);
     counter('thinfs_store_pack_fetches_total', 'Packs fetched from the store (one request each, in fetches too)', (s) => s.cache.packFetches);
     counter('thinfs_store_pack_members_total', 'Chunks packs brought into the cache', (s) => s.cache.packMembers);
     counter('thinfs_store_pack_fallbacks_total', 'Chunks a pack could not give (fetched as their own object)', (s) => s.cache.packFallbacks);
