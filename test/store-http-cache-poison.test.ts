@@ -6,7 +6,7 @@
 // unchanged: the damage happened on the way) is passed by: the mirror is asked through the next proxy (DIRECT).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpDir, cleanupTmpDirs, haveCommand, runOk, sha256, thinfs, thinfsJson, thinfsOk } from './helpers/proc.js';
 import { startNginx, startSquid, type WebServer } from './helpers/web.js';
@@ -101,4 +101,30 @@ test('a proxy that keeps serving its damaged copy past no-cache (reload_into_ims
   t.diagnostic(lines.join(' '));
   // The first node's read, then the mount's: once, and once more past the cache (still its damaged copy), then DIRECT.
   assert.ok(lines.length >= 3 && lines.slice(1).every((l) => !/MISS\/200/.test(l) || /REFRESH/.test(l)), lines.join(' '));
+});
+
+test('a 404 a proxy keeps (negative caching), asked for before the object was there: asked again past the cache, the mount reads the exact bytes', async (t) => {
+  if (!(await haveCommand('squid')) || !(await haveCommand('nginx'))) return t.skip('needs squid and nginx (scripts/setup.sh)');
+  const origin = await startNginx(store, join(dir, 'nginx404'));
+  servers.push(origin);
+  const squid = await startSquid('negative_ttl 1 hour');
+  servers.push(squid);
+  const victim = files.get('other')!;
+  const h = sha256(victim);
+  const objFile = join(store, 'data', h.slice(0, 2), h.slice(2));
+  const good = await readFile(objFile);
+  // The object is not on the origin yet (a mirror still syncing, a node asking early): the proxy keeps the 404.
+  await rm(objFile);
+  const first = await thinfs(['cat', '--store', origin.url, '--proxy', squid.url, `sha256:${layer}`, '/other']);
+  assert.notEqual(first.code, 0, 'missing at first');
+  await writeFile(objFile, good);
+  const direct = await thinfs(['cat', '--store', origin.url, `sha256:${layer}`, '/other']);
+  assert.equal(direct.code, 0, 'the origin has it now');
+
+  const m = await mountStore(origin.url, join(dir, 'mnt404'), { cacheDir: join(dir, 'cache404'), extra: ['--proxy', squid.url, '--http-timeout', '10'] });
+  mounts.push(m);
+  assert.equal(sha256(await readFile(join(m.mp, 'layers', layer, 'other'))), h, 'exact bytes through the proxy');
+  const lines = (await squid.accessLog()).filter((l) => l.includes(`/data/${h.slice(0, 2)}/${h.slice(2)}`));
+  t.diagnostic(lines.map((l) => l.split(/\s+/).slice(3, 4).join(' ')).join(' '));
+  assert.ok(lines.some((l) => /NEGATIVE_HIT|TCP_HIT\/404|HIT\/404/.test(l)), 'the proxy did answer its kept 404 first');
 });

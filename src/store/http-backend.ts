@@ -62,7 +62,7 @@ interface Peer { url: string; failures: number; avoidUntil: number }
 
 export interface HttpCounters {
   requests: number; failovers: number; hostFailures: number; proxyFailures: number; notModified: number;
-  /** Requests asked again with Cache-Control: no-cache after the first answer's bytes were wrong. */
+  /** Requests asked again with Cache-Control: no-cache after the first answer's bytes were wrong (or a 404 through a proxy). */
   noCacheRetries: number;
 }
 
@@ -153,7 +153,11 @@ export class HttpBackend implements Backend {
               } catch (e) {
                 // Wrong bytes may be a cache's copy (a site proxy, a CDN) rather than the mirror's: asked once more past
                 // any cache (as CernVM-FS does), else every node behind that cache gets them for as long as it keeps them.
-                if (!(e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY) || signal.aborted) throw e;
+                // So may a 404 through a proxy: a cache that keeps negative answers (Squid's negative_ttl, a CDN) asked
+                // before the object was published would otherwise deny it to every node behind it for that long.
+                const wrong = e instanceof ThinfsError && e.exitCode === EXIT.INTEGRITY;
+                const cachedMiss = e instanceof NotFoundError && proxy !== null;
+                if (!(wrong || cachedMiss) || signal.aborted) throw e;
                 this.counters.noCacheRetries++;
                 r = await this.once(host.url, proxy, path, rel, max, etag, signal, next, true);
                 if (r.data && opts.verify) await opts.verify(r.data);
