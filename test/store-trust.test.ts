@@ -7,7 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFile, lstat, mkdir, open, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256, waitFor } from './helpers/proc.js';
+import { tmpDir, cleanupTmpDirs, runOk, thinfs, thinfsJson, thinfsOk, sha256, waitFor, REPO_ROOT } from './helpers/proc.js';
 import { startNginx, type WebServer } from './helpers/web.js';
 import { putTestImage, testDescriptor } from './helpers/descriptor.js';
 import { pseudoRandom } from './helpers/layers.js';
@@ -131,6 +131,28 @@ test('an expired manifest and a replayed older revision are refused (the revisio
   } finally {
     await writeFile(path, newer);
     await thinfsOk(['sign', '--store', store, '--key', keys.k1]);
+  }
+});
+
+test('processes recording revisions in one trust dir at once never lower what another recorded', async () => {
+  const trustDir = join(dir, 'trust-race');
+  const mod = join(REPO_ROOT, 'dist', 'src', 'store', 'trust.js');
+  for (let round = 0; round < 4; round++) {
+    const n = 12;
+    // Each writer records its own revision of one key, all released at once (a file they wait for); the highest must
+    // survive every interleaving.
+    const go = join(dir, `trust-race-go-${round}`);
+    const writers = Array.from({ length: n }, (_, i) => runOk(process.execPath, ['--input-type=module', '-e',
+      `const { existsSync } = await import('node:fs'); const { RevisionLog } = await import(${JSON.stringify(mod)});
+       const log = new RevisionLog(${JSON.stringify(trustDir)}); await log.read();
+       (await import('node:fs')).writeFileSync(${JSON.stringify(go)} + '.ready.' + ${i}, '');
+       while (!existsSync(${JSON.stringify(go)})) await new Promise((r) => setTimeout(r, 2));
+       await log.record('k', ${round * n + i + 1});`]));
+    await waitFor(async () => (await readdir(dir)).filter((f) => f.startsWith(`trust-race-go-${round}.ready.`)).length === n || null, 60_000, 20, 'writers ready');
+    await writeFile(go, '');
+    await Promise.all(writers);
+    const all = JSON.parse(await readFile(join(trustDir, 'revisions.json'), 'utf8')) as Record<string, number>;
+    assert.equal(all.k, (round + 1) * n, `round ${round}: the highest revision recorded`);
   }
 });
 

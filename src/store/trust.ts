@@ -8,6 +8,7 @@
 import { createHash, createPrivateKey, randomBytes, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { readFile, readdir, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import lockfile from 'proper-lockfile';
 import {
   REPO_MANIFEST_FILE, REPO_MANIFEST_MEDIA_TYPE, decodeManifestFile, encodeManifestFile, encodeRepoManifest, parseRepoManifest,
   type NamedEntry, type RepoManifest,
@@ -101,11 +102,21 @@ export class RevisionLog {
     return max;
   }
   async record(keyId: string, revision: number): Promise<void> {
-    const all = await this.read();
-    if ((all[keyId] ?? 0) >= revision) return;
-    all[keyId] = revision;
+    if (((await this.read())[keyId] ?? 0) >= revision) return;
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await atomicWrite(this.file, JSON.stringify(all) + '\n');
+    // Processes sharing a trust dir (read commands run at once, a mount and its podman watch) update it under a lock:
+    // a read-modify-write racing another could otherwise write back a lower revision than one already recorded.
+    const release = await lockfile.lock(this.file, {
+      realpath: false, stale: 10_000, retries: { retries: 1000, factor: 1.2, minTimeout: 10, maxTimeout: 200 },
+    });
+    try {
+      const all = await this.read();
+      if ((all[keyId] ?? 0) >= revision) return;
+      all[keyId] = revision;
+      await atomicWrite(this.file, JSON.stringify(all) + '\n');
+    } finally {
+      await release();
+    }
   }
 }
 
