@@ -223,10 +223,20 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
     }
   }
 
-  const layersJson = JSON.stringify([...layers.values()].sort((a, b) => a.id.localeCompare(b.id)));
-  const imagesJson = JSON.stringify([...images.values()].sort((a, b) => a.id.localeCompare(b.id)));
-  if (await replaceIfChanged(join(layersDir, 'layers.json'), layersJson)) { result.changed = true; await touchLock(join(layersDir, 'layers.lock')); }
+  // At every instant, every image images.json names has its layers in layers.json: layers added are listed
+  // before the images that use them, and layers removed are dropped only after images.json stopped naming
+  // them (until then layers.json lists old and new layers; their directories are still there).
+  const byId = (a: { id: string }, b: { id: string }) => a.id.localeCompare(b.id);
+  const layersFile = join(layersDir, 'layers.json');
+  const layersJson = JSON.stringify([...layers.values()].sort(byId));
+  const imagesJson = JSON.stringify([...images.values()].sort(byId));
+  const old = await readFile(layersFile, 'utf8').then((t) => JSON.parse(t) as unknown, () => null);
+  const kept = Array.isArray(old) ? (old as LayerEntry[]).filter((l) => l && typeof l.id === 'string' && !layers.has(l.id)) : [];
+  if (await replaceIfChanged(layersFile, JSON.stringify([...layers.values(), ...kept].sort(byId)))) {
+    result.changed = true; await touchLock(join(layersDir, 'layers.lock'));
+  }
   if (await replaceIfChanged(join(imagesDir, 'images.json'), imagesJson)) { result.changed = true; await touchLock(join(imagesDir, 'images.lock')); }
+  if (await replaceIfChanged(layersFile, layersJson)) { result.changed = true; await touchLock(join(layersDir, 'layers.lock')); }
 
   // Only now that the JSON no longer names them: what no image uses any more.
   for (const e of await readdir(ovl)) {

@@ -1,0 +1,105 @@
+// The generated podman image store against what a normal `podman pull` records (the oracle, checked by hand
+// against a docker-registry pull: see the commit messages): an image converted by digest is REPO@DIGEST, not a
+// dangling <none> image; the image's CREATED is its config's, not the conversion's; and podman never reads a
+// layers.json that lacks a layer images.json names, while images come and go.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { thinfsJson, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand } from './helpers/proc.js';
+import { copyHostTools } from './helpers/host-tools.js';
+import { testPodman, type TestPodman } from './helpers/podman.js';
+import { makeLayer } from './helpers/layers.js';
+import { testDescriptor } from './helpers/descriptor.js';
+import { trackedMounts, type TrackedMounts } from './helpers/tracked-mounts.js';
+import { Store, WritableStore } from '../src/store/store.js';
+import { generatePodmanStore } from '../src/podman/image-store.js';
+import type { ThinImage } from '../src/format/descriptor.js';
+
+let work = '';
+let skip: string | false = false;
+let store = '';
+let mounts: TrackedMounts | null = null;
+let pod: TestPodman | null = null;
+const hex: Record<'base' | 'a' | 'b', string> = { base: '', a: '', b: '' };
+const CREATED = '2024-01-02T03:04:05Z';
+const DIGEST = `sha256:${'5d'.repeat(32)}`;
+
+async function ingest(name: string, fill: (d: string) => Promise<void>): Promise<string> {
+  const l = await makeLayer(work, name, fill);
+  return (await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', store, '--json', '--no-progress'])).diffId.slice(7);
+}
+
+function descriptor(name: string, reference: string, layerHexes: string[], extra: Partial<ThinImage> = {}): ThinImage {
+  const d = testDescriptor(name, store, layerHexes);
+  d.reference = reference;
+  d.created = new Date().toISOString(); // the conversion's time
+  d.config = { architecture: 'amd64', os: 'linux', created: CREATED, config: { Env: ['PATH=/usr/bin:/bin'], Cmd: ['/usr/bin/sh'] }, rootfs: { type: 'layers', diff_ids: layerHexes.map((h) => `sha256:${h}`) } };
+  return { ...d, ...extra };
+}
+
+before(async () => {
+  work = await tmpDir('thinfs-podman-names-');
+  store = path.join(work, 'store');
+  await thinfsOk(['init', store]);
+  hex.base = await ingest('base', async (d) => {
+    await copyHostTools(d, ['sh', 'cat', 'true']);
+    for (const x of ['tmp', 'proc', 'sys', 'dev', 'etc']) await fsp.mkdir(path.join(d, x), { recursive: true });
+    await fsp.writeFile(path.join(d, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  });
+  hex.a = await ingest('a', async (d) => { await fsp.writeFile(path.join(d, 'a.txt'), 'a\n'); });
+  hex.b = await ingest('b', async (d) => { await fsp.writeFile(path.join(d, 'b.txt'), 'b\n'); });
+  for (const c of ['podman', 'runc']) if (!(await haveCommand(c))) { skip = `${c} not installed (scripts/setup.sh)`; return; }
+  mounts = trackedMounts(work, store);
+});
+
+after(async () => {
+  await mounts?.close();
+  await cleanupTmpDirs();
+});
+
+test('layers.json names every layer images.json uses at every instant, while images are added and removed', async () => {
+  const dir = path.join(work, 'consistency');
+  const ws = await WritableStore.openDir(store);
+  await ws.putImage(descriptor('keep:1', 'localhost/keep:1', [hex.base]));
+  const st = await Store.open(store);
+  const gen = () => generatePodmanStore({ store: st, mountpoint: path.join(work, 'mnt'), dir });
+  await gen();
+  // A reader as podman reads: layers.json, then images.json, then layers.json again (a layer in either read will do).
+  const reader = spawn(process.execPath, ['-e', `
+    const fs = require('fs'); const dir = process.argv[1]; let reads = 0, bad = 0, first = '';
+    const layers = () => { try { return new Set(JSON.parse(fs.readFileSync(dir + '/overlay-layers/layers.json', 'utf8')).map((l) => l.id)); } catch { return null; } };
+    const end = Date.now() + 60000;
+    const stop = () => { console.log(JSON.stringify({ reads, bad, first })); process.exit(0); };
+    process.on('SIGTERM', stop);
+    (function loop() {
+      for (let i = 0; i < 200; i++) {
+        const l1 = layers(); let imgs; try { imgs = JSON.parse(fs.readFileSync(dir + '/overlay-images/images.json', 'utf8')); } catch { continue; }
+        const l2 = layers(); if (!l1 || !l2) continue; reads++;
+        for (const im of imgs) if (!l1.has(im.layer) && !l2.has(im.layer)) { bad++; first ||= im.names.join(','); }
+      }
+      if (Date.now() > end) stop(); else setImmediate(loop);
+    })();`, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  reader.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
+  const done = new Promise<void>((r) => reader.on('exit', () => r()));
+  try {
+    const file = path.join(store, 'images', 'churn%3A1.json');
+    for (let i = 0; i < 60; i++) {
+      await ws.putImage(descriptor('churn:1', 'localhost/churn:1', [hex.base, i % 2 ? hex.a : hex.b]));
+      await gen();
+      await fsp.rm(file);
+      await gen();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  } finally {
+    reader.kill('SIGTERM');
+    await done;
+  }
+  const r = JSON.parse(out) as { reads: number; bad: number; first: string };
+  assert.ok(r.reads > 100, `the reader read (${r.reads})`);
+  assert.equal(r.bad, 0, `images.json named a layer layers.json did not list (${r.bad} of ${r.reads} reads, first: ${r.first})`);
+  const final = JSON.parse(await fsp.readFile(path.join(dir, 'overlay-layers/layers.json'), 'utf8')) as Array<{ id: string }>;
+  assert.deepEqual(final.map((l) => l.id), [hex.base], 'layers no image uses are dropped at the end');
+});
