@@ -55,6 +55,7 @@ before(async () => {
 });
 
 after(async () => {
+  await pod?.cleanup();
   await mounts?.close();
   await cleanupTmpDirs();
 });
@@ -102,4 +103,30 @@ test('layers.json names every layer images.json uses at every instant, while ima
   assert.equal(r.bad, 0, `images.json named a layer layers.json did not list (${r.bad} of ${r.reads} reads, first: ${r.first})`);
   const final = JSON.parse(await fsp.readFile(path.join(dir, 'overlay-layers/layers.json'), 'utf8')) as Array<{ id: string }>;
   assert.deepEqual(final.map((l) => l.id), [hex.base], 'layers no image uses are dropped at the end');
+});
+
+test('podman: an image converted by digest is REPO@DIGEST (not dangling), CREATED is the config\'s', async (t) => {
+  if (skip) { t.skip(skip); return; }
+  const ws = await WritableStore.openDir(store);
+  for (const n of ['keep%3A1.json', 'churn%3A1.json']) await fsp.rm(path.join(store, 'images', n), { force: true });
+  await ws.putImage(descriptor('y@sha256', `127.0.0.1:5000/x/y@${DIGEST}`, [hex.base, hex.a], { manifestDigest: DIGEST }));
+  await ws.putImage(descriptor('z:v1', '127.0.0.1:5000/x/z:v1@' + `sha256:${'7e'.repeat(32)}`, [hex.base, hex.b], { manifestDigest: `sha256:${'7e'.repeat(32)}` }));
+  await mounts!.mount('mnt', { cache: 'cache', extra: ['--podman-store', path.join(work, 'ps')] });
+  const conf = path.join(work, 'node', 'storage.conf');
+  await fsp.mkdir(path.dirname(conf), { recursive: true });
+  await thinfsOk(['podman-conf', path.join(work, 'ps'), '--graphroot', path.join(work, 'node/graph'), '--runroot', path.join(work, 'node/run'), '-o', conf]);
+  pod = await testPodman(path.join(work, 'node'), { storageConf: conf });
+  const list = await pod.podmanOk(['images', '--format', '{{.Repository}} {{.Tag}} {{.Digest}}']);
+  assert.match(list, new RegExp(`^127\\.0\\.0\\.1:5000/x/y <none> ${DIGEST}$`, 'm'), list);
+  assert.match(list, /^127\.0\.0\.1:5000\/x\/z <none> sha256:(7e){32}$/m, list);
+  assert.equal((await pod.podmanOk(['images', '-q', '--filter', 'dangling=true'])).trim(), '', 'no dangling image');
+  const ref = `127.0.0.1:5000/x/y@${DIGEST}`;
+  // (the descriptors here have no registry manifest in the store: the written one's digest is listed too)
+  assert.ok((JSON.parse(await pod.podmanOk(['image', 'inspect', '--format', '{{json .RepoDigests}}', ref])) as string[]).includes(ref));
+  assert.equal(await pod.podmanOk(['run', '--rm', '--network=none', ref, 'cat', '/a.txt']), 'a\n');
+  // CREATED as a pull records it: the config's time (inspect already said so; the list and its filters now agree)
+  assert.match(await pod.podmanOk(['images', '--format', '{{.CreatedAt}}', ref]), /^2024-01-02 03:04:05 \+0000 UTC$/m);
+  assert.equal((await pod.podmanOk(['images', '-q', '--filter', 'since=' + ref])).trim(), '', 'nothing created after an image of the same config time');
+  const imgs = JSON.parse(await fsp.readFile(path.join(work, 'ps', 'overlay-images/images.json'), 'utf8')) as Array<{ created: string }>;
+  assert.deepEqual(imgs.map((i) => i.created), [CREATED, CREATED]);
 });

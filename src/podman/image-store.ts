@@ -89,14 +89,32 @@ function imageNames(desc: ThinImage): string[] {
     const n = desc.name.includes(':') ? desc.name : `${desc.name}:latest`;
     return /^[a-z0-9][a-z0-9._\/-]*:[\w][\w.-]{0,127}$/.test(n) ? [`localhost/${n}`] : [];
   }
-  if (ref.includes('@')) return [];
-  const tail = ref.slice(ref.lastIndexOf('/') + 1);
-  const withTag = tail.includes(':') ? ref : `${ref}:latest`;
+  // A reference by digest names the image REPO@DIGEST, as a pull by digest does (not a dangling <none> image):
+  // `podman images` shows its repository and RepoDigests lists it. A tag given with the digest is dropped, as podman does.
+  const at = ref.indexOf('@');
+  const digest = at >= 0 ? ref.slice(at + 1) : '';
+  if (at >= 0 && !/^sha256:[0-9a-f]{64}$/.test(digest)) return [];
+  let repo = at >= 0 ? ref.slice(0, at) : ref;
+  const tail = repo.slice(repo.lastIndexOf('/') + 1);
+  if (digest && tail.includes(':')) repo = repo.slice(0, repo.length - tail.length + tail.indexOf(':'));
+  const withTag = digest || tail.includes(':') ? repo : `${repo}:latest`;
   // An unqualified reference (no registry host) is what docker.io serves.
   const first = withTag.split('/')[0]!;
   const qualified = withTag.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost') ? withTag
     : `docker.io/${withTag.includes('/') ? '' : 'library/'}${withTag}`;
-  return [qualified];
+  return [digest ? `${qualified}@${digest}` : qualified];
+}
+
+/**
+ * The image's creation time as a pull records it (c/image takes the config's "created"): what `podman images`
+ * shows as CREATED and what --filter since/before and --sort created compare, not the time of the conversion.
+ */
+function configCreated(config: Buffer): string | undefined {
+  try {
+    const c = (JSON.parse(config.toString('utf8')) as { created?: unknown }).created;
+    // Go's time.Time reads RFC 3339 only: anything else would make images.json unreadable for every image.
+    return typeof c === 'string' && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(c) && !Number.isNaN(Date.parse(c)) ? c : undefined;
+  } catch { return undefined; }
 }
 
 /** An image manifest podman can read back: the registry's layers and config, in the descriptor's media types. */
@@ -197,7 +215,7 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
         'big-data-names': [...data.keys()],
         'big-data-sizes': Object.fromEntries([...data].map(([k, v]) => [k, v.length])),
         'big-data-digests': digests,
-        created: desc.created,
+        created: configCreated(config) ?? desc.created,
       });
     } catch (e) {
       result.skipped.push({ name, reason: errorMessage(e) });
