@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { thinfsJson, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand } from './helpers/proc.js';
+import { runOk, thinfsJson, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, waitFor } from './helpers/proc.js';
 import { copyHostTools } from './helpers/host-tools.js';
 import { testPodman, type TestPodman } from './helpers/podman.js';
 import { makeLayer } from './helpers/layers.js';
@@ -44,7 +44,7 @@ before(async () => {
   store = path.join(work, 'store');
   await thinfsOk(['init', store]);
   hex.base = await ingest('base', async (d) => {
-    await copyHostTools(d, ['sh', 'cat', 'true']);
+    await copyHostTools(d, ['sh', 'cat', 'true', 'sleep']);
     for (const x of ['tmp', 'proc', 'sys', 'dev', 'etc']) await fsp.mkdir(path.join(d, x), { recursive: true });
     await fsp.writeFile(path.join(d, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
   });
@@ -129,4 +129,28 @@ test('podman: an image converted by digest is REPO@DIGEST (not dangling), CREATE
   assert.equal((await pod.podmanOk(['images', '-q', '--filter', 'since=' + ref])).trim(), '', 'nothing created after an image of the same config time');
   const imgs = JSON.parse(await fsp.readFile(path.join(work, 'ps', 'overlay-images/images.json'), 'utf8')) as Array<{ created: string }>;
   assert.deepEqual(imgs.map((i) => i.created), [CREATED, CREATED]);
+});
+
+test('an image removed from the thinfs store: its running container goes on, one created from it still starts', async (t) => {
+  if (skip || !pod) { t.skip(skip || 'needs the previous test\'s node'); return; }
+  const ref = '127.0.0.1:5000/x/z@' + `sha256:${'7e'.repeat(32)}`;
+  await pod.podmanOk(['run', '-d', '--name', 'gone-running', '--network=none', ref, 'sleep', '60']);
+  await pod.podmanOk(['create', '--name', 'gone-later', '--network=none', ref, 'cat', '/b.txt']);
+  await fsp.rm(path.join(store, 'images', 'z%3Av1.json'));
+  await waitFor(async () => (await pod!.podman(['image', 'exists', ref])).code !== 0, 20_000, 200, 'the image gone from podman');
+  assert.equal(await pod.podmanOk(['exec', 'gone-running', 'cat', '/b.txt']), 'b\n', 'the running container reads its image');
+  const later = await pod.podman(['start', '-a', 'gone-later']);
+  assert.equal(later.code, 0, later.stderr);
+  assert.equal(later.stdout, 'b\n');
+  await pod.podmanOk(['rm', '-f', '-t', '0', 'gone-running', 'gone-later']);
+  // Its layer directory is kept (marked unused), not listed in layers.json; with keepUnusedMs 0 it goes.
+  const top = JSON.parse(await fsp.readFile(path.join(work, 'ps', 'overlay-layers/layers.json'), 'utf8')) as Array<{ id: string }>;
+  assert.equal(top.length, 2, 'base and a only');
+  const dirs = (await fsp.readdir(path.join(work, 'ps', 'overlay'))).filter((e) => e !== 'l');
+  assert.equal(dirs.length, 3, dirs.join(' '));
+  const copy = path.join(work, 'ps-copy');
+  await runOk('cp', ['-a', path.join(work, 'ps'), copy]);
+  await generatePodmanStore({ store: await Store.open(store), mountpoint: path.join(work, 'mnt'), dir: copy, keepUnusedMs: 0 });
+  assert.equal((await fsp.readdir(path.join(copy, 'overlay'))).filter((e) => e !== 'l').length, 2);
+  assert.equal((await fsp.readdir(path.join(copy, 'overlay', 'l'))).length, 2);
 });

@@ -8,7 +8,7 @@
 //   overlay/<layer id>/lower ("l/<parent link>:...")  overlay/l/<short name> -> ../<layer id>/diff
 //   overlay-layers/layers.json + layers.lock     overlay-images/images.json + images.lock
 //   overlay-images/<image id>/<big data>         (config under its digest, manifest)
-import { mkdir, readFile, readdir, rename, rm, symlink, writeFile, readlink, lstat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, symlink, writeFile, readlink, lstat, stat } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import type { Store } from '../store/store.js';
@@ -20,6 +20,10 @@ import { digestHex, sha256hex } from '../util/hash.js';
 import { BadInputError, errorMessage, NotFoundError } from '../util/errors.js';
 
 const DRIVER = 'overlay';
+/** In a layer directory no image uses any more: since when (its mtime). */
+const UNUSED_MARKER = '.thinfs-unused';
+/** How long a layer directory outlives its last image by default (containers created from it can still start). */
+const KEEP_UNUSED_MS = 7 * 24 * 3600_000;
 /**
  * An image config or registry manifest is a small JSON document: a stored one claiming more is refused from its header
  * (its size is known to nobody here, and a small hostile zstd frame could otherwise expand to gigabytes).
@@ -32,6 +36,8 @@ export interface PodmanStoreOptions {
   mountpoint: string;
   /** The generated image store (what storage.conf's additionalimagestores names). */
   dir: string;
+  /** A layer directory no image uses any more is kept this long (default 7 days): 0 removes it at once. */
+  keepUnusedMs?: number;
   log?: Logger;
 }
 
@@ -256,12 +262,22 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
   if (await replaceIfChanged(join(imagesDir, 'images.json'), imagesJson)) { result.changed = true; await touchLock(join(imagesDir, 'images.lock')); }
   if (await replaceIfChanged(layersFile, layersJson)) { result.changed = true; await touchLock(join(layersDir, 'layers.lock')); }
 
-  // Only now that the JSON no longer names them: what no image uses any more.
+  // Only now that the JSON no longer names them: what no image uses any more. A layer's directory (and its l/
+  // link) outlives its last image by keepUnusedMs: a container created from a removed or replaced image names it
+  // in its own layer's lower file, and podman starts (or restarts) that container only while it is there.
+  const keepMs = o.keepUnusedMs ?? KEEP_UNUSED_MS;
+  const keptDirs: string[] = [];
   for (const e of await readdir(ovl)) {
     if (e === 'l' || layers.has(e) || e.startsWith('.')) continue;
+    const marker = join(ovl, e, UNUSED_MARKER);
+    const since = await stat(marker).then((s) => s.mtimeMs, () => null);
+    if (keepMs > 0 && /^[0-9a-f]{64}$/.test(e)) {
+      if (since === null && await writeFile(marker, '', { mode: 0o644 }).then(() => true, () => false)) { keptDirs.push(e); continue; }
+      if (since !== null && Date.now() - since < keepMs) { keptDirs.push(e); continue; }
+    }
     await rm(join(ovl, e), { recursive: true, force: true });
   }
-  const links = new Set([...layers.keys()].map(linkName));
+  const links = new Set([...layers.keys(), ...keptDirs].map(linkName));
   for (const e of await readdir(join(ovl, 'l'))) if (!links.has(e)) await rm(join(ovl, 'l', e), { force: true });
   for (const e of await readdir(imagesDir, { withFileTypes: true })) {
     if (e.isDirectory() && !images.has(e.name)) await rm(join(imagesDir, e.name), { recursive: true, force: true });
@@ -277,7 +293,8 @@ async function writeLayerDir(ovl: string, id: string, target: string, link: stri
   const ok = await readlink(join(d, 'diff')).then((t) => t === target, () => false)
     && await readFile(join(d, 'link'), 'utf8').then((t) => t === link, () => false)
     && await readFile(join(d, 'lower'), 'utf8').then((t) => t === lower, () => lower === '');
-  if (!ok) {
+  if (ok) await rm(join(d, UNUSED_MARKER), { force: true }); // used again
+  else {
     const tmp = join(ovl, `.${id}.${randomBytes(4).toString('hex')}`);
     await mkdir(tmp, { mode: 0o755 });
     await symlink(target, join(tmp, 'diff'));
