@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { runOk, thinfsJson, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, waitFor } from './helpers/proc.js';
+import { THINFS_MAIN, runOk, thinfsJson, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, waitFor } from './helpers/proc.js';
 import { copyHostTools } from './helpers/host-tools.js';
 import { testPodman, type TestPodman } from './helpers/podman.js';
 import { makeLayer } from './helpers/layers.js';
@@ -153,4 +153,24 @@ test('an image removed from the thinfs store: its running container goes on, one
   await generatePodmanStore({ store: await Store.open(store), mountpoint: path.join(work, 'mnt'), dir: copy, keepUnusedMs: 0 });
   assert.equal((await fsp.readdir(path.join(copy, 'overlay'))).filter((e) => e !== 'l').length, 2);
   assert.equal((await fsp.readdir(path.join(copy, 'overlay', 'l'))).length, 2);
+});
+
+test('podman-store --watch: a descriptor replaced under its name (a tag converted again) is followed within a poll, not a minute', async () => {
+  const ws = await WritableStore.openDir(store);
+  await ws.putImage(descriptor('moving:latest', 'localhost/moving:latest', [hex.base, hex.a]));
+  const dir = path.join(work, 'ps-watch');
+  const ready = path.join(work, 'ps-watch.ready');
+  const watcher = spawn(process.execPath, [THINFS_MAIN, 'podman-store', store, path.join(work, 'mnt'), dir, '--watch', '--interval', '0.3', '--ready-file', ready], { stdio: ['ignore', 'ignore', 'inherit'] });
+  try {
+    await waitFor(() => fsp.access(ready).then(() => true, () => false), 20_000, 50, 'podman-store ready');
+    const topOf = async () => (JSON.parse(await fsp.readFile(path.join(dir, 'overlay-images/images.json'), 'utf8')) as Array<{ names: string[]; layer: string }>)
+      .find((i) => i.names.includes('localhost/moving:latest'))?.layer;
+    const before = await topOf();
+    assert.ok(before);
+    await new Promise((r) => setTimeout(r, 1000)); // a few polls with nothing new
+    await ws.putImage(descriptor('moving:latest', 'localhost/moving:latest', [hex.base, hex.b]));
+    await waitFor(async () => (await topOf()) !== before, 10_000, 100, 'the replaced image in images.json');
+  } finally {
+    watcher.kill('SIGTERM');
+  }
 });
