@@ -25,6 +25,7 @@ let pod: TestPodman | null = null;
 const hex: Record<'base' | 'a' | 'b', string> = { base: '', a: '', b: '' };
 const CREATED = '2024-01-02T03:04:05Z';
 const DIGEST = `sha256:${'5d'.repeat(32)}`;
+const INDEX = `sha256:${'1d'.repeat(32)}`;
 
 async function ingest(name: string, fill: (d: string) => Promise<void>): Promise<string> {
   const l = await makeLayer(work, name, fill);
@@ -110,7 +111,8 @@ test('podman: an image converted by digest is REPO@DIGEST (not dangling), CREATE
   const ws = await WritableStore.openDir(store);
   for (const n of ['keep%3A1.json', 'churn%3A1.json']) await fsp.rm(path.join(store, 'images', n), { force: true });
   await ws.putImage(descriptor('y@sha256', `127.0.0.1:5000/x/y@${DIGEST}`, [hex.base, hex.a], { manifestDigest: DIGEST }));
-  await ws.putImage(descriptor('z:v1', '127.0.0.1:5000/x/z:v1@' + `sha256:${'7e'.repeat(32)}`, [hex.base, hex.b], { manifestDigest: `sha256:${'7e'.repeat(32)}` }));
+  // z: its platform's manifest selected from a multi-platform index (a pull's Digest is then the index's)
+  await ws.putImage(descriptor('z:v1', '127.0.0.1:5000/x/z:v1@' + `sha256:${'7e'.repeat(32)}`, [hex.base, hex.b], { manifestDigest: `sha256:${'7e'.repeat(32)}`, indexDigest: INDEX }));
   await mounts!.mount('mnt', { cache: 'cache', extra: ['--podman-store', path.join(work, 'ps')] });
   const conf = path.join(work, 'node', 'storage.conf');
   await fsp.mkdir(path.dirname(conf), { recursive: true });
@@ -118,12 +120,18 @@ test('podman: an image converted by digest is REPO@DIGEST (not dangling), CREATE
   pod = await testPodman(path.join(work, 'node'), { storageConf: conf });
   const list = await pod.podmanOk(['images', '--format', '{{.Repository}} {{.Tag}} {{.Digest}}']);
   assert.match(list, new RegExp(`^127\\.0\\.0\\.1:5000/x/y <none> ${DIGEST}$`, 'm'), list);
-  assert.match(list, /^127\.0\.0\.1:5000\/x\/z <none> sha256:(7e){32}$/m, list);
+  assert.match(list, new RegExp(`^127\\.0\\.0\\.1:5000/x/z <none> ${INDEX}$`, 'm'), list);
   assert.equal((await pod.podmanOk(['images', '-q', '--filter', 'dangling=true'])).trim(), '', 'no dangling image');
   const ref = `127.0.0.1:5000/x/y@${DIGEST}`;
   // (the descriptors here have no registry manifest in the store: the written one's digest is listed too)
   assert.ok((JSON.parse(await pod.podmanOk(['image', 'inspect', '--format', '{{json .RepoDigests}}', ref])) as string[]).includes(ref));
   assert.equal(await pod.podmanOk(['run', '--rm', '--network=none', ref, 'cat', '/a.txt']), 'a\n');
+  // The index's digest (what a registry shows for a multi-platform tag) finds the image, as after a pull.
+  const byIndex = `127.0.0.1:5000/x/z@${INDEX}`;
+  assert.equal(await pod.podmanOk(['run', '--rm', '--network=none', '--pull=never', byIndex, 'cat', '/b.txt']), 'b\n');
+  const [z] = JSON.parse(await pod.podmanOk(['image', 'inspect', byIndex])) as Array<{ Digest: string; RepoDigests: string[] }>;
+  assert.equal(z.Digest, INDEX);
+  assert.ok(z.RepoDigests.includes(byIndex) && z.RepoDigests.includes(`127.0.0.1:5000/x/z@sha256:${'7e'.repeat(32)}`), z.RepoDigests.join(' '));
   // CREATED as a pull records it: the config's time (inspect already said so; the list and its filters now agree)
   assert.match(await pod.podmanOk(['images', '--format', '{{.CreatedAt}}', ref]), /^2024-01-02 03:04:05 \+0000 UTC$/m);
   assert.equal((await pod.podmanOk(['images', '-q', '--filter', 'since=' + ref])).trim(), '', 'nothing created after an image of the same config time');

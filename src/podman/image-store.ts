@@ -211,13 +211,19 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       data.set('manifest', manifest);
       // Also under the registry's manifest digest, so `podman run REF@<that digest>` finds the image.
       if (registryDigest && registryDigest !== manifestDigest) data.set(`manifest-${registryDigest}`, manifest);
+      // And under the multi-platform index's digest it was selected from, as a pull keeps the index: RepoDigests
+      // lists REPO@<index digest> and `podman run REPO@<index digest>` (the digest a registry shows for a tag) finds
+      // the image instead of "image not known" (or a pull). The index bytes are not in the store: the key records
+      // the index's digest over the platform manifest's bytes (what c/storage's lookup by digest reads).
+      const indexDigest = /^sha256:[0-9a-f]{64}$/.test(desc.indexDigest ?? '') ? desc.indexDigest! : '';
+      if (indexDigest && indexDigest !== manifestDigest && indexDigest !== registryDigest) data.set(`manifest-${indexDigest}`, manifest);
       bigData.set(imageId, data);
       const prev = images.get(imageId);
       const names = [...new Set([...(prev?.names ?? []), ...imageNames(desc)])];
       const digests: Record<string, string> = {};
       for (const k of data.keys()) digests[k] = k === 'manifest' || k === `manifest-${manifestDigest}` ? manifestDigest : k.startsWith('manifest-') ? k.slice(9) : k;
       images.set(imageId, {
-        id: imageId, digest: registryDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
+        id: imageId, digest: indexDigest || registryDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
         'big-data-names': [...data.keys()],
         'big-data-sizes': Object.fromEntries([...data].map(([k, v]) => [k, v.length])),
         'big-data-digests': digests,
