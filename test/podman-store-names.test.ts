@@ -182,3 +182,40 @@ test('podman-store --watch: a descriptor replaced under its name (a tag converte
     watcher.kill('SIGTERM');
   }
 });
+
+test('podman-store --public-key over a signed store: a descriptor the manifest does not name gets no podman name; --refresh follows new revisions', async () => {
+  const signed = path.join(work, 'signed');
+  await thinfsOk(['init', signed]);
+  await thinfsOk(['keygen', path.join(work, 'key')]);
+  const key = path.join(work, 'key', 'thinfs.key');
+  const pub = path.join(work, 'key', 'thinfs.pub');
+  const env = { THINFS_SIGNING_KEY: key };
+  const l = await makeLayer(work, 'signed-base', async (d) => { await fsp.writeFile(path.join(d, 's.txt'), 's\n'); });
+  const h = (await thinfsJson<{ diffId: string }>(['ingest', l.file, '--store', signed, '--json', '--no-progress'], { env })).diffId.slice(7);
+  const put = async (name: string) => {
+    process.env.THINFS_SIGNING_KEY = key;
+    try { await (await WritableStore.openDir(signed)).putImage(descriptor(name, `localhost/${name}`, [h])); } finally { delete process.env.THINFS_SIGNING_KEY; }
+  };
+  await put('good:1');
+  // A descriptor written into images/ by someone without the key (the manifest does not name it)
+  const good = await fsp.readFile(path.join(signed, 'images', 'good%3A1.json'), 'utf8');
+  await fsp.writeFile(path.join(signed, 'images', 'rogue%3A1.json'), good.replace(/good:1/g, 'rogue:1'));
+  const dir = path.join(work, 'ps-signed');
+  const once = JSON.parse(await thinfsOk(['podman-store', signed, path.join(work, 'mnt'), dir, '--json', '--public-key', pub, '--trust-dir', path.join(work, 'trust')])) as { images: Array<{ names: string[] }> };
+  assert.deepEqual(once.images.flatMap((i) => i.names), ['localhost/good:1']);
+  const ready = path.join(work, 'ps-signed.ready');
+  const watcher = spawn(process.execPath, [THINFS_MAIN, 'podman-store', signed, path.join(work, 'mnt'), dir, '--watch', '--interval', '0.3', '--refresh', '0.5',
+    '--public-key', pub, '--trust-dir', path.join(work, 'trust'), '--ready-file', ready], { stdio: ['ignore', 'ignore', 'inherit'] });
+  try {
+    await waitFor(() => fsp.access(ready).then(() => true, () => false), 20_000, 50, 'podman-store ready');
+    // (a writer with the key signs all of images/: the rogue one is out while it publishes, back after)
+    await fsp.rm(path.join(signed, 'images', 'rogue%3A1.json'));
+    await put('later:1');
+    await fsp.writeFile(path.join(signed, 'images', 'rogue%3A1.json'), good.replace(/good:1/g, 'rogue:1'));
+    const names = async () => (JSON.parse(await fsp.readFile(path.join(dir, 'overlay-images/images.json'), 'utf8')) as Array<{ names: string[] }>).flatMap((i) => i.names).sort();
+    await waitFor(async () => (await names()).includes('localhost/later:1'), 10_000, 100, 'the newly signed image');
+    assert.deepEqual(await names(), ['localhost/good:1', 'localhost/later:1']);
+  } finally {
+    watcher.kill('SIGTERM');
+  }
+});
