@@ -219,3 +219,39 @@ test('podman-store --public-key over a signed store: a descriptor the manifest d
     watcher.kill('SIGTERM');
   }
 });
+
+test('a layer directory rewritten (the mount moved) is never missing: diff and the l/ link are replaced in place', async () => {
+  const dir = path.join(work, 'moving-mount');
+  await (await WritableStore.openDir(store)).putImage(descriptor('mv:1', 'localhost/mv:1', [hex.base, hex.a]));
+  const st = await Store.open(store);
+  const gen = (mp: string) => generatePodmanStore({ store: st, mountpoint: path.join(work, mp), dir });
+  await gen('mnt-a');
+  const reader = spawn(process.execPath, ['-e', `
+    const fs = require('fs'); const dir = process.argv[1]; let reads = 0, bad = 0, first = '';
+    const stop = () => { console.log(JSON.stringify({ reads, bad, first })); process.exit(0); };
+    process.on('SIGTERM', stop);
+    const ids = JSON.parse(fs.readFileSync(dir + '/overlay-layers/layers.json', 'utf8')).map((l) => l.id);
+    (function loop() {
+      for (let i = 0; i < 200; i++) for (const id of ids) {
+        reads++;
+        try { fs.readlinkSync(dir + '/overlay/' + id + '/diff'); fs.readlinkSync(dir + '/overlay/l/' + fs.readFileSync(dir + '/overlay/' + id + '/link', 'utf8')); }
+        catch (e) { bad++; first ||= id + ' ' + e.message; }
+      }
+      setImmediate(loop);
+    })();`, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  reader.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
+  const done = new Promise<void>((r) => reader.on('exit', () => r()));
+  try {
+    for (let i = 0; i < 40; i++) { await gen(i % 2 ? 'mnt-a' : 'mnt-b'); await new Promise((r) => setTimeout(r, 5)); }
+  } finally {
+    reader.kill('SIGTERM');
+    await done;
+  }
+  const r = JSON.parse(out) as { reads: number; bad: number; first: string };
+  assert.ok(r.reads > 1000, `the reader read (${r.reads})`);
+  assert.equal(r.bad, 0, `a layer directory or link was missing (${r.bad} of ${r.reads} reads, first: ${r.first})`);
+  const id = (JSON.parse(await fsp.readFile(path.join(dir, 'overlay-layers/layers.json'), 'utf8')) as Array<{ id: string }>)[0]!.id;
+  assert.match(await fsp.readlink(path.join(dir, 'overlay', id, 'diff')), /\/mnt-a\/layers\//, 'the last pass\'s mount');
+  assert.deepEqual((await fsp.readdir(path.join(dir, 'overlay'))).filter((e) => e.startsWith('.')), [], 'no temporary left');
+});

@@ -300,7 +300,15 @@ async function writeLayerDir(ovl: string, id: string, target: string, link: stri
     && await readFile(join(d, 'link'), 'utf8').then((t) => t === link, () => false)
     && await readFile(join(d, 'lower'), 'utf8').then((t) => t === lower, () => lower === '');
   if (ok) await rm(join(d, UNUSED_MARKER), { force: true }); // used again
-  else {
+  else if (await lstat(d).then((s) => s.isDirectory(), () => false)) {
+    // Rewritten in place (the mount moved: another diff target), each file replaced by a rename: a podman
+    // starting a container meanwhile finds the directory, its diff and its link at every instant.
+    await replaceSymlink(join(d, 'diff'), target);
+    if (await readFile(join(d, 'link'), 'utf8').catch(() => null) !== link) await atomicWrite(join(d, 'link'), link);
+    if (!lower) await rm(join(d, 'lower'), { force: true });
+    else if (await readFile(join(d, 'lower'), 'utf8').catch(() => null) !== lower) await atomicWrite(join(d, 'lower'), lower);
+    await rm(join(d, UNUSED_MARKER), { force: true });
+  } else {
     const tmp = join(ovl, `.${id}.${randomBytes(4).toString('hex')}`);
     await mkdir(tmp, { mode: 0o755 });
     await symlink(target, join(tmp, 'diff'));
@@ -311,9 +319,18 @@ async function writeLayerDir(ovl: string, id: string, target: string, link: stri
   }
   const l = join(ovl, 'l', link);
   const want = `../${id}/diff`;
-  if (await readlink(l).catch(() => null) !== want) {
-    await lstat(l).then(() => rm(l, { force: true }), () => undefined);
-    await symlink(want, l);
+  if (await readlink(l).catch(() => null) !== want) await replaceSymlink(l, want);
+}
+
+/** PATH becomes a symlink to TARGET by a rename over whatever was there: never absent in between. */
+async function replaceSymlink(path: string, target: string): Promise<void> {
+  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+  await symlink(target, tmp);
+  try { await rename(tmp, path); } catch (e) {
+    // A directory in the way (not ours): removed first.
+    if ((e as NodeJS.ErrnoException).code !== 'EISDIR' && (e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') { await rm(tmp, { force: true }); throw e; }
+    await rm(path, { recursive: true, force: true });
+    await rename(tmp, path);
   }
 }
 
