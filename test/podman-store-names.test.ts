@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { THINFS_MAIN, runOk, thinfsJson, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, waitFor } from './helpers/proc.js';
@@ -254,4 +255,29 @@ test('a layer directory rewritten (the mount moved) is never missing: diff and t
   const id = (JSON.parse(await fsp.readFile(path.join(dir, 'overlay-layers/layers.json'), 'utf8')) as Array<{ id: string }>)[0]!.id;
   assert.match(await fsp.readlink(path.join(dir, 'overlay', id, 'diff')), /\/mnt-a\/layers\//, 'the last pass\'s mount');
   assert.deepEqual((await fsp.readdir(path.join(dir, 'overlay'))).filter((e) => e.startsWith('.')), [], 'no temporary left');
+});
+
+test('two descriptors claiming one name (a tag converted again under another store name): podman still lists the store, the newer one has the name', async (t) => {
+  const ws = await WritableStore.openDir(store);
+  await ws.putImage(descriptor('dup:1', 'localhost/dup:1', [hex.base, hex.a], { created: '2026-01-01T00:00:00.000Z' }));
+  await ws.putImage(descriptor('dup:1-again', 'localhost/dup:1', [hex.base, hex.b], { created: '2026-02-01T00:00:00.000Z' }));
+  const dir = path.join(work, 'ps-dup');
+  await generatePodmanStore({ store: await Store.open(store), mountpoint: path.join(work, 'mnt'), dir });
+  const imgs = JSON.parse(await fsp.readFile(path.join(dir, 'overlay-images/images.json'), 'utf8')) as Array<{ names: string[]; layer: string }>;
+  const named = imgs.filter((i) => i.names.includes('localhost/dup:1'));
+  assert.equal(named.length, 1, 'one image per name');
+  // the newer conversion has it: its top layer is the chain of base and b (podman's layer id rule)
+  assert.equal(named[0]!.layer, createHash('sha256').update(`${hex.base}+${hex.b}`).digest('hex'));
+  const all = imgs.flatMap((i) => i.names);
+  assert.equal(new Set(all).size, all.length, 'no name twice');
+  if (skip) { t.skip(skip); return; }
+  const conf = path.join(work, 'dup.conf');
+  await thinfsOk(['podman-conf', dir, '--graphroot', path.join(work, 'dupnode/graph'), '--runroot', path.join(work, 'dupnode/run'), '-o', conf]);
+  const p = await testPodman(path.join(work, 'dupnode'), { storageConf: conf });
+  try {
+    const r = await p.podman(['images', '--format', '{{.Repository}}:{{.Tag}}']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^localhost\/dup:1$/m);
+    assert.match(r.stdout, /^<none>:<none>$/m, 'the older one: nameless, as a pull leaves the image a moved tag named');
+  } finally { await p.cleanup(); }
 });

@@ -165,6 +165,8 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
   const result: PodmanStoreResult = { images: [], layers: 0, skipped: [], changed: false };
   const layers = new Map<string, LayerEntry>();
   const images = new Map<string, ImageEntry>();
+  /** Which image each name goes to: the most recently converted descriptor claiming it. */
+  const claims = new Map<string, { id: string; at: string }>();
   const bigData = new Map<string, Map<string, Buffer>>();
 
   for (const name of (await o.store.listImages()).sort()) {
@@ -220,6 +222,10 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       bigData.set(imageId, data);
       const prev = images.get(imageId);
       const names = [...new Set([...(prev?.names ?? []), ...imageNames(desc)])];
+      for (const n of imageNames(desc)) {
+        const c = claims.get(n);
+        if (!c || desc.created > c.at) claims.set(n, { id: imageId, at: desc.created ?? '' });
+      }
       const digests: Record<string, string> = {};
       for (const k of data.keys()) digests[k] = k === 'manifest' || k === `manifest-${manifestDigest}` ? manifestDigest : k.startsWith('manifest-') ? k.slice(9) : k;
       images.set(imageId, {
@@ -233,6 +239,17 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       result.skipped.push({ name, reason: errorMessage(e) });
       o.log?.warn({ image: name, err: e }, 'image not added to the podman store');
     }
+  }
+
+  // One image per name: c/storage refuses a read-only store giving a name to two images ("read-only image
+  // store assigns the same name to multiple images": every podman command fails). Two descriptors with one
+  // reference (a tag converted again under another store name) leave the older image nameless, as a pull
+  // leaves the image a moved tag named before (<none>, still runnable by id or digest).
+  for (const img of images.values()) {
+    const lost = img.names.filter((n) => claims.get(n)?.id !== img.id);
+    if (!lost.length) continue;
+    img.names = img.names.filter((n) => !lost.includes(n));
+    o.log?.warn({ image: img.id, names: lost }, 'name claimed by several images: given to the most recently converted one');
   }
 
   // Layer directories first (each made in a temporary directory and renamed into place).
