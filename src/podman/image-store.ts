@@ -8,7 +8,7 @@
 //   overlay/<layer id>/lower ("l/<parent link>:...")  overlay/l/<short name> -> ../<layer id>/diff
 //   overlay-layers/layers.json + layers.lock     overlay-images/images.json + images.lock
 //   overlay-images/<image id>/<big data>         (config under its digest, manifest)
-import { mkdir, readFile, readdir, rename, rm, symlink, writeFile, readlink, lstat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, symlink, writeFile, readlink, lstat, stat } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import type { Store } from '../store/store.js';
@@ -20,6 +20,10 @@ import { digestHex, sha256hex } from '../util/hash.js';
 import { BadInputError, errorMessage, NotFoundError } from '../util/errors.js';
 
 const DRIVER = 'overlay';
+/** In a layer directory no image uses any more: since when (its mtime). */
+const UNUSED_MARKER = '.thinfs-unused';
+/** How long a layer directory outlives its last image by default (containers created from it can still start). */
+const KEEP_UNUSED_MS = 7 * 24 * 3600_000;
 /**
  * An image config or registry manifest is a small JSON document: a stored one claiming more is refused from its header
  * (its size is known to nobody here, and a small hostile zstd frame could otherwise expand to gigabytes).
@@ -32,6 +36,8 @@ export interface PodmanStoreOptions {
   mountpoint: string;
   /** The generated image store (what storage.conf's additionalimagestores names). */
   dir: string;
+  /** A layer directory no image uses any more is kept this long (default 7 days): 0 removes it at once. */
+  keepUnusedMs?: number;
   log?: Logger;
 }
 
@@ -89,14 +95,32 @@ function imageNames(desc: ThinImage): string[] {
     const n = desc.name.includes(':') ? desc.name : `${desc.name}:latest`;
     return /^[a-z0-9][a-z0-9._\/-]*:[\w][\w.-]{0,127}$/.test(n) ? [`localhost/${n}`] : [];
   }
-  if (ref.includes('@')) return [];
-  const tail = ref.slice(ref.lastIndexOf('/') + 1);
-  const withTag = tail.includes(':') ? ref : `${ref}:latest`;
+  // A reference by digest names the image REPO@DIGEST, as a pull by digest does (not a dangling <none> image):
+  // `podman images` shows its repository and RepoDigests lists it. A tag given with the digest is dropped, as podman does.
+  const at = ref.indexOf('@');
+  const digest = at >= 0 ? ref.slice(at + 1) : '';
+  if (at >= 0 && !/^sha256:[0-9a-f]{64}$/.test(digest)) return [];
+  let repo = at >= 0 ? ref.slice(0, at) : ref;
+  const tail = repo.slice(repo.lastIndexOf('/') + 1);
+  if (digest && tail.includes(':')) repo = repo.slice(0, repo.length - tail.length + tail.indexOf(':'));
+  const withTag = digest || tail.includes(':') ? repo : `${repo}:latest`;
   // An unqualified reference (no registry host) is what docker.io serves.
   const first = withTag.split('/')[0]!;
   const qualified = withTag.includes('/') && (first.includes('.') || first.includes(':') || first === 'localhost') ? withTag
     : `docker.io/${withTag.includes('/') ? '' : 'library/'}${withTag}`;
-  return [qualified];
+  return [digest ? `${qualified}@${digest}` : qualified];
+}
+
+/**
+ * The image's creation time as a pull records it (c/image takes the config's "created"): what `podman images`
+ * shows as CREATED and what --filter since/before and --sort created compare, not the time of the conversion.
+ */
+function configCreated(config: Buffer): string | undefined {
+  try {
+    const c = (JSON.parse(config.toString('utf8')) as { created?: unknown }).created;
+    // Go's time.Time reads RFC 3339 only: anything else would make images.json unreadable for every image.
+    return typeof c === 'string' && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/.test(c) && !Number.isNaN(Date.parse(c)) ? c : undefined;
+  } catch { return undefined; }
 }
 
 /** An image manifest podman can read back: the registry's layers and config, in the descriptor's media types. */
@@ -141,6 +165,8 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
   const result: PodmanStoreResult = { images: [], layers: 0, skipped: [], changed: false };
   const layers = new Map<string, LayerEntry>();
   const images = new Map<string, ImageEntry>();
+  /** Which image each name goes to: the most recently converted descriptor claiming it. */
+  const claims = new Map<string, { id: string; at: string }>();
   const bigData = new Map<string, Map<string, Buffer>>();
 
   for (const name of (await o.store.listImages()).sort()) {
@@ -187,22 +213,43 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
       data.set('manifest', manifest);
       // Also under the registry's manifest digest, so `podman run REF@<that digest>` finds the image.
       if (registryDigest && registryDigest !== manifestDigest) data.set(`manifest-${registryDigest}`, manifest);
+      // And under the multi-platform index's digest it was selected from, as a pull keeps the index: RepoDigests
+      // lists REPO@<index digest> and `podman run REPO@<index digest>` (the digest a registry shows for a tag) finds
+      // the image instead of "image not known" (or a pull). The index bytes are not in the store: the key records
+      // the index's digest over the platform manifest's bytes (what c/storage's lookup by digest reads).
+      const indexDigest = /^sha256:[0-9a-f]{64}$/.test(desc.indexDigest ?? '') ? desc.indexDigest! : '';
+      if (indexDigest && indexDigest !== manifestDigest && indexDigest !== registryDigest) data.set(`manifest-${indexDigest}`, manifest);
       bigData.set(imageId, data);
       const prev = images.get(imageId);
       const names = [...new Set([...(prev?.names ?? []), ...imageNames(desc)])];
+      for (const n of imageNames(desc)) {
+        const c = claims.get(n);
+        if (!c || desc.created > c.at) claims.set(n, { id: imageId, at: desc.created ?? '' });
+      }
       const digests: Record<string, string> = {};
       for (const k of data.keys()) digests[k] = k === 'manifest' || k === `manifest-${manifestDigest}` ? manifestDigest : k.startsWith('manifest-') ? k.slice(9) : k;
       images.set(imageId, {
-        id: imageId, digest: registryDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
+        id: imageId, digest: indexDigest || registryDigest || manifestDigest, names, layer: ids[ids.length - 1]!, metadata: '{}',
         'big-data-names': [...data.keys()],
         'big-data-sizes': Object.fromEntries([...data].map(([k, v]) => [k, v.length])),
         'big-data-digests': digests,
-        created: desc.created,
+        created: configCreated(config) ?? desc.created,
       });
     } catch (e) {
       result.skipped.push({ name, reason: errorMessage(e) });
       o.log?.warn({ image: name, err: e }, 'image not added to the podman store');
     }
+  }
+
+  // One image per name: c/storage refuses a read-only store giving a name to two images ("read-only image
+  // store assigns the same name to multiple images": every podman command fails). Two descriptors with one
+  // reference (a tag converted again under another store name) leave the older image nameless, as a pull
+  // leaves the image a moved tag named before (<none>, still runnable by id or digest).
+  for (const img of images.values()) {
+    const lost = img.names.filter((n) => claims.get(n)?.id !== img.id);
+    if (!lost.length) continue;
+    img.names = img.names.filter((n) => !lost.includes(n));
+    o.log?.warn({ image: img.id, names: lost }, 'name claimed by several images: given to the most recently converted one');
   }
 
   // Layer directories first (each made in a temporary directory and renamed into place).
@@ -223,17 +270,37 @@ export async function generatePodmanStore(o: PodmanStoreOptions): Promise<Podman
     }
   }
 
-  const layersJson = JSON.stringify([...layers.values()].sort((a, b) => a.id.localeCompare(b.id)));
-  const imagesJson = JSON.stringify([...images.values()].sort((a, b) => a.id.localeCompare(b.id)));
-  if (await replaceIfChanged(join(layersDir, 'layers.json'), layersJson)) { result.changed = true; await touchLock(join(layersDir, 'layers.lock')); }
+  // At every instant, every image images.json names has its layers in layers.json: layers added are listed
+  // before the images that use them, and layers removed are dropped only after images.json stopped naming
+  // them (until then layers.json lists old and new layers; their directories are still there).
+  const byId = (a: { id: string }, b: { id: string }) => a.id.localeCompare(b.id);
+  const layersFile = join(layersDir, 'layers.json');
+  const layersJson = JSON.stringify([...layers.values()].sort(byId));
+  const imagesJson = JSON.stringify([...images.values()].sort(byId));
+  const old = await readFile(layersFile, 'utf8').then((t) => JSON.parse(t) as unknown, () => null);
+  const kept = Array.isArray(old) ? (old as LayerEntry[]).filter((l) => l && typeof l.id === 'string' && !layers.has(l.id)) : [];
+  if (await replaceIfChanged(layersFile, JSON.stringify([...layers.values(), ...kept].sort(byId)))) {
+    result.changed = true; await touchLock(join(layersDir, 'layers.lock'));
+  }
   if (await replaceIfChanged(join(imagesDir, 'images.json'), imagesJson)) { result.changed = true; await touchLock(join(imagesDir, 'images.lock')); }
+  if (await replaceIfChanged(layersFile, layersJson)) { result.changed = true; await touchLock(join(layersDir, 'layers.lock')); }
 
-  // Only now that the JSON no longer names them: what no image uses any more.
+  // Only now that the JSON no longer names them: what no image uses any more. A layer's directory (and its l/
+  // link) outlives its last image by keepUnusedMs: a container created from a removed or replaced image names it
+  // in its own layer's lower file, and podman starts (or restarts) that container only while it is there.
+  const keepMs = o.keepUnusedMs ?? KEEP_UNUSED_MS;
+  const keptDirs: string[] = [];
   for (const e of await readdir(ovl)) {
     if (e === 'l' || layers.has(e) || e.startsWith('.')) continue;
+    const marker = join(ovl, e, UNUSED_MARKER);
+    const since = await stat(marker).then((s) => s.mtimeMs, () => null);
+    if (keepMs > 0 && /^[0-9a-f]{64}$/.test(e)) {
+      if (since === null && await writeFile(marker, '', { mode: 0o644 }).then(() => true, () => false)) { keptDirs.push(e); continue; }
+      if (since !== null && Date.now() - since < keepMs) { keptDirs.push(e); continue; }
+    }
     await rm(join(ovl, e), { recursive: true, force: true });
   }
-  const links = new Set([...layers.keys()].map(linkName));
+  const links = new Set([...layers.keys(), ...keptDirs].map(linkName));
   for (const e of await readdir(join(ovl, 'l'))) if (!links.has(e)) await rm(join(ovl, 'l', e), { force: true });
   for (const e of await readdir(imagesDir, { withFileTypes: true })) {
     if (e.isDirectory() && !images.has(e.name)) await rm(join(imagesDir, e.name), { recursive: true, force: true });
@@ -249,7 +316,16 @@ async function writeLayerDir(ovl: string, id: string, target: string, link: stri
   const ok = await readlink(join(d, 'diff')).then((t) => t === target, () => false)
     && await readFile(join(d, 'link'), 'utf8').then((t) => t === link, () => false)
     && await readFile(join(d, 'lower'), 'utf8').then((t) => t === lower, () => lower === '');
-  if (!ok) {
+  if (ok) await rm(join(d, UNUSED_MARKER), { force: true }); // used again
+  else if (await lstat(d).then((s) => s.isDirectory(), () => false)) {
+    // Rewritten in place (the mount moved: another diff target), each file replaced by a rename: a podman
+    // starting a container meanwhile finds the directory, its diff and its link at every instant.
+    await replaceSymlink(join(d, 'diff'), target);
+    if (await readFile(join(d, 'link'), 'utf8').catch(() => null) !== link) await atomicWrite(join(d, 'link'), link);
+    if (!lower) await rm(join(d, 'lower'), { force: true });
+    else if (await readFile(join(d, 'lower'), 'utf8').catch(() => null) !== lower) await atomicWrite(join(d, 'lower'), lower);
+    await rm(join(d, UNUSED_MARKER), { force: true });
+  } else {
     const tmp = join(ovl, `.${id}.${randomBytes(4).toString('hex')}`);
     await mkdir(tmp, { mode: 0o755 });
     await symlink(target, join(tmp, 'diff'));
@@ -260,9 +336,18 @@ async function writeLayerDir(ovl: string, id: string, target: string, link: stri
   }
   const l = join(ovl, 'l', link);
   const want = `../${id}/diff`;
-  if (await readlink(l).catch(() => null) !== want) {
-    await lstat(l).then(() => rm(l, { force: true }), () => undefined);
-    await symlink(want, l);
+  if (await readlink(l).catch(() => null) !== want) await replaceSymlink(l, want);
+}
+
+/** PATH becomes a symlink to TARGET by a rename over whatever was there: never absent in between. */
+async function replaceSymlink(path: string, target: string): Promise<void> {
+  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+  await symlink(target, tmp);
+  try { await rename(tmp, path); } catch (e) {
+    // A directory in the way (not ours): removed first.
+    if ((e as NodeJS.ErrnoException).code !== 'EISDIR' && (e as NodeJS.ErrnoException).code !== 'ENOTEMPTY') { await rm(tmp, { force: true }); throw e; }
+    await rm(path, { recursive: true, force: true });
+    await rename(tmp, path);
   }
 }
 

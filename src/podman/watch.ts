@@ -6,7 +6,7 @@ import { generatePodmanStore, type PodmanStoreOptions, type PodmanStoreResult } 
 
 export interface WatchOptions extends PodmanStoreOptions {
   intervalMs: number;
-  /** A full pass even when the listing looks unchanged (a descriptor replaced under the same name). */
+  /** A full pass even when the listing looks unchanged (a descriptor replaced where no repository manifest says so). */
   fullEveryMs?: number;
   signal: AbortSignal;
   /** With a signed store: poll its repository manifest this often (the mount's --refresh), so newly signed images appear. */
@@ -35,7 +35,9 @@ export async function watchPodmanStore(o: WatchOptions): Promise<void> {
       }
     }
     try {
-      const listing = (await o.store.listImages()).sort().join('\n');
+      // The names, and which descriptor each names (a tag converted again replaces its descriptor: same listing).
+      const versions = await o.store.imageVersions();
+      const listing = `${(await o.store.listImages()).sort().join('\n')}\n${versions ? JSON.stringify(Object.entries(versions).sort()) : ''}`;
       const since = Date.now() - lastFull;
       if (listing !== lastListing || since >= fullEvery || (pending && since >= Math.max(o.intervalMs, PENDING_RETRY_MS))) {
         const r = await generatePodmanStore(o);

@@ -190,6 +190,16 @@ export class Store {
     return this.trust?.current?.images[name]?.sha256 ?? null;
   }
 
+  /**
+   * Which version of each image descriptor the repository manifest names (name -> descriptor hash): the trusted one
+   * with public keys, else as served (one conditional GET over HTTP). What a descriptor replaced under its name
+   * changes, where the listing does not; null without a manifest (or with one that does not parse).
+   */
+  async imageVersions(): Promise<Record<string, string> | null> {
+    const m = this.trust ? this.trust.current : await this.manifestAsServed().catch(() => null);
+    return m ? Object.fromEntries(Object.entries(m.images).map(([n, e]) => [n, e.sha256])) : null;
+  }
+
   async listImages(): Promise<string[]> {
     if (this.trust?.current) return Object.keys(this.trust.current.images).sort();
     return (await this.backend.list(IMAGES_DIR)).map(imageNameFromFile).filter((n): n is string => n !== null);

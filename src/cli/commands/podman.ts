@@ -9,29 +9,35 @@ import { storageConf, writeStorageConf } from '../../podman/storage-conf.js';
 import { createLogger } from '../../util/log.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
 import { escapeControls, quoteText } from '../quote.js';
+import { addStoreReadOptions } from '../http-options.js';
 
 const DEFAULT_PODMAN_STORE = '/var/lib/thinfs/podman-store';
 
-function parseInterval(s: string): number {
+function parseInterval(s: string, what = '--interval'): number {
   const n = Number(s);
-  if (!Number.isFinite(n) || n <= 0) throw new ThinfsError(`--interval: expected seconds > 0, got "${s}"`, EXIT.USAGE);
+  if (!Number.isFinite(n) || n <= 0) throw new ThinfsError(`${what}: expected seconds > 0, got "${s}"`, EXIT.USAGE);
   return Math.round(n * 1000);
 }
 
 export function registerPodmanCommands(program: Command): void {
-  program.command('podman-store')
+  const cmd = program.command('podman-store');
+  // --public-key (with --trust-dir) as the mount's: over a signed store, only what its manifest names becomes a
+  // podman image (a descriptor no one signed must not get a name podman runs); HTTP options for an HTTP store.
+  addStoreReadOptions(cmd);
+  cmd
     .description('generate a read-only podman image store (additionalimagestores) whose layers are the thinfs mount\'s layers/')
     .argument('<store>', 'store directory, or http(s) URL(s) separated by commas')
     .argument('<mountpoint>', 'where the store is (or will be) mounted with `thinfs mount`')
     .argument('[dir]', 'the image store to write', DEFAULT_PODMAN_STORE)
     .option('--watch', 'keep running: new images (and layers published later) are added within one --interval')
     .option('--interval <seconds>', 'poll interval of --watch', '2')
+    .option('--refresh <seconds>', 'with --watch and --public-key: poll the signed manifest this often', '60')
     .option('--ready-file <file>', 'with --watch: written once the first pass is done (removed at exit)')
     .option('--json', 'print the result of the (first) pass as JSON')
     .addHelpText('after', `
 Then: thinfs podman-conf <dir> -o /etc/containers/storage.conf, and podman run REF uses the thin
 images with no registry and no layer download.`)
-    .action(async (storeLoc: string, mountpoint: string, dir: string, o: { watch?: boolean; interval: string; readyFile?: string; json?: boolean }) => {
+    .action(async (storeLoc: string, mountpoint: string, dir: string, o: { watch?: boolean; interval: string; refresh: string; readyFile?: string; json?: boolean }) => {
       const log = createLogger('thinfs-podman-store');
       const store = await Store.open(/^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc));
       const opts = { store, mountpoint: resolve(mountpoint), dir: resolve(dir), log };
@@ -48,7 +54,7 @@ images with no registry and no layer download.`)
       let first = true;
       try {
         await watchPodmanStore({
-          ...opts, intervalMs: interval, signal: ac.signal,
+          ...opts, intervalMs: interval, refreshMs: parseInterval(o.refresh, '--refresh'), signal: ac.signal,
           onPass: async (r) => {
             if (!first) return;
             first = false;
