@@ -143,6 +143,16 @@ async function cacheBytes(dir: string): Promise<number> {
   return r.stdout.trim().split('\n').reduce((n, l) => n + Number(l), 0);
 }
 
+/** Cache files the daemon holds open although they were deleted (evicted). */
+async function deletedHeld(mt: Mounted): Promise<string[]> {
+  const out: string[] = [];
+  for (const f of await fsp.readdir(`/proc/${mt.child.pid}/fd`).catch(() => [] as string[])) {
+    const t = await fsp.readlink(`/proc/${mt.child.pid}/fd/${f}`).catch(() => '');
+    if (t.startsWith(mt.cacheDir) && t.endsWith('(deleted)')) out.push(t);
+  }
+  return out;
+}
+
 /** Every file once, whole, against its sha256 (after a restart: what the cache kept must be right). */
 async function checkAll(mp: string): Promise<void> {
   const r = await run('sha256sum', ['-c', '--quiet', path.join(work, 'sums-all')], { cwd: path.join(mp, 'layers', hex) });
@@ -171,6 +181,11 @@ describe('cache under pressure: exact bytes with constant eviction', { timeout: 
       assert.equal(s.ops.eio, 0, 'no EIO');
       assert.ok(s.cache.evictions > 20, `the cache churned (${s.cache.evictions} evictions)`);
       assert.ok(s.cache.usedBytes <= QUOTA, `index within quota (${s.cache.usedBytes})`);
+      // Every reader is gone: no evicted (deleted) cache file may still be held open by the daemon (the transport's own
+      // descriptors; passthrough backing files are the kernel's and not visible here).
+      await waitFor(async () => (await deletedHeld(mt)).length === 0, 3000, 100, 'no deleted cache file held').catch(async () => {
+        assert.deepEqual(await deletedHeld(mt), [], 'evicted cache files still held after every reader closed them');
+      });
       await mounts.stop(mt);
       assert.ok(await cacheBytes(mt.cacheDir) <= QUOTA, `cache files within quota (${await cacheBytes(mt.cacheDir)})`);
     });
@@ -270,14 +285,7 @@ describe('an evicted file is let go of by the transport at the last release of i
   it('evicted while open, opened again, all closed: no deleted cache file is held', async () => {
     const mt = await mounts.mount('mnt-letgo', { quota: '1M', memCache: '0', extra: ['--no-passthrough'] });
     const dir = path.join(mt.mp, 'layers', hex);
-    const held = async (): Promise<string[]> => {
-      const out: string[] = [];
-      for (const f of await fsp.readdir(`/proc/${mt.child.pid}/fd`)) {
-        const t = await fsp.readlink(`/proc/${mt.child.pid}/fd/${f}`).catch(() => '');
-        if (t.startsWith(mt.cacheDir) && t.endsWith('(deleted)')) out.push(t);
-      }
-      return out;
-    };
+    const held = () => deletedHeld(mt);
     const rel = files.find(([r, size]) => r.startsWith('one/') && size > 100_000)![0];
     const a = path.join(dir, rel);
     const want = await fsp.readFile(path.join(src, rel));
