@@ -246,6 +246,9 @@ describe('cache under pressure: exact bytes with constant eviction', { timeout: 
       assertExact(await load(mt.mp, 3, { seed: 41 + i }), `tiny quota ${extra.join(' ')}`);
       const s = await mt.stats();
       assert.equal(s.ops.eio, 0, 'no EIO');
+      await waitFor(async () => (await deletedHeld(mt)).length === 0, 3000, 100, 'no deleted cache file held').catch(async () => {
+        assert.deepEqual(await deletedHeld(mt), [], 'evicted cache files still held after every reader closed them');
+      });
       await mounts.stop(mt);
     }
   });
