@@ -175,7 +175,7 @@ describe('cache under pressure: exact bytes with constant eviction', { timeout: 
   for (const [i, m] of modes.entries()) {
     it(`${m.name}, filesystem store: concurrent readers get exact bytes; the cache stays within its quota`, async () => {
       const mt = await mounts.mount(`mnt-${m.name}`, { quota: String(QUOTA), memCache: '4M', extra: m.extra });
-      const rs = await load(mt.mp, 5, { seed: i + 1 });
+      const rs = await load(mt.mp, 4, { seed: i + 1 });
       assertExact(rs, m.name);
       const s = await mt.stats();
       assert.equal(s.ops.eio, 0, 'no EIO');
@@ -194,7 +194,7 @@ describe('cache under pressure: exact bytes with constant eviction', { timeout: 
   it('HTTP store (nginx): concurrent readers get exact bytes', async () => {
     const mt = mounts.adopt(await mountStore(web.url, path.join(work, 'mnt-http'),
       { cacheDir: path.join(work, 'cache-http'), quota: String(QUOTA), memCache: '4M' }));
-    const rs = await load(mt.mp, 5, { seed: 11 });
+    const rs = await load(mt.mp, 4, { seed: 11 });
     assertExact(rs, 'http');
     const s = await mt.stats();
     assert.equal(s.ops.eio, 0, 'no EIO');
@@ -206,8 +206,8 @@ describe('cache under pressure: exact bytes with constant eviction', { timeout: 
     const cacheDir = path.join(work, 'cache-shared');
     const a = mounts.adopt(await mountStore(store, path.join(work, 'mnt-shared-a'), { cacheDir, quota: String(QUOTA), memCache: '4M' }));
     const b = mounts.adopt(await mountStore(web.url, path.join(work, 'mnt-shared-b'), { cacheDir, quota: String(QUOTA / 2), memCache: '4M', extra: ['--no-passthrough'] }));
-    const ra = load(a.mp, 6, { seed: 21, readers: 2 });
-    const rb = load(b.mp, 6, { seed: 22, readers: 2, tolerateErrors: true });
+    const ra = load(a.mp, 5, { seed: 21, readers: 2 });
+    const rb = load(b.mp, 5, { seed: 22, readers: 2, tolerateErrors: true });
     await new Promise((r) => setTimeout(r, 3000));
     b.child.kill('SIGKILL');
     assertExact(await ra, 'shared cache, the mount that lived');
