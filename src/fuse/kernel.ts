@@ -61,6 +61,8 @@ export interface Binding {
   readStats(s: Session): [number, number];
   /** The kernel forgot the node: its backing file is released once the last open is. */
   forgetNode(s: Session, nodeid: number): void;
+  /** The cache evicted the node's file: dropped at the last release of its opens, even if others came meanwhile. */
+  letGoNode(s: Session, nodeid: number): void;
   /**
    * A page of a pre-encoded listing (src/format/listing.ts) from a readdir cookie on: "." and ".." (self, 1), then
    * its entries as READDIRPLUS records (ids = base + catalog inode, lifetimes of ttl seconds) or plain dirents, as many

@@ -269,6 +269,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.dirEof = (id, off) => k.dirEof(session, id, off);
   fs.nativeReadStats = () => k.readStats(session);
   fs.dropped = (id) => k.forgetNode(session, id);
+  fs.letGo = (id) => k.letGoNode(session, id);
   fs.keepListing = (id, block, base, ahead) => k.keepListing(session, id, block, base, ahead);
   fs.listingStats = () => k.listingStats(session);
   fs.noXattr = (id) => k.noXattr(session, id);

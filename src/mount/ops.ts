@@ -165,6 +165,11 @@ export class ThinFs {
   /** Set by the daemon: the kernel forgot a node entirely. */
   dropped: (nodeid: number) => void = () => {};
   /**
+   * Set by the daemon: the cache evicted the file a node was passed through to (or read by the transport from): the
+   * transport drops it at the last release of the node's opens, even when new opens came meanwhile.
+   */
+  letGo: (nodeid: number) => void = () => {};
+  /**
    * Set by the daemon: keeps a layer directory's listing in the transport, which then answers LOOKUPs in it and,
    * handed ahead, the kernel's next listing of it without this thread. False when refused (too big for its budget).
    */
@@ -227,7 +232,7 @@ export class ThinFs {
    * release of an open), so its disk space is freed, and the next open of those nodes is decided again.
    */
   private evicted(key: string): void {
-    for (const id of this.backing.evicted(key)) this.dropped(id);
+    for (const id of this.backing.evicted(key)) this.letGo(id);
   }
 
   private node(id: number): Node {

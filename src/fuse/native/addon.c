@@ -205,6 +205,9 @@ static napi_value node_call(napi_env env, napi_callback_info info, void (*fn)(se
 
 // forgetNode(session, nodeid): the kernel let go of the node: its backing file goes once its last open is released.
 static napi_value js_forget_node(napi_env env, napi_callback_info info) { return node_call(env, info, session_forget_node); }
+// letGoNode(session, nodeid): the cache evicted the node's file: it goes at the last release of its opens (new opens
+// meanwhile do not keep it), and the node's next first open is JS's again.
+static napi_value js_let_go_node(napi_env env, napi_callback_info info) { return node_call(env, info, session_let_go_node); }
 
 // dirEof(session, nodeid, offset): the listing of this immutable directory ends at offset.
 static napi_value js_dir_eof(napi_env env, napi_callback_info info) {
@@ -427,6 +430,7 @@ void thinfuse_init(napi_env env, napi_value exports) {
       {"dirEof", NULL, js_dir_eof, NULL, NULL, NULL, napi_default, NULL},
       {"openReply", NULL, js_open_reply, NULL, NULL, NULL, napi_default, NULL},
       {"forgetNode", NULL, js_forget_node, NULL, NULL, NULL, napi_default, NULL},
+      {"letGoNode", NULL, js_let_go_node, NULL, NULL, NULL, napi_default, NULL},
       {"keepListing", NULL, js_keep_listing, NULL, NULL, NULL, napi_default, NULL},
       {"dirPage", NULL, js_dir_page, NULL, NULL, NULL, napi_default, NULL},
       {"readStats", NULL, js_read_stats, NULL, NULL, NULL, napi_default, NULL},

@@ -186,7 +186,7 @@ static int handle_locally(session_t *s, const struct fuse_in_header *ih, const c
       if (s->passthrough || s->native_reads) {
         pthread_mutex_lock(&s->open_lock);
         open_entry_t *e = session_open_find(s, ih->nodeid);
-        if (e && --e->opens <= 0 && ((e->backing_id == 0 && e->read_fd < 0 && !e->mem) || e->forgotten)) open_drop(s, e);
+        if (e && --e->opens <= 0 && ((e->backing_id == 0 && e->read_fd < 0 && !e->mem) || e->forgotten || e->let_go)) open_drop(s, e);
         pthread_mutex_unlock(&s->open_lock);
       }
       reply_err(fd, ih->unique, 0);
@@ -400,6 +400,20 @@ void session_forget_node(session_t *s, uint64_t nodeid) {
   if (e) {
     if (e->opens <= 0) open_drop(s, e);
     else e->forgotten = 1;
+  }
+  pthread_mutex_unlock(&s->open_lock);
+}
+
+// JS let go of the node's file (evicted from the cache): it goes at once, or at the last release of the opens now
+// holding it. An OPEN meanwhile shares the entry (one per node) but does not keep it: a forget racing a new lookup
+// clears forgotten at the next OPEN, and with the eviction marked the same way the entry (and the evicted file, a
+// backing file or a descriptor of ours) outlived every release as long as the kernel kept the node.
+void session_let_go_node(session_t *s, uint64_t nodeid) {
+  pthread_mutex_lock(&s->open_lock);
+  open_entry_t *e = session_open_find(s, nodeid);
+  if (e) {
+    if (e->opens <= 0) open_drop(s, e);
+    else e->let_go = 1;
   }
   pthread_mutex_unlock(&s->open_lock);
 }

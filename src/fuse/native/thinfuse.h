@@ -45,6 +45,9 @@ typedef struct open_entry {
   int32_t backing_id;
   int32_t opens;
   int forgotten;
+  // JS let go of the node's file (the cache evicted it): dropped at the last release whatever opens came meanwhile;
+  // unlike forgotten, a new OPEN does not clear it (the next first open is decided by JS again).
+  int let_go;
   int read_fd;
   uint64_t read_size;
   // The copy's identity when handed over: a write, truncate or replacement since changes it (then JS serves the node).
@@ -138,6 +141,7 @@ int session_start(session_t *s);
 int session_reply(session_t *s, uint64_t unique, int error, const struct iovec *data, int ndata);
 int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32_t backing_fd);
 void session_forget_node(session_t *s, uint64_t nodeid);
+void session_let_go_node(session_t *s, uint64_t nodeid);
 void session_set_eof(session_t *s, uint64_t nodeid, uint64_t off);
 // The open table (callers hold open_lock).
 open_entry_t *session_open_find(session_t *s, uint64_t nodeid);
