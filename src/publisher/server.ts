@@ -149,7 +149,7 @@ export function createHttpServer(p: PublisherApi): Server {
     if (p.isStopping) throw new HttpError(503, 'publisher is shutting down; deliver again later');
     // Committed (WAL, fsynced) before we answer: a 200 means the event cannot be lost any more.
     const results = parsed.events.length ? p.enqueue(parsed.events) : [];
-    const accepted = results.map((r, i) => ({ id: r.id, key: parsed.events[i]!.key, duplicate: r.duplicate, state: r.state }));
+    const accepted = results.map((r, i) => ({ id: r.id, key: parsed.events[i]!.key, duplicate: r.duplicate, state: r.state, ...(r.requeued ? { requeued: true } : {}) }));
     for (const r of results) p.metrics.events.inc({ result: r.duplicate ? 'duplicate' : 'accepted' });
     if (parsed.ignored.length) p.metrics.events.inc({ result: 'ignored' }, parsed.ignored.length);
     p.metrics.webhookRequests.inc({ code: '200' });

@@ -241,7 +241,7 @@ export class Publisher implements PublisherApi {
         log.warn({ kind: f.kind, reason: f.message, err: e, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
       } else {
         const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${tries} attempts)`;
-        this.queue.markFailed(row.id, reason, seconds);
+        this.queue.markFailed(row.id, reason, seconds, f.kind);
         this.metrics.failures.inc({ kind: f.kind });
         this.metrics.ingestSeconds.observe({ outcome: 'failed' }, seconds);
         log.error({ kind: f.kind, reason: f.message, err: e, seconds }, 'transaction aborted and rolled back; upload failed');
