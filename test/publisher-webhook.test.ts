@@ -284,6 +284,14 @@ test('usage errors: missing token, missing credentials, missing store', async ()
     { env: { AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' }, timeoutMs: 20_000 });
   assert.equal(noStore.code, 4);
   assert.match(noStore.stderr, /no thinfs store/);
+  // Every numeric flag is checked at start: --shutdown-timeout was read only at SIGTERM, where a bad value threw in
+  // the signal handler and killed the publisher (exit 1, no rollback, pid file left); --port 99999 was exit 1.
+  for (const [flag, value] of [['--shutdown-timeout', 'abc'], ['--port', '99999'], ['--port', '1.5'], ['--max-attempts', '2.5'], ['--max-body', ' ']]) {
+    const bad = await thinfs([...base, '--token', 't', '--reconcile-interval', '0', flag!, value!],
+      { env: { AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' }, timeoutMs: 5_000 });
+    assert.equal(bad.code, 2, `${flag} ${JSON.stringify(value)}: ${bad.stderr}`);
+    assert.match(bad.stderr, new RegExp(`${flag} must be`));
+  }
   const help = await thinfs(['publisher', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /--reconcile-interval/);
