@@ -4,7 +4,8 @@
 //  - webhook: A uploaded, overwritten by B before A's event ran (A superseded, B published), then A uploaded again
 //    (same bytes, same ETag) and announced: A must be published, as the bucket holds it;
 //  - webhook: an event for a key deleted before its GET (not_found), then the same bytes uploaded again;
-//  - listing alone: the same, with no second event: the reconcile listing must queue the version again.
+//  - listing alone: the same, with no second event: the reconcile listing must queue the version again; and a
+//    version an S3 outage failed (fetch, --max-attempts used up) is queued again by the first listing after it.
 // A version refused for its bytes (not a tar) stays failed when announced again.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -131,4 +132,38 @@ test('listing: a version failed as not found is queued again once the listing sh
   assert.equal(d2.diffId, D.diffId);
   assert.ok((await publishedLayers(store)).has(D.diffId));
   assert.equal(await pub.stop(), 0);
+});
+
+test('S3 down longer than --max-attempts: the upload fails, and the first listing after the outage brings it back', async () => {
+  const dirs = await sourceDirs(5);
+  const E = await realTreeLayer(work, 'outage-e', [dirs[4]!]);
+  const dir = path.join(work, 's3-outage');
+  let down = await startS3rver(dir);
+  const port = Number(new URL(down.endpoint).port);
+  const ev = await (async () => {
+    const n = down.events.length;
+    await awsCp(down.endpoint, E.file, BUCKET, 'outage/layer.tar');
+    return waitFor('s3rver event', async () => down.events.slice(n).find((e) => e.Records[0].s3.object.key === 'outage/layer.tar'), 10_000, 50);
+  })();
+  await down.stop();
+  const store = path.join(work, 'store-outage');
+  await thinfsOk(['init', store]);
+  const pub = await startPublisher(['--store', store, '--s3-endpoint', down.endpoint, '--bucket', BUCKET, '--token', TOKEN,
+    '--state', path.join(work, 'state-outage'), '--reconcile-interval', '1', '--max-attempts', '1'], path.join(work, 'publisher-outage.log'));
+  pubs.push(pub);
+  const r = await postWebhook(pub.url, ev);
+  const e1 = await settled(pub.url, r.json.accepted[0].id);
+  assert.equal(e1.state, 'failed');
+  assert.match(e1.error, /^fetch: /);
+  // S3 is back where it was: the listing shows the version the outage failed, which is queued again and published.
+  const up = await startS3rver(dir, BUCKET, port);
+  try {
+    const e2 = await settled(pub.url, e1.id, e1.finishedAt);
+    assert.equal(e2.state, 'published', JSON.stringify(e2));
+    assert.equal(e2.diffId, E.diffId);
+    assert.ok((await publishedLayers(store)).has(E.diffId));
+    assert.equal(await pub.stop(), 0);
+  } finally {
+    await up.stop();
+  }
 });

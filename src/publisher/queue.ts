@@ -72,17 +72,14 @@ export interface EnqueueResult { id: number; duplicate: boolean; state: UploadSt
 
 /**
  * Failures that said nothing about an object version's bytes: it was overwritten (superseded) or deleted
- * (not_found) before its GET, or S3 kept failing (fetch). Such a version announced again (overwritten back,
- * re-uploaded after a delete, redelivered) is queued again instead of being taken for a duplicate of its
- * failed row: else the object the bucket ends up holding is never published, and the listing, which skips
- * versions it has seen, never brings it back. A listing revives only the first two: it shows the version is
- * there again, and a fetch failure retried at every listing would be a loop.
+ * (not_found) before its GET, or S3 kept failing (fetch: an outage longer than --max-attempts lasts). Such a
+ * version announced again (overwritten back, re-uploaded after a delete, redelivered) or listed again is queued
+ * again instead of being taken for a duplicate of its failed row: else the object the bucket ends up holding is
+ * never published, and the listing, which skips versions it has seen, never brings it back. A listing that
+ * answered shows S3 is back and the version there, so it revives all three: at most one round of attempts per
+ * listing interval for an object S3 keeps refusing.
  */
-const REVIVE: Record<ObjectEvent['origin'], ReadonlySet<string>> = {
-  webhook: new Set(['superseded', 'not_found', 'fetch']),
-  api: new Set(['superseded', 'not_found', 'fetch']),
-  reconcile: new Set(['superseded', 'not_found']),
-};
+const REVIVE: ReadonlySet<string> = new Set(['superseded', 'not_found', 'fetch']);
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS uploads (
@@ -215,7 +212,7 @@ export class Queue {
     const existing = (this.stmts.find.get(ev.bucket, ev.key, version) ?? (etag ? this.stmts.findEtag.get(ev.bucket, ev.key, etag) : undefined)) as UploadRow | undefined;
     const t = now();
     if (existing) {
-      if (existing.state === 'failed' && existing.fail_kind && REVIVE[ev.origin].has(existing.fail_kind)) {
+      if (existing.state === 'failed' && existing.fail_kind && REVIVE.has(existing.fail_kind)) {
         this.moved(this.stmts.revive.run({ id: existing.id, now: t,
           error: `re-queued by a new ${ev.origin} event; the last attempt had failed: ${existing.error ?? existing.fail_kind}` }), existing.id, 're-queue on a new event');
         return { id: existing.id, duplicate: false, state: 'queued', requeued: true };
@@ -243,7 +240,7 @@ export class Queue {
   seen(bucket: string, key: string, etag: string): boolean {
     const r = this.stmts.seenEtag.get(bucket, key, normEtag(etag) ?? '') as { state: UploadState; fail_kind: string | null } | undefined;
     if (!r) return false;
-    return !(r.state === 'failed' && r.fail_kind !== null && REVIVE.reconcile.has(r.fail_kind));
+    return !(r.state === 'failed' && r.fail_kind !== null && REVIVE.has(r.fail_kind));
   }
 
   /** Oldest queued row that is due, moved to 'ingesting' under a new transaction id; null when idle. */
