@@ -296,3 +296,22 @@ test('usage errors: missing token, missing credentials, missing store', async ()
   assert.equal(help.code, 0);
   assert.match(help.stdout, /--reconcile-interval/);
 });
+
+test('GET /status?prefix= matches keys with characters beyond the BMP', async () => {
+  // The prefix was compared by JS length (UTF-16 units) against SQLite's substr (code points): an emoji prefix matched nothing.
+  if (pub.child.exitCode === null && pub.child.signalCode === null) await pub.stop();
+  pub = await startPublisher(['--store', store, '--s3-endpoint', s3.endpoint, '--bucket', BUCKET, '--token', TOKEN,
+    '--state', path.join(work, 'state-prefix'), '--reconcile-interval', '0'], path.join(work, 'publisher-prefix.log'));
+  const keys = ['emoji/😀/a.tar', 'emoji/😀/b.tar', 'emoji/😀x/c.tar', 'emoji/ü/d.tar'];
+  for (const k of keys) {
+    const r = await postWebhook(pub.url, { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: BUCKET }, object: { key: encodeURIComponent(k).replace(/%2F/g, '/'), eTag: '"00ff"' } } }] });
+    assert.equal(r.status, 200);
+    assert.equal(r.json.accepted[0].key, k);
+  }
+  const q = async (prefix: string) => (await getJson(`${pub.url}/status?prefix=${encodeURIComponent(prefix)}`)).json.items.map((u: any) => u.key).sort();
+  assert.deepEqual(await q('emoji/😀/'), ['emoji/😀/a.tar', 'emoji/😀/b.tar']);
+  assert.deepEqual(await q('emoji/😀'), ['emoji/😀/a.tar', 'emoji/😀/b.tar', 'emoji/😀x/c.tar']);
+  assert.deepEqual(await q('emoji/ü/'), ['emoji/ü/d.tar']);
+  assert.deepEqual(await q('emoji/'), [...keys].sort());
+  assert.equal(await pub.stop(), 0);
+});

@@ -333,7 +333,8 @@ export class Queue {
     const order = f.order === 'desc' ? 'DESC' : 'ASC';
     if (f.state) { where.push('state = ?'); args.push(f.state); }
     if (f.bucket) { where.push('bucket = ?'); args.push(f.bucket); }
-    if (f.prefix) { where.push('substr(key, 1, ?) = ?'); args.push(f.prefix.length, f.prefix); }
+    // Length in SQLite's characters (code points), not JS's UTF-16 units: a key with an emoji has one of each per two units.
+    if (f.prefix) { where.push('substr(key, 1, length(?)) = ?'); args.push(f.prefix, f.prefix); }
     if (f.after !== undefined) { where.push(order === 'ASC' ? 'id > ?' : 'id < ?'); args.push(f.after); }
     const limit = Math.max(1, Math.min(f.limit ?? 100, 1000));
     const sql = `SELECT * FROM uploads ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id ${order} LIMIT ${limit}`;
