@@ -167,3 +167,26 @@ test('S3 down longer than --max-attempts: the upload fails, and the first listin
     await up.stop();
   }
 });
+
+test('versionId "null" (unversioned bucket) pins nothing: an overwritten object still fails as superseded', async () => {
+  // Before, any versionId skipped the ETag check: A's event, run after B overwrote A, published B under A's upload
+  // (its status claimed A's ETag went to B's diff id).
+  const dirs = await sourceDirs(7);
+  const A = await realTreeLayer(work, 'vnull-a', [dirs[5]!]);
+  const B = await realTreeLayer(work, 'vnull-b', [dirs[6]!]);
+  const { pub, store } = await start('vnull', ['--reconcile-interval', '0']);
+  const ea = await upload(A.file, 'vnull/layer.tar');
+  const eb = await upload(B.file, 'vnull/layer.tar');
+  for (const e of [ea, eb]) e.Records[0].s3.object.versionId = 'null';
+  const ra = await postWebhook(pub.url, ea);
+  const a = await settled(pub.url, ra.json.accepted[0].id);
+  assert.equal(a.state, 'failed', JSON.stringify(a));
+  assert.match(a.error, /^superseded: /);
+  const rb = await postWebhook(pub.url, eb);
+  const b = await settled(pub.url, rb.json.accepted[0].id);
+  assert.equal(b.state, 'published');
+  assert.equal(b.diffId, B.diffId);
+  assert.equal(b.alreadyPublished, false);
+  assert.ok(!(await publishedLayers(store)).has(A.diffId));
+  assert.equal(await pub.stop(), 0);
+});

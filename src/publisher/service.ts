@@ -203,7 +203,10 @@ export class Publisher implements PublisherApi {
         if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
       });
       const got = normEtag(obj.etag);
-      if (!row.version_id && row.etag && got && got !== row.etag) {
+      // Only a real versionId pins the bytes: "null" (an unversioned or suspended bucket) names the one version a PUT
+      // overwrites in place, so there the ETag is what tells the announced bytes from newer ones.
+      const pinned = !!row.version_id && row.version_id !== 'null';
+      if (!pinned && row.etag && got && got !== row.etag) {
         obj.body.destroy();
         throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
       }
