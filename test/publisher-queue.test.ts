@@ -133,6 +133,17 @@ test('enqueue is idempotent per object version and atomic per batch; rows surviv
   const [n] = q.enqueueAll([ev('noetag.tar', { etag: undefined, sequencer: '01' })]);
   q.recordEtag(n!.id, '"FEED"');
   assert.equal(q.seen('b', 'noetag.tar', 'feed'), true);
+  // Events naming no version: one upload while it waits, a new one once it has started.
+  const qb = await fresh();
+  const bare = ev('bare.tar', { etag: undefined });
+  const [b1, b2] = qb.enqueueAll([bare, bare]);
+  assert.equal(b2!.id, b1!.id);
+  assert.equal(b2!.duplicate, true);
+  claim(qb, b1!.id);
+  const [b3] = qb.enqueueAll([bare]);
+  assert.notEqual(b3!.id, b1!.id, 'a later upload under the key is not the one already being ingested');
+  assert.equal(b3!.duplicate, false);
+  qb.close();
   // A batch that fails half-way leaves nothing behind.
   const bad = { ...ev('x.tar'), eventName: null } as unknown as ObjectEvent;
   assert.throws(() => q.enqueueAll([ev('y.tar'), bad]));

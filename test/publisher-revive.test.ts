@@ -190,3 +190,25 @@ test('versionId "null" (unversioned bucket) pins nothing: an overwritten object 
   assert.ok(!(await publishedLayers(store)).has(A.diffId));
   assert.equal(await pub.stop(), 0);
 });
+
+test('events naming no version (no ETag, versionId or sequencer): a second upload under the key is not a duplicate of the first', async () => {
+  // Before, every such event had the version "s:unknown": the second upload was answered as a duplicate of the first,
+  // already published, and never ingested (without a listing, never at all).
+  const dirs = await sourceDirs(9);
+  const A = await realTreeLayer(work, 'noid-a', [dirs[7]!]);
+  const B = await realTreeLayer(work, 'noid-b', [dirs[8]!]);
+  const { pub, store } = await start('noid', ['--reconcile-interval', '0']);
+  const bare = { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: BUCKET }, object: { key: 'noid/layer.tar' } } }] };
+  await awsCp(s3.endpoint, A.file, BUCKET, 'noid/layer.tar');
+  const ra = await postWebhook(pub.url, bare);
+  const a = await settled(pub.url, ra.json.accepted[0].id);
+  assert.equal(a.diffId, A.diffId);
+  await awsCp(s3.endpoint, B.file, BUCKET, 'noid/layer.tar');
+  const rb = await postWebhook(pub.url, bare);
+  assert.equal(rb.json.accepted[0].duplicate, false, JSON.stringify(rb.json));
+  const b = await settled(pub.url, rb.json.accepted[0].id);
+  assert.equal(b.state, 'published');
+  assert.equal(b.diffId, B.diffId);
+  assert.ok((await publishedLayers(store)).has(B.diffId));
+  assert.equal(await pub.stop(), 0);
+});

@@ -1,6 +1,7 @@
 // The publisher's persistent transaction queue (SQLite, private to this module) and its state machine.
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { QueueStateError } from '../util/errors.js';
 
 /**
@@ -133,8 +134,16 @@ export function versionOf(ev: { etag?: string; versionId?: string; sequencer?: s
   if (ev.versionId && ev.versionId !== 'null') return `v:${ev.versionId}`;
   const e = normEtag(ev.etag);
   if (e) return `e:${e}`;
-  return `s:${ev.sequencer ?? 'unknown'}`;
+  if (ev.sequencer) return `s:${ev.sequencer}`;
+  return NO_IDENTITY;
 }
+
+/**
+ * An event naming no version at all (no ETag, versionId or sequencer: a hand-made sender) cannot be told from a later
+ * upload under its key. It is the same upload only as one still waiting; else a new one (its row gets a unique version),
+ * so a second upload announced this way is not taken for a duplicate of the first, already ingested.
+ */
+const NO_IDENTITY = 'n:';
 
 export interface ListFilter {
   state?: UploadState;
@@ -170,6 +179,7 @@ export class Queue {
       seenEtag: d.prepare('SELECT state, fail_kind FROM uploads WHERE bucket = ? AND key = ? AND etag = ? ORDER BY id LIMIT 1'),
       revive: d.prepare(`UPDATE uploads SET state = 'queued', attempts = 0, crashes = 0, not_before = 0, fail_kind = NULL, events = events + 1,
         error = @error, finished_at = NULL, updated_at = @now WHERE id = @id AND state = 'failed'`),
+      waitingNoIdentity: d.prepare(`SELECT * FROM uploads WHERE bucket = ? AND key = ? AND state = 'queued' AND etag IS NULL AND substr(version, 1, 2) = 'n:' ORDER BY id DESC LIMIT 1`),
       findEtag: d.prepare('SELECT * FROM uploads WHERE bucket = ? AND key = ? AND etag = ? ORDER BY id LIMIT 1'),
       bumpEvents: d.prepare('UPDATE uploads SET events = events + 1, updated_at = ? WHERE id = ?'),
       insert: d.prepare(`INSERT INTO uploads (bucket, key, version, etag, version_id, size, sequencer, event_name, origin, state, received_at, updated_at)
@@ -206,11 +216,17 @@ export class Queue {
   }
 
   private enqueueOne(ev: ObjectEvent): EnqueueResult {
-    const version = versionOf(ev);
+    let version = versionOf(ev);
     const etag = normEtag(ev.etag);
-    // Same bytes under the same key are the same layer, whichever versionId or listing announced them.
-    const existing = (this.stmts.find.get(ev.bucket, ev.key, version) ?? (etag ? this.stmts.findEtag.get(ev.bucket, ev.key, etag) : undefined)) as UploadRow | undefined;
     const t = now();
+    let existing: UploadRow | undefined;
+    if (version === NO_IDENTITY) {
+      existing = this.stmts.waitingNoIdentity.get(ev.bucket, ev.key) as UploadRow | undefined;
+      version = `${NO_IDENTITY}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+    } else {
+      // Same bytes under the same key are the same layer, whichever versionId or listing announced them.
+      existing = (this.stmts.find.get(ev.bucket, ev.key, version) ?? (etag ? this.stmts.findEtag.get(ev.bucket, ev.key, etag) : undefined)) as UploadRow | undefined;
+    }
     if (existing) {
       if (existing.state === 'failed' && existing.fail_kind && REVIVE.has(existing.fail_kind)) {
         this.moved(this.stmts.revive.run({ id: existing.id, now: t,
