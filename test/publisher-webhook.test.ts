@@ -315,3 +315,36 @@ test('GET /status?prefix= matches keys with characters beyond the BMP', async ()
   assert.deepEqual(await q('emoji/'), [...keys].sort());
   assert.equal(await pub.stop(), 0);
 });
+
+test('unauthenticated bodies are drained, not kept: 250 unfinished 1 MiB POSTs do not grow the publisher by 250 MiB', async () => {
+  // The 401 path read the body into memory up to --max-body before answering: each unauthenticated connection could
+  // hold 1 MiB, so a few thousand of them exhausted memory.
+  if (pub.child.exitCode === null && pub.child.signalCode === null) await pub.stop();
+  pub = await startPublisher(['--store', store, '--s3-endpoint', s3.endpoint, '--bucket', BUCKET, '--token', TOKEN,
+    '--state', path.join(work, 'state-mem'), '--reconcile-interval', '0'], path.join(work, 'publisher-mem.log'));
+  const rssMiB = async () => {
+    const text = await (await fetch(`${pub.url}/metrics`)).text();
+    const line = text.split('\n').find((l) => /^thinfs_publisher_process_\w*resident_memory_bytes /.test(l));
+    assert.ok(line, 'resident memory exported');
+    return Number(line.split(' ')[1]) / 2 ** 20;
+  };
+  const before = await rssMiB();
+  const port = Number(new URL(pub.url).port);
+  const chunk = Buffer.alloc((1 << 20) - 16, 0x20);
+  const socks = Array.from({ length: 250 }, () => {
+    const s = connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    s.write(`POST /webhook HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Length: ${1 << 20}\r\n\r\n`);
+    s.write(chunk);
+    return s;
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 3000));
+    const grown = (await rssMiB()) - before;
+    assert.ok(grown < 120, `resident memory grew by ${grown.toFixed(0)} MiB with 250 unfinished unauthenticated bodies`);
+  } finally {
+    for (const s of socks) s.destroy();
+  }
+  assert.equal((await getJson(`${pub.url}/healthz`)).status, 200);
+  assert.equal(await pub.stop(), 0);
+});
