@@ -137,6 +137,10 @@ test('unauthenticated, malformed and oversized webhook calls are refused, nothin
   assert.match(m, /thinfs_publisher_webhook_requests_total\{code="401"\} [1-9]/);
   assert.match(m, /thinfs_publisher_webhook_requests_total\{code="400"\} [1-9]/);
   assert.match(m, /thinfs_publisher_webhook_requests_total\{code="413"\} [1-9]/);
+  // Process metrics under the publisher's prefix, named as prom-client names them (was thinfs_publisher_process_process_...).
+  assert.match(m, /^thinfs_publisher_process_resident_memory_bytes \d+/m);
+  assert.match(m, /^thinfs_publisher_nodejs_heap_size_used_bytes \d+/m);
+  assert.doesNotMatch(m, /process_process_/);
 });
 
 test('Minio and AWS envelopes of real s3rver events; duplicates idempotent; other events and buckets ignored', async () => {
@@ -324,7 +328,7 @@ test('unauthenticated bodies are drained, not kept: 250 unfinished 1 MiB POSTs d
     '--state', path.join(work, 'state-mem'), '--reconcile-interval', '0'], path.join(work, 'publisher-mem.log'));
   const rssMiB = async () => {
     const text = await (await fetch(`${pub.url}/metrics`)).text();
-    const line = text.split('\n').find((l) => /^thinfs_publisher_process_\w*resident_memory_bytes /.test(l));
+    const line = text.split('\n').find((l) => /^thinfs_publisher_process_resident_memory_bytes /.test(l));
     assert.ok(line, 'resident memory exported');
     return Number(line.split(' ')[1]) / 2 ** 20;
   };
