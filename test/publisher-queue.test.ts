@@ -3,6 +3,8 @@
 // version, same ETag, versionId vs ETag), crash recovery, and durability across a reopen.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { tmpDir, cleanupTmpDirs } from './helpers/proc.js';
 import { Queue, versionOf, normEtag, type ObjectEvent, type UploadRow } from '../src/publisher/queue.js';
 import { QueueStateError } from '../src/util/errors.js';
@@ -131,6 +133,17 @@ test('enqueue is idempotent per object version and atomic per batch; rows surviv
   const [n] = q.enqueueAll([ev('noetag.tar', { etag: undefined, sequencer: '01' })]);
   q.recordEtag(n!.id, '"FEED"');
   assert.equal(q.seen('b', 'noetag.tar', 'feed'), true);
+  // Events naming no version: one upload while it waits, a new one once it has started.
+  const qb = await fresh();
+  const bare = ev('bare.tar', { etag: undefined });
+  const [b1, b2] = qb.enqueueAll([bare, bare]);
+  assert.equal(b2!.id, b1!.id);
+  assert.equal(b2!.duplicate, true);
+  claim(qb, b1!.id);
+  const [b3] = qb.enqueueAll([bare]);
+  assert.notEqual(b3!.id, b1!.id, 'a later upload under the key is not the one already being ingested');
+  assert.equal(b3!.duplicate, false);
+  qb.close();
   // A batch that fails half-way leaves nothing behind.
   const bad = { ...ev('x.tar'), eventName: null } as unknown as ObjectEvent;
   assert.throws(() => q.enqueueAll([ev('y.tar'), bad]));
@@ -143,4 +156,46 @@ test('enqueue is idempotent per object version and atomic per batch; rows surviv
   q2.close();
   assert.equal(versionOf({ versionId: 'null', etag: '"E"' }), 'e:e', 'versionId "null" (unversioned bucket) falls back to the ETag');
   assert.equal(normEtag('W/"x"'), 'x');
+});
+
+test('a failed version announced again: re-queued unless its bytes were refused; failure kinds migrated from old queues', async () => {
+  const dir = await tmpDir('thinfs-queue-');
+  // A queue written before the fail_kind column: its failed rows get their kind from the reason ("kind: ...").
+  const old = new Database(join(dir, 'queue.sqlite'));
+  old.exec(`CREATE TABLE uploads (id INTEGER PRIMARY KEY AUTOINCREMENT, bucket TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,
+    etag TEXT, version_id TEXT, size INTEGER, sequencer TEXT, event_name TEXT NOT NULL, origin TEXT NOT NULL, events INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL CHECK (state IN ('queued','ingesting','published','failed')), attempts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0, txn TEXT, pid INTEGER, diff_id TEXT, blob_digest TEXT, already_published INTEGER, new_objects INTEGER,
+    bytes INTEGER, seconds REAL, error TEXT, not_before INTEGER NOT NULL DEFAULT 0, received_at TEXT NOT NULL, started_at TEXT,
+    finished_at TEXT, updated_at TEXT NOT NULL, UNIQUE (bucket, key, version))`);
+  const ins = old.prepare(`INSERT INTO uploads (bucket, key, version, etag, event_name, origin, state, attempts, error, received_at, updated_at)
+    VALUES ('b', ?, ?, ?, 'ObjectCreated:Put', 'webhook', 'failed', 5, ?, 't', 't')`);
+  ins.run('old-super.tar', 'e:aa', 'aa', 'superseded: S3 now has ETag bb');
+  ins.run('old-bad.tar', 'e:cc', 'cc', 'bad_input: not a tar');
+  old.close();
+  const q = new Queue(dir);
+  assert.deepEqual(q.list({}).map((r) => r.fail_kind), ['superseded', 'bad_input']);
+  assert.equal(q.seen('b', 'old-super.tar', 'aa'), false, 'a listing showing the superseded version again queues it');
+  assert.equal(q.seen('b', 'old-bad.tar', 'cc'), true);
+  const [s, b] = q.enqueueAll([ev('old-super.tar', { etag: 'aa' }), ev('old-bad.tar', { etag: 'cc' })]);
+  assert.deepEqual(s, { id: 1, duplicate: false, state: 'queued', requeued: true });
+  assert.deepEqual(b, { id: 2, duplicate: true, state: 'failed' });
+  const row = q.get(1)!;
+  assert.equal(row.attempts, 0, 'counters start afresh');
+  assert.equal(row.fail_kind, null);
+  q.markPublished(claim(q, 1).id, published);
+  // Kinds recorded by markFailed: not_found and fetch revive, integrity and crash do not.
+  for (const [kind, revives] of [['not_found', true], ['fetch', true], ['integrity', false]] as const) {
+    const [r] = q.enqueueAll([ev(`${kind}.tar`)]);
+    const c = q.claimNext(txnId)!;
+    assert.equal(c.id, r!.id);
+    q.markFailed(c.id, `${kind}: x`, 0.1, kind);
+    assert.equal(q.enqueueAll([ev(`${kind}.tar`)])[0]!.requeued ?? false, revives, kind);
+    if (revives) { const again = q.claimNext(txnId)!; assert.equal(again.id, r!.id); q.markFailed(again.id, `${kind}: y`, 0.1, kind); }
+  }
+  const [k] = q.enqueueAll([ev('crash.tar')]);
+  q.recoverCrashed(q.claimNext(txnId)!, 1);
+  assert.equal(q.get(k!.id)!.fail_kind, 'crash');
+  assert.equal(q.enqueueAll([ev('crash.tar')])[0]!.duplicate, true, 'an object that kills the publisher is not retried by a redelivery');
+  q.close();
 });

@@ -1,10 +1,12 @@
 // Publisher transaction failures other than bad input: SIGTERM in the middle of a transaction (rolled back,
 // re-queued without using up an attempt, exit 0, published after restart), and S3 going away mid-queue
-// (transaction aborted, store untouched, retried with backoff until S3 is back).
+// (transaction aborted, store untouched, retried with backoff until S3 is back); a webhook sender trickling its body
+// does not hold SIGTERM for the whole --shutdown-timeout.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import * as fsp from 'node:fs/promises';
+import { connect } from 'node:net';
 import { tmpDir, cleanupTmpDirs, thinfsOk, storeSnapshot } from './helpers/proc.js';
 import { pseudoRandom } from './helpers/layers.js';
 import {
@@ -109,4 +111,35 @@ test('S3 unreachable: transaction aborted with the store untouched, retried unti
   assert.ok(retries >= 2, `retries counted (${retries})`);
   assert.deepEqual([...(await publishedLayers(store)).keys()], [layer.diffId]);
   assert.equal(await pub.stop(), 0);
+});
+
+test('SIGTERM while webhook senders trickle their bodies: exit 0 within seconds', async () => {
+  // Before, server.close() waited for every request in flight: one slow (or hostile: a 401 is drained too) sender held
+  // the shutdown for the whole --shutdown-timeout (30 s), which an orchestrator's grace period turns into a SIGKILL.
+  const store = path.join(work, 'store-slow');
+  await thinfsOk(['init', store]);
+  const pub = await startPublisher(['--store', store, '--s3-endpoint', 'http://127.0.0.1:1', '--bucket', BUCKET, '--token', TOKEN,
+    '--state', path.join(work, 'state-slow'), '--reconcile-interval', '0'], path.join(work, 'pub-slow.log'));
+  pubs.push(pub);
+  const port = Number(new URL(pub.url).port);
+  const senders = ['Bearer ' + TOKEN, 'Bearer wrong'].map((auth) => {
+    const s = connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    s.write(`POST /webhook HTTP/1.1\r\nHost: x\r\nAuthorization: ${auth}\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"Records":[`);
+    const tick = setInterval(() => s.write(' '), 500);
+    s.on('close', () => clearInterval(tick));
+    return s;
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 1000));
+    const t0 = Date.now();
+    assert.equal(await pub.stop(), 0);
+    const took = Date.now() - t0;
+    assert.ok(took < 10_000, `SIGTERM took ${took} ms`);
+  } finally {
+    for (const s of senders) s.destroy();
+  }
+  const log = await fsp.readFile(pub.logFile, 'utf8');
+  assert.match(log, /webhook requests still being received were cut/);
+  assert.doesNotMatch(log, /shutdown timeout/, 'no transaction was running: nothing left to crash recovery');
 });

@@ -137,6 +137,10 @@ test('unauthenticated, malformed and oversized webhook calls are refused, nothin
   assert.match(m, /thinfs_publisher_webhook_requests_total\{code="401"\} [1-9]/);
   assert.match(m, /thinfs_publisher_webhook_requests_total\{code="400"\} [1-9]/);
   assert.match(m, /thinfs_publisher_webhook_requests_total\{code="413"\} [1-9]/);
+  // Process metrics under the publisher's prefix, named as prom-client names them (was thinfs_publisher_process_process_...).
+  assert.match(m, /^thinfs_publisher_process_resident_memory_bytes \d+/m);
+  assert.match(m, /^thinfs_publisher_nodejs_heap_size_used_bytes \d+/m);
+  assert.doesNotMatch(m, /process_process_/);
 });
 
 test('Minio and AWS envelopes of real s3rver events; duplicates idempotent; other events and buckets ignored', async () => {
@@ -284,7 +288,67 @@ test('usage errors: missing token, missing credentials, missing store', async ()
     { env: { AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' }, timeoutMs: 20_000 });
   assert.equal(noStore.code, 4);
   assert.match(noStore.stderr, /no thinfs store/);
+  // Every numeric flag is checked at start: --shutdown-timeout was read only at SIGTERM, where a bad value threw in
+  // the signal handler and killed the publisher (exit 1, no rollback, pid file left); --port 99999 was exit 1.
+  for (const [flag, value] of [['--shutdown-timeout', 'abc'], ['--port', '99999'], ['--port', '1.5'], ['--max-attempts', '2.5'], ['--max-body', ' ']]) {
+    const bad = await thinfs([...base, '--token', 't', '--reconcile-interval', '0', flag!, value!],
+      { env: { AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' }, timeoutMs: 5_000 });
+    assert.equal(bad.code, 2, `${flag} ${JSON.stringify(value)}: ${bad.stderr}`);
+    assert.match(bad.stderr, new RegExp(`${flag} must be`));
+  }
   const help = await thinfs(['publisher', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /--reconcile-interval/);
+});
+
+test('GET /status?prefix= matches keys with characters beyond the BMP', async () => {
+  // The prefix was compared by JS length (UTF-16 units) against SQLite's substr (code points): an emoji prefix matched nothing.
+  if (pub.child.exitCode === null && pub.child.signalCode === null) await pub.stop();
+  pub = await startPublisher(['--store', store, '--s3-endpoint', s3.endpoint, '--bucket', BUCKET, '--token', TOKEN,
+    '--state', path.join(work, 'state-prefix'), '--reconcile-interval', '0'], path.join(work, 'publisher-prefix.log'));
+  const keys = ['emoji/😀/a.tar', 'emoji/😀/b.tar', 'emoji/😀x/c.tar', 'emoji/ü/d.tar'];
+  for (const k of keys) {
+    const r = await postWebhook(pub.url, { Records: [{ eventName: 'ObjectCreated:Put', s3: { bucket: { name: BUCKET }, object: { key: encodeURIComponent(k).replace(/%2F/g, '/'), eTag: '"00ff"' } } }] });
+    assert.equal(r.status, 200);
+    assert.equal(r.json.accepted[0].key, k);
+  }
+  const q = async (prefix: string) => (await getJson(`${pub.url}/status?prefix=${encodeURIComponent(prefix)}`)).json.items.map((u: any) => u.key).sort();
+  assert.deepEqual(await q('emoji/😀/'), ['emoji/😀/a.tar', 'emoji/😀/b.tar']);
+  assert.deepEqual(await q('emoji/😀'), ['emoji/😀/a.tar', 'emoji/😀/b.tar', 'emoji/😀x/c.tar']);
+  assert.deepEqual(await q('emoji/ü/'), ['emoji/ü/d.tar']);
+  assert.deepEqual(await q('emoji/'), [...keys].sort());
+  assert.equal(await pub.stop(), 0);
+});
+
+test('unauthenticated bodies are drained, not kept: 250 unfinished 1 MiB POSTs do not grow the publisher by 250 MiB', async () => {
+  // The 401 path read the body into memory up to --max-body before answering: each unauthenticated connection could
+  // hold 1 MiB, so a few thousand of them exhausted memory.
+  if (pub.child.exitCode === null && pub.child.signalCode === null) await pub.stop();
+  pub = await startPublisher(['--store', store, '--s3-endpoint', s3.endpoint, '--bucket', BUCKET, '--token', TOKEN,
+    '--state', path.join(work, 'state-mem'), '--reconcile-interval', '0'], path.join(work, 'publisher-mem.log'));
+  const rssMiB = async () => {
+    const text = await (await fetch(`${pub.url}/metrics`)).text();
+    const line = text.split('\n').find((l) => /^thinfs_publisher_process_resident_memory_bytes /.test(l));
+    assert.ok(line, 'resident memory exported');
+    return Number(line.split(' ')[1]) / 2 ** 20;
+  };
+  const before = await rssMiB();
+  const port = Number(new URL(pub.url).port);
+  const chunk = Buffer.alloc((1 << 20) - 16, 0x20);
+  const socks = Array.from({ length: 250 }, () => {
+    const s = connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    s.write(`POST /webhook HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Length: ${1 << 20}\r\n\r\n`);
+    s.write(chunk);
+    return s;
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 3000));
+    const grown = (await rssMiB()) - before;
+    assert.ok(grown < 120, `resident memory grew by ${grown.toFixed(0)} MiB with 250 unfinished unauthenticated bodies`);
+  } finally {
+    for (const s of socks) s.destroy();
+  }
+  assert.equal((await getJson(`${pub.url}/healthz`)).status, 200);
+  assert.equal(await pub.stop(), 0);
 });

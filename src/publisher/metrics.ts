@@ -23,7 +23,8 @@ export class PublisherMetrics {
 
   constructor(queue: Queue) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_publisher_process_' });
+    // prom-client's names already start with process_ / nodejs_: thinfs_publisher_process_cpu_seconds_total etc.
+    collectDefaultMetrics({ register: this.registry, prefix: 'thinfs_publisher_' });
     this.queueDepth = new Gauge({
       name: 'thinfs_publisher_queue_depth', help: 'Uploads waiting to be ingested (state queued)', registers,
       collect() { this.set(queue.counts().queued); },

@@ -1,6 +1,7 @@
 // The publisher's persistent transaction queue (SQLite, private to this module) and its state machine.
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { QueueStateError } from '../util/errors.js';
 
 /**
@@ -17,7 +18,8 @@ import { QueueStateError } from '../util/errors.js';
  *                            (our own shutdown: the attempt does not count), recoverCrashed (the
  *                            publisher died: crashes + 1)
  *   ingesting -> failed      recoverCrashed, at maxCrashes
- *   failed    -> queued      requeueFailed (POST /retry: counters reset)
+ *   failed    -> queued      requeueFailed (POST /retry: counters reset); enqueueAll, when a new event or
+ *                            listing names a version whose failure was not about its bytes (see REVIVE)
  */
 
 export type UploadState = 'queued' | 'ingesting' | 'published' | 'failed';
@@ -58,6 +60,8 @@ export interface UploadRow {
   bytes: number | null;
   seconds: number | null;
   error: string | null;
+  /** Kind of the failure (bad_input, superseded, not_found, fetch, crash...) while failed. */
+  fail_kind: string | null;
   not_before: number;
   received_at: string;
   started_at: string | null;
@@ -65,7 +69,18 @@ export interface UploadRow {
   updated_at: string;
 }
 
-export interface EnqueueResult { id: number; duplicate: boolean; state: UploadState }
+export interface EnqueueResult { id: number; duplicate: boolean; state: UploadState; requeued?: boolean }
+
+/**
+ * Failures that said nothing about an object version's bytes: it was overwritten (superseded) or deleted
+ * (not_found) before its GET, or S3 kept failing (fetch: an outage longer than --max-attempts lasts). Such a
+ * version announced again (overwritten back, re-uploaded after a delete, redelivered) or listed again is queued
+ * again instead of being taken for a duplicate of its failed row: else the object the bucket ends up holding is
+ * never published, and the listing, which skips versions it has seen, never brings it back. A listing that
+ * answered shows S3 is back and the version there, so it revives all three: at most one round of attempts per
+ * listing interval for an object S3 keeps refusing.
+ */
+const REVIVE: ReadonlySet<string> = new Set(['superseded', 'not_found', 'fetch']);
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS uploads (
@@ -92,6 +107,7 @@ CREATE TABLE IF NOT EXISTS uploads (
   bytes INTEGER,
   seconds REAL,
   error TEXT,
+  fail_kind TEXT,
   not_before INTEGER NOT NULL DEFAULT 0,
   received_at TEXT NOT NULL,
   started_at TEXT,
@@ -118,8 +134,16 @@ export function versionOf(ev: { etag?: string; versionId?: string; sequencer?: s
   if (ev.versionId && ev.versionId !== 'null') return `v:${ev.versionId}`;
   const e = normEtag(ev.etag);
   if (e) return `e:${e}`;
-  return `s:${ev.sequencer ?? 'unknown'}`;
+  if (ev.sequencer) return `s:${ev.sequencer}`;
+  return NO_IDENTITY;
 }
+
+/**
+ * An event naming no version at all (no ETag, versionId or sequencer: a hand-made sender) cannot be told from a later
+ * upload under its key. It is the same upload only as one still waiting; else a new one (its row gets a unique version),
+ * so a second upload announced this way is not taken for a duplicate of the first, already ingested.
+ */
+const NO_IDENTITY = 'n:';
 
 export interface ListFilter {
   state?: UploadState;
@@ -144,10 +168,18 @@ export class Queue {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(SCHEMA);
+    // Queues made before fail_kind: the column added, the kind of failed rows taken from their reason ("kind: ...").
+    if (!(this.db.pragma('table_info(uploads)') as Array<{ name: string }>).some((c) => c.name === 'fail_kind')) {
+      this.db.exec(`ALTER TABLE uploads ADD COLUMN fail_kind TEXT;
+        UPDATE uploads SET fail_kind = substr(error, 1, instr(error, ':') - 1) WHERE state = 'failed' AND instr(error, ':') > 1;`);
+    }
     const d = this.db;
     this.stmts = {
       find: d.prepare('SELECT * FROM uploads WHERE bucket = ? AND key = ? AND version = ?'),
-      seenEtag: d.prepare('SELECT 1 FROM uploads WHERE bucket = ? AND key = ? AND etag = ? LIMIT 1'),
+      seenEtag: d.prepare('SELECT state, fail_kind FROM uploads WHERE bucket = ? AND key = ? AND etag = ? ORDER BY id LIMIT 1'),
+      revive: d.prepare(`UPDATE uploads SET state = 'queued', attempts = 0, crashes = 0, not_before = 0, fail_kind = NULL, events = events + 1,
+        error = @error, finished_at = NULL, updated_at = @now WHERE id = @id AND state = 'failed'`),
+      waitingNoIdentity: d.prepare(`SELECT * FROM uploads WHERE bucket = ? AND key = ? AND state = 'queued' AND etag IS NULL AND substr(version, 1, 2) = 'n:' ORDER BY id DESC LIMIT 1`),
       findEtag: d.prepare('SELECT * FROM uploads WHERE bucket = ? AND key = ? AND etag = ? ORDER BY id LIMIT 1'),
       bumpEvents: d.prepare('UPDATE uploads SET events = events + 1, updated_at = ? WHERE id = ?'),
       insert: d.prepare(`INSERT INTO uploads (bucket, key, version, etag, version_id, size, sequencer, event_name, origin, state, received_at, updated_at)
@@ -158,14 +190,14 @@ export class Queue {
       nextWake: d.prepare(`SELECT MIN(not_before) AS t FROM uploads WHERE state = 'queued'`),
       claim: d.prepare(`UPDATE uploads SET state = 'ingesting', attempts = attempts + 1, txn = ?, pid = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE id = ? AND state = 'queued'`),
       published: d.prepare(`UPDATE uploads SET state = 'published', diff_id = @diff_id, blob_digest = @blob_digest, already_published = @already,
-        new_objects = @new_objects, bytes = @bytes, seconds = @seconds, error = NULL, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
-      failed: d.prepare(`UPDATE uploads SET state = 'failed', error = @error, seconds = @seconds, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+        new_objects = @new_objects, bytes = @bytes, seconds = @seconds, error = NULL, fail_kind = NULL, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+      failed: d.prepare(`UPDATE uploads SET state = 'failed', error = @error, fail_kind = @kind, seconds = @seconds, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
       retry: d.prepare(`UPDATE uploads SET state = 'queued', error = @error, not_before = @not_before, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
       undoAttempt: d.prepare(`UPDATE uploads SET state = 'queued', attempts = MAX(attempts - 1, 0), error = @error, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
       stuck: d.prepare(`SELECT * FROM uploads WHERE state = 'ingesting' ORDER BY id`),
       crashRequeue: d.prepare(`UPDATE uploads SET state = 'queued', crashes = crashes + 1, error = @error, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
-      crashFail: d.prepare(`UPDATE uploads SET state = 'failed', crashes = crashes + 1, error = @error, finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
-      requeueFailed: d.prepare(`UPDATE uploads SET state = 'queued', attempts = 0, crashes = 0, not_before = 0, error = NULL, updated_at = ? WHERE id = ? AND state = 'failed'`),
+      crashFail: d.prepare(`UPDATE uploads SET state = 'failed', crashes = crashes + 1, error = @error, fail_kind = 'crash', finished_at = @now, updated_at = @now WHERE id = @id AND state = 'ingesting'`),
+      requeueFailed: d.prepare(`UPDATE uploads SET state = 'queued', attempts = 0, crashes = 0, not_before = 0, error = NULL, fail_kind = NULL, updated_at = ? WHERE id = ? AND state = 'failed'`),
       counts: d.prepare('SELECT state, COUNT(*) AS n FROM uploads GROUP BY state'),
       position: d.prepare(`SELECT COUNT(*) AS n FROM uploads WHERE state = 'queued' AND id < ?`),
       setEtag: d.prepare(`UPDATE uploads SET etag = ?, updated_at = ? WHERE id = ? AND etag IS NULL`),
@@ -184,12 +216,23 @@ export class Queue {
   }
 
   private enqueueOne(ev: ObjectEvent): EnqueueResult {
-    const version = versionOf(ev);
+    let version = versionOf(ev);
     const etag = normEtag(ev.etag);
-    // Same bytes under the same key are the same layer, whichever versionId or listing announced them.
-    const existing = (this.stmts.find.get(ev.bucket, ev.key, version) ?? (etag ? this.stmts.findEtag.get(ev.bucket, ev.key, etag) : undefined)) as UploadRow | undefined;
     const t = now();
+    let existing: UploadRow | undefined;
+    if (version === NO_IDENTITY) {
+      existing = this.stmts.waitingNoIdentity.get(ev.bucket, ev.key) as UploadRow | undefined;
+      version = `${NO_IDENTITY}${Date.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+    } else {
+      // Same bytes under the same key are the same layer, whichever versionId or listing announced them.
+      existing = (this.stmts.find.get(ev.bucket, ev.key, version) ?? (etag ? this.stmts.findEtag.get(ev.bucket, ev.key, etag) : undefined)) as UploadRow | undefined;
+    }
     if (existing) {
+      if (existing.state === 'failed' && existing.fail_kind && REVIVE.has(existing.fail_kind)) {
+        this.moved(this.stmts.revive.run({ id: existing.id, now: t,
+          error: `re-queued by a new ${ev.origin} event; the last attempt had failed: ${existing.error ?? existing.fail_kind}` }), existing.id, 're-queue on a new event');
+        return { id: existing.id, duplicate: false, state: 'queued', requeued: true };
+      }
       this.stmts.bumpEvents.run(t, existing.id);
       return { id: existing.id, duplicate: true, state: existing.state };
     }
@@ -206,9 +249,14 @@ export class Queue {
     if (e) this.stmts.setEtag.run(e, now(), id);
   }
 
-  /** Has any version of bucket/key with this ETag been seen (from a webhook or an earlier listing)? */
+  /**
+   * Has any version of bucket/key with this ETag been seen (from a webhook or an earlier listing)? A version
+   * that failed for a reason a listing revives (REVIVE) counts as unseen, so the listing queues it again.
+   */
   seen(bucket: string, key: string, etag: string): boolean {
-    return this.stmts.seenEtag.get(bucket, key, normEtag(etag) ?? '') !== undefined;
+    const r = this.stmts.seenEtag.get(bucket, key, normEtag(etag) ?? '') as { state: UploadState; fail_kind: string | null } | undefined;
+    if (!r) return false;
+    return !(r.state === 'failed' && r.fail_kind !== null && REVIVE.has(r.fail_kind));
   }
 
   /** Oldest queued row that is due, moved to 'ingesting' under a new transaction id; null when idle. */
@@ -241,8 +289,9 @@ export class Queue {
       new_objects: r.newObjects, bytes: r.bytes, seconds: r.seconds, now: now() }), id, 'mark published');
   }
 
-  markFailed(id: number, error: string, seconds: number | null = null): void {
-    this.moved(this.stmts.failed.run({ id, error, seconds, now: now() }), id, 'mark failed');
+  /** kind: the failure's class (FailureKind of metrics.ts); it decides whether a new event for this version re-queues it. */
+  markFailed(id: number, error: string, seconds: number | null = null, kind: string | null = null): void {
+    this.moved(this.stmts.failed.run({ id, error, seconds, kind, now: now() }), id, 'mark failed');
   }
 
   /** Back to the queue after a transient failure, not before notBefore (ms epoch). */
@@ -300,7 +349,8 @@ export class Queue {
     const order = f.order === 'desc' ? 'DESC' : 'ASC';
     if (f.state) { where.push('state = ?'); args.push(f.state); }
     if (f.bucket) { where.push('bucket = ?'); args.push(f.bucket); }
-    if (f.prefix) { where.push('substr(key, 1, ?) = ?'); args.push(f.prefix.length, f.prefix); }
+    // Length in SQLite's characters (code points), not JS's UTF-16 units: a key with an emoji has one of each per two units.
+    if (f.prefix) { where.push('substr(key, 1, length(?)) = ?'); args.push(f.prefix, f.prefix); }
     if (f.after !== undefined) { where.push(order === 'ASC' ? 'id > ?' : 'id < ?'); args.push(f.after); }
     const limit = Math.max(1, Math.min(f.limit ?? 100, 1000));
     const sql = `SELECT * FROM uploads ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id ${order} LIMIT ${limit}`;

@@ -55,7 +55,7 @@ function authorized(req: IncomingMessage, token: string | undefined): boolean {
  * Read at most limit bytes of body; 413 beyond. An oversized body is drained before we answer, so the
  * sender reads our 413 instead of a connection reset; past a bound (16x the limit) the socket is dropped.
  */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+function readBody(req: IncomingMessage, limit: number, keep = true): Promise<Buffer> {
   const bound = limit * 16 + (1 << 20);
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > bound) return Promise.reject(new HttpError(413, `body of ${declared} bytes exceeds the ${limit} byte limit`));
@@ -68,7 +68,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       n += c.length;
       if (n > bound) { reject(tooBig()); req.destroy(); return; }
       if (n > limit) { over = true; chunks.length = 0; return; }
-      chunks.push(c);
+      if (keep) chunks.push(c);
     });
     req.on('end', () => (over ? reject(tooBig()) : resolve(Buffer.concat(chunks))));
     req.on('error', (e) => reject(new HttpError(400, `reading the body failed: ${e.message}`)));
@@ -121,8 +121,9 @@ export function createHttpServer(p: PublisherApi): Server {
     if (!opts.webhook) throw new HttpError(404, 'webhook disabled on this publisher (--no-webhook); it relies on bucket listing');
     if (!authorized(req, opts.token)) {
       p.metrics.webhookRequests.inc({ code: '401' });
-      // Drain (bounded) before answering, as for 413: the sender then reads the 401, not a reset.
-      await readBody(req, opts.maxBodyBytes).catch(() => undefined);
+      // Drain (bounded) before answering, as for 413: the sender then reads the 401, not a reset. Nothing of it is kept:
+      // buffering it let unauthenticated clients hold --max-body of memory each (300 unfinished bodies: +300 MiB).
+      await readBody(req, opts.maxBodyBytes, false).catch(() => undefined);
       send(res, 401, { error: 'missing or wrong bearer token' }, { 'WWW-Authenticate': 'Bearer realm="thinfs-publisher"' });
       return;
     }
@@ -149,7 +150,7 @@ export function createHttpServer(p: PublisherApi): Server {
     if (p.isStopping) throw new HttpError(503, 'publisher is shutting down; deliver again later');
     // Committed (WAL, fsynced) before we answer: a 200 means the event cannot be lost any more.
     const results = parsed.events.length ? p.enqueue(parsed.events) : [];
-    const accepted = results.map((r, i) => ({ id: r.id, key: parsed.events[i]!.key, duplicate: r.duplicate, state: r.state }));
+    const accepted = results.map((r, i) => ({ id: r.id, key: parsed.events[i]!.key, duplicate: r.duplicate, state: r.state, ...(r.requeued ? { requeued: true } : {}) }));
     for (const r of results) p.metrics.events.inc({ result: r.duplicate ? 'duplicate' : 'accepted' });
     if (parsed.ignored.length) p.metrics.events.inc({ result: 'ignored' }, parsed.ignored.length);
     p.metrics.webhookRequests.inc({ code: '200' });

@@ -43,6 +43,9 @@ const TxnFailure = TxnFailureOf;
 
 export interface WorkerState { txn: string; upload: number; bucket: string; key: string; startedAt: string; fetchedBytes: number; contentLength: number | null }
 
+/** On shutdown, how long HTTP requests still in flight may take once the worker has stopped. */
+const HTTP_DRAIN_MS = 2_000;
+
 function newTxnId(): string {
   return `t-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
 }
@@ -203,7 +206,10 @@ export class Publisher implements PublisherApi {
         if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
       });
       const got = normEtag(obj.etag);
-      if (!row.version_id && row.etag && got && got !== row.etag) {
+      // Only a real versionId pins the bytes: "null" (an unversioned or suspended bucket) names the one version a PUT
+      // overwrites in place, so there the ETag is what tells the announced bytes from newer ones.
+      const pinned = !!row.version_id && row.version_id !== 'null';
+      if (!pinned && row.etag && got && got !== row.etag) {
         obj.body.destroy();
         throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
       }
@@ -241,7 +247,7 @@ export class Publisher implements PublisherApi {
         log.warn({ kind: f.kind, reason: f.message, err: e, retryInMs: delay, attempt: tries }, 'transaction aborted and rolled back; will retry');
       } else {
         const reason = f.permanent ? `${f.kind}: ${f.message}` : `${f.kind}: ${f.message} (gave up after ${tries} attempts)`;
-        this.queue.markFailed(row.id, reason, seconds);
+        this.queue.markFailed(row.id, reason, seconds, f.kind);
         this.metrics.failures.inc({ kind: f.kind });
         this.metrics.ingestSeconds.observe({ outcome: 'failed' }, seconds);
         log.error({ kind: f.kind, reason: f.message, err: e, seconds }, 'transaction aborted and rolled back; upload failed');
@@ -323,13 +329,22 @@ export class Publisher implements PublisherApi {
     this.server?.closeIdleConnections();
     this.current?.ac.abort(new ThinfsError('publisher shutting down'));
     this.wake();
+    const t0 = Date.now();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((res) => { timer = setTimeout(() => res('timeout'), timeoutMs); });
-    const r = await Promise.race([Promise.all([this.loopDone, this.reconcileRunning, closed]).then(() => 'ok' as const), timeout]);
+    const r = await Promise.race([Promise.all([this.loopDone, this.reconcileRunning]).then(() => 'ok' as const), timeout]);
     clearTimeout(timer);
-    if (r === 'timeout') {
+    if (r === 'timeout') this.log.warn({ txn: this.current?.state.txn }, 'shutdown timeout: the running transaction is left to crash recovery at next start');
+    // Requests still in flight get a short grace, not the whole timeout: a sender trickling a body (slow, or hostile: a
+    // 401 is drained too) held every shutdown for --shutdown-timeout. Cutting one loses nothing: an event is committed
+    // before its 200, and a sender that got no 200 delivers again.
+    const grace = Math.max(0, Math.min(HTTP_DRAIN_MS, timeoutMs - (Date.now() - t0)));
+    let graceTimer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([closed.then(() => true), new Promise<false>((res) => { graceTimer = setTimeout(() => res(false), grace); })]);
+    clearTimeout(graceTimer);
+    if (!drained) {
       this.server?.closeAllConnections();
-      this.log.warn({ txn: this.current?.state.txn }, 'shutdown timeout: the running transaction is left to crash recovery at next start');
+      this.log.warn({ graceMs: grace }, 'shutdown: webhook requests still being received were cut (their senders got no 200 and will deliver again)');
     }
     await this.opts.s3.close().catch(() => undefined);
     this.queue.close();

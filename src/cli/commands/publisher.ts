@@ -31,9 +31,12 @@ interface PublisherCliOptions {
   shutdownTimeout: string;
 }
 
-function num(v: string, name: string, min: number): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min) throw new ThinfsError(`--${name} must be a number >= ${min} (got ${JSON.stringify(v)})`, EXIT.USAGE);
+function num(v: string, name: string, min: number, opts: { int?: boolean; max?: number } = {}): number {
+  const n = v.trim() === '' ? NaN : Number(v);
+  const what = `${opts.int ? 'an integer' : 'a number'} >= ${min}${opts.max !== undefined ? ` and <= ${opts.max}` : ''}`;
+  if (!Number.isFinite(n) || n < min || (opts.int && !Number.isInteger(n)) || (opts.max !== undefined && n > opts.max)) {
+    throw new ThinfsError(`--${name} must be ${what} (got ${JSON.stringify(v)})`, EXIT.USAGE);
+  }
   return n;
 }
 
@@ -70,6 +73,14 @@ HTTP API:
 Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
     .action(async (o: PublisherCliOptions) => {
       const log = createLogger('publisher');
+      // Every flag is checked before anything is opened or served (exit 2): a bad value must not surface later, as
+      // --shutdown-timeout did at SIGTERM, where it threw in the signal handler and killed the publisher mid-transaction.
+      const reconcileS = num(o.reconcileInterval, 'reconcile-interval', 0);
+      const maxAttempts = num(o.maxAttempts, 'max-attempts', 1, { int: true });
+      const maxCrashes = num(o.maxCrashes, 'max-crashes', 1, { int: true });
+      const maxBodyBytes = num(o.maxBody, 'max-body', 1, { int: true });
+      const port = num(o.port, 'port', 0, { int: true, max: 65535 });
+      const shutdownTimeoutMs = num(o.shutdownTimeout, 'shutdown-timeout', 0) * 1000;
       let token = o.token ?? process.env.THINFS_PUBLISHER_TOKEN;
       if (o.tokenFile) token = (await readFile(o.tokenFile, 'utf8')).trim();
       if (o.webhook && !token) throw new ThinfsError('the webhook needs a bearer token: --token, --token-file or $THINFS_PUBLISHER_TOKEN (or --no-webhook)', EXIT.USAGE);
@@ -77,7 +88,6 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
       if (badBucket) throw new ThinfsError(`--bucket ${JSON.stringify(o.bucket)}: ${badBucket}`, EXIT.USAGE);
       const badPrefix = o.prefix === undefined ? null : unsafeKeyReason(o.prefix);
       if (badPrefix) throw new ThinfsError(`--prefix ${JSON.stringify(o.prefix)}: ${badPrefix}`, EXIT.USAGE);
-      const reconcileS = num(o.reconcileInterval, 'reconcile-interval', 0);
       if (!o.webhook && reconcileS === 0) throw new ThinfsError('--no-webhook with --reconcile-interval 0 would never see an upload', EXIT.USAGE);
       const env = credentialsFromEnv();
       const accessKeyId = o.accessKey ?? env?.accessKeyId;
@@ -92,12 +102,12 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
       const pub = await Publisher.start({
         store, stateDir, s3, bucket: o.bucket, prefix: o.prefix, token, webhook: o.webhook,
         reconcileIntervalMs: reconcileS * 1000,
-        maxAttempts: num(o.maxAttempts, 'max-attempts', 1),
-        maxCrashes: num(o.maxCrashes, 'max-crashes', 1),
+        maxAttempts,
+        maxCrashes,
         retryBaseMs: 1000,
-        maxBodyBytes: num(o.maxBody, 'max-body', 1),
+        maxBodyBytes,
         host: o.host,
-        port: num(o.port, 'port', 0),
+        port,
         log,
       });
       process.stdout.write(`publisher listening on ${pub.url}\n`);
@@ -106,7 +116,7 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
           log.info({ signal: sig }, 'signal received');
           process.off('SIGTERM', onSignal);
           process.off('SIGINT', onSignal);
-          pub.stop(num(o.shutdownTimeout, 'shutdown-timeout', 0) * 1000).then(res, (e) => { log.error({ err: e }, 'shutdown failed'); res(); });
+          pub.stop(shutdownTimeoutMs).then(res, (e) => { log.error({ err: e }, 'shutdown failed'); res(); });
         };
         process.on('SIGTERM', onSignal);
         process.on('SIGINT', onSignal);
