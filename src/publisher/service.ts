@@ -7,7 +7,7 @@ import type { Server } from 'node:http';
 import type { WritableStore } from '../store/store.js';
 import { ingestTar } from '../ingest/ingest.js';
 import { isPidAlive } from '../store/owner.js';
-import { S3Client } from '../s3/client.js';
+import { S3Client, type GetObjectResult } from '../s3/client.js';
 import { unsafeKeyReason } from '../s3/keys.js';
 import { BadInputError, IntegrityError, ThinfsError, EXIT, errorMessage, S3Error, TxnFailure as TxnFailureOf } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -192,34 +192,60 @@ export class Publisher implements PublisherApi {
       // Rows queued by an older publisher were not checked on the way in.
       const unsafe = unsafeKeyReason(row.key);
       if (unsafe) throw new TxnFailure('bad_input', true, `refusing key ${JSON.stringify(row.key)}: ${unsafe}`);
-      let obj;
-      try {
-        obj = await this.opts.s3.getObject(row.bucket, row.key, { versionId: row.version_id ?? undefined, signal: ac.signal });
-      } catch (e) {
-        throw classifyS3(e);
+      const open = async (): Promise<GetObjectResult> => {
+        let obj: GetObjectResult;
+        try {
+          obj = await this.opts.s3.getObject(row.bucket, row.key, { versionId: row.version_id ?? undefined, signal: ac.signal });
+        } catch (e) {
+          throw classifyS3(e);
+        }
+        state.contentLength = obj.contentLength;
+        // Only the network's own errors count as an interrupted download; when ingest refuses the tar it tears the
+        // pipeline down, and the premature-close/abort that causes on the body is a consequence, not a cause.
+        obj.body.on('error', (e: Error) => {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
+        });
+        const got = normEtag(obj.etag);
+        // Only a real versionId pins the bytes: "null" (an unversioned or suspended bucket) names the one version a PUT
+        // overwrites in place, so there the ETag is what tells the announced bytes from newer ones.
+        const pinned = !!row.version_id && row.version_id !== 'null';
+        if (!pinned && row.etag && got && got !== row.etag) {
+          obj.body.destroy();
+          throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
+        }
+        if (!row.etag && got) this.queue.recordEtag(row.id, got);
+        return obj;
+      };
+      const ingest = (obj: GetObjectResult, expectDiffId?: string) => {
+        const metrics = this.metrics;
+        const counter = new Transform({
+          transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
+        });
+        pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
+        return ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined, scratchDir: this.scratch, expectDiffId });
+      };
+      let obj: GetObjectResult | null = await open();
+      // An upload that names its layer (docker2thin's S3 sink sets x-amz-meta-thinfs-diff-id) is ingested under that
+      // layer's fetch lock, the one docker2thin and `ingest --diff-id` take writing straight into the store: a layer
+      // is written by one writer across the cluster, the others wait and then only check their input against it. The
+      // claim is checked (the tar must hash to it; a wrong one is refused). While another writer holds the lock the
+      // download is dropped and made again after the wait (an idle GET would be cut by S3).
+      const claimed = obj.metadata['thinfs-diff-id'];
+      const diffId = claimed && /^sha256:[0-9a-f]{64}$/.test(claimed) ? claimed : undefined;
+      let res;
+      if (!diffId) res = await ingest(obj);
+      else {
+        if (await this.opts.store.fetchLockHeld(diffId)) {
+          log.info({ diffId }, 'another writer holds this layer\'s fetch lock: waiting for it');
+          obj.body.destroy();
+          obj = null;
+        }
+        res = await this.opts.store.withFetchLock(diffId, async () => {
+          if (!obj) { bodyError = null; state.fetchedBytes = 0; obj = await open(); }
+          return ingest(obj, diffId);
+        });
       }
-      state.contentLength = obj.contentLength;
-      // Only the network's own errors count as an interrupted download; when ingest refuses the tar it tears the
-      // pipeline down, and the premature-close/abort that causes on the body is a consequence, not a cause.
-      obj.body.on('error', (e: Error) => {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ERR_STREAM_PREMATURE_CLOSE' && code !== 'ABORT_ERR' && e.name !== 'AbortError') bodyError ??= e;
-      });
-      const got = normEtag(obj.etag);
-      // Only a real versionId pins the bytes: "null" (an unversioned or suspended bucket) names the one version a PUT
-      // overwrites in place, so there the ETag is what tells the announced bytes from newer ones.
-      const pinned = !!row.version_id && row.version_id !== 'null';
-      if (!pinned && row.etag && got && got !== row.etag) {
-        obj.body.destroy();
-        throw new TxnFailure('superseded', true, `object was overwritten before it could be ingested: S3 now has ETag ${got}, the event announced ${row.etag} (the newer version is its own upload)`);
-      }
-      if (!row.etag && got) this.queue.recordEtag(row.id, got);
-      const metrics = this.metrics;
-      const counter = new Transform({
-        transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
-      });
-      pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
-      const res = await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined, scratchDir: this.scratch });
       const seconds = elapsed();
       this.queue.markPublished(row.id, {
         diffId: res.manifest.diffId, blobDigest: res.manifest.blobDigest, alreadyPublished: !res.published,

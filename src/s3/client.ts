@@ -52,6 +52,8 @@ export interface GetObjectResult {
   versionId?: string;
   lastModified?: string;
   contentType?: string;
+  /** User metadata (x-amz-meta-*), by name lowercased without the prefix. */
+  metadata: Record<string, string>;
 }
 
 export interface ListObjectsV2Result {
@@ -78,6 +80,14 @@ function unquote(etag: string | undefined | null): string {
 function header(h: Record<string, string | string[] | undefined>, name: string): string | undefined {
   const v = h[name];
   return Array.isArray(v) ? v[0] : v;
+}
+
+function userMetadata(h: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (k.toLowerCase().startsWith('x-amz-meta-') && v !== undefined) out[k.toLowerCase().slice('x-amz-meta-'.length)] = Array.isArray(v) ? v[0]! : v;
+  }
+  return out;
 }
 
 function xmlUnescape(s: string): string {
@@ -211,6 +221,7 @@ export class S3Client {
       versionId: header(h, 'x-amz-version-id'),
       lastModified: header(h, 'last-modified'),
       contentType: header(h, 'content-type'),
+      metadata: userMetadata(h),
     };
   }
 
