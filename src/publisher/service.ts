@@ -31,6 +31,12 @@ export interface PublisherOptions {
   /** Publisher deaths during one upload's transaction before it is failed (a poison object must not loop forever). */
   maxCrashes: number;
   retryBaseMs: number;
+  /**
+   * Low-speed cutoff of the layer download: fewer than lowSpeedBytes in any lowSpeedMs window cuts it (a transient
+   * failure, retried). The socket's idle timeout alone lets a GET trickling a byte a minute hold the one queue forever.
+   */
+  lowSpeedBytes?: number;
+  lowSpeedMs?: number;
   maxBodyBytes: number;
   host: string;
   port: number;
@@ -217,13 +223,32 @@ export class Publisher implements PublisherApi {
         if (!row.etag && got) this.queue.recordEtag(row.id, got);
         return obj;
       };
-      const ingest = (obj: GetObjectResult, expectDiffId?: string) => {
+      const ingest = async (obj: GetObjectResult, expectDiffId?: string) => {
         const metrics = this.metrics;
         const counter = new Transform({
           transform(chunk: Buffer, _enc, cb) { state.fetchedBytes += chunk.length; metrics.ingestBytes.inc(chunk.length); cb(null, chunk); },
         });
         pipeline(obj.body as Readable, counter, () => { /* errors reach ingest through counter; the source's own is kept in bodyError */ });
-        return ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined, scratchDir: this.scratch, expectDiffId });
+        // The cutoff counts bytes arriving from S3 while ingest is ready for more: a download held back by ingest's own
+        // backpressure (a slow store) is not slow.
+        const minBytes = this.opts.lowSpeedBytes ?? 1024, windowMs = this.opts.lowSpeedMs ?? 30_000;
+        let seen = state.fetchedBytes;
+        const watch = minBytes > 0 && windowMs > 0 ? setInterval(() => {
+          const got = state.fetchedBytes - seen;
+          seen = state.fetchedBytes;
+          // Downloaded in full: what ingest does after (commit, fsync on a slow filesystem) is not the download's.
+          if ((obj.body as Readable).readableEnded || (state.contentLength !== null && state.fetchedBytes >= state.contentLength)) { clearInterval(watch!); return; }
+          if (got >= minBytes || counter.writableNeedDrain || counter.readableLength >= counter.readableHighWaterMark) return;
+          const err = new Error(`S3 download too slow: ${got} bytes in the last ${windowMs / 1000} s, less than --low-speed-limit ${minBytes}`);
+          bodyError ??= err;
+          log.warn({ bytes: state.fetchedBytes, contentLength: state.contentLength, windowMs, minBytes }, 'S3 download below the low-speed limit: cut');
+          (obj.body as Readable).destroy(err);
+        }, windowMs) : null;
+        try {
+          return await ingestTar(counter, this.opts.store, { source: `s3://${row.bucket}/${row.key}`, log, totalBytes: obj.contentLength ?? undefined, scratchDir: this.scratch, expectDiffId });
+        } finally {
+          if (watch) clearInterval(watch);
+        }
       };
       let obj: GetObjectResult | null = await open();
       // An upload that names its layer (docker2thin's S3 sink sets x-amz-meta-thinfs-diff-id) is ingested under that

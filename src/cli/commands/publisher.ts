@@ -29,6 +29,8 @@ interface PublisherCliOptions {
   maxCrashes: string;
   maxBody: string;
   shutdownTimeout: string;
+  lowSpeedLimit: string;
+  lowSpeedTime: string;
 }
 
 function num(v: string, name: string, min: number, opts: { int?: boolean; max?: number } = {}): number {
@@ -61,6 +63,8 @@ export function registerPublisherCommands(program: Command): void {
     .option('--max-attempts <n>', 'tries per upload on transient errors (S3 down, connection cut) before it is failed', '5')
     .option('--max-crashes <n>', 'publisher deaths during one upload before that upload is failed', '5')
     .option('--max-body <bytes>', 'largest webhook body accepted (413 beyond)', String(1 << 20))
+    .option('--low-speed-limit <bytes>', 'a layer download slower than this many bytes per --low-speed-time is cut and retried (0: never)', '1024')
+    .option('--low-speed-time <seconds>', 'window of the download low-speed cutoff', '30')
     .option('--shutdown-timeout <seconds>', 'on SIGTERM, how long to wait for the running transaction to roll back', '30')
     .addHelpText('after', `
 HTTP API:
@@ -81,6 +85,8 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
       const maxBodyBytes = num(o.maxBody, 'max-body', 1, { int: true });
       const port = num(o.port, 'port', 0, { int: true, max: 65535 });
       const shutdownTimeoutMs = num(o.shutdownTimeout, 'shutdown-timeout', 0) * 1000;
+      const lowSpeedBytes = num(o.lowSpeedLimit, 'low-speed-limit', 0, { int: true });
+      const lowSpeedMs = num(o.lowSpeedTime, 'low-speed-time', 0.1) * 1000;
       let token = o.token ?? process.env.THINFS_PUBLISHER_TOKEN;
       if (o.tokenFile) token = (await readFile(o.tokenFile, 'utf8')).trim();
       if (o.webhook && !token) throw new ThinfsError('the webhook needs a bearer token: --token, --token-file or $THINFS_PUBLISHER_TOKEN (or --no-webhook)', EXIT.USAGE);
@@ -105,6 +111,8 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
         maxAttempts,
         maxCrashes,
         retryBaseMs: 1000,
+        lowSpeedBytes,
+        lowSpeedMs,
         maxBodyBytes,
         host: o.host,
         port,
