@@ -4,6 +4,7 @@
 // cache file without its bytes coming to JS (fetched, decoded, verified and written in one threadpool job from a store
 // on a filesystem), named with that file's identity, so the FUSE transport answers reads from the file itself.
 import { LRUCache } from 'lru-cache';
+import { createHash } from 'node:crypto';
 import type { Store } from '../store/store.js';
 import type { PackRef } from '../store/pack.js';
 import { PackLoader } from './pack-fetch.js';
@@ -100,6 +101,26 @@ export class ChunkFetcher {
     }).finally(() => this.inflight.delete(hash));
     this.inflight.set(hash, p);
     return p;
+  }
+
+  /**
+   * A chunk on its way by another road (a trace's page data segment): until `source` settles, readers of it join that
+   * instead of fetching it; bytes that hash to its name land in the cache as if fetched. Anything else (null, a
+   * mismatch) and the chunk is loaded the usual way, for whoever joined.
+   */
+  expect(hash: string, size: number, source: Promise<Buffer | null>): void {
+    if (this.isLocal(hash) || this.inflight.has(hash)) return;
+    const p = source.then((data) => {
+      if (data && data.length === size && createHash('sha256').update(data).digest('hex') === hash) {
+        this.mem?.set(hash, data);
+        this.p.track(this.writeLocal(hash, data));
+        return data;
+      }
+      if (data) this.p.log.warn({ object: hash }, 'a chunk in page data does not hash to its name: fetching it');
+      return this.load(hash, size);
+    }, () => this.load(hash, size)).finally(() => this.inflight.delete(hash));
+    p.catch(() => { /* a reader that joined sees the error */ });
+    this.inflight.set(hash, p);
   }
 
   /** True when a chunk is already local (memory or disk index): no store round trip needed. */

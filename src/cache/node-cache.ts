@@ -81,6 +81,8 @@ export class NodeCache {
   /** Verified bytes of a chunk (memory, cache directory, store: through its pack when the catalog names one). */
   get(hash: string, size?: number, pack?: PackRef): Promise<Buffer> { return this.fetcher.get(hash, size, pack); }
   isLocal(hash: string): boolean { return this.fetcher.isLocal(hash); }
+  /** A chunk coming by another road (a trace's page data): readers wait for it; checked by its hash (Fetcher.expect). */
+  expect(hash: string, size: number, source: Promise<Buffer | null>): void { this.fetcher.expect(hash, size, source); }
   /**
    * The chunk in a verified cache file (path and identity) for the FUSE transport to read itself: fetched straight into
    * the cache from a filesystem store (no bytes through JS), or the usual way and written. Null: read it with get().

@@ -57,6 +57,12 @@ export interface Binding {
   chunkLanded(s: Session, nodeid: number, nodeSize: number, offset: number, length: number, path: string, id: Buffer): boolean;
   /** A READ JS holds, answered on the threadpool from the node's landed chunks: 1, or 0 (not all landed or one changed: JS answers). */
   replyChunks(s: Session, unique: number, nodeid: number, offset: number, size: number): Promise<number>;
+  /**
+   * Bytes of a node's file put in the kernel's page cache (FUSE_NOTIFY_STORE, at most 1 MiB a call): the kernel never
+   * asks for those pages. Run on the threadpool (the write waits for pages a READ holds). 0 or -errno (-ENOENT: the
+   * kernel does not know the node).
+   */
+  notifyStore(s: Session, nodeid: number, offset: number, data: Buffer): Promise<number>;
   /** READs the transport answered from handed-over copies, and their bytes. */
   readStats(s: Session): [number, number];
   /** The kernel forgot the node: its backing file is released once the last open is. */

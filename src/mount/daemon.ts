@@ -230,6 +230,11 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
         // Before any OPEN can reach us: the transport forwards first opens from the INIT on.
         const nat = !pt && o.nativeReads !== false;
         if (pt || nat) fs.openReply = (u, id, fd) => k.openReply(session, u, id, fd);
+        // First opens come here: a replayed trace's page data can be put in the page cache before they are answered.
+        if ((pt || nat) && typeof k.notifyStore === 'function') {
+          fs.notifyStore = (id, off, data) => k.notifyStore(session, id, off, data);
+          if (fs.prefetcher) fs.prefetcher.pushPages = true;
+        }
         fs.nativeReads = nat;
         fs.passthrough = pt;
         // With or without passthrough: a file served by READs is answered by the transport from its landed chunks.

@@ -17,7 +17,7 @@ import { Namespace, mergedChildKey, type Image, type Node, type Layer } from './
 import { FIXED_IDS, NodeIds } from './node-ids.js';
 import { BackingFiles } from './passthrough.js';
 import { ListingAhead } from './listing-ahead.js';
-import type { Prefetcher } from './prefetch.js';
+import { pageRuns, type Prefetcher } from './prefetch.js';
 import * as imageMerge from './merge.js';
 import {
   OP, E, ATTR_SIZE, encodeAttr, native, entryOut, attrOut, direntSize, writeDirent, writeEntryHeader,
@@ -134,6 +134,8 @@ export class ThinFs {
    * answers READs itself from a verified local file. fd -1 = serve reads here.
    */
   openReply: ((unique: number, nodeid: number, fd: number) => number) | null = null;
+  /** Puts bytes in the kernel's page cache of a node (FUSE_NOTIFY_STORE; set by the daemon when opens reach us). */
+  notifyStore: ((nodeid: number, offset: number, data: Buffer) => Promise<number>) | null = null;
   nativeReads = false;
   /** Set by the daemon at INIT: the kernel passes reads through to local files (first opens come here, or to the transport). */
   passthrough = false;
@@ -808,7 +810,7 @@ export class ThinFs {
     }
     if (end > h.nextPos) h.nextPos = end;
     const pf = this.prefetcher;
-    const waits = pf?.reading(node.layer.hex, span) ?? false;
+    const waits = pf?.reading(node.layer.hex, span, false, [pos, end]) ?? false;
     // Read from its start and on sequentially (a copy, a whole-file read): the rest of the file is fetched now, in
     // parallel, not one kernel request at a time. A read at 0 alone (an ELF header before mmap) is not enough.
     if (pos === 0) h.fromStart = Math.max(h.fromStart ?? 0, end);
@@ -980,6 +982,10 @@ export class ThinFs {
         key = `f:${fileId}`;
         fd = await this.cache.openWholeFile(fileId, chunks, file.inode.size);
       }
+      // Read through us (no local copy yet) and a replayed trace holds pages of it: they go into the kernel's page cache
+      // before the open is answered, so the process finds the pages it will touch there and the kernel never asks for
+      // them (nor reads ahead around them): those chunks are never fetched whole.
+      if (fd === null && this.notifyStore && this.prefetcher?.hasPages(chunks)) await this.pushPages(id, file.inode.size, chunks);
     }
     try {
       replied.done = true;
@@ -998,6 +1004,21 @@ export class ThinFs {
       // The kernel took its own reference to the backing file (or none was needed).
       if (fd !== null) await fdClose(fd).catch(() => {});
     }
+  }
+
+  /** The page data a replayed trace holds for this file, put in the node's page cache (at most 1 MiB a write). */
+  private async pushPages(id: number, size: number, chunks: ChunkRef[]): Promise<void> {
+    let bytes = 0;
+    for (const run of pageRuns(await this.prefetcher!.pagesFor(chunks), size)) {
+      for (let at = 0; at < run.data.length; at += 1 << 20) {
+        const part = run.data.subarray(at, Math.min(run.data.length, at + (1 << 20)));
+        const r = await this.notifyStore!(id, run.offset + at, part);
+        // A kernel that refuses (an old one, or the node forgotten): the reads come to us as without pages.
+        if (r < 0) { this.log.debug({ nodeid: id, errno: -r }, 'the kernel did not take page data'); return; }
+        bytes += part.length;
+      }
+    }
+    if (bytes) this.prefetcher!.pushed(bytes);
   }
 
   /** Names a file's bytes by its chunk map: the same layout in any layer is the same whole-file copy. */

@@ -5,8 +5,9 @@
 // store the queue runs at half width, so prefetch cannot take the link from the process it is meant to help. The fill
 // is lower still: one fetch at a time, only while nothing else (reader, trace, file-ahead) waits.
 import type { NodeCache } from '../cache/node-cache.js';
+import type { PackRef } from '../store/pack.js';
 import type { ThinImage } from '../format/descriptor.js';
-import { encodeTrace, parseTrace, parseTraceRef, type TraceChunk } from '../format/trace.js';
+import { encodeTrace, parseTrace, parseTraceRef, type TraceChunk, type TraceSegment } from '../format/trace.js';
 import type { Logger } from '../util/log.js';
 import { LRUCache } from 'lru-cache';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -28,6 +29,11 @@ export interface PrefetchCounters {
   fills: number; fillsDone: number;
   /** Fetches the fills made, and the bytes charged to their rate (a chunk's decoded size; a pack's size for a packed one). */
   fillChunks: number; fillBytes: number;
+  /**
+   * Traces' page data: segments fetched / failed (their chunks are then read as without pages), traced chunks served
+   * by their pages instead of whole, files whose pages were put in the kernel's page cache at their open, those bytes.
+   */
+  pageSegments: number; pageSegmentErrors: number; pageChunks: number; pagePushes: number; pageBytes: number;
 }
 
 /** What a fill walks: the image's layers' catalogs (top layer first). */
@@ -38,7 +44,39 @@ const FILL_PAGE = 512;
 /** A fill stops before the cache holds more than this share of its quota: it must not evict what was read. */
 const FILL_QUOTA_SHARE = 0.8;
 
-interface Job { hash: string; size: number }
+interface Job { hash: string; size: number; segment?: TraceSegment; chunks?: TraceChunk[]; sliced?: Set<string>; data?: (d: Buffer | null) => void }
+
+/** A part of a chunk the trace's page data holds: [offset in the chunk, bytes]. */
+interface Slice { off: number; data: Buffer }
+/** Page data held in memory for pushing at opens, at most (beyond it, those chunks are read as without pages). */
+const PAGE_DATA_MAX = 256 << 20;
+/** The kernel's page: only whole pages (or a file's last, to its end) are pushed. */
+const PAGE = 4096;
+
+/**
+ * Pieces of one file's bytes ([file offset, bytes], any order) as the runs to put in its page cache: adjacent pieces
+ * joined, each run cut to whole pages (the kernel keeps only whole pages, or the last one up to the file's end).
+ */
+export function pageRuns(pieces: Array<{ offset: number; data: Buffer }>, fileSize: number): Array<{ offset: number; data: Buffer }> {
+  const sorted = [...pieces].sort((a, b) => a.offset - b.offset);
+  const runs: Array<{ offset: number; parts: Buffer[]; end: number }> = [];
+  for (const p of sorted) {
+    const last = runs[runs.length - 1];
+    if (last && p.offset <= last.end) {
+      const skip = last.end - p.offset;
+      if (skip < p.data.length) { last.parts.push(p.data.subarray(skip)); last.end = p.offset + p.data.length; }
+    } else runs.push({ offset: p.offset, parts: [p.data], end: p.offset + p.data.length });
+  }
+  const out: Array<{ offset: number; data: Buffer }> = [];
+  for (const r of runs) {
+    const start = Math.ceil(r.offset / PAGE) * PAGE;
+    const end = r.end >= fileSize ? fileSize : Math.floor(r.end / PAGE) * PAGE;
+    if (end <= start) continue;
+    const all = r.parts.length === 1 ? r.parts[0]! : Buffer.concat(r.parts);
+    out.push({ offset: start, data: all.subarray(start - r.offset, end - r.offset) });
+  }
+  return out;
+}
 
 /** Decoded bytes of speculative fetches in flight at once (about 3.5 MB compressed; 8 of the 1 MiB average chunks). */
 export const INFLIGHT_BYTES = 8 << 20;
@@ -54,7 +92,10 @@ export interface PrefetchOptions {
 
 /** Counters before anything was prefetched (also what stats report for a mount without a Prefetcher). */
 export function emptyPrefetchCounters(): PrefetchCounters {
-  return { traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0, fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0 };
+  return {
+    traces: 0, traceErrors: 0, traceChunks: 0, fileChunks: 0, fetched: 0, hits: 0, waste: 0, errors: 0, queued: 0, inflight: 0, tracesDone: 0,
+    fills: 0, fillsDone: 0, fillChunks: 0, fillBytes: 0, pageSegments: 0, pageSegmentErrors: 0, pageChunks: 0, pagePushes: 0, pageBytes: 0,
+  };
 }
 
 export class Prefetcher {
@@ -82,6 +123,16 @@ export class Prefetcher {
    */
   private readonly asked = new LRUCache<string, true>({ max: 1 << 16 });
   private readonly seen = new Set<string>();
+  /** Recording: the parts of each recorded chunk read so far ([start, end) in the chunk), or null once read whole. */
+  private readonly readParts = new Map<string, Array<[number, number]> | null>();
+  /** Set by the owner when opens can put bytes in the kernel's page cache: traces' page data is used. */
+  pushPages = false;
+  /** Traced chunks served by page data: their slices once landed, and what resolves when their segments are done. */
+  private readonly slices = new Map<string, Slice[]>();
+  private readonly slicesPending = new Map<string, { left: number; done: Promise<void>; resolve: () => void }>();
+  private sliceBytes = 0;
+  /** Chunks replayed traces fetch whole (bounded like `asked`): pushed with a file's page data, see pagesFor. */
+  private readonly tracedWhole = new LRUCache<string, true>({ max: 1 << 16 });
 
   /** Set by the owner: a chunk prefetch brought is local now. */
   onLanded: ((hash: string) => void) | null = null;
@@ -95,11 +146,22 @@ export class Prefetcher {
    * when prefetch brought them. A file opened with passthrough is read by the kernel from its local copy, never asking
    * us: all its chunks count as read at that open. Returns whether the read must wait on the store (then call foregroundDone after).
    */
-  reading(layer: string, chunks: Array<{ hash: string; size: number }>, passthrough = false): boolean {
+  reading(layer: string, chunks: Array<{ hash: string; size: number; offset?: number }>, passthrough = false, span?: [number, number]): boolean {
     let cold = false;
     for (const c of chunks) {
       this.asked.set(c.hash, true);
-      if (this.recorded && !this.seen.has(c.hash)) { this.seen.add(c.hash); this.recorded.push({ layer, hash: c.hash, size: c.size }); }
+      if (this.recorded) {
+        if (!this.seen.has(c.hash)) { this.seen.add(c.hash); this.recorded.push({ layer, hash: c.hash, size: c.size }); this.readParts.set(c.hash, []); }
+        // The part of the chunk this read covers (a whole-file open: all of it).
+        const parts = this.readParts.get(c.hash);
+        if (parts) {
+          if (passthrough || !span || c.offset === undefined) this.readParts.set(c.hash, null);
+          else {
+            const a = Math.max(span[0], c.offset) - c.offset, b = Math.min(span[1], c.offset + c.size) - c.offset;
+            if (b > a) parts.push([a, b]);
+          }
+        }
+      }
       if (this.brought.delete(c.hash)) { this.counters.hits++; this.counters.waste--; }
       if (!cold && !this.cache.isLocal(c.hash)) cold = true;
     }
@@ -136,9 +198,12 @@ export class Prefetcher {
     this.catalogsLoading++;
     void catalogs().catch(() => { /* the lookup that needs them reports it */ }).finally(() => { this.catalogsLoading--; this.pump(); });
     let chunks: TraceChunk[];
+    let pages: TraceSegment[] = [];
     try {
       const ref = parseTraceRef(desc.trace, `image ${desc.name}: trace`)!;
-      chunks = parseTrace(await this.cache.get(ref.sha256, ref.size), `image ${desc.name}: trace object ${ref.sha256}`).chunks;
+      const t = parseTrace(await this.cache.get(ref.sha256, ref.size), `image ${desc.name}: trace object ${ref.sha256}`);
+      chunks = t.chunks;
+      if (this.pushPages) pages = t.pages ?? [];
     } catch (e) {
       this.counters.traceErrors++;
       this.log.warn({ image: desc.name, err: e }, 'prefetch trace ignored: cannot load it');
@@ -147,18 +212,64 @@ export class Prefetcher {
     // Only chunks read through this image's own layers: a trace cannot make a node fetch unrelated objects.
     const layers = new Set(desc.layers.map((l) => l.diffId.replace(/^sha256:/, '')));
     const jobs = chunks.filter((c) => layers.has(c.layer));
+    // Page data: segments holding this image's traced chunks, whole or the parts read (a segment naming a chunk of
+    // another layer is not used). Those chunks are not fetched one by one: their segments go where they stood in
+    // first-read order. A chunk in one item from its start to its end lands in the cache as if fetched (checked by its
+    // hash); one in parts is "sliced": its parts are put in the page cache when its file is opened (pagesFor).
+    const segsOf = new Map<number, TraceSegment[]>();
+    const segData = new Map<TraceSegment, { p: Promise<Buffer | null>; resolve: (d: Buffer | null) => void }>();
+    const chunkNames = new Set(chunks.map((c) => c.hash));
+    for (const seg of pages) {
+      // A segment named like a traced chunk would wait on itself (its chunk waits for it): not used.
+      if (chunkNames.has(seg.hash) || !seg.items.every(([ci]) => layers.has(chunks[ci]!.layer))) continue;
+      let resolve!: (d: Buffer | null) => void;
+      segData.set(seg, { p: new Promise<Buffer | null>((r) => { resolve = r; }), resolve });
+      for (const [ci] of seg.items) { const l = segsOf.get(ci) ?? []; if (!l.includes(seg)) l.push(seg); segsOf.set(ci, l); }
+    }
+    const sliced = new Set<string>(), viaSegments = new Set<string>();
+    chunks.forEach((c, ci) => {
+      const segs = segsOf.get(ci);
+      if (!segs || this.cache.isLocal(c.hash) || this.slices.has(c.hash) || this.slicesPending.has(c.hash) || viaSegments.has(c.hash)) return;
+      const items = segs.flatMap((seg) => { let at = 0; return seg.items.map(([i, off, len]) => { const it = { seg, i, off, len, at }; at += len; return it; }); }).filter((it) => it.i === ci);
+      const whole = items.length === 1 && items[0]!.off === 0 && items[0]!.len === c.size ? items[0]! : null;
+      viaSegments.add(c.hash);
+      this.counters.pageChunks++;
+      if (whole) {
+        if (this.queuedSet.has(c.hash)) return;
+        this.cache.expect(c.hash, c.size, segData.get(whole.seg)!.p.then((d) => (d ? d.subarray(whole.at, whole.at + whole.len) : null)));
+        return;
+      }
+      let resolve!: () => void;
+      const done = new Promise<void>((r) => { resolve = r; });
+      this.slicesPending.set(c.hash, { left: items.length, done, resolve });
+      sliced.add(c.hash);
+    });
     this.counters.traces++;
-    this.log.info({ image: desc.name, chunks: jobs.length, ignored: chunks.length - jobs.length }, 'replaying prefetch trace');
+    this.log.info({ image: desc.name, chunks: jobs.length, ignored: chunks.length - jobs.length, pageChunks: viaSegments.size, sliced: sliced.size }, 'replaying prefetch trace');
     let left = 0;
+    const queuedSegs = new Set<TraceSegment>();
     const finished = new Promise<void>((r) => {
       const done = () => { if (--left === 0) r(); };
-      for (const c of jobs) {
-        if (this.queuedSet.has(c.hash) || this.cache.isLocal(c.hash)) continue;
+      chunks.forEach((c, ci) => {
+        if (!layers.has(c.layer)) return;
+        if (sliced.size) this.tracedWhole.set(c.hash, true);
+        if (viaSegments.has(c.hash)) {
+          for (const seg of segsOf.get(ci)!) {
+            if (queuedSegs.has(seg)) continue;
+            queuedSegs.add(seg);
+            left++;
+            this.traceQ.push({ hash: seg.hash, size: seg.size, segment: seg, chunks, sliced, data: segData.get(seg)!.resolve, done });
+          }
+          return;
+        }
+        if (this.queuedSet.has(c.hash) || this.cache.isLocal(c.hash)) return;
         this.queuedSet.add(c.hash);
         left++;
         this.traceQ.push({ hash: c.hash, size: c.size, done });
         this.counters.traceChunks++;
-      }
+      });
+      // Segments not queued (every chunk in them local or taken already) settle what waits on them.
+      for (const [seg, d] of segData) if (!queuedSegs.has(seg)) d.resolve(null);
       if (left === 0) r();
     });
     this.pump();
@@ -182,6 +293,7 @@ export class Prefetcher {
   }
 
   private run(j: Job & { done?: () => void }): void {
+    if (j.segment) { this.runSegment(j as Job & { segment: TraceSegment; chunks: TraceChunk[]; sliced: Set<string>; done?: () => void }); return; }
     // A reader got there first (it has the chunk or is fetching it): nothing for prefetch to bring.
     if (this.asked.has(j.hash) || this.cache.isLocal(j.hash)) { this.queuedSet.delete(j.hash); j.done?.(); return; }
     this.counters.inflight++;
@@ -199,6 +311,29 @@ export class Prefetcher {
       this.counters.inflight--;
       this.inflightBytes -= j.size;
       this.queuedSet.delete(j.hash);
+      j.done?.();
+      this.pump();
+    });
+  }
+
+  /** A segment of page data: fetched (verified by its hash, kept in the cache like any object), its slices kept. */
+  private runSegment(j: Job & { segment: TraceSegment; chunks: TraceChunk[]; sliced: Set<string>; done?: () => void }): void {
+    this.counters.inflight++;
+    this.inflightBytes += j.size;
+    this.cache.get(j.hash, j.size).then((data) => {
+      this.counters.pageSegments++;
+      const ok = data.length === j.size ? data : null;
+      j.data?.(ok);
+      this.segmentDone(j.segment, j.chunks, j.sliced, ok);
+    }, (e: unknown) => {
+      // Its chunks are read as without a trace: fetched whole when a reader asks.
+      this.counters.pageSegmentErrors++;
+      this.log.warn({ object: j.hash, err: e }, 'prefetch trace: a page data segment failed; its chunks are read whole');
+      j.data?.(null);
+      this.segmentDone(j.segment, j.chunks, j.sliced, null);
+    }).finally(() => {
+      this.counters.inflight--;
+      this.inflightBytes -= j.size;
       j.done?.();
       this.pump();
     });
@@ -264,7 +399,69 @@ export class Prefetcher {
   /** The mount is going away: no fill starts another fetch. */
   stop(): void { this.stopped = true; }
 
-  /** The recorded trace (first-read order), encoded; null when not recording. */
-  traceBytes(): Buffer | null { return this.recorded ? encodeTrace(this.recorded) : null; }
+  /** The recorded trace (first-read order), encoded, partly read chunks with their ranges; null when not recording. */
+  traceBytes(): Buffer | null {
+    if (!this.recorded) return null;
+    return encodeTrace(this.recorded.map((c) => {
+      const parts = this.readParts.get(c.hash);
+      if (!parts) return c;
+      const merged: Array<[number, number]> = [];
+      for (const [a, b] of [...parts].sort((x, y) => x[0] - y[0])) {
+        const last = merged[merged.length - 1];
+        if (last && a <= last[0] + last[1]) last[1] = Math.max(last[1], b - last[0]);
+        else merged.push([a, b - a]);
+      }
+      const read = merged.reduce((n, r) => n + r[1], 0);
+      return read > 0 && read < c.size ? { ...c, ranges: merged } : c;
+    }));
+  }
+
+  /**
+   * The page data a replayed trace holds for these chunks of a file (waiting for segments still on their way), as
+   * pieces of the file ([file offset, bytes]); none when the trace has no pages for them or their segments failed.
+   */
+  async pagesFor(chunks: Array<{ hash: string; offset: number; size: number; pack?: PackRef }>): Promise<Array<{ offset: number; data: Buffer }>> {
+    const out: Array<{ offset: number; data: Buffer }> = [];
+    await Promise.all(chunks.map(async (c) => {
+      if (this.slicesPending.has(c.hash) || this.slices.has(c.hash)) {
+        await this.slicesPending.get(c.hash)?.done;
+        for (const sl of this.slices.get(c.hash) ?? []) out.push({ offset: c.offset + sl.off, data: sl.data });
+      } else if (this.tracedWhole.has(c.hash)) {
+        // The file's chunks the trace fetches whole go in too: a page straddling one of them and a chunk served by pages
+        // is whole only with both, and a page left out would be read with the kernel's readahead around it, which
+        // would fetch the neighbouring chunk served by pages whole. (Joins the replay's fetch; no new request.)
+        const data = await this.cache.get(c.hash, c.size, c.pack).catch(() => null);
+        if (data) out.push({ offset: c.offset, data });
+      }
+    }));
+    return out;
+  }
+
+  /** Whether page data is held or on its way for any of these chunks (an open then waits for it and pushes it). */
+  hasPages(chunks: Array<{ hash: string }>): boolean {
+    return chunks.some((c) => this.slicesPending.has(c.hash) || this.slices.has(c.hash));
+  }
+
+  /** Counted by the owner: a file's pages put in the kernel's page cache. */
+  pushed(bytes: number): void { this.counters.pagePushes++; this.counters.pageBytes += bytes; }
+
+  /** A segment of page data landed (verified by its hash) or failed: its slices kept, its chunks' waiters released. */
+  private segmentDone(seg: TraceSegment, chunks: TraceChunk[], sliced: Set<string>, data: Buffer | null): void {
+    let at = 0;
+    for (const [ci, off, len] of seg.items) {
+      const c = chunks[ci]!;
+      // Only the chunks this replay serves by pages (another trace's, or a local one, are not this segment's to settle).
+      if (!sliced.has(c.hash)) { at += len; continue; }
+      if (data && this.sliceBytes + len <= PAGE_DATA_MAX) {
+        const list = this.slices.get(c.hash) ?? [];
+        list.push({ off, data: data.subarray(at, at + len) });
+        this.slices.set(c.hash, list);
+        this.sliceBytes += len;
+      }
+      at += len;
+      const p = this.slicesPending.get(c.hash);
+      if (p && --p.left === 0) { this.slicesPending.delete(c.hash); p.resolve(); }
+    }
+  }
   get recordedChunks(): number { return this.recorded?.length ?? 0; }
 }

@@ -245,10 +245,15 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   }
   // Traces: sound by hash is not enough, they must parse (a node replaying one refuses it) and be the size named.
   const badTraces = new Map<string, string>();
+  const segRefs = new Map<string, string[]>(); // page data segment -> images
   for (const [h, t] of traceRefs) {
     if (!present.has(h)) continue;
     let data: Buffer;
-    try { data = await store.getObject(h); parseTrace(data, `trace ${h}`); } catch (e) { badTraces.set(h, `not a usable trace: ${errorMessage(e)}`); continue; }
+    try {
+      data = await store.getObject(h);
+      // Its page data segments are needed by the same images (a node without one fetches those chunks whole).
+      for (const seg of parseTrace(data, `trace ${h}`).pages ?? []) segRefs.set(seg.hash, [...new Set([...(segRefs.get(seg.hash) ?? []), ...t.images])]);
+    } catch (e) { badTraces.set(h, `not a usable trace: ${errorMessage(e)}`); continue; }
     if (data.length !== t.size) for (const image of t.images) rep.brokenImages.push({ name: image, error: `descriptor names trace ${h} of ${t.size} bytes, the object has ${data.length}` });
   }
   // quarantine() leaves in badTraces only those still bad there (a sound copy may have replaced one meanwhile).
@@ -256,14 +261,14 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
   for (const [h, e] of badTraces) { bad.set(h, e); present.delete(h); }
   const neededBy = (h: string): NeededBy => {
     const layers = [...(refs.get(h) ?? [])].sort();
-    const images = new Set<string>([...(configRefs.get(h) ?? []), ...(traceRefs.get(h)?.images ?? [])]);
+    const images = new Set<string>([...(configRefs.get(h) ?? []), ...(traceRefs.get(h)?.images ?? []), ...(segRefs.get(h) ?? [])]);
     for (const l of layers) for (const i of layerImages.get(l) ?? []) images.add(i);
     return { layers, images: [...images].sort() };
   };
-  const trace = (h: string) => (traceRefs.has(h) ? { trace: true as const } : {});
+  const trace = (h: string) => (traceRefs.has(h) || segRefs.has(h) ? { trace: true as const } : {});
   for (const [h, error] of bad) rep.corrupt.push({ hash: h, error, quarantined: quarantined.get(h) ?? null, ...neededBy(h), ...trace(h) });
   for (const [n, error] of badPacks) rep.corrupt.push({ hash: n, error, quarantined: quarantined.get(n) ?? null, pack: true, ...neededBy(n) });
-  for (const h of new Set([...refs.keys(), ...configRefs.keys(), ...traceRefs.keys()])) {
+  for (const h of new Set([...refs.keys(), ...configRefs.keys(), ...traceRefs.keys(), ...segRefs.keys()])) {
     const pack = packRefs.get(h);
     if (pack ? !presentPacks.has(h) : !present.has(h)) rep.missing.push({ hash: h, ...(pack ? { pack } : {}), ...neededBy(h), ...trace(h) });
   }

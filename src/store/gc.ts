@@ -9,6 +9,7 @@ import { DATA_DIR, INDEXES_DIR, PACKS_DIR, TXN_DIR } from './layout.js';
 import { openLayerCatalog } from './layer-catalog.js';
 import { readLocalManifest } from './trust.js';
 import { errorMessage } from '../util/errors.js';
+import { parseTrace } from '../format/trace.js';
 
 export interface BrokenLayer { diffId: string; error: string }
 
@@ -81,8 +82,13 @@ async function markImages(store: WritableStore, liveAll: Live): Promise<void> {
     const img = await store.getImage(name).catch(() => null);
     if (img?.configDigest?.startsWith('sha256:')) live.add(img.configDigest.slice(7));
     if (img?.manifestDigest?.startsWith('sha256:')) live.add(img.manifestDigest.slice(7));
-    // A prefetch trace lives as long as a descriptor names it.
-    if (typeof img?.trace?.sha256 === 'string') live.add(img.trace.sha256);
+    // A prefetch trace lives as long as a descriptor names it, and so do the page data segments it names. A trace that
+    // cannot be read keeps no segments: they are collected (nodes then fetch those chunks whole).
+    if (typeof img?.trace?.sha256 === 'string') {
+      live.add(img.trace.sha256);
+      const t = await store.getObject(img.trace.sha256).then((b) => parseTrace(b), () => null).catch(() => null);
+      for (const seg of t?.pages ?? []) live.add(seg.hash);
+    }
   }
 }
 

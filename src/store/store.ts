@@ -316,7 +316,7 @@ export class WritableStore extends Store {
    * (a prefetch trace).
    */
   async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer },
-    objects: Array<{ hex: string; data: Buffer }> = []): Promise<void> {
+    objects: Array<{ hex: string; data: Buffer; level?: number }> = []): Promise<void> {
     // The signing key is loaded first: a bad key refuses the write before anything is published.
     const signing = await writerSigningOptions();
     const txn = this.beginTxn('image');
@@ -324,7 +324,7 @@ export class WritableStore extends Store {
       if (config) await txn.put(config.hex, config.data);
       if (manifest) await txn.put(manifest.hex, manifest.data);
       // Other objects the descriptor names (a prefetch trace): in place before it is.
-      for (const o of objects) await txn.put(o.hex, o.data);
+      for (const o of objects) await txn.put(o.hex, o.data, o.level);
       await txn.commitObjects(() => atomicWrite(join(this.root, imagePath(desc.name)), JSON.stringify(desc, null, 2) + '\n', txn.dir));
     } catch (e) { await txn.abort(); throw e; }
     await republishManifest(this.root, { ...signing, log: writerLog });

@@ -100,6 +100,10 @@ Examples:
         await generatePodmanStore(ps);
         void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: refreshMs(o.refresh), signal: podmanStop.signal });
       }
+      // A recording sees the pages the workload touches: every read through this process (no passthrough, none
+      // answered by the transport) and no kernel readahead (one page a fault), so the trace can name parts of chunks.
+      const recording = !!o.record;
+      if (recording) log.info('recording: passthrough, reads answered by the transport and kernel readahead are off for this mount');
       const code = await runMount({
         store: storeLocation,
         mountpoint,
@@ -115,10 +119,10 @@ Examples:
         fileAhead: o.fileAhead,
         fillRate: o.fillRate ? parseSize(o.fillRate, '--fill-rate') : 0,
         maxRead: parseSize(o.maxRead, '--max-read'),
-        readaheadKb: readahead ? Math.ceil(readahead / 1024) : null,
+        readaheadKb: recording ? 4 : readahead ? Math.ceil(readahead / 1024) : null,
         localReadahead: parseCount(o.localReadahead, '--local-readahead'),
-        passthrough: o.passthrough,
-        nativeReads: o.nativeReads,
+        passthrough: recording ? false : o.passthrough,
+        nativeReads: recording ? false : o.nativeReads,
         listingCache: listingCache(o.listingCache),
         allowOther: o.allowOther,
         allowSuid: !!o.allowSuid,

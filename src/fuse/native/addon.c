@@ -383,6 +383,50 @@ static napi_value js_reply_chunks(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+typedef struct {
+  async_job_t job;
+  session_t *s;
+  uint64_t nodeid, offset;
+  const uint8_t *p;
+  uint32_t n;
+  int result;
+} ns_job_t;
+
+static void ns_execute(napi_env env, void *arg) {
+  ns_job_t *j = (ns_job_t *)arg;
+  (void)env;
+  j->result = session_notify_store(j->s, j->nodeid, j->offset, j->p, j->n);
+}
+
+static void ns_complete(napi_env env, napi_status status, void *arg) {
+  ns_job_t *j = (ns_job_t *)arg;
+  async_job_settle_int(env, &j->job, status == napi_ok ? j->result : -EIO);
+  free(j);
+}
+
+// notifyStore(session, nodeid, offset, buffer) -> Promise<0 | -errno>: the bytes put in the kernel's page cache of the
+// node at offset (session_notify_store), on the threadpool: the write waits for pages a READ holds, which JS answers.
+static napi_value js_notify_store(napi_env env, napi_callback_info info) {
+  napi_value promise;
+  double nodeid, off;
+  void *p;
+  size_t n;
+  SESSION_ARGS(4);
+  CHECK(napi_get_value_double(env, argv[1], &nodeid));
+  CHECK(napi_get_value_double(env, argv[2], &off));
+  CHECK(napi_get_buffer_info(env, argv[3], &p, &n));
+  if (n > (1u << 20)) { napi_throw_range_error(env, NULL, "notifyStore: at most 1 MiB at a time"); return NULL; }
+  ns_job_t *j = calloc(1, sizeof(*j));
+  if (!j) { napi_throw_error(env, "ENOMEM", "out of memory"); return NULL; }
+  j->s = s;
+  j->nodeid = (uint64_t)nodeid;
+  j->offset = (uint64_t)off;
+  j->p = p;
+  j->n = (uint32_t)n;
+  if (!(promise = async_job_start(env, &j->job, "thinfs.notifyStore", argv[3], ns_execute, ns_complete))) free(j);
+  return promise;
+}
+
 // readStats(session) -> [READs answered by the reader thread from handed-over copies, their bytes].
 static napi_value js_read_stats(napi_env env, napi_callback_info info) {
   SESSION_ARGS(1);
@@ -437,6 +481,7 @@ void thinfuse_init(napi_env env, napi_value exports) {
       {"fileAhead", NULL, js_file_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"chunkLanded", NULL, js_chunk_landed, NULL, NULL, NULL, napi_default, NULL},
       {"replyChunks", NULL, js_reply_chunks, NULL, NULL, NULL, napi_default, NULL},
+      {"notifyStore", NULL, js_notify_store, NULL, NULL, NULL, napi_default, NULL},
       {"fileBytesAhead", NULL, js_file_bytes_ahead, NULL, NULL, NULL, napi_default, NULL},
       {"noXattr", NULL, js_no_xattr, NULL, NULL, NULL, napi_default, NULL},
       {"noXattrListing", NULL, js_no_xattr_listing, NULL, NULL, NULL, napi_default, NULL},

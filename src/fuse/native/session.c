@@ -354,6 +354,20 @@ int session_reply(session_t *s, uint64_t unique, int error, const struct iovec *
   return error ? reply_err(s->fd, unique, error) : write_reply(s->fd, unique, data, ndata);
 }
 
+// Puts bytes of a node's file into the kernel's page cache (FUSE_NOTIFY_STORE): pages the kernel then never asks
+// for. Whole pages only become valid (or up to the file's end). Blocks while a READ holds one of those pages locked,
+// so it is called off the JS thread (which may be the one to answer that READ). 0, or -errno (-ENOENT: the kernel
+// does not know the node, e.g. forgotten).
+int session_notify_store(session_t *s, uint64_t nodeid, uint64_t offset, const void *p, uint32_t n) {
+  struct fuse_notify_store_out st = {.nodeid = nodeid, .offset = offset, .size = n, .padding = 0};
+  struct fuse_out_header oh = {.len = (uint32_t)(sizeof(oh) + sizeof(st) + n), .error = FUSE_NOTIFY_STORE, .unique = 0};
+  struct iovec iov[3] = {{&oh, sizeof(oh)}, {&st, sizeof(st)}, {(void *)p, n}};
+  ssize_t w;
+  do w = writev(s->fd, iov, 3);
+  while (w < 0 && errno == EINTR);
+  return w < 0 ? -errno : 0;
+}
+
 // Answers the first OPEN of a node. backing_fd >= 0: pass reads through to that file (the kernel takes its own
 // reference; the caller closes it) or, without passthrough, answer its READs on this side from the file (fileread.c;
 // a descriptor of our own is kept); -1: JS serves reads. Another OPEN of the node may have been answered meanwhile:

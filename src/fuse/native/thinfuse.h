@@ -139,6 +139,7 @@ void session_free(session_t *s);
 // Starts the reader thread on s->fd. 0 or -errno.
 int session_start(session_t *s);
 int session_reply(session_t *s, uint64_t unique, int error, const struct iovec *data, int ndata);
+int session_notify_store(session_t *s, uint64_t nodeid, uint64_t offset, const void *p, uint32_t n);
 int32_t session_open_reply(session_t *s, uint64_t unique, uint64_t nodeid, int32_t backing_fd);
 void session_forget_node(session_t *s, uint64_t nodeid);
 void session_let_go_node(session_t *s, uint64_t nodeid);
