@@ -156,7 +156,7 @@ export async function main(): Promise<void> {
     const tRec = now() - t0;
     await rec.stop();
     const recReqs = await nginxLog(nginx.log, q0);
-    await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', storeDir, IMAGE, traceFile]);
+    await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', storeDir, IMAGE, traceFile, ...(process.env.BENCH_PAGES === '0' ? [] : ['--pages'])]);
     const descT = (await store.getImage(IMAGE))!;
     const traceHash = (descT.trace as { sha256: string }).sha256;
     const traced = JSON.parse(await readFile(traceFile, 'utf8')) as { chunks: Array<[string, string, number]> };

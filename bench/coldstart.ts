@@ -20,7 +20,8 @@
 // (default "true,python"), BENCH_PATHS (which rows: "podman,cold,trace,native,native-trace", default all; "cold" and
 // "trace" are the rootfs rows, "native" the native cold/warm/hot rows; e.g. "cold" for the no-trace rootfs rows alone,
 // a few minutes). THINFS_PACKS=0 converts the image without packs (the request count before them). BENCH_MOUNT_ARGS:
-// extra `thinfs mount` flags for every node, e.g. "--no-passthrough" (what nodes on RHEL 8/9 kernels run).
+// extra `thinfs mount` flags for every node, e.g. "--no-passthrough" (what nodes on RHEL 8/9 kernels run). BENCH_PAGES=0:
+// traces attached without page data (`trace attach` without `--pages`: traced chunks replayed one by one, whole).
 import { mkdir, readFile, rm, writeFile, appendFile, stat } from 'node:fs/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join, resolve } from 'node:path';
@@ -43,6 +44,8 @@ const NODES = (process.env.BENCH_NODES ?? '1,2,4,8').split(',').map(Number);
 const PATHS = new Set((process.env.BENCH_PATHS ?? 'podman,cold,trace,native,native-trace').split(','));
 const ONLY = (process.env.BENCH_WORKLOADS ?? '').split(',').filter(Boolean);
 const MOUNT_ARGS = (process.env.BENCH_MOUNT_ARGS ?? '').split(/\s+/).filter(Boolean);
+/** Traced rows attach their trace with page data (`--pages`) unless BENCH_PAGES=0 (the chunk-by-chunk replay). */
+const ATTACH_ARGS = process.env.BENCH_PAGES === '0' ? [] : ['--pages'];
 /** Every thinfs node of the bench mounts through here: BENCH_MOUNT_ARGS are added to its flags. */
 const mountNode = (url: string, mp: string, o: { cacheDir: string; extra?: string[] }): Promise<Mounted> =>
   mountStore(url, mp, { ...o, extra: [...MOUNT_ARGS, ...(o.extra ?? [])] });
@@ -147,7 +150,10 @@ async function idle(ms: Mounted[]): Promise<void> {
   }
 }
 
-interface PrefetchStats { traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number }
+interface PrefetchStats {
+  traces: number; traceErrors: number; tracesDone: number; traceChunks: number; fetched: number; hits: number; waste: number;
+  pageSegments: number; pageSegmentErrors: number; pageChunks: number; pageBytes: number;
+}
 
 /** When the replay of the first node was asked for, started and done (its daemon's log), in s after t0 (epoch ms). */
 function replayTimeline(m: Mounted, t0Ms: number): string {
@@ -174,8 +180,10 @@ async function prefetchOf(ms: Mounted[], traceChunks: number): Promise<string> {
     all.push(p!);
   }
   const sum = (k: keyof PrefetchStats) => all.reduce((a, p) => a + p[k], 0);
-  const bad = all.filter((p) => p.traces !== 1 || p.traceErrors !== 0 || p.traceChunks !== traceChunks).length;
-  return `${sum('hits')} / ${sum('fetched')} / ${sum('waste')} (trace: ${traceChunks} chunks)${bad ? ` (${bad} node(s) without exactly this replay: ${JSON.stringify(all)})` : ''}`;
+  // With page data a traced chunk comes in a segment (pageChunks) instead of on its own (traceChunks).
+  const bad = all.filter((p) => p.traces !== 1 || p.traceErrors !== 0 || p.pageSegmentErrors !== 0 || p.traceChunks + p.pageChunks !== traceChunks).length;
+  const pages = sum('pageSegments') ? `; page data: ${sum('pageSegments')} segments, ${sum('pageChunks')} chunks, ${(sum('pageBytes') / 1e6).toFixed(1)} MB put in page caches` : '';
+  return `${sum('hits')} / ${sum('fetched')} / ${sum('waste')} (trace: ${traceChunks} chunks${pages})${bad ? ` (${bad} node(s) without exactly this replay: ${JSON.stringify(all)})` : ''}`;
 }
 
 export async function main(): Promise<void> {
@@ -279,7 +287,7 @@ export async function main(): Promise<void> {
             mounts.push(rec);
             await pods[0]!.rootfsRun(rootfs(rec), cmd);
             await rec.stop();
-            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', tstore, IMAGE, traceFile]);
+            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', tstore, IMAGE, traceFile, ...ATTACH_ARGS]);
             const ts: Mounted[] = [];
             for (let i = 0; i < n; i++) {
               const base = join(work, `trace-${rtt}-${wname}-${n}-${i}`);
@@ -346,7 +354,7 @@ export async function main(): Promise<void> {
             await rec.stop();
             await recNode.pod.reset();
             const traced = parseTrace(await readFile(traceFile)).chunks.length;
-            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', tstore, IMAGE, traceFile]);
+            await runOk(process.execPath, [THINFS, 'trace', 'attach', '-s', tstore, IMAGE, traceFile, ...ATTACH_ARGS]);
             const { nodes, nm } = await nativeNodes('t', tracedUrl);
             b0 = storeProxy.stats().bytesDown; q0 = await nginx.requests(); t0 = now();
             const t0Ms = Date.now();

@@ -52,7 +52,7 @@ export function registerMountCommands(program: Command): void {
     .option('--ready-file <file>', 'write {"pid",...} JSON here once the mount is serving (removed at exit)')
     .option('--podman-store <dir>', 'also keep a podman image store over this mount in <dir> (as `thinfs podman-store --watch`); see `thinfs podman-conf`')
     .option('--prefetch <file>', 'paths (one per line, relative to the mountpoint) whose chunks are fetched right after mounting')
-    .option('--record <file>', 'record the chunks read, in first-read order, as a prefetch trace written to <file> at unmount (and on SIGUSR2); attach it with `thinfs trace attach`')
+    .option('--record <file>', 'record the chunks read, in first-read order, and the parts of each read, as a prefetch trace written to <file> at unmount (and on SIGUSR2); attach it with `thinfs trace attach`. Recording reads page by page: no passthrough, no kernel readahead, every read through thinfs')
     .option('--prefetch-parallel <n>', 'speculative store fetches in flight at once (trace replay, rest of files read from their start; also at most 8 MiB of chunks)', '32')
     .option('--no-file-ahead', 'do not fetch the rest of a file read from its start ahead of the reader')
     .option('--fill-rate <size>', 'after an image\'s first touch (and its trace), fetch the rest of its chunks in the background at most this many decoded bytes per second, K/M/G suffixes (paused while reads wait; stops at 80% of the cache quota; default off)')
