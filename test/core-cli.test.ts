@@ -2,7 +2,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile, stat as fsStat } from 'node:fs/promises';
 import { REPO_ROOT, run, runOk, thinfs, thinfsOk, thinfsJson, tmpDir, cleanupTmpDirs } from './helpers/proc.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
 
@@ -64,4 +64,27 @@ test('podman-conf refuses a path a TOML string cannot hold raw (quote, backslash
     assert.doesNotMatch(r.stderr, /[\x00-\x08\x0b-\x1f\x7f]/, 'the error shows no raw control character');
   }
   assert.match(await thinfsOk(['podman-conf', '/srv/with space\tand tab']), /additionalimagestores = \["\/srv\/with space\tand tab"\]/);
+});
+
+test('mount --podman-store: a bad flag value or a mount that cannot start exits (2) at once, nothing written', async () => {
+  // The systemd unit passes --podman-store: a typo in /etc/default/thinfs-mount (THINFS_CACHE_QUOTA=20X) hung the
+  // daemon after its error (the podman store's watch loop kept it alive), so the unit never failed.
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  await writeFile(join(dir, 'afile'), '');
+  const cases: Array<[string[], RegExp]> = [
+    [[join(dir, 'mnt'), '--cache-quota', '20X'], /--cache-quota/],
+    [[join(dir, 'mnt'), '--listing-cache', '5G'], /--listing-cache/],
+    [[join(dir, 'mnt'), '--refresh', '0'], /--refresh/],
+    [[join(dir, 'afile')], /not a directory/],
+  ];
+  for (const [[mnt, ...flags], msg] of cases) {
+    const ps = join(dir, `podman-store-${flags.join('')}`);
+    const r = await thinfs(['mount', store, mnt!, '--cache-dir', join(dir, 'cache'), '--podman-store', ps, ...flags], { timeoutMs: 30_000 });
+    assert.equal(r.timedOut, false, `thinfs mount ${flags.join(' ')} exits (did not: ${r.stderr})`);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, msg);
+    if (flags.length) await assert.rejects(fsStat(ps), `a bad flag writes no podman store (${flags.join(' ')})`);
+  }
 });

@@ -92,15 +92,9 @@ Examples:
       }
       const readahead = parseSize(o.readahead, '--readahead');
       const storeLocation = /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc);
-      // The podman image store is written from the store alone (never through this process's own mount).
-      const podmanStop = new AbortController();
-      if (o.podmanStore) {
-        const ps = { store: await Store.open(storeLocation, { http: httpOptionsFrom(o), publicKeys: publicKeysFrom(o), trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
-        // a first pass before the mount reports ready, so a unit ordered after it finds the images
-        await generatePodmanStore(ps);
-        void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: refreshMs(o.refresh), signal: podmanStop.signal });
-      }
-      const code = await runMount({
+      // Every flag is parsed before anything is written or started (the podman store, its watch loop): a bad value is
+      // a usage error (exit 2) that leaves nothing behind.
+      const mountOptions = {
         store: storeLocation,
         mountpoint,
         cacheDir,
@@ -128,8 +122,23 @@ Examples:
         publicKeys: publicKeysFrom(o),
         refreshMs: refreshMs(o.refresh),
         log,
-      });
-      podmanStop.abort();
+      };
+      // The podman image store is written from the store alone (never through this process's own mount).
+      const podmanStop = new AbortController();
+      let code: number;
+      try {
+        if (o.podmanStore) {
+          const ps = { store: await Store.open(storeLocation, { http: mountOptions.http, publicKeys: mountOptions.publicKeys, trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
+          // a first pass before the mount reports ready, so a unit ordered after it finds the images
+          await generatePodmanStore(ps);
+          void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: mountOptions.refreshMs, signal: podmanStop.signal });
+        }
+        code = await runMount(mountOptions);
+      } finally {
+        // A mount that failed to start must not leave the watch loop keeping the process alive (a unit would hang in
+        // "activating" instead of failing and being restarted).
+        podmanStop.abort();
+      }
       // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
       process.exit(code);
     });
