@@ -3,8 +3,10 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { mkdir, writeFile, stat as fsStat } from 'node:fs/promises';
-import { REPO_ROOT, run, runOk, thinfs, thinfsOk, thinfsJson, tmpDir, cleanupTmpDirs } from './helpers/proc.js';
+import { REPO_ROOT, THINFS_MAIN as THINFS, run, runOk, thinfs, thinfsOk, thinfsJson, tmpDir, cleanupTmpDirs } from './helpers/proc.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
+
+const D2T = join(REPO_ROOT, 'dist/tools/docker2thin.js');
 
 after(cleanupTmpDirs);
 
@@ -87,4 +89,37 @@ test('mount --podman-store: a bad flag value or a mount that cannot start exits 
     assert.match(r.stderr, msg);
     if (flags.length) await assert.rejects(fsStat(ps), `a bad flag writes no podman store (${flags.join(' ')})`);
   }
+});
+
+test('log level: --log-level (before or after the subcommand) and THINFS_LOG_LEVEL, checked up front (exit 2)', async () => {
+  const dir = await tmpDir();
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'f'), pseudoRandom(200_000, 'loglevel'));
+  await runOk('tar', ['-C', src, '-cf', join(dir, 'l.tar'), '.']);
+  const store = join(dir, 's');
+  // A level pino does not know was a pino stack (docker2thin) or exit 1 for every command, --help included.
+  for (const [cmd, args] of [[THINFS, ['--help']], [THINFS, ['ingest', join(dir, 'l.tar'), '--store', store, '--init']], [D2T, ['--help']]] as const) {
+    const r = await run(process.execPath, [cmd, ...args], { env: { THINFS_LOG_LEVEL: 'verbose' } });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^(thinfs|docker2thin): error: THINFS_LOG_LEVEL "verbose" is not a log level \(one of fatal, error, warn, info, debug, trace, silent\)\n$/);
+  }
+  const bad = await thinfs(['ingest', join(dir, 'l.tar'), '--store', store, '--init', '--log-level', 'loud']);
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /--log-level "loud" is not a log level/);
+  await assert.rejects(fsStat(store), 'refused before anything is done');
+  const d2t = await run(process.execPath, [D2T, '--log-level', 'loud', 'oci:/nonexistent']);
+  assert.equal(d2t.code, 2, d2t.stderr);
+  // One-shot commands log warnings only by default; the flag, after the subcommand or before it, lowers the level.
+  const quiet = await thinfs(['ingest', join(dir, 'l.tar'), '--store', store, '--init', '--json']);
+  assert.equal(quiet.code, 0, quiet.stderr);
+  assert.equal(quiet.stderr, '');
+  for (const args of [['ingest', join(dir, 'l.tar'), '--store', store, '--log-level', 'debug'], ['--log-level', 'DEBUG', 'ingest', join(dir, 'l.tar'), '--store', store]]) {
+    const r = await thinfs(args);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string; name: string; pid: number });
+    assert.ok(lines.some((l) => l.level === 20 && l.msg === 'tar read'), `a debug line (${r.stderr})`);
+    assert.ok(lines.every((l) => l.name === 'ingest' && typeof l.pid === 'number'));
+  }
+  assert.match((await thinfsOk(['mount', '--help'])).replace(/\s+/g, ' '), /--log-level <level> level of the JSON log lines on stderr/);
 });
