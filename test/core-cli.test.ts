@@ -123,3 +123,30 @@ test('log level: --log-level (before or after the subcommand) and THINFS_LOG_LEV
   }
   assert.match((await thinfsOk(['mount', '--help'])).replace(/\s+/g, ' '), /--log-level <level> level of the JSON log lines on stderr/);
 });
+
+test('mount --ready-file: a ready file left by a killed daemon is removed at start, before the store answers', async () => {
+  // A store server that accepts connections and never answers: the mount stays starting.
+  const { createServer } = await import('node:net');
+  const sockets: import('node:net').Socket[] = [];
+  const srv = createServer((s) => { sockets.push(s); });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as import('node:net').AddressInfo).port;
+  const dir = await tmpDir();
+  const ready = join(dir, 'mount.ready');
+  await writeFile(ready, JSON.stringify({ pid: 1, mountpoint: join(dir, 'mnt') }) + '\n');
+  const { spawn } = await import('node:child_process');
+  const child = spawn(process.execPath, [THINFS, 'mount', `http://127.0.0.1:${port}`, join(dir, 'mnt'), '--cache-dir', join(dir, 'cache'), '--ready-file', ready], { stdio: 'ignore' });
+  try {
+    let gone = false;
+    for (let i = 0; i < 100 && !gone; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      gone = await fsStat(ready).then(() => false, () => true);
+    }
+    assert.ok(gone, 'the stale ready file is removed while the mount is still starting');
+    assert.equal(child.exitCode, null, 'still starting (the store has not answered)');
+  } finally {
+    child.kill('SIGKILL');
+    for (const s of sockets) s.destroy();
+    srv.close();
+  }
+});

@@ -1,6 +1,7 @@
 // CLI: `thinfs mount` / `unmount`: flags to mount options, the podman store loop, exit codes.
 import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
@@ -123,6 +124,8 @@ Examples:
         refreshMs: refreshMs(o.refresh),
         log,
       };
+      // A ready file left by a daemon that was killed (SIGKILL, OOM) must not say this one serves before it does.
+      if (mountOptions.readyFile) await rm(mountOptions.readyFile, { force: true });
       // The podman image store is written from the store alone (never through this process's own mount).
       const podmanStop = new AbortController();
       let code: number;
