@@ -26,6 +26,18 @@ test('every command answers --help with its usage and exit 0', async () => {
   assert.match(d.stdout, /^Usage: docker2thin /);
   const bad = await thinfs(['no-such-command']);
   assert.equal(bad.code, 2, 'unknown command is a usage error');
+  // No command at all is one too (the help goes to stderr); asking for help is not.
+  for (const args of [[], ['trace']]) {
+    const r = await thinfs(args);
+    assert.equal(r.code, 2, `thinfs ${args.join(' ')}: exit 2`);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /^Usage: thinfs /);
+  }
+  for (const args of [['help'], ['help', 'mount'], ['trace', 'help'], ['trace', 'attach', '--help']]) {
+    const r = await thinfs(args);
+    assert.equal(r.code, 0, `thinfs ${args.join(' ')}: exit 0`);
+    assert.match(r.stdout, /^Usage: thinfs /);
+  }
 });
 
 test('non-UTF-8 names are reachable with the octal escapes tar prints', async () => {

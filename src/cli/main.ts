@@ -35,7 +35,8 @@ export async function run(argv: string[]): Promise<number> {
     return process.exitCode === undefined ? EXIT.OK : Number(process.exitCode);
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.OK;
+      // `thinfs help` is 0; a missing command (`thinfs`, `thinfs trace`: the help on stderr) is a usage error.
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
     // Messages quote names from images and servers: no escape sequence reaches the terminal.
