@@ -162,3 +162,30 @@ test('mount --ready-file: a ready file left by a killed daemon is removed at sta
     srv.close();
   }
 });
+
+test('ingest progress bar: drawn on a terminal only, whole numbers on an unsized terminal, a long path giving way', async () => {
+  const dir = await tmpDir();
+  const deep = join(dir, 'uploads-with-a-rather-long-directory-name', 'and-one-more-level-below-it');
+  await mkdir(deep, { recursive: true });
+  await writeFile(join(dir, 'f'), pseudoRandom(3_000_000, 'progress'));
+  const tar = join(deep, 'a-layer-tarball-with-a-long-name.tar');
+  await runOk('tar', ['-C', dir, '-cf', tar, 'f']);
+  // Not a terminal: no bar, nothing on stderr.
+  const plain = await thinfs(['ingest', tar, '--store', join(dir, 's0'), '--init']);
+  assert.equal(plain.code, 0, plain.stderr);
+  assert.equal(plain.stderr, '');
+  // script(1) gives the command a terminal; an unsized one reports 0 columns (the bar lost its last character), then
+  // one 60 columns wide (the path pushed the numbers off the line).
+  const q = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
+  for (const [i, stty] of [['1', ''], ['2', 'stty cols 60; ']] as const) {
+    const cmd = `${stty}${q(process.execPath)} ${q(THINFS)} ingest ${q(tar)} --store ${q(join(dir, `s${i}`))} --init`;
+    const r = await run('script', ['-qec', cmd, '/dev/null']);
+    assert.equal(r.code, 0, r.stdout);
+    const draws = r.stdout.split('\r').map((l) => l.replace(/\x1b\[K$/, '')).filter((l) => l.includes('%') && l.includes('] '));
+    assert.ok(draws.length >= 1, `a bar was drawn: ${JSON.stringify(r.stdout)}`);
+    for (const d of draws) {
+      assert.match(d, /\] \d+\.\d% \d+\.\d MiB\/2\.9 MiB$/, `the bar and whole numbers: ${JSON.stringify(d)}`);
+      if (stty) assert.ok(d.length <= 59, `fits 60 columns: ${JSON.stringify(d)}`);
+    }
+  }
+});
