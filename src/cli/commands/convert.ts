@@ -127,7 +127,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
 }
 
 async function pullThinAction(refText: string, o: PullThinCli): Promise<void> {
-  const log = createLogger('thinfs-pull-thin');
+  const log = createLogger('thinfs-pull-thin', 'warn');
   await readPassword(o);
   const ref = parseReference(refText);
   const client = await RegistryClient.forReference(ref, { insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), log });
