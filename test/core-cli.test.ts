@@ -189,3 +189,31 @@ test('ingest progress bar: drawn on a terminal only, whole numbers on an unsized
     }
   }
 });
+
+test('mount: a start that fails (metrics port in use, ready file not writable) exits with its error and leaves no mount', async () => {
+  // Both hung after printing the error (the FUSE session, or the metrics server, kept the daemon alive), the ready-file
+  // one with the kernel's mount in place: killed, it left a stale mountpoint (ENOTCONN).
+  const { createServer } = await import('node:net');
+  const { readFile } = await import('node:fs/promises');
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  const port = (busy.address() as import('node:net').AddressInfo).port;
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  try {
+    for (const [flags, code, msg] of [[['--metrics-port', String(port)], 1, /EADDRINUSE/], [['--ready-file', join(dir, 'no-such-dir', 'ready')], 4, /ENOENT/]] as const) {
+      const mnt = join(dir, `mnt-${flags[0].slice(2)}`);
+      const r = await thinfs(['mount', store, mnt, '--cache-dir', join(dir, 'cache'), ...flags], { timeoutMs: 30_000 });
+      assert.equal(r.timedOut, false, `thinfs mount ${flags.join(' ')} exits (did not: ${r.stderr})`);
+      assert.equal(r.code, code, r.stderr);
+      assert.match(r.stderr, msg);
+      const mounts = await readFile('/proc/self/mounts', 'utf8');
+      assert.ok(!mounts.includes(` ${mnt} `), `no mount left at ${mnt}`);
+    }
+  } finally {
+    busy.close();
+    const mounts = await readFile('/proc/self/mounts', 'utf8');
+    for (const m of mounts.split('\n')) if (m.includes(` ${dir}/`)) await run('umount', ['-l', m.split(' ')[1]!]);
+  }
+});
