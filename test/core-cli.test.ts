@@ -217,3 +217,14 @@ test('mount: a start that fails (metrics port in use, ready file not writable) e
     for (const m of mounts.split('\n')) if (m.includes(` ${dir}/`)) await run('umount', ['-l', m.split(' ')[1]!]);
   }
 });
+
+test('podman-store --watch: a ready file that cannot be written ends the command with its error', async () => {
+  // It was logged as a failed pass and the watch went on, never ready, forever.
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  const r = await thinfs(['podman-store', store, join(dir, 'mnt'), join(dir, 'podman'), '--watch', '--ready-file', join(dir, 'no-such-dir', 'ready')], { timeoutMs: 30_000 });
+  assert.equal(r.timedOut, false, `exits (did not: ${r.stderr})`);
+  assert.equal(r.code, 4, r.stderr);
+  assert.match(r.stderr, /thinfs: error: ENOENT.*no-such-dir/);
+});
