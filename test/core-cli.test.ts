@@ -228,3 +228,30 @@ test('podman-store --watch: a ready file that cannot be written ends the command
   assert.equal(r.code, 4, r.stderr);
   assert.match(r.stderr, /thinfs: error: ENOENT.*no-such-dir/);
 });
+
+test('mount: SIGHUP (the terminal of a mount started with & closing) unmounts cleanly and exits 0, like SIGTERM', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const { spawn } = await import('node:child_process');
+  const dir = await tmpDir();
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'hello'), 'hi\n');
+  await runOk('tar', ['-C', src, '-cf', join(dir, 'l.tar'), '.']);
+  const store = join(dir, 'store');
+  const { diffId } = await thinfsJson<{ diffId: string }>(['ingest', join(dir, 'l.tar'), '--store', store, '--init', '--json']);
+  const mnt = join(dir, 'mnt');
+  const ready = join(dir, 'ready');
+  const child = spawn(process.execPath, [THINFS, 'mount', store, mnt, '--cache-dir', join(dir, 'cache'), '--ready-file', ready], { stdio: 'ignore' });
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on('exit', (code, sig) => r([code, sig])));
+  try {
+    for (let i = 0; i < 300; i++) { if (await fsStat(ready).then(() => true, () => false)) break; await new Promise((r) => setTimeout(r, 100)); }
+    assert.equal(await readFile(join(mnt, 'layers', diffId.slice(7), 'hello'), 'utf8'), 'hi\n');
+    child.kill('SIGHUP');
+    assert.deepEqual(await exited, [0, null], 'exit 0, not killed by the signal');
+    assert.ok(!(await readFile('/proc/self/mounts', 'utf8')).includes(` ${mnt} `), 'no mount left (was: stale, ENOTCONN)');
+    await assert.rejects(fsStat(ready), 'ready file removed');
+  } finally {
+    child.kill('SIGKILL');
+    if ((await readFile('/proc/self/mounts', 'utf8')).includes(` ${mnt} `)) await run('umount', ['-l', mnt]);
+  }
+});

@@ -412,6 +412,9 @@ function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, 
     void c.closed.then((errno) => end(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
     process.once('SIGTERM', () => void end('SIGTERM', true));
     process.once('SIGINT', () => void end('SIGINT', true));
+    // As libfuse does: a mount started with & from a terminal gets SIGHUP when the terminal goes; dying of it left the
+    // mountpoint stale (ENOTCONN) for every reader.
+    process.once('SIGHUP', () => void end('SIGHUP', true));
     // A recorded trace on demand, the mount staying up.
     if (o.record) process.on('SIGUSR2', () => void writeTrace(o.record!, v.prefetcher, log));
   });

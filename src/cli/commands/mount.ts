@@ -68,7 +68,7 @@ export function registerMountCommands(program: Command): void {
     .option('--allow-dev', 'let device nodes of served files open their devices (root only; the mount is nodev by default)')
     .option('--debug', 'log every FUSE request (op, unique, node id)')
     .addHelpText('after', `
-Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
+Runs in the foreground until SIGTERM/SIGINT/SIGHUP (clean unmount, exit 0) or until the mountpoint is
 unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
 
 The mount is ro,nosuid,nodev,noatime,default_permissions (and allow_other unless --no-allow-other): a
