@@ -255,3 +255,25 @@ test('mount: SIGHUP (the terminal of a mount started with & closing) unmounts cl
     if ((await readFile('/proc/self/mounts', 'utf8')).includes(` ${mnt} `)) await run('umount', ['-l', mnt]);
   }
 });
+
+test('publisher and podman-store --watch: SIGHUP stops them cleanly (exit 0), as SIGTERM', async () => {
+  const { spawn } = await import('node:child_process');
+  const dir = await tmpDir();
+  const store = join(dir, 'store');
+  await thinfsOk(['init', store]);
+  const daemons: Array<[string, string[], RegExp]> = [
+    ['publisher', ['publisher', '--store', store, '--s3-endpoint', 'http://127.0.0.1:9', '--bucket', 'layers', '--token', 't', '--reconcile-interval', '0', '--port', '0'], /^publisher listening on /],
+    ['podman-store', ['podman-store', store, join(dir, 'mnt'), join(dir, 'podman'), '--watch', '--json'], /^\{/],
+  ];
+  for (const [what, args, started] of daemons) {
+    const child = spawn(process.execPath, [THINFS, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AWS_ACCESS_KEY_ID: 'a', AWS_SECRET_ACCESS_KEY: 'b' } });
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on('exit', (code, sig) => r([code, sig])));
+    let out = '';
+    await new Promise<void>((r, j) => {
+      const t = setTimeout(() => j(new Error(`${what} did not start: ${out}`)), 30_000);
+      child.stdout!.on('data', (b: Buffer) => { out += b.toString(); if (started.test(out)) { clearTimeout(t); r(); } });
+    });
+    child.kill('SIGHUP');
+    assert.deepEqual(await exited, [0, null], `${what}: exit 0 after SIGHUP`);
+  }
+});

@@ -50,7 +50,7 @@ images with no registry and no layer download.`)
       }
       const interval = parseInterval(o.interval);
       const ac = new AbortController();
-      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => ac.abort());
+      for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(sig, () => ac.abort());
       let first = true;
       // A ready file that cannot be written ends the command with that error (a supervisor waiting for it would wait
       // forever: the watch loop only logs a failed pass, and the first pass is never repeated).
