@@ -1,6 +1,6 @@
 # thinfs node image: the mount daemon, the publisher and the CLI tools.
 # Run the mount with --device /dev/fuse --cap-add SYS_ADMIN (FUSE), binding the store and cache dirs;
-# the publisher needs no privileges. BUILD_BASE needs node 20 + npm (g++, make, python3 are installed
+# the publisher needs no privileges (bind its --state dir too: the queue). BUILD_BASE needs node 20 + npm (g++, make, python3 are installed
 # when missing); RUN_BASE needs node 20. The suite builds it offline from a debootstrap base
 # (test/packaging.test.ts); on a connected host the defaults are the official node images.
 ARG BUILD_BASE=docker.io/library/node:20-bookworm

@@ -6,6 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import { REPO_ROOT, THINFS_MAIN, run, runOk, thinfsOk, tmpDir, cleanupTmpDirs, haveCommand, waitFor } from './helpers/proc.js';
 import { testPodman, type TestPodman } from './helpers/podman.js';
 import { CACHE_DIR, nodeBase } from './helpers/offline-base.js';
@@ -111,6 +112,33 @@ test('the systemd unit passes systemd-analyze verify and has the ready file, res
   const help = await thinfsOk(['mount', '--help']);
   const exec = /^ExecStart=(.*)$/m.exec(unit)![1]!;
   for (const opt of exec.match(/--[a-z-]+/g)!) assert.ok(help.includes(opt), `thinfs mount has ${opt}`);
+});
+
+test('the unit\'s ExecStartPost waits for the ready file, and gives up at once when the daemon has exited', async () => {
+  // systemd waits for a start-post command even after the main process died: a daemon refusing a bad setting
+  // (THINFS_STORE wrong) left the unit "activating" until TimeoutStartSec (120 s) before it failed and restarted.
+  // Checked under a real systemd 252 (a container booting systemd): the unit fails and restarts within ~2 s now.
+  const unit = await fsp.readFile(path.join(REPO_ROOT, 'deploy/thinfs-mount.service'), 'utf8');
+  const m = /^ExecStartPost=\/bin\/sh -c '([^']*)'$/m.exec(unit);
+  assert.ok(m, 'ExecStartPost=/bin/sh -c \'...\'');
+  const dir = path.join(work, 'startpost');
+  await fsp.mkdir(dir);
+  const ready = path.join(dir, 'mount.ready');
+  // systemd turns $$ into $ and sets MAINPID for the command.
+  const script = m[1]!.replaceAll('$$', '$').replaceAll('/run/thinfs/mount.ready', ready);
+  const dead = await new Promise<number>((r) => { const c = spawn('true'); c.on('exit', () => r(c.pid!)); });
+  const t0 = Date.now();
+  const gaveUp = await run('/bin/sh', ['-c', script], { env: { MAINPID: String(dead) }, timeoutMs: 20_000 });
+  assert.equal(gaveUp.timedOut, false, 'does not wait for a ready file a dead daemon will never write');
+  assert.notEqual(gaveUp.code, 0);
+  assert.ok(Date.now() - t0 < 5000);
+  const live = spawn('sleep', ['30']);
+  try {
+    setTimeout(() => { void fsp.writeFile(ready, '{}'); }, 1000);
+    const ok = await run('/bin/sh', ['-c', script], { env: { MAINPID: String(live.pid) }, timeoutMs: 20_000 });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.ok(Date.now() - t0 >= 1000, 'waited for the ready file');
+  } finally { live.kill(); }
 });
 
 test('setup puts thinfs and docker2thin on PATH where the unit runs them, working after a rebuild', async () => {

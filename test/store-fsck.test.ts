@@ -203,3 +203,22 @@ test('fsck checks prefetch traces: corrupt, not a trace, missing; named with the
   assert.match(notTrace.corrupt[0].error, /not a usable trace: .*not a thinfs v1 trace/);
   assert.ok(notTrace.corrupt[0].quarantined);
 });
+
+test('fsck counts the bytes of every sound object and pack (none lost to the parallel checks)', async () => {
+  const store = path.join(work, 'store-bytes');
+  await thinfsOk(['init', store]);
+  await thinfsOk(['ingest', base.file, '--store', store, '--no-progress']);
+  await thinfsOk(['ingest', top.file, '--store', store, '--no-progress']);
+  let expected = 0;
+  for (const dir of ['data', 'packs']) {
+    for (const f of await fsp.readdir(path.join(store, dir), { recursive: true }).catch(() => [] as string[])) {
+      const st = await fsp.stat(path.join(store, dir, f));
+      if (st.isFile()) expected += st.size;
+    }
+  }
+  for (let i = 0; i < 3; i++) {
+    const r = await thinfs(['fsck', '--store', store, '--json', '--dry-run']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).bytes, expected, 'bytes: the sum of the sound objects\' and packs\' sizes');
+  }
+});

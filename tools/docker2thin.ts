@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../src/util/errors.js';
 import { addConvertOptions, convertAction } from '../src/cli/commands/convert.js';
+import { checkEnvLogLevel, parseLogLevel, setLogLevel, LOG_LEVELS } from '../src/util/log.js';
 
 /** `docker2thin SOURCE`: the same conversion as `thinfs convert`, as its own command. */
 export async function main(argv: string[]): Promise<number> {
@@ -10,9 +11,14 @@ export async function main(argv: string[]): Promise<number> {
     .description('convert a container image (registry, OCI layout or docker-archive) into a thinfs thin image descriptor')
     .version('0.1.0')
     .showHelpAfterError()
-    .exitOverride())
-    .action(async (source: string, o) => { await convertAction(source, o); });
+    .exitOverride()
+    .option('--log-level <level>', `level of the JSON log lines on stderr: ${LOG_LEVELS.join(', ')} (default: $THINFS_LOG_LEVEL, else warn with progress bars, info without)`))
+    .action(async (source: string, o) => {
+      if (o.logLevel !== undefined) setLogLevel(parseLogLevel(o.logLevel, '--log-level'));
+      await convertAction(source, o);
+    });
   try {
+    checkEnvLogLevel();
     await program.parseAsync(argv);
     return EXIT.OK;
   } catch (e) {

@@ -6,6 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { ThinfsError, EXIT, errorMessage, exitQuietlyOnEpipe } from '../util/errors.js';
 import { loadCommands } from './commands/index.js';
 import { escapeControls } from './quote.js';
+import { checkEnvLogLevel, parseLogLevel, setLogLevel, LOG_LEVELS } from '../util/log.js';
 
 // Every subcommand lives in its own module under commands/ and registers itself here.
 export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
@@ -13,7 +14,14 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
     .description('Lazy, chunked, content-addressed container image filesystem for a whole cluster')
     .version('0.1.0')
     .showHelpAfterError()
-    .exitOverride();
+    .exitOverride()
+    // Before or after the subcommand (`thinfs mount --log-level debug ...`), shown in every command's --help.
+    .option('--log-level <level>', `level of the JSON log lines on stderr: ${LOG_LEVELS.join(', ')} (default: $THINFS_LOG_LEVEL, else info for the daemons, warn for other commands)`)
+    .configureHelp({ showGlobalOptions: true })
+    .hook('preAction', () => {
+      const level = program.opts<{ logLevel?: string }>().logLevel;
+      if (level !== undefined) setLogLevel(parseLogLevel(level, '--log-level'));
+    });
   for (const register of await loadCommands(argv)) register(program);
   return program;
 }
@@ -21,12 +29,14 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
 /** One place maps failures to messages and exit codes: a user never sees only a stack trace. */
 export async function run(argv: string[]): Promise<number> {
   try {
+    checkEnvLogLevel();
     const program = await buildProgram(argv);
     await program.parseAsync(argv);
     return process.exitCode === undefined ? EXIT.OK : Number(process.exitCode);
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.OK;
+      // `thinfs help` is 0; a missing command (`thinfs`, `thinfs trace`: the help on stderr) is a usage error.
       return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     }
     // Messages quote names from images and servers: no escape sequence reaches the terminal.

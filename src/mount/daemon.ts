@@ -281,7 +281,10 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
   fs.noXattrListing = (block, base) => k.noXattrListing(session, block, base);
   fs.xattrsByTransport = () => k.xattrsAnswered(session);
   const init = await Promise.race([inited, new Promise<null>((r) => setTimeout(() => r(null), 10_000).unref())]);
-  if (!init) throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
+  if (!init) {
+    await abandonMount(o, mp, { k, session, init: { maxReadahead: 0, maxPages: 0, kernelMinor: 0, passthrough: false }, closed });
+    throw new ThinfsError(`cannot mount ${mp}: the kernel sent no FUSE INIT within 10 s`);
+  }
   // The one-chunk files of directories being read are handed to the transport ahead of their open (with passthrough it
   // gives the kernel their chunk files; without, it answers their reads too).
   if (o.nativeReads !== false) {
@@ -295,9 +298,7 @@ async function connect(o: MountOptions, mp: string, mopts: string[], fs: ThinFs)
 }
 
 /** The mount is serving: metrics endpoint, stats file, the "mounted" line, the ready file (last: it means ready). */
-async function announce(o: MountOptions, mp: string, v: View): Promise<void> {
-  let metricsPort: number | null = null;
-  if (o.metricsPort !== null) metricsPort = await v.stats.listen(o.metricsPort);
+async function announce(o: MountOptions, mp: string, v: View, metricsPort: number | null): Promise<void> {
   v.stats.startFile();
   await v.stats.writeFile();
   o.log.info({ store: v.store.location, mountpoint: mp, cacheDir: o.cacheDir, quota: o.cacheQuota, metricsPort, statsFile: o.statsFile }, 'mounted');
@@ -342,10 +343,25 @@ function startRefresh(o: MountOptions, store: Store): NodeJS.Timeout | null {
   return t;
 }
 
+/** The paths of a prefetch list (one per line, # comments). */
+async function readPrefetchList(listFile: string): Promise<string[]> {
+  return (await readFile(listFile, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+}
+
 /** Fetches the files of a prefetch list in the background (readers are not held up). */
-async function startPrefetch(listFile: string, fs: ThinFs, log: Logger): Promise<void> {
-  const list = (await readFile(listFile, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+function startPrefetch(list: string[], fs: ThinFs, log: Logger): void {
   fs.prefetch(list).then((r) => log.info(r, 'prefetch done'), (e) => log.warn({ err: e }, 'prefetch failed'));
+}
+
+/**
+ * A start that failed once the kernel had the mount: the mount is taken down (else it stays, a stale mountpoint, and
+ * the FUSE session keeps the process alive after its error), and no ready file says otherwise.
+ */
+async function abandonMount(o: MountOptions, mp: string, c: Connection): Promise<void> {
+  const r = process.getuid?.() === 0 ? c.k.unmount(mp) : -E.EPERM;
+  if (r < 0) await unmountPath(mp, o.log).catch((e: unknown) => o.log.error({ err: e }, 'unmount failed'));
+  await Promise.race([c.closed, new Promise<void>((r2) => setTimeout(r2, 2000).unref())]);
+  if (o.readyFile) await rm(o.readyFile, { force: true });
 }
 
 /** Writes the chunks recorded so far (first-read order) as a trace file (renamed into place: never seen half-written). */
@@ -401,6 +417,9 @@ function serveUntilStopped(o: MountOptions, mp: string, v: View, c: Connection, 
     void c.closed.then((errno) => end(`FUSE connection closed (${errno === E.ENODEV ? 'unmounted' : `errno ${errno}`})`, false));
     process.once('SIGTERM', () => void end('SIGTERM', true));
     process.once('SIGINT', () => void end('SIGINT', true));
+    // As libfuse does: a mount started with & from a terminal gets SIGHUP when the terminal goes; dying of it left the
+    // mountpoint stale (ENOTCONN) for every reader.
+    process.once('SIGHUP', () => void end('SIGHUP', true));
     // A recorded trace on demand, the mount staying up.
     if (o.record) process.on('SIGUSR2', () => void writeTrace(o.record!, v.prefetcher, log));
   });
@@ -412,11 +431,21 @@ export async function runMount(o: MountOptions): Promise<number> {
   const startedAt = Date.now();
   const mopts = mountOptions(o);
   const view = await openView(o, mp, startedAt);
-  await prepareMountpoint(mp, o.log);
-  const conn = await connect(o, mp, mopts, view.fs);
-  await announce(o, mp, view);
+  // What may fail for a reason of the host (a port in use, a list file missing) fails before the kernel has the mount.
+  const prefetchList = o.prefetch ? await readPrefetchList(o.prefetch) : null;
+  let conn: Connection | null = null;
+  try {
+    const metricsPort = o.metricsPort !== null ? await view.stats.listen(o.metricsPort) : null;
+    await prepareMountpoint(mp, o.log);
+    conn = await connect(o, mp, mopts, view.fs);
+    await announce(o, mp, view, metricsPort);
+  } catch (e) {
+    if (conn) await abandonMount(o, mp, conn);
+    await view.stats.close(false).catch(() => undefined); // the metrics server would keep the process alive after its error
+    throw e;
+  }
   const refresh = startRefresh(o, view.store);
-  if (o.prefetch) await startPrefetch(o.prefetch, view.fs, o.log);
+  if (prefetchList) startPrefetch(prefetchList, view.fs, o.log);
   return serveUntilStopped(o, mp, view, conn, refresh);
 }
 

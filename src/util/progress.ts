@@ -14,19 +14,33 @@ export class Progress {
   }
   private render(): void {
     const width = 30;
-    let line: string;
+    let tail: string;
     if (this.total && this.total > 0) {
       const frac = Math.min(1, this.done / this.total);
       const fill = Math.round(frac * width);
-      line = `${this.label} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(1)}% ${fmtBytes(this.done)}/${fmtBytes(this.total)}`;
+      tail = ` [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${(frac * 100).toFixed(1)}% ${fmtBytes(this.done)}/${fmtBytes(this.total)}`;
     } else {
-      line = `${this.label} ${fmtBytes(this.done)}`;
+      tail = ` ${fmtBytes(this.done)}`;
     }
-    this.stream.write(`\r${line.slice(0, (this.stream.columns ?? 100) - 1)}\x1b[K`);
+    // The label (a path, which may be long) gives way first, so the bar and the numbers stay on screen.
+    const cols = columns(this.stream);
+    const line = `${fitLeft(this.label, cols - tail.length)}${tail}`;
+    this.stream.write(`\r${line.slice(0, cols)}\x1b[K`);
   }
   finish(): void {
     if (this.tty) { this.render(); this.stream.write('\n'); }
   }
+}
+
+/** Characters a line may take: a terminal reporting no size (0 columns: a pty nobody sized) counts as 100 wide. */
+function columns(stream: NodeJS.WriteStream): number {
+  return (stream.columns || 100) - 1;
+}
+
+/** `s` cut from its start to at most `room` characters, the cut marked with an ellipsis. */
+function fitLeft(s: string, room: number): string {
+  if (s.length <= room) return s;
+  return room > 1 ? `…${s.slice(s.length - room + 1)}` : '';
 }
 
 export function fmtBytes(n: number): string {
@@ -66,7 +80,7 @@ export class MultiProgress {
   }
   private render(): void {
     if (!this.tty) return;
-    const cols = (this.stream.columns ?? 100) - 1;
+    const cols = columns(this.stream);
     const width = 24;
     let out = this.drawn ? `\x1b[${this.drawn}A` : '';
     for (const b of this.bars) {

@@ -88,7 +88,7 @@ a one-layer OCI image REF-thin whose thin.json any node reads back with: thinfs 
 export async function convertAction(source: string, o: ConvertCli): Promise<ConvertResult> {
   // Info lines would tear the progress bars apart on a terminal; warnings and errors still show.
   const bars = o.progress && process.stderr.isTTY && process.env.THINFS_NO_PROGRESS === undefined;
-  const log = createLogger('docker2thin', process.env.THINFS_LOG_LEVEL ?? (bars ? 'warn' : 'info'));
+  const log = createLogger('docker2thin', bars ? 'warn' : 'info');
   await readPassword(o);
   if (o.s3Endpoint && !o.bucket) throw new ThinfsError('--s3-endpoint needs --bucket', EXIT.USAGE);
   if (o.bucket && !o.s3Endpoint) throw new ThinfsError('--bucket needs --s3-endpoint', EXIT.USAGE);
@@ -127,7 +127,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
 }
 
 async function pullThinAction(refText: string, o: PullThinCli): Promise<void> {
-  const log = createLogger('thinfs-pull-thin');
+  const log = createLogger('thinfs-pull-thin', 'warn');
   await readPassword(o);
   const ref = parseReference(refText);
   const client = await RegistryClient.forReference(ref, { insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), log });

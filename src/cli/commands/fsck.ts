@@ -49,7 +49,7 @@ layers or images remain; 2 usage; 4 no store there.`)
       if (o.repair && !o.from) throw new ThinfsError('--repair needs --from STORE|REGISTRY', EXIT.USAGE);
       if (o.from && !o.repair) throw new ThinfsError('--from is only used with --repair', EXIT.USAGE);
       const store = await WritableStore.openDir(o.store);
-      const log = createLogger('fsck', process.env.THINFS_LOG_LEVEL ?? 'warn');
+      const log = createLogger('fsck', 'warn');
       const run = await fsckAndRepair(store, { graceMs: grace * 1000, dryRun: o.dryRun, from: o.repair ? o.from : undefined, insecure: o.insecure, log });
       if (o.json) process.stdout.write(JSON.stringify(run.repair ? run : run.before) + '\n');
       else {

@@ -1,6 +1,7 @@
 // CLI: `thinfs mount` / `unmount`: flags to mount options, the podman store loop, exit codes.
 import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { createLogger } from '../../util/log.js';
 import { parseSize } from '../../cache/size.js';
 import { ThinfsError, EXIT } from '../../util/errors.js';
@@ -67,7 +68,7 @@ export function registerMountCommands(program: Command): void {
     .option('--allow-dev', 'let device nodes of served files open their devices (root only; the mount is nodev by default)')
     .option('--debug', 'log every FUSE request (op, unique, node id)')
     .addHelpText('after', `
-Runs in the foreground until SIGTERM/SIGINT (clean unmount, exit 0) or until the mountpoint is
+Runs in the foreground until SIGTERM/SIGINT/SIGHUP (clean unmount, exit 0) or until the mountpoint is
 unmounted (thinfs unmount). Run it under systemd or with & for a background mount.
 
 The mount is ro,nosuid,nodev,noatime,default_permissions (and allow_other unless --no-allow-other): a
@@ -92,19 +93,13 @@ Examples:
       }
       const readahead = parseSize(o.readahead, '--readahead');
       const storeLocation = /^https?:\/\//.test(storeLoc) ? storeLoc : resolve(storeLoc);
-      // The podman image store is written from the store alone (never through this process's own mount).
-      const podmanStop = new AbortController();
-      if (o.podmanStore) {
-        const ps = { store: await Store.open(storeLocation, { http: httpOptionsFrom(o), publicKeys: publicKeysFrom(o), trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
-        // a first pass before the mount reports ready, so a unit ordered after it finds the images
-        await generatePodmanStore(ps);
-        void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: refreshMs(o.refresh), signal: podmanStop.signal });
-      }
       // A recording sees the pages the workload touches: every read through this process (no passthrough, none
       // answered by the transport) and no kernel readahead (one page a fault), so the trace can name parts of chunks.
       const recording = !!o.record;
       if (recording) log.info('recording: passthrough, reads answered by the transport and kernel readahead are off for this mount');
-      const code = await runMount({
+      // Every flag is parsed before anything is written or started (the podman store, its watch loop): a bad value is
+      // a usage error (exit 2) that leaves nothing behind.
+      const mountOptions = {
         store: storeLocation,
         mountpoint,
         cacheDir,
@@ -132,8 +127,25 @@ Examples:
         publicKeys: publicKeysFrom(o),
         refreshMs: refreshMs(o.refresh),
         log,
-      });
-      podmanStop.abort();
+      };
+      // A ready file left by a daemon that was killed (SIGKILL, OOM) must not say this one serves before it does.
+      if (mountOptions.readyFile) await rm(mountOptions.readyFile, { force: true });
+      // The podman image store is written from the store alone (never through this process's own mount).
+      const podmanStop = new AbortController();
+      let code: number;
+      try {
+        if (o.podmanStore) {
+          const ps = { store: await Store.open(storeLocation, { http: mountOptions.http, publicKeys: mountOptions.publicKeys, trustDir: join(cacheDir, 'trust') }), mountpoint: resolve(mountpoint), dir: resolve(o.podmanStore), log };
+          // a first pass before the mount reports ready, so a unit ordered after it finds the images
+          await generatePodmanStore(ps);
+          void watchPodmanStore({ ...ps, intervalMs: 2000, refreshMs: mountOptions.refreshMs, signal: podmanStop.signal });
+        }
+        code = await runMount(mountOptions);
+      } finally {
+        // A mount that failed to start must not leave the watch loop keeping the process alive (a unit would hang in
+        // "activating" instead of failing and being restarted).
+        podmanStop.abort();
+      }
       // Nothing else may keep a daemon alive after its filesystem is gone (stats server, cache timers).
       process.exit(code);
     });

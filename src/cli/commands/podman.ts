@@ -50,8 +50,11 @@ images with no registry and no layer download.`)
       }
       const interval = parseInterval(o.interval);
       const ac = new AbortController();
-      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => ac.abort());
+      for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(sig, () => ac.abort());
       let first = true;
+      // A ready file that cannot be written ends the command with that error (a supervisor waiting for it would wait
+      // forever: the watch loop only logs a failed pass, and the first pass is never repeated).
+      let readyError: unknown = null;
       try {
         await watchPodmanStore({
           ...opts, intervalMs: interval, refreshMs: parseInterval(o.refresh, '--refresh'), signal: ac.signal,
@@ -59,12 +62,15 @@ images with no registry and no layer download.`)
             if (!first) return;
             first = false;
             if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
-            if (o.readyFile) await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, dir: opts.dir }) + '\n');
+            if (o.readyFile) {
+              await writeFile(o.readyFile, JSON.stringify({ pid: process.pid, dir: opts.dir }) + '\n').catch((e: unknown) => { readyError = e; ac.abort(); });
+            }
           },
         });
       } finally {
         if (o.readyFile) await rm(o.readyFile, { force: true });
       }
+      if (readyError) throw readyError;
     });
 
   program.command('podman-conf')

@@ -74,7 +74,7 @@ HTTP API:
   POST /retry/<id>         re-queue a failed upload (bearer token)
   GET  /healthz            liveness and queue counts
   GET  /metrics            Prometheus metrics
-Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
+Exit: 0 after SIGTERM/SIGINT/SIGHUP (running transaction rolled back and re-queued).`)
     .action(async (o: PublisherCliOptions) => {
       const log = createLogger('publisher');
       // Every flag is checked before anything is opened or served (exit 2): a bad value must not surface later, as
@@ -124,10 +124,13 @@ Exit: 0 after SIGTERM/SIGINT (running transaction rolled back and re-queued).`)
           log.info({ signal: sig }, 'signal received');
           process.off('SIGTERM', onSignal);
           process.off('SIGINT', onSignal);
+          process.off('SIGHUP', onSignal);
           pub.stop(shutdownTimeoutMs).then(res, (e) => { log.error({ err: e }, 'shutdown failed'); res(); });
         };
         process.on('SIGTERM', onSignal);
         process.on('SIGINT', onSignal);
+        // A publisher started with & from a terminal gets SIGHUP when it closes: a clean stop, not a crash mid-ingest.
+        process.on('SIGHUP', onSignal);
       });
       // Anything still holding the event loop (a stuck socket) must not keep a stopped daemon alive.
       setTimeout(() => process.exit(process.exitCode ?? 0), 2000).unref();

@@ -103,7 +103,7 @@ export function registerStoreCommands(program: Command): void {
         if (v !== undefined && !isDigest(v)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a sha256 digest (sha256:<64 lowercase hex digits>)`);
       }
       const store = o.init ? await WritableStore.init(o.store) : await WritableStore.openDir(o.store);
-      const log = createLogger('ingest', process.env.THINFS_LOG_LEVEL ?? 'warn');
+      const log = createLogger('ingest', 'warn');
       const input = layer === '-' ? process.stdin : layer;
       // Ctrl-C / SIGTERM: roll the transaction back and exit 130 (InterruptedError) instead of dying mid-write; a second
       // one exits at once (while waiting for another writer's lock, nothing of this one is staged yet).
@@ -226,7 +226,7 @@ export function registerStoreCommands(program: Command): void {
       const grace = Number(o.grace);
       if (!Number.isFinite(grace) || grace < 0) throw new ThinfsError(`--grace must be a number of seconds`, EXIT.USAGE);
       const store = await WritableStore.openDir(o.store);
-      const log = createLogger('gc', process.env.THINFS_LOG_LEVEL ?? 'warn');
+      const log = createLogger('gc', 'warn');
       const r = await collectGarbage(store, { graceMs: grace * 1000, dryRun: o.dryRun, onWait: (n) => log.info({ commits: n }, 'waiting for commits in progress') });
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
       else {
