@@ -163,8 +163,11 @@ export class RegistryClient {
     if (repo) this.tokens.set(repo, { push, token }); else this.anonymousToken = token;
   }
 
-  /** One HTTP exchange with retries on network errors, 429 and 5xx, following redirects when asked. */
-  private async roundTrip(method: Dispatcher.HttpMethod, url: string, opts: SendOptions): Promise<Dispatcher.ResponseData> {
+  /**
+   * One HTTP exchange with retries on network errors, 429 and 5xx, following redirects when asked. `finalUrl`
+   * is where the answer came from (another host when a redirect led there).
+   */
+  private async roundTrip(method: Dispatcher.HttpMethod, url: string, opts: SendOptions): Promise<Dispatcher.ResponseData & { finalUrl: string }> {
     let target = url;
     let headers = { ...(opts.headers ?? {}) };
     const retries = opts.retries ?? this.retries;
@@ -205,7 +208,7 @@ export class RegistryClient {
         await sleep(wait);
         continue;
       }
-      return res;
+      return Object.assign(res, { finalUrl: target });
     }
   }
 
@@ -218,6 +221,13 @@ export class RegistryClient {
       if (auth) headers.Authorization = auth;
       const res = await this.roundTrip(method, url, { ...opts, headers });
       if (res.statusCode !== 401) return res;
+      // A 401 from the host a redirect led to (blob storage) is not the registry's challenge: answering it would
+      // hand the registry credentials (Basic, to its token realm) to a host the user never named.
+      const from = new URL(res.finalUrl);
+      if (from.origin !== new URL(url).origin) {
+        await res.body.dump().catch(() => undefined);
+        throw new AuthError(`${method} ${new URL(url).pathname} of registry ${this.registry} was redirected to ${from.origin}, which answered HTTP 401; registry credentials are never sent to another host`);
+      }
       const ch = parseChallenges(res.headers['www-authenticate'])[0] ?? null;
       const { text } = await errorCodes(res);
       if (authTries > 0 || (ch?.scheme === 'basic' && this.basic)) {

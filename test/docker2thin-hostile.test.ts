@@ -1,0 +1,136 @@
+// docker2thin against a scripted registry on loopback (a small HTTP server speaking the distribution API, each
+// answer under the test's control) for what a real registry cannot be made to do: redirect a blob to a storage
+// host that answers 401 with its own challenge, break a blob connection for good, never answer. Each case:
+// the documented exit code, a clear message, the store as it was, and no credential sent where it must not go.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { REPO_ROOT, run, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot } from './helpers/proc.js';
+import { makeLayer, pseudoRandom } from './helpers/layers.js';
+
+const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
+const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+interface Image { manifest: Buffer; config: Buffer; layer: Buffer; blobs: Map<string, Buffer> }
+interface Seen { method: string; url: string; auth?: string; range?: string }
+/** Answers a request itself (true) or leaves it to the registry's normal behaviour (false). */
+type Hook = (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
+interface Server { host: string; origin: string; seen: Seen[]; hook: Hook; close(): Promise<void> }
+
+let work: string;
+let img: Image;
+
+async function serve(answer: (req: http.IncomingMessage, res: http.ServerResponse) => void): Promise<Server> {
+  const self = { host: '', origin: '', seen: [] as Seen[], hook: (() => false) as Hook, close: async () => {} };
+  const srv = http.createServer((req, res) => {
+    self.seen.push({ method: req.method ?? '', url: req.url ?? '', auth: req.headers.authorization, range: req.headers.range as string | undefined });
+    res.on('error', () => {});
+    if (self.hook(req, res)) return;
+    answer(req, res);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  self.host = `127.0.0.1:${(srv.address() as { port: number }).port}`;
+  self.origin = `http://${self.host}`;
+  self.close = () => new Promise<void>((r) => { srv.closeAllConnections(); srv.close(() => r()); });
+  return self;
+}
+
+/** A registry serving `img` under any repository; with `basic`, every request needs those credentials. */
+function registry(basic?: string): Promise<Server> {
+  return serve((req, res) => {
+    if (basic && req.headers.authorization !== `Basic ${Buffer.from(basic).toString('base64')}`) {
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="registry"', 'content-type': 'application/json' });
+      res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}');
+      return;
+    }
+    const url = req.url ?? '';
+    if (url === '/v2/') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); return; }
+    if (/^\/v2\/.+\/manifests\/[^/]+$/.test(url)) {
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha(img.manifest), 'content-length': img.manifest.length });
+      res.end(req.method === 'HEAD' ? undefined : img.manifest);
+      return;
+    }
+    const blob = /^\/v2\/.+\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url)?.[1];
+    const b = blob ? img.blobs.get(blob) : undefined;
+    if (b) { res.writeHead(200, { 'content-length': b.length }); res.end(req.method === 'HEAD' ? undefined : b); return; }
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end('{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}');
+  });
+}
+
+async function newStore(name: string): Promise<string> {
+  const dir = path.join(work, name);
+  const r = await thinfs(['init', dir]);
+  assert.equal(r.code, 0, r.stderr);
+  return dir;
+}
+
+function docker2thin(args: string[]) {
+  return run(process.execPath, [D2T, ...args], { env: { THINFS_NO_PROGRESS: '1', HOME: work, XDG_RUNTIME_DIR: work, REGISTRY_AUTH_FILE: '' }, timeoutMs: 120_000 });
+}
+
+before(async () => {
+  work = await tmpDir('thinfs-d2t-hostile-');
+  // one uncompressed layer of 600 KiB (a plain tar is its own diff id: no decoder in the way)
+  const l = await makeLayer(work, 'l', async (d) => {
+    await fsp.mkdir(path.join(d, 'data'));
+    await fsp.writeFile(path.join(d, 'data', 'blob'), pseudoRandom(600 << 10, 'hostile'));
+  });
+  const layer = await fsp.readFile(l.file);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Env: ['A=1'] }, rootfs: { type: 'layers', diff_ids: [l.diffId] } }));
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+    layers: [{ mediaType: l.mediaType, digest: sha(layer), size: layer.length }],
+  }));
+  img = { manifest, config, layer, blobs: new Map([[sha(config), config], [sha(layer), layer]]) };
+});
+
+after(async () => { await cleanupTmpDirs(); });
+
+test('a blob redirected to a host that answers 401: registry credentials never go there or to its token realm (exit 6)', async () => {
+  const reg = await registry('alice:s3cret');
+  // the storage host a blob GET is redirected to answers 401 with a Bearer challenge naming its own token service
+  const tokens = await serve((_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"token":"t"}'); });
+  const storage = await serve((_req, res) => {
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="${tokens.origin}/token",service="storage"` });
+    res.end();
+  });
+  reg.hook = (req, res) => {
+    if (req.headers.authorization && req.url?.endsWith(sha(img.layer))) {
+      res.writeHead(307, { location: `${storage.origin}/bucket/layer?sig=x` });
+      res.end();
+      return true;
+    }
+    return false;
+  };
+  try {
+    const store = await newStore('s-redirect-401');
+    const snap = await storeSnapshot(store);
+    const r = await docker2thin(['--insecure', '--retries', '0', '--store', store, '--username', 'alice', '--password', 's3cret', `${reg.host}/app/x:v1`]);
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(r.stderr, new RegExp(`redirected to ${storage.origin}, which answered HTTP 401`));
+    assert.ok(reg.seen.some((q) => q.url.endsWith(sha(img.layer))), 'the blob was asked for');
+    assert.ok(storage.seen.length >= 1, 'the redirect was followed');
+    assert.deepEqual(storage.seen.filter((q) => q.auth), [], 'no Authorization header to the storage host');
+    assert.deepEqual(tokens.seen, [], 'no request (with the credentials) to the token realm the storage host named');
+    const after = await storeSnapshot(store);
+    after.data = after.data.filter((f) => f !== `${sha(img.config).slice(7, 9)}/${sha(img.config).slice(9)}`);
+    assert.deepEqual(after, snap, 'nothing published');
+
+    // the same redirect to a storage host that serves the blob: converted, still no credentials there
+    storage.hook = (req, res) => { res.writeHead(200, { 'content-length': img.layer.length }); res.end(req.method === 'HEAD' ? undefined : img.layer); return true; };
+    storage.seen.length = 0;
+    const ok = await docker2thin(['--insecure', '--store', store, '--username', 'alice', '--password', 's3cret', `${reg.host}/app/x:v1`]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.ok(storage.seen.length >= 1);
+    assert.deepEqual(storage.seen.filter((q) => q.auth), []);
+    assert.equal((await storeSnapshot(store)).images.length, 1);
+  } finally {
+    await reg.close(); await storage.close(); await tokens.close();
+  }
+});
