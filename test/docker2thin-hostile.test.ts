@@ -22,7 +22,10 @@ type Hook = (req: http.IncomingMessage, res: http.ServerResponse) => boolean;
 interface Server { host: string; origin: string; seen: Seen[]; hook: Hook; close(): Promise<void> }
 
 let work: string;
+/** The image every repository serves; repositories under gz/ serve `gz` (its layer gzipped). */
 let img: Image;
+let gz: Image;
+const imageOf = (url: string): Image => (url.startsWith('/v2/gz/') ? gz : img);
 
 async function serve(answer: (req: http.IncomingMessage, res: http.ServerResponse) => void): Promise<Server> {
   const self = { host: '', origin: '', seen: [] as Seen[], hook: (() => false) as Hook, close: async () => {} };
@@ -49,13 +52,14 @@ function registry(basic?: string): Promise<Server> {
     }
     const url = req.url ?? '';
     if (url === '/v2/') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); return; }
+    const m = imageOf(url);
     if (/^\/v2\/.+\/manifests\/[^/]+$/.test(url)) {
-      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha(img.manifest), 'content-length': img.manifest.length });
-      res.end(req.method === 'HEAD' ? undefined : img.manifest);
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'docker-content-digest': sha(m.manifest), 'content-length': m.manifest.length });
+      res.end(req.method === 'HEAD' ? undefined : m.manifest);
       return;
     }
     const blob = /^\/v2\/.+\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url)?.[1];
-    const b = blob ? img.blobs.get(blob) : undefined;
+    const b = blob ? m.blobs.get(blob) : undefined;
     if (b) { res.writeHead(200, { 'content-length': b.length }); res.end(req.method === 'HEAD' ? undefined : b); return; }
     res.writeHead(404, { 'content-type': 'application/json' });
     res.end('{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}');
@@ -80,15 +84,30 @@ before(async () => {
     await fsp.mkdir(path.join(d, 'data'));
     await fsp.writeFile(path.join(d, 'data', 'blob'), pseudoRandom(600 << 10, 'hostile'));
   });
-  const layer = await fsp.readFile(l.file);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Env: ['A=1'] }, rootfs: { type: 'layers', diff_ids: [l.diffId] } }));
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-    layers: [{ mediaType: l.mediaType, digest: sha(layer), size: layer.length }],
-  }));
-  img = { manifest, config, layer, blobs: new Map([[sha(config), config], [sha(layer), layer]]) };
+  const g = await makeLayer(work, 'g', async (d) => {
+    await fsp.mkdir(path.join(d, 'data'));
+    await fsp.writeFile(path.join(d, 'data', 'blob'), pseudoRandom(600 << 10, 'hostile-gz'));
+  }, { compression: 'gzip' });
+  const image = async (file: string, diffId: string, mediaType: string): Promise<Image> => {
+    const layer = await fsp.readFile(file);
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Env: ['A=1'] }, rootfs: { type: 'layers', diff_ids: [diffId] } }));
+    const manifest = Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
+      layers: [{ mediaType, digest: sha(layer), size: layer.length }],
+    }));
+    return { manifest, config, layer, blobs: new Map([[sha(config), config], [sha(layer), layer]]) };
+  };
+  img = await image(l.file, l.diffId, l.mediaType);
+  gz = await image(g.file, g.diffId, g.mediaType);
 });
+
+/** The store as it was, but for the image config a conversion keeps once it is verified. */
+async function assertUnchanged(store: string, snap: Awaited<ReturnType<typeof storeSnapshot>>, config: Buffer): Promise<void> {
+  const after = await storeSnapshot(store);
+  after.data = after.data.filter((f) => f !== `${sha(config).slice(7, 9)}/${sha(config).slice(9)}`);
+  assert.deepEqual(after, snap, 'nothing published');
+}
 
 after(async () => { await cleanupTmpDirs(); });
 
@@ -118,9 +137,7 @@ test('a blob redirected to a host that answers 401: registry credentials never g
     assert.ok(storage.seen.length >= 1, 'the redirect was followed');
     assert.deepEqual(storage.seen.filter((q) => q.auth), [], 'no Authorization header to the storage host');
     assert.deepEqual(tokens.seen, [], 'no request (with the credentials) to the token realm the storage host named');
-    const after = await storeSnapshot(store);
-    after.data = after.data.filter((f) => f !== `${sha(img.config).slice(7, 9)}/${sha(img.config).slice(9)}`);
-    assert.deepEqual(after, snap, 'nothing published');
+    await assertUnchanged(store, snap, img.config);
 
     // the same redirect to a storage host that serves the blob: converted, still no credentials there
     storage.hook = (req, res) => { res.writeHead(200, { 'content-length': img.layer.length }); res.end(req.method === 'HEAD' ? undefined : img.layer); return true; };
@@ -132,5 +149,33 @@ test('a blob redirected to a host that answers 401: registry credentials never g
     assert.equal((await storeSnapshot(store)).images.length, 1);
   } finally {
     await reg.close(); await storage.close(); await tokens.close();
+  }
+});
+
+test('a blob connection that keeps breaking: a network failure (exit 1) naming the blob, not a corrupt layer (exit 3), and no second download', async () => {
+  const reg = await registry();
+  // every GET of a layer blob: 200 with its full length, 200 KiB of it, then the connection is cut
+  reg.hook = (req, res) => {
+    const m = imageOf(req.url ?? '');
+    if (!req.url?.endsWith(sha(m.layer))) return false;
+    res.writeHead(200, { 'content-length': m.layer.length });
+    res.write(m.layer.subarray(0, 200 << 10), () => res.socket?.destroy());
+    return true;
+  };
+  try {
+    for (const [repo, m] of [['plain/app', img], ['gz/app', gz]] as const) {
+      const store = await newStore(`s-cut-${repo.split('/')[0]}`);
+      const snap = await storeSnapshot(store);
+      const before = reg.seen.length;
+      const r = await docker2thin(['--insecure', '--retries', '1', '--store', store, `${reg.host}/${repo}:v1`]);
+      assert.equal(r.code, 1, `${repo}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`docker2thin: error: blob ${sha(m.layer)} from ${reg.host}: the download failed 2 times, the last after \\d+ of ${m.layer.length} bytes`));
+      assert.doesNotMatch(r.stderr, /corrupt or truncated/);
+      const gets = reg.seen.slice(before).filter((q) => q.method === 'GET' && q.url.endsWith(sha(m.layer)));
+      assert.equal(gets.length, 2, 'one try and one retry; the blob is not downloaded again to explain the failure');
+      await assertUnchanged(store, snap, m.config);
+    }
+  } finally {
+    await reg.close();
   }
 });

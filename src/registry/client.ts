@@ -374,6 +374,11 @@ export class RegistryClient {
           await sleep(wait);
           continue;
         }
+        // Out of retries on a network failure: say which blob, how far it got, and that the network (not the
+        // content) failed: exit 1, never taken for a corrupt layer.
+        if (isRetryableNetworkError(e)) {
+          throw new ThinfsError(`blob ${digest} from ${this.registry}: the download failed ${attempt + 1} time${attempt ? 's' : ''}, the last after ${offset}${expectedSize !== undefined ? ` of ${expectedSize}` : ''} bytes: ${errorMessage(e)}`, EXIT.FAILURE, { cause: e });
+        }
         throw e;
       } finally {
         if (!body.destroyed) body.destroy();
