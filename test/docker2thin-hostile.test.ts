@@ -179,3 +179,48 @@ test('a blob connection that keeps breaking: a network failure (exit 1) naming t
     await reg.close();
   }
 });
+
+/** docker2thin started in the background, SIGTERMed once `ready()` holds; resolves with its exit and how long it took to leave. */
+async function terminatedWhen(args: string[], ready: () => boolean): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; exitMs: number }> {
+  const child = spawn(process.execPath, [D2T, ...args], { env: { ...process.env, THINFS_NO_PROGRESS: '1', HOME: work, XDG_RUNTIME_DIR: work, REGISTRY_AUTH_FILE: '' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('close', (code, signal) => r({ code, signal })));
+  const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  try {
+    for (let i = 0; i < 300 && !ready(); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(ready(), `docker2thin never reached the point to interrupt:\n${stderr}`);
+    await new Promise((r) => setTimeout(r, 300));
+    const t = Date.now();
+    child.kill('SIGTERM');
+    const { code, signal } = await closed;
+    return { code, signal, stderr, exitMs: Date.now() - t };
+  } finally { clearTimeout(killer); }
+}
+
+test('SIGTERM while the registry does not answer (manifest, config, mid-blob): exit 130 at once, nothing published, no lock left', async () => {
+  const reg = await registry();
+  try {
+    for (const stage of ['manifest', 'config', 'blob'] as const) {
+      const repo = `plain/sig-${stage}`;
+      const hit = (url: string) => url.startsWith(`/v2/${repo}/`) && (stage === 'manifest' ? url.includes('/manifests/') : url.endsWith(sha(stage === 'config' ? img.config : img.layer)));
+      reg.hook = (req, res) => {
+        if (!hit(req.url ?? '')) return false;
+        // manifest and config: never answered; the layer blob: 100 KiB, then nothing (the socket stays open)
+        if (stage === 'blob') { res.writeHead(200, { 'content-length': img.layer.length }); res.write(img.layer.subarray(0, 100 << 10)); }
+        return true;
+      };
+      const store = await newStore(`s-sigterm-${stage}`);
+      const snap = await storeSnapshot(store);
+      const r = await terminatedWhen(['--insecure', '--store', store, `${reg.host}/${repo}:v1`], () => reg.seen.some((q) => hit(q.url)));
+      assert.equal(r.code, 130, `${stage}: exit ${r.code} (signal ${r.signal}):\n${r.stderr}`);
+      assert.ok(r.exitMs < 20_000, `${stage}: left ${r.exitMs} ms after SIGTERM`);
+      assert.match(r.stderr, /docker2thin: error: interrupted/);
+      await assertUnchanged(store, snap, img.config);
+      const locks = (await fsp.readdir(path.join(store, 'locks')).catch(() => [] as string[])).filter((n) => n.endsWith('.lock'));
+      assert.deepEqual(locks, [], `${stage}: no lock left behind`);
+    }
+  } finally {
+    await reg.close();
+  }
+});

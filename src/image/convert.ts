@@ -260,7 +260,7 @@ async function pushDescriptor(descriptor: ThinImage, m: ResolvedManifest, src: I
   const target = typeof opts.push === 'string' ? parseReference(opts.push) : m.registryRef ? thinReference(m.registryRef) : null;
   if (!target) throw new ThinfsError('--push needs a registry source; for oci:/docker-archive: sources give the destination with --push-to REF', EXIT.USAGE);
   const client = src.client && src.client.registry === target.registry ? src.client
-    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log });
+    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log, signal: opts.signal });
   try {
     const digest = await pushThinImage(descriptor, target, client, { chunkSize: opts.pushChunkSize, log: opts.log });
     return { reference: formatReference(target), digest };
@@ -309,6 +309,10 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       descriptor, layers: outcomes, pushed, configFromStore: cfg.fromStore,
       stats: { seconds: (Date.now() - t0) / 1000, blobBytes: outcomes.reduce((a, o) => a + o.bytes, 0), ...(c ? { requests: c.requests, blobGets: c.blobGets, retries: c.retries, resumes: c.resumes } : {}) },
     };
+  } catch (e) {
+    // Whatever an interruption made fail (a request it aborted, a stream it tore down) failed because of it.
+    if (opts.signal?.aborted && !(e instanceof InterruptedError)) throw new InterruptedError(`interrupted: nothing published (${errorMessage(e)})`);
+    throw e;
   } finally {
     progress.end();
     await src.close().catch(() => undefined);

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { rootCertificates } from 'node:tls';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../util/log.js';
-import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage, AuthError, RegistryError } from '../util/errors.js';
+import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage, AuthError, RegistryError, InterruptedError } from '../util/errors.js';
 import { parseChallenges, basicHeader, findCredentials, type Credentials, type Challenge } from './auth.js';
 import { apiHost, type ImageReference } from './reference.js';
 import { MANIFEST_ACCEPT } from './media.js';
@@ -21,6 +21,8 @@ export interface RegistryClientOptions {
   retries?: number;
   timeoutMs?: number;
   log?: Logger;
+  /** Aborts every request in flight and every wait between retries (SIGINT/SIGTERM): they fail with InterruptedError. */
+  signal?: AbortSignal;
 }
 
 export interface SendOptions {
@@ -86,6 +88,7 @@ export class RegistryClient {
   private anonymousToken: string | null = null;
   private pinged = false;
   private readonly insecure: boolean;
+  private readonly signal?: AbortSignal;
 
   constructor(readonly registry: string, opts: RegistryClientOptions = {}) {
     const host = apiHost(registry);
@@ -94,6 +97,7 @@ export class RegistryClient {
     this.retries = opts.retries ?? 5;
     this.log = opts.log;
     this.creds = opts.credentials ?? null;
+    this.signal = opts.signal;
     const t = opts.timeoutMs ?? 120_000;
     this.dispatcher = new Agent({
       headersTimeout: t, bodyTimeout: t, connections: 16, keepAliveTimeout: 10_000,
@@ -120,7 +124,16 @@ export class RegistryClient {
     return new RegistryClient(ref.registry, { ...opts, credentials: creds });
   }
 
-  async close(): Promise<void> { await this.dispatcher.close(); }
+  async close(): Promise<void> {
+    // Aborted requests may leave sockets the pool would wait for: an interrupted client is torn down.
+    if (this.signal?.aborted) await this.dispatcher.destroy().catch(() => undefined);
+    else await this.dispatcher.close();
+  }
+
+  /** After SIGINT/SIGTERM nothing is sent and nothing retried; what was in flight fails as interrupted. */
+  private checkAborted(): void {
+    if (this.signal?.aborted) throw new InterruptedError(`interrupted while talking to registry ${this.registry}`);
+  }
 
   private authHeader(repo: string | undefined, push: boolean): string | undefined {
     if (this.basic) return this.basic;
@@ -175,13 +188,15 @@ export class RegistryClient {
       let res: Dispatcher.ResponseData;
       try {
         this.stats.requests++;
-        res = await request(target, { method, headers, body: opts.body, dispatcher: this.dispatcher });
+        this.checkAborted();
+        res = await request(target, { method, headers, body: opts.body, dispatcher: this.dispatcher, signal: this.signal });
       } catch (e) {
+        this.checkAborted();
         if (attempt < retries && isRetryableNetworkError(e)) {
           this.stats.retries++;
           const wait = backoffMs(attempt);
           this.log?.warn({ url: target, err: e, attempt: attempt + 1, wait }, 'registry request failed, retrying');
-          await sleep(wait);
+          await sleep(wait, this.signal);
           continue;
         }
         const code = (e as NodeJS.ErrnoException).code ?? '';
@@ -205,7 +220,7 @@ export class RegistryClient {
         this.stats.retries++;
         const wait = retryAfterMs(res.headers['retry-after'], backoffMs(attempt));
         this.log?.warn({ url: target, status: res.statusCode, attempt: attempt + 1, wait }, 'registry busy or failing, retrying');
-        await sleep(wait);
+        await sleep(wait, this.signal);
         continue;
       }
       return Object.assign(res, { finalUrl: target });
@@ -367,11 +382,12 @@ export class RegistryClient {
         return;
       } catch (e) {
         body.destroy();
+        this.checkAborted();
         if (attempt < this.retries && isRetryableNetworkError(e)) {
           this.stats.resumes++;
           const wait = backoffMs(attempt);
           this.log?.warn({ digest, offset, err: e, wait }, 'blob download interrupted, resuming');
-          await sleep(wait);
+          await sleep(wait, this.signal);
           continue;
         }
         // Out of retries on a network failure: say which blob, how far it got, and that the network (not the
