@@ -169,7 +169,7 @@ test('a blob connection that keeps breaking: a network failure (exit 1) naming t
       const before = reg.seen.length;
       const r = await docker2thin(['--insecure', '--retries', '1', '--store', store, `${reg.host}/${repo}:v1`]);
       assert.equal(r.code, 1, `${repo}: ${r.stderr}`);
-      assert.match(r.stderr, new RegExp(`docker2thin: error: blob ${sha(m.layer)} from ${reg.host}: the download failed 2 times, the last after \\d+ of ${m.layer.length} bytes`));
+      assert.match(r.stderr, new RegExp(`docker2thin: error: blob ${sha(m.layer)} from ${reg.host}: the download failed 2 times \\(\\d+ of ${m.layer.length} bytes received\\)`));
       assert.doesNotMatch(r.stderr, /corrupt or truncated/);
       const gets = reg.seen.slice(before).filter((q) => q.method === 'GET' && q.url.endsWith(sha(m.layer)));
       assert.equal(gets.length, 2, 'one try and one retry; the blob is not downloaded again to explain the failure');
@@ -221,6 +221,47 @@ test('SIGTERM while the registry does not answer (manifest, config, mid-blob): e
       assert.deepEqual(locks, [], `${stage}: no lock left behind`);
     }
   } finally {
+    await reg.close();
+  }
+});
+
+test('a registry that stalls or trickles a blob: cut by the low-speed limit, resumed, then a clear network failure (exit 1)', async () => {
+  const reg = await registry();
+  let mode: 'stall' | 'trickle' = 'stall';
+  const timers = new Set<NodeJS.Timeout>();
+  // every GET of the layer blob: 200 with its full length, then (stall) 100 KiB and nothing more, or (trickle) 20 bytes every 250 ms
+  reg.hook = (req, res) => {
+    if (!req.url?.endsWith(sha(img.layer))) return false;
+    res.writeHead(200, { 'content-length': img.layer.length });
+    if (mode === 'stall') { res.write(img.layer.subarray(0, 100 << 10)); return true; }
+    let at = 0;
+    const t = setInterval(() => {
+      if (res.destroyed) { clearInterval(t); timers.delete(t); return; }
+      res.write(img.layer.subarray(at, at + 20));
+      at += 20;
+    }, 250);
+    timers.add(t);
+    return true;
+  };
+  try {
+    for (const m of ['stall', 'trickle'] as const) {
+      mode = m;
+      const store = await newStore(`s-slow-${m}`);
+      const snap = await storeSnapshot(store);
+      const before = reg.seen.length;
+      const t0 = Date.now();
+      const r = await docker2thin(['--insecure', '--retries', '1', '--low-speed-time', '3', '--store', store, `${reg.host}/plain/slow-${m}:v1`]);
+      const took = Date.now() - t0;
+      assert.equal(r.code, 1, `${m}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`docker2thin: error: blob ${sha(img.layer)} from ${reg.host}: the download failed 2 times .*: fewer than 1024 bytes arrived in 3 s`));
+      const gets = reg.seen.slice(before).filter((q) => q.method === 'GET' && q.url.endsWith(sha(img.layer)));
+      assert.equal(gets.length, 2, `${m}: one try and one retry`);
+      if (m === 'stall') assert.match(gets[1]!.range ?? '', /^bytes=\d+-$/, 'the retry resumes where the stall left it');
+      assert.ok(took < 60_000, `${m}: took ${took} ms`);
+      await assertUnchanged(store, snap, img.config);
+    }
+  } finally {
+    for (const t of timers) clearInterval(t);
     await reg.close();
   }
 });

@@ -260,7 +260,7 @@ async function pushDescriptor(descriptor: ThinImage, m: ResolvedManifest, src: I
   const target = typeof opts.push === 'string' ? parseReference(opts.push) : m.registryRef ? thinReference(m.registryRef) : null;
   if (!target) throw new ThinfsError('--push needs a registry source; for oci:/docker-archive: sources give the destination with --push-to REF', EXIT.USAGE);
   const client = src.client && src.client.registry === target.registry ? src.client
-    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log, signal: opts.signal });
+    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, lowSpeedBytes: opts.lowSpeedBytes, lowSpeedMs: opts.lowSpeedMs, log: opts.log, signal: opts.signal });
   try {
     const digest = await pushThinImage(descriptor, target, client, { chunkSize: opts.pushChunkSize, log: opts.log });
     return { reference: formatReference(target), digest };

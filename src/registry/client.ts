@@ -20,6 +20,9 @@ export interface RegistryClientOptions {
   /** Retries per request (network errors, 429, 5xx); default 5. */
   retries?: number;
   timeoutMs?: number;
+  /** Low-speed cutoff of blob bodies (curl's): fewer than lowSpeedBytes in lowSpeedMs of waiting is a failed try, resumed. */
+  lowSpeedBytes?: number;
+  lowSpeedMs?: number;
   log?: Logger;
   /** Aborts every request in flight and every wait between retries (SIGINT/SIGTERM): they fail with InterruptedError. */
   signal?: AbortSignal;
@@ -46,6 +49,40 @@ const USER_AGENT = 'thinfs-docker2thin/0.1';
 function header(h: Dispatcher.ResponseData['headers'], name: string): string | undefined {
   const v = h[name];
   return Array.isArray(v) ? v[0] : v;
+}
+
+/** Defaults of the low-speed cutoff of blob downloads: a stalled or trickling body fails well before the 120 s body timeout. */
+export const LOW_SPEED = { bytes: 1024, ms: 30_000 };
+
+/**
+ * A body's chunks, failing (retryably, as ETIMEDOUT) when fewer than `bytes` arrive during `ms` of waiting for
+ * them: a registry that stalls or trickles a blob is cut and resumed instead of holding the conversion forever.
+ * Only time spent waiting on the network counts, not time the consumer takes between chunks.
+ */
+async function* lowSpeedGuard(body: Readable, bytes: number, ms: number): AsyncGenerator<Buffer> {
+  const it = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let winBytes = 0, winWait = 0;
+  const slow = (): Error => Object.assign(new Error(`fewer than ${bytes} bytes arrived in ${ms / 1000} s (stalled or too slow)`), { code: 'ETIMEDOUT' });
+  for (;;) {
+    const pending = it.next();
+    let r: IteratorResult<Buffer> | null = null;
+    while (!r) {
+      const t0 = Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      let got: IteratorResult<Buffer> | null;
+      try {
+        got = await Promise.race([pending, new Promise<null>((res) => { timer = setTimeout(() => res(null), Math.max(1, ms - winWait)); })]);
+      } finally { clearTimeout(timer); }
+      winWait += Date.now() - t0;
+      if (got) { r = got; if (!got.done) winBytes += got.value.length; }
+      if (winWait >= ms) {
+        if (winBytes < bytes) { pending.catch(() => undefined); throw slow(); }
+        winWait = 0; winBytes = 0;
+      }
+    }
+    if (r.done) return;
+    yield r.value;
+  }
 }
 
 /** Read a whole (small) body, refusing more than `max` bytes so a hostile server cannot exhaust memory. */
@@ -89,6 +126,7 @@ export class RegistryClient {
   private pinged = false;
   private readonly insecure: boolean;
   private readonly signal?: AbortSignal;
+  private readonly lowSpeed: { bytes: number; ms: number };
 
   constructor(readonly registry: string, opts: RegistryClientOptions = {}) {
     const host = apiHost(registry);
@@ -98,6 +136,7 @@ export class RegistryClient {
     this.log = opts.log;
     this.creds = opts.credentials ?? null;
     this.signal = opts.signal;
+    this.lowSpeed = { bytes: opts.lowSpeedBytes ?? LOW_SPEED.bytes, ms: opts.lowSpeedMs ?? LOW_SPEED.ms };
     const t = opts.timeoutMs ?? 120_000;
     this.dispatcher = new Agent({
       headersTimeout: t, bodyTimeout: t, connections: 16, keepAliveTimeout: 10_000,
@@ -363,7 +402,7 @@ export class RegistryClient {
       if (res.statusCode === 200 && offset > 0) this.log?.debug({ digest }, 'server ignored Range; skipping already-received bytes');
       const body = res.body as unknown as Readable;
       try {
-        for await (const chunk of body) {
+        for await (const chunk of this.lowSpeed.bytes > 0 ? lowSpeedGuard(body, this.lowSpeed.bytes, this.lowSpeed.ms) : body) {
           let c = chunk as Buffer;
           if (skip > 0) {
             if (c.length <= skip) { skip -= c.length; continue; }
@@ -393,7 +432,7 @@ export class RegistryClient {
         // Out of retries on a network failure: say which blob, how far it got, and that the network (not the
         // content) failed: exit 1, never taken for a corrupt layer.
         if (isRetryableNetworkError(e)) {
-          throw new ThinfsError(`blob ${digest} from ${this.registry}: the download failed ${attempt + 1} time${attempt ? 's' : ''}, the last after ${offset}${expectedSize !== undefined ? ` of ${expectedSize}` : ''} bytes: ${errorMessage(e)}`, EXIT.FAILURE, { cause: e });
+          throw new ThinfsError(`blob ${digest} from ${this.registry}: the download failed ${attempt + 1} time${attempt ? 's' : ''} (${offset}${expectedSize !== undefined ? ` of ${expectedSize}` : ''} bytes received): ${errorMessage(e)}`, EXIT.FAILURE, { cause: e });
         }
         throw e;
       } finally {
