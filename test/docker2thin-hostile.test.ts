@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
 import * as path from 'node:path';
-import { REPO_ROOT, run, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot } from './helpers/proc.js';
+import { REPO_ROOT, run, thinfs, tmpDir, cleanupTmpDirs, storeSnapshot, haveCommand } from './helpers/proc.js';
 import { makeLayer, pseudoRandom } from './helpers/layers.js';
 
 const D2T = path.join(REPO_ROOT, 'dist', 'tools', 'docker2thin.js');
@@ -262,6 +262,25 @@ test('a registry that stalls or trickles a blob: cut by the low-speed limit, res
     }
   } finally {
     for (const t of timers) clearInterval(t);
+    await reg.close();
+  }
+});
+
+test('progress bars on a terminal that reports no size (script(1) pty): whole lines, none cut short; none without a terminal', async (t) => {
+  if (!(await haveCommand('script'))) return t.skip('script (util-linux) not installed');
+  const reg = await registry();
+  try {
+    const store = await newStore('s-tty');
+    const cmd = `${process.execPath} ${D2T} --insecure --store ${store} ${reg.host}/plain/tty:v1`;
+    // script's pty has no window size: stderr.isTTY, columns 0
+    const r = await run('script', ['-qec', cmd, '/dev/null'], { env: { HOME: work, XDG_RUNTIME_DIR: work, REGISTRY_AUTH_FILE: '', THINFS_NO_PROGRESS: undefined } });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /\rlayer 1\/1 [0-9a-f]{12} \[#{24}\] 100% [\d.]+ KiB\/[\d.]+ KiB[ \x1b]/, `the finished bar, whole:\n${JSON.stringify(r.stdout)}`);
+    assert.doesNotMatch(r.stdout, /\d B\/\d+ \x1b|KiB\/[\d.]+ Ki\x1b/, 'no size cut short by a character');
+    const plain = await docker2thin(['--insecure', '--store', await newStore('s-notty'), `${reg.host}/plain/tty:v1`]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.doesNotMatch(plain.stderr, /\x1b\[/, 'no escape sequences without a terminal');
+  } finally {
     await reg.close();
   }
 });

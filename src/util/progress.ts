@@ -1,4 +1,13 @@
 // One-line progress bar on a TTY, silent otherwise so logs and CI output stay clean.
+
+/**
+ * Characters a bar line may use: the terminal's width less one. A terminal that reports no size (0 columns: a
+ * pty made by `script`, a serial console, `docker exec -t` before its first resize) is taken as 80 wide.
+ */
+function lineWidth(stream: NodeJS.WriteStream): number {
+  const c = stream.columns;
+  return (typeof c === 'number' && c > 0 ? c : 80) - 1;
+}
 export class Progress {
   private last = 0;
   private readonly tty: boolean;
@@ -22,7 +31,7 @@ export class Progress {
     } else {
       line = `${this.label} ${fmtBytes(this.done)}`;
     }
-    this.stream.write(`\r${line.slice(0, (this.stream.columns ?? 100) - 1)}\x1b[K`);
+    this.stream.write(`\r${line.slice(0, lineWidth(this.stream))}\x1b[K`);
   }
   finish(): void {
     if (this.tty) { this.render(); this.stream.write('\n'); }
@@ -66,7 +75,7 @@ export class MultiProgress {
   }
   private render(): void {
     if (!this.tty) return;
-    const cols = (this.stream.columns ?? 100) - 1;
+    const cols = lineWidth(this.stream);
     const width = 24;
     let out = this.drawn ? `\x1b[${this.drawn}A` : '';
     for (const b of this.bars) {
