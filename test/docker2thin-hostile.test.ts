@@ -284,3 +284,32 @@ test('progress bars on a terminal that reports no size (script(1) pty): whole li
     await reg.close();
   }
 });
+
+test('a token service answering something that is no token response (an HTML login page): a clear error naming it (exit 1)', async () => {
+  const tokens = await serve((_req, res) => { res.writeHead(200, { 'content-type': 'text/html' }); res.end('<html><body>Sign in</body></html>'); });
+  const reg = await registry();
+  reg.hook = (req, res) => {
+    if (req.headers.authorization === 'Bearer t') return false;
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="${tokens.origin}/token",service="reg"` });
+    res.end();
+    return true;
+  };
+  try {
+    const store = await newStore('s-token-html');
+    const snap = await storeSnapshot(store);
+    const r = await docker2thin(['--insecure', '--store', store, `${reg.host}/plain/tok:v1`]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`docker2thin: error: registry ${reg.host}: token service ${tokens.origin}/token answered HTTP 200 with no JSON token response \\(text/html: "<html><body>Sign in`));
+    assert.deepEqual(await storeSnapshot(store), snap);
+    // a JSON answer without a token (or a token that is no string) is refused as such (exit 6)
+    tokens.hook = (_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"token":{"x":1}}'); return true; };
+    const r2 = await docker2thin(['--insecure', '--store', store, `${reg.host}/plain/tok:v1`]);
+    assert.equal(r2.code, 6, r2.stderr);
+    assert.match(r2.stderr, /token service returned no token/);
+    // the help lists every exit code the README's table gives docker2thin
+    const help = await docker2thin(['--help']);
+    for (const code of ['0 ok', '1 failure', '2 usage', '3 unsupported', '4 image not found', '5 digest', '6 credentials', '130 interrupted']) assert.match(help.stdout.replace(/\s+/g, ' '), new RegExp(code));
+  } finally {
+    await reg.close(); await tokens.close();
+  }
+});

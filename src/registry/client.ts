@@ -209,8 +209,14 @@ export class RegistryClient {
       const { text } = await errorCodes(res);
       throw new RegistryError(`registry ${this.registry}: token service answered HTTP ${res.statusCode} ${text}`, res.statusCode);
     }
-    const j = JSON.parse((await readLimited(res.body as unknown as Readable, 1 << 20, 'token response')).toString('utf8')) as { token?: string; access_token?: string };
-    const token = j.token ?? j.access_token;
+    const text = (await readLimited(res.body as unknown as Readable, 1 << 20, 'token response')).toString('utf8');
+    let parsed: unknown = null;
+    try { parsed = JSON.parse(text); } catch { /* said below */ }
+    const j = parsed as { token?: unknown; access_token?: unknown } | null;
+    if (!j || typeof j !== 'object') {
+      throw new RegistryError(`registry ${this.registry}: token service ${url.origin}${url.pathname} answered HTTP 200 with no JSON token response (${header(res.headers, 'content-type') ?? 'no content type'}: ${JSON.stringify(text.slice(0, 80))})`, 200);
+    }
+    const token = typeof j.token === 'string' && j.token ? j.token : typeof j.access_token === 'string' && j.access_token ? j.access_token : undefined;
     if (!token) throw new AuthError(`registry ${this.registry}: token service returned no token`);
     if (repo) this.tokens.set(repo, { push, token }); else this.anonymousToken = token;
   }

@@ -80,8 +80,9 @@ Each layer is skipped when the store already has it (no download), else fetched 
 lock shared by every node using the store, its blob digest verified while streaming, and ingested.
 The descriptor is published only when every layer is in place.
 
-Exit codes: 0 ok, 2 usage, 3 unsupported/malformed input (e.g. media type), 4 image not found,
-5 digest mismatch, 6 credentials missing or refused.
+Exit codes: 0 ok, 1 failure (network after retries, registry or store error), 2 usage,
+3 unsupported/malformed input (e.g. media type, refused layer tar), 4 image not found, 5 digest
+mismatch, 6 credentials missing or refused, 130 interrupted (SIGINT/SIGTERM; nothing published).
 
 Examples:
   docker2thin --insecure --store /srv/store 127.0.0.1:5000/library/busybox:latest
