@@ -313,3 +313,34 @@ test('a token service answering something that is no token response (an HTML log
     await reg.close(); await tokens.close();
   }
 });
+
+test('SIGTERM while waiting for a layer another converter is fetching (its fetch lock): exit 130 at once, the holder unaffected', async () => {
+  const reg = await registry();
+  // the layer blob stalls after 100 KiB: the first converter holds the layer's fetch lock meanwhile
+  reg.hook = (req, res) => {
+    if (!req.url?.endsWith(sha(img.layer))) return false;
+    res.writeHead(200, { 'content-length': img.layer.length });
+    res.write(img.layer.subarray(0, 100 << 10));
+    return true;
+  };
+  const store = await newStore('s-lockwait');
+  const holder = spawn(process.execPath, [D2T, '--insecure', '--store', store, `${reg.host}/plain/lockwait:v1`], { env: { ...process.env, THINFS_NO_PROGRESS: '1', HOME: work }, stdio: 'ignore' });
+  const holderDone = new Promise<number | null>((r) => holder.on('close', (code) => r(code)));
+  try {
+    const blobGets = () => reg.seen.filter((q) => q.url.endsWith(sha(img.layer))).length;
+    for (let i = 0; i < 200 && blobGets() < 1; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(blobGets(), 1, 'the first converter is fetching the layer');
+    const manifests = () => reg.seen.filter((q) => q.url.includes('/manifests/')).length;
+    const waiter = await terminatedWhen(['--insecure', '--store', store, `${reg.host}/plain/lockwait:v1`], () => manifests() >= 2);
+    assert.equal(waiter.code, 130, waiter.stderr);
+    assert.ok(waiter.exitMs < 10_000, `left ${waiter.exitMs} ms after SIGTERM`);
+    assert.equal(blobGets(), 1, 'the waiter never fetched the layer');
+    assert.equal(holder.exitCode, null, 'the holder is still at work');
+    holder.kill('SIGTERM');
+    assert.equal(await holderDone, 130);
+    assert.deepEqual((await storeSnapshot(store)).layers, []);
+  } finally {
+    holder.kill('SIGKILL');
+    await reg.close();
+  }
+});

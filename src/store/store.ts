@@ -386,9 +386,12 @@ export class WritableStore extends Store {
     return withLayerLock(this.root, `layer-${digestHex(diffId)}`, fn);
   }
 
-  /** Held by a converter from before downloading a layer until it is published: one download per layer (Wharf). */
-  withFetchLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
-    return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn);
+  /**
+   * Held by a converter from before downloading a layer until it is published: one download per layer (Wharf).
+   * `signal` ends the wait for it (InterruptedError).
+   */
+  withFetchLock<T>(diffId: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn, { signal });
   }
 
   /** Someone holds the fetch lock of this layer right now: a scheduling hint (converters do other layers first). */
