@@ -344,3 +344,33 @@ test('SIGTERM while waiting for a layer another converter is fetching (its fetch
     await reg.close();
   }
 });
+
+test('a registry that trickles a manifest: cut by the low-speed limit with an error naming the manifest (exit 1)', async () => {
+  const reg = await registry();
+  const timers = new Set<NodeJS.Timeout>();
+  reg.hook = (req, res) => {
+    if (!req.url?.includes('/manifests/')) return false;
+    res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': img.manifest.length });
+    let at = 0;
+    const t = setInterval(() => {
+      if (res.destroyed || at >= img.manifest.length) { clearInterval(t); timers.delete(t); return; }
+      res.write(img.manifest.subarray(at, at + 5));
+      at += 5;
+    }, 250);
+    timers.add(t);
+    return true;
+  };
+  try {
+    const store = await newStore('s-manifest-trickle');
+    const snap = await storeSnapshot(store);
+    const t0 = Date.now();
+    const r = await docker2thin(['--insecure', '--low-speed-time', '2', '--store', store, `${reg.host}/plain/mtrickle:v1`]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`docker2thin: error: manifest ${reg.host}/plain/mtrickle:v1: reading the response failed after \\d+ bytes: fewer than 1024 bytes arrived in 2 s`));
+    assert.ok(Date.now() - t0 < 30_000, `took ${Date.now() - t0} ms`);
+    assert.deepEqual(await storeSnapshot(store), snap);
+  } finally {
+    for (const t of timers) clearInterval(t);
+    await reg.close();
+  }
+});

@@ -85,14 +85,23 @@ async function* lowSpeedGuard(body: Readable, bytes: number, ms: number): AsyncG
   }
 }
 
-/** Read a whole (small) body, refusing more than `max` bytes so a hostile server cannot exhaust memory. */
-async function readLimited(body: Readable, max: number, what: string): Promise<Buffer> {
+/**
+ * Read a whole (small) body, refusing more than `max` bytes so a hostile server cannot exhaust memory, and
+ * giving up on one that stalls or trickles (the low-speed cutoff of blobs; `lowSpeed.bytes` 0 = none).
+ */
+async function readLimited(body: Readable, max: number, what: string, lowSpeed: { bytes: number; ms: number } = LOW_SPEED): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
-  for await (const chunk of body) {
-    n += (chunk as Buffer).length;
-    if (n > max) { body.destroy(); throw new ThinfsError(`${what}: larger than ${max} bytes, refused`, EXIT.BAD_INPUT); }
-    parts.push(chunk as Buffer);
+  try {
+    for await (const chunk of lowSpeed.bytes > 0 ? lowSpeedGuard(body, lowSpeed.bytes, lowSpeed.ms) : body) {
+      n += (chunk as Buffer).length;
+      if (n > max) throw new ThinfsError(`${what}: larger than ${max} bytes, refused`, EXIT.BAD_INPUT);
+      parts.push(chunk as Buffer);
+    }
+  } catch (e) {
+    body.destroy();
+    if (e instanceof ThinfsError) throw e;
+    throw new ThinfsError(`${what}: reading the response failed after ${n} bytes: ${errorMessage(e)}`, EXIT.FAILURE, { cause: e });
   }
   return Buffer.concat(parts);
 }
@@ -209,7 +218,7 @@ export class RegistryClient {
       const { text } = await errorCodes(res);
       throw new RegistryError(`registry ${this.registry}: token service answered HTTP ${res.statusCode} ${text}`, res.statusCode);
     }
-    const text = (await readLimited(res.body as unknown as Readable, 1 << 20, 'token response')).toString('utf8');
+    const text = (await readLimited(res.body as unknown as Readable, 1 << 20, `registry ${this.registry}: token response of ${url.origin}${url.pathname}`, this.lowSpeed)).toString('utf8');
     let parsed: unknown = null;
     try { parsed = JSON.parse(text); } catch { /* said below */ }
     const j = parsed as { token?: unknown; access_token?: unknown } | null;
@@ -343,7 +352,7 @@ export class RegistryClient {
     const what = `manifest ${this.registry}/${repo}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
     const res = await this.send('GET', `/v2/${repo}/manifests/${reference}`, { repo, headers: { Accept: accept }, follow: true });
     if (res.statusCode !== 200) return this.fail(res, what);
-    const raw = await readLimited(res.body as unknown as Readable, MAX_MANIFEST, what);
+    const raw = await readLimited(res.body as unknown as Readable, MAX_MANIFEST, what, this.lowSpeed);
     const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
     if (reference.startsWith('sha256:') && reference !== digest) throw new IntegrityError(reference, `${what}: content hashes to ${digest}, not the requested digest`);
     const claimed = header(res.headers, 'docker-content-digest');
