@@ -374,3 +374,25 @@ test('a registry that trickles a manifest: cut by the low-speed limit with an er
     await reg.close();
   }
 });
+
+test('--name that cannot be an entry of images/ ("", ".", "..", control characters, too long encoded): usage error (exit 2) before any request', async () => {
+  const reg = await registry();
+  try {
+    const store = await newStore('s-names');
+    const snap = await storeSnapshot(store);
+    for (const name of ['', '.', '..', 'a\nb:1', 'x\u0007y', '镜'.repeat(30)]) {
+      const before = reg.seen.length;
+      const r = await docker2thin(['--insecure', '--store', store, '--name', name, `${reg.host}/plain/names:v1`]);
+      assert.equal(r.code, 2, `${JSON.stringify(name)}: ${r.stderr}`);
+      assert.match(r.stderr, /docker2thin: error: --name .*: (it cannot be shown under images\/|it contains a control character|encoded, it is longer than the 255 bytes)/);
+      assert.equal(reg.seen.length, before, 'nothing asked of the registry');
+    }
+    assert.deepEqual(await storeSnapshot(store), snap);
+    // names that are fine, odd as they look, still work (and stay one entry of images/)
+    const ok = await docker2thin(['--insecure', '--store', store, '--name', '../x/y:..', `${reg.host}/plain/names:v1`]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal((await storeSnapshot(store)).images.length, 1);
+  } finally {
+    await reg.close();
+  }
+});

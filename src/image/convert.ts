@@ -9,7 +9,7 @@ import { InterruptedError, BadInputError, IntegrityError, ThinfsError, EXIT, err
 import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
-import { layerPath } from '../store/layout.js';
+import { imageNameProblem, layerPath } from '../store/layout.js';
 import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
 import { openSource, type ImageSource, type LayerRef, type ResolvedManifest, type SourceOptions } from './sources.js';
@@ -100,6 +100,8 @@ function checkOptions(opts: ConvertOptions): number {
   const jobs = opts.jobs ?? 3;
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 64) throw new ThinfsError(`--jobs must be 1..64, got ${opts.jobs}`, EXIT.USAGE);
   if (typeof opts.push === 'string') parseReference(opts.push);
+  const bad = opts.name !== undefined ? imageNameProblem(opts.name) : null;
+  if (bad) throw new ThinfsError(`--name ${JSON.stringify(opts.name)}: ${bad}`, EXIT.USAGE);
   return jobs;
 }
 

@@ -11,6 +11,7 @@ import { parsePlatform, hostPlatform, formatPlatform } from '../../registry/plat
 import { parseReference } from '../../registry/reference.js';
 import { RegistryClient, LOW_SPEED } from '../../registry/client.js';
 import { WritableStore } from '../../store/store.js';
+import { imageNameProblem } from '../../store/layout.js';
 
 interface RegistryCli { insecure?: boolean; caFile?: string; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string; lowSpeedLimit?: string; lowSpeedTime?: string }
 interface ConvertCli extends RegistryCli {
@@ -141,6 +142,8 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
 async function pullThinAction(refText: string, o: PullThinCli): Promise<void> {
   const log = createLogger('thinfs-pull-thin');
   await readPassword(o);
+  const bad = o.name !== undefined ? imageNameProblem(o.name) : null;
+  if (bad) throw new ThinfsError(`--name ${JSON.stringify(o.name)}: ${bad}`, EXIT.USAGE);
   const ref = parseReference(refText);
   const client = await RegistryClient.forReference(ref, { insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), ...lowSpeed(o), log });
   try {
