@@ -9,7 +9,7 @@ import { InterruptedError, BadInputError, IntegrityError, ThinfsError, EXIT, err
 import { MultiProgress, type Bar } from '../util/progress.js';
 import { atomicWrite } from '../util/fsutil.js';
 import { digestHex, sha256hex } from '../util/hash.js';
-import { layerPath } from '../store/layout.js';
+import { imageNameProblem, layerPath } from '../store/layout.js';
 import { THIN_IMAGE_MEDIA_TYPE, parseThinImage, type ThinImage, type ThinLayer } from '../format/descriptor.js';
 import { DigestVerifier } from './verify.js';
 import { openSource, type ImageSource, type LayerRef, type ResolvedManifest, type SourceOptions } from './sources.js';
@@ -100,6 +100,8 @@ function checkOptions(opts: ConvertOptions): number {
   const jobs = opts.jobs ?? 3;
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 64) throw new ThinfsError(`--jobs must be 1..64, got ${opts.jobs}`, EXIT.USAGE);
   if (typeof opts.push === 'string') parseReference(opts.push);
+  const bad = opts.name !== undefined ? imageNameProblem(opts.name) : null;
+  if (bad) throw new ThinfsError(`--name ${JSON.stringify(opts.name)}: ${bad}`, EXIT.USAGE);
   return jobs;
 }
 
@@ -260,7 +262,7 @@ async function pushDescriptor(descriptor: ThinImage, m: ResolvedManifest, src: I
   const target = typeof opts.push === 'string' ? parseReference(opts.push) : m.registryRef ? thinReference(m.registryRef) : null;
   if (!target) throw new ThinfsError('--push needs a registry source; for oci:/docker-archive: sources give the destination with --push-to REF', EXIT.USAGE);
   const client = src.client && src.client.registry === target.registry ? src.client
-    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log });
+    : await RegistryClient.forReference(target, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, lowSpeedBytes: opts.lowSpeedBytes, lowSpeedMs: opts.lowSpeedMs, log: opts.log, signal: opts.signal });
   try {
     const digest = await pushThinImage(descriptor, target, client, { chunkSize: opts.pushChunkSize, log: opts.log });
     return { reference: formatReference(target), digest };
@@ -309,6 +311,10 @@ export async function convertImage(opts: ConvertOptions): Promise<ConvertResult>
       descriptor, layers: outcomes, pushed, configFromStore: cfg.fromStore,
       stats: { seconds: (Date.now() - t0) / 1000, blobBytes: outcomes.reduce((a, o) => a + o.bytes, 0), ...(c ? { requests: c.requests, blobGets: c.blobGets, retries: c.retries, resumes: c.resumes } : {}) },
     };
+  } catch (e) {
+    // Whatever an interruption made fail (a request it aborted, a stream it tore down) failed because of it.
+    if (opts.signal?.aborted && !(e instanceof InterruptedError)) throw new InterruptedError(`interrupted: nothing published (${errorMessage(e)})`);
+    throw e;
   } finally {
     progress.end();
     await src.close().catch(() => undefined);

@@ -61,7 +61,12 @@ export interface SourceOptions {
   /** PEM file of extra CA certificates for the registry's TLS certificate. */
   caFile?: string;
   retries?: number;
+  /** Low-speed cutoff of blob downloads (registry client defaults when unset). */
+  lowSpeedBytes?: number;
+  lowSpeedMs?: number;
   log?: Logger;
+  /** SIGINT/SIGTERM: registry requests in flight are aborted (InterruptedError). */
+  signal?: AbortSignal;
 }
 
 const MAX_CONFIG = 8 << 20;
@@ -82,7 +87,7 @@ export async function openSource(spec: string, opts: SourceOptions = {}): Promis
   const transport = /^(dir|containers-storage|docker-daemon|oci-archive|ostree|sif|tarball):/.exec(spec)?.[1];
   if (transport) throw new ThinfsError(`unsupported source transport "${transport}:" (use docker://REF, oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG])`, EXIT.USAGE);
   const ref = parseReference(spec);
-  const client = await RegistryClient.forReference(ref, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, log: opts.log });
+  const client = await RegistryClient.forReference(ref, { insecure: opts.insecure, username: opts.username, password: opts.password, authFile: opts.authFile, caFile: opts.caFile, retries: opts.retries, lowSpeedBytes: opts.lowSpeedBytes, lowSpeedMs: opts.lowSpeedMs, log: opts.log, signal: opts.signal });
   return new RegistrySource(ref, client);
 }
 

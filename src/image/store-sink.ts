@@ -79,7 +79,7 @@ export class StoreSink implements LayerSink {
         index: l.ref.index, diffId: l.diffId, digest: l.ref.digest ?? verifier.digest ?? r.manifest.blobDigest ?? l.diffId,
         action: r.published ? 'ingested' as const : 'waited' as const, bytes: verifier.bytes, newObjects: r.stats.newObjects, manifest: r.manifest,
       };
-    });
+    }, signal);
   }
 
   /** Layers are published by write() itself. */

@@ -208,9 +208,17 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
   let blobBytes = 0, tarBytes = 0;
   const prog = progress?.(size) ?? null;
 
+  // Errors of the input itself (a network failure, a digest check upstream) are not the decoder's: kept as they are.
+  const inputErrors = new WeakSet<object>();
+  const next = async (): Promise<IteratorResult<Buffer>> => {
+    try { return await it.next(); } catch (e) {
+      if (e && typeof e === 'object') inputErrors.add(e);
+      throw e;
+    }
+  };
   async function* raw(): AsyncGenerator<Buffer> {
     for (const b of head) { if (!plain) blobHash.update(b); blobBytes += b.length; prog?.tick(b.length); yield b; }
-    for (let r = await it.next(); !r.done; r = await it.next()) {
+    for (let r = await next(); !r.done; r = await next()) {
       const b = r.value as Buffer;
       if (!plain) blobHash.update(b);
       blobBytes += b.length; prog?.tick(b.length);
@@ -224,6 +232,7 @@ export async function openLayerSource(input: string | NodeJS.ReadableStream, pro
     } catch (e) {
       // A decoder's refusal (its own BadInputError, or zlib's plain error) is said as what it is: a bad stream.
       if (e instanceof ThinfsError && !(e instanceof BadInputError)) throw e;
+      if (e && typeof e === 'object' && inputErrors.has(e)) throw e;
       throw new BadInputError(`corrupt or truncated ${compression} stream: ${(e as Error).message}`);
     }
   }

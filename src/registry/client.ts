@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { rootCertificates } from 'node:tls';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../util/log.js';
-import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage, AuthError, RegistryError } from '../util/errors.js';
+import { ThinfsError, EXIT, NotFoundError, IntegrityError, errorMessage, AuthError, RegistryError, InterruptedError } from '../util/errors.js';
 import { parseChallenges, basicHeader, findCredentials, type Credentials, type Challenge } from './auth.js';
 import { apiHost, type ImageReference } from './reference.js';
 import { MANIFEST_ACCEPT } from './media.js';
@@ -20,7 +20,12 @@ export interface RegistryClientOptions {
   /** Retries per request (network errors, 429, 5xx); default 5. */
   retries?: number;
   timeoutMs?: number;
+  /** Low-speed cutoff of blob bodies (curl's): fewer than lowSpeedBytes in lowSpeedMs of waiting is a failed try, resumed. */
+  lowSpeedBytes?: number;
+  lowSpeedMs?: number;
   log?: Logger;
+  /** Aborts every request in flight and every wait between retries (SIGINT/SIGTERM): they fail with InterruptedError. */
+  signal?: AbortSignal;
 }
 
 export interface SendOptions {
@@ -46,14 +51,57 @@ function header(h: Dispatcher.ResponseData['headers'], name: string): string | u
   return Array.isArray(v) ? v[0] : v;
 }
 
-/** Read a whole (small) body, refusing more than `max` bytes so a hostile server cannot exhaust memory. */
-async function readLimited(body: Readable, max: number, what: string): Promise<Buffer> {
+/** Defaults of the low-speed cutoff of blob downloads: a stalled or trickling body fails well before the 120 s body timeout. */
+export const LOW_SPEED = { bytes: 1024, ms: 30_000 };
+
+/**
+ * A body's chunks, failing (retryably, as ETIMEDOUT) when fewer than `bytes` arrive during `ms` of waiting for
+ * them: a registry that stalls or trickles a blob is cut and resumed instead of holding the conversion forever.
+ * Only time spent waiting on the network counts, not time the consumer takes between chunks.
+ */
+async function* lowSpeedGuard(body: Readable, bytes: number, ms: number): AsyncGenerator<Buffer> {
+  const it = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let winBytes = 0, winWait = 0;
+  const slow = (): Error => Object.assign(new Error(`fewer than ${bytes} bytes arrived in ${ms / 1000} s (stalled or too slow)`), { code: 'ETIMEDOUT' });
+  for (;;) {
+    const pending = it.next();
+    let r: IteratorResult<Buffer> | null = null;
+    while (!r) {
+      const t0 = Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      let got: IteratorResult<Buffer> | null;
+      try {
+        got = await Promise.race([pending, new Promise<null>((res) => { timer = setTimeout(() => res(null), Math.max(1, ms - winWait)); })]);
+      } finally { clearTimeout(timer); }
+      winWait += Date.now() - t0;
+      if (got) { r = got; if (!got.done) winBytes += got.value.length; }
+      if (winWait >= ms) {
+        if (winBytes < bytes) { pending.catch(() => undefined); throw slow(); }
+        winWait = 0; winBytes = 0;
+      }
+    }
+    if (r.done) return;
+    yield r.value;
+  }
+}
+
+/**
+ * Read a whole (small) body, refusing more than `max` bytes so a hostile server cannot exhaust memory, and
+ * giving up on one that stalls or trickles (the low-speed cutoff of blobs; `lowSpeed.bytes` 0 = none).
+ */
+async function readLimited(body: Readable, max: number, what: string, lowSpeed: { bytes: number; ms: number } = LOW_SPEED): Promise<Buffer> {
   const parts: Buffer[] = [];
   let n = 0;
-  for await (const chunk of body) {
-    n += (chunk as Buffer).length;
-    if (n > max) { body.destroy(); throw new ThinfsError(`${what}: larger than ${max} bytes, refused`, EXIT.BAD_INPUT); }
-    parts.push(chunk as Buffer);
+  try {
+    for await (const chunk of lowSpeed.bytes > 0 ? lowSpeedGuard(body, lowSpeed.bytes, lowSpeed.ms) : body) {
+      n += (chunk as Buffer).length;
+      if (n > max) throw new ThinfsError(`${what}: larger than ${max} bytes, refused`, EXIT.BAD_INPUT);
+      parts.push(chunk as Buffer);
+    }
+  } catch (e) {
+    body.destroy();
+    if (e instanceof ThinfsError) throw e;
+    throw new ThinfsError(`${what}: reading the response failed after ${n} bytes: ${errorMessage(e)}`, EXIT.FAILURE, { cause: e });
   }
   return Buffer.concat(parts);
 }
@@ -86,6 +134,8 @@ export class RegistryClient {
   private anonymousToken: string | null = null;
   private pinged = false;
   private readonly insecure: boolean;
+  private readonly signal?: AbortSignal;
+  private readonly lowSpeed: { bytes: number; ms: number };
 
   constructor(readonly registry: string, opts: RegistryClientOptions = {}) {
     const host = apiHost(registry);
@@ -94,6 +144,8 @@ export class RegistryClient {
     this.retries = opts.retries ?? 5;
     this.log = opts.log;
     this.creds = opts.credentials ?? null;
+    this.signal = opts.signal;
+    this.lowSpeed = { bytes: opts.lowSpeedBytes ?? LOW_SPEED.bytes, ms: opts.lowSpeedMs ?? LOW_SPEED.ms };
     const t = opts.timeoutMs ?? 120_000;
     this.dispatcher = new Agent({
       headersTimeout: t, bodyTimeout: t, connections: 16, keepAliveTimeout: 10_000,
@@ -120,7 +172,16 @@ export class RegistryClient {
     return new RegistryClient(ref.registry, { ...opts, credentials: creds });
   }
 
-  async close(): Promise<void> { await this.dispatcher.close(); }
+  async close(): Promise<void> {
+    // Aborted requests may leave sockets the pool would wait for: an interrupted client is torn down.
+    if (this.signal?.aborted) await this.dispatcher.destroy().catch(() => undefined);
+    else await this.dispatcher.close();
+  }
+
+  /** After SIGINT/SIGTERM nothing is sent and nothing retried; what was in flight fails as interrupted. */
+  private checkAborted(): void {
+    if (this.signal?.aborted) throw new InterruptedError(`interrupted while talking to registry ${this.registry}`);
+  }
 
   private authHeader(repo: string | undefined, push: boolean): string | undefined {
     if (this.basic) return this.basic;
@@ -157,14 +218,23 @@ export class RegistryClient {
       const { text } = await errorCodes(res);
       throw new RegistryError(`registry ${this.registry}: token service answered HTTP ${res.statusCode} ${text}`, res.statusCode);
     }
-    const j = JSON.parse((await readLimited(res.body as unknown as Readable, 1 << 20, 'token response')).toString('utf8')) as { token?: string; access_token?: string };
-    const token = j.token ?? j.access_token;
+    const text = (await readLimited(res.body as unknown as Readable, 1 << 20, `registry ${this.registry}: token response of ${url.origin}${url.pathname}`, this.lowSpeed)).toString('utf8');
+    let parsed: unknown = null;
+    try { parsed = JSON.parse(text); } catch { /* said below */ }
+    const j = parsed as { token?: unknown; access_token?: unknown } | null;
+    if (!j || typeof j !== 'object') {
+      throw new RegistryError(`registry ${this.registry}: token service ${url.origin}${url.pathname} answered HTTP 200 with no JSON token response (${header(res.headers, 'content-type') ?? 'no content type'}: ${JSON.stringify(text.slice(0, 80))})`, 200);
+    }
+    const token = typeof j.token === 'string' && j.token ? j.token : typeof j.access_token === 'string' && j.access_token ? j.access_token : undefined;
     if (!token) throw new AuthError(`registry ${this.registry}: token service returned no token`);
     if (repo) this.tokens.set(repo, { push, token }); else this.anonymousToken = token;
   }
 
-  /** One HTTP exchange with retries on network errors, 429 and 5xx, following redirects when asked. */
-  private async roundTrip(method: Dispatcher.HttpMethod, url: string, opts: SendOptions): Promise<Dispatcher.ResponseData> {
+  /**
+   * One HTTP exchange with retries on network errors, 429 and 5xx, following redirects when asked. `finalUrl`
+   * is where the answer came from (another host when a redirect led there).
+   */
+  private async roundTrip(method: Dispatcher.HttpMethod, url: string, opts: SendOptions): Promise<Dispatcher.ResponseData & { finalUrl: string }> {
     let target = url;
     let headers = { ...(opts.headers ?? {}) };
     const retries = opts.retries ?? this.retries;
@@ -172,13 +242,15 @@ export class RegistryClient {
       let res: Dispatcher.ResponseData;
       try {
         this.stats.requests++;
-        res = await request(target, { method, headers, body: opts.body, dispatcher: this.dispatcher });
+        this.checkAborted();
+        res = await request(target, { method, headers, body: opts.body, dispatcher: this.dispatcher, signal: this.signal });
       } catch (e) {
+        this.checkAborted();
         if (attempt < retries && isRetryableNetworkError(e)) {
           this.stats.retries++;
           const wait = backoffMs(attempt);
           this.log?.warn({ url: target, err: e, attempt: attempt + 1, wait }, 'registry request failed, retrying');
-          await sleep(wait);
+          await sleep(wait, this.signal);
           continue;
         }
         const code = (e as NodeJS.ErrnoException).code ?? '';
@@ -202,10 +274,10 @@ export class RegistryClient {
         this.stats.retries++;
         const wait = retryAfterMs(res.headers['retry-after'], backoffMs(attempt));
         this.log?.warn({ url: target, status: res.statusCode, attempt: attempt + 1, wait }, 'registry busy or failing, retrying');
-        await sleep(wait);
+        await sleep(wait, this.signal);
         continue;
       }
-      return res;
+      return Object.assign(res, { finalUrl: target });
     }
   }
 
@@ -218,6 +290,13 @@ export class RegistryClient {
       if (auth) headers.Authorization = auth;
       const res = await this.roundTrip(method, url, { ...opts, headers });
       if (res.statusCode !== 401) return res;
+      // A 401 from the host a redirect led to (blob storage) is not the registry's challenge: answering it would
+      // hand the registry credentials (Basic, to its token realm) to a host the user never named.
+      const from = new URL(res.finalUrl);
+      if (from.origin !== new URL(url).origin) {
+        await res.body.dump().catch(() => undefined);
+        throw new AuthError(`${method} ${new URL(url).pathname} of registry ${this.registry} was redirected to ${from.origin}, which answered HTTP 401; registry credentials are never sent to another host`);
+      }
       const ch = parseChallenges(res.headers['www-authenticate'])[0] ?? null;
       const { text } = await errorCodes(res);
       if (authTries > 0 || (ch?.scheme === 'basic' && this.basic)) {
@@ -273,7 +352,7 @@ export class RegistryClient {
     const what = `manifest ${this.registry}/${repo}${reference.startsWith('sha256:') ? '@' : ':'}${reference}`;
     const res = await this.send('GET', `/v2/${repo}/manifests/${reference}`, { repo, headers: { Accept: accept }, follow: true });
     if (res.statusCode !== 200) return this.fail(res, what);
-    const raw = await readLimited(res.body as unknown as Readable, MAX_MANIFEST, what);
+    const raw = await readLimited(res.body as unknown as Readable, MAX_MANIFEST, what, this.lowSpeed);
     const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
     if (reference.startsWith('sha256:') && reference !== digest) throw new IntegrityError(reference, `${what}: content hashes to ${digest}, not the requested digest`);
     const claimed = header(res.headers, 'docker-content-digest');
@@ -338,7 +417,7 @@ export class RegistryClient {
       if (res.statusCode === 200 && offset > 0) this.log?.debug({ digest }, 'server ignored Range; skipping already-received bytes');
       const body = res.body as unknown as Readable;
       try {
-        for await (const chunk of body) {
+        for await (const chunk of this.lowSpeed.bytes > 0 ? lowSpeedGuard(body, this.lowSpeed.bytes, this.lowSpeed.ms) : body) {
           let c = chunk as Buffer;
           if (skip > 0) {
             if (c.length <= skip) { skip -= c.length; continue; }
@@ -357,12 +436,18 @@ export class RegistryClient {
         return;
       } catch (e) {
         body.destroy();
+        this.checkAborted();
         if (attempt < this.retries && isRetryableNetworkError(e)) {
           this.stats.resumes++;
           const wait = backoffMs(attempt);
           this.log?.warn({ digest, offset, err: e, wait }, 'blob download interrupted, resuming');
-          await sleep(wait);
+          await sleep(wait, this.signal);
           continue;
+        }
+        // Out of retries on a network failure: say which blob, how far it got, and that the network (not the
+        // content) failed: exit 1, never taken for a corrupt layer.
+        if (isRetryableNetworkError(e)) {
+          throw new ThinfsError(`blob ${digest} from ${this.registry}: the download failed ${attempt + 1} time${attempt ? 's' : ''} (${offset}${expectedSize !== undefined ? ` of ${expectedSize}` : ''} bytes received): ${errorMessage(e)}`, EXIT.FAILURE, { cause: e });
         }
         throw e;
       } finally {

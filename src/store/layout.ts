@@ -36,6 +36,17 @@ export function imageNameFromFile(file: string): string | null {
   // A stray file whose name is not our encoding is no image: skipped, not a failure of the whole listing.
   try { return decodeURIComponent(file.slice(0, -5)); } catch { return null; }
 }
+/**
+ * Why `name` cannot be an image name, or null. Its store file and its directory under the mount's images/ must be
+ * one valid path component: not empty, not '.' or '..' (shown as the directory itself or its parent), no control
+ * characters, and encoded (store file, which is never shorter than the mount's name) within 255 bytes.
+ */
+export function imageNameProblem(name: string): string | null {
+  if (name === '' || name === '.' || name === '..') return 'it cannot be shown under images/ (empty, "." or "..")';
+  if (/[\u0000-\u001f\u007f]/.test(name)) return 'it contains a control character';
+  if (Buffer.byteLength(imageFileName(name)) > 255) return `encoded, it is longer than the 255 bytes of a file name (${Buffer.byteLength(imageFileName(name))})`;
+  return null;
+}
 export function imagePath(name: string): string {
   return `${IMAGES_DIR}/${imageFileName(name)}`;
 }

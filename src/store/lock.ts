@@ -7,7 +7,8 @@ import { statSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LOCKS_DIR } from './layout.js';
-import { LockLostError } from '../util/errors.js';
+import { InterruptedError, LockLostError } from '../util/errors.js';
+import { sleep } from '../util/retry.js';
 import { currentOwner, isOwnerAlive } from './owner.js';
 
 /** A holder that stops refreshing its lock for this long is presumed dead and its lock taken over. */
@@ -32,16 +33,22 @@ export async function layerLockHeld(storeRoot: string, key: string): Promise<boo
   return lockfile.check(lockTarget(storeRoot, key), { realpath: false, stale: lockStaleMs() }).catch(() => false);
 }
 
-/** Take an mkdir lock (proper-lockfile: `<target>.lock`, mtime refreshed every stale/3), waiting as long as it takes. */
-async function acquire(target: string, stale: number, onCompromised: (e: Error) => void): Promise<() => Promise<void>> {
+/**
+ * Take an mkdir lock (proper-lockfile: `<target>.lock`, mtime refreshed every stale/3), waiting as long as it takes,
+ * or until `signal` aborts (SIGINT/SIGTERM of a waiting converter): then InterruptedError, nothing taken.
+ */
+async function acquire(target: string, stale: number, onCompromised: (e: Error) => void, signal?: AbortSignal): Promise<() => Promise<void>> {
   await mkdir(join(target, '..'), { recursive: true });
-  return lockfile.lock(target, {
-    realpath: false,
-    stale,
-    update: Math.max(1000, Math.floor(stale / 3)),
-    retries: { retries: 100_000, factor: 1.3, minTimeout: 50, maxTimeout: 1000 },
-    onCompromised,
-  });
+  const opts = { realpath: false, stale, update: Math.max(1000, Math.floor(stale / 3)), onCompromised };
+  if (!signal) return lockfile.lock(target, { ...opts, retries: { retries: 100_000, factor: 1.3, minTimeout: 50, maxTimeout: 1000 } });
+  // The same waits, but each one ends at the signal (proper-lockfile's own retry timers cannot be cancelled).
+  for (let attempt = 0; ; attempt++) {
+    if (signal.aborted) throw new InterruptedError(`interrupted while waiting for lock ${target}`);
+    try { return await lockfile.lock(target, { ...opts, retries: 0 }); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;
+    }
+    await sleep(Math.min(1000, 50 * 1.3 ** attempt), signal);
+  }
 }
 
 /** A layer (or fetch, or manifest) lock as the code running under it sees it: `check()` throws once it is lost. */
@@ -92,11 +99,11 @@ function watchLock(key: string, lockDir: string, stale: number): { lock: HeldLoc
 }
 
 /** Take a lock with its watcher (see watchLock); the watcher is stopped when acquiring fails. */
-async function acquireWatched(storeRoot: string, key: string, stale: number): Promise<{ lock: HeldLock; release: () => Promise<void>; stop: () => void }> {
+async function acquireWatched(storeRoot: string, key: string, stale: number, signal?: AbortSignal): Promise<{ lock: HeldLock; release: () => Promise<void>; stop: () => void }> {
   const target = lockTarget(storeRoot, key);
   const w = watchLock(key, `${target}.lock`, stale);
   try {
-    const release = await acquire(target, stale, w.compromised);
+    const release = await acquire(target, stale, w.compromised, signal);
     w.acquired();
     return { lock: w.lock, release, stop: w.stop };
   } catch (e) { w.stop(); throw e; }
@@ -109,8 +116,8 @@ async function acquireWatched(storeRoot: string, key: string, stale: number): Pr
  * transactions started under it check before every object and before publishing (txn.ts), so its operation
  * fails with LockLostError and publishes nothing; the process goes on.
  */
-export async function withLayerLock<T>(storeRoot: string, key: string, fn: (lock: HeldLock) => Promise<T>, opts: { staleMs?: number } = {}): Promise<T> {
-  const w = await acquireWatched(storeRoot, key, opts.staleMs ?? lockStaleMs());
+export async function withLayerLock<T>(storeRoot: string, key: string, fn: (lock: HeldLock) => Promise<T>, opts: { staleMs?: number; signal?: AbortSignal } = {}): Promise<T> {
+  const w = await acquireWatched(storeRoot, key, opts.staleMs ?? lockStaleMs(), opts.signal);
   try {
     return await heldByContext.run([...heldLocks(), w.lock], () => fn(w.lock));
   } finally {

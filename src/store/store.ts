@@ -6,7 +6,7 @@ import type { Backend } from './backend.js';
 import { FsBackend } from './fs-backend.js';
 import { HttpBackend, type HttpOptions } from './http-backend.js';
 import { decodeObject, decodeObjectAsync, readObjectFile, encodeObject, Codec, HEADER_LEN } from './codec.js';
-import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageIndexPath, imageNameFromFile, imagePath, layerPath, objectPath, packPath } from './layout.js';
+import { DATA_DIR, IMAGES_DIR, LAYERS_DIR, STORE_MARKER, TXN_DIR, imageIndexPath, imageNameFromFile, imageNameProblem, imagePath, layerPath, objectPath, packPath } from './layout.js';
 import { encodePack, packMaxBytes, parsePack, type PackEntry, type PackRef } from './pack.js';
 import { Txn, listTxns, removeDeadTxns, removeTxnsOfDeadPid, removeTxn, type TxnInfo } from './txn.js';
 import type { LayerManifest } from './types.js';
@@ -317,6 +317,8 @@ export class WritableStore extends Store {
    */
   async putImage(desc: ThinImage, config?: { hex: string; data: Buffer }, manifest?: { hex: string; data: Buffer },
     objects: Array<{ hex: string; data: Buffer; level?: number }> = []): Promise<void> {
+    const bad = imageNameProblem(desc.name);
+    if (bad) throw new BadInputError(`image name ${JSON.stringify(desc.name)} refused: ${bad}`);
     // The signing key is loaded first: a bad key refuses the write before anything is published.
     const signing = await writerSigningOptions();
     const txn = this.beginTxn('image');
@@ -386,9 +388,12 @@ export class WritableStore extends Store {
     return withLayerLock(this.root, `layer-${digestHex(diffId)}`, fn);
   }
 
-  /** Held by a converter from before downloading a layer until it is published: one download per layer (Wharf). */
-  withFetchLock<T>(diffId: string, fn: () => Promise<T>): Promise<T> {
-    return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn);
+  /**
+   * Held by a converter from before downloading a layer until it is published: one download per layer (Wharf).
+   * `signal` ends the wait for it (InterruptedError).
+   */
+  withFetchLock<T>(diffId: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return withLayerLock(this.root, `fetch-${digestHex(diffId)}`, fn, { signal });
   }
 
   /** Someone holds the fetch lock of this layer right now: a scheduling hint (converters do other layers first). */

@@ -1,4 +1,5 @@
 // One-line progress bar on a TTY, silent otherwise so logs and CI output stay clean.
+
 export class Progress {
   private last = 0;
   private readonly tty: boolean;

@@ -9,10 +9,11 @@ import { convertImage, type ConvertResult } from '../../image/convert.js';
 import { pullThinImage } from '../../image/thin.js';
 import { parsePlatform, hostPlatform, formatPlatform } from '../../registry/platform.js';
 import { parseReference } from '../../registry/reference.js';
-import { RegistryClient } from '../../registry/client.js';
+import { RegistryClient, LOW_SPEED } from '../../registry/client.js';
 import { WritableStore } from '../../store/store.js';
+import { imageNameProblem } from '../../store/layout.js';
 
-interface RegistryCli { insecure?: boolean; caFile?: string; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string }
+interface RegistryCli { insecure?: boolean; caFile?: string; username?: string; password?: string; passwordStdin?: boolean; authfile?: string; retries: string; platform?: string; lowSpeedLimit?: string; lowSpeedTime?: string }
 interface ConvertCli extends RegistryCli {
   store?: string; s3Endpoint?: string; bucket?: string; s3Prefix?: string; s3Region?: string; publishedStore?: string;
   output?: string; name?: string; jobs: string; wait?: string | boolean; push?: boolean; pushTo?: string; pushChunkSize?: string; progress: boolean; json?: boolean;
@@ -43,7 +44,17 @@ function registryOptions(cmd: Command): Command {
     .option('--password <password>', 'registry password (with --username; visible in ps: prefer --password-stdin)')
     .option('--password-stdin', 'read the registry password from stdin (with --username)')
     .option('--authfile <file>', 'read credentials only from this containers-auth.json / docker config.json file')
-    .option('--retries <n>', 'retries per registry request on network errors, 429 and 5xx (exponential backoff)', '5');
+    .option('--retries <n>', 'retries per registry request on network errors, 429 and 5xx (exponential backoff)', '5')
+    .option('--low-speed-limit <bytes>', `a blob download receiving fewer bytes than this in --low-speed-time is cut and resumed, as a failed try (default ${LOW_SPEED.bytes}; 0 = off)`)
+    .option('--low-speed-time <sec>', `window of the low-speed cutoff (default ${LOW_SPEED.ms / 1000})`);
+}
+
+/** --low-speed-limit/--low-speed-time as registry client options. */
+function lowSpeed(o: RegistryCli): { lowSpeedBytes?: number; lowSpeedMs?: number } {
+  return {
+    lowSpeedBytes: o.lowSpeedLimit === undefined ? undefined : int(o.lowSpeedLimit, '--low-speed-limit', 0, 1 << 30),
+    lowSpeedMs: o.lowSpeedTime === undefined ? undefined : int(o.lowSpeedTime, '--low-speed-time', 1, 3600) * 1000,
+  };
 }
 
 /** The options shared by `thinfs convert` and the standalone `docker2thin`. */
@@ -70,8 +81,9 @@ Each layer is skipped when the store already has it (no download), else fetched 
 lock shared by every node using the store, its blob digest verified while streaming, and ingested.
 The descriptor is published only when every layer is in place.
 
-Exit codes: 0 ok, 2 usage, 3 unsupported/malformed input (e.g. media type), 4 image not found,
-5 digest mismatch, 6 credentials missing or refused.
+Exit codes: 0 ok, 1 failure (network after retries, registry or store error), 2 usage,
+3 unsupported/malformed input (e.g. media type, refused layer tar), 4 image not found, 5 digest
+mismatch, 6 credentials missing or refused, 130 interrupted (SIGINT/SIGTERM; nothing published).
 
 Examples:
   docker2thin --insecure --store /srv/store 127.0.0.1:5000/library/busybox:latest
@@ -114,6 +126,7 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
     pushChunkSize: o.pushChunkSize ? int(o.pushChunkSize, '--push-chunk-size', 1, 1 << 30) : undefined,
     insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile,
     retries: int(o.retries, '--retries', 0, 20),
+    ...lowSpeed(o),
     progress: o.progress,
     log,
   }).finally(() => { process.off('SIGINT', onSignal); process.off('SIGTERM', onSignal); });
@@ -129,8 +142,10 @@ export async function convertAction(source: string, o: ConvertCli): Promise<Conv
 async function pullThinAction(refText: string, o: PullThinCli): Promise<void> {
   const log = createLogger('thinfs-pull-thin', 'warn');
   await readPassword(o);
+  const bad = o.name !== undefined ? imageNameProblem(o.name) : null;
+  if (bad) throw new ThinfsError(`--name ${JSON.stringify(o.name)}: ${bad}`, EXIT.USAGE);
   const ref = parseReference(refText);
-  const client = await RegistryClient.forReference(ref, { insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), log });
+  const client = await RegistryClient.forReference(ref, { insecure: o.insecure, caFile: o.caFile, username: o.username, password: o.password, authFile: o.authfile, retries: int(o.retries, '--retries', 0, 20), ...lowSpeed(o), log });
   try {
     const got = await pullThinImage(ref, client, { platform: o.platform ? parsePlatform(o.platform) : undefined });
     const desc = o.name ? { ...got.descriptor, name: o.name } : got.descriptor;
