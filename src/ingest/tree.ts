@@ -93,6 +93,7 @@ export class TreeBuilder {
     if (path === '') {
       if (e.type !== 'dir') throw new BadInputError(`member ${printable(e.path)} names the layer root but is not a directory`);
       cat.updateDir(ROOT_INO, { ...meta(e), type: 'dir' }, this.rootFlags &= ~FLAG_IMPLICIT);
+      for (const [k, v] of e.xattrs) cat.addXattr(ROOT_INO, k, v);
       return null;
     }
     // OCI whiteouts become what overlayfs understands: a 0/0 char device, or an opaque xattr on the dir.
@@ -123,8 +124,11 @@ export class TreeBuilder {
     }
 
     const existing = this.nodes.get(path);
+    // A directory listed again, or listed after entries under it (it was implicit until now): its own header's
+    // metadata and xattrs apply, as GNU tar sets them on the directory it already made.
     if (existing && existing.type === 'dir' && e.type === 'dir' && kind === DirentKind.Normal) {
       cat.updateDir(existing.ino, { ...meta(e), type: 'dir' }, 0);
+      for (const [k, v] of e.xattrs) cat.addXattr(existing.ino, k, v);
       return null;
     }
     // OCI: a whiteout applies to lower layers only (umoci applies it so). After an entry of its own layer with the
