@@ -9,6 +9,8 @@ import * as path from 'node:path';
 import { cleanupTmpDirs, haveCommand, run, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
 import { compareTars } from './helpers/oracle.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
+import { putTestImage } from './helpers/descriptor.js';
+import { encodeImageDirName } from '../src/mount/names.js';
 
 let work: string;
 let store: string;
@@ -74,5 +76,27 @@ describe('directories listed after what they hold', () => {
     assert.deepEqual(await xattrsOf(path.join(layer, 'd')), ['user.d=0x6f6e2d64']);
     assert.deepEqual(await xattrsOf(path.join(layer, 'd/e')), ['trusted.e=0x6f6e2d65']);
     assert.deepEqual(await xattrsOf(layer), ['user.root=0x6f6e2d726f6f74']);
+  });
+});
+
+describe('opaque directories whose own entry comes after what made them opaque', () => {
+  it('stay opaque in the layer (trusted.overlay.opaque) and hide the lower layer in the image', async (t) => {
+    if (skip) return t.skip(skip);
+    const base = path.join(work, 'opq-base'), top = path.join(work, 'opq-top');
+    await runOk('bash', ['-euo', 'pipefail', '-c', `
+      mkdir -p ${base}/x ${base}/y ${top}/x ${top}/y
+      echo old > ${base}/x/old; echo old > ${base}/y/old
+      touch ${top}/x/.wh..wh..opq ${top}/.wh.y; echo keep > ${top}/x/keep; echo new > ${top}/y/new`]);
+    const baseTar = path.join(work, 'opq-base.tar'), topTar = path.join(work, 'opq-top.tar');
+    await runOk('tar', ['-c', '-f', baseTar, '--format=pax', '-C', base, 'x', 'y']);
+    // x: its opaque marker first, x/ last; y: a whiteout of y, then y/new (y made afresh), then y/ itself.
+    await runOk('tar', ['-c', '-f', topTar, '--format=pax', '--no-recursion', '-C', top, 'x/.wh..wh..opq', 'x/keep', 'x', '.wh.y', 'y/new', 'y']);
+    const ids = [await ingest(baseTar), await ingest(topTar)];
+    const layer = await mounted(ids[1]!);
+    for (const d of ['x', 'y']) assert.deepEqual(await xattrsOf(path.join(layer, d)), ['trusted.overlay.opaque=0x79'], `${d} is opaque in its layer`);
+    await putTestImage(store, 'review/opaque:1', ids.map((i) => i.slice('sha256:'.length)));
+    const rootfs = path.join(mnt!.mp, 'images', encodeImageDirName('review/opaque:1'), 'rootfs');
+    assert.deepEqual((await fsp.readdir(path.join(rootfs, 'x'))).sort(), ['keep'], 'x/old of the lower layer is hidden');
+    assert.deepEqual((await fsp.readdir(path.join(rootfs, 'y'))).sort(), ['new'], 'y/old of the lower layer is hidden');
   });
 });
