@@ -6,7 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupTmpDirs, haveCommand, run, runOk, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { cleanupTmpDirs, haveCommand, run, runOk, storeSnapshot, thinfs, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
+import { tarMember, TAR_EOF } from './fixtures/tars.js';
 import { compareTars } from './helpers/oracle.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { putTestImage } from './helpers/descriptor.js';
@@ -45,6 +46,25 @@ async function mounted(diffId: string): Promise<string> {
 async function xattrsOf(p: string): Promise<string[]> {
   const r = await run('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', p]);
   return r.stdout.split('\n').filter((l) => l.includes('=')).sort();
+}
+
+/** A hand-made tar: a valid start (so the refusal comes mid-stream), then the members under test. */
+async function handTar(id: string, ...members: Buffer[]): Promise<string> {
+  const file = path.join(work, `${id}.tar`);
+  await fsp.writeFile(file, Buffer.concat([tarMember({ name: 'ok/', type: '5' }), tarMember({ name: 'ok/a.txt' }, Buffer.from('a\n')), ...members, TAR_EOF]));
+  return file;
+}
+
+/** Refused as bad input (exit 3) with a message naming the problem; the store is exactly as it was and fsck is clean. */
+async function refused(file: string, expect: RegExp): Promise<void> {
+  const before = await storeSnapshot(store);
+  const r = await thinfs(['ingest', file, '--store', store, '--no-progress']);
+  assert.equal(r.code, 3, `exit 3 (${r.stderr})`);
+  assert.match(r.stderr, /^thinfs: error: /m);
+  assert.match(r.stderr, expect);
+  assert.deepEqual(await storeSnapshot(store), before, 'store unchanged');
+  const fsck = await thinfs(['fsck', '--store', store]);
+  assert.equal(fsck.code, 0, `fsck clean: ${fsck.stdout}${fsck.stderr}`);
 }
 
 /** Ingest, export, and compare both tarballs' GNU tar extractions (content, stat fields, xattrs). */
@@ -98,5 +118,27 @@ describe('opaque directories whose own entry comes after what made them opaque',
     const rootfs = path.join(mnt!.mp, 'images', encodeImageDirName('review/opaque:1'), 'rootfs');
     assert.deepEqual((await fsp.readdir(path.join(rootfs, 'x'))).sort(), ['keep'], 'x/old of the lower layer is hidden');
     assert.deepEqual((await fsp.readdir(path.join(rootfs, 'y'))).sort(), ['new'], 'y/old of the lower layer is hidden');
+  });
+});
+
+describe('whiteout names the overlayfs form cannot hold', () => {
+  it('a path under a whiteout name, an opaque marker that is a directory or a symlink: refused (exit 3, not a SQLite error)', async (t) => {
+    if (skip) return t.skip(skip);
+    await refused(await handTar('wh-under', tarMember({ name: 'a/foo' }, Buffer.from('f')), tarMember({ name: 'a/.wh.foo' }), tarMember({ name: 'a/.wh.foo/child' }, Buffer.from('c'))),
+      /"a\/\.wh\.foo\/child" lies under "\.wh\.foo", a whiteout name/);
+    await refused(await handTar('wh-under-top', tarMember({ name: '.wh.d/x' }, Buffer.from('x'))), /lies under "\.wh\.d"/);
+    await refused(await handTar('opq-dir', tarMember({ name: 'x/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq/child' }, Buffer.from('c'))),
+      /opaque marker "x\/\.wh\.\.wh\.\.opq\/" is not a plain empty file/);
+    await refused(await handTar('opq-sym', tarMember({ name: 'x/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq', type: '2', linkname: 'abc' })), /opaque marker .* is not a plain/);
+  });
+
+  it('the same opaque marker twice in a directory is accepted: the directory is opaque, the layer exports', async (t) => {
+    if (skip) return t.skip(skip);
+    const tar = await handTar('opq-twice', tarMember({ name: 'x/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq' }), tarMember({ name: 'x/keep' }, Buffer.from('k')), tarMember({ name: 'x/.wh..wh..opq' }));
+    const id = await ingest(tar);
+    assert.deepEqual(await xattrsOf(path.join(await mounted(id), 'x')), ['trusted.overlay.opaque=0x79']);
+    const out = path.join(work, 'opq-twice.exported.tar');
+    await thinfsOk(['export', id, '-o', out, '--store', store]);
+    assert.deepEqual((await runOk('tar', ['-tf', out])).split('\n').filter(Boolean), ['ok/', 'ok/a.txt', 'x/', 'x/.wh..wh..opq', 'x/keep']);
   });
 });

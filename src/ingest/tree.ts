@@ -56,6 +56,8 @@ export class TreeBuilder {
   private readonly nodes = new Map<string, Node>();
   /** Hidden whiteouts (see hideWhiteout) by parent and name. */
   private readonly hiddenWhiteouts = new Map<string, number>();
+  /** Directories (inode) holding an opaque marker dirent. */
+  private readonly opaqueMarked = new Set<number>();
   private rootFlags = FLAG_IMPLICIT;
   private prefix: string | null = null;
   readonly counts: TreeCounts = { entries: 0, files: 0, bytes: 0, inlined: 0 };
@@ -96,8 +98,17 @@ export class TreeBuilder {
       for (const [k, v] of e.xattrs) cat.addXattr(ROOT_INO, k, v);
       return null;
     }
+    // A whiteout is a file, never a directory: `.wh.x/y` would make a directory `.wh.x`, a name the layer's overlayfs
+    // form keeps for the whiteout or opaque marker it stands for (the catalog could not hold both).
+    const dirPart = `/${path.slice(0, path.length - base.length)}`;
+    const under = dirPart.indexOf('/.wh.');
+    if (under >= 0) {
+      const wh = dirPart.slice(under + 1, dirPart.indexOf('/', under + 1));
+      throw new BadInputError(`member ${printable(e.path)} lies under ${printable(Buffer.from(wh, 'latin1'))}, a whiteout name, not a directory`);
+    }
     // OCI whiteouts become what overlayfs understands: a 0/0 char device, or an opaque xattr on the dir.
     if (base === '.wh..wh..opq') {
+      if (e.type !== 'file') throw new BadInputError(`opaque marker ${printable(e.path)} is not a plain empty file`);
       kind = DirentKind.OpaqueMarker;
     } else if (base.startsWith('.wh.')) {
       if (e.type !== 'file' || base.length === 4) throw new BadInputError(`whiteout ${printable(e.path)} is not a plain empty file`);
@@ -109,6 +120,11 @@ export class TreeBuilder {
     }
     const parent = this.parentOf(path, e.path);
     const name = Buffer.from(path.slice(path.lastIndexOf('/') + 1), 'latin1');
+    // The same opaque marker twice (a duplicate member): the directory is opaque already.
+    if (kind === DirentKind.OpaqueMarker) {
+      if (this.opaqueMarked.has(parent)) return null;
+      this.opaqueMarked.add(parent);
+    }
 
     if (e.type === 'hardlink') {
       const target = normalize(e.linkpath!, `hardlink target of ${printable(e.path)}`);
