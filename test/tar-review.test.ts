@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, haveCommand, run, runOk, storeSnapshot, thinfs, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
-import { tarMember, TAR_EOF } from './fixtures/tars.js';
+import { fixChecksum, tarHeader, tarMember, TAR_EOF } from './fixtures/tars.js';
 import { compareTars } from './helpers/oracle.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { putTestImage } from './helpers/descriptor.js';
@@ -140,5 +140,69 @@ describe('whiteout names the overlayfs form cannot hold', () => {
     const out = path.join(work, 'opq-twice.exported.tar');
     await thinfsOk(['export', id, '-o', out, '--store', store]);
     assert.deepEqual((await runOk('tar', ['-tf', out])).split('\n').filter(Boolean), ['ok/', 'ok/a.txt', 'x/', 'x/.wh..wh..opq', 'x/keep']);
+  });
+});
+
+/** One PAX record "LEN key=value\n" (LEN counts itself). */
+function paxRecord(key: string, value: Buffer | string): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`), Buffer.from(value), Buffer.from('\n')]);
+  let len = body.length + 1;
+  while (String(len).length + body.length !== len) len++;
+  return Buffer.concat([Buffer.from(String(len)), body]);
+}
+
+const MIB = 1 << 20;
+
+describe('extended headers repeated past any real archive (memory and time bombs)', () => {
+  it('17 PAX headers of 1 MiB before one entry: refused, not kept in memory together', async (t) => {
+    if (skip) return t.skip(skip);
+    const x = tarMember({ name: 'PaxHeaders/x', type: 'x' }, paxRecord('comment', 'c'.repeat(MIB - 20)));
+    await refused(await handTar('pax-many', ...Array<Buffer>(17).fill(x), tarMember({ name: 'f' }, Buffer.from('f'))),
+      /extended headers of one entry hold more than 16777216 bytes/);
+  });
+
+  it('global headers whose merged records exceed 16 MiB: refused', async (t) => {
+    if (skip) return t.skip(skip);
+    const gs = Array.from({ length: 17 }, (_, i) => tarMember({ name: 'PaxHeaders/g', type: 'g' }, paxRecord(`SCHILY.xattr.user.g${i}`, 'v'.repeat(MIB - 40))));
+    await refused(await handTar('global-many', ...gs, tarMember({ name: 'f' }, Buffer.from('f'))), /global extended headers hold more than 16777216 bytes/);
+  });
+
+  it('global headers repeating a key, or carrying keys no entry uses, are accepted; the last value of a key applies', async (t) => {
+    if (skip) return t.skip(skip);
+    const comment = tarMember({ name: 'PaxHeaders/g', type: 'g' }, paxRecord('comment', 'c'.repeat(MIB - 20)));
+    const tar = await handTar('global-repeat', ...Array<Buffer>(20).fill(comment),
+      tarMember({ name: 'PaxHeaders/g', type: 'g' }, paxRecord('uname', 'alice')),
+      tarMember({ name: 'PaxHeaders/g', type: 'g' }, paxRecord('uname', 'bob')),
+      tarMember({ name: 'f' }, Buffer.from('f')));
+    const id = await ingest(tar);
+    const st = JSON.parse(await thinfsOk(['stat', '--store', store, id, 'f'])) as { uname: string };
+    assert.equal(st.uname, 'bob');
+    const listing = (await runOk('tar', ['-tvf', tar])).split('\n').find((l) => l.endsWith(' f'));
+    assert.match(listing ?? '', /^-\S+ bob\//, 'GNU tar agrees');
+  });
+
+  it('an old GNU sparse map of more than 16 MiB of extension blocks: refused', async (t) => {
+    if (skip) return t.skip(skip);
+    const h = tarHeader({ name: 'sparse', type: 'S', size: 0 });
+    h.write('ustar  \0', 257, 'latin1'); // old GNU magic
+    h[482] = 1; // extended
+    h.write('00000000000\0', 483, 'latin1'); // real size 0
+    const ext = Buffer.alloc(512);
+    for (let i = 0; i < 21; i++) { ext.write('00000000000\0', i * 24, 'latin1'); ext.write('00000000000\0', i * 24 + 12, 'latin1'); }
+    ext[504] = 1;
+    const last = Buffer.from(ext); last[504] = 0;
+    const blocks = Array<Buffer>(16 * 2048 + 10).fill(ext);
+    blocks.push(last);
+    await refused(await handTar('gnu-sparse-huge', fixChecksum(h), ...blocks), /sparse map of more than 16777216 bytes/);
+  });
+
+  it('a PAX 1.0 sparse map of more than 16 MiB: refused', async (t) => {
+    if (skip) return t.skip(skip);
+    const n = 4_300_000; // segments of "0\n0\n": 17.2 MB of map
+    const map = Buffer.concat([Buffer.from(`${n}\n`), Buffer.from('0\n0\n'.repeat(n))]);
+    const data = Buffer.concat([map, Buffer.alloc((512 - (map.length % 512)) % 512)]);
+    const pax = tarMember({ name: 'PaxHeaders/s', type: 'x' }, Buffer.concat([paxRecord('GNU.sparse.major', '1'), paxRecord('GNU.sparse.minor', '0'),
+      paxRecord('GNU.sparse.name', 'sparse'), paxRecord('GNU.sparse.realsize', '0')]));
+    await refused(await handTar('pax-sparse-huge', pax, tarMember({ name: 'GNUSparseFile.0/sparse' }, data)), /sparse map of more than 16777216 bytes/);
   });
 });

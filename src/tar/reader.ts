@@ -210,15 +210,41 @@ export interface TarRead { entry: TarEntry; data: AsyncIterable<Buffer> }
 
 type PaxRecords = Array<[string, Buffer]>;
 
-/** Extended headers read so far that apply to the next entry (and, for global PAX, to all after it). */
+/**
+ * Extended headers read so far that apply to the next entry (and, for global PAX, to all after it). Both are bounded by
+ * MAX_META, however many headers carry them: the next entry's together, the global ones as merged (a later global
+ * record replaces an earlier one of its key; keys no entry uses are not kept), so that neither memory nor the work per
+ * entry grows with the number of extended headers an archive repeats.
+ */
 class PendingExtended {
-  global: PaxRecords = [];
+  private readonly globals = new Map<string, Buffer>();
+  private globalBytes = 0;
   pax: PaxRecords | null = null;
   longName: Buffer | null = null;
   longLink: Buffer | null = null;
+  /** Bytes of the extended headers read for the next entry. */
+  pending = 0;
   get any(): boolean { return this.pax !== null || this.longName !== null || this.longLink !== null; }
+  get global(): PaxRecords { return [...this.globals]; }
+  addGlobal(records: PaxRecords, at: number): void {
+    for (const [k, v] of records) {
+      if (!paxKeyUsed(k)) continue;
+      const old = this.globals.get(k);
+      if (old) this.globalBytes -= k.length + old.length;
+      this.globals.delete(k); // re-inserted last: records apply in the order they were last given
+      this.globals.set(k, v);
+      this.globalBytes += k.length + v.length;
+    }
+    if (this.globalBytes > MAX_META) throw new BadInputError(`tar header at byte ${at}: global extended headers hold more than ${MAX_META} bytes`);
+  }
   /** The entry has taken them: only the global records stay. */
-  clear(): void { this.pax = null; this.longName = null; this.longLink = null; }
+  clear(): void { this.pax = null; this.longName = null; this.longLink = null; this.pending = 0; }
+}
+
+/** The PAX keys applyPax reads (others, such as comment, atime or ctime, change nothing). */
+function paxKeyUsed(k: string): boolean {
+  return ['path', 'linkpath', 'size', 'uid', 'gid', 'uname', 'gname', 'mtime', 'SCHILY.devmajor', 'SCHILY.devminor'].includes(k)
+    || k.startsWith('GNU.sparse.') || k.startsWith('SCHILY.xattr.') || k.startsWith('LIBARCHIVE.xattr.');
 }
 
 const TYPES: Record<string, TarType> = {
@@ -279,11 +305,15 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
 /** Extended headers: read the payload and remember it for the entry (or entries) it describes. */
 async function readExtended(r: ByteReader, ext: PendingExtended, flag: string, size: number, at: number): Promise<void> {
   if (size > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended header of ${size} bytes is too large`);
+  if (flag !== 'g') {
+    ext.pending += size;
+    if (ext.pending > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended headers of one entry hold more than ${MAX_META} bytes`);
+  }
   const payload = (await r.exact(size, 'extended header')) ?? Buffer.alloc(0);
   if (payload.length < size) throw new BadInputError(`truncated tar in extended header at byte ${at}`);
   await skipPad(r, size);
   if (flag === 'x') ext.pax = [...(ext.pax ?? []), ...parsePax(payload, at)];
-  else if (flag === 'g') ext.global = [...ext.global, ...parsePax(payload, at)];
+  else if (flag === 'g') ext.addGlobal(parsePax(payload, at), at);
   else if (flag === 'L') ext.longName = longString(payload, 'GNU long name', at);
   else ext.longLink = longString(payload, 'GNU long link target', at);
 }
@@ -325,7 +355,8 @@ async function readOldGnuSparse(r: ByteReader, h: Buffer, e: TarEntry, at: numbe
   };
   addSegs(h, 386, 4);
   let more = h[482] !== 0;
-  while (more) {
+  for (let blocks = 1; more; blocks++) {
+    if (blocks * BLOCK > MAX_META) throw new BadInputError(`tar header at byte ${at}: sparse map of more than ${MAX_META} bytes`);
     const xb = await r.exact(BLOCK, 'sparse extension');
     if (!xb) throw new BadInputError(`truncated tar in sparse header at byte ${at}`);
     addSegs(xb, 0, 21);
@@ -416,6 +447,7 @@ async function readSparse10(r: ByteReader, at: number, limit: number): Promise<{
   let want = -1;
   while (want < 0 || nums.length < 1 + want * 2) {
     if (consumed + BLOCK > limit) throw new BadInputError(`tar entry at byte ${at}: sparse map overruns the data`);
+    if (consumed + BLOCK > MAX_META) throw new BadInputError(`tar entry at byte ${at}: sparse map of more than ${MAX_META} bytes`);
     const b = await r.exact(BLOCK, 'sparse map');
     if (!b) throw new BadInputError(`truncated tar in sparse map at byte ${at}`);
     consumed += BLOCK;
