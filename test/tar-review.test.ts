@@ -206,3 +206,27 @@ describe('extended headers repeated past any real archive (memory and time bombs
     await refused(await handTar('pax-sparse-huge', pax, tarMember({ name: 'GNUSparseFile.0/sparse' }, data)), /sparse map of more than 16777216 bytes/);
   });
 });
+
+describe('xattrs Linux cannot serve as the tar says', () => {
+  const paxMember = (records: Buffer[], name: string) =>
+    Buffer.concat([tarMember({ name: 'PaxHeaders/x', type: 'x' }, Buffer.concat(records)), tarMember({ name }, Buffer.from('x'))]);
+
+  it('a value over 64 KiB, a name over 255 bytes, names over 64 KiB in all: refused; a malformed LIBARCHIVE name too', async (t) => {
+    if (skip) return t.skip(skip);
+    await refused(await handTar('xattr-value', paxMember([paxRecord('SCHILY.xattr.user.big', Buffer.alloc(65537, 0x76))], 'f')),
+      /xattr "user\.big" has a value of 65537 bytes \(the limit is 65536\)/);
+    await refused(await handTar('xattr-name', paxMember([paxRecord(`SCHILY.xattr.user.${'n'.repeat(251)}`, 'v')], 'f')), /xattr name "user\.n+"\.\.\. \(256 bytes\) is not a Linux xattr name/);
+    await refused(await handTar('xattr-list', paxMember(Array.from({ length: 300 }, (_, i) => paxRecord(`SCHILY.xattr.user.${String(i).padStart(215, '0')}`, 'v')), 'f')),
+      /xattr names take 66300 bytes \(listxattr returns at most 65536\)/);
+    await refused(await handTar('xattr-uri', paxMember([paxRecord('LIBARCHIVE.xattr.user.%ZZ', 'dg==')], 'f')), /bad LIBARCHIVE\.xattr name/);
+  });
+
+  it('at the limits they are kept and served: a 64 KiB value, a 255-byte name', async (t) => {
+    if (skip) return t.skip(skip);
+    const name = `user.${'n'.repeat(250)}`;
+    const id = await ingest(await handTar('xattr-limits', paxMember([paxRecord('SCHILY.xattr.user.big', Buffer.alloc(65536, 0x76)), paxRecord(`SCHILY.xattr.${name}`, 'v')], 'f')));
+    const f = path.join(await mounted(id), 'f');
+    assert.equal((await runOk('getfattr', ['-n', 'user.big', '--only-values', f])).length, 65536);
+    assert.equal(await runOk('getfattr', ['-n', name, '--only-values', f]), 'v');
+  });
+});

@@ -16,6 +16,10 @@ const NAME_MAX = 255;
 const PATH_MAX = 4096;
 /** uid_t/gid_t are 32 bits and (uid_t)-1 means "no id": a larger id would be cut to its low bits when served. */
 const ID_MAX = 0xfffffffe;
+/** Linux xattr limits (limits.h): a name of XATTR_NAME_MAX bytes, a value of XATTR_SIZE_MAX, a listxattr of XATTR_LIST_MAX. */
+const XATTR_NAME_MAX = 255;
+const XATTR_SIZE_MAX = 65536;
+const XATTR_LIST_MAX = 65536;
 
 interface Node { ino: number; type: EntryType; kind: DirentKind; parent: number; name: Buffer }
 
@@ -46,6 +50,16 @@ function checkLimits(e: TarEntry): void {
   for (const [what, id] of [['uid', e.uid], ['gid', e.gid]] as const) {
     if (!(id >= 0 && id <= ID_MAX)) throw new BadInputError(`member ${printable(e.path)}: ${what} ${id} is not a valid Linux id (0..${ID_MAX})`);
   }
+  // An xattr getxattr cannot name or return (ERANGE, E2BIG), or a list listxattr cannot return (E2BIG, which hides
+  // every xattr of the file from cp -a, tar --xattrs, getfattr), would be listed but never served as the tar says.
+  let list = 0;
+  for (const [k, v] of e.xattrs) {
+    const n = Buffer.byteLength(k);
+    if (n === 0 || n > XATTR_NAME_MAX || k.includes('\0')) throw new BadInputError(`member ${printable(e.path)}: xattr name ${printable(Buffer.from(k))} is not a Linux xattr name (1..${XATTR_NAME_MAX} bytes, no NUL)`);
+    if (v.length > XATTR_SIZE_MAX) throw new BadInputError(`member ${printable(e.path)}: xattr ${printable(Buffer.from(k))} has a value of ${v.length} bytes (the limit is ${XATTR_SIZE_MAX})`);
+    list += n + 1;
+  }
+  if (list > XATTR_LIST_MAX) throw new BadInputError(`member ${printable(e.path)}: its xattr names take ${list} bytes (listxattr returns at most ${XATTR_LIST_MAX})`);
 }
 
 function meta(e: TarEntry) {

@@ -399,12 +399,17 @@ function applyPax(e: TarEntry, records: PaxRecords, at: number): number {
       }
       default:
         if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice(13), v);
-        else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString(), 'base64'));
+        else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(uriName(k.slice(17), at), Buffer.from(v.toString(), 'base64'));
     }
   }
   if (sp00.length) e.sparse = sp00;
   if (sparseName) e.path = sparseName; // the header name of a sparse file is a placeholder
   return sparseMajor;
+}
+
+/** A LIBARCHIVE.xattr name (URI-encoded); a malformed escape is bad input, not a URIError. */
+function uriName(k: string, at: number): string {
+  try { return decodeURIComponent(k); } catch { throw new BadInputError(`tar entry at byte ${at}: bad LIBARCHIVE.xattr name ${JSON.stringify(k)}`); }
 }
 
 /**
