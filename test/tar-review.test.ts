@@ -230,3 +230,21 @@ describe('xattrs Linux cannot serve as the tar says', () => {
     assert.equal(await runOk('getfattr', ['-n', name, '--only-values', f]), 'v');
   });
 });
+
+describe('PAX times with digits past the nanosecond', () => {
+  it('round down as GNU tar extracts them, before 1970 too (export and stat)', async (t) => {
+    if (skip) return t.skip(skip);
+    const times = ['-1.0000000005', '-2.1234567891', '-1.9999999995', '1.0000000009', '-0.5'];
+    const tar = await handTar('pax-times', ...times.map((v, i) =>
+      Buffer.concat([tarMember({ name: 'PaxHeaders/x', type: 'x' }, paxRecord('mtime', v)), tarMember({ name: `t${i}` }, Buffer.from('x'))])));
+    const id = await exportMatches(tar, 'pax-times');
+    const x = path.join(work, 'pax-times-x');
+    await fsp.mkdir(x);
+    await runOk('tar', ['-xf', tar, '-C', x]);
+    for (let i = 0; i < times.length; i++) {
+      const want = (await fsp.lstat(path.join(x, `t${i}`), { bigint: true })).mtimeNs;
+      const st = JSON.parse(await thinfsOk(['stat', '--store', store, id, `t${i}`])) as { mtime: number; mtimeNs: number };
+      assert.equal(BigInt(st.mtime) * 1_000_000_000n + BigInt(st.mtimeNs), want, `t${i}: mtime=${times[i]}`);
+    }
+  });
+});

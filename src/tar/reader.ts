@@ -192,7 +192,8 @@ function parseTime(v: string, at: number): { sec: number; ns: number } {
   if (!m) throw new BadInputError(`bad pax time at byte ${at}: ${v}`);
   let sec = parseInt(m[2]!, 10);
   let ns = m[3] ? parseInt((m[3] + '000000000').slice(0, 9), 10) : 0;
-  if (m[1] === '-') { sec = -sec; if (ns) { sec -= 1; ns = 1e9 - ns; } }
+  // Digits past the nanosecond are dropped rounding down, as GNU tar does: -1.0000000005 is -1.000000001.
+  if (m[1] === '-') { if (/[1-9]/.test(m[3]?.slice(9) ?? '')) ns += 1; sec = -sec; if (ns) { sec -= 1; ns = 1e9 - ns; } }
   return { sec, ns };
 }
 
