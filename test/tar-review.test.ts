@@ -248,3 +248,17 @@ describe('PAX times with digits past the nanosecond', () => {
     }
   });
 });
+
+describe('regular-file entries named with a trailing slash', () => {
+  it('are directories, as GNU tar lists and extracts them (ustar name, PAX path, contiguous type)', async (t) => {
+    if (skip) return t.skip(skip);
+    const tar = await handTar('slash-dirs',
+      tarMember({ name: 'u/', type: '0', mode: 0o750 }), tarMember({ name: 'u/in' }, Buffer.from('in')),
+      tarMember({ name: 'PaxHeaders/p', type: 'x' }, paxRecord('path', 'p/')), tarMember({ name: 'placeholder', type: '0', mode: 0o700 }),
+      tarMember({ name: 'c/', type: '7' }));
+    const listing = await runOk('tar', ['-tvf', tar]);
+    assert.match(listing, /^drwxr-x--- .* u\/$/m, 'GNU tar takes u/ for a directory');
+    const id = await exportMatches(tar, 'slash-dirs');
+    for (const d of ['u', 'p', 'c']) assert.equal((JSON.parse(await thinfsOk(['stat', '--store', store, id, d])) as { type: string }).type, 'dir', d);
+  });
+});

@@ -284,6 +284,9 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     if (flag === 'S') await readOldGnuSparse(r, h, e, at);
     const sparseMajor = applyPax(e, [...ext.global, ...(ext.pax ?? [])], at);
     ext.clear();
+    // A regular-file entry whose name ends in '/' is a directory (v7 archives mark directories only so; GNU tar
+    // extracts and lists any format's so, the name a PAX path gave included).
+    if ((flag === '0' || flag === '\0' || flag === '7') && e.path[e.path.length - 1] === 0x2f) e.type = 'dir';
     if ((e.type === 'hardlink' || e.type === 'symlink') && (!e.linkpath || e.linkpath.length === 0)) {
       throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: ${e.type} without a target`);
     }
@@ -327,8 +330,6 @@ function parseHeader(h: Buffer, flag: string, type: TarType, hdrSize: number, ex
   let path = ext.longName ?? cstr(h, 0, 100);
   if (!ext.longName && ustar && h[345] !== 0) path = Buffer.concat([cstr(h, 345, 155), Buffer.from('/'), path]);
   const linkpath: Buffer | null = ext.longLink ?? (h[157] !== 0 ? cstr(h, 157, 100) : null);
-  // v7 archives mark directories only by a trailing slash.
-  if ((flag === '0' || flag === '\0') && !ustar && !gnu && path.length && path[path.length - 1] === 0x2f) type = 'dir';
   return {
     path, type, linkpath,
     mode: parseNumeric(h, 100, 8, 'mode', at) & 0o7777,
