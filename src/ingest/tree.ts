@@ -5,7 +5,7 @@
 // inode a file's data belongs to, and keeps only small files inline.
 import type { TarEntry } from '../tar/reader.js';
 import type { CatalogWriter } from '../catalog/writer.js';
-import { DirentKind, FLAG_IMPLICIT, FLAG_OPAQUE, ROOT_INO, type EntryType } from '../catalog/schema.js';
+import { DirentKind, FLAG_FRESH, FLAG_IMPLICIT, FLAG_OPAQUE, ROOT_INO, type EntryType } from '../catalog/schema.js';
 import { BadInputError } from '../util/errors.js';
 
 /** Files up to this size live inside the catalog: no object, no extra round trip on first read. */
@@ -189,7 +189,7 @@ export class TreeBuilder {
     cat.link(parent, kind === DirentKind.OpaqueMarker ? Buffer.from('.wh..wh..opq') : name, ino, kind);
     if (kind === DirentKind.OpaqueMarker) cat.setFlags(parent, FLAG_OPAQUE);
     // A directory after a whiteout of its name in the same layer: fresh, nothing of the lower ones shows through.
-    if (afterWhiteout && type === 'dir') cat.setFlags(ino, FLAG_OPAQUE);
+    if (afterWhiteout && type === 'dir') cat.setFlags(ino, FLAG_OPAQUE | FLAG_FRESH);
     for (const [k, v] of e.xattrs) cat.addXattr(ino, k, v);
     if (kind !== DirentKind.OpaqueMarker) this.nodes.set(path, { ino, type, kind, parent, name });
     if (!isFile) return null;
@@ -212,7 +212,7 @@ export class TreeBuilder {
     const gp = this.parentOf(pp, raw);
     const name = Buffer.from(pp.slice(pp.lastIndexOf('/') + 1), 'latin1');
     const afterWhiteout = n ? this.replace(pp, gp, name) : false;
-    const ino = this.cat.addInode({ type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, mtimeNs: 0, flags: FLAG_IMPLICIT | (afterWhiteout ? FLAG_OPAQUE : 0) });
+    const ino = this.cat.addInode({ type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, mtimeNs: 0, flags: FLAG_IMPLICIT | (afterWhiteout ? FLAG_OPAQUE | FLAG_FRESH : 0) });
     this.cat.link(gp, name, ino);
     this.nodes.set(pp, { ino, type: 'dir', kind: DirentKind.Normal, parent: gp, name });
     return ino;
