@@ -262,3 +262,18 @@ describe('regular-file entries named with a trailing slash', () => {
     for (const d of ['u', 'p', 'c']) assert.equal((JSON.parse(await thinfsOk(['stat', '--store', store, id, d])) as { type: string }).type, 'dir', d);
   });
 });
+
+describe('a directory replaced by a non-directory in its own layer', () => {
+  it('an empty one gives way (symlink, file, hard link), as GNU tar extracts it; a non-empty one is refused', async (t) => {
+    if (skip) return t.skip(skip);
+    const tar = await handTar('empty-dir-replaced',
+      tarMember({ name: 'd/', type: '5' }), tarMember({ name: 'd', type: '2', linkname: 'elsewhere' }),
+      tarMember({ name: 'e/', type: '5' }), tarMember({ name: 'e' }, Buffer.from('now a file')),
+      tarMember({ name: 'h/', type: '5' }), tarMember({ name: 'h', type: '1', linkname: 'ok/a.txt' }));
+    const id = await exportMatches(tar, 'empty-dir-replaced');
+    const types = await Promise.all(['d', 'e', 'h'].map(async (p) => (JSON.parse(await thinfsOk(['stat', '--store', store, id, p])) as { type: string }).type));
+    assert.deepEqual(types, ['symlink', 'file', 'file']);
+    await refused(await handTar('full-dir-replaced', tarMember({ name: 'f/', type: '5' }), tarMember({ name: 'f/x' }, Buffer.from('x')), tarMember({ name: 'f', type: '2', linkname: '/etc' })),
+      /"f" replaces a non-empty directory with a non-directory/);
+  });
+});

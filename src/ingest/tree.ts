@@ -70,6 +70,8 @@ export class TreeBuilder {
   private readonly nodes = new Map<string, Node>();
   /** Hidden whiteouts (see hideWhiteout) by parent and name. */
   private readonly hiddenWhiteouts = new Map<string, number>();
+  /** Dirents (hidden ones included) under each directory inode that has any. */
+  private readonly children = new Map<number, number>();
   /** Directories (inode) holding an opaque marker dirent. */
   private readonly opaqueMarked = new Set<number>();
   private rootFlags = FLAG_IMPLICIT;
@@ -148,7 +150,7 @@ export class TreeBuilder {
       if (t.kind !== DirentKind.Normal) throw new BadInputError(`hardlink ${printable(e.path)} points to a whiteout`);
       if (target === path) return null;
       this.replace(path, parent, name);
-      cat.link(parent, name, t.ino, DirentKind.Normal, false);
+      this.link(parent, name, t.ino, DirentKind.Normal, false);
       this.nodes.set(path, { ino: t.ino, type: t.type, kind: DirentKind.Normal, parent, name });
       return null;
     }
@@ -186,7 +188,7 @@ export class TreeBuilder {
       target: type === 'symlink' ? e.linkpath : null,
       inline,
     });
-    cat.link(parent, kind === DirentKind.OpaqueMarker ? Buffer.from('.wh..wh..opq') : name, ino, kind);
+    this.link(parent, kind === DirentKind.OpaqueMarker ? Buffer.from('.wh..wh..opq') : name, ino, kind);
     if (kind === DirentKind.OpaqueMarker) cat.setFlags(parent, FLAG_OPAQUE);
     // A directory after a whiteout of its name in the same layer: fresh, nothing of the lower ones shows through.
     if (afterWhiteout && type === 'dir') cat.setFlags(ino, FLAG_OPAQUE | FLAG_FRESH);
@@ -213,24 +215,38 @@ export class TreeBuilder {
     const name = Buffer.from(pp.slice(pp.lastIndexOf('/') + 1), 'latin1');
     const afterWhiteout = n ? this.replace(pp, gp, name) : false;
     const ino = this.cat.addInode({ type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, mtimeNs: 0, flags: FLAG_IMPLICIT | (afterWhiteout ? FLAG_OPAQUE | FLAG_FRESH : 0) });
-    this.cat.link(gp, name, ino);
+    this.link(gp, name, ino);
     this.nodes.set(pp, { ino, type: 'dir', kind: DirentKind.Normal, parent: gp, name });
     return ino;
+  }
+
+  private link(parent: number, name: Buffer, ino: number, kind = DirentKind.Normal, isNewInode = true): void {
+    this.cat.link(parent, name, ino, kind, isNewInode);
+    this.children.set(parent, (this.children.get(parent) ?? 0) + 1);
+  }
+
+  private unlink(parent: number, name: Buffer, ino: number): void {
+    this.cat.unlink(parent, name, ino);
+    this.children.set(parent, this.children.get(parent)! - 1);
   }
 
   /** An earlier entry of this layer with this path gives way to a new one; true when it was a whiteout (kept hidden). */
   private replace(path: string, parent: number, name: Buffer): boolean {
     const old = this.nodes.get(path);
     if (!old) return false;
-    if (old.type === 'dir' && old.kind === DirentKind.Normal) throw new BadInputError(`member ${JSON.stringify(path)} replaces a directory with a non-directory`);
+    // An empty directory gives way, as GNU tar removes it (rmdir) to extract the new entry; a non-empty one is refused
+    // (GNU tar fails on it; docker and umoci would delete the whole subtree).
+    if (old.type === 'dir' && old.kind === DirentKind.Normal && (this.children.get(old.ino) ?? 0) > 0) {
+      throw new BadInputError(`member ${JSON.stringify(path)} replaces a non-empty directory with a non-directory`);
+    }
     this.nodes.delete(path);
     if (old.kind === DirentKind.Whiteout) {
       // Still deletes the name from lower layers: moved to a hidden dirent before its own name is unlinked.
       this.hideWhiteout(parent, name, old.ino, false);
-      this.cat.unlink(parent, name, old.ino);
+      this.unlink(parent, name, old.ino);
       return true;
     }
-    this.cat.unlink(parent, name, old.ino);
+    this.unlink(parent, name, old.ino);
     return false;
   }
 
@@ -242,8 +258,8 @@ export class TreeBuilder {
     const hidden = Buffer.concat([Buffer.from('.wh.'), name]);
     const key = `${parent}/${hidden.toString('latin1')}`;
     const prev = this.hiddenWhiteouts.get(key);
-    if (prev !== undefined) this.cat.unlink(parent, hidden, prev);
-    this.cat.link(parent, hidden, ino, DirentKind.OpaqueMarker, isNewInode);
+    if (prev !== undefined) this.unlink(parent, hidden, prev);
+    this.link(parent, hidden, ino, DirentKind.OpaqueMarker, isNewInode);
     this.hiddenWhiteouts.set(key, ino);
   }
 }
