@@ -277,3 +277,16 @@ describe('a directory replaced by a non-directory in its own layer', () => {
       /"f" replaces a non-empty directory with a non-directory/);
   });
 });
+
+describe('device numbers', () => {
+  it('past a 12-bit major or a 20-bit minor are refused (served truncated, they would name another device); the largest are kept', async (t) => {
+    if (skip) return t.skip(skip);
+    await refused(await handTar('dev-major', tarMember({ name: 'c', type: '3', devmajor: 5000, devminor: 1 })), /device "c": 5000:1 is not a Linux device number/);
+    await refused(await handTar('dev-minor', Buffer.concat([tarMember({ name: 'PaxHeaders/b', type: 'x' }, paxRecord('SCHILY.devminor', '1048576')),
+      tarMember({ name: 'b', type: '4', devmajor: 8 })])), /device "b": 8:1048576 is not a Linux device number/);
+    const id = await ingest(await handTar('dev-max', tarMember({ name: 'c', type: '3', devmajor: 4095, devminor: 1048575 })));
+    const st = await fsp.lstat(path.join(await mounted(id), 'c'));
+    assert.ok(st.isCharacterDevice());
+    assert.equal(st.rdev, 4095 * 0x100 + 0xff + 0xfff00 * 0x1000, 'makedev(4095, 1048575)');
+  });
+});

@@ -20,6 +20,9 @@ const ID_MAX = 0xfffffffe;
 const XATTR_NAME_MAX = 255;
 const XATTR_SIZE_MAX = 65536;
 const XATTR_LIST_MAX = 65536;
+/** The kernel's dev_t holds a 12-bit major and a 20-bit minor (MINORBITS): mknod refuses more (EINVAL), stat cannot show it. */
+const DEV_MAJOR_MAX = 0xfff;
+const DEV_MINOR_MAX = 0xfffff;
 
 interface Node { ino: number; type: EntryType; kind: DirentKind; parent: number; name: Buffer }
 
@@ -49,6 +52,9 @@ function checkLimits(e: TarEntry): void {
   }
   for (const [what, id] of [['uid', e.uid], ['gid', e.gid]] as const) {
     if (!(id >= 0 && id <= ID_MAX)) throw new BadInputError(`member ${printable(e.path)}: ${what} ${id} is not a valid Linux id (0..${ID_MAX})`);
+  }
+  if ((e.type === 'chardev' || e.type === 'blockdev') && !(e.devmajor <= DEV_MAJOR_MAX && e.devminor <= DEV_MINOR_MAX)) {
+    throw new BadInputError(`device ${printable(e.path)}: ${e.devmajor}:${e.devminor} is not a Linux device number (major 0..${DEV_MAJOR_MAX}, minor 0..${DEV_MINOR_MAX})`);
   }
   // An xattr getxattr cannot name or return (ERANGE, E2BIG), or a list listxattr cannot return (E2BIG, which hides
   // every xattr of the file from cp -a, tar --xattrs, getfattr), would be listed but never served as the tar says.
