@@ -232,6 +232,17 @@ describe('xattrs Linux cannot serve as the tar says', () => {
 });
 
 describe('PAX times with digits past the nanosecond', () => {
+  it('past 2^53 seconds either way: refused, not stored rounded (served and exported as another time)', async (t) => {
+    if (skip) return t.skip(skip);
+    for (const v of ['9007199254740993', '-9007199254740993', '99999999999999999999']) {
+      await refused(await handTar(`pax-time-${v}`, tarMember({ name: 'PaxHeaders/x', type: 'x' }, paxRecord('mtime', v)), tarMember({ name: 'f' }, Buffer.from('x'))),
+        new RegExp(`pax time at byte \\d+ out of range: ${v}`));
+    }
+    const id = await ingest(await handTar('pax-time-max', tarMember({ name: 'PaxHeaders/x', type: 'x' }, paxRecord('mtime', '-9007199254740990.5')), tarMember({ name: 'f' }, Buffer.from('x'))));
+    const st = JSON.parse(await thinfsOk(['stat', '--store', store, id, 'f'])) as { mtime: number; mtimeNs: number };
+    assert.deepEqual([st.mtime, st.mtimeNs], [-9007199254740991, 500_000_000]);
+  });
+
   it('round down as GNU tar extracts them, before 1970 too (export and stat)', async (t) => {
     if (skip) return t.skip(skip);
     const times = ['-1.0000000005', '-2.1234567891', '-1.9999999995', '1.0000000009', '-0.5'];

@@ -190,7 +190,9 @@ function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
 function parseTime(v: string, at: number): { sec: number; ns: number } {
   const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(v);
   if (!m) throw new BadInputError(`bad pax time at byte ${at}: ${v}`);
-  let sec = parseInt(m[2]!, 10);
+  let sec = Number(m[2]!);
+  // Past 2^53 s (285 million years) a time would be stored rounded and served and exported as another one.
+  if (!Number.isSafeInteger(sec) || sec >= Number.MAX_SAFE_INTEGER) throw new BadInputError(`pax time at byte ${at} out of range: ${v}`);
   let ns = m[3] ? parseInt((m[3] + '000000000').slice(0, 9), 10) : 0;
   // Digits past the nanosecond are dropped rounding down, as GNU tar does: -1.0000000005 is -1.000000001.
   if (m[1] === '-') { if (/[1-9]/.test(m[3]?.slice(9) ?? '')) ns += 1; sec = -sec; if (ns) { sec -= 1; ns = 1e9 - ns; } }
