@@ -8,7 +8,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { cleanupTmpDirs, haveCommand, run, runOk, storeSnapshot, thinfs, thinfsJson, thinfsOk, tmpDir } from './helpers/proc.js';
 import { fixChecksum, tarHeader, tarMember, TAR_EOF } from './fixtures/tars.js';
-import { compareTars } from './helpers/oracle.js';
+import { compareTars, tarListing } from './helpers/oracle.js';
 import { forceUnmount, mountStore, type Mounted } from './fuse-mount-helper.js';
 import { putTestImage } from './helpers/descriptor.js';
 import { encodeImageDirName } from '../src/mount/names.js';
@@ -299,5 +299,39 @@ describe('device numbers', () => {
     const st = await fsp.lstat(path.join(await mounted(id), 'c'));
     assert.ok(st.isCharacterDevice());
     assert.equal(st.rdev, 4095 * 0x100 + 0xff + 0xfff00 * 0x1000, 'makedev(4095, 1048575)');
+  });
+});
+
+describe('export of sparse files', () => {
+  it('writes their holes as holes (PAX 1.0 sparse, as GNU tar): the export is as small as the layer, GNU tar lists and extracts it the same', async (t) => {
+    if (skip) return t.skip(skip);
+    const src = path.join(work, 'sparse-src');
+    await fsp.mkdir(src);
+    const head = Buffer.alloc(4096, 7), mid = Buffer.alloc(300_000, 9);
+    const big = await fsp.open(path.join(src, 'big'), 'w');
+    await big.write(head, 0, head.length, 0);
+    await big.write(mid, 0, mid.length, 1.5 * 2 ** 30);
+    await big.truncate(2 * 2 ** 30); // ends in a hole
+    await big.close();
+    const tar = path.join(work, 'sparse.tar');
+    await runOk('tar', ['-c', '-f', tar, '--format=pax', '--sparse', '-C', src, 'big']);
+    const id = await ingest(tar);
+    const out = path.join(work, 'sparse.exported.tar');
+    await thinfsOk(['export', id, '-o', out, '--store', store]);
+    const size = (await fsp.stat(out)).size;
+    assert.ok(size < 1 << 20, `export of ${size} bytes (the layer tar: ${(await fsp.stat(tar)).size})`);
+    assert.deepEqual(await tarListing(out), await tarListing(tar));
+    const x = path.join(work, 'sparse-x');
+    await fsp.mkdir(x);
+    await runOk('tar', ['-x', '-f', out, '-C', x]);
+    const st = await fsp.stat(path.join(x, 'big'));
+    assert.equal(st.size, 2 * 2 ** 30);
+    assert.ok(st.blocks * 512 < 4 << 20, `extracted with holes (${st.blocks} blocks)`);
+    const f = await fsp.open(path.join(x, 'big'));
+    const read = async (pos: number, n: number) => { const b = Buffer.alloc(n); await f.read(b, 0, n, pos); return b; };
+    assert.ok((await read(0, head.length)).equals(head));
+    assert.ok((await read(1.5 * 2 ** 30, mid.length)).equals(mid));
+    assert.ok((await read(2 ** 30, 4096)).equals(Buffer.alloc(4096)), 'a hole reads as zeros');
+    await f.close();
   });
 });
