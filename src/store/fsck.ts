@@ -165,7 +165,9 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     const err = await verifyObject(store, h);
     if (err === null) {
       present.add(h);
-      rep.bytes += (await stat(join(root, objectPath(h))).catch(() => null))?.size ?? 0;
+      // Awaited first, then added: `rep.bytes += await ...` would add to the total read before the await (lost updates).
+      const size = (await stat(join(root, objectPath(h))).catch(() => null))?.size ?? 0;
+      rep.bytes += size;
     } else if (err !== GONE) bad.set(h, err);
   });
   rep.objects = hashes.length;
@@ -178,7 +180,8 @@ export async function fsckStore(store: WritableStore, opts: FsckOptions = {}): P
     const err = await verifyPack(store, n);
     if (err === null) {
       presentPacks.add(n);
-      rep.bytes += (await stat(join(root, packPath(n))).catch(() => null))?.size ?? 0;
+      const size = (await stat(join(root, packPath(n))).catch(() => null))?.size ?? 0;
+      rep.bytes += size;
     } else if (err !== GONE) badPacks.set(n, err);
   });
   rep.objects += packs.length;
