@@ -137,14 +137,14 @@ describe('whiteout names the overlayfs form cannot hold', () => {
     await refused(await handTar('opq-sym', tarMember({ name: 'x/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq', type: '2', linkname: 'abc' })), /opaque marker .* is not a plain/);
   });
 
-  it('the same opaque marker twice in a directory is accepted: the directory is opaque, the layer exports', async (t) => {
+  it('the same opaque marker twice in a directory is accepted: the directory is opaque, the later marker is kept (as GNU tar extracts it)', async (t) => {
     if (skip) return t.skip(skip);
-    const tar = await handTar('opq-twice', tarMember({ name: 'x/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq' }), tarMember({ name: 'x/keep' }, Buffer.from('k')), tarMember({ name: 'x/.wh..wh..opq' }));
-    const id = await ingest(tar);
+    const tar = await handTar('opq-twice', tarMember({ name: 'x/', type: '5' }), tarMember({ name: 'x/.wh..wh..opq', mtime: 1_500_000_000 }),
+      tarMember({ name: 'x/keep' }, Buffer.from('k')), tarMember({ name: 'x/.wh..wh..opq', mtime: 1_700_000_000, mode: 0o600 }));
+    const id = await exportMatches(tar, 'opq-twice');
     assert.deepEqual(await xattrsOf(path.join(await mounted(id), 'x')), ['trusted.overlay.opaque=0x79']);
     const out = path.join(work, 'opq-twice.exported.tar');
-    await thinfsOk(['export', id, '-o', out, '--store', store]);
-    assert.deepEqual((await runOk('tar', ['-tf', out])).split('\n').filter(Boolean), ['ok/', 'ok/a.txt', 'x/', 'x/.wh..wh..opq', 'x/keep']);
+    assert.deepEqual((await runOk('tar', ['-tf', out])).split('\n').filter(Boolean), ['ok/', 'ok/a.txt', 'x/', 'x/keep', 'x/.wh..wh..opq']);
   });
 });
 

@@ -78,8 +78,8 @@ export class TreeBuilder {
   private readonly hiddenWhiteouts = new Map<string, number>();
   /** Dirents (hidden ones included) under each directory inode that has any. */
   private readonly children = new Map<number, number>();
-  /** Directories (inode) holding an opaque marker dirent. */
-  private readonly opaqueMarked = new Set<number>();
+  /** Directories (inode) holding an opaque marker dirent, and that marker's inode. */
+  private readonly opaqueMarked = new Map<number, number>();
   private rootFlags = FLAG_IMPLICIT;
   private prefix: string | null = null;
   readonly counts: TreeCounts = { entries: 0, files: 0, bytes: 0, inlined: 0 };
@@ -142,10 +142,10 @@ export class TreeBuilder {
     }
     const parent = this.parentOf(path, e.path);
     const name = Buffer.from(path.slice(path.lastIndexOf('/') + 1), 'latin1');
-    // The same opaque marker twice (a duplicate member): the directory is opaque already.
+    // The same opaque marker twice (a duplicate member): the later one replaces the earlier, as for any other name.
     if (kind === DirentKind.OpaqueMarker) {
-      if (this.opaqueMarked.has(parent)) return null;
-      this.opaqueMarked.add(parent);
+      const prev = this.opaqueMarked.get(parent);
+      if (prev !== undefined) this.unlink(parent, name, prev);
     }
 
     if (e.type === 'hardlink') {
@@ -195,7 +195,7 @@ export class TreeBuilder {
       inline,
     });
     this.link(parent, kind === DirentKind.OpaqueMarker ? Buffer.from('.wh..wh..opq') : name, ino, kind);
-    if (kind === DirentKind.OpaqueMarker) cat.setFlags(parent, FLAG_OPAQUE);
+    if (kind === DirentKind.OpaqueMarker) { cat.setFlags(parent, FLAG_OPAQUE); this.opaqueMarked.set(parent, ino); }
     // A directory after a whiteout of its name in the same layer: fresh, nothing of the lower ones shows through.
     if (afterWhiteout && type === 'dir') cat.setFlags(ino, FLAG_OPAQUE | FLAG_FRESH);
     for (const [k, v] of e.xattrs) cat.addXattr(ino, k, v);
