@@ -363,3 +363,14 @@ describe('fsck report', () => {
     assert.equal(rep.bytes, total);
   });
 });
+
+describe('a hard link to its own name', () => {
+  it('changes nothing, whatever the entry is (GNU tar extracts it so); to another name of a directory it is refused', async (t) => {
+    if (skip) return t.skip(skip);
+    const tar = await handTar('self-links', tarMember({ name: 'd/', type: '5', mode: 0o700 }), tarMember({ name: 'd', type: '1', linkname: 'd' }),
+      tarMember({ name: 'f' }, Buffer.from('f')), tarMember({ name: './f', type: '1', linkname: 'f' }));
+    const id = await exportMatches(tar, 'self-links');
+    assert.equal((JSON.parse(await thinfsOk(['stat', '--store', store, id, 'd'])) as { type: string }).type, 'dir');
+    await refused(await handTar('dir-link', tarMember({ name: 'd/', type: '5' }), tarMember({ name: 'e', type: '1', linkname: 'd' })), /hardlink "e" points to a directory/);
+  });
+});

@@ -152,9 +152,10 @@ export class TreeBuilder {
       const target = normalize(e.linkpath!, `hardlink target of ${printable(e.path)}`);
       const t = this.nodes.get(target);
       if (!t) throw new BadInputError(`hardlink ${printable(e.path)} points to ${printable(e.linkpath!)}, which is not in the layer before it`);
+      // A link to itself changes nothing (GNU tar finds the name is already that file), whatever the file is.
+      if (target === path) return null;
       if (t.type === 'dir') throw new BadInputError(`hardlink ${printable(e.path)} points to a directory`);
       if (t.kind !== DirentKind.Normal) throw new BadInputError(`hardlink ${printable(e.path)} points to a whiteout`);
-      if (target === path) return null;
       this.replace(path, parent, name);
       this.link(parent, name, t.ino, DirentKind.Normal, false);
       this.nodes.set(path, { ino: t.ino, type: t.type, kind: DirentKind.Normal, parent, name });
