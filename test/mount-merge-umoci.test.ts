@@ -102,6 +102,16 @@ echo new > ws/new; echo new > wf; echo new > op/new`,
     // only the files: imp/ and imp/deep/ are implied, and change nothing of the lower directories
     await layer('implicit', 2, `mkdir -p imp/deep; echo n > imp/new; echo n > imp/deep/new`, ['imp/new', 'imp/deep/new']),
   ]);
+  images.set('implicit-opaque', [
+    await layer('impopq', 1, `
+mkdir -p o x y; chmod 0711 o x y; chown 1000:1000 o x; setfattr -n user.o -v 1 o; setfattr -n user.x -v 1 x; setfattr -n user.y -v 1 y
+echo o > o/old; echo x > x/old; echo y > y/old`, ['o', 'o/old', 'x', 'x/old', 'y', 'y/old']),
+    // o: only its opaque marker and a child (o itself implied); x: a child, then the whiteout of x (x implied); y: the
+    // whiteout of y, then a child (y made afresh). An opaque marker or a later whiteout deletes lower contents, not the
+    // directory: o and x keep the lower directory's mode, owner and xattrs; y is new.
+    await layer('impopq', 2, `mkdir -p o x y; touch o/.wh..wh..opq .wh.x .wh.y; echo n > o/new; echo a > x/a; echo b > y/b`,
+      ['o/.wh..wh..opq', 'o/new', 'x/a', '.wh.x', '.wh.y', 'y/b']),
+  ]);
 }
 
 before(async () => {
@@ -236,6 +246,14 @@ test('directories an upper layer only implies keep the lower directory\'s mode, 
   if (skip) return t.skip(skip);
   const { thin } = await compareWithUmoci('implicit');
   assert.equal((await fsp.lstat(path.join(thin, 'imp'))).mode & 0o7777, 0o750);
+});
+
+test('directories a layer only implies keep the lower directory\'s attributes when made opaque, not when made afresh', async (t) => {
+  if (skip) return t.skip(skip);
+  const { thin } = await compareWithUmoci('implicit-opaque');
+  assert.deepEqual((await fsp.readdir(path.join(thin, 'o'))).sort(), ['new'], 'the fixture does what it says');
+  assert.equal((await fsp.stat(path.join(thin, 'o'))).mode & 0o7777, 0o711);
+  assert.equal((await fsp.stat(path.join(thin, 'y'))).mode & 0o7777, 0o755);
 });
 
 test('layers with a whiteout and an entry of the same name export back as they came', async (t) => {

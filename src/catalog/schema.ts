@@ -19,6 +19,8 @@ export enum DirentKind {
 
 export const FLAG_IMPLICIT = 1;   // directory the tar never listed (parent of a listed path)
 export const FLAG_OPAQUE = 2;     // directory with an opaque marker
+/** Directory made afresh after a whiteout of its name in its own layer: nothing of a lower one shows, attributes included. */
+export const FLAG_FRESH = 4;
 export const OPAQUE_XATTR = 'trusted.overlay.opaque';
 
 export const SCHEMA = `

@@ -2,7 +2,7 @@
 // props) in a private temp file, then sealing it (indexes, pre-encoded listings, VACUUM) for storing.
 import Database from 'better-sqlite3';
 import { buildDirBlocks } from './dirblocks.js';
-import { CATALOG_VERSION, INDEXES, PACK_SCHEMA, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';
+import { CATALOG_VERSION, FLAG_OPAQUE, INDEXES, PACK_SCHEMA, ROOT_INO, SCHEMA, TYPE_BITS, type EntryType, DirentKind } from './schema.js';
 
 export interface InodeRow {
   type: EntryType; mode: number; uid: number; gid: number; uname?: string | null; gname?: string | null;
@@ -28,7 +28,8 @@ export class CatalogWriter {
     this.st = {
       inode: this.db.prepare(`INSERT INTO inodes (ino,type,mode,uid,gid,uname,gname,size,mtime,mtime_ns,rdev_major,rdev_minor,target,inline,nlink,flags)
         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)`),
-      update: this.db.prepare(`UPDATE inodes SET mode=?,uid=?,gid=?,uname=?,gname=?,mtime=?,mtime_ns=?,flags=? WHERE ino=?`),
+      // An opaque directory stays opaque: its marker (or the whiteout of its name) may come before its own entry.
+      update: this.db.prepare(`UPDATE inodes SET mode=?,uid=?,gid=?,uname=?,gname=?,mtime=?,mtime_ns=?,flags=(flags & ${FLAG_OPAQUE}) | ? WHERE ino=?`),
       setFlags: this.db.prepare(`UPDATE inodes SET flags = flags | ? WHERE ino=?`),
       dirent: this.db.prepare(`INSERT INTO dirents (parent,name,ino,kind) VALUES (?,?,?,?)`),
       unlink: this.db.prepare(`DELETE FROM dirents WHERE parent=? AND name=?`),
@@ -50,7 +51,7 @@ export class CatalogWriter {
     return ino;
   }
 
-  /** A directory listed again (or an implicit one finally listed): its metadata is replaced. */
+  /** A directory listed again (or an implicit one finally listed): its metadata is replaced, `flags` too but for FLAG_OPAQUE, which stays. */
   updateDir(ino: number, r: InodeRow, flags: number): void {
     this.st.update.run((r.mode & 0o7777) | TYPE_BITS.dir, r.uid, r.gid, r.uname ?? null, r.gname ?? null, r.mtime, r.mtimeNs, flags, ino);
   }

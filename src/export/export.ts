@@ -2,12 +2,12 @@
 // through their packs (one request for a directory's small files, over HTTP), each member verified by its own hash.
 import { once } from 'node:events';
 import type { Writable } from 'node:stream';
-import { encodeEntry, padding, END_OF_ARCHIVE, type OutEntry } from '../tar/writer.js';
+import { encodeEntry, padding, sparseArchived, END_OF_ARCHIVE, type OutEntry } from '../tar/writer.js';
 import type { CatalogReader, Inode } from '../catalog/reader.js';
 import { DirentKind, FLAG_IMPLICIT } from '../catalog/schema.js';
 import type { Store } from '../store/store.js';
 import { decodePackMembers, type PackRef } from '../store/pack.js';
-import type { TarType } from '../tar/reader.js';
+import type { SparseSegment, TarType } from '../tar/reader.js';
 
 /**
  * The members of the last few packs a walk needed: an export walks in tar order, in which packs were made, so a
@@ -61,6 +61,24 @@ export async function* fileContent(store: Store, catalog: CatalogReader, inode: 
   for (; pos < inode.size;) { const n = Math.min(1 << 20, inode.size - pos); yield Buffer.alloc(n); pos += n; }
 }
 
+/**
+ * The data segments of a file with holes (its chunks do not cover it end to end: a sparse file of the tar), adjacent
+ * chunks joined, and a last empty segment at its end when it ends in a hole (as GNU tar writes the map); null when the
+ * file has no hole.
+ */
+function holesOf(size: number, chunks: ReadonlyArray<{ offset: number; size: number }>): SparseSegment[] | null {
+  const segs: SparseSegment[] = [];
+  for (const c of chunks) {
+    const last = segs[segs.length - 1];
+    if (last && last.offset + last.size === c.offset) last.size += c.size;
+    else segs.push({ offset: c.offset, size: c.size });
+  }
+  const end = segs.length ? segs[segs.length - 1]!.offset + segs[segs.length - 1]!.size : 0;
+  if (size === 0 || (segs.length === 1 && segs[0]!.offset === 0 && end === size)) return null;
+  if (end < size) segs.push({ offset: size, size: 0 });
+  return segs;
+}
+
 async function write(out: Writable, b: Buffer): Promise<void> {
   if (!out.write(b)) await once(out, 'drain');
 }
@@ -104,9 +122,15 @@ export async function exportLayer(store: Store, catalog: CatalogReader, out: Wri
     if (linkable) firstPath.set(inode.ino, full);
     const isData = type === 'file' && w.kind === DirentKind.Normal;
     const e = toOut(full, type, { ...inode, size: isData ? inode.size : 0 }, catalog.storedXattrs(inode.ino));
-    await write(out, encodeEntry(e));
+    const sparse = isData && !inode.inline ? holesOf(inode.size, catalog.chunks(inode.ino)) : null;
+    await write(out, encodeEntry({ ...e, sparse }));
     entries++;
-    if (isData && inode.size > 0) {
+    if (sparse) {
+      // Only the data segments' bytes (the map went with the header): a file with holes costs what the layer holds.
+      for (const c of catalog.chunks(inode.ino)) { const b = await packs.get(c.hash, c.size, c.pack); await write(out, b); bytes += b.length; }
+      const pad = padding(sparseArchived(sparse));
+      if (pad) await write(out, Buffer.alloc(pad));
+    } else if (isData && inode.size > 0) {
       for await (const b of fileContent(store, catalog, inode, packs)) { await write(out, b); bytes += b.length; }
       const pad = padding(inode.size);
       if (pad) await write(out, Buffer.alloc(pad));

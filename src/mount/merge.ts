@@ -2,7 +2,7 @@
 // directory lists, which attributes and xattrs a merged entry has, and how many of a file's hard links stay visible.
 // Pure: it reads layer trees through LayerTree and keeps no state, so the rules are unit-tested without a mount
 // (test/mount-merge.test.ts). The reference is umoci's unpack of the same OCI layout (test/mount-merge-umoci.test.ts).
-import { FLAG_IMPLICIT, FLAG_OPAQUE, OPAQUE_XATTR, ROOT_INO } from '../catalog/schema.js';
+import { FLAG_FRESH, FLAG_IMPLICIT, FLAG_OPAQUE, OPAQUE_XATTR, ROOT_INO } from '../catalog/schema.js';
 import type { Dirent, Inode } from '../catalog/reader.js';
 
 /** What the rules need of one layer's tree (a CatalogReader is one). */
@@ -21,8 +21,11 @@ export interface LayerTree {
 export interface MergeLayer { readonly catalog: LayerTree | null }
 /** One layer's directory taking part in a merged directory. */
 export interface Member<L extends MergeLayer> { layer: L; inode: Inode }
-/** What a name resolves to in an image: one layer's non-directory, or a directory merged from several layers (top first). */
-export type Found<L extends MergeLayer> = { k: 'entry'; layer: L; inode: Inode } | { k: 'dir'; members: Array<Member<L>> };
+/**
+ * What a name resolves to in an image: one layer's non-directory, or a directory merged from several layers (top first),
+ * with the directory whose attributes and xattrs it shows (attrMember).
+ */
+export type Found<L extends MergeLayer> = { k: 'entry'; layer: L; inode: Inode } | { k: 'dir'; members: Array<Member<L>>; attr: Member<L> };
 export interface MergedDirent<L extends MergeLayer> { name: Buffer; type: Inode['type']; ino: number; layer: L }
 
 /** overlayfs keeps its own trusted.overlay.* attributes out of a merged view; so do images/. */
@@ -56,25 +59,37 @@ export function rootMembers<L extends MergeLayer>(layersBottomFirst: readonly L[
   return cutAtOpaque(layersBottomFirst.slice().reverse().map((layer) => ({ layer, inode: tree(layer).getInode(ROOT_INO)! })));
 }
 
+/** The image's root directory with the root whose attributes it shows (an opaque root keeps a lower root's too). */
+export function rootFound<L extends MergeLayer>(layersBottomFirst: readonly L[]): Extract<Found<L>, { k: 'dir' }> {
+  const all = layersBottomFirst.slice().reverse().map((layer) => ({ layer, inode: tree(layer).getInode(ROOT_INO)! }));
+  const members = cutAtOpaque(all);
+  return { k: 'dir', members, attr: attrMember(all) };
+}
+
 /**
  * One name in a merged directory, overlayfs-style: the top layer that has the name wins; a whiteout hides every layer
  * below it; a non-directory hides lower directories and a directory hides lower non-directories; directories of the
  * same name merge down to the first opaque one.
  */
 export function lookup<L extends MergeLayer>(members: ReadonlyArray<Member<L>>, name: Buffer): Found<L> | null {
-  const dirs: Array<Member<L>> = [];
+  // `all`: the same directory down past an opaque one, where only its attributes may come from (attrMember).
+  const all: Array<Member<L>> = [];
+  let dirs: Array<Member<L>> | null = null;
+  let attrFound = false;
   for (const m of members) {
     const e = tree(m.layer).lookup(m.inode.ino, name);
     if (!e) continue;
     if (isWhiteout(e)) break;
     if (e.type !== 'dir') {
-      if (dirs.length) break;
+      if (all.length) break;
       return { k: 'entry', layer: m.layer, inode: e };
     }
-    dirs.push({ layer: m.layer, inode: e });
-    if (isOpaque(tree(m.layer), e)) break;
+    all.push({ layer: m.layer, inode: e });
+    attrFound ||= attrStops(e);
+    if (!dirs && isOpaque(tree(m.layer), e)) dirs = all.slice();
+    if (dirs && attrFound) break;
   }
-  return dirs.length ? { k: 'dir', members: dirs } : null;
+  return all.length ? { k: 'dir', members: dirs ?? all, attr: attrMember(all) } : null;
 }
 
 /** Visible entries of a merged directory, in byte order of name: union top-down, upper names shadow lower, whiteouts hide. */
@@ -99,7 +114,7 @@ export function readdir<L extends MergeLayer>(members: ReadonlyArray<Member<L>>)
 
 /** A path (names from the image root) resolved without following symlinks; null when hidden or absent. */
 export function resolve<L extends MergeLayer>(root: ReadonlyArray<Member<L>>, names: readonly Buffer[]): Found<L> | null {
-  let cur: Found<L> = { k: 'dir', members: root.slice() };
+  let cur: Found<L> = { k: 'dir', members: root.slice(), attr: attrMember(root) };
   for (const name of names) {
     if (cur.k !== 'dir') return null;
     const next: Found<L> | null = lookup(cur.members, name);
@@ -109,13 +124,20 @@ export function resolve<L extends MergeLayer>(root: ReadonlyArray<Member<L>>, na
   return cur;
 }
 
+/** A directory whose own attributes an image shows: listed by its tar, or made afresh after a whiteout of its name. */
+function attrStops(i: Inode): boolean {
+  return !(i.flags & FLAG_IMPLICIT) || (i.flags & FLAG_FRESH) !== 0;
+}
+
 /**
- * The directory whose attributes and xattrs a merged directory shows: the top one its layer's tar listed. A directory
- * a layer only created as the parent of a listed path (implicit) changes nothing when unpacked over a lower one, so it
- * shows the lower one's metadata; an implicit directory alone shows its own defaults.
+ * The directory whose attributes and xattrs a merged directory shows, given the same directory of each layer top first
+ * (past an opaque one too: an opaque marker deletes a directory's lower contents, not the directory): the top one its
+ * layer's tar listed. A directory a layer only created as the parent of a listed path (implicit) changes nothing when
+ * unpacked over a lower one, so it shows the lower one's metadata, unless the layer made it afresh after a whiteout of
+ * its name; an implicit directory alone shows its own defaults.
  */
 export function attrMember<L extends MergeLayer>(members: ReadonlyArray<Member<L>>): Member<L> {
-  return members.find((m) => !(m.inode.flags & FLAG_IMPLICIT)) ?? members[0]!;
+  return members.find((m) => attrStops(m.inode)) ?? members[0]!;
 }
 
 /** Every path of an inode in its layer, as names from the layer root. */

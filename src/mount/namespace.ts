@@ -50,7 +50,7 @@ export type Node =
   /** An entry of one layer's tree; `inImage` when reached through images/ (overlay xattrs hidden there). */
   | { k: 'entry'; layer: Layer; inode: Inode; inImage: Image | null }
   /** A directory of a flattened image: the same directory in several layers, top layer first; `key` names it in the image. */
-  | { k: 'merged'; image: Image; key: string; members: Array<{ layer: Layer; inode: Inode }> };
+  | { k: 'merged'; image: Image; key: string; members: Array<{ layer: Layer; inode: Inode }>; attr: { layer: Layer; inode: Inode } };
 
 /** Names a merged directory within its image (bytes kept exactly, as latin1). */
 export function mergedChildKey(parentKey: string, name: Buffer): string {
@@ -226,7 +226,8 @@ export class Namespace {
         return null;
       case 'imageDir': {
         if (name !== 'rootfs') return null;
-        return { k: 'merged', image: parent.image, key: '', members: await this.imageRoot(parent.image) };
+        const root = merge.rootFound(await this.imageLayers(parent.image));
+        return { k: 'merged', image: parent.image, key: '', members: root.members, attr: root.attr };
       }
       case 'entry': {
         if (parent.inode.type !== 'dir') return null;
@@ -240,18 +241,13 @@ export class Namespace {
     }
   }
 
-  /** The image's merged root directory: its layers' roots, top first, down to an opaque one (src/mount/merge.ts rules). */
-  private async imageRoot(img: Image): Promise<Array<{ layer: Layer; inode: Inode }>> {
-    return merge.rootMembers(await this.imageLayers(img));
-  }
-
   /** overlayfs lookup in a merged directory (src/mount/merge.ts); synchronous: a merged directory's layers are loaded. */
   mergedChild(parent: Extract<Node, { k: 'merged' }>, name: Buffer): Node | null {
     const f = merge.lookup(parent.members, name);
     if (!f) return null;
     return f.k === 'entry'
       ? { k: 'entry', layer: f.layer, inode: f.inode, inImage: parent.image }
-      : { k: 'merged', image: parent.image, key: mergedChildKey(parent.key, name), members: f.members };
+      : { k: 'merged', image: parent.image, key: mergedChildKey(parent.key, name), members: f.members, attr: f.attr };
   }
 
   /** One layer's entry as an image shows it (a non-directory its merged directory's listing named). */

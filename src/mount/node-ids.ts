@@ -186,18 +186,18 @@ export class NodeIds {
     if (ref.node) return ref.node;
     const layers = ref.img.layers;
     if (!layers) return null;
-    let members: MergedNode['members'] | null = null;
-    if (ref.key === '') members = merge.rootMembers(layers);
+    let found: Pick<MergedNode, 'members' | 'attr'> | null = null;
+    if (ref.key === '') found = merge.rootFound(layers);
     else {
       // Keys are '/name/name...' (mergedChildKey: names as latin1, never containing '/').
       const cut = ref.key.lastIndexOf('/');
       const pid = this.ids.get(`merged:${imageKey(ref.img)}:${ref.key.slice(0, cut)}`);
       const parent = pid !== undefined ? this.derive(pid) : null;
       const f = parent?.k === 'merged' ? merge.lookup(parent.members, Buffer.from(ref.key.slice(cut + 1), 'latin1')) : null;
-      if (f?.k === 'dir') members = f.members;
+      if (f?.k === 'dir') found = f;
     }
-    if (!members) return null;
-    return (ref.node = { k: 'merged', image: ref.img, key: ref.key, members });
+    if (!found) return null;
+    return (ref.node = { k: 'merged', image: ref.img, key: ref.key, members: found.members, attr: found.attr });
   }
 }
 

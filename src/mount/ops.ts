@@ -286,7 +286,7 @@ export class ThinFs {
         if (n.inImage && i.type !== 'dir' && i.nlink > 1) a.nlink = this.ns.imageNlink(n, n.inImage);
         return a;
       }
-      case 'merged': return inodeAttr(imageMerge.attrMember(n.members).inode, ino, null);
+      case 'merged': return inodeAttr(n.attr.inode, ino, null);
     }
   }
 
@@ -378,7 +378,7 @@ export class ThinFs {
    */
   private xattrless(n: Node): boolean {
     if (n.k === 'merged') {
-      const m = imageMerge.attrMember(n.members);
+      const m = n.attr;
       return !m.layer.catalog!.hasXattrs(m.inode.ino, m.inode.flags) || imageMerge.imageXattrs(m.layer.catalog!, m.inode).size === 0;
     }
     if (n.k !== 'entry') return false;
@@ -740,7 +740,7 @@ export class ThinFs {
   private async xattrs(id: number): Promise<Map<string, Buffer>> {
     const n = this.node(id);
     if (n.k === 'entry') return n.inImage ? imageMerge.imageXattrs(n.layer.catalog!, n.inode) : n.layer.catalog!.xattrs(n.inode.ino, n.inode.flags);
-    if (n.k === 'merged') { const m = imageMerge.attrMember(n.members); return imageMerge.imageXattrs(m.layer.catalog!, m.inode); }
+    if (n.k === 'merged') { const m = n.attr; return imageMerge.imageXattrs(m.layer.catalog!, m.inode); }
     return new Map();
   }
 

@@ -190,9 +190,12 @@ function parsePax(data: Buffer, at: number): Array<[string, Buffer]> {
 function parseTime(v: string, at: number): { sec: number; ns: number } {
   const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(v);
   if (!m) throw new BadInputError(`bad pax time at byte ${at}: ${v}`);
-  let sec = parseInt(m[2]!, 10);
+  let sec = Number(m[2]!);
+  // Past 2^53 s (285 million years) a time would be stored rounded and served and exported as another one.
+  if (!Number.isSafeInteger(sec) || sec >= Number.MAX_SAFE_INTEGER) throw new BadInputError(`pax time at byte ${at} out of range: ${v}`);
   let ns = m[3] ? parseInt((m[3] + '000000000').slice(0, 9), 10) : 0;
-  if (m[1] === '-') { sec = -sec; if (ns) { sec -= 1; ns = 1e9 - ns; } }
+  // Digits past the nanosecond are dropped rounding down, as GNU tar does: -1.0000000005 is -1.000000001.
+  if (m[1] === '-') { if (/[1-9]/.test(m[3]?.slice(9) ?? '')) ns += 1; sec = -sec; if (ns) { sec -= 1; ns = 1e9 - ns; } }
   return { sec, ns };
 }
 
@@ -210,15 +213,41 @@ export interface TarRead { entry: TarEntry; data: AsyncIterable<Buffer> }
 
 type PaxRecords = Array<[string, Buffer]>;
 
-/** Extended headers read so far that apply to the next entry (and, for global PAX, to all after it). */
+/**
+ * Extended headers read so far that apply to the next entry (and, for global PAX, to all after it). Both are bounded by
+ * MAX_META, however many headers carry them: the next entry's together, the global ones as merged (a later global
+ * record replaces an earlier one of its key; keys no entry uses are not kept), so that neither memory nor the work per
+ * entry grows with the number of extended headers an archive repeats.
+ */
 class PendingExtended {
-  global: PaxRecords = [];
+  private readonly globals = new Map<string, Buffer>();
+  private globalBytes = 0;
   pax: PaxRecords | null = null;
   longName: Buffer | null = null;
   longLink: Buffer | null = null;
+  /** Bytes of the extended headers read for the next entry. */
+  pending = 0;
   get any(): boolean { return this.pax !== null || this.longName !== null || this.longLink !== null; }
+  get global(): PaxRecords { return [...this.globals]; }
+  addGlobal(records: PaxRecords, at: number): void {
+    for (const [k, v] of records) {
+      if (!paxKeyUsed(k)) continue;
+      const old = this.globals.get(k);
+      if (old) this.globalBytes -= k.length + old.length;
+      this.globals.delete(k); // re-inserted last: records apply in the order they were last given
+      this.globals.set(k, v);
+      this.globalBytes += k.length + v.length;
+    }
+    if (this.globalBytes > MAX_META) throw new BadInputError(`tar header at byte ${at}: global extended headers hold more than ${MAX_META} bytes`);
+  }
   /** The entry has taken them: only the global records stay. */
-  clear(): void { this.pax = null; this.longName = null; this.longLink = null; }
+  clear(): void { this.pax = null; this.longName = null; this.longLink = null; this.pending = 0; }
+}
+
+/** The PAX keys applyPax reads (others, such as comment, atime or ctime, change nothing). */
+function paxKeyUsed(k: string): boolean {
+  return ['path', 'linkpath', 'size', 'uid', 'gid', 'uname', 'gname', 'mtime', 'SCHILY.devmajor', 'SCHILY.devminor'].includes(k)
+    || k.startsWith('GNU.sparse.') || k.startsWith('SCHILY.xattr.') || k.startsWith('LIBARCHIVE.xattr.');
 }
 
 const TYPES: Record<string, TarType> = {
@@ -257,6 +286,9 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
     if (flag === 'S') await readOldGnuSparse(r, h, e, at);
     const sparseMajor = applyPax(e, [...ext.global, ...(ext.pax ?? [])], at);
     ext.clear();
+    // A regular-file entry whose name ends in '/' is a directory (v7 archives mark directories only so; GNU tar
+    // extracts and lists any format's so, the name a PAX path gave included).
+    if ((flag === '0' || flag === '\0' || flag === '7') && e.path[e.path.length - 1] === 0x2f) e.type = 'dir';
     if ((e.type === 'hardlink' || e.type === 'symlink') && (!e.linkpath || e.linkpath.length === 0)) {
       throw new BadInputError(`tar entry ${e.path.toString()} at byte ${at}: ${e.type} without a target`);
     }
@@ -279,11 +311,15 @@ export async function* readTar(source: AsyncIterable<Buffer>): AsyncGenerator<Ta
 /** Extended headers: read the payload and remember it for the entry (or entries) it describes. */
 async function readExtended(r: ByteReader, ext: PendingExtended, flag: string, size: number, at: number): Promise<void> {
   if (size > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended header of ${size} bytes is too large`);
+  if (flag !== 'g') {
+    ext.pending += size;
+    if (ext.pending > MAX_META) throw new BadInputError(`tar header at byte ${at}: extended headers of one entry hold more than ${MAX_META} bytes`);
+  }
   const payload = (await r.exact(size, 'extended header')) ?? Buffer.alloc(0);
   if (payload.length < size) throw new BadInputError(`truncated tar in extended header at byte ${at}`);
   await skipPad(r, size);
   if (flag === 'x') ext.pax = [...(ext.pax ?? []), ...parsePax(payload, at)];
-  else if (flag === 'g') ext.global = [...ext.global, ...parsePax(payload, at)];
+  else if (flag === 'g') ext.addGlobal(parsePax(payload, at), at);
   else if (flag === 'L') ext.longName = longString(payload, 'GNU long name', at);
   else ext.longLink = longString(payload, 'GNU long link target', at);
 }
@@ -296,8 +332,6 @@ function parseHeader(h: Buffer, flag: string, type: TarType, hdrSize: number, ex
   let path = ext.longName ?? cstr(h, 0, 100);
   if (!ext.longName && ustar && h[345] !== 0) path = Buffer.concat([cstr(h, 345, 155), Buffer.from('/'), path]);
   const linkpath: Buffer | null = ext.longLink ?? (h[157] !== 0 ? cstr(h, 157, 100) : null);
-  // v7 archives mark directories only by a trailing slash.
-  if ((flag === '0' || flag === '\0') && !ustar && !gnu && path.length && path[path.length - 1] === 0x2f) type = 'dir';
   return {
     path, type, linkpath,
     mode: parseNumeric(h, 100, 8, 'mode', at) & 0o7777,
@@ -325,7 +359,8 @@ async function readOldGnuSparse(r: ByteReader, h: Buffer, e: TarEntry, at: numbe
   };
   addSegs(h, 386, 4);
   let more = h[482] !== 0;
-  while (more) {
+  for (let blocks = 1; more; blocks++) {
+    if (blocks * BLOCK > MAX_META) throw new BadInputError(`tar header at byte ${at}: sparse map of more than ${MAX_META} bytes`);
     const xb = await r.exact(BLOCK, 'sparse extension');
     if (!xb) throw new BadInputError(`truncated tar in sparse header at byte ${at}`);
     addSegs(xb, 0, 21);
@@ -368,12 +403,17 @@ function applyPax(e: TarEntry, records: PaxRecords, at: number): number {
       }
       default:
         if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice(13), v);
-        else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString(), 'base64'));
+        else if (k.startsWith('LIBARCHIVE.xattr.')) e.xattrs.set(uriName(k.slice(17), at), Buffer.from(v.toString(), 'base64'));
     }
   }
   if (sp00.length) e.sparse = sp00;
   if (sparseName) e.path = sparseName; // the header name of a sparse file is a placeholder
   return sparseMajor;
+}
+
+/** A LIBARCHIVE.xattr name (URI-encoded); a malformed escape is bad input, not a URIError. */
+function uriName(k: string, at: number): string {
+  try { return decodeURIComponent(k); } catch { throw new BadInputError(`tar entry at byte ${at}: bad LIBARCHIVE.xattr name ${JSON.stringify(k)}`); }
 }
 
 /**
@@ -416,6 +456,7 @@ async function readSparse10(r: ByteReader, at: number, limit: number): Promise<{
   let want = -1;
   while (want < 0 || nums.length < 1 + want * 2) {
     if (consumed + BLOCK > limit) throw new BadInputError(`tar entry at byte ${at}: sparse map overruns the data`);
+    if (consumed + BLOCK > MAX_META) throw new BadInputError(`tar entry at byte ${at}: sparse map of more than ${MAX_META} bytes`);
     const b = await r.exact(BLOCK, 'sparse map');
     if (!b) throw new BadInputError(`truncated tar in sparse map at byte ${at}`);
     consumed += BLOCK;

@@ -1,11 +1,16 @@
 // Tar writing for export: owns encoding entries back into tar headers (ustar, PAX where needed).
-import type { TarType } from './reader.js';
+import type { SparseSegment, TarType } from './reader.js';
 
 /** Tar header encoding for export: ustar when the fields fit, a PAX header only for what does not. */
 export interface OutEntry {
   path: Buffer; type: TarType; mode: number; uid: number; gid: number; uname: string; gname: string;
   size: number; mtime: number; mtimeNs: number; linkpath: Buffer | null; devmajor: number; devminor: number;
   xattrs: Map<string, Buffer>;
+  /**
+   * A file with holes: its data segments (in order; `size` stays the apparent size). Written as GNU tar writes a PAX
+   * 1.0 sparse file: the map leads the data, which is the segments' bytes only, so an export is as small as the layer.
+   */
+  sparse?: SparseSegment[] | null;
 }
 
 const BLOCK = 512;
@@ -60,17 +65,38 @@ function splitUstar(p: Buffer): [Buffer, Buffer] | null {
   return null;
 }
 
+/** A PAX 1.0 sparse map as it leads the archived data: count, then offset and size of each segment, padded to a block. */
+function sparseMap(segs: SparseSegment[]): Buffer {
+  const text = Buffer.from([segs.length, ...segs.flatMap((s) => [s.offset, s.size])].join('\n') + '\n');
+  return Buffer.concat([text, Buffer.alloc(padding(text.length))]);
+}
+
+/** Bytes of a sparse file's archived data (map + segments), what its header's size says. */
+export function sparseArchived(segs: SparseSegment[]): number {
+  return sparseMap(segs).length + segs.reduce((a, s) => a + s.size, 0);
+}
+
+/** The header(s) of an entry; a sparse file's are followed by its map (its data segments are the caller's to write). */
 export function encodeEntry(e: OutEntry): Buffer {
   const pax: Buffer[] = [];
-  const path = e.type === 'dir' && e.path[e.path.length - 1] !== 0x2f ? Buffer.concat([e.path, Buffer.from('/')]) : e.path;
+  let path = e.type === 'dir' && e.path[e.path.length - 1] !== 0x2f ? Buffer.concat([e.path, Buffer.from('/')]) : e.path;
+  const sparse = e.type === 'file' && e.sparse ? e.sparse : null;
   let binary = false;
+  if (sparse) {
+    // GNU tar's placeholder name (%d/GNUSparseFile.%p/%f, with 0 for the pid so exports stay deterministic).
+    pax.push(paxRecord('GNU.sparse.major', Buffer.from('1')), paxRecord('GNU.sparse.minor', Buffer.from('0')),
+      paxRecord('GNU.sparse.name', path), paxRecord('GNU.sparse.realsize', Buffer.from(String(e.size))));
+    if (!isUtf8(path)) binary = true;
+    const slash = path.lastIndexOf(0x2f);
+    path = Buffer.concat([path.subarray(0, slash + 1), Buffer.from('GNUSparseFile.0/'), path.subarray(slash + 1)]);
+  }
   let name: Buffer = path, prefix: Buffer = Buffer.alloc(0);
   const split = splitUstar(path);
   if (split) [name, prefix] = split;
   else { pax.push(paxRecord('path', path)); name = path.subarray(0, 100); if (!isUtf8(path)) binary = true; }
   let linkpath = e.linkpath ?? Buffer.alloc(0);
   if (linkpath.length > 100) { pax.push(paxRecord('linkpath', linkpath)); if (!isUtf8(linkpath)) binary = true; linkpath = linkpath.subarray(0, 100); }
-  const size = e.type === 'file' ? e.size : 0;
+  const size = e.type !== 'file' ? 0 : sparse ? sparseArchived(sparse) : e.size;
   if (!fits(size, 12)) pax.push(paxRecord('size', Buffer.from(String(size))));
   let { mtime, uid, gid } = e;
   if (e.mtimeNs !== 0 || !fits(mtime, 12)) {
@@ -87,7 +113,7 @@ export function encodeEntry(e: OutEntry): Buffer {
   if (!fits(e.devminor, 8)) pax.push(paxRecord('SCHILY.devminor', Buffer.from(String(e.devminor))));
   for (const [k, v] of e.xattrs) pax.push(paxRecord(`SCHILY.xattr.${k}`, v));
   if (binary) pax.unshift(paxRecord('hdrcharset', Buffer.from('BINARY')));
-  const main = header(name, prefix, e, TYPEFLAG[e.type], size, { mtime, uid, gid, linkpath });
+  const main = Buffer.concat([header(name, prefix, e, TYPEFLAG[e.type], size, { mtime, uid, gid, linkpath }), sparse ? sparseMap(sparse) : Buffer.alloc(0)]);
   if (!pax.length) return main;
   const body = Buffer.concat(pax);
   const base = path.subarray(path.lastIndexOf(0x2f, path.length - 2) + 1).subarray(0, 80);
