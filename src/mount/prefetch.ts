@@ -216,7 +216,8 @@ export class Prefetcher {
     // another layer is not used). Those chunks are not fetched one by one: their segments go where they stood in
     // first-read order. A chunk in one item from its start to its end lands in the cache as if fetched (checked by its
     // hash); one in parts is "sliced": its parts are put in the page cache when its file is opened (pagesFor).
-    const segsOf = new Map<number, TraceSegment[]>();
+    // Each traced chunk's items, with where in its segment each one's bytes start: one pass over the segments.
+    const itemsOf = new Map<number, Array<{ seg: TraceSegment; off: number; len: number; at: number }>>();
     const segData = new Map<TraceSegment, { p: Promise<Buffer | null>; resolve: (d: Buffer | null) => void }>();
     const chunkNames = new Set(chunks.map((c) => c.hash));
     for (const seg of pages) {
@@ -224,13 +225,18 @@ export class Prefetcher {
       if (chunkNames.has(seg.hash) || !seg.items.every(([ci]) => layers.has(chunks[ci]!.layer))) continue;
       let resolve!: (d: Buffer | null) => void;
       segData.set(seg, { p: new Promise<Buffer | null>((r) => { resolve = r; }), resolve });
-      for (const [ci] of seg.items) { const l = segsOf.get(ci) ?? []; if (!l.includes(seg)) l.push(seg); segsOf.set(ci, l); }
+      let at = 0;
+      for (const [ci, off, len] of seg.items) {
+        const l = itemsOf.get(ci) ?? [];
+        l.push({ seg, off, len, at });
+        itemsOf.set(ci, l);
+        at += len;
+      }
     }
     const sliced = new Set<string>(), viaSegments = new Set<string>();
     chunks.forEach((c, ci) => {
-      const segs = segsOf.get(ci);
-      if (!segs || this.cache.isLocal(c.hash) || this.slices.has(c.hash) || this.slicesPending.has(c.hash) || viaSegments.has(c.hash)) return;
-      const items = segs.flatMap((seg) => { let at = 0; return seg.items.map(([i, off, len]) => { const it = { seg, i, off, len, at }; at += len; return it; }); }).filter((it) => it.i === ci);
+      const items = itemsOf.get(ci);
+      if (!items || this.cache.isLocal(c.hash) || this.slices.has(c.hash) || this.slicesPending.has(c.hash) || viaSegments.has(c.hash)) return;
       const whole = items.length === 1 && items[0]!.off === 0 && items[0]!.len === c.size ? items[0]! : null;
       viaSegments.add(c.hash);
       this.counters.pageChunks++;
@@ -254,7 +260,7 @@ export class Prefetcher {
         if (!layers.has(c.layer)) return;
         if (sliced.size) this.tracedWhole.set(c.hash, true);
         if (viaSegments.has(c.hash)) {
-          for (const seg of segsOf.get(ci)!) {
+          for (const seg of new Set(itemsOf.get(ci)!.map((it) => it.seg))) {
             if (queuedSegs.has(seg)) continue;
             queuedSegs.add(seg);
             left++;
